@@ -1,0 +1,16 @@
+//! lookalike: reverse image search for fashion catalogs.
+//!
+//! The path from a shopper's photo to ranked products reads top to bottom in [`search`]:
+//! decode ([`preprocess`]) → encode ([`encoder`]) → nearest neighbours ([`index`]) → join
+//! product metadata ([`catalog`]). Catalogs come in through [`import`]; the pretrained model is
+//! converted from PyTorch weights to ONNX by [`model`]; [`eval`] measures search quality.
+
+pub mod assets;
+pub mod catalog;
+pub mod encoder;
+pub mod eval;
+pub mod import;
+pub mod index;
+pub mod model;
+pub mod preprocess;
+pub mod search;

@@ -1,0 +1,136 @@
+//! Image models: what an encoder's ONNX file expects and produces ([`ModelSpec`]), and the
+//! conversion of the built-in EfficientNet-Lite weights from legacy PyTorch files to ONNX.
+//!
+//! Any ONNX image encoder plugs in through a [`ModelSpec`] (a small JSON file for user models):
+//! the built-in default is EfficientNet-Lite, but a ResNet-50 export or a CLIP image tower load
+//! through the same path.
+
+pub mod efficientnet;
+pub mod onnx;
+pub mod pth;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::assets::Assets;
+
+/// Memory layout of the model's image input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Layout {
+    /// `[batch, 3, height, width]` (PyTorch exports).
+    Nchw,
+    /// `[batch, height, width, 3]` (TensorFlow/Keras exports).
+    Nhwc,
+}
+
+/// How a non-square photo becomes the model's square input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Fit {
+    /// Pad the short side with white, then resize: the whole product stays in view.
+    Pad,
+    /// Resize the short side, then crop the centre (ImageNet evaluation convention).
+    CenterCrop,
+}
+
+/// How a `[C, H, W]` feature map becomes one vector.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase", tag = "kind")]
+pub enum Pooling {
+    /// The output is already a vector (e.g. a CLIP image tower).
+    None,
+    Avg,
+    Max,
+    /// Generalised mean with exponent `p` (p = 1 is average, p → ∞ is max).
+    Gem { p: f32 },
+}
+
+/// What the model wants as input.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InputSpec {
+    /// Name of the input tensor.
+    pub name: String,
+    /// Square side in pixels.
+    pub size: u32,
+    pub layout: Layout,
+    /// Per-channel mean and standard deviation on the 0..1 scale: `x = (pixel/255 - mean) / std`.
+    pub mean: [f32; 3],
+    pub std: [f32; 3],
+    pub fit: Fit,
+}
+
+/// Everything lookalike needs to know to run an ONNX image encoder.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelSpec {
+    /// Stable identifier stored with every vector; vectors of different models never mix.
+    pub name: String,
+    /// Path of the ONNX file (relative paths in a JSON description are relative to that file).
+    pub onnx: PathBuf,
+    pub input: InputSpec,
+    /// Name of the output holding features: `[N, C, H, W]` maps or `[N, D]` vectors.
+    pub output: String,
+    /// Pooling of the output into the search vector.
+    pub pooling: Pooling,
+    /// Optional ImageNet-style classifier output, used by known-answer tests.
+    #[serde(default)]
+    pub logits: Option<String>,
+}
+
+impl ModelSpec {
+    /// Reads a user-supplied model description (JSON).
+    pub fn from_json_file(path: &Path) -> Result<ModelSpec> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading model description {}", path.display()))?;
+        let mut spec: ModelSpec = serde_json::from_str(&text).with_context(|| format!("parsing model description {}", path.display()))?;
+        if spec.onnx.is_relative() {
+            if let Some(dir) = path.parent() {
+                spec.onnx = dir.join(&spec.onnx);
+            }
+        }
+        Ok(spec)
+    }
+}
+
+/// Names of the built-in models.
+pub const BUILTIN: &[&str] = &["efficientnet-lite0", "efficientnet-lite2"];
+
+/// The default model.
+pub const DEFAULT_MODEL: &str = "efficientnet-lite0";
+
+/// Resolves a model argument: a built-in name (converted from the PyTorch weights on first use
+/// and cached under the asset directory) or the path of a JSON [`ModelSpec`].
+pub fn resolve(assets: &Assets, model: &str) -> Result<ModelSpec> {
+    match model {
+        "efficientnet-lite0" => efficientnet_spec(assets, "lite0", 224),
+        "efficientnet-lite2" => efficientnet_spec(assets, "lite2", 260),
+        path => ModelSpec::from_json_file(Path::new(path))
+            .with_context(|| format!("{path:?} is neither a built-in model ({}) nor a readable model description", BUILTIN.join(", "))),
+    }
+}
+
+fn efficientnet_spec(assets: &Assets, variant: &str, size: u32) -> Result<ModelSpec> {
+    let onnx: PathBuf = assets.models_dir().join(format!("efficientnet-{variant}.onnx"));
+    if !onnx.is_file() {
+        let weights = assets.efficientnet_weights(variant)?;
+        std::fs::create_dir_all(assets.models_dir()).with_context(|| format!("creating {}", assets.models_dir().display()))?;
+        efficientnet::convert(&weights, size, &onnx).with_context(|| format!("converting {} to ONNX", weights.display()))?;
+    }
+    Ok(ModelSpec {
+        name: format!("efficientnet-{variant}"),
+        onnx,
+        input: InputSpec {
+            name: efficientnet::INPUT.to_string(),
+            size,
+            layout: Layout::Nchw,
+            // EfficientNet-Lite was trained on (pixel - 127) / 128.
+            mean: [127.0 / 255.0; 3],
+            std: [128.0 / 255.0; 3],
+            fit: Fit::Pad,
+        },
+        output: efficientnet::FEATURES.to_string(),
+        pooling: Pooling::Avg,
+        logits: Some(efficientnet::LOGITS.to_string()),
+    })
+}

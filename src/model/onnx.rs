@@ -1,0 +1,1 @@
+//! ONNX protobuf messages (the few the converter writes), as prost types.

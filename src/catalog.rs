@@ -1,1 +1,527 @@
-//! catalog
+//! The product catalog: ids, metadata, images and stored vectors, in one SQLite file.
+//!
+//! SQLite is the source of truth. A product and its vectors are written in the same transaction,
+//! so an import killed at any instant (Ctrl-C, `kill -9`, power loss) leaves every product either
+//! complete or absent, and re-running the import resumes where it stopped. Vector indexes
+//! ([`crate::index`]) are built from, and kept in step with, the vectors stored here.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use rusqlite::{params, Connection, OptionalExtension};
+
+/// A product's metadata: column name → value, e.g. `articleType` → `Dresses`.
+pub type Metadata = BTreeMap<String, String>;
+
+/// The catalog's internal key for a product; stable for the product's lifetime and used by the
+/// vector indexes. The shop's own identifier is [`Product::id`].
+pub type Key = i64;
+
+/// Where a product's photo lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ImageRef {
+    /// A file the catalog was imported from (absolute path).
+    File(PathBuf),
+    /// Bytes kept inside the catalog (datasets without files, e.g. Fashion-MNIST; API uploads).
+    Stored { mime: String },
+}
+
+/// One product as the catalog stores it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Product {
+    pub key: Key,
+    pub id: String,
+    pub image: ImageRef,
+    /// SHA-256 of the image bytes: re-imports skip products whose image has not changed.
+    pub content_hash: String,
+    pub metadata: Metadata,
+}
+
+impl Product {
+    /// A human-readable name: the catalog's display-name column if it has one.
+    pub fn name(&self) -> &str {
+        self.first_of(&["productDisplayName", "name", "title"]).unwrap_or(&self.id)
+    }
+
+    /// The most specific category the metadata has.
+    pub fn category(&self) -> Option<&str> {
+        self.first_of(&["articleType", "subCategory", "masterCategory", "category"])
+    }
+
+    pub fn colour(&self) -> Option<&str> {
+        self.first_of(&["baseColour", "colour", "color"])
+    }
+
+    fn first_of(&self, columns: &[&str]) -> Option<&str> {
+        columns.iter().find_map(|c| self.metadata.get(*c)).map(String::as_str).filter(|v| !v.is_empty())
+    }
+}
+
+/// A product to add or replace, with its vectors.
+#[derive(Debug, Clone)]
+pub struct NewProduct {
+    pub id: String,
+    pub image: NewImage,
+    pub content_hash: String,
+    pub metadata: Metadata,
+    pub vector: Vec<f32>,
+    pub max_pooled: Option<Vec<f32>>,
+}
+
+#[derive(Debug, Clone)]
+pub enum NewImage {
+    File(PathBuf),
+    Stored { bytes: Vec<u8>, mime: String },
+}
+
+/// Equality filters on metadata columns. Values given for the same column are alternatives
+/// (`colour=Red` or `colour=Blue`); different columns must all match.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Filter {
+    conditions: BTreeMap<String, Vec<String>>,
+}
+
+impl Filter {
+    /// Parses `column=value` strings as given on the command line or in a query string.
+    pub fn parse<S: AsRef<str>>(items: &[S]) -> Result<Filter> {
+        let mut filter = Filter::default();
+        for item in items {
+            let item = item.as_ref();
+            let Some((column, value)) = item.split_once('=') else {
+                bail!("filter {item:?} is not of the form column=value (e.g. articleType=Dresses)");
+            };
+            let column = column.trim();
+            if column.is_empty() {
+                bail!("filter {item:?} has an empty column name");
+            }
+            filter.add(column, value.trim());
+        }
+        Ok(filter)
+    }
+
+    pub fn add(&mut self, column: &str, value: &str) {
+        let values = self.conditions.entry(column.to_string()).or_default();
+        if !values.iter().any(|v| v == value) {
+            values.push(value.to_string());
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.conditions.is_empty()
+    }
+
+    pub fn conditions(&self) -> impl Iterator<Item = (&str, &[String])> {
+        self.conditions.iter().map(|(c, v)| (c.as_str(), v.as_slice()))
+    }
+
+    pub fn matches(&self, metadata: &Metadata) -> bool {
+        self.conditions.iter().all(|(column, values)| metadata.get(column).is_some_and(|v| values.contains(v)))
+    }
+}
+
+/// The catalog store. The embedded implementation is [`SqliteCatalog`].
+pub trait Catalog: Send {
+    /// Number of products.
+    fn len(&self) -> Result<usize>;
+    fn is_empty(&self) -> Result<bool> {
+        Ok(self.len()? == 0)
+    }
+    fn get(&self, key: Key) -> Result<Option<Product>>;
+    fn get_by_id(&self, id: &str) -> Result<Option<Product>>;
+    /// The products for `keys`, in the same order; keys that no longer exist are left out.
+    fn get_many(&self, keys: &[Key]) -> Result<Vec<Product>>;
+    /// Adds products, or replaces those whose id exists, atomically as one batch.
+    fn upsert(&mut self, products: &[NewProduct]) -> Result<Vec<Key>>;
+    /// Removes a product and its vectors; returns its key if it existed.
+    fn remove(&mut self, id: &str) -> Result<Option<Key>>;
+    /// Keys of the products matching `filter`.
+    fn filter_keys(&self, filter: &Filter) -> Result<Vec<Key>>;
+    /// The image bytes kept inside the catalog for `key`, if any.
+    fn stored_image(&self, key: Key) -> Result<Option<(Vec<u8>, String)>>;
+}
+
+/// Name and dimension of the model whose vectors a catalog holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VectorSpace {
+    pub model: String,
+    pub dim: usize,
+}
+
+/// Which stored vector to read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VectorKind {
+    /// The model's search vector.
+    Primary,
+    /// Max-pooled features (the original design's recipe), kept for evaluation.
+    MaxPooled,
+}
+
+/// SQLite-backed catalog (the embedded default).
+pub struct SqliteCatalog {
+    conn: Connection,
+    path: PathBuf,
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS settings (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS products (
+    key INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    image_path TEXT,
+    image_mime TEXT,
+    content_hash TEXT NOT NULL,
+    metadata TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS images (
+    key INTEGER PRIMARY KEY REFERENCES products(key) ON DELETE CASCADE,
+    bytes BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS vectors (
+    key INTEGER PRIMARY KEY REFERENCES products(key) ON DELETE CASCADE,
+    vector BLOB NOT NULL,
+    max_pooled BLOB
+);
+";
+
+impl SqliteCatalog {
+    /// Opens (creating if needed) the catalog at `path`.
+    pub fn open(path: &Path) -> Result<SqliteCatalog> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating directory {}", dir.display()))?;
+        }
+        let conn = Connection::open(path).with_context(|| format!("opening catalog {}", path.display()))?;
+        Self::init(conn, path)
+    }
+
+    /// Opens an existing catalog, failing if there is none (for read-only commands).
+    pub fn open_existing(path: &Path) -> Result<SqliteCatalog> {
+        if !path.is_file() {
+            bail!("no catalog at {} — create one with `lookalike index --db {} ...`", path.display(), path.display());
+        }
+        Self::open(path)
+    }
+
+    fn init(conn: Connection, path: &Path) -> Result<SqliteCatalog> {
+        let context = || format!("initialising catalog {}", path.display());
+        // WAL: readers never block the writer, and a crash mid-transaction rolls back cleanly.
+        conn.pragma_update(None, "journal_mode", "WAL").with_context(context)?;
+        conn.pragma_update(None, "synchronous", "NORMAL").with_context(context)?;
+        conn.pragma_update(None, "foreign_keys", "ON").with_context(context)?;
+        conn.busy_timeout(std::time::Duration::from_secs(10)).with_context(context)?;
+        conn.execute_batch(SCHEMA).with_context(|| format!("{} is not a lookalike catalog (or is damaged)", path.display()))?;
+        Ok(SqliteCatalog { conn, path: path.to_path_buf() })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The model this catalog's vectors come from, if any vector has been stored.
+    pub fn vector_space(&self) -> Result<Option<VectorSpace>> {
+        let model = self.setting("model")?;
+        let dim = self.setting("dim")?;
+        match (model, dim) {
+            (Some(model), Some(dim)) => Ok(Some(VectorSpace { model, dim: dim.parse().context("corrupt 'dim' setting")? })),
+            _ => Ok(None),
+        }
+    }
+
+    /// Records the model on first use; refuses to mix vectors of different models.
+    pub fn bind_vector_space(&mut self, space: &VectorSpace) -> Result<()> {
+        match self.vector_space()? {
+            Some(existing) if existing == *space => Ok(()),
+            Some(existing) => bail!(
+                "catalog {} holds {}-d vectors of model {:?}; it cannot take vectors of {:?} ({}-d). Use --model {} or a new --db",
+                self.path.display(),
+                existing.dim,
+                existing.model,
+                space.model,
+                space.dim,
+                existing.model
+            ),
+            None => {
+                let tx = self.conn.transaction()?;
+                tx.execute("INSERT OR REPLACE INTO settings(name, value) VALUES ('model', ?1)", [&space.model])?;
+                tx.execute("INSERT OR REPLACE INTO settings(name, value) VALUES ('dim', ?1)", [space.dim.to_string()])?;
+                tx.commit()?;
+                Ok(())
+            }
+        }
+    }
+
+    fn setting(&self, name: &str) -> Result<Option<String>> {
+        Ok(self.conn.query_row("SELECT value FROM settings WHERE name = ?1", [name], |r| r.get(0)).optional()?)
+    }
+
+    /// Content hashes of all products by id, so an import can skip unchanged images without
+    /// one query per file.
+    pub fn content_hashes(&self) -> Result<HashMap<String, String>> {
+        let mut stmt = self.conn.prepare("SELECT p.id, p.content_hash FROM products p JOIN vectors v ON v.key = p.key")?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Streams every stored vector of `kind` (key, vector) to `visit`, in key order.
+    pub fn for_each_vector(&self, kind: VectorKind, mut visit: impl FnMut(Key, &[f32]) -> Result<()>) -> Result<()> {
+        let sql = match kind {
+            VectorKind::Primary => "SELECT key, vector FROM vectors ORDER BY key",
+            VectorKind::MaxPooled => "SELECT key, max_pooled FROM vectors WHERE max_pooled IS NOT NULL ORDER BY key",
+        };
+        let mut stmt = self.conn.prepare(sql)?;
+        let mut rows = stmt.query([])?;
+        let mut buf = Vec::new();
+        while let Some(row) = rows.next()? {
+            let key: Key = row.get(0)?;
+            let blob = row.get_ref(1)?.as_blob()?;
+            decode_vector(blob, &mut buf).with_context(|| format!("vector of product key {key}"))?;
+            visit(key, &buf)?;
+        }
+        Ok(())
+    }
+
+    /// The stored search vector of one product ("more like this" without re-encoding).
+    pub fn vector(&self, key: Key) -> Result<Option<Vec<f32>>> {
+        let blob: Option<Vec<u8>> = self.conn.query_row("SELECT vector FROM vectors WHERE key = ?1", [key], |r| r.get(0)).optional()?;
+        blob.map(|b| {
+            let mut v = Vec::new();
+            decode_vector(&b, &mut v)?;
+            Ok(v)
+        })
+        .transpose()
+    }
+
+    /// All products (for evaluation and facets).
+    pub fn all_products(&self) -> Result<Vec<Product>> {
+        let mut stmt = self.conn.prepare(&format!("{SELECT_PRODUCT} ORDER BY key"))?;
+        let rows = stmt.query_map([], row_to_product)?;
+        rows.map(|r| r.map_err(anyhow::Error::from).and_then(|p| p)).collect()
+    }
+}
+
+const SELECT_PRODUCT: &str = "SELECT key, id, image_path, image_mime, content_hash, metadata FROM products";
+
+fn row_to_product(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<Product>> {
+    let key: Key = row.get(0)?;
+    let id: String = row.get(1)?;
+    let path: Option<String> = row.get(2)?;
+    let mime: Option<String> = row.get(3)?;
+    let content_hash: String = row.get(4)?;
+    let metadata: String = row.get(5)?;
+    let image = match (path, mime) {
+        (Some(p), _) => ImageRef::File(PathBuf::from(p)),
+        (None, Some(mime)) => ImageRef::Stored { mime },
+        (None, None) => ImageRef::Stored { mime: "application/octet-stream".into() },
+    };
+    Ok(serde_json::from_str::<Metadata>(&metadata)
+        .with_context(|| format!("metadata of product {id:?} is not a JSON object of strings"))
+        .map(|metadata| Product { key, id, image, content_hash, metadata }))
+}
+
+/// Vectors are stored as little-endian f32 bytes.
+fn encode_vector(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+fn decode_vector(blob: &[u8], out: &mut Vec<f32>) -> Result<()> {
+    if blob.len() % 4 != 0 {
+        bail!("stored vector has {} bytes, not a whole number of f32 values", blob.len());
+    }
+    out.clear();
+    out.extend(blob.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])));
+    Ok(())
+}
+
+impl Catalog for SqliteCatalog {
+    fn len(&self) -> Result<usize> {
+        let n: i64 = self.conn.query_row("SELECT COUNT(*) FROM products", [], |r| r.get(0))?;
+        Ok(n as usize)
+    }
+
+    fn get(&self, key: Key) -> Result<Option<Product>> {
+        self.conn.query_row(&format!("{SELECT_PRODUCT} WHERE key = ?1"), [key], row_to_product).optional()?.transpose()
+    }
+
+    fn get_by_id(&self, id: &str) -> Result<Option<Product>> {
+        self.conn.query_row(&format!("{SELECT_PRODUCT} WHERE id = ?1"), [id], row_to_product).optional()?.transpose()
+    }
+
+    fn get_many(&self, keys: &[Key]) -> Result<Vec<Product>> {
+        let mut stmt = self.conn.prepare_cached(&format!("{SELECT_PRODUCT} WHERE key = ?1"))?;
+        let mut out = Vec::with_capacity(keys.len());
+        for key in keys {
+            if let Some(p) = stmt.query_row([key], row_to_product).optional()? {
+                out.push(p?);
+            }
+        }
+        Ok(out)
+    }
+
+    fn upsert(&mut self, products: &[NewProduct]) -> Result<Vec<Key>> {
+        let tx = self.conn.transaction()?;
+        let mut keys = Vec::with_capacity(products.len());
+        {
+            let mut find = tx.prepare_cached("SELECT key FROM products WHERE id = ?1")?;
+            let mut insert = tx.prepare_cached(
+                "INSERT INTO products(id, image_path, image_mime, content_hash, metadata) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?;
+            let mut update = tx.prepare_cached(
+                "UPDATE products SET image_path = ?2, image_mime = ?3, content_hash = ?4, metadata = ?5 WHERE key = ?1",
+            )?;
+            let mut put_image = tx.prepare_cached("INSERT OR REPLACE INTO images(key, bytes) VALUES (?1, ?2)")?;
+            let mut drop_image = tx.prepare_cached("DELETE FROM images WHERE key = ?1")?;
+            let mut put_vector = tx.prepare_cached("INSERT OR REPLACE INTO vectors(key, vector, max_pooled) VALUES (?1, ?2, ?3)")?;
+            for p in products {
+                let (path, mime) = match &p.image {
+                    NewImage::File(path) => (Some(path.to_string_lossy().into_owned()), None),
+                    NewImage::Stored { mime, .. } => (None, Some(mime.clone())),
+                };
+                let metadata = serde_json::to_string(&p.metadata)?;
+                let existing: Option<Key> = find.query_row([&p.id], |r| r.get(0)).optional()?;
+                let key = match existing {
+                    Some(key) => {
+                        update.execute(params![key, path, mime, p.content_hash, metadata])?;
+                        key
+                    }
+                    None => {
+                        insert.execute(params![p.id, path, mime, p.content_hash, metadata])?;
+                        tx.last_insert_rowid()
+                    }
+                };
+                match &p.image {
+                    NewImage::Stored { bytes, .. } => put_image.execute(params![key, bytes])?,
+                    NewImage::File(_) => drop_image.execute([key])?,
+                };
+                let max = p.max_pooled.as_deref().map(encode_vector);
+                put_vector.execute(params![key, encode_vector(&p.vector), max])?;
+                keys.push(key);
+            }
+        }
+        tx.commit().with_context(|| format!("writing to catalog {}", self.path.display()))?;
+        Ok(keys)
+    }
+
+    fn remove(&mut self, id: &str) -> Result<Option<Key>> {
+        let tx = self.conn.transaction()?;
+        let key: Option<Key> = tx.query_row("SELECT key FROM products WHERE id = ?1", [id], |r| r.get(0)).optional()?;
+        if let Some(key) = key {
+            tx.execute("DELETE FROM vectors WHERE key = ?1", [key])?;
+            tx.execute("DELETE FROM images WHERE key = ?1", [key])?;
+            tx.execute("DELETE FROM products WHERE key = ?1", [key])?;
+        }
+        tx.commit()?;
+        Ok(key)
+    }
+
+    fn filter_keys(&self, filter: &Filter) -> Result<Vec<Key>> {
+        let mut sql = String::from("SELECT key FROM products WHERE 1");
+        let mut args: Vec<String> = Vec::new();
+        for (column, values) in filter.conditions() {
+            // The column goes in as a bound JSON path, never spliced into the SQL.
+            args.push(format!("$.\"{}\"", column.replace('"', "\\\"")));
+            let path_arg = args.len();
+            let mut alternatives = Vec::new();
+            for value in values {
+                args.push(value.clone());
+                alternatives.push(format!("json_extract(metadata, ?{path_arg}) = ?{}", args.len()));
+            }
+            sql.push_str(&format!(" AND ({})", alternatives.join(" OR ")));
+        }
+        sql.push_str(" ORDER BY key");
+        let mut stmt = self.conn.prepare(&sql)?;
+        let rows = stmt.query_map(rusqlite::params_from_iter(args.iter()), |r| r.get(0))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    fn stored_image(&self, key: Key) -> Result<Option<(Vec<u8>, String)>> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT i.bytes, COALESCE(p.image_mime, 'application/octet-stream') FROM images i JOIN products p ON p.key = i.key WHERE i.key = ?1",
+                [key],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn product(id: &str, meta: &[(&str, &str)], v: Vec<f32>) -> NewProduct {
+        NewProduct {
+            id: id.into(),
+            image: NewImage::Stored { bytes: vec![1, 2, 3], mime: "image/png".into() },
+            content_hash: format!("hash-{id}"),
+            metadata: meta.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            vector: v,
+            max_pooled: None,
+        }
+    }
+
+    #[test]
+    fn filters_combine_columns_with_and_and_values_with_or() -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        let mut cat = SqliteCatalog::open(&dir.path().join("c.db"))?;
+        cat.upsert(&[
+            product("a", &[("articleType", "Dresses"), ("baseColour", "Red")], vec![1.0, 0.0]),
+            product("b", &[("articleType", "Dresses"), ("baseColour", "Blue")], vec![0.0, 1.0]),
+            product("c", &[("articleType", "Shirts"), ("baseColour", "Red")], vec![1.0, 1.0]),
+            product("d", &[("articleType", "Shirts"), ("base\"Colour", "Odd")], vec![1.0, 1.0]),
+        ])?;
+        let ids = |f: &[&str]| -> Result<Vec<String>> {
+            let keys = cat.filter_keys(&Filter::parse(f)?)?;
+            Ok(cat.get_many(&keys)?.into_iter().map(|p| p.id).collect())
+        };
+        assert_eq!(ids(&["articleType=Dresses"])?, ["a", "b"]);
+        assert_eq!(ids(&["articleType=Dresses", "baseColour=Red"])?, ["a"]);
+        assert_eq!(ids(&["baseColour=Red", "baseColour=Blue"])?, ["a", "b", "c"]);
+        assert_eq!(ids(&["articleType=Nope"])?, Vec::<String>::new());
+        assert_eq!(ids(&["base\"Colour=Odd"])?, ["d"]);
+        assert_eq!(ids(&[])?.len(), 4);
+        assert!(Filter::parse(&["novalue"]).is_err());
+        assert!(Filter::parse(&["=x"]).is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn upsert_replaces_by_id_and_remove_deletes_everything() -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("c.db");
+        let mut cat = SqliteCatalog::open(&path)?;
+        let k1 = cat.upsert(&[product("a", &[("x", "1")], vec![1.0, 0.0])])?[0];
+        let k2 = cat.upsert(&[product("a", &[("x", "2")], vec![0.0, 1.0])])?[0];
+        assert_eq!(k1, k2, "replacing keeps the key");
+        assert_eq!(cat.len()?, 1);
+        drop(cat);
+        let mut cat = SqliteCatalog::open_existing(&path)?;
+        let p = cat.get_by_id("a")?.expect("persisted");
+        assert_eq!(p.metadata["x"], "2");
+        assert_eq!(cat.vector(k1)?, Some(vec![0.0, 1.0]));
+        assert_eq!(cat.stored_image(k1)?, Some((vec![1, 2, 3], "image/png".to_string())));
+        assert_eq!(cat.remove("a")?, Some(k1));
+        assert_eq!(cat.remove("a")?, None);
+        assert_eq!(cat.len()?, 0);
+        assert_eq!(cat.vector(k1)?, None);
+        assert_eq!(cat.stored_image(k1)?, None);
+        Ok(())
+    }
+
+    #[test]
+    fn refuses_vectors_of_another_model() -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        let mut cat = SqliteCatalog::open(&dir.path().join("c.db"))?;
+        cat.bind_vector_space(&VectorSpace { model: "m1".into(), dim: 4 })?;
+        cat.bind_vector_space(&VectorSpace { model: "m1".into(), dim: 4 })?;
+        let err = cat.bind_vector_space(&VectorSpace { model: "m2".into(), dim: 8 }).unwrap_err();
+        assert!(err.to_string().contains("m1"), "{err}");
+        Ok(())
+    }
+
+    #[test]
+    fn missing_catalog_is_a_clear_error() {
+        let err = SqliteCatalog::open_existing(Path::new("/nonexistent/x.db")).err().expect("error");
+        assert!(err.to_string().contains("lookalike index"), "{err}");
+    }
+}

@@ -25,3 +25,13 @@ pub trait Encoder: Send + Sync {
     /// `3 * size * size` floats.
     fn encode(&self, batch: &[Vec<f32>]) -> Result<Vec<Embedding>>;
 }
+
+// TEMPORARY stand-in (replaced by the model branch).
+pub struct OrtEncoder { spec: ModelSpec }
+impl OrtEncoder {
+    pub fn new(ort_lib: &std::path::Path, spec: ModelSpec, threads: usize) -> Result<OrtEncoder> { let _ = (ort_lib, threads); Ok(OrtEncoder { spec }) }
+}
+impl Encoder for OrtEncoder {
+    fn spec(&self) -> &ModelSpec { &self.spec }
+    fn encode(&self, batch: &[Vec<f32>]) -> Result<Vec<Embedding>> { let _ = batch; anyhow::bail!("stub") }
+}

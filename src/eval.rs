@@ -1,1 +1,306 @@
-//! eval
+//! Search-quality evaluation on labelled queries against an indexed catalog.
+//!
+//! A hit is relevant when its label (a metadata column, `articleType` by default) equals the
+//! query's. Three methods run on the same queries and catalog so their numbers sit side by side:
+//!
+//! - `lookalike`: the catalog's search vectors (the model's default pooling, cosine);
+//! - `original_recipe`: the design lookalike replaces — max pooling of the last feature map,
+//!   L2-normalised, Euclidean distance (on unit vectors Euclidean ranks exactly as cosine does);
+//! - `raw_pixels`: cosine on the flattened greyscale image at the catalog's image size, the
+//!   floor any learned method must clear.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use serde::Serialize;
+
+use crate::catalog::{Catalog, ImageRef, Key, SqliteCatalog, VectorKind};
+use crate::encoder::Encoder;
+use crate::index::{l2_normalize, ExactIndex, VectorIndex};
+use crate::preprocess::{self, DecodeLimits};
+use crate::search::load_exact_index;
+
+/// Cut-off of every ranked metric.
+pub const K: usize = 10;
+
+/// A query image with its ground-truth label.
+pub struct LabelledQuery {
+    pub id: String,
+    pub image: image::DynamicImage,
+    pub label: String,
+}
+
+/// Metrics of one method.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct MethodReport {
+    pub precision_at_1: f64,
+    pub precision_at_5: f64,
+    pub precision_at_10: f64,
+    pub map_at_10: f64,
+    pub knn_accuracy: f64,
+    pub latency_ms_median: f64,
+    pub latency_ms_p95: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct EvalReport {
+    pub catalog_size: usize,
+    pub queries: usize,
+    pub seed: u64,
+    pub label: String,
+    pub methods: BTreeMap<String, MethodReport>,
+}
+
+/// Picks `n` of `labels`' indices, the same number from each label (the first labels in sorted
+/// order take the remainder), shuffled with `seed`, so results are reproducible and no class
+/// dominates.
+pub fn stratified_sample(labels: &[String], n: usize, seed: u64) -> Vec<usize> {
+    let mut by_label: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+    for (i, l) in labels.iter().enumerate() {
+        by_label.entry(l).or_default().push(i);
+    }
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let classes = by_label.len().max(1);
+    let mut picked = Vec::with_capacity(n);
+    for (c, (_, mut members)) in by_label.into_iter().enumerate() {
+        let want = n / classes + usize::from(c < n % classes);
+        members.shuffle(&mut rng);
+        picked.extend(members.into_iter().take(want));
+    }
+    picked.shuffle(&mut rng);
+    picked
+}
+
+/// Per-query accumulation of one method's metrics.
+#[derive(Default)]
+struct Tally {
+    p1: f64,
+    p5: f64,
+    p10: f64,
+    ap: f64,
+    knn: f64,
+    latencies: Vec<f64>,
+}
+
+impl Tally {
+    fn add(&mut self, ranked_labels: &[&str], query_label: &str, relevant_in_catalog: usize, latency_ms: f64) {
+        let rel: Vec<bool> = ranked_labels.iter().map(|l| *l == query_label).collect();
+        let precision = |k: usize| rel.iter().take(k).filter(|r| **r).count() as f64 / k as f64;
+        self.p1 += precision(1);
+        self.p5 += precision(5);
+        self.p10 += precision(K);
+        self.ap += average_precision(&rel, relevant_in_catalog);
+        self.knn += f64::from(u8::from(majority_label(ranked_labels) == Some(query_label)));
+        self.latencies.push(latency_ms);
+    }
+
+    fn report(mut self) -> MethodReport {
+        let n = self.latencies.len().max(1) as f64;
+        self.latencies.sort_by(f64::total_cmp);
+        MethodReport {
+            precision_at_1: self.p1 / n,
+            precision_at_5: self.p5 / n,
+            precision_at_10: self.p10 / n,
+            map_at_10: self.ap / n,
+            knn_accuracy: self.knn / n,
+            latency_ms_median: percentile(&self.latencies, 0.5),
+            latency_ms_p95: percentile(&self.latencies, 0.95),
+        }
+    }
+}
+
+/// AP@K: the mean of precision@i over the ranks i ≤ K holding a relevant hit, divided by
+/// min(K, relevant items in the catalog) so a ranking that misses findable items is penalised.
+pub fn average_precision(relevant: &[bool], relevant_in_catalog: usize) -> f64 {
+    let denominator = relevant_in_catalog.min(K);
+    if denominator == 0 {
+        return 0.0;
+    }
+    let (mut hits, mut sum) = (0usize, 0.0);
+    for (i, r) in relevant.iter().take(K).enumerate() {
+        if *r {
+            hits += 1;
+            sum += hits as f64 / (i + 1) as f64;
+        }
+    }
+    sum / denominator as f64
+}
+
+/// The most frequent label; ties go to the label ranked highest.
+pub fn majority_label<'a>(ranked: &[&'a str]) -> Option<&'a str> {
+    let mut counts: HashMap<&str, (usize, usize)> = HashMap::new();
+    for (rank, label) in ranked.iter().enumerate() {
+        counts.entry(label).or_insert((0, rank)).0 += 1;
+    }
+    counts.into_iter().max_by(|a, b| a.1 .0.cmp(&b.1 .0).then(b.1 .1.cmp(&a.1 .1))).map(|(l, _)| l)
+}
+
+/// Nearest-rank percentile of sorted values.
+pub fn percentile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    sorted[rank - 1]
+}
+
+/// Side of the raw-pixel baseline: the catalog's own image size (its first image's shorter side,
+/// at most 64 so the baseline stays cheap on photo catalogs).
+fn raw_pixel_side(catalog: &SqliteCatalog, first: Key, image_ref: &ImageRef) -> Result<u32> {
+    let image = load_catalog_image(catalog, first, image_ref)?;
+    Ok(image.width().min(image.height()).clamp(8, 64))
+}
+
+fn load_catalog_image(catalog: &SqliteCatalog, key: Key, image_ref: &ImageRef) -> Result<image::DynamicImage> {
+    let bytes = match image_ref {
+        ImageRef::File(path) => std::fs::read(path).with_context(|| format!("reading {}", path.display()))?,
+        ImageRef::Stored { .. } => catalog.stored_image(key)?.map(|(b, _)| b).context("stored image missing")?,
+    };
+    preprocess::decode(&bytes, &DecodeLimits::default()).map_err(|e| anyhow::anyhow!("product key {key}: {e}"))
+}
+
+/// Runs every query through the three methods and reports their metrics.
+pub fn evaluate(catalog: &SqliteCatalog, encoder: &dyn Encoder, queries: &[LabelledQuery], label: &str, seed: u64) -> Result<EvalReport> {
+    if queries.is_empty() {
+        bail!("no queries to evaluate");
+    }
+    let products = catalog.all_products()?;
+    let labels: HashMap<Key, String> = products.iter().filter_map(|p| p.metadata.get(label).map(|l| (p.key, l.clone()))).collect();
+    if labels.is_empty() {
+        bail!("no product in {} has a {label:?} column to judge relevance by", catalog.path().display());
+    }
+    let mut per_label: HashMap<&str, usize> = HashMap::new();
+    for l in labels.values() {
+        *per_label.entry(l.as_str()).or_default() += 1;
+    }
+
+    tracing::info!("loading vectors of {} products", products.len());
+    let lookalike = load_exact_index(catalog, VectorKind::Primary)?;
+    let original = load_exact_index(catalog, VectorKind::MaxPooled)?;
+
+    let first = products.first().context("the catalog is empty")?;
+    let side = raw_pixel_side(catalog, first.key, &first.image)?;
+    tracing::info!("raw-pixel baseline at {side}x{side}");
+    let mut raw = ExactIndex::new((side * side) as usize);
+    for p in &products {
+        let mut v = preprocess::greyscale_pixels(&load_catalog_image(catalog, p.key, &p.image)?, side);
+        l2_normalize(&mut v);
+        raw.upsert(p.key, &v)?;
+    }
+
+    let mut tallies: BTreeMap<&str, Tally> = BTreeMap::new();
+    let spec = encoder.spec();
+    let ranked_labels = |hits: &[crate::index::Hit]| -> Vec<String> {
+        hits.iter().map(|h| labels.get(&h.key).cloned().unwrap_or_default()).collect()
+    };
+    for q in queries {
+        let relevant = per_label.get(q.label.as_str()).copied().unwrap_or(0);
+        let mut record = |method: &'static str, ranked: Vec<String>, latency: f64| {
+            let refs: Vec<&str> = ranked.iter().map(String::as_str).collect();
+            tallies.entry(method).or_default().add(&refs, &q.label, relevant, latency);
+        };
+
+        // Both CNN methods share one encoding; each is charged the full encode time.
+        let t = Instant::now();
+        let tensor = preprocess::prepare(&preprocess::to_rgb_on_white(&q.image), &spec.input);
+        let embedding = encoder.encode(&[tensor])?.into_iter().next().context("encoder returned nothing")?;
+        let encode_ms = t.elapsed().as_secs_f64() * 1000.0;
+
+        let t = Instant::now();
+        let hits = lookalike.search(&embedding.vector, K, None)?;
+        record("lookalike", ranked_labels(&hits), encode_ms + t.elapsed().as_secs_f64() * 1000.0);
+
+        if let (Some(max), false) = (&embedding.max_pooled, original.is_empty()) {
+            let t = Instant::now();
+            let hits = original.search(max, K, None)?;
+            record("original_recipe", ranked_labels(&hits), encode_ms + t.elapsed().as_secs_f64() * 1000.0);
+        }
+
+        let t = Instant::now();
+        let mut v = preprocess::greyscale_pixels(&q.image, side);
+        l2_normalize(&mut v);
+        let hits = raw.search(&v, K, None)?;
+        record("raw_pixels", ranked_labels(&hits), t.elapsed().as_secs_f64() * 1000.0);
+    }
+
+    Ok(EvalReport {
+        catalog_size: products.len(),
+        queries: queries.len(),
+        seed,
+        label: label.to_string(),
+        methods: tallies.into_iter().map(|(m, t)| (m.to_string(), t.report())).collect(),
+    })
+}
+
+impl EvalReport {
+    /// A markdown table, one row per method.
+    pub fn table(&self) -> String {
+        let mut out = format!(
+            "catalog: {} products, queries: {}, label: {}, seed: {}\n\n| method | P@1 | P@5 | P@10 | mAP@10 | kNN acc | latency median ms | p95 ms |\n|---|---|---|---|---|---|---|---|\n",
+            self.catalog_size, self.queries, self.label, self.seed
+        );
+        for (name, m) in &self.methods {
+            out.push_str(&format!(
+                "| {name} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {:.2} | {:.2} |\n",
+                m.precision_at_1, m.precision_at_5, m.precision_at_10, m.map_at_10, m.knn_accuracy, m.latency_ms_median, m.latency_ms_p95
+            ));
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn average_precision_rewards_early_hits() {
+        let all = [true; 10];
+        assert!((average_precision(&all, 100) - 1.0).abs() < 1e-12);
+        let mut late_miss = [true; 10];
+        late_miss[9] = false;
+        assert!((average_precision(&late_miss, 100) - 0.9).abs() < 1e-12);
+        let mut early_miss = [true; 10];
+        early_miss[0] = false;
+        assert!(average_precision(&early_miss, 100) < 0.72);
+        // Only two relevant items exist and both are found first: perfect.
+        let mut two = [false; 10];
+        two[0] = true;
+        two[1] = true;
+        assert!((average_precision(&two, 2) - 1.0).abs() < 1e-12);
+        assert_eq!(average_precision(&all, 0), 0.0);
+    }
+
+    #[test]
+    fn majority_vote_breaks_ties_by_rank() {
+        assert_eq!(majority_label(&["a", "b", "b", "a", "c"]), Some("a"));
+        assert_eq!(majority_label(&["c", "b", "b"]), Some("b"));
+        assert_eq!(majority_label(&[]), None);
+    }
+
+    #[test]
+    fn stratified_sample_is_balanced_and_reproducible() {
+        let labels: Vec<String> = (0..1000).map(|i| format!("c{}", i % 4)).collect();
+        let a = stratified_sample(&labels, 10, 7);
+        let b = stratified_sample(&labels, 10, 7);
+        assert_eq!(a, b);
+        assert_eq!(a.len(), 10);
+        let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+        for i in &a {
+            *counts.entry(&labels[*i]).or_default() += 1;
+        }
+        assert_eq!(counts.values().copied().collect::<Vec<_>>(), [3, 3, 2, 2]);
+        assert_ne!(stratified_sample(&labels, 10, 8), a);
+    }
+
+    #[test]
+    fn percentiles_use_nearest_rank() {
+        let v: Vec<f64> = (1..=100).map(f64::from).collect();
+        assert_eq!(percentile(&v, 0.5), 50.0);
+        assert_eq!(percentile(&v, 0.95), 95.0);
+        assert_eq!(percentile(&[], 0.5), 0.0);
+    }
+}

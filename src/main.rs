@@ -1,1 +1,390 @@
-fn main() {}
+//! The `lookalike` command: import a catalog, search it, measure it.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+
+use lookalike::assets::Assets;
+use lookalike::catalog::{Catalog, Filter, SqliteCatalog};
+use lookalike::encoder::{Encoder, OrtEncoder};
+use lookalike::eval::{self, LabelledQuery};
+use lookalike::import::fashion_mnist::FashionMnist;
+use lookalike::import::{self, IndexOptions};
+use lookalike::model;
+use lookalike::search::{SearchEngine, SearchRequest, SearchResults};
+
+#[derive(Parser)]
+#[command(name = "lookalike", version, about = "Reverse image search for fashion catalogs")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Import products (photos + metadata) into a catalog, embedding only new or changed images.
+    Index(IndexArgs),
+    /// Find the catalog products that look most like a photo.
+    Search(SearchArgs),
+    /// Measure search quality on labelled queries, against two baselines.
+    Eval(EvalArgs),
+    /// Remove products from a catalog by id.
+    Remove(RemoveArgs),
+    /// Show what a catalog holds.
+    Info(DbArgs),
+}
+
+#[derive(Args)]
+struct DbArgs {
+    /// The catalog file (SQLite), created by `index`.
+    #[arg(long, env = "LOOKALIKE_DB")]
+    db: PathBuf,
+}
+
+#[derive(Args)]
+struct ModelArgs {
+    /// Built-in model (efficientnet-lite0, efficientnet-lite2) or a model description JSON.
+    /// Defaults to the model the catalog was indexed with, else efficientnet-lite0.
+    #[arg(long)]
+    model: Option<String>,
+    /// Inference threads (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+}
+
+#[derive(Args)]
+#[command(group(clap::ArgGroup::new("source").required(true).args(["kaggle", "images", "fashion_mnist"])))]
+struct IndexArgs {
+    #[command(flatten)]
+    db: DbArgs,
+    /// A "Fashion Product Images" folder: images/ID.jpg + styles.csv.
+    #[arg(long, value_name = "DIR")]
+    kaggle: Option<PathBuf>,
+    /// Any folder of photos (recursive; a product's id is its relative path).
+    #[arg(long, value_name = "DIR")]
+    images: Option<PathBuf>,
+    /// A Fashion-MNIST split: train or test.
+    #[arg(long, value_name = "SPLIT")]
+    fashion_mnist: Option<String>,
+    /// Directory with the four Fashion-MNIST IDX .gz files (default: the asset directory's).
+    #[arg(long, value_name = "DIR")]
+    fashion_mnist_dir: Option<PathBuf>,
+    /// Import at most this many products.
+    #[arg(long)]
+    limit: Option<usize>,
+    /// Images per inference batch.
+    #[arg(long, default_value_t = 32)]
+    batch_size: usize,
+    #[command(flatten)]
+    model: ModelArgs,
+}
+
+#[derive(Args)]
+struct SearchArgs {
+    #[command(flatten)]
+    db: DbArgs,
+    /// The photo to search with.
+    #[arg(required_unless_present = "like")]
+    image: Option<PathBuf>,
+    /// Search with a catalog product's stored vector instead of a photo ("more like this").
+    #[arg(long, value_name = "PRODUCT_ID", conflicts_with = "image")]
+    like: Option<String>,
+    /// Number of results.
+    #[arg(short, default_value_t = 10)]
+    k: usize,
+    /// Skip this many results (paging).
+    #[arg(long, default_value_t = 0)]
+    offset: usize,
+    /// Only products whose metadata column equals the value: column=value. Repeat to combine
+    /// (different columns must all match; values of the same column are alternatives).
+    #[arg(long = "filter", value_name = "COLUMN=VALUE")]
+    filters: Vec<String>,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    model: ModelArgs,
+}
+
+#[derive(Args)]
+struct EvalArgs {
+    #[command(flatten)]
+    db: DbArgs,
+    /// Fashion-MNIST split to draw labelled queries from (test: held out from a train catalog).
+    #[arg(long, value_name = "SPLIT")]
+    fashion_mnist: String,
+    #[arg(long, value_name = "DIR")]
+    fashion_mnist_dir: Option<PathBuf>,
+    /// Number of queries, stratified by label.
+    #[arg(long, default_value_t = 2000)]
+    queries: usize,
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Metadata column that decides relevance.
+    #[arg(long, default_value = "articleType")]
+    label: String,
+    #[arg(long)]
+    json: bool,
+    /// Also write the JSON report to this file.
+    #[arg(long, value_name = "FILE")]
+    out: Option<PathBuf>,
+    #[command(flatten)]
+    model: ModelArgs,
+}
+
+#[derive(Args)]
+struct RemoveArgs {
+    #[command(flatten)]
+    db: DbArgs,
+    /// Product ids to remove.
+    #[arg(required = true)]
+    ids: Vec<String>,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("LOOKALIKE_LOG").unwrap_or_else(|_| "lookalike=info,warn".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Index(args) => run_index(args),
+        Command::Search(args) => run_search(args),
+        Command::Eval(args) => run_eval(args),
+        Command::Remove(args) => run_remove(args),
+        Command::Info(args) => run_info(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The encoder for a catalog: the model asked for, else the one the catalog was built with.
+fn load_encoder(assets: &Assets, catalog: &SqliteCatalog, args: &ModelArgs) -> Result<OrtEncoder> {
+    let name = match (&args.model, catalog.vector_space()?) {
+        (Some(m), _) => m.clone(),
+        (None, Some(space)) => space.model,
+        (None, None) => model::DEFAULT_MODEL.to_string(),
+    };
+    let spec = model::resolve(assets, &name)?;
+    let threads = args.threads.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+    OrtEncoder::new(&assets.onnxruntime_lib()?, spec, threads)
+}
+
+fn fashion_mnist_dir(assets: &Assets, dir: &Option<PathBuf>) -> Result<PathBuf> {
+    match dir {
+        Some(d) => Ok(d.clone()),
+        None => assets.fashion_mnist_dir(),
+    }
+}
+
+fn run_index(args: IndexArgs) -> Result<()> {
+    let assets = Assets::from_env();
+    let items = if let Some(dir) = &args.kaggle {
+        let (items, report) = import::read_kaggle(dir)?;
+        for id in &report.missing_images {
+            tracing::warn!("product {id}: image file missing, skipped");
+        }
+        for (line, why) in &report.malformed {
+            tracing::warn!("styles.csv line {line}: {why}, skipped");
+        }
+        items
+    } else if let Some(dir) = &args.images {
+        import::folder::read_folder(dir)?
+    } else if let Some(split) = &args.fashion_mnist {
+        FashionMnist::load(&fashion_mnist_dir(&assets, &args.fashion_mnist_dir)?, split)?.items(args.limit)?
+    } else {
+        bail!("give one of --kaggle, --images or --fashion-mnist");
+    };
+    let items = match args.limit {
+        Some(n) => items.into_iter().take(n).collect(),
+        None => items,
+    };
+
+    let mut catalog = SqliteCatalog::open(&args.db.db)?;
+    let encoder = load_encoder(&assets, &catalog, &args.model)?;
+
+    // Ctrl-C finishes the batch in flight, commits it and stops; re-running resumes.
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    if let Err(e) = ctrlc::set_handler(move || {
+        if flag.swap(true, Ordering::SeqCst) {
+            std::process::exit(130);
+        }
+        eprintln!("\ninterrupted: finishing the current batch (Ctrl-C again to quit at once)");
+    }) {
+        tracing::warn!("cannot install the Ctrl-C handler: {e}");
+    }
+
+    let options = IndexOptions { batch_size: args.batch_size, progress: true, ..Default::default() };
+    let report = import::index_items(&mut catalog, &encoder, items, &options, &stop)?;
+    eprintln!(
+        "indexed {} new or changed, {} unchanged, {} skipped, of {} in {:.1}s ({:.1} images/s); catalog now holds {} products",
+        report.embedded,
+        report.unchanged,
+        report.failed.len(),
+        report.seen,
+        report.elapsed.as_secs_f64(),
+        report.rate(),
+        catalog.len()?
+    );
+    for (id, why) in report.failed.iter().take(20) {
+        eprintln!("  skipped {id}: {why}");
+    }
+    if report.failed.len() > 20 {
+        eprintln!("  ... and {} more", report.failed.len() - 20);
+    }
+    if report.interrupted {
+        bail!("interrupted; run the same command again to resume");
+    }
+    Ok(())
+}
+
+fn run_search(args: SearchArgs) -> Result<()> {
+    let assets = Assets::from_env();
+    let catalog = SqliteCatalog::open_existing(&args.db.db)?;
+    let encoder = load_encoder(&assets, &catalog, &args.model)?;
+    let engine = SearchEngine::open(catalog, Box::new(encoder))?;
+    let request = SearchRequest { k: args.k, offset: args.offset, filter: Filter::parse(&args.filters)? };
+    let results = match (&args.image, &args.like) {
+        (Some(path), _) => {
+            let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+            engine.search_image(&bytes, &request).with_context(|| format!("searching with {}", path.display()))?
+        }
+        (None, Some(id)) => engine.search_like(id, &request)?,
+        (None, None) => bail!("give a photo or --like PRODUCT_ID"),
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&results_json(&results))?);
+    } else {
+        print_table(&results);
+    }
+    Ok(())
+}
+
+fn results_json(results: &SearchResults) -> serde_json::Value {
+    let hits: Vec<_> = results
+        .hits
+        .iter()
+        .map(|h| {
+            serde_json::json!({
+                "rank": h.rank,
+                "id": h.product.id,
+                "score": h.score,
+                "name": h.product.name(),
+                "category": h.product.category(),
+                "colour": h.product.colour(),
+                "image": image_label(&h.product.image),
+                "metadata": h.product.metadata,
+            })
+        })
+        .collect();
+    serde_json::json!({ "hits": hits, "timings": results.timings })
+}
+
+fn image_label(image: &lookalike::catalog::ImageRef) -> String {
+    match image {
+        lookalike::catalog::ImageRef::File(p) => p.display().to_string(),
+        lookalike::catalog::ImageRef::Stored { mime } => format!("(stored in catalog, {mime})"),
+    }
+}
+
+fn print_table(results: &SearchResults) {
+    println!("{:>4}  {:<24}  {:>6}  {:<36}  {:<16}  {:<10}  image", "rank", "id", "score", "name", "category", "colour");
+    for h in &results.hits {
+        let p = &h.product;
+        println!(
+            "{:>4}  {:<24}  {:>6.3}  {:<36}  {:<16}  {:<10}  {}",
+            h.rank,
+            truncate(&p.id, 24),
+            h.score,
+            truncate(p.name(), 36),
+            truncate(p.category().unwrap_or("-"), 16),
+            truncate(p.colour().unwrap_or("-"), 10),
+            image_label(&p.image)
+        );
+    }
+    if results.hits.is_empty() {
+        println!("(no products match)");
+    }
+    let t = &results.timings;
+    eprintln!(
+        "{:.1} ms (decode {:.1}, preprocess {:.1}, encode {:.1}, search {:.1}, metadata {:.1})",
+        t.total_ms, t.decode_ms, t.preprocess_ms, t.encode_ms, t.search_ms, t.metadata_ms
+    );
+}
+
+fn truncate(s: &str, width: usize) -> String {
+    if s.chars().count() <= width {
+        s.to_string()
+    } else {
+        let cut: String = s.chars().take(width.saturating_sub(1)).collect();
+        format!("{cut}…")
+    }
+}
+
+fn run_eval(args: EvalArgs) -> Result<()> {
+    let assets = Assets::from_env();
+    let catalog = SqliteCatalog::open_existing(&args.db.db)?;
+    let encoder = load_encoder(&assets, &catalog, &args.model)?;
+    let split = FashionMnist::load(&fashion_mnist_dir(&assets, &args.fashion_mnist_dir)?, &args.fashion_mnist)?;
+    let labels: Vec<String> = (0..split.len()).map(|i| split.class_name(i).to_string()).collect();
+    let picked = eval::stratified_sample(&labels, args.queries.min(split.len()), args.seed);
+    let queries = picked
+        .into_iter()
+        .map(|i| Ok(LabelledQuery { id: split.product_id(i), image: image::DynamicImage::ImageLuma8(split.image(i)?), label: labels[i].clone() }))
+        .collect::<Result<Vec<_>>>()?;
+    eprintln!("evaluating {} queries against {} products ({})", queries.len(), catalog.len()?, encoder.spec().name);
+    let report = eval::evaluate(&catalog, &encoder, &queries, &args.label, args.seed)?;
+    let json = serde_json::to_string_pretty(&report)?;
+    if let Some(out) = &args.out {
+        write_file(out, &json)?;
+    }
+    if args.json {
+        println!("{json}");
+    } else {
+        println!("{}", report.table());
+    }
+    Ok(())
+}
+
+fn write_file(path: &Path, text: &str) -> Result<()> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
+}
+
+fn run_remove(args: RemoveArgs) -> Result<()> {
+    let mut catalog = SqliteCatalog::open_existing(&args.db.db)?;
+    let mut missing = Vec::new();
+    for id in &args.ids {
+        match catalog.remove(id)? {
+            Some(_) => eprintln!("removed {id}"),
+            None => missing.push(id.as_str()),
+        }
+    }
+    if !missing.is_empty() {
+        bail!("no product with id {}", missing.join(", "));
+    }
+    Ok(())
+}
+
+fn run_info(args: DbArgs) -> Result<()> {
+    let catalog = SqliteCatalog::open_existing(&args.db)?;
+    println!("catalog: {}", catalog.path().display());
+    println!("products: {}", catalog.len()?);
+    match catalog.vector_space()? {
+        Some(space) => println!("model: {} ({}-d vectors)", space.model, space.dim),
+        None => println!("model: none yet"),
+    }
+    Ok(())
+}

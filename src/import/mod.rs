@@ -1,1 +1,237 @@
-//! import
+//! Catalog import: from a folder of photos, the Fashion Product Images layout or Fashion-MNIST
+//! to products with vectors in the catalog.
+//!
+//! Each source turns its input into [`CatalogItem`]s; [`index_items`] does the rest for all of
+//! them: skip what is already indexed with the same content hash, decode and preprocess in
+//! parallel, encode in batches, and commit each batch (products and vectors together) in one
+//! transaction, so an interrupted import resumes where it stopped.
+
+pub mod fashion_mnist;
+pub mod folder;
+pub mod idx;
+pub mod kaggle;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::sync_channel;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+use rayon::prelude::*;
+use sha2::{Digest, Sha256};
+
+use crate::catalog::{Catalog, Metadata, NewImage, NewProduct, SqliteCatalog, VectorSpace};
+use crate::encoder::Encoder;
+use crate::preprocess::{self, DecodeLimits};
+
+/// A product as a source describes it, before it is encoded.
+#[derive(Debug, Clone)]
+pub struct CatalogItem {
+    /// The shop's product id (unique within the catalog).
+    pub id: String,
+    pub image: ItemImage,
+    pub metadata: Metadata,
+}
+
+#[derive(Debug, Clone)]
+pub enum ItemImage {
+    /// A photo on disk; the catalog keeps the path, not a copy.
+    File(PathBuf),
+    /// A photo with no file of its own (e.g. a Fashion-MNIST entry); kept inside the catalog.
+    Bytes { bytes: Vec<u8>, mime: String },
+}
+
+/// Tuning of [`index_items`].
+#[derive(Debug, Clone)]
+pub struct IndexOptions {
+    /// Images per inference batch (and per committed transaction).
+    pub batch_size: usize,
+    /// Show a progress bar on stderr.
+    pub progress: bool,
+    pub limits: DecodeLimits,
+}
+
+impl Default for IndexOptions {
+    fn default() -> Self {
+        IndexOptions { batch_size: 32, progress: true, limits: DecodeLimits::default() }
+    }
+}
+
+/// What an import did.
+#[derive(Debug, Default, Clone)]
+pub struct IndexReport {
+    pub seen: usize,
+    /// Newly added or re-encoded because the image changed.
+    pub embedded: usize,
+    /// Already in the catalog with the same image bytes.
+    pub unchanged: usize,
+    /// Skipped items: (id, why).
+    pub failed: Vec<(String, String)>,
+    /// Stopped early by Ctrl-C; re-running resumes.
+    pub interrupted: bool,
+    pub elapsed: Duration,
+}
+
+impl IndexReport {
+    /// Images embedded per second of wall time.
+    pub fn rate(&self) -> f64 {
+        self.embedded as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+}
+
+/// An item whose image has been read, hashed and turned into the model's input.
+struct Prepared {
+    item: CatalogItem,
+    stored: NewImage,
+    hash: String,
+    tensor: Vec<f32>,
+}
+
+/// Embeds `items` into `catalog` with `encoder`. Set `stop` (e.g. from a Ctrl-C handler) to
+/// finish the batch in flight and return early; nothing half-written is ever committed.
+pub fn index_items(
+    catalog: &mut SqliteCatalog,
+    encoder: &dyn Encoder,
+    items: Vec<CatalogItem>,
+    options: &IndexOptions,
+    stop: &AtomicBool,
+) -> Result<IndexReport> {
+    let started = Instant::now();
+    let spec = encoder.spec().clone();
+    if let Some(space) = catalog.vector_space()? {
+        if space.model != spec.name {
+            anyhow::bail!(
+                "catalog {} was indexed with model {:?}, not {:?}: pass --model {} or use a new --db",
+                catalog.path().display(),
+                space.model,
+                spec.name,
+                space.model
+            );
+        }
+    }
+    let known: HashMap<String, String> = catalog.content_hashes()?;
+    let mut report = IndexReport { seen: items.len(), ..Default::default() };
+
+    let bar = if options.progress { ProgressBar::new(items.len() as u64) } else { ProgressBar::hidden() };
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} {per_sec} ETA {eta}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+
+    let batch_size = options.batch_size.max(1);
+    // Decoding runs one batch ahead of inference on its own thread; the channel's small bound
+    // keeps memory flat however large the catalog is.
+    let (tx, rx) = sync_channel::<(Vec<Prepared>, Vec<(String, String)>, usize)>(2);
+    std::thread::scope(|scope| -> Result<()> {
+        let limits = &options.limits;
+        let known = &known;
+        let input = &spec.input;
+        scope.spawn(move || {
+            let mut items = items.into_iter();
+            loop {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                let chunk: Vec<CatalogItem> = items.by_ref().take(batch_size).collect();
+                if chunk.is_empty() {
+                    break;
+                }
+                let results: Vec<Result<Option<Prepared>, (String, String)>> =
+                    chunk.into_par_iter().map(|item| prepare_item(item, known, limits, input)).collect();
+                let (mut ready, mut failed, mut unchanged) = (Vec::new(), Vec::new(), 0);
+                for r in results {
+                    match r {
+                        Ok(Some(p)) => ready.push(p),
+                        Ok(None) => unchanged += 1,
+                        Err(f) => failed.push(f),
+                    }
+                }
+                if tx.send((ready, failed, unchanged)).is_err() {
+                    break;
+                }
+            }
+        });
+
+        for (batch, failed, unchanged) in rx {
+            report.unchanged += unchanged;
+            bar.inc((unchanged + failed.len()) as u64);
+            for (id, why) in &failed {
+                bar.suspend(|| tracing::warn!("skipped {id}: {why}"));
+            }
+            report.failed.extend(failed);
+            if batch.is_empty() {
+                continue;
+            }
+            let (tensors, described): (Vec<Vec<f32>>, Vec<_>) =
+                batch.into_iter().map(|p| (p.tensor, (p.item, p.stored, p.hash))).unzip();
+            let embeddings = encoder.encode(&tensors).context("running the image encoder")?;
+            if let Some(first) = embeddings.first() {
+                catalog.bind_vector_space(&VectorSpace { model: spec.name.clone(), dim: first.vector.len() })?;
+            }
+            let products: Vec<NewProduct> = described
+                .into_iter()
+                .zip(embeddings)
+                .map(|((item, stored, hash), e)| NewProduct {
+                    id: item.id,
+                    image: stored,
+                    content_hash: hash,
+                    metadata: item.metadata,
+                    vector: e.vector,
+                    max_pooled: e.max_pooled,
+                })
+                .collect();
+            catalog.upsert(&products)?;
+            report.embedded += products.len();
+            bar.inc(products.len() as u64);
+        }
+        Ok(())
+    })?;
+    report.interrupted = stop.load(Ordering::Relaxed);
+    bar.finish_and_clear();
+    report.elapsed = started.elapsed();
+    Ok(report)
+}
+
+/// Reads, hashes and preprocesses one item. `Ok(None)`: already indexed with the same bytes.
+fn prepare_item(
+    item: CatalogItem,
+    known: &HashMap<String, String>,
+    limits: &DecodeLimits,
+    input: &crate::model::InputSpec,
+) -> Result<Option<Prepared>, (String, String)> {
+    let fail = |why: String| (item.id.clone(), why);
+    let (bytes, stored) = match &item.image {
+        ItemImage::File(path) => {
+            let bytes = std::fs::read(path).map_err(|e| fail(format!("reading {}: {e}", path.display())))?;
+            (bytes, NewImage::File(path.clone()))
+        }
+        ItemImage::Bytes { bytes, mime } => (bytes.clone(), NewImage::Stored { bytes: bytes.clone(), mime: mime.clone() }),
+    };
+    let hash = hex::encode(Sha256::digest(&bytes));
+    if known.get(&item.id) == Some(&hash) {
+        return Ok(None);
+    }
+    let image = preprocess::decode(&bytes, limits).map_err(|e| fail(format!("{}: {e}", describe(&item.image))))?;
+    let tensor = preprocess::prepare(&preprocess::to_rgb_on_white(&image), input);
+    Ok(Some(Prepared { item, stored, hash, tensor }))
+}
+
+fn describe(image: &ItemImage) -> String {
+    match image {
+        ItemImage::File(path) => path.display().to_string(),
+        ItemImage::Bytes { .. } => "stored image".to_string(),
+    }
+}
+
+/// The Fashion Product Images layout (`images/ID.jpg` + `styles.csv`) as catalog items, with
+/// every CSV column kept as metadata, plus the report of rows that had to be skipped.
+pub fn read_kaggle(dir: &std::path::Path) -> Result<(Vec<CatalogItem>, kaggle::KaggleReport)> {
+    let (rows, report) = kaggle::read_catalog(dir)?;
+    let items = rows
+        .into_iter()
+        .map(|row| CatalogItem { id: row.id, image: ItemImage::File(row.image), metadata: row.metadata.into_iter().collect() })
+        .collect();
+    Ok((items, report))
+}

@@ -36,6 +36,8 @@ enum Command {
     Remove(RemoveArgs),
     /// Show what a catalog holds.
     Info(DbArgs),
+    /// Prepare the built-in models (convert the PyTorch weights to ONNX) and list them.
+    Models,
 }
 
 #[derive(Args)]
@@ -157,6 +159,7 @@ fn main() -> ExitCode {
         Command::Eval(args) => run_eval(args),
         Command::Remove(args) => run_remove(args),
         Command::Info(args) => run_info(args),
+        Command::Models => run_models(),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -385,6 +388,16 @@ fn run_info(args: DbArgs) -> Result<()> {
     match catalog.vector_space()? {
         Some(space) => println!("model: {} ({}-d vectors)", space.model, space.dim),
         None => println!("model: none yet"),
+    }
+    Ok(())
+}
+
+fn run_models() -> Result<()> {
+    let assets = Assets::from_env();
+    for name in model::BUILTIN {
+        let spec = model::resolve(&assets, name)?;
+        let marker = if *name == model::DEFAULT_MODEL { " (default)" } else { "" };
+        println!("{name}{marker}: {}x{} input, {:?} pooling, {}", spec.input.size, spec.input.size, spec.pooling, spec.onnx.display());
     }
     Ok(())
 }

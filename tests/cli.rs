@@ -1,0 +1,340 @@
+//! End-to-end tests of the `lookalike` command on small real samples: Fashion-MNIST images, the
+//! real EfficientNet-Lite0 model, and catalogs in the Fashion Product Images layout that the tests
+//! write themselves. Assets come from `make setup`; a missing asset fails the test with that hint.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use lookalike::assets::Assets;
+use lookalike::import::fashion_mnist::FashionMnist;
+
+const BIN: &str = env!("CARGO_BIN_EXE_lookalike");
+
+fn lookalike(args: &[&str]) -> Output {
+    Command::new(BIN).args(args).env("LOOKALIKE_LOG", "warn").output().expect("the lookalike binary runs")
+}
+
+fn ok(args: &[&str]) -> String {
+    let out = lookalike(args);
+    assert!(out.status.success(), "lookalike {args:?} failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn fm_dir() -> PathBuf {
+    Assets::from_env().fashion_mnist_dir().expect("Fashion-MNIST assets (run `make setup`)")
+}
+
+/// A catalog of the first 300 Fashion-MNIST training images, built once per test run and copied
+/// by tests that change it.
+fn shared_catalog() -> &'static Path {
+    static DB: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
+    let (_, db) = DB.get_or_init(|| {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = dir.path().join("fm.db");
+        let fm = fm_dir();
+        ok(&["index", "--db", path(&db), "--fashion-mnist", "train", "--limit", "300", "--fashion-mnist-dir", path(&fm)]);
+        (dir, db)
+    });
+    db
+}
+
+fn copy_catalog(to: &Path) -> PathBuf {
+    // The shared catalog's writer has exited, so its WAL is checkpointed: the file is complete.
+    let db = to.join("copy.db");
+    std::fs::copy(shared_catalog(), &db).expect("copy catalog");
+    db
+}
+
+fn path(p: &Path) -> &str {
+    p.to_str().expect("utf-8 temp path")
+}
+
+/// Writes Fashion-MNIST test image `i` as a PNG and returns its path and class name.
+fn test_image(dir: &Path, i: usize) -> (PathBuf, String) {
+    let fm = FashionMnist::load(&fm_dir(), "test").expect("test split");
+    let file = dir.join(format!("query-{i}.png"));
+    fm.image(i).expect("image").save(&file).expect("save png");
+    (file, fm.class_name(i).to_string())
+}
+
+fn json(text: &str) -> serde_json::Value {
+    serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+}
+
+#[test]
+fn index_is_incremental() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = copy_catalog(dir.path());
+    let out = lookalike(&["index", "--db", path(&db), "--fashion-mnist", "train", "--limit", "320", "--fashion-mnist-dir", path(&fm_dir())]);
+    assert!(out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("indexed 20 new or changed, 300 unchanged"), "{stderr}");
+    assert!(ok(&["info", "--db", path(&db)]).contains("products: 320"));
+}
+
+#[test]
+fn search_finds_products_of_the_same_kind() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = shared_catalog();
+    let mut same = 0;
+    let queries = 20;
+    for i in 0..queries {
+        let (file, class) = test_image(dir.path(), i);
+        let out = json(&ok(&["search", "--db", path(db), path(&file), "-k", "5", "--json"]));
+        let hits = out["hits"].as_array().expect("hits");
+        assert_eq!(hits.len(), 5);
+        let scores: Vec<f64> = hits.iter().map(|h| h["score"].as_f64().expect("score")).collect();
+        assert!(scores.windows(2).all(|w| w[0] >= w[1]), "ranked best first: {scores:?}");
+        same += hits.iter().filter(|h| h["category"] == class.as_str()).count();
+    }
+    let precision = same as f64 / (queries * 5) as f64;
+    // 300 catalog products, 10 classes: chance is 0.1.
+    assert!(precision > 0.6, "precision@5 on held-out images was {precision}");
+}
+
+#[test]
+fn filters_return_k_matching_products() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (file, _) = test_image(dir.path(), 0);
+    let out = json(&ok(&["search", "--db", path(shared_catalog()), path(&file), "-k", "8", "--filter", "articleType=Bag", "--json"]));
+    let hits = out["hits"].as_array().expect("hits");
+    assert_eq!(hits.len(), 8, "k hits while enough products match");
+    assert!(hits.iter().all(|h| h["metadata"]["articleType"] == "Bag"));
+
+    let out = json(&ok(&[
+        "search", "--db", path(shared_catalog()), path(&file), "-k", "300",
+        "--filter", "articleType=Bag", "--filter", "articleType=Sandal", "--json",
+    ]));
+    let hits = out["hits"].as_array().expect("hits");
+    assert!(hits.len() > 8 && hits.len() < 300, "only the matching products: {}", hits.len());
+    assert!(hits.iter().all(|h| h["metadata"]["articleType"] == "Bag" || h["metadata"]["articleType"] == "Sandal"));
+
+    let out = json(&ok(&["search", "--db", path(shared_catalog()), path(&file), "--filter", "articleType=Unicorn", "--json"]));
+    assert_eq!(out["hits"].as_array().map(Vec::len), Some(0));
+
+    let out = lookalike(&["search", "--db", path(shared_catalog()), path(&file), "--filter", "articleType"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("column=value"));
+}
+
+#[test]
+fn more_like_this_and_paging() {
+    let db = shared_catalog();
+    let first = json(&ok(&["search", "--db", path(db), "--like", "fmnist-train-00000", "-k", "10", "--json"]));
+    let hits = first["hits"].as_array().expect("hits");
+    assert_eq!(hits.len(), 10);
+    assert!(hits.iter().all(|h| h["id"] != "fmnist-train-00000"), "the product itself is not its own look-alike");
+    let second = json(&ok(&["search", "--db", path(db), "--like", "fmnist-train-00000", "-k", "5", "--offset", "5", "--json"]));
+    let page2: Vec<&serde_json::Value> = second["hits"].as_array().expect("hits").iter().map(|h| &h["id"]).collect();
+    let tail: Vec<&serde_json::Value> = hits[5..].iter().map(|h| &h["id"]).collect();
+    assert_eq!(page2, tail);
+    assert_eq!(second["hits"][0]["rank"], 6);
+
+    let out = lookalike(&["search", "--db", path(db), "--like", "no-such-product"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no-such-product"));
+}
+
+#[test]
+fn remove_takes_products_out_of_search() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = copy_catalog(dir.path());
+    let before = json(&ok(&["search", "--db", path(&db), "--like", "fmnist-train-00001", "-k", "3", "--json"]));
+    let top = before["hits"][0]["id"].as_str().expect("id").to_string();
+    ok(&["remove", "--db", path(&db), &top]);
+    let after = json(&ok(&["search", "--db", path(&db), "--like", "fmnist-train-00001", "-k", "3", "--json"]));
+    assert!(after["hits"].as_array().expect("hits").iter().all(|h| h["id"] != top.as_str()));
+    assert!(ok(&["info", "--db", path(&db)]).contains("products: 299"));
+    let out = lookalike(&["remove", "--db", path(&db), &top]);
+    assert!(!out.status.success(), "removing twice reports the unknown id");
+}
+
+#[test]
+fn bad_images_give_errors_naming_the_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = shared_catalog();
+    let (png, _) = test_image(dir.path(), 3);
+    let mut jpeg = Vec::new();
+    image::open(&png)
+        .expect("png")
+        .resize(300, 300, image::imageops::FilterType::Triangle)
+        .to_rgb8()
+        .write_to(&mut std::io::Cursor::new(&mut jpeg), image::ImageFormat::Jpeg)
+        .expect("jpeg");
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("zero.jpg", Vec::new()),
+        ("truncated.jpg", jpeg[..jpeg.len() / 3].to_vec()),
+        ("text.jpg", b"this is not an image, just a text file\n".to_vec()),
+        ("huge.png", huge_png_header(20000, 20000)),
+    ];
+    for (name, bytes) in cases {
+        let file = dir.path().join(name);
+        std::fs::write(&file, bytes).expect("write");
+        let out = lookalike(&["search", "--db", path(db), path(&file)]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{name} was accepted");
+        assert!(stderr.contains(name), "{name}: error does not name the file: {stderr}");
+        assert!(!stderr.contains("panicked"), "{name}: panic: {stderr}");
+    }
+    let out = lookalike(&["search", "--db", path(db), "/nonexistent/photo.jpg"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/photo.jpg"));
+}
+
+/// A PNG signature and IHDR chunk claiming `w`x`h` pixels, followed by garbage.
+fn huge_png_header(w: u32, h: u32) -> Vec<u8> {
+    let mut ihdr = b"IHDR".to_vec();
+    ihdr.extend(w.to_be_bytes());
+    ihdr.extend(h.to_be_bytes());
+    ihdr.extend([8, 2, 0, 0, 0]);
+    let crc = crc32(&ihdr);
+    let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
+    png.extend(13u32.to_be_bytes());
+    png.extend(&ihdr);
+    png.extend(crc.to_be_bytes());
+    png.extend([0u8; 64]);
+    png
+}
+
+fn crc32(bytes: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for b in bytes {
+        crc ^= u32::from(*b);
+        for _ in 0..8 {
+            crc = if crc & 1 != 0 { (crc >> 1) ^ 0xEDB8_8320 } else { crc >> 1 };
+        }
+    }
+    !crc
+}
+
+#[test]
+fn missing_catalog_and_bad_flags_are_clear() {
+    let out = lookalike(&["search", "--db", "/nonexistent/shop.db", "x.jpg"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("lookalike index"));
+    let out = lookalike(&["index", "--db", "x.db"]);
+    assert!(!out.status.success(), "index needs a source");
+    let out = lookalike(&["index", "--db", "x.db", "--fashion-mnist", "validation"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("validation"));
+    let out = lookalike(&["search", "--db", path(shared_catalog()), "--like", "x", "--bogus"]);
+    assert!(!out.status.success());
+}
+
+#[test]
+fn kaggle_layout_with_dirty_rows() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let shop = dir.path().join("shop");
+    std::fs::create_dir_all(shop.join("images")).expect("mkdir");
+    let fm = FashionMnist::load(&fm_dir(), "test").expect("test split");
+    // Real product photos: Fashion-MNIST items scaled up and saved as JPEG, as a shop's would be.
+    for (id, i) in [("1001", 0usize), ("1002", 1), ("1003", 2), ("1004", 3), ("1006", 5)] {
+        let img = image::DynamicImage::ImageLuma8(fm.image(i).expect("image")).resize(112, 112, image::imageops::FilterType::Triangle);
+        img.to_rgb8().save(shop.join("images").join(format!("{id}.jpg"))).expect("save");
+    }
+    std::fs::write(shop.join("images/1006.jpg"), b"not really a jpeg").expect("write");
+    let csv = "id,gender,masterCategory,subCategory,articleType,baseColour,season,year,usage,productDisplayName\n\
+        1001,Men,Footwear,Shoes,Casual Shoes,Black,Fall,2011,Casual,Puma Men Black Shoes\n\
+        1002,Women,Apparel,Topwear,Tshirts,White,Summer,2012,Casual,Nike Women, Dri-FIT, White Tshirt\n\
+        1003,Men,Apparel,Topwear,Shirts,Blue,Fall,2011,Formal,Arrow Men Blue Shirt\n\
+        1004,Women,Apparel,Bottomwear,Trousers\n\
+        1005,Men,Apparel,Topwear,Shirts,Red,Fall,2011,Casual,Missing Image Shirt\n\
+        1006,Women,Accessories,Bags,Handbags,Brown,Winter,2016,Casual,Broken Image Bag\n";
+    std::fs::write(shop.join("styles.csv"), csv).expect("csv");
+    let db = dir.path().join("shop.db");
+    let out = lookalike(&["index", "--db", path(&db), "--kaggle", path(&shop)]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("1005"), "missing image reported: {stderr}");
+    assert!(stderr.contains("1006"), "unreadable image reported: {stderr}");
+    assert!(ok(&["info", "--db", path(&db)]).contains("products: 3"));
+
+    let out = json(&ok(&["search", "--db", path(&db), path(&shop.join("images/1002.jpg")), "-k", "3", "--json"]));
+    let top = &out["hits"][0];
+    assert_eq!(top["id"], "1002");
+    assert_eq!(top["name"], "Nike Women, Dri-FIT, White Tshirt", "commas inside the name are kept");
+    assert_eq!(top["category"], "Tshirts");
+    assert_eq!(top["colour"], "White");
+    assert_eq!(top["metadata"]["season"], "Summer");
+    let men = json(&ok(&["search", "--db", path(&db), path(&shop.join("images/1002.jpg")), "--filter", "gender=Men", "--json"]));
+    let ids: Vec<&str> = men["hits"].as_array().expect("hits").iter().filter_map(|h| h["id"].as_str()).collect();
+    assert_eq!(ids.len(), 2);
+    assert!(ids.contains(&"1001") && ids.contains(&"1003"));
+}
+
+#[test]
+fn folder_of_real_photos() {
+    let samples = Assets::from_env().sample("coffee.png").expect("sample photos (run `make setup`)");
+    let samples = samples.parent().expect("samples dir");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("photos.db");
+    let out = lookalike(&["index", "--db", path(&db), "--images", path(samples)]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let hits = json(&ok(&["search", "--db", path(&db), path(&samples.join("chelsea.png")), "-k", "2", "--json"]));
+    assert_eq!(hits["hits"][0]["id"], "chelsea.png", "a photo finds itself first");
+    assert!(hits["hits"][0]["score"].as_f64().expect("score") > 0.99);
+}
+
+#[test]
+fn killed_import_resumes_without_loss_or_duplicates() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("resume.db");
+    let fm = fm_dir();
+    let args = ["index", "--db", path(&db), "--fashion-mnist", "train", "--limit", "400", "--batch-size", "8", "--fashion-mnist-dir", path(&fm)];
+    let mut child = Command::new(BIN).args(args).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("spawn");
+    // Kill it (SIGKILL: no chance to clean up) once some batches are committed.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        std::thread::sleep(Duration::from_millis(100));
+        let count = product_count(&db);
+        if count >= 40 || Instant::now() > deadline {
+            break;
+        }
+        if let Ok(Some(_)) = child.try_wait() {
+            break;
+        }
+    }
+    child.kill().ok();
+    child.wait().ok();
+    let partial = product_count(&db);
+    assert!(partial > 0 && partial < 400, "killed mid-import with {partial} products committed");
+
+    let out = lookalike(&args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains(&format!("{} unchanged", partial)), "resumed past committed work: {stderr}");
+    let conn = rusqlite::Connection::open(&db).expect("open");
+    let (products, vectors, distinct): (i64, i64, i64) = conn
+        .query_row("SELECT (SELECT COUNT(*) FROM products), (SELECT COUNT(*) FROM vectors), (SELECT COUNT(DISTINCT id) FROM products)", [], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })
+        .expect("counts");
+    assert_eq!((products, vectors, distinct), (400, 400, 400));
+}
+
+fn product_count(db: &Path) -> i64 {
+    let Ok(conn) = rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY) else { return 0 };
+    conn.query_row("SELECT COUNT(*) FROM products", [], |r| r.get(0)).unwrap_or(0)
+}
+
+#[test]
+fn eval_reports_all_three_methods() {
+    let out = json(&ok(&[
+        "eval", "--db", path(shared_catalog()), "--fashion-mnist", "test", "--queries", "50", "--seed", "3",
+        "--fashion-mnist-dir", path(&fm_dir()), "--json",
+    ]));
+    assert_eq!(out["catalog_size"], 300);
+    assert_eq!(out["queries"], 50);
+    assert_eq!(out["seed"], 3);
+    for method in ["lookalike", "original_recipe", "raw_pixels"] {
+        let m = &out["methods"][method];
+        for key in ["precision_at_1", "precision_at_5", "precision_at_10", "map_at_10", "knn_accuracy", "latency_ms_median", "latency_ms_p95"] {
+            let v = m[key].as_f64().unwrap_or_else(|| panic!("{method}.{key} missing: {out}"));
+            assert!(v >= 0.0, "{method}.{key} = {v}");
+        }
+        assert!(m["precision_at_10"].as_f64().unwrap_or(2.0) <= 1.0);
+    }
+    // With this small catalog raw pixels are already decent; the learned features must still be
+    // far above chance (0.1).
+    assert!(out["methods"]["lookalike"]["precision_at_10"].as_f64().unwrap_or(0.0) > 0.5, "{out}");
+}

@@ -251,7 +251,7 @@ fn fold_batch_norm(w: &Tensor, conv_bias: Option<&Tensor>, sd: &StateDict, bn: &
     let mut bias = Vec::with_capacity(out_ch);
     for c in 0..out_ch {
         let v = var.data[c] + BN_EPS;
-        if !(v > 0.0) {
+        if v.is_nan() || v <= 0.0 {
             bail!("channel {c} has running variance {} (must be > -eps)", var.data[c]);
         }
         let scale = gamma.data[c] / v.sqrt();

@@ -367,6 +367,9 @@ fn materialise(t: &TensorRef, storages: &HashMap<String, RawStorage>) -> Result<
     Ok(Tensor { shape: t.size.clone(), data })
 }
 
+/// A Python dict's items, in insertion order, shared like a Python object.
+type SharedDict = Rc<RefCell<Vec<(Value, Value)>>>;
+
 /// The values the pickle VM manipulates. Lists and dicts are shared and mutable, as in Python:
 /// a memoised dict that is filled afterwards must be seen filled when fetched from the memo.
 #[derive(Debug, Clone)]
@@ -379,7 +382,7 @@ enum Value {
     Bytes(#[allow(dead_code)] Vec<u8>),
     Tuple(Rc<Vec<Value>>),
     List(Rc<RefCell<Vec<Value>>>),
-    Dict(Rc<RefCell<Vec<(Value, Value)>>>),
+    Dict(SharedDict),
     Global { module: String, name: String },
     Storage(StorageRef),
     Tensor(TensorRef),
@@ -698,7 +701,7 @@ impl<'a> Unpickler<'a> {
 }
 
 fn pairs(items: Vec<Value>) -> Result<Vec<(Value, Value)>> {
-    ensure!(items.len() % 2 == 0, "odd number of items for a dict");
+    ensure!(items.len().is_multiple_of(2), "odd number of items for a dict");
     let mut out = Vec::with_capacity(items.len() / 2);
     let mut it = items.into_iter();
     while let (Some(k), Some(v)) = (it.next(), it.next()) {
@@ -707,7 +710,7 @@ fn pairs(items: Vec<Value>) -> Result<Vec<(Value, Value)>> {
     Ok(out)
 }
 
-fn dict_of(v: &Value) -> Result<&Rc<RefCell<Vec<(Value, Value)>>>> {
+fn dict_of(v: &Value) -> Result<&SharedDict> {
     match v {
         Value::Dict(d) => Ok(d),
         other => bail!("SETITEM(S) on a non-dict {other:?}"),

@@ -3,9 +3,16 @@
 //! The [`Encoder`] trait is the only thing the rest of lookalike knows about inference; the
 //! ONNX Runtime implementation is [`OrtEncoder`].
 
-use anyhow::Result;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, OnceLock};
 
-use crate::model::ModelSpec;
+use anyhow::{anyhow, bail, ensure, Context, Result};
+use ort::environment::Environment;
+use ort::session::builder::GraphOptimizationLevel;
+use ort::session::Session;
+use ort::value::TensorRef;
+
+use crate::model::{Layout, ModelSpec, Pooling};
 
 /// One image's vectors, each L2-normalised.
 #[derive(Debug, Clone, PartialEq)]
@@ -26,12 +33,250 @@ pub trait Encoder: Send + Sync {
     fn encode(&self, batch: &[Vec<f32>]) -> Result<Vec<Embedding>>;
 }
 
-// TEMPORARY stand-in (replaced by the model branch).
-pub struct OrtEncoder { spec: ModelSpec }
-impl OrtEncoder {
-    pub fn new(ort_lib: &std::path::Path, spec: ModelSpec, threads: usize) -> Result<OrtEncoder> { let _ = (ort_lib, threads); Ok(OrtEncoder { spec }) }
+/// The process-wide ONNX Runtime environment.
+///
+/// ONNX Runtime allows one environment per process, and `ort` loads the shared library only
+/// once, so the first successful initialisation wins; later calls with another library path
+/// reuse it. A failure is not cached, so a caller can fix the path and retry.
+static ORT_ENV: OnceLock<(Environment, PathBuf)> = OnceLock::new();
+static ORT_INIT: Mutex<()> = Mutex::new(());
+
+fn ort_environment(ort_lib: &Path) -> Result<&'static Environment> {
+    if let Some((env, _)) = ORT_ENV.get() {
+        return Ok(env);
+    }
+    // Serialise initialisation: two threads must not both try to build an environment.
+    let _guard = ORT_INIT.lock().map_err(|_| anyhow!("ONNX Runtime initialisation panicked in another thread"))?;
+    if let Some((env, _)) = ORT_ENV.get() {
+        return Ok(env);
+    }
+    if !ort_lib.is_file() {
+        bail!("ONNX Runtime library not found at {} — run `make setup`", ort_lib.display());
+    }
+    let env = ort::init_from(ort_lib)
+        .with_context(|| format!("loading ONNX Runtime from {} (run `make setup` to fetch it)", ort_lib.display()))?
+        .with_name("lookalike")
+        .build()
+        .context("creating the ONNX Runtime environment")?;
+    Ok(&ORT_ENV.get_or_init(|| (env, ort_lib.to_path_buf())).0)
 }
+
+/// An [`Encoder`] running an ONNX model on the CPU with ONNX Runtime.
+pub struct OrtEncoder {
+    spec: ModelSpec,
+    /// `ort`'s `Session::run` takes `&mut self` (it keeps per-run state such as output
+    /// allocations), while [`Encoder`] is shared across threads through `&self`. A mutex
+    /// serialises runs; that costs nothing in throughput because each run already uses all
+    /// `threads` intra-op threads, and callers wanting parallel runs can create one encoder
+    /// per worker.
+    session: Mutex<Session>,
+    threads: usize,
+}
+
+impl std::fmt::Debug for OrtEncoder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OrtEncoder").field("spec", &self.spec).field("threads", &self.threads).finish_non_exhaustive()
+    }
+}
+
+impl OrtEncoder {
+    /// Loads `spec.onnx` with the ONNX Runtime library at `ort_lib`, using `threads` intra-op
+    /// threads (set explicitly: ONNX Runtime's default of one per core oversubscribes a machine
+    /// that also decodes images or serves requests).
+    pub fn new(ort_lib: &Path, spec: ModelSpec, threads: usize) -> Result<OrtEncoder> {
+        ensure!(threads >= 1, "an encoder needs at least one thread");
+        let env = ort_environment(ort_lib)?;
+        if !spec.onnx.is_file() {
+            bail!("model file {} of {:?} not found", spec.onnx.display(), spec.name);
+        }
+        let session = Session::builder(env)
+            .and_then(|b| b.with_optimization_level(GraphOptimizationLevel::Level3).map_err(Into::into))
+            .and_then(|b| b.with_intra_threads(threads).map_err(Into::into))
+            .and_then(|b| b.with_inter_threads(1).map_err(Into::into))
+            .and_then(|mut b| b.commit_from_file(&spec.onnx))
+            .with_context(|| format!("loading ONNX model {}", spec.onnx.display()))?;
+
+        let has_input = session.inputs().iter().any(|i| i.name() == spec.input.name);
+        ensure!(has_input, "{} has no input named {:?}", spec.onnx.display(), spec.input.name);
+        for wanted in std::iter::once(&spec.output).chain(spec.logits.as_ref()) {
+            let found = session.outputs().iter().any(|o| o.name() == wanted);
+            ensure!(found, "{} has no output named {wanted:?}", spec.onnx.display());
+        }
+        Ok(OrtEncoder { spec, session: Mutex::new(session), threads })
+    }
+
+    /// Runs the model and returns the ImageNet logits (`spec.logits`), one row per image.
+    pub fn logits(&self, batch: &[Vec<f32>]) -> Result<Vec<Vec<f32>>> {
+        let name = self.spec.logits.as_deref().ok_or_else(|| anyhow!("model {:?} has no logits output", self.spec.name))?;
+        let out = self.run(batch, name)?;
+        ensure!(out.shape.len() == 2, "logits output {name:?} has shape {:?}, expected [N, classes]", out.shape);
+        Ok(out.data.chunks(out.shape[1].max(1)).map(<[f32]>::to_vec).collect())
+    }
+
+    /// Runs one batched inference and copies output `name` out of the session.
+    fn run(&self, batch: &[Vec<f32>], name: &str) -> Result<Output> {
+        let size = self.spec.input.size as usize;
+        let per_image = 3 * size * size;
+        let mut data = Vec::with_capacity(batch.len() * per_image);
+        for (i, image) in batch.iter().enumerate() {
+            ensure!(image.len() == per_image, "image {i} has {} floats, the model wants 3x{size}x{size} = {per_image}", image.len());
+            data.extend_from_slice(image);
+        }
+        let shape = match self.spec.input.layout {
+            Layout::Nchw => [batch.len(), 3, size, size],
+            Layout::Nhwc => [batch.len(), size, size, 3],
+        };
+        let input = TensorRef::from_array_view((shape, data.as_slice())).context("wrapping the input batch")?;
+        let mut session = self.session.lock().map_err(|_| anyhow!("the ONNX Runtime session panicked in another thread"))?;
+        let outputs = session
+            .run(ort::inputs![self.spec.input.name.as_str() => input])
+            .with_context(|| format!("running {} on a batch of {}", self.spec.name, batch.len()))?;
+        let value = outputs.get(name).ok_or_else(|| anyhow!("model output {name:?} is missing"))?;
+        let (shape, data) = value.try_extract_tensor::<f32>().with_context(|| format!("reading output {name:?} as f32"))?;
+        let shape: Vec<usize> = shape.iter().map(|&d| usize::try_from(d)).collect::<Result<_, _>>().context("negative output dimension")?;
+        ensure!(shape.first() == Some(&batch.len()), "output {name:?} has shape {shape:?} for a batch of {}", batch.len());
+        Ok(Output { shape, data: data.to_vec() })
+    }
+}
+
+/// An output tensor copied out of ONNX Runtime's memory.
+struct Output {
+    shape: Vec<usize>,
+    data: Vec<f32>,
+}
+
 impl Encoder for OrtEncoder {
-    fn spec(&self) -> &ModelSpec { &self.spec }
-    fn encode(&self, batch: &[Vec<f32>]) -> Result<Vec<Embedding>> { let _ = batch; anyhow::bail!("stub") }
+    fn spec(&self) -> &ModelSpec {
+        &self.spec
+    }
+
+    fn encode(&self, batch: &[Vec<f32>]) -> Result<Vec<Embedding>> {
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
+        let out = self.run(batch, &self.spec.output)?;
+        let n = batch.len();
+        let per_image = out.data.len() / n;
+        let embeddings = match out.shape.len() {
+            2 => out
+                .data
+                .chunks(per_image)
+                .map(|v| Embedding { vector: l2_normalised(v.to_vec()), max_pooled: None })
+                .collect(),
+            4 => {
+                ensure!(self.spec.pooling != Pooling::None, "output {:?} is a feature map {:?} but the spec says pooling none", self.spec.output, out.shape);
+                // Feature maps follow the input layout: [N, C, H, W] or [N, H, W, C].
+                let (channels, positions, channel_stride, position_stride) = match self.spec.input.layout {
+                    Layout::Nchw => (out.shape[1], out.shape[2] * out.shape[3], out.shape[2] * out.shape[3], 1),
+                    Layout::Nhwc => (out.shape[3], out.shape[1] * out.shape[2], 1, out.shape[3]),
+                };
+                out.data
+                    .chunks(per_image)
+                    .map(|map| {
+                        let fm = FeatureMap { data: map, channels, positions, channel_stride, position_stride };
+                        Embedding {
+                            vector: l2_normalised(fm.pool(self.spec.pooling)),
+                            max_pooled: Some(l2_normalised(fm.pool(Pooling::Max))),
+                        }
+                    })
+                    .collect()
+            }
+            _ => bail!("output {:?} has shape {:?}: expected [N, D] vectors or [N, C, H, W] maps", self.spec.output, out.shape),
+        };
+        Ok(embeddings)
+    }
+}
+
+/// One image's feature map, addressed as `data[c * channel_stride + p * position_stride]`.
+struct FeatureMap<'a> {
+    data: &'a [f32],
+    channels: usize,
+    positions: usize,
+    channel_stride: usize,
+    position_stride: usize,
+}
+
+impl FeatureMap<'_> {
+    fn pool(&self, pooling: Pooling) -> Vec<f32> {
+        let n = self.positions.max(1) as f32;
+        (0..self.channels)
+            .map(|c| {
+                let values = (0..self.positions).map(|p| self.data[c * self.channel_stride + p * self.position_stride]);
+                match pooling {
+                    Pooling::None | Pooling::Avg => values.sum::<f32>() / n,
+                    Pooling::Max => values.fold(f32::NEG_INFINITY, f32::max),
+                    Pooling::Gem { p } => {
+                        // Clamp to a small positive floor: GeM is defined on non-negative
+                        // activations and x^p of a negative x is undefined for fractional p.
+                        let mean = values.map(|x| x.max(1e-6).powf(p)).sum::<f32>() / n;
+                        mean.powf(1.0 / p)
+                    }
+                }
+            })
+            .collect()
+    }
+}
+
+/// Scales `v` to unit length (an all-zero vector stays zero rather than becoming NaN).
+pub fn l2_normalised(mut v: Vec<f32>) -> Vec<f32> {
+    let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    if norm > 0.0 && norm.is_finite() {
+        for x in &mut v {
+            *x /= norm;
+        }
+    }
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pooling_over_both_layouts() {
+        // Two channels, three positions: channel 0 = [1, 2, 3], channel 1 = [4, 0, 8].
+        let nchw = [1.0, 2.0, 3.0, 4.0, 0.0, 8.0];
+        let nhwc = [1.0, 4.0, 2.0, 0.0, 3.0, 8.0];
+        for (data, cs, ps) in [(&nchw, 3, 1), (&nhwc, 1, 2)] {
+            let fm = FeatureMap { data, channels: 2, positions: 3, channel_stride: cs, position_stride: ps };
+            assert_eq!(fm.pool(Pooling::Avg), [2.0, 4.0]);
+            assert_eq!(fm.pool(Pooling::Max), [3.0, 8.0]);
+            let gem1 = fm.pool(Pooling::Gem { p: 1.0 });
+            assert!((gem1[0] - 2.0).abs() < 1e-4 && (gem1[1] - 4.0).abs() < 1e-4);
+            let gem = fm.pool(Pooling::Gem { p: 3.0 });
+            assert!(gem[0] > 2.0 && gem[0] < 3.0);
+        }
+    }
+
+    #[test]
+    fn normalisation() {
+        assert_eq!(l2_normalised(vec![3.0, 4.0]), [0.6, 0.8]);
+        assert_eq!(l2_normalised(vec![0.0, 0.0]), [0.0, 0.0]);
+    }
+
+    #[test]
+    fn missing_library_says_run_make_setup() {
+        // Only meaningful before any environment exists in this process; afterwards the
+        // environment is reused and the path is not consulted.
+        if ORT_ENV.get().is_some() {
+            return;
+        }
+        let spec = crate::model::ModelSpec {
+            name: "x".into(),
+            onnx: "/nonexistent.onnx".into(),
+            input: crate::model::InputSpec {
+                name: "image".into(),
+                size: 8,
+                layout: Layout::Nchw,
+                mean: [0.0; 3],
+                std: [1.0; 3],
+                fit: crate::model::Fit::Pad,
+            },
+            output: "features".into(),
+            pooling: Pooling::Avg,
+            logits: None,
+        };
+        let err = OrtEncoder::new(Path::new("/nonexistent/libonnxruntime.so"), spec, 1).unwrap_err();
+        assert!(format!("{err:#}").contains("make setup"), "{err:#}");
+    }
 }

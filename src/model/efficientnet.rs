@@ -29,6 +29,9 @@ pub const INPUT: &str = "image";
 pub const FEATURES: &str = "features";
 /// Output: ImageNet-1k logits, `[batch, 1000]`.
 pub const LOGITS: &str = "logits";
+/// Bumped whenever the generated graph changes, so cached ONNX files of older converters are
+/// not reused (the version is part of the cached file name).
+pub const CONVERTER_VERSION: u32 = 1;
 
 /// Batch-norm epsilon of the TensorFlow originals (PyTorch's default 1e-5 would be wrong).
 const BN_EPS: f32 = 1e-3;

@@ -111,7 +111,7 @@ pub fn resolve(assets: &Assets, model: &str) -> Result<ModelSpec> {
 }
 
 fn efficientnet_spec(assets: &Assets, variant: &str, size: u32) -> Result<ModelSpec> {
-    let onnx: PathBuf = assets.models_dir().join(format!("efficientnet-{variant}.onnx"));
+    let onnx: PathBuf = assets.models_dir().join(format!("efficientnet-{variant}-v{}.onnx", efficientnet::CONVERTER_VERSION));
     if !onnx.is_file() {
         let weights = assets.efficientnet_weights(variant)?;
         std::fs::create_dir_all(assets.models_dir()).with_context(|| format!("creating {}", assets.models_dir().display()))?;

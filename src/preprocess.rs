@@ -426,3 +426,441 @@ fn normalise(rgb: &[u8], size: u32, input: &InputSpec) -> Vec<f32> {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use image::{GrayAlphaImage, ImageBuffer, LumaA, Rgb, Rgba, RgbaImage};
+
+    fn spec(size: u32, layout: Layout, fit: Fit) -> InputSpec {
+        InputSpec {
+            name: "input".to_string(),
+            size,
+            layout,
+            mean: [0.485, 0.456, 0.406],
+            std: [0.229, 0.224, 0.225],
+            fit,
+        }
+    }
+
+    fn encode(img: &DynamicImage, format: ImageFormat) -> Vec<u8> {
+        let mut buf = Cursor::new(Vec::new());
+        img.write_to(&mut buf, format).expect("encoding a test image");
+        buf.into_inner()
+    }
+
+    /// A photo-like test picture: smooth gradients, so JPEG compresses it realistically.
+    fn gradient(w: u32, h: u32) -> RgbImage {
+        RgbImage::from_fn(w, h, |x, y| Rgb([(x * 255 / w.max(1)) as u8, (y * 255 / h.max(1)) as u8, ((x + y) % 256) as u8]))
+    }
+
+    fn jpeg(img: &RgbImage) -> Vec<u8> {
+        encode(&DynamicImage::ImageRgb8(img.clone()), ImageFormat::Jpeg)
+    }
+
+    fn png_chunk(kind: &[u8; 4], data: &[u8]) -> Vec<u8> {
+        let mut crc = flate2::Crc::new();
+        crc.update(kind);
+        crc.update(data);
+        let mut chunk = (data.len() as u32).to_be_bytes().to_vec();
+        chunk.extend_from_slice(kind);
+        chunk.extend_from_slice(data);
+        chunk.extend_from_slice(&crc.sum().to_be_bytes());
+        chunk
+    }
+
+    /// A syntactically valid PNG whose header declares `w` x `h` RGB pixels but whose data is
+    /// a few bytes: the decompression-bomb shape.
+    fn png_claiming(w: u32, h: u32) -> Vec<u8> {
+        let mut ihdr = Vec::new();
+        ihdr.extend_from_slice(&w.to_be_bytes());
+        ihdr.extend_from_slice(&h.to_be_bytes());
+        ihdr.extend_from_slice(&[8, 2, 0, 0, 0]); // 8-bit, RGB, deflate, no filter, no interlace
+        let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
+        png.extend(png_chunk(b"IHDR", &ihdr));
+        // Zeros for at most a few rows: enough for the small control case to be a valid image.
+        let raw = vec![0u8; ((1 + 3 * w as usize) * h as usize).min(4096)];
+        let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
+        std::io::Write::write_all(&mut z, &raw).unwrap();
+        png.extend(png_chunk(b"IDAT", &z.finish().unwrap()));
+        png.extend(png_chunk(b"IEND", &[]));
+        png
+    }
+
+    /// Inserts an APP1 Exif segment with the given orientation tag right after SOI.
+    fn with_exif_orientation(jpeg: &[u8], orientation: u16) -> Vec<u8> {
+        let mut tiff = b"MM\0\x2A\0\0\0\x08".to_vec(); // big-endian TIFF header, IFD at offset 8
+        tiff.extend_from_slice(&1u16.to_be_bytes()); // one entry
+        tiff.extend_from_slice(&0x0112u16.to_be_bytes()); // Orientation
+        tiff.extend_from_slice(&3u16.to_be_bytes()); // SHORT
+        tiff.extend_from_slice(&1u32.to_be_bytes()); // count
+        tiff.extend_from_slice(&orientation.to_be_bytes());
+        tiff.extend_from_slice(&[0, 0]); // value padding
+        tiff.extend_from_slice(&0u32.to_be_bytes()); // no next IFD
+        let mut payload = b"Exif\0\0".to_vec();
+        payload.extend(tiff);
+        let mut out = jpeg[..2].to_vec(); // SOI
+        out.extend_from_slice(&[0xFF, 0xE1]);
+        out.extend_from_slice(&((payload.len() + 2) as u16).to_be_bytes());
+        out.extend(payload);
+        out.extend_from_slice(&jpeg[2..]);
+        out
+    }
+
+    fn white_value(input: &InputSpec, c: usize) -> f32 {
+        (1.0 - input.mean[c]) / input.std[c]
+    }
+
+    #[test]
+    fn empty_input_is_empty_error() {
+        assert!(matches!(decode(&[], &DecodeLimits::default()), Err(ImageError::Empty)));
+    }
+
+    #[test]
+    fn truncated_jpeg_is_corrupt() {
+        let bytes = jpeg(&gradient(320, 240));
+        for cut in [bytes.len() / 2, bytes.len() - 2, 3, 100] {
+            let result = decode(&bytes[..cut], &DecodeLimits::default());
+            assert!(matches!(result, Err(ImageError::Corrupt(_))), "cut at {cut}: {result:?}");
+        }
+        // The intact file decodes.
+        assert_eq!(decode(&bytes, &DecodeLimits::default()).unwrap().width(), 320);
+    }
+
+    #[test]
+    fn garbage_after_a_valid_header_is_corrupt_not_a_panic() {
+        let mut png = encode(&DynamicImage::ImageRgb8(gradient(64, 64)), ImageFormat::Png);
+        let n = png.len();
+        for b in &mut png[60..n - 20] {
+            *b = b.wrapping_mul(31).wrapping_add(7);
+        }
+        assert!(matches!(decode(&png, &DecodeLimits::default()), Err(ImageError::Corrupt(_))));
+    }
+
+    #[test]
+    fn non_images_are_named() {
+        let cases: [(&[u8], &str); 7] = [
+            (b"Size chart: S, M, L\nThanks for shopping!\n", "text"),
+            (b"\xEF\xBB\xBF  <?xml version=\"1.0\"?>\n<svg xmlns=\"http://www.w3.org/2000/svg\"></svg>", "SVG"),
+            (b"%PDF-1.7\n%\xE2\xE3\xCF\xD3\n", "PDF"),
+            (b"\0\0\0\x18ftypheic\0\0\0\0mif1heic", "HEIC"),
+            (b"\0\0\0\x1cftypavif\0\0\0\0avifmif1", "AVIF"),
+            (b"<!DOCTYPE html><html><body>404</body></html>", "HTML"),
+            (b"\x01\x02\x03\x04\x05\xff\xfe", "unrecognised"),
+        ];
+        for (bytes, expected) in cases {
+            match decode(bytes, &DecodeLimits::default()) {
+                Err(ImageError::UnsupportedFormat(what)) => assert!(what.contains(expected), "{what:?} should name {expected}"),
+                other => panic!("{expected}: expected UnsupportedFormat, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn png_claiming_20000_squared_is_rejected_from_the_header() {
+        let bytes = png_claiming(20000, 20000);
+        assert!(bytes.len() < 200);
+        match decode(&bytes, &DecodeLimits::default()) {
+            Err(ImageError::TooLarge { width: 20000, height: 20000, limit: 40_000_000 }) => {}
+            other => panic!("expected TooLarge, got {other:?}"),
+        }
+        // The same construction at a small size is a valid (black) PNG: the check above is the
+        // size limit, not a malformed file.
+        let small = decode(&png_claiming(1, 1), &DecodeLimits::default()).unwrap();
+        assert_eq!((small.width(), small.height()), (1, 1));
+    }
+
+    #[test]
+    fn png_with_an_absurdly_long_side_is_rejected() {
+        // 1 x 2^31 passes no per-side sanity a decoder might have; the area check catches it.
+        match decode(&png_claiming(1, 1 << 31), &DecodeLimits::default()) {
+            Err(ImageError::TooLarge { width: 1, height: 2147483648, .. }) => {}
+            other => panic!("expected a rejection, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn jpeg_claiming_65500_squared_is_rejected_from_the_header() {
+        let mut bytes = jpeg(&gradient(16, 16));
+        let sof = bytes.windows(2).position(|w| w == [0xFF, 0xC0]).expect("baseline JPEG has SOF0");
+        // SOF0: marker, length (2), precision (1), height (2), width (2).
+        bytes[sof + 5..sof + 7].copy_from_slice(&65500u16.to_be_bytes());
+        bytes[sof + 7..sof + 9].copy_from_slice(&65500u16.to_be_bytes());
+        let started = std::time::Instant::now();
+        match decode(&bytes, &DecodeLimits::default()) {
+            Err(ImageError::TooLarge { width: 65500, height: 65500, .. }) => {}
+            other => panic!("expected TooLarge, got {other:?}"),
+        }
+        assert!(started.elapsed().as_secs() < 2, "rejection must not decode the pixels");
+    }
+
+    #[test]
+    fn byte_and_pixel_limits_are_configurable() {
+        let bytes = jpeg(&gradient(40, 30));
+        let tight = DecodeLimits { max_pixels: 1000, max_bytes: 1 << 20 };
+        assert!(matches!(decode(&bytes, &tight), Err(ImageError::TooLarge { width: 40, height: 30, limit: 1000 })));
+        let small_files = DecodeLimits { max_pixels: 1 << 20, max_bytes: 10 };
+        assert!(matches!(decode(&bytes, &small_files), Err(ImageError::FileTooLarge { limit: 10, .. })));
+    }
+
+    #[test]
+    fn every_supported_format_round_trips() {
+        let img = DynamicImage::ImageRgba8(RgbaImage::from_fn(24, 16, |x, _| Rgba([200, (x * 10) as u8, 30, 255])));
+        for format in SUPPORTED {
+            let source = if format == ImageFormat::Jpeg { DynamicImage::ImageRgb8(img.to_rgb8()) } else { img.clone() };
+            let bytes = encode(&source, format);
+            let decoded = decode(&bytes, &DecodeLimits::default()).unwrap_or_else(|e| panic!("{format:?}: {e}"));
+            assert_eq!((decoded.width(), decoded.height()), (24, 16), "{format:?}");
+            let rgb = to_rgb_on_white(&decoded);
+            let p = rgb.get_pixel(5, 5).0;
+            assert!(p[0].abs_diff(200) < 12 && p[2].abs_diff(30) < 12, "{format:?}: {p:?}");
+        }
+    }
+
+    #[test]
+    fn sixteen_bit_png_becomes_8_bit_rgb() {
+        let img: ImageBuffer<Rgb<u16>, Vec<u16>> = ImageBuffer::from_pixel(8, 4, Rgb([65535, 32896, 0]));
+        let bytes = encode(&DynamicImage::ImageRgb16(img), ImageFormat::Png);
+        let decoded = decode(&bytes, &DecodeLimits::default()).unwrap();
+        assert_eq!(decoded.color(), image::ColorType::Rgb16);
+        assert_eq!(to_rgb_on_white(&decoded).get_pixel(3, 2).0, [255, 128, 0]);
+    }
+
+    #[test]
+    fn grey_alpha_png_is_composited_on_white() {
+        let img = GrayAlphaImage::from_fn(3, 1, |x, _| match x {
+            0 => LumaA([0, 0]),     // fully transparent black: white
+            1 => LumaA([0, 255]),   // opaque black: black
+            _ => LumaA([0, 128]),   // half-transparent black: mid grey
+        });
+        let bytes = encode(&DynamicImage::ImageLumaA8(img), ImageFormat::Png);
+        let rgb = to_rgb_on_white(&decode(&bytes, &DecodeLimits::default()).unwrap());
+        assert_eq!(rgb.get_pixel(0, 0).0, [255, 255, 255]);
+        assert_eq!(rgb.get_pixel(1, 0).0, [0, 0, 0]);
+        assert_eq!(rgb.get_pixel(2, 0).0, [127, 127, 127]);
+    }
+
+    #[test]
+    fn float_images_are_converted() {
+        let img = image::Rgb32FImage::from_pixel(2, 2, Rgb([1.0, 0.5, 0.0]));
+        let p = to_rgb_on_white(&DynamicImage::ImageRgb32F(img)).get_pixel(1, 1).0;
+        assert_eq!(p[0], 255);
+        assert!(p[1].abs_diff(128) <= 1);
+        assert_eq!(p[2], 0);
+    }
+
+    #[test]
+    fn wide_image_is_padded_with_white() {
+        let red = RgbImage::from_pixel(200, 100, Rgb([255, 0, 0]));
+        let input = spec(64, Layout::Nchw, Fit::Pad);
+        let x = prepare(&red, &input);
+        assert_eq!(x.len(), 3 * 64 * 64);
+        let at = |c: usize, y: usize, xx: usize| x[c * 64 * 64 + y * 64 + xx];
+        // 200x100 fits as 64x32, centred: rows 0..16 and 48..64 are padding.
+        for y in (0..16).chain(48..64) {
+            for xx in 0..64 {
+                for c in 0..3 {
+                    assert!((at(c, y, xx) - white_value(&input, c)).abs() < 1e-6, "({c},{y},{xx}) is not white");
+                }
+            }
+        }
+        let red_value = |c: usize| ((if c == 0 { 1.0 } else { 0.0 }) - input.mean[c]) / input.std[c];
+        for y in 17..47 {
+            for c in 0..3 {
+                assert!((at(c, y, 32) - red_value(c)).abs() < 1e-3, "({c},{y},32) is not red");
+            }
+        }
+    }
+
+    #[test]
+    fn tall_image_is_padded_left_and_right() {
+        let blue = RgbImage::from_pixel(50, 100, Rgb([0, 0, 255]));
+        let input = spec(32, Layout::Nhwc, Fit::Pad);
+        let x = prepare(&blue, &input);
+        let at = |y: usize, xx: usize, c: usize| x[(y * 32 + xx) * 3 + c];
+        assert!((at(16, 0, 2) - white_value(&input, 2)).abs() < 1e-6);
+        assert!((at(16, 31, 0) - white_value(&input, 0)).abs() < 1e-6);
+        assert!((at(16, 16, 0) - (0.0 - input.mean[0]) / input.std[0]).abs() < 1e-3);
+    }
+
+    #[test]
+    fn center_crop_keeps_the_middle() {
+        // Blue | red | blue thirds; the centre crop of a 300x100 image is the red third.
+        let img = RgbImage::from_fn(300, 100, |x, _| if (100..200).contains(&x) { Rgb([255, 0, 0]) } else { Rgb([0, 0, 255]) });
+        let input = spec(20, Layout::Nchw, Fit::CenterCrop);
+        let x = prepare(&img, &input);
+        assert_eq!(x.len(), 3 * 20 * 20);
+        let red = (1.0 - input.mean[0]) / input.std[0];
+        let blue = (0.0 - input.mean[0]) / input.std[0];
+        // The outermost columns may blend in a little blue: the filter's support reaches past the
+        // crop box, as it would when cropping the full-resolution image.
+        for y in 0..20 {
+            for xx in 1..19 {
+                let v = x[y * 20 + xx];
+                assert!((v - red).abs() < 1e-3, "({y},{xx}) of the red plane is {v}");
+            }
+            assert!(x[y * 20] > (red + blue) / 2.0, "edge column is mostly red");
+        }
+    }
+
+    #[test]
+    fn nhwc_and_nchw_hold_the_same_values_permuted() {
+        let img = gradient(90, 60);
+        for fit in [Fit::Pad, Fit::CenterCrop] {
+            let nchw = prepare(&img, &spec(48, Layout::Nchw, fit));
+            let nhwc = prepare(&img, &spec(48, Layout::Nhwc, fit));
+            assert_eq!(nchw.len(), nhwc.len());
+            let n = 48 * 48;
+            for i in 0..n {
+                for c in 0..3 {
+                    assert_eq!(nchw[c * n + i], nhwc[i * 3 + c]);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn normalisation_matches_the_formula() {
+        let img = RgbImage::from_pixel(10, 10, Rgb([0, 127, 255]));
+        let input = InputSpec { mean: [127.0 / 255.0; 3], std: [128.0 / 255.0; 3], ..spec(10, Layout::Nhwc, Fit::Pad) };
+        let x = prepare(&img, &input);
+        assert!((x[0] - (-127.0 / 128.0)).abs() < 1e-6);
+        assert!(x[1].abs() < 1e-6);
+        assert!((x[2] - 1.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn exif_orientation_6_rotates_clockwise() {
+        // Left half black, right half white, 40x20 as stored. Orientation 6 means "rotate 90°
+        // clockwise to display": the stored left column becomes the top row.
+        let stored = RgbImage::from_fn(40, 20, |x, _| if x < 20 { Rgb([0, 0, 0]) } else { Rgb([255, 255, 255]) });
+        let bytes = with_exif_orientation(&jpeg(&stored), 6);
+        let decoded = decode(&bytes, &DecodeLimits::default()).unwrap();
+        assert_eq!((decoded.width(), decoded.height()), (20, 40));
+        let rgb = to_rgb_on_white(&decoded);
+        assert!(rgb.get_pixel(10, 5).0[0] < 40, "top should be black");
+        assert!(rgb.get_pixel(10, 35).0[0] > 215, "bottom should be white");
+        // Orientation 1 leaves it alone.
+        let plain = decode(&with_exif_orientation(&jpeg(&stored), 1), &DecodeLimits::default()).unwrap();
+        assert_eq!((plain.width(), plain.height()), (40, 20));
+    }
+
+    #[test]
+    fn gif_gives_its_first_frame() {
+        use image::codecs::gif::GifEncoder;
+        use image::{Delay, Frame};
+        let frame = |rgba: [u8; 4]| Frame::from_parts(RgbaImage::from_pixel(10, 8, Rgba(rgba)), 0, 0, Delay::from_numer_denom_ms(100, 1));
+        let mut bytes = Vec::new();
+        {
+            let mut encoder = GifEncoder::new(&mut bytes);
+            encoder.encode_frames([frame([255, 0, 0, 255]), frame([0, 0, 255, 255])]).unwrap();
+        }
+        let rgb = to_rgb_on_white(&decode(&bytes, &DecodeLimits::default()).unwrap());
+        assert_eq!((rgb.width(), rgb.height()), (10, 8));
+        let p = rgb.get_pixel(4, 4).0;
+        assert!(p[0] > 200 && p[2] < 50, "first frame is red, got {p:?}");
+    }
+
+    #[test]
+    fn prepare_bytes_decodes_and_prepares() {
+        let input = spec(32, Layout::Nchw, Fit::Pad);
+        let x = prepare_bytes(&jpeg(&gradient(64, 48)), &input, &DecodeLimits::default()).unwrap();
+        assert_eq!(x.len(), 3 * 32 * 32);
+        assert!(x.iter().all(|v| v.is_finite()));
+        assert!(matches!(prepare_bytes(b"hello", &input, &DecodeLimits::default()), Err(ImageError::UnsupportedFormat(_))));
+    }
+
+    #[test]
+    fn greyscale_pixels_are_resized_and_in_range() {
+        let img = DynamicImage::ImageRgb8(RgbImage::from_fn(56, 28, |x, _| if x < 28 { Rgb([0, 0, 0]) } else { Rgb([255, 255, 255]) }));
+        let g = greyscale_pixels(&img, 28);
+        assert_eq!(g.len(), 28 * 28);
+        assert!(g.iter().all(|v| (0.0..=1.0).contains(v)));
+        assert!(g[14 * 28 + 2] < 0.05 && g[14 * 28 + 25] > 0.95, "plain resize, no padding");
+        // Transparent pixels count as white.
+        let clear = DynamicImage::ImageRgba8(RgbaImage::from_pixel(4, 4, Rgba([0, 0, 0, 0])));
+        assert!(greyscale_pixels(&clear, 2).iter().all(|&v| v == 1.0));
+    }
+
+    #[test]
+    fn degenerate_inputs_do_not_panic() {
+        let empty = RgbImage::new(0, 0);
+        assert_eq!(prepare(&empty, &spec(8, Layout::Nchw, Fit::Pad)).len(), 3 * 64);
+        assert_eq!(prepare(&empty, &spec(8, Layout::Nchw, Fit::CenterCrop)).len(), 3 * 64);
+        assert!(prepare(&gradient(4, 4), &spec(0, Layout::Nchw, Fit::Pad)).is_empty());
+        // A 1-pixel-high strip still fills one row of the square.
+        let strip = RgbImage::from_pixel(1000, 1, Rgb([0, 0, 0]));
+        assert_eq!(prepare(&strip, &spec(16, Layout::Nhwc, Fit::Pad)).len(), 3 * 256);
+        assert_eq!(prepare(&strip, &spec(16, Layout::Nhwc, Fit::CenterCrop)).len(), 3 * 256);
+    }
+
+    #[test]
+    fn sample_photos_decode() {
+        let Some(home) = std::env::var_os("HOME") else { return };
+        let dir = std::path::Path::new(&home).join(".cache/lookalike/samples");
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            eprintln!("no samples in {}, skipping", dir.display());
+            return;
+        };
+        let input = spec(224, Layout::Nchw, Fit::Pad);
+        let mut decoded = 0;
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let bytes = std::fs::read(&path).unwrap();
+            let img = match decode(&bytes, &DecodeLimits::default()) {
+                Ok(img) => img,
+                // multipage_rgb.tif holds 64-bit float samples, which the TIFF decoder does not
+                // read: that must be a clean "unsupported", never a panic or a corrupt image.
+                Err(ImageError::UnsupportedFormat(what)) if path.extension().is_some_and(|e| e == "tif") => {
+                    eprintln!("{}: unsupported: {what}", path.display());
+                    continue;
+                }
+                Err(e) => panic!("{}: {e}", path.display()),
+            };
+            let x = prepare(&to_rgb_on_white(&img), &input);
+            assert_eq!(x.len(), 3 * 224 * 224);
+            assert!(x.iter().all(|v| v.is_finite()), "{}", path.display());
+            decoded += 1;
+        }
+        eprintln!("decoded {decoded} sample images");
+        if dir.join("chelsea.png").is_file() {
+            let chelsea = decode(&std::fs::read(dir.join("chelsea.png")).unwrap(), &DecodeLimits::default()).unwrap();
+            assert_eq!((chelsea.width(), chelsea.height()), (451, 300));
+        }
+    }
+
+    /// `cargo test --lib preprocess::tests::timing -- --ignored --nocapture`
+    #[test]
+    #[ignore]
+    fn timing_decode_and_prepare_1000x800_jpeg() {
+        let photo = RgbImage::from_fn(1000, 800, |x, y| {
+            let n = (x.wrapping_mul(2654435761) ^ y.wrapping_mul(40503)) % 32;
+            Rgb([((x / 4) as u8).wrapping_add(n as u8), ((y / 4) as u8).wrapping_add(n as u8), ((x + y) / 8) as u8])
+        });
+        let bytes = jpeg(&photo);
+        let input = spec(224, Layout::Nchw, Fit::Pad);
+        let mut times = Vec::new();
+        let mut split = (Vec::new(), Vec::new());
+        for _ in 0..50 {
+            let t0 = std::time::Instant::now();
+            let img = decode(&bytes, &DecodeLimits::default()).unwrap();
+            let t1 = std::time::Instant::now();
+            let x = prepare(&to_rgb_on_white(&img), &input);
+            let t2 = std::time::Instant::now();
+            assert_eq!(x.len(), 3 * 224 * 224);
+            times.push(t2 - t0);
+            split.0.push(t1 - t0);
+            split.1.push(t2 - t1);
+        }
+        times.sort();
+        split.0.sort();
+        split.1.sort();
+        eprintln!(
+            "1000x800 JPEG ({} bytes) -> 224: median {:?} (decode {:?}, rgb+resize+normalise {:?})",
+            bytes.len(),
+            times[25],
+            split.0[25],
+            split.1[25]
+        );
+    }
+}

@@ -1,1 +1,4 @@
 //! import
+
+pub mod idx;
+pub mod kaggle;

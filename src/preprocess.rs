@@ -140,19 +140,53 @@ fn decode_as(bytes: &[u8], format: ImageFormat, limits: &DecodeLimits) -> Result
 
 /// A JPEG cut short (an interrupted upload or copy) still decodes in the lenient mode decoders
 /// use, with the missing rows filled with grey; its embedding would be that of a half-grey
-/// picture. JPEG's end-of-image marker `FF D9` cannot occur inside entropy-coded data (a `FF`
-/// byte there is always followed by `00` or a restart marker), so its absence after the last
-/// start-of-scan marker means the file was truncated.
+/// picture. So the segment structure is walked to the end-of-image marker: headers by their
+/// lengths, entropy-coded scans up to the next marker (inside scan data `FF` is always followed
+/// by `00` or a restart marker). Whatever follows the end-of-image marker is ignored: phones
+/// append data there (motion photos carry a whole video after the JPEG).
 fn check_jpeg_complete(bytes: &[u8]) -> Result<(), ImageError> {
-    let last_sos = bytes.windows(2).rposition(|w| w == [0xFF, 0xDA]);
-    let complete = match last_sos {
-        Some(sos) => bytes[sos..].windows(2).any(|w| w == [0xFF, 0xD9]),
-        None => false,
-    };
-    if complete {
+    if jpeg_reaches_end_marker(bytes) {
         Ok(())
     } else {
-        Err(ImageError::Corrupt("JPEG data is truncated (no end-of-image marker after the image data)".to_string()))
+        Err(ImageError::Corrupt("JPEG data is truncated (the image data ends before the end-of-image marker)".to_string()))
+    }
+}
+
+fn jpeg_reaches_end_marker(bytes: &[u8]) -> bool {
+    let mut i = 2; // after SOI
+    loop {
+        // Skip anything up to a marker prefix, then fill bytes (a run of FF).
+        while i < bytes.len() && bytes[i] != 0xFF {
+            i += 1;
+        }
+        while i < bytes.len() && bytes[i] == 0xFF {
+            i += 1;
+        }
+        let Some(&marker) = bytes.get(i) else { return false };
+        i += 1;
+        match marker {
+            0xD9 => return true,
+            // Markers without a length: TEM, restart markers, and a stuffed zero.
+            0x00 | 0x01 | 0xD0..=0xD7 => continue,
+            _ => {}
+        }
+        let Some(length) = bytes.get(i..i + 2).map(|b| usize::from(u16::from_be_bytes([b[0], b[1]]))) else {
+            return false;
+        };
+        i += length;
+        if i > bytes.len() {
+            return false;
+        }
+        if marker == 0xDA {
+            // Entropy-coded data runs until an FF that starts a marker other than a restart.
+            loop {
+                match (bytes.get(i), bytes.get(i + 1)) {
+                    (Some(0xFF), Some(&next)) if next != 0x00 && next != 0xFF && !(0xD0..=0xD7).contains(&next) => break,
+                    (Some(_), Some(_)) => i += 1,
+                    _ => return false,
+                }
+            }
+        }
     }
 }
 
@@ -377,8 +411,7 @@ fn pad_resize(img: &RgbImage, size: u32) -> Vec<u8> {
     let long = f64::from(w.max(h));
     let scaled = |d: u32| ((f64::from(d) * f64::from(size) / long).round() as u32).clamp(1, size);
     let (nw, nh) = (scaled(w), scaled(h));
-    let resized =
-        if (nw, nh) == (w, h) { img.as_raw().clone() } else { resize_u8(img.as_raw(), w, h, nw, nh, PixelType::U8x3, None) };
+    let resized = if (nw, nh) == (w, h) { img.as_raw().clone() } else { resize_u8(img.as_raw(), w, h, nw, nh, PixelType::U8x3, None) };
     let (x0, y0) = (((size - nw) / 2) as usize, ((size - nh) / 2) as usize);
     let row = nw as usize * 3;
     for (y, src_row) in resized.chunks_exact(row).enumerate() {
@@ -433,14 +466,7 @@ mod tests {
     use image::{GrayAlphaImage, ImageBuffer, LumaA, Rgb, Rgba, RgbaImage};
 
     fn spec(size: u32, layout: Layout, fit: Fit) -> InputSpec {
-        InputSpec {
-            name: "input".to_string(),
-            size,
-            layout,
-            mean: [0.485, 0.456, 0.406],
-            std: [0.229, 0.224, 0.225],
-            fit,
-        }
+        InputSpec { name: "input".to_string(), size, layout, mean: [0.485, 0.456, 0.406], std: [0.229, 0.224, 0.225], fit }
     }
 
     fn encode(img: &DynamicImage, format: ImageFormat) -> Vec<u8> {
@@ -525,6 +551,16 @@ mod tests {
         }
         // The intact file decodes.
         assert_eq!(decode(&bytes, &DecodeLimits::default()).unwrap().width(), 320);
+    }
+
+    #[test]
+    fn jpeg_with_data_after_the_end_marker_decodes() {
+        // Motion photos and some cameras append data after EOI; it may contain any bytes,
+        // including what looks like JPEG markers.
+        let mut bytes = jpeg(&gradient(64, 48));
+        bytes.extend_from_slice(b"\0\0\0\x18ftypmp42\xFF\xDA\x00\x08junk\xFF\xD8\xFF\xDA\x00\x02");
+        let img = decode(&bytes, &DecodeLimits::default()).unwrap();
+        assert_eq!((img.width(), img.height()), (64, 48));
     }
 
     #[test]
@@ -629,9 +665,9 @@ mod tests {
     #[test]
     fn grey_alpha_png_is_composited_on_white() {
         let img = GrayAlphaImage::from_fn(3, 1, |x, _| match x {
-            0 => LumaA([0, 0]),     // fully transparent black: white
-            1 => LumaA([0, 255]),   // opaque black: black
-            _ => LumaA([0, 128]),   // half-transparent black: mid grey
+            0 => LumaA([0, 0]),   // fully transparent black: white
+            1 => LumaA([0, 255]), // opaque black: black
+            _ => LumaA([0, 128]), // half-transparent black: mid grey
         });
         let bytes = encode(&DynamicImage::ImageLumaA8(img), ImageFormat::Png);
         let rgb = to_rgb_on_white(&decode(&bytes, &DecodeLimits::default()).unwrap());

@@ -64,16 +64,9 @@ impl IdxImages {
 /// Opens an IDX file, transparently un-gzipping it (files are accepted with or without gzip,
 /// whatever their name, since people often `gunzip` the downloads).
 fn open(path: &Path) -> Result<Box<dyn Read>> {
+    use std::io::BufRead;
     let mut file = BufReader::new(File::open(path).with_context(|| format!("opening {}", path.display()))?);
-    let mut magic = [0u8; 2];
-    let gzipped = {
-        use std::io::BufRead;
-        let head = file.fill_buf().with_context(|| format!("reading {}", path.display()))?;
-        if head.len() >= 2 {
-            magic.copy_from_slice(&head[..2]);
-        }
-        magic == [0x1f, 0x8b]
-    };
+    let gzipped = file.fill_buf().with_context(|| format!("reading {}", path.display()))?.starts_with(&[0x1f, 0x8b]);
     Ok(if gzipped { Box::new(GzDecoder::new(file)) } else { Box::new(file) })
 }
 
@@ -88,10 +81,7 @@ fn read_u32(reader: &mut dyn Read, path: &Path, what: &str) -> Result<u32> {
 /// trigger a huge allocation.
 fn read_body(reader: &mut dyn Read, len: usize, path: &Path, what: &str) -> Result<Vec<u8>> {
     let mut body = Vec::new();
-    reader
-        .take(len as u64)
-        .read_to_end(&mut body)
-        .with_context(|| format!("{}: reading {what}", path.display()))?;
+    reader.take(len as u64).read_to_end(&mut body).with_context(|| format!("{}: reading {what}", path.display()))?;
     ensure!(
         body.len() == len,
         "{}: truncated: the header announces {len} bytes of {what} but the file holds only {}",

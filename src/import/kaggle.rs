@@ -53,7 +53,7 @@ pub struct KaggleReport {
 impl KaggleReport {
     /// Rows that became [`StyleRow`]s.
     pub fn imported(&self) -> usize {
-        self.rows - self.missing_images.len() - self.malformed.len()
+        self.rows.saturating_sub(self.missing_images.len() + self.malformed.len())
     }
 }
 
@@ -205,7 +205,11 @@ fn list_files(dir: &Path) -> Result<HashSet<OsString>> {
 }
 
 fn find_image(images_dir: &Path, files: &HashSet<OsString>, id: &str) -> Option<PathBuf> {
-    IMAGE_EXTENSIONS.iter().map(|ext| format!("{id}.{ext}")).find(|name| files.contains(&OsString::from(name))).map(|name| images_dir.join(name))
+    IMAGE_EXTENSIONS
+        .iter()
+        .map(|ext| format!("{id}.{ext}"))
+        .find(|name| files.contains(&OsString::from(name)))
+        .map(|name| images_dir.join(name))
 }
 
 #[cfg(test)]

@@ -1,5 +1,348 @@
-// TEMPORARY stand-in (replaced by the prep branch).
+//! The Kaggle "Fashion Product Images" catalog layout: a directory holding `styles.csv` (one
+//! product per row: `id,gender,masterCategory,subCategory,articleType,baseColour,season,year,
+//! usage,productDisplayName`) and `images/ID.jpg`.
+//!
+//! The published `styles.csv` is dirty, and a catalog import should take what is usable and say
+//! what it left out rather than fail on row 6000 of 44,000:
+//! - some product names (the last column) contain commas without quotes, so those rows have more
+//!   fields than the header; the extra fields are joined back into the last column;
+//! - rows with fewer fields than the header, or without an id, are reported and skipped;
+//! - some listed products have no image file; they are reported and skipped;
+//! - blank lines, a UTF-8 byte-order mark, CRLF line ends and stray non-UTF-8 bytes occur in
+//!   re-saved copies and are tolerated.
+
+use std::collections::{HashMap, HashSet};
+use std::ffi::OsString;
+use std::fmt;
 use std::path::{Path, PathBuf};
-pub struct StyleRow { pub id: String, pub metadata: Vec<(String, String)>, pub image: PathBuf }
-pub struct KaggleReport { pub rows: usize, pub missing_images: Vec<String>, pub malformed: Vec<(u64, String)> }
-pub fn read_catalog(dir: &Path) -> anyhow::Result<(Vec<StyleRow>, KaggleReport)> { let _ = dir; anyhow::bail!("stub") }
+
+use anyhow::{bail, Context, Result};
+
+/// The image extensions tried for `images/ID.*`, in order of preference.
+const IMAGE_EXTENSIONS: [&str; 3] = ["jpg", "png", "jpeg"];
+
+/// One product of the catalog.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StyleRow {
+    /// The product id (also the image's file stem).
+    pub id: String,
+    /// Every column as `(header, value)`, in header order, including `id`.
+    pub metadata: Vec<(String, String)>,
+    /// The product image, known to exist when the catalog was read.
+    pub image: PathBuf,
+}
+
+impl StyleRow {
+    /// The value of column `name`, if the catalog has that column.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.metadata.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    }
+}
+
+/// What [`read_catalog`] read and what it skipped.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KaggleReport {
+    /// Data rows read (header and blank lines not counted), imported or not.
+    pub rows: usize,
+    /// Ids of rows skipped because `images/ID.{jpg,png,jpeg}` does not exist.
+    pub missing_images: Vec<String>,
+    /// Rows skipped as unusable: line number in `styles.csv` (1-based) and the reason.
+    pub malformed: Vec<(u64, String)>,
+}
+
+impl KaggleReport {
+    /// Rows that became [`StyleRow`]s.
+    pub fn imported(&self) -> usize {
+        self.rows.saturating_sub(self.missing_images.len() + self.malformed.len())
+    }
+}
+
+impl fmt::Display for KaggleReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} rows: {} imported, {} without an image, {} malformed",
+            self.rows,
+            self.imported(),
+            self.missing_images.len(),
+            self.malformed.len()
+        )
+    }
+}
+
+/// Reads a catalog directory (`styles.csv` + `images/`). Unusable rows are skipped and listed in
+/// the report; only an unreadable `styles.csv`, a missing `images/` directory or a header
+/// without an `id` column are errors.
+pub fn read_catalog(dir: &Path) -> Result<(Vec<StyleRow>, KaggleReport)> {
+    let csv_path = dir.join("styles.csv");
+    let bytes = std::fs::read(&csv_path).with_context(|| format!("reading {}", csv_path.display()))?;
+    let images_dir = dir.join("images");
+    let image_files = list_files(&images_dir)?;
+
+    // The csv crate does not strip a byte-order mark; left in, it would become part of the first
+    // header name ("\u{feff}id") and the id column would not be found.
+    let body = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(&bytes);
+    // `flexible`: rows with a different number of fields are data to repair or report, not a
+    // reason to abort the whole file.
+    let mut reader = csv::ReaderBuilder::new().has_headers(false).flexible(true).from_reader(body);
+    let mut records = reader.byte_records();
+
+    let header: Vec<String> = match records.next() {
+        Some(record) => {
+            let record = record.with_context(|| format!("{}: reading the header", csv_path.display()))?;
+            record.iter().map(|f| String::from_utf8_lossy(f).trim().to_string()).collect()
+        }
+        None => bail!("{} is empty: expected a header line starting with id", csv_path.display()),
+    };
+    let Some(id_column) = header.iter().position(|h| h.eq_ignore_ascii_case("id")) else {
+        bail!("{}: the header {:?} has no id column", csv_path.display(), header.join(","));
+    };
+
+    let mut rows = Vec::new();
+    let mut report = KaggleReport::default();
+    let mut first_seen: HashMap<String, u64> = HashMap::new();
+    let mut lines = LineCounter::default();
+    for record in records {
+        let record = record.with_context(|| format!("reading {}", csv_path.display()))?;
+        // The csv crate's own line numbers do not count blank lines; count from the byte offset
+        // so reported numbers match what an editor shows.
+        let line = record.position().map_or(0, |p| lines.line_at(body, p.byte()));
+        let fields: Vec<String> = record.iter().map(|f| String::from_utf8_lossy(f).into_owned()).collect();
+        // The csv crate skips empty lines; a line of only spaces is blank too.
+        if fields.len() == 1 && fields[0].trim().is_empty() {
+            continue;
+        }
+        report.rows += 1;
+        let values = match fit_to_header(fields, header.len()) {
+            Ok(values) => values,
+            Err(reason) => {
+                report.malformed.push((line, reason));
+                continue;
+            }
+        };
+        let id = values[id_column].clone();
+        if let Err(reason) = check_id(&id) {
+            report.malformed.push((line, reason));
+            continue;
+        }
+        if let Some(first) = first_seen.get(&id) {
+            report.malformed.push((line, format!("duplicate id {id:?} (first on line {first})")));
+            continue;
+        }
+        first_seen.insert(id.clone(), line);
+        let Some(image) = find_image(&images_dir, &image_files, &id) else {
+            report.missing_images.push(id);
+            continue;
+        };
+        let metadata = header.iter().cloned().zip(values).collect();
+        rows.push(StyleRow { id, metadata, image });
+    }
+    Ok((rows, report))
+}
+
+/// Converts the csv crate's record positions into 1-based line numbers, scanning each byte
+/// once. A record's position is where the previous record's terminator ended, which can be
+/// before its `\n` or before blank lines; the record itself starts at the next byte that is
+/// not a line break.
+#[derive(Default)]
+struct LineCounter {
+    offset: usize,
+    newlines: u64,
+}
+
+impl LineCounter {
+    fn line_at(&mut self, text: &[u8], byte: u64) -> u64 {
+        let mut byte = usize::try_from(byte).unwrap_or(usize::MAX).min(text.len());
+        while byte < text.len() && matches!(text[byte], b'\r' | b'\n') {
+            byte += 1;
+        }
+        if byte >= self.offset {
+            self.newlines += text[self.offset..byte].iter().filter(|&&b| b == b'\n').count() as u64;
+            self.offset = byte;
+        }
+        self.newlines + 1
+    }
+}
+
+/// Makes a row's fields line up with the header: extra fields are commas of the last column
+/// (the free-text product name) that were not quoted, so they are joined back with ","; a row
+/// with too few fields cannot be repaired. Fields are trimmed after joining, so "Shirt, Blue"
+/// keeps its space.
+fn fit_to_header(mut fields: Vec<String>, columns: usize) -> Result<Vec<String>, String> {
+    if fields.len() < columns {
+        return Err(format!("{} fields, the header has {columns}", fields.len()));
+    }
+    if fields.len() > columns {
+        let tail = fields.split_off(columns - 1).join(",");
+        fields.push(tail);
+    }
+    Ok(fields.into_iter().map(|f| f.trim().to_string()).collect())
+}
+
+/// An id names the image file `images/ID.jpg`, so it must be a plain file stem: a value like
+/// `../../x` must not reach outside the catalog directory.
+fn check_id(id: &str) -> Result<(), String> {
+    if id.is_empty() {
+        return Err("empty id".to_string());
+    }
+    let plain = id.chars().all(|c| c.is_alphanumeric() || matches!(c, '-' | '_' | '.')) && !id.starts_with('.');
+    if !plain {
+        return Err(format!("id {id:?} is not usable as a file name"));
+    }
+    Ok(())
+}
+
+/// The names in `images/`, read once: one directory listing is much cheaper than tens of
+/// thousands of `stat` calls, three extensions each.
+fn list_files(dir: &Path) -> Result<HashSet<OsString>> {
+    let entries = std::fs::read_dir(dir).with_context(|| format!("listing the catalog's image directory {}", dir.display()))?;
+    let mut names = HashSet::new();
+    for entry in entries {
+        let entry = entry.with_context(|| format!("listing {}", dir.display()))?;
+        names.insert(entry.file_name());
+    }
+    Ok(names)
+}
+
+fn find_image(images_dir: &Path, files: &HashSet<OsString>, id: &str) -> Option<PathBuf> {
+    IMAGE_EXTENSIONS
+        .iter()
+        .map(|ext| format!("{id}.{ext}"))
+        .find(|name| files.contains(&OsString::from(name)))
+        .map(|name| images_dir.join(name))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HEADER: &str = "id,gender,masterCategory,subCategory,articleType,baseColour,season,year,usage,productDisplayName";
+
+    /// Writes `styles.csv` with `csv` as its exact content, and an image file for each id in
+    /// `images` (name with extension).
+    fn catalog(csv: &[u8], images: &[&str]) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("styles.csv"), csv).unwrap();
+        std::fs::create_dir(dir.path().join("images")).unwrap();
+        for name in images {
+            std::fs::write(dir.path().join("images").join(name), b"not decoded here").unwrap();
+        }
+        dir
+    }
+
+    #[test]
+    fn reads_a_clean_catalog() {
+        let csv = format!(
+            "{HEADER}\n15970,Men,Apparel,Topwear,Shirts,Navy Blue,Fall,2011,Casual,Turtle Check Men Navy Blue Shirt\n\
+             39386,Men,Apparel,Bottomwear,Jeans,Blue,Summer,2012,Casual,Peter England Men Party Blue Jeans\n"
+        );
+        let dir = catalog(csv.as_bytes(), &["15970.jpg", "39386.jpg"]);
+        let (rows, report) = read_catalog(dir.path()).unwrap();
+        assert_eq!(report, KaggleReport { rows: 2, ..Default::default() });
+        assert_eq!(rows.len(), 2);
+        assert_eq!(rows[0].id, "15970");
+        assert_eq!(rows[0].metadata.len(), 10);
+        assert_eq!(rows[0].metadata[0], ("id".to_string(), "15970".to_string()));
+        assert_eq!(rows[0].get("articleType"), Some("Shirts"));
+        assert_eq!(rows[0].get("productDisplayName"), Some("Turtle Check Men Navy Blue Shirt"));
+        assert_eq!(rows[1].image, dir.path().join("images/39386.jpg"));
+        assert_eq!(report.to_string(), "2 rows: 2 imported, 0 without an image, 0 malformed");
+    }
+
+    #[test]
+    fn unquoted_commas_in_the_name_are_joined_back() {
+        let csv = format!(
+            "{HEADER}\n11,Women,Accessories,Watches,Watches,Silver,Winter,2016,Casual,Titan Women Silver, Gold Toned Watch\n\
+             12,Men,Apparel,Topwear,Tshirts,Red,Summer,2012,Sports,Nike, Inc.,Men Red T-shirt\n\
+             13,Men,Apparel,Topwear,Tshirts,Red,Summer,2012,Sports,\"Quoted, properly\"\n"
+        );
+        let dir = catalog(csv.as_bytes(), &["11.jpg", "12.jpg", "13.jpg"]);
+        let (rows, report) = read_catalog(dir.path()).unwrap();
+        assert!(report.malformed.is_empty(), "{report:?}");
+        assert_eq!(rows[0].get("productDisplayName"), Some("Titan Women Silver, Gold Toned Watch"));
+        assert_eq!(rows[1].get("productDisplayName"), Some("Nike, Inc.,Men Red T-shirt"));
+        assert_eq!(rows[2].get("productDisplayName"), Some("Quoted, properly"));
+        assert!(rows.iter().all(|r| r.metadata.len() == 10));
+    }
+
+    #[test]
+    fn short_rows_and_empty_ids_are_reported_and_skipped() {
+        let csv = format!(
+            "{HEADER}\n21,Men,Apparel,Topwear,Shirts,Blue,Fall,2011,Casual,Fine Shirt\n\
+             22,Men,Apparel\n\
+             ,Men,Apparel,Topwear,Shirts,Blue,Fall,2011,Casual,No Id Shirt\n\
+             ../../etc/passwd,Men,Apparel,Topwear,Shirts,Blue,Fall,2011,Casual,Sneaky\n\
+             21,Men,Apparel,Topwear,Shirts,Blue,Fall,2011,Casual,Same Id Again\n"
+        );
+        let dir = catalog(csv.as_bytes(), &["21.jpg", "22.jpg"]);
+        let (rows, report) = read_catalog(dir.path()).unwrap();
+        assert_eq!(rows.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(), ["21"]);
+        assert_eq!(report.rows, 5);
+        let lines: Vec<u64> = report.malformed.iter().map(|(l, _)| *l).collect();
+        assert_eq!(lines, [3, 4, 5, 6]);
+        assert!(report.malformed[0].1.contains("3 fields"), "{:?}", report.malformed);
+        assert!(report.malformed[1].1.contains("empty id"));
+        assert!(report.malformed[2].1.contains("file name"));
+        assert!(report.malformed[3].1.contains("duplicate") && report.malformed[3].1.contains("line 2"));
+        assert_eq!(report.imported(), 1);
+    }
+
+    #[test]
+    fn missing_images_are_reported_and_other_extensions_found() {
+        let csv = format!(
+            "{HEADER}\n31,Men,Apparel,Topwear,Shirts,Blue,Fall,2011,Casual,Has Jpg\n\
+             32,Men,Apparel,Topwear,Shirts,Blue,Fall,2011,Casual,Has Png\n\
+             33,Men,Apparel,Topwear,Shirts,Blue,Fall,2011,Casual,Has Jpeg\n\
+             34,Men,Apparel,Topwear,Shirts,Blue,Fall,2011,Casual,Has Nothing\n"
+        );
+        let dir = catalog(csv.as_bytes(), &["31.jpg", "32.png", "33.jpeg", "35.jpg"]);
+        let (rows, report) = read_catalog(dir.path()).unwrap();
+        let images: Vec<PathBuf> = rows.iter().map(|r| r.image.clone()).collect();
+        let expected: Vec<PathBuf> = ["31.jpg", "32.png", "33.jpeg"].iter().map(|n| dir.path().join("images").join(n)).collect();
+        assert_eq!(images, expected);
+        assert_eq!(report.missing_images, ["34"]);
+        assert!(report.malformed.is_empty());
+    }
+
+    #[test]
+    fn bom_crlf_blank_lines_and_stray_bytes_are_tolerated() {
+        let mut csv = b"\xEF\xBB\xBF".to_vec();
+        csv.extend_from_slice(HEADER.as_bytes());
+        csv.extend_from_slice(b"\r\n\r\n41,Men,Apparel,Topwear,Shirts,Blue,Fall,2011,Casual,Caf\xE9 Shirt\r\n");
+        csv.extend_from_slice(b"   \r\n\n42,Women,Footwear,Shoes,Heels,Black,Winter,2015,Party,Black Heels\r\n\r\n");
+        let dir = catalog(&csv, &["41.jpg", "42.jpg"]);
+        let (rows, report) = read_catalog(dir.path()).unwrap();
+        assert_eq!(report, KaggleReport { rows: 2, ..Default::default() });
+        assert_eq!(rows[0].metadata[0].0, "id", "the BOM is not part of the first header");
+        assert_eq!(rows[0].get("productDisplayName"), Some("Caf\u{FFFD} Shirt"));
+        assert_eq!(rows[1].get("productDisplayName"), Some("Black Heels"), "no trailing \\r");
+        assert_eq!(rows[1].get("year"), Some("2015"));
+    }
+
+    #[test]
+    fn line_numbers_count_physical_lines() {
+        let csv = format!("\u{feff}{HEADER}\r\n\r\n\n51,Men\n52,\"multi\nline\"\n\n53,Women\n");
+        let dir = catalog(csv.as_bytes(), &[]);
+        let (_, report) = read_catalog(dir.path()).unwrap();
+        let lines: Vec<u64> = report.malformed.iter().map(|(l, _)| *l).collect();
+        assert_eq!(lines, [4, 5, 8]);
+    }
+
+    #[test]
+    fn unusable_catalogs_are_errors_with_paths() {
+        let no_csv = tempfile::tempdir().unwrap();
+        let text = format!("{:#}", read_catalog(no_csv.path()).unwrap_err());
+        assert!(text.contains("styles.csv"), "{text}");
+
+        let no_images = tempfile::tempdir().unwrap();
+        std::fs::write(no_images.path().join("styles.csv"), HEADER).unwrap();
+        let text = format!("{:#}", read_catalog(no_images.path()).unwrap_err());
+        assert!(text.contains("images"), "{text}");
+
+        let empty = catalog(b"", &[]);
+        assert!(format!("{:#}", read_catalog(empty.path()).unwrap_err()).contains("empty"));
+
+        let no_id = catalog(b"name,colour\nShirt,Blue\n", &[]);
+        assert!(format!("{:#}", read_catalog(no_id.path()).unwrap_err()).contains("no id column"));
+    }
+}

@@ -141,13 +141,12 @@ impl SearchEngine {
             Ok(c.vector(product.key)?.map(|v| (product.key, v)))
         })?
         .ok_or_else(|| SearchError::UnknownProduct(id.to_string()))?;
-        let widened = SearchRequest { k: request.k + 1, ..request.clone() };
+        // Rank from the top with one extra hit, drop the product itself, then cut the page, so
+        // pages line up whether or not the product falls inside the filter.
+        let widened = SearchRequest { k: request.offset + request.k + 1, offset: 0, filter: request.filter.clone() };
         let mut results = self.search_vector(&vector, &widened)?;
-        let before = results.hits.len();
         results.hits.retain(|h| h.product.key != key);
-        if results.hits.len() == before {
-            results.hits.truncate(request.k);
-        }
+        results.hits = results.hits.into_iter().skip(request.offset).take(request.k).collect();
         for (i, hit) in results.hits.iter_mut().enumerate() {
             hit.rank = request.offset + i + 1;
         }

@@ -12,6 +12,7 @@ pub mod eval;
 pub mod import;
 pub mod index;
 pub mod model;
+pub mod perturb;
 pub mod preprocess;
 pub mod search;
 pub mod tune;

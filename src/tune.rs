@@ -14,6 +14,9 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
+use std::collections::{BTreeSet, HashMap};
+
+use crate::catalog::{Key, SqliteCatalog, VectorKind};
 use crate::index::l2_normalize;
 
 /// A learned projection from model features to the tuned search space.
@@ -134,6 +137,32 @@ impl Projection {
         };
         Ok(Projection { label: label.to_string(), input_dim, hidden, output_dim, w1, b1, w2 })
     }
+}
+
+/// The catalog's stored model vectors with the value of column `label`, as a feature matrix,
+/// class indices, and the class names (sorted). Products without the column are left out.
+pub fn labelled_features(catalog: &SqliteCatalog, label: &str) -> Result<(Array2<f32>, Vec<usize>, Vec<String>)> {
+    let products = catalog.all_products()?;
+    let by_key: HashMap<Key, &str> = products.iter().filter_map(|p| p.metadata.get(label).map(|l| (p.key, l.as_str()))).collect();
+    let classes: Vec<String> = by_key.values().map(|s| s.to_string()).collect::<BTreeSet<_>>().into_iter().collect();
+    if classes.len() < 2 {
+        bail!(
+            "tuning needs products labelled with at least two different {label:?} values; found {} (columns come from the catalog's metadata)",
+            classes.len()
+        );
+    }
+    let class_index: HashMap<&str, usize> = classes.iter().enumerate().map(|(i, c)| (c.as_str(), i)).collect();
+    let (mut rows, mut labels, mut dim) = (Vec::new(), Vec::new(), 0);
+    catalog.for_each_vector(VectorKind::Primary, |key, v| {
+        if let Some(class) = by_key.get(&key).and_then(|l| class_index.get(l)) {
+            dim = v.len();
+            rows.extend_from_slice(v);
+            labels.push(*class);
+        }
+        Ok(())
+    })?;
+    let features = Array2::from_shape_vec((labels.len(), dim), rows).context("feature matrix shape")?;
+    Ok((features, labels, classes))
 }
 
 /// Adam optimiser state for one parameter array.

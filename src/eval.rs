@@ -21,7 +21,7 @@ use crate::catalog::{Catalog, ImageRef, Key, SqliteCatalog, VectorKind};
 use crate::encoder::Encoder;
 use crate::index::{l2_normalize, ExactIndex, VectorIndex};
 use crate::preprocess::{self, DecodeLimits};
-use crate::search::load_exact_index;
+use crate::space::SearchSpace;
 
 /// Cut-off of every ranked metric.
 pub const K: usize = 10;
@@ -195,13 +195,14 @@ pub fn evaluate(catalog: &SqliteCatalog, encoder: &dyn Encoder, queries: &[Label
     tracing::info!("loading vectors of {} products", products.len());
     // `lookalike` is what search uses: the tuned space when the catalog has a projection; the
     // model's own space is then reported as `lookalike_untuned` beside it.
-    let projection = catalog.projection()?;
-    let lookalike = load_exact_index(catalog, VectorKind::Primary, projection.as_ref())?;
-    let untuned = match projection {
-        Some(_) => Some(load_exact_index(catalog, VectorKind::Primary, None)?),
+    let space = SearchSpace::for_catalog(catalog)?;
+    let lookalike = space.build_index(catalog, VectorKind::Primary)?;
+    let untuned_space = SearchSpace::centred(catalog, VectorKind::Primary)?;
+    let untuned = match space.tuned_on() {
+        Some(_) => Some(untuned_space.build_index(catalog, VectorKind::Primary)?),
         None => None,
     };
-    let original = load_exact_index(catalog, VectorKind::MaxPooled, None)?;
+    let original = SearchSpace::Identity.build_index(catalog, VectorKind::MaxPooled)?;
 
     let first = products.first().context("the catalog is empty")?;
     let side = raw_pixel_side(catalog, first.key, &first.image)?;
@@ -240,16 +241,12 @@ pub fn evaluate(catalog: &SqliteCatalog, encoder: &dyn Encoder, queries: &[Label
         let encode_ms = t.elapsed().as_secs_f64() * 1000.0;
 
         let t = Instant::now();
-        let vector = match &projection {
-            Some(p) => p.apply(&embedding.vector)?,
-            None => embedding.vector.clone(),
-        };
-        let hits = lookalike.search(&vector, K, None)?;
+        let hits = lookalike.search(&space.map(&embedding.vector)?, K, None)?;
         record("lookalike", ranked_labels(&hits), encode_ms + t.elapsed().as_secs_f64() * 1000.0);
 
         if let Some(untuned) = &untuned {
             let t = Instant::now();
-            let hits = untuned.search(&embedding.vector, K, None)?;
+            let hits = untuned.search(&untuned_space.map(&embedding.vector)?, K, None)?;
             record("lookalike_untuned", ranked_labels(&hits), encode_ms + t.elapsed().as_secs_f64() * 1000.0);
         }
 
@@ -272,7 +269,7 @@ pub fn evaluate(catalog: &SqliteCatalog, encoder: &dyn Encoder, queries: &[Label
         seed: options.seed,
         label: label.to_string(),
         perturbed: options.perturb,
-        tuned_on: projection.map(|p| p.label),
+        tuned_on: space.tuned_on().map(str::to_string),
         methods: tallies.into_iter().map(|(m, t)| (m.to_string(), t.report())).collect(),
     })
 }

@@ -15,4 +15,5 @@ pub mod model;
 pub mod perturb;
 pub mod preprocess;
 pub mod search;
+pub mod space;
 pub mod tune;

@@ -8,11 +8,11 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use serde::Serialize;
 
-use crate::catalog::{Catalog, Filter, Key, Product, SqliteCatalog, VectorKind};
+use crate::catalog::{Catalog, Filter, Product, SqliteCatalog, VectorKind};
 use crate::encoder::Encoder;
-use crate::index::{Allowed, ExactIndex, Hit, VectorIndex};
+use crate::index::{Allowed, Hit, VectorIndex};
 use crate::preprocess::{self, DecodeLimits, ImageError};
-use crate::tune::Projection;
+use crate::space::SearchSpace;
 
 /// What to return.
 #[derive(Debug, Clone)]
@@ -76,9 +76,8 @@ pub struct SearchEngine {
     catalog: Mutex<SqliteCatalog>,
     index: RwLock<Box<dyn VectorIndex>>,
     encoder: Box<dyn Encoder>,
-    /// The catalog-tuned projection, applied to every model vector before it is indexed or
-    /// searched for; `None` searches the model's own features.
-    projection: Option<Projection>,
+    /// How model vectors are mapped before they are indexed or searched for.
+    space: SearchSpace,
     limits: DecodeLimits,
 }
 
@@ -89,8 +88,8 @@ fn ms(since: Instant) -> f64 {
 impl SearchEngine {
     /// Loads the catalog's stored vectors into an exact in-memory index.
     pub fn open(catalog: SqliteCatalog, encoder: Box<dyn Encoder>) -> Result<SearchEngine> {
-        let projection = catalog.projection()?;
-        let index = load_exact_index(&catalog, VectorKind::Primary, projection.as_ref())?;
+        let space = SearchSpace::for_catalog(&catalog)?;
+        let index = space.build_index(&catalog, VectorKind::Primary)?;
         if let Some(space) = catalog.vector_space()? {
             let model = &encoder.spec().name;
             if &space.model != model {
@@ -103,29 +102,17 @@ impl SearchEngine {
                 );
             }
         }
-        Ok(SearchEngine { catalog: Mutex::new(catalog), index: RwLock::new(Box::new(index)), encoder, projection, limits: DecodeLimits::default() })
+        Ok(SearchEngine { catalog: Mutex::new(catalog), index: RwLock::new(Box::new(index)), encoder, space, limits: DecodeLimits::default() })
     }
 
-    /// The tuned projection in use, if any.
-    pub fn projection(&self) -> Option<&Projection> {
-        self.projection.as_ref()
+    /// The space the index searches.
+    pub fn space(&self) -> &SearchSpace {
+        &self.space
     }
 
-    /// Maps a model vector into the space the index searches (the tuned one, if any).
+    /// Maps a model vector into the space the index searches.
     fn to_search_space(&self, model_vector: &[f32]) -> Result<Vec<f32>, SearchError> {
-        match &self.projection {
-            None => Ok(model_vector.to_vec()),
-            Some(p) if model_vector.len() == p.input_dim => Ok(p.apply(model_vector)?),
-            Some(p) => Err(SearchError::BadRequest(format!(
-                "vector has {} dimensions; this catalog's model vectors have {}",
-                model_vector.len(),
-                p.input_dim
-            ))),
-        }
-    }
-
-    pub fn encoder(&self) -> &dyn Encoder {
-        self.encoder.as_ref()
+        self.space.map(model_vector).map_err(|e| SearchError::BadRequest(e.to_string()))
     }
 
     /// Runs `f` with the catalog locked.
@@ -211,43 +198,4 @@ impl SearchEngine {
         timings.total_ms = ms(started);
         Ok(SearchResults { hits, timings })
     }
-}
-
-/// Builds an exact index over the stored vectors of `kind`, mapped through `projection` if given.
-pub fn load_exact_index(catalog: &SqliteCatalog, kind: VectorKind, projection: Option<&Projection>) -> Result<ExactIndex> {
-    let stored_dim = catalog.vector_space()?.map(|s| s.dim).unwrap_or(0);
-    let Some(projection) = projection else {
-        let mut index = ExactIndex::new(stored_dim);
-        catalog.for_each_vector(kind, |key, v| index.upsert(key, v)).with_context(|| format!("loading vectors from {}", catalog.path().display()))?;
-        return Ok(index);
-    };
-    // Project in blocks: one matrix product per block instead of one per product.
-    const BLOCK: usize = 4096;
-    let mut index = ExactIndex::new(projection.output_dim);
-    let (mut keys, mut rows) = (Vec::with_capacity(BLOCK), Vec::with_capacity(BLOCK * stored_dim));
-    let flush = |keys: &mut Vec<Key>, rows: &mut Vec<f32>, index: &mut ExactIndex| -> Result<()> {
-        if keys.is_empty() {
-            return Ok(());
-        }
-        let block = ndarray::ArrayView2::from_shape((keys.len(), projection.input_dim), rows.as_slice()).context("vector block shape")?;
-        for (key, row) in keys.iter().zip(projection.apply_batch(block).rows()) {
-            index.upsert(*key, row.as_slice().context("projected row layout")?)?;
-        }
-        keys.clear();
-        rows.clear();
-        Ok(())
-    };
-    catalog
-        .for_each_vector(kind, |key, v| {
-            anyhow::ensure!(v.len() == projection.input_dim, "stored vector has {} dimensions, the projection takes {}", v.len(), projection.input_dim);
-            keys.push(key);
-            rows.extend_from_slice(v);
-            if keys.len() == BLOCK {
-                flush(&mut keys, &mut rows, &mut index)?;
-            }
-            Ok(())
-        })
-        .with_context(|| format!("loading vectors from {}", catalog.path().display()))?;
-    flush(&mut keys, &mut rows, &mut index)?;
-    Ok(index)
 }

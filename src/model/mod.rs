@@ -155,7 +155,9 @@ fn efficientnet_spec(assets: &Assets, variant: &str, size: u32) -> Result<ModelS
             fit: Fit::Pad,
         },
         output: efficientnet::FEATURES.to_string(),
-        pooling: Pooling::Avg,
+        // GeM (p = 3) with catalog-mean centring beat average and max pooling in the quality study
+        // (docs/quality-study.md).
+        pooling: Pooling::Gem { p: 3.0 },
         logits: Some(efficientnet::LOGITS.to_string()),
     })
 }

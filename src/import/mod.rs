@@ -12,6 +12,7 @@ pub mod idx;
 pub mod kaggle;
 
 use std::collections::HashMap;
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::sync_channel;
@@ -114,7 +115,12 @@ pub fn index_items(
     let known: HashMap<String, String> = catalog.content_hashes()?;
     let mut report = IndexReport { seen: items.len(), ..Default::default() };
 
-    let bar = if options.progress { ProgressBar::new(items.len() as u64) } else { ProgressBar::hidden() };
+    // A bar on a terminal; a log line every ten seconds otherwise (CI logs, `nohup`), so a long
+    // import always shows it is alive and how fast it goes.
+    let on_terminal = std::io::stderr().is_terminal();
+    let bar = if options.progress && on_terminal { ProgressBar::new(items.len() as u64) } else { ProgressBar::hidden() };
+    let total = items.len();
+    let mut last_log = Instant::now();
     bar.set_style(
         ProgressStyle::with_template("{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} {per_sec} ETA {eta}")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
@@ -188,6 +194,12 @@ pub fn index_items(
             catalog.upsert(&products)?;
             report.embedded += products.len();
             bar.inc(products.len() as u64);
+            if options.progress && !on_terminal && last_log.elapsed() >= Duration::from_secs(10) {
+                last_log = Instant::now();
+                let done = report.embedded + report.unchanged + report.failed.len();
+                let rate = report.embedded as f64 / started.elapsed().as_secs_f64().max(1e-9);
+                tracing::info!("{done}/{total} products, {rate:.1} images/s");
+            }
         }
         Ok(())
     })?;

@@ -3,7 +3,9 @@
 //! A hit is relevant when its label (a metadata column, `articleType` by default) equals the
 //! query's. Three methods run on the same queries and catalog so their numbers sit side by side:
 //!
-//! - `lookalike`: the catalog's search vectors (the model's default pooling, cosine);
+//! - `lookalike`: exactly what search uses — GeM-pooled features centred on the catalog mean, or
+//!   the catalog-tuned projection when `lookalike tune` has made one (the untuned space is then
+//!   reported too, as `lookalike_untuned`);
 //! - `original_recipe`: the design lookalike replaces — max pooling of the last feature map,
 //!   L2-normalised, Euclidean distance (on unit vectors Euclidean ranks exactly as cosine does);
 //! - `raw_pixels`: cosine on the flattened greyscale image at the catalog's image size, the

@@ -5,7 +5,7 @@
 //!
 //!     cargo run --release --example quality_study -- [CATALOG_SIZE] [QUERIES]
 //!
-//! Writes docs/quality-study.md.
+//! Writes docs/quality-study-run.md.
 
 use anyhow::{Context, Result};
 use image::DynamicImage;
@@ -127,7 +127,7 @@ fn main() -> Result<()> {
         rows.join("\n")
     );
     std::fs::create_dir_all("docs")?;
-    std::fs::write("docs/quality-study.md", &table)?;
+    std::fs::write("docs/quality-study-run.md", &table)?;
     println!("{table}");
     Ok(())
 }

@@ -14,3 +14,4 @@ pub mod index;
 pub mod model;
 pub mod preprocess;
 pub mod search;
+pub mod server;

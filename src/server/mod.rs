@@ -24,7 +24,7 @@ use axum::response::IntoResponse;
 use axum::Router;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
-use tower_http::trace::TraceLayer;
+use tower_http::trace::{DefaultOnFailure, TraceLayer};
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
@@ -141,8 +141,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(axum::middleware::from_fn_with_state(state.metrics.clone(), metrics::track))
         // The default spans record method, URI and version only: never headers, so the admin
-        // token is not logged.
-        .layer(TraceLayer::new_for_http())
+        // token is not logged. Failures are logged at debug level: a 503 under load is load
+        // shedding working, and real internal errors are logged by `ApiError` with their cause.
+        .layer(TraceLayer::new_for_http().on_failure(DefaultOnFailure::new().level(tracing::Level::DEBUG)))
         .with_state(state)
 }
 

@@ -53,7 +53,9 @@ async function runSearch(offset) {
       form.append("k", String(PAGE_SIZE));
       form.append("offset", "0");
       form.append("include_vector", "true");
-      if (state.crop) form.append("crop", state.crop.map((v) => v.toFixed(4)).join(","));
+      const crop = state.crop ? state.crop.map((v) => v.toFixed(4)).join(",") : "";
+      if (crop) form.append("crop", crop);
+      els.cropArea.dataset.crop = crop; // What was sent, for tests and curious developers.
       for (const [column, values] of state.filters) for (const v of values) form.append("filter", `${column}=${v}`);
       result = await api("/api/search", { method: "POST", body: form });
       state.query = { kind: "photo", vector: result.query_vector, label: state.crop ? "the part of your photo you picked" : "your photo" };
@@ -122,6 +124,7 @@ function card(hit) {
   like.addEventListener("click", () => moreLike(hit.id, hit.name));
   const item = el("li", { className: "card" }, open, like);
   item.dataset.id = hit.id;
+  item.dataset.category = hit.category || "";
   return item;
 }
 
@@ -200,7 +203,11 @@ function usePhoto(file) {
   runSearch(0);
 }
 
-els.file.addEventListener("change", () => usePhoto(els.file.files[0]));
+els.file.addEventListener("change", () => {
+  usePhoto(els.file.files[0]);
+  // Forget the selection, so choosing the same photo again still counts as a change.
+  els.file.value = "";
+});
 els.newPhoto.addEventListener("click", () => {
   els.dropzone.hidden = false;
   els.file.value = "";

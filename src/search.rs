@@ -323,3 +323,27 @@ pub fn load_exact_index(catalog: &SqliteCatalog, kind: VectorKind) -> Result<Exa
     catalog.for_each_vector(kind, |key, v| index.upsert(key, v)).with_context(|| format!("loading vectors from {}", catalog.path().display()))?;
     Ok(index)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn crop_parses_fractions_and_rejects_boxes_outside_the_image() {
+        assert_eq!(Crop::parse("0.1, 0.2, 0.5, 0.6"), Ok(Crop { x: 0.1, y: 0.2, width: 0.5, height: 0.6 }));
+        let clamped = Crop::parse("0.5,0.5,0.5000001,0.5").expect("rounding is tolerated");
+        assert!(clamped.x + clamped.width <= 1.0);
+        for bad in ["", "1,2,3", "a,b,c,d", "0.5,0.5,0.9,0.1", "-0.1,0,0.5,0.5", "1,0,0.5,0.5", "0,0,0,0.5", "NaN,0,0.5,0.5"] {
+            assert!(Crop::parse(bad).is_err(), "{bad:?} should be refused");
+        }
+    }
+
+    #[test]
+    fn crop_cuts_the_requested_part_and_never_an_empty_image() {
+        let image = image::DynamicImage::new_rgb8(200, 100);
+        let part = Crop::new(0.25, 0.5, 0.5, 0.5).expect("crop").apply(&image);
+        assert_eq!((part.width(), part.height()), (100, 50));
+        let sliver = Crop::new(0.999, 0.999, 0.001, 0.001).expect("crop").apply(&image);
+        assert!(sliver.width() >= 1 && sliver.height() >= 1);
+    }
+}

@@ -235,6 +235,7 @@ fn parse_number(field: &str, text: &str) -> Result<usize, ApiError> {
     )
 )]
 pub async fn search(State(state): Shared, request: Request) -> Result<Json<SearchResponse>, ApiError> {
+    let request = refuse_oversized(&state, request).await?;
     let content_type = request.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_ascii_lowercase();
     if content_type.starts_with("multipart/form-data") {
         let multipart = Multipart::from_request(request, &state).await.map_err(|e| ApiError::UnreadableImage(e.body_text()))?;
@@ -281,6 +282,34 @@ async fn search_by_photo(state: Arc<AppState>, mut form: Multipart) -> Result<Js
         Ok(Json(search_response(results, include_vector.then_some(vector))))
     })
     .await
+}
+
+/// Most bytes of an oversized upload read and thrown away so that the client hears the 413.
+const DRAIN_LIMIT: u64 = 64 * 1024 * 1024;
+
+/// Refuses a body whose declared length is over the limit before reading any of it.
+///
+/// Answering while the client is still sending makes most clients (browsers included) report
+/// a broken connection instead of the 413 and its message. So the rest of the body is read and
+/// dropped first, chunk by chunk (nothing is kept), unless it is absurdly large, in which case
+/// the connection is simply closed.
+async fn refuse_oversized(state: &AppState, request: Request) -> Result<Request, ApiError> {
+    let declared = request.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    let Some(declared) = declared.filter(|&n| n > state.body_limit() as u64) else { return Ok(request) };
+    if declared <= DRAIN_LIMIT {
+        use http_body_util::BodyExt;
+        let mut body = request.into_body();
+        while let Some(frame) = body.frame().await {
+            if frame.is_err() {
+                break;
+            }
+        }
+    }
+    Err(ApiError::TooLarge(format!(
+        "the upload is {:.1} MB; this server accepts photos up to {:.1} MB",
+        declared as f64 / 1e6,
+        state.max_upload_bytes as f64 / 1e6
+    )))
 }
 
 /// Reads an uploaded photo into memory (never to disk), refusing it past the size limit.
@@ -429,6 +458,7 @@ pub struct NewProductForm {
 )]
 pub async fn add_product(State(state): Shared, headers: HeaderMap, request: Request) -> Result<(StatusCode, Json<ProductBody>), ApiError> {
     state.require_admin(&headers)?;
+    let request = refuse_oversized(&state, request).await?;
     let mut form = Multipart::from_request(request, &state).await.map_err(|e| ApiError::UnreadableImage(e.body_text()))?;
     let (mut id, mut image, mut metadata) = (None, None, Metadata::new());
     while let Some(field) = form.next_field().await? {

@@ -65,6 +65,12 @@ impl AppState {
         Ok(AppState { engine, batcher, metrics, admin_token_digest, max_upload_bytes: config.max_upload_bytes })
     }
 
+    /// Largest request body: the photo plus room for the multipart framing and the small text
+    /// fields around it (the photo itself is checked against `max_upload_bytes` exactly).
+    pub fn body_limit(&self) -> usize {
+        self.max_upload_bytes.saturating_add(64 * 1024)
+    }
+
     /// Admits a catalog change only with `Authorization: Bearer <admin token>`.
     pub fn require_admin(&self, headers: &HeaderMap) -> Result<(), ApiError> {
         let Some(expected) = &self.admin_token_digest else {
@@ -134,9 +140,7 @@ pub fn openapi_text() -> &'static str {
 /// The application: routes, body limit, metrics and request tracing around them.
 pub fn router(state: Arc<AppState>) -> Router {
     let (router, _) = routes().split_for_parts();
-    // Room for the multipart framing and the small text fields around the photo; the photo
-    // itself is checked against `max_upload_bytes` exactly.
-    let body_limit = state.max_upload_bytes.saturating_add(64 * 1024);
+    let body_limit = state.body_limit();
     router
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(axum::middleware::from_fn_with_state(state.metrics.clone(), metrics::track))

@@ -1,6 +1,6 @@
 # lookalike: the two commands are `make demo` (run it) and `make test` (test it).
 CARGO ?= cargo
-BIN := target/release/lookalike
+BIN := $(or $(CARGO_TARGET_DIR),target)/release/lookalike
 DEMO_DB ?= demo/fashion-mnist.db
 DEMO_LIMIT ?= 60000
 DEMO_ADDR ?= 127.0.0.1:8080

@@ -11,6 +11,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use rusqlite::{params, Connection, OptionalExtension};
 
+use crate::tune::Projection;
+
 /// A product's metadata: column name → value, e.g. `articleType` → `Dresses`.
 pub type Metadata = BTreeMap<String, String>;
 
@@ -177,6 +179,15 @@ CREATE TABLE IF NOT EXISTS images (
     key INTEGER PRIMARY KEY REFERENCES products(key) ON DELETE CASCADE,
     bytes BLOB NOT NULL
 );
+CREATE TABLE IF NOT EXISTS projection (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    label TEXT NOT NULL,
+    input_dim INTEGER NOT NULL,
+    hidden INTEGER NOT NULL,
+    output_dim INTEGER NOT NULL,
+    weights BLOB NOT NULL,
+    report TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS vectors (
     key INTEGER PRIMARY KEY REFERENCES products(key) ON DELETE CASCADE,
     vector BLOB NOT NULL,
@@ -248,6 +259,53 @@ impl SqliteCatalog {
                 Ok(())
             }
         }
+    }
+
+    /// The catalog-tuned projection (see [`crate::tune`]), if `lookalike tune` made one.
+    pub fn projection(&self) -> Result<Option<Projection>> {
+        let row: Option<(String, i64, i64, i64, Vec<u8>)> = self
+            .conn
+            .query_row("SELECT label, input_dim, hidden, output_dim, weights FROM projection WHERE id = 1", [], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+            })
+            .optional()?;
+        row.map(|(label, input, hidden, output, weights)| {
+            Projection::from_weights(&label, input as usize, hidden as usize, output as usize, &weights)
+                .with_context(|| format!("the tuned projection in {} is damaged; run `lookalike tune` again", self.path.display()))
+        })
+        .transpose()
+    }
+
+    /// Stores `projection` (replacing any earlier one) with its training report (JSON).
+    pub fn save_projection(&mut self, projection: &Projection, report: &str) -> Result<()> {
+        self.conn.execute(
+            "INSERT OR REPLACE INTO projection(id, label, input_dim, hidden, output_dim, weights, report) VALUES (1, ?1, ?2, ?3, ?4, ?5, ?6)",
+            params![
+                projection.label,
+                projection.input_dim as i64,
+                projection.hidden as i64,
+                projection.output_dim as i64,
+                projection.weights_bytes(),
+                report
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Drops the tuned projection: search goes back to the model's own features.
+    pub fn clear_projection(&mut self) -> Result<bool> {
+        Ok(self.conn.execute("DELETE FROM projection", [])? > 0)
+    }
+
+    /// The full description of a user-supplied model, kept so the catalog can be searched later
+    /// without repeating `--model`.
+    pub fn model_description(&self) -> Result<Option<String>> {
+        self.setting("model_spec")
+    }
+
+    pub fn set_model_description(&mut self, json: &str) -> Result<()> {
+        self.conn.execute("INSERT OR REPLACE INTO settings(name, value) VALUES ('model_spec', ?1)", [json])?;
+        Ok(())
     }
 
     fn setting(&self, name: &str) -> Result<Option<String>> {

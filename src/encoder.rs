@@ -113,6 +113,14 @@ impl OrtEncoder {
         Ok(out.data.chunks(out.shape[1].max(1)).map(<[f32]>::to_vec).collect())
     }
 
+    /// The raw `[N, C, H, W]` (or `[N, D]`) output of the features tensor for a batch: shape and
+    /// data. For studies of pooling choices (`examples/quality_study.rs`) that must pool one
+    /// model run several ways.
+    pub fn feature_maps(&self, batch: &[Vec<f32>]) -> Result<(Vec<usize>, Vec<f32>)> {
+        let out = self.run(batch, &self.spec.output)?;
+        Ok((out.shape, out.data))
+    }
+
     /// Runs one batched inference and copies output `name` out of the session.
     fn run(&self, batch: &[Vec<f32>], name: &str) -> Result<Output> {
         let size = self.spec.input.size as usize;
@@ -188,7 +196,7 @@ impl Encoder for OrtEncoder {
 }
 
 /// One image's feature map, addressed as `data[c * channel_stride + p * position_stride]`.
-struct FeatureMap<'a> {
+pub struct FeatureMap<'a> {
     data: &'a [f32],
     channels: usize,
     positions: usize,
@@ -196,8 +204,15 @@ struct FeatureMap<'a> {
     position_stride: usize,
 }
 
-impl FeatureMap<'_> {
-    fn pool(&self, pooling: Pooling) -> Vec<f32> {
+impl<'a> FeatureMap<'a> {
+    /// A `[C, H*W]` (channel-major, NCHW) map of one image.
+    pub fn channel_major(data: &'a [f32], channels: usize) -> FeatureMap<'a> {
+        let positions = data.len() / channels.max(1);
+        FeatureMap { data, channels, positions, channel_stride: positions, position_stride: 1 }
+    }
+
+    /// Pools every channel over all positions (not normalised).
+    pub fn pool(&self, pooling: Pooling) -> Vec<f32> {
         let n = self.positions.max(1) as f32;
         (0..self.channels)
             .map(|c| {

@@ -21,7 +21,7 @@ use crate::catalog::{Catalog, ImageRef, Key, SqliteCatalog, VectorKind};
 use crate::encoder::Encoder;
 use crate::index::{l2_normalize, ExactIndex, VectorIndex};
 use crate::preprocess::{self, DecodeLimits};
-use crate::search::load_exact_index;
+use crate::space::SearchSpace;
 
 /// Cut-off of every ranked metric.
 pub const K: usize = 10;
@@ -51,7 +51,21 @@ pub struct EvalReport {
     pub queries: usize,
     pub seed: u64,
     pub label: String,
+    /// Whether queries were perturbed into shopper-like photos (see [`crate::perturb`]).
+    pub perturbed: bool,
+    /// The label column the catalog's projection was tuned on, if it has one.
+    pub tuned_on: Option<String>,
     pub methods: BTreeMap<String, MethodReport>,
+}
+
+/// How to run an evaluation.
+#[derive(Debug, Clone)]
+pub struct EvalOptions {
+    /// Metadata column deciding relevance.
+    pub label: String,
+    pub seed: u64,
+    /// Perturb every query (seeded by `seed` and the query's position).
+    pub perturb: bool,
 }
 
 /// Picks `n` of `labels`' indices, the same number from each label (the first labels in sorted
@@ -163,7 +177,8 @@ fn load_catalog_image(catalog: &SqliteCatalog, key: Key, image_ref: &ImageRef) -
 }
 
 /// Runs every query through the three methods and reports their metrics.
-pub fn evaluate(catalog: &SqliteCatalog, encoder: &dyn Encoder, queries: &[LabelledQuery], label: &str, seed: u64) -> Result<EvalReport> {
+pub fn evaluate(catalog: &SqliteCatalog, encoder: &dyn Encoder, queries: &[LabelledQuery], options: &EvalOptions) -> Result<EvalReport> {
+    let label = options.label.as_str();
     if queries.is_empty() {
         bail!("no queries to evaluate");
     }
@@ -178,8 +193,16 @@ pub fn evaluate(catalog: &SqliteCatalog, encoder: &dyn Encoder, queries: &[Label
     }
 
     tracing::info!("loading vectors of {} products", products.len());
-    let lookalike = load_exact_index(catalog, VectorKind::Primary)?;
-    let original = load_exact_index(catalog, VectorKind::MaxPooled)?;
+    // `lookalike` is what search uses: the tuned space when the catalog has a projection; the
+    // model's own space is then reported as `lookalike_untuned` beside it.
+    let space = SearchSpace::for_catalog(catalog)?;
+    let lookalike = space.build_index(catalog, VectorKind::Primary)?;
+    let untuned_space = SearchSpace::centred(catalog, VectorKind::Primary)?;
+    let untuned = match space.tuned_on() {
+        Some(_) => Some(untuned_space.build_index(catalog, VectorKind::Primary)?),
+        None => None,
+    };
+    let original = SearchSpace::Identity.build_index(catalog, VectorKind::MaxPooled)?;
 
     let first = products.first().context("the catalog is empty")?;
     let side = raw_pixel_side(catalog, first.key, &first.image)?;
@@ -196,8 +219,16 @@ pub fn evaluate(catalog: &SqliteCatalog, encoder: &dyn Encoder, queries: &[Label
     let ranked_labels = |hits: &[crate::index::Hit]| -> Vec<String> {
         hits.iter().map(|h| labels.get(&h.key).cloned().unwrap_or_default()).collect()
     };
-    for q in queries {
+    for (n, q) in queries.iter().enumerate() {
         let relevant = per_label.get(q.label.as_str()).copied().unwrap_or(0);
+        let perturbed;
+        let query_image = if options.perturb {
+            let mut rng = rand::rngs::StdRng::seed_from_u64(options.seed.wrapping_mul(1_000_003).wrapping_add(n as u64));
+            perturbed = crate::perturb::perturb(&q.image, &mut rng);
+            &perturbed
+        } else {
+            &q.image
+        };
         let mut record = |method: &'static str, ranked: Vec<String>, latency: f64| {
             let refs: Vec<&str> = ranked.iter().map(String::as_str).collect();
             tallies.entry(method).or_default().add(&refs, &q.label, relevant, latency);
@@ -205,13 +236,19 @@ pub fn evaluate(catalog: &SqliteCatalog, encoder: &dyn Encoder, queries: &[Label
 
         // Both CNN methods share one encoding; each is charged the full encode time.
         let t = Instant::now();
-        let tensor = preprocess::prepare(&preprocess::to_rgb_on_white(&q.image), &spec.input);
+        let tensor = preprocess::prepare(&preprocess::to_rgb_on_white(query_image), &spec.input);
         let embedding = encoder.encode(&[tensor])?.into_iter().next().context("encoder returned nothing")?;
         let encode_ms = t.elapsed().as_secs_f64() * 1000.0;
 
         let t = Instant::now();
-        let hits = lookalike.search(&embedding.vector, K, None)?;
+        let hits = lookalike.search(&space.map(&embedding.vector)?, K, None)?;
         record("lookalike", ranked_labels(&hits), encode_ms + t.elapsed().as_secs_f64() * 1000.0);
+
+        if let Some(untuned) = &untuned {
+            let t = Instant::now();
+            let hits = untuned.search(&untuned_space.map(&embedding.vector)?, K, None)?;
+            record("lookalike_untuned", ranked_labels(&hits), encode_ms + t.elapsed().as_secs_f64() * 1000.0);
+        }
 
         if let (Some(max), false) = (&embedding.max_pooled, original.is_empty()) {
             let t = Instant::now();
@@ -220,7 +257,7 @@ pub fn evaluate(catalog: &SqliteCatalog, encoder: &dyn Encoder, queries: &[Label
         }
 
         let t = Instant::now();
-        let mut v = preprocess::greyscale_pixels(&q.image, side);
+        let mut v = preprocess::greyscale_pixels(query_image, side);
         l2_normalize(&mut v);
         let hits = raw.search(&v, K, None)?;
         record("raw_pixels", ranked_labels(&hits), t.elapsed().as_secs_f64() * 1000.0);
@@ -229,8 +266,10 @@ pub fn evaluate(catalog: &SqliteCatalog, encoder: &dyn Encoder, queries: &[Label
     Ok(EvalReport {
         catalog_size: products.len(),
         queries: queries.len(),
-        seed,
+        seed: options.seed,
         label: label.to_string(),
+        perturbed: options.perturb,
+        tuned_on: space.tuned_on().map(str::to_string),
         methods: tallies.into_iter().map(|(m, t)| (m.to_string(), t.report())).collect(),
     })
 }
@@ -239,8 +278,13 @@ impl EvalReport {
     /// A markdown table, one row per method.
     pub fn table(&self) -> String {
         let mut out = format!(
-            "catalog: {} products, queries: {}, label: {}, seed: {}\n\n| method | P@1 | P@5 | P@10 | mAP@10 | kNN acc | latency median ms | p95 ms |\n|---|---|---|---|---|---|---|---|\n",
-            self.catalog_size, self.queries, self.label, self.seed
+            "catalog: {} products, queries: {}{}, label: {}, seed: {}, tuned on: {}\n\n| method | P@1 | P@5 | P@10 | mAP@10 | kNN acc | latency median ms | p95 ms |\n|---|---|---|---|---|---|---|---|\n",
+            self.catalog_size,
+            self.queries,
+            if self.perturbed { " (perturbed)" } else { "" },
+            self.label,
+            self.seed,
+            self.tuned_on.as_deref().unwrap_or("-")
         );
         for (name, m) in &self.methods {
             out.push_str(&format!(

@@ -12,6 +12,7 @@ use crate::catalog::{Catalog, Filter, Key, NewProduct, Product, SqliteCatalog, V
 use crate::encoder::{Embedding, Encoder};
 use crate::index::{Allowed, ExactIndex, Hit, VectorIndex};
 use crate::preprocess::{self, DecodeLimits, ImageError};
+use crate::space::SearchSpace;
 
 /// What to return.
 #[derive(Debug, Clone)]
@@ -136,6 +137,8 @@ pub struct SearchEngine {
     catalog: Mutex<SqliteCatalog>,
     index: RwLock<Box<dyn VectorIndex>>,
     encoder: Box<dyn Encoder>,
+    /// How model vectors are mapped before they are indexed or searched for.
+    space: SearchSpace,
     limits: DecodeLimits,
 }
 
@@ -146,7 +149,8 @@ fn ms(since: Instant) -> f64 {
 impl SearchEngine {
     /// Loads the catalog's stored vectors into an exact in-memory index.
     pub fn open(catalog: SqliteCatalog, encoder: Box<dyn Encoder>) -> Result<SearchEngine> {
-        let index = load_exact_index(&catalog, VectorKind::Primary)?;
+        let space = SearchSpace::for_catalog(&catalog)?;
+        let index = space.build_index(&catalog, VectorKind::Primary)?;
         if let Some(space) = catalog.vector_space()? {
             let model = &encoder.spec().name;
             if &space.model != model {
@@ -159,11 +163,22 @@ impl SearchEngine {
                 );
             }
         }
-        Ok(SearchEngine { catalog: Mutex::new(catalog), index: RwLock::new(Box::new(index)), encoder, limits: DecodeLimits::default() })
+        Ok(SearchEngine { catalog: Mutex::new(catalog), index: RwLock::new(Box::new(index)), encoder, space, limits: DecodeLimits::default() })
     }
 
-    pub fn encoder(&self) -> &dyn Encoder {
-        self.encoder.as_ref()
+    /// Name of the model that encodes queries (and whose vectors the catalog holds).
+    pub fn model_name(&self) -> &str {
+        &self.encoder.spec().name
+    }
+
+    /// The space the index searches.
+    pub fn space(&self) -> &SearchSpace {
+        &self.space
+    }
+
+    /// Maps a model vector into the space the index searches.
+    fn to_search_space(&self, model_vector: &[f32]) -> Result<Vec<f32>, SearchError> {
+        self.space.map(model_vector).map_err(|e| SearchError::BadRequest(e.to_string()))
     }
 
     /// Runs `f` with the catalog locked.
@@ -234,13 +249,15 @@ impl SearchEngine {
         // reach the index in the order they reached the catalog.
         let mut catalog = self.catalog.lock().map_err(|_| anyhow::anyhow!("catalog lock poisoned"))?;
         catalog.bind_vector_space(&VectorSpace { model: expected, dim: product.vector.len() })?;
+        // The catalog keeps model vectors; the index holds them mapped into the search space.
+        let searched = self.to_search_space(&product.vector)?;
         let key = *catalog.upsert(std::slice::from_ref(&product))?.first().context("the catalog stored no product")?;
         let mut index = self.index.write().map_err(|_| anyhow::anyhow!("index lock poisoned"))?;
-        if index.is_empty() && index.dim() != product.vector.len() {
-            // A catalog that was empty at start has a 0-d index; give it the model's dimension.
-            *index = Box::new(ExactIndex::new(product.vector.len()));
+        if index.is_empty() && index.dim() != searched.len() {
+            // A catalog that was empty at start has a 0-d index; give it the search dimension.
+            *index = Box::new(ExactIndex::new(searched.len()));
         }
-        index.upsert(key, &product.vector)?;
+        index.upsert(key, &searched)?;
         Ok(key)
     }
 
@@ -281,10 +298,12 @@ impl SearchEngine {
         Ok(results)
     }
 
-    /// Products most similar to an embedding.
-    pub fn search_vector(&self, vector: &[f32], request: &SearchRequest) -> Result<SearchResults, SearchError> {
+    /// Products most similar to a model embedding (as the encoder produces it, before any
+    /// tuned projection).
+    pub fn search_vector(&self, model_vector: &[f32], request: &SearchRequest) -> Result<SearchResults, SearchError> {
         let started = Instant::now();
         let mut timings = Timings::default();
+        let vector = self.to_search_space(model_vector)?;
 
         let t = Instant::now();
         let allowed: Option<Allowed> =
@@ -295,7 +314,7 @@ impl SearchEngine {
             if vector.len() != index.dim() && !index.is_empty() {
                 return Err(SearchError::BadRequest(format!("vector has {} dimensions; this catalog's are {}", vector.len(), index.dim())));
             }
-            index.search(vector, wanted, allowed.as_ref())?
+            index.search(&vector, wanted, allowed.as_ref())?
         };
         timings.search_ms = ms(t);
 
@@ -314,14 +333,6 @@ impl SearchEngine {
         timings.total_ms = ms(started);
         Ok(SearchResults { hits, timings })
     }
-}
-
-/// Builds an exact index over the stored vectors of `kind`.
-pub fn load_exact_index(catalog: &SqliteCatalog, kind: VectorKind) -> Result<ExactIndex> {
-    let dim = catalog.vector_space()?.map(|s| s.dim).unwrap_or(0);
-    let mut index = ExactIndex::new(dim);
-    catalog.for_each_vector(kind, |key, v| index.upsert(key, v)).with_context(|| format!("loading vectors from {}", catalog.path().display()))?;
-    Ok(index)
 }
 
 #[cfg(test)]

@@ -338,3 +338,40 @@ fn eval_reports_all_three_methods() {
     // far above chance (0.1).
     assert!(out["methods"]["lookalike"]["precision_at_10"].as_f64().unwrap_or(0.0) > 0.5, "{out}");
 }
+
+#[test]
+fn tuning_is_stored_used_and_undone() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = copy_catalog(dir.path());
+    let out = lookalike(&["tune", "--db", path(&db), "--label", "noSuchColumn"]);
+    assert!(!out.status.success(), "no labels: nothing to tune");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("noSuchColumn"));
+
+    ok(&["tune", "--db", path(&db), "--label", "articleType", "--dim", "64", "--hidden", "128", "--epochs", "8"]);
+    assert!(ok(&["info", "--db", path(&db)]).contains("tuned on: articleType"));
+    let report = json(&ok(&[
+        "eval", "--db", path(&db), "--fashion-mnist", "test", "--queries", "50", "--fashion-mnist-dir", path(&fm_dir()), "--json",
+    ]));
+    assert_eq!(report["tuned_on"], "articleType");
+    let tuned = report["methods"]["lookalike"]["precision_at_10"].as_f64().expect("tuned");
+    let untuned = report["methods"]["lookalike_untuned"]["precision_at_10"].as_f64().expect("untuned");
+    assert!(tuned > 0.5 && untuned > 0.5, "tuned {tuned}, untuned {untuned}");
+
+    // Search uses the tuned space: scores are cosines in it, and more-like-this still works.
+    let hits = json(&ok(&["search", "--db", path(&db), "--like", "fmnist-train-00002", "-k", "5", "--json"]));
+    assert_eq!(hits["hits"].as_array().map(Vec::len), Some(5));
+
+    ok(&["tune", "--db", path(&db), "--off"]);
+    assert!(ok(&["info", "--db", path(&db)]).contains("tuned on: -"));
+}
+
+#[test]
+fn perturbed_eval_reports_the_drop() {
+    let out = json(&ok(&[
+        "eval", "--db", path(shared_catalog()), "--fashion-mnist", "test", "--queries", "30", "--perturb",
+        "--fashion-mnist-dir", path(&fm_dir()), "--json",
+    ]));
+    assert_eq!(out["perturbed"], true);
+    let p = out["methods"]["lookalike"]["precision_at_10"].as_f64().expect("p@10");
+    assert!(p > 0.1, "perturbed queries still find their kind above chance: {p}");
+}

@@ -169,6 +169,9 @@ pub fn index_items(
             let embeddings = encoder.encode(&tensors).context("running the image encoder")?;
             if let Some(first) = embeddings.first() {
                 catalog.bind_vector_space(&VectorSpace { model: spec.name.clone(), dim: first.vector.len() })?;
+                if !crate::model::is_builtin(&spec.name) && catalog.model_description()?.is_none() {
+                    catalog.set_model_description(&serde_json::to_string(&spec)?)?;
+                }
             }
             let products: Vec<NewProduct> = described
                 .into_iter()

@@ -99,19 +99,44 @@ pub const BUILTIN: &[&str] = &["efficientnet-lite0", "efficientnet-lite2"];
 /// The default model.
 pub const DEFAULT_MODEL: &str = "efficientnet-lite0";
 
+/// Whether `name` is a built-in model (possibly at a non-native size, `name@size`).
+pub fn is_builtin(name: &str) -> bool {
+    BUILTIN.contains(&name.split('@').next().unwrap_or(name))
+}
+
 /// Resolves a model argument: a built-in name (converted from the PyTorch weights on first use
 /// and cached under the asset directory) or the path of a JSON [`ModelSpec`].
 pub fn resolve(assets: &Assets, model: &str) -> Result<ModelSpec> {
     match model {
-        "efficientnet-lite0" => efficientnet_spec(assets, "lite0", 224),
-        "efficientnet-lite2" => efficientnet_spec(assets, "lite2", 260),
+        "efficientnet-lite0" => resolve_sized(assets, model, 224),
+        "efficientnet-lite2" => resolve_sized(assets, model, 260),
+        sized if is_builtin(sized) && sized.contains('@') => {
+            let (name, size) = sized.split_once('@').unwrap_or((sized, ""));
+            let size: u32 = size.parse().with_context(|| format!("bad input size in model name {sized:?}"))?;
+            resolve_sized(assets, name, size)
+        }
         path => ModelSpec::from_json_file(Path::new(path))
             .with_context(|| format!("{path:?} is neither a built-in model ({}) nor a readable model description", BUILTIN.join(", "))),
     }
 }
 
+/// A built-in model converted for a given input size (the graph's padding depends on it). The
+/// name gains the size when it is not the model's native one, so catalogs never mix them.
+pub fn resolve_sized(assets: &Assets, model: &str, size: u32) -> Result<ModelSpec> {
+    let (variant, native) = match model {
+        "efficientnet-lite0" => ("lite0", 224),
+        "efficientnet-lite2" => ("lite2", 260),
+        other => anyhow::bail!("{other:?} is not a built-in model ({})", BUILTIN.join(", ")),
+    };
+    let mut spec = efficientnet_spec(assets, variant, size)?;
+    if size != native {
+        spec.name = format!("{model}@{size}");
+    }
+    Ok(spec)
+}
+
 fn efficientnet_spec(assets: &Assets, variant: &str, size: u32) -> Result<ModelSpec> {
-    let onnx: PathBuf = assets.models_dir().join(format!("efficientnet-{variant}-v{}.onnx", efficientnet::CONVERTER_VERSION));
+    let onnx: PathBuf = assets.models_dir().join(format!("efficientnet-{variant}-{size}px-v{}.onnx", efficientnet::CONVERTER_VERSION));
     if !onnx.is_file() {
         let weights = assets.efficientnet_weights(variant)?;
         std::fs::create_dir_all(assets.models_dir()).with_context(|| format!("creating {}", assets.models_dir().display()))?;
@@ -130,7 +155,9 @@ fn efficientnet_spec(assets: &Assets, variant: &str, size: u32) -> Result<ModelS
             fit: Fit::Pad,
         },
         output: efficientnet::FEATURES.to_string(),
-        pooling: Pooling::Avg,
+        // GeM (p = 3) with catalog-mean centring beat average and max pooling in the quality study
+        // (docs/quality-study.md).
+        pooling: Pooling::Gem { p: 3.0 },
         logits: Some(efficientnet::LOGITS.to_string()),
     })
 }

@@ -610,7 +610,7 @@ pub struct Readiness {
 pub async fn readyz(State(state): Shared) -> Result<Json<Readiness>, ApiError> {
     let engine = state.engine.clone();
     let products = blocking(move || Ok(engine.with_catalog(|c| crate::catalog::Catalog::len(c))?)).await?;
-    Ok(Json(Readiness { status: "ready", model: state.engine.encoder().spec().name.clone(), products, workers: state.batcher.config().workers }))
+    Ok(Json(Readiness { status: "ready", model: state.engine.model_name().to_string(), products, workers: state.batcher.config().workers }))
 }
 
 /// Prometheus metrics (text exposition format).

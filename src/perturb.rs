@@ -1,0 +1,167 @@
+//! Shopper-photo perturbations for evaluation.
+//!
+//! Catalog shots are clean: one product, centred, plain background, studio light. Shoppers'
+//! photos are not. `eval --perturb` passes every query through [`perturb`] (seeded, so runs are
+//! comparable) to measure how much of the quality survives: the product is placed on a coloured
+//! or cluttered background, cropped and rescaled, rotated a little, re-lit, blurred and
+//! re-compressed as JPEG.
+
+use image::{DynamicImage, GenericImageView, Rgb, RgbImage};
+use rand::Rng;
+
+/// Side the query is upscaled to before perturbing, so that small catalog images (Fashion-MNIST
+/// is 28 px) are perturbed at a resolution a phone screenshot would have.
+const WORK_SIDE: u32 = 160;
+
+/// Applies a random, realistic combination of changes to `img`.
+pub fn perturb(img: &DynamicImage, rng: &mut impl Rng) -> DynamicImage {
+    let rgb = upscale(&img.to_rgb8());
+    let placed = place_on_background(&rgb, rng);
+    let cropped = random_crop(&placed, rng);
+    let rotated = rotate(&cropped, rng.random_range(-12.0f32..12.0), rng);
+    let mut lit = rotated;
+    relight(&mut lit, rng.random_range(0.75f32..1.25), rng.random_range(0.7f32..1.3));
+    let blurred = if rng.random_bool(0.5) { image::imageops::blur(&lit, rng.random_range(0.4f32..1.5)) } else { lit };
+    recompress(&blurred, rng.random_range(30u8..80))
+}
+
+fn upscale(img: &RgbImage) -> RgbImage {
+    let (w, h) = img.dimensions();
+    if w.max(h) >= WORK_SIDE {
+        return img.clone();
+    }
+    let scale = WORK_SIDE as f32 / w.max(h) as f32;
+    image::imageops::resize(img, ((w as f32 * scale) as u32).max(1), ((h as f32 * scale) as u32).max(1), image::imageops::FilterType::Triangle)
+}
+
+/// The colour most of the border has: the catalog shot's background.
+fn border_colour(img: &RgbImage) -> [f32; 3] {
+    let (w, h) = img.dimensions();
+    let mut sum = [0.0f32; 3];
+    let mut n = 0.0f32;
+    for (x, y, p) in img.enumerate_pixels() {
+        if x == 0 || y == 0 || x + 1 == w || y + 1 == h {
+            for c in 0..3 {
+                sum[c] += f32::from(p[c]);
+            }
+            n += 1.0;
+        }
+    }
+    sum.map(|s| s / n.max(1.0))
+}
+
+/// Cuts the product out of its plain background (alpha from the distance to the background
+/// colour) and pastes it, scaled to 60-95 % of the frame, at a random place on a solid colour or
+/// a clutter of overlapping rectangles.
+fn place_on_background(img: &RgbImage, rng: &mut impl Rng) -> RgbImage {
+    let (w, h) = img.dimensions();
+    let side = w.max(h);
+    let mut canvas = RgbImage::from_pixel(side, side, Rgb([rng.random(), rng.random(), rng.random()]));
+    if rng.random_bool(0.5) {
+        for _ in 0..rng.random_range(4..12) {
+            let colour = Rgb([rng.random(), rng.random(), rng.random()]);
+            let (x0, y0) = (rng.random_range(0..side), rng.random_range(0..side));
+            let (rw, rh) = (rng.random_range(side / 8..side / 2 + 1), rng.random_range(side / 8..side / 2 + 1));
+            for y in y0..(y0 + rh).min(side) {
+                for x in x0..(x0 + rw).min(side) {
+                    canvas.put_pixel(x, y, colour);
+                }
+            }
+        }
+    }
+    let bg = border_colour(img);
+    let scale = rng.random_range(0.6f32..0.95);
+    let (pw, ph) = (((w as f32 * scale) as u32).max(1), ((h as f32 * scale) as u32).max(1));
+    let product = image::imageops::resize(img, pw, ph, image::imageops::FilterType::Triangle);
+    let (ox, oy) = (rng.random_range(0..=side - pw), rng.random_range(0..=side - ph));
+    for (x, y, p) in product.enumerate_pixels() {
+        let distance = (0..3).map(|c| (f32::from(p[c]) - bg[c]).abs()).fold(0.0, f32::max);
+        let alpha = (distance / 48.0).clamp(0.0, 1.0);
+        let under = canvas.get_pixel(ox + x, oy + y);
+        let mixed = Rgb([0, 1, 2].map(|c| (alpha * f32::from(p[c]) + (1.0 - alpha) * f32::from(under[c])) as u8));
+        canvas.put_pixel(ox + x, oy + y, mixed);
+    }
+    canvas
+}
+
+/// Keeps a random 75-100 % of each side.
+fn random_crop(img: &RgbImage, rng: &mut impl Rng) -> RgbImage {
+    let (w, h) = img.dimensions();
+    let (cw, ch) = (((w as f32 * rng.random_range(0.75f32..1.0)) as u32).max(1), ((h as f32 * rng.random_range(0.75f32..1.0)) as u32).max(1));
+    let (x, y) = (rng.random_range(0..=w - cw), rng.random_range(0..=h - ch));
+    img.view(x, y, cw, ch).to_image()
+}
+
+/// Rotates by `degrees` about the centre (bilinear), filling uncovered corners with the
+/// nearest edge pixel, as a phone's straightening tool does.
+fn rotate(img: &RgbImage, degrees: f32, _rng: &mut impl Rng) -> RgbImage {
+    let (w, h) = img.dimensions();
+    let (sin, cos) = degrees.to_radians().sin_cos();
+    let (cx, cy) = (w as f32 / 2.0, h as f32 / 2.0);
+    RgbImage::from_fn(w, h, |x, y| {
+        let (dx, dy) = (x as f32 + 0.5 - cx, y as f32 + 0.5 - cy);
+        let sx = (cos * dx + sin * dy + cx - 0.5).clamp(0.0, (w - 1) as f32);
+        let sy = (-sin * dx + cos * dy + cy - 0.5).clamp(0.0, (h - 1) as f32);
+        let (x0, y0) = (sx.floor() as u32, sy.floor() as u32);
+        let (x1, y1) = ((x0 + 1).min(w - 1), (y0 + 1).min(h - 1));
+        let (fx, fy) = (sx - x0 as f32, sy - y0 as f32);
+        let px = |xx, yy| img.get_pixel(xx, yy);
+        Rgb([0, 1, 2].map(|c| {
+            let top = f32::from(px(x0, y0)[c]) * (1.0 - fx) + f32::from(px(x1, y0)[c]) * fx;
+            let bottom = f32::from(px(x0, y1)[c]) * (1.0 - fx) + f32::from(px(x1, y1)[c]) * fx;
+            (top * (1.0 - fy) + bottom * fy).round() as u8
+        }))
+    })
+}
+
+/// Scales brightness and contrast (around mid-grey).
+fn relight(img: &mut RgbImage, brightness: f32, contrast: f32) {
+    for p in img.pixels_mut() {
+        for c in 0..3 {
+            let v = (f32::from(p[c]) - 128.0) * contrast + 128.0;
+            p[c] = (v * brightness).clamp(0.0, 255.0) as u8;
+        }
+    }
+}
+
+/// Encodes as JPEG at `quality` and decodes again: the artefacts of a forwarded photo.
+fn recompress(img: &RgbImage, quality: u8) -> DynamicImage {
+    let mut bytes = Vec::new();
+    let encoder = image::codecs::jpeg::JpegEncoder::new_with_quality(&mut bytes, quality);
+    if img.write_with_encoder(encoder).is_err() {
+        return DynamicImage::ImageRgb8(img.clone());
+    }
+    image::load_from_memory(&bytes).unwrap_or_else(|_| DynamicImage::ImageRgb8(img.clone()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    fn product() -> DynamicImage {
+        // A white T-shape on black, like a Fashion-MNIST item.
+        DynamicImage::ImageLuma8(image::GrayImage::from_fn(28, 28, |x, y| image::Luma([if y < 8 || (10..18).contains(&x) { 230 } else { 0 }])))
+    }
+
+    #[test]
+    fn perturbation_is_seeded_and_changes_the_image() {
+        let a = perturb(&product(), &mut rand::rngs::StdRng::seed_from_u64(1));
+        let b = perturb(&product(), &mut rand::rngs::StdRng::seed_from_u64(1));
+        let c = perturb(&product(), &mut rand::rngs::StdRng::seed_from_u64(2));
+        assert_eq!(a.to_rgb8().as_raw(), b.to_rgb8().as_raw(), "same seed, same photo");
+        assert_ne!(a.to_rgb8().as_raw(), c.to_rgb8().as_raw());
+        assert!(a.width() >= 100 && a.height() >= 100, "upscaled before perturbing");
+        // The background is no longer plain black.
+        let corner = a.to_rgb8().get_pixel(0, 0).0;
+        let others = (0..50u64).filter(|s| perturb(&product(), &mut rand::rngs::StdRng::seed_from_u64(*s)).to_rgb8().get_pixel(0, 0).0 != corner).count();
+        assert!(others > 40);
+    }
+
+    #[test]
+    fn rotation_by_zero_is_identity() {
+        let img = product().to_rgb8();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(0);
+        assert_eq!(rotate(&img, 0.0, &mut rng).as_raw(), img.as_raw());
+    }
+}

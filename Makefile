@@ -1,8 +1,9 @@
 # lookalike: the two commands are `make demo` (run it) and `make test` (test it).
 CARGO ?= cargo
-BIN := target/release/lookalike
+BIN := $(or $(CARGO_TARGET_DIR),target)/release/lookalike
 DEMO_DB ?= demo/fashion-mnist.db
 DEMO_LIMIT ?= 60000
+DEMO_ADDR ?= 127.0.0.1:8080
 
 .PHONY: setup build test demo eval clean-demo
 
@@ -16,14 +17,17 @@ setup:
 build:
 	$(CARGO) build --release --locked
 
-# Everything the tests need, then all tests.
+# Everything the tests need, then all tests. tests/http.rs includes the headless-browser test of
+# the page, which installs Debian's chromium and npm's playwright-core on first use
+# (scripts/browser-test.sh); screenshots land in artifacts/.
 test: setup
 	$(CARGO) test --release --locked
 
-# Index the Fashion-MNIST training split and search it with a test image.
+# Index the Fashion-MNIST training split (incremental: instant after the first run) and serve
+# the search page and API at http://$(DEMO_ADDR)/ until Ctrl-C.
 demo: setup
 	$(BIN) index --db $(DEMO_DB) --fashion-mnist train --limit $(DEMO_LIMIT)
-	$(BIN) search --db $(DEMO_DB) --like fmnist-train-00000 -k 10
+	$(BIN) serve --db $(DEMO_DB) --addr $(DEMO_ADDR)
 
 # Search quality on Fashion-MNIST (catalog: train split; queries: held-out test split).
 eval: setup

@@ -349,6 +349,17 @@ impl SqliteCatalog {
         .transpose()
     }
 
+    /// How many products have each value of each metadata column: (column, value, count),
+    /// ordered by column then by descending count. The raw material of search facets.
+    pub fn value_counts(&self) -> Result<Vec<(String, String, usize)>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT m.key, m.value, COUNT(*) AS n FROM products p, json_each(p.metadata) m \
+             WHERE m.type = 'text' GROUP BY m.key, m.value ORDER BY m.key, n DESC, m.value",
+        )?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)? as usize)))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
     /// All products (for evaluation and facets).
     pub fn all_products(&self) -> Result<Vec<Product>> {
         let mut stmt = self.conn.prepare(&format!("{SELECT_PRODUCT} ORDER BY key"))?;
@@ -538,6 +549,9 @@ mod tests {
         assert_eq!(ids(&["articleType=Nope"])?, Vec::<String>::new());
         assert_eq!(ids(&["base\"Colour=Odd"])?, ["d"]);
         assert_eq!(ids(&[])?.len(), 4);
+        let counts = cat.value_counts()?;
+        assert!(counts.contains(&("articleType".into(), "Dresses".into(), 2)), "{counts:?}");
+        assert!(counts.contains(&("baseColour".into(), "Red".into(), 2)), "{counts:?}");
         assert!(Filter::parse(&["novalue"]).is_err());
         assert!(Filter::parse(&["=x"]).is_err());
         Ok(())

@@ -3,7 +3,8 @@
 //! The path from a shopper's photo to ranked products reads top to bottom in [`search`]:
 //! decode ([`preprocess`]) → encode ([`encoder`]) → nearest neighbours ([`index`]) → join
 //! product metadata ([`catalog`]). Catalogs come in through [`import`]; the pretrained model is
-//! converted from PyTorch weights to ONNX by [`model`]; [`eval`] measures search quality.
+//! converted from PyTorch weights to ONNX by [`model`]; [`eval`] measures search quality;
+//! [`server`] is `lookalike serve`, the shopper's page and the JSON API.
 
 pub mod assets;
 pub mod catalog;
@@ -15,5 +16,6 @@ pub mod model;
 pub mod perturb;
 pub mod preprocess;
 pub mod search;
+pub mod server;
 pub mod space;
 pub mod tune;

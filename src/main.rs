@@ -15,8 +15,9 @@ use lookalike::eval::{self, LabelledQuery};
 use lookalike::import::fashion_mnist::FashionMnist;
 use lookalike::import::{self, IndexOptions};
 use lookalike::model;
+use lookalike::search::{Crop, SearchEngine, SearchRequest, SearchResults};
+use lookalike::server::{self, batcher::BatcherConfig, ServerConfig};
 use lookalike::tune;
-use lookalike::search::{SearchEngine, SearchRequest, SearchResults};
 
 #[derive(Parser)]
 #[command(name = "lookalike", version, about = "Reverse image search for fashion catalogs")]
@@ -33,6 +34,8 @@ enum Command {
     Search(SearchArgs),
     /// Measure search quality on labelled queries, against two baselines.
     Eval(EvalArgs),
+    /// Serve the search page and the JSON API over a catalog.
+    Serve(ServeArgs),
     /// Learn a catalog-tuned projection from a metadata column (e.g. articleType).
     Tune(TuneArgs),
     /// Remove products from a catalog by id.
@@ -108,6 +111,9 @@ struct SearchArgs {
     /// (different columns must all match; values of the same column are alternatives).
     #[arg(long = "filter", value_name = "COLUMN=VALUE")]
     filters: Vec<String>,
+    /// Search with part of the photo only: x,y,w,h as fractions (0..1) of its width and height.
+    #[arg(long, value_name = "X,Y,W,H", conflicts_with = "like")]
+    crop: Option<String>,
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
@@ -141,6 +147,35 @@ struct EvalArgs {
     /// blur, JPEG), seeded by --seed.
     #[arg(long)]
     perturb: bool,
+    #[command(flatten)]
+    model: ModelArgs,
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    #[command(flatten)]
+    db: DbArgs,
+    /// Address to listen on. The default is reachable from this machine only; use
+    /// 0.0.0.0:8080 to serve the network (behind a TLS-terminating proxy). Port 0 picks a free
+    /// port; the bound address is printed on stdout.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    addr: std::net::SocketAddr,
+    /// Bearer token that allows catalog changes (POST/DELETE /api/products). Without one,
+    /// those routes answer 403.
+    #[arg(long, env = "LOOKALIKE_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
+    /// Largest accepted photo upload, in megabytes.
+    #[arg(long, default_value_t = 20)]
+    max_upload_mb: usize,
+    /// Encoder worker threads (each decodes, preprocesses and runs the model on its batch).
+    #[arg(long, default_value_t = 2)]
+    workers: usize,
+    /// Photos that may wait for a worker; past that, requests get 503 with Retry-After.
+    #[arg(long, default_value_t = 64)]
+    queue: usize,
+    /// Most photos encoded in one model call.
+    #[arg(long, default_value_t = 16)]
+    max_batch: usize,
     #[command(flatten)]
     model: ModelArgs,
 }
@@ -186,6 +221,7 @@ fn main() -> ExitCode {
         Command::Index(args) => run_index(args),
         Command::Search(args) => run_search(args),
         Command::Eval(args) => run_eval(args),
+        Command::Serve(args) => run_serve(args),
         Command::Tune(args) => run_tune(args),
         Command::Remove(args) => run_remove(args),
         Command::Info(args) => run_info(args),
@@ -289,10 +325,11 @@ fn run_search(args: SearchArgs) -> Result<()> {
     let encoder = load_encoder(&assets, &catalog, &args.model)?;
     let engine = SearchEngine::open(catalog, Box::new(encoder))?;
     let request = SearchRequest { k: args.k, offset: args.offset, filter: Filter::parse(&args.filters)? };
+    let crop = args.crop.as_deref().map(Crop::parse).transpose().map_err(anyhow::Error::msg)?;
     let results = match (&args.image, &args.like) {
         (Some(path), _) => {
             let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-            engine.search_image(&bytes, &request).with_context(|| format!("searching with {}", path.display()))?
+            engine.search_image(&bytes, crop, &request).with_context(|| format!("searching with {}", path.display()))?
         }
         (None, Some(id)) => engine.search_like(id, &request)?,
         (None, None) => bail!("give a photo or --like PRODUCT_ID"),
@@ -397,6 +434,30 @@ fn write_file(path: &Path, text: &str) -> Result<()> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
     std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
+}
+
+fn run_serve(args: ServeArgs) -> Result<()> {
+    if args.max_upload_mb == 0 {
+        bail!("--max-upload-mb must be at least 1");
+    }
+    if args.workers == 0 || args.queue == 0 || args.max_batch == 0 {
+        bail!("--workers, --queue and --max-batch must be at least 1");
+    }
+    let assets = Assets::from_env();
+    let catalog = SqliteCatalog::open_existing(&args.db.db)?;
+    let encoder = load_encoder(&assets, &catalog, &args.model)?;
+    let engine = Arc::new(SearchEngine::open(catalog, Box::new(encoder))?);
+    let config = ServerConfig {
+        addr: args.addr,
+        admin_token: args.admin_token,
+        max_upload_bytes: args.max_upload_mb.saturating_mul(1024 * 1024),
+        batcher: BatcherConfig { workers: args.workers, queue: args.queue, max_batch: args.max_batch },
+    };
+    if config.admin_token.is_none() {
+        eprintln!("catalog changes over the API are off: pass --admin-token or set LOOKALIKE_ADMIN_TOKEN to allow them");
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
+    runtime.block_on(server::serve(engine, config))
 }
 
 fn run_tune(args: TuneArgs) -> Result<()> {

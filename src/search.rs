@@ -8,9 +8,9 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use serde::Serialize;
 
-use crate::catalog::{Catalog, Filter, Product, SqliteCatalog, VectorKind};
-use crate::encoder::Encoder;
-use crate::index::{Allowed, Hit, VectorIndex};
+use crate::catalog::{Catalog, Filter, Key, NewProduct, Product, SqliteCatalog, VectorKind, VectorSpace};
+use crate::encoder::{Embedding, Encoder};
+use crate::index::{Allowed, ExactIndex, Hit, VectorIndex};
 use crate::preprocess::{self, DecodeLimits, ImageError};
 use crate::space::SearchSpace;
 
@@ -40,9 +40,70 @@ pub struct RankedProduct {
     pub product: Product,
 }
 
+/// A part of the photo to search with, as fractions of its width and height (after EXIF
+/// orientation, i.e. as the shopper sees it): the shopper's box around one item in a photo of a
+/// whole outfit.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Crop {
+    pub x: f32,
+    pub y: f32,
+    pub width: f32,
+    pub height: f32,
+}
+
+impl Crop {
+    /// A crop box, checked: the corner inside the image, a positive size, and the box within the
+    /// image (up to rounding: a box ending at 1.0000001 is clamped).
+    pub fn new(x: f32, y: f32, width: f32, height: f32) -> Result<Crop, String> {
+        let all = [x, y, width, height];
+        if all.iter().any(|v| !v.is_finite()) {
+            return Err("crop values must be numbers".into());
+        }
+        if !(0.0..1.0).contains(&x) || !(0.0..1.0).contains(&y) {
+            return Err(format!("crop corner ({x}, {y}) must lie inside the image: fractions from 0 to below 1"));
+        }
+        if width <= 0.0 || height <= 0.0 {
+            return Err(format!("crop size {width}x{height} must be positive"));
+        }
+        if x + width > 1.001 || y + height > 1.001 {
+            return Err(format!("crop box x={x} y={y} w={width} h={height} reaches outside the image (x + w and y + h must be at most 1)"));
+        }
+        Ok(Crop { x, y, width: width.min(1.0 - x), height: height.min(1.0 - y) })
+    }
+
+    /// Parses `x,y,w,h` (fractions 0..1 of the image).
+    pub fn parse(text: &str) -> Result<Crop, String> {
+        let parts: Vec<&str> = text.split(',').map(str::trim).collect();
+        let [x, y, w, h] = parts.as_slice() else {
+            return Err(format!("crop {text:?} must be four numbers x,y,w,h (fractions 0..1 of the image)"));
+        };
+        let number = |s: &str| s.parse::<f32>().map_err(|_| format!("crop {text:?}: {s:?} is not a number"));
+        Crop::new(number(x)?, number(y)?, number(w)?, number(h)?)
+    }
+
+    /// The cropped image, at least one pixel in each direction.
+    pub fn apply(&self, image: &image::DynamicImage) -> image::DynamicImage {
+        let (w, h) = (image.width(), image.height());
+        let px = |f: f32, side: u32| ((f * side as f32).round() as u32).min(side.saturating_sub(1));
+        let (x0, y0) = (px(self.x, w), px(self.y, h));
+        let cw = ((self.width * w as f32).round() as u32).clamp(1, w - x0);
+        let ch = ((self.height * h as f32).round() as u32).clamp(1, h - y0);
+        image.crop_imm(x0, y0, cw, ch)
+    }
+}
+
+/// A query photo turned into the model's input, with the time each step took.
+#[derive(Debug, Clone)]
+pub struct PreparedQuery {
+    pub tensor: Vec<f32>,
+    pub timings: Timings,
+}
+
 /// Milliseconds spent in each stage of one search.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Timings {
+    /// Time waiting for an encoder worker (the HTTP server's queue; 0 in the CLI).
+    pub queue_ms: f64,
     pub decode_ms: f64,
     pub preprocess_ms: f64,
     pub encode_ms: f64,
@@ -105,6 +166,11 @@ impl SearchEngine {
         Ok(SearchEngine { catalog: Mutex::new(catalog), index: RwLock::new(Box::new(index)), encoder, space, limits: DecodeLimits::default() })
     }
 
+    /// Name of the model that encodes queries (and whose vectors the catalog holds).
+    pub fn model_name(&self) -> &str {
+        &self.encoder.spec().name
+    }
+
     /// The space the index searches.
     pub fn space(&self) -> &SearchSpace {
         &self.space
@@ -121,26 +187,95 @@ impl SearchEngine {
         f(&mut catalog)
     }
 
-    /// Products most similar to the photo in `bytes`.
-    pub fn search_image(&self, bytes: &[u8], request: &SearchRequest) -> Result<SearchResults, SearchError> {
+    /// Products most similar to the photo in `bytes`, optionally cropped to `crop` first.
+    ///
+    /// The whole path, top to bottom. The HTTP server runs the same three steps but sends the
+    /// middle one through its batching worker pool ([`SearchEngine::encode_batch`] on several
+    /// queries at once), so it calls them separately.
+    pub fn search_image(&self, bytes: &[u8], crop: Option<Crop>, request: &SearchRequest) -> Result<SearchResults, SearchError> {
         let started = Instant::now();
-        let mut timings = Timings::default();
+        let query = self.prepare_query(bytes, crop)?;
+        let mut timings = query.timings.clone();
 
         let t = Instant::now();
-        let image = preprocess::decode(bytes, &self.limits)?;
+        let embedding = self.encode_batch(&[query.tensor])?.into_iter().next().context("the encoder returned no embedding")?;
+        timings.encode_ms = ms(t);
+
+        self.search_embedding(&embedding.vector, request, timings, started)
+    }
+
+    /// Decode → crop → composite on white → resize and normalise: the shopper's photo as the
+    /// model's input tensor. CPU work that allocates; the bytes are only borrowed, nothing is
+    /// written anywhere.
+    pub fn prepare_query(&self, bytes: &[u8], crop: Option<Crop>) -> Result<PreparedQuery, SearchError> {
+        let mut timings = Timings::default();
+        let t = Instant::now();
+        let mut image = preprocess::decode(bytes, &self.limits)?;
         timings.decode_ms = ms(t);
 
         let t = Instant::now();
+        if let Some(crop) = crop {
+            image = crop.apply(&image);
+        }
         let tensor = preprocess::prepare(&preprocess::to_rgb_on_white(&image), &self.encoder.spec().input);
         timings.preprocess_ms = ms(t);
+        Ok(PreparedQuery { tensor, timings })
+    }
 
-        let t = Instant::now();
-        let embedding = self.encoder.encode(&[tensor])?.into_iter().next().context("the encoder returned no embedding")?;
-        timings.encode_ms = ms(t);
+    /// Runs the encoder on prepared queries, one embedding per tensor, in order.
+    pub fn encode_batch(&self, tensors: &[Vec<f32>]) -> Result<Vec<Embedding>, SearchError> {
+        let embeddings = self.encoder.encode(tensors)?;
+        if embeddings.len() != tensors.len() {
+            return Err(SearchError::Internal(anyhow::anyhow!("the encoder returned {} embeddings for {} images", embeddings.len(), tensors.len())));
+        }
+        Ok(embeddings)
+    }
 
-        let mut results = self.search_vector(&embedding.vector, request)?;
+    /// The last two steps of an image search: nearest neighbours of an embedding, then product
+    /// metadata. `timings` carries the earlier stages' times; `started` is when the search began,
+    /// for `total_ms`.
+    pub fn search_embedding(&self, vector: &[f32], request: &SearchRequest, timings: Timings, started: Instant) -> Result<SearchResults, SearchError> {
+        let mut results = self.search_vector(vector, request)?;
         results.timings = Timings { search_ms: results.timings.search_ms, metadata_ms: results.timings.metadata_ms, total_ms: ms(started), ..timings };
         Ok(results)
+    }
+
+    /// Adds a product (or replaces the one with the same id) and makes it searchable at once:
+    /// the catalog is written first, so a crash between the two steps loses nothing that a
+    /// restart (which rebuilds the index from the catalog) would not restore.
+    pub fn add_product(&self, product: NewProduct) -> Result<Key, SearchError> {
+        let expected = self.encoder.spec().name.clone();
+        // Hold the catalog lock across both writes, so concurrent changes to the same id
+        // reach the index in the order they reached the catalog.
+        let mut catalog = self.catalog.lock().map_err(|_| anyhow::anyhow!("catalog lock poisoned"))?;
+        catalog.bind_vector_space(&VectorSpace { model: expected, dim: product.vector.len() })?;
+        // The catalog keeps model vectors; the index holds them mapped into the search space.
+        let searched = self.to_search_space(&product.vector)?;
+        let key = *catalog.upsert(std::slice::from_ref(&product))?.first().context("the catalog stored no product")?;
+        let mut index = self.index.write().map_err(|_| anyhow::anyhow!("index lock poisoned"))?;
+        if index.is_empty() && index.dim() != searched.len() {
+            // A catalog that was empty at start has a 0-d index; give it the search dimension.
+            *index = Box::new(ExactIndex::new(searched.len()));
+        }
+        index.upsert(key, &searched)?;
+        Ok(key)
+    }
+
+    /// Removes a product from the catalog, then from the index. Returns whether it existed.
+    pub fn remove_product(&self, id: &str) -> Result<bool, SearchError> {
+        let mut catalog = self.catalog.lock().map_err(|_| anyhow::anyhow!("catalog lock poisoned"))?;
+        let Some(key) = catalog.remove(id)? else { return Ok(false) };
+        self.index.write().map_err(|_| anyhow::anyhow!("index lock poisoned"))?.remove(key)?;
+        Ok(true)
+    }
+
+    /// Number of searchable products (vectors in the index).
+    pub fn len(&self) -> usize {
+        self.index.read().map(|i| i.len()).unwrap_or(0)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     /// "More like this": products most similar to a catalog product, from its stored vector.
@@ -197,5 +332,29 @@ impl SearchEngine {
         timings.metadata_ms = ms(t);
         timings.total_ms = ms(started);
         Ok(SearchResults { hits, timings })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn crop_parses_fractions_and_rejects_boxes_outside_the_image() {
+        assert_eq!(Crop::parse("0.1, 0.2, 0.5, 0.6"), Ok(Crop { x: 0.1, y: 0.2, width: 0.5, height: 0.6 }));
+        let clamped = Crop::parse("0.5,0.5,0.5000001,0.5").expect("rounding is tolerated");
+        assert!(clamped.x + clamped.width <= 1.0);
+        for bad in ["", "1,2,3", "a,b,c,d", "0.5,0.5,0.9,0.1", "-0.1,0,0.5,0.5", "1,0,0.5,0.5", "0,0,0,0.5", "NaN,0,0.5,0.5"] {
+            assert!(Crop::parse(bad).is_err(), "{bad:?} should be refused");
+        }
+    }
+
+    #[test]
+    fn crop_cuts_the_requested_part_and_never_an_empty_image() {
+        let image = image::DynamicImage::new_rgb8(200, 100);
+        let part = Crop::new(0.25, 0.5, 0.5, 0.5).expect("crop").apply(&image);
+        assert_eq!((part.width(), part.height()), (100, 50));
+        let sliver = Crop::new(0.999, 0.999, 0.001, 0.001).expect("crop").apply(&image);
+        assert!(sliver.width() >= 1 && sliver.height() >= 1);
     }
 }

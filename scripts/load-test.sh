@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# Load test of `lookalike serve`: N concurrent clients POSTing real catalog photos to
+# /api/search for a fixed time, with wrk (Debian package `wrk`; installed if missing).
+#
+#   scripts/load-test.sh DB [SECONDS=30] [CLIENTS=16] [SERVE_ARGS...]
+#
+# Starts its own server on a free 127.0.0.1 port over DB (use a copy: nothing is written, but
+# keep production catalogs out of experiments), takes 200 product photos from the catalog's
+# stored images as queries (rotating, each client starting at a different one), and prints
+# wrk's report plus the server's own latency and batch-size metrics. Traffic goes to the
+# loopback address only and stops after SECONDS.
+set -euo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+db=${1:?usage: scripts/load-test.sh DB [SECONDS] [CLIENTS] [SERVE_ARGS...]}
+seconds=${2:-30}
+clients=${3:-16}
+shift $(( $# < 3 ? $# : 3 ))
+bin=${LOOKALIKE_BIN:-${CARGO_TARGET_DIR:-$here/target}/release/lookalike}
+
+command -v wrk >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk; }
+work=$(mktemp -d)
+trap 'kill "$server" 2>/dev/null || true; rm -rf "$work"' EXIT
+
+python3 - "$db" "$work" <<'PY'
+import sqlite3, sys
+db, out = sys.argv[1], sys.argv[2]
+con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+rows = con.execute("SELECT key, bytes FROM images ORDER BY key LIMIT 200").fetchall()
+if not rows:
+    sys.exit("the catalog has no stored images to use as queries")
+with open(f"{out}/load.lua", "w") as lua:
+    lua.write("local files = {\n")
+    for key, data in rows:
+        path = f"{out}/q{key}.img"
+        open(path, "wb").write(data)
+        lua.write(f'  "{path}",\n')
+    lua.write("}\n")
+PY
+cat >> "$work/load.lua" <<'LUA'
+local boundary = "lookalike-load-test-boundary"
+local bodies = {}
+local n = 0
+function init(args)
+  for i, path in ipairs(files) do
+    local f = assert(io.open(path, "rb"))
+    local data = f:read("*all")
+    f:close()
+    bodies[i] = "--" .. boundary .. "\r\nContent-Disposition: form-data; name=\"k\"\r\n\r\n10\r\n" ..
+      "--" .. boundary .. "\r\nContent-Disposition: form-data; name=\"image\"; filename=\"q.png\"\r\n" ..
+      "Content-Type: application/octet-stream\r\n\r\n" .. data .. "\r\n--" .. boundary .. "--\r\n"
+  end
+  n = math.random(#bodies)
+end
+function request()
+  n = n % #bodies + 1
+  return wrk.format("POST", "/api/search", { ["Content-Type"] = "multipart/form-data; boundary=" .. boundary }, bodies[n])
+end
+function done(summary, latency, requests)
+  io.write(string.format("requests: %d in %.1f s = %.1f requests/s\n", summary.requests, summary.duration / 1e6, summary.requests / (summary.duration / 1e6)))
+  io.write(string.format("latency: median %.1f ms, p90 %.1f ms, p99 %.1f ms, max %.1f ms\n",
+    latency:percentile(50) / 1000, latency:percentile(90) / 1000, latency:percentile(99) / 1000, latency.max / 1000))
+  local e = summary.errors
+  io.write(string.format("errors: non-2xx %d, connect %d, read %d, write %d, timeout %d\n", e.status, e.connect, e.read, e.write, e.timeout))
+end
+LUA
+
+"$bin" serve --db "$db" --addr 127.0.0.1:0 "$@" > "$work/serve.out" 2> "$work/serve.err" &
+server=$!
+for _ in $(seq 1 120); do
+  grep -q "listening on" "$work/serve.out" 2>/dev/null && break
+  sleep 0.5
+done
+url=$(sed -n 's/^listening on //p' "$work/serve.out")
+[ -n "$url" ] || { cat "$work/serve.err" >&2; echo "the server did not start" >&2; exit 1; }
+echo "server: $url over $db ($(curl -s "$url/readyz"))"
+echo "wrk -t2 -c$clients -d${seconds}s --latency -s load.lua $url  (POST /api/search, multipart, 200 catalog photos, k=10)"
+wrk -t2 -c"$clients" -d"${seconds}s" --timeout 10s --latency -s "$work/load.lua" "$url"
+echo "--- server metrics"
+curl -s "$url/metrics" | grep -E '^lookalike_(http_requests_total\{route="/api/search"|encoder_batch_size_(sum|count)|encoder_batch_duration_seconds_(sum|count)|encoder_rejected_total|catalog_products)'

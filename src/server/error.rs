@@ -1,0 +1,170 @@
+//! Every error the API returns, and the one place where each becomes an HTTP status.
+//!
+//! Handlers return `Result<_, ApiError>`; library errors ([`SearchError`], [`ImageError`])
+//! convert into it with `?`. The body is always `{"error": {"code": "...", "message": "..."}}`
+//! so the page (and any client) can show the message as is and branch on the code.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::preprocess::ImageError;
+use crate::search::SearchError;
+
+/// An API failure: what went wrong, in words meant for the person who sent the request.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The upload is not a readable image (empty, truncated, damaged).
+    #[error("{0}")]
+    UnreadableImage(String),
+    /// The body or the image is over the configured size (bytes or pixels).
+    #[error("{0}")]
+    TooLarge(String),
+    /// Not an image format lookalike reads, or a request body that is neither multipart nor JSON.
+    #[error("{0}")]
+    UnsupportedType(String),
+    /// Well-formed request with parameters that make no sense (k = 0, a bad crop, ...).
+    #[error("{0}")]
+    BadParameters(String),
+    #[error("{0}")]
+    NotFound(String),
+    /// No or wrong admin token.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// Catalog changes are switched off: no admin token was configured.
+    #[error("{0}")]
+    Forbidden(String),
+    /// The encoder queue is full: try again in a moment.
+    #[error("{0}")]
+    Busy(String),
+    /// Our fault. The message is logged; the client gets a generic one.
+    #[error("internal error: {0:#}")]
+    Internal(anyhow::Error),
+}
+
+/// The JSON error body.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorDetail {
+    /// Stable machine-readable code, e.g. `unsupported_type`.
+    pub code: &'static str,
+    /// Human-readable explanation, safe to show to a shopper.
+    pub message: String,
+}
+
+/// Seconds a client should wait after a 503 before retrying: one batch of encoding is well
+/// under a second, so the queue has moved on by then.
+const RETRY_AFTER_SECONDS: &str = "1";
+
+impl ApiError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::UnreadableImage(_) => StatusCode::BAD_REQUEST,
+            ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::UnsupportedType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::BadParameters(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::UnreadableImage(_) => "unreadable_image",
+            ApiError::TooLarge(_) => "too_large",
+            ApiError::UnsupportedType(_) => "unsupported_type",
+            ApiError::BadParameters(_) => "bad_parameters",
+            ApiError::NotFound(_) => "not_found",
+            ApiError::Unauthorized(_) => "unauthorized",
+            ApiError::Forbidden(_) => "forbidden",
+            ApiError::Busy(_) => "busy",
+            ApiError::Internal(_) => "internal",
+        }
+    }
+
+    pub fn bad_parameters(message: impl Into<String>) -> ApiError {
+        ApiError::BadParameters(message.into())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let message = match &self {
+            ApiError::Internal(err) => {
+                tracing::error!("internal error: {err:#}");
+                "something went wrong on our side; the error has been logged".to_string()
+            }
+            other => other.to_string(),
+        };
+        let status = self.status();
+        let body = ErrorBody { error: ErrorDetail { code: self.code(), message } };
+        let mut response = (status, Json(body)).into_response();
+        match self {
+            ApiError::Busy(_) => {
+                response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_SECONDS));
+            }
+            ApiError::Unauthorized(_) => {
+                response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            _ => {}
+        }
+        response
+    }
+}
+
+impl From<ImageError> for ApiError {
+    fn from(err: ImageError) -> ApiError {
+        let message = format!("the uploaded image cannot be used: {err}");
+        match err {
+            ImageError::Empty | ImageError::Corrupt(_) => ApiError::UnreadableImage(message),
+            ImageError::UnsupportedFormat(_) => ApiError::UnsupportedType(message),
+            ImageError::TooLarge { .. } | ImageError::FileTooLarge { .. } => ApiError::TooLarge(message),
+        }
+    }
+}
+
+impl From<SearchError> for ApiError {
+    fn from(err: SearchError) -> ApiError {
+        match err {
+            SearchError::Image(e) => e.into(),
+            SearchError::UnknownProduct(id) => ApiError::NotFound(format!("no product with id {id:?}")),
+            SearchError::BadRequest(message) => ApiError::BadParameters(message),
+            SearchError::Internal(e) => ApiError::Internal(e),
+        }
+    }
+}
+
+impl From<anyhow::Error> for ApiError {
+    fn from(err: anyhow::Error) -> ApiError {
+        ApiError::Internal(err)
+    }
+}
+
+impl From<axum::extract::multipart::MultipartError> for ApiError {
+    fn from(err: axum::extract::multipart::MultipartError) -> ApiError {
+        if err.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::TooLarge(format!("the upload is larger than this server accepts: {}", err.body_text()))
+        } else {
+            ApiError::UnreadableImage(format!("the multipart form could not be read: {}", err.body_text()))
+        }
+    }
+}
+
+impl From<axum::extract::rejection::JsonRejection> for ApiError {
+    fn from(err: axum::extract::rejection::JsonRejection) -> ApiError {
+        match err.status() {
+            StatusCode::PAYLOAD_TOO_LARGE => ApiError::TooLarge(err.body_text()),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => ApiError::UnsupportedType(err.body_text()),
+            _ => ApiError::BadParameters(err.body_text()),
+        }
+    }
+}

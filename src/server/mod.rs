@@ -1,0 +1,225 @@
+//! `lookalike serve`: the shopper's page and the JSON API over one [`SearchEngine`].
+//!
+//! - [`api`]: the handlers (thin: parse, call the engine, shape the answer);
+//! - [`error`]: [`ApiError`](error::ApiError), the one mapping from failures to status codes;
+//! - [`batcher`]: the bounded encoder worker pool that batches concurrent photos;
+//! - [`metrics`]: Prometheus counters and histograms;
+//! - `page/`: the page's HTML, JS and CSS, compiled into the binary (no build step, no CDN).
+//!
+//! The server knows nothing of the model beyond the [`Encoder`](crate::encoder::Encoder) trait
+//! behind [`SearchEngine`]; all state is in [`AppState`].
+
+pub mod api;
+pub mod batcher;
+pub mod error;
+pub mod metrics;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
+
+use anyhow::{Context, Result};
+use axum::extract::DefaultBodyLimit;
+use axum::http::{header, HeaderMap, HeaderValue};
+use axum::response::IntoResponse;
+use axum::Router;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+use tower_http::trace::{DefaultOnFailure, TraceLayer};
+use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use self::batcher::{Batcher, BatcherConfig};
+use self::error::ApiError;
+use self::metrics::Metrics;
+use crate::search::SearchEngine;
+
+/// How the server is set up (from `lookalike serve`'s flags).
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub addr: SocketAddr,
+    /// Bearer token for catalog changes; `None` switches them off (403).
+    pub admin_token: Option<String>,
+    /// Largest accepted photo, in bytes.
+    pub max_upload_bytes: usize,
+    pub batcher: BatcherConfig,
+}
+
+/// Everything a handler may use.
+pub struct AppState {
+    pub engine: Arc<SearchEngine>,
+    pub batcher: Batcher,
+    pub metrics: Arc<Metrics>,
+    /// SHA-256 of the admin token. Comparing digests makes the comparison constant-time
+    /// regardless of the lengths involved, and the token itself is not kept around.
+    admin_token_digest: Option<[u8; 32]>,
+    pub max_upload_bytes: usize,
+}
+
+impl AppState {
+    pub fn new(engine: Arc<SearchEngine>, config: &ServerConfig) -> Result<AppState> {
+        let metrics = Arc::new(Metrics::default());
+        let batcher = Batcher::start(engine.clone(), metrics.clone(), config.batcher).context("starting the encoder workers")?;
+        let admin_token_digest = config.admin_token.as_deref().filter(|t| !t.is_empty()).map(|t| Sha256::digest(t.as_bytes()).into());
+        Ok(AppState { engine, batcher, metrics, admin_token_digest, max_upload_bytes: config.max_upload_bytes })
+    }
+
+    /// Largest request body: the photo plus room for the multipart framing and the small text
+    /// fields around it (the photo itself is checked against `max_upload_bytes` exactly).
+    pub fn body_limit(&self) -> usize {
+        self.max_upload_bytes.saturating_add(64 * 1024)
+    }
+
+    /// Admits a catalog change only with `Authorization: Bearer <admin token>`.
+    pub fn require_admin(&self, headers: &HeaderMap) -> Result<(), ApiError> {
+        let Some(expected) = &self.admin_token_digest else {
+            return Err(ApiError::Forbidden(
+                "catalog changes are switched off on this server: start it with --admin-token TOKEN (or set LOOKALIKE_ADMIN_TOKEN) and send Authorization: Bearer TOKEN".into(),
+            ));
+        };
+        let presented = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+            .map(str::trim)
+            .ok_or_else(|| ApiError::Unauthorized("this needs the admin token: send Authorization: Bearer TOKEN".into()))?;
+        let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
+        if bool::from(digest.ct_eq(expected)) {
+            Ok(())
+        } else {
+            Err(ApiError::Unauthorized("the admin token is wrong".into()))
+        }
+    }
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "lookalike", description = "Reverse image search for fashion catalogs: upload a photo, get the most similar products."),
+    modifiers(&AdminTokenScheme),
+    components(schemas(error::ErrorBody, error::ErrorDetail))
+)]
+struct ApiDoc;
+
+struct AdminTokenScheme;
+
+impl utoipa::Modify for AdminTokenScheme {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme("admin_token", SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)));
+    }
+}
+
+/// Every route, each registered together with its OpenAPI description, so the document cannot
+/// miss one.
+fn routes() -> OpenApiRouter<Arc<AppState>> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(page_index))
+        .routes(routes!(page_script))
+        .routes(routes!(page_style))
+        .routes(routes!(api::search))
+        .routes(routes!(api::add_product))
+        .routes(routes!(api::get_product, api::delete_product))
+        .routes(routes!(api::product_image))
+        .routes(routes!(api::facets))
+        .routes(routes!(api::healthz))
+        .routes(routes!(api::readyz))
+        .routes(routes!(api::metrics))
+        .routes(routes!(api::openapi_json))
+}
+
+/// The OpenAPI document as JSON, built once.
+pub fn openapi_text() -> &'static str {
+    static TEXT: OnceLock<String> = OnceLock::new();
+    TEXT.get_or_init(|| {
+        let (_, api) = routes().split_for_parts();
+        api.to_pretty_json().unwrap_or_else(|e| format!("{{\"error\": \"cannot serialise the OpenAPI document: {e}\"}}"))
+    })
+}
+
+/// The application: routes, body limit, metrics and request tracing around them.
+pub fn router(state: Arc<AppState>) -> Router {
+    let (router, _) = routes().split_for_parts();
+    let body_limit = state.body_limit();
+    router
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(axum::middleware::from_fn_with_state(state.metrics.clone(), metrics::track))
+        // The default spans record method, URI and version only: never headers, so the admin
+        // token is not logged. Failures are logged at debug level: a 503 under load is load
+        // shedding working, and real internal errors are logged by `ApiError` with their cause.
+        .layer(TraceLayer::new_for_http().on_failure(DefaultOnFailure::new().level(tracing::Level::DEBUG)))
+        .with_state(state)
+}
+
+/// Binds `config.addr`, prints the bound address (`listening on http://...`, on stdout, so
+/// scripts and tests using port 0 can find it) and serves until Ctrl-C or SIGTERM.
+pub async fn serve(engine: Arc<SearchEngine>, config: ServerConfig) -> Result<()> {
+    let state = Arc::new(AppState::new(engine, &config)?);
+    let app = router(state);
+    let listener = tokio::net::TcpListener::bind(config.addr).await.with_context(|| format!("binding {}", config.addr))?;
+    let bound = listener.local_addr().context("reading the bound address")?;
+    println!("listening on http://{bound}");
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    tracing::info!("serving on http://{bound}");
+    axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await.context("serving HTTP")?;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = terminate => {},
+    }
+    tracing::info!("shutting down");
+}
+
+// ---------------------------------------------------------------------------------------------
+// The page: three files embedded in the binary.
+
+/// Same-origin only: the page loads nothing from elsewhere, and photos are shown from blob: URLs.
+const PAGE_CSP: &str = "default-src 'self'; img-src 'self' blob: data:; style-src 'self'; script-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'";
+
+fn page_asset(content_type: &'static str, body: &'static str) -> impl IntoResponse {
+    (
+        [
+            (header::CONTENT_TYPE, HeaderValue::from_static(content_type)),
+            (header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(PAGE_CSP)),
+            (header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff")),
+            (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),
+        ],
+        body,
+    )
+}
+
+/// The shopper's page.
+#[utoipa::path(get, path = "/", tag = "page", responses((status = 200, description = "The search page", content_type = "text/html")))]
+async fn page_index() -> impl IntoResponse {
+    page_asset("text/html; charset=utf-8", include_str!("page/index.html"))
+}
+
+/// The page's script.
+#[utoipa::path(get, path = "/app.js", tag = "page", responses((status = 200, description = "The page's script", content_type = "text/javascript")))]
+async fn page_script() -> impl IntoResponse {
+    page_asset("text/javascript; charset=utf-8", include_str!("page/app.js"))
+}
+
+/// The page's style sheet.
+#[utoipa::path(get, path = "/style.css", tag = "page", responses((status = 200, description = "The page's styles", content_type = "text/css")))]
+async fn page_style() -> impl IntoResponse {
+    page_asset("text/css; charset=utf-8", include_str!("page/style.css"))
+}

@@ -1,0 +1,486 @@
+//! End-to-end tests of `lookalike serve`: the real binary, the real model, a small real
+//! Fashion-MNIST catalog, spoken to over HTTP on 127.0.0.1. Every route, every error status,
+//! catalog changes with persistence across a restart, load shedding, and the page driven by a
+//! headless Chromium (tests/browser/run.mjs).
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Barrier, OnceLock};
+use std::time::Duration;
+
+use lookalike::assets::Assets;
+use lookalike::import::fashion_mnist::FashionMnist;
+use reqwest::blocking::multipart::{Form, Part};
+use reqwest::blocking::{Client, Response};
+use serde_json::{json, Value};
+
+const BIN: &str = env!("CARGO_BIN_EXE_lookalike");
+
+fn fm_dir() -> PathBuf {
+    Assets::from_env().fashion_mnist_dir().expect("Fashion-MNIST assets (run `make setup`)")
+}
+
+fn path(p: &Path) -> &str {
+    p.to_str().expect("utf-8 temp path")
+}
+
+/// 300 Fashion-MNIST training images indexed with the CLI, once per test run.
+fn shared_catalog() -> &'static Path {
+    static DB: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
+    let (_, db) = DB.get_or_init(|| {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = dir.path().join("fm.db");
+        let out = Command::new(BIN)
+            .args(["index", "--db", path(&db), "--fashion-mnist", "train", "--limit", "300", "--fashion-mnist-dir", path(&fm_dir())])
+            .env("LOOKALIKE_LOG", "warn")
+            .output()
+            .expect("the lookalike binary runs");
+        assert!(out.status.success(), "index failed: {}", String::from_utf8_lossy(&out.stderr));
+        (dir, db)
+    });
+    db
+}
+
+/// A private copy of the shared catalog for tests that change it.
+fn copy_catalog(dir: &Path) -> PathBuf {
+    let db = dir.join("copy.db");
+    std::fs::copy(shared_catalog(), &db).expect("copy catalog");
+    db
+}
+
+/// Fashion-MNIST test image `i` (not in the catalog) as PNG bytes, and its class.
+fn test_photo(i: usize) -> (Vec<u8>, String) {
+    static SPLIT: OnceLock<FashionMnist> = OnceLock::new();
+    let fm = SPLIT.get_or_init(|| FashionMnist::load(&fm_dir(), "test").expect("test split"));
+    let mut png = Vec::new();
+    fm.image(i).expect("image").write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png).expect("png");
+    (png, fm.class_name(i).to_string())
+}
+
+/// A running `lookalike serve`, killed when dropped.
+struct Server {
+    child: Child,
+    url: String,
+}
+
+impl Server {
+    fn start(db: &Path, args: &[&str], env: &[(&str, &str)]) -> Server {
+        let mut command = Command::new(BIN);
+        command
+            .args(["serve", "--db", path(db), "--addr", "127.0.0.1:0"])
+            .args(args)
+            .env("LOOKALIKE_LOG", "warn")
+            .env_remove("LOOKALIKE_ADMIN_TOKEN")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        for (k, v) in env {
+            command.env(k, v);
+        }
+        let mut child = command.spawn().expect("start lookalike serve");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            if let Some(Ok(line)) = lines.next() {
+                let _ = tx.send(line);
+            }
+            for _ in lines {} // Keep draining so the server never blocks on a full pipe.
+        });
+        let line = match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(line) => line,
+            Err(_) => {
+                let _ = child.kill();
+                panic!("lookalike serve printed no address within 60 s");
+            }
+        };
+        let url = line.strip_prefix("listening on ").unwrap_or_else(|| panic!("unexpected first line: {line}")).to_string();
+        Server { child, url }
+    }
+
+    fn url(&self, route: &str) -> String {
+        format!("{}{route}", self.url)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn client() -> Client {
+    Client::builder().timeout(Duration::from_secs(60)).build().expect("http client")
+}
+
+fn photo_form(png: Vec<u8>, fields: &[(&str, &str)]) -> Form {
+    let mut form = Form::new().part("image", Part::bytes(png).file_name("photo.png"));
+    for (k, v) in fields {
+        form = form.text(k.to_string(), v.to_string());
+    }
+    form
+}
+
+fn search_photo(server: &Server, png: Vec<u8>, fields: &[(&str, &str)]) -> Response {
+    client().post(server.url("/api/search")).multipart(photo_form(png, fields)).send().expect("search request")
+}
+
+fn search_json(server: &Server, body: Value) -> Response {
+    client().post(server.url("/api/search")).json(&body).send().expect("search request")
+}
+
+fn ok_json(response: Response) -> Value {
+    let status = response.status();
+    let text = response.text().expect("body");
+    assert!(status.is_success(), "expected success, got {status}: {text}");
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+}
+
+/// Asserts an error status and the `{"error": {"code", "message"}}` body; returns the message.
+fn expect_error(response: Response, status: u16, code: &str) -> String {
+    let got = response.status().as_u16();
+    let text = response.text().expect("body");
+    assert_eq!(got, status, "expected {status} {code}, got {got}: {text}");
+    let body: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("error body is not JSON ({e}): {text}"));
+    assert_eq!(body["error"]["code"], code, "{text}");
+    let message = body["error"]["message"].as_str().unwrap_or_default().to_string();
+    assert!(!message.is_empty(), "error without a message: {text}");
+    message
+}
+
+fn ids(result: &Value) -> Vec<String> {
+    result["hits"].as_array().expect("hits").iter().map(|h| h["id"].as_str().expect("id").to_string()).collect()
+}
+
+#[test]
+fn every_route_answers_and_is_in_the_openapi_document() {
+    let server = Server::start(shared_catalog(), &[], &[]);
+    let http = client();
+    let get = |route: &str| http.get(server.url(route)).send().expect("request");
+
+    let page = get("/");
+    assert_eq!(page.status(), 200);
+    assert!(page.headers()["content-type"].to_str().unwrap_or_default().starts_with("text/html"));
+    let html = page.text().expect("html");
+    assert!(html.contains("accept=\"image/*\"") && !html.contains("capture"), "the picker offers camera and files");
+    assert!(!html.contains("http://") && !html.contains("https://"), "no external resources");
+    for (route, kind) in [("/app.js", "text/javascript"), ("/style.css", "text/css")] {
+        let r = get(route);
+        assert_eq!(r.status(), 200, "{route}");
+        assert!(r.headers()["content-type"].to_str().unwrap_or_default().starts_with(kind), "{route}");
+    }
+
+    assert_eq!(ok_json(get("/healthz"))["status"], "ok");
+    let ready = ok_json(get("/readyz"));
+    assert_eq!(ready["status"], "ready");
+    assert_eq!(ready["products"], 300);
+
+    let facets = ok_json(get("/api/facets"));
+    assert_eq!(facets["products"], 300);
+    let facet = facets["facets"].as_array().expect("facets").iter().find(|f| f["column"] == "articleType").expect("articleType facet");
+    let values = facet["values"].as_array().expect("values");
+    assert_eq!(values.len(), 10, "the ten Fashion-MNIST classes");
+    assert_eq!(values.iter().map(|v| v["count"].as_u64().unwrap_or(0)).sum::<u64>(), 300);
+    assert!(facets["facets"].as_array().expect("facets").iter().all(|f| f["column"] != "index"), "ids are not a facet");
+
+    let product = ok_json(get("/api/products/fmnist-train-00001"));
+    assert_eq!(product["id"], "fmnist-train-00001");
+    assert!(product["metadata"]["articleType"].is_string());
+    let image = get(product["image_url"].as_str().expect("image_url"));
+    assert_eq!(image.status(), 200);
+    assert_eq!(image.headers()["content-type"], "image/png");
+    assert!(image.bytes().expect("bytes").starts_with(b"\x89PNG"));
+    expect_error(get("/api/products/no-such-product"), 404, "not_found");
+    expect_error(get("/api/products/no-such-product/image"), 404, "not_found");
+    // Nothing from the request is ever used as a file path.
+    let traversal = get("/api/products/..%2F..%2Fetc%2Fpasswd/image");
+    assert_eq!(traversal.status(), 404);
+
+    // A search first, so the metrics have an encoder observation.
+    ok_json(search_photo(&server, test_photo(0).0, &[("k", "3")]));
+    let metrics = get("/metrics");
+    assert_eq!(metrics.status(), 200);
+    let text = metrics.text().expect("metrics");
+    for needle in [
+        "lookalike_http_requests_total{route=\"/api/search\",method=\"POST\",status=\"200\"} 1",
+        "lookalike_http_request_duration_seconds_bucket{route=\"/api/search\",le=\"+Inf\"} 1",
+        "lookalike_encoder_batch_duration_seconds_count 1",
+        "lookalike_catalog_products 300",
+    ] {
+        assert!(text.contains(needle), "metrics lack {needle:?}:\n{text}");
+    }
+
+    let openapi = ok_json(get("/api/openapi.json"));
+    assert!(openapi["openapi"].as_str().unwrap_or_default().starts_with("3."));
+    let paths = &openapi["paths"];
+    for (route, method) in [
+        ("/", "get"),
+        ("/app.js", "get"),
+        ("/style.css", "get"),
+        ("/api/search", "post"),
+        ("/api/products", "post"),
+        ("/api/products/{id}", "get"),
+        ("/api/products/{id}", "delete"),
+        ("/api/products/{id}/image", "get"),
+        ("/api/facets", "get"),
+        ("/healthz", "get"),
+        ("/readyz", "get"),
+        ("/metrics", "get"),
+        ("/api/openapi.json", "get"),
+    ] {
+        assert!(paths[route][method].is_object(), "{method} {route} missing from the OpenAPI document");
+    }
+    assert_eq!(paths.as_object().map(|p| p.len()), Some(12), "every documented path is tested above");
+}
+
+#[test]
+fn photo_search_ranks_filters_pages_and_crops() {
+    let server = Server::start(shared_catalog(), &[], &[]);
+    let mut same_class = 0;
+    for i in 0..10 {
+        let (png, class) = test_photo(i);
+        let result = ok_json(search_photo(&server, png, &[("k", "5")]));
+        let hits = result["hits"].as_array().expect("hits");
+        assert_eq!(hits.len(), 5);
+        let scores: Vec<f64> = hits.iter().map(|h| h["score"].as_f64().expect("score")).collect();
+        assert!(scores.windows(2).all(|w| w[0] >= w[1]), "best first: {scores:?}");
+        assert_eq!(hits.iter().map(|h| h["rank"].as_u64().unwrap_or(0)).collect::<Vec<_>>(), [1, 2, 3, 4, 5]);
+        same_class += hits.iter().filter(|h| h["category"] == class.as_str()).count();
+        for key in ["id", "name", "metadata", "image_url"] {
+            assert!(!hits[0][key].is_null(), "hit lacks {key}");
+        }
+        assert!(result["timings"]["encode_ms"].as_f64().unwrap_or(0.0) > 0.0);
+    }
+    assert!(same_class > 30, "precision@5 on held-out photos: {same_class}/50");
+
+    let (png, _) = test_photo(0);
+    // Filters: k results while enough match, all matching.
+    let bags = ok_json(search_photo(&server, png.clone(), &[("k", "8"), ("filter", "articleType=Bag")]));
+    assert_eq!(bags["hits"].as_array().map(Vec::len), Some(8));
+    assert!(bags["hits"].as_array().expect("hits").iter().all(|h| h["metadata"]["articleType"] == "Bag"));
+    // Paging: page two continues page one.
+    let first = ids(&ok_json(search_photo(&server, png.clone(), &[("k", "10")])));
+    let second = ok_json(search_photo(&server, png.clone(), &[("k", "5"), ("offset", "5")]));
+    assert_eq!(ids(&second), first[5..].to_vec());
+    assert_eq!(second["hits"][0]["rank"], 6);
+    // Crop: the server crops before preprocessing, so scores change.
+    let whole = ok_json(search_photo(&server, png.clone(), &[("k", "3")]));
+    let cropped = ok_json(search_photo(&server, png.clone(), &[("k", "3"), ("crop", "0,0,0.5,0.5")]));
+    assert_ne!(whole["hits"][0]["score"], cropped["hits"][0]["score"]);
+
+    // The photo's vector, then the same search by vector (JSON), with filters and paging.
+    let with_vector = ok_json(search_photo(&server, png.clone(), &[("k", "5"), ("include_vector", "true")]));
+    let vector = with_vector["query_vector"].as_array().expect("query_vector").clone();
+    assert_eq!(vector.len(), 1280);
+    let by_vector = ok_json(search_json(&server, json!({"vector": vector, "k": 5})));
+    assert_eq!(ids(&by_vector), ids(&with_vector));
+    let filtered = ok_json(search_json(&server, json!({"vector": vector, "k": 4, "offset": 2, "filters": {"articleType": ["Bag", "Sandal"]}})));
+    assert_eq!(filtered["hits"].as_array().map(Vec::len), Some(4));
+    assert!(filtered["hits"].as_array().expect("hits").iter().all(|h| h["metadata"]["articleType"] == "Bag" || h["metadata"]["articleType"] == "Sandal"));
+    assert_eq!(filtered["hits"][0]["rank"], 3);
+
+    // More like this: the product's stored vector, the product itself left out.
+    let like = ok_json(search_json(&server, json!({"product_id": "fmnist-train-00000", "k": 6})));
+    let like_ids = ids(&like);
+    assert_eq!(like_ids.len(), 6);
+    assert!(!like_ids.contains(&"fmnist-train-00000".to_string()));
+    let class = ok_json(client().get(server.url("/api/products/fmnist-train-00000")).send().expect("get"))["category"].clone();
+    let same = like["hits"].as_array().expect("hits").iter().filter(|h| h["category"] == class).count();
+    assert!(same >= 3, "more like this finds the same kind: {same}/6");
+    let one_class = ok_json(search_json(&server, json!({"product_id": "fmnist-train-00000", "k": 5, "filters": {"articleType": "Dress"}})));
+    assert!(one_class["hits"].as_array().expect("hits").iter().all(|h| h["metadata"]["articleType"] == "Dress"));
+}
+
+#[test]
+fn errors_have_the_right_status_and_a_json_body() {
+    let server = Server::start(shared_catalog(), &["--max-upload-mb", "1"], &[]);
+    let (png, _) = test_photo(0);
+
+    // 400: a PNG signature followed by garbage; an empty file.
+    let mut broken = png[..40].to_vec();
+    broken.extend_from_slice(&[0x55; 64]);
+    expect_error(search_photo(&server, broken, &[]), 400, "unreadable_image");
+    expect_error(search_photo(&server, Vec::new(), &[]), 400, "unreadable_image");
+
+    // 413: over --max-upload-mb 1, as a photo and as a JSON body.
+    let mut big = png.clone();
+    big.resize(1_300_000, 0);
+    expect_error(search_photo(&server, big, &[]), 413, "too_large");
+    let huge = format!("{{\"vector\": [{}]}}", vec!["0.5"; 400_000].join(","));
+    let r = client().post(server.url("/api/search")).header("content-type", "application/json").body(huge).send().expect("post");
+    expect_error(r, 413, "too_large");
+
+    // 415: not an image; a body that is neither multipart nor JSON.
+    let message = expect_error(search_photo(&server, b"<svg xmlns=\"http://www.w3.org/2000/svg\"></svg>".to_vec(), &[]), 415, "unsupported_type");
+    assert!(message.contains("JPEG, PNG"), "the message says what is accepted: {message}");
+    expect_error(search_photo(&server, b"just some text\n".to_vec(), &[]), 415, "unsupported_type");
+    let r = client().post(server.url("/api/search")).header("content-type", "text/plain").body("hello").send().expect("post");
+    expect_error(r, 415, "unsupported_type");
+
+    // 422: parameters that make no sense.
+    expect_error(search_photo(&server, png.clone(), &[("k", "0")]), 422, "bad_parameters");
+    expect_error(search_photo(&server, png.clone(), &[("k", "lots")]), 422, "bad_parameters");
+    expect_error(search_photo(&server, png.clone(), &[("k", "1000")]), 422, "bad_parameters");
+    expect_error(search_photo(&server, png.clone(), &[("crop", "0.5,0.5,0.9,0.1")]), 422, "bad_parameters");
+    expect_error(search_photo(&server, png.clone(), &[("crop", "a,b")]), 422, "bad_parameters");
+    expect_error(search_photo(&server, png.clone(), &[("filter", "articleType")]), 422, "bad_parameters");
+    expect_error(search_photo(&server, png.clone(), &[("colour", "red")]), 422, "bad_parameters");
+    let no_image = client().post(server.url("/api/search")).multipart(Form::new().text("k", "5")).send().expect("post");
+    expect_error(no_image, 422, "bad_parameters");
+    expect_error(search_json(&server, json!({"k": 5})), 422, "bad_parameters");
+    expect_error(search_json(&server, json!({"product_id": "fmnist-train-00000", "vector": [1.0]})), 422, "bad_parameters");
+    expect_error(search_json(&server, json!({"vector": [1.0, 2.0]})), 422, "bad_parameters");
+    expect_error(search_json(&server, json!({"product_id": "fmnist-train-00000", "crop": "0,0,1,1"})), 422, "bad_parameters");
+    expect_error(search_json(&server, json!({"product_id": 42})), 422, "bad_parameters");
+
+    // 404: unknown product for "more like this".
+    expect_error(search_json(&server, json!({"product_id": "no-such-product"})), 404, "not_found");
+
+    // The server is still fine after all that.
+    assert_eq!(ok_json(search_photo(&server, png, &[("k", "2")]))["hits"].as_array().map(Vec::len), Some(2));
+}
+
+#[test]
+fn a_full_encoder_queue_answers_503_with_retry_after() {
+    let server = Server::start(shared_catalog(), &["--workers", "1", "--queue", "1", "--max-batch", "1"], &[]);
+    let url = server.url("/api/search");
+    let (png, _) = test_photo(0);
+    let clients = 16;
+    let mut busy = 0;
+    for _round in 0..5 {
+        let barrier = Arc::new(Barrier::new(clients));
+        let handles: Vec<_> = (0..clients)
+            .map(|_| {
+                let (barrier, url, png) = (barrier.clone(), url.clone(), png.clone());
+                std::thread::spawn(move || {
+                    let http = client();
+                    barrier.wait();
+                    let r = http.post(&url).multipart(photo_form(png, &[("k", "3")])).send().expect("post");
+                    let retry_after = r.headers().get("retry-after").map(|v| v.to_str().unwrap_or_default().to_string());
+                    (r.status().as_u16(), retry_after, r.text().unwrap_or_default())
+                })
+            })
+            .collect();
+        for handle in handles {
+            let (status, retry_after, body) = handle.join().expect("client thread");
+            match status {
+                200 => {}
+                503 => {
+                    busy += 1;
+                    assert_eq!(retry_after.as_deref(), Some("1"), "503 carries Retry-After");
+                    assert!(body.contains("\"code\":\"busy\""), "{body}");
+                }
+                other => panic!("unexpected status {other}: {body}"),
+            }
+        }
+        if busy > 0 {
+            break;
+        }
+    }
+    assert!(busy > 0, "16 simultaneous searches against 1 worker and a queue of 1 should overflow it");
+    let text = client().get(server.url("/metrics")).send().expect("metrics").text().expect("text");
+    assert!(text.contains(&format!("lookalike_encoder_rejected_total {busy}")), "{text}");
+}
+
+#[test]
+fn catalog_changes_need_the_token_are_searchable_at_once_and_survive_a_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = copy_catalog(dir.path());
+    let token = "s3cret-admin-token";
+    let (png, _) = test_photo(7);
+    let add_form = || {
+        Form::new()
+            .text("id", "shop-boot-1")
+            .part("image", Part::bytes(png.clone()).file_name("boot.png"))
+            .text("metadata", r#"{"productDisplayName": "Black ankle boot", "articleType": "Ankle boot"}"#)
+            .text("baseColour", "Black")
+    };
+
+    {
+        // No token configured: changes are off, and the message says how to turn them on.
+        let server = Server::start(&db, &[], &[]);
+        let r = client().post(server.url("/api/products")).bearer_auth(token).multipart(add_form()).send().expect("post");
+        let message = expect_error(r, 403, "forbidden");
+        assert!(message.contains("--admin-token") && message.contains("LOOKALIKE_ADMIN_TOKEN"), "{message}");
+        let r = client().delete(server.url("/api/products/fmnist-train-00000")).bearer_auth(token).send().expect("delete");
+        expect_error(r, 403, "forbidden");
+    }
+
+    let server = Server::start(&db, &[], &[("LOOKALIKE_ADMIN_TOKEN", token)]);
+    let http = client();
+    let r = http.post(server.url("/api/products")).multipart(add_form()).send().expect("post");
+    assert_eq!(r.headers().get("www-authenticate").map(|v| v.to_str().unwrap_or_default()), Some("Bearer"));
+    expect_error(r, 401, "unauthorized");
+    let r = http.post(server.url("/api/products")).bearer_auth("wrong").multipart(add_form()).send().expect("post");
+    expect_error(r, 401, "unauthorized");
+    let r = http.delete(server.url("/api/products/fmnist-train-00000")).bearer_auth("s3cret-admin-tokeN").send().expect("delete");
+    expect_error(r, 401, "unauthorized");
+    let r = http.post(server.url("/api/products")).bearer_auth(token).multipart(Form::new().text("id", "x")).send().expect("post");
+    expect_error(r, 422, "bad_parameters");
+
+    let r = http.post(server.url("/api/products")).bearer_auth(token).multipart(add_form()).send().expect("post");
+    assert_eq!(r.status(), 201);
+    let added = ok_json(r);
+    assert_eq!(added["id"], "shop-boot-1");
+    assert_eq!(added["name"], "Black ankle boot");
+    assert_eq!(added["colour"], "Black");
+
+    // Searchable at once: the same photo finds it first, with similarity ~1.
+    let found = ok_json(search_photo(&server, png.clone(), &[("k", "3")]));
+    assert_eq!(found["hits"][0]["id"], "shop-boot-1");
+    assert!(found["hits"][0]["score"].as_f64().unwrap_or(0.0) > 0.99);
+    let image = http.get(server.url("/api/products/shop-boot-1/image")).send().expect("image");
+    assert_eq!(image.headers()["content-type"], "image/png");
+    assert_eq!(image.bytes().expect("bytes").as_ref(), png.as_slice(), "the uploaded bytes are kept in the catalog");
+    assert_eq!(ok_json(http.get(server.url("/readyz")).send().expect("readyz"))["products"], 301);
+    drop(server);
+
+    // Survives a restart.
+    let server = Server::start(&db, &["--admin-token", token], &[]);
+    let found = ok_json(search_photo(&server, png.clone(), &[("k", "3")]));
+    assert_eq!(found["hits"][0]["id"], "shop-boot-1");
+    assert_eq!(ok_json(http.get(server.url("/api/products/shop-boot-1")).send().expect("get"))["metadata"]["baseColour"], "Black");
+
+    // Delete: gone from search at once and after a restart.
+    let r = http.delete(server.url("/api/products/shop-boot-1")).bearer_auth(token).send().expect("delete");
+    assert_eq!(r.status(), 204);
+    let r = http.delete(server.url("/api/products/shop-boot-1")).bearer_auth(token).send().expect("delete");
+    expect_error(r, 404, "not_found");
+    assert!(!ids(&ok_json(search_photo(&server, png.clone(), &[("k", "20")]))).contains(&"shop-boot-1".to_string()));
+    expect_error(http.get(server.url("/api/products/shop-boot-1")).send().expect("get"), 404, "not_found");
+    drop(server);
+    let server = Server::start(&db, &[], &[]);
+    assert!(!ids(&ok_json(search_photo(&server, png, &[("k", "20")]))).contains(&"shop-boot-1".to_string()));
+    assert_eq!(ok_json(http.get(server.url("/readyz")).send().expect("readyz"))["products"], 300);
+}
+
+/// The page in a real headless Chromium: upload, results, a facet, "More like this", a crop,
+/// an unsupported file. Screenshots go to artifacts/. The script installs Chromium and
+/// playwright-core if they are missing.
+#[test]
+fn the_page_works_in_a_headless_browser() {
+    if std::env::var_os("LOOKALIKE_SKIP_BROWSER_TEST").is_some() {
+        eprintln!("LOOKALIKE_SKIP_BROWSER_TEST is set: browser test skipped");
+        return;
+    }
+    let server = Server::start(shared_catalog(), &[], &[]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    // A photo to upload: a test-split shirt, enlarged so the crop box is easy to draw.
+    let (png, _) = test_photo(1);
+    let photo = image::load_from_memory(&png).expect("decode").resize(280, 280, image::imageops::FilterType::Triangle);
+    let photo_path = dir.path().join("photo.png");
+    photo.save(&photo_path).expect("save photo");
+    let text_path = dir.path().join("notes.txt");
+    std::fs::write(&text_path, "not an image\n").expect("write text file");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let status = Command::new("bash")
+        .arg(root.join("scripts/browser-test.sh"))
+        .env("LOOKALIKE_URL", &server.url)
+        .env("LOOKALIKE_PHOTO", &photo_path)
+        .env("LOOKALIKE_TEXT_FILE", &text_path)
+        .env("LOOKALIKE_ARTIFACTS", root.join("artifacts"))
+        .status()
+        .expect("run scripts/browser-test.sh");
+    assert!(status.success(), "the browser test failed (see its output above)");
+}

@@ -195,6 +195,12 @@ struct TuneArgs {
     hidden: usize,
     #[arg(long, default_value_t = 12)]
     epochs: usize,
+    /// Fraction of input features dropped in each training step.
+    #[arg(long, default_value_t = 0.0)]
+    dropout: f32,
+    /// Scale of the cosine logits.
+    #[arg(long, default_value_t = 16.0)]
+    scale: f32,
     #[arg(long, default_value_t = 7)]
     seed: u64,
     /// Drop the tuned projection and search the model's own features again.
@@ -469,7 +475,18 @@ fn run_tune(args: TuneArgs) -> Result<()> {
     }
     let (features, labels, classes) = tune::labelled_features(&catalog, &args.label)?;
     eprintln!("tuning on {} products, {} distinct {} values", labels.len(), classes.len(), args.label);
-    let options = tune::TuneOptions { output_dim: args.dim, hidden: args.hidden, epochs: args.epochs, seed: args.seed, ..Default::default() };
+    if !(0.0..1.0).contains(&args.dropout) {
+        bail!("--dropout must be at least 0 and below 1, not {}", args.dropout);
+    }
+    let options = tune::TuneOptions {
+        output_dim: args.dim,
+        hidden: args.hidden,
+        epochs: args.epochs,
+        dropout: args.dropout,
+        scale: args.scale,
+        seed: args.seed,
+        ..Default::default()
+    };
     let (projection, report) = tune::train(features.view(), &labels, classes.len(), &args.label, &options)?;
     let record = serde_json::json!({ "options": options, "report": report, "classes": classes });
     catalog.save_projection(&projection, &record.to_string())?;

@@ -47,12 +47,16 @@ pub struct TuneOptions {
     /// Scale of the cosine logits (NormFace's s): sharp enough for the softmax to separate.
     pub scale: f32,
     pub weight_decay: f32,
+    /// Fraction of input features zeroed at random in each training step (then rescaled): keeps
+    /// the projection from leaning on a few features that happen to separate the catalog.
+    #[serde(default)]
+    pub dropout: f32,
     pub seed: u64,
 }
 
 impl Default for TuneOptions {
     fn default() -> Self {
-        TuneOptions { output_dim: 256, hidden: 1024, epochs: 12, batch_size: 256, learning_rate: 2e-3, scale: 16.0, weight_decay: 1e-4, seed: 7 }
+        TuneOptions { output_dim: 256, hidden: 1024, epochs: 12, batch_size: 256, learning_rate: 2e-3, scale: 16.0, weight_decay: 1e-4, dropout: 0.0, seed: 7 }
     }
 }
 
@@ -229,6 +233,9 @@ pub fn train(features: ArrayView2<f32>, labels: &[usize], classes: usize, label:
     let (n, input_dim) = features.dim();
     ensure!(n == labels.len(), "{n} feature rows but {} labels", labels.len());
     ensure!(classes >= 2, "tuning needs at least two distinct labels, found {classes}");
+    ensure!(options.output_dim >= 2, "the tuned dimension must be at least 2");
+    ensure!(options.epochs >= 1 && options.batch_size >= 1, "epochs and batch size must be at least 1");
+    ensure!((0.0..1.0).contains(&options.dropout), "dropout must be in [0, 1)");
     ensure!(labels.iter().all(|&l| l < classes), "label index out of range");
     let mut rng = rand::rngs::StdRng::seed_from_u64(options.seed);
     let first = if options.hidden == 0 { options.output_dim } else { options.hidden };
@@ -260,7 +267,11 @@ pub fn train(features: ArrayView2<f32>, labels: &[usize], classes: usize, label:
             let progress = t as f32 / total_steps as f32;
             let lr = options.learning_rate * 0.5 * (1.0 + (std::f32::consts::PI * progress).cos());
             let b = batch.len();
-            let x = features.select(Axis(0), batch);
+            let mut x = features.select(Axis(0), batch);
+            if options.dropout > 0.0 {
+                let keep = 1.0 - options.dropout;
+                x.mapv_inplace(|v| if rng.random::<f32>() < keep { v / keep } else { 0.0 });
+            }
 
             let (h_pre, h, mut z) = proj.forward(x.view());
             let z_norms = normalise_rows(&mut z);

@@ -2,8 +2,11 @@
 //! before a query is compared with them.
 //!
 //! Post-ReLU CNN features are all non-negative, so every product's vector shares a large common
-//! component and cosine similarities crowd together near 1. Subtracting the catalog's mean vector
-//! (no labels needed) spreads them out and measurably improves ranking (docs/quality-study.md).
+//! component and cosine similarities crowd together near 1; a few strongly firing channels also
+//! dominate every comparison. A signed square root of each component (power normalisation)
+//! evens out those channels, and subtracting the catalog's mean vector (no labels needed)
+//! removes the shared component; together they measurably improve ranking
+//! (docs/quality-study.md).
 //! When the shop has tuned the catalog on a label column (`lookalike tune`), the learned
 //! projection replaces that.
 
@@ -18,7 +21,7 @@ use crate::tune::Projection;
 pub enum SearchSpace {
     /// Vectors as stored.
     Identity,
-    /// Minus the catalog's mean vector, re-normalised.
+    /// Square-rooted (sign kept), minus the catalog's mean of such vectors, re-normalised.
     Centred { mean: Vec<f32> },
     /// Through the catalog-tuned projection.
     Tuned(Projection),
@@ -42,7 +45,7 @@ impl SearchSpace {
                 sum = vec![0.0; v.len()];
             }
             ensure!(v.len() == sum.len(), "stored vectors differ in dimension");
-            sum.iter_mut().zip(v).for_each(|(s, x)| *s += f64::from(*x));
+            sum.iter_mut().zip(power_normalised(v)).for_each(|(s, x)| *s += f64::from(x));
             n += 1;
             Ok(())
         })?;
@@ -56,7 +59,7 @@ impl SearchSpace {
     pub fn describe(&self) -> String {
         match self {
             SearchSpace::Identity => "model vectors".into(),
-            SearchSpace::Centred { .. } => "model vectors, centred on the catalog mean".into(),
+            SearchSpace::Centred { .. } => "model vectors, square-rooted and centred on the catalog mean".into(),
             SearchSpace::Tuned(p) => format!("tuned on {} ({} dims)", p.label, p.output_dim),
         }
     }
@@ -74,7 +77,7 @@ impl SearchSpace {
             SearchSpace::Identity => Ok(v.to_vec()),
             SearchSpace::Centred { mean } => {
                 ensure!(v.len() == mean.len(), "vector has {} dimensions, this catalog's have {}", v.len(), mean.len());
-                let mut out: Vec<f32> = v.iter().zip(mean).map(|(x, m)| x - m).collect();
+                let mut out: Vec<f32> = power_normalised(v).zip(mean).map(|(x, m)| x - m).collect();
                 l2_normalize(&mut out);
                 Ok(out)
             }
@@ -128,6 +131,11 @@ impl SearchSpace {
     }
 }
 
+/// Signed square root of each component.
+fn power_normalised(v: &[f32]) -> impl Iterator<Item = f32> + '_ {
+    v.iter().map(|x| x.signum() * x.abs().sqrt())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -138,7 +146,7 @@ mod tests {
         let mut b = vec![1.0, 1.0, -0.2];
         l2_normalize(&mut a);
         l2_normalize(&mut b);
-        let mean: Vec<f32> = a.iter().zip(&b).map(|(x, y)| (x + y) / 2.0).collect();
+        let mean: Vec<f32> = power_normalised(&a).zip(power_normalised(&b)).map(|(x, y)| (x + y) / 2.0).collect();
         let space = SearchSpace::Centred { mean };
         let (ca, cb) = (space.map(&a)?, space.map(&b)?);
         let before = crate::index::dot(&a, &b);

@@ -100,7 +100,7 @@ pub struct PreparedQuery {
 }
 
 /// Milliseconds spent in each stage of one search.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, utoipa::ToSchema)]
 pub struct Timings {
     /// Time waiting for an encoder worker (the HTTP server's queue; 0 in the CLI).
     pub queue_ms: f64,

@@ -55,37 +55,11 @@ pub struct HitBody {
     pub image_url: String,
 }
 
-/// Milliseconds per stage of one search.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct TimingsBody {
-    pub queue_ms: f64,
-    pub decode_ms: f64,
-    pub preprocess_ms: f64,
-    pub encode_ms: f64,
-    pub search_ms: f64,
-    pub metadata_ms: f64,
-    pub total_ms: f64,
-}
-
-impl From<&Timings> for TimingsBody {
-    fn from(t: &Timings) -> Self {
-        TimingsBody {
-            queue_ms: t.queue_ms,
-            decode_ms: t.decode_ms,
-            preprocess_ms: t.preprocess_ms,
-            encode_ms: t.encode_ms,
-            search_ms: t.search_ms,
-            metadata_ms: t.metadata_ms,
-            total_ms: t.total_ms,
-        }
-    }
-}
-
 #[derive(Debug, Serialize, ToSchema)]
 pub struct SearchResponse {
     /// Best first.
     pub hits: Vec<HitBody>,
-    pub timings: TimingsBody,
+    pub timings: Timings,
     /// The query photo's embedding, only when the request set `include_vector`: lets a client
     /// page or refilter with `{"vector": ...}` without uploading the photo again.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -148,7 +122,7 @@ fn search_response(results: SearchResults, query_vector: Option<Vec<f32>>) -> Se
             metadata: h.product.metadata,
         })
         .collect();
-    SearchResponse { hits, timings: (&results.timings).into(), query_vector }
+    SearchResponse { hits, timings: results.timings.clone(), query_vector }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -170,7 +170,8 @@ fn raw_pixel_side(catalog: &SqliteCatalog, first: Key, image_ref: &ImageRef) -> 
     Ok(image.width().min(image.height()).clamp(8, 64))
 }
 
-fn load_catalog_image(catalog: &SqliteCatalog, key: Key, image_ref: &ImageRef) -> Result<image::DynamicImage> {
+/// A catalog product's photo, decoded.
+pub fn load_catalog_image(catalog: &SqliteCatalog, key: Key, image_ref: &ImageRef) -> Result<image::DynamicImage> {
     let bytes = match image_ref {
         ImageRef::File(path) => std::fs::read(path).with_context(|| format!("reading {}", path.display()))?,
         ImageRef::Stored { .. } => catalog.stored_image(key)?.map(|(b, _)| b).context("stored image missing")?,

@@ -178,6 +178,57 @@ pub fn labelled_features(catalog: &SqliteCatalog, label: &str) -> Result<(Array2
     Ok((features, labels, classes))
 }
 
+/// Features of `count` shopper-like versions of randomly chosen labelled catalog products
+/// (see [`crate::perturb`]), to train on beside the clean catalog features: a projection
+/// learned from studio shots alone leans on details that a street photo loses. Uses only the
+/// catalog's own images. Returns the feature rows (`[count, d]`) and their class indices.
+pub fn perturbed_features(
+    catalog: &SqliteCatalog,
+    encoder: &dyn crate::encoder::Encoder,
+    label: &str,
+    classes: &[String],
+    count: usize,
+    seed: u64,
+) -> Result<(Array2<f32>, Vec<usize>)> {
+    let class_index: HashMap<&str, usize> = classes.iter().enumerate().map(|(i, c)| (c.as_str(), i)).collect();
+    let labelled: Vec<(crate::catalog::Product, usize)> = catalog
+        .all_products()?
+        .into_iter()
+        .filter_map(|p| {
+            let class = p.metadata.get(label).and_then(|l| class_index.get(l.as_str())).copied();
+            class.map(|c| (p, c))
+        })
+        .collect();
+    ensure!(!labelled.is_empty(), "no labelled products to perturb");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let picks: Vec<usize> = (0..count).map(|_| rng.random_range(0..labelled.len())).collect();
+    let input = &encoder.spec().input;
+    let (mut rows, mut labels) = (Vec::new(), Vec::new());
+    for (chunk_no, chunk) in picks.chunks(64).enumerate() {
+        let prepared: Vec<(Vec<f32>, usize)> = chunk
+            .iter()
+            .enumerate()
+            .filter_map(|(i, &pick)| {
+                let (product, class) = &labelled[pick];
+                let image = crate::eval::load_catalog_image(catalog, product.key, &product.image).ok()?;
+                let mut item_rng = rand::rngs::StdRng::seed_from_u64(seed ^ ((chunk_no * 64 + i) as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+                let shopper = crate::perturb::perturb(&image, &mut item_rng);
+                Some((crate::preprocess::prepare(&crate::preprocess::to_rgb_on_white(&shopper), input), *class))
+            })
+            .collect();
+        let (tensors, classes_of): (Vec<Vec<f32>>, Vec<usize>) = prepared.into_iter().unzip();
+        for (embedding, class) in encoder.encode(&tensors)?.into_iter().zip(classes_of) {
+            rows.extend_from_slice(&embedding.vector);
+            labels.push(class);
+        }
+        if chunk_no % 50 == 49 {
+            tracing::info!("perturbed {} of {count} catalog photos", labels.len());
+        }
+    }
+    let dim = if labels.is_empty() { 0 } else { rows.len() / labels.len() };
+    Ok((Array2::from_shape_vec((labels.len(), dim), rows).context("perturbed feature matrix")?, labels))
+}
+
 /// Adam optimiser state for one parameter array.
 struct Adam<D: ndarray::Dimension> {
     m: ndarray::Array<f32, D>,

@@ -347,7 +347,12 @@ fn tuning_is_stored_used_and_undone() {
     assert!(!out.status.success(), "no labels: nothing to tune");
     assert!(String::from_utf8_lossy(&out.stderr).contains("noSuchColumn"));
 
-    ok(&["tune", "--db", path(&db), "--label", "articleType", "--dim", "64", "--hidden", "128", "--epochs", "8"]);
+    let out = lookalike(&["tune", "--db", path(&db), "--label", "articleType", "--dim", "64", "--hidden", "128", "--epochs", "8", "--augment", "64"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("64 perturbed"), "{stderr}");
+    let out = lookalike(&["tune", "--db", path(&db), "--dropout", "1.5"]);
+    assert!(!out.status.success(), "bad dropout refused");
     assert!(ok(&["info", "--db", path(&db)]).contains("tuned on: articleType"));
     let report = json(&ok(&[
         "eval", "--db", path(&db), "--fashion-mnist", "test", "--queries", "50", "--fashion-mnist-dir", path(&fm_dir()), "--json",

@@ -393,7 +393,7 @@ fn encode_vector(v: &[f32]) -> Vec<u8> {
 }
 
 fn decode_vector(blob: &[u8], out: &mut Vec<f32>) -> Result<()> {
-    if blob.len() % 4 != 0 {
+    if !blob.len().is_multiple_of(4) {
         bail!("stored vector has {} bytes, not a whole number of f32 values", blob.len());
     }
     out.clear();

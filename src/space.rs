@@ -24,14 +24,14 @@ pub enum SearchSpace {
     /// Square-rooted (sign kept), minus the catalog's mean of such vectors, re-normalised.
     Centred { mean: Vec<f32> },
     /// Through the catalog-tuned projection.
-    Tuned(Projection),
+    Tuned(Box<Projection>),
 }
 
 impl SearchSpace {
     /// What search uses for `catalog`: its tuned projection if it has one, else centring.
     pub fn for_catalog(catalog: &SqliteCatalog) -> Result<SearchSpace> {
         match catalog.projection()? {
-            Some(p) => Ok(SearchSpace::Tuned(p)),
+            Some(p) => Ok(SearchSpace::Tuned(Box::new(p))),
             None => SearchSpace::centred(catalog, VectorKind::Primary),
         }
     }

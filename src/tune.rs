@@ -128,7 +128,7 @@ impl Projection {
 
     /// Rebuilds a projection from [`Projection::weights_bytes`] and its dimensions.
     pub fn from_weights(label: &str, input_dim: usize, hidden: usize, output_dim: usize, bytes: &[u8]) -> Result<Projection> {
-        ensure!(bytes.len() % 4 == 0, "projection weights are not whole f32 values");
+        ensure!(bytes.len().is_multiple_of(4), "projection weights are not whole f32 values");
         let floats: Vec<f32> = bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
         let first = if hidden == 0 { output_dim } else { hidden };
         let expected = first * input_dim + first + if hidden == 0 { 0 } else { output_dim * hidden + output_dim };

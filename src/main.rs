@@ -202,9 +202,10 @@ struct TuneArgs {
     #[arg(long, default_value_t = 16.0)]
     scale: f32,
     /// Also train on this many shopper-like (perturbed) versions of catalog photos, encoded
-    /// now with the catalog's model: makes the tuned space robust to street photos.
-    #[arg(long, default_value_t = 0)]
-    augment: usize,
+    /// now with the catalog's model: makes the tuned space robust to street photos (default:
+    /// half the labelled catalog, at most 30,000; 0 turns it off).
+    #[arg(long)]
+    augment: Option<usize>,
     #[command(flatten)]
     model: ModelArgs,
     #[arg(long, default_value_t = 7)]
@@ -479,17 +480,18 @@ fn run_tune(args: TuneArgs) -> Result<()> {
         eprintln!("{}", if had { "tuned projection removed" } else { "no tuned projection to remove" });
         return Ok(());
     }
-    let (mut features, mut labels, classes) = tune::labelled_features(&catalog, &args.label)?;
-    eprintln!("tuning on {} products, {} distinct {} values", labels.len(), classes.len(), args.label);
-    if args.augment > 0 {
-        let encoder = load_encoder(&Assets::from_env(), &catalog, &args.model)?;
-        eprintln!("encoding {} perturbed catalog photos", args.augment);
-        let (extra, extra_labels) = tune::perturbed_features(&catalog, &encoder, &args.label, &classes, args.augment, args.seed)?;
-        features = ndarray::concatenate(ndarray::Axis(0), &[features.view(), extra.view()]).context("joining clean and perturbed features")?;
-        labels.extend(extra_labels);
-    }
     if !(0.0..1.0).contains(&args.dropout) {
         bail!("--dropout must be at least 0 and below 1, not {}", args.dropout);
+    }
+    let (mut features, mut labels, classes) = tune::labelled_features(&catalog, &args.label)?;
+    eprintln!("tuning on {} products, {} distinct {} values", labels.len(), classes.len(), args.label);
+    let augment = args.augment.unwrap_or((labels.len() / 2).min(30_000));
+    if augment > 0 {
+        let encoder = load_encoder(&Assets::from_env(), &catalog, &args.model)?;
+        eprintln!("encoding {augment} perturbed catalog photos");
+        let (extra, extra_labels) = tune::perturbed_features(&catalog, &encoder, &args.label, &classes, augment, args.seed)?;
+        features = ndarray::concatenate(ndarray::Axis(0), &[features.view(), extra.view()]).context("joining clean and perturbed features")?;
+        labels.extend(extra_labels);
     }
     let options = tune::TuneOptions {
         output_dim: args.dim,

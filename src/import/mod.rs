@@ -217,19 +217,26 @@ fn prepare_item(
     input: &crate::model::InputSpec,
 ) -> Result<Option<Prepared>, (String, String)> {
     let fail = |why: String| (item.id.clone(), why);
-    let (bytes, stored) = match &item.image {
+    // Read a file once; in-memory bytes are only borrowed here (and copied once into the catalog
+    // row below).
+    let file_bytes;
+    let bytes: &[u8] = match &item.image {
         ItemImage::File(path) => {
-            let bytes = std::fs::read(path).map_err(|e| fail(format!("reading {}: {e}", path.display())))?;
-            (bytes, NewImage::File(path.clone()))
+            file_bytes = std::fs::read(path).map_err(|e| fail(format!("reading {}: {e}", path.display())))?;
+            &file_bytes
         }
-        ItemImage::Bytes { bytes, mime } => (bytes.clone(), NewImage::Stored { bytes: bytes.clone(), mime: mime.clone() }),
+        ItemImage::Bytes { bytes, .. } => bytes,
     };
-    let hash = hex::encode(Sha256::digest(&bytes));
+    let hash = hex::encode(Sha256::digest(bytes));
     if known.get(&item.id) == Some(&hash) {
         return Ok(None);
     }
-    let image = preprocess::decode(&bytes, limits).map_err(|e| fail(format!("{}: {e}", describe(&item.image))))?;
+    let image = preprocess::decode(bytes, limits).map_err(|e| fail(format!("{}: {e}", describe(&item.image))))?;
     let tensor = preprocess::prepare(&preprocess::to_rgb_on_white(&image), input);
+    let stored = match &item.image {
+        ItemImage::File(path) => NewImage::File(path.clone()),
+        ItemImage::Bytes { bytes, mime } => NewImage::Stored { bytes: bytes.clone(), mime: mime.clone() },
+    };
     Ok(Some(Prepared { item, stored, hash, tensor }))
 }
 

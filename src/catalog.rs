@@ -193,6 +193,12 @@ CREATE TABLE IF NOT EXISTS vectors (
     vector BLOB NOT NULL,
     max_pooled BLOB
 );
+-- Every write to a product's vector, in order: lets a saved search graph catch up with the
+-- catalog (replay the keys changed since it was saved) instead of being rebuilt.
+CREATE TABLE IF NOT EXISTS changes (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    key INTEGER NOT NULL
+);
 ";
 
 impl SqliteCatalog {
@@ -308,8 +314,39 @@ impl SqliteCatalog {
         Ok(())
     }
 
-    fn setting(&self, name: &str) -> Result<Option<String>> {
+    pub fn setting(&self, name: &str) -> Result<Option<String>> {
         Ok(self.conn.query_row("SELECT value FROM settings WHERE name = ?1", [name], |r| r.get(0)).optional()?)
+    }
+
+    pub fn set_setting(&self, name: &str, value: &str) -> Result<()> {
+        self.conn
+            .execute("INSERT OR REPLACE INTO settings(name, value) VALUES (?1, ?2)", [name, value])
+            .with_context(|| format!("writing setting {name:?} to {}", self.path.display()))?;
+        Ok(())
+    }
+
+    /// The position of the latest vector write in the change log (0 for none).
+    pub fn generation(&self) -> Result<i64> {
+        Ok(self.conn.query_row("SELECT COALESCE(MAX(seq), 0) FROM changes", [], |r| r.get(0))?)
+    }
+
+    /// Keys whose vectors were written or removed after `generation`.
+    pub fn changed_since(&self, generation: i64) -> Result<Vec<Key>> {
+        let mut stmt = self.conn.prepare("SELECT DISTINCT key FROM changes WHERE seq > ?1")?;
+        let rows = stmt.query_map([generation], |r| r.get(0))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Forgets log entries up to `generation` (a saved graph has absorbed them).
+    pub fn forget_changes_through(&self, generation: i64) -> Result<()> {
+        self.conn.execute("DELETE FROM changes WHERE seq <= ?1", [generation])?;
+        Ok(())
+    }
+
+    /// Number of stored vectors.
+    pub fn vector_count(&self) -> Result<usize> {
+        let n: i64 = self.conn.query_row("SELECT COUNT(*) FROM vectors", [], |r| r.get(0))?;
+        Ok(n as usize)
     }
 
     /// Content hashes of all products by id, so an import can skip unchanged images without
@@ -440,6 +477,7 @@ impl Catalog for SqliteCatalog {
             let mut put_image = tx.prepare_cached("INSERT OR REPLACE INTO images(key, bytes) VALUES (?1, ?2)")?;
             let mut drop_image = tx.prepare_cached("DELETE FROM images WHERE key = ?1")?;
             let mut put_vector = tx.prepare_cached("INSERT OR REPLACE INTO vectors(key, vector, max_pooled) VALUES (?1, ?2, ?3)")?;
+            let mut log = tx.prepare_cached("INSERT INTO changes(key) VALUES (?1)")?;
             for p in products {
                 let (path, mime) = match &p.image {
                     NewImage::File(path) => (Some(path.to_string_lossy().into_owned()), None),
@@ -463,6 +501,7 @@ impl Catalog for SqliteCatalog {
                 };
                 let max = p.max_pooled.as_deref().map(encode_vector);
                 put_vector.execute(params![key, encode_vector(&p.vector), max])?;
+                log.execute([key])?;
                 keys.push(key);
             }
         }
@@ -477,6 +516,7 @@ impl Catalog for SqliteCatalog {
             tx.execute("DELETE FROM vectors WHERE key = ?1", [key])?;
             tx.execute("DELETE FROM images WHERE key = ?1", [key])?;
             tx.execute("DELETE FROM products WHERE key = ?1", [key])?;
+            tx.execute("INSERT INTO changes(key) VALUES (?1)", [key])?;
         }
         tx.commit()?;
         Ok(key)

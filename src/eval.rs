@@ -21,7 +21,7 @@ use serde::Serialize;
 
 use crate::catalog::{Catalog, ImageRef, Key, SqliteCatalog, VectorKind};
 use crate::encoder::Encoder;
-use crate::index::{l2_normalize, ExactIndex, VectorIndex};
+use crate::index::{l2_normalize, ExactIndex, Precision, VectorIndex};
 use crate::preprocess::{self, DecodeLimits};
 use crate::space::SearchSpace;
 
@@ -199,13 +199,13 @@ pub fn evaluate(catalog: &SqliteCatalog, encoder: &dyn Encoder, queries: &[Label
     // `lookalike` is what search uses: the tuned space when the catalog has a projection; the
     // model's own space is then reported as `lookalike_untuned` beside it.
     let space = SearchSpace::for_catalog(catalog)?;
-    let lookalike = space.build_index(catalog, VectorKind::Primary)?;
+    let lookalike = space.build_index(catalog, VectorKind::Primary, Precision::F32)?;
     let untuned_space = SearchSpace::centred(catalog, VectorKind::Primary)?;
     let untuned = match space.tuned_on() {
-        Some(_) => Some(untuned_space.build_index(catalog, VectorKind::Primary)?),
+        Some(_) => Some(untuned_space.build_index(catalog, VectorKind::Primary, Precision::F32)?),
         None => None,
     };
-    let original = SearchSpace::Identity.build_index(catalog, VectorKind::MaxPooled)?;
+    let original = SearchSpace::Identity.build_index(catalog, VectorKind::MaxPooled, Precision::F32)?;
 
     let first = products.first().context("the catalog is empty")?;
     let side = raw_pixel_side(catalog, first.key, &first.image)?;

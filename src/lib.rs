@@ -4,9 +4,11 @@
 //! decode ([`preprocess`]) → encode ([`encoder`]) → nearest neighbours ([`index`]) → join
 //! product metadata ([`catalog`]). Catalogs come in through [`import`]; the pretrained model is
 //! converted from PyTorch weights to ONNX by [`model`]; [`eval`] measures search quality;
-//! [`server`] is `lookalike serve`, the shopper's page and the JSON API.
+//! [`server`] is `lookalike serve`, the shopper's page and the JSON API; [`bench`] measures speed
+//! against reference implementations.
 
 pub mod assets;
+pub mod bench;
 pub mod catalog;
 pub mod encoder;
 pub mod eval;

@@ -14,10 +14,109 @@ use lookalike::encoder::{Encoder, OrtEncoder};
 use lookalike::eval::{self, LabelledQuery};
 use lookalike::import::fashion_mnist::FashionMnist;
 use lookalike::import::{self, IndexOptions};
+use lookalike::index::{AnnMode, AnnOptions, IndexConfig, Precision};
 use lookalike::model;
 use lookalike::search::{Crop, SearchEngine, SearchRequest, SearchResults};
 use lookalike::server::{self, batcher::BatcherConfig, ServerConfig};
 use lookalike::tune;
+
+fn run_bench(command: BenchCommand) -> Result<()> {
+    match command {
+        BenchCommand::Search(args) => {
+            if args.queries == 0 || args.k == 0 || args.candidates.iter().any(|&c| c == 0) {
+                bail!("--queries, -k and --candidates must be at least 1");
+            }
+            let catalog = SqliteCatalog::open_existing(&args.db.db)?;
+            let (env, _guard) = args.env.env()?;
+            let n = match args.synthetic {
+                Some(n) => n,
+                None => catalog.vector_count()?,
+            };
+            let options = lookalike::bench::search::SearchBench {
+                queries: args.queries,
+                k: args.k,
+                synthetic: args.synthetic,
+                noise: args.noise,
+                seed: args.seed,
+                candidates: args.candidates,
+                faiss_max: args.faiss_max,
+                name: args.name.unwrap_or_else(|| format!("search-{n}")),
+            };
+            lookalike::bench::search::run(&catalog, &env, &options)?;
+            Ok(())
+        }
+        BenchCommand::Ingest(args) => {
+            if args.batch_size == 0 {
+                bail!("--batch-size must be at least 1");
+            }
+            let assets = Assets::from_env();
+            let (env, _guard) = args.env.env()?;
+            let scratch = tempfile::tempdir()?;
+            let encoder = load_indexing_encoder(&assets, &SqliteCatalog::open(&scratch.path().join("none.db"))?, &args.model)?;
+            let fm = FashionMnist::load(&assets.fashion_mnist_dir()?, "train")?;
+            let samples = sample_photos(&assets)?;
+            let options = lookalike::bench::ingest::IngestBench {
+                fm_images: args.fashion_mnist,
+                photos: args.photos,
+                batch: args.batch_size,
+                seed: args.seed,
+                name: args.name,
+            };
+            lookalike::bench::ingest::run(&encoder, &fm, &samples, &env, &options)?;
+            Ok(())
+        }
+        BenchCommand::E2e(args) => {
+            if args.requests == 0 || args.k == 0 {
+                bail!("--requests and -k must be at least 1");
+            }
+            let assets = Assets::from_env();
+            let (env, _guard) = args.env.env()?;
+            let images = match &args.images {
+                Some(dir) => import::folder::read_folder(dir)?
+                    .into_iter()
+                    .filter_map(|item| match item.image {
+                        import::ItemImage::File(path) => Some(path),
+                        import::ItemImage::Bytes { .. } => None,
+                    })
+                    .collect(),
+                None => {
+                    let dir = env.work.join("e2e-queries");
+                    std::fs::create_dir_all(&dir)?;
+                    let fm = FashionMnist::load(&assets.fashion_mnist_dir()?, "test")?;
+                    let samples = sample_photos(&assets)?;
+                    let mut images = Vec::new();
+                    for i in 0..100 {
+                        let path = dir.join(format!("{}.png", fm.product_id(i)));
+                        fm.image(i)?.save(&path).with_context(|| format!("writing {}", path.display()))?;
+                        images.push(path);
+                        if let Some(sample) = samples.get(i) {
+                            images.push(sample.clone());
+                        }
+                    }
+                    images
+                }
+            };
+            let catalog = SqliteCatalog::open_existing(&args.db.db)?;
+            let encoder = load_encoder(&assets, &catalog, &args.model)?;
+            let engine = Arc::new(SearchEngine::open_with(catalog, Box::new(encoder), &args.index.config()?)?);
+            let options = lookalike::bench::e2e::E2eBench { requests: args.requests, images, k: args.k, name: args.name };
+            lookalike::bench::e2e::run(engine, &env, &options)?;
+            Ok(())
+        }
+    }
+}
+
+/// The scikit-image sample photos that `make setup` fetched (real photos of varied sizes).
+fn sample_photos(assets: &Assets) -> Result<Vec<PathBuf>> {
+    let dir = assets.root().join("samples");
+    let mut photos: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .with_context(|| format!("listing {} (run `make setup`)", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().and_then(|e| e.to_str()).is_some_and(|e| matches!(e.to_ascii_lowercase().as_str(), "png" | "jpg" | "jpeg")))
+        .collect();
+    photos.sort();
+    Ok(photos)
+}
 
 #[derive(Parser)]
 #[command(name = "lookalike", version, about = "Reverse image search for fashion catalogs")]
@@ -44,6 +143,125 @@ enum Command {
     Info(DbArgs),
     /// Prepare the built-in models (convert the PyTorch weights to ONNX) and list them.
     Models,
+    /// Measure speed against reference implementations; reports go to docs/ (JSON + markdown).
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Exact scan (f32/f16/int8, 1 and all threads) and HNSW graph, against FAISS.
+    Search(BenchSearchArgs),
+    /// Indexing images/s against the Python (PIL + numpy + onnxruntime) reference.
+    Ingest(BenchIngestArgs),
+    /// POST /api/search latency through the real server, stage by stage.
+    E2e(BenchE2eArgs),
+}
+
+#[derive(Args)]
+struct BenchIngestArgs {
+    #[command(flatten)]
+    env: BenchEnvArgs,
+    /// Fashion-MNIST training images in the small-image set.
+    #[arg(long, default_value_t = 3000)]
+    fashion_mnist: usize,
+    /// JPEG photos (800-1200 px) in the large-image set.
+    #[arg(long, default_value_t = 1000)]
+    photos: usize,
+    #[arg(long, default_value_t = 8)]
+    batch_size: usize,
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    #[arg(long, default_value = "ingest")]
+    name: String,
+    #[command(flatten)]
+    model: ModelArgs,
+}
+
+#[derive(Args)]
+struct BenchE2eArgs {
+    #[command(flatten)]
+    db: DbArgs,
+    #[command(flatten)]
+    env: BenchEnvArgs,
+    #[arg(long, default_value_t = 300)]
+    requests: usize,
+    /// Folder of query photos (default: 100 Fashion-MNIST test images and the scikit-image
+    /// sample photos, in turn).
+    #[arg(long)]
+    images: Option<PathBuf>,
+    #[arg(short, default_value_t = 10)]
+    k: usize,
+    #[arg(long, default_value = "e2e")]
+    name: String,
+    #[command(flatten)]
+    model: ModelArgs,
+    #[command(flatten)]
+    index: SearchIndexArgs,
+}
+
+#[derive(Args)]
+struct BenchEnvArgs {
+    /// Directory for the JSON and markdown reports.
+    #[arg(long, default_value = "docs/bench")]
+    out: PathBuf,
+    /// Python with bench/requirements-reference.txt installed (bench/setup-reference.sh prints
+    /// it). Without it the reference runs are skipped.
+    #[arg(long, env = "LOOKALIKE_BENCH_PYTHON")]
+    python: Option<PathBuf>,
+    /// Directory holding the reference scripts.
+    #[arg(long, default_value = "bench")]
+    scripts: PathBuf,
+    /// Scratch directory for generated files (default: a temporary directory).
+    #[arg(long)]
+    work: Option<PathBuf>,
+}
+
+impl BenchEnvArgs {
+    fn env(&self) -> Result<(lookalike::bench::BenchEnv, Option<tempfile::TempDir>)> {
+        let (work, guard) = match &self.work {
+            Some(dir) => (dir.clone(), None),
+            None => {
+                let dir = tempfile::tempdir().context("creating a scratch directory")?;
+                (dir.path().to_path_buf(), Some(dir))
+            }
+        };
+        if let Some(python) = &self.python {
+            if !python.exists() {
+                bail!("--python {} does not exist: run `bench/setup-reference.sh` (it prints the path)", python.display());
+            }
+        }
+        Ok((lookalike::bench::BenchEnv { out_dir: self.out.clone(), python: self.python.clone(), scripts: self.scripts.clone(), work }, guard))
+    }
+}
+
+#[derive(Args)]
+struct BenchSearchArgs {
+    #[command(flatten)]
+    db: DbArgs,
+    #[command(flatten)]
+    env: BenchEnvArgs,
+    #[arg(long, default_value_t = 1000)]
+    queries: usize,
+    #[arg(short, default_value_t = 10)]
+    k: usize,
+    /// Grow the catalog's vectors to this many (catalog vector + noise) for a scale test.
+    #[arg(long)]
+    synthetic: Option<usize>,
+    /// Norm of the noise that makes synthetic vectors and queries.
+    #[arg(long, default_value_t = 0.25)]
+    noise: f32,
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Graph candidate counts to try.
+    #[arg(long, value_delimiter = ',', default_value = "16,32,64,128,256")]
+    candidates: Vec<usize>,
+    /// Run FAISS only on sets up to this many vectors.
+    #[arg(long, default_value_t = 200_000)]
+    faiss_max: usize,
+    /// Report name (default: search-<vectors>).
+    #[arg(long)]
+    name: Option<String>,
 }
 
 #[derive(Args)]
@@ -62,6 +280,32 @@ struct ModelArgs {
     /// Inference threads (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
+}
+
+/// How the catalog's vectors are indexed for search.
+#[derive(Args)]
+struct SearchIndexArgs {
+    /// Row storage of the exact index: f32 (exact), f16 (half the memory) or i8 (a quarter).
+    #[arg(long, value_enum, default_value_t = Precision::F32)]
+    precision: Precision,
+    /// Approximate (HNSW graph) index: auto uses it above --ann-above products.
+    #[arg(long, value_enum, default_value_t = AnnMode::Auto)]
+    ann: AnnMode,
+    #[arg(long, default_value_t = IndexConfig::default().ann_above)]
+    ann_above: usize,
+    /// Graph candidates re-ranked exactly per query (more: higher recall, slower).
+    #[arg(long, default_value_t = AnnOptions::default().candidates)]
+    ann_candidates: usize,
+}
+
+impl SearchIndexArgs {
+    fn config(&self) -> Result<IndexConfig> {
+        if self.ann_candidates == 0 {
+            bail!("--ann-candidates must be at least 1");
+        }
+        let ann_options = AnnOptions { candidates: self.ann_candidates, ..AnnOptions::default() };
+        Ok(IndexConfig { precision: self.precision, ann: self.ann, ann_above: self.ann_above, ann_options })
+    }
 }
 
 #[derive(Args)]
@@ -85,7 +329,7 @@ struct IndexArgs {
     #[arg(long)]
     limit: Option<usize>,
     /// Images per inference batch.
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = 8)]
     batch_size: usize,
     #[command(flatten)]
     model: ModelArgs,
@@ -119,6 +363,8 @@ struct SearchArgs {
     json: bool,
     #[command(flatten)]
     model: ModelArgs,
+    #[command(flatten)]
+    index: SearchIndexArgs,
 }
 
 #[derive(Args)]
@@ -178,6 +424,8 @@ struct ServeArgs {
     max_batch: usize,
     #[command(flatten)]
     model: ModelArgs,
+    #[command(flatten)]
+    index: SearchIndexArgs,
 }
 
 #[derive(Args)]
@@ -239,6 +487,7 @@ fn main() -> ExitCode {
         Command::Remove(args) => run_remove(args),
         Command::Info(args) => run_info(args),
         Command::Models => run_models(),
+        Command::Bench(command) => run_bench(command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -251,16 +500,34 @@ fn main() -> ExitCode {
 
 /// The encoder for a catalog: the model asked for, else the one the catalog was built with.
 fn load_encoder(assets: &Assets, catalog: &SqliteCatalog, args: &ModelArgs) -> Result<OrtEncoder> {
-    let spec = match (&args.model, catalog.vector_space()?, catalog.model_description()?) {
-        (Some(m), _, _) => model::resolve(assets, m)?,
-        (None, Some(space), Some(json)) if !model::is_builtin(&space.model) => {
-            serde_json::from_str(&json).with_context(|| format!("the model description stored in {} is damaged", catalog.path().display()))?
-        }
-        (None, Some(space), _) => model::resolve(assets, &space.model)?,
-        (None, None, _) => model::resolve(assets, model::DEFAULT_MODEL)?,
+    let threads = args.threads.unwrap_or_else(cores);
+    OrtEncoder::new(&assets.onnxruntime_lib()?, model_spec(assets, catalog, args)?, threads)
+}
+
+/// The encoder for bulk indexing: one single-threaded session per core (higher throughput on a
+/// stream of batches than one session using every core), unless `--threads` asks for one
+/// session of that many threads.
+fn load_indexing_encoder(assets: &Assets, catalog: &SqliteCatalog, args: &ModelArgs) -> Result<OrtEncoder> {
+    let (sessions, threads) = match args.threads {
+        Some(threads) => (1, threads),
+        None => (cores(), 1),
     };
-    let threads = args.threads.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
-    OrtEncoder::new(&assets.onnxruntime_lib()?, spec, threads)
+    OrtEncoder::with_sessions(&assets.onnxruntime_lib()?, model_spec(assets, catalog, args)?, sessions, threads)
+}
+
+fn cores() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+}
+
+fn model_spec(assets: &Assets, catalog: &SqliteCatalog, args: &ModelArgs) -> Result<model::ModelSpec> {
+    match (&args.model, catalog.vector_space()?, catalog.model_description()?) {
+        (Some(m), _, _) => model::resolve(assets, m),
+        (None, Some(space), Some(json)) if !model::is_builtin(&space.model) => {
+            serde_json::from_str(&json).with_context(|| format!("the model description stored in {} is damaged", catalog.path().display()))
+        }
+        (None, Some(space), _) => model::resolve(assets, &space.model),
+        (None, None, _) => model::resolve(assets, model::DEFAULT_MODEL),
+    }
 }
 
 fn fashion_mnist_dir(assets: &Assets, dir: &Option<PathBuf>) -> Result<PathBuf> {
@@ -294,7 +561,7 @@ fn run_index(args: IndexArgs) -> Result<()> {
     };
 
     let mut catalog = SqliteCatalog::open(&args.db.db)?;
-    let encoder = load_encoder(&assets, &catalog, &args.model)?;
+    let encoder = load_indexing_encoder(&assets, &catalog, &args.model)?;
 
     // Ctrl-C finishes the batch in flight, commits it and stops; re-running resumes.
     let stop = Arc::new(AtomicBool::new(false));
@@ -336,7 +603,7 @@ fn run_search(args: SearchArgs) -> Result<()> {
     let assets = Assets::from_env();
     let catalog = SqliteCatalog::open_existing(&args.db.db)?;
     let encoder = load_encoder(&assets, &catalog, &args.model)?;
-    let engine = SearchEngine::open(catalog, Box::new(encoder))?;
+    let engine = SearchEngine::open_with(catalog, Box::new(encoder), &args.index.config()?)?;
     let request = SearchRequest { k: args.k, offset: args.offset, filter: Filter::parse(&args.filters)? };
     let crop = args.crop.as_deref().map(Crop::parse).transpose().map_err(anyhow::Error::msg)?;
     let results = match (&args.image, &args.like) {
@@ -459,7 +726,7 @@ fn run_serve(args: ServeArgs) -> Result<()> {
     let assets = Assets::from_env();
     let catalog = SqliteCatalog::open_existing(&args.db.db)?;
     let encoder = load_encoder(&assets, &catalog, &args.model)?;
-    let engine = Arc::new(SearchEngine::open(catalog, Box::new(encoder))?);
+    let engine = Arc::new(SearchEngine::open_with(catalog, Box::new(encoder), &args.index.config()?)?);
     let config = ServerConfig {
         addr: args.addr,
         admin_token: args.admin_token,

@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use crate::catalog::{Catalog, Filter, Key, NewProduct, Product, SqliteCatalog, VectorKind, VectorSpace};
 use crate::encoder::{Embedding, Encoder};
-use crate::index::{Allowed, ExactIndex, Hit, VectorIndex};
+use crate::index::{Allowed, AnnIndex, AnnStamp, ExactIndex, Hit, IndexConfig, VectorIndex};
 use crate::preprocess::{self, DecodeLimits, ImageError};
 use crate::space::SearchSpace;
 
@@ -147,10 +147,19 @@ fn ms(since: Instant) -> f64 {
 }
 
 impl SearchEngine {
-    /// Loads the catalog's stored vectors into an exact in-memory index.
+    /// Loads the catalog's stored vectors into the default index (exact up to 100,000
+    /// products, approximate above).
     pub fn open(catalog: SqliteCatalog, encoder: Box<dyn Encoder>) -> Result<SearchEngine> {
+        SearchEngine::open_with(catalog, encoder, &IndexConfig::default())
+    }
+
+    /// Loads the catalog's stored vectors into the index `config` asks for.
+    pub fn open_with(catalog: SqliteCatalog, encoder: Box<dyn Encoder>, config: &IndexConfig) -> Result<SearchEngine> {
         let space = SearchSpace::for_catalog(&catalog)?;
-        let index = space.build_index(&catalog, VectorKind::Primary)?;
+        let use_ann = config.uses_ann(catalog.vector_count()?);
+        let precision = if use_ann { crate::index::Precision::F32 } else { config.precision };
+        let exact = space.build_index(&catalog, VectorKind::Primary, precision)?;
+        let index: Box<dyn VectorIndex> = if use_ann && !exact.is_empty() { Box::new(open_graph(&catalog, &space, exact, config)?) } else { Box::new(exact) };
         if let Some(space) = catalog.vector_space()? {
             let model = &encoder.spec().name;
             if &space.model != model {
@@ -163,7 +172,7 @@ impl SearchEngine {
                 );
             }
         }
-        Ok(SearchEngine { catalog: Mutex::new(catalog), index: RwLock::new(Box::new(index)), encoder, space, limits: DecodeLimits::default() })
+        Ok(SearchEngine { catalog: Mutex::new(catalog), index: RwLock::new(index), encoder, space, limits: DecodeLimits::default() })
     }
 
     /// Name of the model that encodes queries (and whose vectors the catalog holds).
@@ -332,6 +341,60 @@ impl SearchEngine {
         timings.metadata_ms = ms(t);
         timings.total_ms = ms(started);
         Ok(SearchResults { hits, timings })
+    }
+}
+
+/// Where a catalog's search graph is saved: beside the catalog file.
+pub fn graph_paths(catalog: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let with = |suffix: &str| {
+        let mut name = catalog.as_os_str().to_owned();
+        name.push(suffix);
+        std::path::PathBuf::from(name)
+    };
+    (with(".graph"), with(".graph.json"))
+}
+
+/// The catalog's saved search graph, caught up with the products changed since it was saved;
+/// or, if there is none or it does not fit (other space, options or a damaged file), a new one,
+/// saved for next time. Building takes minutes for a million products; loading, seconds.
+fn open_graph(catalog: &SqliteCatalog, space: &SearchSpace, exact: ExactIndex, config: &IndexConfig) -> Result<AnnIndex> {
+    let (graph_path, stamp_path) = graph_paths(catalog.path());
+    let fingerprint = space.fingerprint();
+    let generation = catalog.generation()?;
+    let stamp: Option<AnnStamp> = std::fs::read(&stamp_path).ok().and_then(|bytes| serde_json::from_slice(&bytes).ok());
+    let mut exact = exact;
+    if let Some(stamp) = stamp.filter(|s| s.space == fingerprint && s.options == config.ann_options && s.dim == exact.dim()) {
+        let changed = catalog.changed_since(stamp.generation)?;
+        match AnnIndex::load(&graph_path, &stamp, exact, &changed) {
+            Ok(graph) => {
+                if !changed.is_empty() {
+                    save_graph(catalog, &graph, &fingerprint, generation, &graph_path, &stamp_path);
+                }
+                return Ok(graph);
+            }
+            Err((rows, e)) => {
+                tracing::warn!("rebuilding the search graph: {e:#}");
+                exact = rows;
+            }
+        }
+    }
+    tracing::info!("building the search graph for {} products (once; it is saved to {})", exact.len(), graph_path.display());
+    let graph = AnnIndex::build(exact, config.ann_options)?;
+    save_graph(catalog, &graph, &fingerprint, generation, &graph_path, &stamp_path);
+    Ok(graph)
+}
+
+/// Saves the graph and its stamp; a failure (read-only directory, full disk) only costs a
+/// rebuild next time, so it is logged, not returned.
+fn save_graph(catalog: &SqliteCatalog, graph: &AnnIndex, fingerprint: &str, generation: i64, graph_path: &std::path::Path, stamp_path: &std::path::Path) {
+    let saved = graph.save(graph_path, fingerprint, generation).and_then(|stamp| {
+        let tmp = stamp_path.with_extension("tmp");
+        std::fs::write(&tmp, serde_json::to_vec_pretty(&stamp)?).with_context(|| format!("writing {}", tmp.display()))?;
+        std::fs::rename(&tmp, stamp_path).with_context(|| format!("renaming {}", tmp.display()))?;
+        catalog.forget_changes_through(generation)
+    });
+    if let Err(e) = saved {
+        tracing::warn!("could not save the search graph (it will be rebuilt next time): {e:#}");
     }
 }
 

@@ -13,7 +13,7 @@
 use anyhow::{ensure, Context, Result};
 
 use crate::catalog::{Key, SqliteCatalog, VectorKind};
-use crate::index::{l2_normalize, ExactIndex, VectorIndex};
+use crate::index::{l2_normalize, ExactIndex, Precision, VectorIndex};
 use crate::tune::Projection;
 
 /// A mapping from model vectors to searched vectors (all results L2-normalised).
@@ -32,8 +32,54 @@ impl SearchSpace {
     pub fn for_catalog(catalog: &SqliteCatalog) -> Result<SearchSpace> {
         match catalog.projection()? {
             Some(p) => Ok(SearchSpace::Tuned(Box::new(p))),
-            None => SearchSpace::centred(catalog, VectorKind::Primary),
+            None => SearchSpace::kept_centring(catalog),
         }
+    }
+
+    /// Centring on the mean kept in the catalog's settings, recomputed (and kept) when there is
+    /// none or the catalog has since doubled or halved. Keeping it fixed keeps the searched
+    /// vectors fixed, so a saved search graph stays valid while products come and go; the mean
+    /// of a catalog barely moves until its size changes a lot.
+    fn kept_centring(catalog: &SqliteCatalog) -> Result<SearchSpace> {
+        #[derive(serde::Serialize, serde::Deserialize)]
+        struct Kept {
+            count: usize,
+            mean: Vec<f32>,
+        }
+        let count = catalog.vector_count()?;
+        let dim = catalog.vector_space()?.map(|s| s.dim);
+        if let Some(kept) = catalog.setting("centring_mean")?.and_then(|text| serde_json::from_str::<Kept>(&text).ok()) {
+            let similar_size = kept.count.saturating_mul(2) >= count && count.saturating_mul(2) >= kept.count;
+            if similar_size && Some(kept.mean.len()) == dim && count > 0 {
+                return Ok(SearchSpace::Centred { mean: kept.mean });
+            }
+        }
+        let space = SearchSpace::centred(catalog, VectorKind::Primary)?;
+        if let SearchSpace::Centred { mean } = &space {
+            let text = serde_json::to_string(&Kept { count, mean: mean.clone() })?;
+            if let Err(e) = catalog.set_setting("centring_mean", &text) {
+                tracing::warn!("could not keep the centring mean in the catalog: {e:#}");
+            }
+        }
+        Ok(space)
+    }
+
+    /// A short digest of the mapping: equal digests map vectors identically.
+    pub fn fingerprint(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        match self {
+            SearchSpace::Identity => h.update(b"identity"),
+            SearchSpace::Centred { mean } => {
+                h.update(b"centred");
+                mean.iter().for_each(|x| h.update(x.to_le_bytes()));
+            }
+            SearchSpace::Tuned(p) => {
+                h.update(b"tuned");
+                h.update(p.weights_bytes());
+            }
+        }
+        hex::encode(&h.finalize()[..8])
     }
 
     /// Centring on the mean of the catalog's stored vectors of `kind`.
@@ -85,23 +131,31 @@ impl SearchSpace {
         }
     }
 
-    /// Builds an exact index over the catalog's stored vectors of `kind`, mapped into this space.
-    pub fn build_index(&self, catalog: &SqliteCatalog, kind: VectorKind) -> Result<ExactIndex> {
+    /// Builds an exact index over the catalog's stored vectors of `kind`, mapped into this space,
+    /// keeping its rows in `precision`.
+    pub fn build_index(&self, catalog: &SqliteCatalog, kind: VectorKind, precision: Precision) -> Result<ExactIndex> {
         let context = || format!("loading vectors from {}", catalog.path().display());
+        let count = catalog.vector_count()?;
         let SearchSpace::Tuned(projection) = self else {
             let mut index: Option<ExactIndex> = None;
             catalog
                 .for_each_vector(kind, |key, v| {
                     let mapped = self.map(v)?;
-                    index.get_or_insert_with(|| ExactIndex::new(mapped.len())).upsert(key, &mapped)
+                    let index = index.get_or_insert_with(|| {
+                        let mut index = ExactIndex::with_precision(mapped.len(), precision);
+                        index.reserve(count);
+                        index
+                    });
+                    index.upsert(key, &mapped)
                 })
                 .with_context(context)?;
             let dim = catalog.vector_space()?.map(|s| s.dim).unwrap_or(0);
-            return Ok(index.unwrap_or_else(|| ExactIndex::new(dim)));
+            return Ok(index.unwrap_or_else(|| ExactIndex::with_precision(dim, precision)));
         };
         // Project in blocks: one matrix product per block instead of one per product.
         const BLOCK: usize = 4096;
-        let mut index = ExactIndex::new(projection.output_dim);
+        let mut index = ExactIndex::with_precision(projection.output_dim, precision);
+        index.reserve(count);
         let (mut keys, mut rows): (Vec<Key>, Vec<f32>) = (Vec::with_capacity(BLOCK), Vec::new());
         let flush = |keys: &mut Vec<Key>, rows: &mut Vec<f32>, index: &mut ExactIndex| -> Result<()> {
             if keys.is_empty() {

@@ -380,3 +380,44 @@ fn perturbed_eval_reports_the_drop() {
     let p = out["methods"]["lookalike"]["precision_at_10"].as_f64().expect("p@10");
     assert!(p > 0.1, "perturbed queries still find their kind above chance: {p}");
 }
+
+/// The approximate (HNSW) index: saved beside the catalog on first use, reloaded and caught up
+/// with later removals instead of rebuilt, rebuilt when its file is damaged; its answers agree
+/// with the exact scan.
+#[test]
+fn approximate_index_is_saved_caught_up_and_rebuilt() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = copy_catalog(dir.path());
+    let ids = |out: &serde_json::Value| -> Vec<String> {
+        out["hits"].as_array().expect("hits").iter().map(|h| h["id"].as_str().expect("id").to_string()).collect()
+    };
+    let search = |ann: &str| json(&ok(&["search", "--db", path(&db), "--like", "fmnist-train-00002", "-k", "10", "--json", "--ann", ann]));
+    let exact = ids(&search("never"));
+    let approx = ids(&search("always"));
+    let overlap = approx.iter().filter(|id| exact.contains(id)).count();
+    assert!(overlap >= 9, "graph top-10 {approx:?} vs exact {exact:?}");
+    let graph = dir.path().join("copy.db.graph");
+    let stamp = dir.path().join("copy.db.graph.json");
+    assert!(graph.is_file() && stamp.is_file(), "the graph is saved beside the catalog");
+    let generation = |s: &Path| json(&std::fs::read_to_string(s).expect("stamp"))["generation"].as_i64().expect("generation");
+    let saved_at = generation(&stamp);
+
+    ok(&["remove", "--db", path(&db), &approx[0]]);
+    let after = ids(&search("always"));
+    assert_eq!(after.len(), 10);
+    assert!(!after.contains(&approx[0]), "a removed product leaves the saved graph too");
+    assert!(generation(&stamp) > saved_at, "the caught-up graph is saved again");
+
+    std::fs::write(&graph, b"torn").expect("damage the graph");
+    let rebuilt = ids(&search("always"));
+    assert_eq!(rebuilt.len(), 10, "a damaged graph file is rebuilt, not fatal");
+    assert!(std::fs::metadata(&graph).expect("graph").len() > 1000);
+
+    for precision in ["f16", "i8"] {
+        let compressed = ids(&json(&ok(&[
+            "search", "--db", path(&db), "--like", "fmnist-train-00002", "-k", "10", "--json", "--ann", "never", "--precision", precision,
+        ])));
+        let overlap = compressed.iter().filter(|id| after.contains(id)).count();
+        assert!(overlap >= 8, "{precision} top-10 {compressed:?} vs f32 {after:?}");
+    }
+}

@@ -56,7 +56,7 @@ pub struct IndexOptions {
 
 impl Default for IndexOptions {
     fn default() -> Self {
-        IndexOptions { batch_size: 32, progress: true, limits: DecodeLimits::default() }
+        IndexOptions { batch_size: 8, progress: true, limits: DecodeLimits::default() }
     }
 }
 
@@ -127,9 +127,15 @@ pub fn index_items(
     );
 
     let batch_size = options.batch_size.max(1);
-    // Decoding runs one batch ahead of inference on its own thread; the channel's small bound
-    // keeps memory flat however large the catalog is.
-    let (tx, rx) = sync_channel::<(Vec<Prepared>, Vec<(String, String)>, usize)>(2);
+    let workers = encoder.parallelism().max(1);
+    // Three stages joined by small bounded channels, so memory stays flat however large the
+    // catalog is: one thread decodes the next batches (in parallel, with rayon), `workers`
+    // threads run inference (one per encoder session), and this thread commits each encoded
+    // batch to the catalog (SQLite wants one writer).
+    let (tx, rx) = sync_channel::<(Vec<Prepared>, Vec<(String, String)>, usize)>(workers + 1);
+    let rx = std::sync::Arc::new(std::sync::Mutex::new(rx));
+    type Encoded = (Vec<(CatalogItem, NewImage, String)>, Vec<crate::encoder::Embedding>, Vec<(String, String)>, usize);
+    let (done_tx, done_rx) = sync_channel::<Result<Encoded>>(workers + 1);
     std::thread::scope(|scope| -> Result<()> {
         let limits = &options.limits;
         let known = &known;
@@ -159,20 +165,37 @@ pub fn index_items(
                 }
             }
         });
+        for _ in 0..workers {
+            let (rx, done_tx) = (rx.clone(), done_tx.clone());
+            scope.spawn(move || loop {
+                let next = match rx.lock() {
+                    Ok(rx) => rx.recv(),
+                    Err(_) => break,
+                };
+                let Ok((batch, failed, unchanged)) = next else { break };
+                let (tensors, described): (Vec<Vec<f32>>, Vec<_>) = batch.into_iter().map(|p| (p.tensor, (p.item, p.stored, p.hash))).unzip();
+                let encoded = encoder.encode(&tensors).context("running the image encoder").map(|e| (described, e, failed, unchanged));
+                if done_tx.send(encoded).is_err() {
+                    break;
+                }
+            });
+        }
+        // Only the workers hold the decoded-batch receiver now: when they stop (done, or this
+        // thread gave up on an error), the decoder's sends fail and it stops too.
+        drop(rx);
+        drop(done_tx);
 
-        for (batch, failed, unchanged) in rx {
+        for encoded in done_rx {
+            let (described, embeddings, failed, unchanged) = encoded?;
             report.unchanged += unchanged;
             bar.inc((unchanged + failed.len()) as u64);
             for (id, why) in &failed {
                 bar.suspend(|| tracing::warn!("skipped {id}: {why}"));
             }
             report.failed.extend(failed);
-            if batch.is_empty() {
+            if described.is_empty() {
                 continue;
             }
-            let (tensors, described): (Vec<Vec<f32>>, Vec<_>) =
-                batch.into_iter().map(|p| (p.tensor, (p.item, p.stored, p.hash))).unzip();
-            let embeddings = encoder.encode(&tensors).context("running the image encoder")?;
             if let Some(first) = embeddings.first() {
                 catalog.bind_vector_space(&VectorSpace { model: spec.name.clone(), dim: first.vector.len() })?;
                 if !crate::model::is_builtin(&spec.name) && catalog.model_description()?.is_none() {

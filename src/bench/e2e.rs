@@ -1,0 +1,125 @@
+//! `lookalike bench e2e`: `POST /api/search` through the real HTTP server (in this process, on
+//! a loopback port), one client, one request at a time. The client's wall time per request is
+//! the headline; the server's own stage timings (returned in every response) break it down.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use serde_json::{json, Value};
+
+use super::{BenchEnv, Latency};
+use crate::search::SearchEngine;
+use crate::server::{batcher::BatcherConfig, router, AppState, ServerConfig};
+
+#[derive(Debug, Clone)]
+pub struct E2eBench {
+    pub requests: usize,
+    /// Query photos, used in turn.
+    pub images: Vec<PathBuf>,
+    pub k: usize,
+    pub name: String,
+}
+
+/// One multipart POST over a fresh connection; returns the response body.
+fn post(addr: SocketAddr, image: &[u8], file_name: &str, k: usize) -> Result<Vec<u8>> {
+    const BOUNDARY: &str = "lookalike-bench-boundary";
+    let mut body = Vec::with_capacity(image.len() + 512);
+    body.extend_from_slice(
+        format!("--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"{file_name}\"\r\nContent-Type: application/octet-stream\r\n\r\n")
+            .as_bytes(),
+    );
+    body.extend_from_slice(image);
+    body.extend_from_slice(format!("\r\n--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"k\"\r\n\r\n{k}\r\n--{BOUNDARY}--\r\n").as_bytes());
+    let mut stream = TcpStream::connect(addr).with_context(|| format!("connecting to {addr}"))?;
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    stream.set_nodelay(true)?;
+    let head = format!(
+        "POST /api/search HTTP/1.1\r\nHost: {addr}\r\nContent-Type: multipart/form-data; boundary={BOUNDARY}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes())?;
+    stream.write_all(&body)?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response)?;
+    let split = response.windows(4).position(|w| w == b"\r\n\r\n").context("response without headers")?;
+    let status = String::from_utf8_lossy(&response[..split.min(64)]).to_string();
+    if !status.starts_with("HTTP/1.1 200") {
+        bail!("{}: {}", status.lines().next().unwrap_or(""), String::from_utf8_lossy(&response[split + 4..]));
+    }
+    Ok(response[split + 4..].to_vec())
+}
+
+pub fn run(engine: Arc<SearchEngine>, env: &BenchEnv, opts: &E2eBench) -> Result<Value> {
+    anyhow::ensure!(!opts.images.is_empty(), "no query images");
+    let photos: Vec<(String, Vec<u8>)> = opts
+        .images
+        .iter()
+        .map(|p| Ok((p.file_name().and_then(|n| n.to_str()).unwrap_or("photo").to_string(), std::fs::read(p).with_context(|| format!("reading {}", p.display()))?)))
+        .collect::<Result<_>>()?;
+    let products = engine.len();
+    let config = ServerConfig {
+        addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+        admin_token: None,
+        max_upload_bytes: 20 << 20,
+        batcher: BatcherConfig { workers: 2, queue: 64, max_batch: 16 },
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().context("starting the runtime")?;
+    let state = Arc::new(AppState::new(engine, &config)?);
+    let listener = runtime.block_on(tokio::net::TcpListener::bind(config.addr)).context("binding a loopback port")?;
+    let addr = listener.local_addr()?;
+    runtime.spawn(async move { axum::serve(listener, router(state)).await });
+
+    // Warm-up: first inference allocates ONNX Runtime's buffers.
+    for (name, bytes) in photos.iter().take(3) {
+        post(addr, bytes, name, opts.k)?;
+    }
+    let stages = ["queue_ms", "decode_ms", "preprocess_ms", "encode_ms", "search_ms", "metadata_ms", "total_ms"];
+    let mut wall = Vec::with_capacity(opts.requests);
+    let mut per_stage: Vec<Vec<f64>> = vec![Vec::new(); stages.len()];
+    for i in 0..opts.requests {
+        let (name, bytes) = &photos[i % photos.len()];
+        let t = Instant::now();
+        let body = post(addr, bytes, name, opts.k)?;
+        wall.push(t.elapsed());
+        let response: Value = serde_json::from_slice(&body).context("response is not JSON")?;
+        for (stage, values) in stages.iter().zip(per_stage.iter_mut()) {
+            values.push(response["timings"][*stage].as_f64().unwrap_or(f64::NAN));
+        }
+    }
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    let wall = Latency::of(&wall);
+    let breakdown: serde_json::Map<String, Value> =
+        stages.iter().zip(per_stage.iter_mut()).map(|(s, v)| (s.to_string(), json!(Latency::of_ms(v).median_ms))).collect();
+    let report = json!({
+        "machine": super::machine(),
+        "products": products,
+        "requests": opts.requests,
+        "images": photos.len(),
+        "k": opts.k,
+        "client_wall": wall,
+        "server_median_ms": breakdown,
+    });
+    let mut md = format!(
+        "# End-to-end search benchmark\n\nMachine: {}. `POST /api/search` (multipart photo, k = {}) against a {}-product catalog, one client, {} sequential requests cycling through {} photos, real server on loopback.\n\nClient wall time: median **{:.1} ms**, p99 {:.1} ms, mean {:.1} ms.\n\nServer stage medians (ms):\n\n| queue | decode | preprocess | encode | search | metadata | total |\n|---|---|---|---|---|---|---|\n|",
+        super::machine(),
+        opts.k,
+        products,
+        opts.requests,
+        photos.len(),
+        wall.median_ms,
+        wall.p99_ms,
+        wall.mean_ms
+    );
+    for s in stages {
+        md.push_str(&format!(" {:.2} |", breakdown[s].as_f64().unwrap_or(f64::NAN)));
+    }
+    md.push('\n');
+    let (j, m) = env.write(&opts.name, &report, &md)?;
+    eprintln!("wrote {} and {}", j.display(), m.display());
+    println!("{md}");
+    Ok(report)
+}

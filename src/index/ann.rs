@@ -1,0 +1,369 @@
+//! Approximate search for large catalogs: an HNSW graph (`usearch`) proposes candidates, which
+//! are then re-ranked with exact scores.
+//!
+//! Why this shape:
+//! - The graph holds int8 copies of the vectors, a quarter of the f32 bytes, so walking it touches
+//!   little memory; the exact f32 rows kept beside it turn its approximate order into the exact
+//!   one for the candidates it returns, so recall is limited only by what the walk finds.
+//! - usearch's own int8 conversion scales each vector by its length, which leaves the components
+//!   of a 1280-d unit vector (about ±0.03) only a handful of levels. lookalike quantises itself
+//!   with one scale for the whole index (from a high percentile of |component|), which keeps
+//!   dot products comparable between vectors and uses the full int8 range.
+//! - Filters: a selective filter is answered exactly over the matching products (cheaper than
+//!   walking a graph where most nodes are rejected); a broad one runs inside the graph walk; and
+//!   if the walk finds fewer than k matching products while at least k match, the exact scan
+//!   answers instead, so a filter never loses hits.
+
+use std::path::Path;
+
+use anyhow::{anyhow, bail, ensure, Context, Result};
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use super::{Allowed, ExactIndex, Hit, TopK, VectorIndex};
+use crate::catalog::Key;
+
+/// Tuning of the graph. The defaults reach recall@10 ≥ 0.95 on lookalike's embeddings
+/// (docs/bench-search.md).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct AnnOptions {
+    /// Graph degree (HNSW M).
+    pub connectivity: usize,
+    /// Candidate list size while inserting (efConstruction).
+    pub expansion_add: usize,
+    /// Candidates fetched from the graph per query and re-ranked exactly (at least k).
+    pub candidates: usize,
+    /// Filters matching at most this many products are answered by an exact scan over them.
+    pub exact_filter_below: usize,
+}
+
+impl Default for AnnOptions {
+    fn default() -> Self {
+        AnnOptions { connectivity: 16, expansion_add: 128, candidates: 64, exact_filter_below: 20_000 }
+    }
+}
+
+/// HNSW candidates + exact re-ranking.
+pub struct AnnIndex {
+    graph: usearch::Index,
+    exact: ExactIndex,
+    /// Multiplier taking a component to the int8 range.
+    scale: f32,
+    options: AnnOptions,
+}
+
+/// What is written next to the graph file, to check it still belongs to the vectors.
+#[derive(Debug, Serialize, Deserialize, PartialEq)]
+pub struct AnnStamp {
+    pub dim: usize,
+    pub scale: f32,
+    pub options: AnnOptions,
+    /// Caller's fingerprint of the vectors' space (changes when the mapping changes).
+    pub space: String,
+    /// Caller's position in its change log when the graph was saved.
+    pub generation: i64,
+    pub len: usize,
+}
+
+fn ffi_err<E: std::fmt::Display>(what: &str) -> impl Fn(E) -> anyhow::Error + '_ {
+    move |e| anyhow!("{what}: {e}")
+}
+
+impl AnnIndex {
+    /// Builds the graph over every vector of `exact` (which must hold f32 rows), in parallel.
+    pub fn build(exact: ExactIndex, options: AnnOptions) -> Result<AnnIndex> {
+        ensure!(exact.precision() == super::Precision::F32, "the approximate index re-ranks with f32 rows");
+        let scale = int8_scale(&exact);
+        let index = AnnIndex::empty(exact, scale, options)?;
+        let threads = rayon::current_num_threads().max(1);
+        index.graph.reserve_capacity_and_threads(index.exact.len().max(16), threads).map_err(ffi_err("reserving the graph"))?;
+        index.exact.keys().par_iter().try_for_each(|&key| -> Result<()> {
+            let v = index.exact.vector(key).context("vector vanished during build")?;
+            index.graph.add(key as u64, &index.quantise(&v)).map_err(ffi_err("adding to the graph"))
+        })?;
+        Ok(index)
+    }
+
+    fn empty(exact: ExactIndex, scale: f32, options: AnnOptions) -> Result<AnnIndex> {
+        let graph = usearch::Index::new(&usearch::IndexOptions {
+            dimensions: exact.dim(),
+            metric: usearch::MetricKind::IP,
+            quantization: usearch::ScalarKind::I8,
+            connectivity: options.connectivity,
+            expansion_add: options.expansion_add,
+            expansion_search: options.candidates,
+            multi: false,
+        })
+        .map_err(ffi_err("creating the graph"))?;
+        Ok(AnnIndex { graph, exact, scale, options })
+    }
+
+    /// Loads a graph saved by [`AnnIndex::save`] and pairs it with the vectors in `exact`, then
+    /// replays `changed` keys (written or removed since the save) from `exact` into the graph.
+    /// On error `exact` comes back, so the caller can build a new graph without reloading it.
+    pub fn load(path: &Path, stamp: &AnnStamp, exact: ExactIndex, changed: &[Key]) -> Result<AnnIndex, (ExactIndex, anyhow::Error)> {
+        let graph = match load_graph(path, stamp, exact.dim()) {
+            Ok(graph) => graph,
+            Err(e) => return Err((exact, e)),
+        };
+        let index = AnnIndex { graph, exact, scale: stamp.scale, options: stamp.options };
+        if let Err(e) = index.replay(changed) {
+            return Err((index.exact, e));
+        }
+        if index.graph.size() != index.exact.len() {
+            let e = anyhow!("{} holds {} vectors, the catalog {}", path.display(), index.graph.size(), index.exact.len());
+            return Err((index.exact, e));
+        }
+        Ok(index)
+    }
+
+    /// Brings the graph in line with the exact rows for `keys`.
+    fn replay(&self, keys: &[Key]) -> Result<()> {
+        let wanted = self.graph.size() + keys.len();
+        if wanted >= self.graph.capacity() {
+            self.graph.reserve(wanted + 1024).map_err(ffi_err("growing the graph"))?;
+        }
+        for &key in keys {
+            if self.graph.contains(key as u64) {
+                self.graph.remove(key as u64).map_err(ffi_err("removing from the graph"))?;
+            }
+            if let Some(v) = self.exact.vector(key) {
+                self.graph.add(key as u64, &self.quantise(&v)).map_err(ffi_err("adding to the graph"))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the graph to `path` (via a temporary file, so a crash never leaves half a graph).
+    pub fn save(&self, path: &Path, space: &str, generation: i64) -> Result<AnnStamp> {
+        let tmp = path.with_extension("tmp");
+        let tmp_str = tmp.to_str().with_context(|| format!("{} is not UTF-8", tmp.display()))?;
+        self.graph.save(tmp_str).map_err(|e| anyhow!("writing {}: {e}", tmp.display()))?;
+        std::fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
+        Ok(AnnStamp { dim: self.exact.dim(), scale: self.scale, options: self.options, space: space.to_string(), generation, len: self.len() })
+    }
+
+    /// The exact rows, for callers that want to check or reuse them.
+    pub fn exact(&self) -> &ExactIndex {
+        &self.exact
+    }
+
+    /// Changes how many candidates each query fetches (recall/speed trade-off).
+    pub fn set_candidates(&mut self, candidates: usize) {
+        self.options.candidates = candidates.max(1);
+        self.graph.change_expansion_search(self.options.candidates);
+    }
+
+    /// Keys in the graph (for reconciling a saved graph with the catalog).
+    pub fn graph_contains(&self, key: Key) -> bool {
+        self.graph.contains(key as u64)
+    }
+
+    /// Bytes of memory held by the graph (int8 vectors + links).
+    pub fn graph_bytes(&self) -> usize {
+        self.graph.memory_usage()
+    }
+
+    fn quantise(&self, v: &[f32]) -> Vec<i8> {
+        v.iter().map(|x| (x * self.scale).round().clamp(-127.0, 127.0) as i8).collect()
+    }
+
+    fn rerank(&self, query: &[f32], candidates: &[u64], k: usize) -> Vec<Hit> {
+        let mut top = TopK::new(k);
+        for &c in candidates {
+            let key = c as Key;
+            if let Some(score) = self.exact.score(query, key) {
+                top.push(key, score);
+            }
+        }
+        top.into_sorted()
+    }
+}
+
+fn load_graph(path: &Path, stamp: &AnnStamp, dim: usize) -> Result<usearch::Index> {
+    ensure!(stamp.dim == dim, "saved graph is {}-d, the vectors are {}-d", stamp.dim, dim);
+    let path_str = path.to_str().with_context(|| format!("{} is not UTF-8", path.display()))?;
+    let graph = usearch::Index::new(&usearch::IndexOptions {
+        dimensions: dim,
+        metric: usearch::MetricKind::IP,
+        quantization: usearch::ScalarKind::I8,
+        connectivity: stamp.options.connectivity,
+        expansion_add: stamp.options.expansion_add,
+        expansion_search: stamp.options.candidates,
+        multi: false,
+    })
+    .map_err(ffi_err("creating the graph"))?;
+    graph.load(path_str).map_err(|e| anyhow!("loading {}: {e}", path.display()))?;
+    graph.change_expansion_search(stamp.options.candidates);
+    ensure!(graph.dimensions() == dim, "{} holds {}-d vectors, expected {dim}", path.display(), graph.dimensions());
+    Ok(graph)
+}
+
+/// 127 over the 99.99th percentile of |component| in a sample of rows.
+fn int8_scale(exact: &ExactIndex) -> f32 {
+    let keys = exact.keys();
+    let step = (keys.len() / 2000).max(1);
+    let mut magnitudes: Vec<f32> = keys.iter().step_by(step).filter_map(|&k| exact.vector(k)).flatten().map(f32::abs).collect();
+    if magnitudes.is_empty() {
+        return 127.0;
+    }
+    let at = ((magnitudes.len() as f64) * 0.9999) as usize;
+    let at = at.min(magnitudes.len() - 1);
+    let (_, top, _) = magnitudes.select_nth_unstable_by(at, f32::total_cmp);
+    if *top > 0.0 {
+        127.0 / *top
+    } else {
+        127.0
+    }
+}
+
+impl VectorIndex for AnnIndex {
+    fn dim(&self) -> usize {
+        self.exact.dim()
+    }
+
+    fn len(&self) -> usize {
+        self.exact.len()
+    }
+
+    fn upsert(&mut self, key: Key, vector: &[f32]) -> Result<()> {
+        self.exact.upsert(key, vector)?;
+        if self.graph.contains(key as u64) {
+            self.graph.remove(key as u64).map_err(ffi_err("removing from the graph"))?;
+        }
+        if self.graph.size() + 1 >= self.graph.capacity() {
+            let grown = (self.graph.capacity() * 2).max(1024);
+            self.graph.reserve(grown).map_err(ffi_err("growing the graph"))?;
+        }
+        self.graph.add(key as u64, &self.quantise(vector)).map_err(ffi_err("adding to the graph"))
+    }
+
+    fn remove(&mut self, key: Key) -> Result<()> {
+        self.exact.remove(key)?;
+        if self.graph.contains(key as u64) {
+            self.graph.remove(key as u64).map_err(ffi_err("removing from the graph"))?;
+        }
+        Ok(())
+    }
+
+    fn search(&self, query: &[f32], k: usize, allowed: Option<&Allowed>) -> Result<Vec<Hit>> {
+        if query.len() != self.dim() {
+            bail!("vector has {} dimensions, the index holds {}-d vectors", query.len(), self.dim());
+        }
+        if k == 0 {
+            return Ok(Vec::new());
+        }
+        let fetch = self.options.candidates.max(k);
+        let q = self.quantise(query);
+        let Some(allowed) = allowed else {
+            let found = self.graph.search(&q, fetch).map_err(ffi_err("searching the graph"))?;
+            return Ok(self.rerank(query, &found.keys, k));
+        };
+        if allowed.len() <= self.options.exact_filter_below {
+            return self.exact.search(query, k, Some(allowed));
+        }
+        let found = self.graph.filtered_search(&q, fetch, |key| allowed.contains(&(key as Key))).map_err(ffi_err("searching the graph"))?;
+        let hits = self.rerank(query, &found.keys, k);
+        if hits.len() < k.min(allowed.len()) {
+            // The walk ran out of matching neighbours; never return fewer hits than match.
+            return self.exact.search(query, k, Some(allowed));
+        }
+        Ok(hits)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::index::l2_normalize;
+    use rand::{Rng, SeedableRng};
+
+    /// Clustered unit vectors, like embeddings of a catalog with a few product types.
+    fn clustered(n: usize, dim: usize, seed: u64) -> Vec<Vec<f32>> {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let centres: Vec<Vec<f32>> = (0..20).map(|_| (0..dim).map(|_| rng.random_range(-1.0..1.0)).collect()).collect();
+        (0..n)
+            .map(|i| {
+                let mut v: Vec<f32> = centres[i % 20].iter().map(|c| c + rng.random_range(-0.3..0.3)).collect();
+                l2_normalize(&mut v);
+                v
+            })
+            .collect()
+    }
+
+    #[test]
+    fn graph_search_finds_the_exact_neighbours_and_honours_filters() -> Result<()> {
+        let (n, dim) = (3000, 48);
+        let vectors = clustered(n, dim, 1);
+        let mut exact = ExactIndex::new(dim);
+        for (i, v) in vectors.iter().enumerate() {
+            exact.upsert(i as Key, v)?;
+        }
+        let mut ann = AnnIndex::build(exact.clone(), AnnOptions::default())?;
+        // Send the 3-product filter below through the graph walk and its exact fallback too.
+        ann.options.exact_filter_below = 10;
+        ann.set_candidates(128);
+        let (mut found, mut total) = (0, 0);
+        for q in clustered(50, dim, 2) {
+            let truth: Vec<Key> = exact.search(&q, 10, None)?.iter().map(|h| h.key).collect();
+            let got = ann.search(&q, 10, None)?;
+            assert!(got.windows(2).all(|w| w[0].score >= w[1].score));
+            found += got.iter().filter(|h| truth.contains(&h.key)).count();
+            total += truth.len();
+            // A broad filter (inside the walk) and a selective one (exact) both return only
+            // allowed products, and k of them.
+            let broad: Allowed = (0..n as Key).filter(|k| k % 3 != 0).collect();
+            let hits = ann.search(&q, 10, Some(&broad))?;
+            assert_eq!(hits.len(), 10);
+            assert!(hits.iter().all(|h| broad.contains(&h.key)));
+            let few: Allowed = [5, 17, 2999].into_iter().collect();
+            let hits = ann.search(&q, 10, Some(&few))?;
+            assert_eq!(hits.iter().map(|h| h.key).collect::<Allowed>(), few);
+        }
+        let recall = found as f64 / total as f64;
+        // Random noise around 20 centres is harder than real embeddings (recall on those is
+        // measured by `lookalike bench search`); this guards against a broken walk or re-rank.
+        assert!(recall >= 0.9, "recall@10 {recall}");
+        Ok(())
+    }
+
+    #[test]
+    fn incremental_changes_and_a_saved_graph_survive() -> Result<()> {
+        let dim = 32;
+        let vectors = clustered(500, dim, 3);
+        let mut exact = ExactIndex::new(dim);
+        for (i, v) in vectors.iter().enumerate() {
+            exact.upsert(i as Key, v)?;
+        }
+        let mut ann = AnnIndex::build(exact, AnnOptions::default())?;
+        ann.remove(7)?;
+        ann.upsert(1000, &vectors[7])?;
+        ann.upsert(3, &vectors[8])?; // replace in place
+        let hits = ann.search(&vectors[7], 1, None)?;
+        assert_eq!(hits[0].key, 1000);
+        assert!(ann.search(&vectors[7], 500, None)?.iter().all(|h| h.key != 7));
+        assert_eq!(ann.len(), 500);
+
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("graph.usearch");
+        let stamp = ann.save(&path, "space", 42)?;
+        let loaded = AnnIndex::load(&path, &stamp, ann.exact().clone(), &[]).map_err(|(_, e)| e)?;
+        assert!(loaded.graph_contains(1000) && !loaded.graph_contains(7));
+        assert_eq!(loaded.search(&vectors[7], 5, None)?, ann.search(&vectors[7], 5, None)?);
+
+        // Changes made after the save are replayed from the exact rows.
+        let mut later = ann.exact().clone();
+        later.remove(1000)?;
+        later.upsert(2000, &vectors[9])?;
+        later.upsert(2001, &vectors[10])?;
+        let caught_up = AnnIndex::load(&path, &stamp, later.clone(), &[1000, 2000, 2001]).map_err(|(_, e)| e)?;
+        assert!(!caught_up.graph_contains(1000) && caught_up.graph_contains(2000) && caught_up.graph_contains(2001));
+        // A save that misses changes is refused (and the rows come back for a rebuild).
+        let (rows, err) = AnnIndex::load(&path, &stamp, later, &[]).err().expect("size mismatch detected");
+        assert_eq!(rows.len(), 501);
+        assert!(err.to_string().contains("holds"), "{err}");
+        std::fs::write(&path, b"torn")?;
+        assert!(AnnIndex::load(&path, &stamp, rows, &[]).is_err(), "a damaged graph file is refused");
+        Ok(())
+    }
+}

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use rusqlite::{params, Connection, OptionalExtension};
+use serde::Serialize;
 
 use crate::tune::Projection;
 
@@ -99,8 +100,15 @@ impl Filter {
             }
             filter.add(column, value.trim());
         }
+        if filter.value_count() > Filter::MAX_VALUES {
+            bail!("at most {} filter values in one search, not {}", Filter::MAX_VALUES, filter.value_count());
+        }
         Ok(filter)
     }
+
+    /// A bound on one search's filter: each value is a bound SQL parameter, and a shopper's
+    /// facets never need more.
+    pub const MAX_VALUES: usize = 256;
 
     pub fn add(&mut self, column: &str, value: &str) {
         let values = self.conditions.entry(column.to_string()).or_default();
@@ -111,6 +119,11 @@ impl Filter {
 
     pub fn is_empty(&self) -> bool {
         self.conditions.is_empty()
+    }
+
+    /// Number of values across all columns.
+    pub fn value_count(&self) -> usize {
+        self.conditions.values().map(Vec::len).sum()
     }
 
     pub fn conditions(&self) -> impl Iterator<Item = (&str, &[String])> {
@@ -226,7 +239,16 @@ impl SqliteCatalog {
         conn.pragma_update(None, "synchronous", "NORMAL").with_context(context)?;
         conn.pragma_update(None, "foreign_keys", "ON").with_context(context)?;
         conn.busy_timeout(std::time::Duration::from_secs(10)).with_context(context)?;
-        conn.execute_batch(SCHEMA).with_context(|| format!("{} is not a lookalike catalog (or is damaged)", path.display()))?;
+        let damaged = || format!("{} is not a lookalike catalog or is damaged (try `lookalike repair --db {}`)", path.display(), path.display());
+        conn.execute_batch(SCHEMA).with_context(damaged)?;
+        // Catalogs made before vector checksums: add the column (old rows keep NULL, unchecked).
+        let has_crc: bool = conn
+            .prepare("SELECT 1 FROM pragma_table_info('vectors') WHERE name = 'crc'")
+            .and_then(|mut s| s.exists([]))
+            .with_context(damaged)?;
+        if !has_crc {
+            conn.execute_batch("ALTER TABLE vectors ADD COLUMN crc INTEGER").with_context(damaged)?;
+        }
         Ok(SqliteCatalog { conn, path: path.to_path_buf() })
     }
 
@@ -360,25 +382,86 @@ impl SqliteCatalog {
     /// Streams every stored vector of `kind` (key, vector) to `visit`, in key order.
     pub fn for_each_vector(&self, kind: VectorKind, mut visit: impl FnMut(Key, &[f32]) -> Result<()>) -> Result<()> {
         let sql = match kind {
-            VectorKind::Primary => "SELECT key, vector FROM vectors ORDER BY key",
-            VectorKind::MaxPooled => "SELECT key, max_pooled FROM vectors WHERE max_pooled IS NOT NULL ORDER BY key",
+            VectorKind::Primary => "SELECT key, vector, crc FROM vectors ORDER BY key",
+            VectorKind::MaxPooled => "SELECT key, max_pooled, NULL FROM vectors WHERE max_pooled IS NOT NULL ORDER BY key",
         };
-        let mut stmt = self.conn.prepare(sql)?;
+        let mut stmt = self.conn.prepare(sql).with_context(|| self.damaged_hint())?;
         let mut rows = stmt.query([])?;
         let mut buf = Vec::new();
-        while let Some(row) = rows.next()? {
+        while let Some(row) = rows.next().with_context(|| self.damaged_hint())? {
             let key: Key = row.get(0)?;
             let blob = row.get_ref(1)?.as_blob()?;
+            verify_vector(blob, row.get(2)?).with_context(|| format!("vector of product key {key}: {}", self.damaged_hint()))?;
             decode_vector(blob, &mut buf).with_context(|| format!("vector of product key {key}"))?;
             visit(key, &buf)?;
         }
         Ok(())
     }
 
+    fn damaged_hint(&self) -> String {
+        format!("reading {} (if it is damaged, `lookalike check --db {}` tells what, `lookalike repair` recovers)", self.path.display(), self.path.display())
+    }
+
+    /// Checks the catalog: SQLite's own structure check, every vector against its checksum and
+    /// shape, and products and vectors pairing up. Reads everything; nothing is changed.
+    pub fn check(&self) -> Result<CheckReport> {
+        let mut report = CheckReport::default();
+        let mut stmt = self.conn.prepare("PRAGMA quick_check")?;
+        let problems: Vec<String> = stmt.query_map([], |r| r.get::<_, String>(0))?.collect::<rusqlite::Result<_>>()?;
+        report.structure = problems.into_iter().filter(|p| p != "ok").collect();
+        report.products = self.len()?;
+        report.vectors = self.vector_count()?;
+        let dim = self.vector_space()?.map(|s| s.dim);
+        let mut stmt = self.conn.prepare("SELECT v.key, v.vector, v.crc, p.id FROM vectors v LEFT JOIN products p ON p.key = v.key ORDER BY v.key")?;
+        let mut rows = stmt.query([])?;
+        let mut buf = Vec::new();
+        while let Some(row) = rows.next()? {
+            let key: Key = row.get(0)?;
+            let blob = row.get_ref(1)?.as_blob()?;
+            let id: Option<String> = row.get(3)?;
+            let Some(id) = id else {
+                report.orphan_vectors.push(key);
+                continue;
+            };
+            let fault = verify_vector(blob, row.get(2)?).err().or_else(|| decode_vector(blob, &mut buf).err()).or_else(|| {
+                (dim.is_some_and(|d| d != buf.len())).then(|| anyhow::anyhow!("has {} dimensions, the catalog's are {dim:?}", buf.len()))
+            });
+            if let Some(fault) = fault {
+                report.damaged_vectors.push((id, fault.to_string()));
+            }
+        }
+        let missing: i64 = self.conn.query_row("SELECT COUNT(*) FROM products p WHERE NOT EXISTS (SELECT 1 FROM vectors v WHERE v.key = p.key)", [], |r| r.get(0))?;
+        report.products_without_vector = missing as usize;
+        Ok(report)
+    }
+
+    /// Removes what [`SqliteCatalog::check`] found damaged in vectors (damaged and orphan
+    /// vectors), logging the keys so a saved search graph drops them too. The products stay;
+    /// `lookalike index` re-embeds products that have no vector.
+    pub fn drop_damaged_vectors(&mut self, report: &CheckReport) -> Result<usize> {
+        let tx = self.conn.transaction()?;
+        let mut dropped = 0;
+        for key in &report.orphan_vectors {
+            dropped += tx.execute("DELETE FROM vectors WHERE key = ?1", [key])?;
+            tx.execute("INSERT INTO changes(key) VALUES (?1)", [key])?;
+        }
+        for (id, _) in &report.damaged_vectors {
+            let key: Option<Key> = tx.query_row("SELECT key FROM products WHERE id = ?1", [id], |r| r.get(0)).optional()?;
+            if let Some(key) = key {
+                dropped += tx.execute("DELETE FROM vectors WHERE key = ?1", [key])?;
+                tx.execute("INSERT INTO changes(key) VALUES (?1)", [key])?;
+            }
+        }
+        tx.commit()?;
+        Ok(dropped)
+    }
+
     /// The stored search vector of one product ("more like this" without re-encoding).
     pub fn vector(&self, key: Key) -> Result<Option<Vec<f32>>> {
-        let blob: Option<Vec<u8>> = self.conn.query_row("SELECT vector FROM vectors WHERE key = ?1", [key], |r| r.get(0)).optional()?;
-        blob.map(|b| {
+        let row: Option<(Vec<u8>, Option<i64>)> =
+            self.conn.query_row("SELECT vector, crc FROM vectors WHERE key = ?1", [key], |r| Ok((r.get(0)?, r.get(1)?))).optional()?;
+        row.map(|(b, crc)| {
+            verify_vector(&b, crc).with_context(|| format!("vector of product key {key}: {}", self.damaged_hint()))?;
             let mut v = Vec::new();
             decode_vector(&b, &mut v)?;
             Ok(v)
@@ -429,6 +512,132 @@ fn encode_vector(v: &[f32]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_le_bytes()).collect()
 }
 
+/// What [`salvage`] recovered.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct SalvageReport {
+    /// Rows copied per table.
+    pub copied: BTreeMap<String, usize>,
+    /// Stretches of rows that could not be read, per table.
+    pub unreadable: BTreeMap<String, usize>,
+    /// Where the damaged file was moved.
+    pub damaged_copy: PathBuf,
+}
+
+fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(suffix);
+    PathBuf::from(name)
+}
+
+/// Rebuilds a catalog whose SQLite structure is damaged (a torn write, a bad disk block): every
+/// row that can still be read is copied into a new file, table by table in key order, stepping
+/// past unreadable stretches; then the new file takes the catalog's name and the damaged one is
+/// kept beside it as `<name>.damaged`. The change log is not copied (a saved search graph is
+/// rebuilt anyway).
+pub fn salvage(path: &Path) -> Result<SalvageReport> {
+    use rusqlite::types::Value;
+    let fresh_path = with_suffix(path, ".salvage");
+    for p in [fresh_path.clone(), with_suffix(&fresh_path, "-wal"), with_suffix(&fresh_path, "-shm")] {
+        let _ = std::fs::remove_file(p);
+    }
+    let old = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .with_context(|| format!("opening {} to salvage it", path.display()))?;
+    let mut report = SalvageReport::default();
+    {
+        let fresh = SqliteCatalog::open(&fresh_path)?;
+        // Products before the rows that reference them.
+        let tables: [(&str, &str, &str); 5] = [
+            ("settings", "rowid", "name, value"),
+            ("products", "key", "key, id, image_path, image_mime, content_hash, metadata"),
+            ("images", "key", "key, bytes"),
+            ("projection", "id", "id, label, input_dim, hidden, output_dim, weights, report"),
+            ("vectors", "key", "key, vector, max_pooled, crc"),
+        ];
+        for (table, key, columns) in tables {
+            let width = columns.split(',').count();
+            let insert = format!("INSERT OR IGNORE INTO {table}({columns}) VALUES ({})", vec!["?"; width].join(", "));
+            let select = format!("SELECT {key}, {columns} FROM {table} WHERE {key} > ?1 ORDER BY {key}");
+            let (mut copied, mut unreadable, mut after, mut skip) = (0usize, 0usize, i64::MIN, 1i64);
+            'table: while unreadable < 64 {
+                let Ok(mut stmt) = old.prepare(&select) else {
+                    unreadable += 1;
+                    break;
+                };
+                let Ok(mut rows) = stmt.query([after]) else {
+                    unreadable += 1;
+                    break;
+                };
+                loop {
+                    match rows.next() {
+                        Ok(Some(row)) => {
+                            let Ok(k) = row.get::<_, i64>(0) else { continue };
+                            after = k;
+                            skip = 1;
+                            let values: Vec<Value> = (1..=width).filter_map(|i| row.get::<_, Value>(i).ok()).collect();
+                            if values.len() == width && fresh.conn.execute(&insert, rusqlite::params_from_iter(values)).is_ok() {
+                                copied += 1;
+                            }
+                        }
+                        Ok(None) => break 'table,
+                        Err(_) => {
+                            // Step past the unreadable stretch, further each time it persists.
+                            unreadable += 1;
+                            after = after.saturating_add(skip);
+                            skip = skip.saturating_mul(4);
+                            continue 'table;
+                        }
+                    }
+                }
+            }
+            report.copied.insert(table.to_string(), copied);
+            report.unreadable.insert(table.to_string(), unreadable);
+        }
+        fresh.conn.pragma_update(None, "wal_checkpoint", "TRUNCATE").ok();
+    }
+    drop(old);
+    let damaged = with_suffix(path, ".damaged");
+    std::fs::rename(path, &damaged).with_context(|| format!("moving {} aside", path.display()))?;
+    for suffix in ["-wal", "-shm"] {
+        let _ = std::fs::rename(with_suffix(path, suffix), with_suffix(&damaged, suffix));
+    }
+    std::fs::rename(&fresh_path, path).with_context(|| format!("moving the salvaged catalog to {}", path.display()))?;
+    for suffix in ["-wal", "-shm"] {
+        let _ = std::fs::remove_file(with_suffix(&fresh_path, suffix));
+    }
+    report.damaged_copy = damaged;
+    Ok(report)
+}
+
+/// Compares a stored vector with its checksum (rows written before checksums have none).
+fn verify_vector(blob: &[u8], crc: Option<i64>) -> Result<()> {
+    match crc {
+        Some(expected) if i64::from(crc32fast::hash(blob)) != expected => bail!("checksum mismatch: the stored vector is damaged"),
+        _ => Ok(()),
+    }
+}
+
+/// What [`SqliteCatalog::check`] found.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct CheckReport {
+    /// SQLite's structural problems (empty when the file is sound).
+    pub structure: Vec<String>,
+    pub products: usize,
+    pub vectors: usize,
+    /// Product ids whose vector fails its checksum or shape, with why.
+    pub damaged_vectors: Vec<(String, String)>,
+    /// Vectors whose product is gone.
+    pub orphan_vectors: Vec<Key>,
+    /// Products with no vector (an import stopped before encoding them, or a repair dropped it):
+    /// `lookalike index` with the same source embeds them again.
+    pub products_without_vector: usize,
+}
+
+impl CheckReport {
+    pub fn is_sound(&self) -> bool {
+        self.structure.is_empty() && self.damaged_vectors.is_empty() && self.orphan_vectors.is_empty()
+    }
+}
+
 fn decode_vector(blob: &[u8], out: &mut Vec<f32>) -> Result<()> {
     if !blob.len().is_multiple_of(4) {
         bail!("stored vector has {} bytes, not a whole number of f32 values", blob.len());
@@ -476,7 +685,7 @@ impl Catalog for SqliteCatalog {
             )?;
             let mut put_image = tx.prepare_cached("INSERT OR REPLACE INTO images(key, bytes) VALUES (?1, ?2)")?;
             let mut drop_image = tx.prepare_cached("DELETE FROM images WHERE key = ?1")?;
-            let mut put_vector = tx.prepare_cached("INSERT OR REPLACE INTO vectors(key, vector, max_pooled) VALUES (?1, ?2, ?3)")?;
+            let mut put_vector = tx.prepare_cached("INSERT OR REPLACE INTO vectors(key, vector, max_pooled, crc) VALUES (?1, ?2, ?3, ?4)")?;
             let mut log = tx.prepare_cached("INSERT INTO changes(key) VALUES (?1)")?;
             for p in products {
                 let (path, mime) = match &p.image {
@@ -500,7 +709,9 @@ impl Catalog for SqliteCatalog {
                     NewImage::File(_) => drop_image.execute([key])?,
                 };
                 let max = p.max_pooled.as_deref().map(encode_vector);
-                put_vector.execute(params![key, encode_vector(&p.vector), max])?;
+                let blob = encode_vector(&p.vector);
+                let crc = i64::from(crc32fast::hash(&blob));
+                put_vector.execute(params![key, blob, max, crc])?;
                 log.execute([key])?;
                 keys.push(key);
             }

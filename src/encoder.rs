@@ -254,7 +254,14 @@ impl<'a> FeatureMap<'a> {
                     Pooling::Gem { p } => {
                         // Clamp to a small positive floor: GeM is defined on non-negative
                         // activations and x^p of a negative x is undefined for fractional p.
-                        let mean = values.map(|x| x.max(1e-6).powf(p)).sum::<f32>() / n;
+                        // An integral exponent (the default p = 3) is a few multiplications;
+                        // `powf` per activation would cost as much as a model layer.
+                        let mean = if p.fract() == 0.0 && (1.0..=16.0).contains(&p) {
+                            let k = p as i32;
+                            values.map(|x| x.max(1e-6).powi(k)).sum::<f32>() / n
+                        } else {
+                            values.map(|x| x.max(1e-6).powf(p)).sum::<f32>() / n
+                        };
                         mean.powf(1.0 / p)
                     }
                 }

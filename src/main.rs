@@ -139,6 +139,11 @@ enum Command {
     Tune(TuneArgs),
     /// Remove products from a catalog by id.
     Remove(RemoveArgs),
+    /// Verify a catalog: file structure, vector checksums, products and vectors pairing up.
+    Check(CheckArgs),
+    /// Recover a damaged catalog: salvage readable rows, drop damaged vectors, reset the
+    /// search graph. Products that lose their vector are re-embedded by `index`.
+    Repair(DbArgs),
     /// Show what a catalog holds.
     Info(DbArgs),
     /// Prepare the built-in models (convert the PyTorch weights to ONNX) and list them.
@@ -422,6 +427,16 @@ struct ServeArgs {
     /// Most photos encoded in one model call.
     #[arg(long, default_value_t = 16)]
     max_batch: usize,
+    /// Longest a request may take (upload included) before it is answered 408.
+    #[arg(long, default_value_t = 30)]
+    request_timeout_secs: u64,
+    /// On Ctrl-C / SIGTERM, how long to let in-flight requests finish.
+    #[arg(long, default_value_t = 10)]
+    shutdown_grace_secs: u64,
+    /// Let browser pages from this origin (e.g. https://shop.example) call the API; repeat for
+    /// several. Without it no CORS headers are sent.
+    #[arg(long = "cors-origin", value_name = "ORIGIN")]
+    cors_origins: Vec<String>,
     #[command(flatten)]
     model: ModelArgs,
     #[command(flatten)]
@@ -486,6 +501,8 @@ fn main() -> ExitCode {
         Command::Tune(args) => run_tune(args),
         Command::Remove(args) => run_remove(args),
         Command::Info(args) => run_info(args),
+        Command::Check(args) => run_check(args),
+        Command::Repair(args) => run_repair(args),
         Command::Models => run_models(),
         Command::Bench(command) => run_bench(command),
     };
@@ -720,9 +737,18 @@ fn run_serve(args: ServeArgs) -> Result<()> {
     if args.max_upload_mb == 0 {
         bail!("--max-upload-mb must be at least 1");
     }
-    if args.workers == 0 || args.queue == 0 || args.max_batch == 0 {
-        bail!("--workers, --queue and --max-batch must be at least 1");
+    if args.workers == 0 || args.queue == 0 || args.max_batch == 0 || args.request_timeout_secs == 0 {
+        bail!("--workers, --queue, --max-batch and --request-timeout-secs must be at least 1");
     }
+    let cors_origins = args
+        .cors_origins
+        .iter()
+        .map(|o| {
+            let ok = (o.starts_with("http://") || o.starts_with("https://")) && !o.ends_with('/');
+            anyhow::ensure!(ok, "--cors-origin {o:?} must be an origin like https://shop.example (scheme and host, no path)");
+            axum::http::HeaderValue::from_str(o).with_context(|| format!("--cors-origin {o:?}"))
+        })
+        .collect::<Result<Vec<_>>>()?;
     let assets = Assets::from_env();
     let catalog = SqliteCatalog::open_existing(&args.db.db)?;
     let encoder = load_encoder(&assets, &catalog, &args.model)?;
@@ -732,6 +758,9 @@ fn run_serve(args: ServeArgs) -> Result<()> {
         admin_token: args.admin_token,
         max_upload_bytes: args.max_upload_mb.saturating_mul(1024 * 1024),
         batcher: BatcherConfig { workers: args.workers, queue: args.queue, max_batch: args.max_batch },
+        request_timeout: std::time::Duration::from_secs(args.request_timeout_secs),
+        shutdown_grace: std::time::Duration::from_secs(args.shutdown_grace_secs),
+        cors_origins,
     };
     if config.admin_token.is_none() {
         eprintln!("catalog changes over the API are off: pass --admin-token or set LOOKALIKE_ADMIN_TOKEN to allow them");
@@ -793,6 +822,92 @@ fn run_remove(args: RemoveArgs) -> Result<()> {
     if !missing.is_empty() {
         bail!("no product with id {}", missing.join(", "));
     }
+    Ok(())
+}
+
+#[derive(Args)]
+struct CheckArgs {
+    #[command(flatten)]
+    db: DbArgs,
+    #[arg(long)]
+    json: bool,
+}
+
+fn print_check(report: &lookalike::catalog::CheckReport) {
+    eprintln!("products: {}, vectors: {}", report.products, report.vectors);
+    for problem in &report.structure {
+        eprintln!("  file structure: {problem}");
+    }
+    for (id, why) in report.damaged_vectors.iter().take(20) {
+        eprintln!("  product {id}: vector {why}");
+    }
+    if report.damaged_vectors.len() > 20 {
+        eprintln!("  ... and {} more damaged vectors", report.damaged_vectors.len() - 20);
+    }
+    if !report.orphan_vectors.is_empty() {
+        eprintln!("  {} vectors belong to no product", report.orphan_vectors.len());
+    }
+    if report.products_without_vector > 0 {
+        eprintln!("  {} products have no vector yet: run `lookalike index` with the same source to embed them", report.products_without_vector);
+    }
+}
+
+fn run_check(args: CheckArgs) -> Result<()> {
+    let catalog = SqliteCatalog::open_existing(&args.db.db)?;
+    let report = catalog.check().with_context(|| format!("checking {} (run `lookalike repair --db {}`)", args.db.db.display(), args.db.db.display()))?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    }
+    print_check(&report);
+    if !report.is_sound() {
+        bail!("{} is damaged: run `lookalike repair --db {}`", args.db.db.display(), args.db.db.display());
+    }
+    eprintln!("{} is sound", args.db.db.display());
+    Ok(())
+}
+
+fn run_repair(args: DbArgs) -> Result<()> {
+    let path = &args.db;
+    if !path.is_file() {
+        bail!("no catalog at {}", path.display());
+    }
+    // A catalog SQLite cannot even open or walk is salvaged row by row first.
+    let structural = match SqliteCatalog::open(path).and_then(|c| c.check()) {
+        Ok(report) => !report.structure.is_empty(),
+        Err(e) => {
+            eprintln!("{} cannot be read as is ({e:#}); salvaging its readable rows", path.display());
+            true
+        }
+    };
+    if structural {
+        let salvaged = lookalike::catalog::salvage(path)?;
+        if salvaged.copied.get("products").copied().unwrap_or(0) == 0 {
+            bail!(
+                "nothing could be salvaged from {} (kept as {}): re-index the shop's photos into a new --db",
+                path.display(),
+                salvaged.damaged_copy.display()
+            );
+        }
+        eprintln!("salvaged rows {:?}; unreadable stretches {:?}; the damaged file is kept as {}", salvaged.copied, salvaged.unreadable, salvaged.damaged_copy.display());
+    }
+    let mut catalog = SqliteCatalog::open(path)?;
+    let report = catalog.check()?;
+    let dropped = catalog.drop_damaged_vectors(&report)?;
+    if dropped > 0 {
+        eprintln!("dropped {dropped} damaged or orphaned vectors");
+    }
+    let (graph, stamp) = lookalike::search::graph_paths(path);
+    for file in [graph, stamp] {
+        if file.exists() {
+            std::fs::remove_file(&file).with_context(|| format!("removing {}", file.display()))?;
+        }
+    }
+    let after = catalog.check()?;
+    print_check(&after);
+    if !after.is_sound() {
+        bail!("{} is still damaged after repair; re-index it into a new --db", path.display());
+    }
+    eprintln!("{} repaired", path.display());
     Ok(())
 }
 

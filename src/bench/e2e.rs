@@ -66,6 +66,9 @@ pub fn run(engine: Arc<SearchEngine>, env: &BenchEnv, opts: &E2eBench) -> Result
         admin_token: None,
         max_upload_bytes: 20 << 20,
         batcher: BatcherConfig { workers: 2, queue: 64, max_batch: 16 },
+        request_timeout: Duration::from_secs(30),
+        shutdown_grace: Duration::from_secs(1),
+        cors_origins: Vec::new(),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().context("starting the runtime")?;
     let state = Arc::new(AppState::new(engine, &config)?);

@@ -192,14 +192,18 @@ fn check_id(id: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// The names in `images/`, read once: one directory listing is much cheaper than tens of
-/// thousands of `stat` calls, three extensions each.
+/// The names of the regular files in `images/`, read once: one directory listing is much
+/// cheaper than tens of thousands of `stat` calls, three extensions each. Symbolic links are
+/// left out (their product is reported as missing its image): a link could point anywhere on
+/// the machine, and the catalog must only ever read the shop's own folder.
 fn list_files(dir: &Path) -> Result<HashSet<OsString>> {
     let entries = std::fs::read_dir(dir).with_context(|| format!("listing the catalog's image directory {}", dir.display()))?;
     let mut names = HashSet::new();
     for entry in entries {
         let entry = entry.with_context(|| format!("listing {}", dir.display()))?;
-        names.insert(entry.file_name());
+        if entry.file_type().is_ok_and(|t| t.is_file()) {
+            names.insert(entry.file_name());
+        }
     }
     Ok(names)
 }

@@ -182,6 +182,10 @@ fn page_request(k: Option<usize>, offset: Option<usize>, filter: crate::catalog:
     if offset > MAX_OFFSET {
         return Err(ApiError::bad_parameters(format!("offset must be at most {MAX_OFFSET}, not {offset}")));
     }
+    let max = crate::catalog::Filter::MAX_VALUES;
+    if filter.value_count() > max {
+        return Err(ApiError::bad_parameters(format!("at most {max} filter values in one search, not {}", filter.value_count())));
+    }
     Ok(SearchRequest { k, offset, filter })
 }
 
@@ -230,6 +234,7 @@ async fn search_by_photo(state: Arc<AppState>, mut form: Multipart) -> Result<Js
     while let Some(field) = form.next_field().await? {
         let name = field.name().unwrap_or("").to_string();
         match name.as_str() {
+            "image" if image.is_some() => return Err(ApiError::bad_parameters("send one \"image\" field, not several")),
             "image" => image = Some(read_image_field(&state, field).await?),
             "k" => k = Some(parse_number("k", &field.text().await?)?),
             "offset" => offset = Some(parse_number("offset", &field.text().await?)?),
@@ -380,7 +385,11 @@ pub async fn product_image(State(state): Shared, Path(id): Path<String>) -> Resu
             blocking(move || Ok(engine.with_catalog(|c| crate::catalog::Catalog::stored_image(c, key))?)).await?.map(|(bytes, _)| bytes)
         }
         // Only the path the catalog recorded at import is ever read; nothing from the request.
-        ImageRef::File(path) => tokio::fs::read(path).await.ok(),
+        // A link put there after the import is not followed: it could point anywhere.
+        ImageRef::File(path) => match tokio::fs::symlink_metadata(&path).await {
+            Ok(meta) if meta.is_file() => tokio::fs::read(path).await.ok(),
+            _ => None,
+        },
     };
     let bytes = bytes.ok_or_else(|| ApiError::NotFound(format!("the image of product {:?} is no longer available", product.id)))?;
     // The type comes from the bytes themselves, and only image types are ever declared, so a
@@ -438,6 +447,7 @@ pub async fn add_product(State(state): Shared, headers: HeaderMap, request: Requ
     while let Some(field) = form.next_field().await? {
         let name = field.name().unwrap_or("").to_string();
         match name.as_str() {
+            "image" if image.is_some() => return Err(ApiError::bad_parameters("send one \"image\" field, not several")),
             "image" => image = Some(read_image_field(&state, field).await?),
             "id" => id = Some(field.text().await?.trim().to_string()),
             "metadata" => {

@@ -24,6 +24,8 @@ use axum::response::IntoResponse;
 use axum::Router;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::{DefaultOnFailure, TraceLayer};
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::OpenApi;
@@ -44,6 +46,14 @@ pub struct ServerConfig {
     /// Largest accepted photo, in bytes.
     pub max_upload_bytes: usize,
     pub batcher: BatcherConfig,
+    /// Longest a request may take, body upload included; past it the client gets 408 and the
+    /// work is dropped (a slow or stalled client cannot hold a connection and its memory).
+    pub request_timeout: std::time::Duration,
+    /// How long shutdown waits for in-flight requests before exiting anyway.
+    pub shutdown_grace: std::time::Duration,
+    /// Origins allowed to call the API from a browser page on another site. Empty: no CORS
+    /// headers at all, so browsers keep other sites' pages out.
+    pub cors_origins: Vec<HeaderValue>,
 }
 
 /// Everything a handler may use.
@@ -55,6 +65,8 @@ pub struct AppState {
     /// regardless of the lengths involved, and the token itself is not kept around.
     admin_token_digest: Option<[u8; 32]>,
     pub max_upload_bytes: usize,
+    pub request_timeout: std::time::Duration,
+    pub cors_origins: Vec<HeaderValue>,
 }
 
 impl AppState {
@@ -62,7 +74,15 @@ impl AppState {
         let metrics = Arc::new(Metrics::default());
         let batcher = Batcher::start(engine.clone(), metrics.clone(), config.batcher).context("starting the encoder workers")?;
         let admin_token_digest = config.admin_token.as_deref().filter(|t| !t.is_empty()).map(|t| Sha256::digest(t.as_bytes()).into());
-        Ok(AppState { engine, batcher, metrics, admin_token_digest, max_upload_bytes: config.max_upload_bytes })
+        Ok(AppState {
+            engine,
+            batcher,
+            metrics,
+            admin_token_digest,
+            max_upload_bytes: config.max_upload_bytes,
+            request_timeout: config.request_timeout,
+            cors_origins: config.cors_origins.clone(),
+        })
     }
 
     /// Largest request body: the photo plus room for the multipart framing and the small text
@@ -141,8 +161,18 @@ pub fn openapi_text() -> &'static str {
 pub fn router(state: Arc<AppState>) -> Router {
     let (router, _) = routes().split_for_parts();
     let body_limit = state.body_limit();
-    router
+    let mut router = router
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(TimeoutLayer::with_status_code(axum::http::StatusCode::REQUEST_TIMEOUT, state.request_timeout));
+    if !state.cors_origins.is_empty() {
+        router = router.layer(
+            CorsLayer::new()
+                .allow_origin(AllowOrigin::list(state.cors_origins.clone()))
+                .allow_methods([axum::http::Method::GET, axum::http::Method::POST])
+                .allow_headers([header::CONTENT_TYPE]),
+        );
+    }
+    router
         .layer(axum::middleware::from_fn_with_state(state.metrics.clone(), metrics::track))
         // The default spans record method, URI and version only: never headers, so the admin
         // token is not logged. Failures are logged at debug level: a 503 under load is load
@@ -162,7 +192,27 @@ pub async fn serve(engine: Arc<SearchEngine>, config: ServerConfig) -> Result<()
     use std::io::Write;
     let _ = std::io::stdout().flush();
     tracing::info!("serving on http://{bound}");
-    axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await.context("serving HTTP")?;
+    // On Ctrl-C or SIGTERM: stop accepting, let in-flight requests finish, but give up after
+    // the grace period so a stalled client cannot keep the process alive.
+    let (stopping, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = stopping.send(true);
+    });
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let server = axum::serve(listener, app).with_graceful_shutdown(stopped(stop_rx.clone()));
+    let grace = config.shutdown_grace;
+    let deadline = async move {
+        stopped(stop_rx).await;
+        tokio::time::sleep(grace).await;
+    };
+    tokio::select! {
+        served = async { server.await } => served.context("serving HTTP")?,
+        _ = deadline => tracing::warn!("requests still open {grace:?} after the shutdown signal; exiting anyway"),
+    }
+    tracing::info!("stopped");
     Ok(())
 }
 

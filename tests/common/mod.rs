@@ -1,0 +1,154 @@
+//! Helpers shared by the HTTP-level test suites: a small real catalog, a running server, a
+//! client and assertions on the JSON error shape. (Each test binary uses a different subset.)
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use lookalike::assets::Assets;
+use lookalike::import::fashion_mnist::FashionMnist;
+use reqwest::blocking::multipart::{Form, Part};
+use reqwest::blocking::{Client, Response};
+use serde_json::Value;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_lookalike");
+
+pub fn fm_dir() -> PathBuf {
+    Assets::from_env().fashion_mnist_dir().expect("Fashion-MNIST assets (run `make setup`)")
+}
+
+pub fn path(p: &Path) -> &str {
+    p.to_str().expect("utf-8 temp path")
+}
+
+/// 300 Fashion-MNIST training images indexed with the CLI, once per test run.
+pub fn shared_catalog() -> &'static Path {
+    static DB: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
+    let (_, db) = DB.get_or_init(|| {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = dir.path().join("fm.db");
+        let out = Command::new(BIN)
+            .args(["index", "--db", path(&db), "--fashion-mnist", "train", "--limit", "300", "--fashion-mnist-dir", path(&fm_dir())])
+            .env("LOOKALIKE_LOG", "warn")
+            .output()
+            .expect("the lookalike binary runs");
+        assert!(out.status.success(), "index failed: {}", String::from_utf8_lossy(&out.stderr));
+        (dir, db)
+    });
+    db
+}
+
+/// A private copy of the shared catalog for tests that change it.
+pub fn copy_catalog(dir: &Path) -> PathBuf {
+    let db = dir.join("copy.db");
+    std::fs::copy(shared_catalog(), &db).expect("copy catalog");
+    db
+}
+
+/// Fashion-MNIST test image `i` (not in the catalog) as PNG bytes, and its class.
+pub fn test_photo(i: usize) -> (Vec<u8>, String) {
+    static SPLIT: OnceLock<FashionMnist> = OnceLock::new();
+    let fm = SPLIT.get_or_init(|| FashionMnist::load(&fm_dir(), "test").expect("test split"));
+    let mut png = Vec::new();
+    fm.image(i).expect("image").write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png).expect("png");
+    (png, fm.class_name(i).to_string())
+}
+
+/// A running `lookalike serve`, killed when dropped.
+pub struct Server {
+    pub child: Child,
+    pub url: String,
+}
+
+impl Server {
+    pub fn start(db: &Path, args: &[&str], env: &[(&str, &str)]) -> Server {
+        let mut command = Command::new(BIN);
+        command
+            .args(["serve", "--db", path(db), "--addr", "127.0.0.1:0"])
+            .args(args)
+            .env("LOOKALIKE_LOG", "warn")
+            .env_remove("LOOKALIKE_ADMIN_TOKEN")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        for (k, v) in env {
+            command.env(k, v);
+        }
+        let mut child = command.spawn().expect("start lookalike serve");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            if let Some(Ok(line)) = lines.next() {
+                let _ = tx.send(line);
+            }
+            for _ in lines {} // Keep draining so the server never blocks on a full pipe.
+        });
+        let line = match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(line) => line,
+            Err(_) => {
+                let _ = child.kill();
+                panic!("lookalike serve printed no address within 60 s");
+            }
+        };
+        let url = line.strip_prefix("listening on ").unwrap_or_else(|| panic!("unexpected first line: {line}")).to_string();
+        Server { child, url }
+    }
+
+    pub fn url(&self, route: &str) -> String {
+        format!("{}{route}", self.url)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn client() -> Client {
+    Client::builder().timeout(Duration::from_secs(60)).build().expect("http client")
+}
+
+pub fn photo_form(png: Vec<u8>, fields: &[(&str, &str)]) -> Form {
+    let mut form = Form::new().part("image", Part::bytes(png).file_name("photo.png"));
+    for (k, v) in fields {
+        form = form.text(k.to_string(), v.to_string());
+    }
+    form
+}
+
+pub fn search_photo(server: &Server, png: Vec<u8>, fields: &[(&str, &str)]) -> Response {
+    client().post(server.url("/api/search")).multipart(photo_form(png, fields)).send().expect("search request")
+}
+
+pub fn search_json(server: &Server, body: Value) -> Response {
+    client().post(server.url("/api/search")).json(&body).send().expect("search request")
+}
+
+pub fn ok_json(response: Response) -> Value {
+    let status = response.status();
+    let text = response.text().expect("body");
+    assert!(status.is_success(), "expected success, got {status}: {text}");
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+}
+
+/// Asserts an error status and the `{"error": {"code", "message"}}` body; returns the message.
+pub fn expect_error(response: Response, status: u16, code: &str) -> String {
+    let got = response.status().as_u16();
+    let text = response.text().expect("body");
+    assert_eq!(got, status, "expected {status} {code}, got {got}: {text}");
+    let body: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("error body is not JSON ({e}): {text}"));
+    assert_eq!(body["error"]["code"], code, "{text}");
+    let message = body["error"]["message"].as_str().unwrap_or_default().to_string();
+    assert!(!message.is_empty(), "error without a message: {text}");
+    message
+}
+
+pub fn ids(result: &Value) -> Vec<String> {
+    result["hits"].as_array().expect("hits").iter().map(|h| h["id"].as_str().expect("id").to_string()).collect()
+}
+

@@ -77,3 +77,4 @@ echo "wrk -t2 -c$clients -d${seconds}s --latency -s load.lua $url  (POST /api/se
 wrk -t2 -c"$clients" -d"${seconds}s" --timeout 10s --latency -s "$work/load.lua" "$url"
 echo "--- server metrics"
 curl -s "$url/metrics" | grep -E '^lookalike_(http_requests_total\{route="/api/search"|encoder_batch_size_(sum|count)|encoder_batch_duration_seconds_(sum|count)|encoder_rejected_total|catalog_products)'
+echo "--- server memory: peak RSS $(awk '/VmHWM/ {printf "%.0f MB", $2/1024}' /proc/$server/status), now $(awk '/VmRSS/ {printf "%.0f MB", $2/1024}' /proc/$server/status)"

@@ -78,10 +78,15 @@ pub fn read_catalog(dir: &Path) -> Result<(Vec<StyleRow>, KaggleReport)> {
     let bytes = std::fs::read(&csv_path).with_context(|| format!("reading {}", csv_path.display()))?;
     let images_dir = dir.join("images");
     let image_files = list_files(&images_dir)?;
+    parse_styles(&bytes, &csv_path, |id| find_image(&images_dir, &image_files, id))
+}
 
+/// Parses the bytes of a `styles.csv`; `image_of` finds a product's image by id (or says it is
+/// missing). Pure apart from that lookup, so it can be fuzzed on arbitrary bytes.
+pub fn parse_styles(bytes: &[u8], csv_path: &Path, image_of: impl Fn(&str) -> Option<PathBuf>) -> Result<(Vec<StyleRow>, KaggleReport)> {
     // The csv crate does not strip a byte-order mark; left in, it would become part of the first
     // header name ("\u{feff}id") and the id column would not be found.
-    let body = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(&bytes);
+    let body = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
     // `flexible`: rows with a different number of fields are data to repair or report, not a
     // reason to abort the whole file.
     let mut reader = csv::ReaderBuilder::new().has_headers(false).flexible(true).from_reader(body);
@@ -130,7 +135,7 @@ pub fn read_catalog(dir: &Path) -> Result<(Vec<StyleRow>, KaggleReport)> {
             continue;
         }
         first_seen.insert(id.clone(), line);
-        let Some(image) = find_image(&images_dir, &image_files, &id) else {
+        let Some(image) = image_of(&id) else {
             report.missing_images.push(id);
             continue;
         };

@@ -381,3 +381,27 @@ fn cors_is_opt_in_and_the_token_is_never_logged() {
     assert!(!logs.is_empty(), "trace logging produced nothing");
     assert!(!logs.contains(token), "the admin token appeared in the logs");
 }
+
+/// An image file swapped for a symbolic link after the import is not served: the server reads
+/// only regular files the catalog recorded, never what a link points at.
+#[test]
+fn a_symlink_planted_after_import_is_not_served() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let photos = dir.path().join("photos");
+    std::fs::create_dir(&photos).expect("photos");
+    for i in 0..3 {
+        let (png, _) = test_photo(i);
+        std::fs::write(photos.join(format!("p{i}.png")), png).expect("photo");
+    }
+    let db = dir.path().join("c.db");
+    let out = lookalike(&["index", "--db", db.to_str().expect("utf-8"), "--images", photos.to_str().expect("utf-8")]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let secret = dir.path().join("secret.png");
+    std::fs::copy(photos.join("p1.png"), &secret).expect("secret");
+    std::fs::remove_file(photos.join("p1.png")).expect("remove");
+    std::os::unix::fs::symlink(&secret, photos.join("p1.png")).expect("symlink");
+    let server = Server::start(&db, &[], &[]);
+    let http = client();
+    assert_eq!(http.get(server.url("/api/products/p0.png/image")).send().expect("image").status().as_u16(), 200);
+    assert_eq!(http.get(server.url("/api/products/p1.png/image")).send().expect("image").status().as_u16(), 404, "a planted symlink is not followed");
+}

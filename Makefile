@@ -22,6 +22,7 @@ build:
 # (scripts/browser-test.sh); screenshots land in artifacts/.
 test: setup
 	$(CARGO) test --release --locked
+	@if [ -n "$$LOOKALIKE_QDRANT_URL" ]; then $(CARGO) test --release --locked --test qdrant -- --ignored; else echo "Qdrant tests skipped: set LOOKALIKE_QDRANT_URL=qdrant://HOST:PORT to run them"; fi
 
 # Index the Fashion-MNIST training split (incremental: instant after the first run) and serve
 # the search page and API at http://$(DEMO_ADDR)/ until Ctrl-C.

@@ -98,7 +98,7 @@ fn run_bench(command: BenchCommand) -> Result<()> {
             };
             let catalog = SqliteCatalog::open_existing(&args.db.db)?;
             let encoder = load_encoder(&assets, &catalog, &args.model)?;
-            let engine = Arc::new(SearchEngine::open_with(catalog, Box::new(encoder), &args.index.config()?)?);
+            let engine = Arc::new(SearchEngine::open_with(catalog, Box::new(encoder), &args.index.config(&args.db.db)?)?);
             let options = lookalike::bench::e2e::E2eBench { requests: args.requests, images, k: args.k, name: args.name };
             lookalike::bench::e2e::run(engine, &env, &options)?;
             Ok(())
@@ -144,6 +144,8 @@ enum Command {
     /// Recover a damaged catalog: salvage readable rows, drop damaged vectors, reset the
     /// search graph. Products that lose their vector are re-embedded by `index`.
     Repair(DbArgs),
+    /// Make a Qdrant collection agree with the catalog: add what is missing, delete what is gone.
+    Sync(SyncArgs),
     /// Show what a catalog holds.
     Info(DbArgs),
     /// Prepare the built-in models (convert the PyTorch weights to ONNX) and list them.
@@ -287,6 +289,86 @@ struct ModelArgs {
     threads: Option<usize>,
 }
 
+/// Where vectors are kept and searched.
+#[derive(Args)]
+struct StoreArgs {
+    /// `embedded` (vectors in the catalog file, searched in this process) or `qdrant://HOST:PORT`
+    /// (a Qdrant server or cluster, gRPC port; `qdrants://` for TLS).
+    #[arg(long, env = "LOOKALIKE_STORE", default_value = "embedded")]
+    store: String,
+    /// Qdrant collection (default: the catalog file's name without extension).
+    #[arg(long)]
+    collection: Option<String>,
+    #[arg(long, env = "QDRANT_API_KEY", hide_env_values = true)]
+    qdrant_api_key: Option<String>,
+    /// Shards of a collection lookalike creates.
+    #[arg(long)]
+    shards: Option<u32>,
+    /// Copies of each shard in a collection lookalike creates.
+    #[arg(long)]
+    replicas: Option<u32>,
+    /// Keep int8 copies of the vectors in Qdrant's RAM (scalar quantisation), new collections.
+    #[arg(long)]
+    quantize: bool,
+    /// Write ordering across replicas: weak, medium or strong.
+    #[arg(long, default_value = "weak")]
+    write_ordering: String,
+    /// Timeout of each Qdrant call.
+    #[arg(long, default_value_t = 30)]
+    qdrant_timeout_secs: u64,
+    /// Exact (brute-force) search in Qdrant instead of its HNSW index (parity checks).
+    #[arg(long)]
+    qdrant_exact: bool,
+    /// Metadata columns given a keyword index for filters, in a new collection.
+    #[arg(long, value_delimiter = ',', default_value = "articleType,gender,masterCategory,subCategory,baseColour,season,usage,folder")]
+    filter_columns: Vec<String>,
+}
+
+impl StoreArgs {
+    /// The Qdrant set-up, or `None` for the embedded store.
+    fn qdrant(&self, db: &Path) -> Result<Option<lookalike::index::qdrant::QdrantConfig>> {
+        if self.store == "embedded" {
+            return Ok(None);
+        }
+        use lookalike::index::qdrant::QdrantConfig;
+        use qdrant_client::qdrant::WriteOrderingType;
+        let write_ordering = match self.write_ordering.as_str() {
+            "weak" => WriteOrderingType::Weak,
+            "medium" => WriteOrderingType::Medium,
+            "strong" => WriteOrderingType::Strong,
+            other => bail!("--write-ordering {other:?}: expected weak, medium or strong"),
+        };
+        let collection = match &self.collection {
+            Some(c) => c.clone(),
+            None => db.file_stem().and_then(|s| s.to_str()).unwrap_or("lookalike").to_string(),
+        };
+        if collection.is_empty() || !collection.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_')) {
+            bail!("collection name {collection:?}: use letters, digits, - and _ (--collection)");
+        }
+        Ok(Some(QdrantConfig {
+            url: QdrantConfig::parse_url(&self.store)?,
+            api_key: self.qdrant_api_key.clone().filter(|k| !k.is_empty()),
+            collection,
+            shards: self.shards,
+            replicas: self.replicas,
+            quantize: self.quantize,
+            write_ordering,
+            timeout: std::time::Duration::from_secs(self.qdrant_timeout_secs.max(1)),
+            filter_columns: self.filter_columns.clone(),
+            exact: self.qdrant_exact,
+        }))
+    }
+
+    /// After a catalog change: bring the Qdrant collection in line (a no-op for embedded).
+    fn sync_after_change(&self, catalog: &SqliteCatalog) -> Result<()> {
+        if let Some(config) = self.qdrant(catalog.path())? {
+            let report = lookalike::search::sync_qdrant(catalog, &config)?;
+            eprintln!("Qdrant collection {:?}: {} added, {} deleted ({:.1}s)", config.collection, report.added, report.deleted, report.seconds);
+        }
+        Ok(())
+    }
+}
+
 /// How the catalog's vectors are indexed for search.
 #[derive(Args)]
 struct SearchIndexArgs {
@@ -301,15 +383,17 @@ struct SearchIndexArgs {
     /// Graph candidates re-ranked exactly per query (more: higher recall, slower).
     #[arg(long, default_value_t = AnnOptions::default().candidates)]
     ann_candidates: usize,
+    #[command(flatten)]
+    store: StoreArgs,
 }
 
 impl SearchIndexArgs {
-    fn config(&self) -> Result<IndexConfig> {
+    fn config(&self, db: &Path) -> Result<IndexConfig> {
         if self.ann_candidates == 0 {
             bail!("--ann-candidates must be at least 1");
         }
         let ann_options = AnnOptions { candidates: self.ann_candidates, ..AnnOptions::default() };
-        Ok(IndexConfig { precision: self.precision, ann: self.ann, ann_above: self.ann_above, ann_options })
+        Ok(IndexConfig { precision: self.precision, ann: self.ann, ann_above: self.ann_above, ann_options, store: self.store.qdrant(db)? })
     }
 }
 
@@ -338,6 +422,8 @@ struct IndexArgs {
     batch_size: usize,
     #[command(flatten)]
     model: ModelArgs,
+    #[command(flatten)]
+    store: StoreArgs,
 }
 
 #[derive(Args)]
@@ -482,6 +568,8 @@ struct TuneArgs {
 struct RemoveArgs {
     #[command(flatten)]
     db: DbArgs,
+    #[command(flatten)]
+    store: StoreArgs,
     /// Product ids to remove.
     #[arg(required = true)]
     ids: Vec<String>,
@@ -502,6 +590,7 @@ fn main() -> ExitCode {
         Command::Remove(args) => run_remove(args),
         Command::Info(args) => run_info(args),
         Command::Check(args) => run_check(args),
+        Command::Sync(args) => run_sync(args),
         Command::Repair(args) => run_repair(args),
         Command::Models => run_models(),
         Command::Bench(command) => run_bench(command),
@@ -613,6 +702,7 @@ fn run_index(args: IndexArgs) -> Result<()> {
     if report.interrupted {
         bail!("interrupted; run the same command again to resume");
     }
+    args.store.sync_after_change(&catalog)?;
     Ok(())
 }
 
@@ -620,7 +710,7 @@ fn run_search(args: SearchArgs) -> Result<()> {
     let assets = Assets::from_env();
     let catalog = SqliteCatalog::open_existing(&args.db.db)?;
     let encoder = load_encoder(&assets, &catalog, &args.model)?;
-    let engine = SearchEngine::open_with(catalog, Box::new(encoder), &args.index.config()?)?;
+    let engine = SearchEngine::open_with(catalog, Box::new(encoder), &args.index.config(&args.db.db)?)?;
     let request = SearchRequest { k: args.k, offset: args.offset, filter: Filter::parse(&args.filters)? };
     let crop = args.crop.as_deref().map(Crop::parse).transpose().map_err(anyhow::Error::msg)?;
     let results = match (&args.image, &args.like) {
@@ -752,7 +842,7 @@ fn run_serve(args: ServeArgs) -> Result<()> {
     let assets = Assets::from_env();
     let catalog = SqliteCatalog::open_existing(&args.db.db)?;
     let encoder = load_encoder(&assets, &catalog, &args.model)?;
-    let engine = Arc::new(SearchEngine::open_with(catalog, Box::new(encoder), &args.index.config()?)?);
+    let engine = Arc::new(SearchEngine::open_with(catalog, Box::new(encoder), &args.index.config(&args.db.db)?)?);
     let config = ServerConfig {
         addr: args.addr,
         admin_token: args.admin_token,
@@ -819,9 +909,32 @@ fn run_remove(args: RemoveArgs) -> Result<()> {
             None => missing.push(id.as_str()),
         }
     }
+    args.store.sync_after_change(&catalog)?;
     if !missing.is_empty() {
         bail!("no product with id {}", missing.join(", "));
     }
+    Ok(())
+}
+
+#[derive(Args)]
+struct SyncArgs {
+    #[command(flatten)]
+    db: DbArgs,
+    #[command(flatten)]
+    store: StoreArgs,
+}
+
+fn run_sync(args: SyncArgs) -> Result<()> {
+    let catalog = SqliteCatalog::open_existing(&args.db.db)?;
+    let Some(config) = args.store.qdrant(&args.db.db)? else {
+        bail!("sync needs --store qdrant://HOST:PORT (or LOOKALIKE_STORE)");
+    };
+    let report = lookalike::search::sync_qdrant(&catalog, &config)?;
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    eprintln!(
+        "Qdrant collection {:?}: {} products in the catalog, {} points before; {} added, {} deleted in {:.1}s",
+        config.collection, report.in_catalog, report.in_collection_before, report.added, report.deleted, report.seconds
+    );
     Ok(())
 }
 

@@ -156,10 +156,18 @@ impl SearchEngine {
     /// Loads the catalog's stored vectors into the index `config` asks for.
     pub fn open_with(catalog: SqliteCatalog, encoder: Box<dyn Encoder>, config: &IndexConfig) -> Result<SearchEngine> {
         let space = SearchSpace::for_catalog(&catalog)?;
+        if let Some(store) = &config.store {
+            let index = open_qdrant(&catalog, &space, store)?;
+            return SearchEngine::assemble(catalog, encoder, space, Box::new(index));
+        }
         let use_ann = config.uses_ann(catalog.vector_count()?);
         let precision = if use_ann { crate::index::Precision::F32 } else { config.precision };
         let exact = space.build_index(&catalog, VectorKind::Primary, precision)?;
         let index: Box<dyn VectorIndex> = if use_ann && !exact.is_empty() { Box::new(open_graph(&catalog, &space, exact, config)?) } else { Box::new(exact) };
+        SearchEngine::assemble(catalog, encoder, space, index)
+    }
+
+    fn assemble(catalog: SqliteCatalog, encoder: Box<dyn Encoder>, space: SearchSpace, index: Box<dyn VectorIndex>) -> Result<SearchEngine> {
         if let Some(space) = catalog.vector_space()? {
             let model = &encoder.spec().name;
             if &space.model != model {
@@ -262,6 +270,7 @@ impl SearchEngine {
         let searched = self.to_search_space(&product.vector)?;
         let key = *catalog.upsert(std::slice::from_ref(&product))?.first().context("the catalog stored no product")?;
         let mut index = self.index.write().map_err(|_| anyhow::anyhow!("index lock poisoned"))?;
+        index.describe(key, &product.id, &product.metadata);
         if index.is_empty() && index.dim() != searched.len() {
             // A catalog that was empty at start has a 0-d index; give it the search dimension.
             *index = Box::new(ExactIndex::new(searched.len()));
@@ -315,15 +324,22 @@ impl SearchEngine {
         let vector = self.to_search_space(model_vector)?;
 
         let t = Instant::now();
-        let allowed: Option<Allowed> =
-            if request.filter.is_empty() { None } else { Some(self.with_catalog(|c| c.filter_keys(&request.filter))?.into_iter().collect()) };
         let wanted = request.offset.saturating_add(request.k);
         let hits: Vec<Hit> = {
             let index = self.index.read().map_err(|_| anyhow::anyhow!("index lock poisoned"))?;
             if vector.len() != index.dim() && !index.is_empty() {
                 return Err(SearchError::BadRequest(format!("vector has {} dimensions; this catalog's are {}", vector.len(), index.dim())));
             }
-            index.search(&vector, wanted, allowed.as_ref())?
+            match (request.filter.is_empty(), index.search_filter(&vector, wanted, &request.filter)) {
+                (true, _) => index.search(&vector, wanted, None)?,
+                // The store evaluates the filter itself.
+                (false, Some(hits)) => hits?,
+                // The embedded stores take the matching keys, computed from the catalog.
+                (false, None) => {
+                    let allowed: Allowed = self.with_catalog(|c| c.filter_keys(&request.filter))?.into_iter().collect();
+                    index.search(&vector, wanted, Some(&allowed))?
+                }
+            }
         };
         timings.search_ms = ms(t);
 
@@ -342,6 +358,37 @@ impl SearchEngine {
         timings.total_ms = ms(started);
         Ok(SearchResults { hits, timings })
     }
+}
+
+/// Connects to the Qdrant collection for this catalog and tells it every product's id and
+/// metadata (its writes carry them as payload). Warns when the collection and the catalog
+/// disagree in size: `lookalike sync` fixes that.
+fn open_qdrant(catalog: &SqliteCatalog, space: &SearchSpace, store: &crate::index::qdrant::QdrantConfig) -> Result<crate::index::qdrant::QdrantIndex> {
+    let dim = space.output_dim(catalog.vector_space()?.map_or(0, |s| s.dim));
+    let mut index = crate::index::qdrant::QdrantIndex::connect(store.clone(), dim)?;
+    for product in catalog.all_products()? {
+        index.describe(product.key, &product.id, &product.metadata);
+    }
+    let in_catalog = catalog.vector_count()?;
+    if index.len() != in_catalog {
+        tracing::warn!(
+            "Qdrant collection {:?} holds {} vectors, the catalog {in_catalog}: run `lookalike sync --db {} --store ...`",
+            store.collection,
+            index.len(),
+            catalog.path().display()
+        );
+    }
+    Ok(index)
+}
+
+/// Makes the Qdrant collection agree with the catalog (adds what is missing, deletes what is
+/// gone), and returns what changed.
+pub fn sync_qdrant(catalog: &SqliteCatalog, store: &crate::index::qdrant::QdrantConfig) -> Result<crate::index::qdrant::SyncReport> {
+    let space = SearchSpace::for_catalog(catalog)?;
+    let exact = space.build_index(catalog, VectorKind::Primary, crate::index::Precision::F32)?;
+    let mut index = open_qdrant(catalog, &space, store)?;
+    let vectors: Vec<(crate::catalog::Key, Vec<f32>)> = exact.keys().iter().filter_map(|&k| exact.vector(k).map(|v| (k, v))).collect();
+    index.sync(&vectors)
 }
 
 /// Where a catalog's search graph is saved: beside the catalog file.

@@ -64,6 +64,14 @@ impl SearchSpace {
         Ok(space)
     }
 
+    /// Dimension of the searched vectors for model vectors of `model_dim`.
+    pub fn output_dim(&self, model_dim: usize) -> usize {
+        match self {
+            SearchSpace::Tuned(p) => p.output_dim,
+            _ => model_dim,
+        }
+    }
+
     /// A short digest of the mapping: equal digests map vectors identically.
     pub fn fingerprint(&self) -> String {
         use sha2::{Digest, Sha256};

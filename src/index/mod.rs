@@ -8,13 +8,14 @@
 pub mod ann;
 pub mod exact;
 pub mod kernels;
+pub mod qdrant;
 
 use std::cmp::Ordering;
 use std::collections::{BinaryHeap, HashSet};
 
 use anyhow::Result;
 
-use crate::catalog::Key;
+use crate::catalog::{Filter, Key, Metadata};
 pub use ann::{AnnIndex, AnnOptions, AnnStamp};
 pub use exact::ExactIndex;
 pub use kernels::{dot, Precision};
@@ -46,6 +47,13 @@ pub trait VectorIndex: Send + Sync {
     fn remove(&mut self, key: Key) -> Result<()>;
     /// The `k` vectors most similar to `query` (best first), restricted to `allowed` if given.
     fn search(&self, query: &[f32], k: usize, allowed: Option<&Allowed>) -> Result<Vec<Hit>>;
+    /// A store that evaluates metadata filters itself (a remote store holding the metadata as
+    /// payload) answers here; `None` means "give me the allowed keys instead" (the default).
+    fn search_filter(&self, _query: &[f32], _k: usize, _filter: &Filter) -> Option<Result<Vec<Hit>>> {
+        None
+    }
+    /// The product behind `key`, for stores that keep ids and metadata beside the vectors.
+    fn describe(&mut self, _key: Key, _id: &str, _metadata: &Metadata) {}
 }
 
 /// Scales `v` to unit length (left as is when it is all zeros).
@@ -123,7 +131,7 @@ pub enum AnnMode {
 }
 
 /// How a catalog's vectors are indexed for search.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct IndexConfig {
     /// Row storage of the exact index (the approximate index always re-ranks with f32).
     pub precision: Precision,
@@ -132,11 +140,13 @@ pub struct IndexConfig {
     /// exact scan is fast enough (about 10 ms for 100,000 x 1280-d on two cores) and exact.
     pub ann_above: usize,
     pub ann_options: AnnOptions,
+    /// A Qdrant collection instead of the embedded indexes.
+    pub store: Option<qdrant::QdrantConfig>,
 }
 
 impl Default for IndexConfig {
     fn default() -> Self {
-        IndexConfig { precision: Precision::F32, ann: AnnMode::Auto, ann_above: 100_000, ann_options: AnnOptions::default() }
+        IndexConfig { precision: Precision::F32, ann: AnnMode::Auto, ann_above: 100_000, ann_options: AnnOptions::default(), store: None }
     }
 }
 

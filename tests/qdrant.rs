@@ -1,0 +1,122 @@
+//! Qdrant as the vector store, against a real server. These tests need one: they are
+//! `#[ignore]`d (reported as skipped) unless run with `-- --ignored`, which `make test` does when
+//! `LOOKALIKE_QDRANT_URL` names a server's gRPC address (e.g. `qdrant://127.0.0.1:6334`).
+
+mod common;
+
+use std::collections::HashSet;
+use std::process::Command;
+
+use common::*;
+use lookalike::assets::Assets;
+use lookalike::catalog::{Filter, SqliteCatalog, VectorKind};
+use lookalike::encoder::OrtEncoder;
+use lookalike::index::qdrant::QdrantConfig;
+use lookalike::index::{IndexConfig, Precision};
+use lookalike::search::{SearchEngine, SearchRequest};
+use rand::{Rng, SeedableRng};
+
+fn qdrant_url() -> String {
+    std::env::var("LOOKALIKE_QDRANT_URL").expect("LOOKALIKE_QDRANT_URL (run with a Qdrant server)")
+}
+
+fn encoder() -> OrtEncoder {
+    let assets = Assets::from_env();
+    let spec = lookalike::model::resolve(&assets, lookalike::model::DEFAULT_MODEL).expect("model (run `make setup`)");
+    OrtEncoder::new(&assets.onnxruntime_lib().expect("onnxruntime"), spec, 2).expect("encoder")
+}
+
+fn store(collection: &str, exact: bool) -> QdrantConfig {
+    QdrantConfig {
+        url: QdrantConfig::parse_url(&qdrant_url()).expect("url"),
+        api_key: std::env::var("QDRANT_API_KEY").ok(),
+        collection: collection.to_string(),
+        shards: None,
+        replicas: None,
+        quantize: false,
+        write_ordering: qdrant_client::qdrant::WriteOrderingType::Weak,
+        timeout: std::time::Duration::from_secs(30),
+        filter_columns: vec!["articleType".into()],
+        exact,
+    }
+}
+
+fn ids(results: &lookalike::search::SearchResults) -> Vec<String> {
+    results.hits.iter().map(|h| h.product.id.clone()).collect()
+}
+
+/// The same catalog searched exactly in the embedded store and in Qdrant gives the same top 10
+/// (overlap ≥ 0.99 over 500 queries), filters mean the same, and changes reach Qdrant.
+#[test]
+#[ignore = "needs a Qdrant server: LOOKALIKE_QDRANT_URL"]
+fn qdrant_matches_the_embedded_store_and_follows_changes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = copy_catalog(dir.path());
+    let collection = format!("lookalike-test-{}", std::process::id());
+    let config = store(&collection, true);
+
+    let catalog = SqliteCatalog::open(&db).expect("catalog");
+    let report = lookalike::search::sync_qdrant(&catalog, &config).expect("sync");
+    assert_eq!((report.in_catalog, report.added, report.deleted), (300, 300, 0), "{report:?}");
+    let again = lookalike::search::sync_qdrant(&catalog, &config).expect("sync again");
+    assert_eq!((again.added, again.deleted), (0, 0), "a second sync changes nothing");
+
+    // 500 queries: catalog vectors with noise, so none is identical to a stored one.
+    let mut model_vectors = Vec::new();
+    catalog.for_each_vector(VectorKind::Primary, |_, v| Ok(model_vectors.push(v.to_vec()))).expect("vectors");
+    drop(catalog);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    let queries: Vec<Vec<f32>> = (0..500)
+        .map(|i| {
+            let mut q: Vec<f32> = model_vectors[i % model_vectors.len()].iter().map(|x| x + rng.random_range(-0.02..0.02)).collect();
+            lookalike::index::l2_normalize(&mut q);
+            q
+        })
+        .collect();
+
+    let embedded = SearchEngine::open_with(SqliteCatalog::open(&db).expect("catalog"), Box::new(encoder()), &IndexConfig::default()).expect("embedded");
+    let remote_config = IndexConfig { store: Some(config.clone()), precision: Precision::F32, ..IndexConfig::default() };
+    let remote = SearchEngine::open_with(SqliteCatalog::open(&db).expect("catalog"), Box::new(encoder()), &remote_config).expect("qdrant");
+    let request = SearchRequest { k: 10, ..SearchRequest::default() };
+    let (mut same, mut total) = (0usize, 0usize);
+    for q in &queries {
+        let a = ids(&embedded.search_vector(q, &request).expect("embedded search"));
+        let b: HashSet<String> = ids(&remote.search_vector(q, &request).expect("qdrant search")).into_iter().collect();
+        same += a.iter().filter(|id| b.contains(*id)).count();
+        total += a.len();
+    }
+    let overlap = same as f64 / total as f64;
+    eprintln!("parity: top-10 overlap {overlap:.4} over {} queries", queries.len());
+    assert!(overlap >= 0.99, "top-10 overlap {overlap}");
+
+    // Filters: the same products, inside Qdrant.
+    let filtered = SearchRequest { k: 10, offset: 0, filter: Filter::parse(&["articleType=Bag", "articleType=Sandal"]).expect("filter") };
+    for q in queries.iter().take(20) {
+        let a = ids(&embedded.search_vector(q, &filtered).expect("embedded"));
+        let b = ids(&remote.search_vector(q, &filtered).expect("qdrant"));
+        assert_eq!(a, b, "filtered results differ");
+    }
+
+    // Changes through the engine reach Qdrant at once.
+    let gone = ids(&remote.search_vector(&queries[0], &request).expect("search"))[0].clone();
+    assert!(remote.remove_product(&gone).expect("remove"));
+    assert!(!ids(&remote.search_vector(&queries[0], &request).expect("search")).contains(&gone));
+
+    // A collection whose dimension does not fit is refused with a clear message.
+    let wrong = SqliteCatalog::open(&dir.path().join("other.db")).expect("catalog");
+    drop(wrong);
+    let err = lookalike::index::qdrant::QdrantIndex::connect(config.clone(), 7).err().expect("dimension mismatch refused");
+    assert!(err.to_string().contains("1280-d") || err.to_string().contains("holds"), "{err}");
+
+    // The CLI: `remove --store` deletes the point, `sync` reports agreement.
+    let out = Command::new(BIN)
+        .args(["remove", "--db", db.to_str().expect("utf-8"), "--store", &qdrant_url(), "--collection", &collection, "fmnist-train-00003"])
+        .output()
+        .expect("remove");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(BIN).args(["sync", "--db", db.to_str().expect("utf-8"), "--store", &qdrant_url(), "--collection", &collection]).output().expect("sync");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("sync JSON");
+    assert_eq!((report["added"].as_u64(), report["deleted"].as_u64()), (Some(0), Some(0)), "{report}");
+    assert_eq!(report["in_catalog"], 298);
+}

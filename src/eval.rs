@@ -68,6 +68,9 @@ pub struct EvalOptions {
     pub seed: u64,
     /// Perturb every query (seeded by `seed` and the query's position).
     pub perturb: bool,
+    /// Search `lookalike` in this Qdrant collection instead of the embedded exact index (the
+    /// baselines stay embedded).
+    pub store: Option<crate::index::qdrant::QdrantConfig>,
 }
 
 /// Picks `n` of `labels`' indices, the same number from each label (the first labels in sorted
@@ -199,7 +202,10 @@ pub fn evaluate(catalog: &SqliteCatalog, encoder: &dyn Encoder, queries: &[Label
     // `lookalike` is what search uses: the tuned space when the catalog has a projection; the
     // model's own space is then reported as `lookalike_untuned` beside it.
     let space = SearchSpace::for_catalog(catalog)?;
-    let lookalike = space.build_index(catalog, VectorKind::Primary, Precision::F32)?;
+    let lookalike: Box<dyn VectorIndex> = match &options.store {
+        Some(store) => Box::new(crate::search::open_qdrant(catalog, &space, store)?),
+        None => Box::new(space.build_index(catalog, VectorKind::Primary, Precision::F32)?),
+    };
     let untuned_space = SearchSpace::centred(catalog, VectorKind::Primary)?;
     let untuned = match space.tuned_on() {
         Some(_) => Some(untuned_space.build_index(catalog, VectorKind::Primary, Precision::F32)?),

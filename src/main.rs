@@ -486,6 +486,8 @@ struct EvalArgs {
     perturb: bool,
     #[command(flatten)]
     model: ModelArgs,
+    #[command(flatten)]
+    store: StoreArgs,
 }
 
 #[derive(Args)]
@@ -802,7 +804,7 @@ fn run_eval(args: EvalArgs) -> Result<()> {
         .map(|i| Ok(LabelledQuery { id: split.product_id(i), image: image::DynamicImage::ImageLuma8(split.image(i)?), label: labels[i].clone() }))
         .collect::<Result<Vec<_>>>()?;
     eprintln!("evaluating {} queries against {} products ({})", queries.len(), catalog.len()?, encoder.spec().name);
-    let options = eval::EvalOptions { label: args.label.clone(), seed: args.seed, perturb: args.perturb };
+    let options = eval::EvalOptions { label: args.label.clone(), seed: args.seed, perturb: args.perturb, store: args.store.qdrant(&args.db.db)? };
     let report = eval::evaluate(&catalog, &encoder, &queries, &options)?;
     let json = serde_json::to_string_pretty(&report)?;
     if let Some(out) = &args.out {

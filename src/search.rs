@@ -363,7 +363,7 @@ impl SearchEngine {
 /// Connects to the Qdrant collection for this catalog and tells it every product's id and
 /// metadata (its writes carry them as payload). Warns when the collection and the catalog
 /// disagree in size: `lookalike sync` fixes that.
-fn open_qdrant(catalog: &SqliteCatalog, space: &SearchSpace, store: &crate::index::qdrant::QdrantConfig) -> Result<crate::index::qdrant::QdrantIndex> {
+pub fn open_qdrant(catalog: &SqliteCatalog, space: &SearchSpace, store: &crate::index::qdrant::QdrantConfig) -> Result<crate::index::qdrant::QdrantIndex> {
     let dim = space.output_dim(catalog.vector_space()?.map_or(0, |s| s.dim));
     let mut index = crate::index::qdrant::QdrantIndex::connect(store.clone(), dim)?;
     for product in catalog.all_products()? {

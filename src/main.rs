@@ -1050,3 +1050,14 @@ fn run_models() -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    /// Clap's own consistency checks (duplicate flags across flattened groups, bad defaults),
+    /// which it otherwise runs only in debug builds.
+    #[test]
+    fn the_command_line_is_well_formed() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
+    }
+}

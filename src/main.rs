@@ -23,7 +23,7 @@ use lookalike::tune;
 fn run_bench(command: BenchCommand) -> Result<()> {
     match command {
         BenchCommand::Search(args) => {
-            if args.queries == 0 || args.k == 0 || args.candidates.iter().any(|&c| c == 0) {
+            if args.queries == 0 || args.k == 0 || args.candidates.contains(&0) {
                 bail!("--queries, -k and --candidates must be at least 1");
             }
             let catalog = SqliteCatalog::open_existing(&args.db.db)?;

@@ -67,7 +67,10 @@ fn qdrant_matches_the_embedded_store_and_follows_changes() {
 
     // 500 queries: catalog vectors with noise, so none is identical to a stored one.
     let mut model_vectors = Vec::new();
-    catalog.for_each_vector(VectorKind::Primary, |_, v| Ok(model_vectors.push(v.to_vec()))).expect("vectors");
+    catalog.for_each_vector(VectorKind::Primary, |_, v| {
+        model_vectors.push(v.to_vec());
+        Ok(())
+    }).expect("vectors");
     drop(catalog);
     let mut rng = rand::rngs::StdRng::seed_from_u64(7);
     let queries: Vec<Vec<f32>> = (0..500)
@@ -151,7 +154,10 @@ fn cluster_keeps_answering_with_a_node_down() {
     let report = lookalike::search::sync_qdrant(&catalog, &on(&nodes[0])).expect("sync to the cluster");
     assert_eq!(report.added, 300);
     let mut vectors = Vec::new();
-    catalog.for_each_vector(VectorKind::Primary, |_, v| Ok(vectors.push(v.to_vec()))).expect("vectors");
+    catalog.for_each_vector(VectorKind::Primary, |_, v| {
+        vectors.push(v.to_vec());
+        Ok(())
+    }).expect("vectors");
     let config = IndexConfig { store: Some(on(&nodes[0])), ..IndexConfig::default() };
     let engine = SearchEngine::open_with(SqliteCatalog::open(&db).expect("catalog"), Box::new(encoder()), &config).expect("engine");
     let request = SearchRequest { k: 10, ..SearchRequest::default() };

@@ -101,6 +101,7 @@ impl AnnIndex {
     /// Loads a graph saved by [`AnnIndex::save`] and pairs it with the vectors in `exact`, then
     /// replays `changed` keys (written or removed since the save) from `exact` into the graph.
     /// On error `exact` comes back, so the caller can build a new graph without reloading it.
+    #[allow(clippy::result_large_err)] // the rows come back only on the (rare) error path
     pub fn load(path: &Path, stamp: &AnnStamp, exact: ExactIndex, changed: &[Key]) -> Result<AnnIndex, (ExactIndex, anyhow::Error)> {
         let graph = match load_graph(path, stamp, exact.dim()) {
             Ok(graph) => graph,

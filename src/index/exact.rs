@@ -125,7 +125,11 @@ impl ExactIndex {
     /// The exact score of `key` against `query` (for re-ranking candidates), if present.
     pub fn score(&self, query: &[f32], key: Key) -> Option<f32> {
         let i = *self.position.get(&key)?;
-        Some(self.score_row(&self.prepare(query), i))
+        match &self.rows {
+            // The re-rank path of the graph calls this per candidate: no query copy for f32.
+            Rows::F32(r) => Some(kernels::dot(query, &r[i * self.dim..(i + 1) * self.dim])),
+            _ => Some(self.score_row(&self.prepare(query), i)),
+        }
     }
 
     fn prepare(&self, query: &[f32]) -> Query {

@@ -78,6 +78,8 @@ pub struct OrtEncoder {
     /// do not split evenly across threads and the threads wait on each other at every layer.
     sessions: Vec<Mutex<Session>>,
     threads: usize,
+    /// Whether the sessions compute `spec.logits` (see [`OrtEncoder::classifier`]).
+    logits: bool,
 }
 
 impl std::fmt::Debug for OrtEncoder {
@@ -96,17 +98,47 @@ impl OrtEncoder {
 
     /// `sessions` independent sessions of `threads` intra-op threads each.
     pub fn with_sessions(ort_lib: &Path, spec: ModelSpec, sessions: usize, threads: usize) -> Result<OrtEncoder> {
+        OrtEncoder::build(ort_lib, spec, sessions, threads, false)
+    }
+
+    /// Like [`OrtEncoder::new`], but the sessions also compute the classifier output
+    /// (`spec.logits`), for [`OrtEncoder::logits`]. Embedding encoders leave the classifier out:
+    /// it costs inference time and no search uses it.
+    pub fn classifier(ort_lib: &Path, spec: ModelSpec, threads: usize) -> Result<OrtEncoder> {
+        OrtEncoder::build(ort_lib, spec, 1, threads, true)
+    }
+
+    fn build(ort_lib: &Path, spec: ModelSpec, sessions: usize, threads: usize, with_logits: bool) -> Result<OrtEncoder> {
         ensure!(threads >= 1, "an encoder needs at least one thread");
         ensure!(sessions >= 1, "an encoder needs at least one session");
         let env = ort_environment(ort_lib)?;
         if !spec.onnx.is_file() {
             bail!("model file {} of {:?} not found", spec.onnx.display(), spec.name);
         }
-        let sessions = (0..sessions).map(|_| OrtEncoder::session(env, &spec, threads).map(Mutex::new)).collect::<Result<_>>()?;
-        Ok(OrtEncoder { spec, sessions, threads })
+        let mut outputs = vec![spec.output.as_str()];
+        outputs.extend(spec.logits.as_deref().filter(|_| with_logits));
+        let pruned = OrtEncoder::pruned_model(&spec, &outputs)?;
+        let sessions =
+            (0..sessions).map(|_| OrtEncoder::session(env, &spec, pruned.as_deref(), threads).map(Mutex::new)).collect::<Result<_>>()?;
+        let logits = with_logits || pruned.is_none();
+        Ok(OrtEncoder { spec, sessions, threads, logits })
     }
 
-    fn session(env: &Environment, spec: &ModelSpec, threads: usize) -> Result<Session> {
+    /// The model cut down to `outputs` (see [`crate::model::onnx::prune_to_outputs`]), or `None`
+    /// to load the file as it is. A model the pruner cannot read is loaded as it is, and ONNX
+    /// Runtime reports whatever is wrong with it.
+    fn pruned_model(spec: &ModelSpec, outputs: &[&str]) -> Result<Option<Vec<u8>>> {
+        let bytes = std::fs::read(&spec.onnx).with_context(|| format!("reading ONNX model {}", spec.onnx.display()))?;
+        match crate::model::onnx::prune_to_outputs(&bytes, outputs) {
+            Ok(pruned) => Ok(pruned),
+            Err(e) => {
+                tracing::debug!("running {} unpruned: {e:#}", spec.onnx.display());
+                Ok(None)
+            }
+        }
+    }
+
+    fn session(env: &Environment, spec: &ModelSpec, pruned: Option<&[u8]>, threads: usize) -> Result<Session> {
         let session = Session::builder(env)
             .and_then(|b| b.with_optimization_level(GraphOptimizationLevel::Level3).map_err(Into::into))
             .and_then(|b| b.with_intra_threads(threads).map_err(Into::into))
@@ -115,12 +147,15 @@ impl OrtEncoder {
             // microcode at a fraction of the speed; flushing them to zero changes no result that
             // matters (they are below 1e-38) and saves inference time.
             .and_then(|b| b.with_flush_to_zero().map_err(Into::into))
-            .and_then(|mut b| b.commit_from_file(&spec.onnx))
+            .and_then(|mut b| match pruned {
+                Some(bytes) => b.commit_from_memory(bytes),
+                None => b.commit_from_file(&spec.onnx),
+            })
             .with_context(|| format!("loading ONNX model {}", spec.onnx.display()))?;
 
         let has_input = session.inputs().iter().any(|i| i.name() == spec.input.name);
         ensure!(has_input, "{} has no input named {:?}", spec.onnx.display(), spec.input.name);
-        for wanted in std::iter::once(&spec.output).chain(spec.logits.as_ref()) {
+        for wanted in std::iter::once(&spec.output).chain(spec.logits.as_ref().filter(|_| pruned.is_none())) {
             let found = session.outputs().iter().any(|o| o.name() == wanted);
             ensure!(found, "{} has no output named {wanted:?}", spec.onnx.display());
         }
@@ -130,6 +165,7 @@ impl OrtEncoder {
     /// Runs the model and returns the ImageNet logits (`spec.logits`), one row per image.
     pub fn logits(&self, batch: &[Vec<f32>]) -> Result<Vec<Vec<f32>>> {
         let name = self.spec.logits.as_deref().ok_or_else(|| anyhow!("model {:?} has no logits output", self.spec.name))?;
+        ensure!(self.logits, "this encoder computes features only; load it with OrtEncoder::classifier to read logits");
         let out = self.run(batch, name)?;
         ensure!(out.shape.len() == 2, "logits output {name:?} has shape {:?}, expected [N, classes]", out.shape);
         Ok(out.data.chunks(out.shape[1].max(1)).map(<[f32]>::to_vec).collect())
@@ -245,29 +281,51 @@ impl<'a> FeatureMap<'a> {
     /// Pools every channel over all positions (not normalised).
     pub fn pool(&self, pooling: Pooling) -> Vec<f32> {
         let n = self.positions.max(1) as f32;
-        (0..self.channels)
-            .map(|c| {
-                let values = (0..self.positions).map(|p| self.data[c * self.channel_stride + p * self.position_stride]);
-                match pooling {
-                    Pooling::None | Pooling::Avg => values.sum::<f32>() / n,
-                    Pooling::Max => values.fold(f32::NEG_INFINITY, f32::max),
-                    Pooling::Gem { p } => {
-                        // Clamp to a small positive floor: GeM is defined on non-negative
-                        // activations and x^p of a negative x is undefined for fractional p.
-                        // An integral exponent (the default p = 3) is a few multiplications;
-                        // `powf` per activation would cost as much as a model layer.
-                        let mean = if p.fract() == 0.0 && (1.0..=16.0).contains(&p) {
-                            let k = p as i32;
-                            values.map(|x| x.max(1e-6).powi(k)).sum::<f32>() / n
-                        } else {
-                            values.map(|x| x.max(1e-6).powf(p)).sum::<f32>() / n
-                        };
-                        mean.powf(1.0 / p)
-                    }
+        // GeM with an integral exponent (the default p = 3) is a few multiplications per
+        // activation; `powf`, or even `powi` (a libgcc call per value), costs several percent of
+        // an image's whole inference time at ingest.
+        let power = match pooling {
+            Pooling::Gem { p } if p.fract() == 0.0 && (1.0..=16.0).contains(&p) => Some(p as u32),
+            _ => None,
+        };
+        let mut column = Vec::new();
+        let mut pooled = Vec::with_capacity(self.channels);
+        for c in 0..self.channels {
+            // One channel's activations as a slice: borrowed in channel-major maps, gathered for
+            // channel-last ones.
+            let values: &[f32] = if self.position_stride == 1 {
+                &self.data[c * self.channel_stride..c * self.channel_stride + self.positions]
+            } else {
+                column.clear();
+                column.extend((0..self.positions).map(|p| self.data[c * self.channel_stride + p * self.position_stride]));
+                &column
+            };
+            pooled.push(match pooling {
+                Pooling::None | Pooling::Avg => values.iter().sum::<f32>() / n,
+                Pooling::Max => values.iter().copied().fold(f32::NEG_INFINITY, f32::max),
+                // Clamp to a small positive floor: GeM is defined on non-negative activations
+                // and x^p of a negative x is undefined for fractional p.
+                Pooling::Gem { p } => {
+                    let mean = match power {
+                        Some(k) => values.iter().map(|&x| integral_power(x.max(1e-6), k)).sum::<f32>() / n,
+                        None => values.iter().map(|&x| x.max(1e-6).powf(p)).sum::<f32>() / n,
+                    };
+                    mean.powf(1.0 / p)
                 }
-            })
-            .collect()
+            });
+        }
+        pooled
     }
+}
+
+/// `x^k` by repeated multiplication, inlined (k is small: 1..=16).
+#[inline(always)]
+fn integral_power(x: f32, k: u32) -> f32 {
+    let mut y = x;
+    for _ in 1..k {
+        y *= x;
+    }
+    y
 }
 
 /// Scales `v` to unit length (an all-zero vector stays zero rather than becoming NaN).
@@ -296,8 +354,13 @@ mod tests {
             assert_eq!(fm.pool(Pooling::Max), [3.0, 8.0]);
             let gem1 = fm.pool(Pooling::Gem { p: 1.0 });
             assert!((gem1[0] - 2.0).abs() < 1e-4 && (gem1[1] - 4.0).abs() < 1e-4);
+            // ((1 + 8 + 27) / 3)^(1/3) and ((64 + 0 + 512) / 3)^(1/3): the multiplication path
+            // for integral exponents agrees with powf.
             let gem = fm.pool(Pooling::Gem { p: 3.0 });
-            assert!(gem[0] > 2.0 && gem[0] < 3.0);
+            assert!((gem[0] - 12f32.cbrt()).abs() < 1e-5 && (gem[1] - 192f32.cbrt()).abs() < 1e-4, "{gem:?}");
+            let fractional = fm.pool(Pooling::Gem { p: 2.5 });
+            let want = ((1f32 + 2f32.powf(2.5) + 3f32.powf(2.5)) / 3.0).powf(0.4);
+            assert!((fractional[0] - want).abs() < 1e-5, "{fractional:?}");
         }
     }
 

@@ -59,6 +59,7 @@ fn run_bench(command: BenchCommand) -> Result<()> {
                 fm_images: args.fashion_mnist,
                 photos: args.photos,
                 batch: args.batch_size,
+                rounds: args.rounds,
                 seed: args.seed,
                 name: args.name,
             };
@@ -175,8 +176,12 @@ struct BenchIngestArgs {
     /// JPEG photos (800-1200 px) in the large-image set.
     #[arg(long, default_value_t = 1000)]
     photos: usize,
-    #[arg(long, default_value_t = 8)]
+    /// Images per inference batch of lookalike's indexer.
+    #[arg(long, default_value_t = lookalike::import::DEFAULT_BATCH_SIZE)]
     batch_size: usize,
+    /// Timed runs of each side per set, taken in turns (the medians are compared).
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
     #[arg(long, default_value_t = 42)]
     seed: u64,
     #[arg(long, default_value = "ingest")]
@@ -417,8 +422,8 @@ struct IndexArgs {
     /// Import at most this many products.
     #[arg(long)]
     limit: Option<usize>,
-    /// Images per inference batch.
-    #[arg(long, default_value_t = 8)]
+    /// Images per inference batch (per model session; small batches stay in cache).
+    #[arg(long, default_value_t = lookalike::import::DEFAULT_BATCH_SIZE)]
     batch_size: usize,
     #[command(flatten)]
     model: ModelArgs,

@@ -74,7 +74,7 @@ fn cosine(a: &[f32], b: &[f32]) -> f32 {
 fn encoder(assets: &Assets, model: &str, threads: usize) -> (ModelSpec, OrtEncoder) {
     let spec = model::resolve(assets, model).expect("resolving the built-in model");
     let lib = assets.onnxruntime_lib().expect("ONNX Runtime library (run `make setup`)");
-    let enc = OrtEncoder::new(&lib, spec.clone(), threads).expect("loading the model");
+    let enc = OrtEncoder::classifier(&lib, spec.clone(), threads).expect("loading the model");
     (spec, enc)
 }
 
@@ -119,6 +119,17 @@ fn check_model(model: &str) {
     // Batching must not change results: one image alone gives the same embedding.
     let single = enc.encode(&batch[1..2]).unwrap();
     assert!(cosine(&single[0].vector, &emb[1].vector) > 0.9999);
+
+    // The embedding encoder runs the model without its classifier head (pruned at load): the
+    // same vectors, and no logits.
+    let lib = assets.onnxruntime_lib().unwrap();
+    let features_only = OrtEncoder::new(&lib, spec.clone(), 2).unwrap();
+    let pruned = features_only.encode(&batch).unwrap();
+    for (a, b) in pruned.iter().zip(&emb) {
+        let worst = a.vector.iter().zip(&b.vector).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
+        assert!(worst < 1e-5, "{model}: pruned model differs by {worst}");
+    }
+    assert!(features_only.logits(&batch).is_err());
 
     // Malformed input is an error, not a panic.
     assert!(enc.encode(&[vec![0.0; 10]]).is_err());

@@ -12,6 +12,9 @@
 //!
 //! lookalike's number is end to end: listing, hashing, decoding, preprocessing, inference and
 //! the SQLite commits of the products and vectors. The reference only computes embeddings.
+//!
+//! Each side runs `rounds` times, taking turns (reference, lookalike, reference, ...), and the
+//! medians are compared: on a shared 2-core machine one run of either can be 10% off.
 
 use std::io::Cursor;
 use std::path::{Path, PathBuf};
@@ -36,6 +39,8 @@ pub struct IngestBench {
     /// Large JPEG photos in the second set.
     pub photos: usize,
     pub batch: usize,
+    /// Timed runs of each side, taken in turns.
+    pub rounds: usize,
     pub seed: u64,
     pub name: String,
 }
@@ -102,23 +107,44 @@ fn index_folder(encoder: &dyn Encoder, dir: &Path, batch: usize, work: &Path) ->
     Ok((report.embedded, seconds))
 }
 
-/// The Python reference over `dir`: a sweep on a subset picks its configuration, then the full
-/// set runs with it.
-fn reference(env: &BenchEnv, model: &Path, dir: &Path, subset: usize) -> Result<Option<Value>> {
-    let common = |extra: &[&str]| -> Vec<String> {
-        let mut args: Vec<String> = vec!["--model".into(), model.display().to_string(), "--images".into(), dir.display().to_string()];
-        args.extend(extra.iter().map(|s| s.to_string()));
-        args
-    };
+/// The Python reference's sweep over a subset of `dir`: every batch x threads x decode-workers
+/// combination, and the fastest as the arguments for the full runs.
+fn reference_sweep(env: &BenchEnv, model: &Path, dir: &Path, subset: usize) -> Result<Option<(Value, Vec<String>)>> {
     let subset = subset.to_string();
-    let Some(sweep) = env.run_reference("ingest_reference.py", &common(&["--sweep", "--limit", &subset]))? else { return Ok(None) };
+    let Some(sweep) = env.run_reference("ingest_reference.py", &reference_args(model, dir, &["--sweep", "--limit", &subset]))? else {
+        return Ok(None);
+    };
     let best = &sweep["best"];
     let text = |v: &Value| v.as_u64().map(|n| n.to_string()).context("sweep result without a configuration");
-    let (batch, threads, workers) = (text(&best["batch"])?, text(&best["threads"])?, text(&best["decode_workers"])?);
-    let full = env
-        .run_reference("ingest_reference.py", &common(&["--batch", &batch, "--threads", &threads, "--decode-workers", &workers]))?
-        .context("reference did not run")?;
-    Ok(Some(json!({"sweep": sweep["sweep"], "best": best, "full": full})))
+    let config = vec![
+        "--batch".to_string(),
+        text(&best["batch"])?,
+        "--threads".to_string(),
+        text(&best["threads"])?,
+        "--decode-workers".to_string(),
+        text(&best["decode_workers"])?,
+    ];
+    Ok(Some((json!({"sweep": sweep["sweep"], "best": best}), config)))
+}
+
+fn reference_args(model: &Path, dir: &Path, extra: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = vec!["--model".into(), model.display().to_string(), "--images".into(), dir.display().to_string()];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
+}
+
+fn median(values: &[f64]) -> f64 {
+    let mut v: Vec<f64> = values.iter().copied().filter(|x| x.is_finite()).collect();
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(f64::total_cmp);
+    let mid = v.len() / 2;
+    if v.len() % 2 == 1 {
+        v[mid]
+    } else {
+        (v[mid - 1] + v[mid]) / 2.0
+    }
 }
 
 pub fn run(encoder: &dyn Encoder, fm: &FashionMnist, samples: &[PathBuf], env: &BenchEnv, opts: &IngestBench) -> Result<Value> {
@@ -135,32 +161,43 @@ pub fn run(encoder: &dyn Encoder, fm: &FashionMnist, samples: &[PathBuf], env: &
     let mut sets = Vec::new();
     for (label, dir) in [("Fashion-MNIST 28x28 PNG", &fm_dir), ("photos 800-1200 px JPEG", &photo_dir)] {
         let files = std::fs::read_dir(dir)?.count();
-        // Reference first, then lookalike, then the reference's full run is already done: both
-        // see the same warm page cache.
-        let python = reference(env, &model, dir, files.min(320))?;
-        let (images, seconds) = index_folder(encoder, dir, opts.batch, &env.work)?;
-        let ours = images as f64 / seconds;
-        let theirs = python.as_ref().map_or(f64::NAN, |p| p["full"]["images_per_s"].as_f64().unwrap_or(f64::NAN));
-        eprintln!("{label}: lookalike {ours:.1} images/s, Python reference {theirs:.1} images/s");
+        let sweep = reference_sweep(env, &model, dir, files.min(320))?;
+        // The two sides take turns, round after round, so that a slow spell of this shared
+        // machine falls on both; each side's median over the rounds is compared.
+        let (mut ours, mut theirs, mut images) = (Vec::new(), Vec::new(), 0);
+        for round in 0..opts.rounds.max(1) {
+            if let Some((_, config)) = &sweep {
+                let config: Vec<&str> = config.iter().map(String::as_str).collect();
+                let full = env.run_reference("ingest_reference.py", &reference_args(&model, dir, &config))?.context("reference did not run")?;
+                theirs.push(full["images_per_s"].as_f64().unwrap_or(f64::NAN));
+            }
+            let (n, seconds) = index_folder(encoder, dir, opts.batch, &env.work)?;
+            images = n;
+            ours.push(n as f64 / seconds);
+            eprintln!("{label}, round {}: lookalike {:.1} images/s, Python reference {:.1} images/s", round + 1, ours[ours.len() - 1], theirs.last().copied().unwrap_or(f64::NAN));
+        }
+        let (ours_median, theirs_median) = (median(&ours), median(&theirs));
         sets.push(json!({
             "set": label,
             "images": images,
-            "lookalike": {"seconds": seconds, "images_per_s": ours, "batch": opts.batch, "threads": rayon::current_num_threads()},
-            "reference": python,
-            "ratio": if theirs.is_finite() { json!(ours / theirs) } else { Value::Null },
+            "rounds": ours.len(),
+            "lookalike": {"images_per_s": ours_median, "runs_images_per_s": ours, "batch": opts.batch, "threads": rayon::current_num_threads()},
+            "reference": sweep.as_ref().map(|(s, _)| json!({"sweep": s["sweep"], "best": s["best"], "images_per_s": theirs_median, "runs_images_per_s": theirs})),
+            "ratio": if theirs_median.is_finite() { json!(ours_median / theirs_median) } else { Value::Null },
         }));
     }
     let report = json!({"machine": super::machine(), "model": encoder.spec().name, "sets": sets});
     let mut md = format!(
-        "# Ingest benchmark\n\nMachine: {}. Model: {} ({}). lookalike: `lookalike index` pipeline end to end (list, hash, decode, preprocess, encode, SQLite commit), batch {}. Reference: bench/ingest_reference.py (PIL + numpy + onnxruntime), best configuration of a sweep over batch, threads and decode workers.\n\n| set | images | lookalike images/s | reference images/s (batch, threads, decode workers) | ratio |\n|---|---|---|---|---|\n",
+        "# Ingest benchmark\n\nMachine: {}. Model: {} ({}). lookalike: `lookalike index` pipeline end to end (list, hash, decode, preprocess, encode, SQLite commit), batch {}. Reference: bench/ingest_reference.py (PIL + numpy + onnxruntime), best configuration of a sweep over batch, threads and decode workers. The two sides take turns for {} rounds; each figure is the median of its side's rounds.\n\n| set | images | lookalike images/s | reference images/s (batch, threads, decode workers) | ratio |\n|---|---|---|---|---|\n",
         super::machine(),
         encoder.spec().name,
         model.file_name().and_then(|n| n.to_str()).unwrap_or(""),
-        opts.batch
+        opts.batch,
+        opts.rounds
     );
     for s in report["sets"].as_array().into_iter().flatten() {
         let ours = s["lookalike"]["images_per_s"].as_f64().unwrap_or(f64::NAN);
-        let theirs = s["reference"]["full"]["images_per_s"].as_f64().unwrap_or(f64::NAN);
+        let theirs = s["reference"]["images_per_s"].as_f64().unwrap_or(f64::NAN);
         let best = &s["reference"]["best"];
         md.push_str(&format!(
             "| {} | {} | {:.1} | {:.1} ({}, {}, {}) | {} |\n",

@@ -44,6 +44,16 @@ pub enum ItemImage {
     Bytes { bytes: Vec<u8>, mime: String },
 }
 
+/// Images per inference batch when indexing. Small on purpose: each core runs its own
+/// single-threaded model session, and a batch of one or two keeps a CNN's early activations
+/// (1.6 MB per image for EfficientNet-Lite0's first layers) in the core's cache. Measured on one
+/// core: 209 images/s at batch 1, 188 at 8, 179 at 16; `lookalike bench ingest` end to end:
+/// 389-407 images/s at batch 1-2 against 349 at 8 (docs/bench/ingest.md).
+pub const DEFAULT_BATCH_SIZE: usize = 2;
+
+/// Inference batches the decoder prepares per parallel step.
+const DECODE_BATCHES: usize = 8;
+
 /// Tuning of [`index_items`].
 #[derive(Debug, Clone)]
 pub struct IndexOptions {
@@ -56,7 +66,7 @@ pub struct IndexOptions {
 
 impl Default for IndexOptions {
     fn default() -> Self {
-        IndexOptions { batch_size: 8, progress: true, limits: DecodeLimits::default() }
+        IndexOptions { batch_size: DEFAULT_BATCH_SIZE, progress: true, limits: DecodeLimits::default() }
     }
 }
 
@@ -146,21 +156,28 @@ pub fn index_items(
                 if stop.load(Ordering::Relaxed) {
                     break;
                 }
-                let chunk: Vec<CatalogItem> = items.by_ref().take(batch_size).collect();
+                // Decode several batches per parallel step: waking the thread pool for one
+                // small batch of tiny images costs more than decoding them.
+                let chunk: Vec<CatalogItem> = items.by_ref().take(batch_size * DECODE_BATCHES).collect();
                 if chunk.is_empty() {
                     break;
                 }
-                let results: Vec<Result<Option<Prepared>, (String, String)>> =
+                let mut results: Vec<Result<Option<Prepared>, (String, String)>> =
                     chunk.into_par_iter().map(|item| prepare_item(item, known, limits, input)).collect();
-                let (mut ready, mut failed, mut unchanged) = (Vec::new(), Vec::new(), 0);
-                for r in results {
-                    match r {
-                        Ok(Some(p)) => ready.push(p),
-                        Ok(None) => unchanged += 1,
-                        Err(f) => failed.push(f),
+                let mut sent = true;
+                while !results.is_empty() && sent {
+                    let rest = results.split_off(batch_size.min(results.len()));
+                    let (mut ready, mut failed, mut unchanged) = (Vec::new(), Vec::new(), 0);
+                    for r in std::mem::replace(&mut results, rest) {
+                        match r {
+                            Ok(Some(p)) => ready.push(p),
+                            Ok(None) => unchanged += 1,
+                            Err(f) => failed.push(f),
+                        }
                     }
+                    sent = tx.send((ready, failed, unchanged)).is_ok();
                 }
-                if tx.send((ready, failed, unchanged)).is_err() {
+                if !sent {
                     break;
                 }
             }

@@ -257,7 +257,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--embeddings", type=Path, help="save the [n, C] float32 embeddings (sorted file order) as .npy")
     p.add_argument("--paths", type=Path, help="save the image paths, one a line, in embedding order")
     p.add_argument("--sweep", action="store_true", help="try every batch x threads x workers and report the best")
-    p.add_argument("--sweep-batches", type=int_list, default=[1, 2, 4, 8, 16, 32, 64], help="default 1,2,4,8,16,32,64")
+    p.add_argument("--sweep-batches", type=int_list, default=[1, 2, 4, 8, 16, 32], help="default 1,2,4,8,16,32")
     p.add_argument("--sweep-threads", type=int_list, default=[1, 2], help="default 1,2")
     cores = os.cpu_count() or 1
     p.add_argument("--sweep-workers", type=int_list, default=[0, cores],

@@ -12,7 +12,7 @@ use ort::session::builder::GraphOptimizationLevel;
 use ort::session::Session;
 use ort::value::TensorRef;
 
-use crate::model::{Layout, ModelSpec, Pooling};
+use crate::model::{rewrite, InputSpec, Layout, ModelSpec, Pooling};
 
 /// One image's vectors, each L2-normalised.
 #[derive(Debug, Clone, PartialEq)]
@@ -77,9 +77,18 @@ pub struct OrtEncoder {
     /// the highest throughput for a stream of batches (indexing), because a small CNN's layers
     /// do not split evenly across threads and the threads wait on each other at every layer.
     sessions: Vec<Mutex<Session>>,
+    /// The model specialised for greyscale pictures, when it can be made.
+    grey: Option<GreyModel>,
+    env: &'static Environment,
     threads: usize,
     /// Whether the sessions compute `spec.logits` (see [`OrtEncoder::classifier`]).
     logits: bool,
+}
+
+/// [`rewrite::fold_grey_input`]'s model and its sessions (as many as the full model's).
+struct GreyModel {
+    model: Vec<u8>,
+    sessions: OnceLock<Option<Vec<Mutex<Session>>>>,
 }
 
 impl std::fmt::Debug for OrtEncoder {
@@ -115,27 +124,58 @@ impl OrtEncoder {
         if !spec.onnx.is_file() {
             bail!("model file {} of {:?} not found", spec.onnx.display(), spec.name);
         }
+        let file = std::fs::read(&spec.onnx).with_context(|| format!("reading ONNX model {}", spec.onnx.display()))?;
         let mut outputs = vec![spec.output.as_str()];
         outputs.extend(spec.logits.as_deref().filter(|_| with_logits));
-        let pruned = OrtEncoder::pruned_model(&spec, &outputs)?;
+        // A model the rewrites cannot read is loaded as it is, and ONNX Runtime reports whatever
+        // is wrong with it.
+        let pruned = rewrite::prune_to_outputs(&file, &outputs).unwrap_or_else(|e| {
+            tracing::debug!("running {} unpruned: {e:#}", spec.onnx.display());
+            None
+        });
+        let grey = if OrtEncoder::channels_normalised_alike(&spec) {
+            rewrite::fold_grey_input(pruned.as_deref().unwrap_or(&file), &spec.input.name).ok().flatten()
+        } else {
+            None
+        };
         let sessions =
             (0..sessions).map(|_| OrtEncoder::session(env, &spec, pruned.as_deref(), threads).map(Mutex::new)).collect::<Result<_>>()?;
         let logits = with_logits || pruned.is_none();
-        Ok(OrtEncoder { spec, sessions, threads, logits })
+        let grey = grey.map(|model| GreyModel { model, sessions: OnceLock::new() });
+        Ok(OrtEncoder { spec, env, sessions, grey, threads, logits })
     }
 
-    /// The model cut down to `outputs` (see [`crate::model::onnx::prune_to_outputs`]), or `None`
-    /// to load the file as it is. A model the pruner cannot read is loaded as it is, and ONNX
-    /// Runtime reports whatever is wrong with it.
-    fn pruned_model(spec: &ModelSpec, outputs: &[&str]) -> Result<Option<Vec<u8>>> {
-        let bytes = std::fs::read(&spec.onnx).with_context(|| format!("reading ONNX model {}", spec.onnx.display()))?;
-        match crate::model::onnx::prune_to_outputs(&bytes, outputs) {
-            Ok(pruned) => Ok(pruned),
-            Err(e) => {
-                tracing::debug!("running {} unpruned: {e:#}", spec.onnx.display());
-                Ok(None)
-            }
-        }
+    /// Whether a grey picture gives three equal input planes, so that the grey specialisation
+    /// of the model ([`rewrite::fold_grey_input`]) computes the same thing.
+    fn channels_normalised_alike(spec: &ModelSpec) -> bool {
+        let InputSpec { mean, std, layout, .. } = &spec.input;
+        *layout == Layout::Nchw && mean.iter().all(|m| *m == mean[0]) && std.iter().all(|s| *s == std[0])
+    }
+
+    /// Whether grey pictures run through a model specialised for them.
+    pub fn has_grey_model(&self) -> bool {
+        self.grey.is_some()
+    }
+
+    /// Runs every batch through the full-colour model, also grey ones (for comparisons).
+    pub fn without_grey_model(mut self) -> OrtEncoder {
+        self.grey = None;
+        self
+    }
+
+    /// The sessions of the grey model, made on the first grey batch (a catalog of colour photos
+    /// never pays for them). `None` if there is no grey model or it failed to load, in which
+    /// case grey batches run through the full-colour model.
+    fn grey_sessions(&self) -> Option<&[Mutex<Session>]> {
+        let grey = self.grey.as_ref()?;
+        grey.sessions
+            .get_or_init(|| {
+                let made = (0..self.sessions.len())
+                    .map(|_| OrtEncoder::session(self.env, &self.spec, Some(&grey.model), self.threads).map(Mutex::new))
+                    .collect::<Result<Vec<_>>>();
+                made.map_err(|e| tracing::warn!("the greyscale model did not load; grey pictures use the full model: {e:#}")).ok()
+            })
+            .as_deref()
     }
 
     fn session(env: &Environment, spec: &ModelSpec, pruned: Option<&[u8]>, threads: usize) -> Result<Session> {
@@ -179,25 +219,38 @@ impl OrtEncoder {
         Ok((out.shape, out.data))
     }
 
-    /// Runs one batched inference and copies output `name` out of the session.
+    /// Runs one batched inference and copies output `name` out of the session. A batch of grey
+    /// pictures runs through the grey model, on one plane per picture.
     fn run(&self, batch: &[Vec<f32>], name: &str) -> Result<Output> {
         let size = self.spec.input.size as usize;
-        let per_image = 3 * size * size;
-        let mut data = Vec::with_capacity(batch.len() * per_image);
+        let plane = size * size;
+        let per_image = 3 * plane;
         for (i, image) in batch.iter().enumerate() {
             ensure!(image.len() == per_image, "image {i} has {} floats, the model wants 3x{size}x{size} = {per_image}", image.len());
-            data.extend_from_slice(image);
+        }
+        let is_grey = |image: &Vec<f32>| image[..plane] == image[plane..2 * plane] && image[plane..2 * plane] == image[2 * plane..];
+        let grey = match self.grey {
+            Some(_) if name == self.spec.output && batch.iter().all(is_grey) => self.grey_sessions(),
+            _ => None,
+        };
+        let (sessions, channels) = match grey {
+            Some(sessions) => (sessions, 1),
+            None => (&self.sessions[..], 3),
+        };
+        let mut data = Vec::with_capacity(batch.len() * channels * plane);
+        for image in batch {
+            data.extend_from_slice(&image[..channels * plane]);
         }
         let shape = match self.spec.input.layout {
-            Layout::Nchw => [batch.len(), 3, size, size],
-            Layout::Nhwc => [batch.len(), size, size, 3],
+            Layout::Nchw => [batch.len(), channels, size, size],
+            Layout::Nhwc => [batch.len(), size, size, channels],
         };
         let input = TensorRef::from_array_view((shape, data.as_slice())).context("wrapping the input batch")?;
         // A free session if there is one, else wait for the first.
-        let free = self.sessions.iter().find_map(|s| s.try_lock().ok());
+        let free = sessions.iter().find_map(|s| s.try_lock().ok());
         let mut session = match free {
             Some(session) => session,
-            None => self.sessions[0].lock().map_err(|_| anyhow!("the ONNX Runtime session panicked in another thread"))?,
+            None => sessions[0].lock().map_err(|_| anyhow!("the ONNX Runtime session panicked in another thread"))?,
         };
         let outputs = session
             .run(ort::inputs![self.spec.input.name.as_str() => input])

@@ -131,6 +131,22 @@ fn check_model(model: &str) {
     }
     assert!(features_only.logits(&batch).is_err());
 
+    // A grey picture (three equal planes) runs through the grey specialisation of the model
+    // (the stem convolution summed over colour channels): the same vectors as the full model.
+    let plane = (size * size) as usize;
+    let grey: Vec<Vec<f32>> = [&batch[1], &batch[0]].iter().map(|img| img[..plane].repeat(3)).collect();
+    assert!(features_only.has_grey_model(), "{model}: the built-in model should have a grey specialisation");
+    let colour_only = OrtEncoder::new(&lib, spec.clone(), 2).unwrap().without_grey_model();
+    assert!(!colour_only.has_grey_model());
+    let (fast, full) = (features_only.encode(&grey).unwrap(), colour_only.encode(&grey).unwrap());
+    for (a, b) in fast.iter().zip(&full) {
+        let worst = a.vector.iter().zip(&b.vector).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
+        assert!(worst < 1e-5, "{model}: grey model differs by {worst}");
+    }
+    // A mixed batch (grey and colour) runs through the full model and gives the same vectors.
+    let mixed = features_only.encode(&[grey[0].clone(), batch[0].clone()]).unwrap();
+    assert!(cosine(&mixed[0].vector, &fast[0].vector) > 0.9999 && cosine(&mixed[1].vector, &emb[0].vector) > 0.9999);
+
     // Malformed input is an error, not a panic.
     assert!(enc.encode(&[vec![0.0; 10]]).is_err());
     assert!(enc.encode(&[]).unwrap().is_empty());

@@ -8,6 +8,7 @@
 pub mod efficientnet;
 pub mod onnx;
 pub mod pth;
+pub mod rewrite;
 
 use std::path::{Path, PathBuf};
 

@@ -351,52 +351,6 @@ pub fn write_model(model: &ModelProto, path: &Path) -> Result<()> {
     result
 }
 
-/// Removes from a serialised model every node, initializer and graph output that the outputs
-/// `keep` do not depend on, and returns the smaller model.
-///
-/// Why: ONNX Runtime runs every node of a graph whatever outputs a call fetches, so a model that
-/// also carries a classifier head (the built-in EfficientNets keep theirs for the known-answer
-/// tests) pays for it on every image: on one core the head is 3-6% of an EfficientNet-Lite0
-/// inference, its 5 MB of weights streamed through the cache for each batch.
-///
-/// Returns `Ok(None)` (run the model as it is) when nothing would be removed, or when the file
-/// uses fields these message types do not declare (subgraphs, external data, metadata...):
-/// re-encoding would drop them, so a model is pruned only if it survives a decode/encode round
-/// trip byte for byte. An output in `keep` that the graph does not have is an error.
-pub fn prune_to_outputs(bytes: &[u8], keep: &[&str]) -> Result<Option<Vec<u8>>> {
-    let mut model = ModelProto::decode(bytes).context("decoding the ONNX model")?;
-    if model.encode_to_vec() != bytes {
-        return Ok(None);
-    }
-    let Some(graph) = model.graph.as_mut() else { return Ok(None) };
-    for name in keep {
-        anyhow::ensure!(graph.output.iter().any(|o| o.name == *name), "the model has no output named {name:?}");
-    }
-    // ONNX graphs are topologically sorted, so one backward pass finds everything `keep` needs.
-    let mut needed: std::collections::HashSet<String> = keep.iter().map(|s| s.to_string()).collect();
-    let mut wanted = vec![false; graph.node.len()];
-    for (i, node) in graph.node.iter().enumerate().rev() {
-        if node.output.iter().any(|o| needed.contains(o)) {
-            wanted[i] = true;
-            needed.extend(node.input.iter().filter(|n| !n.is_empty()).cloned());
-        }
-    }
-    if wanted.iter().all(|&w| w) && graph.output.len() == keep.len() {
-        return Ok(None);
-    }
-    let mut wanted = wanted.into_iter();
-    graph.node.retain(|_| wanted.next().unwrap_or(true));
-    let dropped_initializers: std::collections::HashSet<String> =
-        graph.initializer.iter().filter(|t| !needed.contains(&t.name)).map(|t| t.name.clone()).collect();
-    graph.initializer.retain(|t| needed.contains(&t.name));
-    // Real inputs stay (the model's interface does not change); inputs that only named a dropped
-    // initializer (IR < 4 style) go with it.
-    graph.input.retain(|i| !dropped_initializers.contains(&i.name));
-    graph.value_info.retain(|v| needed.contains(&v.name));
-    graph.output.retain(|o| keep.contains(&o.name.as_str()));
-    Ok(Some(model.encode_to_vec()))
-}
-
 /// Reads an ONNX model file (used by tests and diagnostics).
 pub fn read_model(path: &Path) -> Result<ModelProto> {
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
@@ -440,43 +394,6 @@ mod tests {
         // TensorProto.raw_data is field 9: tag 0x4a.
         let t = TensorProto { raw_data: vec![1], ..Default::default() };
         assert_eq!(t.encode_to_vec(), [0x4a, 1, 1]);
-    }
-
-    /// x -> Relu -> features; features -> MatMul(w) -> logits.
-    fn two_headed() -> ModelProto {
-        let mut g = GraphBuilder::new("t");
-        g.input("x", FLOAT, &[Dim::Fixed(1), Dim::Fixed(4)]);
-        g.node_with_outputs("Relu", &["x"], &["features"], vec![]);
-        let w = g.initializer_f32("w", &[4, 2], &[0.5; 8]);
-        g.node_with_outputs("MatMul", &["features", &w], &["logits"], vec![]);
-        g.output("features", FLOAT, &[Dim::Fixed(1), Dim::Fixed(4)]);
-        g.output("logits", FLOAT, &[Dim::Fixed(1), Dim::Fixed(2)]);
-        g.finish(OPSET, "test")
-    }
-
-    #[test]
-    fn pruning_keeps_only_what_the_outputs_need() {
-        let bytes = two_headed().encode_to_vec();
-        let pruned = ModelProto::decode(prune_to_outputs(&bytes, &["features"]).unwrap().unwrap().as_slice()).unwrap();
-        let graph = pruned.graph.unwrap();
-        assert_eq!(graph.node.iter().map(|n| n.op_type.as_str()).collect::<Vec<_>>(), ["Relu"]);
-        assert!(graph.initializer.is_empty());
-        assert_eq!(graph.output.iter().map(|o| o.name.as_str()).collect::<Vec<_>>(), ["features"]);
-        assert_eq!(graph.input.len(), 1);
-        // Keeping everything changes nothing; an unknown output is an error.
-        assert_eq!(prune_to_outputs(&bytes, &["features", "logits"]).unwrap(), None);
-        assert!(prune_to_outputs(&bytes, &["nope"]).is_err());
-    }
-
-    #[test]
-    fn pruning_leaves_models_with_undeclared_fields_alone() {
-        let mut bytes = two_headed().encode_to_vec();
-        // ModelProto.metadata_props (field 14), which these types do not declare: a decode and
-        // re-encode would lose it, so the model must be run as it is.
-        let prop = [0x0a, 1, b'k', 0x12, 1, b'v'];
-        bytes.extend_from_slice(&[0x72, prop.len() as u8]);
-        bytes.extend_from_slice(&prop);
-        assert_eq!(prune_to_outputs(&bytes, &["features"]).unwrap(), None);
     }
 
     #[test]

@@ -413,6 +413,12 @@ fn open_graph(catalog: &SqliteCatalog, space: &SearchSpace, exact: ExactIndex, c
     if let Some(stamp) = stamp.filter(|s| s.space == fingerprint && s.options == config.ann_options && s.dim == exact.dim()) {
         let changed = catalog.changed_since(stamp.generation)?;
         match AnnIndex::load(&graph_path, &stamp, exact, &changed) {
+            Ok(graph) if graph.needs_compaction() => {
+                tracing::info!("rebuilding the search graph: {} of its entries are removed or replaced products", graph.tombstones());
+                let graph = graph.compacted()?;
+                save_graph(catalog, &graph, &fingerprint, generation, &graph_path, &stamp_path);
+                return Ok(graph);
+            }
             Ok(graph) => {
                 if !changed.is_empty() {
                     save_graph(catalog, &graph, &fingerprint, generation, &graph_path, &stamp_path);

@@ -15,6 +15,7 @@
 //!   answers instead, so a filter never loses hits.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use rayon::prelude::*;
@@ -50,6 +51,11 @@ pub struct AnnIndex {
     /// Multiplier taking a component to the int8 range.
     scale: f32,
     options: AnnOptions,
+    /// Entries removed from the graph since it was built. usearch only marks a removed entry
+    /// (it stays in memory and in the links walked by every search), so a catalog that keeps
+    /// replacing products grows a graph of dead nodes; [`AnnIndex::needs_compaction`] says when
+    /// rebuilding pays.
+    tombstones: AtomicUsize,
 }
 
 /// What is written next to the graph file, to check it still belongs to the vectors.
@@ -63,6 +69,9 @@ pub struct AnnStamp {
     /// Caller's position in its change log when the graph was saved.
     pub generation: i64,
     pub len: usize,
+    /// [`AnnIndex`]'s count of removed entries still in the graph (absent in older stamps).
+    #[serde(default)]
+    pub tombstones: usize,
 }
 
 fn ffi_err<E: std::fmt::Display>(what: &str) -> impl Fn(E) -> anyhow::Error + '_ {
@@ -95,7 +104,7 @@ impl AnnIndex {
             multi: false,
         })
         .map_err(ffi_err("creating the graph"))?;
-        Ok(AnnIndex { graph, exact, scale, options })
+        Ok(AnnIndex { graph, exact, scale, options, tombstones: AtomicUsize::new(0) })
     }
 
     /// Loads a graph saved by [`AnnIndex::save`] and pairs it with the vectors in `exact`, then
@@ -107,7 +116,7 @@ impl AnnIndex {
             Ok(graph) => graph,
             Err(e) => return Err((exact, e)),
         };
-        let index = AnnIndex { graph, exact, scale: stamp.scale, options: stamp.options };
+        let index = AnnIndex { graph, exact, scale: stamp.scale, options: stamp.options, tombstones: AtomicUsize::new(stamp.tombstones) };
         if let Err(e) = index.replay(changed) {
             return Err((index.exact, e));
         }
@@ -125,9 +134,7 @@ impl AnnIndex {
             self.graph.reserve(wanted + 1024).map_err(ffi_err("growing the graph"))?;
         }
         for &key in keys {
-            if self.graph.contains(key as u64) {
-                self.graph.remove(key as u64).map_err(ffi_err("removing from the graph"))?;
-            }
+            self.remove_from_graph(key)?;
             if let Some(v) = self.exact.vector(key) {
                 self.graph.add(key as u64, &self.quantise(&v)).map_err(ffi_err("adding to the graph"))?;
             }
@@ -141,7 +148,39 @@ impl AnnIndex {
         let tmp_str = tmp.to_str().with_context(|| format!("{} is not UTF-8", tmp.display()))?;
         self.graph.save(tmp_str).map_err(|e| anyhow!("writing {}: {e}", tmp.display()))?;
         std::fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
-        Ok(AnnStamp { dim: self.exact.dim(), scale: self.scale, options: self.options, space: space.to_string(), generation, len: self.len() })
+        Ok(AnnStamp {
+            dim: self.exact.dim(),
+            scale: self.scale,
+            options: self.options,
+            space: space.to_string(),
+            generation,
+            len: self.len(),
+            tombstones: self.tombstones(),
+        })
+    }
+
+    fn remove_from_graph(&self, key: Key) -> Result<()> {
+        if self.graph.contains(key as u64) {
+            self.graph.remove(key as u64).map_err(ffi_err("removing from the graph"))?;
+            self.tombstones.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// Removed entries the graph still carries.
+    pub fn tombstones(&self) -> usize {
+        self.tombstones.load(Ordering::Relaxed)
+    }
+
+    /// Whether dead entries have reached a quarter of the live ones: past that, a rebuild
+    /// (seconds per 100,000 products) is cheaper than walking and storing them on every query.
+    pub fn needs_compaction(&self) -> bool {
+        self.tombstones() * 4 > self.len().max(16)
+    }
+
+    /// A fresh graph over the live vectors, without tombstones.
+    pub fn compacted(self) -> Result<AnnIndex> {
+        AnnIndex::build(self.exact, self.options)
     }
 
     /// The exact rows, for callers that want to check or reuse them.
@@ -229,9 +268,7 @@ impl VectorIndex for AnnIndex {
 
     fn upsert(&mut self, key: Key, vector: &[f32]) -> Result<()> {
         self.exact.upsert(key, vector)?;
-        if self.graph.contains(key as u64) {
-            self.graph.remove(key as u64).map_err(ffi_err("removing from the graph"))?;
-        }
+        self.remove_from_graph(key)?;
         if self.graph.size() + 1 >= self.graph.capacity() {
             let grown = (self.graph.capacity() * 2).max(1024);
             self.graph.reserve(grown).map_err(ffi_err("growing the graph"))?;
@@ -241,10 +278,7 @@ impl VectorIndex for AnnIndex {
 
     fn remove(&mut self, key: Key) -> Result<()> {
         self.exact.remove(key)?;
-        if self.graph.contains(key as u64) {
-            self.graph.remove(key as u64).map_err(ffi_err("removing from the graph"))?;
-        }
-        Ok(())
+        self.remove_from_graph(key)
     }
 
     fn search(&self, query: &[f32], k: usize, allowed: Option<&Allowed>) -> Result<Vec<Hit>> {
@@ -365,6 +399,42 @@ mod tests {
         assert!(err.to_string().contains("holds"), "{err}");
         std::fs::write(&path, b"torn")?;
         assert!(AnnIndex::load(&path, &stamp, rows, &[]).is_err(), "a damaged graph file is refused");
+        Ok(())
+    }
+
+    #[test]
+    fn tombstones_are_counted_saved_and_compacted_away() -> Result<()> {
+        let dim = 32;
+        let vectors = clustered(400, dim, 5);
+        let mut exact = ExactIndex::new(dim);
+        for (i, v) in vectors.iter().enumerate() {
+            exact.upsert(i as Key, v)?;
+        }
+        let mut ann = AnnIndex::build(exact, AnnOptions::default())?;
+        // Replacing a product's vector and removing a product both leave a dead entry.
+        for key in 0..60 {
+            ann.upsert(key, &vectors[(key + 1) as usize])?;
+        }
+        for key in 60..100 {
+            ann.remove(key)?;
+        }
+        ann.remove(9999)?; // not there: nothing to count
+        assert_eq!(ann.tombstones(), 100);
+        assert!(ann.needs_compaction(), "100 dead entries for 360 live ones");
+
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("graph.usearch");
+        let stamp = ann.save(&path, "space", 1)?;
+        assert_eq!(stamp.tombstones, 100);
+        let loaded = AnnIndex::load(&path, &stamp, ann.exact().clone(), &[5]).map_err(|(_, e)| e)?;
+        assert_eq!(loaded.tombstones(), 101, "the replayed change adds one");
+
+        let before = loaded.search(&vectors[200], 10, None)?;
+        let compacted = loaded.compacted()?;
+        assert_eq!(compacted.tombstones(), 0);
+        assert!(!compacted.needs_compaction());
+        assert_eq!(compacted.len(), 360);
+        assert_eq!(compacted.search(&vectors[200], 10, None)?, before);
         Ok(())
     }
 }

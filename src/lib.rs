@@ -5,11 +5,12 @@
 //! product metadata ([`catalog`]). Catalogs come in through [`import`]; the pretrained model is
 //! converted from PyTorch weights to ONNX by [`model`]; [`eval`] measures search quality;
 //! [`server`] is `lookalike serve`, the shopper's page and the JSON API; [`bench`] measures speed
-//! against reference implementations.
+//! against reference implementations; [`config`] reads a deployment's settings file.
 
 pub mod assets;
 pub mod bench;
 pub mod catalog;
+pub mod config;
 pub mod encoder;
 pub mod eval;
 pub mod import;

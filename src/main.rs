@@ -6,10 +6,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 
 use lookalike::assets::Assets;
 use lookalike::catalog::{Catalog, Filter, SqliteCatalog};
+use lookalike::config;
 use lookalike::encoder::{Encoder, OrtEncoder};
 use lookalike::eval::{self, LabelledQuery};
 use lookalike::import::fashion_mnist::FashionMnist;
@@ -122,6 +123,11 @@ fn sample_photos(assets: &Assets) -> Result<Vec<PathBuf>> {
 #[derive(Parser)]
 #[command(name = "lookalike", version, about = "Reverse image search for fashion catalogs")]
 struct Cli {
+    /// Settings file (TOML): defaults for any option, keyed by its long name, with a table per
+    /// command (`[serve]`). Default: ./lookalike.toml if it exists.
+    #[arg(long, global = true, env = "LOOKALIKE_CONFIG", value_name = "FILE")]
+    #[allow(dead_code)] // read by config::locate before clap parses; declared for --help
+    config: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -587,7 +593,19 @@ fn main() -> ExitCode {
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("LOOKALIKE_LOG").unwrap_or_else(|_| "lookalike=info,warn".into()))
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
+    // The settings file becomes command-line options before clap sees them (src/config.rs).
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let args = match config::locate(&args) {
+        Some(file) => match config::apply_file(&Cli::command(), args, &file) {
+            Ok(args) => args,
+            Err(err) => {
+                eprintln!("error: {err:#}");
+                return ExitCode::from(2);
+            }
+        },
+        None => args,
+    };
+    let cli = Cli::parse_from(args);
     let result = match cli.command {
         Command::Index(args) => run_index(args),
         Command::Search(args) => run_search(args),
@@ -1058,11 +1076,24 @@ fn run_models() -> Result<()> {
 
 #[cfg(test)]
 mod tests {
+    use clap::{CommandFactory, Parser};
+
     /// Clap's own consistency checks (duplicate flags across flattened groups, bad defaults),
     /// which it otherwise runs only in debug builds.
     #[test]
     fn the_command_line_is_well_formed() {
-        use clap::CommandFactory;
         super::Cli::command().debug_assert();
+    }
+
+    /// The README's example settings file names real options, and they parse.
+    #[test]
+    fn the_readme_settings_example_is_valid() {
+        let readme = include_str!("../README.md");
+        let example = readme.split("```toml\n").nth(1).and_then(|rest| rest.split("```").next()).expect("a toml example in the README");
+        let table: toml::Table = example.parse().expect("the example is TOML");
+        let args = ["lookalike", "serve"].map(std::ffi::OsString::from).to_vec();
+        let args = super::config::apply(&super::Cli::command(), args, &table, std::path::Path::new("/srv")).expect("the example is valid");
+        let cli = super::Cli::try_parse_from(args).expect("clap accepts the options it gives");
+        assert!(matches!(cli.command, super::Command::Serve(_)));
     }
 }

@@ -421,3 +421,35 @@ fn approximate_index_is_saved_caught_up_and_rebuilt() {
         assert!(overlap >= 8, "{precision} top-10 {compressed:?} vs f32 {after:?}");
     }
 }
+
+#[test]
+fn settings_file_supplies_options_the_line_and_environment_do_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = copy_catalog(dir.path());
+    let settings = dir.path().join("lookalike.toml");
+    // A path relative to the file; a per-command table; the file found by flag or variable.
+    std::fs::write(&settings, "db = \"copy.db\"\n\n[search]\nk = 3\n").unwrap();
+    let info = ok(&["info", "--config", path(&settings)]);
+    assert!(info.contains("products: 300"), "{info}");
+    let (query, _) = test_image(dir.path(), 0);
+    let out = Command::new(BIN).args(["search", "--json", path(&query)]).env("LOOKALIKE_CONFIG", &settings).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let results = json(&String::from_utf8_lossy(&out.stdout));
+    assert_eq!(results["hits"].as_array().map(Vec::len), Some(3), "k = 3 from the [search] table");
+
+    // The command line wins over the file, and the environment too.
+    let out = lookalike(&["info", "--config", path(&settings), "--db", "/nonexistent/a.db"]);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("/nonexistent/a.db"));
+    let out = Command::new(BIN).args(["info", "--config", path(&settings)]).env("LOOKALIKE_DB", "/nonexistent/b.db").output().unwrap();
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("/nonexistent/b.db"));
+    assert_eq!(std::fs::metadata(&db).map(|m| m.len() > 0).ok(), Some(true));
+
+    // A typo is an error naming it, not a silently ignored setting; so is a missing file.
+    std::fs::write(&settings, "dbb = \"copy.db\"\n").unwrap();
+    let out = lookalike(&["info", "--config", path(&settings)]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown setting \"dbb\""), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = lookalike(&["info", "--config", "/nonexistent/lookalike.toml"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/lookalike.toml"));
+}

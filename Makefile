@@ -22,7 +22,8 @@ build:
 # (scripts/browser-test.sh); screenshots land in artifacts/.
 test: setup
 	$(CARGO) test --release --locked
-	@if [ -n "$$LOOKALIKE_QDRANT_URL" ]; then $(CARGO) test --release --locked --test qdrant -- --ignored; else echo "Qdrant tests skipped: set LOOKALIKE_QDRANT_URL=qdrant://HOST:PORT to run them"; fi
+	@if [ -n "$$LOOKALIKE_QDRANT_URL" ]; then $(CARGO) test --release --locked --test qdrant -- --ignored $$([ -n "$$LOOKALIKE_QDRANT_CLUSTER" ] || echo "--skip cluster_"); else echo "Qdrant tests skipped: set LOOKALIKE_QDRANT_URL=qdrant://HOST:PORT to run them"; fi
+	@if [ -n "$$LOOKALIKE_QDRANT_URL" ] && [ -z "$$LOOKALIKE_QDRANT_CLUSTER" ]; then echo "Qdrant cluster test skipped: set LOOKALIKE_QDRANT_CLUSTER, _STOP and _START to run it"; fi
 
 # Index the Fashion-MNIST training split (incremental: instant after the first run) and serve
 # the search page and API at http://$(DEMO_ADDR)/ until Ctrl-C.

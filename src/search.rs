@@ -406,6 +406,19 @@ pub fn graph_paths(catalog: &std::path::Path) -> (std::path::PathBuf, std::path:
 /// saved for next time. Building takes minutes for a million products; loading, seconds.
 fn open_graph(catalog: &SqliteCatalog, space: &SearchSpace, exact: ExactIndex, config: &IndexConfig) -> Result<AnnIndex> {
     let (graph_path, stamp_path) = graph_paths(catalog.path());
+    // Two processes opening one catalog at once (two servers starting, `search` beside `serve`)
+    // take turns: the graph file, its stamp and the change log they trim must come from the same
+    // process. Without a lock (read-only directory) each still checks what it loads.
+    let mut lock_path = graph_path.clone().into_os_string();
+    lock_path.push(".lock");
+    let _turn = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .and_then(|file| file.lock().map(|()| file))
+        .map_err(|e| tracing::debug!("no lock on {}: {e}", std::path::Path::new(&lock_path).display()))
+        .ok();
     let fingerprint = space.fingerprint();
     let generation = catalog.generation()?;
     let stamp: Option<AnnStamp> = std::fs::read(&stamp_path).ok().and_then(|bytes| serde_json::from_slice(&bytes).ok());

@@ -420,6 +420,19 @@ fn approximate_index_is_saved_caught_up_and_rebuilt() {
         let overlap = compressed.iter().filter(|id| after.contains(id)).count();
         assert!(overlap >= 8, "{precision} top-10 {compressed:?} vs f32 {after:?}");
     }
+
+    // Another process holding the graph's lock (here: this test) makes a search wait its turn.
+    let lock = std::fs::File::open(dir.path().join("copy.db.graph.lock")).expect("the lock file exists");
+    lock.lock().expect("take the lock");
+    let mut waiting = Command::new(BIN)
+        .args(["search", "--db", path(&db), "--like", "fmnist-train-00002", "--json", "--ann", "always"])
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(waiting.try_wait().expect("poll").is_none(), "the search waits while the graph is locked");
+    drop(lock);
+    assert!(waiting.wait().expect("wait").success());
 }
 
 #[test]

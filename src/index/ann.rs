@@ -326,14 +326,20 @@ mod tests {
             .collect()
     }
 
+    /// Exact rows holding `vectors` under keys 0, 1, 2...
+    fn rows(vectors: &[Vec<f32>]) -> Result<ExactIndex> {
+        let mut exact = ExactIndex::new(vectors.first().map_or(1, Vec::len));
+        for (i, v) in vectors.iter().enumerate() {
+            exact.upsert(i as Key, v)?;
+        }
+        Ok(exact)
+    }
+
     #[test]
     fn graph_search_finds_the_exact_neighbours_and_honours_filters() -> Result<()> {
         let (n, dim) = (3000, 48);
         let vectors = clustered(n, dim, 1);
-        let mut exact = ExactIndex::new(dim);
-        for (i, v) in vectors.iter().enumerate() {
-            exact.upsert(i as Key, v)?;
-        }
+        let exact = rows(&vectors)?;
         let mut ann = AnnIndex::build(exact.clone(), AnnOptions::default())?;
         // Send the 3-product filter below through the graph walk and its exact fallback too.
         ann.options.exact_filter_below = 10;
@@ -366,10 +372,7 @@ mod tests {
     fn incremental_changes_and_a_saved_graph_survive() -> Result<()> {
         let dim = 32;
         let vectors = clustered(500, dim, 3);
-        let mut exact = ExactIndex::new(dim);
-        for (i, v) in vectors.iter().enumerate() {
-            exact.upsert(i as Key, v)?;
-        }
+        let exact = rows(&vectors)?;
         let mut ann = AnnIndex::build(exact, AnnOptions::default())?;
         ann.remove(7)?;
         ann.upsert(1000, &vectors[7])?;
@@ -404,13 +407,8 @@ mod tests {
 
     #[test]
     fn tombstones_are_counted_saved_and_compacted_away() -> Result<()> {
-        let dim = 32;
-        let vectors = clustered(400, dim, 5);
-        let mut exact = ExactIndex::new(dim);
-        for (i, v) in vectors.iter().enumerate() {
-            exact.upsert(i as Key, v)?;
-        }
-        let mut ann = AnnIndex::build(exact, AnnOptions::default())?;
+        let vectors = clustered(400, 32, 5);
+        let mut ann = AnnIndex::build(rows(&vectors)?, AnnOptions::default())?;
         // Replacing a product's vector and removing a product both leave a dead entry.
         for key in 0..60 {
             ann.upsert(key, &vectors[(key + 1) as usize])?;

@@ -47,8 +47,8 @@ fn run_bench(command: BenchCommand) -> Result<()> {
             Ok(())
         }
         BenchCommand::Ingest(args) => {
-            if args.batch_size == 0 {
-                bail!("--batch-size must be at least 1");
+            if args.batch_size == 0 || args.rounds == 0 {
+                bail!("--batch-size and --rounds must be at least 1");
             }
             let assets = Assets::from_env();
             let (env, _guard) = args.env.env()?;
@@ -318,6 +318,10 @@ struct StoreArgs {
     /// Copies of each shard in a collection lookalike creates.
     #[arg(long)]
     replicas: Option<u32>,
+    /// Copies of a shard that must acknowledge each write, in a collection lookalike creates
+    /// (Qdrant's write_consistency_factor; at most --replicas).
+    #[arg(long, value_name = "N")]
+    write_consistency: Option<u32>,
     /// Keep int8 copies of the vectors in Qdrant's RAM (scalar quantisation), new collections.
     #[arg(long)]
     quantize: bool,
@@ -349,6 +353,12 @@ impl StoreArgs {
             "strong" => WriteOrderingType::Strong,
             other => bail!("--write-ordering {other:?}: expected weak, medium or strong"),
         };
+        if let Some(factor) = self.write_consistency {
+            let replicas = self.replicas.unwrap_or(1);
+            if factor == 0 || factor > replicas {
+                bail!("--write-consistency {factor}: must be between 1 and the number of --replicas ({replicas})");
+            }
+        }
         let collection = match &self.collection {
             Some(c) => c.clone(),
             None => db.file_stem().and_then(|s| s.to_str()).unwrap_or("lookalike").to_string(),
@@ -362,6 +372,7 @@ impl StoreArgs {
             collection,
             shards: self.shards,
             replicas: self.replicas,
+            write_consistency: self.write_consistency,
             quantize: self.quantize,
             write_ordering,
             timeout: std::time::Duration::from_secs(self.qdrant_timeout_secs.max(1)),

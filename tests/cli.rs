@@ -219,6 +219,10 @@ fn missing_catalog_and_bad_flags_are_clear() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("validation"));
     let out = lookalike(&["search", "--db", path(shared_catalog()), "--like", "x", "--bogus"]);
     assert!(!out.status.success());
+    // Checked before any connection is tried: more acknowledgements than copies.
+    let out = lookalike(&["sync", "--db", path(shared_catalog()), "--store", "qdrant://127.0.0.1:9", "--replicas", "2", "--write-consistency", "3"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--write-consistency 3"), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
 #[test]

@@ -37,6 +37,7 @@ fn store_at(url: &str, collection: &str, exact: bool) -> QdrantConfig {
         collection: collection.to_string(),
         shards: None,
         replicas: None,
+        write_consistency: None,
         quantize: false,
         write_ordering: qdrant_client::qdrant::WriteOrderingType::Weak,
         timeout: std::time::Duration::from_secs(30),
@@ -146,7 +147,7 @@ fn cluster_keeps_answering_with_a_node_down() {
         assert!(status.success(), "{var} failed");
     };
     let collection = format!("lookalike-cluster-{}", std::process::id());
-    let on = |node: &str| QdrantConfig { shards: Some(3), replicas: Some(2), ..store_at(node, &collection, true) };
+    let on = |node: &str| QdrantConfig { shards: Some(3), replicas: Some(2), write_consistency: Some(1), ..store_at(node, &collection, true) };
 
     let dir = tempfile::tempdir().expect("tempdir");
     let db = copy_catalog(dir.path());

@@ -33,6 +33,9 @@ pub struct QdrantConfig {
     pub collection: String,
     pub shards: Option<u32>,
     pub replicas: Option<u32>,
+    /// Replicas of a shard that must acknowledge a write before it succeeds (Qdrant's
+    /// `write_consistency_factor`; its default is 1).
+    pub write_consistency: Option<u32>,
     /// Store int8 copies of the vectors in RAM (Qdrant's scalar quantisation).
     pub quantize: bool,
     /// Write ordering across replicas: weak, medium or strong.
@@ -175,6 +178,9 @@ impl QdrantIndex {
             }
             if let Some(replicas) = self.config.replicas {
                 create = create.replication_factor(replicas);
+            }
+            if let Some(factor) = self.config.write_consistency {
+                create = create.write_consistency_factor(factor);
             }
             if self.config.quantize {
                 create = create.quantization_config(ScalarQuantizationBuilder::default().always_ram(true));

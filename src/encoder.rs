@@ -11,6 +11,7 @@ use ort::environment::Environment;
 use ort::session::builder::GraphOptimizationLevel;
 use ort::session::Session;
 use ort::value::TensorRef;
+use prost::Message;
 
 use crate::model::{rewrite, InputSpec, Layout, ModelSpec, Pooling};
 
@@ -129,15 +130,17 @@ impl OrtEncoder {
         outputs.extend(spec.logits.as_deref().filter(|_| with_logits));
         // A model the rewrites cannot read is loaded as it is, and ONNX Runtime reports whatever
         // is wrong with it.
-        let pruned = rewrite::prune_to_outputs(&file, &outputs).unwrap_or_else(|e| {
-            tracing::debug!("running {} unpruned: {e:#}", spec.onnx.display());
-            None
-        });
-        let grey = if OrtEncoder::channels_normalised_alike(&spec) {
-            rewrite::fold_grey_input(pruned.as_deref().unwrap_or(&file), &spec.input.name).ok().flatten()
-        } else {
-            None
-        };
+        let (mut pruned, mut grey) = (None, None);
+        if let Ok(Some(mut model)) = rewrite::decode_whole(&file) {
+            match rewrite::prune_to_outputs(&mut model, &outputs) {
+                Ok(true) => pruned = Some(model.encode_to_vec()),
+                Ok(false) => {}
+                Err(e) => tracing::debug!("running {} unpruned: {e:#}", spec.onnx.display()),
+            }
+            if OrtEncoder::channels_normalised_alike(&spec) && rewrite::fold_grey_input(&mut model, &spec.input.name) {
+                grey = Some(model.encode_to_vec());
+            }
+        }
         let sessions =
             (0..sessions).map(|_| OrtEncoder::session(env, &spec, pruned.as_deref(), threads).map(Mutex::new)).collect::<Result<_>>()?;
         let logits = with_logits || pruned.is_none();

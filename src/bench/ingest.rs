@@ -136,18 +136,12 @@ fn reference_args(model: &Path, dir: &Path, extra: &[&str]) -> Vec<String> {
     args
 }
 
-fn median(values: &[f64]) -> f64 {
-    let mut v: Vec<f64> = values.iter().copied().filter(|x| x.is_finite()).collect();
-    if v.is_empty() {
+/// The median of a side's rounds (NaN when that side did not run).
+fn median(values: &mut [f64]) -> f64 {
+    if values.is_empty() {
         return f64::NAN;
     }
-    v.sort_by(f64::total_cmp);
-    let mid = v.len() / 2;
-    if v.len() % 2 == 1 {
-        v[mid]
-    } else {
-        (v[mid - 1] + v[mid]) / 2.0
-    }
+    super::Latency::of_ms(values).median_ms
 }
 
 pub fn run(encoder: &dyn Encoder, fm: &FashionMnist, samples: &[PathBuf], env: &BenchEnv, opts: &IngestBench) -> Result<Value> {
@@ -179,7 +173,7 @@ pub fn run(encoder: &dyn Encoder, fm: &FashionMnist, samples: &[PathBuf], env: &
             ours.push(n as f64 / seconds);
             eprintln!("{label}, round {}: lookalike {:.1} images/s, Python reference {:.1} images/s", round + 1, ours[ours.len() - 1], theirs.last().copied().unwrap_or(f64::NAN));
         }
-        let (ours_median, theirs_median) = (median(&ours), median(&theirs));
+        let (ours_median, theirs_median) = (median(&mut ours.clone()), median(&mut theirs.clone()));
         sets.push(json!({
             "set": label,
             "images": images,

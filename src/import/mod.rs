@@ -152,7 +152,7 @@ pub fn index_items(
         let input = &spec.input;
         scope.spawn(move || {
             let mut items = items.into_iter();
-            loop {
+            'decode: loop {
                 if stop.load(Ordering::Relaxed) {
                     break;
                 }
@@ -162,23 +162,25 @@ pub fn index_items(
                 if chunk.is_empty() {
                     break;
                 }
-                let mut results: Vec<Result<Option<Prepared>, (String, String)>> =
+                let results: Vec<Result<Option<Prepared>, (String, String)>> =
                     chunk.into_par_iter().map(|item| prepare_item(item, known, limits, input)).collect();
-                let mut sent = true;
-                while !results.is_empty() && sent {
-                    let rest = results.split_off(batch_size.min(results.len()));
+                let mut results = results.into_iter();
+                loop {
+                    let batch: Vec<_> = results.by_ref().take(batch_size).collect();
+                    if batch.is_empty() {
+                        break;
+                    }
                     let (mut ready, mut failed, mut unchanged) = (Vec::new(), Vec::new(), 0);
-                    for r in std::mem::replace(&mut results, rest) {
+                    for r in batch {
                         match r {
                             Ok(Some(p)) => ready.push(p),
                             Ok(None) => unchanged += 1,
                             Err(f) => failed.push(f),
                         }
                     }
-                    sent = tx.send((ready, failed, unchanged)).is_ok();
-                }
-                if !sent {
-                    break;
+                    if tx.send((ready, failed, unchanged)).is_err() {
+                        break 'decode;
+                    }
                 }
             }
         });

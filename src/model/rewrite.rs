@@ -2,10 +2,11 @@
 //! results. The file on disk is never changed; the encoder hands the rewritten bytes to ONNX
 //! Runtime.
 //!
-//! Both rewrites work on models these message types describe completely: a model is rewritten
-//! only if it survives a decode/encode round trip byte for byte, because re-encoding a model
-//! with fields [`crate::model::onnx`] does not declare would silently drop them. Anything else
-//! runs as it is.
+//! The model is decoded once ([`decode_whole`]) and each rewrite changes it in place. Both work
+//! only on models these message types describe completely: a model is rewritten only if it
+//! survives a decode/encode round trip byte for byte, because re-encoding a model with fields
+//! [`crate::model::onnx`] does not declare would silently drop them. Anything else runs as it
+//! is.
 
 use std::collections::HashSet;
 
@@ -14,26 +15,23 @@ use prost::Message;
 
 use super::onnx::{DimValue, ModelProto, FLOAT};
 
-/// The model, if lookalike's message types cover every byte of it.
-fn decode_whole(bytes: &[u8]) -> Result<Option<ModelProto>> {
+/// The model, if lookalike's message types cover every byte of it (`None`: run the file as it is).
+pub fn decode_whole(bytes: &[u8]) -> Result<Option<ModelProto>> {
     let model = ModelProto::decode(bytes).map_err(|e| anyhow::anyhow!("decoding the ONNX model: {e}"))?;
     Ok((model.encode_to_vec() == bytes).then_some(model))
 }
 
-/// Removes from a serialised model every node, initializer and graph output that the outputs
-/// `keep` do not depend on, and returns the smaller model.
+/// Removes every node, initializer and graph output that the outputs `keep` do not depend on.
+/// Returns whether anything was removed.
 ///
 /// Why: ONNX Runtime runs every node of a graph whatever outputs a call fetches, so a model that
 /// also carries a classifier head (the built-in EfficientNets keep theirs for the known-answer
 /// tests) pays for it on every image: on one core the head is 3-6% of an EfficientNet-Lite0
 /// inference, its 5 MB of weights streamed through the cache for each batch.
 ///
-/// Returns `Ok(None)` (run the model as it is) when nothing would be removed or the model uses
-/// fields lookalike does not model (subgraphs, external data, metadata...). An output in `keep`
-/// that the graph does not have is an error.
-pub fn prune_to_outputs(bytes: &[u8], keep: &[&str]) -> Result<Option<Vec<u8>>> {
-    let Some(mut model) = decode_whole(bytes)? else { return Ok(None) };
-    let Some(graph) = model.graph.as_mut() else { return Ok(None) };
+/// An output in `keep` that the graph does not have is an error, and leaves the model as it was.
+pub fn prune_to_outputs(model: &mut ModelProto, keep: &[&str]) -> Result<bool> {
+    let Some(graph) = model.graph.as_mut() else { return Ok(false) };
     for name in keep {
         anyhow::ensure!(graph.output.iter().any(|o| o.name == *name), "the model has no output named {name:?}");
     }
@@ -47,7 +45,7 @@ pub fn prune_to_outputs(bytes: &[u8], keep: &[&str]) -> Result<Option<Vec<u8>>> 
         }
     }
     if wanted.iter().all(|&w| w) && graph.output.len() == keep.len() {
-        return Ok(None);
+        return Ok(false);
     }
     let mut wanted = wanted.into_iter();
     graph.node.retain(|_| wanted.next().unwrap_or(true));
@@ -59,7 +57,7 @@ pub fn prune_to_outputs(bytes: &[u8], keep: &[&str]) -> Result<Option<Vec<u8>>> 
     graph.input.retain(|i| !dropped_initializers.contains(&i.name));
     graph.value_info.retain(|v| needed.contains(&v.name));
     graph.output.retain(|o| keep.contains(&o.name.as_str()));
-    Ok(Some(model.encode_to_vec()))
+    Ok(true)
 }
 
 /// Specialises a model for greyscale pictures, whose three colour planes are equal.
@@ -72,32 +70,31 @@ pub fn prune_to_outputs(bytes: &[u8], keep: &[&str]) -> Result<Option<Vec<u8>>> 
 /// magnitude 6). The caller must only use it for inputs whose three planes are equal after
 /// normalisation, i.e. when the model normalises the channels alike.
 ///
-/// Returns `Ok(None)` when the model is not of that shape: the input is not `[N, 3, H, W]`, or
-/// it feeds something other than a single ungrouped `Conv` whose float weights are an
-/// initializer of their own.
-pub fn fold_grey_input(bytes: &[u8], input: &str) -> Result<Option<Vec<u8>>> {
-    let Some(mut model) = decode_whole(bytes)? else { return Ok(None) };
-    let Some(graph) = model.graph.as_mut() else { return Ok(None) };
+/// Returns whether the model was rewritten; it is left as it was when it is not of that shape:
+/// the input is not `[N, 3, H, W]`, or it feeds something other than a single ungrouped `Conv`
+/// whose float weights are an initializer of their own.
+pub fn fold_grey_input(model: &mut ModelProto, input: &str) -> bool {
+    let Some(graph) = model.graph.as_mut() else { return false };
     let consumers: Vec<usize> = (0..graph.node.len()).filter(|&i| graph.node[i].input.iter().any(|n| n == input)).collect();
-    let [stem] = consumers[..] else { return Ok(None) };
+    let [stem] = consumers[..] else { return false };
     let conv = &graph.node[stem];
     let grouped = conv.attribute.iter().any(|a| a.name == "group" && a.i != 1);
     if conv.op_type != "Conv" || !conv.domain.is_empty() || grouped || conv.input.first().map(String::as_str) != Some(input) {
-        return Ok(None);
+        return false;
     }
     let weight_name = match conv.input.get(1) {
         Some(w) if conv.input.iter().filter(|n| *n == input).count() == 1 => w.clone(),
-        _ => return Ok(None),
+        _ => return false,
     };
     let shared = graph.node.iter().flat_map(|n| &n.input).filter(|n| **n == weight_name).count() > 1
         || graph.input.iter().chain(&graph.output).any(|v| v.name == weight_name);
     if shared {
-        return Ok(None);
+        return false;
     }
-    let Some(weight) = graph.initializer.iter_mut().find(|t| t.name == weight_name) else { return Ok(None) };
-    let &[filters, 3, kh, kw] = &weight.dims[..] else { return Ok(None) };
+    let Some(weight) = graph.initializer.iter_mut().find(|t| t.name == weight_name) else { return false };
+    let &[filters, 3, kh, kw] = &weight.dims[..] else { return false };
     if weight.data_type != FLOAT || filters < 1 || kh < 1 || kw < 1 {
-        return Ok(None);
+        return false;
     }
     let taps = (kh * kw) as usize;
     let count = filters as usize * 3 * taps;
@@ -106,7 +103,7 @@ pub fn fold_grey_input(bytes: &[u8], input: &str) -> Result<Option<Vec<u8>>> {
     } else if weight.float_data.len() == count {
         weight.float_data.clone()
     } else {
-        return Ok(None);
+        return false;
     };
 
     // The input must be [N, 3, H, W]; it becomes [N, 1, H, W].
@@ -119,10 +116,10 @@ pub fn fold_grey_input(bytes: &[u8], input: &str) -> Result<Option<Vec<u8>>> {
         .and_then(|t| t.shape.as_mut())
         .map(|s| &mut s.dim)
     else {
-        return Ok(None);
+        return false;
     };
     if dims.len() != 4 || dims[1].value != Some(DimValue::DimValue(3)) {
-        return Ok(None);
+        return false;
     }
     dims[1].value = Some(DimValue::DimValue(1));
 
@@ -137,7 +134,7 @@ pub fn fold_grey_input(bytes: &[u8], input: &str) -> Result<Option<Vec<u8>>> {
     weight.dims[1] = 1;
     weight.raw_data = folded;
     weight.float_data.clear();
-    Ok(Some(model.encode_to_vec()))
+    true
 }
 
 #[cfg(test)]
@@ -159,27 +156,30 @@ mod tests {
 
     #[test]
     fn pruning_keeps_only_what_the_outputs_need() {
-        let bytes = two_headed().encode_to_vec();
-        let pruned = ModelProto::decode(prune_to_outputs(&bytes, &["features"]).unwrap().unwrap().as_slice()).unwrap();
+        let mut pruned = two_headed();
+        assert!(prune_to_outputs(&mut pruned, &["features"]).unwrap());
         let graph = pruned.graph.unwrap();
         assert_eq!(graph.node.iter().map(|n| n.op_type.as_str()).collect::<Vec<_>>(), ["Relu"]);
         assert!(graph.initializer.is_empty());
         assert_eq!(graph.output.iter().map(|o| o.name.as_str()).collect::<Vec<_>>(), ["features"]);
         assert_eq!(graph.input.len(), 1);
-        // Keeping everything changes nothing; an unknown output is an error.
-        assert_eq!(prune_to_outputs(&bytes, &["features", "logits"]).unwrap(), None);
-        assert!(prune_to_outputs(&bytes, &["nope"]).is_err());
+        // Keeping everything changes nothing; an unknown output is an error and changes nothing.
+        let mut whole = two_headed();
+        assert!(!prune_to_outputs(&mut whole, &["features", "logits"]).unwrap());
+        assert!(prune_to_outputs(&mut whole, &["features", "nope"]).is_err());
+        assert_eq!(whole, two_headed());
     }
 
     #[test]
-    fn pruning_leaves_models_with_undeclared_fields_alone() {
+    fn models_with_undeclared_fields_are_not_rewritten() {
         let mut bytes = two_headed().encode_to_vec();
+        assert_eq!(decode_whole(&bytes).unwrap(), Some(two_headed()));
         // ModelProto.metadata_props (field 14), which these types do not declare: a decode and
         // re-encode would lose it, so the model must be run as it is.
         let prop = [0x0a, 1, b'k', 0x12, 1, b'v'];
         bytes.extend_from_slice(&[0x72, prop.len() as u8]);
         bytes.extend_from_slice(&prop);
-        assert_eq!(prune_to_outputs(&bytes, &["features"]).unwrap(), None);
+        assert_eq!(decode_whole(&bytes).unwrap(), None);
     }
 
     /// image [N, 3, 4, 4] -> Conv(w: 2 filters, 3x3) -> features.
@@ -195,8 +195,9 @@ mod tests {
 
     #[test]
     fn grey_folding_sums_the_stem_over_colour_channels() {
-        let folded = fold_grey_input(&stem(1).encode_to_vec(), "image").unwrap().unwrap();
-        let graph = ModelProto::decode(folded.as_slice()).unwrap().graph.unwrap();
+        let mut folded = stem(1);
+        assert!(fold_grey_input(&mut folded, "image"));
+        let graph = folded.graph.unwrap();
         let w = &graph.initializer[0];
         assert_eq!(w.dims, [2, 1, 3, 3]);
         let values: Vec<f32> = w.raw_data.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
@@ -210,11 +211,13 @@ mod tests {
     #[test]
     fn grey_folding_leaves_other_shapes_alone() {
         // A grouped stem, an input that feeds two nodes, an input name the graph lacks.
-        assert_eq!(fold_grey_input(&stem(3).encode_to_vec(), "image").unwrap(), None);
         let mut twice = stem(1);
         let graph = twice.graph.as_mut().unwrap();
         graph.node.push(crate::model::onnx::NodeProto { op_type: "Relu".into(), input: vec!["image".into()], output: vec!["r".into()], ..Default::default() });
-        assert_eq!(fold_grey_input(&twice.encode_to_vec(), "image").unwrap(), None);
-        assert_eq!(fold_grey_input(&stem(1).encode_to_vec(), "pixels").unwrap(), None);
+        for (mut model, input) in [(stem(3), "image"), (twice, "image"), (stem(1), "pixels")] {
+            let before = model.clone();
+            assert!(!fold_grey_input(&mut model, input));
+            assert_eq!(model, before, "left as it was");
+        }
     }
 }

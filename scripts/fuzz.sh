@@ -13,6 +13,10 @@ if ! cargo fuzz --version >/dev/null 2>&1; then
     cargo install cargo-fuzz --locked
 fi
 export RUSTC_BOOTSTRAP=1
+# Build first, with all of cargo's output: a build failure (a full disk, say) must be readable in
+# the CI log, not cut off by the `tail` on the fuzzer's output below.
+echo "building the fuzz targets ($(df -h --output=avail . | tail -n 1 | tr -d ' ') free on disk)" >&2
+cargo fuzz build --release
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 for target in decode styles_csv; do

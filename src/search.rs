@@ -387,8 +387,7 @@ pub fn sync_qdrant(catalog: &SqliteCatalog, store: &crate::index::qdrant::Qdrant
     let space = SearchSpace::for_catalog(catalog)?;
     let exact = space.build_index(catalog, VectorKind::Primary, crate::index::Precision::F32)?;
     let mut index = open_qdrant(catalog, &space, store)?;
-    let vectors: Vec<(crate::catalog::Key, Vec<f32>)> = exact.keys().iter().filter_map(|&k| exact.vector(k).map(|v| (k, v))).collect();
-    index.sync(&vectors)
+    index.sync(exact.keys(), |key| exact.vector(key))
 }
 
 /// Where a catalog's search graph is saved: beside the catalog file.

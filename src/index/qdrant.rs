@@ -66,6 +66,9 @@ impl QdrantConfig {
 /// Payload fields lookalike adds beside the product's metadata.
 const KEY_FIELD: &str = "_lookalike_key";
 const ID_FIELD: &str = "_lookalike_id";
+/// Points per upsert request: large enough to amortise the round trip, small enough to stay far
+/// below gRPC's 4 MiB message limit at 2048 dimensions (256 × 8 KiB = 2 MiB).
+const UPSERT_BATCH: usize = 256;
 
 /// The point id of a product: a UUID made from the SHA-256 of its id.
 pub fn point_id(product_id: &str) -> String {
@@ -217,14 +220,19 @@ impl QdrantIndex {
         Ok(PointStruct::new(point_id(id), vector.to_vec(), payload))
     }
 
-    /// Upserts many points in batches of 256.
+    /// Upserts many points in batches of [`UPSERT_BATCH`].
     pub fn upsert_many(&mut self, rows: &[(Key, Vec<f32>)]) -> Result<()> {
-        for chunk in rows.chunks(256) {
-            let points = chunk.iter().map(|(k, v)| self.point(*k, v)).collect::<Result<Vec<_>>>()?;
-            let request = UpsertPointsBuilder::new(self.config.collection.clone(), points).wait(true).ordering(self.ordering());
-            self.retry("upserting points", || self.client.upsert_points(request.clone()))?;
+        for chunk in rows.chunks(UPSERT_BATCH) {
+            self.upsert_batch(chunk)?;
         }
         self.len = self.count()?;
+        Ok(())
+    }
+
+    fn upsert_batch(&self, rows: &[(Key, Vec<f32>)]) -> Result<()> {
+        let points = rows.iter().map(|(k, v)| self.point(*k, v)).collect::<Result<Vec<_>>>()?;
+        let request = UpsertPointsBuilder::new(self.config.collection.clone(), points).wait(true).ordering(self.ordering());
+        self.retry("upserting points", || self.client.upsert_points(request.clone()))?;
         Ok(())
     }
 
@@ -252,26 +260,30 @@ impl QdrantIndex {
     }
 
     /// Makes the collection agree with the catalog: upserts every product that is missing (or
-    /// whose recorded key differs), deletes points whose product is gone. `vectors` are the
-    /// catalog's vectors in the search space, keyed by catalog key.
-    pub fn sync(&mut self, vectors: &[(Key, Vec<f32>)]) -> Result<SyncReport> {
+    /// whose recorded key differs), deletes points whose product is gone. `keys` are the
+    /// catalog's products; `vector` gives one's vector in the search space. Vectors are fetched
+    /// 256 at a time as they are sent, so a million-product sync holds no second copy of them.
+    pub fn sync(&mut self, keys: &[Key], vector: impl Fn(Key) -> Option<Vec<f32>>) -> Result<SyncReport> {
         let started = std::time::Instant::now();
         let existing = self.all_points()?;
-        let mut report = SyncReport { in_catalog: vectors.len(), in_collection_before: existing.len(), ..Default::default() };
+        let mut report = SyncReport { in_catalog: keys.len(), in_collection_before: existing.len(), ..Default::default() };
         let mut wanted: HashSet<String> = HashSet::new();
         let mut missing = Vec::new();
-        for (key, vector) in vectors {
-            let (id, _) = self.products.get(key).with_context(|| format!("no product id known for key {key}"))?;
+        for &key in keys {
+            let (id, _) = self.products.get(&key).with_context(|| format!("no product id known for key {key}"))?;
             let pid = point_id(id);
-            if existing.get(&pid) != Some(&Some(*key)) {
-                missing.push((*key, vector.clone()));
+            if existing.get(&pid) != Some(&Some(key)) {
+                missing.push(key);
             }
             wanted.insert(pid);
         }
         let stale: Vec<PointId> = existing.keys().filter(|p| !wanted.contains(*p)).map(|p| PointId::from(p.clone())).collect();
         report.added = missing.len();
         report.deleted = stale.len();
-        self.upsert_many(&missing)?;
+        for chunk in missing.chunks(UPSERT_BATCH) {
+            let rows = chunk.iter().map(|&k| vector(k).map(|v| (k, v)).with_context(|| format!("no vector for key {k}"))).collect::<Result<Vec<_>>>()?;
+            self.upsert_batch(&rows)?;
+        }
         for chunk in stale.chunks(1000) {
             let request = DeletePointsBuilder::new(self.config.collection.clone()).points(PointsIdsList { ids: chunk.to_vec() }).wait(true).ordering(self.ordering());
             self.retry("deleting points", || self.client.delete_points(request.clone()))?;

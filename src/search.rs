@@ -2,7 +2,8 @@
 //! product metadata. The CLI and the HTTP API both call [`SearchEngine`]; neither knows how the
 //! model or the store work.
 
-use std::sync::{Mutex, RwLock};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
 use anyhow::{Context, Result};
@@ -140,6 +141,8 @@ pub struct SearchEngine {
     /// How model vectors are mapped before they are indexed or searched for.
     space: SearchSpace,
     limits: DecodeLimits,
+    /// Set while [`SearchEngine::compact_graph`] runs, so only one runs at a time.
+    compacting: AtomicBool,
 }
 
 fn ms(since: Instant) -> f64 {
@@ -180,7 +183,7 @@ impl SearchEngine {
                 );
             }
         }
-        Ok(SearchEngine { catalog: Mutex::new(catalog), index: RwLock::new(index), encoder, space, limits: DecodeLimits::default() })
+        Ok(SearchEngine { catalog: Mutex::new(catalog), index: RwLock::new(index), encoder, space, limits: DecodeLimits::default(), compacting: AtomicBool::new(false) })
     }
 
     /// Name of the model that encodes queries (and whose vectors the catalog holds).
@@ -287,6 +290,81 @@ impl SearchEngine {
         Ok(true)
     }
 
+    /// Rebuilds the search graph without the dead entries that removed and replaced products
+    /// leave in it, once they reach a quarter of the live ones ([`AnnIndex::needs_compaction`]);
+    /// the rebuilt graph is saved for the next start. Returns how many dead entries were
+    /// dropped, or `None` when nothing was due (an exact index, a graph still lean enough, or a
+    /// compaction already running).
+    ///
+    /// Searches and catalog changes go on meanwhile: the graph is built from a copy of the rows
+    /// (so, while it runs, the vectors and the graph are held twice), the changes made during
+    /// the build are replayed into it, and it replaces the old graph in one step.
+    pub fn compact_graph(&self) -> Result<Option<usize>> {
+        if self.compacting.swap(true, Ordering::AcqRel) {
+            return Ok(None);
+        }
+        struct Done<'a>(&'a AtomicBool);
+        impl Drop for Done<'_> {
+            fn drop(&mut self) {
+                self.0.store(false, Ordering::Release);
+            }
+        }
+        let _done = Done(&self.compacting);
+
+        // Writers hold the catalog lock until their index write is done, so every change up to
+        // `since` is in the index when the rows are copied; later ones are replayed below.
+        let (since, catalog_path) = self.with_catalog(|c| Ok((c.generation()?, c.path().to_path_buf())))?;
+        let Some(compaction) = self.index.read().map_err(|_| anyhow::anyhow!("index lock poisoned"))?.compaction() else {
+            return Ok(None);
+        };
+        let dropped = compaction.tombstones;
+        tracing::info!("rebuilding the search graph: {dropped} of its entries are removed or replaced products");
+        let mut fresh = compaction.build()?;
+        // Saved as of `since`: the graph holds every change up to it (and perhaps a few later
+        // ones, which a load replays again harmlessly).
+        let (graph_path, stamp_path) = graph_paths(&catalog_path);
+        let saved = {
+            let _turn = graph_turn(&graph_path);
+            write_graph(&fresh, &self.space.fingerprint(), since, &graph_path, &stamp_path)
+        };
+        if let Err(e) = &saved {
+            tracing::warn!("could not save the rebuilt search graph (it is rebuilt again at the next start): {e:#}");
+        }
+
+        let catalog = self.catalog.lock().map_err(|_| anyhow::anyhow!("catalog lock poisoned"))?;
+        if saved.is_ok() {
+            catalog.forget_changes_through(since)?;
+        }
+        for key in catalog.changed_since(since)? {
+            match catalog.vector(key)? {
+                Some(vector) => fresh.upsert(key, &self.to_search_space(&vector).map_err(|e| anyhow::anyhow!("{e}"))?)?,
+                None => fresh.remove(key)?,
+            }
+        }
+        *self.index.write().map_err(|_| anyhow::anyhow!("index lock poisoned"))? = Box::new(fresh);
+        tracing::info!("search graph rebuilt without {dropped} dead entries");
+        Ok(Some(dropped))
+    }
+
+    /// Starts [`SearchEngine::compact_graph`] on a thread of its own when it is due, so that a
+    /// catalog change does not wait for a rebuild. A server calls this after each change; the
+    /// command line need not, as a graph is compacted when it is opened.
+    pub fn compact_graph_in_background(self: &Arc<Self>) {
+        let due = !self.compacting.load(Ordering::Acquire) && self.index.read().is_ok_and(|index| index.needs_compaction());
+        if !due {
+            return;
+        }
+        let engine = Arc::clone(self);
+        let started = std::thread::Builder::new().name("graph-compaction".into()).spawn(move || {
+            if let Err(e) = engine.compact_graph() {
+                tracing::warn!("rebuilding the search graph failed (searches go on with the old one): {e:#}");
+            }
+        });
+        if let Err(e) = started {
+            tracing::warn!("could not start rebuilding the search graph: {e}");
+        }
+    }
+
     /// Number of searchable products (vectors in the index).
     pub fn len(&self) -> usize {
         self.index.read().map(|i| i.len()).unwrap_or(0)
@@ -334,10 +412,13 @@ impl SearchEngine {
                 (true, _) => index.search(&vector, wanted, None)?,
                 // The store evaluates the filter itself.
                 (false, Some(hits)) => hits?,
-                // The embedded stores take the matching keys, computed from the catalog.
+                // The embedded stores take the matching keys, computed from the catalog. The
+                // index lock is let go first: writers hold the catalog lock while they wait for
+                // the index lock, so a search holding both the other way round would deadlock.
                 (false, None) => {
+                    drop(index);
                     let allowed: Allowed = self.with_catalog(|c| c.filter_keys(&request.filter))?.into_iter().collect();
-                    index.search(&vector, wanted, Some(&allowed))?
+                    self.index.read().map_err(|_| anyhow::anyhow!("index lock poisoned"))?.search(&vector, wanted, Some(&allowed))?
                 }
             }
         };
@@ -405,19 +486,7 @@ pub fn graph_paths(catalog: &std::path::Path) -> (std::path::PathBuf, std::path:
 /// saved for next time. Building takes minutes for a million products; loading, seconds.
 fn open_graph(catalog: &SqliteCatalog, space: &SearchSpace, exact: ExactIndex, config: &IndexConfig) -> Result<AnnIndex> {
     let (graph_path, stamp_path) = graph_paths(catalog.path());
-    // Two processes opening one catalog at once (two servers starting, `search` beside `serve`)
-    // take turns: the graph file, its stamp and the change log they trim must come from the same
-    // process. Without a lock (read-only directory) each still checks what it loads.
-    let mut lock_path = graph_path.clone().into_os_string();
-    lock_path.push(".lock");
-    let _turn = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)
-        .and_then(|file| file.lock().map(|()| file))
-        .map_err(|e| tracing::debug!("no lock on {}: {e}", std::path::Path::new(&lock_path).display()))
-        .ok();
+    let _turn = graph_turn(&graph_path);
     let fingerprint = space.fingerprint();
     let generation = catalog.generation()?;
     let stamp: Option<AnnStamp> = std::fs::read(&stamp_path).ok().and_then(|bytes| serde_json::from_slice(&bytes).ok());
@@ -449,18 +518,38 @@ fn open_graph(catalog: &SqliteCatalog, space: &SearchSpace, exact: ExactIndex, c
     Ok(graph)
 }
 
+/// Waits for this process's turn at the catalog's graph files. Two processes opening one catalog
+/// at once (two servers starting, `search` beside `serve`) take turns: the graph file, its stamp
+/// and the change log they trim must come from the same process. Without a lock (read-only
+/// directory) each still checks what it loads. The turn ends when the file is dropped.
+fn graph_turn(graph_path: &std::path::Path) -> Option<std::fs::File> {
+    let mut lock_path = graph_path.as_os_str().to_owned();
+    lock_path.push(".lock");
+    std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .and_then(|file| file.lock().map(|()| file))
+        .map_err(|e| tracing::debug!("no lock on {}: {e}", std::path::Path::new(&lock_path).display()))
+        .ok()
+}
+
 /// Saves the graph and its stamp; a failure (read-only directory, full disk) only costs a
 /// rebuild next time, so it is logged, not returned.
 fn save_graph(catalog: &SqliteCatalog, graph: &AnnIndex, fingerprint: &str, generation: i64, graph_path: &std::path::Path, stamp_path: &std::path::Path) {
-    let saved = graph.save(graph_path, fingerprint, generation).and_then(|stamp| {
-        let tmp = stamp_path.with_extension("tmp");
-        std::fs::write(&tmp, serde_json::to_vec_pretty(&stamp)?).with_context(|| format!("writing {}", tmp.display()))?;
-        std::fs::rename(&tmp, stamp_path).with_context(|| format!("renaming {}", tmp.display()))?;
-        catalog.forget_changes_through(generation)
-    });
+    let saved = write_graph(graph, fingerprint, generation, graph_path, stamp_path).and_then(|()| catalog.forget_changes_through(generation));
     if let Err(e) = saved {
         tracing::warn!("could not save the search graph (it will be rebuilt next time): {e:#}");
     }
+}
+
+/// Writes the graph, then its stamp, each through a temporary file.
+fn write_graph(graph: &AnnIndex, fingerprint: &str, generation: i64, graph_path: &std::path::Path, stamp_path: &std::path::Path) -> Result<()> {
+    let stamp = graph.save(graph_path, fingerprint, generation)?;
+    let tmp = stamp_path.with_extension("tmp");
+    std::fs::write(&tmp, serde_json::to_vec_pretty(&stamp)?).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, stamp_path).with_context(|| format!("renaming {}", tmp.display()))
 }
 
 #[cfg(test)]

@@ -58,6 +58,22 @@ pub struct AnnIndex {
     tombstones: AtomicUsize,
 }
 
+/// The rows and options of a graph that is due for compaction, copied out of it (see
+/// [`AnnIndex::compaction`]): building from them takes no lock on the live index.
+pub struct Compaction {
+    exact: ExactIndex,
+    options: AnnOptions,
+    /// Dead entries in the graph it was copied from.
+    pub tombstones: usize,
+}
+
+impl Compaction {
+    /// Builds the fresh graph (in parallel, like [`AnnIndex::build`]).
+    pub fn build(self) -> Result<AnnIndex> {
+        AnnIndex::build(self.exact, self.options)
+    }
+}
+
 /// What is written next to the graph file, to check it still belongs to the vectors.
 #[derive(Debug, Serialize, Deserialize, PartialEq)]
 pub struct AnnStamp {
@@ -183,6 +199,12 @@ impl AnnIndex {
         AnnIndex::build(self.exact, self.options)
     }
 
+    /// When [`AnnIndex::needs_compaction`], a copy of what a fresh graph is built from, so the
+    /// build can run while this index goes on answering searches.
+    pub fn compaction(&self) -> Option<Compaction> {
+        self.needs_compaction().then(|| Compaction { exact: self.exact.clone(), options: self.options, tombstones: self.tombstones() })
+    }
+
     /// The exact rows, for callers that want to check or reuse them.
     pub fn exact(&self) -> &ExactIndex {
         &self.exact
@@ -260,6 +282,14 @@ fn int8_scale(exact: &ExactIndex) -> f32 {
 impl VectorIndex for AnnIndex {
     fn dim(&self) -> usize {
         self.exact.dim()
+    }
+
+    fn needs_compaction(&self) -> bool {
+        AnnIndex::needs_compaction(self)
+    }
+
+    fn compaction(&self) -> Option<Compaction> {
+        AnnIndex::compaction(self)
     }
 
     fn len(&self) -> usize {

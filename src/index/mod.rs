@@ -16,7 +16,7 @@ use std::collections::{BinaryHeap, HashSet};
 use anyhow::Result;
 
 use crate::catalog::{Filter, Key, Metadata};
-pub use ann::{AnnIndex, AnnOptions, AnnStamp};
+pub use ann::{AnnIndex, AnnOptions, AnnStamp, Compaction};
 pub use exact::ExactIndex;
 pub use kernels::{dot, Precision};
 
@@ -54,6 +54,15 @@ pub trait VectorIndex: Send + Sync {
     }
     /// The product behind `key`, for stores that keep ids and metadata beside the vectors.
     fn describe(&mut self, _key: Key, _id: &str, _metadata: &Metadata) {}
+    /// Whether the index has collected enough dead weight from removals to be worth rebuilding
+    /// (an HNSW graph's tombstones); never for the default.
+    fn needs_compaction(&self) -> bool {
+        false
+    }
+    /// When [`VectorIndex::needs_compaction`], what the rebuild needs.
+    fn compaction(&self) -> Option<ann::Compaction> {
+        None
+    }
 }
 
 /// Scales `v` to unit length (left as is when it is all zeros).

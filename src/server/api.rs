@@ -482,6 +482,7 @@ pub async fn add_product(State(state): Shared, headers: HeaderMap, request: Requ
     let engine = state.engine.clone();
     let stored = blocking(move || {
         engine.add_product(product)?;
+        engine.compact_graph_in_background();
         Ok(engine.with_catalog(|c| crate::catalog::Catalog::get_by_id(c, &id))?)
     })
     .await?
@@ -509,7 +510,11 @@ pub async fn delete_product(State(state): Shared, headers: HeaderMap, Path(id): 
     let engine = state.engine.clone();
     let removed = blocking({
         let id = id.clone();
-        move || Ok(engine.remove_product(&id)?)
+        move || {
+            let removed = engine.remove_product(&id)?;
+            engine.compact_graph_in_background();
+            Ok(removed)
+        }
     })
     .await?;
     if !removed {

@@ -1,0 +1,193 @@
+//! Catalog changes while the engine answers searches, through the library: filtered searches
+//! and writes side by side never deadlock, and the search graph is rebuilt without the entries
+//! of removed products while both go on, losing no change made during the rebuild.
+
+mod common;
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
+
+use common::*;
+use lookalike::assets::Assets;
+use lookalike::catalog::{Catalog, Filter, NewImage, NewProduct, SqliteCatalog};
+use lookalike::encoder::OrtEncoder;
+use lookalike::index::{AnnMode, AnnStamp, IndexConfig};
+use lookalike::search::{SearchEngine, SearchRequest};
+
+fn encoder() -> OrtEncoder {
+    let assets = Assets::from_env();
+    let spec = lookalike::model::resolve(&assets, lookalike::model::DEFAULT_MODEL).expect("model (run `make setup`)");
+    OrtEncoder::new(&assets.onnxruntime_lib().expect("onnxruntime"), spec, 1).expect("encoder")
+}
+
+fn open(db: &std::path::Path) -> SearchEngine {
+    let config = IndexConfig { ann: AnnMode::Always, ..IndexConfig::default() };
+    SearchEngine::open_with(SqliteCatalog::open_existing(db).expect("catalog"), Box::new(encoder()), &config).expect("engine")
+}
+
+/// A catalog product as it was imported: id, metadata and model vector.
+fn as_new(engine: &SearchEngine, id: &str) -> NewProduct {
+    engine
+        .with_catalog(|c| {
+            let product = c.get_by_id(id)?.expect("product");
+            let vector = c.vector(product.key)?.expect("vector");
+            Ok(NewProduct {
+                id: product.id,
+                image: NewImage::Stored { bytes: b"not searched".to_vec(), mime: "application/octet-stream".into() },
+                content_hash: format!("re-added {id}"),
+                metadata: product.metadata,
+                vector,
+                max_pooled: None,
+            })
+        })
+        .expect("read product")
+}
+
+fn search_top(engine: &SearchEngine, vector: &[f32], k: usize) -> Vec<String> {
+    let results = engine.search_vector(vector, &SearchRequest { k, ..SearchRequest::default() }).expect("search");
+    results.hits.into_iter().map(|h| h.product.id).collect()
+}
+
+/// 300 products in a graph; 120 removed (40% dead entries, past the rebuild threshold of 25%),
+/// then the graph is compacted while two threads search (half of them filtered) and a third
+/// removes and re-adds products. Afterwards every product in the catalog finds itself first,
+/// no removed product is ever returned, the saved graph carries no dead entries, and a restart
+/// loads it and answers the same.
+#[test]
+fn the_graph_is_compacted_while_searches_and_writes_go_on() {
+    let (done_tx, done_rx) = mpsc::channel();
+    // Run in a thread, so a deadlock fails the test instead of hanging the suite.
+    let scenario = std::thread::spawn(move || {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = copy_catalog(dir.path());
+        let engine = Arc::new(open(&db));
+        let products = engine.with_catalog(|c| c.all_products()).expect("products");
+        assert_eq!(products.len(), 300);
+        let ids: Vec<String> = products.iter().map(|p| p.id.clone()).collect();
+        let saved: Vec<NewProduct> = ids.iter().map(|id| as_new(&engine, id)).collect();
+
+        for id in &ids[..120] {
+            assert!(engine.remove_product(id).expect("remove"), "{id} existed");
+        }
+        let removed: HashSet<String> = ids[..120].iter().cloned().collect();
+
+        let stop = Arc::new(AtomicBool::new(false));
+        let searches = Arc::new(AtomicUsize::new(0));
+        let searchers: Vec<_> = (0..2)
+            .map(|t| {
+                let (engine, stop, searches, removed) = (engine.clone(), stop.clone(), searches.clone(), removed.clone());
+                let queries: Vec<Vec<f32>> = saved[200..].iter().map(|p| p.vector.clone()).collect();
+                std::thread::spawn(move || {
+                    let filter = Filter::parse(&["articleType=Trouser", "articleType=Bag", "articleType=Sneaker"]).expect("filter");
+                    let mut i = t;
+                    while !stop.load(Ordering::Relaxed) {
+                        let request = SearchRequest { k: 10, offset: 0, filter: if i % 2 == 0 { filter.clone() } else { Filter::default() } };
+                        let results = engine.search_vector(&queries[i % queries.len()], &request).expect("search during changes");
+                        for hit in &results.hits {
+                            assert!(!removed.contains(&hit.product.id), "removed product {} was returned", hit.product.id);
+                        }
+                        searches.fetch_add(1, Ordering::Relaxed);
+                        i += 1;
+                    }
+                })
+            })
+            .collect();
+        // Products 120..160 go and come back while the graph is rebuilt.
+        let writer = {
+            let (engine, stop) = (engine.clone(), stop.clone());
+            let churn: Vec<NewProduct> = saved[120..160].to_vec();
+            std::thread::spawn(move || {
+                let mut rounds = 0;
+                while !stop.load(Ordering::Relaxed) || rounds == 0 {
+                    for product in &churn {
+                        engine.remove_product(&product.id).expect("remove during rebuild");
+                        engine.add_product(product.clone()).expect("re-add during rebuild");
+                    }
+                    rounds += 1;
+                }
+                rounds
+            })
+        };
+
+        let started = Instant::now();
+        let dropped = engine.compact_graph().expect("compaction").expect("a graph with 40% dead entries is due");
+        assert!(dropped >= 120, "dropped {dropped} dead entries, expected at least the 120 removals");
+        assert_eq!(engine.compact_graph().expect("second compaction"), None, "a fresh graph is not due again");
+        while searches.load(Ordering::Relaxed) < 50 && started.elapsed() < Duration::from_secs(30) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        stop.store(true, Ordering::Relaxed);
+        for searcher in searchers {
+            searcher.join().expect("searcher");
+        }
+        let rounds = writer.join().expect("writer");
+        assert!(rounds >= 1);
+        assert!(searches.load(Ordering::Relaxed) >= 50, "searches went on during the rebuild");
+
+        // Nothing lost: the 180 products in the catalog are all found, each first for its own
+        // vector, and the index holds exactly them.
+        assert_eq!(engine.len(), 180);
+        for product in &saved[120..] {
+            assert_eq!(search_top(&engine, &product.vector, 1), vec![product.id.clone()], "{} finds itself", product.id);
+        }
+
+        // The saved graph has no dead entries of the removals, and a restart uses it.
+        let (_, stamp_path) = lookalike::search::graph_paths(&db);
+        let stamp: AnnStamp = serde_json::from_slice(&std::fs::read(&stamp_path).expect("stamp")).expect("stamp JSON");
+        assert_eq!(stamp.tombstones, 0, "the saved graph is the compacted one: {stamp:?}");
+        let before: Vec<Vec<String>> = saved[200..220].iter().map(|p| search_top(&engine, &p.vector, 10)).collect();
+        drop(engine);
+        let reopened = open(&db);
+        assert_eq!(reopened.len(), 180);
+        let after: Vec<Vec<String>> = saved[200..220].iter().map(|p| search_top(&reopened, &p.vector, 10)).collect();
+        assert_eq!(before, after, "the reopened catalog answers as before");
+        done_tx.send(()).expect("report");
+    });
+    match done_rx.recv_timeout(Duration::from_secs(120)) {
+        Ok(()) => scenario.join().expect("scenario"),
+        Err(mpsc::RecvTimeoutError::Disconnected) => scenario.join().expect("the scenario failed"),
+        Err(mpsc::RecvTimeoutError::Timeout) => panic!("no answer in 120 s: searches and catalog changes deadlocked"),
+    }
+}
+
+/// The server starts the rebuild itself: deleting 100 of 300 products over the API passes the
+/// threshold, and a compacted graph is saved (its stamp moves on, with no dead entries) while
+/// the server keeps answering.
+#[test]
+fn the_server_compacts_the_graph_after_deletions() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = copy_catalog(dir.path());
+    let token = "compaction-test-token";
+    let server = Server::start(&db, &["--ann", "always", "--admin-token", token], &[]);
+    let (_, stamp_path) = lookalike::search::graph_paths(&db);
+    let read_stamp = || -> AnnStamp { serde_json::from_slice(&std::fs::read(&stamp_path).expect("stamp")).expect("stamp JSON") };
+    let at_start = read_stamp();
+    assert_eq!(at_start.len, 300);
+
+    let http = client();
+    let products = SqliteCatalog::open_existing(&db).expect("catalog").all_products().expect("products");
+    for product in &products[..100] {
+        let r = http.delete(server.url(&format!("/api/products/{}", product.id))).bearer_auth(token).send().expect("delete");
+        assert_eq!(r.status(), 204);
+    }
+    let started = Instant::now();
+    let compacted = loop {
+        let stamp = read_stamp();
+        if stamp.generation > at_start.generation {
+            break stamp;
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "no compacted graph saved within 60 s of the deletions");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(compacted.tombstones, 0, "{compacted:?}");
+    // It ran once the dead entries passed a quarter of the live ones (the 61st deletion), and
+    // holds the products alive at that point only.
+    assert!((200..=240).contains(&compacted.len), "the saved graph holds the live products only: {compacted:?}");
+    assert_eq!(ok_json(http.get(server.url("/readyz")).send().expect("readyz"))["products"], 200);
+    let (png, _) = test_photo(0);
+    let found = ok_json(search_photo(&server, png, &[("k", "10")]));
+    let removed: HashSet<&str> = products[..100].iter().map(|p| p.id.as_str()).collect();
+    assert!(ids(&found).iter().all(|id| !removed.contains(id.as_str())), "no removed product is returned");
+}

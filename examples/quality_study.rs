@@ -20,6 +20,9 @@ use lookalike::preprocess;
 /// Pooled vectors of one image under each recipe.
 struct Recipes(Vec<(String, Vec<f32>)>);
 
+/// A pooling recipe's name with its catalog and query vectors.
+type Variant = (String, Vec<Vec<f32>>, Vec<Vec<f32>>);
+
 fn recipes(map: &[f32], flipped: &[f32], channels: usize) -> Recipes {
     let fm = FeatureMap::channel_major(map, channels);
     let ff = FeatureMap::channel_major(flipped, channels);
@@ -83,7 +86,8 @@ fn main() -> Result<()> {
         let per_image_ms = started.elapsed().as_secs_f64() * 1000.0 / (2 * catalog_images.len()) as f64;
         let qs = encode_all(&encoder, &query_images)?;
         let recipes_n = cat[0].0.len();
-        let mut variants: Vec<(String, Vec<Vec<f32>>, Vec<Vec<f32>>)> = Vec::new();
+        // (recipe name, catalog vectors, query vectors)
+        let mut variants: Vec<Variant> = Vec::new();
         for r in 0..recipes_n {
             let name = cat[0].0[r].0.clone();
             let c: Vec<Vec<f32>> = cat.iter().map(|x| x.0[r].1.clone()).collect();

@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use crate::catalog::{Catalog, Filter, Key, NewProduct, Product, SqliteCatalog, VectorKind, VectorSpace};
 use crate::encoder::{Embedding, Encoder};
-use crate::index::{Allowed, AnnIndex, AnnStamp, ExactIndex, Hit, IndexConfig, VectorIndex};
+use crate::index::{Allowed, AnnIndex, AnnStamp, ExactIndex, Hit, IndexConfig, IndexStats, VectorIndex};
 use crate::preprocess::{self, DecodeLimits, ImageError};
 use crate::space::SearchSpace;
 
@@ -143,6 +143,8 @@ pub struct SearchEngine {
     limits: DecodeLimits,
     /// Set while [`SearchEngine::compact_graph`] runs, so only one runs at a time.
     compacting: AtomicBool,
+    /// Set once a due compaction was put off for want of memory (so that is said once).
+    compaction_put_off: AtomicBool,
 }
 
 fn ms(since: Instant) -> f64 {
@@ -183,7 +185,7 @@ impl SearchEngine {
                 );
             }
         }
-        Ok(SearchEngine { catalog: Mutex::new(catalog), index: RwLock::new(index), encoder, space, limits: DecodeLimits::default(), compacting: AtomicBool::new(false) })
+        Ok(SearchEngine { catalog: Mutex::new(catalog), index: RwLock::new(index), encoder, space, limits: DecodeLimits::default(), compacting: AtomicBool::new(false), compaction_put_off: AtomicBool::new(false) })
     }
 
     /// Name of the model that encodes queries (and whose vectors the catalog holds).
@@ -341,7 +343,10 @@ impl SearchEngine {
                 None => fresh.remove(key)?,
             }
         }
-        *self.index.write().map_err(|_| anyhow::anyhow!("index lock poisoned"))? = Box::new(fresh);
+        let old = std::mem::replace(&mut *self.index.write().map_err(|_| anyhow::anyhow!("index lock poisoned"))?, Box::new(fresh));
+        // Freed with no lock held: giving back gigabytes takes a moment.
+        drop(catalog);
+        drop(old);
         tracing::info!("search graph rebuilt without {dropped} dead entries");
         Ok(Some(dropped))
     }
@@ -349,10 +354,29 @@ impl SearchEngine {
     /// Starts [`SearchEngine::compact_graph`] on a thread of its own when it is due, so that a
     /// catalog change does not wait for a rebuild. A server calls this after each change; the
     /// command line need not, as a graph is compacted when it is opened.
+    ///
+    /// The rebuild holds a second copy of the index while it runs. When the machine has not
+    /// that much memory available (with a quarter to spare), it is left to the next start, whose
+    /// rebuild copies nothing ([`AnnIndex::compacted`]), rather than risk the server being
+    /// killed for memory.
     pub fn compact_graph_in_background(self: &Arc<Self>) {
-        let due = !self.compacting.load(Ordering::Acquire) && self.index.read().is_ok_and(|index| index.needs_compaction());
-        if !due {
+        if self.compacting.load(Ordering::Acquire) {
             return;
+        }
+        let Some(needed) = self.index.read().ok().filter(|index| index.needs_compaction()).map(|index| index.memory_bytes()) else {
+            return;
+        };
+        if let Some(available) = available_memory_bytes() {
+            if needed.saturating_add(needed / 4) > available {
+                if !self.compaction_put_off.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(
+                        "the search graph is due for a rebuild without its dead entries, but that needs about {} MB and {} MB are available: it is rebuilt at the next start",
+                        needed >> 20,
+                        available >> 20
+                    );
+                }
+                return;
+            }
         }
         let engine = Arc::clone(self);
         let started = std::thread::Builder::new().name("graph-compaction".into()).spawn(move || {
@@ -363,6 +387,11 @@ impl SearchEngine {
         if let Err(e) = started {
             tracing::warn!("could not start rebuilding the search graph: {e}");
         }
+    }
+
+    /// What the index holds: vectors, bytes, dead entries (for `/metrics`).
+    pub fn index_stats(&self) -> IndexStats {
+        self.index.read().map(|i| IndexStats { vectors: i.len(), memory_bytes: i.memory_bytes(), dead_entries: i.dead_entries() }).unwrap_or_default()
     }
 
     /// Number of searchable products (vectors in the index).
@@ -518,6 +547,18 @@ fn open_graph(catalog: &SqliteCatalog, space: &SearchSpace, exact: ExactIndex, c
     Ok(graph)
 }
 
+/// Memory the kernel could give this process without swapping (`MemAvailable` in
+/// `/proc/meminfo`); `None` where that is not known.
+fn available_memory_bytes() -> Option<usize> {
+    parse_mem_available(&std::fs::read_to_string("/proc/meminfo").ok()?)
+}
+
+fn parse_mem_available(meminfo: &str) -> Option<usize> {
+    let line = meminfo.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: usize = line.trim_start_matches("MemAvailable:").trim().trim_end_matches("kB").trim().parse().ok()?;
+    kib.checked_mul(1024)
+}
+
 /// Waits for this process's turn at the catalog's graph files. Two processes opening one catalog
 /// at once (two servers starting, `search` beside `serve`) take turns: the graph file, its stamp
 /// and the change log they trim must come from the same process. Without a lock (read-only
@@ -563,6 +604,17 @@ mod tests {
         assert!(clamped.x + clamped.width <= 1.0);
         for bad in ["", "1,2,3", "a,b,c,d", "0.5,0.5,0.9,0.1", "-0.1,0,0.5,0.5", "1,0,0.5,0.5", "0,0,0,0.5", "NaN,0,0.5,0.5"] {
             assert!(Crop::parse(bad).is_err(), "{bad:?} should be refused");
+        }
+    }
+
+    #[test]
+    fn available_memory_is_read_from_meminfo() {
+        let meminfo = "MemTotal:       24575392 kB\nMemFree:         1018112 kB\nMemAvailable:   20971520 kB\nBuffers:          123 kB\n";
+        assert_eq!(parse_mem_available(meminfo), Some(20 << 30));
+        assert_eq!(parse_mem_available("MemTotal: 1 kB\n"), None);
+        assert_eq!(parse_mem_available("MemAvailable: lots\n"), None);
+        if cfg!(target_os = "linux") {
+            assert!(available_memory_bytes().is_some_and(|b| b > 0), "this machine reports its available memory");
         }
     }
 

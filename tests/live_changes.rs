@@ -186,6 +186,19 @@ fn the_server_compacts_the_graph_after_deletions() {
     // holds the products alive at that point only.
     assert!((200..=240).contains(&compacted.len), "the saved graph holds the live products only: {compacted:?}");
     assert_eq!(ok_json(http.get(server.url("/readyz")).send().expect("readyz"))["products"], 200);
+
+    // /metrics shows the swap: only the deletions the rebuild's copy missed are dead entries.
+    let gauge = |name: &str| -> f64 {
+        let text = http.get(server.url("/metrics")).send().expect("metrics").text().expect("text");
+        let line = text.lines().find(|l| l.starts_with(&format!("{name} "))).unwrap_or_else(|| panic!("{name} in {text}"));
+        line[name.len()..].trim().parse().expect("number")
+    };
+    let expected_dead = (compacted.len - 200) as f64;
+    while gauge("lookalike_index_dead_entries") != expected_dead {
+        assert!(started.elapsed() < Duration::from_secs(60), "dead entries stay at {} (expected {expected_dead})", gauge("lookalike_index_dead_entries"));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(gauge("lookalike_index_memory_bytes") > (200 * 1280 * 4) as f64, "the index holds 200 rows of 1280 f32 and a graph");
     let (png, _) = test_photo(0);
     let found = ok_json(search_photo(&server, png, &[("k", "10")]));
     let removed: HashSet<&str> = products[..100].iter().map(|p| p.id.as_str()).collect();

@@ -194,9 +194,12 @@ impl AnnIndex {
         self.tombstones() * 4 > self.len().max(16)
     }
 
-    /// A fresh graph over the live vectors, without tombstones.
+    /// A fresh graph over the live vectors, without tombstones. The old graph is freed first,
+    /// so this needs no more memory than the index already holds.
     pub fn compacted(self) -> Result<AnnIndex> {
-        AnnIndex::build(self.exact, self.options)
+        let AnnIndex { graph, exact, options, .. } = self;
+        drop(graph);
+        AnnIndex::build(exact, options)
     }
 
     /// When [`AnnIndex::needs_compaction`], a copy of what a fresh graph is built from, so the
@@ -282,6 +285,14 @@ fn int8_scale(exact: &ExactIndex) -> f32 {
 impl VectorIndex for AnnIndex {
     fn dim(&self) -> usize {
         self.exact.dim()
+    }
+
+    fn memory_bytes(&self) -> usize {
+        self.exact.memory_bytes() + self.graph.memory_usage()
+    }
+
+    fn dead_entries(&self) -> usize {
+        self.tombstones()
     }
 
     fn needs_compaction(&self) -> bool {

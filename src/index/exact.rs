@@ -173,6 +173,10 @@ impl VectorIndex for ExactIndex {
         self.dim
     }
 
+    fn memory_bytes(&self) -> usize {
+        self.row_bytes() + self.keys.len() * std::mem::size_of::<Key>()
+    }
+
     fn len(&self) -> usize {
         self.keys.len()
     }

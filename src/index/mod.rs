@@ -54,6 +54,15 @@ pub trait VectorIndex: Send + Sync {
     }
     /// The product behind `key`, for stores that keep ids and metadata beside the vectors.
     fn describe(&mut self, _key: Key, _id: &str, _metadata: &Metadata) {}
+    /// Bytes the index holds in this process (0 for a remote store).
+    fn memory_bytes(&self) -> usize {
+        0
+    }
+    /// Entries of removed or replaced products that still take room (an HNSW graph's
+    /// tombstones); 0 for an index that frees them at once.
+    fn dead_entries(&self) -> usize {
+        0
+    }
     /// Whether the index has collected enough dead weight from removals to be worth rebuilding
     /// (an HNSW graph's tombstones); never for the default.
     fn needs_compaction(&self) -> bool {
@@ -63,6 +72,14 @@ pub trait VectorIndex: Send + Sync {
     fn compaction(&self) -> Option<ann::Compaction> {
         None
     }
+}
+
+/// What an index holds, for monitoring.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct IndexStats {
+    pub vectors: usize,
+    pub memory_bytes: usize,
+    pub dead_entries: usize,
 }
 
 /// Scales `v` to unit length (left as is when it is all zeros).

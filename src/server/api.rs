@@ -606,7 +606,15 @@ pub async fn readyz(State(state): Shared) -> Result<Json<Readiness>, ApiError> {
 #[utoipa::path(get, path = "/metrics", tag = "operations", responses((status = 200, description = "Prometheus text format", content_type = "text/plain")))]
 pub async fn metrics(State(state): Shared) -> impl IntoResponse {
     let config = state.batcher.config();
-    let gauges = Gauges { catalog_products: state.engine.len(), queue_waiting: state.batcher.waiting(), queue_capacity: config.queue, workers: config.workers };
+    let index = state.engine.index_stats();
+    let gauges = Gauges {
+        catalog_products: index.vectors,
+        index_memory_bytes: index.memory_bytes,
+        index_dead_entries: index.dead_entries,
+        queue_waiting: state.batcher.waiting(),
+        queue_capacity: config.queue,
+        workers: config.workers,
+    };
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], state.metrics.render(&gauges))
 }
 

@@ -83,6 +83,10 @@ impl Default for Metrics {
 /// Gauges read at scrape time rather than tracked.
 pub struct Gauges {
     pub catalog_products: usize,
+    /// Bytes the embedded vector index holds (0 with Qdrant).
+    pub index_memory_bytes: usize,
+    /// Graph entries of removed or replaced products, until the graph is rebuilt.
+    pub index_dead_entries: usize,
     pub queue_waiting: usize,
     pub queue_capacity: usize,
     pub workers: usize,
@@ -146,6 +150,14 @@ impl Metrics {
         gauge(&mut out, "lookalike_encoder_queue_capacity", "Photos that may wait before requests are refused.", "gauge", gauges.queue_capacity as f64);
         gauge(&mut out, "lookalike_encoder_workers", "Encoder worker threads.", "gauge", gauges.workers as f64);
         gauge(&mut out, "lookalike_catalog_products", "Searchable products in the catalog.", "gauge", gauges.catalog_products as f64);
+        gauge(&mut out, "lookalike_index_memory_bytes", "Bytes the embedded vector index holds (0 with a Qdrant store).", "gauge", gauges.index_memory_bytes as f64);
+        gauge(
+            &mut out,
+            "lookalike_index_dead_entries",
+            "Search graph entries of removed or replaced products; the graph is rebuilt once they reach a quarter of the live ones.",
+            "gauge",
+            gauges.index_dead_entries as f64,
+        );
         out
     }
 }
@@ -174,12 +186,14 @@ mod tests {
         m.observe_request("/a", "GET", 200, Duration::from_millis(3));
         m.observe_request("/a", "GET", 200, Duration::from_millis(30));
         m.observe_request("/a", "GET", 503, Duration::from_secs(100));
-        let text = m.render(&Gauges { catalog_products: 7, queue_waiting: 0, queue_capacity: 4, workers: 1 });
+        let text = m.render(&Gauges { catalog_products: 7, index_memory_bytes: 35840, index_dead_entries: 2, queue_waiting: 0, queue_capacity: 4, workers: 1 });
         assert!(text.contains("lookalike_http_requests_total{route=\"/a\",method=\"GET\",status=\"200\"} 2"), "{text}");
         assert!(text.contains("lookalike_http_request_duration_seconds_bucket{route=\"/a\",le=\"0.005\"} 1"), "{text}");
         assert!(text.contains("lookalike_http_request_duration_seconds_bucket{route=\"/a\",le=\"0.05\"} 2"), "{text}");
         assert!(text.contains("lookalike_http_request_duration_seconds_bucket{route=\"/a\",le=\"+Inf\"} 3"), "{text}");
         assert!(text.contains("lookalike_encoder_rejected_total 1"), "{text}");
         assert!(text.contains("lookalike_catalog_products 7"), "{text}");
+        assert!(text.contains("lookalike_index_memory_bytes 35840"), "{text}");
+        assert!(text.contains("lookalike_index_dead_entries 2"), "{text}");
     }
 }

@@ -145,7 +145,7 @@ impl QdrantIndex {
                     std::thread::sleep(delay);
                     delay *= 2;
                 }
-                Err(e) => return Err(anyhow!("{what} (Qdrant at {}): {e}", self.config.url)),
+                Err(e) => return Err(anyhow!("{what} (Qdrant at {}): {}", self.config.url, explain(&e))),
             }
         }
         unreachable!("the retry loop returns")
@@ -325,6 +325,18 @@ fn integer(v: &QValue) -> Option<i64> {
     }
 }
 
+/// A Qdrant error as a person can act on it: the server's own message without the gRPC
+/// metadata, and what to do about a missing, wrong or read-only API key.
+fn explain(e: &qdrant_client::QdrantError) -> String {
+    let qdrant_client::QdrantError::ResponseError { status } = e else { return e.to_string() };
+    let message = status.message();
+    match status.code() as i32 {
+        16 => format!("{message} (pass --qdrant-api-key KEY or set QDRANT_API_KEY)"),
+        7 => format!("{message} (this API key may not do that: changing the collection needs a read-write key)"),
+        _ => format!("{:?}: {message}", status.code()),
+    }
+}
+
 /// Unavailable (a node restarting), deadline exceeded, resource exhausted, aborted: worth a retry.
 fn is_transient(e: &qdrant_client::QdrantError) -> bool {
     match e {
@@ -378,5 +390,22 @@ impl VectorIndex for QdrantIndex {
 
     fn describe(&mut self, key: Key, id: &str, metadata: &Metadata) {
         QdrantIndex::describe(self, key, id, metadata);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refused_keys_are_explained_without_grpc_metadata() {
+        let error = |code, message: &str| qdrant_client::QdrantError::ResponseError { status: tonic::Status::new(code, message) };
+        let missing = explain(&error(tonic::Code::Unauthenticated, "Must provide an API key or an Authorization bearer token"));
+        assert_eq!(missing, "Must provide an API key or an Authorization bearer token (pass --qdrant-api-key KEY or set QDRANT_API_KEY)");
+        let read_only = explain(&error(tonic::Code::PermissionDenied, "Access denied"));
+        assert!(read_only.contains("read-write key"), "{read_only}");
+        let other = explain(&error(tonic::Code::NotFound, "Collection `shop` doesn't exist!"));
+        assert_eq!(other, "NotFound: Collection `shop` doesn't exist!");
+        assert!(!other.contains("MetadataMap"));
     }
 }

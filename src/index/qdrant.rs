@@ -145,7 +145,7 @@ impl QdrantIndex {
                     std::thread::sleep(delay);
                     delay *= 2;
                 }
-                Err(e) => return Err(anyhow!("{what} (Qdrant at {}): {}", self.config.url, explain(&e))),
+                Err(e) => return Err(anyhow!("{what} (Qdrant at {}): {}", self.config.url, explain(&e, self.config.url.starts_with("https:")))),
             }
         }
         unreachable!("the retry loop returns")
@@ -326,13 +326,18 @@ fn integer(v: &QValue) -> Option<i64> {
 }
 
 /// A Qdrant error as a person can act on it: the server's own message without the gRPC
-/// metadata, and what to do about a missing, wrong or read-only API key.
-fn explain(e: &qdrant_client::QdrantError) -> String {
+/// metadata, and what to do about a missing, wrong or read-only API key or a TLS mismatch.
+/// `tls` says whether the connection was made with TLS (`qdrants://`).
+fn explain(e: &qdrant_client::QdrantError, tls: bool) -> String {
     let qdrant_client::QdrantError::ResponseError { status } = e else { return e.to_string() };
     let message = status.message();
     match status.code() as i32 {
         16 => format!("{message} (pass --qdrant-api-key KEY or set QDRANT_API_KEY)"),
         7 => format!("{message} (this API key may not do that: changing the collection needs a read-write key)"),
+        _ if message.contains("InvalidCertificate") => format!(
+            "{message} (the server's TLS certificate is not trusted here: add its CA to the system's certificates, or point SSL_CERT_FILE at it)"
+        ),
+        2 if !tls && message == "transport error" => format!("{message} (if the server speaks TLS, use qdrants://HOST:PORT)"),
         _ => format!("{:?}: {message}", status.code()),
     }
 }
@@ -398,14 +403,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn refused_keys_are_explained_without_grpc_metadata() {
+    fn refused_keys_and_tls_mismatches_are_explained_without_grpc_metadata() {
         let error = |code, message: &str| qdrant_client::QdrantError::ResponseError { status: tonic::Status::new(code, message) };
-        let missing = explain(&error(tonic::Code::Unauthenticated, "Must provide an API key or an Authorization bearer token"));
+        let missing = explain(&error(tonic::Code::Unauthenticated, "Must provide an API key or an Authorization bearer token"), false);
         assert_eq!(missing, "Must provide an API key or an Authorization bearer token (pass --qdrant-api-key KEY or set QDRANT_API_KEY)");
-        let read_only = explain(&error(tonic::Code::PermissionDenied, "Access denied"));
+        let read_only = explain(&error(tonic::Code::PermissionDenied, "Access denied"), false);
         assert!(read_only.contains("read-write key"), "{read_only}");
-        let other = explain(&error(tonic::Code::NotFound, "Collection `shop` doesn't exist!"));
+        let other = explain(&error(tonic::Code::NotFound, "Collection `shop` doesn't exist!"), false);
         assert_eq!(other, "NotFound: Collection `shop` doesn't exist!");
         assert!(!other.contains("MetadataMap"));
+        // What tonic says for an untrusted certificate, and for plain gRPC sent to a TLS port.
+        let untrusted = explain(&error(tonic::Code::Internal, "Failed to connect: ConnectError(InvalidCertificate(UnknownIssuer))"), true);
+        assert!(untrusted.contains("SSL_CERT_FILE"), "{untrusted}");
+        let plain_to_tls = explain(&error(tonic::Code::Unknown, "transport error"), false);
+        assert!(plain_to_tls.contains("qdrants://"), "{plain_to_tls}");
+        assert!(!explain(&error(tonic::Code::Unknown, "transport error"), true).contains("qdrants://"));
     }
 }

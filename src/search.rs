@@ -339,7 +339,7 @@ impl SearchEngine {
         }
         for key in catalog.changed_since(since)? {
             match catalog.vector(key)? {
-                Some(vector) => fresh.upsert(key, &self.to_search_space(&vector).map_err(|e| anyhow::anyhow!("{e}"))?)?,
+                Some(vector) => fresh.upsert(key, &self.space.map(&vector)?)?,
                 None => fresh.remove(key)?,
             }
         }

@@ -10,17 +10,10 @@ use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use common::*;
-use lookalike::assets::Assets;
 use lookalike::catalog::{Catalog, Filter, NewImage, NewProduct, SqliteCatalog};
-use lookalike::encoder::OrtEncoder;
 use lookalike::index::{AnnMode, AnnStamp, IndexConfig};
 use lookalike::search::{SearchEngine, SearchRequest};
 
-fn encoder() -> OrtEncoder {
-    let assets = Assets::from_env();
-    let spec = lookalike::model::resolve(&assets, lookalike::model::DEFAULT_MODEL).expect("model (run `make setup`)");
-    OrtEncoder::new(&assets.onnxruntime_lib().expect("onnxruntime"), spec, 1).expect("encoder")
-}
 
 fn open(db: &std::path::Path) -> SearchEngine {
     let config = IndexConfig { ann: AnnMode::Always, ..IndexConfig::default() };

@@ -8,9 +8,7 @@ use std::collections::HashSet;
 use std::process::Command;
 
 use common::*;
-use lookalike::assets::Assets;
 use lookalike::catalog::{Filter, SqliteCatalog, VectorKind};
-use lookalike::encoder::OrtEncoder;
 use lookalike::index::qdrant::QdrantConfig;
 use lookalike::index::{IndexConfig, Precision};
 use lookalike::search::{SearchEngine, SearchRequest};
@@ -20,11 +18,6 @@ fn qdrant_url() -> String {
     std::env::var("LOOKALIKE_QDRANT_URL").expect("LOOKALIKE_QDRANT_URL (run with a Qdrant server)")
 }
 
-fn encoder() -> OrtEncoder {
-    let assets = Assets::from_env();
-    let spec = lookalike::model::resolve(&assets, lookalike::model::DEFAULT_MODEL).expect("model (run `make setup`)");
-    OrtEncoder::new(&assets.onnxruntime_lib().expect("onnxruntime"), spec, 2).expect("encoder")
-}
 
 fn store(collection: &str, exact: bool) -> QdrantConfig {
     store_at(&qdrant_url(), collection, exact)

@@ -137,11 +137,11 @@ fn reference_args(model: &Path, dir: &Path, extra: &[&str]) -> Vec<String> {
 }
 
 /// The median of a side's rounds (NaN when that side did not run).
-fn median(values: &mut [f64]) -> f64 {
+fn median(values: &[f64]) -> f64 {
     if values.is_empty() {
         return f64::NAN;
     }
-    super::Latency::of_ms(values).median_ms
+    super::Latency::of_ms(&mut values.to_vec()).median_ms
 }
 
 pub fn run(encoder: &dyn Encoder, fm: &FashionMnist, samples: &[PathBuf], env: &BenchEnv, opts: &IngestBench) -> Result<Value> {
@@ -173,7 +173,7 @@ pub fn run(encoder: &dyn Encoder, fm: &FashionMnist, samples: &[PathBuf], env: &
             ours.push(n as f64 / seconds);
             eprintln!("{label}, round {}: lookalike {:.1} images/s, Python reference {:.1} images/s", round + 1, ours[ours.len() - 1], theirs.last().copied().unwrap_or(f64::NAN));
         }
-        let (ours_median, theirs_median) = (median(&mut ours.clone()), median(&mut theirs.clone()));
+        let (ours_median, theirs_median) = (median(&ours), median(&theirs));
         sets.push(json!({
             "set": label,
             "images": images,

@@ -24,6 +24,13 @@ pub fn path(p: &Path) -> &str {
     p.to_str().expect("utf-8 temp path")
 }
 
+/// The default model's encoder, for tests that drive the library directly.
+pub fn encoder() -> lookalike::encoder::OrtEncoder {
+    let assets = Assets::from_env();
+    let spec = lookalike::model::resolve(&assets, lookalike::model::DEFAULT_MODEL).expect("model (run `make setup`)");
+    lookalike::encoder::OrtEncoder::new(&assets.onnxruntime_lib().expect("onnxruntime"), spec, 2).expect("encoder")
+}
+
 /// 300 Fashion-MNIST training images indexed with the CLI, once per test run.
 pub fn shared_catalog() -> &'static Path {
     static DB: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();

@@ -21,7 +21,12 @@ build:
 # the page, which installs Debian's chromium and npm's playwright-core on first use
 # (scripts/browser-test.sh); screenshots land in artifacts/.
 test: setup
-	$(CARGO) test --release --locked
+	@echo "== make test: checking that the test build shares the release build's dependencies"
+	bash scripts/check-test-features.sh
+	@echo "== make test: building the tests (only lookalike itself and the test client are new)"
+	$(CARGO) test --release --locked --no-run
+	@echo "== make test: running every test binary (--no-fail-fast: a failure does not hide the others)"
+	$(CARGO) test --release --locked --no-fail-fast
 	@if [ -n "$$LOOKALIKE_QDRANT_URL" ]; then $(CARGO) test --release --locked --test qdrant -- --ignored $$([ -n "$$LOOKALIKE_QDRANT_CLUSTER" ] || echo "--skip cluster_"); else echo "Qdrant tests skipped: set LOOKALIKE_QDRANT_URL=qdrant://HOST:PORT to run them"; fi
 	@if [ -n "$$LOOKALIKE_QDRANT_URL" ] && [ -z "$$LOOKALIKE_QDRANT_CLUSTER" ]; then echo "Qdrant cluster test skipped: set LOOKALIKE_QDRANT_CLUSTER, _STOP and _START to run it"; fi
 

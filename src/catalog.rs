@@ -5,11 +5,11 @@
 //! complete or absent, and re-running the import resumes where it stopped. Vector indexes
 //! ([`crate::index`]) are built from, and kept in step with, the vectors stored here.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
 use serde::Serialize;
 
 use crate::tune::Projection;
@@ -94,11 +94,7 @@ impl Filter {
             let Some((column, value)) = item.split_once('=') else {
                 bail!("filter {item:?} is not of the form column=value (e.g. articleType=Dresses)");
             };
-            let column = column.trim();
-            if column.is_empty() {
-                bail!("filter {item:?} has an empty column name");
-            }
-            filter.add(column, value.trim());
+            filter.add(column.trim(), value.trim()).map_err(anyhow::Error::msg)?;
         }
         if filter.value_count() > Filter::MAX_VALUES {
             bail!("at most {} filter values in one search, not {}", Filter::MAX_VALUES, filter.value_count());
@@ -110,11 +106,26 @@ impl Filter {
     /// facets never need more.
     pub const MAX_VALUES: usize = 256;
 
-    pub fn add(&mut self, column: &str, value: &str) {
+    /// Longest column name a filter may name (CSV headers are short; this bounds the work).
+    pub const MAX_COLUMN_BYTES: usize = 256;
+
+    /// Adds `column = value` as an alternative. Refuses a column name that no catalog can have
+    /// (empty, over [`Filter::MAX_COLUMN_BYTES`], or with control characters such as NUL).
+    pub fn add(&mut self, column: &str, value: &str) -> Result<(), String> {
+        if column.is_empty() {
+            return Err(format!("the filter on {value:?} has an empty column name (write column=value, e.g. articleType=Dresses)"));
+        }
+        if column.len() > Filter::MAX_COLUMN_BYTES || column.chars().any(char::is_control) {
+            return Err(format!(
+                "{column:?} is not a column name: at most {} bytes, without control characters",
+                Filter::MAX_COLUMN_BYTES
+            ));
+        }
         let values = self.conditions.entry(column.to_string()).or_default();
         if !values.iter().any(|v| v == value) {
             values.push(value.to_string());
         }
+        Ok(())
     }
 
     pub fn is_empty(&self) -> bool {
@@ -176,6 +187,37 @@ pub enum VectorKind {
 pub struct SqliteCatalog {
     conn: Connection,
     path: PathBuf,
+    /// Change-log positions this connection wrote and [`SqliteCatalog::changes_after`] has not
+    /// reported yet: a server following the log skips its own changes (already in its index).
+    written: BTreeSet<i64>,
+}
+
+/// How long a write waits for another process's write transaction (an `index` batch, a
+/// server's API change) before giving up with a message naming that process.
+pub const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// What other processes changed in a catalog since a point of its change log.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ChangeFeed {
+    /// The newest change-log position; pass it as `seen` next time.
+    pub latest: i64,
+    /// Products whose vectors another connection wrote or removed since `seen`, each once.
+    pub keys: Vec<Key>,
+    /// False when part of the log after `seen` was trimmed (a saved search graph absorbed it),
+    /// so `keys` may miss changes: the reader must reload everything.
+    pub complete: bool,
+}
+
+/// An `index` run in progress, as it records itself in the catalog (`settings.indexing`), so a
+/// server over the same catalog can say how far it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct IndexingProgress {
+    /// The indexing process (its record is ignored once it is gone).
+    pub pid: u32,
+    /// Products handled so far (embedded, unchanged or skipped).
+    pub done: usize,
+    /// Products in the import.
+    pub total: usize,
 }
 
 const SCHEMA: &str = "
@@ -238,7 +280,7 @@ impl SqliteCatalog {
         conn.pragma_update(None, "journal_mode", "WAL").with_context(context)?;
         conn.pragma_update(None, "synchronous", "NORMAL").with_context(context)?;
         conn.pragma_update(None, "foreign_keys", "ON").with_context(context)?;
-        conn.busy_timeout(std::time::Duration::from_secs(10)).with_context(context)?;
+        conn.busy_timeout(BUSY_TIMEOUT).with_context(context)?;
         let damaged = || format!("{} is not a lookalike catalog or is damaged (try `lookalike repair --db {}`)", path.display(), path.display());
         conn.execute_batch(SCHEMA).with_context(damaged)?;
         // Catalogs made before vector checksums: add the column (old rows keep NULL, unchecked).
@@ -249,11 +291,20 @@ impl SqliteCatalog {
         if !has_crc {
             conn.execute_batch("ALTER TABLE vectors ADD COLUMN crc INTEGER").with_context(damaged)?;
         }
-        Ok(SqliteCatalog { conn, path: path.to_path_buf() })
+        Ok(SqliteCatalog { conn, path: path.to_path_buf(), written: BTreeSet::new() })
     }
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Starts a write transaction that takes the write lock at once (`BEGIN IMMEDIATE`). A
+    /// deferred transaction that reads first and writes later cannot wait for another writer:
+    /// SQLite answers "database is locked" at once when the other commits in between. This one
+    /// waits up to [`BUSY_TIMEOUT`], then fails naming whoever holds the catalog.
+    fn write_transaction(&mut self) -> Result<Transaction<'_>> {
+        let path = &self.path;
+        self.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(|e| explain_busy(path, e))
     }
 
     /// The model this catalog's vectors come from, if any vector has been stored.
@@ -280,7 +331,7 @@ impl SqliteCatalog {
                 existing.model
             ),
             None => {
-                let tx = self.conn.transaction()?;
+                let tx = self.write_transaction()?;
                 tx.execute("INSERT OR REPLACE INTO settings(name, value) VALUES ('model', ?1)", [&space.model])?;
                 tx.execute("INSERT OR REPLACE INTO settings(name, value) VALUES ('dim', ?1)", [space.dim.to_string()])?;
                 tx.commit()?;
@@ -343,6 +394,7 @@ impl SqliteCatalog {
     pub fn set_setting(&self, name: &str, value: &str) -> Result<()> {
         self.conn
             .execute("INSERT OR REPLACE INTO settings(name, value) VALUES (?1, ?2)", [name, value])
+            .map_err(|e| explain_busy(&self.path, e))
             .with_context(|| format!("writing setting {name:?} to {}", self.path.display()))?;
         Ok(())
     }
@@ -439,21 +491,67 @@ impl SqliteCatalog {
     /// vectors), logging the keys so a saved search graph drops them too. The products stay;
     /// `lookalike index` re-embeds products that have no vector.
     pub fn drop_damaged_vectors(&mut self, report: &CheckReport) -> Result<usize> {
-        let tx = self.conn.transaction()?;
-        let mut dropped = 0;
+        let tx = self.write_transaction()?;
+        let (mut dropped, mut logged) = (0, Vec::new());
         for key in &report.orphan_vectors {
             dropped += tx.execute("DELETE FROM vectors WHERE key = ?1", [key])?;
-            tx.execute("INSERT INTO changes(key) VALUES (?1)", [key])?;
+            logged.push(log_change(&tx, *key)?);
         }
         for (id, _) in &report.damaged_vectors {
             let key: Option<Key> = tx.query_row("SELECT key FROM products WHERE id = ?1", [id], |r| r.get(0)).optional()?;
             if let Some(key) = key {
                 dropped += tx.execute("DELETE FROM vectors WHERE key = ?1", [key])?;
-                tx.execute("INSERT INTO changes(key) VALUES (?1)", [key])?;
+                logged.push(log_change(&tx, key)?);
             }
         }
         tx.commit()?;
+        self.written.extend(logged);
         Ok(dropped)
+    }
+
+    /// The newest position of the change log, including trimmed entries (0 for none).
+    pub fn latest_change(&self) -> Result<i64> {
+        Ok(self.conn.query_row("SELECT COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'changes'), 0)", [], |r| r.get(0))?)
+    }
+
+    /// The products other connections (another process, or another connection of this one)
+    /// changed after change-log position `seen`. What this connection wrote itself is left out:
+    /// its caller has applied it already.
+    pub fn changes_after(&mut self, seen: i64) -> Result<ChangeFeed> {
+        let latest = self.latest_change()?;
+        if latest <= seen {
+            return Ok(ChangeFeed { latest: seen, keys: Vec::new(), complete: true });
+        }
+        let mut stmt = self.conn.prepare_cached("SELECT seq, key FROM changes WHERE seq > ?1 ORDER BY seq")?;
+        let rows: Vec<(i64, Key)> = stmt.query_map([seen], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<rusqlite::Result<_>>()?;
+        let complete = rows.len() as i64 == latest - seen;
+        let mut keys = Vec::new();
+        let mut distinct = std::collections::HashSet::new();
+        for (seq, key) in rows {
+            if !self.written.contains(&seq) && distinct.insert(key) {
+                keys.push(key);
+            }
+        }
+        self.written = self.written.split_off(&(latest + 1));
+        Ok(ChangeFeed { latest, keys, complete })
+    }
+
+    /// The `index` run in progress on this catalog, if its process is still alive.
+    pub fn indexing_progress(&self) -> Result<Option<IndexingProgress>> {
+        let Some(text) = self.setting("indexing")? else { return Ok(None) };
+        let progress: Option<IndexingProgress> = serde_json::from_str(&text).ok();
+        Ok(progress.filter(|p| process_alive(p.pid)))
+    }
+
+    /// Records how far this process's `index` run is; `None` when it is over.
+    pub fn set_indexing_progress(&self, progress: Option<IndexingProgress>) -> Result<()> {
+        match progress {
+            Some(p) => self.set_setting("indexing", &serde_json::to_string(&p)?),
+            None => {
+                self.conn.execute("DELETE FROM settings WHERE name = 'indexing'", []).map_err(|e| explain_busy(&self.path, e))?;
+                Ok(())
+            }
+        }
     }
 
     /// The stored search vector of one product ("more like this" without re-encoding).
@@ -505,6 +603,59 @@ fn row_to_product(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<Product>> 
     Ok(serde_json::from_str::<Metadata>(&metadata)
         .with_context(|| format!("metadata of product {id:?} is not a JSON object of strings"))
         .map(|metadata| Product { key, id, image, content_hash, metadata }))
+}
+
+/// Appends `key` to the change log; returns its position.
+fn log_change(tx: &Transaction<'_>, key: Key) -> Result<i64> {
+    tx.prepare_cached("INSERT INTO changes(key) VALUES (?1)")?.execute([key])?;
+    Ok(tx.last_insert_rowid())
+}
+
+/// Turns SQLite's "database is locked" after [`BUSY_TIMEOUT`] into a message that says which
+/// other processes have the catalog open, so the user knows what to wait for or stop.
+fn explain_busy(path: &Path, err: rusqlite::Error) -> anyhow::Error {
+    if err.sqlite_error_code() != Some(rusqlite::ErrorCode::DatabaseBusy) {
+        return err.into();
+    }
+    let others = processes_using(path);
+    let who = if others.is_empty() {
+        "another process".to_string()
+    } else {
+        others.iter().map(|(pid, command)| format!("pid {pid}: {command}")).collect::<Vec<_>>().join("; ")
+    };
+    anyhow::anyhow!(
+        "catalog {} is busy: {who} kept it locked for writing for over {} s. Try again when it has finished",
+        path.display(),
+        BUSY_TIMEOUT.as_secs()
+    )
+}
+
+/// Other processes that have the catalog file or its write-ahead log open (from /proc; empty
+/// where that is not available), with their command lines.
+fn processes_using(path: &Path) -> Vec<(u32, String)> {
+    let Ok(target) = path.canonicalize() else { return Vec::new() };
+    let wal = with_suffix(&target, "-wal");
+    let me = std::process::id();
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    let mut found = Vec::new();
+    for entry in entries.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
+        if pid == me {
+            continue;
+        }
+        let Ok(fds) = std::fs::read_dir(entry.path().join("fd")) else { continue };
+        let uses = fds.flatten().any(|fd| std::fs::read_link(fd.path()).is_ok_and(|p| p == target || p == wal));
+        if uses {
+            let command = std::fs::read(entry.path().join("cmdline")).map(|c| String::from_utf8_lossy(&c).replace('\0', " ").trim().to_string()).unwrap_or_default();
+            found.push((pid, command));
+        }
+    }
+    found
+}
+
+/// Whether process `pid` exists (always true where /proc is not available).
+fn process_alive(pid: u32) -> bool {
+    !Path::new("/proc/self").exists() || Path::new(&format!("/proc/{pid}")).exists()
 }
 
 /// Vectors are stored as little-endian f32 bytes.
@@ -673,8 +824,9 @@ impl Catalog for SqliteCatalog {
     }
 
     fn upsert(&mut self, products: &[NewProduct]) -> Result<Vec<Key>> {
-        let tx = self.conn.transaction()?;
+        let tx = self.write_transaction()?;
         let mut keys = Vec::with_capacity(products.len());
+        let mut logged = Vec::with_capacity(products.len());
         {
             let mut find = tx.prepare_cached("SELECT key FROM products WHERE id = ?1")?;
             let mut insert = tx.prepare_cached(
@@ -686,7 +838,6 @@ impl Catalog for SqliteCatalog {
             let mut put_image = tx.prepare_cached("INSERT OR REPLACE INTO images(key, bytes) VALUES (?1, ?2)")?;
             let mut drop_image = tx.prepare_cached("DELETE FROM images WHERE key = ?1")?;
             let mut put_vector = tx.prepare_cached("INSERT OR REPLACE INTO vectors(key, vector, max_pooled, crc) VALUES (?1, ?2, ?3, ?4)")?;
-            let mut log = tx.prepare_cached("INSERT INTO changes(key) VALUES (?1)")?;
             for p in products {
                 let (path, mime) = match &p.image {
                     NewImage::File(path) => (Some(path.to_string_lossy().into_owned()), None),
@@ -712,40 +863,47 @@ impl Catalog for SqliteCatalog {
                 let blob = encode_vector(&p.vector);
                 let crc = i64::from(crc32fast::hash(&blob));
                 put_vector.execute(params![key, blob, max, crc])?;
-                log.execute([key])?;
+                logged.push(log_change(&tx, key)?);
                 keys.push(key);
             }
         }
         tx.commit().with_context(|| format!("writing to catalog {}", self.path.display()))?;
+        self.written.extend(logged);
         Ok(keys)
     }
 
     fn remove(&mut self, id: &str) -> Result<Option<Key>> {
-        let tx = self.conn.transaction()?;
+        let tx = self.write_transaction()?;
         let key: Option<Key> = tx.query_row("SELECT key FROM products WHERE id = ?1", [id], |r| r.get(0)).optional()?;
+        let mut logged = None;
         if let Some(key) = key {
             tx.execute("DELETE FROM vectors WHERE key = ?1", [key])?;
             tx.execute("DELETE FROM images WHERE key = ?1", [key])?;
             tx.execute("DELETE FROM products WHERE key = ?1", [key])?;
-            tx.execute("INSERT INTO changes(key) VALUES (?1)", [key])?;
+            logged = Some(log_change(&tx, key)?);
         }
         tx.commit()?;
+        self.written.extend(logged);
         Ok(key)
     }
 
     fn filter_keys(&self, filter: &Filter) -> Result<Vec<Key>> {
-        let mut sql = String::from("SELECT key FROM products WHERE 1");
+        let mut sql = String::from("SELECT key FROM products p WHERE 1");
         let mut args: Vec<String> = Vec::new();
         for (column, values) in filter.conditions() {
-            // The column goes in as a bound JSON path, never spliced into the SQL.
-            args.push(format!("$.\"{}\"", column.replace('"', "\\\"")));
-            let path_arg = args.len();
+            // Column and values are bound parameters compared with json_each's keys, never
+            // spliced into the SQL nor parsed as a JSON path: any column name is just text.
+            args.push(column.to_string());
+            let column_arg = args.len();
             let mut alternatives = Vec::new();
             for value in values {
                 args.push(value.clone());
-                alternatives.push(format!("json_extract(metadata, ?{path_arg}) = ?{}", args.len()));
+                alternatives.push(format!("?{}", args.len()));
             }
-            sql.push_str(&format!(" AND ({})", alternatives.join(" OR ")));
+            sql.push_str(&format!(
+                " AND EXISTS (SELECT 1 FROM json_each(p.metadata) m WHERE m.key = ?{column_arg} AND m.type = 'text' AND m.value IN ({}))",
+                alternatives.join(", ")
+            ));
         }
         sql.push_str(" ORDER BY key");
         let mut stmt = self.conn.prepare(&sql)?;
@@ -799,6 +957,10 @@ mod tests {
         assert_eq!(ids(&["baseColour=Red", "baseColour=Blue"])?, ["a", "b", "c"]);
         assert_eq!(ids(&["articleType=Nope"])?, Vec::<String>::new());
         assert_eq!(ids(&["base\"Colour=Odd"])?, ["d"]);
+        // Names that are no valid JSON path are just names: no match, no error.
+        assert_eq!(ids(&["a\\=1"])?, Vec::<String>::new());
+        assert_eq!(ids(&["$.x[0]=1"])?, Vec::<String>::new());
+        assert!(Filter::parse(&["a\u{0}b=1"]).is_err(), "a NUL is no column name");
         assert_eq!(ids(&[])?.len(), 4);
         let counts = cat.value_counts()?;
         assert!(counts.contains(&("articleType".into(), "Dresses".into(), 2)), "{counts:?}");

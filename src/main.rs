@@ -540,6 +540,17 @@ struct ServeArgs {
     /// Longest a request may take (upload included) before it is answered 408.
     #[arg(long, default_value_t = 30)]
     request_timeout_secs: u64,
+    /// Longest a client may take to send its request headers before the connection is closed.
+    #[arg(long, default_value_t = 10)]
+    header_timeout_secs: u64,
+    /// Most connections open at once; more wait until one closes. Keep it below the process's
+    /// open-file limit (`ulimit -n`).
+    #[arg(long, default_value_t = 512)]
+    max_connections: usize,
+    /// How often to look for products that other processes (`lookalike index`, `remove`,
+    /// another server) added to or removed from the catalog, in milliseconds.
+    #[arg(long, default_value_t = 250)]
+    follow_interval_ms: u64,
     /// On Ctrl-C / SIGTERM, how long to let in-flight requests finish.
     #[arg(long, default_value_t = 10)]
     shutdown_grace_secs: u64,
@@ -866,6 +877,9 @@ fn run_serve(args: ServeArgs) -> Result<()> {
     if args.workers == 0 || args.queue == 0 || args.max_batch == 0 || args.request_timeout_secs == 0 {
         bail!("--workers, --queue, --max-batch and --request-timeout-secs must be at least 1");
     }
+    if args.header_timeout_secs == 0 || args.max_connections == 0 || args.follow_interval_ms == 0 {
+        bail!("--header-timeout-secs, --max-connections and --follow-interval-ms must be at least 1");
+    }
     let cors_origins = args
         .cors_origins
         .iter()
@@ -881,12 +895,15 @@ fn run_serve(args: ServeArgs) -> Result<()> {
     let engine = Arc::new(SearchEngine::open_with(catalog, Box::new(encoder), &args.index.config(&args.db.db)?)?);
     let config = ServerConfig {
         addr: args.addr,
-        admin_token: args.admin_token,
+        admin_token: server::normalise_admin_token(args.admin_token.as_deref()),
         max_upload_bytes: args.max_upload_mb.saturating_mul(1024 * 1024),
         batcher: BatcherConfig { workers: args.workers, queue: args.queue, max_batch: args.max_batch },
         request_timeout: std::time::Duration::from_secs(args.request_timeout_secs),
         shutdown_grace: std::time::Duration::from_secs(args.shutdown_grace_secs),
         cors_origins,
+        header_timeout: std::time::Duration::from_secs(args.header_timeout_secs),
+        max_connections: args.max_connections,
+        follow_interval: std::time::Duration::from_millis(args.follow_interval_ms),
     };
     if config.admin_token.is_none() {
         eprintln!("catalog changes over the API are off: pass --admin-token or set LOOKALIKE_ADMIN_TOKEN to allow them");

@@ -2,14 +2,14 @@
 //! product metadata. The CLI and the HTTP API both call [`SearchEngine`]; neither knows how the
 //! model or the store work.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
 use anyhow::{Context, Result};
 use serde::Serialize;
 
-use crate::catalog::{Catalog, Filter, Key, NewProduct, Product, SqliteCatalog, VectorKind, VectorSpace};
+use crate::catalog::{Catalog, Filter, IndexingProgress, Key, NewProduct, Product, SqliteCatalog, VectorKind, VectorSpace};
 use crate::encoder::{Embedding, Encoder};
 use crate::index::{Allowed, AnnIndex, AnnStamp, ExactIndex, Hit, IndexConfig, IndexStats, VectorIndex};
 use crate::preprocess::{self, DecodeLimits, ImageError};
@@ -145,6 +145,13 @@ pub struct SearchEngine {
     compacting: AtomicBool,
     /// Set once a due compaction was put off for want of memory (so that is said once).
     compaction_put_off: AtomicBool,
+    /// How the index was opened, to open it again when the change log cannot be followed.
+    config: IndexConfig,
+    /// The change-log position the index is in step with (see [`SearchEngine::follow_catalog`]).
+    /// Only read or written with the catalog lock held.
+    followed: AtomicI64,
+    /// The `index` run adding products to this catalog, as last seen by the follower.
+    indexing: Mutex<Option<IndexingProgress>>,
 }
 
 fn ms(since: Instant) -> f64 {
@@ -161,18 +168,15 @@ impl SearchEngine {
     /// Loads the catalog's stored vectors into the index `config` asks for.
     pub fn open_with(catalog: SqliteCatalog, encoder: Box<dyn Encoder>, config: &IndexConfig) -> Result<SearchEngine> {
         let space = SearchSpace::for_catalog(&catalog)?;
-        if let Some(store) = &config.store {
-            let index = open_qdrant(&catalog, &space, store)?;
-            return SearchEngine::assemble(catalog, encoder, space, Box::new(index));
-        }
-        let use_ann = config.uses_ann(catalog.vector_count()?);
-        let precision = if use_ann { crate::index::Precision::F32 } else { config.precision };
-        let exact = space.build_index(&catalog, VectorKind::Primary, precision)?;
-        let index: Box<dyn VectorIndex> = if use_ann && !exact.is_empty() { Box::new(open_graph(&catalog, &space, exact, config)?) } else { Box::new(exact) };
-        SearchEngine::assemble(catalog, encoder, space, index)
+        // Read before the vectors: what changes while they load is replayed by the follower.
+        let followed = catalog.latest_change()?;
+        let index = open_index(&catalog, &space, config)?;
+        let engine = SearchEngine::assemble(catalog, encoder, space, index, config.clone())?;
+        engine.followed.store(followed, Ordering::Release);
+        Ok(engine)
     }
 
-    fn assemble(catalog: SqliteCatalog, encoder: Box<dyn Encoder>, space: SearchSpace, index: Box<dyn VectorIndex>) -> Result<SearchEngine> {
+    fn assemble(catalog: SqliteCatalog, encoder: Box<dyn Encoder>, space: SearchSpace, index: Box<dyn VectorIndex>, config: IndexConfig) -> Result<SearchEngine> {
         if let Some(space) = catalog.vector_space()? {
             let model = &encoder.spec().name;
             if &space.model != model {
@@ -185,7 +189,74 @@ impl SearchEngine {
                 );
             }
         }
-        Ok(SearchEngine { catalog: Mutex::new(catalog), index: RwLock::new(index), encoder, space, limits: DecodeLimits::default(), compacting: AtomicBool::new(false), compaction_put_off: AtomicBool::new(false) })
+        Ok(SearchEngine {
+            catalog: Mutex::new(catalog),
+            index: RwLock::new(index),
+            encoder,
+            space,
+            limits: DecodeLimits::default(),
+            compacting: AtomicBool::new(false),
+            compaction_put_off: AtomicBool::new(false),
+            config,
+            followed: AtomicI64::new(0),
+            indexing: Mutex::new(None),
+        })
+    }
+
+    /// Brings the index in step with the catalog file: products that other processes
+    /// (`lookalike index`, `remove`, another server) added, replaced or removed since the last
+    /// call become searchable or disappear. Its own changes are in the index already and are
+    /// skipped. Returns how many products changed. A server calls this a few times a second;
+    /// it reads one row when nothing changed.
+    pub fn follow_catalog(&self) -> Result<usize> {
+        let mut catalog = self.catalog.lock().map_err(|_| anyhow::anyhow!("catalog lock poisoned"))?;
+        let indexing = catalog.indexing_progress()?;
+        *self.indexing.lock().map_err(|_| anyhow::anyhow!("indexing lock poisoned"))? = indexing;
+        self.catch_up(&mut catalog)
+    }
+
+    /// The `index` run adding products to this catalog, as the follower last saw it.
+    pub fn indexing(&self) -> Option<IndexingProgress> {
+        self.indexing.lock().ok().and_then(|p| *p)
+    }
+
+    /// [`SearchEngine::follow_catalog`]'s work, with the catalog lock held by the caller (so
+    /// no change of this process's own can slip between reading the log and the index write).
+    fn catch_up(&self, catalog: &mut SqliteCatalog) -> Result<usize> {
+        let feed = catalog.changes_after(self.followed.load(Ordering::Acquire))?;
+        if !feed.complete {
+            // Part of the log was trimmed before this process read it (another process saved a
+            // search graph that absorbed it): the changes cannot be told apart, so reload all.
+            tracing::info!("reloading the index: other processes changed the catalog faster than its change log could be followed");
+            let fresh = open_index(catalog, &self.space, &self.config)?;
+            *self.index.write().map_err(|_| anyhow::anyhow!("index lock poisoned"))? = fresh;
+            self.followed.store(feed.latest, Ordering::Release);
+            return Ok(catalog.vector_count()?);
+        }
+        let mut changes = Vec::with_capacity(feed.keys.len());
+        for &key in &feed.keys {
+            let vector = catalog.vector(key)?.map(|v| self.space.map(&v)).transpose()?;
+            let product = if vector.is_some() { catalog.get(key)? } else { None };
+            changes.push((key, vector, product));
+        }
+        if !changes.is_empty() {
+            let mut index = self.index.write().map_err(|_| anyhow::anyhow!("index lock poisoned"))?;
+            for (key, vector, product) in &changes {
+                match (vector, product) {
+                    (Some(vector), Some(product)) => {
+                        index.describe(*key, &product.id, &product.metadata);
+                        if index.is_empty() && index.dim() != vector.len() {
+                            *index = Box::new(ExactIndex::new(vector.len()));
+                        }
+                        index.upsert(*key, vector)?;
+                    }
+                    _ => index.remove(*key)?,
+                }
+            }
+            tracing::debug!("followed {} catalog changes made by other processes", changes.len());
+        }
+        self.followed.store(feed.latest, Ordering::Release);
+        Ok(changes.len())
     }
 
     /// Name of the model that encodes queries (and whose vectors the catalog holds).
@@ -302,6 +373,14 @@ impl SearchEngine {
     /// (so, while it runs, the vectors and the graph are held twice), the changes made during
     /// the build are replayed into it, and it replaces the old graph in one step.
     pub fn compact_graph(&self) -> Result<Option<usize>> {
+        self.compact_graph_with(|| {})
+    }
+
+    /// [`SearchEngine::compact_graph`], running `while_rebuilding` once the new graph is built
+    /// from the copied rows and before the changes made meanwhile are replayed into it. No lock
+    /// is held then: tests use it to make searches and changes happen inside that window
+    /// for certain, rather than hoping a thread is scheduled there.
+    pub fn compact_graph_with(&self, while_rebuilding: impl FnOnce()) -> Result<Option<usize>> {
         if self.compacting.swap(true, Ordering::AcqRel) {
             return Ok(None);
         }
@@ -315,13 +394,19 @@ impl SearchEngine {
 
         // Writers hold the catalog lock until their index write is done, so every change up to
         // `since` is in the index when the rows are copied; later ones are replayed below.
-        let (since, catalog_path) = self.with_catalog(|c| Ok((c.generation()?, c.path().to_path_buf())))?;
+        // Other processes' changes are caught up with first: the log up to `since` is trimmed
+        // once the new graph is saved, so none of it may still be unread.
+        let (since, catalog_path) = self.with_catalog(|c| {
+            self.catch_up(c)?;
+            Ok((c.generation()?, c.path().to_path_buf()))
+        })?;
         let Some(compaction) = self.index.read().map_err(|_| anyhow::anyhow!("index lock poisoned"))?.compaction() else {
             return Ok(None);
         };
         let dropped = compaction.tombstones;
         tracing::info!("rebuilding the search graph: {dropped} of its entries are removed or replaced products");
         let mut fresh = compaction.build()?;
+        while_rebuilding();
         // Saved as of `since`: the graph holds every change up to it (and perhaps a few later
         // ones, which a load replays again harmlessly).
         let (graph_path, stamp_path) = graph_paths(&catalog_path);
@@ -498,6 +583,18 @@ pub fn sync_qdrant(catalog: &SqliteCatalog, store: &crate::index::qdrant::Qdrant
     let exact = space.build_index(catalog, VectorKind::Primary, crate::index::Precision::F32)?;
     let mut index = open_qdrant(catalog, &space, store)?;
     index.sync(exact.keys(), |key| exact.vector(key))
+}
+
+/// The index `config` asks for over the catalog's vectors: a Qdrant collection, the exact scan,
+/// or the search graph (loaded from its file and caught up, or built).
+fn open_index(catalog: &SqliteCatalog, space: &SearchSpace, config: &IndexConfig) -> Result<Box<dyn VectorIndex>> {
+    if let Some(store) = &config.store {
+        return Ok(Box::new(open_qdrant(catalog, space, store)?));
+    }
+    let use_ann = config.uses_ann(catalog.vector_count()?);
+    let precision = if use_ann { crate::index::Precision::F32 } else { config.precision };
+    let exact = space.build_index(catalog, VectorKind::Primary, precision)?;
+    Ok(if use_ann && !exact.is_empty() { Box::new(open_graph(catalog, space, exact, config)?) } else { Box::new(exact) })
 }
 
 /// Where a catalog's search graph is saved: beside the catalog file.

@@ -11,7 +11,6 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
-use reqwest::blocking::multipart::{Form, Part};
 use serde_json::Value;
 
 fn hostile_dir() -> &'static Path {
@@ -142,16 +141,19 @@ fn graceful_shutdown_finishes_in_flight_requests() {
     let addr = server.url.trim_start_matches("http://").to_string();
     let mut stream = TcpStream::connect(&addr).expect("connect");
     stream.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
+    // `Expect: 100-continue`: the server says "100 Continue" once the handler starts reading
+    // the body, so the test knows for certain the request is in flight before the signal.
     let head = format!(
-        "POST /api/search HTTP/1.1\r\nHost: {addr}\r\nContent-Type: multipart/form-data; boundary={boundary}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        "POST /api/search HTTP/1.1\r\nHost: {addr}\r\nContent-Type: multipart/form-data; boundary={boundary}\r\nContent-Length: {}\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n",
         body.len()
     );
     stream.write_all(head.as_bytes()).expect("headers");
+    let mut interim = [0u8; 25];
+    stream.read_exact(&mut interim).expect("interim answer");
+    assert!(interim.starts_with(b"HTTP/1.1 100 Continue\r\n\r\n"), "{:?}", String::from_utf8_lossy(&interim));
     stream.write_all(&body[..body.len() / 2]).expect("half the body");
-    std::thread::sleep(Duration::from_millis(300));
     let status = Command::new("kill").args(["-TERM", &server.child.id().to_string()]).status().expect("kill");
     assert!(status.success());
-    std::thread::sleep(Duration::from_millis(300));
     stream.write_all(&body[body.len() / 2..]).expect("rest of the body after SIGTERM");
     let mut answer = String::new();
     stream.read_to_string(&mut answer).expect("answer");
@@ -196,7 +198,12 @@ fn kill_during_api_writes_loses_nothing_acknowledged() {
             })
         })
         .collect();
-    std::thread::sleep(Duration::from_millis(1500));
+    // Killed once some writes are acknowledged and others are in flight, however fast they go.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while acked.lock().expect("lock").len() < 10 {
+        assert!(Instant::now() < deadline, "no 10 writes acknowledged in 120 s");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     server.child.kill().expect("kill -9");
     let _ = server.child.wait();
     for w in writers {

@@ -69,6 +69,9 @@ pub fn run(engine: Arc<SearchEngine>, env: &BenchEnv, opts: &E2eBench) -> Result
         request_timeout: Duration::from_secs(30),
         shutdown_grace: Duration::from_secs(1),
         cors_origins: Vec::new(),
+        header_timeout: Duration::from_secs(10),
+        max_connections: 512,
+        follow_interval: Duration::from_secs(1),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().context("starting the runtime")?;
     let state = Arc::new(AppState::new(engine, &config)?);

@@ -76,7 +76,11 @@ impl fmt::Display for KaggleReport {
 pub fn read_catalog(dir: &Path) -> Result<(Vec<StyleRow>, KaggleReport)> {
     let csv_path = dir.join("styles.csv");
     let bytes = std::fs::read(&csv_path).with_context(|| format!("reading {}", csv_path.display()))?;
+    // Recorded as the real, absolute path: the server refuses to read an image through any
+    // symbolic link (one planted later could point anywhere), so none may be in what it records;
+    // and a relative path would depend on the directory the server is started in.
     let images_dir = dir.join("images");
+    let images_dir = images_dir.canonicalize().with_context(|| format!("resolving the catalog's image directory {}", images_dir.display()))?;
     let image_files = list_files(&images_dir)?;
     parse_styles(&bytes, &csv_path, |id| find_image(&images_dir, &image_files, id))
 }

@@ -23,7 +23,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use rayon::prelude::*;
 use sha2::{Digest, Sha256};
 
-use crate::catalog::{Catalog, Metadata, NewImage, NewProduct, SqliteCatalog, VectorSpace};
+use crate::catalog::{Catalog, IndexingProgress, Metadata, NewImage, NewProduct, SqliteCatalog, VectorSpace};
 use crate::encoder::Encoder;
 use crate::preprocess::{self, DecodeLimits};
 
@@ -136,6 +136,21 @@ pub fn index_items(
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
 
+    // Recorded in the catalog (about once a second), so a server over it can say "indexing
+    // 12,000 of 60,000" while it already searches what is committed. A failed write only costs
+    // that display.
+    let mut last_recorded: Option<Instant> = None;
+    let mut record_progress = |catalog: &SqliteCatalog, done: usize, force: bool| {
+        if force || last_recorded.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+            last_recorded = Some(Instant::now());
+            let progress = IndexingProgress { pid: std::process::id(), done, total };
+            if let Err(e) = catalog.set_indexing_progress(Some(progress)) {
+                tracing::debug!("could not record the progress in the catalog: {e:#}");
+            }
+        }
+    };
+    record_progress(catalog, 0, true);
+
     let batch_size = options.batch_size.max(1);
     let workers = encoder.parallelism().max(1);
     // Three stages joined by small bounded channels, so memory stays flat however large the
@@ -146,7 +161,7 @@ pub fn index_items(
     let rx = std::sync::Arc::new(std::sync::Mutex::new(rx));
     type Encoded = (Vec<(CatalogItem, NewImage, String)>, Vec<crate::encoder::Embedding>, Vec<(String, String)>, usize);
     let (done_tx, done_rx) = sync_channel::<Result<Encoded>>(workers + 1);
-    std::thread::scope(|scope| -> Result<()> {
+    let indexed = std::thread::scope(|scope| -> Result<()> {
         let limits = &options.limits;
         let known = &known;
         let input = &spec.input;
@@ -236,6 +251,7 @@ pub fn index_items(
             catalog.upsert(&products)?;
             report.embedded += products.len();
             bar.inc(products.len() as u64);
+            record_progress(catalog, report.embedded + report.unchanged + report.failed.len(), false);
             if options.progress && !on_terminal && last_log.elapsed() >= Duration::from_secs(10) {
                 last_log = Instant::now();
                 let done = report.embedded + report.unchanged + report.failed.len();
@@ -244,7 +260,11 @@ pub fn index_items(
             }
         }
         Ok(())
-    })?;
+    });
+    if let Err(e) = catalog.set_indexing_progress(None) {
+        tracing::debug!("could not clear the progress record in the catalog: {e:#}");
+    }
+    indexed?;
     report.interrupted = stop.load(Ordering::Relaxed);
     bar.finish_and_clear();
     report.elapsed = started.elapsed();

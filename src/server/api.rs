@@ -216,7 +216,7 @@ pub async fn search(State(state): Shared, request: Request) -> Result<Json<Searc
     let request = refuse_oversized(&state, request).await?;
     let content_type = request.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_ascii_lowercase();
     if content_type.starts_with("multipart/form-data") {
-        let multipart = Multipart::from_request(request, &state).await.map_err(|e| ApiError::UnreadableImage(e.body_text()))?;
+        let multipart = Multipart::from_request(request, &state).await.map_err(|e| ApiError::BadRequest(e.body_text()))?;
         search_by_photo(state, multipart).await
     } else if content_type.starts_with("application/json") {
         let Json(body) = Json::<SearchJson>::from_request(request, &state).await?;
@@ -231,10 +231,13 @@ pub async fn search(State(state): Shared, request: Request) -> Result<Json<Searc
 async fn search_by_photo(state: Arc<AppState>, mut form: Multipart) -> Result<Json<SearchResponse>, ApiError> {
     let started = Instant::now();
     let (mut image, mut k, mut offset, mut crop, mut filters, mut include_vector) = (None, None, None, None, Vec::new(), false);
+    let mut seen = FieldNames::default();
     while let Some(field) = form.next_field().await? {
         let name = field.name().unwrap_or("").to_string();
+        if name != "filter" {
+            seen.once(&name)?;
+        }
         match name.as_str() {
-            "image" if image.is_some() => return Err(ApiError::bad_parameters("send one \"image\" field, not several")),
             "image" => image = Some(read_image_field(&state, field).await?),
             "k" => k = Some(parse_number("k", &field.text().await?)?),
             "offset" => offset = Some(parse_number("offset", &field.text().await?)?),
@@ -261,6 +264,21 @@ async fn search_by_photo(state: Arc<AppState>, mut form: Multipart) -> Result<Js
         Ok(Json(search_response(results, include_vector.then_some(vector))))
     })
     .await
+}
+
+/// The form fields seen so far, to refuse a repeated one: taking the first or the last of two
+/// `id` or `image` fields silently would store or search something the client did not mean.
+#[derive(Default)]
+struct FieldNames(std::collections::HashSet<String>);
+
+impl FieldNames {
+    fn once(&mut self, name: &str) -> Result<(), ApiError> {
+        if self.0.insert(name.to_string()) {
+            Ok(())
+        } else {
+            Err(ApiError::bad_parameters(format!("send one {name:?} field, not several")))
+        }
+    }
 }
 
 /// Most bytes of an oversized upload read and thrown away so that the client hears the 413.
@@ -314,11 +332,13 @@ async fn search_by_reference(state: Arc<AppState>, body: SearchJson) -> Result<J
             OneOrMany::One(v) => std::slice::from_ref(v),
             OneOrMany::Many(vs) => vs.as_slice(),
         };
-        if column.trim().is_empty() {
-            return Err(ApiError::bad_parameters("a filter has an empty column name"));
+        // An empty list would otherwise filter nothing, silently: the opposite of what a filter
+        // that matches no value means.
+        if values.is_empty() {
+            return Err(ApiError::bad_parameters(format!("the filter on {column:?} lists no values: give a value or a list of alternatives")));
         }
         for value in values {
-            filter.add(column, value);
+            filter.add(column.trim(), value).map_err(ApiError::BadParameters)?;
         }
     }
     let request = page_request(body.k, body.offset, filter)?;
@@ -328,6 +348,10 @@ async fn search_by_reference(state: Arc<AppState>, body: SearchJson) -> Result<J
         (None, Some(mut vector)) => {
             if vector.is_empty() {
                 return Err(ApiError::bad_parameters("vector is empty"));
+            }
+            // JSON numbers beyond f32's range arrive as infinities; they would make every score NaN.
+            if let Some(i) = vector.iter().position(|x| !x.is_finite()) {
+                return Err(ApiError::bad_parameters(format!("vector[{i}] is not a finite number in f32's range")));
             }
             l2_normalize(&mut vector);
             blocking(move || Ok(Json(search_response(engine.search_vector(&vector, &request)?, None)))).await
@@ -385,11 +409,7 @@ pub async fn product_image(State(state): Shared, Path(id): Path<String>) -> Resu
             blocking(move || Ok(engine.with_catalog(|c| crate::catalog::Catalog::stored_image(c, key))?)).await?.map(|(bytes, _)| bytes)
         }
         // Only the path the catalog recorded at import is ever read; nothing from the request.
-        // A link put there after the import is not followed: it could point anywhere.
-        ImageRef::File(path) => match tokio::fs::symlink_metadata(&path).await {
-            Ok(meta) if meta.is_file() => tokio::fs::read(path).await.ok(),
-            _ => None,
-        },
+        ImageRef::File(path) => read_recorded_image(path).await,
     };
     let bytes = bytes.ok_or_else(|| ApiError::NotFound(format!("the image of product {:?} is no longer available", product.id)))?;
     // The type comes from the bytes themselves, and only image types are ever declared, so a
@@ -404,6 +424,18 @@ pub async fn product_image(State(state): Shared, Path(id): Path<String>) -> Resu
         Body::from(bytes),
     )
         .into_response())
+}
+
+/// Reads an image file the catalog recorded, unless a symbolic link is anywhere on its path
+/// now: the importer records real paths, so a link there was put in afterwards and could point
+/// anywhere on the machine (a replaced file or a replaced folder alike).
+async fn read_recorded_image(path: &std::path::Path) -> Option<Vec<u8>> {
+    let real = tokio::fs::canonicalize(path).await.ok()?;
+    if real != path || !tokio::fs::symlink_metadata(path).await.ok()?.is_file() {
+        tracing::warn!("not serving {}: a symbolic link is on its path (re-run `lookalike index` if the catalog moved)", path.display());
+        return None;
+    }
+    tokio::fs::read(path).await.ok()
 }
 
 /// `POST /api/products` as `multipart/form-data` (documentation only).
@@ -442,12 +474,19 @@ pub struct NewProductForm {
 pub async fn add_product(State(state): Shared, headers: HeaderMap, request: Request) -> Result<(StatusCode, Json<ProductBody>), ApiError> {
     state.require_admin(&headers)?;
     let request = refuse_oversized(&state, request).await?;
-    let mut form = Multipart::from_request(request, &state).await.map_err(|e| ApiError::UnreadableImage(e.body_text()))?;
+    let content_type = request.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_ascii_lowercase();
+    if !content_type.starts_with("multipart/form-data") {
+        return Err(ApiError::UnsupportedType(format!(
+            "send the product as multipart/form-data with the fields id, image and metadata; got content type {content_type:?}"
+        )));
+    }
+    let mut form = Multipart::from_request(request, &state).await.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     let (mut id, mut image, mut metadata) = (None, None, Metadata::new());
+    let mut seen = FieldNames::default();
     while let Some(field) = form.next_field().await? {
         let name = field.name().unwrap_or("").to_string();
+        seen.once(&name)?;
         match name.as_str() {
-            "image" if image.is_some() => return Err(ApiError::bad_parameters("send one \"image\" field, not several")),
             "image" => image = Some(read_image_field(&state, field).await?),
             "id" => id = Some(field.text().await?.trim().to_string()),
             "metadata" => {
@@ -585,8 +624,12 @@ pub async fn healthz() -> Json<Health> {
 pub struct Readiness {
     pub status: &'static str,
     pub model: String,
+    /// Searchable products.
     pub products: usize,
     pub workers: usize,
+    /// A `lookalike index` run still adding products (searches already cover those it added).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub indexing: Option<crate::catalog::IndexingProgress>,
 }
 
 /// Readiness: the model is loaded (the server does not listen before) and the catalog answers.
@@ -599,7 +642,13 @@ pub struct Readiness {
 pub async fn readyz(State(state): Shared) -> Result<Json<Readiness>, ApiError> {
     let engine = state.engine.clone();
     let products = blocking(move || Ok(engine.with_catalog(|c| crate::catalog::Catalog::len(c))?)).await?;
-    Ok(Json(Readiness { status: "ready", model: state.engine.model_name().to_string(), products, workers: state.batcher.config().workers }))
+    Ok(Json(Readiness {
+        status: "ready",
+        model: state.engine.model_name().to_string(),
+        products,
+        workers: state.batcher.config().workers,
+        indexing: state.engine.indexing(),
+    }))
 }
 
 /// Prometheus metrics (text exposition format).

@@ -19,6 +19,12 @@ pub enum ApiError {
     /// The upload is not a readable image (empty, truncated, damaged).
     #[error("{0}")]
     UnreadableImage(String),
+    /// The request itself is malformed (a broken multipart body, a path that is not UTF-8).
+    #[error("{0}")]
+    BadRequest(String),
+    /// The route exists but not with this method.
+    #[error("{0}")]
+    MethodNotAllowed(String),
     /// The body or the image is over the configured size (bytes or pixels).
     #[error("{0}")]
     TooLarge(String),
@@ -65,7 +71,8 @@ const RETRY_AFTER_SECONDS: &str = "1";
 impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
-            ApiError::UnreadableImage(_) => StatusCode::BAD_REQUEST,
+            ApiError::UnreadableImage(_) | ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::BadParameters(_) => StatusCode::UNPROCESSABLE_ENTITY,
@@ -80,6 +87,8 @@ impl ApiError {
     pub fn code(&self) -> &'static str {
         match self {
             ApiError::UnreadableImage(_) => "unreadable_image",
+            ApiError::BadRequest(_) => "bad_request",
+            ApiError::MethodNotAllowed(_) => "method_not_allowed",
             ApiError::TooLarge(_) => "too_large",
             ApiError::UnsupportedType(_) => "unsupported_type",
             ApiError::BadParameters(_) => "bad_parameters",
@@ -154,7 +163,7 @@ impl From<axum::extract::multipart::MultipartError> for ApiError {
         if err.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::TooLarge(format!("the upload is larger than this server accepts: {}", err.body_text()))
         } else {
-            ApiError::UnreadableImage(format!("the multipart form could not be read: {}", err.body_text()))
+            ApiError::BadRequest(format!("the multipart form could not be read: {}", err.body_text()))
         }
     }
 }
@@ -167,4 +176,39 @@ impl From<axum::extract::rejection::JsonRejection> for ApiError {
             _ => ApiError::BadParameters(err.body_text()),
         }
     }
+}
+
+/// Gives every error response a JSON body. Handlers' errors have one already ([`ApiError`]);
+/// this covers the answers axum and tower-http write themselves: a path parameter that is not
+/// UTF-8, a body over the size limit, a request timeout. Their text, if any, becomes the message.
+pub async fn json_error_bodies(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let response = next.run(request).await;
+    let status = response.status();
+    let is_json = response.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|t| t.starts_with("application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    // These bodies are a line of text; anything longer is cut, not buffered.
+    let text = match axum::body::to_bytes(body, 4096).await {
+        Ok(bytes) => String::from_utf8_lossy(&bytes).trim().to_string(),
+        Err(_) => String::new(),
+    };
+    let code = match status {
+        StatusCode::BAD_REQUEST => "bad_request",
+        StatusCode::NOT_FOUND => "not_found",
+        StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+        StatusCode::REQUEST_TIMEOUT => "timeout",
+        StatusCode::PAYLOAD_TOO_LARGE => "too_large",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_type",
+        StatusCode::UNPROCESSABLE_ENTITY => "bad_parameters",
+        StatusCode::SERVICE_UNAVAILABLE => "busy",
+        s if s.is_server_error() => "internal",
+        _ => "error",
+    };
+    let message = if text.is_empty() { status.canonical_reason().unwrap_or("error").to_string() } else { text };
+    let body = serde_json::to_vec(&ErrorBody { error: ErrorDetail { code, message } }).unwrap_or_default();
+    parts.headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    parts.headers.remove(header::CONTENT_LENGTH);
+    Response::from_parts(parts, axum::body::Body::from(body))
 }

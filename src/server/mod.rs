@@ -11,6 +11,7 @@
 
 pub mod api;
 pub mod batcher;
+mod connections;
 pub mod error;
 pub mod metrics;
 
@@ -54,6 +55,23 @@ pub struct ServerConfig {
     /// Origins allowed to call the API from a browser page on another site. Empty: no CORS
     /// headers at all, so browsers keep other sites' pages out.
     pub cors_origins: Vec<HeaderValue>,
+    /// Longest a client may take to send a request's headers. The request timeout only starts
+    /// once they are read, so without this a client that never finishes them holds its
+    /// connection (and a file descriptor) forever.
+    pub header_timeout: std::time::Duration,
+    /// Most connections open at once. Past it, new connections wait in the kernel's backlog
+    /// until one closes, instead of the process running out of file descriptors and failing
+    /// every accept (health checks included).
+    pub max_connections: usize,
+    /// How often the server reads the catalog's change log, to pick up products that other
+    /// processes (`lookalike index`, `remove`, another server) added or removed.
+    pub follow_interval: std::time::Duration,
+}
+
+/// The admin token as configured: surrounding whitespace is not part of it (the received
+/// token is trimmed too), and an empty token means none, with changes off.
+pub fn normalise_admin_token(token: Option<&str>) -> Option<String> {
+    token.map(str::trim).filter(|t| !t.is_empty()).map(str::to_string)
 }
 
 /// Everything a handler may use.
@@ -73,7 +91,7 @@ impl AppState {
     pub fn new(engine: Arc<SearchEngine>, config: &ServerConfig) -> Result<AppState> {
         let metrics = Arc::new(Metrics::default());
         let batcher = Batcher::start(engine.clone(), metrics.clone(), config.batcher).context("starting the encoder workers")?;
-        let admin_token_digest = config.admin_token.as_deref().filter(|t| !t.is_empty()).map(|t| Sha256::digest(t.as_bytes()).into());
+        let admin_token_digest = normalise_admin_token(config.admin_token.as_deref()).map(|t| Sha256::digest(t.as_bytes()).into());
         Ok(AppState {
             engine,
             batcher,
@@ -98,11 +116,13 @@ impl AppState {
                 "catalog changes are switched off on this server: start it with --admin-token TOKEN (or set LOOKALIKE_ADMIN_TOKEN) and send Authorization: Bearer TOKEN".into(),
             ));
         };
+        // The scheme is case-insensitive (RFC 9110 section 11.1): "Bearer", "bearer", "BEARER".
         let presented = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
-            .map(str::trim)
+            .and_then(|v| v.trim_start().split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, token)| token.trim())
             .ok_or_else(|| ApiError::Unauthorized("this needs the admin token: send Authorization: Bearer TOKEN".into()))?;
         let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
         if bool::from(digest.ct_eq(expected)) {
@@ -162,6 +182,8 @@ pub fn router(state: Arc<AppState>) -> Router {
     let (router, _) = routes().split_for_parts();
     let body_limit = state.body_limit();
     let mut router = router
+        .fallback(unknown_route)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(TimeoutLayer::with_status_code(axum::http::StatusCode::REQUEST_TIMEOUT, state.request_timeout));
     if !state.cors_origins.is_empty() {
@@ -173,6 +195,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         );
     }
     router
+        // Outside the timeout and CORS layers, so their answers get a JSON body too.
+        .layer(axum::middleware::from_fn(error::json_error_bodies))
         .layer(axum::middleware::from_fn_with_state(state.metrics.clone(), metrics::track))
         // The default spans record method, URI and version only: never headers, so the admin
         // token is not logged. Failures are logged at debug level: a 503 under load is load
@@ -184,7 +208,7 @@ pub fn router(state: Arc<AppState>) -> Router {
 /// Binds `config.addr`, prints the bound address (`listening on http://...`, on stdout, so
 /// scripts and tests using port 0 can find it) and serves until Ctrl-C or SIGTERM.
 pub async fn serve(engine: Arc<SearchEngine>, config: ServerConfig) -> Result<()> {
-    let state = Arc::new(AppState::new(engine, &config)?);
+    let state = Arc::new(AppState::new(engine.clone(), &config)?);
     let app = router(state);
     let listener = tokio::net::TcpListener::bind(config.addr).await.with_context(|| format!("binding {}", config.addr))?;
     let bound = listener.local_addr().context("reading the bound address")?;
@@ -192,6 +216,7 @@ pub async fn serve(engine: Arc<SearchEngine>, config: ServerConfig) -> Result<()
     use std::io::Write;
     let _ = std::io::stdout().flush();
     tracing::info!("serving on http://{bound}");
+    tokio::spawn(follow_catalog(engine, config.follow_interval));
     // On Ctrl-C or SIGTERM: stop accepting, let in-flight requests finish, but give up after
     // the grace period so a stalled client cannot keep the process alive.
     let (stopping, stop_rx) = tokio::sync::watch::channel(false);
@@ -199,21 +224,52 @@ pub async fn serve(engine: Arc<SearchEngine>, config: ServerConfig) -> Result<()
         shutdown_signal().await;
         let _ = stopping.send(true);
     });
-    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|s| *s).await;
-    };
-    let server = axum::serve(listener, app).with_graceful_shutdown(stopped(stop_rx.clone()));
     let grace = config.shutdown_grace;
-    let deadline = async move {
-        stopped(stop_rx).await;
-        tokio::time::sleep(grace).await;
+    let deadline = {
+        let mut stop_rx = stop_rx.clone();
+        async move {
+            let _ = stop_rx.wait_for(|s| *s).await;
+            tokio::time::sleep(grace).await;
+        }
     };
     tokio::select! {
-        served = async { server.await } => served.context("serving HTTP")?,
-        _ = deadline => tracing::warn!("requests still open {grace:?} after the shutdown signal; exiting anyway"),
+        () = connections::serve_connections(listener, app, &config, stop_rx) => {}
+        () = deadline => tracing::warn!("requests still open {grace:?} after the shutdown signal; exiting anyway"),
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Keeps the engine in step with changes other processes make to the catalog file.
+async fn follow_catalog(engine: Arc<SearchEngine>, every: std::time::Duration) {
+    let mut ticks = tokio::time::interval(every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failing = false;
+    loop {
+        ticks.tick().await;
+        let engine = engine.clone();
+        let followed = tokio::task::spawn_blocking(move || engine.follow_catalog()).await;
+        match followed {
+            Ok(Ok(_)) => failing = false,
+            // Said once per run of failures (a catalog locked for long would repeat it 4 times a second).
+            Ok(Err(e)) if !failing => {
+                failing = true;
+                tracing::warn!("could not read the catalog's changes (retrying): {e:#}");
+            }
+            Ok(Err(_)) => {}
+            Err(e) => tracing::warn!("the catalog follower failed: {e}"),
+        }
+    }
+}
+
+/// A JSON 404 for a path no route has.
+async fn unknown_route(uri: axum::http::Uri) -> ApiError {
+    ApiError::NotFound(format!("no such page or API route: {}", uri.path()))
+}
+
+/// A JSON 405 for a route asked with a method it does not take (the `Allow` header is kept).
+async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::MethodNotAllowed(format!("{} does not take {method} requests", uri.path()))
 }
 
 async fn shutdown_signal() {

@@ -10,9 +10,10 @@ use std::time::Duration;
 
 use lookalike::assets::Assets;
 use lookalike::import::fashion_mnist::FashionMnist;
-use reqwest::blocking::multipart::{Form, Part};
-use reqwest::blocking::{Client, Response};
 use serde_json::Value;
+
+pub mod http;
+pub use self::http::{client, Form, Part, Response};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_lookalike");
 
@@ -114,10 +115,6 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-pub fn client() -> Client {
-    Client::builder().timeout(Duration::from_secs(60)).build().expect("http client")
 }
 
 pub fn photo_form(png: Vec<u8>, fields: &[(&str, &str)]) -> Form {

@@ -30,10 +30,18 @@ test: setup
 	@if [ -n "$$LOOKALIKE_QDRANT_URL" ]; then $(CARGO) test --release --locked --test qdrant -- --ignored $$([ -n "$$LOOKALIKE_QDRANT_CLUSTER" ] || echo "--skip cluster_"); else echo "Qdrant tests skipped: set LOOKALIKE_QDRANT_URL=qdrant://HOST:PORT to run them"; fi
 	@if [ -n "$$LOOKALIKE_QDRANT_URL" ] && [ -z "$$LOOKALIKE_QDRANT_CLUSTER" ]; then echo "Qdrant cluster test skipped: set LOOKALIKE_QDRANT_CLUSTER, _STOP and _START to run it"; fi
 
-# Index the Fashion-MNIST training split (incremental: instant after the first run) and serve
-# the search page and API at http://$(DEMO_ADDR)/ until Ctrl-C.
+# Serve the search page and API at http://$(DEMO_ADDR)/ at once, while the Fashion-MNIST
+# training split is indexed in the background (incremental: instant after the first run). The
+# server picks up each committed batch from the catalog's change log, so searches work on what
+# is indexed so far; the page and /readyz say how far indexing is. Ctrl-C stops both (the
+# index run commits its batch and resumes next time).
 demo: setup
-	$(BIN) index --db $(DEMO_DB) --fashion-mnist train --limit $(DEMO_LIMIT)
+	@mkdir -p $(dir $(DEMO_DB))
+	@echo "== make demo: indexing up to $(DEMO_LIMIT) products in the background (log: $(DEMO_DB).index.log)"
+	@$(BIN) index --db $(DEMO_DB) --fashion-mnist train --limit $(DEMO_LIMIT) > $(DEMO_DB).index.log 2>&1 & pid=$$!; \
+	while [ ! -s $(DEMO_DB) ] && kill -0 $$pid 2>/dev/null; do sleep 0.2; done; \
+	[ -s $(DEMO_DB) ] || { cat $(DEMO_DB).index.log; exit 1; }; \
+	echo "== make demo: serving at http://$(DEMO_ADDR)/ (Ctrl-C to stop)"; \
 	$(BIN) serve --db $(DEMO_DB) --addr $(DEMO_ADDR)
 
 # Search quality on Fashion-MNIST (catalog: train split; queries: held-out test split).

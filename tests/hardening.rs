@@ -79,8 +79,10 @@ fn concurrent_writers_wait_for_each_other() {
     // Let go once the other process has the catalog open (it is then reading or waiting): with
     // a deferred transaction, a commit at that point made its write fail at once.
     let wal = std::fs::canonicalize(&db).expect("db path").with_extension("db-wal");
+    let pid = remove.id();
     eventually("remove opens the catalog", || {
-        std::fs::read_dir(format!("/proc/{}/fd", remove.id())).map(|fds| fds.flatten().any(|fd| std::fs::read_link(fd.path()).is_ok_and(|p| p == wal))).unwrap_or(true)
+        let exited = remove.try_wait().ok().flatten().is_some();
+        exited || std::fs::read_dir(format!("/proc/{pid}/fd")).map(|fds| fds.flatten().any(|fd| std::fs::read_link(fd.path()).is_ok_and(|p| p == wal))).unwrap_or(true)
     });
     std::thread::sleep(Duration::from_millis(300));
     conn.execute_batch("COMMIT").expect("commit");

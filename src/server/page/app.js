@@ -324,4 +324,25 @@ els.cropArea.addEventListener("keydown", (e) => {
 
 els.loadMore.addEventListener("click", () => runSearch(state.offset));
 
+// While `lookalike index` is still adding products (the demo indexes in the background), say
+// how far it is: searches already cover what it has added. Checked every few seconds until done.
+async function showIndexing() {
+  const banner = document.getElementById("indexing");
+  try {
+    const { indexing, products } = await api("/readyz");
+    if (indexing) {
+      const n = (x) => x.toLocaleString("en");
+      banner.textContent = `Indexing the catalog: ${n(indexing.done)} of ${n(indexing.total)} products so far. Search covers the ${n(products)} already indexed.`;
+      banner.hidden = false;
+      setTimeout(showIndexing, 3000);
+    } else if (!banner.hidden) {
+      banner.hidden = true;
+      loadFacets();
+    }
+  } catch (e) {
+    setTimeout(showIndexing, 10000);
+  }
+}
+
 loadFacets();
+showIndexing();

@@ -10,12 +10,18 @@
 use anyhow::{Context, Result};
 use image::DynamicImage;
 use lookalike::assets::Assets;
-use lookalike::encoder::{l2_normalised, FeatureMap, OrtEncoder};
+use lookalike::encoder::{FeatureMap, OrtEncoder};
 use lookalike::eval::{average_precision, stratified_sample, K};
 use lookalike::import::fashion_mnist::FashionMnist;
-use lookalike::index::dot;
+use lookalike::index::{dot, l2_normalize};
 use lookalike::model::{self, Fit, Pooling};
 use lookalike::preprocess;
+
+/// `v` scaled to unit length.
+fn l2_normalised(mut v: Vec<f32>) -> Vec<f32> {
+    l2_normalize(&mut v);
+    v
+}
 
 /// Pooled vectors of one image under each recipe.
 struct Recipes(Vec<(String, Vec<f32>)>);

@@ -12,167 +12,8 @@ use anyhow::{bail, Context, Result};
 use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
 use serde::Serialize;
 
-use crate::tune::Projection;
-
-/// A product's metadata: column name → value, e.g. `articleType` → `Dresses`.
-pub type Metadata = BTreeMap<String, String>;
-
-/// The catalog's internal key for a product; stable for the product's lifetime and used by the
-/// vector indexes. The shop's own identifier is [`Product::id`].
-pub type Key = i64;
-
-/// Where a product's photo lives.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ImageRef {
-    /// A file the catalog was imported from (absolute path).
-    File(PathBuf),
-    /// Bytes kept inside the catalog (datasets without files, e.g. Fashion-MNIST; API uploads).
-    Stored { mime: String },
-}
-
-/// One product as the catalog stores it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Product {
-    pub key: Key,
-    pub id: String,
-    pub image: ImageRef,
-    /// SHA-256 of the image bytes: re-imports skip products whose image has not changed.
-    pub content_hash: String,
-    pub metadata: Metadata,
-}
-
-impl Product {
-    /// A human-readable name: the catalog's display-name column if it has one.
-    pub fn name(&self) -> &str {
-        self.first_of(&["productDisplayName", "name", "title"]).unwrap_or(&self.id)
-    }
-
-    /// The most specific category the metadata has.
-    pub fn category(&self) -> Option<&str> {
-        self.first_of(&["articleType", "subCategory", "masterCategory", "category"])
-    }
-
-    pub fn colour(&self) -> Option<&str> {
-        self.first_of(&["baseColour", "colour", "color"])
-    }
-
-    fn first_of(&self, columns: &[&str]) -> Option<&str> {
-        columns.iter().find_map(|c| self.metadata.get(*c)).map(String::as_str).filter(|v| !v.is_empty())
-    }
-}
-
-/// A product to add or replace, with its vectors.
-#[derive(Debug, Clone)]
-pub struct NewProduct {
-    pub id: String,
-    pub image: NewImage,
-    pub content_hash: String,
-    pub metadata: Metadata,
-    pub vector: Vec<f32>,
-    pub max_pooled: Option<Vec<f32>>,
-}
-
-#[derive(Debug, Clone)]
-pub enum NewImage {
-    File(PathBuf),
-    Stored { bytes: Vec<u8>, mime: String },
-}
-
-/// Equality filters on metadata columns. Values given for the same column are alternatives
-/// (`colour=Red` or `colour=Blue`); different columns must all match.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Filter {
-    conditions: BTreeMap<String, Vec<String>>,
-}
-
-impl Filter {
-    /// Parses `column=value` strings as given on the command line or in a query string.
-    pub fn parse<S: AsRef<str>>(items: &[S]) -> Result<Filter> {
-        let mut filter = Filter::default();
-        for item in items {
-            let item = item.as_ref();
-            let Some((column, value)) = item.split_once('=') else {
-                bail!("filter {item:?} is not of the form column=value (e.g. articleType=Dresses)");
-            };
-            filter.add(column.trim(), value.trim()).map_err(anyhow::Error::msg)?;
-        }
-        if filter.value_count() > Filter::MAX_VALUES {
-            bail!("at most {} filter values in one search, not {}", Filter::MAX_VALUES, filter.value_count());
-        }
-        Ok(filter)
-    }
-
-    /// A bound on one search's filter: each value is a bound SQL parameter, and a shopper's
-    /// facets never need more.
-    pub const MAX_VALUES: usize = 256;
-
-    /// Longest column name a filter may name (CSV headers are short; this bounds the work).
-    pub const MAX_COLUMN_BYTES: usize = 256;
-
-    /// Adds `column = value` as an alternative. Refuses a column name that no catalog can have
-    /// (empty, over [`Filter::MAX_COLUMN_BYTES`], or with control characters such as NUL).
-    pub fn add(&mut self, column: &str, value: &str) -> Result<(), String> {
-        if column.is_empty() {
-            return Err(format!("the filter on {value:?} has an empty column name (write column=value, e.g. articleType=Dresses)"));
-        }
-        if column.len() > Filter::MAX_COLUMN_BYTES || column.chars().any(char::is_control) {
-            return Err(format!(
-                "{column:?} is not a column name: at most {} bytes, without control characters",
-                Filter::MAX_COLUMN_BYTES
-            ));
-        }
-        let values = self.conditions.entry(column.to_string()).or_default();
-        if !values.iter().any(|v| v == value) {
-            values.push(value.to_string());
-        }
-        Ok(())
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.conditions.is_empty()
-    }
-
-    /// Number of values across all columns.
-    pub fn value_count(&self) -> usize {
-        self.conditions.values().map(Vec::len).sum()
-    }
-
-    pub fn conditions(&self) -> impl Iterator<Item = (&str, &[String])> {
-        self.conditions.iter().map(|(c, v)| (c.as_str(), v.as_slice()))
-    }
-
-    pub fn matches(&self, metadata: &Metadata) -> bool {
-        self.conditions.iter().all(|(column, values)| metadata.get(column).is_some_and(|v| values.contains(v)))
-    }
-}
-
-/// The catalog store. The embedded implementation is [`SqliteCatalog`].
-pub trait Catalog: Send {
-    /// Number of products.
-    fn len(&self) -> Result<usize>;
-    fn is_empty(&self) -> Result<bool> {
-        Ok(self.len()? == 0)
-    }
-    fn get(&self, key: Key) -> Result<Option<Product>>;
-    fn get_by_id(&self, id: &str) -> Result<Option<Product>>;
-    /// The products for `keys`, in the same order; keys that no longer exist are left out.
-    fn get_many(&self, keys: &[Key]) -> Result<Vec<Product>>;
-    /// Adds products, or replaces those whose id exists, atomically as one batch.
-    fn upsert(&mut self, products: &[NewProduct]) -> Result<Vec<Key>>;
-    /// Removes a product and its vectors; returns its key if it existed.
-    fn remove(&mut self, id: &str) -> Result<Option<Key>>;
-    /// Keys of the products matching `filter`.
-    fn filter_keys(&self, filter: &Filter) -> Result<Vec<Key>>;
-    /// The image bytes kept inside the catalog for `key`, if any.
-    fn stored_image(&self, key: Key) -> Result<Option<(Vec<u8>, String)>>;
-}
-
-/// Name and dimension of the model whose vectors a catalog holds.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct VectorSpace {
-    pub model: String,
-    pub dim: usize,
-}
+use crate::projection::Projection;
+use crate::types::{Filter, ImageRef, IndexingProgress, Key, Metadata, NewImage, NewProduct, Product, VectorSpace};
 
 /// Which stored vector to read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -206,18 +47,6 @@ pub struct ChangeFeed {
     /// False when part of the log after `seen` was trimmed (a saved search graph absorbed it),
     /// so `keys` may miss changes: the reader must reload everything.
     pub complete: bool,
-}
-
-/// An `index` run in progress, as it records itself in the catalog (`settings.indexing`), so a
-/// server over the same catalog can say how far it is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, utoipa::ToSchema)]
-pub struct IndexingProgress {
-    /// The indexing process (its record is ignored once it is gone).
-    pub pid: u32,
-    /// Products handled so far (embedded, unchanged or skipped).
-    pub done: usize,
-    /// Products in the import.
-    pub total: usize,
 }
 
 const SCHEMA: &str = "
@@ -317,16 +146,31 @@ impl SqliteCatalog {
         }
     }
 
-    /// Records the model on first use; refuses to mix vectors of different models.
-    pub fn bind_vector_space(&mut self, space: &VectorSpace) -> Result<()> {
+    /// Refuses a model other than the one this catalog's vectors come from: vectors of two
+    /// models never mix, in an import or in a search. The one check of it.
+    pub fn ensure_model(&self, model: &str) -> Result<()> {
         match self.vector_space()? {
-            Some(existing) if existing == *space => Ok(()),
-            Some(existing) => bail!(
-                "catalog {} holds {}-d vectors of model {:?}; it cannot take vectors of {:?} ({}-d). Use --model {} or a new --db",
+            Some(existing) if existing.model != model => bail!(
+                "catalog {} holds {}-d vectors of model {:?}, not {:?}: pass --model {} or use a new --db",
                 self.path.display(),
                 existing.dim,
                 existing.model,
-                space.model,
+                model,
+                existing.model
+            ),
+            _ => Ok(()),
+        }
+    }
+
+    /// Records the model on first use; refuses to mix vectors of different models.
+    pub fn bind_vector_space(&mut self, space: &VectorSpace) -> Result<()> {
+        self.ensure_model(&space.model)?;
+        match self.vector_space()? {
+            Some(existing) if existing == *space => Ok(()),
+            Some(existing) => bail!(
+                "catalog {} holds {}-d vectors; it cannot take {}-d vectors of the same model {:?} (a changed model description?). Use a new --db",
+                self.path.display(),
+                existing.dim,
                 space.dim,
                 existing.model
             ),
@@ -554,6 +398,21 @@ impl SqliteCatalog {
         }
     }
 
+    /// A product's photo as bytes: kept in the catalog, or the file recorded at import (read by
+    /// [`read_image_file`]'s rule).
+    pub fn image_bytes(&self, key: Key, image: &ImageRef) -> Result<Vec<u8>> {
+        match image {
+            ImageRef::File(path) => read_image_file(path),
+            ImageRef::Stored { .. } => self.stored_image(key)?.map(|(bytes, _)| bytes).with_context(|| format!("the stored image of product key {key} is missing")),
+        }
+    }
+
+    /// A product's photo, decoded (with the default limits; EXIF orientation applied).
+    pub fn decoded_image(&self, key: Key, image: &ImageRef) -> Result<image::DynamicImage> {
+        let bytes = self.image_bytes(key, image)?;
+        crate::preprocess::decode(&bytes, &crate::preprocess::DecodeLimits::default()).map_err(|e| anyhow::anyhow!("product key {key}: {e}"))
+    }
+
     /// The stored search vector of one product ("more like this" without re-encoding).
     pub fn vector(&self, key: Key) -> Result<Option<Vec<f32>>> {
         let row: Option<(Vec<u8>, Option<i64>)> =
@@ -663,6 +522,12 @@ fn encode_vector(v: &[f32]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_le_bytes()).collect()
 }
 
+/// Where a catalog's search graph is saved: beside the catalog file (`shop.db.graph`, and its
+/// stamp `shop.db.graph.json`).
+pub fn graph_paths(catalog: &Path) -> (PathBuf, PathBuf) {
+    (with_suffix(catalog, ".graph"), with_suffix(catalog, ".graph.json"))
+}
+
 /// What [`salvage`] recovered.
 #[derive(Debug, Default, Clone, Serialize)]
 pub struct SalvageReport {
@@ -674,7 +539,21 @@ pub struct SalvageReport {
     pub damaged_copy: PathBuf,
 }
 
-fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
+/// Reads an image file the catalog recorded at import, unless a symbolic link is anywhere on
+/// its path now. The importers record real paths, so a link there was put in afterwards and
+/// could point anywhere on the machine (a replaced file or a replaced folder alike). The one
+/// rule for every reader: the server, evaluation and tuning.
+pub fn read_image_file(path: &Path) -> Result<Vec<u8>> {
+    let real = path.canonicalize().with_context(|| format!("reading {}", path.display()))?;
+    let is_file = std::fs::symlink_metadata(path).is_ok_and(|m| m.is_file());
+    if real != path || !is_file {
+        bail!("not reading {}: a symbolic link is on its path, or it is no regular file (re-run `lookalike index` if the catalog moved)", path.display());
+    }
+    std::fs::read(path).with_context(|| format!("reading {}", path.display()))
+}
+
+/// `path` with `suffix` appended to its file name (`shop.db` → `shop.db-wal`).
+pub fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
     let mut name = path.as_os_str().to_owned();
     name.push(suffix);
     PathBuf::from(name)
@@ -759,6 +638,61 @@ pub fn salvage(path: &Path) -> Result<SalvageReport> {
     Ok(report)
 }
 
+/// What [`repair`] did.
+#[derive(Debug)]
+pub struct RepairReport {
+    /// Set when the file itself was damaged and its readable rows were copied into a new one.
+    pub salvaged: Option<SalvageReport>,
+    /// Damaged or orphaned vectors dropped (their products are re-embedded by `index`).
+    pub dropped_vectors: usize,
+    /// The catalog as it is now.
+    pub after: CheckReport,
+}
+
+/// Recovers a damaged catalog: a file SQLite cannot walk is salvaged row by row first
+/// ([`salvage`]); then damaged and orphaned vectors are dropped and the saved search graph is
+/// deleted (it is rebuilt from the catalog at the next start). Products that lost their vector
+/// are embedded again by running the same `lookalike index`.
+pub fn repair(path: &Path) -> Result<RepairReport> {
+    if !path.is_file() {
+        bail!("no catalog at {}", path.display());
+    }
+    let structural = match SqliteCatalog::open(path).and_then(|c| c.check()) {
+        Ok(report) => !report.structure.is_empty(),
+        Err(e) => {
+            tracing::warn!("{} cannot be read as is ({e:#}); salvaging its readable rows", path.display());
+            true
+        }
+    };
+    let salvaged = if structural {
+        let salvaged = salvage(path)?;
+        if salvaged.copied.get("products").copied().unwrap_or(0) == 0 {
+            bail!(
+                "nothing could be salvaged from {} (kept as {}): re-index the shop's photos into a new --db",
+                path.display(),
+                salvaged.damaged_copy.display()
+            );
+        }
+        Some(salvaged)
+    } else {
+        None
+    };
+    let mut catalog = SqliteCatalog::open(path)?;
+    let report = catalog.check()?;
+    let dropped_vectors = catalog.drop_damaged_vectors(&report)?;
+    let (graph, stamp) = graph_paths(path);
+    for file in [graph, stamp] {
+        if file.exists() {
+            std::fs::remove_file(&file).with_context(|| format!("removing {}", file.display()))?;
+        }
+    }
+    let after = catalog.check()?;
+    if !after.is_sound() {
+        bail!("{} is still damaged after repair; re-index it into a new --db", path.display());
+    }
+    Ok(RepairReport { salvaged, dropped_vectors, after })
+}
+
 /// Compares a stored vector with its checksum (rows written before checksums have none).
 fn verify_vector(blob: &[u8], crc: Option<i64>) -> Result<()> {
     match crc {
@@ -798,21 +732,24 @@ fn decode_vector(blob: &[u8], out: &mut Vec<f32>) -> Result<()> {
     Ok(())
 }
 
-impl Catalog for SqliteCatalog {
-    fn len(&self) -> Result<usize> {
+/// Products: read, write, filter.
+impl SqliteCatalog {
+    /// Number of products.
+    pub fn len(&self) -> Result<usize> {
         let n: i64 = self.conn.query_row("SELECT COUNT(*) FROM products", [], |r| r.get(0))?;
         Ok(n as usize)
     }
 
-    fn get(&self, key: Key) -> Result<Option<Product>> {
+    pub fn get(&self, key: Key) -> Result<Option<Product>> {
         self.conn.query_row(&format!("{SELECT_PRODUCT} WHERE key = ?1"), [key], row_to_product).optional()?.transpose()
     }
 
-    fn get_by_id(&self, id: &str) -> Result<Option<Product>> {
+    pub fn get_by_id(&self, id: &str) -> Result<Option<Product>> {
         self.conn.query_row(&format!("{SELECT_PRODUCT} WHERE id = ?1"), [id], row_to_product).optional()?.transpose()
     }
 
-    fn get_many(&self, keys: &[Key]) -> Result<Vec<Product>> {
+    /// The products for `keys`, in the same order; keys that no longer exist are left out.
+    pub fn get_many(&self, keys: &[Key]) -> Result<Vec<Product>> {
         let mut stmt = self.conn.prepare_cached(&format!("{SELECT_PRODUCT} WHERE key = ?1"))?;
         let mut out = Vec::with_capacity(keys.len());
         for key in keys {
@@ -823,7 +760,8 @@ impl Catalog for SqliteCatalog {
         Ok(out)
     }
 
-    fn upsert(&mut self, products: &[NewProduct]) -> Result<Vec<Key>> {
+    /// Adds products, or replaces those whose id exists, atomically as one batch.
+    pub fn upsert(&mut self, products: &[NewProduct]) -> Result<Vec<Key>> {
         let tx = self.write_transaction()?;
         let mut keys = Vec::with_capacity(products.len());
         let mut logged = Vec::with_capacity(products.len());
@@ -872,7 +810,8 @@ impl Catalog for SqliteCatalog {
         Ok(keys)
     }
 
-    fn remove(&mut self, id: &str) -> Result<Option<Key>> {
+    /// Removes a product and its vectors; returns its key if it existed.
+    pub fn remove(&mut self, id: &str) -> Result<Option<Key>> {
         let tx = self.write_transaction()?;
         let key: Option<Key> = tx.query_row("SELECT key FROM products WHERE id = ?1", [id], |r| r.get(0)).optional()?;
         let mut logged = None;
@@ -887,7 +826,8 @@ impl Catalog for SqliteCatalog {
         Ok(key)
     }
 
-    fn filter_keys(&self, filter: &Filter) -> Result<Vec<Key>> {
+    /// Keys of the products matching `filter`.
+    pub fn filter_keys(&self, filter: &Filter) -> Result<Vec<Key>> {
         let mut sql = String::from("SELECT key FROM products p WHERE 1");
         let mut args: Vec<String> = Vec::new();
         for (column, values) in filter.conditions() {
@@ -911,7 +851,8 @@ impl Catalog for SqliteCatalog {
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
-    fn stored_image(&self, key: Key) -> Result<Option<(Vec<u8>, String)>> {
+    /// The image bytes kept inside the catalog for `key`, if any.
+    pub fn stored_image(&self, key: Key) -> Result<Option<(Vec<u8>, String)>> {
         Ok(self
             .conn
             .query_row(
@@ -920,6 +861,10 @@ impl Catalog for SqliteCatalog {
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )
             .optional()?)
+    }
+
+    pub fn is_empty(&self) -> Result<bool> {
+        Ok(self.len()? == 0)
     }
 }
 

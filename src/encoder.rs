@@ -13,6 +13,7 @@ use ort::session::Session;
 use ort::value::TensorRef;
 use prost::Message;
 
+use crate::index::l2_normalize;
 use crate::model::{rewrite, InputSpec, Layout, ModelSpec, Pooling};
 
 /// One image's vectors, each L2-normalised.
@@ -390,14 +391,9 @@ fn integral_power(x: f32, k: u32) -> f32 {
     y
 }
 
-/// Scales `v` to unit length (an all-zero vector stays zero rather than becoming NaN).
-pub fn l2_normalised(mut v: Vec<f32>) -> Vec<f32> {
-    let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
-    if norm > 0.0 && norm.is_finite() {
-        for x in &mut v {
-            *x /= norm;
-        }
-    }
+/// `v` scaled to unit length (see [`l2_normalize`]).
+fn l2_normalised(mut v: Vec<f32>) -> Vec<f32> {
+    l2_normalize(&mut v);
     v
 }
 

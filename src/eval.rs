@@ -19,10 +19,11 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use serde::Serialize;
 
-use crate::catalog::{Catalog, ImageRef, Key, SqliteCatalog, VectorKind};
+use crate::catalog::{SqliteCatalog, VectorKind};
+use crate::types::{ImageRef, Key};
 use crate::encoder::Encoder;
 use crate::index::{l2_normalize, ExactIndex, Precision, VectorIndex};
-use crate::preprocess::{self, DecodeLimits};
+use crate::preprocess;
 use crate::space::SearchSpace;
 
 /// Cut-off of every ranked metric.
@@ -169,18 +170,10 @@ pub fn percentile(sorted: &[f64], q: f64) -> f64 {
 /// Side of the raw-pixel baseline: the catalog's own image size (its first image's shorter side,
 /// at most 64 so the baseline stays cheap on photo catalogs).
 fn raw_pixel_side(catalog: &SqliteCatalog, first: Key, image_ref: &ImageRef) -> Result<u32> {
-    let image = load_catalog_image(catalog, first, image_ref)?;
+    let image = catalog.decoded_image(first, image_ref)?;
     Ok(image.width().min(image.height()).clamp(8, 64))
 }
 
-/// A catalog product's photo, decoded.
-pub fn load_catalog_image(catalog: &SqliteCatalog, key: Key, image_ref: &ImageRef) -> Result<image::DynamicImage> {
-    let bytes = match image_ref {
-        ImageRef::File(path) => std::fs::read(path).with_context(|| format!("reading {}", path.display()))?,
-        ImageRef::Stored { .. } => catalog.stored_image(key)?.map(|(b, _)| b).context("stored image missing")?,
-    };
-    preprocess::decode(&bytes, &DecodeLimits::default()).map_err(|e| anyhow::anyhow!("product key {key}: {e}"))
-}
 
 /// Runs every query through the three methods and reports their metrics.
 pub fn evaluate(catalog: &SqliteCatalog, encoder: &dyn Encoder, queries: &[LabelledQuery], options: &EvalOptions) -> Result<EvalReport> {
@@ -203,7 +196,7 @@ pub fn evaluate(catalog: &SqliteCatalog, encoder: &dyn Encoder, queries: &[Label
     // model's own space is then reported as `lookalike_untuned` beside it.
     let space = SearchSpace::for_catalog(catalog)?;
     let lookalike: Box<dyn VectorIndex> = match &options.store {
-        Some(store) => Box::new(crate::search::open_qdrant(catalog, &space, store)?),
+        Some(store) => Box::new(crate::store::open_qdrant(catalog, &space, store)?),
         None => Box::new(space.build_index(catalog, VectorKind::Primary, Precision::F32)?),
     };
     let untuned_space = SearchSpace::centred(catalog, VectorKind::Primary)?;
@@ -218,7 +211,7 @@ pub fn evaluate(catalog: &SqliteCatalog, encoder: &dyn Encoder, queries: &[Label
     tracing::info!("raw-pixel baseline at {side}x{side}");
     let mut raw = ExactIndex::new((side * side) as usize);
     for p in &products {
-        let mut v = preprocess::greyscale_pixels(&load_catalog_image(catalog, p.key, &p.image)?, side);
+        let mut v = preprocess::greyscale_pixels(&catalog.decoded_image(p.key, &p.image)?, side);
         l2_normalize(&mut v);
         raw.upsert(p.key, &v)?;
     }
@@ -245,7 +238,7 @@ pub fn evaluate(catalog: &SqliteCatalog, encoder: &dyn Encoder, queries: &[Label
 
         // Both CNN methods share one encoding; each is charged the full encode time.
         let t = Instant::now();
-        let tensor = preprocess::prepare(&preprocess::to_rgb_on_white(query_image), &spec.input);
+        let tensor = preprocess::prepare_image(query_image, None, &spec.input);
         let embedding = encoder.encode(&[tensor])?.into_iter().next().context("encoder returned nothing")?;
         let encode_ms = t.elapsed().as_secs_f64() * 1000.0;
 

@@ -6,6 +6,15 @@
 //! converted from PyTorch weights to ONNX by [`model`]; [`eval`] measures search quality;
 //! [`server`] is `lookalike serve`, the shopper's page and the JSON API; [`bench`] measures speed
 //! against reference implementations; [`config`] reads a deployment's settings file.
+//!
+//! Layers, each importing only from those above it in this list (`tests/architecture.rs` fails
+//! on an import cycle between modules):
+//! 1. plain data and facts: [`types`], [`assets`], [`host`], [`config`];
+//! 2. parts: [`model`], [`preprocess`], [`perturb`], [`index`], [`projection`], [`catalog`],
+//!    [`encoder`];
+//! 3. assemblies of parts: [`space`], [`store`], [`import`], [`tune`], [`eval`];
+//! 4. the search engine: [`search`];
+//! 5. the outside: [`server`], [`bench`] (and the `lookalike` command in `src/cli/`).
 
 pub mod assets;
 pub mod bench;
@@ -13,12 +22,16 @@ pub mod catalog;
 pub mod config;
 pub mod encoder;
 pub mod eval;
+pub mod host;
 pub mod import;
 pub mod index;
 pub mod model;
 pub mod perturb;
 pub mod preprocess;
+pub mod projection;
 pub mod search;
 pub mod server;
 pub mod space;
+pub mod store;
 pub mod tune;
+pub mod types;

@@ -325,6 +325,68 @@ pub fn to_rgb_on_white(img: &DynamicImage) -> RgbImage {
     out
 }
 
+/// A part of the photo to search with, as fractions of its width and height (after EXIF
+/// orientation, i.e. as the shopper sees it): the shopper's box around one item in a photo of a
+/// whole outfit.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Crop {
+    pub x: f32,
+    pub y: f32,
+    pub width: f32,
+    pub height: f32,
+}
+
+impl Crop {
+    /// A crop box, checked: the corner inside the image, a positive size, and the box within the
+    /// image (up to rounding: a box ending at 1.0000001 is clamped).
+    pub fn new(x: f32, y: f32, width: f32, height: f32) -> Result<Crop, String> {
+        let all = [x, y, width, height];
+        if all.iter().any(|v| !v.is_finite()) {
+            return Err("crop values must be numbers".into());
+        }
+        if !(0.0..1.0).contains(&x) || !(0.0..1.0).contains(&y) {
+            return Err(format!("crop corner ({x}, {y}) must lie inside the image: fractions from 0 to below 1"));
+        }
+        if width <= 0.0 || height <= 0.0 {
+            return Err(format!("crop size {width}x{height} must be positive"));
+        }
+        if x + width > 1.001 || y + height > 1.001 {
+            return Err(format!("crop box x={x} y={y} w={width} h={height} reaches outside the image (x + w and y + h must be at most 1)"));
+        }
+        Ok(Crop { x, y, width: width.min(1.0 - x), height: height.min(1.0 - y) })
+    }
+
+    /// Parses `x,y,w,h` (fractions 0..1 of the image).
+    pub fn parse(text: &str) -> Result<Crop, String> {
+        let parts: Vec<&str> = text.split(',').map(str::trim).collect();
+        let [x, y, w, h] = parts.as_slice() else {
+            return Err(format!("crop {text:?} must be four numbers x,y,w,h (fractions 0..1 of the image)"));
+        };
+        let number = |s: &str| s.parse::<f32>().map_err(|_| format!("crop {text:?}: {s:?} is not a number"));
+        Crop::new(number(x)?, number(y)?, number(w)?, number(h)?)
+    }
+
+    /// The cropped image, at least one pixel in each direction.
+    pub fn apply(&self, image: &image::DynamicImage) -> image::DynamicImage {
+        let (w, h) = (image.width(), image.height());
+        let px = |f: f32, side: u32| ((f * side as f32).round() as u32).min(side.saturating_sub(1));
+        let (x0, y0) = (px(self.x, w), px(self.y, h));
+        let cw = ((self.width * w as f32).round() as u32).clamp(1, w - x0);
+        let ch = ((self.height * h as f32).round() as u32).clamp(1, h - y0);
+        image.crop_imm(x0, y0, cw, ch)
+    }
+}
+
+/// A decoded photo as the model's input: cropped to `crop` (the shopper's box) if given, alpha
+/// composited on white, then resized and normalised as `input` says. The one way every photo
+/// becomes a tensor: queries, catalog imports, evaluation and tuning.
+pub fn prepare_image(image: &DynamicImage, crop: Option<Crop>, input: &InputSpec) -> Vec<f32> {
+    match crop {
+        Some(crop) => prepare(&to_rgb_on_white(&crop.apply(image)), input),
+        None => prepare(&to_rgb_on_white(image), input),
+    }
+}
+
 /// Turns an RGB image into the model's input: `3 * size * size` floats, laid out as
 /// `input.layout` says, each channel normalised as `(pixel / 255 - mean) / std`.
 ///
@@ -898,5 +960,24 @@ mod tests {
             split.0[25],
             split.1[25]
         );
+    }
+
+    #[test]
+    fn crop_parses_fractions_and_rejects_boxes_outside_the_image() {
+        assert_eq!(Crop::parse("0.1, 0.2, 0.5, 0.6"), Ok(Crop { x: 0.1, y: 0.2, width: 0.5, height: 0.6 }));
+        let clamped = Crop::parse("0.5,0.5,0.5000001,0.5").expect("rounding is tolerated");
+        assert!(clamped.x + clamped.width <= 1.0);
+        for bad in ["", "1,2,3", "a,b,c,d", "0.5,0.5,0.9,0.1", "-0.1,0,0.5,0.5", "1,0,0.5,0.5", "0,0,0,0.5", "NaN,0,0.5,0.5"] {
+            assert!(Crop::parse(bad).is_err(), "{bad:?} should be refused");
+        }
+    }
+
+    #[test]
+    fn crop_cuts_the_requested_part_and_never_an_empty_image() {
+        let image = image::DynamicImage::new_rgb8(200, 100);
+        let part = Crop::new(0.25, 0.5, 0.5, 0.5).expect("crop").apply(&image);
+        assert_eq!((part.width(), part.height()), (100, 50));
+        let sliver = Crop::new(0.999, 0.999, 0.001, 0.001).expect("crop").apply(&image);
+        assert!(sliver.width() >= 1 && sliver.height() >= 1);
     }
 }

@@ -3,17 +3,21 @@
 //! model or the store work.
 
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Instant;
 
 use anyhow::{Context, Result};
 use serde::Serialize;
 
-use crate::catalog::{Catalog, Filter, IndexingProgress, Key, NewProduct, Product, SqliteCatalog, VectorKind, VectorSpace};
+use crate::catalog::SqliteCatalog;
+use crate::types::{Filter, IndexingProgress, Key, NewProduct, Product, VectorSpace};
 use crate::encoder::{Embedding, Encoder};
-use crate::index::{Allowed, AnnIndex, AnnStamp, ExactIndex, Hit, IndexConfig, IndexStats, VectorIndex};
-use crate::preprocess::{self, DecodeLimits, ImageError};
+use crate::index::{Allowed, Hit, IndexConfig, IndexStats, VectorIndex};
+use crate::preprocess::{self, Crop, DecodeLimits, ImageError};
+use crate::catalog::graph_paths;
+use crate::host::available_memory_bytes;
 use crate::space::SearchSpace;
+use crate::store::{graph_turn, open_index, write_graph, Store};
 
 /// What to return.
 #[derive(Debug, Clone)]
@@ -39,58 +43,6 @@ pub struct RankedProduct {
     /// Cosine similarity to the query, in [-1, 1].
     pub score: f32,
     pub product: Product,
-}
-
-/// A part of the photo to search with, as fractions of its width and height (after EXIF
-/// orientation, i.e. as the shopper sees it): the shopper's box around one item in a photo of a
-/// whole outfit.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Crop {
-    pub x: f32,
-    pub y: f32,
-    pub width: f32,
-    pub height: f32,
-}
-
-impl Crop {
-    /// A crop box, checked: the corner inside the image, a positive size, and the box within the
-    /// image (up to rounding: a box ending at 1.0000001 is clamped).
-    pub fn new(x: f32, y: f32, width: f32, height: f32) -> Result<Crop, String> {
-        let all = [x, y, width, height];
-        if all.iter().any(|v| !v.is_finite()) {
-            return Err("crop values must be numbers".into());
-        }
-        if !(0.0..1.0).contains(&x) || !(0.0..1.0).contains(&y) {
-            return Err(format!("crop corner ({x}, {y}) must lie inside the image: fractions from 0 to below 1"));
-        }
-        if width <= 0.0 || height <= 0.0 {
-            return Err(format!("crop size {width}x{height} must be positive"));
-        }
-        if x + width > 1.001 || y + height > 1.001 {
-            return Err(format!("crop box x={x} y={y} w={width} h={height} reaches outside the image (x + w and y + h must be at most 1)"));
-        }
-        Ok(Crop { x, y, width: width.min(1.0 - x), height: height.min(1.0 - y) })
-    }
-
-    /// Parses `x,y,w,h` (fractions 0..1 of the image).
-    pub fn parse(text: &str) -> Result<Crop, String> {
-        let parts: Vec<&str> = text.split(',').map(str::trim).collect();
-        let [x, y, w, h] = parts.as_slice() else {
-            return Err(format!("crop {text:?} must be four numbers x,y,w,h (fractions 0..1 of the image)"));
-        };
-        let number = |s: &str| s.parse::<f32>().map_err(|_| format!("crop {text:?}: {s:?} is not a number"));
-        Crop::new(number(x)?, number(y)?, number(w)?, number(h)?)
-    }
-
-    /// The cropped image, at least one pixel in each direction.
-    pub fn apply(&self, image: &image::DynamicImage) -> image::DynamicImage {
-        let (w, h) = (image.width(), image.height());
-        let px = |f: f32, side: u32| ((f * side as f32).round() as u32).min(side.saturating_sub(1));
-        let (x0, y0) = (px(self.x, w), px(self.y, h));
-        let cw = ((self.width * w as f32).round() as u32).clamp(1, w - x0);
-        let ch = ((self.height * h as f32).round() as u32).clamp(1, h - y0);
-        image.crop_imm(x0, y0, cw, ch)
-    }
 }
 
 /// A query photo turned into the model's input, with the time each step took.
@@ -136,7 +88,7 @@ pub enum SearchError {
 /// between threads: reads run concurrently, catalog writes are serialised.
 pub struct SearchEngine {
     catalog: Mutex<SqliteCatalog>,
-    index: RwLock<Box<dyn VectorIndex>>,
+    index: RwLock<Store>,
     encoder: Box<dyn Encoder>,
     /// How model vectors are mapped before they are indexed or searched for.
     space: SearchSpace,
@@ -152,6 +104,11 @@ pub struct SearchEngine {
     followed: AtomicI64,
     /// The `index` run adding products to this catalog, as last seen by the follower.
     indexing: Mutex<Option<IndexingProgress>>,
+}
+
+/// A lock whose holder panicked: the state it guards may be half-changed, so nothing goes on.
+fn poisoned(what: &str) -> anyhow::Error {
+    anyhow::anyhow!("the {what} lock is poisoned (a thread panicked while holding it); restart the process")
 }
 
 fn ms(since: Instant) -> f64 {
@@ -176,19 +133,8 @@ impl SearchEngine {
         Ok(engine)
     }
 
-    fn assemble(catalog: SqliteCatalog, encoder: Box<dyn Encoder>, space: SearchSpace, index: Box<dyn VectorIndex>, config: IndexConfig) -> Result<SearchEngine> {
-        if let Some(space) = catalog.vector_space()? {
-            let model = &encoder.spec().name;
-            if &space.model != model {
-                anyhow::bail!(
-                    "catalog {} holds vectors of model {:?} but the encoder is {:?}: pass --model {}",
-                    catalog.path().display(),
-                    space.model,
-                    model,
-                    space.model
-                );
-            }
-        }
+    fn assemble(catalog: SqliteCatalog, encoder: Box<dyn Encoder>, space: SearchSpace, index: Store, config: IndexConfig) -> Result<SearchEngine> {
+        catalog.ensure_model(&encoder.spec().name)?;
         Ok(SearchEngine {
             catalog: Mutex::new(catalog),
             index: RwLock::new(index),
@@ -209,9 +155,9 @@ impl SearchEngine {
     /// skipped. Returns how many products changed. A server calls this a few times a second;
     /// it reads one row when nothing changed.
     pub fn follow_catalog(&self) -> Result<usize> {
-        let mut catalog = self.catalog.lock().map_err(|_| anyhow::anyhow!("catalog lock poisoned"))?;
+        let mut catalog = self.lock_catalog()?;
         let indexing = catalog.indexing_progress()?;
-        *self.indexing.lock().map_err(|_| anyhow::anyhow!("indexing lock poisoned"))? = indexing;
+        *self.indexing.lock().map_err(|_| poisoned("indexing progress"))? = indexing;
         self.catch_up(&mut catalog)
     }
 
@@ -229,7 +175,7 @@ impl SearchEngine {
             // search graph that absorbed it): the changes cannot be told apart, so reload all.
             tracing::info!("reloading the index: other processes changed the catalog faster than its change log could be followed");
             let fresh = open_index(catalog, &self.space, &self.config)?;
-            *self.index.write().map_err(|_| anyhow::anyhow!("index lock poisoned"))? = fresh;
+            *self.write_index()? = fresh;
             self.followed.store(feed.latest, Ordering::Release);
             return Ok(catalog.vector_count()?);
         }
@@ -240,17 +186,11 @@ impl SearchEngine {
             changes.push((key, vector, product));
         }
         if !changes.is_empty() {
-            let mut index = self.index.write().map_err(|_| anyhow::anyhow!("index lock poisoned"))?;
+            let mut index = self.write_index()?;
             for (key, vector, product) in &changes {
                 match (vector, product) {
-                    (Some(vector), Some(product)) => {
-                        index.describe(*key, &product.id, &product.metadata);
-                        if index.is_empty() && index.dim() != vector.len() {
-                            *index = Box::new(ExactIndex::new(vector.len()));
-                        }
-                        index.upsert(*key, vector)?;
-                    }
-                    _ => index.remove(*key)?,
+                    (Some(vector), Some(product)) => index.put(*key, vector, &product.id, &product.metadata)?,
+                    _ => index.index_mut().remove(*key)?,
                 }
             }
             tracing::debug!("followed {} catalog changes made by other processes", changes.len());
@@ -276,8 +216,23 @@ impl SearchEngine {
 
     /// Runs `f` with the catalog locked.
     pub fn with_catalog<T>(&self, f: impl FnOnce(&mut SqliteCatalog) -> Result<T>) -> Result<T> {
-        let mut catalog = self.catalog.lock().map_err(|_| anyhow::anyhow!("catalog lock poisoned"))?;
+        let mut catalog = self.lock_catalog()?;
         f(&mut catalog)
+    }
+
+    // The engine's locks. Lock order, everywhere: the catalog, then the index; a search that
+    // needs both for a filter lets go of the index first (see `search_vector`).
+
+    fn lock_catalog(&self) -> Result<MutexGuard<'_, SqliteCatalog>> {
+        self.catalog.lock().map_err(|_| poisoned("catalog"))
+    }
+
+    fn read_index(&self) -> Result<RwLockReadGuard<'_, Store>> {
+        self.index.read().map_err(|_| poisoned("index"))
+    }
+
+    fn write_index(&self) -> Result<RwLockWriteGuard<'_, Store>> {
+        self.index.write().map_err(|_| poisoned("index"))
     }
 
     /// Products most similar to the photo in `bytes`, optionally cropped to `crop` first.
@@ -303,14 +258,11 @@ impl SearchEngine {
     pub fn prepare_query(&self, bytes: &[u8], crop: Option<Crop>) -> Result<PreparedQuery, SearchError> {
         let mut timings = Timings::default();
         let t = Instant::now();
-        let mut image = preprocess::decode(bytes, &self.limits)?;
+        let image = preprocess::decode(bytes, &self.limits)?;
         timings.decode_ms = ms(t);
 
         let t = Instant::now();
-        if let Some(crop) = crop {
-            image = crop.apply(&image);
-        }
-        let tensor = preprocess::prepare(&preprocess::to_rgb_on_white(&image), &self.encoder.spec().input);
+        let tensor = preprocess::prepare_image(&image, crop, &self.encoder.spec().input);
         timings.preprocess_ms = ms(t);
         Ok(PreparedQuery { tensor, timings })
     }
@@ -340,26 +292,20 @@ impl SearchEngine {
         let expected = self.encoder.spec().name.clone();
         // Hold the catalog lock across both writes, so concurrent changes to the same id
         // reach the index in the order they reached the catalog.
-        let mut catalog = self.catalog.lock().map_err(|_| anyhow::anyhow!("catalog lock poisoned"))?;
+        let mut catalog = self.lock_catalog()?;
         catalog.bind_vector_space(&VectorSpace { model: expected, dim: product.vector.len() })?;
         // The catalog keeps model vectors; the index holds them mapped into the search space.
         let searched = self.to_search_space(&product.vector)?;
         let key = *catalog.upsert(std::slice::from_ref(&product))?.first().context("the catalog stored no product")?;
-        let mut index = self.index.write().map_err(|_| anyhow::anyhow!("index lock poisoned"))?;
-        index.describe(key, &product.id, &product.metadata);
-        if index.is_empty() && index.dim() != searched.len() {
-            // A catalog that was empty at start has a 0-d index; give it the search dimension.
-            *index = Box::new(ExactIndex::new(searched.len()));
-        }
-        index.upsert(key, &searched)?;
+        self.write_index()?.put(key, &searched, &product.id, &product.metadata)?;
         Ok(key)
     }
 
     /// Removes a product from the catalog, then from the index. Returns whether it existed.
     pub fn remove_product(&self, id: &str) -> Result<bool, SearchError> {
-        let mut catalog = self.catalog.lock().map_err(|_| anyhow::anyhow!("catalog lock poisoned"))?;
+        let mut catalog = self.lock_catalog()?;
         let Some(key) = catalog.remove(id)? else { return Ok(false) };
-        self.index.write().map_err(|_| anyhow::anyhow!("index lock poisoned"))?.remove(key)?;
+        self.write_index()?.index_mut().remove(key)?;
         Ok(true)
     }
 
@@ -400,7 +346,7 @@ impl SearchEngine {
             self.catch_up(c)?;
             Ok((c.generation()?, c.path().to_path_buf()))
         })?;
-        let Some(compaction) = self.index.read().map_err(|_| anyhow::anyhow!("index lock poisoned"))?.compaction() else {
+        let Some(compaction) = self.read_index()?.compaction() else {
             return Ok(None);
         };
         let dropped = compaction.tombstones;
@@ -418,7 +364,7 @@ impl SearchEngine {
             tracing::warn!("could not save the rebuilt search graph (it is rebuilt again at the next start): {e:#}");
         }
 
-        let catalog = self.catalog.lock().map_err(|_| anyhow::anyhow!("catalog lock poisoned"))?;
+        let catalog = self.lock_catalog()?;
         if saved.is_ok() {
             catalog.forget_changes_through(since)?;
         }
@@ -428,7 +374,7 @@ impl SearchEngine {
                 None => fresh.remove(key)?,
             }
         }
-        let old = std::mem::replace(&mut *self.index.write().map_err(|_| anyhow::anyhow!("index lock poisoned"))?, Box::new(fresh));
+        let old = std::mem::replace(&mut *self.write_index()?, Store::Graph(fresh));
         // Freed with no lock held: giving back gigabytes takes a moment.
         drop(catalog);
         drop(old);
@@ -448,7 +394,7 @@ impl SearchEngine {
         if self.compacting.load(Ordering::Acquire) {
             return;
         }
-        let Some(needed) = self.index.read().ok().filter(|index| index.needs_compaction()).map(|index| index.memory_bytes()) else {
+        let Some(needed) = self.index.read().ok().and_then(|index| index.compaction_due()) else {
             return;
         };
         if let Some(available) = available_memory_bytes() {
@@ -476,12 +422,12 @@ impl SearchEngine {
 
     /// What the index holds: vectors, bytes, dead entries (for `/metrics`).
     pub fn index_stats(&self) -> IndexStats {
-        self.index.read().map(|i| IndexStats { vectors: i.len(), memory_bytes: i.memory_bytes(), dead_entries: i.dead_entries() }).unwrap_or_default()
+        self.index.read().map(|store| store.stats()).unwrap_or_default()
     }
 
     /// Number of searchable products (vectors in the index).
     pub fn len(&self) -> usize {
-        self.index.read().map(|i| i.len()).unwrap_or(0)
+        self.index.read().map(|store| store.index().len()).unwrap_or(0)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -517,24 +463,21 @@ impl SearchEngine {
 
         let t = Instant::now();
         let wanted = request.offset.saturating_add(request.k);
+        // An embedded store takes the keys the filter admits, read from the catalog before the
+        // index lock is taken: writers hold the catalog lock while they wait for the index
+        // lock, so a search holding both the other way round could deadlock.
+        let by_key = self.read_index()?.filters_by_key();
+        let allowed: Option<Allowed> = match request.filter.is_empty() || !by_key {
+            true => None,
+            false => Some(self.with_catalog(|c| c.filter_keys(&request.filter))?.into_iter().collect()),
+        };
         let hits: Vec<Hit> = {
-            let index = self.index.read().map_err(|_| anyhow::anyhow!("index lock poisoned"))?;
+            let store = self.read_index()?;
+            let index = store.index();
             if vector.len() != index.dim() && !index.is_empty() {
                 return Err(SearchError::BadRequest(format!("vector has {} dimensions; this catalog's are {}", vector.len(), index.dim())));
             }
-            match (request.filter.is_empty(), index.search_filter(&vector, wanted, &request.filter)) {
-                (true, _) => index.search(&vector, wanted, None)?,
-                // The store evaluates the filter itself.
-                (false, Some(hits)) => hits?,
-                // The embedded stores take the matching keys, computed from the catalog. The
-                // index lock is let go first: writers hold the catalog lock while they wait for
-                // the index lock, so a search holding both the other way round would deadlock.
-                (false, None) => {
-                    drop(index);
-                    let allowed: Allowed = self.with_catalog(|c| c.filter_keys(&request.filter))?.into_iter().collect();
-                    self.index.read().map_err(|_| anyhow::anyhow!("index lock poisoned"))?.search(&vector, wanted, Some(&allowed))?
-                }
-            }
+            store.search(&vector, wanted, &request.filter, allowed.as_ref())?
         };
         timings.search_ms = ms(t);
 
@@ -552,175 +495,5 @@ impl SearchEngine {
         timings.metadata_ms = ms(t);
         timings.total_ms = ms(started);
         Ok(SearchResults { hits, timings })
-    }
-}
-
-/// Connects to the Qdrant collection for this catalog and tells it every product's id and
-/// metadata (its writes carry them as payload). Warns when the collection and the catalog
-/// disagree in size: `lookalike sync` fixes that.
-pub fn open_qdrant(catalog: &SqliteCatalog, space: &SearchSpace, store: &crate::index::qdrant::QdrantConfig) -> Result<crate::index::qdrant::QdrantIndex> {
-    let dim = space.output_dim(catalog.vector_space()?.map_or(0, |s| s.dim));
-    let mut index = crate::index::qdrant::QdrantIndex::connect(store.clone(), dim)?;
-    for product in catalog.all_products()? {
-        index.describe(product.key, &product.id, &product.metadata);
-    }
-    let in_catalog = catalog.vector_count()?;
-    if index.len() != in_catalog {
-        tracing::warn!(
-            "Qdrant collection {:?} holds {} vectors, the catalog {in_catalog}: run `lookalike sync --db {} --store ...`",
-            store.collection,
-            index.len(),
-            catalog.path().display()
-        );
-    }
-    Ok(index)
-}
-
-/// Makes the Qdrant collection agree with the catalog (adds what is missing, deletes what is
-/// gone), and returns what changed.
-pub fn sync_qdrant(catalog: &SqliteCatalog, store: &crate::index::qdrant::QdrantConfig) -> Result<crate::index::qdrant::SyncReport> {
-    let space = SearchSpace::for_catalog(catalog)?;
-    let exact = space.build_index(catalog, VectorKind::Primary, crate::index::Precision::F32)?;
-    let mut index = open_qdrant(catalog, &space, store)?;
-    index.sync(exact.keys(), |key| exact.vector(key))
-}
-
-/// The index `config` asks for over the catalog's vectors: a Qdrant collection, the exact scan,
-/// or the search graph (loaded from its file and caught up, or built).
-fn open_index(catalog: &SqliteCatalog, space: &SearchSpace, config: &IndexConfig) -> Result<Box<dyn VectorIndex>> {
-    if let Some(store) = &config.store {
-        return Ok(Box::new(open_qdrant(catalog, space, store)?));
-    }
-    let use_ann = config.uses_ann(catalog.vector_count()?);
-    let precision = if use_ann { crate::index::Precision::F32 } else { config.precision };
-    let exact = space.build_index(catalog, VectorKind::Primary, precision)?;
-    Ok(if use_ann && !exact.is_empty() { Box::new(open_graph(catalog, space, exact, config)?) } else { Box::new(exact) })
-}
-
-/// Where a catalog's search graph is saved: beside the catalog file.
-pub fn graph_paths(catalog: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {
-    let with = |suffix: &str| {
-        let mut name = catalog.as_os_str().to_owned();
-        name.push(suffix);
-        std::path::PathBuf::from(name)
-    };
-    (with(".graph"), with(".graph.json"))
-}
-
-/// The catalog's saved search graph, caught up with the products changed since it was saved;
-/// or, if there is none or it does not fit (other space, options or a damaged file), a new one,
-/// saved for next time. Building takes minutes for a million products; loading, seconds.
-fn open_graph(catalog: &SqliteCatalog, space: &SearchSpace, exact: ExactIndex, config: &IndexConfig) -> Result<AnnIndex> {
-    let (graph_path, stamp_path) = graph_paths(catalog.path());
-    let _turn = graph_turn(&graph_path);
-    let fingerprint = space.fingerprint();
-    let generation = catalog.generation()?;
-    let stamp: Option<AnnStamp> = std::fs::read(&stamp_path).ok().and_then(|bytes| serde_json::from_slice(&bytes).ok());
-    let mut exact = exact;
-    if let Some(stamp) = stamp.filter(|s| s.space == fingerprint && s.options == config.ann_options && s.dim == exact.dim()) {
-        let changed = catalog.changed_since(stamp.generation)?;
-        match AnnIndex::load(&graph_path, &stamp, exact, &changed) {
-            Ok(graph) if graph.needs_compaction() => {
-                tracing::info!("rebuilding the search graph: {} of its entries are removed or replaced products", graph.tombstones());
-                let graph = graph.compacted()?;
-                save_graph(catalog, &graph, &fingerprint, generation, &graph_path, &stamp_path);
-                return Ok(graph);
-            }
-            Ok(graph) => {
-                if !changed.is_empty() {
-                    save_graph(catalog, &graph, &fingerprint, generation, &graph_path, &stamp_path);
-                }
-                return Ok(graph);
-            }
-            Err((rows, e)) => {
-                tracing::warn!("rebuilding the search graph: {e:#}");
-                exact = rows;
-            }
-        }
-    }
-    tracing::info!("building the search graph for {} products (once; it is saved to {})", exact.len(), graph_path.display());
-    let graph = AnnIndex::build(exact, config.ann_options)?;
-    save_graph(catalog, &graph, &fingerprint, generation, &graph_path, &stamp_path);
-    Ok(graph)
-}
-
-/// Memory the kernel could give this process without swapping (`MemAvailable` in
-/// `/proc/meminfo`); `None` where that is not known.
-fn available_memory_bytes() -> Option<usize> {
-    parse_mem_available(&std::fs::read_to_string("/proc/meminfo").ok()?)
-}
-
-fn parse_mem_available(meminfo: &str) -> Option<usize> {
-    let line = meminfo.lines().find(|l| l.starts_with("MemAvailable:"))?;
-    let kib: usize = line.trim_start_matches("MemAvailable:").trim().trim_end_matches("kB").trim().parse().ok()?;
-    kib.checked_mul(1024)
-}
-
-/// Waits for this process's turn at the catalog's graph files. Two processes opening one catalog
-/// at once (two servers starting, `search` beside `serve`) take turns: the graph file, its stamp
-/// and the change log they trim must come from the same process. Without a lock (read-only
-/// directory) each still checks what it loads. The turn ends when the file is dropped.
-fn graph_turn(graph_path: &std::path::Path) -> Option<std::fs::File> {
-    let mut lock_path = graph_path.as_os_str().to_owned();
-    lock_path.push(".lock");
-    std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)
-        .and_then(|file| file.lock().map(|()| file))
-        .map_err(|e| tracing::debug!("no lock on {}: {e}", std::path::Path::new(&lock_path).display()))
-        .ok()
-}
-
-/// Saves the graph and its stamp; a failure (read-only directory, full disk) only costs a
-/// rebuild next time, so it is logged, not returned.
-fn save_graph(catalog: &SqliteCatalog, graph: &AnnIndex, fingerprint: &str, generation: i64, graph_path: &std::path::Path, stamp_path: &std::path::Path) {
-    let saved = write_graph(graph, fingerprint, generation, graph_path, stamp_path).and_then(|()| catalog.forget_changes_through(generation));
-    if let Err(e) = saved {
-        tracing::warn!("could not save the search graph (it will be rebuilt next time): {e:#}");
-    }
-}
-
-/// Writes the graph, then its stamp, each through a temporary file.
-fn write_graph(graph: &AnnIndex, fingerprint: &str, generation: i64, graph_path: &std::path::Path, stamp_path: &std::path::Path) -> Result<()> {
-    let stamp = graph.save(graph_path, fingerprint, generation)?;
-    let tmp = stamp_path.with_extension("tmp");
-    std::fs::write(&tmp, serde_json::to_vec_pretty(&stamp)?).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, stamp_path).with_context(|| format!("renaming {}", tmp.display()))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn crop_parses_fractions_and_rejects_boxes_outside_the_image() {
-        assert_eq!(Crop::parse("0.1, 0.2, 0.5, 0.6"), Ok(Crop { x: 0.1, y: 0.2, width: 0.5, height: 0.6 }));
-        let clamped = Crop::parse("0.5,0.5,0.5000001,0.5").expect("rounding is tolerated");
-        assert!(clamped.x + clamped.width <= 1.0);
-        for bad in ["", "1,2,3", "a,b,c,d", "0.5,0.5,0.9,0.1", "-0.1,0,0.5,0.5", "1,0,0.5,0.5", "0,0,0,0.5", "NaN,0,0.5,0.5"] {
-            assert!(Crop::parse(bad).is_err(), "{bad:?} should be refused");
-        }
-    }
-
-    #[test]
-    fn available_memory_is_read_from_meminfo() {
-        let meminfo = "MemTotal:       24575392 kB\nMemFree:         1018112 kB\nMemAvailable:   20971520 kB\nBuffers:          123 kB\n";
-        assert_eq!(parse_mem_available(meminfo), Some(20 << 30));
-        assert_eq!(parse_mem_available("MemTotal: 1 kB\n"), None);
-        assert_eq!(parse_mem_available("MemAvailable: lots\n"), None);
-        if cfg!(target_os = "linux") {
-            assert!(available_memory_bytes().is_some_and(|b| b > 0), "this machine reports its available memory");
-        }
-    }
-
-    #[test]
-    fn crop_cuts_the_requested_part_and_never_an_empty_image() {
-        let image = image::DynamicImage::new_rgb8(200, 100);
-        let part = Crop::new(0.25, 0.5, 0.5, 0.5).expect("crop").apply(&image);
-        assert_eq!((part.width(), part.height()), (100, 50));
-        let sliver = Crop::new(0.999, 0.999, 0.001, 0.001).expect("crop").apply(&image);
-        assert!(sliver.width() >= 1 && sliver.height() >= 1);
     }
 }

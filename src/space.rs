@@ -12,9 +12,10 @@
 
 use anyhow::{ensure, Context, Result};
 
-use crate::catalog::{Key, SqliteCatalog, VectorKind};
+use crate::catalog::{SqliteCatalog, VectorKind};
+use crate::types::Key;
 use crate::index::{l2_normalize, ExactIndex, Precision, VectorIndex};
-use crate::tune::Projection;
+use crate::projection::Projection;
 
 /// A mapping from model vectors to searched vectors (all results L2-normalised).
 #[derive(Debug, Clone)]

@@ -2,19 +2,15 @@
 //! real EfficientNet-Lite0 model, and catalogs in the Fashion Product Images layout that the tests
 //! write themselves. Assets come from `make setup`; a missing asset fails the test with that hint.
 
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-use std::sync::OnceLock;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::{copy_catalog, fm_dir, lookalike, path, shared_catalog, BIN};
 use lookalike::assets::Assets;
 use lookalike::import::fashion_mnist::FashionMnist;
-
-const BIN: &str = env!("CARGO_BIN_EXE_lookalike");
-
-fn lookalike(args: &[&str]) -> Output {
-    Command::new(BIN).args(args).env("LOOKALIKE_LOG", "warn").output().expect("the lookalike binary runs")
-}
 
 fn ok(args: &[&str]) -> String {
     let out = lookalike(args);
@@ -22,34 +18,9 @@ fn ok(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-fn fm_dir() -> PathBuf {
-    Assets::from_env().fashion_mnist_dir().expect("Fashion-MNIST assets (run `make setup`)")
-}
 
-/// A catalog of the first 300 Fashion-MNIST training images, built once per test run and copied
-/// by tests that change it.
-fn shared_catalog() -> &'static Path {
-    static DB: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
-    let (_, db) = DB.get_or_init(|| {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let db = dir.path().join("fm.db");
-        let fm = fm_dir();
-        ok(&["index", "--db", path(&db), "--fashion-mnist", "train", "--limit", "300", "--fashion-mnist-dir", path(&fm)]);
-        (dir, db)
-    });
-    db
-}
 
-fn copy_catalog(to: &Path) -> PathBuf {
-    // The shared catalog's writer has exited, so its WAL is checkpointed: the file is complete.
-    let db = to.join("copy.db");
-    std::fs::copy(shared_catalog(), &db).expect("copy catalog");
-    db
-}
 
-fn path(p: &Path) -> &str {
-    p.to_str().expect("utf-8 temp path")
-}
 
 /// Writes Fashion-MNIST test image `i` as a PNG and returns its path and class name.
 fn test_image(dir: &Path, i: usize) -> (PathBuf, String) {

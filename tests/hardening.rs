@@ -16,9 +16,6 @@ use common::*;
 use lookalike::import::fashion_mnist::FashionMnist;
 use serde_json::{json, Value};
 
-fn lookalike(args: &[&str]) -> std::process::Output {
-    Command::new(BIN).args(args).env("LOOKALIKE_LOG", "warn").output().expect("the lookalike binary runs")
-}
 
 /// Polls `check` until it holds; fails after a minute (only when something is broken).
 fn eventually(what: &str, mut check: impl FnMut() -> bool) {
@@ -210,18 +207,7 @@ fn malformed_requests_get_a_4xx_with_a_json_body() {
 /// An empty admin token is no token: changes are off and the start-up warning says so.
 #[test]
 fn an_empty_admin_token_switches_changes_off_with_the_warning() {
-    let mut child = Command::new(BIN)
-        .args(["serve", "--db", path(shared_catalog()), "--addr", "127.0.0.1:0", "--admin-token", " "])
-        .env("LOOKALIKE_LOG", "warn")
-        .env_remove("LOOKALIKE_ADMIN_TOKEN")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("serve");
-    let mut stdout = std::io::BufReader::new(child.stdout.take().expect("stdout"));
-    let mut line = String::new();
-    std::io::BufRead::read_line(&mut stdout, &mut line).expect("address line");
-    let base = line.trim().strip_prefix("listening on ").expect("address").to_string();
+    let (mut child, base) = serve_with_log(shared_catalog(), &["--admin-token", " "], "warn");
     let r = client().delete(format!("{base}/api/products/fmnist-train-00000")).header("authorization", "Bearer ").send().expect("delete");
     expect_error(r, 403, "forbidden");
     let _ = child.kill();

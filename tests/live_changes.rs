@@ -10,7 +10,8 @@ use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use common::*;
-use lookalike::catalog::{Catalog, Filter, NewImage, NewProduct, SqliteCatalog};
+use lookalike::catalog::SqliteCatalog;
+use lookalike::types::{Filter, NewImage, NewProduct};
 use lookalike::index::{AnnMode, AnnStamp, IndexConfig};
 use lookalike::search::{SearchEngine, SearchRequest};
 
@@ -126,7 +127,7 @@ fn the_graph_is_compacted_while_searches_and_writes_go_on() {
         }
 
         // The saved graph has no dead entries of the removals, and a restart uses it.
-        let (_, stamp_path) = lookalike::search::graph_paths(&db);
+        let (_, stamp_path) = lookalike::catalog::graph_paths(&db);
         let stamp: AnnStamp = serde_json::from_slice(&std::fs::read(&stamp_path).expect("stamp")).expect("stamp JSON");
         assert_eq!(stamp.tombstones, 0, "the saved graph is the compacted one: {stamp:?}");
         let before: Vec<Vec<String>> = saved[200..220].iter().map(|p| search_top(&engine, &p.vector, 10)).collect();
@@ -153,7 +154,7 @@ fn the_server_compacts_the_graph_after_deletions() {
     let db = copy_catalog(dir.path());
     let token = "compaction-test-token";
     let server = Server::start(&db, &["--ann", "always", "--admin-token", token], &[]);
-    let (_, stamp_path) = lookalike::search::graph_paths(&db);
+    let (_, stamp_path) = lookalike::catalog::graph_paths(&db);
     let read_stamp = || -> AnnStamp { serde_json::from_slice(&std::fs::read(&stamp_path).expect("stamp")).expect("stamp JSON") };
     let at_start = read_stamp();
     assert_eq!(at_start.len, 300);
@@ -170,7 +171,7 @@ fn the_server_compacts_the_graph_after_deletions() {
         if stamp.generation > at_start.generation {
             break stamp;
         }
-        assert!(started.elapsed() < Duration::from_secs(60), "no compacted graph saved within 60 s of the deletions");
+        assert!(started.elapsed() < Duration::from_secs(300), "no compacted graph saved within 300 s of the deletions (a watchdog, not a speed measure)");
         std::thread::sleep(Duration::from_millis(50));
     };
     assert_eq!(compacted.tombstones, 0, "{compacted:?}");
@@ -187,7 +188,7 @@ fn the_server_compacts_the_graph_after_deletions() {
     };
     let expected_dead = (compacted.len - 200) as f64;
     while gauge("lookalike_index_dead_entries") != expected_dead {
-        assert!(started.elapsed() < Duration::from_secs(60), "dead entries stay at {} (expected {expected_dead})", gauge("lookalike_index_dead_entries"));
+        assert!(started.elapsed() < Duration::from_secs(300), "dead entries stay at {} (expected {expected_dead})", gauge("lookalike_index_dead_entries"));
         std::thread::sleep(Duration::from_millis(50));
     }
     assert!(gauge("lookalike_index_memory_bytes") > (200 * 1280 * 4) as f64, "the index holds 200 rows of 1280 f32 and a graph");

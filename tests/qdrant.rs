@@ -8,7 +8,8 @@ use std::collections::HashSet;
 use std::process::Command;
 
 use common::*;
-use lookalike::catalog::{Filter, SqliteCatalog, VectorKind};
+use lookalike::catalog::{SqliteCatalog, VectorKind};
+use lookalike::types::Filter;
 use lookalike::index::qdrant::QdrantConfig;
 use lookalike::index::{IndexConfig, Precision};
 use lookalike::search::{SearchEngine, SearchRequest};
@@ -54,9 +55,9 @@ fn qdrant_matches_the_embedded_store_and_follows_changes() {
     let config = store(&collection, true);
 
     let catalog = SqliteCatalog::open(&db).expect("catalog");
-    let report = lookalike::search::sync_qdrant(&catalog, &config).expect("sync");
+    let report = lookalike::store::sync_qdrant(&catalog, &config).expect("sync");
     assert_eq!((report.in_catalog, report.added, report.deleted), (300, 300, 0), "{report:?}");
-    let again = lookalike::search::sync_qdrant(&catalog, &config).expect("sync again");
+    let again = lookalike::store::sync_qdrant(&catalog, &config).expect("sync again");
     assert_eq!((again.added, again.deleted), (0, 0), "a second sync changes nothing");
 
     // 500 queries: catalog vectors with noise, so none is identical to a stored one.
@@ -145,7 +146,7 @@ fn cluster_keeps_answering_with_a_node_down() {
     let dir = tempfile::tempdir().expect("tempdir");
     let db = copy_catalog(dir.path());
     let catalog = SqliteCatalog::open(&db).expect("catalog");
-    let report = lookalike::search::sync_qdrant(&catalog, &on(&nodes[0])).expect("sync to the cluster");
+    let report = lookalike::store::sync_qdrant(&catalog, &on(&nodes[0])).expect("sync to the cluster");
     assert_eq!(report.added, 300);
     let mut vectors = Vec::new();
     catalog.for_each_vector(VectorKind::Primary, |_, v| {

@@ -19,7 +19,8 @@ use serde::Serialize;
 use serde_json::{json, Value};
 
 use super::{memory, ratio, write_f32, BenchEnv, Latency};
-use crate::catalog::{Key, SqliteCatalog, VectorKind};
+use crate::catalog::{SqliteCatalog, VectorKind};
+use crate::types::Key;
 use crate::index::{l2_normalize, AnnIndex, AnnOptions, ExactIndex, Hit, Precision, VectorIndex};
 use crate::space::SearchSpace;
 

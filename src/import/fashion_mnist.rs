@@ -9,7 +9,7 @@ use anyhow::{bail, Context, Result};
 
 use super::idx::{read_split, IdxImages, FASHION_MNIST_CLASSES};
 use super::{CatalogItem, ItemImage};
-use crate::catalog::Metadata;
+use crate::types::Metadata;
 
 /// One split of Fashion-MNIST in memory.
 pub struct FashionMnist {

@@ -6,7 +6,7 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 
 use super::{CatalogItem, ItemImage};
-use crate::catalog::Metadata;
+use crate::types::Metadata;
 
 /// File extensions taken as images (case-insensitive).
 pub const IMAGE_EXTENSIONS: &[&str] = &["jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff"];

@@ -23,7 +23,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 use rayon::prelude::*;
 use sha2::{Digest, Sha256};
 
-use crate::catalog::{Catalog, IndexingProgress, Metadata, NewImage, NewProduct, SqliteCatalog, VectorSpace};
+use crate::catalog::SqliteCatalog;
+use crate::types::{IndexingProgress, Metadata, NewImage, NewProduct, VectorSpace};
 use crate::encoder::Encoder;
 use crate::preprocess::{self, DecodeLimits};
 
@@ -100,6 +101,24 @@ struct Prepared {
     tensor: Vec<f32>,
 }
 
+/// What the decoding stage hands the encoder workers: one batch of prepared images, and the
+/// items of that stretch that failed to decode or are unchanged since the last import.
+struct DecodedBatch {
+    ready: Vec<Prepared>,
+    /// (product id, why) of items that could not be read.
+    failed: Vec<(String, String)>,
+    unchanged: usize,
+}
+
+/// What an encoder worker hands the committing thread: each item (with its image reference and
+/// content hash) beside its embedding, and the decoding stage's counts passed along.
+struct EncodedBatch {
+    described: Vec<(CatalogItem, NewImage, String)>,
+    embeddings: Vec<crate::encoder::Embedding>,
+    failed: Vec<(String, String)>,
+    unchanged: usize,
+}
+
 /// Embeds `items` into `catalog` with `encoder`. Set `stop` (e.g. from a Ctrl-C handler) to
 /// finish the batch in flight and return early; nothing half-written is ever committed.
 pub fn index_items(
@@ -111,17 +130,7 @@ pub fn index_items(
 ) -> Result<IndexReport> {
     let started = Instant::now();
     let spec = encoder.spec().clone();
-    if let Some(space) = catalog.vector_space()? {
-        if space.model != spec.name {
-            anyhow::bail!(
-                "catalog {} was indexed with model {:?}, not {:?}: pass --model {} or use a new --db",
-                catalog.path().display(),
-                space.model,
-                spec.name,
-                space.model
-            );
-        }
-    }
+    catalog.ensure_model(&spec.name)?;
     let known: HashMap<String, String> = catalog.content_hashes()?;
     let mut report = IndexReport { seen: items.len(), ..Default::default() };
 
@@ -157,10 +166,9 @@ pub fn index_items(
     // catalog is: one thread decodes the next batches (in parallel, with rayon), `workers`
     // threads run inference (one per encoder session), and this thread commits each encoded
     // batch to the catalog (SQLite wants one writer).
-    let (tx, rx) = sync_channel::<(Vec<Prepared>, Vec<(String, String)>, usize)>(workers + 1);
+    let (tx, rx) = sync_channel::<DecodedBatch>(workers + 1);
     let rx = std::sync::Arc::new(std::sync::Mutex::new(rx));
-    type Encoded = (Vec<(CatalogItem, NewImage, String)>, Vec<crate::encoder::Embedding>, Vec<(String, String)>, usize);
-    let (done_tx, done_rx) = sync_channel::<Result<Encoded>>(workers + 1);
+    let (done_tx, done_rx) = sync_channel::<Result<EncodedBatch>>(workers + 1);
     let indexed = std::thread::scope(|scope| -> Result<()> {
         let limits = &options.limits;
         let known = &known;
@@ -193,7 +201,7 @@ pub fn index_items(
                             Err(f) => failed.push(f),
                         }
                     }
-                    if tx.send((ready, failed, unchanged)).is_err() {
+                    if tx.send(DecodedBatch { ready, failed, unchanged }).is_err() {
                         break 'decode;
                     }
                 }
@@ -206,9 +214,12 @@ pub fn index_items(
                     Ok(rx) => rx.recv(),
                     Err(_) => break,
                 };
-                let Ok((batch, failed, unchanged)) = next else { break };
-                let (tensors, described): (Vec<Vec<f32>>, Vec<_>) = batch.into_iter().map(|p| (p.tensor, (p.item, p.stored, p.hash))).unzip();
-                let encoded = encoder.encode(&tensors).context("running the image encoder").map(|e| (described, e, failed, unchanged));
+                let Ok(DecodedBatch { ready, failed, unchanged }) = next else { break };
+                let (tensors, described): (Vec<Vec<f32>>, Vec<_>) = ready.into_iter().map(|p| (p.tensor, (p.item, p.stored, p.hash))).unzip();
+                let encoded = encoder
+                    .encode(&tensors)
+                    .context("running the image encoder")
+                    .map(|embeddings| EncodedBatch { described, embeddings, failed, unchanged });
                 if done_tx.send(encoded).is_err() {
                     break;
                 }
@@ -220,7 +231,7 @@ pub fn index_items(
         drop(done_tx);
 
         for encoded in done_rx {
-            let (described, embeddings, failed, unchanged) = encoded?;
+            let EncodedBatch { described, embeddings, failed, unchanged } = encoded?;
             report.unchanged += unchanged;
             bar.inc((unchanged + failed.len()) as u64);
             for (id, why) in &failed {
@@ -294,7 +305,7 @@ fn prepare_item(
         return Ok(None);
     }
     let image = preprocess::decode(bytes, limits).map_err(|e| fail(format!("{}: {e}", describe(&item.image))))?;
-    let tensor = preprocess::prepare(&preprocess::to_rgb_on_white(&image), input);
+    let tensor = preprocess::prepare_image(&image, None, input);
     let stored = match &item.image {
         ItemImage::File(path) => NewImage::File(path.clone()),
         ItemImage::Bytes { bytes, mime } => NewImage::Stored { bytes: bytes.clone(), mime: mime.clone() },

@@ -12,7 +12,7 @@ use rayon::prelude::*;
 
 use super::kernels::{self, Precision};
 use super::{Allowed, Hit, TopK, VectorIndex};
-use crate::catalog::Key;
+use crate::types::Key;
 
 /// Below this many bytes scanned per query one thread is faster than handing out work.
 const PARALLEL_BYTES: usize = 8 << 20;
@@ -84,6 +84,11 @@ impl ExactIndex {
                 scales.reserve_exact(additional);
             }
         }
+    }
+
+    /// Bytes the rows and their keys take in memory.
+    pub fn memory_bytes(&self) -> usize {
+        self.row_bytes() + self.keys.len() * std::mem::size_of::<Key>()
     }
 
     /// Bytes held by the stored rows.
@@ -173,9 +178,6 @@ impl VectorIndex for ExactIndex {
         self.dim
     }
 
-    fn memory_bytes(&self) -> usize {
-        self.row_bytes() + self.keys.len() * std::mem::size_of::<Key>()
-    }
 
     fn len(&self) -> usize {
         self.keys.len()

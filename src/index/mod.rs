@@ -15,7 +15,7 @@ use std::collections::{BinaryHeap, HashSet};
 
 use anyhow::Result;
 
-use crate::catalog::{Filter, Key, Metadata};
+use crate::types::Key;
 pub use ann::{AnnIndex, AnnOptions, AnnStamp, Compaction};
 pub use exact::ExactIndex;
 pub use kernels::{dot, Precision};
@@ -32,7 +32,9 @@ pub struct Hit {
 /// return fewer than k hits while k products match.
 pub type Allowed = HashSet<Key>;
 
-/// A searchable set of vectors.
+/// A searchable set of vectors: what the search path needs of any store. What only one kind of
+/// store does (a graph's compaction, a remote store's payloads and filters) is on that store's
+/// own type, reached through [`crate::store::Store`].
 pub trait VectorIndex: Send + Sync {
     /// Vector dimension.
     fn dim(&self) -> usize;
@@ -47,31 +49,6 @@ pub trait VectorIndex: Send + Sync {
     fn remove(&mut self, key: Key) -> Result<()>;
     /// The `k` vectors most similar to `query` (best first), restricted to `allowed` if given.
     fn search(&self, query: &[f32], k: usize, allowed: Option<&Allowed>) -> Result<Vec<Hit>>;
-    /// A store that evaluates metadata filters itself (a remote store holding the metadata as
-    /// payload) answers here; `None` means "give me the allowed keys instead" (the default).
-    fn search_filter(&self, _query: &[f32], _k: usize, _filter: &Filter) -> Option<Result<Vec<Hit>>> {
-        None
-    }
-    /// The product behind `key`, for stores that keep ids and metadata beside the vectors.
-    fn describe(&mut self, _key: Key, _id: &str, _metadata: &Metadata) {}
-    /// Bytes the index holds in this process (0 for a remote store).
-    fn memory_bytes(&self) -> usize {
-        0
-    }
-    /// Entries of removed or replaced products that still take room (an HNSW graph's
-    /// tombstones); 0 for an index that frees them at once.
-    fn dead_entries(&self) -> usize {
-        0
-    }
-    /// Whether the index has collected enough dead weight from removals to be worth rebuilding
-    /// (an HNSW graph's tombstones); never for the default.
-    fn needs_compaction(&self) -> bool {
-        false
-    }
-    /// When [`VectorIndex::needs_compaction`], what the rebuild needs.
-    fn compaction(&self) -> Option<ann::Compaction> {
-        None
-    }
 }
 
 /// What an index holds, for monitoring.
@@ -82,10 +59,12 @@ pub struct IndexStats {
     pub dead_entries: usize,
 }
 
-/// Scales `v` to unit length (left as is when it is all zeros).
+/// Scales `v` to unit length, in place: the one normaliser of lookalike's vectors (model
+/// outputs, projections, queries). An all-zero or non-finite vector is left as is rather than
+/// turned into NaNs.
 pub fn l2_normalize(v: &mut [f32]) {
     let norm = dot(v, v).sqrt();
-    if norm > 0.0 {
+    if norm > 0.0 && norm.is_finite() {
         v.iter_mut().for_each(|x| *x /= norm);
     }
 }
@@ -146,7 +125,7 @@ impl TopK {
 
 
 /// When the engine uses the approximate index.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum AnnMode {
     /// Above [`IndexConfig::ann_above`] products.

@@ -21,7 +21,7 @@ use qdrant_client::Qdrant;
 use sha2::{Digest, Sha256};
 
 use super::{Allowed, Hit, VectorIndex};
-use crate::catalog::{Filter, Key, Metadata};
+use crate::types::{Filter, Key, Metadata};
 
 /// Where the collection lives and how it is set up.
 #[derive(Debug, Clone)]
@@ -48,6 +48,39 @@ pub struct QdrantConfig {
 }
 
 impl QdrantConfig {
+    /// The collection of the catalog at `db` when none is named: the file's name without its
+    /// extension (`shop.db` → `shop`).
+    pub fn default_collection(db: &std::path::Path) -> String {
+        db.file_stem().and_then(|s| s.to_str()).unwrap_or("lookalike").to_string()
+    }
+
+    /// Parses `weak`, `medium` or `strong`.
+    pub fn parse_write_ordering(text: &str) -> Result<WriteOrderingType> {
+        Ok(match text {
+            "weak" => WriteOrderingType::Weak,
+            "medium" => WriteOrderingType::Medium,
+            "strong" => WriteOrderingType::Strong,
+            other => bail!("--write-ordering {other:?}: expected weak, medium or strong"),
+        })
+    }
+
+    /// Refuses settings Qdrant would refuse later, or worse, accept with another meaning: a
+    /// collection name outside letters, digits, `-` and `_`, and a write consistency above the
+    /// replica count.
+    pub fn validate(&self) -> Result<()> {
+        if let Some(factor) = self.write_consistency {
+            let replicas = self.replicas.unwrap_or(1);
+            if factor == 0 || factor > replicas {
+                bail!("--write-consistency {factor}: must be between 1 and the number of --replicas ({replicas})");
+            }
+        }
+        let collection = &self.collection;
+        if collection.is_empty() || !collection.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_')) {
+            bail!("collection name {collection:?}: use letters, digits, - and _ (--collection)");
+        }
+        Ok(())
+    }
+
     /// Parses `qdrant://host:port`, `qdrants://host:port` or an `http(s)://` URL.
     pub fn parse_url(store: &str) -> Result<String> {
         let url = if let Some(rest) = store.strip_prefix("qdrant://") {
@@ -389,13 +422,6 @@ impl VectorIndex for QdrantIndex {
         self.query(query, k, filter)
     }
 
-    fn search_filter(&self, query: &[f32], k: usize, filter: &Filter) -> Option<Result<Vec<Hit>>> {
-        Some(QdrantIndex::search_filter(self, query, k, filter))
-    }
-
-    fn describe(&mut self, key: Key, id: &str, metadata: &Metadata) {
-        QdrantIndex::describe(self, key, id, metadata);
-    }
 }
 
 #[cfg(test)]

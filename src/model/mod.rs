@@ -101,6 +101,19 @@ pub const BUILTIN: &[&str] = &["efficientnet-lite0", "efficientnet-lite2"];
 pub const DEFAULT_MODEL: &str = "efficientnet-lite0";
 
 /// Whether `name` is a built-in model (possibly at a non-native size, `name@size`).
+/// The model for a catalog: the one asked for (`requested`), else the one its vectors come
+/// from (`space`; a user-supplied model by its stored `description` JSON), else the default.
+pub fn for_catalog(assets: &Assets, requested: Option<&str>, space: Option<&crate::types::VectorSpace>, description: Option<&str>) -> Result<ModelSpec> {
+    match (requested, space, description) {
+        (Some(m), _, _) => resolve(assets, m),
+        (None, Some(space), Some(json)) if !is_builtin(&space.model) => {
+            serde_json::from_str(json).map_err(|e| anyhow::anyhow!("the model description stored with the catalog is damaged: {e}"))
+        }
+        (None, Some(space), _) => resolve(assets, &space.model),
+        (None, None, _) => resolve(assets, DEFAULT_MODEL),
+    }
+}
+
 pub fn is_builtin(name: &str) -> bool {
     BUILTIN.contains(&name.split('@').next().unwrap_or(name))
 }

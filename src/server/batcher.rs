@@ -24,7 +24,8 @@ use tokio::sync::oneshot;
 use super::error::ApiError;
 use super::metrics::Metrics;
 use crate::encoder::Embedding;
-use crate::search::{Crop, SearchEngine, SearchError, Timings};
+use crate::search::{SearchEngine, SearchError, Timings};
+use crate::preprocess::Crop;
 
 /// Sizes of the pool.
 #[derive(Debug, Clone, Copy)]

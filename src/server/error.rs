@@ -107,16 +107,18 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let message = match &self {
-            ApiError::Internal(err) => {
-                tracing::error!("internal error: {err:#}");
-                "something went wrong on our side; the error has been logged".to_string()
-            }
-            other => other.to_string(),
+        let (message, cause) = match &self {
+            ApiError::Internal(err) => ("something went wrong on our side; the error has been logged".to_string(), Some(InternalCause(format!("{err:#}")))),
+            other => (other.to_string(), None),
         };
         let status = self.status();
         let body = ErrorBody { error: ErrorDetail { code: self.code(), message } };
         let mut response = (status, Json(body)).into_response();
+        // Logged by `log_internal_errors`, not here: turning an error into a response should
+        // have no side effect.
+        if let Some(cause) = cause {
+            response.extensions_mut().insert(cause);
+        }
         match self {
             ApiError::Busy(_) => {
                 response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_SECONDS));
@@ -176,6 +178,22 @@ impl From<axum::extract::rejection::JsonRejection> for ApiError {
             _ => ApiError::BadParameters(err.body_text()),
         }
     }
+}
+
+/// The cause of a 500, carried on the response for [`log_internal_errors`]; the client sees
+/// only a generic message.
+#[derive(Debug, Clone)]
+pub struct InternalCause(pub String);
+
+/// Logs every internal error with its cause, the method and the route: the one place where
+/// failures of ours reach the log.
+pub async fn log_internal_errors(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let (method, path) = (request.method().clone(), request.uri().path().to_string());
+    let response = next.run(request).await;
+    if let Some(InternalCause(cause)) = response.extensions().get::<InternalCause>() {
+        tracing::error!(%method, %path, "internal error: {cause}");
+    }
+    response
 }
 
 /// Gives every error response a JSON body. Handlers' errors have one already ([`ApiError`]);

@@ -1,6 +1,7 @@
 //! `lookalike serve`: the shopper's page and the JSON API over one [`SearchEngine`].
 //!
-//! - [`api`]: the handlers (thin: parse, call the engine, shape the answer);
+//! - [`api`]: the handlers (thin: parse, call the engine, shape the answer), one file per area;
+//! - [`types`]: the JSON bodies; [`extract`]: typed extractors (admin token, search input);
 //! - [`error`]: [`ApiError`](error::ApiError), the one mapping from failures to status codes;
 //! - [`batcher`]: the bounded encoder worker pool that batches concurrent photos;
 //! - [`metrics`]: Prometheus counters and histograms;
@@ -13,18 +14,19 @@ pub mod api;
 pub mod batcher;
 mod connections;
 pub mod error;
+pub mod extract;
 pub mod metrics;
+pub mod types;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 
 use anyhow::{Context, Result};
 use axum::extract::DefaultBodyLimit;
-use axum::http::{header, HeaderMap, HeaderValue};
+use axum::http::{header, HeaderValue};
 use axum::response::IntoResponse;
 use axum::Router;
 use sha2::{Digest, Sha256};
-use subtle::ConstantTimeEq;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::{DefaultOnFailure, TraceLayer};
@@ -81,7 +83,7 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// SHA-256 of the admin token. Comparing digests makes the comparison constant-time
     /// regardless of the lengths involved, and the token itself is not kept around.
-    admin_token_digest: Option<[u8; 32]>,
+    pub(crate) admin_token_digest: Option<[u8; 32]>,
     pub max_upload_bytes: usize,
     pub request_timeout: std::time::Duration,
     pub cors_origins: Vec<HeaderValue>,
@@ -107,29 +109,6 @@ impl AppState {
     /// fields around it (the photo itself is checked against `max_upload_bytes` exactly).
     pub fn body_limit(&self) -> usize {
         self.max_upload_bytes.saturating_add(64 * 1024)
-    }
-
-    /// Admits a catalog change only with `Authorization: Bearer <admin token>`.
-    pub fn require_admin(&self, headers: &HeaderMap) -> Result<(), ApiError> {
-        let Some(expected) = &self.admin_token_digest else {
-            return Err(ApiError::Forbidden(
-                "catalog changes are switched off on this server: start it with --admin-token TOKEN (or set LOOKALIKE_ADMIN_TOKEN) and send Authorization: Bearer TOKEN".into(),
-            ));
-        };
-        // The scheme is case-insensitive (RFC 9110 section 11.1): "Bearer", "bearer", "BEARER".
-        let presented = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim_start().split_once(' '))
-            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-            .map(|(_, token)| token.trim())
-            .ok_or_else(|| ApiError::Unauthorized("this needs the admin token: send Authorization: Bearer TOKEN".into()))?;
-        let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
-        if bool::from(digest.ct_eq(expected)) {
-            Ok(())
-        } else {
-            Err(ApiError::Unauthorized("the admin token is wrong".into()))
-        }
     }
 }
 
@@ -157,15 +136,15 @@ fn routes() -> OpenApiRouter<Arc<AppState>> {
         .routes(routes!(page_index))
         .routes(routes!(page_script))
         .routes(routes!(page_style))
-        .routes(routes!(api::search))
-        .routes(routes!(api::add_product))
-        .routes(routes!(api::get_product, api::delete_product))
-        .routes(routes!(api::product_image))
-        .routes(routes!(api::facets))
-        .routes(routes!(api::healthz))
-        .routes(routes!(api::readyz))
-        .routes(routes!(api::metrics))
-        .routes(routes!(api::openapi_json))
+        .routes(routes!(api::search::search))
+        .routes(routes!(api::products::add_product))
+        .routes(routes!(api::products::get_product, api::products::delete_product))
+        .routes(routes!(api::products::product_image))
+        .routes(routes!(api::search::facets))
+        .routes(routes!(api::ops::healthz))
+        .routes(routes!(api::ops::readyz))
+        .routes(routes!(api::ops::metrics))
+        .routes(routes!(api::ops::openapi_json))
 }
 
 /// The OpenAPI document as JSON, built once.
@@ -197,10 +176,12 @@ pub fn router(state: Arc<AppState>) -> Router {
     router
         // Outside the timeout and CORS layers, so their answers get a JSON body too.
         .layer(axum::middleware::from_fn(error::json_error_bodies))
+        .layer(axum::middleware::from_fn(error::log_internal_errors))
         .layer(axum::middleware::from_fn_with_state(state.metrics.clone(), metrics::track))
         // The default spans record method, URI and version only: never headers, so the admin
         // token is not logged. Failures are logged at debug level: a 503 under load is load
-        // shedding working, and real internal errors are logged by `ApiError` with their cause.
+        // shedding working, and real internal errors are logged with their cause by
+        // `error::log_internal_errors`.
         .layer(TraceLayer::new_for_http().on_failure(DefaultOnFailure::new().level(tracing::Level::DEBUG)))
         .with_state(state)
 }

@@ -17,6 +17,11 @@ pub use self::http::{client, Form, Part, Response};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_lookalike");
 
+/// Runs the `lookalike` binary to completion (logging warnings only).
+pub fn lookalike(args: &[&str]) -> std::process::Output {
+    Command::new(BIN).args(args).env("LOOKALIKE_LOG", "warn").output().expect("the lookalike binary runs")
+}
+
 pub fn fm_dir() -> PathBuf {
     Assets::from_env().fashion_mnist_dir().expect("Fashion-MNIST assets (run `make setup`)")
 }
@@ -38,11 +43,7 @@ pub fn shared_catalog() -> &'static Path {
     let (_, db) = DB.get_or_init(|| {
         let dir = tempfile::tempdir().expect("tempdir");
         let db = dir.path().join("fm.db");
-        let out = Command::new(BIN)
-            .args(["index", "--db", path(&db), "--fashion-mnist", "train", "--limit", "300", "--fashion-mnist-dir", path(&fm_dir())])
-            .env("LOOKALIKE_LOG", "warn")
-            .output()
-            .expect("the lookalike binary runs");
+        let out = lookalike(&["index", "--db", path(&db), "--fashion-mnist", "train", "--limit", "300", "--fashion-mnist-dir", path(&fm_dir())]);
         assert!(out.status.success(), "index failed: {}", String::from_utf8_lossy(&out.stderr));
         (dir, db)
     });
@@ -115,6 +116,26 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// `lookalike serve` with its log captured (stderr piped, at `log_level`), for tests that read
+/// what the server logs; returns the process and its base URL. Stop it and read the log with
+/// `child.wait_with_output()` after a kill or SIGTERM.
+pub fn serve_with_log(db: &Path, args: &[&str], log_level: &str) -> (Child, String) {
+    let mut child = Command::new(BIN)
+        .args(["serve", "--db", path(db), "--addr", "127.0.0.1:0"])
+        .args(args)
+        .env("LOOKALIKE_LOG", log_level)
+        .env_remove("LOOKALIKE_ADMIN_TOKEN")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start lookalike serve");
+    let mut stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
+    let mut line = String::new();
+    stdout.read_line(&mut line).expect("the address line");
+    let base = line.trim().strip_prefix("listening on ").unwrap_or_else(|| panic!("unexpected first line: {line}")).to_string();
+    (child, base)
 }
 
 pub fn photo_form(png: Vec<u8>, fields: &[(&str, &str)]) -> Form {

@@ -1,0 +1,210 @@
+//! Option groups several commands share (catalog, model, store, index), and the objects they
+//! configure: the second stage of argument handling, after clap's plain values.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+
+use lookalike::assets::Assets;
+use lookalike::catalog::SqliteCatalog;
+use lookalike::encoder::OrtEncoder;
+use lookalike::index::qdrant::QdrantConfig;
+use lookalike::index::{AnnMode, AnnOptions, IndexConfig, Precision};
+use lookalike::model;
+
+#[derive(Args)]
+pub struct DbArgs {
+    /// The catalog file (SQLite), created by `index`.
+    #[arg(long, env = "LOOKALIKE_DB")]
+    pub db: PathBuf,
+}
+
+#[derive(Args)]
+pub struct ModelArgs {
+    /// Built-in model (efficientnet-lite0, efficientnet-lite2) or a model description JSON.
+    /// Defaults to the model the catalog was indexed with, else efficientnet-lite0.
+    #[arg(long)]
+    pub model: Option<String>,
+    /// Inference threads (default: all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+}
+
+/// Where vectors are kept and searched.
+#[derive(Args)]
+pub struct StoreArgs {
+    /// `embedded` (vectors in the catalog file, searched in this process) or `qdrant://HOST:PORT`
+    /// (a Qdrant server or cluster, gRPC port; `qdrants://` for TLS).
+    #[arg(long, env = "LOOKALIKE_STORE", default_value = "embedded")]
+    pub store: String,
+    /// Qdrant collection (default: the catalog file's name without extension).
+    #[arg(long)]
+    pub collection: Option<String>,
+    #[arg(long, env = "QDRANT_API_KEY", hide_env_values = true)]
+    pub qdrant_api_key: Option<String>,
+    /// Shards of a collection lookalike creates.
+    #[arg(long)]
+    pub shards: Option<u32>,
+    /// Copies of each shard in a collection lookalike creates.
+    #[arg(long)]
+    pub replicas: Option<u32>,
+    /// Copies of a shard that must acknowledge each write, in a collection lookalike creates
+    /// (Qdrant's write_consistency_factor; at most --replicas).
+    #[arg(long, value_name = "N")]
+    pub write_consistency: Option<u32>,
+    /// Keep int8 copies of the vectors in Qdrant's RAM (scalar quantisation), new collections.
+    #[arg(long)]
+    pub quantize: bool,
+    /// Write ordering across replicas: weak, medium or strong.
+    #[arg(long, default_value = "weak")]
+    pub write_ordering: String,
+    /// Timeout of each Qdrant call.
+    #[arg(long, default_value_t = 30)]
+    pub qdrant_timeout_secs: u64,
+    /// Exact (brute-force) search in Qdrant instead of its HNSW index (parity checks).
+    #[arg(long)]
+    pub qdrant_exact: bool,
+    /// Metadata columns given a keyword index for filters, in a new collection.
+    #[arg(long, value_delimiter = ',', default_value = "articleType,gender,masterCategory,subCategory,baseColour,season,usage,folder")]
+    pub filter_columns: Vec<String>,
+}
+
+impl StoreArgs {
+    /// The Qdrant set-up, or `None` for the embedded store.
+    pub fn qdrant(&self, db: &Path) -> Result<Option<lookalike::index::qdrant::QdrantConfig>> {
+        if self.store == "embedded" {
+            return Ok(None);
+        }
+        let config = QdrantConfig {
+            url: QdrantConfig::parse_url(&self.store)?,
+            api_key: self.qdrant_api_key.clone().filter(|k| !k.is_empty()),
+            collection: self.collection.clone().unwrap_or_else(|| QdrantConfig::default_collection(db)),
+            shards: self.shards,
+            replicas: self.replicas,
+            write_consistency: self.write_consistency,
+            quantize: self.quantize,
+            write_ordering: QdrantConfig::parse_write_ordering(&self.write_ordering)?,
+            timeout: std::time::Duration::from_secs(self.qdrant_timeout_secs.max(1)),
+            filter_columns: self.filter_columns.clone(),
+            exact: self.qdrant_exact,
+        };
+        config.validate()?;
+        Ok(Some(config))
+    }
+    /// After a catalog change: bring the Qdrant collection in line (a no-op for embedded).
+    pub fn sync_after_change(&self, catalog: &SqliteCatalog) -> Result<()> {
+        if let Some(config) = self.qdrant(catalog.path())? {
+            let report = lookalike::store::sync_qdrant(catalog, &config)?;
+            eprintln!("Qdrant collection {:?}: {} added, {} deleted ({:.1}s)", config.collection, report.added, report.deleted, report.seconds);
+        }
+        Ok(())
+    }
+}
+
+/// How the catalog's vectors are indexed for search.
+#[derive(Args)]
+pub struct SearchIndexArgs {
+    /// Row storage of the exact index: f32 (exact), f16 (half the memory) or i8 (a quarter).
+    #[arg(long, value_enum, default_value_t = PrecisionArg::F32)]
+    pub precision: PrecisionArg,
+    /// Approximate (HNSW graph) index: auto uses it above --ann-above products.
+    #[arg(long, value_enum, default_value_t = AnnModeArg::Auto)]
+    pub ann: AnnModeArg,
+    #[arg(long, default_value_t = IndexConfig::default().ann_above)]
+    pub ann_above: usize,
+    /// Graph candidates re-ranked exactly per query (more: higher recall, slower).
+    #[arg(long, default_value_t = AnnOptions::default().candidates)]
+    pub ann_candidates: usize,
+    #[command(flatten)]
+    pub store: StoreArgs,
+}
+
+impl SearchIndexArgs {
+    pub fn config(&self, db: &Path) -> Result<IndexConfig> {
+        if self.ann_candidates == 0 {
+            bail!("--ann-candidates must be at least 1");
+        }
+        let ann_options = AnnOptions { candidates: self.ann_candidates, ..AnnOptions::default() };
+        Ok(IndexConfig { precision: self.precision.into(), ann: self.ann.into(), ann_above: self.ann_above, ann_options, store: self.store.qdrant(db)? })
+    }
+}
+
+/// The encoder for a catalog: the model asked for, else the one the catalog was built with.
+pub fn load_encoder(assets: &Assets, catalog: &SqliteCatalog, args: &ModelArgs) -> Result<OrtEncoder> {
+    let threads = args.threads.unwrap_or_else(cores);
+    OrtEncoder::new(&assets.onnxruntime_lib()?, model_spec(assets, catalog, args)?, threads)
+}
+
+/// The encoder for bulk indexing: one single-threaded session per core (higher throughput on a
+/// stream of batches than one session using every core), unless `--threads` asks for one
+/// session of that many threads.
+pub fn load_indexing_encoder(assets: &Assets, spec: model::ModelSpec, args: &ModelArgs) -> Result<OrtEncoder> {
+    let (sessions, threads) = match args.threads {
+        Some(threads) => (1, threads),
+        None => (cores(), 1),
+    };
+    OrtEncoder::with_sessions(&assets.onnxruntime_lib()?, spec, sessions, threads)
+}
+
+pub fn cores() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+}
+
+pub fn model_spec(assets: &Assets, catalog: &SqliteCatalog, args: &ModelArgs) -> Result<model::ModelSpec> {
+    let description = catalog.model_description()?;
+    model::for_catalog(assets, args.model.as_deref(), catalog.vector_space()?.as_ref(), description.as_deref())
+        .with_context(|| format!("choosing the model for {}", catalog.path().display()))
+}
+
+pub fn fashion_mnist_dir(assets: &Assets, dir: &Option<PathBuf>) -> Result<PathBuf> {
+    match dir {
+        Some(d) => Ok(d.clone()),
+        None => assets.fashion_mnist_dir(),
+    }
+}
+
+pub fn write_file(path: &Path, text: &str) -> Result<()> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
+}
+
+// The command line's names for library enums: clap stays in the CLI layer.
+
+/// `--precision`: row storage of the exact index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PrecisionArg {
+    F32,
+    F16,
+    I8,
+}
+
+impl From<PrecisionArg> for Precision {
+    fn from(arg: PrecisionArg) -> Precision {
+        match arg {
+            PrecisionArg::F32 => Precision::F32,
+            PrecisionArg::F16 => Precision::F16,
+            PrecisionArg::I8 => Precision::I8,
+        }
+    }
+}
+
+/// `--ann`: when the search graph is used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum AnnModeArg {
+    Auto,
+    Always,
+    Never,
+}
+
+impl From<AnnModeArg> for AnnMode {
+    fn from(arg: AnnModeArg) -> AnnMode {
+        match arg {
+            AnnModeArg::Auto => AnnMode::Auto,
+            AnnModeArg::Always => AnnMode::Always,
+            AnnModeArg::Never => AnnMode::Never,
+        }
+    }
+}

@@ -1,0 +1,48 @@
+//! `lookalike check`: verify a catalog.
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+
+use super::args::*;
+use lookalike::catalog::SqliteCatalog;
+
+#[derive(Args)]
+pub struct CheckArgs {
+    #[command(flatten)]
+    pub db: DbArgs,
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn print_check(report: &lookalike::catalog::CheckReport) {
+    eprintln!("products: {}, vectors: {}", report.products, report.vectors);
+    for problem in &report.structure {
+        eprintln!("  file structure: {problem}");
+    }
+    for (id, why) in report.damaged_vectors.iter().take(20) {
+        eprintln!("  product {id}: vector {why}");
+    }
+    if report.damaged_vectors.len() > 20 {
+        eprintln!("  ... and {} more damaged vectors", report.damaged_vectors.len() - 20);
+    }
+    if !report.orphan_vectors.is_empty() {
+        eprintln!("  {} vectors belong to no product", report.orphan_vectors.len());
+    }
+    if report.products_without_vector > 0 {
+        eprintln!("  {} products have no vector yet: run `lookalike index` with the same source to embed them", report.products_without_vector);
+    }
+}
+
+pub fn run(args: CheckArgs) -> Result<()> {
+    let catalog = SqliteCatalog::open_existing(&args.db.db)?;
+    let report = catalog.check().with_context(|| format!("checking {} (run `lookalike repair --db {}`)", args.db.db.display(), args.db.db.display()))?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    }
+    print_check(&report);
+    if !report.is_sound() {
+        bail!("{} is damaged: run `lookalike repair --db {}`", args.db.db.display(), args.db.db.display());
+    }
+    eprintln!("{} is sound", args.db.db.display());
+    Ok(())
+}

@@ -1,0 +1,106 @@
+//! `lookalike index`: import products (photos + metadata) into a catalog.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::path::PathBuf;
+
+use anyhow::{bail, Result};
+use clap::Args;
+
+use super::args::*;
+use lookalike::assets::Assets;
+use lookalike::catalog::SqliteCatalog;
+use lookalike::import::fashion_mnist::FashionMnist;
+use lookalike::import::{self, IndexOptions};
+
+#[derive(Args)]
+#[command(group(clap::ArgGroup::new("source").required(true).args(["kaggle", "images", "fashion_mnist"])))]
+pub struct IndexArgs {
+    #[command(flatten)]
+    pub db: DbArgs,
+    /// A "Fashion Product Images" folder: images/ID.jpg + styles.csv.
+    #[arg(long, value_name = "DIR")]
+    pub kaggle: Option<PathBuf>,
+    /// Any folder of photos (recursive; a product's id is its relative path).
+    #[arg(long, value_name = "DIR")]
+    pub images: Option<PathBuf>,
+    /// A Fashion-MNIST split: train or test.
+    #[arg(long, value_name = "SPLIT")]
+    pub fashion_mnist: Option<String>,
+    /// Directory with the four Fashion-MNIST IDX .gz files (default: the asset directory's).
+    #[arg(long, value_name = "DIR")]
+    pub fashion_mnist_dir: Option<PathBuf>,
+    /// Import at most this many products.
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Images per inference batch (per model session; small batches stay in cache).
+    #[arg(long, default_value_t = lookalike::import::DEFAULT_BATCH_SIZE)]
+    pub batch_size: usize,
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub store: StoreArgs,
+}
+
+pub fn run(args: IndexArgs) -> Result<()> {
+    let assets = Assets::from_env();
+    let items = if let Some(dir) = &args.kaggle {
+        let (items, report) = import::read_kaggle(dir)?;
+        for id in &report.missing_images {
+            tracing::warn!("product {id}: image file missing, skipped");
+        }
+        for (line, why) in &report.malformed {
+            tracing::warn!("styles.csv line {line}: {why}, skipped");
+        }
+        items
+    } else if let Some(dir) = &args.images {
+        import::folder::read_folder(dir)?
+    } else if let Some(split) = &args.fashion_mnist {
+        FashionMnist::load(&fashion_mnist_dir(&assets, &args.fashion_mnist_dir)?, split)?.items(args.limit)?
+    } else {
+        bail!("give one of --kaggle, --images or --fashion-mnist");
+    };
+    let items = match args.limit {
+        Some(n) => items.into_iter().take(n).collect(),
+        None => items,
+    };
+
+    let mut catalog = SqliteCatalog::open(&args.db.db)?;
+    let encoder = load_indexing_encoder(&assets, model_spec(&assets, &catalog, &args.model)?, &args.model)?;
+
+    // Ctrl-C finishes the batch in flight, commits it and stops; re-running resumes.
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    if let Err(e) = ctrlc::set_handler(move || {
+        if flag.swap(true, Ordering::SeqCst) {
+            std::process::exit(130);
+        }
+        eprintln!("\ninterrupted: finishing the current batch (Ctrl-C again to quit at once)");
+    }) {
+        tracing::warn!("cannot install the Ctrl-C handler: {e}");
+    }
+
+    let options = IndexOptions { batch_size: args.batch_size, progress: true, ..Default::default() };
+    let report = import::index_items(&mut catalog, &encoder, items, &options, &stop)?;
+    eprintln!(
+        "indexed {} new or changed, {} unchanged, {} skipped, of {} in {:.1}s ({:.1} images/s); catalog now holds {} products",
+        report.embedded,
+        report.unchanged,
+        report.failed.len(),
+        report.seen,
+        report.elapsed.as_secs_f64(),
+        report.rate(),
+        catalog.len()?
+    );
+    for (id, why) in report.failed.iter().take(20) {
+        eprintln!("  skipped {id}: {why}");
+    }
+    if report.failed.len() > 20 {
+        eprintln!("  ... and {} more", report.failed.len() - 20);
+    }
+    if report.interrupted {
+        bail!("interrupted; run the same command again to resume");
+    }
+    args.store.sync_after_change(&catalog)?;
+    Ok(())
+}

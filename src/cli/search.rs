@@ -1,0 +1,111 @@
+//! `lookalike search`: the products most like a photo (or a product), as a table or JSON.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+
+use super::args::*;
+use lookalike::assets::Assets;
+use lookalike::catalog::SqliteCatalog;
+use lookalike::search::{SearchEngine, SearchRequest, SearchResults};
+use lookalike::preprocess::Crop;
+use lookalike::types::Filter;
+
+#[derive(Args)]
+pub struct SearchArgs {
+    #[command(flatten)]
+    pub db: DbArgs,
+    /// The photo to search with.
+    #[arg(required_unless_present = "like")]
+    pub image: Option<PathBuf>,
+    /// Search with a catalog product's stored vector instead of a photo ("more like this").
+    #[arg(long, value_name = "PRODUCT_ID", conflicts_with = "image")]
+    pub like: Option<String>,
+    /// Number of results.
+    #[arg(short, default_value_t = 10)]
+    pub k: usize,
+    /// Skip this many results (paging).
+    #[arg(long, default_value_t = 0)]
+    pub offset: usize,
+    /// Only products whose metadata column equals the value: column=value. Repeat to combine
+    /// (different columns must all match; values of the same column are alternatives).
+    #[arg(long = "filter", value_name = "COLUMN=VALUE")]
+    pub filters: Vec<String>,
+    /// Search with part of the photo only: x,y,w,h as fractions (0..1) of its width and height.
+    #[arg(long, value_name = "X,Y,W,H", conflicts_with = "like")]
+    pub crop: Option<String>,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub index: SearchIndexArgs,
+}
+
+pub fn run(args: SearchArgs) -> Result<()> {
+    let assets = Assets::from_env();
+    let catalog = SqliteCatalog::open_existing(&args.db.db)?;
+    let encoder = load_encoder(&assets, &catalog, &args.model)?;
+    let engine = SearchEngine::open_with(catalog, Box::new(encoder), &args.index.config(&args.db.db)?)?;
+    let request = SearchRequest { k: args.k, offset: args.offset, filter: Filter::parse(&args.filters)? };
+    let crop = args.crop.as_deref().map(Crop::parse).transpose().map_err(anyhow::Error::msg)?;
+    let results = match (&args.image, &args.like) {
+        (Some(path), _) => {
+            let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+            engine.search_image(&bytes, crop, &request).with_context(|| format!("searching with {}", path.display()))?
+        }
+        (None, Some(id)) => engine.search_like(id, &request)?,
+        (None, None) => bail!("give a photo or --like PRODUCT_ID"),
+    };
+    if args.json {
+        // The same body as the API's answer (`POST /api/search`).
+        println!("{}", serde_json::to_string_pretty(&lookalike::server::types::SearchResponse::new(&results, None))?);
+    } else {
+        print_table(&results);
+    }
+    Ok(())
+}
+
+
+fn image_label(image: &lookalike::types::ImageRef) -> String {
+    match image {
+        lookalike::types::ImageRef::File(p) => p.display().to_string(),
+        lookalike::types::ImageRef::Stored { mime } => format!("(stored in catalog, {mime})"),
+    }
+}
+
+fn print_table(results: &SearchResults) {
+    println!("{:>4}  {:<24}  {:>6}  {:<36}  {:<16}  {:<10}  image", "rank", "id", "score", "name", "category", "colour");
+    for h in &results.hits {
+        let p = &h.product;
+        println!(
+            "{:>4}  {:<24}  {:>6.3}  {:<36}  {:<16}  {:<10}  {}",
+            h.rank,
+            truncate(&p.id, 24),
+            h.score,
+            truncate(p.name(), 36),
+            truncate(p.category().unwrap_or("-"), 16),
+            truncate(p.colour().unwrap_or("-"), 10),
+            image_label(&p.image)
+        );
+    }
+    if results.hits.is_empty() {
+        println!("(no products match)");
+    }
+    let t = &results.timings;
+    eprintln!(
+        "{:.1} ms (decode {:.1}, preprocess {:.1}, encode {:.1}, search {:.1}, metadata {:.1})",
+        t.total_ms, t.decode_ms, t.preprocess_ms, t.encode_ms, t.search_ms, t.metadata_ms
+    );
+}
+
+fn truncate(s: &str, width: usize) -> String {
+    if s.chars().count() <= width {
+        s.to_string()
+    } else {
+        let cut: String = s.chars().take(width.saturating_sub(1)).collect();
+        format!("{cut}…")
+    }
+}

@@ -1,0 +1,29 @@
+//! `lookalike sync`: make a Qdrant collection agree with the catalog.
+
+use anyhow::{bail, Result};
+use clap::Args;
+
+use super::args::*;
+use lookalike::catalog::SqliteCatalog;
+
+#[derive(Args)]
+pub struct SyncArgs {
+    #[command(flatten)]
+    pub db: DbArgs,
+    #[command(flatten)]
+    pub store: StoreArgs,
+}
+
+pub fn run(args: SyncArgs) -> Result<()> {
+    let catalog = SqliteCatalog::open_existing(&args.db.db)?;
+    let Some(config) = args.store.qdrant(&args.db.db)? else {
+        bail!("sync needs --store qdrant://HOST:PORT (or LOOKALIKE_STORE)");
+    };
+    let report = lookalike::store::sync_qdrant(&catalog, &config)?;
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    eprintln!(
+        "Qdrant collection {:?}: {} products in the catalog, {} points before; {} added, {} deleted in {:.1}s",
+        config.collection, report.in_catalog, report.in_collection_before, report.added, report.deleted, report.seconds
+    );
+    Ok(())
+}

@@ -1,0 +1,184 @@
+//! `GET /api/products/{id}` (and its image), `POST /api/products`, `DELETE /api/products/{id}`.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use sha2::{Digest, Sha256};
+
+use super::super::error::{ApiError, ErrorBody};
+use super::super::extract::{read_image_field, AdminToken, FieldNames, UploadForm};
+use super::super::types::{NewProductForm, ProductBody};
+use super::super::AppState;
+use super::{blocking, Shared};
+use crate::types::{ImageRef, Metadata, NewImage, NewProduct, Product};
+
+/// A product's metadata.
+#[utoipa::path(
+    get,
+    path = "/api/products/{id}",
+    tag = "catalog",
+    params(("id" = String, Path, description = "The shop's product id")),
+    responses(
+        (status = 200, body = ProductBody),
+        (status = 404, description = "Unknown product", body = ErrorBody),
+    )
+)]
+pub async fn get_product(State(state): Shared, Path(id): Path<String>) -> Result<Json<ProductBody>, ApiError> {
+    let product = find_product(&state, id).await?;
+    Ok(Json(ProductBody::from(&product)))
+}
+
+async fn find_product(state: &Arc<AppState>, id: String) -> Result<Product, ApiError> {
+    let engine = state.engine.clone();
+    blocking(move || {
+        engine
+            .with_catalog(|c| c.get_by_id(&id))?
+            .ok_or_else(|| ApiError::NotFound(format!("no product with id {id:?}")))
+    })
+    .await
+}
+
+/// A product's photo: the bytes stored in the catalog, or the file recorded at import.
+#[utoipa::path(
+    get,
+    path = "/api/products/{id}/image",
+    tag = "catalog",
+    params(("id" = String, Path, description = "The shop's product id")),
+    responses(
+        (status = 200, description = "The image bytes", content_type = "image/*"),
+        (status = 404, description = "Unknown product, or its image is gone", body = ErrorBody),
+    )
+)]
+pub async fn product_image(State(state): Shared, Path(id): Path<String>) -> Result<Response, ApiError> {
+    let product = find_product(&state, id).await?;
+    let bytes = match &product.image {
+        ImageRef::Stored { .. } => {
+            let engine = state.engine.clone();
+            let key = product.key;
+            blocking(move || Ok(engine.with_catalog(|c| c.stored_image(key))?)).await?.map(|(bytes, _)| bytes)
+        }
+        // Only the path the catalog recorded at import is ever read; nothing from the request.
+        ImageRef::File(path) => {
+            let path = path.clone();
+            blocking(move || Ok(crate::catalog::read_image_file(&path).map_err(|e| tracing::warn!("{e:#}")).ok())).await?
+        }
+    };
+    let bytes = bytes.ok_or_else(|| ApiError::NotFound(format!("the image of product {:?} is no longer available", product.id)))?;
+    // The type comes from the bytes themselves, and only image types are ever declared, so a
+    // stored file can never be served as HTML or script.
+    let mime = image::guess_format(&bytes).map(|f| f.to_mime_type()).unwrap_or("application/octet-stream");
+    Ok((
+        [
+            (header::CONTENT_TYPE, HeaderValue::from_static(mime)),
+            (header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=300")),
+            (header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff")),
+        ],
+        Body::from(bytes),
+    )
+        .into_response())
+}
+
+/// Adds or replaces a product; searchable as soon as this returns. Needs the admin token.
+#[utoipa::path(
+    post,
+    path = "/api/products",
+    tag = "catalog",
+    request_body(content = NewProductForm, content_type = "multipart/form-data"),
+    security(("admin_token" = [])),
+    responses(
+        (status = 201, description = "Stored and searchable", body = ProductBody),
+        (status = 400, description = "Unreadable image", body = ErrorBody),
+        (status = 401, description = "Missing or wrong admin token", body = ErrorBody),
+        (status = 403, description = "Catalog changes are off: no admin token configured", body = ErrorBody),
+        (status = 413, description = "Upload too large", body = ErrorBody),
+        (status = 415, description = "Not a supported image type", body = ErrorBody),
+        (status = 422, description = "Bad fields", body = ErrorBody),
+        (status = 503, description = "Encoder queue full; see Retry-After", body = ErrorBody),
+    )
+)]
+pub async fn add_product(State(state): Shared, _admin: AdminToken, UploadForm(mut form): UploadForm) -> Result<(StatusCode, Json<ProductBody>), ApiError> {
+    let (mut id, mut image, mut metadata) = (None, None, Metadata::new());
+    let mut seen = FieldNames::default();
+    while let Some(field) = form.next_field().await? {
+        let name = field.name().unwrap_or("").to_string();
+        seen.once(&name)?;
+        match name.as_str() {
+            "image" => image = Some(read_image_field(&state, field).await?),
+            "id" => id = Some(field.text().await?.trim().to_string()),
+            "metadata" => {
+                let text = field.text().await?;
+                let object: Metadata = serde_json::from_str(&text)
+                    .map_err(|e| ApiError::bad_parameters(format!("metadata must be a JSON object of strings: {e}")))?;
+                metadata.extend(object);
+            }
+            "" => return Err(ApiError::bad_parameters("a form field has no name")),
+            column => {
+                let value = field.text().await?;
+                metadata.insert(column.to_string(), value.trim().to_string());
+            }
+        }
+    }
+    let id = id.filter(|id| !id.is_empty()).ok_or_else(|| ApiError::bad_parameters("the form needs a non-empty \"id\" field"))?;
+    if id.len() > 256 || id.chars().any(char::is_control) {
+        return Err(ApiError::bad_parameters("id must be at most 256 bytes without control characters"));
+    }
+    let image = image.ok_or_else(|| ApiError::bad_parameters("the form needs an \"image\" field with the product photo"))?;
+
+    let encoded = state.batcher.encode(image.clone(), None).await?;
+    let mime = image::guess_format(&image).map(|f| f.to_mime_type()).unwrap_or("application/octet-stream").to_string();
+    let product = NewProduct {
+        id: id.clone(),
+        content_hash: hex::encode(Sha256::digest(&image)),
+        image: NewImage::Stored { bytes: image.to_vec(), mime },
+        metadata,
+        vector: encoded.embedding.vector,
+        max_pooled: encoded.embedding.max_pooled,
+    };
+    let engine = state.engine.clone();
+    let stored = blocking(move || {
+        engine.add_product(product)?;
+        engine.compact_graph_in_background();
+        Ok(engine.with_catalog(|c| c.get_by_id(&id))?)
+    })
+    .await?
+    .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("the product just stored cannot be read back")))?;
+    tracing::info!(id = %stored.id, "product added");
+    Ok((StatusCode::CREATED, Json(ProductBody::from(&stored))))
+}
+
+/// Removes a product; gone from search results as soon as this returns. Needs the admin token.
+#[utoipa::path(
+    delete,
+    path = "/api/products/{id}",
+    tag = "catalog",
+    params(("id" = String, Path, description = "The shop's product id")),
+    security(("admin_token" = [])),
+    responses(
+        (status = 204, description = "Removed"),
+        (status = 401, description = "Missing or wrong admin token", body = ErrorBody),
+        (status = 403, description = "Catalog changes are off: no admin token configured", body = ErrorBody),
+        (status = 404, description = "Unknown product", body = ErrorBody),
+    )
+)]
+pub async fn delete_product(State(state): Shared, _admin: AdminToken, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
+    let engine = state.engine.clone();
+    let removed = blocking({
+        let id = id.clone();
+        move || {
+            let removed = engine.remove_product(&id)?;
+            engine.compact_graph_in_background();
+            Ok(removed)
+        }
+    })
+    .await?;
+    if !removed {
+        return Err(ApiError::NotFound(format!("no product with id {id:?}")));
+    }
+    tracing::info!(id = %id, "product removed");
+    Ok(StatusCode::NO_CONTENT)
+}
+

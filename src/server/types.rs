@@ -1,0 +1,197 @@
+//! The JSON bodies of the API: what handlers accept and answer. One [`ProductBody`] shape
+//! serves every answer that shows a product, [`HitBody`] adds rank and score to it, and the
+//! command line's `search --json` prints the same.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::search::{RankedProduct, SearchResults, Timings};
+use crate::types::Product;
+
+/// A product and all its metadata.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ProductBody {
+    pub id: String,
+    pub name: String,
+    pub category: Option<String>,
+    pub colour: Option<String>,
+    pub metadata: BTreeMap<String, String>,
+    /// Where to fetch the product's photo.
+    pub image_url: String,
+}
+
+impl From<&Product> for ProductBody {
+    fn from(p: &Product) -> Self {
+        ProductBody {
+            id: p.id.clone(),
+            name: p.name().to_string(),
+            category: p.category().map(str::to_string),
+            colour: p.colour().map(str::to_string),
+            metadata: p.metadata.clone(),
+            image_url: image_url(&p.id),
+        }
+    }
+}
+
+/// One ranked product.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct HitBody {
+    /// 1-based rank across pages.
+    pub rank: usize,
+    /// Cosine similarity to the query, -1..1 (higher is more alike).
+    pub score: f32,
+    #[serde(flatten)]
+    pub product: ProductBody,
+}
+
+impl From<&RankedProduct> for HitBody {
+    fn from(hit: &RankedProduct) -> Self {
+        HitBody { rank: hit.rank, score: hit.score, product: ProductBody::from(&hit.product) }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SearchResponse {
+    /// Best first.
+    pub hits: Vec<HitBody>,
+    pub timings: Timings,
+    /// The query photo's embedding, only when the request set `include_vector`: lets a client
+    /// page or refilter with `{"vector": ...}` without uploading the photo again.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub query_vector: Option<Vec<f32>>,
+}
+
+impl SearchResponse {
+    pub fn new(results: &SearchResults, query_vector: Option<Vec<f32>>) -> SearchResponse {
+        SearchResponse { hits: results.hits.iter().map(HitBody::from).collect(), timings: results.timings.clone(), query_vector }
+    }
+}
+
+/// `/api/products/{id}/image` with the id percent-encoded (ids may hold `/`, spaces, ...).
+pub fn image_url(id: &str) -> String {
+    format!("/api/products/{}/image", percent_encode(id))
+}
+
+fn percent_encode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
+            out.push(byte as char);
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
+/// `POST /api/search` as `multipart/form-data` (documentation only: the fields are read by hand).
+#[derive(Debug, ToSchema)]
+#[allow(dead_code)]
+pub struct SearchForm {
+    /// The photo: JPEG, PNG, WebP, GIF (first frame), BMP or TIFF.
+    #[schema(value_type = String, format = Binary)]
+    image: Vec<u8>,
+    /// Results per page (1..=100, default 10).
+    k: Option<usize>,
+    /// Results to skip (paging).
+    offset: Option<usize>,
+    /// `column=value`; repeat the field for several (same column: alternatives; different
+    /// columns: all must match).
+    filter: Option<Vec<String>>,
+    /// `x,y,w,h`: search only this part of the photo, fractions 0..1 of its width and height.
+    crop: Option<String>,
+    /// `true` to get the photo's embedding back as `query_vector`.
+    include_vector: Option<bool>,
+}
+
+/// `POST /api/search` as JSON: by a catalog product ("more like this") or by an embedding.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SearchJson {
+    /// Search with this product's stored vector; the product itself is left out.
+    pub product_id: Option<String>,
+    /// Search with this embedding (as returned in `query_vector`).
+    pub vector: Option<Vec<f32>>,
+    pub k: Option<usize>,
+    pub offset: Option<usize>,
+    /// Column → accepted values.
+    #[serde(default)]
+    pub filters: BTreeMap<String, OneOrMany>,
+    /// Not allowed here: crops apply to uploaded photos only.
+    pub crop: Option<serde_json::Value>,
+}
+
+/// One filter value or a list of alternatives.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+/// `POST /api/products` as `multipart/form-data` (documentation only).
+#[derive(Debug, ToSchema)]
+#[allow(dead_code, non_snake_case)]
+pub struct NewProductForm {
+    /// The shop's product id (replaces the product with this id if there is one).
+    id: String,
+    #[schema(value_type = String, format = Binary)]
+    image: Vec<u8>,
+    /// A JSON object of strings, e.g. `{"articleType": "Dresses", "baseColour": "Red"}`.
+    metadata: Option<String>,
+    /// Any other text field becomes a metadata column of that name.
+    #[schema(value_type = Option<String>)]
+    articleType: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct FacetsResponse {
+    /// Products in the catalog.
+    pub products: usize,
+    pub facets: Vec<Facet>,
+}
+
+/// A metadata column a shopper can filter on.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Facet {
+    pub column: String,
+    /// Most common first.
+    pub values: Vec<FacetValue>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct FacetValue {
+    pub value: String,
+    pub count: usize,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Health {
+    pub status: &'static str,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Readiness {
+    pub status: &'static str,
+    pub model: String,
+    /// Searchable products.
+    pub products: usize,
+    pub workers: usize,
+    /// A `lookalike index` run still adding products (searches already cover those it added).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub indexing: Option<crate::types::IndexingProgress>,
+}
+
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_percent_encoded_in_image_urls() {
+        assert_eq!(image_url("fmnist-train-00001"), "/api/products/fmnist-train-00001/image");
+        assert_eq!(image_url("shoes/red boot.jpg"), "/api/products/shoes%2Fred%20boot.jpg/image");
+    }
+}

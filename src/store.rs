@@ -1,0 +1,215 @@
+//! Opening a catalog's vector store, in one place for search, eval, serve and repair: the
+//! exact scan, the HNSW graph (saved beside the catalog, caught up from its change log, rebuilt
+//! when it does not fit), or a Qdrant collection, and keeping a Qdrant collection in sync.
+
+use anyhow::{Context, Result};
+
+use crate::catalog::{graph_paths, SqliteCatalog, VectorKind};
+use crate::index::qdrant::{QdrantConfig, QdrantIndex, SyncReport};
+use crate::index::{Allowed, AnnIndex, AnnStamp, Compaction, ExactIndex, Hit, IndexConfig, IndexStats, VectorIndex};
+use crate::types::{Filter, Key, Metadata};
+
+/// The vector store a search engine holds: one of the concrete indexes. What every store does
+/// goes through [`VectorIndex`] ([`Store::index`]); what only one does (a graph's compaction, a
+/// remote store's payloads and its own filtering) is here, by kind.
+pub enum Store {
+    /// Every vector scored per query (the default up to 100,000 products).
+    Exact(ExactIndex),
+    /// An HNSW graph proposing candidates, re-ranked exactly.
+    Graph(AnnIndex),
+    /// A Qdrant collection.
+    Qdrant(QdrantIndex),
+}
+
+impl Store {
+    pub fn index(&self) -> &dyn VectorIndex {
+        match self {
+            Store::Exact(index) => index,
+            Store::Graph(index) => index,
+            Store::Qdrant(index) => index,
+        }
+    }
+
+    pub fn index_mut(&mut self) -> &mut dyn VectorIndex {
+        match self {
+            Store::Exact(index) => index,
+            Store::Graph(index) => index,
+            Store::Qdrant(index) => index,
+        }
+    }
+
+    /// The `k` best hits for `query` among the products `filter` admits. An embedded store
+    /// takes the admitted keys (`allowed`, computed from the catalog when there is a filter);
+    /// Qdrant evaluates the filter on the payloads it holds.
+    pub fn search(&self, query: &[f32], k: usize, filter: &Filter, allowed: Option<&Allowed>) -> Result<Vec<Hit>> {
+        match self {
+            Store::Qdrant(index) if !filter.is_empty() => index.search_filter(query, k, filter),
+            _ => self.index().search(query, k, allowed),
+        }
+    }
+
+    /// Adds or replaces `key`'s vector, telling a store that keeps products beside their
+    /// vectors who it is. An embedded store opened over an empty catalog has no dimension yet:
+    /// the first vector gives it one.
+    pub fn put(&mut self, key: Key, vector: &[f32], id: &str, metadata: &Metadata) -> Result<()> {
+        self.describe(key, id, metadata);
+        let index = self.index();
+        if index.is_empty() && index.dim() != vector.len() && !matches!(self, Store::Qdrant(_)) {
+            *self = Store::Exact(ExactIndex::new(vector.len()));
+        }
+        self.index_mut().upsert(key, vector)
+    }
+
+    /// Whether [`Store::search`] needs the catalog for a filter (embedded stores do).
+    pub fn filters_by_key(&self) -> bool {
+        !matches!(self, Store::Qdrant(_))
+    }
+
+    /// Tells a store that keeps products beside their vectors (Qdrant's payload) who `key` is.
+    pub fn describe(&mut self, key: Key, id: &str, metadata: &Metadata) {
+        if let Store::Qdrant(index) = self {
+            index.describe(key, id, metadata);
+        }
+    }
+
+    /// Vectors, bytes in this process, and dead graph entries, for monitoring.
+    pub fn stats(&self) -> IndexStats {
+        let (memory_bytes, dead_entries) = match self {
+            Store::Exact(index) => (index.memory_bytes(), 0),
+            Store::Graph(index) => (index.memory_bytes(), index.tombstones()),
+            Store::Qdrant(_) => (0, 0),
+        };
+        IndexStats { vectors: self.index().len(), memory_bytes, dead_entries }
+    }
+
+    /// A graph with enough dead entries to be worth rebuilding: what the rebuild needs.
+    pub fn compaction(&self) -> Option<Compaction> {
+        match self {
+            Store::Graph(index) => index.compaction(),
+            _ => None,
+        }
+    }
+
+    /// Whether [`Store::compaction`] has work, and how many bytes the store holds now (the
+    /// rebuild needs about as many again).
+    pub fn compaction_due(&self) -> Option<usize> {
+        match self {
+            Store::Graph(index) if index.needs_compaction() => Some(index.memory_bytes()),
+            _ => None,
+        }
+    }
+}
+use crate::space::SearchSpace;
+
+/// The index `config` asks for over the catalog's vectors: a Qdrant collection, the exact scan,
+/// or the search graph (loaded from its file and caught up, or built).
+pub fn open_index(catalog: &SqliteCatalog, space: &SearchSpace, config: &IndexConfig) -> Result<Store> {
+    if let Some(store) = &config.store {
+        return Ok(Store::Qdrant(open_qdrant(catalog, space, store)?));
+    }
+    let use_ann = config.uses_ann(catalog.vector_count()?);
+    let precision = if use_ann { crate::index::Precision::F32 } else { config.precision };
+    let exact = space.build_index(catalog, VectorKind::Primary, precision)?;
+    Ok(if use_ann && !exact.is_empty() { Store::Graph(open_graph(catalog, space, exact, config)?) } else { Store::Exact(exact) })
+}
+
+/// Connects to the Qdrant collection for this catalog and tells it every product's id and
+/// metadata (its writes carry them as payload). Warns when the collection and the catalog
+/// disagree in size: `lookalike sync` fixes that.
+pub fn open_qdrant(catalog: &SqliteCatalog, space: &SearchSpace, store: &QdrantConfig) -> Result<QdrantIndex> {
+    let dim = space.output_dim(catalog.vector_space()?.map_or(0, |s| s.dim));
+    let mut index = QdrantIndex::connect(store.clone(), dim)?;
+    for product in catalog.all_products()? {
+        index.describe(product.key, &product.id, &product.metadata);
+    }
+    let in_catalog = catalog.vector_count()?;
+    if index.len() != in_catalog {
+        tracing::warn!(
+            "Qdrant collection {:?} holds {} vectors, the catalog {in_catalog}: run `lookalike sync --db {} --store ...`",
+            store.collection,
+            index.len(),
+            catalog.path().display()
+        );
+    }
+    Ok(index)
+}
+
+/// Makes the Qdrant collection agree with the catalog (adds what is missing, deletes what is
+/// gone), and returns what changed.
+pub fn sync_qdrant(catalog: &SqliteCatalog, store: &QdrantConfig) -> Result<SyncReport> {
+    let space = SearchSpace::for_catalog(catalog)?;
+    let exact = space.build_index(catalog, VectorKind::Primary, crate::index::Precision::F32)?;
+    let mut index = open_qdrant(catalog, &space, store)?;
+    index.sync(exact.keys(), |key| exact.vector(key))
+}
+
+/// The catalog's saved search graph, caught up with the products changed since it was saved;
+/// or, if there is none or it does not fit (other space, options or a damaged file), a new one,
+/// saved for next time. Building takes minutes for a million products; loading, seconds.
+fn open_graph(catalog: &SqliteCatalog, space: &SearchSpace, exact: ExactIndex, config: &IndexConfig) -> Result<AnnIndex> {
+    let (graph_path, stamp_path) = graph_paths(catalog.path());
+    let _turn = graph_turn(&graph_path);
+    let fingerprint = space.fingerprint();
+    let generation = catalog.generation()?;
+    let stamp: Option<AnnStamp> = std::fs::read(&stamp_path).ok().and_then(|bytes| serde_json::from_slice(&bytes).ok());
+    let mut exact = exact;
+    if let Some(stamp) = stamp.filter(|s| s.space == fingerprint && s.options == config.ann_options && s.dim == exact.dim()) {
+        let changed = catalog.changed_since(stamp.generation)?;
+        match AnnIndex::load(&graph_path, &stamp, exact, &changed) {
+            Ok(graph) if graph.needs_compaction() => {
+                tracing::info!("rebuilding the search graph: {} of its entries are removed or replaced products", graph.tombstones());
+                let graph = graph.compacted()?;
+                save_graph(catalog, &graph, &fingerprint, generation, &graph_path, &stamp_path);
+                return Ok(graph);
+            }
+            Ok(graph) => {
+                if !changed.is_empty() {
+                    save_graph(catalog, &graph, &fingerprint, generation, &graph_path, &stamp_path);
+                }
+                return Ok(graph);
+            }
+            Err((rows, e)) => {
+                tracing::warn!("rebuilding the search graph: {e:#}");
+                exact = rows;
+            }
+        }
+    }
+    tracing::info!("building the search graph for {} products (once; it is saved to {})", exact.len(), graph_path.display());
+    let graph = AnnIndex::build(exact, config.ann_options)?;
+    save_graph(catalog, &graph, &fingerprint, generation, &graph_path, &stamp_path);
+    Ok(graph)
+}
+
+/// Waits for this process's turn at the catalog's graph files. Two processes opening one catalog
+/// at once (two servers starting, `search` beside `serve`) take turns: the graph file, its stamp
+/// and the change log they trim must come from the same process. Without a lock (read-only
+/// directory) each still checks what it loads. The turn ends when the file is dropped.
+pub fn graph_turn(graph_path: &std::path::Path) -> Option<std::fs::File> {
+    let lock_path = crate::catalog::with_suffix(graph_path, ".lock");
+    std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .and_then(|file| file.lock().map(|()| file))
+        .map_err(|e| tracing::debug!("no lock on {}: {e}", std::path::Path::new(&lock_path).display()))
+        .ok()
+}
+
+/// Saves the graph and its stamp; a failure (read-only directory, full disk) only costs a
+/// rebuild next time, so it is logged, not returned.
+fn save_graph(catalog: &SqliteCatalog, graph: &AnnIndex, fingerprint: &str, generation: i64, graph_path: &std::path::Path, stamp_path: &std::path::Path) {
+    let saved = write_graph(graph, fingerprint, generation, graph_path, stamp_path).and_then(|()| catalog.forget_changes_through(generation));
+    if let Err(e) = saved {
+        tracing::warn!("could not save the search graph (it will be rebuilt next time): {e:#}");
+    }
+}
+
+/// Writes the graph, then its stamp, each through a temporary file.
+pub fn write_graph(graph: &AnnIndex, fingerprint: &str, generation: i64, graph_path: &std::path::Path, stamp_path: &std::path::Path) -> Result<()> {
+    let stamp = graph.save(graph_path, fingerprint, generation)?;
+    let tmp = stamp_path.with_extension("tmp");
+    std::fs::write(&tmp, serde_json::to_vec_pretty(&stamp)?).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, stamp_path).with_context(|| format!("renaming {}", tmp.display()))
+}
+

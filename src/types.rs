@@ -1,0 +1,160 @@
+//! The plain data every layer speaks: products, their metadata and images, filters on the
+//! metadata, and which model's vectors a catalog holds. Nothing here imports the rest of
+//! lookalike; everything else may import it.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use anyhow::{bail, Result};
+use serde::{Deserialize, Serialize};
+
+/// A product's metadata: column name → value, e.g. `articleType` → `Dresses`.
+pub type Metadata = BTreeMap<String, String>;
+
+/// The catalog's internal key for a product; stable for the product's lifetime and used by the
+/// vector indexes. The shop's own identifier is [`Product::id`].
+pub type Key = i64;
+
+/// Where a product's photo lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ImageRef {
+    /// A file the catalog was imported from (absolute path).
+    File(PathBuf),
+    /// Bytes kept inside the catalog (datasets without files, e.g. Fashion-MNIST; API uploads).
+    Stored { mime: String },
+}
+
+/// One product as the catalog stores it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Product {
+    pub key: Key,
+    pub id: String,
+    pub image: ImageRef,
+    /// SHA-256 of the image bytes: re-imports skip products whose image has not changed.
+    pub content_hash: String,
+    pub metadata: Metadata,
+}
+
+impl Product {
+    /// A human-readable name: the catalog's display-name column if it has one.
+    pub fn name(&self) -> &str {
+        self.first_of(&["productDisplayName", "name", "title"]).unwrap_or(&self.id)
+    }
+
+    /// The most specific category the metadata has.
+    pub fn category(&self) -> Option<&str> {
+        self.first_of(&["articleType", "subCategory", "masterCategory", "category"])
+    }
+
+    pub fn colour(&self) -> Option<&str> {
+        self.first_of(&["baseColour", "colour", "color"])
+    }
+
+    fn first_of(&self, columns: &[&str]) -> Option<&str> {
+        columns.iter().find_map(|c| self.metadata.get(*c)).map(String::as_str).filter(|v| !v.is_empty())
+    }
+}
+
+/// A product to add or replace, with its vectors.
+#[derive(Debug, Clone)]
+pub struct NewProduct {
+    pub id: String,
+    pub image: NewImage,
+    pub content_hash: String,
+    pub metadata: Metadata,
+    pub vector: Vec<f32>,
+    pub max_pooled: Option<Vec<f32>>,
+}
+
+#[derive(Debug, Clone)]
+pub enum NewImage {
+    File(PathBuf),
+    Stored { bytes: Vec<u8>, mime: String },
+}
+
+/// Equality filters on metadata columns. Values given for the same column are alternatives
+/// (`colour=Red` or `colour=Blue`); different columns must all match.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Filter {
+    conditions: BTreeMap<String, Vec<String>>,
+}
+
+impl Filter {
+    /// Parses `column=value` strings as given on the command line or in a query string.
+    pub fn parse<S: AsRef<str>>(items: &[S]) -> Result<Filter> {
+        let mut filter = Filter::default();
+        for item in items {
+            let item = item.as_ref();
+            let Some((column, value)) = item.split_once('=') else {
+                bail!("filter {item:?} is not of the form column=value (e.g. articleType=Dresses)");
+            };
+            filter.add(column.trim(), value.trim()).map_err(anyhow::Error::msg)?;
+        }
+        if filter.value_count() > Filter::MAX_VALUES {
+            bail!("at most {} filter values in one search, not {}", Filter::MAX_VALUES, filter.value_count());
+        }
+        Ok(filter)
+    }
+
+    /// A bound on one search's filter: each value is a bound SQL parameter, and a shopper's
+    /// facets never need more.
+    pub const MAX_VALUES: usize = 256;
+
+    /// Longest column name a filter may name (CSV headers are short; this bounds the work).
+    pub const MAX_COLUMN_BYTES: usize = 256;
+
+    /// Adds `column = value` as an alternative. Refuses a column name that no catalog can have
+    /// (empty, over [`Filter::MAX_COLUMN_BYTES`], or with control characters such as NUL).
+    pub fn add(&mut self, column: &str, value: &str) -> Result<(), String> {
+        if column.is_empty() {
+            return Err(format!("the filter on {value:?} has an empty column name (write column=value, e.g. articleType=Dresses)"));
+        }
+        if column.len() > Filter::MAX_COLUMN_BYTES || column.chars().any(char::is_control) {
+            return Err(format!(
+                "{column:?} is not a column name: at most {} bytes, without control characters",
+                Filter::MAX_COLUMN_BYTES
+            ));
+        }
+        let values = self.conditions.entry(column.to_string()).or_default();
+        if !values.iter().any(|v| v == value) {
+            values.push(value.to_string());
+        }
+        Ok(())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.conditions.is_empty()
+    }
+
+    /// Number of values across all columns.
+    pub fn value_count(&self) -> usize {
+        self.conditions.values().map(Vec::len).sum()
+    }
+
+    pub fn conditions(&self) -> impl Iterator<Item = (&str, &[String])> {
+        self.conditions.iter().map(|(c, v)| (c.as_str(), v.as_slice()))
+    }
+
+    pub fn matches(&self, metadata: &Metadata) -> bool {
+        self.conditions.iter().all(|(column, values)| metadata.get(column).is_some_and(|v| values.contains(v)))
+    }
+}
+
+/// Name and dimension of the model whose vectors a catalog holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VectorSpace {
+    pub model: String,
+    pub dim: usize,
+}
+
+/// An `index` run in progress, as it records itself in the catalog (`settings.indexing`), so a
+/// server over the same catalog can say how far it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct IndexingProgress {
+    /// The indexing process (its record is ignored once it is gone).
+    pub pid: u32,
+    /// Products handled so far (embedded, unchanged or skipped).
+    pub done: usize,
+    /// Products in the import.
+    pub total: usize,
+}

@@ -177,7 +177,7 @@ impl SearchEngine {
             let fresh = open_index(catalog, &self.space, &self.config)?;
             *self.write_index()? = fresh;
             self.followed.store(feed.latest, Ordering::Release);
-            return Ok(catalog.vector_count()?);
+            return catalog.vector_count();
         }
         let mut changes = Vec::with_capacity(feed.keys.len());
         for &key in &feed.keys {

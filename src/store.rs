@@ -12,6 +12,7 @@ use crate::types::{Filter, Key, Metadata};
 /// The vector store a search engine holds: one of the concrete indexes. What every store does
 /// goes through [`VectorIndex`] ([`Store::index`]); what only one does (a graph's compaction, a
 /// remote store's payloads and its own filtering) is here, by kind.
+#[allow(clippy::large_enum_variant)] // one per engine, made once: its size costs nothing
 pub enum Store {
     /// Every vector scored per query (the default up to 100,000 products).
     Exact(ExactIndex),

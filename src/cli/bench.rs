@@ -134,89 +134,95 @@ pub struct BenchSearchArgs {
 
 pub fn run(command: BenchCommand) -> Result<()> {
     match command {
-        BenchCommand::Search(args) => {
-            if args.queries == 0 || args.k == 0 || args.candidates.contains(&0) {
-                bail!("--queries, -k and --candidates must be at least 1");
-            }
-            let catalog = SqliteCatalog::open_existing(&args.db.db)?;
-            let (env, _guard) = args.env.env()?;
-            let n = match args.synthetic {
-                Some(n) => n,
-                None => catalog.vector_count()?,
-            };
-            let options = lookalike::bench::search::SearchBench {
-                queries: args.queries,
-                k: args.k,
-                synthetic: args.synthetic,
-                noise: args.noise,
-                seed: args.seed,
-                candidates: args.candidates,
-                faiss_max: args.faiss_max,
-                name: args.name.unwrap_or_else(|| format!("search-{n}")),
-            };
-            lookalike::bench::search::run(&catalog, &env, &options)?;
-            Ok(())
-        }
-        BenchCommand::Ingest(args) => {
-            if args.batch_size == 0 || args.rounds == 0 {
-                bail!("--batch-size and --rounds must be at least 1");
-            }
-            let assets = Assets::from_env();
-            let (env, _guard) = args.env.env()?;
-            let spec = lookalike::model::for_catalog(&assets, args.model.model.as_deref(), None, None)?;
-            let encoder = load_indexing_encoder(&assets, spec, &args.model)?;
-            let fm = FashionMnist::load(&assets.fashion_mnist_dir()?, "train")?;
-            let samples = sample_photos(&assets)?;
-            let options = lookalike::bench::ingest::IngestBench {
-                fm_images: args.fashion_mnist,
-                photos: args.photos,
-                batch: args.batch_size,
-                rounds: args.rounds,
-                seed: args.seed,
-                name: args.name,
-            };
-            lookalike::bench::ingest::run(&encoder, &fm, &samples, &env, &options)?;
-            Ok(())
-        }
-        BenchCommand::E2e(args) => {
-            if args.requests == 0 || args.k == 0 {
-                bail!("--requests and -k must be at least 1");
-            }
-            let assets = Assets::from_env();
-            let (env, _guard) = args.env.env()?;
-            let images = match &args.images {
-                Some(dir) => import::folder::read_folder(dir)?
-                    .into_iter()
-                    .filter_map(|item| match item.image {
-                        import::ItemImage::File(path) => Some(path),
-                        import::ItemImage::Bytes { .. } => None,
-                    })
-                    .collect(),
-                None => {
-                    let dir = env.work.join("e2e-queries");
-                    std::fs::create_dir_all(&dir)?;
-                    let fm = FashionMnist::load(&assets.fashion_mnist_dir()?, "test")?;
-                    let samples = sample_photos(&assets)?;
-                    let mut images = Vec::new();
-                    for i in 0..100 {
-                        let path = dir.join(format!("{}.png", fm.product_id(i)));
-                        fm.image(i)?.save(&path).with_context(|| format!("writing {}", path.display()))?;
-                        images.push(path);
-                        if let Some(sample) = samples.get(i) {
-                            images.push(sample.clone());
-                        }
-                    }
-                    images
-                }
-            };
-            let catalog = SqliteCatalog::open_existing(&args.db.db)?;
-            let encoder = load_encoder(&assets, &catalog, &args.model)?;
-            let engine = Arc::new(SearchEngine::open_with(catalog, Box::new(encoder), &args.index.config(&args.db.db)?)?);
-            let options = lookalike::bench::e2e::E2eBench { requests: args.requests, images, k: args.k, name: args.name };
-            lookalike::bench::e2e::run(engine, &env, &options)?;
-            Ok(())
-        }
+        BenchCommand::Search(args) => run_search(args),
+        BenchCommand::Ingest(args) => run_ingest(args),
+        BenchCommand::E2e(args) => run_e2e(args),
     }
+}
+
+fn run_search(args: BenchSearchArgs) -> Result<()> {
+    if args.queries == 0 || args.k == 0 || args.candidates.contains(&0) {
+        bail!("--queries, -k and --candidates must be at least 1");
+    }
+    let catalog = SqliteCatalog::open_existing(&args.db.db)?;
+    let (env, _guard) = args.env.env()?;
+    let n = match args.synthetic {
+        Some(n) => n,
+        None => catalog.vector_count()?,
+    };
+    let options = lookalike::bench::search::SearchBench {
+        queries: args.queries,
+        k: args.k,
+        synthetic: args.synthetic,
+        noise: args.noise,
+        seed: args.seed,
+        candidates: args.candidates,
+        faiss_max: args.faiss_max,
+        name: args.name.unwrap_or_else(|| format!("search-{n}")),
+    };
+    lookalike::bench::search::run(&catalog, &env, &options)?;
+    Ok(())
+}
+
+fn run_ingest(args: BenchIngestArgs) -> Result<()> {
+    if args.batch_size == 0 || args.rounds == 0 {
+        bail!("--batch-size and --rounds must be at least 1");
+    }
+    let assets = Assets::from_env();
+    let (env, _guard) = args.env.env()?;
+    let spec = lookalike::model::for_catalog(&assets, args.model.model.as_deref(), None, None)?;
+    let encoder = load_indexing_encoder(&assets, spec, &args.model)?;
+    let fm = FashionMnist::load(&assets.fashion_mnist_dir()?, "train")?;
+    let samples = sample_photos(&assets)?;
+    let options = lookalike::bench::ingest::IngestBench {
+        fm_images: args.fashion_mnist,
+        photos: args.photos,
+        batch: args.batch_size,
+        rounds: args.rounds,
+        seed: args.seed,
+        name: args.name,
+    };
+    lookalike::bench::ingest::run(&encoder, &fm, &samples, &env, &options)?;
+    Ok(())
+}
+
+fn run_e2e(args: BenchE2eArgs) -> Result<()> {
+    if args.requests == 0 || args.k == 0 {
+        bail!("--requests and -k must be at least 1");
+    }
+    let assets = Assets::from_env();
+    let (env, _guard) = args.env.env()?;
+    let images = match &args.images {
+        Some(dir) => import::folder::read_folder(dir)?
+            .into_iter()
+            .filter_map(|item| match item.image {
+                import::ItemImage::File(path) => Some(path),
+                import::ItemImage::Bytes { .. } => None,
+            })
+            .collect(),
+        None => {
+            let dir = env.work.join("e2e-queries");
+            std::fs::create_dir_all(&dir)?;
+            let fm = FashionMnist::load(&assets.fashion_mnist_dir()?, "test")?;
+            let samples = sample_photos(&assets)?;
+            let mut images = Vec::new();
+            for i in 0..100 {
+                let path = dir.join(format!("{}.png", fm.product_id(i)));
+                fm.image(i)?.save(&path).with_context(|| format!("writing {}", path.display()))?;
+                images.push(path);
+                if let Some(sample) = samples.get(i) {
+                    images.push(sample.clone());
+                }
+            }
+            images
+        }
+    };
+    let catalog = SqliteCatalog::open_existing(&args.db.db)?;
+    let encoder = load_encoder(&assets, &catalog, &args.model)?;
+    let engine = Arc::new(SearchEngine::open_with(catalog, Box::new(encoder), &args.index.config(&args.db.db)?)?);
+    let options = lookalike::bench::e2e::E2eBench { requests: args.requests, images, k: args.k, name: args.name };
+    lookalike::bench::e2e::run(engine, &env, &options)?;
+    Ok(())
 }
 
 /// The scikit-image sample photos that `make setup` fetched (real photos of varied sizes).

@@ -72,6 +72,13 @@ CREATE TABLE IF NOT EXISTS projection (
     weights BLOB NOT NULL,
     report TEXT NOT NULL
 );
+-- Where products are in a photo: the foreground head `lookalike tune --localise` learns.
+CREATE TABLE IF NOT EXISTS foreground (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    model TEXT NOT NULL,
+    head BLOB NOT NULL,
+    report TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS vectors (
     key INTEGER PRIMARY KEY REFERENCES products(key) ON DELETE CASCADE,
     vector BLOB NOT NULL,
@@ -218,6 +225,33 @@ impl SqliteCatalog {
     /// Drops the tuned projection: search goes back to the model's own features.
     pub fn clear_projection(&mut self) -> Result<bool> {
         Ok(self.conn.execute("DELETE FROM projection", [])? > 0)
+    }
+
+    /// The foreground head `lookalike tune --localise` learned, if any (and if it was learned
+    /// for this catalog's model: another model's features mean something else).
+    pub fn foreground_head(&self) -> Result<Option<crate::localise::ForegroundHead>> {
+        let row: Option<(String, Vec<u8>)> = self.conn.query_row("SELECT model, head FROM foreground WHERE id = 1", [], |r| Ok((r.get(0)?, r.get(1)?))).optional()?;
+        let model = self.vector_space()?.map(|s| s.model);
+        match row {
+            Some((trained_for, bytes)) if Some(&trained_for) == model.as_ref() => Ok(Some(
+                crate::localise::ForegroundHead::from_bytes(&bytes)
+                    .with_context(|| format!("the foreground head in {} is damaged; run `lookalike tune --localise` again", self.path.display()))?,
+            )),
+            _ => Ok(None),
+        }
+    }
+
+    /// Stores the foreground head (replacing any earlier one) with its training report (JSON).
+    pub fn save_foreground_head(&mut self, model: &str, head: &crate::localise::ForegroundHead, report: &str) -> Result<()> {
+        self.conn
+            .execute("INSERT OR REPLACE INTO foreground(id, model, head, report) VALUES (1, ?1, ?2, ?3)", params![model, head.to_bytes(), report])
+            .map_err(|e| explain_busy(&self.path, e))?;
+        Ok(())
+    }
+
+    /// Drops the foreground head: localisation goes back to the training-free rule.
+    pub fn clear_foreground_head(&mut self) -> Result<bool> {
+        Ok(self.conn.execute("DELETE FROM foreground", [])? > 0)
     }
 
     /// The full description of a user-supplied model, kept so the catalog can be searched later

@@ -39,6 +39,56 @@ pub trait Encoder: Send + Sync {
     fn parallelism(&self) -> usize {
         1
     }
+
+    /// Encodes shoppers' photos: each embedding, and the model's feature grid to find the
+    /// products on ([`crate::localise`]) when the model gives one. The default gives none.
+    fn encode_queries(&self, batch: &[Vec<f32>]) -> Result<Vec<QueryEmbedding>> {
+        Ok(self.encode(batch)?.into_iter().map(|embedding| QueryEmbedding { embedding, grid: None }).collect())
+    }
+}
+
+/// A query photo's embedding and its feature grid.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueryEmbedding {
+    /// The whole photo, exactly as a catalog photo is encoded.
+    pub embedding: Embedding,
+    /// The feature at each cell of the model's output grid; `None` for models that output
+    /// vectors.
+    pub grid: Option<GridFeatures>,
+}
+
+/// One image's feature map as a grid of cells, each a `channels`-long feature (cell-major,
+/// row-major cells): what the products are found on, and pooled over where they are.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GridFeatures {
+    pub width: usize,
+    pub height: usize,
+    pub channels: usize,
+    /// `width * height` features of `channels` values, cell after cell.
+    pub data: Vec<f32>,
+    /// How the model's features are pooled into its search vector.
+    pub pooling: Pooling,
+}
+
+impl GridFeatures {
+    /// The feature at `cell` (row-major position).
+    pub fn cell(&self, cell: usize) -> &[f32] {
+        &self.data[cell * self.channels..(cell + 1) * self.channels]
+    }
+
+    fn map(&self) -> FeatureMap<'_> {
+        FeatureMap { data: &self.data, channels: self.channels, positions: self.width * self.height, channel_stride: 1, position_stride: self.channels }
+    }
+
+    /// Each cell's activation energy: the sum of its channels.
+    pub fn energy(&self) -> Vec<f32> {
+        self.map().energy()
+    }
+
+    /// The search vector pooled over `cells` only (as the model pools, L2-normalised).
+    pub fn pool_over(&self, cells: &[usize]) -> Vec<f32> {
+        l2_normalised(self.map().pool_over(self.pooling, cells))
+    }
 }
 
 /// The process-wide ONNX Runtime environment.
@@ -289,6 +339,18 @@ impl Encoder for OrtEncoder {
     }
 
     fn encode(&self, batch: &[Vec<f32>]) -> Result<Vec<Embedding>> {
+        Ok(self.encode_maps(batch, false)?.into_iter().map(|q| q.embedding).collect())
+    }
+
+    fn encode_queries(&self, batch: &[Vec<f32>]) -> Result<Vec<QueryEmbedding>> {
+        self.encode_maps(batch, true)
+    }
+}
+
+impl OrtEncoder {
+    /// Runs the model and pools its output; with `localise`, also finds the main item on each
+    /// feature map and pools over it.
+    fn encode_maps(&self, batch: &[Vec<f32>], localise: bool) -> Result<Vec<QueryEmbedding>> {
         if batch.is_empty() {
             return Ok(Vec::new());
         }
@@ -299,23 +361,26 @@ impl Encoder for OrtEncoder {
             2 => out
                 .data
                 .chunks(per_image)
-                .map(|v| Embedding { vector: l2_normalised(v.to_vec()), max_pooled: None })
+                .map(|v| QueryEmbedding { embedding: Embedding { vector: l2_normalised(v.to_vec()), max_pooled: None }, grid: None })
                 .collect(),
             4 => {
                 ensure!(self.spec.pooling != Pooling::None, "output {:?} is a feature map {:?} but the spec says pooling none", self.spec.output, out.shape);
                 // Feature maps follow the input layout: [N, C, H, W] or [N, H, W, C].
-                let (channels, positions, channel_stride, position_stride) = match self.spec.input.layout {
-                    Layout::Nchw => (out.shape[1], out.shape[2] * out.shape[3], out.shape[2] * out.shape[3], 1),
-                    Layout::Nhwc => (out.shape[3], out.shape[1] * out.shape[2], 1, out.shape[3]),
+                let (channels, height, width, channel_stride, position_stride) = match self.spec.input.layout {
+                    Layout::Nchw => (out.shape[1], out.shape[2], out.shape[3], out.shape[2] * out.shape[3], 1),
+                    Layout::Nhwc => (out.shape[3], out.shape[1], out.shape[2], 1, out.shape[3]),
                 };
+                let positions = height * width;
                 out.data
                     .chunks(per_image)
                     .map(|map| {
                         let fm = FeatureMap { data: map, channels, positions, channel_stride, position_stride };
-                        Embedding {
+                        let embedding = Embedding {
                             vector: l2_normalised(fm.pool(self.spec.pooling)),
                             max_pooled: Some(l2_normalised(fm.pool(Pooling::Max))),
-                        }
+                        };
+                        let grid = localise.then(|| GridFeatures { width, height, channels, data: fm.cell_major(), pooling: self.spec.pooling });
+                        QueryEmbedding { embedding, grid }
                     })
                     .collect()
             }
@@ -339,6 +404,36 @@ impl<'a> FeatureMap<'a> {
     pub fn channel_major(data: &'a [f32], channels: usize) -> FeatureMap<'a> {
         let positions = data.len() / channels.max(1);
         FeatureMap { data, channels, positions, channel_stride: positions, position_stride: 1 }
+    }
+
+    /// Each position's activation energy: the sum of its channels (what [`crate::localise`]
+    /// finds the product by).
+    pub fn energy(&self) -> Vec<f32> {
+        let mut energy = vec![0.0f32; self.positions];
+        for c in 0..self.channels {
+            for (p, e) in energy.iter_mut().enumerate() {
+                *e += self.data[c * self.channel_stride + p * self.position_stride].max(0.0);
+            }
+        }
+        energy
+    }
+
+    /// The map copied cell after cell (each cell's channels together).
+    pub fn cell_major(&self) -> Vec<f32> {
+        let mut out = Vec::with_capacity(self.channels * self.positions);
+        for p in 0..self.positions {
+            out.extend((0..self.channels).map(|c| self.data[c * self.channel_stride + p * self.position_stride]));
+        }
+        out
+    }
+
+    /// Pools every channel over the given positions only (not normalised).
+    pub fn pool_over(&self, pooling: Pooling, positions: &[usize]) -> Vec<f32> {
+        let mut gathered = Vec::with_capacity(self.channels * positions.len());
+        for c in 0..self.channels {
+            gathered.extend(positions.iter().map(|&p| self.data[c * self.channel_stride + p * self.position_stride]));
+        }
+        FeatureMap::channel_major(&gathered, self.channels).pool(pooling)
     }
 
     /// Pools every channel over all positions (not normalised).

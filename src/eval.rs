@@ -14,15 +14,16 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::Instant;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use rand::seq::SliceRandom;
-use rand::SeedableRng;
+use rand::{Rng, SeedableRng};
 use serde::Serialize;
 
 use crate::catalog::{SqliteCatalog, VectorKind};
 use crate::types::{ImageRef, Key};
 use crate::encoder::Encoder;
 use crate::index::{l2_normalize, ExactIndex, Precision, VectorIndex};
+use crate::localise::{find_items, ForegroundHead};
 use crate::preprocess;
 use crate::space::SearchSpace;
 
@@ -59,6 +60,28 @@ pub struct EvalReport {
     /// The label column the catalog's projection was tuned on, if it has one.
     pub tuned_on: Option<String>,
     pub methods: BTreeMap<String, MethodReport>,
+    /// Several products in one photo (`--scenes N`), when asked for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scenes: Option<SceneReport>,
+}
+
+/// Photos of 2-3 held-out products side by side on one background ([`crate::perturb::compose_scene`]):
+/// are the products found in them, and does searching with each found item's box find its kind?
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct SceneReport {
+    pub scenes: usize,
+    /// Products placed in all scenes.
+    pub products: usize,
+    /// Placed products that a detected box matches (intersection over union at least 0.5).
+    pub detection_recall: f64,
+    /// Detected boxes that match a placed product.
+    pub detection_precision: f64,
+    /// P@10 by label for each placed product, searching with the detected box matched to it (0
+    /// for a product no box matched).
+    pub scene_precision_at_10: f64,
+    /// P@10 by label for each placed product when the whole photo is searched: what a search
+    /// without localisation gives.
+    pub whole_photo_precision_at_10: f64,
 }
 
 /// How to run an evaluation.
@@ -72,6 +95,9 @@ pub struct EvalOptions {
     /// Search `lookalike` in this Qdrant collection instead of the embedded exact index (the
     /// baselines stay embedded).
     pub store: Option<crate::index::qdrant::QdrantConfig>,
+    /// Also compose this many scenes of 2-3 query products each and measure detection on them
+    /// (see [`SceneReport`]).
+    pub scenes: usize,
 }
 
 /// Picks `n` of `labels`' indices, the same number from each label (the first labels in sorted
@@ -216,6 +242,8 @@ pub fn evaluate(catalog: &SqliteCatalog, encoder: &dyn Encoder, queries: &[Label
         raw.upsert(p.key, &v)?;
     }
 
+    // Where the product is in a query: the catalog's learned head, else training-free.
+    let head = catalog.foreground_head()?;
     let mut tallies: BTreeMap<&str, Tally> = BTreeMap::new();
     let spec = encoder.spec();
     let ranked_labels = |hits: &[crate::index::Hit]| -> Vec<String> {
@@ -239,12 +267,38 @@ pub fn evaluate(catalog: &SqliteCatalog, encoder: &dyn Encoder, queries: &[Label
         // Both CNN methods share one encoding; each is charged the full encode time.
         let t = Instant::now();
         let tensor = preprocess::prepare_image(query_image, None, &spec.input);
-        let embedding = encoder.encode(&[tensor])?.into_iter().next().context("encoder returned nothing")?;
+        let query = encoder.encode_queries(&[tensor])?.into_iter().next().context("encoder returned nothing")?;
+        let embedding = &query.embedding;
         let encode_ms = t.elapsed().as_secs_f64() * 1000.0;
 
         let t = Instant::now();
         let hits = lookalike.search(&space.map(&embedding.vector)?, K, None)?;
         record("lookalike", ranked_labels(&hits), encode_ms + t.elapsed().as_secs_f64() * 1000.0);
+
+        // The same search with the query pooled over the main item found on its feature map
+        // (the whole photo when nothing stands out).
+        let t = Instant::now();
+        let found = query.grid.as_ref().map(|grid| (grid, find_items(grid, head.as_ref())));
+        let item_vector = found.as_ref().and_then(|(grid, f)| Some(grid.pool_over(&f.main()?.cells)));
+        let hits = lookalike.search(&space.map(item_vector.as_ref().unwrap_or(&embedding.vector))?, K, None)?;
+        record("lookalike_item", ranked_labels(&hits), encode_ms + t.elapsed().as_secs_f64() * 1000.0);
+
+        // Or cropped to the main item's box (half a grid cell of margin) and encoded again.
+        let t = Instant::now();
+        let crop = found.as_ref().and_then(|(_, found)| {
+            let main = found.main()?;
+            let margin = 0.5 / found.width.max(1) as f32;
+            preprocess::input_box_to_crop(main.bounds, margin, query_image.width(), query_image.height(), spec.input.fit)
+        });
+        let hits = match crop {
+            Some(crop) => {
+                let tensor = preprocess::prepare_image(query_image, Some(crop), &spec.input);
+                let cropped = encoder.encode(&[tensor])?.into_iter().next().context("encoder returned nothing")?;
+                lookalike.search(&space.map(&cropped.vector)?, K, None)?
+            }
+            None => lookalike.search(&space.map(&embedding.vector)?, K, None)?,
+        };
+        record("lookalike_item_crop", ranked_labels(&hits), encode_ms + t.elapsed().as_secs_f64() * 1000.0);
 
         if let Some(untuned) = &untuned {
             let t = Instant::now();
@@ -273,6 +327,96 @@ pub fn evaluate(catalog: &SqliteCatalog, encoder: &dyn Encoder, queries: &[Label
         perturbed: options.perturb,
         tuned_on: space.tuned_on().map(str::to_string),
         methods: tallies.into_iter().map(|(m, t)| (m.to_string(), t.report())).collect(),
+        scenes: match options.scenes {
+            0 => None,
+            n => Some(evaluate_scenes(lookalike.as_ref(), &space, encoder, head.as_ref(), queries, n, options.seed, &labels)?),
+        },
+    })
+}
+
+/// Share of a photo's foreground activation below which an item is not reported as a product.
+pub const MIN_ITEM_SCORE: f32 = 0.15;
+
+/// Intersection over union of two `[x, y, w, h]` boxes.
+pub fn iou(a: [f32; 4], b: [f32; 4]) -> f32 {
+    let (ix, iy) = ((a[0] + a[2]).min(b[0] + b[2]) - a[0].max(b[0]), (a[1] + a[3]).min(b[1] + b[3]) - a[1].max(b[1]));
+    let inter = ix.max(0.0) * iy.max(0.0);
+    let union = a[2] * a[3] + b[2] * b[3] - inter;
+    if union > 0.0 { inter / union } else { 0.0 }
+}
+
+/// [`SceneReport`] over `n` scenes made of the queries in turn (2 or 3 per scene, seeded).
+#[allow(clippy::too_many_arguments)]
+fn evaluate_scenes(
+    index: &dyn VectorIndex,
+    space: &SearchSpace,
+    encoder: &dyn Encoder,
+    head: Option<&ForegroundHead>,
+    queries: &[LabelledQuery],
+    n: usize,
+    seed: u64,
+    labels: &HashMap<Key, String>,
+) -> Result<SceneReport> {
+    ensure!(queries.len() >= 3, "scenes need at least 3 queries");
+    let input = &encoder.spec().input;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ 0x005C_E7E5);
+    let precision = |hits: &[crate::index::Hit], label: &str| hits.iter().filter(|h| labels.get(&h.key).is_some_and(|l| l == label)).count() as f64 / K as f64;
+    let search = |vector: &[f32]| -> Result<Vec<crate::index::Hit>> { index.search(&space.map(vector)?, K, None) };
+    let (mut placed_total, mut matched, mut detected_total, mut scene_p10, mut whole_p10) = (0usize, 0usize, 0usize, 0.0f64, 0.0f64);
+    let mut next = 0;
+    for _ in 0..n {
+        let count = rng.random_range(2..=3);
+        let members: Vec<&LabelledQuery> = (0..count).map(|i| &queries[(next + i) % queries.len()]).collect();
+        next += count;
+        let images: Vec<image::DynamicImage> = members.iter().map(|q| q.image.clone()).collect();
+        let (photo, boxes) = crate::perturb::compose_scene(&images, &mut rng);
+        let query = encoder.encode_queries(&[preprocess::prepare_image(&photo, None, input)])?.into_iter().next().context("encoder returned nothing")?;
+        let whole = search(&query.embedding.vector)?;
+        // Detected boxes, as fractions of the photo.
+        let found = query.grid.as_ref().map(|grid| find_items(grid, head));
+        let detections: Vec<[f32; 4]> = found
+            .as_ref()
+            .map(|f| {
+                f.items
+                    .iter()
+                    .filter(|item| item.score >= MIN_ITEM_SCORE)
+                    .filter_map(|item| preprocess::input_box_to_crop(item.bounds, 0.0, photo.width(), photo.height(), input.fit))
+                    .map(|c| [c.x, c.y, c.width, c.height])
+                    .collect()
+            })
+            .unwrap_or_default();
+        // Greedy one-to-one matching, best overlap first.
+        let mut pairs: Vec<(f32, usize, usize)> =
+            boxes.iter().enumerate().flat_map(|(p, b)| detections.iter().enumerate().map(move |(d, det)| (iou(*b, *det), p, d))).filter(|(o, _, _)| *o >= 0.5).collect();
+        pairs.sort_by(|a, b| b.0.total_cmp(&a.0));
+        let (mut placed_used, mut det_used) = (vec![None; boxes.len()], vec![false; detections.len()]);
+        for (_, p, d) in pairs {
+            if placed_used[p].is_none() && !det_used[d] {
+                placed_used[p] = Some(d);
+                det_used[d] = true;
+            }
+        }
+        for (p, member) in members.iter().enumerate() {
+            whole_p10 += precision(&whole, &member.label);
+            if let Some(d) = placed_used[p] {
+                let [x, y, w, h] = detections[d];
+                let crop = preprocess::Crop::new(x, y, w, h).map_err(anyhow::Error::msg)?;
+                let cropped = encoder.encode(&[preprocess::prepare_image(&photo, Some(crop), input)])?.into_iter().next().context("encoder returned nothing")?;
+                scene_p10 += precision(&search(&cropped.vector)?, &member.label);
+                matched += 1;
+            }
+        }
+        placed_total += boxes.len();
+        detected_total += detections.len();
+    }
+    let share = |a: f64, b: usize| if b == 0 { 0.0 } else { a / b as f64 };
+    Ok(SceneReport {
+        scenes: n,
+        products: placed_total,
+        detection_recall: share(matched as f64, placed_total),
+        detection_precision: share(matched as f64, detected_total),
+        scene_precision_at_10: share(scene_p10, placed_total),
+        whole_photo_precision_at_10: share(whole_p10, placed_total),
     })
 }
 
@@ -292,6 +436,12 @@ impl EvalReport {
             out.push_str(&format!(
                 "| {name} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {:.2} | {:.2} |\n",
                 m.precision_at_1, m.precision_at_5, m.precision_at_10, m.map_at_10, m.knn_accuracy, m.latency_ms_median, m.latency_ms_p95
+            ));
+        }
+        if let Some(s) = &self.scenes {
+            out.push_str(&format!(
+                "\nscenes: {} photos, {} products; detection recall {:.3}, precision {:.3}; P@10 with the detected box {:.3}, with the whole photo {:.3}\n",
+                s.scenes, s.products, s.detection_recall, s.detection_precision, s.scene_precision_at_10, s.whole_photo_precision_at_10
             ));
         }
         out

@@ -10,8 +10,8 @@
 //! Layers, each importing only from those above it in this list (`tests/architecture.rs` fails
 //! on an import cycle between modules):
 //! 1. plain data and facts: [`types`], [`assets`], [`host`], [`config`];
-//! 2. parts: [`model`], [`preprocess`], [`perturb`], [`index`], [`projection`], [`catalog`],
-//!    [`encoder`];
+//! 2. parts: [`model`], [`preprocess`], [`perturb`], [`localise`], [`index`], [`projection`],
+//!    [`catalog`], [`encoder`];
 //! 3. assemblies of parts: [`space`], [`store`], [`import`], [`tune`], [`eval`];
 //! 4. the search engine: [`search`];
 //! 5. the outside: [`server`], [`bench`] (and the `lookalike` command in `src/cli/`).
@@ -25,6 +25,7 @@ pub mod eval;
 pub mod host;
 pub mod import;
 pub mod index;
+pub mod localise;
 pub mod model;
 pub mod perturb;
 pub mod preprocess;

@@ -56,24 +56,62 @@ fn border_colour(img: &RgbImage) -> [f32; 3] {
 fn place_on_background(img: &RgbImage, rng: &mut impl Rng) -> RgbImage {
     let (w, h) = img.dimensions();
     let side = w.max(h);
-    let mut canvas = RgbImage::from_pixel(side, side, Rgb([rng.random(), rng.random(), rng.random()]));
+    let mut canvas = background(side, side, rng);
+    let scale = rng.random_range(0.6f32..0.95);
+    let (pw, ph) = (((w as f32 * scale) as u32).max(1), ((h as f32 * scale) as u32).max(1));
+    let (ox, oy) = (rng.random_range(0..=side - pw), rng.random_range(0..=side - ph));
+    paste(&mut canvas, img, ox, oy, pw, ph);
+    canvas
+}
+
+/// A solid colour, or (half the time) a clutter of overlapping rectangles on it.
+fn background(width: u32, height: u32, rng: &mut impl Rng) -> RgbImage {
+    let mut canvas = RgbImage::from_pixel(width, height, Rgb([rng.random(), rng.random(), rng.random()]));
     if rng.random_bool(0.5) {
         for _ in 0..rng.random_range(4..12) {
             let colour = Rgb([rng.random(), rng.random(), rng.random()]);
-            let (x0, y0) = (rng.random_range(0..side), rng.random_range(0..side));
-            let (rw, rh) = (rng.random_range(side / 8..side / 2 + 1), rng.random_range(side / 8..side / 2 + 1));
-            for y in y0..(y0 + rh).min(side) {
-                for x in x0..(x0 + rw).min(side) {
+            let (x0, y0) = (rng.random_range(0..width), rng.random_range(0..height));
+            let (rw, rh) = (rng.random_range(width / 8..width / 2 + 1), rng.random_range(height / 8..height / 2 + 1));
+            for y in y0..(y0 + rh).min(height) {
+                for x in x0..(x0 + rw).min(width) {
                     canvas.put_pixel(x, y, colour);
                 }
             }
         }
     }
+    canvas
+}
+
+/// A shopper's photo of several products at once ("shop the look"): each of `products` cut
+/// out of its plain background and placed side by side, in a row of equal slots with some
+/// jitter, on one background; upscaled, perturbed like [`perturb`]'s placement (no rotation or
+/// crop, so the boxes stay exact). Returns the photo and each product's box, as fractions
+/// `[x, y, w, h]` of the photo.
+pub fn compose_scene(products: &[DynamicImage], rng: &mut impl Rng) -> (DynamicImage, Vec<[f32; 4]>) {
+    let n = products.len().max(1) as u32;
+    let (width, height) = (WORK_SIDE * n, WORK_SIDE * 3 / 2);
+    let mut canvas = background(width, height, rng);
+    let mut boxes = Vec::with_capacity(products.len());
+    for (i, product) in products.iter().enumerate() {
+        let rgb = upscale(&product.to_rgb8());
+        let (w, h) = rgb.dimensions();
+        let slot = WORK_SIDE;
+        let scale = rng.random_range(0.7f32..0.9) * slot as f32 / w.max(h) as f32;
+        let (pw, ph) = (((w as f32 * scale) as u32).clamp(1, slot), ((h as f32 * scale) as u32).clamp(1, height));
+        let ox = i as u32 * slot + rng.random_range(0..=slot - pw);
+        let oy = rng.random_range(0..=height - ph);
+        paste(&mut canvas, &rgb, ox, oy, pw, ph);
+        boxes.push([ox as f32 / width as f32, oy as f32 / height as f32, pw as f32 / width as f32, ph as f32 / height as f32]);
+    }
+    relight(&mut canvas, rng.random_range(0.85f32..1.15), rng.random_range(0.85f32..1.15));
+    (recompress(&canvas, rng.random_range(50u8..90)), boxes)
+}
+
+/// Cuts `img` out of its plain background (alpha from the distance to the border colour),
+/// scales it to `pw` x `ph` and pastes it with its corner at (`ox`, `oy`).
+fn paste(canvas: &mut RgbImage, img: &RgbImage, ox: u32, oy: u32, pw: u32, ph: u32) {
     let bg = border_colour(img);
-    let scale = rng.random_range(0.6f32..0.95);
-    let (pw, ph) = (((w as f32 * scale) as u32).max(1), ((h as f32 * scale) as u32).max(1));
     let product = image::imageops::resize(img, pw, ph, image::imageops::FilterType::Triangle);
-    let (ox, oy) = (rng.random_range(0..=side - pw), rng.random_range(0..=side - ph));
     for (x, y, p) in product.enumerate_pixels() {
         let distance = (0..3).map(|c| (f32::from(p[c]) - bg[c]).abs()).fold(0.0, f32::max);
         let alpha = (distance / 48.0).clamp(0.0, 1.0);
@@ -81,7 +119,6 @@ fn place_on_background(img: &RgbImage, rng: &mut impl Rng) -> RgbImage {
         let mixed = Rgb([0, 1, 2].map(|c| (alpha * f32::from(p[c]) + (1.0 - alpha) * f32::from(under[c])) as u8));
         canvas.put_pixel(ox + x, oy + y, mixed);
     }
-    canvas
 }
 
 /// Keeps a random 75-100 % of each side.

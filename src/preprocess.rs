@@ -377,6 +377,32 @@ impl Crop {
     }
 }
 
+/// Where a point of the model's square input (`x`, `y` as fractions of the square) lies in a
+/// `width` x `height` photo, as fractions of the photo (outside 0..1 on the padding).
+pub fn input_point_to_photo(x: f32, y: f32, width: u32, height: u32, fit: Fit) -> (f32, f32) {
+    let (w, h) = (width.max(1) as f32, height.max(1) as f32);
+    let side = match fit {
+        Fit::Pad => w.max(h),
+        Fit::CenterCrop => w.min(h),
+    };
+    let (left, top) = ((w - side) / 2.0, (h - side) / 2.0);
+    ((left + x * side) / w, (top + y * side) / h)
+}
+
+/// The part of a `width` x `height` photo that a box on the model's square input covers
+/// (`[x, y, w, h]` fractions of that square, as [`crate::localise`] reports them), grown by
+/// `margin` (a fraction of the square) on every side; `None` when it falls outside the photo.
+pub fn input_box_to_crop(bounds: [f32; 4], margin: f32, width: u32, height: u32, fit: Fit) -> Option<Crop> {
+    let [x, y, bw, bh] = bounds;
+    let (x0, y0) = input_point_to_photo(x - margin, y - margin, width, height, fit);
+    let (x1, y1) = input_point_to_photo(x + bw + margin, y + bh + margin, width, height, fit);
+    let (x0, y0, x1, y1) = (x0.clamp(0.0, 1.0), y0.clamp(0.0, 1.0), x1.clamp(0.0, 1.0), y1.clamp(0.0, 1.0));
+    if x1 <= x0 || y1 <= y0 || x0 >= 1.0 || y0 >= 1.0 {
+        return None;
+    }
+    Crop::new(x0, y0, x1 - x0, y1 - y0).ok()
+}
+
 /// A decoded photo as the model's input: cropped to `crop` (the shopper's box) if given, alpha
 /// composited on white, then resized and normalised as `input` says. The one way every photo
 /// becomes a tensor: queries, catalog imports, evaluation and tuning.
@@ -960,6 +986,16 @@ mod tests {
             split.0[25],
             split.1[25]
         );
+    }
+
+    #[test]
+    fn boxes_on_the_padded_input_map_back_to_the_photo() {
+        // A 200x100 photo padded to a 200x200 square: its rows sit from 0.25 to 0.75.
+        let crop = input_box_to_crop([0.5, 0.25, 0.5, 0.5], 0.0, 200, 100, Fit::Pad).expect("inside");
+        assert_eq!((crop.x, crop.y, crop.width, crop.height), (0.5, 0.0, 0.5, 1.0));
+        let grown = input_box_to_crop([0.25, 0.25, 0.5, 0.25], 0.05, 200, 100, Fit::Pad).expect("inside");
+        assert!((grown.x - 0.2).abs() < 1e-6 && (grown.width - 0.6).abs() < 1e-6, "{grown:?}");
+        assert!(input_box_to_crop([0.0, 0.0, 1.0, 0.2], 0.0, 200, 100, Fit::Pad).is_none(), "only padding");
     }
 
     #[test]

@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::{BTreeSet, HashMap};
 
 use crate::catalog::{SqliteCatalog, VectorKind};
+use crate::localise::ForegroundHead;
 use crate::projection::Projection;
 use crate::types::{Key, Product};
 
@@ -290,6 +291,100 @@ pub fn train(features: ArrayView2<f32>, labels: &[usize], classes: usize, label:
     }
     report.seconds = started.elapsed().as_secs_f64();
     Ok((proj, report))
+}
+
+/// What `lookalike tune --localise` learned from.
+#[derive(Debug, Clone, Serialize)]
+pub struct ForegroundReport {
+    pub scenes: usize,
+    /// Grid cells trained on, and the share of them that showed a product.
+    pub cells: usize,
+    pub foreground_share: f64,
+    pub epochs: usize,
+    /// Cells classified right (0.5 threshold) on the training cells, balanced over the classes.
+    pub balanced_accuracy: f64,
+    pub seconds: f64,
+}
+
+/// Learns where products are in a photo ([`ForegroundHead`]) from `scenes` photos composed of
+/// 1-3 of the catalog's own products on solid or cluttered backgrounds
+/// ([`crate::perturb::compose_scene`]): the boxes are known, so each cell of the encoder's
+/// grid is labelled by whether its centre lies on a product. A logistic regression on the
+/// cells' standardised features, classes weighted equally, trained with Adam on the full set.
+pub fn train_foreground(catalog: &SqliteCatalog, encoder: &dyn crate::encoder::Encoder, scenes: usize, seed: u64) -> Result<(ForegroundHead, ForegroundReport)> {
+    let started = std::time::Instant::now();
+    let products = catalog.all_products()?;
+    ensure!(!products.is_empty(), "the catalog has no products to learn from");
+    ensure!(scenes > 0, "--scenes must be at least 1");
+    let input = &encoder.spec().input;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ 0xF0E6_A0D5);
+    let (mut rows, mut labels, mut channels) = (Vec::new(), Vec::new(), 0);
+    for chunk_start in (0..scenes).step_by(16) {
+        let mut photos = Vec::new();
+        for _ in chunk_start..(chunk_start + 16).min(scenes) {
+            let count = rng.random_range(1..=3);
+            let images: Vec<image::DynamicImage> =
+                (0..count).filter_map(|_| products.get(rng.random_range(0..products.len()))).filter_map(|p| catalog.decoded_image(p.key, &p.image).ok()).collect();
+            if images.is_empty() {
+                continue;
+            }
+            photos.push(crate::perturb::compose_scene(&images, &mut rng));
+        }
+        let tensors: Vec<Vec<f32>> = photos.iter().map(|(photo, _)| crate::preprocess::prepare_image(photo, None, input)).collect();
+        for ((photo, boxes), query) in photos.iter().zip(encoder.encode_queries(&tensors)?) {
+            let grid = query.grid.context("the model gives no feature map to localise on")?;
+            channels = grid.channels;
+            for cell in 0..grid.width * grid.height {
+                let (cx, cy) = (((cell % grid.width) as f32 + 0.5) / grid.width as f32, ((cell / grid.width) as f32 + 0.5) / grid.height as f32);
+                let (px, py) = crate::preprocess::input_point_to_photo(cx, cy, photo.width(), photo.height(), input.fit);
+                let inside = boxes.iter().any(|b| px >= b[0] && px <= b[0] + b[2] && py >= b[1] && py <= b[1] + b[3]);
+                rows.extend_from_slice(grid.cell(cell));
+                labels.push(if inside { 1.0f32 } else { 0.0 });
+            }
+        }
+    }
+    let n = labels.len();
+    ensure!(n > 0 && channels > 0, "no training cells");
+    let x = Array2::from_shape_vec((n, channels), rows).context("cell feature matrix")?;
+    let y = Array1::from(labels);
+    let mean = x.mean_axis(Axis(0)).context("feature means")?;
+    let std = x.std_axis(Axis(0), 0.0).mapv(|s| 1.0 / s.max(1e-6));
+    let xs = (&x - &mean) * &std;
+    drop(x);
+    let positives = y.sum() as f64;
+    ensure!(positives > 0.0 && positives < n as f64, "the composed photos gave only one class of cells");
+    // Each class weighs half of the loss.
+    let weight = y.mapv(|t| if t > 0.5 { 0.5 / positives as f32 } else { 0.5 / (n as f64 - positives) as f32 });
+    let (mut w, mut b) = (Array1::<f32>::zeros(channels), 0.0f32);
+    let (mut m_w, mut v_w, mut m_b, mut v_b) = (Array1::<f32>::zeros(channels), Array1::<f32>::zeros(channels), 0.0f32, 0.0f32);
+    let (lr, beta1, beta2, eps, decay, epochs) = (0.05f32, 0.9f32, 0.999f32, 1e-8f32, 1e-4f32, 200usize);
+    for epoch in 1..=epochs {
+        let z = xs.dot(&w) + b;
+        let p = z.mapv(|z| 1.0 / (1.0 + (-z).exp()));
+        let err = (&p - &y) * &weight;
+        let grad_w = xs.t().dot(&err) + &w * decay;
+        let grad_b = err.sum();
+        m_w = &m_w * beta1 + &grad_w * (1.0 - beta1);
+        v_w = &v_w * beta2 + &grad_w.mapv(|g| g * g) * (1.0 - beta2);
+        m_b = m_b * beta1 + grad_b * (1.0 - beta1);
+        v_b = v_b * beta2 + grad_b * grad_b * (1.0 - beta2);
+        let (c1, c2) = (1.0 - beta1.powi(epoch as i32), 1.0 - beta2.powi(epoch as i32));
+        w = &w - &((&m_w / c1) / ((&v_w / c2).mapv(f32::sqrt) + eps) * lr);
+        b -= lr * (m_b / c1) / ((v_b / c2).sqrt() + eps);
+    }
+    let p = (xs.dot(&w) + b).mapv(|z| z > 0.0);
+    let (mut right_pos, mut right_neg) = (0.0f64, 0.0f64);
+    for (predicted, truth) in p.iter().zip(y.iter()) {
+        match (*predicted, *truth > 0.5) {
+            (true, true) => right_pos += 1.0,
+            (false, false) => right_neg += 1.0,
+            _ => {}
+        }
+    }
+    let balanced_accuracy = 0.5 * (right_pos / positives + right_neg / (n as f64 - positives));
+    let head = ForegroundHead { mean: mean.to_vec(), inv_std: std.to_vec(), weights: w.to_vec(), bias: b };
+    let report = ForegroundReport { scenes, cells: n, foreground_share: positives / n as f64, epochs, balanced_accuracy, seconds: started.elapsed().as_secs_f64() };
+    Ok((head, report))
 }
 
 #[cfg(test)]

@@ -345,6 +345,41 @@ fn tuning_is_stored_used_and_undone() {
     assert!(ok(&["info", "--db", path(&db)]).contains("tuned on: -"));
 }
 
+/// The foreground head: learned from composed photos of catalog products, stored, used by
+/// `eval --scenes` (which reports detection on scenes of several products), removed by `--off`.
+#[test]
+fn localisation_is_learned_measured_and_undone() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = copy_catalog(dir.path());
+    let out = lookalike(&["tune", "--db", path(&db), "--localise", "--scenes", "0"]);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("--scenes"), "0 scenes refused");
+    let out = lookalike(&["tune", "--db", path(&db), "--localise", "--scenes", "40"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && stderr.contains("foreground head learned"), "{stderr}");
+    let conn = rusqlite::Connection::open(&db).expect("open");
+    let stored: i64 = conn.query_row("SELECT COUNT(*) FROM foreground", [], |r| r.get(0)).expect("count");
+    assert_eq!(stored, 1, "the head is stored in the catalog");
+
+    let report = json(&ok(&[
+        "eval", "--db", path(&db), "--fashion-mnist", "test", "--queries", "30", "--scenes", "10", "--fashion-mnist-dir", path(&fm_dir()), "--json",
+    ]));
+    let scenes = &report["scenes"];
+    assert_eq!(scenes["scenes"], 10);
+    let products = scenes["products"].as_u64().expect("products");
+    assert!((20..=30).contains(&products), "2-3 products a scene: {products}");
+    for key in ["detection_recall", "detection_precision", "scene_precision_at_10", "whole_photo_precision_at_10"] {
+        let v = scenes[key].as_f64().unwrap_or(-1.0);
+        assert!((0.0..=1.0).contains(&v), "{key} = {v}");
+    }
+    for method in ["lookalike", "lookalike_item", "lookalike_item_crop", "original_recipe", "raw_pixels"] {
+        assert!(report["methods"][method]["precision_at_10"].is_number(), "{method} reported");
+    }
+
+    ok(&["tune", "--db", path(&db), "--localise", "--off"]);
+    let stored: i64 = conn.query_row("SELECT COUNT(*) FROM foreground", [], |r| r.get(0)).expect("count");
+    assert_eq!(stored, 0, "--off removes the head");
+}
+
 #[test]
 fn perturbed_eval_reports_the_drop() {
     let out = json(&ok(&[

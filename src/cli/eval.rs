@@ -38,6 +38,10 @@ pub struct EvalArgs {
     /// blur, JPEG), seeded by --seed.
     #[arg(long)]
     pub perturb: bool,
+    /// Also compose N photos of 2-3 query products on one background and measure how well the
+    /// products are found in them and searched by their boxes.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub scenes: usize,
     #[command(flatten)]
     pub model: ModelArgs,
     #[command(flatten)]
@@ -56,7 +60,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
         .map(|i| Ok(LabelledQuery { id: split.product_id(i), image: image::DynamicImage::ImageLuma8(split.image(i)?), label: labels[i].clone() }))
         .collect::<Result<Vec<_>>>()?;
     eprintln!("evaluating {} queries against {} products ({})", queries.len(), catalog.len()?, encoder.spec().name);
-    let options = eval::EvalOptions { label: args.label.clone(), seed: args.seed, perturb: args.perturb, store: args.store.qdrant(&args.db.db)? };
+    let options = eval::EvalOptions { label: args.label.clone(), seed: args.seed, perturb: args.perturb, store: args.store.qdrant(&args.db.db)?, scenes: args.scenes };
     let report = eval::evaluate(&catalog, &encoder, &queries, &options)?;
     let json = serde_json::to_string_pretty(&report)?;
     if let Some(out) = &args.out {

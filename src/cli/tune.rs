@@ -7,6 +7,7 @@ use clap::Args;
 use super::args::*;
 use lookalike::assets::Assets;
 use lookalike::catalog::SqliteCatalog;
+use lookalike::encoder::Encoder;
 use lookalike::tune;
 
 #[derive(Args)]
@@ -39,13 +40,24 @@ pub struct TuneArgs {
     pub model: ModelArgs,
     #[arg(long, default_value_t = 7)]
     pub seed: u64,
-    /// Drop the tuned projection and search the model's own features again.
+    /// Drop the tuned projection and search the model's own features again (with
+    /// --localise: drop the foreground head).
     #[arg(long)]
     pub off: bool,
+    /// Learn where products are in a photo instead (the foreground head used to find the items
+    /// in shoppers' photos), from catalog products composed onto backgrounds.
+    #[arg(long)]
+    pub localise: bool,
+    /// With --localise: composed photos to learn from.
+    #[arg(long, default_value_t = 1000, value_name = "N")]
+    pub scenes: usize,
 }
 
 pub fn run(args: TuneArgs) -> Result<()> {
     let mut catalog = SqliteCatalog::open_existing(&args.db.db)?;
+    if args.localise {
+        return run_localise(&mut catalog, &args);
+    }
     if args.off {
         let had = catalog.clear_projection()?;
         eprintln!("{}", if had { "tuned projection removed" } else { "no tuned projection to remove" });
@@ -81,6 +93,31 @@ pub fn run(args: TuneArgs) -> Result<()> {
         report.seconds,
         report.loss.last().copied().unwrap_or(f32::NAN),
         report.accuracy.last().copied().unwrap_or(f32::NAN)
+    );
+    Ok(())
+}
+
+/// `tune --localise`: learn (or, with --off, drop) the catalog's foreground head.
+fn run_localise(catalog: &mut SqliteCatalog, args: &TuneArgs) -> Result<()> {
+    if args.off {
+        let had = catalog.clear_foreground_head()?;
+        eprintln!("{}", if had { "foreground head removed: products are found in photos training-free again" } else { "no foreground head to remove" });
+        return Ok(());
+    }
+    if args.scenes == 0 {
+        bail!("--scenes must be at least 1");
+    }
+    let encoder = load_encoder(&Assets::from_env(), catalog, &args.model)?;
+    eprintln!("composing and encoding {} photos of catalog products", args.scenes);
+    let (head, report) = tune::train_foreground(catalog, &encoder, args.scenes, args.seed)?;
+    let model = encoder.spec().name.clone();
+    catalog.save_foreground_head(&model, &head, &serde_json::to_string(&report)?)?;
+    eprintln!(
+        "foreground head learned in {:.1}s from {} grid cells ({:.0} % on a product): balanced accuracy {:.3} (undo: lookalike tune --localise --off)",
+        report.seconds,
+        report.cells,
+        report.foreground_share * 100.0,
+        report.balanced_accuracy
     );
     Ok(())
 }

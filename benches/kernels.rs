@@ -1,7 +1,7 @@
 //! Micro-benchmarks of the search kernels: one dot product per storage precision, and a full
 //! exact scan of 20,000 x 1280-d rows (one thread) per precision.
 //!
-//! `cargo bench --bench kernels` (criterion writes its reports under target/criterion/).
+//! `cargo bench --features bench --bench kernels` (criterion writes its reports under target/criterion/).
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use lookalike::index::kernels::{self, portable, Precision};

@@ -2,7 +2,7 @@
 //! product metadata. The CLI and the HTTP API both call [`SearchEngine`]; neither knows how the
 //! model or the store work.
 
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Instant;
 
@@ -90,8 +90,12 @@ pub struct SearchEngine {
     catalog: Mutex<SqliteCatalog>,
     index: RwLock<Store>,
     encoder: Box<dyn Encoder>,
-    /// How model vectors are mapped before they are indexed or searched for.
-    space: SearchSpace,
+    /// How model vectors are mapped before they are indexed or searched for. Replaced (with
+    /// the index, under the catalog lock) when an untuned catalog has grown or shrunk enough
+    /// for its centring mean to be recomputed: see [`SearchEngine::follow_catalog`].
+    space: RwLock<Arc<SearchSpace>>,
+    /// Vectors in the catalog when `space` was chosen.
+    space_chosen_at: AtomicUsize,
     limits: DecodeLimits,
     /// Set while [`SearchEngine::compact_graph`] runs, so only one runs at a time.
     compacting: AtomicBool,
@@ -128,8 +132,10 @@ impl SearchEngine {
         // Read before the vectors: what changes while they load is replayed by the follower.
         let followed = catalog.latest_change()?;
         let index = open_index(&catalog, &space, config)?;
+        let vectors = catalog.vector_count()?;
         let engine = SearchEngine::assemble(catalog, encoder, space, index, config.clone())?;
         engine.followed.store(followed, Ordering::Release);
+        engine.space_chosen_at.store(vectors, Ordering::Release);
         Ok(engine)
     }
 
@@ -139,7 +145,8 @@ impl SearchEngine {
             catalog: Mutex::new(catalog),
             index: RwLock::new(index),
             encoder,
-            space,
+            space: RwLock::new(Arc::new(space)),
+            space_chosen_at: AtomicUsize::new(0),
             limits: DecodeLimits::default(),
             compacting: AtomicBool::new(false),
             compaction_put_off: AtomicBool::new(false),
@@ -174,14 +181,15 @@ impl SearchEngine {
             // Part of the log was trimmed before this process read it (another process saved a
             // search graph that absorbed it): the changes cannot be told apart, so reload all.
             tracing::info!("reloading the index: other processes changed the catalog faster than its change log could be followed");
-            let fresh = open_index(catalog, &self.space, &self.config)?;
+            let fresh = open_index(catalog, &*self.current_space()?, &self.config)?;
             *self.write_index()? = fresh;
             self.followed.store(feed.latest, Ordering::Release);
             return catalog.vector_count();
         }
+        let space = self.current_space()?;
         let mut changes = Vec::with_capacity(feed.keys.len());
         for &key in &feed.keys {
-            let vector = catalog.vector(key)?.map(|v| self.space.map(&v)).transpose()?;
+            let vector = catalog.vector(key)?.map(|v| space.map(&v)).transpose()?;
             let product = if vector.is_some() { catalog.get(key)? } else { None };
             changes.push((key, vector, product));
         }
@@ -196,7 +204,37 @@ impl SearchEngine {
             tracing::debug!("followed {} catalog changes made by other processes", changes.len());
         }
         self.followed.store(feed.latest, Ordering::Release);
+        self.recentre_if_grown(catalog)?;
         Ok(changes.len())
+    }
+
+    /// An untuned catalog searches vectors centred on its mean, chosen when the engine opened.
+    /// Once other processes have doubled or halved the catalog (a server started on an empty
+    /// catalog that `index` is filling, say), that mean no longer fits: the space is chosen
+    /// again and the index rebuilt in it, as a restart would. A Qdrant collection keeps the
+    /// vectors it was sent (`lookalike sync` re-sends them), so it is left as it is.
+    fn recentre_if_grown(&self, catalog: &SqliteCatalog) -> Result<()> {
+        if self.config.store.is_some() || matches!(*self.current_space()?, SearchSpace::Tuned(_)) {
+            return Ok(());
+        }
+        let (now, then) = (catalog.vector_count()?, self.space_chosen_at.load(Ordering::Acquire));
+        if now == 0 || (then > 0 && now < then.saturating_mul(2) && now.saturating_mul(2) > then) {
+            return Ok(());
+        }
+        tracing::info!("the catalog went from {then} to {now} products: centring the search space on its mean again");
+        let space = Arc::new(SearchSpace::for_catalog(catalog)?);
+        let fresh = open_index(catalog, &space, &self.config)?;
+        // Both under the index lock: a search sees the old space with the old vectors, or the
+        // new with the new. (Writers hold the catalog lock, as the caller does.)
+        let mut index = self.write_index()?;
+        *index = fresh;
+        *self.space.write().map_err(|_| poisoned("search space"))? = space;
+        self.space_chosen_at.store(now, Ordering::Release);
+        Ok(())
+    }
+
+    fn current_space(&self) -> Result<Arc<SearchSpace>> {
+        Ok(self.space.read().map_err(|_| poisoned("search space"))?.clone())
     }
 
     /// Name of the model that encodes queries (and whose vectors the catalog holds).
@@ -205,13 +243,13 @@ impl SearchEngine {
     }
 
     /// The space the index searches.
-    pub fn space(&self) -> &SearchSpace {
-        &self.space
+    pub fn space(&self) -> Result<Arc<SearchSpace>> {
+        self.current_space()
     }
 
     /// Maps a model vector into the space the index searches.
     fn to_search_space(&self, model_vector: &[f32]) -> Result<Vec<f32>, SearchError> {
-        self.space.map(model_vector).map_err(|e| SearchError::BadRequest(e.to_string()))
+        self.current_space()?.map(model_vector).map_err(|e| SearchError::BadRequest(e.to_string()))
     }
 
     /// Runs `f` with the catalog locked.
@@ -346,6 +384,7 @@ impl SearchEngine {
             self.catch_up(c)?;
             Ok((c.generation()?, c.path().to_path_buf()))
         })?;
+        let space = self.current_space()?;
         let Some(compaction) = self.read_index()?.compaction() else {
             return Ok(None);
         };
@@ -358,7 +397,7 @@ impl SearchEngine {
         let (graph_path, stamp_path) = graph_paths(&catalog_path);
         let saved = {
             let _turn = graph_turn(&graph_path);
-            write_graph(&fresh, &self.space.fingerprint(), since, &graph_path, &stamp_path)
+            write_graph(&fresh, &space.fingerprint(), since, &graph_path, &stamp_path)
         };
         if let Err(e) = &saved {
             tracing::warn!("could not save the rebuilt search graph (it is rebuilt again at the next start): {e:#}");
@@ -370,9 +409,14 @@ impl SearchEngine {
         }
         for key in catalog.changed_since(since)? {
             match catalog.vector(key)? {
-                Some(vector) => fresh.upsert(key, &self.space.map(&vector)?)?,
+                Some(vector) => fresh.upsert(key, &space.map(&vector)?)?,
                 None => fresh.remove(key)?,
             }
+        }
+        if !Arc::ptr_eq(&space, &self.current_space()?) {
+            // The catalog grew enough meanwhile for the space to be chosen again, and the index
+            // was rebuilt in it: this graph, in the old space, is not needed.
+            return Ok(None);
         }
         let old = std::mem::replace(&mut *self.write_index()?, Store::Graph(fresh));
         // Freed with no lock held: giving back gigabytes takes a moment.

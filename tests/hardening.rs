@@ -242,3 +242,34 @@ fn a_symlinked_folder_on_an_image_path_is_not_followed() {
     assert_eq!(image("sub/p1.png"), 404);
     let _ = Path::new(&sub);
 }
+
+/// A server started on a small catalog that `lookalike index` then fills (as `make demo` does)
+/// centres its search space on the grown catalog's mean, as a restart would: it answers exactly
+/// as a server started afterwards.
+#[test]
+fn a_server_recentres_its_search_space_as_the_catalog_grows() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("growing.db");
+    let fm = fm_dir();
+    let index = |limit: &str| {
+        let out = lookalike(&["index", "--db", path(&db), "--fashion-mnist", "train", "--limit", limit, "--fashion-mnist-dir", path(&fm)]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    };
+    index("20");
+    let growing = Server::start(&db, &[], &[]);
+    index("300");
+    eventually("the server holds all 300 products", || gauge(&growing, "lookalike_catalog_products") == 300.0);
+    let kept_count = || -> u64 {
+        let conn = rusqlite::Connection::open(&db).expect("open");
+        let text: String = conn.query_row("SELECT value FROM settings WHERE name = 'centring_mean'", [], |r| r.get(0)).expect("kept mean");
+        serde_json::from_str::<Value>(&text).expect("JSON")["count"].as_u64().expect("count")
+    };
+    eventually("the space is centred on the grown catalog", || kept_count() >= 40);
+    let restarted = Server::start(&db, &[], &[]);
+    for i in 0..8 {
+        let (png, _) = test_photo(i);
+        let a = ids(&ok_json(search_photo(&growing, png.clone(), &[("k", "10")])));
+        let b = ids(&ok_json(search_photo(&restarted, png, &[("k", "10")])));
+        assert_eq!(a, b, "query {i}: the followed server answers as a restarted one");
+    }
+}

@@ -204,7 +204,9 @@ impl SearchEngine {
             tracing::debug!("followed {} catalog changes made by other processes", changes.len());
         }
         self.followed.store(feed.latest, Ordering::Release);
-        self.recentre_if_grown(catalog)?;
+        if !changes.is_empty() {
+            self.recentre_if_grown(catalog)?;
+        }
         Ok(changes.len())
     }
 
@@ -217,7 +219,8 @@ impl SearchEngine {
         if self.config.store.is_some() || matches!(*self.current_space()?, SearchSpace::Tuned(_)) {
             return Ok(());
         }
-        let (now, then) = (catalog.vector_count()?, self.space_chosen_at.load(Ordering::Acquire));
+        // The index holds exactly the catalog's vectors now that the changes are applied.
+        let (now, then) = (self.read_index()?.index().len(), self.space_chosen_at.load(Ordering::Acquire));
         if now == 0 || (then > 0 && now < then.saturating_mul(2) && now.saturating_mul(2) > then) {
             return Ok(());
         }

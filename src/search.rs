@@ -221,7 +221,9 @@ impl SearchEngine {
         }
         // The index holds exactly the catalog's vectors now that the changes are applied.
         let (now, then) = (self.read_index()?.index().len(), self.space_chosen_at.load(Ordering::Acquire));
-        if now == 0 || (then > 0 && now < then.saturating_mul(2) && now.saturating_mul(2) > then) {
+        // The same "similar size" rule as `SearchSpace::for_catalog`'s kept mean, so that when
+        // this re-centres, that recomputes (and keeps) the mean rather than reusing the old one.
+        if now == 0 || (then > 0 && now <= then.saturating_mul(2) && now.saturating_mul(2) >= then) {
             return Ok(());
         }
         tracing::info!("the catalog went from {then} to {now} products: centring the search space on its mean again");

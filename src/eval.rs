@@ -63,6 +63,26 @@ pub struct EvalReport {
     /// Several products in one photo (`--scenes N`), when asked for.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub scenes: Option<SceneReport>,
+    /// Catalog products re-photographed (`--exact N`), when asked for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exact: Option<ExactReport>,
+}
+
+/// Catalog products re-photographed as a shopper would ([`crate::perturb::perturb`]: on a
+/// background, cropped, rotated, re-lit, blurred, JPEG): does search find that very product?
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ExactReport {
+    pub products: usize,
+    /// Per method, as in [`EvalReport::methods`].
+    pub methods: BTreeMap<String, ExactRecall>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ExactRecall {
+    /// Share of the re-photographed products ranked first.
+    pub exact_recall_at_1: f64,
+    /// Share ranked in the top 10.
+    pub exact_recall_at_10: f64,
 }
 
 /// Photos of 2-3 held-out products side by side on one background ([`crate::perturb::compose_scene`]):
@@ -79,6 +99,9 @@ pub struct SceneReport {
     /// P@10 by label for each placed product, searching with the detected box matched to it (0
     /// for a product no box matched).
     pub scene_precision_at_10: f64,
+    /// The same, searching with the features pooled over the matched item (no second encode):
+    /// what `items=all` returns for it.
+    pub scene_pooled_precision_at_10: f64,
     /// P@10 by label for each placed product when the whole photo is searched: what a search
     /// without localisation gives.
     pub whole_photo_precision_at_10: f64,
@@ -98,6 +121,9 @@ pub struct EvalOptions {
     /// Also compose this many scenes of 2-3 query products each and measure detection on them
     /// (see [`SceneReport`]).
     pub scenes: usize,
+    /// Also re-photograph this many catalog products and measure whether each is found itself
+    /// (see [`ExactReport`]).
+    pub exact: usize,
 }
 
 /// Picks `n` of `labels`' indices, the same number from each label (the first labels in sorted
@@ -244,11 +270,8 @@ pub fn evaluate(catalog: &SqliteCatalog, encoder: &dyn Encoder, queries: &[Label
 
     // Where the product is in a query: the catalog's learned head, else training-free.
     let head = catalog.foreground_head()?;
+    let methods = Methods { encoder, space: &space, lookalike: lookalike.as_ref(), untuned: untuned.as_ref().map(|u| (u, &untuned_space)), original: &original, raw: &raw, side, head: head.as_ref() };
     let mut tallies: BTreeMap<&str, Tally> = BTreeMap::new();
-    let spec = encoder.spec();
-    let ranked_labels = |hits: &[crate::index::Hit]| -> Vec<String> {
-        hits.iter().map(|h| labels.get(&h.key).cloned().unwrap_or_default()).collect()
-    };
     for (n, q) in queries.iter().enumerate() {
         let relevant = per_label.get(q.label.as_str()).copied().unwrap_or(0);
         let perturbed;
@@ -259,64 +282,10 @@ pub fn evaluate(catalog: &SqliteCatalog, encoder: &dyn Encoder, queries: &[Label
         } else {
             &q.image
         };
-        let mut record = |method: &'static str, ranked: Vec<String>, latency: f64| {
-            let refs: Vec<&str> = ranked.iter().map(String::as_str).collect();
-            tallies.entry(method).or_default().add(&refs, &q.label, relevant, latency);
-        };
-
-        // Both CNN methods share one encoding; each is charged the full encode time.
-        let t = Instant::now();
-        let tensor = preprocess::prepare_image(query_image, None, &spec.input);
-        let query = encoder.encode_queries(&[tensor])?.into_iter().next().context("encoder returned nothing")?;
-        let embedding = &query.embedding;
-        let encode_ms = t.elapsed().as_secs_f64() * 1000.0;
-
-        let t = Instant::now();
-        let hits = lookalike.search(&space.map(&embedding.vector)?, K, None)?;
-        record("lookalike", ranked_labels(&hits), encode_ms + t.elapsed().as_secs_f64() * 1000.0);
-
-        // The same search with the query pooled over the main item found on its feature map
-        // (the whole photo when nothing stands out).
-        let t = Instant::now();
-        let found = query.grid.as_ref().map(|grid| (grid, find_items(grid, head.as_ref())));
-        let item_vector = found.as_ref().and_then(|(grid, f)| Some(grid.pool_over(&f.main()?.cells)));
-        let hits = lookalike.search(&space.map(item_vector.as_ref().unwrap_or(&embedding.vector))?, K, None)?;
-        record("lookalike_item", ranked_labels(&hits), encode_ms + t.elapsed().as_secs_f64() * 1000.0);
-
-        // Or cropped to the main item's box (half a grid cell of margin) and encoded again.
-        let t = Instant::now();
-        let crop = found.as_ref().and_then(|(_, found)| {
-            let main = found.main()?;
-            let margin = 0.5 / found.width.max(1) as f32;
-            preprocess::input_box_to_crop(main.bounds, margin, query_image.width(), query_image.height(), spec.input.fit)
-        });
-        let hits = match crop {
-            Some(crop) => {
-                let tensor = preprocess::prepare_image(query_image, Some(crop), &spec.input);
-                let cropped = encoder.encode(&[tensor])?.into_iter().next().context("encoder returned nothing")?;
-                lookalike.search(&space.map(&cropped.vector)?, K, None)?
-            }
-            None => lookalike.search(&space.map(&embedding.vector)?, K, None)?,
-        };
-        record("lookalike_item_crop", ranked_labels(&hits), encode_ms + t.elapsed().as_secs_f64() * 1000.0);
-
-        if let Some(untuned) = &untuned {
-            let t = Instant::now();
-            let hits = untuned.search(&untuned_space.map(&embedding.vector)?, K, None)?;
-            record("lookalike_untuned", ranked_labels(&hits), encode_ms + t.elapsed().as_secs_f64() * 1000.0);
+        for (method, hits, latency) in methods.rank(query_image)? {
+            let ranked: Vec<&str> = hits.iter().map(|h| labels.get(&h.key).map_or("", String::as_str)).collect();
+            tallies.entry(method).or_default().add(&ranked, &q.label, relevant, latency);
         }
-
-        if let (Some(max), false) = (&embedding.max_pooled, original.is_empty()) {
-            let t = Instant::now();
-            let hits = original.search(max, K, None)?;
-            record("original_recipe", ranked_labels(&hits), encode_ms + t.elapsed().as_secs_f64() * 1000.0);
-        }
-
-        let t = Instant::now();
-        let mut v = preprocess::greyscale_pixels(query_image, side);
-        l2_normalize(&mut v);
-        let hits = raw.search(&v, K, None)?;
-        record("raw_pixels", ranked_labels(&hits), t.elapsed().as_secs_f64() * 1000.0);
     }
 
     Ok(EvalReport {
@@ -331,11 +300,104 @@ pub fn evaluate(catalog: &SqliteCatalog, encoder: &dyn Encoder, queries: &[Label
             0 => None,
             n => Some(evaluate_scenes(lookalike.as_ref(), &space, encoder, head.as_ref(), queries, n, options.seed, &labels)?),
         },
+        exact: match options.exact {
+            0 => None,
+            n => Some(evaluate_exact(catalog, &methods, &products, label, n, options.seed)?),
+        },
     })
 }
 
-/// Share of a photo's foreground activation below which an item is not reported as a product.
-pub const MIN_ITEM_SCORE: f32 = 0.15;
+/// Every method's index, and how each turns a photo into its query: what [`evaluate`] ranks
+/// labelled queries and re-photographed products with.
+struct Methods<'a> {
+    encoder: &'a dyn Encoder,
+    space: &'a SearchSpace,
+    lookalike: &'a dyn VectorIndex,
+    untuned: Option<(&'a ExactIndex, &'a SearchSpace)>,
+    original: &'a ExactIndex,
+    raw: &'a ExactIndex,
+    /// Side of the raw-pixel baseline's images.
+    side: u32,
+    head: Option<&'a ForegroundHead>,
+}
+
+impl Methods<'_> {
+    /// The top [`K`] of every method for one photo, with the milliseconds each took (the CNN
+    /// methods share one encoding; each is charged the full encode time).
+    fn rank(&self, photo: &image::DynamicImage) -> Result<Vec<(&'static str, Vec<crate::index::Hit>, f64)>> {
+        let spec = self.encoder.spec();
+        let ms = |t: Instant| t.elapsed().as_secs_f64() * 1000.0;
+        let mut ranked = Vec::with_capacity(6);
+        let t = Instant::now();
+        let tensor = preprocess::prepare_image(photo, None, &spec.input);
+        let query = self.encoder.encode_queries(&[tensor])?.into_iter().next().context("encoder returned nothing")?;
+        let embedding = &query.embedding;
+        let encode_ms = ms(t);
+
+        let t = Instant::now();
+        ranked.push(("lookalike", self.lookalike.search(&self.space.map(&embedding.vector)?, K, None)?, encode_ms + ms(t)));
+
+        // The same search with the query pooled over the main item found on its feature map,
+        // as search does (the whole photo when nothing stands out or the item fills it).
+        let t = Instant::now();
+        let found = query.grid.as_ref().map(|grid| (grid, find_items(grid, self.head)));
+        let item_vector = found.as_ref().and_then(|(grid, f)| Some(grid.pool_over(&f.search_item()?.cells)));
+        let hits = self.lookalike.search(&self.space.map(item_vector.as_ref().unwrap_or(&embedding.vector))?, K, None)?;
+        ranked.push(("lookalike_item", hits, encode_ms + ms(t)));
+
+        // Or cropped to the main item's box (half a grid cell of margin) and encoded again.
+        let t = Instant::now();
+        let crop = found.as_ref().and_then(|(_, found)| {
+            let main = found.search_item()?;
+            let margin = 0.5 / found.width.max(1) as f32;
+            preprocess::input_box_to_crop(main.bounds, margin, photo.width(), photo.height(), spec.input.fit)
+        });
+        let vector = match crop {
+            Some(crop) => self.encoder.encode(&[preprocess::prepare_image(photo, Some(crop), &spec.input)])?.into_iter().next().context("encoder returned nothing")?.vector,
+            None => embedding.vector.clone(),
+        };
+        ranked.push(("lookalike_item_crop", self.lookalike.search(&self.space.map(&vector)?, K, None)?, encode_ms + ms(t)));
+
+        if let Some((untuned, untuned_space)) = &self.untuned {
+            let t = Instant::now();
+            ranked.push(("lookalike_untuned", untuned.search(&untuned_space.map(&embedding.vector)?, K, None)?, encode_ms + ms(t)));
+        }
+        if let (Some(max), false) = (&embedding.max_pooled, self.original.is_empty()) {
+            let t = Instant::now();
+            ranked.push(("original_recipe", self.original.search(max, K, None)?, encode_ms + ms(t)));
+        }
+        let t = Instant::now();
+        let mut v = preprocess::greyscale_pixels(photo, self.side);
+        l2_normalize(&mut v);
+        ranked.push(("raw_pixels", self.raw.search(&v, K, None)?, ms(t)));
+        Ok(ranked)
+    }
+}
+
+/// [`ExactReport`]: `n` catalog products (stratified by `label`, seeded) re-photographed by
+/// [`crate::perturb::perturb`] and searched with every method.
+fn evaluate_exact(catalog: &SqliteCatalog, methods: &Methods, products: &[crate::types::Product], label: &str, n: usize, seed: u64) -> Result<ExactReport> {
+    let labelled: Vec<&crate::types::Product> = products.iter().filter(|p| p.metadata.contains_key(label)).collect();
+    let labels: Vec<String> = labelled.iter().map(|p| p.metadata[label].clone()).collect();
+    let picked = stratified_sample(&labels, n.min(labelled.len()), seed ^ 0x00E7_AC71);
+    let mut found: BTreeMap<&'static str, (usize, usize)> = BTreeMap::new();
+    for (i, &pick) in picked.iter().enumerate() {
+        let product = labelled[pick];
+        let image = catalog.decoded_image(product.key, &product.image)?;
+        let mut rng = rand::rngs::StdRng::seed_from_u64((seed ^ 0x00E7_AC71).wrapping_mul(1_000_003).wrapping_add(i as u64));
+        let photo = crate::perturb::perturb(&image, &mut rng);
+        for (method, hits, _) in methods.rank(&photo)? {
+            let tally = found.entry(method).or_default();
+            tally.0 += usize::from(hits.first().is_some_and(|h| h.key == product.key));
+            tally.1 += usize::from(hits.iter().any(|h| h.key == product.key));
+        }
+    }
+    let share = |count: usize| count as f64 / picked.len().max(1) as f64;
+    Ok(ExactReport {
+        products: picked.len(),
+        methods: found.into_iter().map(|(m, (at1, at10))| (m.to_string(), ExactRecall { exact_recall_at_1: share(at1), exact_recall_at_10: share(at10) })).collect(),
+    })
+}
 
 /// Intersection over union of two `[x, y, w, h]` boxes.
 pub fn iou(a: [f32; 4], b: [f32; 4]) -> f32 {
@@ -362,7 +424,7 @@ fn evaluate_scenes(
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ 0x005C_E7E5);
     let precision = |hits: &[crate::index::Hit], label: &str| hits.iter().filter(|h| labels.get(&h.key).is_some_and(|l| l == label)).count() as f64 / K as f64;
     let search = |vector: &[f32]| -> Result<Vec<crate::index::Hit>> { index.search(&space.map(vector)?, K, None) };
-    let (mut placed_total, mut matched, mut detected_total, mut scene_p10, mut whole_p10) = (0usize, 0usize, 0usize, 0.0f64, 0.0f64);
+    let (mut placed_total, mut matched, mut detected_total, mut scene_p10, mut pooled_p10, mut whole_p10) = (0usize, 0usize, 0usize, 0.0f64, 0.0f64, 0.0f64);
     let mut next = 0;
     for _ in 0..n {
         let count = rng.random_range(2..=3);
@@ -373,16 +435,17 @@ fn evaluate_scenes(
         let query = encoder.encode_queries(&[preprocess::prepare_image(&photo, None, input)])?.into_iter().next().context("encoder returned nothing")?;
         let whole = search(&query.embedding.vector)?;
         // Detected boxes, as fractions of the photo.
-        let found = query.grid.as_ref().map(|grid| find_items(grid, head));
-        let detections: Vec<[f32; 4]> = found
+        let found = query.grid.as_ref().map(|grid| (grid, find_items(grid, head)));
+        // Each detected box with the item's own pooled vector (what `items=all` searches with).
+        let (detections, item_vectors): (Vec<[f32; 4]>, Vec<Vec<f32>>) = found
             .as_ref()
-            .map(|f| {
-                f.items
-                    .iter()
-                    .filter(|item| item.score >= MIN_ITEM_SCORE)
-                    .filter_map(|item| preprocess::input_box_to_crop(item.bounds, 0.0, photo.width(), photo.height(), input.fit))
-                    .map(|c| [c.x, c.y, c.width, c.height])
-                    .collect()
+            .map(|(grid, f)| {
+                f.products()
+                    .filter_map(|item| {
+                        let c = preprocess::input_box_to_crop(item.bounds, 0.0, photo.width(), photo.height(), input.fit)?;
+                        Some(([c.x, c.y, c.width, c.height], grid.pool_over(&item.cells)))
+                    })
+                    .unzip()
             })
             .unwrap_or_default();
         // Greedy one-to-one matching, best overlap first.
@@ -403,6 +466,7 @@ fn evaluate_scenes(
                 let crop = preprocess::Crop::new(x, y, w, h).map_err(anyhow::Error::msg)?;
                 let cropped = encoder.encode(&[preprocess::prepare_image(&photo, Some(crop), input)])?.into_iter().next().context("encoder returned nothing")?;
                 scene_p10 += precision(&search(&cropped.vector)?, &member.label);
+                pooled_p10 += precision(&search(&item_vectors[d])?, &member.label);
                 matched += 1;
             }
         }
@@ -416,6 +480,7 @@ fn evaluate_scenes(
         detection_recall: share(matched as f64, placed_total),
         detection_precision: share(matched as f64, detected_total),
         scene_precision_at_10: share(scene_p10, placed_total),
+        scene_pooled_precision_at_10: share(pooled_p10, placed_total),
         whole_photo_precision_at_10: share(whole_p10, placed_total),
     })
 }
@@ -440,9 +505,15 @@ impl EvalReport {
         }
         if let Some(s) = &self.scenes {
             out.push_str(&format!(
-                "\nscenes: {} photos, {} products; detection recall {:.3}, precision {:.3}; P@10 with the detected box {:.3}, with the whole photo {:.3}\n",
-                s.scenes, s.products, s.detection_recall, s.detection_precision, s.scene_precision_at_10, s.whole_photo_precision_at_10
+                "\nscenes: {} photos, {} products; detection recall {:.3}, precision {:.3}; P@10 with the detected box {:.3} (pooled over the item {:.3}), with the whole photo {:.3}\n",
+                s.scenes, s.products, s.detection_recall, s.detection_precision, s.scene_precision_at_10, s.scene_pooled_precision_at_10, s.whole_photo_precision_at_10
             ));
+        }
+        if let Some(e) = &self.exact {
+            out.push_str(&format!("\nexact: {} catalog products re-photographed\n\n| method | found at rank 1 | in the top 10 |\n|---|---|---|\n", e.products));
+            for (name, m) in &e.methods {
+                out.push_str(&format!("| {name} | {:.3} | {:.3} |\n", m.exact_recall_at_1, m.exact_recall_at_10));
+            }
         }
         out
     }

@@ -34,20 +34,24 @@ fn upscale(img: &RgbImage) -> RgbImage {
     image::imageops::resize(img, ((w as f32 * scale) as u32).max(1), ((h as f32 * scale) as u32).max(1), image::imageops::FilterType::Triangle)
 }
 
-/// The colour most of the border has: the catalog shot's background.
+/// The colour most of the border has: the catalog shot's background. The median of each
+/// channel, not the mean: a product that touches the border (a trouser spans its shot's whole
+/// height) must not tint the background colour, or the background around it is pasted half
+/// opaque.
 fn border_colour(img: &RgbImage) -> [f32; 3] {
     let (w, h) = img.dimensions();
-    let mut sum = [0.0f32; 3];
-    let mut n = 0.0f32;
+    let mut channels: [Vec<u8>; 3] = Default::default();
     for (x, y, p) in img.enumerate_pixels() {
         if x == 0 || y == 0 || x + 1 == w || y + 1 == h {
             for c in 0..3 {
-                sum[c] += f32::from(p[c]);
+                channels[c].push(p[c]);
             }
-            n += 1.0;
         }
     }
-    sum.map(|s| s / n.max(1.0))
+    channels.map(|mut values| {
+        values.sort_unstable();
+        values.get(values.len() / 2).map_or(0.0, |&v| f32::from(v))
+    })
 }
 
 /// Cuts the product out of its plain background (alpha from the distance to the background
@@ -86,7 +90,9 @@ fn background(width: u32, height: u32, rng: &mut impl Rng) -> RgbImage {
 /// out of its plain background and placed side by side, in a row of equal slots with some
 /// jitter, on one background; upscaled, perturbed like [`perturb`]'s placement (no rotation or
 /// crop, so the boxes stay exact). Returns the photo and each product's box, as fractions
-/// `[x, y, w, h]` of the photo.
+/// `[x, y, w, h]` of the photo: tight around the product as it shows (its pixels at least half
+/// opaque), not the pasted rectangle, whose catalog background is cut away (a trouser is much
+/// narrower than its square shot).
 pub fn compose_scene(products: &[DynamicImage], rng: &mut impl Rng) -> (DynamicImage, Vec<[f32; 4]>) {
     let n = products.len().max(1) as u32;
     let (width, height) = (WORK_SIDE * n, WORK_SIDE * 3 / 2);
@@ -100,25 +106,35 @@ pub fn compose_scene(products: &[DynamicImage], rng: &mut impl Rng) -> (DynamicI
         let (pw, ph) = (((w as f32 * scale) as u32).clamp(1, slot), ((h as f32 * scale) as u32).clamp(1, height));
         let ox = i as u32 * slot + rng.random_range(0..=slot - pw);
         let oy = rng.random_range(0..=height - ph);
-        paste(&mut canvas, &rgb, ox, oy, pw, ph);
-        boxes.push([ox as f32 / width as f32, oy as f32 / height as f32, pw as f32 / width as f32, ph as f32 / height as f32]);
+        let [x, y, w, h] = paste(&mut canvas, &rgb, ox, oy, pw, ph);
+        boxes.push([x as f32 / width as f32, y as f32 / height as f32, w as f32 / width as f32, h as f32 / height as f32]);
     }
     relight(&mut canvas, rng.random_range(0.85f32..1.15), rng.random_range(0.85f32..1.15));
     (recompress(&canvas, rng.random_range(50u8..90)), boxes)
 }
 
 /// Cuts `img` out of its plain background (alpha from the distance to the border colour),
-/// scales it to `pw` x `ph` and pastes it with its corner at (`ox`, `oy`).
-fn paste(canvas: &mut RgbImage, img: &RgbImage, ox: u32, oy: u32, pw: u32, ph: u32) {
+/// scales it to `pw` x `ph` and pastes it with its corner at (`ox`, `oy`). Returns the box, in
+/// canvas pixels `[x, y, w, h]`, of the pixels pasted at least half opaque (the whole rectangle
+/// when none is).
+fn paste(canvas: &mut RgbImage, img: &RgbImage, ox: u32, oy: u32, pw: u32, ph: u32) -> [u32; 4] {
     let bg = border_colour(img);
     let product = image::imageops::resize(img, pw, ph, image::imageops::FilterType::Triangle);
+    let (mut x0, mut y0, mut x1, mut y1) = (u32::MAX, u32::MAX, 0, 0);
     for (x, y, p) in product.enumerate_pixels() {
         let distance = (0..3).map(|c| (f32::from(p[c]) - bg[c]).abs()).fold(0.0, f32::max);
         let alpha = (distance / 48.0).clamp(0.0, 1.0);
+        if alpha >= 0.5 {
+            (x0, y0, x1, y1) = (x0.min(x), y0.min(y), x1.max(x), y1.max(y));
+        }
         let under = canvas.get_pixel(ox + x, oy + y);
         let mixed = Rgb([0, 1, 2].map(|c| (alpha * f32::from(p[c]) + (1.0 - alpha) * f32::from(under[c])) as u8));
         canvas.put_pixel(ox + x, oy + y, mixed);
     }
+    if x0 > x1 {
+        return [ox, oy, pw, ph];
+    }
+    [ox + x0, oy + y0, x1 - x0 + 1, y1 - y0 + 1]
 }
 
 /// Keeps a random 75-100 % of each side.
@@ -193,6 +209,22 @@ mod tests {
         let corner = a.to_rgb8().get_pixel(0, 0).0;
         let others = (0..50u64).filter(|s| perturb(&product(), &mut rand::rngs::StdRng::seed_from_u64(*s)).to_rgb8().get_pixel(0, 0).0 != corner).count();
         assert!(others > 40);
+    }
+
+    #[test]
+    fn scene_boxes_are_tight_around_what_shows() {
+        // A narrow bar (a trouser) and the T-shape, side by side.
+        let bar = DynamicImage::ImageLuma8(image::GrayImage::from_fn(28, 28, |x, _| image::Luma([if (11..17).contains(&x) { 230 } else { 0 }])));
+        let (photo, boxes) = compose_scene(&[bar, product()], &mut rand::rngs::StdRng::seed_from_u64(3));
+        assert_eq!((photo.width(), photo.height(), boxes.len()), (2 * WORK_SIDE, WORK_SIDE * 3 / 2, 2));
+        let [bx, _, bw, bh] = boxes[0];
+        let [tx, _, tw, th] = boxes[1];
+        // The bar is 6/28 of its square shot wide: its box is far narrower than it is tall.
+        assert!(bw * photo.width() as f32 * 3.0 < bh * photo.height() as f32, "bar box {:?}", boxes[0]);
+        // The T-shape fills its shot's width: its box is about as wide as tall.
+        let ratio = tw * photo.width() as f32 / (th * photo.height() as f32);
+        assert!((0.8..1.25).contains(&ratio), "T box {:?}", boxes[1]);
+        assert!(bx + bw <= 0.5 && tx >= 0.5, "each in its own half");
     }
 
     #[test]

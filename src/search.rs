@@ -10,8 +10,9 @@ use anyhow::{Context, Result};
 use serde::Serialize;
 
 use crate::catalog::SqliteCatalog;
-use crate::types::{Filter, IndexingProgress, Key, NewProduct, Product, VectorSpace};
-use crate::encoder::{Embedding, Encoder};
+use crate::types::{Detection, Filter, IndexingProgress, Key, NewProduct, Product, VectorSpace};
+use crate::encoder::{Embedding, Encoder, QueryEmbedding};
+use crate::localise::{find_items, ForegroundHead};
 use crate::index::{Allowed, Hit, IndexConfig, IndexStats, VectorIndex};
 use crate::preprocess::{self, Crop, DecodeLimits, ImageError};
 use crate::catalog::graph_paths;
@@ -49,7 +50,82 @@ pub struct RankedProduct {
 #[derive(Debug, Clone)]
 pub struct PreparedQuery {
     pub tensor: Vec<f32>,
+    /// The photo's width and height, when its products are to be found in it: `None` when the
+    /// shopper cropped it (their box wins).
+    pub localise_in: Option<(u32, u32)>,
+    /// The decoded photo, kept only when each product found in it is to be cropped out and
+    /// encoded on its own (`Items::All`).
+    pub photo: Option<image::DynamicImage>,
     pub timings: Timings,
+}
+
+/// Which of the products found in a photo a search looks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Items {
+    /// The main one (the most foreground), or the whole photo when nothing stands out.
+    #[default]
+    Main,
+    /// Also each one on its own ("shop the look"): one ranked list per item.
+    All,
+}
+
+impl std::str::FromStr for Items {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Items, String> {
+        match text.trim() {
+            "main" => Ok(Items::Main),
+            "all" => Ok(Items::All),
+            other => Err(format!("items must be \"main\" or \"all\", not {other:?}")),
+        }
+    }
+}
+
+/// A product found in the query photo, with the vector that searches for it.
+#[derive(Debug, Clone)]
+pub struct FoundItem {
+    pub detection: Detection,
+    /// With `Items::All`, the item cropped out of the photo (half a grid cell of margin) and
+    /// encoded on its own; otherwise the photo's features pooled over the item's cells only (as
+    /// the model pools, L2-normalised). On photos of several products the crop finds the
+    /// item's kind far more often, for one more encode per item (docs/localisation-study.md).
+    pub vector: Vec<f32>,
+    /// The part of the photo the item's own encode sees.
+    pub crop: Option<Crop>,
+}
+
+/// A query photo encoded: the whole photo's embedding and the products found in it.
+#[derive(Debug, Clone)]
+pub struct EncodedPhoto {
+    pub whole: Embedding,
+    /// Main item first; empty when nothing stands out, the photo was cropped by the shopper,
+    /// or the model gives no feature map.
+    pub items: Vec<FoundItem>,
+    /// The main item's vector, when the search should look for it rather than the whole
+    /// photo ([`crate::localise::Localisation::search_item`]).
+    pub search_item: Option<Vec<f32>>,
+}
+
+impl EncodedPhoto {
+    /// What a search for the photo looks for: its main item when it leaves most of the photo
+    /// to background, else the whole photo.
+    ///
+    /// Pooling over the item rather than cropping to it and encoding again: measured on
+    /// Fashion-MNIST shopper-style photos, the crop is no better and costs a second encode
+    /// (docs/localisation-study.md).
+    pub fn query_vector(&self) -> &[f32] {
+        self.search_item.as_deref().unwrap_or(&self.whole.vector)
+    }
+
+    pub fn detections(&self) -> Vec<Detection> {
+        self.items.iter().map(|item| item.detection).collect()
+    }
+}
+
+/// One found item's own results (`Items::All`).
+#[derive(Debug, Clone)]
+pub struct ItemResults {
+    pub detection: Detection,
+    pub hits: Vec<RankedProduct>,
 }
 
 /// Milliseconds spent in each stage of one search.
@@ -65,10 +141,14 @@ pub struct Timings {
     pub total_ms: f64,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct SearchResults {
     pub hits: Vec<RankedProduct>,
     pub timings: Timings,
+    /// The products found in a query photo, main first (empty for other searches).
+    pub detections: Vec<Detection>,
+    /// Each found product's own results, with `Items::All`.
+    pub items: Vec<ItemResults>,
 }
 
 /// Why a search failed, so callers can tell the user's mistake from ours.
@@ -108,6 +188,8 @@ pub struct SearchEngine {
     followed: AtomicI64,
     /// The `index` run adding products to this catalog, as last seen by the follower.
     indexing: Mutex<Option<IndexingProgress>>,
+    /// Where products are in a photo, learned by `tune --localise`; `None`: training-free.
+    foreground: Option<ForegroundHead>,
 }
 
 /// A lock whose holder panicked: the state it guards may be half-changed, so nothing goes on.
@@ -141,6 +223,7 @@ impl SearchEngine {
 
     fn assemble(catalog: SqliteCatalog, encoder: Box<dyn Encoder>, space: SearchSpace, index: Store, config: IndexConfig) -> Result<SearchEngine> {
         catalog.ensure_model(&encoder.spec().name)?;
+        let foreground = catalog.foreground_head()?;
         Ok(SearchEngine {
             catalog: Mutex::new(catalog),
             index: RwLock::new(index),
@@ -153,6 +236,7 @@ impl SearchEngine {
             config,
             followed: AtomicI64::new(0),
             indexing: Mutex::new(None),
+            foreground,
         })
     }
 
@@ -281,24 +365,24 @@ impl SearchEngine {
     /// Products most similar to the photo in `bytes`, optionally cropped to `crop` first.
     ///
     /// The whole path, top to bottom. The HTTP server runs the same three steps but sends the
-    /// middle one through its batching worker pool ([`SearchEngine::encode_batch`] on several
+    /// middle one through its batching worker pool ([`SearchEngine::encode_photos`] on several
     /// queries at once), so it calls them separately.
-    pub fn search_image(&self, bytes: &[u8], crop: Option<Crop>, request: &SearchRequest) -> Result<SearchResults, SearchError> {
+    pub fn search_image(&self, bytes: &[u8], crop: Option<Crop>, request: &SearchRequest, items: Items) -> Result<SearchResults, SearchError> {
         let started = Instant::now();
-        let query = self.prepare_query(bytes, crop)?;
+        let query = self.prepare_query(bytes, crop, items)?;
         let mut timings = query.timings.clone();
 
         let t = Instant::now();
-        let embedding = self.encode_batch(&[query.tensor])?.into_iter().next().context("the encoder returned no embedding")?;
+        let photo = self.encode_photos(vec![query])?.into_iter().next().context("the encoder returned no embedding")?;
         timings.encode_ms = ms(t);
 
-        self.search_embedding(&embedding.vector, request, timings, started)
+        self.search_photo(&photo, request, items, timings, started)
     }
 
     /// Decode → crop → composite on white → resize and normalise: the shopper's photo as the
     /// model's input tensor. CPU work that allocates; the bytes are only borrowed, nothing is
     /// written anywhere.
-    pub fn prepare_query(&self, bytes: &[u8], crop: Option<Crop>) -> Result<PreparedQuery, SearchError> {
+    pub fn prepare_query(&self, bytes: &[u8], crop: Option<Crop>, items: Items) -> Result<PreparedQuery, SearchError> {
         let mut timings = Timings::default();
         let t = Instant::now();
         let image = preprocess::decode(bytes, &self.limits)?;
@@ -307,23 +391,83 @@ impl SearchEngine {
         let t = Instant::now();
         let tensor = preprocess::prepare_image(&image, crop, &self.encoder.spec().input);
         timings.preprocess_ms = ms(t);
-        Ok(PreparedQuery { tensor, timings })
+        let localise_in = crop.is_none().then(|| (image.width(), image.height()));
+        let photo = (crop.is_none() && items == Items::All).then_some(image);
+        Ok(PreparedQuery { tensor, localise_in, photo, timings })
     }
 
-    /// Runs the encoder on prepared queries, one embedding per tensor, in order.
-    pub fn encode_batch(&self, tensors: &[Vec<f32>]) -> Result<Vec<Embedding>, SearchError> {
-        let embeddings = self.encoder.encode(tensors)?;
-        if embeddings.len() != tensors.len() {
-            return Err(SearchError::Internal(anyhow::anyhow!("the encoder returned {} embeddings for {} images", embeddings.len(), tensors.len())));
+    /// Runs the encoder on prepared queries and finds the products in each photo, in order;
+    /// then, for queries that kept their photo (`Items::All`), encodes each product found on
+    /// its own, all in one more batch.
+    pub fn encode_photos(&self, queries: Vec<PreparedQuery>) -> Result<Vec<EncodedPhoto>, SearchError> {
+        let (tensors, rest): (Vec<Vec<f32>>, Vec<_>) = queries.into_iter().map(|q| (q.tensor, (q.localise_in, q.photo))).unzip();
+        let encoded = self.encoder.encode_queries(&tensors)?;
+        if encoded.len() != tensors.len() {
+            return Err(SearchError::Internal(anyhow::anyhow!("the encoder returned {} embeddings for {} images", encoded.len(), tensors.len())));
         }
-        Ok(embeddings)
+        drop(tensors);
+        let (mut found, photos): (Vec<EncodedPhoto>, Vec<Option<image::DynamicImage>>) =
+            encoded.into_iter().zip(rest).map(|(embedding, (localise_in, photo))| (self.find_products(embedding, localise_in), photo)).unzip();
+
+        let input = &self.encoder.spec().input;
+        let mut crops = Vec::new();
+        let mut owners = Vec::new();
+        for (q, photo) in photos.iter().enumerate() {
+            let Some(photo) = photo else { continue };
+            for (i, item) in found[q].items.iter().enumerate() {
+                if let Some(crop) = item.crop {
+                    crops.push(preprocess::prepare_image(photo, Some(crop), input));
+                    owners.push((q, i));
+                }
+            }
+        }
+        if !crops.is_empty() {
+            let vectors = self.encoder.encode(&crops)?;
+            if vectors.len() != crops.len() {
+                return Err(SearchError::Internal(anyhow::anyhow!("the encoder returned {} embeddings for {} crops", vectors.len(), crops.len())));
+            }
+            for ((q, i), embedding) in owners.into_iter().zip(vectors) {
+                found[q].items[i].vector = embedding.vector;
+            }
+        }
+        Ok(found)
     }
 
-    /// The last two steps of an image search: nearest neighbours of an embedding, then product
-    /// metadata. `timings` carries the earlier stages' times; `started` is when the search began,
-    /// for `total_ms`.
-    pub fn search_embedding(&self, vector: &[f32], request: &SearchRequest, timings: Timings, started: Instant) -> Result<SearchResults, SearchError> {
-        let mut results = self.search_vector(vector, request)?;
+    /// The products on a query's feature map, as boxes on the photo, each with its own vector.
+    fn find_products(&self, query: QueryEmbedding, photo: Option<(u32, u32)>) -> EncodedPhoto {
+        let (Some(grid), Some((width, height))) = (&query.grid, photo) else {
+            return EncodedPhoto { whole: query.embedding, items: Vec::new(), search_item: None };
+        };
+        let found = find_items(grid, self.foreground.as_ref());
+        let fit = self.encoder.spec().input.fit;
+        let mut items: Vec<FoundItem> = Vec::new();
+        let mut main_on_photo = false;
+        for (n, item) in found.products().enumerate() {
+            // Items wholly on the padding around a photo are not in the photo.
+            let Some(on_photo) = preprocess::input_box_to_crop(item.bounds, 0.0, width, height, fit) else { continue };
+            main_on_photo |= n == 0;
+            let detection = Detection { bounds: [on_photo.x, on_photo.y, on_photo.width, on_photo.height], score: item.score };
+            let crop = preprocess::input_box_to_crop(item.bounds, 0.5 / found.width.max(1) as f32, width, height, fit);
+            items.push(FoundItem { detection, vector: grid.pool_over(&item.cells), crop });
+        }
+        let search_item = items.first().filter(|_| main_on_photo && found.search_item().is_some()).map(|main| main.vector.clone());
+        EncodedPhoto { whole: query.embedding, items, search_item }
+    }
+
+    /// The last two steps of a photo search: nearest neighbours of its main item (or of each
+    /// item, with `Items::All`), then product metadata. `timings` carries the earlier stages'
+    /// times; `started` is when the search began, for `total_ms`.
+    pub fn search_photo(&self, photo: &EncodedPhoto, request: &SearchRequest, items: Items, timings: Timings, started: Instant) -> Result<SearchResults, SearchError> {
+        let mut results = self.search_vector(photo.query_vector(), request)?;
+        if items == Items::All {
+            for item in &photo.items {
+                let found = self.search_vector(&item.vector, request)?;
+                results.timings.search_ms += found.timings.search_ms;
+                results.timings.metadata_ms += found.timings.metadata_ms;
+                results.items.push(ItemResults { detection: item.detection, hits: found.hits });
+            }
+        }
+        results.detections = photo.detections();
         results.timings = Timings { search_ms: results.timings.search_ms, metadata_ms: results.timings.metadata_ms, total_ms: ms(started), ..timings };
         Ok(results)
     }
@@ -543,6 +687,6 @@ impl SearchEngine {
             .collect();
         timings.metadata_ms = ms(t);
         timings.total_ms = ms(started);
-        Ok(SearchResults { hits, timings })
+        Ok(SearchResults { hits, timings, ..SearchResults::default() })
     }
 }

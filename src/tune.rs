@@ -37,12 +37,18 @@ pub struct TuneOptions {
     /// the projection from leaning on a few features that happen to separate the catalog.
     #[serde(default)]
     pub dropout: f32,
+    /// Weight of the instance term beside the label term: each shopper-style view of a product
+    /// is pulled to that product's own catalog photo and away from the other products in its
+    /// batch (in-batch contrastive pairs, InfoNCE). Without it the label proxies pull every
+    /// product of a class onto one point, and a re-photographed product no longer finds itself.
+    #[serde(default)]
+    pub instance_weight: f32,
     pub seed: u64,
 }
 
 impl Default for TuneOptions {
     fn default() -> Self {
-        TuneOptions { output_dim: 256, hidden: 1024, epochs: 12, batch_size: 256, learning_rate: 2e-3, scale: 16.0, weight_decay: 1e-4, dropout: 0.0, seed: 7 }
+        TuneOptions { output_dim: 256, hidden: 1024, epochs: 12, batch_size: 256, learning_rate: 2e-3, scale: 16.0, weight_decay: 1e-4, dropout: 0.0, instance_weight: 1.0, seed: 7 }
     }
 }
 
@@ -57,9 +63,17 @@ pub struct TuneReport {
     pub seconds: f64,
 }
 
-/// The catalog's stored model vectors with the value of column `label`, as a feature matrix,
-/// class indices, and the class names (sorted). Products without the column are left out.
-pub fn labelled_features(catalog: &SqliteCatalog, label: &str) -> Result<(Array2<f32>, Vec<usize>, Vec<String>)> {
+/// Training rows: features (`[n, d]`), each row's class index and product.
+pub struct Labelled {
+    pub features: Array2<f32>,
+    pub labels: Vec<usize>,
+    /// The product each row shows.
+    pub keys: Vec<Key>,
+}
+
+/// The catalog's stored model vectors of the products with a value in column `label`, and the
+/// class names (sorted). Products without the column are left out.
+pub fn labelled_features(catalog: &SqliteCatalog, label: &str) -> Result<(Labelled, Vec<String>)> {
     let products = catalog.all_products()?;
     let by_key: HashMap<Key, &str> = products.iter().filter_map(|p| p.metadata.get(label).map(|l| (p.key, l.as_str()))).collect();
     let classes: Vec<String> = by_key.values().map(|s| s.to_string()).collect::<BTreeSet<_>>().into_iter().collect();
@@ -70,23 +84,52 @@ pub fn labelled_features(catalog: &SqliteCatalog, label: &str) -> Result<(Array2
         );
     }
     let class_index: HashMap<&str, usize> = classes.iter().enumerate().map(|(i, c)| (c.as_str(), i)).collect();
-    let (mut rows, mut labels, mut dim) = (Vec::new(), Vec::new(), 0);
+    let (mut rows, mut labels, mut keys, mut dim) = (Vec::new(), Vec::new(), Vec::new(), 0);
     catalog.for_each_vector(VectorKind::Primary, |key, v| {
         if let Some(class) = by_key.get(&key).and_then(|l| class_index.get(l)) {
             dim = v.len();
             rows.extend_from_slice(v);
             labels.push(*class);
+            keys.push(key);
         }
         Ok(())
     })?;
     let features = Array2::from_shape_vec((labels.len(), dim), rows).context("feature matrix shape")?;
-    Ok((features, labels, classes))
+    Ok((Labelled { features, labels, keys }, classes))
+}
+
+impl Labelled {
+    /// The rows of `other` after these ones.
+    pub fn append(&mut self, other: Labelled) -> Result<()> {
+        self.features = ndarray::concatenate(Axis(0), &[self.features.view(), other.features.view()]).context("joining feature rows")?;
+        self.labels.extend(other.labels);
+        self.keys.extend(other.keys);
+        Ok(())
+    }
+
+    /// Pairs of rows showing the same product: (a later row, the first row of its product).
+    /// After [`perturbed_features`] are appended to the catalog's own rows, these are (a
+    /// shopper-style view, its catalog photo): what the instance term of [`train`] learns from.
+    pub fn same_product_pairs(&self) -> Vec<(usize, usize)> {
+        let mut first: HashMap<Key, usize> = HashMap::new();
+        let mut pairs = Vec::new();
+        for (row, key) in self.keys.iter().enumerate() {
+            match first.get(key) {
+                Some(&original) => pairs.push((row, original)),
+                None => {
+                    first.insert(*key, row);
+                }
+            }
+        }
+        pairs
+    }
 }
 
 /// Features of `count` shopper-like versions of randomly chosen labelled catalog products
 /// (see [`crate::perturb`]), to train on beside the clean catalog features: a projection
 /// learned from studio shots alone leans on details that a street photo loses. Uses only the
-/// catalog's own images. Returns the feature rows (`[count, d]`) and their class indices.
+/// catalog's own images. Returns the feature rows (`[count, d]`, fewer when an image cannot be
+/// read), their class indices and products.
 pub fn perturbed_features(
     catalog: &SqliteCatalog,
     encoder: &dyn crate::encoder::Encoder,
@@ -94,7 +137,7 @@ pub fn perturbed_features(
     classes: &[String],
     count: usize,
     seed: u64,
-) -> Result<(Array2<f32>, Vec<usize>)> {
+) -> Result<Labelled> {
     let class_index: HashMap<&str, usize> = classes.iter().enumerate().map(|(i, c)| (c.as_str(), i)).collect();
     let labelled: Vec<(Product, usize)> = catalog
         .all_products()?
@@ -108,9 +151,9 @@ pub fn perturbed_features(
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let picks: Vec<usize> = (0..count).map(|_| rng.random_range(0..labelled.len())).collect();
     let input = &encoder.spec().input;
-    let (mut rows, mut labels) = (Vec::new(), Vec::new());
+    let (mut rows, mut labels, mut keys) = (Vec::new(), Vec::new(), Vec::new());
     for (chunk_no, chunk) in picks.chunks(64).enumerate() {
-        let prepared: Vec<(Vec<f32>, usize)> = chunk
+        let prepared: Vec<(Vec<f32>, (usize, Key))> = chunk
             .iter()
             .enumerate()
             .filter_map(|(i, &pick)| {
@@ -118,20 +161,21 @@ pub fn perturbed_features(
                 let image = catalog.decoded_image(product.key, &product.image).ok()?;
                 let mut item_rng = rand::rngs::StdRng::seed_from_u64(seed ^ ((chunk_no * 64 + i) as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
                 let shopper = crate::perturb::perturb(&image, &mut item_rng);
-                Some((crate::preprocess::prepare_image(&shopper, None, input), *class))
+                Some((crate::preprocess::prepare_image(&shopper, None, input), (*class, product.key)))
             })
             .collect();
-        let (tensors, classes_of): (Vec<Vec<f32>>, Vec<usize>) = prepared.into_iter().unzip();
-        for (embedding, class) in encoder.encode(&tensors)?.into_iter().zip(classes_of) {
+        let (tensors, sources): (Vec<Vec<f32>>, Vec<(usize, Key)>) = prepared.into_iter().unzip();
+        for (embedding, (class, key)) in encoder.encode(&tensors)?.into_iter().zip(sources) {
             rows.extend_from_slice(&embedding.vector);
             labels.push(class);
+            keys.push(key);
         }
         if chunk_no % 50 == 49 {
             tracing::info!("perturbed {} of {count} catalog photos", labels.len());
         }
     }
     let dim = if labels.is_empty() { 0 } else { rows.len() / labels.len() };
-    Ok((Array2::from_shape_vec((labels.len(), dim), rows).context("perturbed feature matrix")?, labels))
+    Ok(Labelled { features: Array2::from_shape_vec((labels.len(), dim), rows).context("perturbed feature matrix")?, labels, keys })
 }
 
 /// Adam optimiser state for one parameter array.
@@ -182,9 +226,85 @@ fn normalise_backward(y: &Array2<f32>, dy: &Array2<f32>, norms: &Array1<f32>) ->
     dx
 }
 
-/// Trains a projection on `features` (`[n, d]`, one row per product) with class indices
-/// `labels` (each < `classes`).
-pub fn train(features: ArrayView2<f32>, labels: &[usize], classes: usize, label: &str, options: &TuneOptions) -> Result<(Projection, TuneReport)> {
+/// Gradients of a projection's weights.
+struct Grads {
+    w1: Array2<f32>,
+    b1: Array1<f32>,
+    w2: Option<(Array2<f32>, Array1<f32>)>,
+}
+
+impl Grads {
+    fn add_scaled(&mut self, other: Grads, weight: f32) {
+        self.w1.scaled_add(weight, &other.w1);
+        self.b1.scaled_add(weight, &other.b1);
+        if let (Some((w2, b2)), Some((ow2, ob2))) = (self.w2.as_mut(), other.w2) {
+            w2.scaled_add(weight, &ow2);
+            b2.scaled_add(weight, &ob2);
+        }
+    }
+}
+
+/// The rows of `x` projected and L2-normalised, and what [`Forward::backward`] needs.
+struct Forward {
+    x: Array2<f32>,
+    h_pre: Array2<f32>,
+    h: Array2<f32>,
+    z: Array2<f32>,
+    z_norms: Array1<f32>,
+}
+
+impl Forward {
+    fn new(proj: &Projection, x: Array2<f32>) -> Forward {
+        let (h_pre, h, mut z) = proj.forward(x.view());
+        let z_norms = normalise_rows(&mut z);
+        Forward { x, h_pre, h, z, z_norms }
+    }
+
+    /// Weight gradients, given the loss's gradient with respect to the normalised outputs.
+    fn backward(&self, proj: &Projection, dz: &Array2<f32>) -> Grads {
+        let dz_pre = normalise_backward(&self.z, dz, &self.z_norms);
+        match proj.w2.as_ref() {
+            None => Grads { w1: dz_pre.t().dot(&self.x), b1: dz_pre.sum_axis(Axis(0)), w2: None },
+            Some((w2, _)) => {
+                let mut dh = dz_pre.dot(w2);
+                ndarray::Zip::from(&mut dh).and(&self.h_pre).for_each(|g, &pre| {
+                    if pre <= 0.0 {
+                        *g = 0.0;
+                    }
+                });
+                Grads { w1: dh.t().dot(&self.x), b1: dh.sum_axis(Axis(0)), w2: Some((dz_pre.t().dot(&self.h), dz_pre.sum_axis(Axis(0)))) }
+            }
+        }
+    }
+}
+
+/// Softmax cross-entropy of each row of `logits` against its `targets` entry: the summed
+/// loss, the rows whose best logit is the target, and the gradient with respect to the logits
+/// (divided by the number of rows, so it is the mean loss's).
+fn softmax_cross_entropy(logits: &Array2<f32>, targets: impl Iterator<Item = usize>) -> (f64, usize, Array2<f32>) {
+    let rows = logits.nrows();
+    let mut dlogits = Array2::<f32>::zeros(logits.raw_dim());
+    let (mut loss, mut correct) = (0.0f64, 0usize);
+    for (i, target) in targets.enumerate() {
+        let l = logits.row(i);
+        let max = l.fold(f32::NEG_INFINITY, |a, &v| a.max(v));
+        let exp: Vec<f32> = l.iter().map(|v| (v - max).exp()).collect();
+        let sum: f32 = exp.iter().sum();
+        loss += f64::from(-((exp[target] / sum).max(1e-30)).ln());
+        let argmax = l.iter().enumerate().max_by(|a, c| a.1.total_cmp(c.1)).map(|(j, _)| j);
+        correct += usize::from(argmax == Some(target));
+        for (j, e) in exp.iter().enumerate() {
+            dlogits[[i, j]] = (e / sum - f32::from(u8::from(j == target))) / rows as f32;
+        }
+    }
+    (loss, correct, dlogits)
+}
+
+/// Trains a projection on `features` (`[n, d]`, one row per product photo) with class
+/// indices `labels` (each < `classes`). `pairs` are rows that show the same product, (a
+/// shopper-style view, its catalog photo), for the instance term (see
+/// [`TuneOptions::instance_weight`]); none leaves it out.
+pub fn train(features: ArrayView2<f32>, labels: &[usize], classes: usize, label: &str, pairs: &[(usize, usize)], options: &TuneOptions) -> Result<(Projection, TuneReport)> {
     let started = std::time::Instant::now();
     let (n, input_dim) = features.dim();
     ensure!(n == labels.len(), "{n} feature rows but {} labels", labels.len());
@@ -192,7 +312,9 @@ pub fn train(features: ArrayView2<f32>, labels: &[usize], classes: usize, label:
     ensure!(options.output_dim >= 2, "the tuned dimension must be at least 2");
     ensure!(options.epochs >= 1 && options.batch_size >= 1, "epochs and batch size must be at least 1");
     ensure!((0.0..1.0).contains(&options.dropout), "dropout must be in [0, 1)");
+    ensure!(options.instance_weight >= 0.0 && options.instance_weight.is_finite(), "the instance weight must be 0 or more");
     ensure!(labels.iter().all(|&l| l < classes), "label index out of range");
+    ensure!(pairs.iter().all(|&(a, b)| a < n && b < n), "pair row out of range");
     let mut rng = rand::rngs::StdRng::seed_from_u64(options.seed);
     let first = if options.hidden == 0 { options.output_dim } else { options.hidden };
     let mut proj = Projection {
@@ -210,76 +332,67 @@ pub fn train(features: ArrayView2<f32>, labels: &[usize], classes: usize, label:
     let mut adam_p = Adam::new(&proxies);
 
     let mut order: Vec<usize> = (0..n).collect();
+    let mut pair_order: Vec<usize> = (0..pairs.len()).collect();
+    let use_pairs = options.instance_weight > 0.0 && pairs.len() >= 2;
     let mut report = TuneReport { examples: n, classes, loss: Vec::new(), accuracy: Vec::new(), seconds: 0.0 };
     let steps_per_epoch = n.div_ceil(options.batch_size.max(1));
     let total_steps = (steps_per_epoch * options.epochs).max(1);
     let mut t = 0i32;
+    let dropout = |x: &mut Array2<f32>, rng: &mut rand::rngs::StdRng| {
+        if options.dropout > 0.0 {
+            let keep = 1.0 - options.dropout;
+            x.mapv_inplace(|v| if rng.random::<f32>() < keep { v / keep } else { 0.0 });
+        }
+    };
     for epoch in 0..options.epochs {
         order.shuffle(&mut rng);
+        pair_order.shuffle(&mut rng);
+        let mut next_pair = 0;
         let (mut loss_sum, mut correct) = (0.0f64, 0usize);
         for batch in order.chunks(options.batch_size.max(1)) {
             t += 1;
             // Cosine learning-rate decay: big steps first, fine ones at the end.
             let progress = t as f32 / total_steps as f32;
             let lr = options.learning_rate * 0.5 * (1.0 + (std::f32::consts::PI * progress).cos());
-            let b = batch.len();
-            let mut x = features.select(Axis(0), batch);
-            if options.dropout > 0.0 {
-                let keep = 1.0 - options.dropout;
-                x.mapv_inplace(|v| if rng.random::<f32>() < keep { v / keep } else { 0.0 });
-            }
 
-            let (h_pre, h, mut z) = proj.forward(x.view());
-            let z_norms = normalise_rows(&mut z);
+            // The label term: cosine logits against one proxy per class.
+            let mut x = features.select(Axis(0), batch);
+            dropout(&mut x, &mut rng);
+            let forward = Forward::new(&proj, x);
             let mut p_hat = proxies.clone();
             let p_norms = normalise_rows(&mut p_hat);
-            let logits = z.dot(&p_hat.t()) * options.scale;
-
-            // Softmax cross-entropy; dlogits = (softmax - onehot) / b.
-            let mut dlogits = Array2::<f32>::zeros((b, classes));
-            for (i, &row) in batch.iter().enumerate() {
-                let target = labels[row];
-                let l = logits.row(i);
-                let max = l.fold(f32::NEG_INFINITY, |a, &v| a.max(v));
-                let exp: Vec<f32> = l.iter().map(|v| (v - max).exp()).collect();
-                let sum: f32 = exp.iter().sum();
-                loss_sum += f64::from(-((exp[target] / sum).max(1e-30)).ln());
-                let argmax = l.iter().enumerate().max_by(|a, c| a.1.total_cmp(c.1)).map(|(j, _)| j);
-                correct += usize::from(argmax == Some(target));
-                for j in 0..classes {
-                    dlogits[[i, j]] = (exp[j] / sum - f32::from(u8::from(j == target))) / b as f32;
-                }
-            }
+            let logits = forward.z.dot(&p_hat.t()) * options.scale;
+            let (loss, right, dlogits) = softmax_cross_entropy(&logits, batch.iter().map(|&row| labels[row]));
+            loss_sum += loss;
+            correct += right;
             let dz = dlogits.dot(&p_hat) * options.scale;
-            let dp_hat = dlogits.t().dot(&z) * options.scale;
-            let dz_pre = normalise_backward(&z, &dz, &z_norms);
-            let dp = normalise_backward(&p_hat, &dp_hat, &p_norms);
+            let dp = normalise_backward(&p_hat, &(dlogits.t().dot(&forward.z) * options.scale), &p_norms);
+            let mut grads = forward.backward(&proj, &dz);
 
-            match proj.w2.as_mut() {
-                None => {
-                    let dw1 = dz_pre.t().dot(&x);
-                    let db1 = dz_pre.sum_axis(Axis(0));
-                    adam_w1.step(&mut proj.w1, &dw1, lr, t, options.weight_decay);
-                    adam_b1.step(&mut proj.b1, &db1, lr, t, 0.0);
-                }
-                Some((w2, b2)) => {
-                    let dw2 = dz_pre.t().dot(&h);
-                    let db2 = dz_pre.sum_axis(Axis(0));
-                    let mut dh = dz_pre.dot(&*w2);
-                    ndarray::Zip::from(&mut dh).and(&h_pre).for_each(|g, &pre| {
-                        if pre <= 0.0 {
-                            *g = 0.0;
-                        }
-                    });
-                    let dw1 = dh.t().dot(&x);
-                    let db1 = dh.sum_axis(Axis(0));
-                    if let Some((aw2, ab2)) = adam_w2.as_mut() {
-                        aw2.step(w2, &dw2, lr, t, options.weight_decay);
-                        ab2.step(b2, &db2, lr, t, 0.0);
-                    }
-                    adam_w1.step(&mut proj.w1, &dw1, lr, t, options.weight_decay);
-                    adam_b1.step(&mut proj.b1, &db1, lr, t, 0.0);
-                }
+            // The instance term: each view against the catalog photos of the batch's products;
+            // its own product is the target.
+            if use_pairs {
+                let b = options.batch_size.min(pairs.len());
+                let picked: Vec<(usize, usize)> = (0..b).map(|i| pairs[pair_order[(next_pair + i) % pairs.len()]]).collect();
+                next_pair = (next_pair + b) % pairs.len();
+                let rows: Vec<usize> = picked.iter().map(|p| p.0).chain(picked.iter().map(|p| p.1)).collect();
+                let mut x = features.select(Axis(0), &rows);
+                dropout(&mut x, &mut rng);
+                let forward = Forward::new(&proj, x);
+                let (views, products) = (forward.z.slice(ndarray::s![..b, ..]), forward.z.slice(ndarray::s![b.., ..]));
+                let logits = views.dot(&products.t()) * options.scale;
+                let (_, _, dlogits) = softmax_cross_entropy(&logits, 0..b);
+                let mut dz = Array2::<f32>::zeros(forward.z.raw_dim());
+                dz.slice_mut(ndarray::s![..b, ..]).assign(&(dlogits.dot(&products) * options.scale));
+                dz.slice_mut(ndarray::s![b.., ..]).assign(&(dlogits.t().dot(&views) * options.scale));
+                grads.add_scaled(forward.backward(&proj, &dz), options.instance_weight);
+            }
+
+            adam_w1.step(&mut proj.w1, &grads.w1, lr, t, options.weight_decay);
+            adam_b1.step(&mut proj.b1, &grads.b1, lr, t, 0.0);
+            if let (Some((w2, b2)), Some((aw2, ab2)), Some((dw2, db2))) = (proj.w2.as_mut(), adam_w2.as_mut(), grads.w2.as_ref()) {
+                aw2.step(w2, dw2, lr, t, options.weight_decay);
+                ab2.step(b2, db2, lr, t, 0.0);
             }
             adam_p.step(&mut proxies, &dp, lr, t, 0.0);
         }
@@ -429,7 +542,7 @@ mod tests {
         let before = knn_precision(&x, &labels);
         for hidden in [0, 32] {
             let options = TuneOptions { output_dim: 8, hidden, epochs: 10, batch_size: 64, learning_rate: 1e-2, ..Default::default() };
-            let (proj, report) = train(x.view(), &labels, 3, "toy", &options)?;
+            let (proj, report) = train(x.view(), &labels, 3, "toy", &[], &options)?;
             assert!(report.loss.last() < report.loss.first(), "loss went down: {:?}", report.loss);
             let (test_x, test_labels) = toy(300, 64, 2);
             let after = knn_precision(&proj.apply_batch(test_x.view()), &test_labels);
@@ -438,12 +551,51 @@ mod tests {
         Ok(())
     }
 
+    /// `x`'s rows with noise of norm about `amount` added, normalised: other photos of the same
+    /// products.
+    fn views(x: &Array2<f32>, amount: f32, seed: u64) -> Array2<f32> {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let d = x.ncols() as f32;
+        let mut out = x.mapv(|v| v + rng.random_range(-1.0..1.0f32) * amount * (3.0 / d).sqrt());
+        normalise_rows(&mut out);
+        out
+    }
+
+    /// Share of `views` whose nearest row of `products` is their own (same position).
+    fn exact_recall_at_1(products: &Array2<f32>, views: &Array2<f32>) -> f32 {
+        let sims = views.dot(&products.t());
+        let found = sims.rows().into_iter().enumerate().filter(|(i, row)| row.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map(|(j, _)| j) == Some(*i)).count();
+        found as f32 / views.nrows() as f32
+    }
+
+    #[test]
+    fn the_instance_term_keeps_a_product_findable_among_its_class() -> Result<()> {
+        // 600 products in 3 classes, each also seen once more with noise (a shopper's photo).
+        let (products, labels) = toy(600, 64, 4);
+        let seen = views(&products, 0.8, 5);
+        let features = ndarray::concatenate(Axis(0), &[products.view(), seen.view()])?;
+        let all_labels: Vec<usize> = labels.iter().chain(&labels).copied().collect();
+        let pairs: Vec<(usize, usize)> = (0..600).map(|i| (600 + i, i)).collect();
+        // New photos of the same products, never trained on.
+        let unseen = views(&products, 0.8, 6);
+        let mut recall = Vec::new();
+        for instance_weight in [0.0, 1.0] {
+            let options = TuneOptions { output_dim: 16, hidden: 32, epochs: 10, batch_size: 64, learning_rate: 1e-2, instance_weight, ..Default::default() };
+            let (proj, _) = train(features.view(), &all_labels, 3, "toy", &pairs, &options)?;
+            let (p, v) = (proj.apply_batch(products.view()), proj.apply_batch(unseen.view()));
+            recall.push(exact_recall_at_1(&p, &v));
+            assert!(knn_precision(&p, &labels) > 0.8, "weight {instance_weight}: classes still separate");
+        }
+        assert!(recall[1] > recall[0] + 0.15, "the instance term finds the very product more often: {recall:?}");
+        Ok(())
+    }
+
     #[test]
     fn weights_round_trip() -> Result<()> {
         let (x, labels) = toy(90, 16, 3);
         for hidden in [0, 8] {
             let options = TuneOptions { output_dim: 4, hidden, epochs: 1, batch_size: 32, ..Default::default() };
-            let (proj, _) = train(x.view(), &labels, 3, "toy", &options)?;
+            let (proj, _) = train(x.view(), &labels, 3, "toy", &[], &options)?;
             let back = Projection::from_weights("toy", 16, hidden, 4, &proj.weights_bytes())?;
             assert_eq!(back, proj);
             let v = back.apply(x.row(0).as_slice().unwrap_or(&[]))?;
@@ -458,6 +610,6 @@ mod tests {
     #[test]
     fn rejects_single_class() {
         let x = Array2::zeros((4, 3));
-        assert!(train(x.view(), &[0, 0, 0, 0], 1, "one", &TuneOptions::default()).is_err());
+        assert!(train(x.view(), &[0, 0, 0, 0], 1, "one", &[], &TuneOptions::default()).is_err());
     }
 }

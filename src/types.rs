@@ -55,6 +55,15 @@ impl Product {
     }
 }
 
+/// A product found in a shopper's photo: its box, `[x, y, w, h]` as fractions of the photo's
+/// width and height, and its share of the photo's foreground (0..1; the items of one photo add
+/// up to at most 1).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Detection {
+    pub bounds: [f32; 4],
+    pub score: f32,
+}
+
 /// A product to add or replace, with its vectors.
 #[derive(Debug, Clone)]
 pub struct NewProduct {

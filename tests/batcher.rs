@@ -53,19 +53,19 @@ fn a_full_encoder_queue_answers_503_with_retry_after() {
     // The worker takes the first photo and stops inside the model.
     let first = runtime.spawn({
         let (batcher, photo) = (batcher.clone(), photo.clone());
-        async move { batcher.encode(photo, None).await }
+        async move { batcher.encode(photo, None, lookalike::search::Items::Main).await }
     });
     entered.recv().expect("the worker enters the encoder");
     // The second waits in the queue's one place.
     let second = runtime.spawn({
         let (batcher, photo) = (batcher.clone(), photo.clone());
-        async move { batcher.encode(photo, None).await }
+        async move { batcher.encode(photo, None, lookalike::search::Items::Main).await }
     });
     while batcher.waiting() < 1 {
         std::thread::yield_now();
     }
     // The third is refused at once.
-    let third = runtime.block_on(batcher.encode(photo, None));
+    let third = runtime.block_on(batcher.encode(photo, None, lookalike::search::Items::Main));
     let Err(refused) = third else { panic!("a full queue took a third photo") };
     assert!(matches!(refused, ApiError::Busy(_)), "{refused:?}");
     let response = refused.into_response();
@@ -78,6 +78,6 @@ fn a_full_encoder_queue_answers_503_with_retry_after() {
     open_gate.send(()).expect("gate");
     for job in [first, second] {
         let encoded = runtime.block_on(job).expect("task").expect("encoded");
-        assert_eq!(encoded.embedding.vector.len(), 1280);
+        assert_eq!(encoded.photo.whole.vector.len(), 1280);
     }
 }

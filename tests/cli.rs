@@ -91,6 +91,23 @@ fn filters_return_k_matching_products() {
 }
 
 #[test]
+fn items_all_prints_one_table_per_product_found() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (file, _) = test_image(dir.path(), 0);
+    let db = path(shared_catalog());
+    let out = json(&ok(&["search", "--db", db, path(&file), "-k", "3", "--items", "all", "--json"]));
+    let (detections, items) = (out["detections"].as_array().expect("detections"), out["items"].as_array().expect("items"));
+    assert_eq!(detections.len(), items.len());
+    let table = ok(&["search", "--db", db, path(&file), "-k", "3", "--items", "all"]);
+    assert_eq!(table.matches("rank  id").count(), 1 + items.len(), "the main table and one per product: {table}");
+    assert!(table.contains("found in the photo") || table.contains("no single product stands out"), "{table}");
+
+    let out = lookalike(&["search", "--db", db, path(&file), "--items", "every"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("\"main\" or \"all\""), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
 fn more_like_this_and_paging() {
     let db = shared_catalog();
     let first = json(&ok(&["search", "--db", path(db), "--like", "fmnist-train-00000", "-k", "10", "--json"]));
@@ -383,12 +400,23 @@ fn localisation_is_learned_measured_and_undone() {
 #[test]
 fn perturbed_eval_reports_the_drop() {
     let out = json(&ok(&[
-        "eval", "--db", path(shared_catalog()), "--fashion-mnist", "test", "--queries", "30", "--perturb",
+        "eval", "--db", path(shared_catalog()), "--fashion-mnist", "test", "--queries", "30", "--perturb", "--exact", "40",
         "--fashion-mnist-dir", path(&fm_dir()), "--json",
     ]));
     assert_eq!(out["perturbed"], true);
     let p = out["methods"]["lookalike"]["precision_at_10"].as_f64().expect("p@10");
     assert!(p > 0.1, "perturbed queries still find their kind above chance: {p}");
+    // Re-photographed catalog products: found themselves (300 products; chance is 1 in 300 at
+    // rank 1), and every method measured.
+    let exact = &out["exact"];
+    assert_eq!(exact["products"], 40);
+    for method in ["lookalike", "lookalike_item", "original_recipe", "raw_pixels"] {
+        let (at1, at10) = (exact["methods"][method]["exact_recall_at_1"].as_f64(), exact["methods"][method]["exact_recall_at_10"].as_f64());
+        let (Some(at1), Some(at10)) = (at1, at10) else { panic!("{method} lacks exact recall: {exact}") };
+        assert!((0.0..=1.0).contains(&at1) && at1 <= at10 && at10 <= 1.0, "{method}: {at1} {at10}");
+    }
+    let found = exact["methods"]["lookalike"]["exact_recall_at_10"].as_f64().unwrap_or(0.0);
+    assert!(found >= 0.2, "re-photographed products are found in the top 10 far above chance: {found}");
 }
 
 /// The approximate (HNSW) index: saved beside the catalog on first use, reloaded and caught up

@@ -127,6 +127,21 @@ fn photo_search_ranks_filters_pages_and_crops() {
     let cropped = ok_json(search_photo(&server, png.clone(), &[("k", "3"), ("crop", "0,0,0.5,0.5")]));
     assert_ne!(whole["hits"][0]["score"], cropped["hits"][0]["score"]);
 
+    // What was found in the photo, and with items=all each found product's own results.
+    assert!(whole["detections"].is_array() && whole.get("items").is_none(), "detections always, items only when asked: {whole}");
+    let all = ok_json(search_photo(&server, png.clone(), &[("k", "3"), ("items", "all")]));
+    let (detections, items) = (all["detections"].as_array().expect("detections"), all["items"].as_array().expect("items"));
+    assert_eq!(items.len(), detections.len());
+    for (item, detection) in items.iter().zip(detections) {
+        assert_eq!(item["box"], detection["box"]);
+        let b: Vec<f64> = item["box"].as_array().expect("box").iter().map(|v| v.as_f64().expect("number")).collect();
+        assert!(b.len() == 4 && b.iter().all(|v| (0.0..=1.0).contains(v)) && b[0] + b[2] <= 1.0 + 1e-6 && b[1] + b[3] <= 1.0 + 1e-6, "box {b:?}");
+        assert_eq!(item["hits"].as_array().map(Vec::len), Some(3));
+    }
+    assert_eq!(ids(&all), ids(&whole), "items=all keeps the main results");
+    let cropped_all = ok_json(search_photo(&server, png.clone(), &[("k", "3"), ("crop", "0,0,0.5,0.5"), ("items", "all")]));
+    assert_eq!(cropped_all["detections"], json!([]), "a shopper's crop is searched as it is");
+
     // The photo's vector, then the same search by vector (JSON), with filters and paging.
     let with_vector = ok_json(search_photo(&server, png.clone(), &[("k", "5"), ("include_vector", "true")]));
     let vector = with_vector["query_vector"].as_array().expect("query_vector").clone();
@@ -184,6 +199,9 @@ fn errors_have_the_right_status_and_a_json_body() {
     expect_error(search_photo(&server, png.clone(), &[("crop", "a,b")]), 422, "bad_parameters");
     expect_error(search_photo(&server, png.clone(), &[("filter", "articleType")]), 422, "bad_parameters");
     expect_error(search_photo(&server, png.clone(), &[("colour", "red")]), 422, "bad_parameters");
+    let message = expect_error(search_photo(&server, png.clone(), &[("items", "every")]), 422, "bad_parameters");
+    assert!(message.contains("main") && message.contains("all"), "says what items takes: {message}");
+    expect_error(search_json(&server, json!({"product_id": "fmnist-train-00000", "items": "all"})), 422, "bad_parameters");
     let no_image = client().post(server.url("/api/search")).multipart(Form::new().text("k", "5")).send().expect("post");
     expect_error(no_image, 422, "bad_parameters");
     expect_error(search_json(&server, json!({"k": 5})), 422, "bad_parameters");

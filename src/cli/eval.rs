@@ -42,6 +42,10 @@ pub struct EvalArgs {
     /// products are found in them and searched by their boxes.
     #[arg(long, default_value_t = 0, value_name = "N")]
     pub scenes: usize,
+    /// Also re-photograph N catalog products (stratified by --label) as a shopper would and
+    /// measure how often each is found itself: at rank 1 and in the top 10.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub exact: usize,
     #[command(flatten)]
     pub model: ModelArgs,
     #[command(flatten)]
@@ -60,7 +64,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
         .map(|i| Ok(LabelledQuery { id: split.product_id(i), image: image::DynamicImage::ImageLuma8(split.image(i)?), label: labels[i].clone() }))
         .collect::<Result<Vec<_>>>()?;
     eprintln!("evaluating {} queries against {} products ({})", queries.len(), catalog.len()?, encoder.spec().name);
-    let options = eval::EvalOptions { label: args.label.clone(), seed: args.seed, perturb: args.perturb, store: args.store.qdrant(&args.db.db)?, scenes: args.scenes };
+    let options = eval::EvalOptions { label: args.label.clone(), seed: args.seed, perturb: args.perturb, store: args.store.qdrant(&args.db.db)?, scenes: args.scenes, exact: args.exact };
     let report = eval::evaluate(&catalog, &encoder, &queries, &options)?;
     let json = serde_json::to_string_pretty(&report)?;
     if let Some(out) = &args.out {

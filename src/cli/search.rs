@@ -8,7 +8,7 @@ use clap::Args;
 use super::args::*;
 use lookalike::assets::Assets;
 use lookalike::catalog::SqliteCatalog;
-use lookalike::search::{SearchEngine, SearchRequest, SearchResults};
+use lookalike::search::{Items, RankedProduct, SearchEngine, SearchRequest, SearchResults};
 use lookalike::preprocess::Crop;
 use lookalike::types::Filter;
 
@@ -35,6 +35,10 @@ pub struct SearchArgs {
     /// Search with part of the photo only: x,y,w,h as fractions (0..1) of its width and height.
     #[arg(long, value_name = "X,Y,W,H", conflicts_with = "like")]
     pub crop: Option<String>,
+    /// Which products found in the photo to search for: `main` (the most prominent one, or
+    /// the whole photo when none stands out) or `all` (also one table per product found).
+    #[arg(long, value_name = "main|all", default_value = "main", conflicts_with = "like")]
+    pub items: Items,
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -51,19 +55,21 @@ pub fn run(args: SearchArgs) -> Result<()> {
     let engine = SearchEngine::open_with(catalog, Box::new(encoder), &args.index.config(&args.db.db)?)?;
     let request = SearchRequest { k: args.k, offset: args.offset, filter: Filter::parse(&args.filters)? };
     let crop = args.crop.as_deref().map(Crop::parse).transpose().map_err(anyhow::Error::msg)?;
-    let results = match (&args.image, &args.like) {
+    let (results, by_photo) = match (&args.image, &args.like) {
         (Some(path), _) => {
             let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-            engine.search_image(&bytes, crop, &request).with_context(|| format!("searching with {}", path.display()))?
+            (engine.search_image(&bytes, crop, &request, args.items).with_context(|| format!("searching with {}", path.display()))?, true)
         }
-        (None, Some(id)) => engine.search_like(id, &request)?,
+        (None, Some(id)) => (engine.search_like(id, &request)?, false),
         (None, None) => bail!("give a photo or --like PRODUCT_ID"),
     };
     if args.json {
         // The same body as the API's answer (`POST /api/search`).
-        println!("{}", serde_json::to_string_pretty(&lookalike::server::types::SearchResponse::new(&results, None))?);
+        use lookalike::server::types::SearchResponse;
+        let body = if by_photo { SearchResponse::for_photo(&results, args.items, None) } else { SearchResponse::new(&results, None) };
+        println!("{}", serde_json::to_string_pretty(&body)?);
     } else {
-        print_table(&results);
+        print_results(&results, by_photo, args.items);
     }
     Ok(())
 }
@@ -76,9 +82,35 @@ fn image_label(image: &lookalike::types::ImageRef) -> String {
     }
 }
 
-fn print_table(results: &SearchResults) {
+fn print_results(results: &SearchResults, by_photo: bool, items: Items) {
+    if by_photo {
+        match results.detections.first() {
+            Some(main) => println!("{} product(s) found in the photo; searching for the main one at {}", results.detections.len(), box_label(main.bounds)),
+            None => println!("no single product stands out in the photo; searching for the whole photo"),
+        }
+    }
+    print_table(&results.hits);
+    if items == Items::All {
+        for (n, item) in results.items.iter().enumerate() {
+            println!("\nproduct {} of {} at {} (score {:.2}):", n + 1, results.items.len(), box_label(item.detection.bounds), item.detection.score);
+            print_table(&item.hits);
+        }
+    }
+    let t = &results.timings;
+    eprintln!(
+        "{:.1} ms (decode {:.1}, preprocess {:.1}, encode {:.1}, search {:.1}, metadata {:.1})",
+        t.total_ms, t.decode_ms, t.preprocess_ms, t.encode_ms, t.search_ms, t.metadata_ms
+    );
+}
+
+/// A box as `--crop` takes it, so a shopper can search that part again.
+fn box_label([x, y, w, h]: [f32; 4]) -> String {
+    format!("{x:.2},{y:.2},{w:.2},{h:.2}")
+}
+
+fn print_table(hits: &[RankedProduct]) {
     println!("{:>4}  {:<24}  {:>6}  {:<36}  {:<16}  {:<10}  image", "rank", "id", "score", "name", "category", "colour");
-    for h in &results.hits {
+    for h in hits {
         let p = &h.product;
         println!(
             "{:>4}  {:<24}  {:>6.3}  {:<36}  {:<16}  {:<10}  {}",
@@ -91,14 +123,9 @@ fn print_table(results: &SearchResults) {
             image_label(&p.image)
         );
     }
-    if results.hits.is_empty() {
+    if hits.is_empty() {
         println!("(no products match)");
     }
-    let t = &results.timings;
-    eprintln!(
-        "{:.1} ms (decode {:.1}, preprocess {:.1}, encode {:.1}, search {:.1}, metadata {:.1})",
-        t.total_ms, t.decode_ms, t.preprocess_ms, t.encode_ms, t.search_ms, t.metadata_ms
-    );
 }
 
 fn truncate(s: &str, width: usize) -> String {

@@ -1,7 +1,7 @@
 //! `lookalike tune`: learn a catalog-tuned projection from a metadata column.
 
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use clap::Args;
 
 use super::args::*;
@@ -36,6 +36,10 @@ pub struct TuneArgs {
     /// half the labelled catalog, at most 30,000; 0 turns it off).
     #[arg(long)]
     pub augment: Option<usize>,
+    /// Weight of the instance term: each perturbed photo is also pulled to its own product
+    /// (not only to its label), so a re-photographed product finds itself. 0 turns it off.
+    #[arg(long, default_value_t = 1.0, value_name = "W")]
+    pub instance_weight: f32,
     #[command(flatten)]
     pub model: ModelArgs,
     #[arg(long, default_value_t = 7)]
@@ -66,26 +70,29 @@ pub fn run(args: TuneArgs) -> Result<()> {
     if !(0.0..1.0).contains(&args.dropout) {
         bail!("--dropout must be at least 0 and below 1, not {}", args.dropout);
     }
-    let (mut features, mut labels, classes) = tune::labelled_features(&catalog, &args.label)?;
-    eprintln!("tuning on {} products, {} distinct {} values", labels.len(), classes.len(), args.label);
-    let augment = args.augment.unwrap_or((labels.len() / 2).min(30_000));
+    if !(args.instance_weight >= 0.0 && args.instance_weight.is_finite()) {
+        bail!("--instance-weight must be 0 or more, not {}", args.instance_weight);
+    }
+    let (mut rows, classes) = tune::labelled_features(&catalog, &args.label)?;
+    eprintln!("tuning on {} products, {} distinct {} values", rows.labels.len(), classes.len(), args.label);
+    let augment = args.augment.unwrap_or((rows.labels.len() / 2).min(30_000));
     if augment > 0 {
         let encoder = load_encoder(&Assets::from_env(), &catalog, &args.model)?;
         eprintln!("encoding {augment} perturbed catalog photos");
-        let (extra, extra_labels) = tune::perturbed_features(&catalog, &encoder, &args.label, &classes, augment, args.seed)?;
-        features = ndarray::concatenate(ndarray::Axis(0), &[features.view(), extra.view()]).context("joining clean and perturbed features")?;
-        labels.extend(extra_labels);
+        rows.append(tune::perturbed_features(&catalog, &encoder, &args.label, &classes, augment, args.seed)?)?;
     }
+    let pairs = rows.same_product_pairs();
     let options = tune::TuneOptions {
         output_dim: args.dim,
         hidden: args.hidden,
         epochs: args.epochs,
         dropout: args.dropout,
+        instance_weight: args.instance_weight,
         scale: args.scale,
         seed: args.seed,
         ..Default::default()
     };
-    let (projection, report) = tune::train(features.view(), &labels, classes.len(), &args.label, &options)?;
+    let (projection, report) = tune::train(rows.features.view(), &rows.labels, classes.len(), &args.label, &pairs, &options)?;
     let record = serde_json::json!({ "options": options, "report": report, "classes": classes });
     catalog.save_projection(&projection, &record.to_string())?;
     eprintln!(

@@ -23,8 +23,7 @@ use tokio::sync::oneshot;
 
 use super::error::ApiError;
 use super::metrics::Metrics;
-use crate::encoder::Embedding;
-use crate::search::{SearchEngine, SearchError, Timings};
+use crate::search::{EncodedPhoto, Items, SearchEngine, SearchError, Timings};
 use crate::preprocess::Crop;
 
 /// Sizes of the pool.
@@ -40,7 +39,7 @@ pub struct BatcherConfig {
 
 /// A photo encoded by a worker, with the time each step took.
 pub struct EncodedQuery {
-    pub embedding: Embedding,
+    pub photo: EncodedPhoto,
     /// `queue_ms`, `decode_ms`, `preprocess_ms` and `encode_ms` are filled in.
     pub timings: Timings,
 }
@@ -48,6 +47,7 @@ pub struct EncodedQuery {
 struct EncodeJob {
     bytes: Bytes,
     crop: Option<Crop>,
+    items: Items,
     enqueued: Instant,
     reply: oneshot::Sender<Result<EncodedQuery, SearchError>>,
 }
@@ -81,11 +81,12 @@ impl Batcher {
         self.waiting.load(Ordering::Relaxed)
     }
 
-    /// Decodes, crops, preprocesses and encodes a photo on a worker. Fails at once with
+    /// Decodes, crops, preprocesses and encodes a photo on a worker, and finds the products in
+    /// it (with `Items::All`, encoding each on its own too). Fails at once with
     /// [`ApiError::Busy`] when the queue is full.
-    pub async fn encode(&self, bytes: Bytes, crop: Option<Crop>) -> Result<EncodedQuery, ApiError> {
+    pub async fn encode(&self, bytes: Bytes, crop: Option<Crop>, items: Items) -> Result<EncodedQuery, ApiError> {
         let (reply, answer) = oneshot::channel();
-        let job = EncodeJob { bytes, crop, enqueued: Instant::now(), reply };
+        let job = EncodeJob { bytes, crop, items, enqueued: Instant::now(), reply };
         self.waiting.fetch_add(1, Ordering::Relaxed);
         match self.queue.try_send(job) {
             Ok(()) => {}
@@ -145,28 +146,30 @@ impl Worker {
                 continue; // The client went away while queued: skip the work.
             }
             let queue_ms = job.enqueued.elapsed().as_secs_f64() * 1000.0;
-            match self.engine.prepare_query(&job.bytes, job.crop) {
-                Ok(query) => prepared.push((job.reply, query.tensor, Timings { queue_ms, ..query.timings })),
+            match self.engine.prepare_query(&job.bytes, job.crop, job.items) {
+                Ok(query) => prepared.push((job.reply, Timings { queue_ms, ..query.timings.clone() }, query)),
                 Err(err) => {
                     let _ = job.reply.send(Err(err));
                 }
             }
-            // `job.bytes` (the photo) is dropped here, before inference.
+            // `job.bytes` (the upload) is dropped here, before inference; the decoded photo is
+            // kept until its items are encoded only with `Items::All`.
         }
         if prepared.is_empty() {
             return;
         }
-        let (replies, rest): (Vec<_>, Vec<_>) = prepared.into_iter().map(|(reply, tensor, timings)| (reply, (tensor, timings))).unzip();
-        let (tensors, timings): (Vec<Vec<f32>>, Vec<Timings>) = rest.into_iter().unzip();
+        let (replies, rest): (Vec<_>, Vec<_>) = prepared.into_iter().map(|(reply, timings, query)| (reply, (timings, query))).unzip();
+        let (timings, queries): (Vec<Timings>, Vec<_>) = rest.into_iter().unzip();
+        let count = queries.len();
         let started = Instant::now();
-        let encoded = self.engine.encode_batch(&tensors);
+        let encoded = self.engine.encode_photos(queries);
         let elapsed = started.elapsed();
-        self.metrics.observe_encode(tensors.len(), elapsed);
+        self.metrics.observe_encode(count, elapsed);
         let encode_ms = elapsed.as_secs_f64() * 1000.0;
         match encoded {
-            Ok(embeddings) => {
-                for ((reply, embedding), timings) in replies.into_iter().zip(embeddings).zip(timings) {
-                    let _ = reply.send(Ok(EncodedQuery { embedding, timings: Timings { encode_ms, ..timings } }));
+            Ok(photos) => {
+                for ((reply, photo), timings) in replies.into_iter().zip(photos).zip(timings) {
+                    let _ = reply.send(Ok(EncodedQuery { photo, timings: Timings { encode_ms, ..timings } }));
                 }
             }
             Err(err) => {

@@ -7,8 +7,8 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::search::{RankedProduct, SearchResults, Timings};
-use crate::types::Product;
+use crate::search::{ItemResults, RankedProduct, SearchResults, Timings};
+use crate::types::{Detection, Product};
 
 /// A product and all its metadata.
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -52,10 +52,49 @@ impl From<&RankedProduct> for HitBody {
     }
 }
 
+/// A product found in the query photo.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct DetectionBody {
+    /// `[x, y, w, h]`: fractions of the photo's width and height (as `crop` takes them).
+    #[serde(rename = "box")]
+    pub bounds: [f32; 4],
+    /// Its share of the photo's foreground, 0..1.
+    pub score: f32,
+}
+
+impl From<&Detection> for DetectionBody {
+    fn from(d: &Detection) -> Self {
+        DetectionBody { bounds: d.bounds, score: d.score }
+    }
+}
+
+/// One found product's own results (`items=all`).
 #[derive(Debug, Serialize, ToSchema)]
-pub struct SearchResponse {
+pub struct ItemBody {
+    #[serde(flatten)]
+    pub detection: DetectionBody,
     /// Best first.
     pub hits: Vec<HitBody>,
+}
+
+impl From<&ItemResults> for ItemBody {
+    fn from(item: &ItemResults) -> Self {
+        ItemBody { detection: DetectionBody::from(&item.detection), hits: item.hits.iter().map(HitBody::from).collect() }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SearchResponse {
+    /// Best first. For a photo: the products most like its main item (or the whole photo when
+    /// no item stands out).
+    pub hits: Vec<HitBody>,
+    /// Photo searches only: the products found in the photo, main first (the one `hits` are
+    /// for); empty when none stands out or the photo was cropped with `crop`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detections: Option<Vec<DetectionBody>>,
+    /// With `items=all`: each found product with its own results, in `detections`' order.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub items: Option<Vec<ItemBody>>,
     pub timings: Timings,
     /// The query photo's embedding, only when the request set `include_vector`: lets a client
     /// page or refilter with `{"vector": ...}` without uploading the photo again.
@@ -64,8 +103,19 @@ pub struct SearchResponse {
 }
 
 impl SearchResponse {
+    /// The answer to a search by product or vector.
     pub fn new(results: &SearchResults, query_vector: Option<Vec<f32>>) -> SearchResponse {
-        SearchResponse { hits: results.hits.iter().map(HitBody::from).collect(), timings: results.timings.clone(), query_vector }
+        SearchResponse { hits: results.hits.iter().map(HitBody::from).collect(), detections: None, items: None, timings: results.timings.clone(), query_vector }
+    }
+
+    /// The answer to a search by photo: with what was found in it, and each item's results
+    /// when they were asked for.
+    pub fn for_photo(results: &SearchResults, items: crate::search::Items, query_vector: Option<Vec<f32>>) -> SearchResponse {
+        SearchResponse {
+            detections: Some(results.detections.iter().map(DetectionBody::from).collect()),
+            items: (items == crate::search::Items::All).then(|| results.items.iter().map(ItemBody::from).collect()),
+            ..SearchResponse::new(results, query_vector)
+        }
     }
 }
 
@@ -102,8 +152,12 @@ pub struct SearchForm {
     filter: Option<Vec<String>>,
     /// `x,y,w,h`: search only this part of the photo, fractions 0..1 of its width and height.
     crop: Option<String>,
-    /// `true` to get the photo's embedding back as `query_vector`.
+    /// `true` to get the photo's embedding back as `query_vector` (its main item's, the one
+    /// `hits` were found with).
     include_vector: Option<bool>,
+    /// `main` (default): `hits` for the main product found in the photo. `all`: also `items`,
+    /// one ranked list per product found ("shop the look").
+    items: Option<String>,
 }
 
 /// `POST /api/search` as JSON: by a catalog product ("more like this") or by an embedding.

@@ -128,15 +128,15 @@ pub async fn add_product(State(state): Shared, _admin: AdminToken, UploadForm(mu
     }
     let image = image.ok_or_else(|| ApiError::bad_parameters("the form needs an \"image\" field with the product photo"))?;
 
-    let encoded = state.batcher.encode(image.clone(), None).await?;
+    let encoded = state.batcher.encode(image.clone(), None, crate::search::Items::Main).await?;
     let mime = image::guess_format(&image).map(|f| f.to_mime_type()).unwrap_or("application/octet-stream").to_string();
     let product = NewProduct {
         id: id.clone(),
         content_hash: hex::encode(Sha256::digest(&image)),
         image: NewImage::Stored { bytes: image.to_vec(), mime },
         metadata,
-        vector: encoded.embedding.vector,
-        max_pooled: encoded.embedding.max_pooled,
+        vector: encoded.photo.whole.vector,
+        max_pooled: encoded.photo.whole.max_pooled,
     };
     let engine = state.engine.clone();
     let stored = blocking(move || {

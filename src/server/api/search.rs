@@ -13,7 +13,7 @@ use super::super::types::{Facet, FacetValue, FacetsResponse, OneOrMany, SearchFo
 use super::super::AppState;
 use super::{blocking, Shared};
 use crate::index::l2_normalize;
-use crate::search::SearchRequest;
+use crate::search::{Items, SearchRequest};
 use crate::preprocess::Crop;
 use crate::types::Filter;
 
@@ -73,6 +73,7 @@ pub async fn search(State(state): Shared, input: SearchInput) -> Result<Json<Sea
 async fn search_by_photo(state: Arc<AppState>, mut form: Multipart) -> Result<Json<SearchResponse>, ApiError> {
     let started = Instant::now();
     let (mut image, mut k, mut offset, mut crop, mut filters, mut include_vector) = (None, None, None, None, Vec::new(), false);
+    let mut items = Items::Main;
     let mut seen = FieldNames::default();
     while let Some(field) = form.next_field().await? {
         let name = field.name().unwrap_or("").to_string();
@@ -91,19 +92,20 @@ async fn search_by_photo(state: Arc<AppState>, mut form: Multipart) -> Result<Js
                 }
             }
             "include_vector" => include_vector = matches!(field.text().await?.trim(), "true" | "1" | "yes"),
-            other => return Err(ApiError::bad_parameters(format!("unknown form field {other:?}: expected image, k, offset, filter, crop, include_vector"))),
+            "items" => items = field.text().await?.parse().map_err(ApiError::BadParameters)?,
+            other => return Err(ApiError::bad_parameters(format!("unknown form field {other:?}: expected image, k, offset, filter, crop, include_vector, items"))),
         }
     }
     let image = image.ok_or_else(|| ApiError::bad_parameters("the form has no \"image\" field with the photo"))?;
     let filter = Filter::parse(&filters).map_err(|e| ApiError::BadParameters(e.to_string()))?;
     let request = page_request(k, offset, filter)?;
 
-    let encoded = state.batcher.encode(image, crop).await?;
+    let encoded = state.batcher.encode(image, crop, items).await?;
     let engine = state.engine.clone();
-    let vector = encoded.embedding.vector;
     blocking(move || {
-        let results = engine.search_embedding(&vector, &request, encoded.timings, started)?;
-        Ok(Json(SearchResponse::new(&results, include_vector.then_some(vector))))
+        let results = engine.search_photo(&encoded.photo, &request, items, encoded.timings, started)?;
+        let vector = include_vector.then(|| encoded.photo.query_vector().to_vec());
+        Ok(Json(SearchResponse::for_photo(&results, items, vector)))
     })
     .await
 }

@@ -1,0 +1,137 @@
+//! Finding the products in a shopper's photo, end to end on the real model: Fashion-MNIST
+//! garments (light on black, as the catalog has them) pasted at known places on a larger black
+//! photo, searched through [`SearchEngine`] as the CLI and the API do.
+
+mod common;
+
+use common::{encoder, fm_dir, shared_catalog};
+use image::{DynamicImage, GrayImage};
+use lookalike::catalog::SqliteCatalog;
+use lookalike::encoder::{Encoder, GridFeatures};
+use lookalike::import::fashion_mnist::FashionMnist;
+use lookalike::model::Pooling;
+use lookalike::search::{Items, SearchEngine, SearchRequest, SearchResults};
+
+/// Side of the composed photos: 7 cells of 64 px on the model's 7x7 grid (224 px input), so a
+/// garment placed on whole cells has a box the grid can draw exactly.
+const SIDE: u32 = 448;
+const CELL: u32 = SIDE / 7;
+
+fn engine() -> SearchEngine {
+    let catalog = SqliteCatalog::open_existing(shared_catalog()).expect("catalog");
+    SearchEngine::open(catalog, Box::new(encoder())).expect("engine")
+}
+
+/// Fashion-MNIST test garments `indices` pasted on a black photo, each scaled to `cells` x
+/// `cells` grid cells with its corner at cell (`col`, `row`). Returns the PNG and each box as
+/// fractions of the photo.
+fn composite(placements: &[(usize, u32, u32, u32)]) -> (Vec<u8>, Vec<[f32; 4]>) {
+    let test = FashionMnist::load(&fm_dir(), "test").expect("test split");
+    let mut photo = GrayImage::new(SIDE, SIDE);
+    let mut boxes = Vec::new();
+    for &(index, col, row, cells) in placements {
+        let garment = test.image(index).expect("image");
+        let side = cells * CELL;
+        let scaled = image::imageops::resize(&garment, side, side, image::imageops::FilterType::Triangle);
+        image::imageops::overlay(&mut photo, &scaled, i64::from(col * CELL), i64::from(row * CELL));
+        let f = |v: u32| v as f32 / SIDE as f32;
+        boxes.push([f(col * CELL), f(row * CELL), f(side), f(side)]);
+    }
+    let mut png = Vec::new();
+    DynamicImage::ImageLuma8(photo).write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png).expect("png");
+    (png, boxes)
+}
+
+fn iou(a: [f32; 4], b: [f32; 4]) -> f32 {
+    let (ix, iy) = ((a[0] + a[2]).min(b[0] + b[2]) - a[0].max(b[0]), (a[1] + a[3]).min(b[1] + b[3]) - a[1].max(b[1]));
+    let inter = ix.max(0.0) * iy.max(0.0);
+    inter / (a[2] * a[3] + b[2] * b[3] - inter)
+}
+
+fn search(engine: &SearchEngine, png: &[u8], items: Items) -> SearchResults {
+    engine.search_image(png, None, &SearchRequest::default(), items).expect("search")
+}
+
+#[test]
+fn a_garment_on_a_larger_photo_is_found_where_it_was_placed() {
+    let engine = engine();
+    // A trouser (test image 2) on 3x3 cells, towards the bottom left.
+    let (png, boxes) = composite(&[(2, 1, 3, 3)]);
+    let results = search(&engine, &png, Items::Main);
+    let main = results.detections.first().expect("a product found");
+    assert!(iou(main.bounds, boxes[0]) >= 0.5, "found at {:?}, placed at {:?}", main.bounds, boxes[0]);
+    assert!(results.items.is_empty(), "per-item results only when asked for");
+}
+
+#[test]
+fn two_garments_give_two_boxes_and_two_result_lists() {
+    let engine = engine();
+    // A trouser top left and a bag (test image 18) bottom right, with a clear gap between them.
+    let (png, boxes) = composite(&[(2, 0, 0, 3), (18, 4, 4, 3)]);
+    let results = search(&engine, &png, Items::All);
+    assert_eq!(results.detections.len(), 2, "two products found: {:?}", results.detections);
+    for placed in &boxes {
+        let best = results.detections.iter().map(|d| iou(d.bounds, *placed)).fold(0.0, f32::max);
+        assert!(best >= 0.5, "the product at {placed:?} is found (best IoU {best:.2}): {:?}", results.detections);
+    }
+    assert_eq!(results.items.len(), 2, "one result list per product");
+    for (item, detection) in results.items.iter().zip(&results.detections) {
+        assert_eq!(item.detection, *detection, "items come in the order of detections");
+        assert_eq!(item.hits.len(), 10);
+    }
+    // Each item's results lean to its own kind of product: the trouser's to trousers, the bag's
+    // to bags (the catalog's first 300 training images have both). So do the main results,
+    // searched for the main item rather than the whole photo.
+    let class_at = |b: [f32; 4]| if b[0] + b[2] / 2.0 < 0.5 { "Trouser" } else { "Bag" };
+    let share = |hits: &[lookalike::search::RankedProduct], class: &str| hits.iter().filter(|h| h.product.category() == Some(class)).count();
+    let categories = |hits: &[lookalike::search::RankedProduct]| hits.iter().map(|h| h.product.category().unwrap_or("-").to_string()).collect::<Vec<_>>();
+    for item in &results.items {
+        let class = class_at(item.detection.bounds);
+        assert!(share(&item.hits, class) >= 5, "{class} item: {:?}", categories(&item.hits));
+    }
+    let main_class = class_at(results.detections[0].bounds);
+    assert!(share(&results.hits, main_class) >= 5, "main results for the {main_class}: {:?}", categories(&results.hits));
+}
+
+#[test]
+fn a_shoppers_crop_wins_over_localisation() {
+    let engine = engine();
+    let (png, _) = composite(&[(2, 0, 0, 3), (18, 4, 4, 3)]);
+    let crop = lookalike::preprocess::Crop::new(0.5, 0.5, 0.5, 0.5).expect("crop");
+    let results = engine.search_image(&png, Some(crop), &SearchRequest::default(), Items::All).expect("search");
+    assert!(results.detections.is_empty() && results.items.is_empty(), "the shopper's box is searched as it is");
+    assert_eq!(results.hits.len(), 10);
+}
+
+#[test]
+fn pooling_over_an_item_ignores_everything_outside_it() {
+    // A real feature map: the model's grid for a composed photo.
+    let (png, _) = composite(&[(2, 1, 3, 3)]);
+    let encoder = encoder();
+    let photo = image::load_from_memory(&png).expect("png");
+    let tensor = lookalike::preprocess::prepare_image(&photo, None, &encoder.spec().input);
+    let grid: GridFeatures = encoder.encode_queries(&[tensor]).expect("encode").remove(0).grid.expect("a feature map");
+    assert_eq!((grid.width, grid.height), (7, 7));
+    assert!(matches!(grid.pooling, Pooling::Gem { .. }));
+    let mask: Vec<usize> = (0..49).filter(|c| (1..4).contains(&(c % 7)) && (3..6).contains(&(c / 7))).collect();
+    let pooled = grid.pool_over(&mask);
+
+    // Change every cell outside the mask: the pooled vector stays, the whole photo's moves.
+    let mut changed = grid.clone();
+    for cell in (0..49).filter(|c| !mask.contains(c)) {
+        for v in &mut changed.data[cell * grid.channels..(cell + 1) * grid.channels] {
+            *v = *v * 3.0 + 1.0;
+        }
+    }
+    assert_eq!(changed.pool_over(&mask), pooled, "cells outside the mask do not count");
+    let all: Vec<usize> = (0..49).collect();
+    assert_ne!(changed.pool_over(&all), grid.pool_over(&all));
+
+    // Change one cell inside it: the pooled vector moves.
+    let mut inside = grid.clone();
+    let cell = mask[0];
+    for v in &mut inside.data[cell * grid.channels..(cell + 1) * grid.channels] {
+        *v = *v * 3.0 + 1.0;
+    }
+    assert_ne!(inside.pool_over(&mask), pooled);
+}

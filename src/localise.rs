@@ -44,11 +44,11 @@ impl Localisation {
         self.items.first()
     }
 
-    /// The item a search for the photo should look for instead of the whole photo: the main
+    /// The item to search for instead of the whole photo, were search to do so: the main
     /// product, when it covers less than [`MAX_SEARCH_ITEM_SHARE`] of the grid (a garment on a
-    /// floor, a bag beside other things). A product that fills much of the photo is searched as
-    /// the whole photo: its item misses the edges of the garment, and measured on clean
-    /// catalog-style photos that costs precision (docs/localisation-study.md).
+    /// floor, a bag beside other things); a product that fills much of the photo loses the
+    /// edges of the garment. `eval` measures this as `lookalike_item` beside the whole photo;
+    /// search keeps the whole photo, which measured better (docs/localisation-study.md).
     pub fn search_item(&self) -> Option<&Item> {
         self.products().next().filter(|item| (item.cells.len() as f32) < MAX_SEARCH_ITEM_SHARE * (self.width * self.height) as f32)
     }

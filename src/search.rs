@@ -59,13 +59,13 @@ pub struct PreparedQuery {
     pub timings: Timings,
 }
 
-/// Which of the products found in a photo a search looks for.
+/// Which results a photo search returns besides the photo's own.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Items {
-    /// The main one (the most foreground), or the whole photo when nothing stands out.
+    /// The photo's results and where the products in it are.
     #[default]
     Main,
-    /// Also each one on its own ("shop the look"): one ranked list per item.
+    /// Also each product found searched on its own ("shop the look"): one ranked list per item.
     All,
 }
 
@@ -100,20 +100,17 @@ pub struct EncodedPhoto {
     /// Main item first; empty when nothing stands out, the photo was cropped by the shopper,
     /// or the model gives no feature map.
     pub items: Vec<FoundItem>,
-    /// The main item's vector, when the search should look for it rather than the whole
-    /// photo ([`crate::localise::Localisation::search_item`]).
-    pub search_item: Option<Vec<f32>>,
 }
 
 impl EncodedPhoto {
-    /// What a search for the photo looks for: its main item when it leaves most of the photo
-    /// to background, else the whole photo.
+    /// What a search for the photo looks for: the whole photo.
     ///
-    /// Pooling over the item rather than cropping to it and encoding again: measured on
-    /// Fashion-MNIST shopper-style photos, the crop is no better and costs a second encode
-    /// (docs/localisation-study.md).
+    /// Not its main item: pooled over the item or cropped to it, the query found fewer
+    /// products of the right kind on clean and on shopper-style photos of one product, and
+    /// the very product less often (docs/localisation-study.md). The items found are offered
+    /// beside the results instead (`detections`, `Items::All`), for the shopper to choose.
     pub fn query_vector(&self) -> &[f32] {
-        self.search_item.as_deref().unwrap_or(&self.whole.vector)
+        &self.whole.vector
     }
 
     pub fn detections(&self) -> Vec<Detection> {
@@ -436,26 +433,23 @@ impl SearchEngine {
     /// The products on a query's feature map, as boxes on the photo, each with its own vector.
     fn find_products(&self, query: QueryEmbedding, photo: Option<(u32, u32)>) -> EncodedPhoto {
         let (Some(grid), Some((width, height))) = (&query.grid, photo) else {
-            return EncodedPhoto { whole: query.embedding, items: Vec::new(), search_item: None };
+            return EncodedPhoto { whole: query.embedding, items: Vec::new() };
         };
         let found = find_items(grid, self.foreground.as_ref());
         let fit = self.encoder.spec().input.fit;
         let mut items: Vec<FoundItem> = Vec::new();
-        let mut main_on_photo = false;
-        for (n, item) in found.products().enumerate() {
+        for item in found.products() {
             // Items wholly on the padding around a photo are not in the photo.
             let Some(on_photo) = preprocess::input_box_to_crop(item.bounds, 0.0, width, height, fit) else { continue };
-            main_on_photo |= n == 0;
             let detection = Detection { bounds: [on_photo.x, on_photo.y, on_photo.width, on_photo.height], score: item.score };
             let crop = preprocess::input_box_to_crop(item.bounds, 0.5 / found.width.max(1) as f32, width, height, fit);
             items.push(FoundItem { detection, vector: grid.pool_over(&item.cells), crop });
         }
-        let search_item = items.first().filter(|_| main_on_photo && found.search_item().is_some()).map(|main| main.vector.clone());
-        EncodedPhoto { whole: query.embedding, items, search_item }
+        EncodedPhoto { whole: query.embedding, items }
     }
 
-    /// The last two steps of a photo search: nearest neighbours of its main item (or of each
-    /// item, with `Items::All`), then product metadata. `timings` carries the earlier stages'
+    /// The last two steps of a photo search: nearest neighbours of the photo (and of each item
+    /// found in it, with `Items::All`), then product metadata. `timings` carries the earlier stages'
     /// times; `started` is when the search began, for `total_ms`.
     pub fn search_photo(&self, photo: &EncodedPhoto, request: &SearchRequest, items: Items, timings: Timings, started: Instant) -> Result<SearchResults, SearchError> {
         let mut results = self.search_vector(photo.query_vector(), request)?;

@@ -100,7 +100,7 @@ fn items_all_prints_one_table_per_product_found() {
     assert_eq!(detections.len(), items.len());
     let table = ok(&["search", "--db", db, path(&file), "-k", "3", "--items", "all"]);
     assert_eq!(table.matches("rank  id").count(), 1 + items.len(), "the main table and one per product: {table}");
-    assert!(table.contains("found in the photo") || table.contains("no single product stands out"), "{table}");
+    assert!(table.contains("found in the photo, main first") || table.contains("no single product stands out"), "{table}");
 
     let out = lookalike(&["search", "--db", db, path(&file), "--items", "every"]);
     assert!(!out.status.success());

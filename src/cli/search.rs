@@ -35,8 +35,8 @@ pub struct SearchArgs {
     /// Search with part of the photo only: x,y,w,h as fractions (0..1) of its width and height.
     #[arg(long, value_name = "X,Y,W,H", conflicts_with = "like")]
     pub crop: Option<String>,
-    /// Which products found in the photo to search for: `main` (the most prominent one, or
-    /// the whole photo when none stands out) or `all` (also one table per product found).
+    /// `main`: the photo's results, and where the products in it are. `all`: also one table per
+    /// product found, each searched on its own.
     #[arg(long, value_name = "main|all", default_value = "main", conflicts_with = "like")]
     pub items: Items,
     /// Print JSON instead of a table.
@@ -84,9 +84,10 @@ fn image_label(image: &lookalike::types::ImageRef) -> String {
 
 fn print_results(results: &SearchResults, by_photo: bool, items: Items) {
     if by_photo {
-        match results.detections.first() {
-            Some(main) => println!("{} product(s) found in the photo; searching for the main one at {}", results.detections.len(), box_label(main.bounds)),
-            None => println!("no single product stands out in the photo; searching for the whole photo"),
+        let boxes: Vec<String> = results.detections.iter().map(|d| box_label(d.bounds)).collect();
+        match boxes.len() {
+            0 => println!("no single product stands out in the photo"),
+            n => println!("{n} product(s) found in the photo, main first, at {} (search one alone with --crop X,Y,W,H, or all with --items all)", boxes.join("  ")),
         }
     }
     print_table(&results.hits);

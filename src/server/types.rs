@@ -85,14 +85,14 @@ impl From<&ItemResults> for ItemBody {
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct SearchResponse {
-    /// Best first. For a photo: the products most like its main item (or the whole photo when
-    /// no item stands out).
+    /// Best first: the products most like the photo (or its `crop`).
     pub hits: Vec<HitBody>,
-    /// Photo searches only: the products found in the photo, main first (the one `hits` are
-    /// for); empty when none stands out or the photo was cropped with `crop`.
+    /// Photo searches only: the products found in the photo, main first; empty when none
+    /// stands out or the photo was cropped with `crop`. Each box can be sent back as `crop`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub detections: Option<Vec<DetectionBody>>,
-    /// With `items=all`: each found product with its own results, in `detections`' order.
+    /// With `items=all`: each found product with its own results (the item cropped out and
+    /// encoded on its own), in `detections`' order.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub items: Option<Vec<ItemBody>>,
     pub timings: Timings,
@@ -152,11 +152,10 @@ pub struct SearchForm {
     filter: Option<Vec<String>>,
     /// `x,y,w,h`: search only this part of the photo, fractions 0..1 of its width and height.
     crop: Option<String>,
-    /// `true` to get the photo's embedding back as `query_vector` (its main item's, the one
-    /// `hits` were found with).
+    /// `true` to get the photo's embedding back as `query_vector`.
     include_vector: Option<bool>,
-    /// `main` (default): `hits` for the main product found in the photo. `all`: also `items`,
-    /// one ranked list per product found ("shop the look").
+    /// `main` (default): `hits` for the photo, and `detections`. `all`: also `items`, one
+    /// ranked list per product found ("shop the look"), each item encoded on its own.
     items: Option<String>,
 }
 

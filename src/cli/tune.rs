@@ -38,7 +38,7 @@ pub struct TuneArgs {
     pub augment: Option<usize>,
     /// Weight of the instance term: each perturbed photo is also pulled to its own product
     /// (not only to its label), so a re-photographed product finds itself. 0 turns it off.
-    #[arg(long, default_value_t = 1.0, value_name = "W")]
+    #[arg(long, default_value_t = 2.0, value_name = "W")]
     pub instance_weight: f32,
     #[command(flatten)]
     pub model: ModelArgs,

@@ -80,17 +80,17 @@ impl std::str::FromStr for Items {
     }
 }
 
-/// A product found in the query photo, with the vector that searches for it.
+/// A product found in the query photo.
 #[derive(Debug, Clone)]
 pub struct FoundItem {
     pub detection: Detection,
-    /// With `Items::All`, the item cropped out of the photo (half a grid cell of margin) and
-    /// encoded on its own; otherwise the photo's features pooled over the item's cells only (as
-    /// the model pools, L2-normalised). On photos of several products the crop finds the
-    /// item's kind far more often, for one more encode per item (docs/localisation-study.md).
-    pub vector: Vec<f32>,
-    /// The part of the photo the item's own encode sees.
-    pub crop: Option<Crop>,
+    /// The part of the photo the item's own encode sees: its box with half a grid cell of
+    /// margin.
+    pub crop: Crop,
+    /// With `Items::All`, the item cropped out and encoded on its own (L2-normalised). A crop
+    /// found the item's kind far more often than the photo's features pooled over the item's
+    /// cells, for one more encode per item (docs/localisation-study.md).
+    pub vector: Option<Vec<f32>>,
 }
 
 /// A query photo encoded: the whole photo's embedding and the products found in it.
@@ -373,7 +373,7 @@ impl SearchEngine {
         let photo = self.encode_photos(vec![query])?.into_iter().next().context("the encoder returned no embedding")?;
         timings.encode_ms = ms(t);
 
-        self.search_photo(&photo, request, items, timings, started)
+        self.search_photo(&photo, request, timings, started)
     }
 
     /// Decode → crop → composite on white → resize and normalise: the shopper's photo as the
@@ -412,10 +412,8 @@ impl SearchEngine {
         for (q, photo) in photos.iter().enumerate() {
             let Some(photo) = photo else { continue };
             for (i, item) in found[q].items.iter().enumerate() {
-                if let Some(crop) = item.crop {
-                    crops.push(preprocess::prepare_image(photo, Some(crop), input));
-                    owners.push((q, i));
-                }
+                crops.push(preprocess::prepare_image(photo, Some(item.crop), input));
+                owners.push((q, i));
             }
         }
         if !crops.is_empty() {
@@ -424,7 +422,7 @@ impl SearchEngine {
                 return Err(SearchError::Internal(anyhow::anyhow!("the encoder returned {} embeddings for {} crops", vectors.len(), crops.len())));
             }
             for ((q, i), embedding) in owners.into_iter().zip(vectors) {
-                found[q].items[i].vector = embedding.vector;
+                found[q].items[i].vector = Some(embedding.vector);
             }
         }
         Ok(found)
@@ -442,24 +440,25 @@ impl SearchEngine {
             // Items wholly on the padding around a photo are not in the photo.
             let Some(on_photo) = preprocess::input_box_to_crop(item.bounds, 0.0, width, height, fit) else { continue };
             let detection = Detection { bounds: [on_photo.x, on_photo.y, on_photo.width, on_photo.height], score: item.score };
-            let crop = preprocess::input_box_to_crop(item.bounds, 0.5 / found.width.max(1) as f32, width, height, fit);
-            items.push(FoundItem { detection, vector: grid.pool_over(&item.cells), crop });
+            // With a margin the box only grows, so it lies on the photo too.
+            let crop = preprocess::input_box_to_crop(item.bounds, 0.5 / found.width.max(1) as f32, width, height, fit).unwrap_or(on_photo);
+            items.push(FoundItem { detection, crop, vector: None });
         }
         EncodedPhoto { whole: query.embedding, items }
     }
 
     /// The last two steps of a photo search: nearest neighbours of the photo (and of each item
-    /// found in it, with `Items::All`), then product metadata. `timings` carries the earlier stages'
-    /// times; `started` is when the search began, for `total_ms`.
-    pub fn search_photo(&self, photo: &EncodedPhoto, request: &SearchRequest, items: Items, timings: Timings, started: Instant) -> Result<SearchResults, SearchError> {
+    /// encoded on its own, as `Items::All` asked [`SearchEngine::prepare_query`] to), then product
+    /// metadata. `timings` carries the earlier stages' times; `started` is when the search began,
+    /// for `total_ms`.
+    pub fn search_photo(&self, photo: &EncodedPhoto, request: &SearchRequest, timings: Timings, started: Instant) -> Result<SearchResults, SearchError> {
         let mut results = self.search_vector(photo.query_vector(), request)?;
-        if items == Items::All {
-            for item in &photo.items {
-                let found = self.search_vector(&item.vector, request)?;
-                results.timings.search_ms += found.timings.search_ms;
-                results.timings.metadata_ms += found.timings.metadata_ms;
-                results.items.push(ItemResults { detection: item.detection, hits: found.hits });
-            }
+        for item in &photo.items {
+            let Some(vector) = &item.vector else { continue };
+            let found = self.search_vector(vector, request)?;
+            results.timings.search_ms += found.timings.search_ms;
+            results.timings.metadata_ms += found.timings.metadata_ms;
+            results.items.push(ItemResults { detection: item.detection, hits: found.hits });
         }
         results.detections = photo.detections();
         results.timings = Timings { search_ms: results.timings.search_ms, metadata_ms: results.timings.metadata_ms, total_ms: ms(started), ..timings };

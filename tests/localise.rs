@@ -8,6 +8,7 @@ use common::{encoder, fm_dir, shared_catalog};
 use image::{DynamicImage, GrayImage};
 use lookalike::catalog::SqliteCatalog;
 use lookalike::encoder::{Encoder, GridFeatures};
+use lookalike::eval::iou;
 use lookalike::import::fashion_mnist::FashionMnist;
 use lookalike::model::Pooling;
 use lookalike::search::{Items, SearchEngine, SearchRequest, SearchResults};
@@ -40,12 +41,6 @@ fn composite(placements: &[(usize, u32, u32, u32)]) -> (Vec<u8>, Vec<[f32; 4]>) 
     let mut png = Vec::new();
     DynamicImage::ImageLuma8(photo).write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png).expect("png");
     (png, boxes)
-}
-
-fn iou(a: [f32; 4], b: [f32; 4]) -> f32 {
-    let (ix, iy) = ((a[0] + a[2]).min(b[0] + b[2]) - a[0].max(b[0]), (a[1] + a[3]).min(b[1] + b[3]) - a[1].max(b[1]));
-    let inter = ix.max(0.0) * iy.max(0.0);
-    inter / (a[2] * a[3] + b[2] * b[3] - inter)
 }
 
 fn search(engine: &SearchEngine, png: &[u8], items: Items) -> SearchResults {

@@ -103,7 +103,7 @@ async fn search_by_photo(state: Arc<AppState>, mut form: Multipart) -> Result<Js
     let encoded = state.batcher.encode(image, crop, items).await?;
     let engine = state.engine.clone();
     blocking(move || {
-        let results = engine.search_photo(&encoded.photo, &request, items, encoded.timings, started)?;
+        let results = engine.search_photo(&encoded.photo, &request, encoded.timings, started)?;
         let vector = include_vector.then(|| encoded.photo.query_vector().to_vec());
         Ok(Json(SearchResponse::for_photo(&results, items, vector)))
     })

@@ -15,6 +15,14 @@ use serde::Serialize;
 use crate::projection::Projection;
 use crate::types::{Filter, ImageRef, IndexingProgress, Key, Metadata, NewImage, NewProduct, Product, VectorSpace};
 
+/// An indexed product's image, as an import sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IndexedImage {
+    pub content_hash: String,
+    /// Whether its colour descriptor is stored (catalogs made before them have none).
+    pub has_colour: bool,
+}
+
 /// Which stored vector to read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum VectorKind {
@@ -126,6 +134,15 @@ impl SqliteCatalog {
             .with_context(damaged)?;
         if !has_crc {
             conn.execute_batch("ALTER TABLE vectors ADD COLUMN crc INTEGER").with_context(damaged)?;
+        }
+        // Catalogs made before colour descriptors: add them (NULL until `index` runs again,
+        // which fills them in without re-running the model).
+        let has_colour: bool = conn
+            .prepare("SELECT 1 FROM pragma_table_info('vectors') WHERE name = 'colour'")
+            .and_then(|mut s| s.exists([]))
+            .with_context(damaged)?;
+        if !has_colour {
+            conn.execute_batch("ALTER TABLE vectors ADD COLUMN colour BLOB; ALTER TABLE vectors ADD COLUMN colour_crc INTEGER").with_context(damaged)?;
         }
         Ok(SqliteCatalog { conn, path: path.to_path_buf(), written: BTreeSet::new() })
     }
@@ -304,9 +321,69 @@ impl SqliteCatalog {
     /// Content hashes of all products by id, so an import can skip unchanged images without
     /// one query per file.
     pub fn content_hashes(&self) -> Result<HashMap<String, String>> {
-        let mut stmt = self.conn.prepare("SELECT p.id, p.content_hash FROM products p JOIN vectors v ON v.key = p.key")?;
-        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(self.indexed_images()?.into_iter().map(|(id, image)| (id, image.content_hash)).collect())
+    }
+
+    /// What an import needs to know of each indexed product (by id): its image's hash, and
+    /// whether its colour descriptor is stored.
+    pub fn indexed_images(&self) -> Result<HashMap<String, IndexedImage>> {
+        let mut stmt = self.conn.prepare("SELECT p.id, p.content_hash, v.colour IS NOT NULL FROM products p JOIN vectors v ON v.key = p.key")?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, IndexedImage { content_hash: r.get(1)?, has_colour: r.get(2)? })))?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Every stored colour descriptor (key, values), checked against its checksum.
+    pub fn colours(&self) -> Result<Vec<(Key, Vec<f32>)>> {
+        let mut stmt = self.conn.prepare("SELECT key, colour, colour_crc FROM vectors WHERE colour IS NOT NULL ORDER BY key").with_context(|| self.damaged_hint())?;
+        let mut rows = stmt.query([])?;
+        let mut out = Vec::new();
+        while let Some(row) = rows.next().with_context(|| self.damaged_hint())? {
+            let key: Key = row.get(0)?;
+            let blob = row.get_ref(1)?.as_blob()?;
+            verify_vector(blob, row.get(2)?).with_context(|| format!("colour of product key {key}: {}", self.damaged_hint()))?;
+            let mut values = Vec::new();
+            decode_vector(blob, &mut values).with_context(|| format!("colour of product key {key}"))?;
+            out.push((key, values));
+        }
+        Ok(out)
+    }
+
+    /// The colour descriptor of one product, if stored.
+    pub fn colour(&self, key: Key) -> Result<Option<Vec<f32>>> {
+        let row: Option<(Option<Vec<u8>>, Option<i64>)> =
+            self.conn.query_row("SELECT colour, colour_crc FROM vectors WHERE key = ?1", [key], |r| Ok((r.get(0)?, r.get(1)?))).optional()?;
+        let Some((Some(blob), crc)) = row else { return Ok(None) };
+        verify_vector(&blob, crc).with_context(|| format!("colour of product key {key}: {}", self.damaged_hint()))?;
+        let mut values = Vec::new();
+        decode_vector(&blob, &mut values)?;
+        Ok(Some(values))
+    }
+
+    /// Stores colour descriptors of products already indexed (by id; ids not in the catalog
+    /// are skipped) and, where given, their metadata, in one transaction: how `index` fills in
+    /// colours for a catalog made before them, without re-running the model. Each change is
+    /// logged, so servers following the catalog pick the colours up.
+    pub fn set_colours(&mut self, colours: &[(String, Vec<f32>, Option<Metadata>)]) -> Result<usize> {
+        let tx = self.write_transaction()?;
+        let mut logged = Vec::new();
+        {
+            let mut find = tx.prepare_cached("SELECT key FROM products WHERE id = ?1")?;
+            let mut put = tx.prepare_cached("UPDATE vectors SET colour = ?2, colour_crc = ?3 WHERE key = ?1")?;
+            let mut meta = tx.prepare_cached("UPDATE products SET metadata = ?2 WHERE key = ?1")?;
+            for (id, colour, metadata) in colours {
+                let Some(key): Option<Key> = find.query_row([id], |r| r.get(0)).optional()? else { continue };
+                let blob = encode_vector(colour);
+                put.execute(params![key, blob, i64::from(crc32fast::hash(&blob))])?;
+                if let Some(metadata) = metadata {
+                    meta.execute(params![key, serde_json::to_string(metadata)?])?;
+                }
+                logged.push(log_change(&tx, key)?);
+            }
+        }
+        tx.commit().with_context(|| format!("writing to catalog {}", self.path.display()))?;
+        let n = logged.len();
+        self.written.extend(logged);
+        Ok(n)
     }
 
     /// Streams every stored vector of `kind` (key, vector) to `visit`, in key order.
@@ -615,9 +692,16 @@ pub fn salvage(path: &Path) -> Result<SalvageReport> {
             ("products", "key", "key, id, image_path, image_mime, content_hash, metadata"),
             ("images", "key", "key, bytes"),
             ("projection", "id", "id, label, input_dim, hidden, output_dim, weights, report"),
-            ("vectors", "key", "key, vector, max_pooled, crc"),
+            ("vectors", "key", "key, vector, max_pooled, crc, colour, colour_crc"),
         ];
         for (table, key, columns) in tables {
+            // Only the columns the damaged file has: one made before a column was added (the
+            // vectors' checksums, their colours) still gives up the rest.
+            let present = |column: &str| {
+                old.prepare(&format!("SELECT 1 FROM pragma_table_info('{table}') WHERE name = ?1")).and_then(|mut s| s.exists([column])).unwrap_or(true)
+            };
+            let columns = columns.split(',').map(str::trim).filter(|c| present(c)).collect::<Vec<_>>().join(", ");
+            let columns = columns.as_str();
             let width = columns.split(',').count();
             let insert = format!("INSERT OR IGNORE INTO {table}({columns}) VALUES ({})", vec!["?"; width].join(", "));
             let select = format!("SELECT {key}, {columns} FROM {table} WHERE {key} > ?1 ORDER BY {key}");
@@ -809,7 +893,9 @@ impl SqliteCatalog {
             )?;
             let mut put_image = tx.prepare_cached("INSERT OR REPLACE INTO images(key, bytes) VALUES (?1, ?2)")?;
             let mut drop_image = tx.prepare_cached("DELETE FROM images WHERE key = ?1")?;
-            let mut put_vector = tx.prepare_cached("INSERT OR REPLACE INTO vectors(key, vector, max_pooled, crc) VALUES (?1, ?2, ?3, ?4)")?;
+            let mut put_vector = tx.prepare_cached(
+                "INSERT OR REPLACE INTO vectors(key, vector, max_pooled, crc, colour, colour_crc) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?;
             for p in products {
                 let (path, mime) = match &p.image {
                     NewImage::File(path) => (Some(path.to_string_lossy().into_owned()), None),
@@ -834,7 +920,9 @@ impl SqliteCatalog {
                 let max = p.max_pooled.as_deref().map(encode_vector);
                 let blob = encode_vector(&p.vector);
                 let crc = i64::from(crc32fast::hash(&blob));
-                put_vector.execute(params![key, blob, max, crc])?;
+                let colour = p.colour.as_deref().map(encode_vector);
+                let colour_crc = colour.as_deref().map(|c| i64::from(crc32fast::hash(c)));
+                put_vector.execute(params![key, blob, max, crc, colour, colour_crc])?;
                 logged.push(log_change(&tx, key)?);
                 keys.push(key);
             }
@@ -914,6 +1002,7 @@ mod tests {
             metadata: meta.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             vector: v,
             max_pooled: None,
+            colour: None,
         }
     }
 

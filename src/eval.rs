@@ -20,6 +20,7 @@ use rand::{Rng, SeedableRng};
 use serde::Serialize;
 
 use crate::catalog::{SqliteCatalog, VectorKind};
+use crate::colour::{self, ColourMode, ColourTable};
 use crate::types::{ImageRef, Key};
 use crate::encoder::Encoder;
 use crate::index::{l2_normalize, ExactIndex, Precision, VectorIndex};
@@ -30,7 +31,12 @@ use crate::space::SearchSpace;
 /// Cut-off of every ranked metric.
 pub const K: usize = 10;
 
-/// A query image with its ground-truth label.
+/// Joins the values of several label columns (`--label articleType,baseColour`) into one
+/// label: a hit is relevant when every listed column equals the query's.
+pub const LABEL_SEPARATOR: &str = " / ";
+
+/// A query image with its ground-truth label (several columns' values joined by
+/// [`LABEL_SEPARATOR`]).
 pub struct LabelledQuery {
     pub id: String,
     pub image: image::DynamicImage,
@@ -47,6 +53,9 @@ pub struct MethodReport {
     pub knn_accuracy: f64,
     pub latency_ms_median: f64,
     pub latency_ms_p95: f64,
+    /// With several label columns: P@10 judged by each column alone.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub precision_at_10_by_column: BTreeMap<String, f64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -57,6 +66,12 @@ pub struct EvalReport {
     pub label: String,
     /// Whether queries were perturbed into shopper-like photos (see [`crate::perturb`]).
     pub perturbed: bool,
+    /// How the lookalike rows treated colour (`match`, `any` or a colour name; `any` on a
+    /// grey catalog). With a mode other than `any`, `lookalike_any` is the same search by
+    /// shape only.
+    pub colour: String,
+    /// The weight of colour against shape under `match`.
+    pub colour_weight: f32,
     /// The label column the catalog's projection was tuned on, if it has one.
     pub tuned_on: Option<String>,
     pub methods: BTreeMap<String, MethodReport>,
@@ -66,6 +81,39 @@ pub struct EvalReport {
     /// Catalog products re-photographed (`--exact N`), when asked for.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub exact: Option<ExactReport>,
+    /// How often the colour named from a product's photo at import is its `baseColour`, when
+    /// the catalog has that column.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub colour_naming: Option<ColourNamingReport>,
+}
+
+/// The named colour lookalike computes at import against the catalog's own `baseColour`.
+#[derive(Debug, Clone, Serialize)]
+pub struct ColourNamingReport {
+    /// Products of one colour (`baseColour` other than `Multi`) named exactly that.
+    pub solid_correct: f64,
+    pub solid_products: usize,
+    /// `Multi` products named `Multi`.
+    pub multi_correct: f64,
+    pub multi_products: usize,
+}
+
+/// [`ColourNamingReport`] over `products`, whose colours `table` holds.
+fn colour_naming(products: &[crate::types::Product], table: &ColourTable) -> Option<ColourNamingReport> {
+    let (mut solid, mut solid_ok, mut multi, mut multi_ok) = (0usize, 0usize, 0usize, 0usize);
+    for p in products {
+        let (Some(truth), Some(descriptor)) = (p.metadata.get("baseColour"), table.descriptor(p.key)) else { continue };
+        let named = descriptor.name();
+        if truth == colour::MULTI {
+            multi += 1;
+            multi_ok += usize::from(named == colour::MULTI);
+        } else {
+            solid += 1;
+            solid_ok += usize::from(named.eq_ignore_ascii_case(truth));
+        }
+    }
+    let share = |ok: usize, n: usize| ok as f64 / n.max(1) as f64;
+    (solid + multi > 0).then(|| ColourNamingReport { solid_correct: share(solid_ok, solid), solid_products: solid, multi_correct: share(multi_ok, multi), multi_products: multi })
 }
 
 /// Catalog products re-photographed as a shopper would ([`crate::perturb::perturb`]: on a
@@ -124,6 +172,11 @@ pub struct EvalOptions {
     /// Also re-photograph this many catalog products and measure whether each is found itself
     /// (see [`ExactReport`]).
     pub exact: usize,
+    /// How the lookalike rows treat colour, as search's `colour` does.
+    pub colour: ColourMode,
+    /// Weight of colour against shape under [`ColourMode::Match`] (search uses
+    /// [`colour::MATCH_WEIGHT`]).
+    pub colour_weight: f32,
 }
 
 /// Picks `n` of `labels`' indices, the same number from each label (the first labels in sorted
@@ -155,12 +208,22 @@ struct Tally {
     ap: f64,
     knn: f64,
     latencies: Vec<f64>,
+    /// P@10 sums judged by each label column alone (several columns only).
+    p10_by_column: Vec<f64>,
 }
 
 impl Tally {
     fn add(&mut self, ranked_labels: &[&str], query_label: &str, relevant_in_catalog: usize, latency_ms: f64) {
         let rel: Vec<bool> = ranked_labels.iter().map(|l| *l == query_label).collect();
         let precision = |k: usize| rel.iter().take(k).filter(|r| **r).count() as f64 / k as f64;
+        let query_parts: Vec<&str> = query_label.split(LABEL_SEPARATOR).collect();
+        if query_parts.len() > 1 {
+            self.p10_by_column.resize(query_parts.len(), 0.0);
+            for (c, wanted) in query_parts.iter().enumerate() {
+                let hits = ranked_labels.iter().take(K).filter(|l| l.split(LABEL_SEPARATOR).nth(c) == Some(*wanted)).count();
+                self.p10_by_column[c] += hits as f64 / K as f64;
+            }
+        }
         self.p1 += precision(1);
         self.p5 += precision(5);
         self.p10 += precision(K);
@@ -169,8 +232,12 @@ impl Tally {
         self.latencies.push(latency_ms);
     }
 
-    fn report(mut self) -> MethodReport {
+    fn report(mut self, columns: &[&str]) -> MethodReport {
         let n = self.latencies.len().max(1) as f64;
+        let precision_at_10_by_column = match columns.len() {
+            0 | 1 => BTreeMap::new(),
+            _ => columns.iter().zip(&self.p10_by_column).map(|(c, p)| (c.to_string(), p / n)).collect(),
+        };
         self.latencies.sort_by(f64::total_cmp);
         MethodReport {
             precision_at_1: self.p1 / n,
@@ -180,6 +247,7 @@ impl Tally {
             knn_accuracy: self.knn / n,
             latency_ms_median: percentile(&self.latencies, 0.5),
             latency_ms_p95: percentile(&self.latencies, 0.95),
+            precision_at_10_by_column,
         }
     }
 }
@@ -233,8 +301,18 @@ pub fn evaluate(catalog: &SqliteCatalog, encoder: &dyn Encoder, queries: &[Label
     if queries.is_empty() {
         bail!("no queries to evaluate");
     }
+    let columns: Vec<&str> = label.split(',').map(str::trim).collect();
+    if columns.iter().any(|c| c.is_empty()) {
+        bail!("--label {label:?} names an empty column: give columns separated by commas, e.g. articleType,baseColour");
+    }
     let products = catalog.all_products()?;
-    let labels: HashMap<Key, String> = products.iter().filter_map(|p| p.metadata.get(label).map(|l| (p.key, l.clone()))).collect();
+    let labels: HashMap<Key, String> = products
+        .iter()
+        .filter_map(|p| {
+            let values: Option<Vec<&str>> = columns.iter().map(|c| p.metadata.get(*c).map(String::as_str)).collect();
+            values.map(|v| (p.key, v.join(LABEL_SEPARATOR)))
+        })
+        .collect();
     if labels.is_empty() {
         bail!("no product in {} has a {label:?} column to judge relevance by", catalog.path().display());
     }
@@ -270,7 +348,24 @@ pub fn evaluate(catalog: &SqliteCatalog, encoder: &dyn Encoder, queries: &[Label
 
     // Where the product is in a query: the catalog's learned head, else training-free.
     let head = catalog.foreground_head()?;
-    let methods = Methods { encoder, space: &space, lookalike: lookalike.as_ref(), untuned: untuned.as_ref().map(|u| (u, &untuned_space)), original: &original, raw: &raw, side, head: head.as_ref() };
+    let colours = ColourTable::load(catalog)?;
+    let colour_mode = match colours.has_colour() {
+        true => options.colour.clone(),
+        false => ColourMode::Any,
+    };
+    let methods = Methods {
+        encoder,
+        space: &space,
+        lookalike: lookalike.as_ref(),
+        untuned: untuned.as_ref().map(|u| (u, &untuned_space)),
+        original: &original,
+        raw: &raw,
+        side,
+        head: head.as_ref(),
+        colours: &colours,
+        colour: colour_mode.clone(),
+        colour_weight: options.colour_weight,
+    };
     let mut tallies: BTreeMap<&str, Tally> = BTreeMap::new();
     for (n, q) in queries.iter().enumerate() {
         let relevant = per_label.get(q.label.as_str()).copied().unwrap_or(0);
@@ -294,8 +389,10 @@ pub fn evaluate(catalog: &SqliteCatalog, encoder: &dyn Encoder, queries: &[Label
         seed: options.seed,
         label: label.to_string(),
         perturbed: options.perturb,
+        colour: colour_mode.to_string(),
+        colour_weight: options.colour_weight,
         tuned_on: space.tuned_on().map(str::to_string),
-        methods: tallies.into_iter().map(|(m, t)| (m.to_string(), t.report())).collect(),
+        methods: tallies.into_iter().map(|(m, t)| (m.to_string(), t.report(&columns))).collect(),
         scenes: match options.scenes {
             0 => None,
             n => Some(evaluate_scenes(lookalike.as_ref(), &space, encoder, head.as_ref(), queries, n, options.seed, &labels)?),
@@ -304,6 +401,7 @@ pub fn evaluate(catalog: &SqliteCatalog, encoder: &dyn Encoder, queries: &[Label
             0 => None,
             n => Some(evaluate_exact(catalog, &methods, &products, label, n, options.seed)?),
         },
+        colour_naming: colour_naming(&products, &colours),
     })
 }
 
@@ -319,6 +417,10 @@ struct Methods<'a> {
     /// Side of the raw-pixel baseline's images.
     side: u32,
     head: Option<&'a ForegroundHead>,
+    colours: &'a ColourTable,
+    /// How the lookalike rows treat colour (`Any` on a grey catalog).
+    colour: ColourMode,
+    colour_weight: f32,
 }
 
 impl Methods<'_> {
@@ -329,20 +431,38 @@ impl Methods<'_> {
         let ms = |t: Instant| t.elapsed().as_secs_f64() * 1000.0;
         let mut ranked = Vec::with_capacity(6);
         let t = Instant::now();
-        let tensor = preprocess::prepare_image(photo, None, &spec.input);
-        let query = self.encoder.encode_queries(&[tensor])?.into_iter().next().context("encoder returned nothing")?;
+        let pixels = preprocess::input_pixels(photo, None, &spec.input);
+        let query = self.encoder.encode_queries(&[pixels.tensor(&spec.input)])?.into_iter().next().context("encoder returned nothing")?;
         let embedding = &query.embedding;
+        let found = query.grid.as_ref().map(|grid| (grid, find_items(grid, self.head)));
+        // The photo's colour as search takes it: its main product's, else its centre's.
+        let query_colour = colour::of_query(&pixels, found.as_ref().and_then(|(_, f)| f.main()).map(|m| m.bounds)).map(|c| c.descriptor);
         let encode_ms = ms(t);
+        // A lookalike row's top K, colour treated as search treats it.
+        let search = |index: &dyn VectorIndex, vector: &[f32]| -> Result<Vec<crate::index::Hit>> {
+            Ok(match (&self.colour, &query_colour) {
+                (ColourMode::Match, Some(q)) => {
+                    let candidates = index.search(vector, K.max(colour::MATCH_CANDIDATES), None)?;
+                    self.colours.rerank(candidates, q, self.colour_weight).into_iter().take(K).collect()
+                }
+                (ColourMode::Named(name), _) => index.search(vector, K, Some(&self.colours.keys_named(name)))?,
+                _ => index.search(vector, K, None)?,
+            })
+        };
 
         let t = Instant::now();
-        ranked.push(("lookalike", self.lookalike.search(&self.space.map(&embedding.vector)?, K, None)?, encode_ms + ms(t)));
+        let vector = self.space.map(&embedding.vector)?;
+        ranked.push(("lookalike", search(self.lookalike, &vector)?, encode_ms + ms(t)));
+        if self.colour != ColourMode::Any {
+            let t = Instant::now();
+            ranked.push(("lookalike_any", self.lookalike.search(&vector, K, None)?, encode_ms + ms(t)));
+        }
 
         // The same search with the query pooled over the main item found on its feature map,
         // as search does (the whole photo when nothing stands out or the item fills it).
         let t = Instant::now();
-        let found = query.grid.as_ref().map(|grid| (grid, find_items(grid, self.head)));
         let item_vector = found.as_ref().and_then(|(grid, f)| Some(grid.pool_over(&f.search_item()?.cells)));
-        let hits = self.lookalike.search(&self.space.map(item_vector.as_ref().unwrap_or(&embedding.vector))?, K, None)?;
+        let hits = search(self.lookalike, &self.space.map(item_vector.as_ref().unwrap_or(&embedding.vector))?)?;
         ranked.push(("lookalike_item", hits, encode_ms + ms(t)));
 
         // Or cropped to the main item's box (half a grid cell of margin) and encoded again.
@@ -356,11 +476,11 @@ impl Methods<'_> {
             Some(crop) => self.encoder.encode(&[preprocess::prepare_image(photo, Some(crop), &spec.input)])?.into_iter().next().context("encoder returned nothing")?.vector,
             None => embedding.vector.clone(),
         };
-        ranked.push(("lookalike_item_crop", self.lookalike.search(&self.space.map(&vector)?, K, None)?, encode_ms + ms(t)));
+        ranked.push(("lookalike_item_crop", search(self.lookalike, &self.space.map(&vector)?)?, encode_ms + ms(t)));
 
         if let Some((untuned, untuned_space)) = &self.untuned {
             let t = Instant::now();
-            ranked.push(("lookalike_untuned", untuned.search(&untuned_space.map(&embedding.vector)?, K, None)?, encode_ms + ms(t)));
+            ranked.push(("lookalike_untuned", search(*untuned, &untuned_space.map(&embedding.vector)?)?, encode_ms + ms(t)));
         }
         if let (Some(max), false) = (&embedding.max_pooled, self.original.is_empty()) {
             let t = Instant::now();
@@ -501,6 +621,22 @@ impl EvalReport {
             out.push_str(&format!(
                 "| {name} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {:.2} | {:.2} |\n",
                 m.precision_at_1, m.precision_at_5, m.precision_at_10, m.map_at_10, m.knn_accuracy, m.latency_ms_median, m.latency_ms_p95
+            ));
+        }
+        out.push_str(&format!("\ncolour: {} (weight {})\n", self.colour, self.colour_weight));
+        let by_column: Vec<String> = self
+            .methods
+            .iter()
+            .filter(|(_, m)| !m.precision_at_10_by_column.is_empty())
+            .map(|(name, m)| format!("{name}: {}", m.precision_at_10_by_column.iter().map(|(c, p)| format!("{c} {p:.3}")).collect::<Vec<_>>().join(", ")))
+            .collect();
+        if !by_column.is_empty() {
+            out.push_str(&format!("P@10 by each label column alone: {}\n", by_column.join("; ")));
+        }
+        if let Some(c) = &self.colour_naming {
+            out.push_str(&format!(
+                "colour named at import: {:.3} of {} one-colour products, {:.3} of {} Multi\n",
+                c.solid_correct, c.solid_products, c.multi_correct, c.multi_products
             ));
         }
         if let Some(s) = &self.scenes {

@@ -407,9 +407,50 @@ pub fn input_box_to_crop(bounds: [f32; 4], margin: f32, width: u32, height: u32,
 /// composited on white, then resized and normalised as `input` says. The one way every photo
 /// becomes a tensor: queries, catalog imports, evaluation and tuning.
 pub fn prepare_image(image: &DynamicImage, crop: Option<Crop>, input: &InputSpec) -> Vec<f32> {
-    match crop {
-        Some(crop) => prepare(&to_rgb_on_white(&crop.apply(image)), input),
-        None => prepare(&to_rgb_on_white(image), input),
+    input_pixels(image, crop, input).tensor(input)
+}
+
+/// The model's square input as 8-bit RGB, before normalising: what [`prepare_image`] feeds the
+/// model, kept for what else is read from the same pixels (the product's colour, in
+/// [`crate::colour`]) so the photo is resized once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InputPixels {
+    /// `size * size * 3` bytes, packed RGB.
+    pub rgb: Vec<u8>,
+    pub size: u32,
+    /// The part of the square that is the photo, `[x, y, w, h]` in pixels (the rest is the
+    /// white padding of [`Fit::Pad`]).
+    pub photo: [u32; 4],
+}
+
+impl InputPixels {
+    /// The model's input tensor from these pixels.
+    pub fn tensor(&self, input: &InputSpec) -> Vec<f32> {
+        normalise(&self.rgb, self.size, input)
+    }
+}
+
+/// A decoded photo as the model's square input in 8-bit RGB: cropped to `crop` if given,
+/// composited on white, resized (and padded) as `input` says.
+pub fn input_pixels(image: &DynamicImage, crop: Option<Crop>, input: &InputSpec) -> InputPixels {
+    let rgb = match crop {
+        Some(crop) => to_rgb_on_white(&crop.apply(image)),
+        None => to_rgb_on_white(image),
+    };
+    square_pixels(&rgb, input)
+}
+
+fn square_pixels(img: &RgbImage, input: &InputSpec) -> InputPixels {
+    let size = input.size;
+    if size == 0 {
+        return InputPixels { rgb: Vec::new(), size, photo: [0; 4] };
+    }
+    match input.fit {
+        Fit::Pad => {
+            let (rgb, photo) = pad_resize(img, size);
+            InputPixels { rgb, size, photo }
+        }
+        Fit::CenterCrop => InputPixels { rgb: crop_resize(img, size), size, photo: [0, 0, size, size] },
     }
 }
 
@@ -435,11 +476,7 @@ pub fn prepare(img: &RgbImage, input: &InputSpec) -> Vec<f32> {
     if size == 0 {
         return Vec::new();
     }
-    let square = match input.fit {
-        Fit::Pad => pad_resize(img, size),
-        Fit::CenterCrop => crop_resize(img, size),
-    };
-    normalise(&square, size, input)
+    normalise(&square_pixels(img, input).rgb, size, input)
 }
 
 /// Decodes, composites onto white and prepares in one step.
@@ -488,13 +525,14 @@ fn resize_u8(
     dst.into_vec()
 }
 
-/// Fits the whole image into a `size` square, centred, padding with white.
-fn pad_resize(img: &RgbImage, size: u32) -> Vec<u8> {
+/// Fits the whole image into a `size` square, centred, padding with white; also returns where
+/// the image lies in the square (`[x, y, w, h]` pixels).
+fn pad_resize(img: &RgbImage, size: u32) -> (Vec<u8>, [u32; 4]) {
     let side = size as usize;
     let mut canvas = vec![WHITE; side * side * 3];
     let (w, h) = img.dimensions();
     if w == 0 || h == 0 {
-        return canvas;
+        return (canvas, [0, 0, 0, 0]);
     }
     let long = f64::from(w.max(h));
     let scaled = |d: u32| ((f64::from(d) * f64::from(size) / long).round() as u32).clamp(1, size);
@@ -506,7 +544,7 @@ fn pad_resize(img: &RgbImage, size: u32) -> Vec<u8> {
         let start = ((y0 + y) * side + x0) * 3;
         canvas[start..start + row].copy_from_slice(src_row);
     }
-    canvas
+    (canvas, [x0 as u32, y0 as u32, nw, nh])
 }
 
 /// Resizes the short side to `size` and keeps the centre square.

@@ -10,6 +10,7 @@ use anyhow::{Context, Result};
 use serde::Serialize;
 
 use crate::catalog::SqliteCatalog;
+use crate::colour::{self, ColourDescriptor, ColourEstimate, ColourMode, ColourTable};
 use crate::types::{Detection, Filter, IndexingProgress, Key, NewProduct, Product, VectorSpace};
 use crate::encoder::{Embedding, Encoder, QueryEmbedding};
 use crate::localise::{find_items, ForegroundHead};
@@ -28,11 +29,13 @@ pub struct SearchRequest {
     /// Results to skip (for paging: "load more").
     pub offset: usize,
     pub filter: Filter,
+    /// How colour ranks (by default, blended with shape: [`ColourMode::Match`]).
+    pub colour: ColourMode,
 }
 
 impl Default for SearchRequest {
     fn default() -> Self {
-        SearchRequest { k: 10, offset: 0, filter: Filter::default() }
+        SearchRequest { k: 10, offset: 0, filter: Filter::default(), colour: ColourMode::default() }
     }
 }
 
@@ -50,6 +53,9 @@ pub struct RankedProduct {
 #[derive(Debug, Clone)]
 pub struct PreparedQuery {
     pub tensor: Vec<f32>,
+    /// The model's input pixels the tensor was made from: the photo's colour is read from
+    /// them once the products in it are found.
+    pub pixels: preprocess::InputPixels,
     /// The photo's width and height, when its products are to be found in it: `None` when the
     /// shopper cropped it (their box wins).
     pub localise_in: Option<(u32, u32)>,
@@ -97,6 +103,11 @@ pub struct FoundItem {
 #[derive(Debug, Clone)]
 pub struct EncodedPhoto {
     pub whole: Embedding,
+    /// The photo's colour: of its main item when one was found, else of its centre.
+    pub colour: Option<ColourEstimate>,
+    /// The photo's colour as a catalog shot's (the product on its studio background), for a
+    /// photo added to the catalog.
+    pub product_colour: Option<ColourEstimate>,
     /// Main item first; empty when nothing stands out, the photo was cropped by the shopper,
     /// or the model gives no feature map.
     pub items: Vec<FoundItem>,
@@ -146,6 +157,11 @@ pub struct SearchResults {
     pub detections: Vec<Detection>,
     /// Each found product's own results, with `Items::All`.
     pub items: Vec<ItemResults>,
+    /// The query's colour (photo searches, and "more like this" from a product's stored one).
+    pub query_colour: Option<ColourEstimate>,
+    /// How colour ranked these results: the mode asked for, or `any` where colour cannot
+    /// apply (a grey catalog, a query without colour).
+    pub colour_mode: ColourMode,
 }
 
 /// Why a search failed, so callers can tell the user's mistake from ours.
@@ -187,6 +203,8 @@ pub struct SearchEngine {
     indexing: Mutex<Option<IndexingProgress>>,
     /// Where products are in a photo, learned by `tune --localise`; `None`: training-free.
     foreground: Option<ForegroundHead>,
+    /// Every product's colour, kept in step with the index (under the catalog lock, like it).
+    colours: RwLock<ColourTable>,
 }
 
 /// A lock whose holder panicked: the state it guards may be half-changed, so nothing goes on.
@@ -221,6 +239,7 @@ impl SearchEngine {
     fn assemble(catalog: SqliteCatalog, encoder: Box<dyn Encoder>, space: SearchSpace, index: Store, config: IndexConfig) -> Result<SearchEngine> {
         catalog.ensure_model(&encoder.spec().name)?;
         let foreground = catalog.foreground_head()?;
+        let colours = RwLock::new(ColourTable::load(&catalog)?);
         Ok(SearchEngine {
             catalog: Mutex::new(catalog),
             index: RwLock::new(index),
@@ -234,6 +253,7 @@ impl SearchEngine {
             followed: AtomicI64::new(0),
             indexing: Mutex::new(None),
             foreground,
+            colours,
         })
     }
 
@@ -263,7 +283,9 @@ impl SearchEngine {
             // search graph that absorbed it): the changes cannot be told apart, so reload all.
             tracing::info!("reloading the index: other processes changed the catalog faster than its change log could be followed");
             let fresh = open_index(catalog, &*self.current_space()?, &self.config)?;
+            let colours = ColourTable::load(catalog)?;
             *self.write_index()? = fresh;
+            *self.write_colours()? = colours;
             self.followed.store(feed.latest, Ordering::Release);
             return catalog.vector_count();
         }
@@ -272,14 +294,22 @@ impl SearchEngine {
         for &key in &feed.keys {
             let vector = catalog.vector(key)?.map(|v| space.map(&v)).transpose()?;
             let product = if vector.is_some() { catalog.get(key)? } else { None };
-            changes.push((key, vector, product));
+            let colour = if vector.is_some() { catalog.colour(key)?.map(|c| ColourDescriptor::from_values(&c)).transpose()? } else { None };
+            changes.push((key, vector, product, colour));
         }
         if !changes.is_empty() {
             let mut index = self.write_index()?;
-            for (key, vector, product) in &changes {
+            let mut colours = self.write_colours()?;
+            for (key, vector, product, colour) in &changes {
                 match (vector, product) {
-                    (Some(vector), Some(product)) => index.put(*key, vector, &product.id, &product.metadata)?,
-                    _ => index.index_mut().remove(*key)?,
+                    (Some(vector), Some(product)) => {
+                        index.put(*key, vector, &product.id, &product.metadata)?;
+                        colours.put(*key, *colour, product.colour());
+                    }
+                    _ => {
+                        index.index_mut().remove(*key)?;
+                        colours.remove(*key);
+                    }
                 }
             }
             tracing::debug!("followed {} catalog changes made by other processes", changes.len());
@@ -359,6 +389,14 @@ impl SearchEngine {
         self.index.write().map_err(|_| poisoned("index"))
     }
 
+    fn read_colours(&self) -> Result<RwLockReadGuard<'_, ColourTable>> {
+        self.colours.read().map_err(|_| poisoned("colour table"))
+    }
+
+    fn write_colours(&self) -> Result<RwLockWriteGuard<'_, ColourTable>> {
+        self.colours.write().map_err(|_| poisoned("colour table"))
+    }
+
     /// Products most similar to the photo in `bytes`, optionally cropped to `crop` first.
     ///
     /// The whole path, top to bottom. The HTTP server runs the same three steps but sends the
@@ -386,25 +424,27 @@ impl SearchEngine {
         timings.decode_ms = ms(t);
 
         let t = Instant::now();
-        let tensor = preprocess::prepare_image(&image, crop, &self.encoder.spec().input);
+        let input = &self.encoder.spec().input;
+        let pixels = preprocess::input_pixels(&image, crop, input);
+        let tensor = pixels.tensor(input);
         timings.preprocess_ms = ms(t);
         let localise_in = crop.is_none().then(|| (image.width(), image.height()));
         let photo = (crop.is_none() && items == Items::All).then_some(image);
-        Ok(PreparedQuery { tensor, localise_in, photo, timings })
+        Ok(PreparedQuery { tensor, pixels, localise_in, photo, timings })
     }
 
     /// Runs the encoder on prepared queries and finds the products in each photo, in order;
     /// then, for queries that kept their photo (`Items::All`), encodes each product found on
     /// its own, all in one more batch.
     pub fn encode_photos(&self, queries: Vec<PreparedQuery>) -> Result<Vec<EncodedPhoto>, SearchError> {
-        let (tensors, rest): (Vec<Vec<f32>>, Vec<_>) = queries.into_iter().map(|q| (q.tensor, (q.localise_in, q.photo))).unzip();
+        let (tensors, rest): (Vec<Vec<f32>>, Vec<_>) = queries.into_iter().map(|q| (q.tensor, (q.localise_in, q.photo, q.pixels))).unzip();
         let encoded = self.encoder.encode_queries(&tensors)?;
         if encoded.len() != tensors.len() {
             return Err(SearchError::Internal(anyhow::anyhow!("the encoder returned {} embeddings for {} images", encoded.len(), tensors.len())));
         }
         drop(tensors);
         let (mut found, photos): (Vec<EncodedPhoto>, Vec<Option<image::DynamicImage>>) =
-            encoded.into_iter().zip(rest).map(|(embedding, (localise_in, photo))| (self.find_products(embedding, localise_in), photo)).unzip();
+            encoded.into_iter().zip(rest).map(|(embedding, (localise_in, photo, pixels))| (self.find_products(embedding, localise_in, &pixels), photo)).unzip();
 
         let input = &self.encoder.spec().input;
         let mut crops = Vec::new();
@@ -428,12 +468,16 @@ impl SearchEngine {
         Ok(found)
     }
 
-    /// The products on a query's feature map, as boxes on the photo, each with its own vector.
-    fn find_products(&self, query: QueryEmbedding, photo: Option<(u32, u32)>) -> EncodedPhoto {
+    /// The products on a query's feature map, as boxes on the photo, and the photo's colour
+    /// (its main product's, where one was found).
+    fn find_products(&self, query: QueryEmbedding, photo: Option<(u32, u32)>, pixels: &preprocess::InputPixels) -> EncodedPhoto {
+        let product_colour = colour::of_product(pixels);
         let (Some(grid), Some((width, height))) = (&query.grid, photo) else {
-            return EncodedPhoto { whole: query.embedding, items: Vec::new() };
+            let colour = colour::of_query(pixels, None);
+            return EncodedPhoto { whole: query.embedding, colour, product_colour, items: Vec::new() };
         };
         let found = find_items(grid, self.foreground.as_ref());
+        let colour = colour::of_query(pixels, found.main().map(|main| main.bounds));
         let fit = self.encoder.spec().input.fit;
         let mut items: Vec<FoundItem> = Vec::new();
         for item in found.products() {
@@ -444,7 +488,7 @@ impl SearchEngine {
             let crop = preprocess::input_box_to_crop(item.bounds, 0.5 / found.width.max(1) as f32, width, height, fit).unwrap_or(on_photo);
             items.push(FoundItem { detection, crop, vector: None });
         }
-        EncodedPhoto { whole: query.embedding, items }
+        EncodedPhoto { whole: query.embedding, colour, product_colour, items }
     }
 
     /// The last two steps of a photo search: nearest neighbours of the photo (and of each item
@@ -452,10 +496,12 @@ impl SearchEngine {
     /// metadata. `timings` carries the earlier stages' times; `started` is when the search began,
     /// for `total_ms`.
     pub fn search_photo(&self, photo: &EncodedPhoto, request: &SearchRequest, timings: Timings, started: Instant) -> Result<SearchResults, SearchError> {
-        let mut results = self.search_vector(photo.query_vector(), request)?;
+        let query_colour = photo.colour.map(|c| c.descriptor);
+        let mut results = self.search_vector_with_colour(photo.query_vector(), query_colour.as_ref(), request)?;
+        results.query_colour = photo.colour;
         for item in &photo.items {
             let Some(vector) = &item.vector else { continue };
-            let found = self.search_vector(vector, request)?;
+            let found = self.search_vector_with_colour(vector, query_colour.as_ref(), request)?;
             results.timings.search_ms += found.timings.search_ms;
             results.timings.metadata_ms += found.timings.metadata_ms;
             results.items.push(ItemResults { detection: item.detection, hits: found.hits });
@@ -477,7 +523,9 @@ impl SearchEngine {
         // The catalog keeps model vectors; the index holds them mapped into the search space.
         let searched = self.to_search_space(&product.vector)?;
         let key = *catalog.upsert(std::slice::from_ref(&product))?.first().context("the catalog stored no product")?;
+        let colour = product.colour.as_deref().map(ColourDescriptor::from_values).transpose()?;
         self.write_index()?.put(key, &searched, &product.id, &product.metadata)?;
+        self.write_colours()?.put(key, colour, crate::types::Product::named_colour(&product.metadata));
         Ok(key)
     }
 
@@ -486,6 +534,7 @@ impl SearchEngine {
         let mut catalog = self.lock_catalog()?;
         let Some(key) = catalog.remove(id)? else { return Ok(false) };
         self.write_index()?.index_mut().remove(key)?;
+        self.write_colours()?.remove(key);
         Ok(true)
     }
 
@@ -628,10 +677,11 @@ impl SearchEngine {
             Ok(c.vector(product.key)?.map(|v| (product.key, v)))
         })?
         .ok_or_else(|| SearchError::UnknownProduct(id.to_string()))?;
+        let colour = self.read_colours()?.descriptor(key).copied();
         // Rank from the top with one extra hit, drop the product itself, then cut the page, so
         // pages line up whether or not the product falls inside the filter.
-        let widened = SearchRequest { k: request.offset + request.k + 1, offset: 0, filter: request.filter.clone() };
-        let mut results = self.search_vector(&vector, &widened)?;
+        let widened = SearchRequest { k: request.offset + request.k + 1, offset: 0, ..request.clone() };
+        let mut results = self.search_vector_with_colour(&vector, colour.as_ref(), &widened)?;
         results.hits.retain(|h| h.product.key != key);
         results.hits = results.hits.into_iter().skip(request.offset).take(request.k).collect();
         for (i, hit) in results.hits.iter_mut().enumerate() {
@@ -641,21 +691,53 @@ impl SearchEngine {
     }
 
     /// Products most similar to a model embedding (as the encoder produces it, before any
-    /// tuned projection).
+    /// tuned projection). A vector has no colour: `colour=match` ranks by shape alone.
     pub fn search_vector(&self, model_vector: &[f32], request: &SearchRequest) -> Result<SearchResults, SearchError> {
+        self.search_vector_with_colour(model_vector, None, request)
+    }
+
+    /// Products most similar to a model embedding whose photo has `colour` (a
+    /// [`ColourDescriptor`], as a photo search returns it), with colour treated as
+    /// `request.colour` says.
+    pub fn search_vector_with_colour(&self, model_vector: &[f32], colour: Option<&ColourDescriptor>, request: &SearchRequest) -> Result<SearchResults, SearchError> {
         let started = Instant::now();
         let mut timings = Timings::default();
         let vector = self.to_search_space(model_vector)?;
 
         let t = Instant::now();
         let wanted = request.offset.saturating_add(request.k);
+        // Colour applies only where the catalog has colour (a grey catalog ranks by shape
+        // under every mode) and, for `match`, where the query has a colour.
+        let colours = self.read_colours()?;
+        let mode = match (&request.colour, colour) {
+            _ if !colours.has_colour() => ColourMode::Any,
+            (ColourMode::Match, None) => ColourMode::Any,
+            (mode, _) => mode.clone(),
+        };
         // An embedded store takes the keys the filter admits, read from the catalog before the
         // index lock is taken: writers hold the catalog lock while they wait for the index
         // lock, so a search holding both the other way round could deadlock.
         let by_key = self.read_index()?.filters_by_key();
-        let allowed: Option<Allowed> = match request.filter.is_empty() || !by_key {
+        let mut filter = request.filter.clone();
+        let mut allowed: Option<Allowed> = match request.filter.is_empty() || !by_key {
             true => None,
             false => Some(self.with_catalog(|c| c.filter_keys(&request.filter))?.into_iter().collect()),
+        };
+        if let ColourMode::Named(name) = &mode {
+            if by_key {
+                let named = colours.keys_named(name);
+                allowed = Some(match allowed {
+                    Some(allowed) => allowed.intersection(&named).copied().collect(),
+                    None => named,
+                });
+            } else {
+                // Qdrant filters its payloads: on the column the shop's colours are named in.
+                filter.add(crate::types::COMPUTED_COLOUR_COLUMN, name).map_err(SearchError::BadRequest)?;
+            }
+        }
+        let candidates = match mode {
+            ColourMode::Match => wanted.max(colour::MATCH_CANDIDATES),
+            _ => wanted,
         };
         let hits: Vec<Hit> = {
             let store = self.read_index()?;
@@ -663,12 +745,17 @@ impl SearchEngine {
             if vector.len() != index.dim() && !index.is_empty() {
                 return Err(SearchError::BadRequest(format!("vector has {} dimensions; this catalog's are {}", vector.len(), index.dim())));
             }
-            store.search(&vector, wanted, &request.filter, allowed.as_ref())?
+            store.search(&vector, candidates, &filter, allowed.as_ref())?
         };
+        let hits = match (&mode, colour) {
+            (ColourMode::Match, Some(query)) => colours.rerank(hits, query, colour::MATCH_WEIGHT),
+            _ => hits,
+        };
+        drop(colours);
         timings.search_ms = ms(t);
 
         let t = Instant::now();
-        let page: Vec<Hit> = hits.into_iter().skip(request.offset).collect();
+        let page: Vec<Hit> = hits.into_iter().skip(request.offset).take(request.k).collect();
         let keys: Vec<_> = page.iter().map(|h| h.key).collect();
         let products = self.with_catalog(|c| c.get_many(&keys))?;
         let hits = page
@@ -680,6 +767,6 @@ impl SearchEngine {
             .collect();
         timings.metadata_ms = ms(t);
         timings.total_ms = ms(started);
-        Ok(SearchResults { hits, timings, ..SearchResults::default() })
+        Ok(SearchResults { hits, timings, colour_mode: mode, ..SearchResults::default() })
     }
 }

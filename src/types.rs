@@ -46,8 +46,14 @@ impl Product {
         self.first_of(&["articleType", "subCategory", "masterCategory", "category"])
     }
 
+    /// The product's named colour: the shop's own column, else the one computed at import.
     pub fn colour(&self) -> Option<&str> {
-        self.first_of(&["baseColour", "colour", "color"])
+        Product::named_colour(&self.metadata)
+    }
+
+    /// The named colour `metadata` gives (see [`Product::colour`]).
+    pub fn named_colour(metadata: &Metadata) -> Option<&str> {
+        COLOUR_COLUMNS.iter().find_map(|c| metadata.get(*c)).map(String::as_str).filter(|v| !v.is_empty())
     }
 
     fn first_of(&self, columns: &[&str]) -> Option<&str> {
@@ -73,7 +79,18 @@ pub struct NewProduct {
     pub metadata: Metadata,
     pub vector: Vec<f32>,
     pub max_pooled: Option<Vec<f32>>,
+    /// The photo's colour descriptor (`crate::colour::ColourDescriptor`'s values), when it was
+    /// computed.
+    pub colour: Option<Vec<f32>>,
 }
+
+/// Metadata columns a shop names a product's colour in, most specific first: a catalog's own
+/// column always wins over the colour lookalike computes (stored as [`COMPUTED_COLOUR_COLUMN`]).
+pub const COLOUR_COLUMNS: [&str; 3] = ["baseColour", "colour", "color"];
+
+/// Where lookalike stores the named colour it computed from a product's photo, for products
+/// whose metadata names none.
+pub const COMPUTED_COLOUR_COLUMN: &str = "colour";
 
 #[derive(Debug, Clone)]
 pub enum NewImage {

@@ -198,7 +198,7 @@ fn errors_have_the_right_status_and_a_json_body() {
     expect_error(search_photo(&server, png.clone(), &[("crop", "0.5,0.5,0.9,0.1")]), 422, "bad_parameters");
     expect_error(search_photo(&server, png.clone(), &[("crop", "a,b")]), 422, "bad_parameters");
     expect_error(search_photo(&server, png.clone(), &[("filter", "articleType")]), 422, "bad_parameters");
-    expect_error(search_photo(&server, png.clone(), &[("colour", "red")]), 422, "bad_parameters");
+    expect_error(search_photo(&server, png.clone(), &[("size", "M")]), 422, "bad_parameters");
     let message = expect_error(search_photo(&server, png.clone(), &[("items", "every")]), 422, "bad_parameters");
     assert!(message.contains("main") && message.contains("all"), "says what items takes: {message}");
     expect_error(search_json(&server, json!({"product_id": "fmnist-train-00000", "items": "all"})), 422, "bad_parameters");

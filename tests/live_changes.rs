@@ -34,6 +34,7 @@ fn as_new(engine: &SearchEngine, id: &str) -> NewProduct {
                 metadata: product.metadata,
                 vector,
                 max_pooled: None,
+                colour: c.colour(product.key)?,
             })
         })
         .expect("read product")
@@ -77,7 +78,7 @@ fn the_graph_is_compacted_while_searches_and_writes_go_on() {
                     let filter = Filter::parse(&["articleType=Trouser", "articleType=Bag", "articleType=Sneaker"]).expect("filter");
                     let mut i = t;
                     while !stop.load(Ordering::Relaxed) {
-                        let request = SearchRequest { k: 10, offset: 0, filter: if i % 2 == 0 { filter.clone() } else { Filter::default() } };
+                        let request = SearchRequest { k: 10, offset: 0, filter: if i % 2 == 0 { filter.clone() } else { Filter::default() }, ..SearchRequest::default() };
                         let results = engine.search_vector(&queries[i % queries.len()], &request).expect("search during changes");
                         for hit in &results.hits {
                             assert!(!removed.contains(&hit.product.id), "removed product {} was returned", hit.product.id);

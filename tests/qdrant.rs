@@ -92,7 +92,7 @@ fn qdrant_matches_the_embedded_store_and_follows_changes() {
     assert!(overlap >= 0.99, "top-10 overlap {overlap}");
 
     // Filters: the same products, inside Qdrant.
-    let filtered = SearchRequest { k: 10, offset: 0, filter: Filter::parse(&["articleType=Bag", "articleType=Sandal"]).expect("filter") };
+    let filtered = SearchRequest { k: 10, offset: 0, filter: Filter::parse(&["articleType=Bag", "articleType=Sandal"]).expect("filter"), ..SearchRequest::default() };
     for q in queries.iter().take(20) {
         let a = ids(&embedded.search_vector(q, &filtered).expect("embedded"));
         let b = ids(&remote.search_vector(q, &filtered).expect("qdrant"));

@@ -2,12 +2,13 @@
 
 use std::path::PathBuf;
 
-use anyhow::Result;
+use anyhow::{bail, Result};
 use clap::Args;
 
 use super::args::*;
 use lookalike::assets::Assets;
 use lookalike::catalog::SqliteCatalog;
+use lookalike::colour::ColourMode;
 use lookalike::encoder::Encoder;
 use lookalike::eval::{self, LabelledQuery};
 use lookalike::import::fashion_mnist::FashionMnist;
@@ -26,9 +27,21 @@ pub struct EvalArgs {
     pub queries: usize,
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
-    /// Metadata column that decides relevance.
+    /// Metadata column that decides relevance; several, comma-separated
+    /// (`articleType,baseColour`), must all be equal (each is also reported alone).
     #[arg(long, default_value = "articleType")]
     pub label: String,
+    /// Paint each query in a named colour with this seed, as `index --colourise` paints the
+    /// catalog (the colour benchmark; combinable with --perturb).
+    #[arg(long, value_name = "SEED")]
+    pub colourise: Option<u64>,
+    /// How the lookalike rows treat colour, as search's --colour: match, any or a colour
+    /// name. With match or a name, `lookalike_any` reports the same search by shape only.
+    #[arg(long, value_name = "match|any|NAME", default_value = "match")]
+    pub colour: ColourMode,
+    /// Weight of colour against shape under --colour match (to choose search's weight).
+    #[arg(long, value_name = "W", default_value_t = lookalike::colour::MATCH_WEIGHT)]
+    pub colour_weight: f32,
     #[arg(long)]
     pub json: bool,
     /// Also write the JSON report to this file.
@@ -59,12 +72,40 @@ pub fn run(args: EvalArgs) -> Result<()> {
     let split = FashionMnist::load(&fashion_mnist_dir(&assets, &args.fashion_mnist_dir)?, &args.fashion_mnist)?;
     let labels: Vec<String> = (0..split.len()).map(|i| split.class_name(i).to_string()).collect();
     let picked = eval::stratified_sample(&labels, args.queries.min(split.len()), args.seed);
+    // Each query's label: the values of --label's columns that Fashion-MNIST knows.
+    let columns: Vec<&str> = args.label.split(',').map(str::trim).collect();
+    let label_of = |i: usize| -> Result<String> {
+        let values = columns
+            .iter()
+            .map(|column| match *column {
+                "articleType" => Ok(labels[i].clone()),
+                "baseColour" => match args.colourise {
+                    Some(seed) => Ok(split.colourised(i, seed)?.1.to_string()),
+                    None => bail!("--label baseColour needs --colourise SEED: Fashion-MNIST queries have no colour of their own"),
+                },
+                other => bail!("Fashion-MNIST queries have no {other:?} column: label by articleType (and baseColour with --colourise)"),
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(values.join(eval::LABEL_SEPARATOR))
+    };
+    if !(0.0..=100.0).contains(&args.colour_weight) {
+        bail!("--colour-weight must be between 0 and 100, not {}", args.colour_weight);
+    }
     let queries = picked
         .into_iter()
-        .map(|i| Ok(LabelledQuery { id: split.product_id(i), image: image::DynamicImage::ImageLuma8(split.image(i)?), label: labels[i].clone() }))
+        .map(|i| Ok(LabelledQuery { id: split.product_id(i), image: split.photo(i, args.colourise)?, label: label_of(i)? }))
         .collect::<Result<Vec<_>>>()?;
     eprintln!("evaluating {} queries against {} products ({})", queries.len(), catalog.len()?, encoder.spec().name);
-    let options = eval::EvalOptions { label: args.label.clone(), seed: args.seed, perturb: args.perturb, store: args.store.qdrant(&args.db.db)?, scenes: args.scenes, exact: args.exact };
+    let options = eval::EvalOptions {
+        label: args.label.clone(),
+        seed: args.seed,
+        perturb: args.perturb,
+        store: args.store.qdrant(&args.db.db)?,
+        scenes: args.scenes,
+        exact: args.exact,
+        colour: args.colour.clone(),
+        colour_weight: args.colour_weight,
+    };
     let report = eval::evaluate(&catalog, &encoder, &queries, &options)?;
     let json = serde_json::to_string_pretty(&report)?;
     if let Some(out) = &args.out {

@@ -33,6 +33,11 @@ pub struct IndexArgs {
     /// Import at most this many products.
     #[arg(long)]
     pub limit: Option<usize>,
+    /// Fashion-MNIST only: paint each product in a named colour (one in five in two, as
+    /// `Multi`), seeded, and label it `baseColour`: the colour benchmark (synthetic; see the
+    /// README).
+    #[arg(long, value_name = "SEED", requires = "fashion_mnist")]
+    pub colourise: Option<u64>,
     /// Images per inference batch (per model session; small batches stay in cache).
     #[arg(long, default_value_t = lookalike::import::DEFAULT_BATCH_SIZE)]
     pub batch_size: usize,
@@ -56,7 +61,7 @@ pub fn run(args: IndexArgs) -> Result<()> {
     } else if let Some(dir) = &args.images {
         import::folder::read_folder(dir)?
     } else if let Some(split) = &args.fashion_mnist {
-        FashionMnist::load(&fashion_mnist_dir(&assets, &args.fashion_mnist_dir)?, split)?.items(args.limit)?
+        FashionMnist::load(&fashion_mnist_dir(&assets, &args.fashion_mnist_dir)?, split)?.items(args.limit, args.colourise)?
     } else {
         bail!("give one of --kaggle, --images or --fashion-mnist");
     };
@@ -82,8 +87,12 @@ pub fn run(args: IndexArgs) -> Result<()> {
 
     let options = IndexOptions { batch_size: args.batch_size, progress: true, ..Default::default() };
     let report = import::index_items(&mut catalog, &encoder, items, &options, &stop)?;
+    let recoloured = match report.recoloured {
+        0 => String::new(),
+        n => format!(" ({n} of them given their colour)"),
+    };
     eprintln!(
-        "indexed {} new or changed, {} unchanged, {} skipped, of {} in {:.1}s ({:.1} images/s); catalog now holds {} products",
+        "indexed {} new or changed, {} unchanged{recoloured}, {} skipped, of {} in {:.1}s ({:.1} images/s); catalog now holds {} products",
         report.embedded,
         report.unchanged,
         report.failed.len(),

@@ -8,6 +8,7 @@ use clap::Args;
 use super::args::*;
 use lookalike::assets::Assets;
 use lookalike::catalog::SqliteCatalog;
+use lookalike::colour::ColourMode;
 use lookalike::search::{Items, RankedProduct, SearchEngine, SearchRequest, SearchResults};
 use lookalike::preprocess::Crop;
 use lookalike::types::Filter;
@@ -39,6 +40,11 @@ pub struct SearchArgs {
     /// product found, each searched on its own.
     #[arg(long, value_name = "main|all", default_value = "main", conflicts_with = "like")]
     pub items: Items,
+    /// `match`: rank by shape and colour ("this style in this colour"); `any`: shape only; a
+    /// colour name (Red, Navy Blue, ...): only products of that colour. A grey catalog ranks
+    /// by shape under every choice.
+    #[arg(long, value_name = "match|any|NAME", default_value = "match")]
+    pub colour: ColourMode,
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -53,7 +59,7 @@ pub fn run(args: SearchArgs) -> Result<()> {
     let catalog = SqliteCatalog::open_existing(&args.db.db)?;
     let encoder = load_encoder(&assets, &catalog, &args.model)?;
     let engine = SearchEngine::open_with(catalog, Box::new(encoder), &args.index.config(&args.db.db)?)?;
-    let request = SearchRequest { k: args.k, offset: args.offset, filter: Filter::parse(&args.filters)? };
+    let request = SearchRequest { k: args.k, offset: args.offset, filter: Filter::parse(&args.filters)?, colour: args.colour.clone() };
     let crop = args.crop.as_deref().map(Crop::parse).transpose().map_err(anyhow::Error::msg)?;
     let (results, by_photo) = match (&args.image, &args.like) {
         (Some(path), _) => {
@@ -89,6 +95,10 @@ fn print_results(results: &SearchResults, by_photo: bool, items: Items) {
             0 => println!("no single product stands out in the photo"),
             n => println!("{n} product(s) found in the photo, main first, at {} (search one alone with --crop X,Y,W,H, or all with --items all)", boxes.join("  ")),
         }
+    }
+    if let Some(c) = &results.query_colour {
+        let [r, g, b] = c.rgb;
+        println!("colour of the photo: {} (#{r:02x}{g:02x}{b:02x}); ranked with colour={}", c.name, results.colour_mode);
     }
     print_table(&results.hits);
     if items == Items::All {

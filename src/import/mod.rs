@@ -23,7 +23,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 use rayon::prelude::*;
 use sha2::{Digest, Sha256};
 
-use crate::catalog::SqliteCatalog;
+use crate::catalog::{IndexedImage, SqliteCatalog};
+use crate::colour::{self, ColourEstimate};
 use crate::types::{IndexingProgress, Metadata, NewImage, NewProduct, VectorSpace};
 use crate::encoder::Encoder;
 use crate::preprocess::{self, DecodeLimits};
@@ -79,6 +80,8 @@ pub struct IndexReport {
     pub embedded: usize,
     /// Already in the catalog with the same image bytes.
     pub unchanged: usize,
+    /// Of those, how many had no colour yet and got it (without re-running the model).
+    pub recoloured: usize,
     /// Skipped items: (id, why).
     pub failed: Vec<(String, String)>,
     /// Stopped early by Ctrl-C; re-running resumes.
@@ -99,6 +102,18 @@ struct Prepared {
     stored: NewImage,
     hash: String,
     tensor: Vec<f32>,
+    colour: Option<ColourEstimate>,
+}
+
+/// What an import does with one item.
+enum Preparation {
+    /// Indexed with the same image bytes and its colour: nothing to do.
+    Unchanged,
+    /// Indexed with the same image bytes but no colour (a catalog made before colours): store
+    /// the colour (and its name, in the metadata given), without re-running the model.
+    Recolour { id: String, colour: Vec<f32>, metadata: Metadata },
+    /// New or changed: encode it.
+    Encode(Box<Prepared>),
 }
 
 /// What the decoding stage hands the encoder workers: one batch of prepared images, and the
@@ -108,15 +123,18 @@ struct DecodedBatch {
     /// (product id, why) of items that could not be read.
     failed: Vec<(String, String)>,
     unchanged: usize,
+    /// Unchanged items whose colour was missing: (id, colour, metadata with its name).
+    recoloured: Vec<(String, Vec<f32>, Option<Metadata>)>,
 }
 
 /// What an encoder worker hands the committing thread: each item (with its image reference and
 /// content hash) beside its embedding, and the decoding stage's counts passed along.
 struct EncodedBatch {
-    described: Vec<(CatalogItem, NewImage, String)>,
+    described: Vec<(CatalogItem, NewImage, String, Option<Vec<f32>>)>,
     embeddings: Vec<crate::encoder::Embedding>,
     failed: Vec<(String, String)>,
     unchanged: usize,
+    recoloured: Vec<(String, Vec<f32>, Option<Metadata>)>,
 }
 
 /// Embeds `items` into `catalog` with `encoder`. Set `stop` (e.g. from a Ctrl-C handler) to
@@ -131,7 +149,7 @@ pub fn index_items(
     let started = Instant::now();
     let spec = encoder.spec().clone();
     catalog.ensure_model(&spec.name)?;
-    let known: HashMap<String, String> = catalog.content_hashes()?;
+    let known: HashMap<String, IndexedImage> = catalog.indexed_images()?;
     let mut report = IndexReport { seen: items.len(), ..Default::default() };
 
     // A bar on a terminal; a log line every ten seconds otherwise (CI logs, `nohup`), so a long
@@ -185,7 +203,7 @@ pub fn index_items(
                 if chunk.is_empty() {
                     break;
                 }
-                let results: Vec<Result<Option<Prepared>, (String, String)>> =
+                let results: Vec<Result<Preparation, (String, String)>> =
                     chunk.into_par_iter().map(|item| prepare_item(item, known, limits, input)).collect();
                 let mut results = results.into_iter();
                 loop {
@@ -193,15 +211,19 @@ pub fn index_items(
                     if batch.is_empty() {
                         break;
                     }
-                    let (mut ready, mut failed, mut unchanged) = (Vec::new(), Vec::new(), 0);
+                    let (mut ready, mut failed, mut unchanged, mut recoloured) = (Vec::new(), Vec::new(), 0, Vec::new());
                     for r in batch {
                         match r {
-                            Ok(Some(p)) => ready.push(p),
-                            Ok(None) => unchanged += 1,
+                            Ok(Preparation::Encode(p)) => ready.push(*p),
+                            Ok(Preparation::Unchanged) => unchanged += 1,
+                            Ok(Preparation::Recolour { id, colour, metadata }) => {
+                                unchanged += 1;
+                                recoloured.push((id, colour, Some(metadata)));
+                            }
                             Err(f) => failed.push(f),
                         }
                     }
-                    if tx.send(DecodedBatch { ready, failed, unchanged }).is_err() {
+                    if tx.send(DecodedBatch { ready, failed, unchanged, recoloured }).is_err() {
                         break 'decode;
                     }
                 }
@@ -214,12 +236,14 @@ pub fn index_items(
                     Ok(rx) => rx.recv(),
                     Err(_) => break,
                 };
-                let Ok(DecodedBatch { ready, failed, unchanged }) = next else { break };
-                let (tensors, described): (Vec<Vec<f32>>, Vec<_>) = ready.into_iter().map(|p| (p.tensor, (p.item, p.stored, p.hash))).unzip();
-                let encoded = encoder
-                    .encode(&tensors)
-                    .context("running the image encoder")
-                    .map(|embeddings| EncodedBatch { described, embeddings, failed, unchanged });
+                let Ok(DecodedBatch { ready, failed, unchanged, recoloured }) = next else { break };
+                let (tensors, described): (Vec<Vec<f32>>, Vec<_>) =
+                    ready.into_iter().map(|p| (p.tensor, (p.item, p.stored, p.hash, p.colour.map(|c| c.descriptor.values())))).unzip();
+                let encoded = match tensors.is_empty() {
+                    true => Ok(Vec::new()),
+                    false => encoder.encode(&tensors).context("running the image encoder"),
+                }
+                .map(|embeddings| EncodedBatch { described, embeddings, failed, unchanged, recoloured });
                 if done_tx.send(encoded).is_err() {
                     break;
                 }
@@ -231,8 +255,11 @@ pub fn index_items(
         drop(done_tx);
 
         for encoded in done_rx {
-            let EncodedBatch { described, embeddings, failed, unchanged } = encoded?;
+            let EncodedBatch { described, embeddings, failed, unchanged, recoloured } = encoded?;
             report.unchanged += unchanged;
+            if !recoloured.is_empty() {
+                report.recoloured += catalog.set_colours(&recoloured)?;
+            }
             bar.inc((unchanged + failed.len()) as u64);
             for (id, why) in &failed {
                 bar.suspend(|| tracing::warn!("skipped {id}: {why}"));
@@ -250,13 +277,14 @@ pub fn index_items(
             let products: Vec<NewProduct> = described
                 .into_iter()
                 .zip(embeddings)
-                .map(|((item, stored, hash), e)| NewProduct {
+                .map(|((item, stored, hash, colour), e)| NewProduct {
                     id: item.id,
                     image: stored,
                     content_hash: hash,
                     metadata: item.metadata,
                     vector: e.vector,
                     max_pooled: e.max_pooled,
+                    colour,
                 })
                 .collect();
             catalog.upsert(&products)?;
@@ -282,13 +310,14 @@ pub fn index_items(
     Ok(report)
 }
 
-/// Reads, hashes and preprocesses one item. `Ok(None)`: already indexed with the same bytes.
+/// Reads, hashes and preprocesses one item, and takes its colour (from the model's input
+/// pixels: the photo is resized once for both).
 fn prepare_item(
-    item: CatalogItem,
-    known: &HashMap<String, String>,
+    mut item: CatalogItem,
+    known: &HashMap<String, IndexedImage>,
     limits: &DecodeLimits,
     input: &crate::model::InputSpec,
-) -> Result<Option<Prepared>, (String, String)> {
+) -> Result<Preparation, (String, String)> {
     let fail = |why: String| (item.id.clone(), why);
     // Read a file once; in-memory bytes are only borrowed here (and copied once into the catalog
     // row below).
@@ -301,16 +330,28 @@ fn prepare_item(
         ItemImage::Bytes { bytes, .. } => bytes,
     };
     let hash = hex::encode(Sha256::digest(bytes));
-    if known.get(&item.id) == Some(&hash) {
-        return Ok(None);
+    let indexed = known.get(&item.id).filter(|k| k.content_hash == hash);
+    if indexed.is_some_and(|k| k.has_colour) {
+        return Ok(Preparation::Unchanged);
     }
     let image = preprocess::decode(bytes, limits).map_err(|e| fail(format!("{}: {e}", describe(&item.image))))?;
-    let tensor = preprocess::prepare_image(&image, None, input);
+    let pixels = preprocess::input_pixels(&image, None, input);
+    let colour = colour::of_product(&pixels);
+    if let Some(colour) = &colour {
+        colour.name_in(&mut item.metadata);
+    }
+    if indexed.is_some() {
+        return Ok(match colour {
+            Some(colour) => Preparation::Recolour { id: item.id, colour: colour.descriptor.values(), metadata: item.metadata },
+            None => Preparation::Unchanged,
+        });
+    }
+    let tensor = pixels.tensor(input);
     let stored = match &item.image {
         ItemImage::File(path) => NewImage::File(path.clone()),
         ItemImage::Bytes { bytes, mime } => NewImage::Stored { bytes: bytes.clone(), mime: mime.clone() },
     };
-    Ok(Some(Prepared { item, stored, hash, tensor }))
+    Ok(Preparation::Encode(Box::new(Prepared { item, stored, hash, tensor, colour })))
 }
 
 fn describe(image: &ItemImage) -> String {

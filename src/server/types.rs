@@ -17,6 +17,9 @@ pub struct ProductBody {
     pub name: String,
     pub category: Option<String>,
     pub colour: Option<String>,
+    /// A swatch for `colour` (`#rrggbb`), when it is one of lookalike's named colours.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub colour_rgb: Option<String>,
     pub metadata: BTreeMap<String, String>,
     /// Where to fetch the product's photo.
     pub image_url: String,
@@ -29,6 +32,7 @@ impl From<&Product> for ProductBody {
             name: p.name().to_string(),
             category: p.category().map(str::to_string),
             colour: p.colour().map(str::to_string),
+            colour_rgb: p.colour().and_then(crate::colour::reference_rgb).map(hex_rgb),
             metadata: p.metadata.clone(),
             image_url: image_url(&p.id),
         }
@@ -96,6 +100,13 @@ pub struct SearchResponse {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub items: Option<Vec<ItemBody>>,
     pub timings: Timings,
+    /// How colour ranked the hits: `match`, `any` or a colour name; `any` where colour cannot
+    /// apply (a grey catalog; a query by vector, which has no colour).
+    pub colour: String,
+    /// The query's colour: the photo's main product's (photo searches), or the product's own
+    /// ("more like this").
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub query_colour: Option<QueryColourBody>,
     /// The query photo's embedding, only when the request set `include_vector`: lets a client
     /// page or refilter with `{"vector": ...}` without uploading the photo again.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -105,7 +116,19 @@ pub struct SearchResponse {
 impl SearchResponse {
     /// The answer to a search by product or vector.
     pub fn new(results: &SearchResults, query_vector: Option<Vec<f32>>) -> SearchResponse {
-        SearchResponse { hits: results.hits.iter().map(HitBody::from).collect(), detections: None, items: None, timings: results.timings.clone(), query_vector }
+        SearchResponse {
+            hits: results.hits.iter().map(HitBody::from).collect(),
+            detections: None,
+            items: None,
+            timings: results.timings.clone(),
+            colour: results.colour_mode.to_string(),
+            query_colour: results.query_colour.as_ref().map(|c| QueryColourBody {
+                name: c.name.to_string(),
+                rgb: hex_rgb(c.rgb),
+                descriptor: query_vector.is_some().then(|| c.descriptor.values()),
+            }),
+            query_vector,
+        }
     }
 
     /// The answer to a search by photo: with what was found in it, and each item's results
@@ -117,6 +140,23 @@ impl SearchResponse {
             ..SearchResponse::new(results, query_vector)
         }
     }
+}
+
+/// A query's colour, as a shopper sees it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct QueryColourBody {
+    /// The nearest named colour (`Multi`: no colour dominates).
+    pub name: String,
+    /// The average colour of the product's pixels of that colour, `#rrggbb`: a swatch.
+    pub rgb: String,
+    /// The colour descriptor, only when the request set `include_vector`: send it back as
+    /// `colour_vector` beside `vector` to page with colour ranked as here.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub descriptor: Option<Vec<f32>>,
+}
+
+fn hex_rgb([r, g, b]: [u8; 3]) -> String {
+    format!("#{r:02x}{g:02x}{b:02x}")
 }
 
 /// `/api/products/{id}/image` with the id percent-encoded (ids may hold `/`, spaces, ...).
@@ -157,6 +197,9 @@ pub struct SearchForm {
     /// `main` (default): `hits` for the photo, and `detections`. `all`: also `items`, one
     /// ranked list per product found ("shop the look"), each item encoded on its own.
     items: Option<String>,
+    /// `match` (default): rank by shape and colour; `any`: shape only; a colour name (`Red`,
+    /// `Navy Blue`, ... any case): only products of that colour.
+    colour: Option<String>,
 }
 
 /// `POST /api/search` as JSON: by a catalog product ("more like this") or by an embedding.
@@ -174,6 +217,11 @@ pub struct SearchJson {
     pub filters: BTreeMap<String, OneOrMany>,
     /// Not allowed here: crops apply to uploaded photos only.
     pub crop: Option<serde_json::Value>,
+    /// `match` (default), `any` or a colour name, as for photos. A vector has no colour (so
+    /// `match` ranks it by shape) unless `colour_vector` gives it one.
+    pub colour: Option<String>,
+    /// With `vector`: the photo's colour descriptor (as returned in `query_colour.descriptor`).
+    pub colour_vector: Option<Vec<f32>>,
 }
 
 /// One filter value or a list of alternatives.

@@ -13,6 +13,7 @@ use super::super::types::{Facet, FacetValue, FacetsResponse, OneOrMany, SearchFo
 use super::super::AppState;
 use super::{blocking, Shared};
 use crate::index::l2_normalize;
+use crate::colour::ColourDescriptor;
 use crate::search::{Items, SearchRequest};
 use crate::preprocess::Crop;
 use crate::types::Filter;
@@ -24,7 +25,7 @@ pub const MAX_OFFSET: usize = 10_000;
 /// Columns with more distinct values than this (ids, free text) are not offered as facets.
 pub const MAX_FACET_VALUES: usize = 50;
 
-fn page_request(k: Option<usize>, offset: Option<usize>, filter: crate::types::Filter) -> Result<SearchRequest, ApiError> {
+fn page_request(k: Option<usize>, offset: Option<usize>, filter: crate::types::Filter, colour: Option<&str>) -> Result<SearchRequest, ApiError> {
     let k = k.unwrap_or(10);
     let offset = offset.unwrap_or(0);
     if k == 0 || k > MAX_K {
@@ -37,7 +38,8 @@ fn page_request(k: Option<usize>, offset: Option<usize>, filter: crate::types::F
     if filter.value_count() > max {
         return Err(ApiError::bad_parameters(format!("at most {max} filter values in one search, not {}", filter.value_count())));
     }
-    Ok(SearchRequest { k, offset, filter })
+    let colour = colour.map(str::parse).transpose().map_err(ApiError::BadParameters)?.unwrap_or_default();
+    Ok(SearchRequest { k, offset, filter, colour })
 }
 
 fn parse_number(field: &str, text: &str) -> Result<usize, ApiError> {
@@ -74,6 +76,7 @@ async fn search_by_photo(state: Arc<AppState>, mut form: Multipart) -> Result<Js
     let started = Instant::now();
     let (mut image, mut k, mut offset, mut crop, mut filters, mut include_vector) = (None, None, None, None, Vec::new(), false);
     let mut items = Items::Main;
+    let mut colour = None;
     let mut seen = FieldNames::default();
     while let Some(field) = form.next_field().await? {
         let name = field.name().unwrap_or("").to_string();
@@ -93,12 +96,13 @@ async fn search_by_photo(state: Arc<AppState>, mut form: Multipart) -> Result<Js
             }
             "include_vector" => include_vector = matches!(field.text().await?.trim(), "true" | "1" | "yes"),
             "items" => items = field.text().await?.parse().map_err(ApiError::BadParameters)?,
-            other => return Err(ApiError::bad_parameters(format!("unknown form field {other:?}: expected image, k, offset, filter, crop, include_vector, items"))),
+            "colour" => colour = Some(field.text().await?),
+            other => return Err(ApiError::bad_parameters(format!("unknown form field {other:?}: expected image, k, offset, filter, crop, include_vector, items, colour"))),
         }
     }
     let image = image.ok_or_else(|| ApiError::bad_parameters("the form has no \"image\" field with the photo"))?;
     let filter = Filter::parse(&filters).map_err(|e| ApiError::BadParameters(e.to_string()))?;
-    let request = page_request(k, offset, filter)?;
+    let request = page_request(k, offset, filter, colour.as_deref())?;
 
     let encoded = state.batcher.encode(image, crop, items).await?;
     let engine = state.engine.clone();
@@ -129,8 +133,13 @@ async fn search_by_reference(state: Arc<AppState>, body: SearchJson) -> Result<J
             filter.add(column.trim(), value).map_err(ApiError::BadParameters)?;
         }
     }
-    let request = page_request(body.k, body.offset, filter)?;
+    let request = page_request(body.k, body.offset, filter, body.colour.as_deref())?;
     let engine = state.engine.clone();
+    let colour = match (&body.colour_vector, &body.vector) {
+        (Some(_), None) => return Err(ApiError::bad_parameters("colour_vector goes with vector (a product's own colour is used with product_id)")),
+        (Some(values), Some(_)) => Some(ColourDescriptor::from_values(values).map_err(|e| ApiError::BadParameters(format!("colour_vector: {e}")))?),
+        (None, _) => None,
+    };
     match (body.product_id, body.vector) {
         (Some(id), None) => blocking(move || Ok(Json(SearchResponse::new(&engine.search_like(&id, &request)?, None)))).await,
         (None, Some(mut vector)) => {
@@ -142,7 +151,7 @@ async fn search_by_reference(state: Arc<AppState>, body: SearchJson) -> Result<J
                 return Err(ApiError::bad_parameters(format!("vector[{i}] is not a finite number in f32's range")));
             }
             l2_normalize(&mut vector);
-            blocking(move || Ok(Json(SearchResponse::new(&engine.search_vector(&vector, &request)?, None)))).await
+            blocking(move || Ok(Json(SearchResponse::new(&engine.search_vector_with_colour(&vector, colour.as_ref(), &request)?, None)))).await
         }
         _ => Err(ApiError::bad_parameters("give exactly one of product_id or vector (or upload a photo as multipart/form-data)")),
     }
@@ -174,9 +183,12 @@ mod tests {
 
     #[test]
     fn page_sizes_are_bounded() {
-        assert!(page_request(Some(0), None, Default::default()).is_err());
-        assert!(page_request(Some(MAX_K + 1), None, Default::default()).is_err());
-        assert!(page_request(Some(5), Some(MAX_OFFSET + 1), Default::default()).is_err());
-        assert_eq!(page_request(None, None, Default::default()).map(|r| (r.k, r.offset)).ok(), Some((10, 0)));
+        assert!(page_request(Some(0), None, Default::default(), None).is_err());
+        assert!(page_request(Some(MAX_K + 1), None, Default::default(), None).is_err());
+        assert!(page_request(Some(5), Some(MAX_OFFSET + 1), Default::default(), None).is_err());
+        assert_eq!(page_request(None, None, Default::default(), None).map(|r| (r.k, r.offset)).ok(), Some((10, 0)));
+        assert!(page_request(None, None, Default::default(), Some("chartreuse")).is_err());
+        let red = page_request(None, None, Default::default(), Some("red")).map(|r| r.colour).ok();
+        assert_eq!(red, Some(crate::colour::ColourMode::Named("Red".into())));
     }
 }

@@ -11,12 +11,14 @@ const els = {
   error: $("error"), status: $("status"), grid: $("grid"), loadMore: $("load-more"),
   facetForm: $("facet-form"), details: $("details"), detailsImage: $("details-image"),
   detailsTitle: $("details-title"), detailsMeta: $("details-meta"), detailsLike: $("details-like"),
+  queryColour: $("query-colour"), colourMode: $("colour-mode"),
 };
 
 // What the results show. `query` is {kind: "photo", vector, label} once a photo has been
 // encoded (paging and filtering then reuse its vector: the photo is uploaded once per crop), or
 // {kind: "like", id} for "more like this".
-const state = { photo: null, photoUrl: null, crop: null, query: null, offset: 0, filters: new Map(), busy: false };
+// `colour` is how results treat colour: "match" (same colour as the photo) or "any".
+const state = { photo: null, photoUrl: null, crop: null, query: null, offset: 0, filters: new Map(), busy: false, colour: "match" };
 
 // ---------------------------------------------------------------------------------------------
 // API
@@ -53,17 +55,23 @@ async function runSearch(offset) {
       form.append("k", String(PAGE_SIZE));
       form.append("offset", "0");
       form.append("include_vector", "true");
+      form.append("colour", state.colour);
       const crop = state.crop ? state.crop.map((v) => v.toFixed(4)).join(",") : "";
       if (crop) form.append("crop", crop);
       els.cropArea.dataset.crop = crop; // What was sent, for tests and curious developers.
       for (const [column, values] of state.filters) for (const v of values) form.append("filter", `${column}=${v}`);
       result = await api("/api/search", { method: "POST", body: form });
-      state.query = { kind: "photo", vector: result.query_vector, label: state.crop ? "the part of your photo you picked" : "your photo" };
+      const colour = result.query_colour || null;
+      state.query = { kind: "photo", vector: result.query_vector, colourVector: colour && colour.descriptor, label: state.crop ? "the part of your photo you picked" : "your photo" };
+      showQueryColour(colour);
       offset = 0;
     } else {
-      const body = { k: PAGE_SIZE, offset, filters: filtersObject() };
+      const body = { k: PAGE_SIZE, offset, filters: filtersObject(), colour: state.colour };
       if (state.query.kind === "like") body.product_id = state.query.id;
-      else body.vector = state.query.vector;
+      else {
+        body.vector = state.query.vector;
+        if (state.query.colourVector) body.colour_vector = state.query.colourVector;
+      }
       result = await api("/api/search", { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(body) });
     }
     state.offset = offset + result.hits.length;
@@ -81,6 +89,14 @@ async function runSearch(offset) {
   } finally {
     setBusy(false);
   }
+}
+
+/** The colour found in the shopper's photo, as a swatch beside it. */
+function showQueryColour(colour) {
+  els.queryColour.hidden = !colour;
+  if (!colour) return;
+  els.queryColour.querySelector(".swatch").style.background = colour.rgb;
+  els.queryColour.querySelector(".colour-name").textContent = colour.name;
 }
 
 function setBusy(busy) {
@@ -112,11 +128,15 @@ function el(tag, props = {}, ...children) {
 
 function card(hit) {
   const details = [hit.category, hit.colour].filter(Boolean).join(" · ");
+  const swatch = el("span", { className: "swatch" });
+  swatch.setAttribute("aria-hidden", "true");
+  if (hit.colour_rgb) swatch.style.background = hit.colour_rgb;
+  else swatch.hidden = true;
   const open = el("button", { type: "button", className: "open", title: `Details of ${hit.name}` },
     el("img", { src: hit.image_url, alt: hit.name, loading: "lazy", width: 160, height: 160 }),
     el("div", { className: "info" },
       el("div", { className: "name" }, hit.name),
-      el("div", { className: "sub" }, details || "\u00a0"),
+      el("div", { className: "sub" }, swatch, details || "\u00a0"),
       el("div", { className: "sub score" }, `similarity ${hit.score.toFixed(3)}`)));
   open.addEventListener("click", () => openDetails(hit.id));
   const like = el("button", { type: "button", className: "like" }, "More like this");
@@ -343,6 +363,13 @@ async function showIndexing() {
     setTimeout(showIndexing, 10000);
   }
 }
+
+// Same colour / any colour: re-rank what is shown (the photo is not uploaded again).
+els.colourMode.addEventListener("change", (e) => {
+  if (e.target.name !== "colour") return;
+  state.colour = e.target.value;
+  refilter();
+});
 
 loadFacets();
 showIndexing();

@@ -23,6 +23,11 @@ pub struct IndexedImage {
     pub has_colour: bool,
 }
 
+/// Whether `table` has `column` (`table` is one of the schema's own names, never user input).
+fn has_column(conn: &Connection, table: &str, column: &str) -> rusqlite::Result<bool> {
+    conn.prepare(&format!("SELECT 1 FROM pragma_table_info('{table}') WHERE name = ?1"))?.exists([column])
+}
+
 /// Which stored vector to read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum VectorKind {
@@ -127,22 +132,15 @@ impl SqliteCatalog {
         conn.busy_timeout(BUSY_TIMEOUT).with_context(context)?;
         let damaged = || format!("{} is not a lookalike catalog or is damaged (try `lookalike repair --db {}`)", path.display(), path.display());
         conn.execute_batch(SCHEMA).with_context(damaged)?;
-        // Catalogs made before vector checksums: add the column (old rows keep NULL, unchecked).
-        let has_crc: bool = conn
-            .prepare("SELECT 1 FROM pragma_table_info('vectors') WHERE name = 'crc'")
-            .and_then(|mut s| s.exists([]))
-            .with_context(damaged)?;
-        if !has_crc {
-            conn.execute_batch("ALTER TABLE vectors ADD COLUMN crc INTEGER").with_context(damaged)?;
-        }
-        // Catalogs made before colour descriptors: add them (NULL until `index` runs again,
-        // which fills them in without re-running the model).
-        let has_colour: bool = conn
-            .prepare("SELECT 1 FROM pragma_table_info('vectors') WHERE name = 'colour'")
-            .and_then(|mut s| s.exists([]))
-            .with_context(damaged)?;
-        if !has_colour {
-            conn.execute_batch("ALTER TABLE vectors ADD COLUMN colour BLOB; ALTER TABLE vectors ADD COLUMN colour_crc INTEGER").with_context(damaged)?;
+        // Columns added since the first catalogs: old rows keep NULL. A NULL checksum is not
+        // checked; a NULL colour is filled in by the next `index` run, without the model.
+        for (column, added) in [
+            ("crc", "ALTER TABLE vectors ADD COLUMN crc INTEGER"),
+            ("colour", "ALTER TABLE vectors ADD COLUMN colour BLOB; ALTER TABLE vectors ADD COLUMN colour_crc INTEGER"),
+        ] {
+            if !has_column(&conn, "vectors", column).with_context(damaged)? {
+                conn.execute_batch(added).with_context(damaged)?;
+            }
         }
         Ok(SqliteCatalog { conn, path: path.to_path_buf(), written: BTreeSet::new() })
     }
@@ -697,9 +695,7 @@ pub fn salvage(path: &Path) -> Result<SalvageReport> {
         for (table, key, columns) in tables {
             // Only the columns the damaged file has: one made before a column was added (the
             // vectors' checksums, their colours) still gives up the rest.
-            let present = |column: &str| {
-                old.prepare(&format!("SELECT 1 FROM pragma_table_info('{table}') WHERE name = ?1")).and_then(|mut s| s.exists([column])).unwrap_or(true)
-            };
+            let present = |column: &str| has_column(&old, table, column).unwrap_or(true);
             let columns = columns.split(',').map(str::trim).filter(|c| present(c)).collect::<Vec<_>>().join(", ");
             let columns = columns.as_str();
             let width = columns.split(',').count();

@@ -441,6 +441,9 @@ const MIN_CHROMATIC_SHARE: f64 = 0.02;
 pub struct ColourTable {
     by_key: HashMap<Key, (ColourDescriptor, String)>,
     chromatic: usize,
+    /// The metadata column most products name their colour in (for stores that filter
+    /// metadata themselves, Qdrant); `None` before any product names one.
+    column: Option<&'static str>,
 }
 
 impl ColourTable {
@@ -451,7 +454,10 @@ impl ColourTable {
         if stored.is_empty() {
             return Ok(table);
         }
-        let named: HashMap<Key, String> = catalog.all_products()?.into_iter().filter_map(|p| p.colour().map(|c| (p.key, c.to_string()))).collect();
+        let products = catalog.all_products()?;
+        let named: HashMap<Key, String> = products.iter().filter_map(|p| p.colour().map(|c| (p.key, c.to_string()))).collect();
+        let counts = COLOUR_COLUMNS.map(|c| products.iter().filter(|p| p.metadata.contains_key(c)).count());
+        table.column = COLOUR_COLUMNS.into_iter().zip(counts).filter(|(_, n)| *n > 0).max_by_key(|(_, n)| *n).map(|(c, _)| c);
         for (key, values) in stored {
             table.put(key, Some(ColourDescriptor::from_values(&values)?), named.get(&key).map(String::as_str));
         }
@@ -492,6 +498,11 @@ impl ColourTable {
 
     pub fn descriptor(&self, key: Key) -> Option<&ColourDescriptor> {
         self.by_key.get(&key).map(|(d, _)| d)
+    }
+
+    /// The metadata column the catalog's products name their colour in (the most common).
+    pub fn column(&self) -> &'static str {
+        self.column.unwrap_or(COMPUTED_COLOUR_COLUMN)
     }
 
     /// The products whose named colour is `name` (any case).

@@ -732,7 +732,7 @@ impl SearchEngine {
                 });
             } else {
                 // Qdrant filters its payloads: on the column the shop's colours are named in.
-                filter.add(crate::types::COMPUTED_COLOUR_COLUMN, name).map_err(SearchError::BadRequest)?;
+                filter.add(colours.column(), name).map_err(SearchError::BadRequest)?;
             }
         }
         let candidates = match mode {

@@ -374,8 +374,9 @@ impl SearchEngine {
         f(&mut catalog)
     }
 
-    // The engine's locks. Lock order, everywhere: the catalog, then the index; a search that
-    // needs both for a filter lets go of the index first (see `search_vector`).
+    // The engine's locks. Lock order, everywhere: the catalog, then the index, then the colour
+    // table; a search that needs several lets go of each before taking the next (see
+    // `search_vector_with_colour`).
 
     fn lock_catalog(&self) -> Result<MutexGuard<'_, SqliteCatalog>> {
         self.catalog.lock().map_err(|_| poisoned("catalog"))
@@ -707,10 +708,12 @@ impl SearchEngine {
         let t = Instant::now();
         let wanted = request.offset.saturating_add(request.k);
         // Colour applies only where the catalog has colour (a grey catalog ranks by shape
-        // under every mode) and, for `match`, where the query has a colour.
-        let colours = self.read_colours()?;
+        // under every mode) and, for `match`, where the query has a colour. (The colour table
+        // is locked only for a moment each time: it is written after the catalog and the
+        // index, so it must never be held while waiting for either.)
+        let has_colour = self.read_colours()?.has_colour();
         let mode = match (&request.colour, colour) {
-            _ if !colours.has_colour() => ColourMode::Any,
+            _ if !has_colour => ColourMode::Any,
             (ColourMode::Match, None) => ColourMode::Any,
             (mode, _) => mode.clone(),
         };
@@ -725,14 +728,15 @@ impl SearchEngine {
         };
         if let ColourMode::Named(name) = &mode {
             if by_key {
-                let named = colours.keys_named(name);
+                let named = self.read_colours()?.keys_named(name);
                 allowed = Some(match allowed {
                     Some(allowed) => allowed.intersection(&named).copied().collect(),
                     None => named,
                 });
             } else {
                 // Qdrant filters its payloads: on the column the shop's colours are named in.
-                filter.add(colours.column(), name).map_err(SearchError::BadRequest)?;
+                let column = self.read_colours()?.column();
+                filter.add(column, name).map_err(SearchError::BadRequest)?;
             }
         }
         let candidates = match mode {
@@ -748,10 +752,9 @@ impl SearchEngine {
             store.search(&vector, candidates, &filter, allowed.as_ref())?
         };
         let hits = match (&mode, colour) {
-            (ColourMode::Match, Some(query)) => colours.rerank(hits, query, colour::MATCH_WEIGHT),
+            (ColourMode::Match, Some(query)) => self.read_colours()?.rerank(hits, query, colour::MATCH_WEIGHT),
             _ => hits,
         };
-        drop(colours);
         timings.search_ms = ms(t);
 
         let t = Instant::now();

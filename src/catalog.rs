@@ -35,6 +35,8 @@ pub enum VectorKind {
     Primary,
     /// Max-pooled features (the original design's recipe), kept for evaluation.
     MaxPooled,
+    /// The photo's colour descriptor ([`crate::colour`]), checksummed like the vector.
+    Colour,
 }
 
 /// SQLite-backed catalog (the embedded default).
@@ -332,17 +334,11 @@ impl SqliteCatalog {
 
     /// Every stored colour descriptor (key, values), checked against its checksum.
     pub fn colours(&self) -> Result<Vec<(Key, Vec<f32>)>> {
-        let mut stmt = self.conn.prepare("SELECT key, colour, colour_crc FROM vectors WHERE colour IS NOT NULL ORDER BY key").with_context(|| self.damaged_hint())?;
-        let mut rows = stmt.query([])?;
         let mut out = Vec::new();
-        while let Some(row) = rows.next().with_context(|| self.damaged_hint())? {
-            let key: Key = row.get(0)?;
-            let blob = row.get_ref(1)?.as_blob()?;
-            verify_vector(blob, row.get(2)?).with_context(|| format!("colour of product key {key}: {}", self.damaged_hint()))?;
-            let mut values = Vec::new();
-            decode_vector(blob, &mut values).with_context(|| format!("colour of product key {key}"))?;
-            out.push((key, values));
-        }
+        self.for_each_vector(VectorKind::Colour, |key, values| {
+            out.push((key, values.to_vec()));
+            Ok(())
+        })?;
         Ok(out)
     }
 
@@ -389,6 +385,7 @@ impl SqliteCatalog {
         let sql = match kind {
             VectorKind::Primary => "SELECT key, vector, crc FROM vectors ORDER BY key",
             VectorKind::MaxPooled => "SELECT key, max_pooled, NULL FROM vectors WHERE max_pooled IS NOT NULL ORDER BY key",
+            VectorKind::Colour => "SELECT key, colour, colour_crc FROM vectors WHERE colour IS NOT NULL ORDER BY key",
         };
         let mut stmt = self.conn.prepare(sql).with_context(|| self.damaged_hint())?;
         let mut rows = stmt.query([])?;

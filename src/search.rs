@@ -105,9 +105,6 @@ pub struct EncodedPhoto {
     pub whole: Embedding,
     /// The photo's colour: of its main item when one was found, else of its centre.
     pub colour: Option<ColourEstimate>,
-    /// The photo's colour as a catalog shot's (the product on its studio background), for a
-    /// photo added to the catalog.
-    pub product_colour: Option<ColourEstimate>,
     /// Main item first; empty when nothing stands out, the photo was cropped by the shopper,
     /// or the model gives no feature map.
     pub items: Vec<FoundItem>,
@@ -472,10 +469,9 @@ impl SearchEngine {
     /// The products on a query's feature map, as boxes on the photo, and the photo's colour
     /// (its main product's, where one was found).
     fn find_products(&self, query: QueryEmbedding, photo: Option<(u32, u32)>, pixels: &preprocess::InputPixels) -> EncodedPhoto {
-        let product_colour = colour::of_product(pixels);
         let (Some(grid), Some((width, height))) = (&query.grid, photo) else {
             let colour = colour::of_query(pixels, None);
-            return EncodedPhoto { whole: query.embedding, colour, product_colour, items: Vec::new() };
+            return EncodedPhoto { whole: query.embedding, colour, items: Vec::new() };
         };
         let found = find_items(grid, self.foreground.as_ref());
         let colour = colour::of_query(pixels, found.main().map(|main| main.bounds));
@@ -489,7 +485,7 @@ impl SearchEngine {
             let crop = preprocess::input_box_to_crop(item.bounds, 0.5 / found.width.max(1) as f32, width, height, fit).unwrap_or(on_photo);
             items.push(FoundItem { detection, crop, vector: None });
         }
-        EncodedPhoto { whole: query.embedding, colour, product_colour, items }
+        EncodedPhoto { whole: query.embedding, colour, items }
     }
 
     /// The last two steps of a photo search: nearest neighbours of the photo (and of each item
@@ -515,7 +511,18 @@ impl SearchEngine {
     /// Adds a product (or replaces the one with the same id) and makes it searchable at once:
     /// the catalog is written first, so a crash between the two steps loses nothing that a
     /// restart (which rebuilds the index from the catalog) would not restore.
-    pub fn add_product(&self, product: NewProduct) -> Result<Key, SearchError> {
+    pub fn add_product(&self, mut product: NewProduct) -> Result<Key, SearchError> {
+        // A photo stored without its colour (an upload through the API) gets it here, from its
+        // own pixels as a catalog shot, as `index` gives it (so searches do not pay for it).
+        if product.colour.is_none() {
+            if let crate::types::NewImage::Stored { bytes, .. } = &product.image {
+                let image = preprocess::decode(bytes, &self.limits)?;
+                if let Some(colour) = colour::of_product(&preprocess::input_pixels(&image, None, &self.encoder.spec().input)) {
+                    colour.name_in(&mut product.metadata);
+                    product.colour = Some(colour.descriptor.values());
+                }
+            }
+        }
         let expected = self.encoder.spec().name.clone();
         // Hold the catalog lock across both writes, so concurrent changes to the same id
         // reach the index in the order they reached the catalog.

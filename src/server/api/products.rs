@@ -130,9 +130,6 @@ pub async fn add_product(State(state): Shared, _admin: AdminToken, UploadForm(mu
 
     let encoded = state.batcher.encode(image.clone(), None, crate::search::Items::Main).await?;
     let mime = image::guess_format(&image).map(|f| f.to_mime_type()).unwrap_or("application/octet-stream").to_string();
-    if let Some(colour) = &encoded.photo.product_colour {
-        colour.name_in(&mut metadata);
-    }
     let product = NewProduct {
         id: id.clone(),
         content_hash: hex::encode(Sha256::digest(&image)),
@@ -140,7 +137,8 @@ pub async fn add_product(State(state): Shared, _admin: AdminToken, UploadForm(mu
         metadata,
         vector: encoded.photo.whole.vector,
         max_pooled: encoded.photo.whole.max_pooled,
-        colour: encoded.photo.product_colour.map(|c| c.descriptor.values()),
+        // Taken by the engine from the photo's own pixels, as `index` takes it.
+        colour: None,
     };
     let engine = state.engine.clone();
     let stored = blocking(move || {

@@ -555,7 +555,10 @@ fn evaluate_scenes(
         let query = encoder.encode_queries(&[preprocess::prepare_image(&photo, None, input)])?.into_iter().next().context("encoder returned nothing")?;
         let whole = search(&query.embedding.vector)?;
         // Detected boxes, as fractions of the photo.
-        let found = query.grid.as_ref().map(|grid| (grid, find_items(grid, head)));
+        let found = match query.grid.as_ref() {
+            Some(grid) => Some((grid, crate::localise::find_items_in_photo(encoder, &photo, grid, head)?)),
+            None => None,
+        };
         // Each detected box with the item's own pooled vector (what `items=all` searches with).
         let (detections, item_vectors): (Vec<[f32; 4]>, Vec<Vec<f32>>) = found
             .as_ref()

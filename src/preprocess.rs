@@ -389,6 +389,18 @@ pub fn input_point_to_photo(x: f32, y: f32, width: u32, height: u32, fit: Fit) -
     ((left + x * side) / w, (top + y * side) / h)
 }
 
+/// The inverse of [`input_point_to_photo`]: where a point of the photo (fractions of it) lies
+/// on the model's square input (fractions of the square).
+pub fn photo_point_to_input(x: f32, y: f32, width: u32, height: u32, fit: Fit) -> (f32, f32) {
+    let (w, h) = (width.max(1) as f32, height.max(1) as f32);
+    let side = match fit {
+        Fit::Pad => w.max(h),
+        Fit::CenterCrop => w.min(h),
+    };
+    let (left, top) = ((w - side) / 2.0, (h - side) / 2.0);
+    ((x * w - left) / side, (y * h - top) / side)
+}
+
 /// The part of a `width` x `height` photo that a box on the model's square input covers
 /// (`[x, y, w, h]` fractions of that square, as [`crate::localise`] reports them), grown by
 /// `margin` (a fraction of the square) on every side; `None` when it falls outside the photo.

@@ -11,6 +11,7 @@
 use anyhow::{bail, ensure, Context, Result};
 use ndarray::{Array1, Array2, ArrayView2, Axis};
 use rand::seq::SliceRandom;
+use rayon::prelude::*;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
@@ -443,13 +444,26 @@ pub fn train_foreground(catalog: &SqliteCatalog, encoder: &dyn crate::encoder::E
             }
             photos.push(crate::perturb::compose_scene(&images, &mut rng));
         }
-        let tensors: Vec<Vec<f32>> = photos.iter().map(|(photo, _)| crate::preprocess::prepare_image(photo, None, input)).collect();
-        for ((photo, boxes), query) in photos.iter().zip(encoder.encode_queries(&tensors)?) {
+        // What search finds products on: a long photo's square tiles, else the whole photo.
+        let mut views: Vec<(usize, Option<crate::preprocess::Crop>)> = Vec::new();
+        for (p, (photo, _)) in photos.iter().enumerate() {
+            let tiles = crate::localise::tiles(photo.width(), photo.height());
+            if tiles.is_empty() {
+                views.push((p, None));
+            }
+            views.extend(tiles.into_iter().map(|tile| (p, Some(tile))));
+        }
+        let tensors: Vec<Vec<f32>> = views.iter().map(|&(p, crop)| crate::preprocess::prepare_image(&photos[p].0, crop, input)).collect();
+        for (&(p, crop), query) in views.iter().zip(encoder.encode_queries(&tensors)?) {
+            let (photo, boxes) = &photos[p];
             let grid = query.grid.context("the model gives no feature map to localise on")?;
             channels = grid.channels;
+            let crop = crop.unwrap_or(crate::preprocess::Crop { x: 0.0, y: 0.0, width: 1.0, height: 1.0 });
+            let (view_w, view_h) = (((photo.width() as f32 * crop.width).round() as u32).max(1), ((photo.height() as f32 * crop.height).round() as u32).max(1));
             for cell in 0..grid.width * grid.height {
                 let (cx, cy) = (((cell % grid.width) as f32 + 0.5) / grid.width as f32, ((cell / grid.width) as f32 + 0.5) / grid.height as f32);
-                let (px, py) = crate::preprocess::input_point_to_photo(cx, cy, photo.width(), photo.height(), input.fit);
+                let (vx, vy) = crate::preprocess::input_point_to_photo(cx, cy, view_w, view_h, input.fit);
+                let (px, py) = (crop.x + vx * crop.width, crop.y + vy * crop.height);
                 let inside = boxes.iter().any(|b| px >= b[0] && px <= b[0] + b[2] && py >= b[1] && py <= b[1] + b[3]);
                 rows.extend_from_slice(grid.cell(cell));
                 labels.push(if inside { 1.0f32 } else { 0.0 });
@@ -471,12 +485,41 @@ pub fn train_foreground(catalog: &SqliteCatalog, encoder: &dyn crate::encoder::E
     let (mut w, mut b) = (Array1::<f32>::zeros(channels), 0.0f32);
     let (mut m_w, mut v_w, mut m_b, mut v_b) = (Array1::<f32>::zeros(channels), Array1::<f32>::zeros(channels), 0.0f32, 0.0f32);
     let (lr, beta1, beta2, eps, decay, epochs) = (0.05f32, 0.9f32, 0.999f32, 1e-8f32, 1e-4f32, 200usize);
+    let features = xs.as_standard_layout();
+    let features = features.as_slice().context("cell features are not contiguous")?;
+    let (targets, weights) = (y.as_slice().context("labels")?, weight.as_slice().context("weights")?);
     for epoch in 1..=epochs {
-        let z = xs.dot(&w) + b;
-        let p = z.mapv(|z| 1.0 / (1.0 + (-z).exp()));
-        let err = (&p - &y) * &weight;
-        let grad_w = xs.t().dot(&err) + &w * decay;
-        let grad_b = err.sum();
+        // One pass over the cells per epoch, in parallel blocks: each cell's probability and
+        // its share of the gradient (cell features stream once; a matrix-vector product and
+        // then a transposed one would read the 100+ MB matrix twice, the second time strided).
+        let current = w.to_vec();
+        let (grad_w, grad_b) = features
+            .par_chunks(channels * 2048)
+            .enumerate()
+            .map(|(block, rows)| {
+                let mut grad = vec![0.0f32; channels];
+                let mut grad_b = 0.0f32;
+                for (r, row) in rows.chunks_exact(channels).enumerate() {
+                    let i = block * 2048 + r;
+                    let z = crate::index::kernels::dot(row, &current) + b;
+                    let e = (1.0 / (1.0 + (-z).exp()) - targets[i]) * weights[i];
+                    for (g, x) in grad.iter_mut().zip(row) {
+                        *g += e * x;
+                    }
+                    grad_b += e;
+                }
+                (grad, grad_b)
+            })
+            // Summed in block order, so training gives the same head on every run.
+            .collect::<Vec<_>>()
+            .into_iter()
+            .fold((vec![0.0f32; channels], 0.0f32), |(mut a, ab), (g, gb)| {
+                for (a, g) in a.iter_mut().zip(&g) {
+                    *a += g;
+                }
+                (a, ab + gb)
+            });
+        let grad_w = Array1::from(grad_w) + &w * decay;
         m_w = &m_w * beta1 + &grad_w * (1.0 - beta1);
         v_w = &v_w * beta2 + &grad_w.mapv(|g| g * g) * (1.0 - beta2);
         m_b = m_b * beta1 + grad_b * (1.0 - beta1);

@@ -132,3 +132,40 @@ fn pooling_over_an_item_ignores_everything_outside_it() {
     }
     assert_ne!(inside.pool_over(&mask), pooled);
 }
+
+/// With a learned head, wide photos of two or three garments side by side on busy
+/// backgrounds (`perturb::compose_scene`: held-out test garments, known boxes) are searched on
+/// square tiles: most garments are found with their box, and little else is.
+#[test]
+fn a_learned_head_finds_garments_side_by_side_on_wide_photos() {
+    use rand::{Rng, SeedableRng};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = common::copy_catalog(dir.path());
+    let mut catalog = SqliteCatalog::open_existing(&db).expect("catalog");
+    let encoder = encoder();
+    let (head, report) = lookalike::tune::train_foreground(&catalog, &encoder, 1000, 7).expect("head");
+    assert!(report.balanced_accuracy > 0.8, "{report:?}");
+    catalog.save_foreground_head(&encoder.spec().name, &head, "{}").expect("save head");
+    let engine = SearchEngine::open(catalog, Box::new(encoder)).expect("engine");
+
+    let test = FashionMnist::load(&fm_dir(), "test").expect("test split");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+    let (mut placed, mut found, mut reported) = (0, 0, 0);
+    for scene in 0..12 {
+        let count = rng.random_range(2..=3);
+        let garments: Vec<DynamicImage> = (0..count).map(|i| DynamicImage::ImageLuma8(test.image(scene * 3 + i).expect("image"))).collect();
+        let (photo, boxes) = lookalike::perturb::compose_scene(&garments, &mut rng);
+        assert!(photo.width() >= photo.height() * 5 / 4, "a wide photo: {}x{}", photo.width(), photo.height());
+        let mut png = Vec::new();
+        photo.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png).expect("png");
+        let results = search(&engine, &png, Items::Main);
+        placed += boxes.len();
+        reported += results.detections.len();
+        found += boxes.iter().filter(|b| results.detections.iter().any(|d| iou(d.bounds, **b) >= 0.5)).count();
+    }
+    let (recall, precision) = (found as f32 / placed as f32, found as f32 / reported.max(1) as f32);
+    // Measured: 22 of 30 found, 27 boxes (a head learned from this 300-product catalog; on the
+    // 60,000-product one, eval's 1,000 scenes find 87 % at 93 % precision). Without tiles the
+    // head found under a third of the products in such photos.
+    assert!(recall >= 0.65 && precision >= 0.75, "{found} of {placed} garments found, {reported} boxes reported");
+}

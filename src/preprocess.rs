@@ -380,24 +380,35 @@ impl Crop {
 /// Where a point of the model's square input (`x`, `y` as fractions of the square) lies in a
 /// `width` x `height` photo, as fractions of the photo (outside 0..1 on the padding).
 pub fn input_point_to_photo(x: f32, y: f32, width: u32, height: u32, fit: Fit) -> (f32, f32) {
-    let (w, h) = (width.max(1) as f32, height.max(1) as f32);
-    let side = match fit {
-        Fit::Pad => w.max(h),
-        Fit::CenterCrop => w.min(h),
-    };
-    let (left, top) = ((w - side) / 2.0, (h - side) / 2.0);
+    let InputSquare { w, h, side, left, top } = InputSquare::of(width, height, fit);
     ((left + x * side) / w, (top + y * side) / h)
+}
+
+/// Where the model's square input lies on a `w` x `h` photo, in photo pixels: its side and its
+/// top-left corner (negative on the padding of a padded photo).
+struct InputSquare {
+    w: f32,
+    h: f32,
+    side: f32,
+    left: f32,
+    top: f32,
+}
+
+impl InputSquare {
+    fn of(width: u32, height: u32, fit: Fit) -> InputSquare {
+        let (w, h) = (width.max(1) as f32, height.max(1) as f32);
+        let side = match fit {
+            Fit::Pad => w.max(h),
+            Fit::CenterCrop => w.min(h),
+        };
+        InputSquare { w, h, side, left: (w - side) / 2.0, top: (h - side) / 2.0 }
+    }
 }
 
 /// The inverse of [`input_point_to_photo`]: where a point of the photo (fractions of it) lies
 /// on the model's square input (fractions of the square).
 pub fn photo_point_to_input(x: f32, y: f32, width: u32, height: u32, fit: Fit) -> (f32, f32) {
-    let (w, h) = (width.max(1) as f32, height.max(1) as f32);
-    let side = match fit {
-        Fit::Pad => w.max(h),
-        Fit::CenterCrop => w.min(h),
-    };
-    let (left, top) = ((w - side) / 2.0, (h - side) / 2.0);
+    let InputSquare { w, h, side, left, top } = InputSquare::of(width, height, fit);
     ((x * w - left) / side, (y * h - top) / side)
 }
 
@@ -601,6 +612,20 @@ fn normalise(rgb: &[u8], size: u32, input: &InputSpec) -> Vec<f32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn photo_and_input_points_map_back_and_forth() {
+        for fit in [Fit::Pad, Fit::CenterCrop] {
+            for (width, height) in [(480, 240), (300, 400), (200, 200)] {
+                let (ix, iy) = photo_point_to_input(0.3, 0.7, width, height, fit);
+                let (px, py) = input_point_to_photo(ix, iy, width, height, fit);
+                assert!((px - 0.3).abs() < 1e-5 && (py - 0.7).abs() < 1e-5, "{fit:?} {width}x{height}: {px} {py}");
+            }
+        }
+        // A 2:1 photo padded to a square fills its middle half, top to bottom.
+        assert_eq!(photo_point_to_input(0.0, 0.0, 480, 240, Fit::Pad), (0.0, 0.25));
+        assert_eq!(photo_point_to_input(1.0, 1.0, 480, 240, Fit::Pad), (1.0, 0.75));
+    }
     use image::{GrayAlphaImage, ImageBuffer, LumaA, Rgb, Rgba, RgbaImage};
 
     fn spec(size: u32, layout: Layout, fit: Fit) -> InputSpec {

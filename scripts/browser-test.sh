@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Drives lookalike's page in a real headless Chromium: tests/browser/run.mjs.
 #
-# Installs what it needs when missing: Debian's chromium (apt) and npm's playwright-core
-# (into tests/browser/node_modules). Playwright's own browser downloads are never used.
+# Installs what it needs when missing: Debian's chromium (apt) and npm's playwright-core and
+# axe-core (into tests/browser/node_modules, versions pinned by its package-lock.json). Playwright's own browser downloads are never used.
 #
 # Environment: LOOKALIKE_URL (a running `lookalike serve`), LOOKALIKE_PHOTO (an image to
 # upload), LOOKALIKE_TEXT_FILE (a non-image), LOOKALIKE_ARTIFACTS (where screenshots go).
@@ -23,8 +23,8 @@ if ! command -v node >/dev/null; then
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq nodejs npm >&2
 fi
-if [ ! -f "$browser_dir/node_modules/playwright-core/package.json" ]; then
-  echo "browser-test: installing playwright-core into tests/browser/node_modules" >&2
+if [ ! -f "$browser_dir/node_modules/playwright-core/package.json" ] || [ ! -f "$browser_dir/node_modules/axe-core/axe.min.js" ]; then
+  echo "browser-test: installing playwright-core and axe-core into tests/browser/node_modules" >&2
   # PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD: playwright-core downloads nothing, but be explicit.
   (cd "$browser_dir" && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm install --no-audit --no-fund --silent >&2)
 fi

@@ -532,6 +532,20 @@ impl SqliteCatalog {
         .transpose()
     }
 
+    /// Up to `n` stored search vectors spread evenly over the catalog by key: a sample of what
+    /// products look like to the index (see `SearchEngine::likeness_bands`).
+    pub fn sample_vectors(&self, n: usize) -> Result<Vec<(Key, Vec<f32>)>> {
+        let keys: Vec<Key> = self.conn.prepare("SELECT key FROM vectors ORDER BY key")?.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
+        let step = keys.len().div_ceil(n.max(1)).max(1);
+        let mut sample = Vec::with_capacity(n.min(keys.len()));
+        for &key in keys.iter().step_by(step) {
+            if let Some(vector) = self.vector(key)? {
+                sample.push((key, vector));
+            }
+        }
+        Ok(sample)
+    }
+
     /// How many products have each value of each metadata column: (column, value, count),
     /// ordered by column then by descending count. The raw material of search facets.
     pub fn value_counts(&self) -> Result<Vec<(String, String, usize)>> {

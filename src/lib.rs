@@ -10,7 +10,7 @@
 //! Layers, each importing only from those above it in this list (`tests/architecture.rs` fails
 //! on an import cycle between modules):
 //! 1. plain data and facts: [`types`], [`assets`], [`host`], [`config`];
-//! 2. parts: [`model`], [`preprocess`], [`colour`], [`perturb`], [`localise`], [`index`], [`projection`],
+//! 2. parts: [`model`], [`preprocess`], [`colour`], [`perturb`], [`localise`], [`likeness`], [`index`], [`projection`],
 //!    [`catalog`], [`encoder`];
 //! 3. assemblies of parts: [`space`], [`store`], [`import`], [`tune`], [`eval`];
 //! 4. the search engine: [`search`];
@@ -26,6 +26,7 @@ pub mod eval;
 pub mod host;
 pub mod import;
 pub mod index;
+pub mod likeness;
 pub mod localise;
 pub mod model;
 pub mod perturb;

@@ -13,6 +13,7 @@ use crate::catalog::SqliteCatalog;
 use crate::colour::{self, ColourDescriptor, ColourEstimate, ColourMode, ColourTable};
 use crate::types::{Detection, Filter, IndexingProgress, Key, NewProduct, Product, VectorSpace};
 use crate::encoder::{Embedding, Encoder, QueryEmbedding};
+use crate::likeness::{self, Likeness, LikenessBands, RecordedBands};
 use crate::localise::{self, find_items, ForegroundHead};
 use crate::index::{Allowed, Hit, IndexConfig, IndexStats, VectorIndex};
 use crate::preprocess::{self, Crop, DecodeLimits, ImageError};
@@ -46,6 +47,8 @@ pub struct RankedProduct {
     pub rank: usize,
     /// Cosine similarity to the query, in [-1, 1].
     pub score: f32,
+    /// `score` in a shopper's words, against how alike the catalog's own products are.
+    pub likeness: Likeness,
     pub product: Product,
 }
 
@@ -204,6 +207,15 @@ pub struct SearchEngine {
     foreground: Option<ForegroundHead>,
     /// Every product's colour, kept in step with the index (under the catalog lock, like it).
     colours: RwLock<ColourTable>,
+    /// The likeness bands and what they were measured on (see [`SearchEngine::likeness_bands`]).
+    likeness: Mutex<Option<MeasuredBands>>,
+}
+
+/// Likeness bands, with the search space and catalog size they were measured on.
+struct MeasuredBands {
+    space: Arc<SearchSpace>,
+    products: usize,
+    bands: Option<LikenessBands>,
 }
 
 /// A lock whose holder panicked: the state it guards may be half-changed, so nothing goes on.
@@ -253,6 +265,7 @@ impl SearchEngine {
             indexing: Mutex::new(None),
             foreground,
             colours,
+            likeness: Mutex::new(None),
         })
     }
 
@@ -697,6 +710,34 @@ impl SearchEngine {
     }
 
     /// Number of searchable products (vectors in the index).
+    /// The score bands of "Very similar", "Similar" and "Related" ([`crate::likeness`]),
+    /// measured on a sample of the catalog's own products against the index, and measured again
+    /// when the search space changes or the catalog has grown or shrunk by a fifth.
+    /// `None` for a catalog too small to compare its products.
+    pub fn likeness_bands(&self) -> Result<Option<LikenessBands>> {
+        let mut measured = self.likeness.lock().map_err(|_| poisoned("likeness bands"))?;
+        let space = self.current_space()?;
+        let products = self.len();
+        let fresh = |m: &MeasuredBands| Arc::ptr_eq(&m.space, &space) && m.products.abs_diff(products) * 5 <= m.products.max(1);
+        if let Some(m) = measured.as_ref().filter(|m| fresh(m)) {
+            return Ok(m.bands);
+        }
+        // As `index` or `tune` recorded them for this space, or measured now (not written back:
+        // a search never writes to the catalog).
+        let fingerprint = space.fingerprint();
+        let recorded = self.with_catalog(|c| Ok(c.setting(likeness::SETTING)?.as_deref().and_then(RecordedBands::from_setting)))?;
+        let bands = match recorded.filter(|r| r.fits(&fingerprint, products)) {
+            Some(recorded) => Some(recorded.bands),
+            None => {
+                let sample = self.with_catalog(|c| c.sample_vectors(likeness::SAMPLE))?;
+                let sample: Vec<(Key, Vec<f32>)> = sample.into_iter().filter_map(|(key, v)| space.map(&v).ok().map(|v| (key, v))).collect();
+                likeness::measure(&sample, |v, n| Ok(self.read_index()?.search(v, n, &Filter::default(), None)?.into_iter().map(|h| (h.key, h.score)).collect()))?
+            }
+        };
+        *measured = Some(MeasuredBands { space: space.clone(), products, bands });
+        Ok(bands)
+    }
+
     pub fn len(&self) -> usize {
         self.index.read().map(|store| store.index().len()).unwrap_or(0)
     }
@@ -796,11 +837,18 @@ impl SearchEngine {
         let page: Vec<Hit> = hits.into_iter().skip(request.offset).take(request.k).collect();
         let keys: Vec<_> = page.iter().map(|h| h.key).collect();
         let products = self.with_catalog(|c| c.get_many(&keys))?;
+        let bands = self.likeness_bands()?;
+        let likeness = |score: f32| bands.map_or(Likeness::Related, |b| b.band(score));
         let hits = page
             .iter()
             .zip(0..)
             .filter_map(|(hit, i)| {
-                products.iter().find(|p| p.key == hit.key).map(|p| RankedProduct { rank: request.offset + i + 1, score: hit.score, product: p.clone() })
+                products.iter().find(|p| p.key == hit.key).map(|p| RankedProduct {
+                    rank: request.offset + i + 1,
+                    score: hit.score,
+                    likeness: likeness(hit.score),
+                    product: p.clone(),
+                })
             })
             .collect();
         timings.metadata_ms = ms(t);

@@ -15,6 +15,7 @@ use anyhow::{ensure, Context, Result};
 use crate::catalog::{SqliteCatalog, VectorKind};
 use crate::types::Key;
 use crate::index::{l2_normalize, ExactIndex, Precision, VectorIndex};
+use crate::likeness;
 use crate::projection::Projection;
 
 /// A mapping from model vectors to searched vectors (all results L2-normalised).
@@ -138,6 +139,31 @@ impl SearchSpace {
             }
             SearchSpace::Tuned(p) => p.apply(v),
         }
+    }
+
+    /// Measures the likeness bands ([`crate::likeness`]) on the catalog's own products in this
+    /// space, with an exact scan, and keeps them in the catalog, so that searches find them
+    /// there instead of measuring them first. `index` and `tune` call this when they finish.
+    /// Only when `changed` says the vectors changed, or the recorded bands are missing or do
+    /// not fit this space and catalog size.
+    pub fn record_likeness_bands(&self, catalog: &SqliteCatalog, changed: bool) -> Result<Option<likeness::LikenessBands>> {
+        let products = catalog.vector_count()?;
+        let recorded = catalog.setting(likeness::SETTING)?.as_deref().and_then(likeness::RecordedBands::from_setting);
+        if let Some(recorded) = recorded.filter(|r| !changed && r.fits(&self.fingerprint(), products)) {
+            return Ok(Some(recorded.bands));
+        }
+        if products == 0 {
+            return Ok(None);
+        }
+        let index = self.build_index(catalog, VectorKind::Primary, Precision::F32)?;
+        let sample = catalog.sample_vectors(likeness::SAMPLE)?;
+        let sample: Vec<(Key, Vec<f32>)> = sample.into_iter().map(|(key, v)| Ok((key, self.map(&v)?))).collect::<Result<_>>()?;
+        let bands = likeness::measure(&sample, |v, n| Ok(index.search(v, n, None)?.into_iter().map(|h| (h.key, h.score)).collect()))?;
+        if let Some(bands) = bands {
+            let recorded = likeness::RecordedBands { space: self.fingerprint(), products: index.len(), bands };
+            catalog.set_setting(likeness::SETTING, &recorded.to_setting())?;
+        }
+        Ok(bands)
     }
 
     /// Builds an exact index over the catalog's stored vectors of `kind`, mapped into this space,

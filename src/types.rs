@@ -56,6 +56,22 @@ impl Product {
         COLOUR_COLUMNS.iter().find_map(|c| metadata.get(*c)).map(String::as_str).filter(|v| !v.is_empty())
     }
 
+    /// The product's price as the shop wrote it (`price` column), shown as is: the catalog does
+    /// not know currencies or formats, the shop does.
+    pub fn price(&self) -> Option<&str> {
+        self.first_of(&["price", "Price"])
+    }
+
+    /// The product's own page in the shop (`url`, `link` or `productUrl` column), only when it
+    /// is an `http(s)://` address: anything else (a `javascript:` link in a CSV) is never
+    /// handed to a shopper's browser.
+    pub fn link(&self) -> Option<&str> {
+        self.first_of(&["url", "link", "productUrl"]).filter(|v| {
+            let lower = v.trim_start().to_ascii_lowercase();
+            lower.starts_with("https://") || lower.starts_with("http://")
+        })
+    }
+
     fn first_of(&self, columns: &[&str]) -> Option<&str> {
         columns.iter().find_map(|c| self.metadata.get(*c)).map(String::as_str).filter(|v| !v.is_empty())
     }
@@ -183,4 +199,30 @@ pub struct IndexingProgress {
     pub done: usize,
     /// Products in the import.
     pub total: usize,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn product(metadata: &[(&str, &str)]) -> Product {
+        Product {
+            key: 1,
+            id: "p1".into(),
+            image: ImageRef::Stored { mime: "image/png".into() },
+            content_hash: String::new(),
+            metadata: metadata.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        }
+    }
+
+    #[test]
+    fn price_and_link_come_from_the_shop_columns_and_only_web_links_are_links() {
+        let p = product(&[("price", "€49.99"), ("link", "https://shop.example/p/1")]);
+        assert_eq!((p.price(), p.link()), (Some("€49.99"), Some("https://shop.example/p/1")));
+        assert_eq!(product(&[("url", "HTTP://shop.example/p/1")]).link(), Some("HTTP://shop.example/p/1"));
+        for unsafe_link in ["javascript:alert(1)", "data:text/html,hi", "/p/1", ""] {
+            assert_eq!(product(&[("url", unsafe_link)]).link(), None, "{unsafe_link}");
+        }
+        assert_eq!(product(&[]).price(), None);
+    }
 }

@@ -105,9 +105,12 @@ fn photo_search_ranks_filters_pages_and_crops() {
         assert!(scores.windows(2).all(|w| w[0] >= w[1]), "best first: {scores:?}");
         assert_eq!(hits.iter().map(|h| h["rank"].as_u64().unwrap_or(0)).collect::<Vec<_>>(), [1, 2, 3, 4, 5]);
         same_class += hits.iter().filter(|h| h["category"] == class.as_str()).count();
-        for key in ["id", "name", "metadata", "image_url"] {
+        for key in ["id", "name", "metadata", "image_url", "likeness"] {
             assert!(!hits[0][key].is_null(), "hit lacks {key}");
         }
+        // Words for how alike: never more alike further down the list.
+        let band = |h: &serde_json::Value| ["very_similar", "similar", "related"].iter().position(|b| h["likeness"] == *b).expect("a known likeness");
+        assert!(hits.windows(2).all(|w| band(&w[0]) <= band(&w[1])), "likeness follows rank: {hits:?}");
         assert!(result["timings"]["encode_ms"].as_f64().unwrap_or(0.0) > 0.0);
     }
     assert!(same_class > 30, "precision@5 on held-out photos: {same_class}/50");
@@ -179,7 +182,11 @@ fn errors_have_the_right_status_and_a_json_body() {
     // 413: over --max-upload-mb 1, as a photo and as a JSON body.
     let mut big = png.clone();
     big.resize(1_300_000, 0);
-    expect_error(search_photo(&server, big, &[]), 413, "too_large");
+    let message = expect_error(search_photo(&server, big, &[]), 413, "too_large");
+    // One figure for the limit everywhere: the flag's, the page's and the message's.
+    assert!(message.contains("up to 1 MB") && message.contains("1.2 MB"), "{message}");
+    let page = client().get(server.url("/")).send().expect("page").text().expect("html");
+    assert!(page.contains("up to <span id=\"max-upload\">1 MB</span>") && page.contains("content=\"1048576\""), "the page gives the server's limit");
     let huge = format!("{{\"vector\": [{}]}}", vec!["0.5"; 400_000].join(","));
     let r = client().post(server.url("/api/search")).header("content-type", "application/json").body(huge).send().expect("post");
     expect_error(r, 413, "too_large");
@@ -267,6 +274,7 @@ fn catalog_changes_need_the_token_are_searchable_at_once_and_survive_a_restart()
     let found = ok_json(search_photo(&server, png.clone(), &[("k", "3")]));
     assert_eq!(found["hits"][0]["id"], "shop-boot-1");
     assert!(found["hits"][0]["score"].as_f64().unwrap_or(0.0) > 0.99);
+    assert_eq!(found["hits"][0]["likeness"], "very_similar", "the same photo is very similar in words too");
     let image = http.get(server.url("/api/products/shop-boot-1/image")).send().expect("image");
     assert_eq!(image.headers()["content-type"], "image/png");
     assert_eq!(image.bytes().expect("bytes"), png, "the uploaded bytes are kept in the catalog");
@@ -292,32 +300,98 @@ fn catalog_changes_need_the_token_are_searchable_at_once_and_survive_a_restart()
     assert_eq!(ok_json(http.get(server.url("/readyz")).send().expect("readyz"))["products"], 300);
 }
 
-/// The page in a real headless Chromium: upload, results, a facet, "More like this", a crop,
-/// an unsupported file. Screenshots go to artifacts/. The script installs Chromium and
-/// playwright-core if they are missing.
+/// The page in a real headless Chromium, at desktop and phone sizes (tests/browser/run.mjs):
+/// a shop catalog with names, prices and links, a photo, a photo of two products, a 30 MB
+/// photo and a text file. Screenshots go to artifacts/. The script installs Chromium,
+/// playwright-core and axe-core if they are missing.
 #[test]
 fn the_page_works_in_a_headless_browser() {
     if std::env::var_os("LOOKALIKE_SKIP_BROWSER_TEST").is_some() {
         eprintln!("LOOKALIKE_SKIP_BROWSER_TEST is set: browser test skipped");
         return;
     }
-    let server = Server::start(shared_catalog(), &[], &[]);
     let dir = tempfile::tempdir().expect("tempdir");
-    // A photo to upload: a test-split shirt, enlarged so the crop box is easy to draw.
+    let db = shop_catalog(dir.path());
+    let server = Server::start(&db, &[], &[]);
+    // A photo to upload: a test-split shirt, enlarged so the area is easy to draw.
     let (png, _) = test_photo(1);
     let photo = image::load_from_memory(&png).expect("decode").resize(280, 280, image::imageops::FilterType::Triangle);
     let photo_path = dir.path().join("photo.png");
     photo.save(&photo_path).expect("save photo");
+    let scene_path = dir.path().join("two-products.png");
+    two_products_photo().save(&scene_path).expect("save scene");
+    // A camera-sized photo over the server's 20 MB limit: a BMP (uncompressed, so its size is
+    // certain) of the shirt at 3,200 px with sensor-like noise. The page must shrink it.
+    let big_path = dir.path().join("camera.bmp");
+    camera_sized(&photo).save(&big_path).expect("save big photo");
+    let big = std::fs::metadata(&big_path).expect("big photo").len();
+    assert!(big > 30_000_000, "the big photo is {big} bytes");
     let text_path = dir.path().join("notes.txt");
     std::fs::write(&text_path, "not an image\n").expect("write text file");
+    // Not a photo either, and over the limit: refused on the device, before it is sent.
+    let huge_text_path = dir.path().join("huge.txt");
+    std::fs::write(&huge_text_path, vec![b'x'; 21 * 1024 * 1024 + 1]).expect("write huge file");
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let status = Command::new("bash")
         .arg(root.join("scripts/browser-test.sh"))
         .env("LOOKALIKE_URL", &server.url)
         .env("LOOKALIKE_PHOTO", &photo_path)
+        .env("LOOKALIKE_SCENE", &scene_path)
+        .env("LOOKALIKE_BIG_PHOTO", &big_path)
         .env("LOOKALIKE_TEXT_FILE", &text_path)
+        .env("LOOKALIKE_HUGE_FILE", &huge_text_path)
         .env("LOOKALIKE_ARTIFACTS", root.join("artifacts"))
         .status()
         .expect("run scripts/browser-test.sh");
     assert!(status.success(), "the browser test failed (see its output above)");
+}
+
+/// A shop's catalog in the "Fashion Product Images" layout (`images/ID.png` + `styles.csv`),
+/// imported with `lookalike index --kaggle`: 120 Fashion-MNIST training garments with a name,
+/// a price, a link to their page and the usual columns.
+fn shop_catalog(dir: &Path) -> std::path::PathBuf {
+    let shop = dir.join("shop");
+    std::fs::create_dir_all(shop.join("images")).expect("mkdir");
+    let fm = lookalike::import::fashion_mnist::FashionMnist::load(&fm_dir(), "train").expect("train split");
+    let mut csv = String::from("id,gender,masterCategory,subCategory,articleType,baseColour,season,year,usage,productDisplayName,price,link\n");
+    for i in 0..120 {
+        let id = 5000 + i;
+        let img = image::DynamicImage::ImageLuma8(fm.image(i).expect("image")).resize(112, 112, image::imageops::FilterType::Triangle);
+        img.save(shop.join("images").join(format!("{id}.png"))).expect("save");
+        let class = fm.class_name(i);
+        let gender = if i % 2 == 0 { "Women" } else { "Men" };
+        let colour = ["Black", "White", "Grey"][i % 3];
+        let price = format!("€{}.99", 19 + (i * 7) % 60);
+        csv.push_str(&format!("{id},{gender},Apparel,Clothing,{class},{colour},Fall,2024,Casual,{colour} {class} no. {i},{price},https://shop.example/p/{id}\n"));
+    }
+    std::fs::write(shop.join("styles.csv"), csv).expect("csv");
+    let db = dir.join("shop.db");
+    let out = lookalike(&["index", "--db", path(&db), "--kaggle", path(&shop)]);
+    assert!(out.status.success(), "index failed: {}", String::from_utf8_lossy(&out.stderr));
+    db
+}
+
+/// Two test-split garments (a trouser and a bag) far apart on one black 448 px photo: two
+/// products found, as tests/localise.rs shows.
+fn two_products_photo() -> image::DynamicImage {
+    let fm = lookalike::import::fashion_mnist::FashionMnist::load(&fm_dir(), "test").expect("test split");
+    let mut photo = image::GrayImage::new(448, 448);
+    for (index, x, y) in [(2usize, 0i64, 0i64), (18, 256, 256)] {
+        let garment = image::imageops::resize(&fm.image(index).expect("image"), 192, 192, image::imageops::FilterType::Triangle);
+        image::imageops::overlay(&mut photo, &garment, x, y);
+    }
+    image::DynamicImage::ImageLuma8(photo)
+}
+
+/// `photo` at 3,200 px with a little deterministic noise, as a camera's sensor adds.
+fn camera_sized(photo: &image::DynamicImage) -> image::DynamicImage {
+    let mut big = photo.resize_exact(3200, 3200, image::imageops::FilterType::Triangle).to_rgb8();
+    let mut state = 12345u32;
+    for p in big.pixels_mut() {
+        for c in p.0.iter_mut() {
+            state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            *c = c.saturating_add((state >> 29) as u8);
+        }
+    }
+    image::DynamicImage::ImageRgb8(big)
 }

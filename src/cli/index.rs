@@ -12,6 +12,7 @@ use lookalike::assets::Assets;
 use lookalike::catalog::SqliteCatalog;
 use lookalike::import::fashion_mnist::FashionMnist;
 use lookalike::import::{self, IndexOptions};
+use lookalike::space::SearchSpace;
 
 #[derive(Args)]
 #[command(group(clap::ArgGroup::new("source").required(true).args(["kaggle", "images", "fashion_mnist"])))]
@@ -111,5 +112,8 @@ pub fn run(args: IndexArgs) -> Result<()> {
         bail!("interrupted; run the same command again to resume");
     }
     args.store.sync_after_change(&catalog)?;
+    // Results say how alike they are in words, by bands measured on the catalog's own products:
+    // measured here, once, rather than by the first search of every process.
+    SearchSpace::for_catalog(&catalog)?.record_likeness_bands(&catalog, report.embedded > 0)?;
     Ok(())
 }

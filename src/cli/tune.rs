@@ -8,6 +8,7 @@ use super::args::*;
 use lookalike::assets::Assets;
 use lookalike::catalog::SqliteCatalog;
 use lookalike::encoder::Encoder;
+use lookalike::space::SearchSpace;
 use lookalike::tune;
 
 #[derive(Args)]
@@ -65,6 +66,7 @@ pub fn run(args: TuneArgs) -> Result<()> {
     if args.off {
         let had = catalog.clear_projection()?;
         eprintln!("{}", if had { "tuned projection removed" } else { "no tuned projection to remove" });
+        SearchSpace::for_catalog(&catalog)?.record_likeness_bands(&catalog, had)?;
         return Ok(());
     }
     if !(0.0..1.0).contains(&args.dropout) {
@@ -95,6 +97,8 @@ pub fn run(args: TuneArgs) -> Result<()> {
     let (projection, report) = tune::train(rows.features.view(), &rows.labels, classes.len(), &args.label, &pairs, &options)?;
     let record = serde_json::json!({ "options": options, "report": report, "classes": classes });
     catalog.save_projection(&projection, &record.to_string())?;
+    // Scores in the tuned space run differently: the likeness bands are measured again.
+    SearchSpace::for_catalog(&catalog)?.record_likeness_bands(&catalog, true)?;
     eprintln!(
         "tuned in {:.1}s: final loss {:.3}, train accuracy {:.3}; search, the API and eval now use it (undo: lookalike tune --off)",
         report.seconds,

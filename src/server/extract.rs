@@ -97,6 +97,17 @@ fn content_type(request: &Request) -> String {
     request.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_ascii_lowercase()
 }
 
+/// Bytes in megabytes as `serve --max-upload-mb` counts them (1 MB = 1,048,576 bytes), so the
+/// limit reads the same in the flag, the page and every message: "20 MB", "31.4 MB".
+pub fn megabytes(bytes: u64) -> String {
+    let mb = bytes as f64 / 1_048_576.0;
+    if mb.fract() == 0.0 {
+        format!("{mb:.0} MB")
+    } else {
+        format!("{mb:.1} MB")
+    }
+}
+
 /// Most bytes of an oversized upload read and thrown away so that the client hears the 413.
 const DRAIN_LIMIT: u64 = 64 * 1024 * 1024;
 
@@ -119,9 +130,9 @@ pub async fn refuse_oversized(state: &AppState, request: Request) -> Result<Requ
         }
     }
     Err(ApiError::TooLarge(format!(
-        "the upload is {:.1} MB; this server accepts photos up to {:.1} MB",
-        declared as f64 / 1e6,
-        state.max_upload_bytes as f64 / 1e6
+        "the upload is {}; this server accepts photos up to {}",
+        megabytes(declared),
+        megabytes(state.max_upload_bytes as u64)
     )))
 }
 
@@ -130,9 +141,9 @@ pub async fn read_image_field(state: &AppState, field: axum::extract::multipart:
     let bytes = field.bytes().await?;
     if bytes.len() > state.max_upload_bytes {
         return Err(ApiError::TooLarge(format!(
-            "the photo is {:.1} MB; this server accepts up to {:.1} MB",
-            bytes.len() as f64 / 1e6,
-            state.max_upload_bytes as f64 / 1e6
+            "the photo is {}; this server accepts up to {}",
+            megabytes(bytes.len() as u64),
+            megabytes(state.max_upload_bytes as u64)
         )));
     }
     Ok(bytes)

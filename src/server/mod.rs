@@ -22,7 +22,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 
 use anyhow::{Context, Result};
-use axum::extract::DefaultBodyLimit;
+use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{header, HeaderValue};
 use axum::response::IntoResponse;
 use axum::Router;
@@ -281,7 +281,7 @@ async fn shutdown_signal() {
 /// Same-origin only: the page loads nothing from elsewhere, and photos are shown from blob: URLs.
 const PAGE_CSP: &str = "default-src 'self'; img-src 'self' blob: data:; style-src 'self'; script-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'";
 
-fn page_asset(content_type: &'static str, body: &'static str) -> impl IntoResponse {
+fn page_asset(content_type: &'static str, body: impl IntoResponse) -> impl IntoResponse {
     (
         [
             (header::CONTENT_TYPE, HeaderValue::from_static(content_type)),
@@ -295,8 +295,14 @@ fn page_asset(content_type: &'static str, body: &'static str) -> impl IntoRespon
 
 /// The shopper's page.
 #[utoipa::path(get, path = "/", tag = "page", responses((status = 200, description = "The search page", content_type = "text/html")))]
-async fn page_index() -> impl IntoResponse {
-    page_asset("text/html; charset=utf-8", include_str!("page/index.html"))
+async fn page_index(State(state): State<Arc<AppState>>) -> impl IntoResponse {
+    // The upload limit is written into the page, so the picker, the check before sending and
+    // the server's own message all give this server's one figure.
+    let limit = state.max_upload_bytes;
+    let html = include_str!("page/index.html")
+        .replace("{{MAX_UPLOAD_BYTES}}", &limit.to_string())
+        .replace("{{MAX_UPLOAD}}", &extract::megabytes(limit as u64));
+    page_asset("text/html; charset=utf-8", html)
 }
 
 /// The page's script.

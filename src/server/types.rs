@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use crate::likeness::Likeness;
 use crate::search::{ItemResults, RankedProduct, SearchResults, Timings};
 use crate::types::{Detection, Product};
 
@@ -20,6 +21,12 @@ pub struct ProductBody {
     /// A swatch for `colour` (`#rrggbb`), when it is one of lookalike's named colours.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub colour_rgb: Option<String>,
+    /// The shop's price, as written in its catalog (`price` column).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub price: Option<String>,
+    /// The product's page in the shop (`url`, `link` or `productUrl` column; `http(s)` only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub link: Option<String>,
     pub metadata: BTreeMap<String, String>,
     /// Where to fetch the product's photo.
     pub image_url: String,
@@ -33,6 +40,8 @@ impl From<&Product> for ProductBody {
             category: p.category().map(str::to_string),
             colour: p.colour().map(str::to_string),
             colour_rgb: p.colour().and_then(crate::colour::reference_rgb).map(hex_rgb),
+            price: p.price().map(str::to_string),
+            link: p.link().map(str::to_string),
             metadata: p.metadata.clone(),
             image_url: image_url(&p.id),
         }
@@ -46,13 +55,17 @@ pub struct HitBody {
     pub rank: usize,
     /// Cosine similarity to the query, -1..1 (higher is more alike).
     pub score: f32,
+    /// `score` in a shopper's words: `very_similar` (as alike as a typical product of this
+    /// catalog is to its tenth closest look-alike), `similar` (as nine products in ten are to
+    /// their fiftieth) or `related`; see `src/likeness.rs`.
+    pub likeness: Likeness,
     #[serde(flatten)]
     pub product: ProductBody,
 }
 
 impl From<&RankedProduct> for HitBody {
     fn from(hit: &RankedProduct) -> Self {
-        HitBody { rank: hit.rank, score: hit.score, product: ProductBody::from(&hit.product) }
+        HitBody { rank: hit.rank, score: hit.score, likeness: hit.likeness, product: ProductBody::from(&hit.product) }
     }
 }
 

@@ -1,95 +1,456 @@
-// lookalike's page: upload (picker, drag and drop, paste), optional crop, results, facets,
-// "more like this" and product details. Plain browser JavaScript, no build step, no libraries.
+// lookalike's page: a photo (picker, drag and drop, paste; made smaller on the device before
+// it is sent), the products found in it, an area to search, results with filters and colour,
+// "more like this" and product details. Every state has a URL, so Back and Forward work and a
+// "more like this" page can be shared. Plain browser JavaScript, no build step, no libraries.
 "use strict";
 
 const PAGE_SIZE = 24;
+/** Most results one request may ask for (the API's `k` limit), when a page is restored. */
+const MAX_K = 96;
+/** Photos are sent at most this long on their long side: the model sees 224 px, and a camera
+ * photo of 30 MB then searches in about a second on a slow link. */
+const SEND_SIDE = 1024;
+/** JPEG quality of a shrunk photo: at 1,024 px the model (224 px) sees no difference, and the
+ * upload is a third smaller than at 0.9. */
+const SEND_QUALITY = 0.8;
+/** Photos smaller than this (and no longer than SEND_SIDE) are sent as they are. */
+const SEND_AS_IS_BYTES = 1.5 * 1024 * 1024;
+const MAX_UPLOAD_BYTES = Number(document.querySelector('meta[name="lookalike-max-upload-bytes"]')?.content) || 20 * 1024 * 1024;
 
 const $ = (id) => document.getElementById(id);
 const els = {
   file: $("file"), dropzone: $("dropzone"), photoPanel: $("photo-panel"), cropArea: $("crop-area"),
-  preview: $("preview"), cropBox: $("crop-box"), clearCrop: $("clear-crop"), newPhoto: $("new-photo"),
-  error: $("error"), status: $("status"), grid: $("grid"), loadMore: $("load-more"),
-  facetForm: $("facet-form"), details: $("details"), detailsImage: $("details-image"),
-  detailsTitle: $("details-title"), detailsMeta: $("details-meta"), detailsLike: $("details-like"),
+  preview: $("preview"), noPreview: $("no-preview"), markers: $("markers"), cropBox: $("crop-box"),
+  cropAnnounce: $("crop-announce"), cropMode: $("crop-mode"), wholePhoto: $("whole-photo"), newPhoto: $("new-photo"),
+  likePanel: $("like-panel"), likeImage: $("like-image"), likeName: $("like-name"), likeBack: $("like-back"), likeNewPhoto: $("like-new-photo"),
+  facets: $("facets"), facetsToggle: $("facets-toggle"), facetForm: $("facet-form"), keepFilters: $("keep-filters"),
+  resultsHeading: $("results-heading"), status: $("status"), chips: $("chips"), busy: $("busy"), cancel: $("cancel"),
+  error: $("error"), errorText: $("error-text"), errorRetry: $("error-retry"), errorPhoto: $("error-photo"),
+  grid: $("grid"), loadMore: $("load-more"), end: $("end"),
+  details: $("details"), detailsImage: $("details-image"), detailsTitle: $("details-title"), detailsPrice: $("details-price"),
+  detailsMeta: $("details-meta"), detailsLink: $("details-link"), detailsLike: $("details-like"),
   queryColour: $("query-colour"), colourMode: $("colour-mode"),
 };
 
-// What the results show. `query` is {kind: "photo", vector, label} once a photo has been
-// encoded (paging and filtering then reuse its vector: the photo is uploaded once per crop), or
-// {kind: "like", id} for "more like this".
-// `colour` is how results treat colour: "match" (same colour as the photo) or "any".
-const state = { photo: null, photoUrl: null, crop: null, query: null, offset: 0, filters: new Map(), busy: false, colour: "match" };
+// ---------------------------------------------------------------------------------------------
+// Words: the catalog's columns as a shopper reads them
+
+const LABELS = {
+  articleType: "Category", baseColour: "Colour", colour: "Colour", color: "Colour", masterCategory: "Department",
+  subCategory: "Type", gender: "For", season: "Season", usage: "Occasion", year: "Year", brand: "Brand",
+  size: "Size", material: "Material", category: "Category",
+};
+/** Columns that are shown another way (name, price, link) or are the catalog's own bookkeeping. */
+const NOT_SHOWN = new Set(["index", "split", "id", "productDisplayName", "name", "title", "price", "Price", "url", "link", "productUrl", "image", "filename"]);
+const LIKENESS = { very_similar: "Very similar", similar: "Similar", related: "Related" };
+
+function label(column) {
+  return LABELS[column] || column.replace(/[_-]+/g, " ").replace(/([a-z])([A-Z])/g, "$1 $2").replace(/^./, (c) => c.toUpperCase());
+}
+
+function megabytes(bytes) {
+  const mb = bytes / 1048576;
+  return Number.isInteger(mb) ? `${mb} MB` : `${mb.toFixed(1)} MB`;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Views: what the results show, and what the URL says
+//
+// {kind: "empty"} | {kind: "photo", photo, crop, item} | {kind: "like", id}, each with
+// `filters` (["column=value", ...]), `colour` ("match" | "any") and `shown` (results loaded).
+// A photo lives in `photos` (this tab's memory, never the URL): a URL with `photo=N` from
+// another visit finds nothing there and asks for the photo again.
+
+const photos = new Map();
+let nextPhoto = 1;
+let view = { kind: "empty", filters: [], colour: "match", shown: PAGE_SIZE };
+
+function viewFromUrl() {
+  const q = new URLSearchParams(location.search);
+  const base = { filters: q.getAll("filter"), colour: q.get("colour") === "any" ? "any" : "match", shown: Math.max(PAGE_SIZE, Number(q.get("shown")) || PAGE_SIZE) };
+  if (q.get("like")) return { ...base, kind: "like", id: q.get("like") };
+  if (q.get("photo")) {
+    const crop = (q.get("crop") || "").split(",").map(Number);
+    const item = q.get("item") === null ? null : Number(q.get("item"));
+    return { ...base, kind: "photo", photo: Number(q.get("photo")), crop: crop.length === 4 && crop.every(Number.isFinite) ? crop : null, item: Number.isInteger(item) ? item : null };
+  }
+  return { ...base, kind: "empty" };
+}
+
+function urlOf(v) {
+  const q = new URLSearchParams();
+  if (v.kind === "like") q.set("like", v.id);
+  if (v.kind === "photo") {
+    q.set("photo", String(v.photo));
+    if (v.item !== null && v.item !== undefined) q.set("item", String(v.item));
+    if (v.crop) q.set("crop", v.crop.map((x) => x.toFixed(4)).join(","));
+  }
+  for (const f of v.filters) q.append("filter", f);
+  if (v.colour !== "match") q.set("colour", v.colour);
+  if (v.shown > PAGE_SIZE) q.set("shown", String(v.shown));
+  const s = q.toString();
+  return s ? `?${s}` : location.pathname;
+}
+
+/** Goes to `next`: a new history entry (or this one replaced) and its results. */
+function navigate(next, { replace = false, focus = true } = {}) {
+  view = next;
+  history[replace ? "replaceState" : "pushState"](null, "", urlOf(next));
+  show({ focus });
+}
+
+window.addEventListener("popstate", () => {
+  view = viewFromUrl();
+  show({ focus: true });
+});
+
+/** Brings the page in line with `view` and runs its search. */
+function show({ focus }) {
+  if (els.details.open) els.details.close();
+  const photo = syncPage();
+  if (view.kind === "photo" && !photo) {
+    // A photo from an earlier visit: it is not kept, so ask for it again.
+    clearResults();
+    els.status.textContent = "Choose your photo again: photos are not kept when the page is reloaded.";
+    return;
+  }
+  if (view.kind === "like") showLikeOrigin(view.id);
+  if (view.kind === "empty") {
+    clearResults();
+    els.status.textContent = "Choose a photo to see products like it.";
+    els.queryColour.hidden = true;
+    return;
+  }
+  runSearch({ append: false, focus });
+}
+
+/** Controls and panels as `view` says (no search); returns the view's photo, if any. */
+function syncPage() {
+  syncControls();
+  const photo = view.kind === "photo" ? photos.get(view.photo) : null;
+  els.dropzone.hidden = !!photo;
+  els.photoPanel.hidden = !photo;
+  els.likePanel.hidden = view.kind !== "like";
+  if (photo) showPhoto(photo);
+  return photo;
+}
 
 // ---------------------------------------------------------------------------------------------
 // API
 
+class ApiError extends Error {
+  constructor(code, message, retryAfter) {
+    super(message);
+    this.code = code;
+    this.retryAfter = retryAfter;
+  }
+}
+
 async function api(path, options = {}) {
-  const response = await fetch(path, options);
+  let response;
+  try {
+    response = await fetch(path, options);
+  } catch (err) {
+    if (err.name === "AbortError") throw err;
+    throw new ApiError("network", err.message);
+  }
   const isJson = (response.headers.get("content-type") || "").includes("application/json");
-  const body = isJson ? await response.json() : null;
+  const body = isJson ? await response.json().catch(() => null) : null;
   if (!response.ok) {
-    const message = body && body.error ? body.error.message : `The server answered ${response.status}.`;
-    const retry = response.headers.get("retry-after");
-    throw new Error(retry ? `${message} (retry in ${retry} s)` : message);
+    const error = (body && body.error) || {};
+    throw new ApiError(error.code || `http_${response.status}`, error.message || `status ${response.status}`, response.headers.get("retry-after"));
   }
   return body;
 }
 
-function filtersObject() {
+function filtersObject(filters) {
   const out = {};
-  for (const [column, values] of state.filters) if (values.size) out[column] = [...values];
+  for (const f of filters) {
+    const at = f.indexOf("=");
+    if (at <= 0) continue;
+    (out[f.slice(0, at)] ||= []).push(f.slice(at + 1));
+  }
   return out;
 }
 
-/** Runs the current query at `offset`; appends to the grid when paging. */
-async function runSearch(offset) {
-  if (!state.query && !state.photo) return;
-  setBusy(true);
-  showError(null);
+// ---------------------------------------------------------------------------------------------
+// Searching
+
+let running = null; // {controller, previous}: the search in flight, and the results it replaces.
+let lastRun = null; // What "Try again" repeats.
+let shownView = null; // The view whose results are on the page (what Cancel goes back to).
+
+/** Runs the current view's search: a new list, or the next page appended. */
+async function runSearch({ append, focus }) {
+  if (running) running.controller.abort();
+  const controller = new AbortController();
+  const mine = { controller, previous: append ? null : [...els.grid.children] };
+  running = mine;
+  lastRun = { append, focus };
+  const v = view;
+  const offset = append ? els.grid.querySelectorAll("li.card").length : 0;
+  const k = append ? PAGE_SIZE : Math.min(MAX_K, v.shown);
+  setBusy(true, append);
   try {
-    let result;
-    if (!state.query) {
-      // A new photo (or crop): upload it once, keep its vector for paging and filters.
-      const form = new FormData();
-      form.append("image", state.photo, state.photo.name || "photo");
-      form.append("k", String(PAGE_SIZE));
-      form.append("offset", "0");
-      form.append("include_vector", "true");
-      form.append("colour", state.colour);
-      const crop = state.crop ? state.crop.map((v) => v.toFixed(4)).join(",") : "";
-      if (crop) form.append("crop", crop);
-      els.cropArea.dataset.crop = crop; // What was sent, for tests and curious developers.
-      for (const [column, values] of state.filters) for (const v of values) form.append("filter", `${column}=${v}`);
-      result = await api("/api/search", { method: "POST", body: form });
-      const colour = result.query_colour || null;
-      state.query = { kind: "photo", vector: result.query_vector, colourVector: colour && colour.descriptor, label: state.crop ? "the part of your photo you picked" : "your photo" };
-      showQueryColour(colour);
-      offset = 0;
-    } else {
-      const body = { k: PAGE_SIZE, offset, filters: filtersObject(), colour: state.colour };
-      if (state.query.kind === "like") body.product_id = state.query.id;
-      else {
-        body.vector = state.query.vector;
-        if (state.query.colourVector) body.colour_vector = state.query.colourVector;
-      }
-      result = await api("/api/search", { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(body) });
+    const result = await search(v, offset, k, controller.signal);
+    if (running !== mine) return;
+    if (result === null) return; // Another view took over (the main item of a photo of several).
+    renderHits(result.hits, append);
+    shownView = v;
+    const shown = els.grid.querySelectorAll("li.card").length;
+    els.loadMore.hidden = result.hits.length < k;
+    els.end.hidden = !els.loadMore.hidden || shown <= PAGE_SIZE;
+    els.end.textContent = `That is all: ${shown} products.`;
+    els.status.textContent = shown ? `${shown} products like ${queryName(v)}, most alike first.` : emptyMessage(v);
+    if (append && v.shown !== shown) {
+      view = { ...v, shown };
+      history.replaceState(null, "", urlOf(view));
     }
-    state.offset = offset + result.hits.length;
-    renderHits(result.hits, offset > 0);
-    const shown = els.grid.children.length;
-    const t = result.timings;
-    const stages = t.encode_ms > 0 ? ` (encoding ${t.encode_ms.toFixed(0)} ms, search ${t.search_ms.toFixed(0)} ms)` : "";
-    els.status.textContent = shown
-      ? `${shown} products like ${state.query.label}, best first. Query time ${t.total_ms.toFixed(0)} ms${stages}.`
-      : "No products match these filters.";
-    els.loadMore.hidden = result.hits.length < PAGE_SIZE;
+    if (focus) {
+      // After the next layout: on phones the text sizes settle then, and the heading moves.
+      await new Promise((resolve) => requestAnimationFrame(resolve));
+      if (running === mine) focusResults();
+    }
   } catch (err) {
-    showError(err.message);
-    if (!state.query) els.status.textContent = "The search did not run.";
+    if (err.name === "AbortError") {
+      if (running === mine && mine.previous) {
+        // Cancelled: the page goes back to the results it had, controls and URL included.
+        els.grid.replaceChildren(...mine.previous);
+        view = shownView || { kind: "empty", filters: [], colour: "match", shown: PAGE_SIZE };
+        history.replaceState(null, "", urlOf(view));
+        syncPage();
+        els.status.textContent = "Search cancelled.";
+      }
+      return;
+    }
+    if (running === mine) showError(err, v);
   } finally {
-    setBusy(false);
+    if (running === mine) {
+      running = null;
+      setBusy(false, append);
+    }
   }
 }
+
+/** One page of `v`'s results (null when `v` handed over to another view). */
+async function search(v, offset, k, signal) {
+  const body = { k, offset, filters: filtersObject(v.filters), colour: v.colour };
+  const json = (extra) => api("/api/search", { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify({ ...body, ...extra }), signal });
+  if (v.kind === "like") return json({ product_id: v.id });
+  const photo = photos.get(v.photo);
+  const key = v.crop ? v.crop.map((x) => x.toFixed(4)).join(",") : "whole";
+  const known = photo.vectors.get(key);
+  if (known) {
+    showQueryColour(known.colour);
+    return json({ vector: known.vector, ...(known.colour?.descriptor ? { colour_vector: known.colour.descriptor } : {}) });
+  }
+  // The photo (or this part of it) has not been searched yet: upload it once and keep its
+  // vector, so paging, filters and Back reuse it.
+  const form = new FormData();
+  form.append("image", photo.blob, photo.name);
+  form.append("k", String(k));
+  form.append("offset", String(offset));
+  form.append("include_vector", "true");
+  form.append("colour", v.colour);
+  if (v.crop) form.append("crop", key);
+  for (const f of v.filters) form.append("filter", f);
+  // What was sent, for tests and curious developers (browsers do not show multipart bodies).
+  els.cropArea.dataset.crop = v.crop ? key : "";
+  els.cropArea.dataset.sentBytes = String(photo.blob.size);
+  const result = await api("/api/search", { method: "POST", body: form, signal });
+  photo.vectors.set(key, { vector: result.query_vector, colour: result.query_colour || null });
+  showQueryColour(result.query_colour || null);
+  if (!v.crop) {
+    photo.detections = result.detections || [];
+    showPhoto(photo);
+    // Several products in the photo: search the main one, as a shopper pointing at it would.
+    if (photo.detections.length >= 2 && !photo.pickedItem) {
+      photo.pickedItem = true;
+      navigate({ ...v, crop: photo.detections[0].box, item: 0 }, { replace: true, focus: lastRun.focus });
+      return null;
+    }
+  }
+  return result;
+}
+
+function queryName(v) {
+  if (v.kind === "like") return likeName || "this product";
+  const photo = photos.get(v.photo);
+  if (v.item !== null && v.item !== undefined && photo?.detections.length) return `item ${v.item + 1} of ${photo.detections.length} in your photo`;
+  return v.crop ? "the area you selected" : "your photo";
+}
+
+function emptyMessage(v) {
+  return v.filters.length ? "No products match these filters. Remove a filter to see more." : "No products found.";
+}
+
+function setBusy(busy, append) {
+  document.body.classList.toggle("searching", busy);
+  els.loadMore.disabled = busy;
+  els.loadMore.textContent = busy && append ? "Loading…" : "Show more";
+  els.busy.hidden = !busy || append;
+  if (busy && !append) {
+    els.error.hidden = true;
+    els.end.hidden = true;
+    els.loadMore.hidden = true;
+    els.status.textContent = "Searching…";
+    // Skeleton cards where the results will be.
+    els.grid.replaceChildren(...Array.from({ length: 8 }, () => {
+      const li = el("li", { className: "skeleton" });
+      li.setAttribute("aria-hidden", "true");
+      return li;
+    }));
+  }
+}
+
+function clearResults() {
+  if (running) {
+    // Stopped for good: nothing of it is restored (that is what Cancel does).
+    running.controller.abort();
+    running = null;
+  }
+  setBusy(false, false);
+  els.grid.replaceChildren();
+  els.loadMore.hidden = true;
+  els.end.hidden = true;
+  els.error.hidden = true;
+}
+
+/** Results heading into view (a phone shows the photo above it) and focus on it. */
+function focusResults() {
+  els.resultsHeading.scrollIntoView({ block: "start", behavior: "instant" });
+  els.resultsHeading.focus({ preventScroll: true });
+}
+
+/** What went wrong, in a shopper's words, with what to do; the results go. */
+function showError(err, v) {
+  clearResults();
+  const photoProblem = ["unsupported_type", "unreadable_image", "too_large"].includes(err.code);
+  const messages = {
+    unsupported_type: "That file is not a photo this shop can read. Choose a JPEG, PNG, WebP, GIF, BMP or TIFF photo.",
+    unreadable_image: "That photo could not be opened: it may be damaged or cut short. Choose another photo.",
+    too_large: `That photo is too large to send: the limit is ${megabytes(MAX_UPLOAD_BYTES)}. Choose a smaller photo.`,
+    busy: `Many people are searching right now. Try again in ${err.retryAfter || "a few"} seconds.`,
+    timeout: "The search took too long. Try again.",
+    not_found: "That product is no longer in the catalog.",
+    network: "The shop's search could not be reached. Check your connection and try again.",
+  };
+  els.errorText.textContent = messages[err.code] || "Something went wrong on our side. Try again in a moment.";
+  els.errorRetry.hidden = photoProblem || err.code === "not_found";
+  els.errorPhoto.hidden = !photoProblem && v.kind !== "like";
+  els.error.hidden = false;
+  els.status.textContent = "The search did not run.";
+  if (photoProblem && v.kind === "photo") {
+    // The photo cannot be searched: back to choosing one, and no way Back to it.
+    photos.delete(v.photo);
+    view = { ...v, kind: "empty" };
+    history.replaceState(null, "", urlOf(view));
+    els.photoPanel.hidden = true;
+    els.dropzone.hidden = false;
+    els.queryColour.hidden = true;
+  }
+}
+
+els.cancel.addEventListener("click", () => running?.controller.abort());
+els.errorRetry.addEventListener("click", () => runSearch(lastRun || { append: false, focus: true }));
+els.errorPhoto.addEventListener("click", () => els.file.click());
+els.loadMore.addEventListener("click", () => runSearch({ append: true, focus: false }));
+
+// ---------------------------------------------------------------------------------------------
+// Results
+
+function el(tag, props = {}, ...children) {
+  const node = document.createElement(tag);
+  Object.assign(node, props);
+  node.append(...children);
+  return node;
+}
+
+function swatch(rgb) {
+  const s = el("span", { className: "swatch" });
+  s.setAttribute("aria-hidden", "true");
+  if (rgb) s.style.background = rgb;
+  else s.hidden = true;
+  return s;
+}
+
+function renderHits(hits, append) {
+  if (!append) els.grid.replaceChildren();
+  for (const hit of hits) els.grid.append(card(hit));
+}
+
+function card(hit) {
+  const details = [hit.category, hit.colour].filter(Boolean).join(" · ");
+  // The button's name is its text: the product's name, price, kind and how alike it is. The
+  // photo beside the name says nothing more, so it has no text of its own.
+  const open = el("button", { type: "button", className: "open" },
+    el("img", { src: hit.image_url, alt: "", loading: "lazy", width: 170, height: 170 }),
+    el("span", { className: "info" },
+      el("span", { className: "name" }, hit.name),
+      ...(hit.price ? [el("span", { className: "price" }, hit.price)] : []),
+      el("span", { className: "sub" }, swatch(hit.colour_rgb), details || "\u00a0"),
+      el("span", { className: `likeness ${hit.likeness}` }, LIKENESS[hit.likeness] || "")));
+  open.addEventListener("click", () => openDetails(hit.id, hit));
+  const like = el("button", { type: "button", className: "like" }, "More like this");
+  like.setAttribute("aria-label", `More like ${hit.name}`);
+  like.addEventListener("click", () => moreLike(hit.id));
+  const actions = el("div", { className: "actions" }, like);
+  if (hit.link) {
+    const shop = el("a", { className: "button", href: hit.link, target: "_blank", rel: "noopener noreferrer" }, "Shop");
+    shop.setAttribute("aria-label", `${hit.name} in the shop (opens a new tab)`);
+    actions.append(shop);
+  }
+  const item = el("li", { className: "card" }, open, actions);
+  item.dataset.id = hit.id;
+  item.dataset.category = hit.category || "";
+  item.dataset.score = String(hit.score);
+  return item;
+}
+
+function moreLike(id) {
+  navigate({ kind: "like", id, filters: view.filters, colour: view.colour, shown: PAGE_SIZE });
+}
+
+async function openDetails(id, hit) {
+  try {
+    const product = await api(`/api/products/${encodeURIComponent(id)}`);
+    els.detailsTitle.textContent = product.name;
+    els.detailsImage.src = product.image_url;
+    els.detailsPrice.textContent = product.price || "";
+    els.detailsPrice.hidden = !product.price;
+    els.detailsLink.hidden = !product.link;
+    if (product.link) els.detailsLink.href = product.link;
+    const rows = Object.entries(product.metadata)
+      .filter(([column, value]) => value && !NOT_SHOWN.has(column))
+      .map(([column, value]) => [label(column), value]);
+    if (hit) rows.push(["Match", `${LIKENESS[hit.likeness] || ""} (score ${hit.score.toFixed(3)})`]);
+    rows.push(["Product number", product.id]);
+    els.detailsMeta.replaceChildren(...rows.flatMap(([k, v]) => [el("dt", {}, k), el("dd", {}, v)]));
+    els.detailsLike.onclick = () => moreLike(product.id);
+    els.details.showModal();
+  } catch (err) {
+    showError(err, view);
+  }
+}
+
+// "More like this" shows the product it started from where the shopper's photo was.
+let likeName = null;
+async function showLikeOrigin(id) {
+  likeName = null;
+  els.likeName.textContent = "this product";
+  els.likeImage.src = `/api/products/${encodeURIComponent(id)}/image`;
+  try {
+    const product = await api(`/api/products/${encodeURIComponent(id)}`);
+    if (view.kind !== "like" || view.id !== id) return;
+    likeName = product.name;
+    els.likeName.textContent = product.name;
+    if (!els.status.textContent.startsWith("Searching")) els.status.textContent = els.status.textContent.replace("this product", product.name);
+  } catch (err) {
+    /* The search itself says when the product is gone. */
+  }
+}
+els.likeBack.addEventListener("click", () => history.back());
+els.likeNewPhoto.addEventListener("click", () => els.file.click());
 
 /** The colour found in the shopper's photo, as a swatch beside it. */
 function showQueryColour(colour) {
@@ -99,140 +460,183 @@ function showQueryColour(colour) {
   els.queryColour.querySelector(".colour-name").textContent = colour.name;
 }
 
-function setBusy(busy) {
-  state.busy = busy;
-  els.loadMore.disabled = busy;
-  document.body.classList.toggle("busy", busy);
-  if (busy) els.status.textContent = "Searching…";
-}
-
-function showError(message) {
-  els.error.hidden = !message;
-  els.error.textContent = message || "";
-}
-
 // ---------------------------------------------------------------------------------------------
-// Results
+// Filters and colour
 
-function renderHits(hits, append) {
-  if (!append) els.grid.replaceChildren();
-  for (const hit of hits) els.grid.append(card(hit));
-}
-
-function el(tag, props = {}, ...children) {
-  const node = document.createElement(tag);
-  Object.assign(node, props);
-  node.append(...children);
-  return node;
-}
-
-function card(hit) {
-  const details = [hit.category, hit.colour].filter(Boolean).join(" · ");
-  const swatch = el("span", { className: "swatch" });
-  swatch.setAttribute("aria-hidden", "true");
-  if (hit.colour_rgb) swatch.style.background = hit.colour_rgb;
-  else swatch.hidden = true;
-  const open = el("button", { type: "button", className: "open", title: `Details of ${hit.name}` },
-    el("img", { src: hit.image_url, alt: hit.name, loading: "lazy", width: 160, height: 160 }),
-    el("div", { className: "info" },
-      el("div", { className: "name" }, hit.name),
-      el("div", { className: "sub" }, swatch, details || "\u00a0"),
-      el("div", { className: "sub score" }, `similarity ${hit.score.toFixed(3)}`)));
-  open.addEventListener("click", () => openDetails(hit.id));
-  const like = el("button", { type: "button", className: "like" }, "More like this");
-  like.setAttribute("aria-label", `More like ${hit.name}`);
-  like.addEventListener("click", () => moreLike(hit.id, hit.name));
-  const item = el("li", { className: "card" }, open, like);
-  item.dataset.id = hit.id;
-  item.dataset.category = hit.category || "";
-  return item;
-}
-
-function moreLike(id, name) {
-  if (els.details.open) els.details.close();
-  state.query = { kind: "like", id, label: name };
-  runSearch(0);
-}
-
-async function openDetails(id) {
-  try {
-    const product = await api(`/api/products/${encodeURIComponent(id)}`);
-    els.detailsTitle.textContent = product.name;
-    els.detailsImage.src = product.image_url;
-    els.detailsImage.alt = product.name;
-    const rows = [["id", product.id], ...Object.entries(product.metadata)];
-    els.detailsMeta.replaceChildren(...rows.flatMap(([k, v]) => [el("dt", {}, k), el("dd", {}, v)]));
-    els.detailsLike.onclick = () => moreLike(product.id, product.name);
-    els.details.showModal();
-  } catch (err) {
-    showError(err.message);
-  }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Facets
+let facetColumns = [];
 
 async function loadFacets() {
   try {
     const { facets } = await api("/api/facets");
-    const groups = facets.map((facet) => {
-      const legend = el("legend", {}, facet.column);
+    facetColumns = facets.filter((f) => !NOT_SHOWN.has(f.column));
+    const groups = facetColumns.map((facet) => {
       const options = facet.values.map(({ value, count }) => {
         const box = el("input", { type: "checkbox", name: facet.column, value });
-        box.addEventListener("change", () => {
-          const set = state.filters.get(facet.column) || new Set();
-          box.checked ? set.add(value) : set.delete(value);
-          state.filters.set(facet.column, set);
-          refilter();
-        });
-        return el("label", {}, box, el("span", {}, value), el("span", { className: "count" }, String(count)));
+        box.addEventListener("change", () => setFilter(`${facet.column}=${value}`, box.checked));
+        const countText = el("span", { className: "count" }, count.toLocaleString("en"), el("span", { className: "visually-hidden" }, " in the catalog"));
+        return el("label", {}, box, el("span", {}, value), countText);
       });
-      return el("fieldset", {}, legend, ...options);
+      return el("fieldset", {}, el("legend", {}, label(facet.column)), ...options);
     });
-    const clear = el("button", { type: "button", className: "clear-filters" }, "Clear filters");
-    clear.addEventListener("click", () => {
-      state.filters.clear();
-      els.facetForm.querySelectorAll("input[type=checkbox]").forEach((b) => (b.checked = false));
-      refilter();
-    });
-    els.facetForm.replaceChildren(...(groups.length ? [...groups, clear] : [el("p", { className: "help" }, "This catalog has no filterable columns.")]));
+    const note = el("p", { className: "facet-note" }, "Numbers count the products in the whole catalog.");
+    els.facetForm.replaceChildren(...(groups.length ? [...groups, note] : [el("p", { className: "help" }, "This catalog has no filters.")]));
+    syncControls();
   } catch (err) {
-    els.facetForm.replaceChildren(el("p", { className: "help" }, `Filters unavailable: ${err.message}`));
+    els.facetForm.replaceChildren(el("p", { className: "help" }, "Filters are not available right now."));
   }
 }
 
-function refilter() {
-  if (state.query) runSearch(0);
+function setFilter(filter, on) {
+  const filters = view.filters.filter((f) => f !== filter);
+  if (on) filters.push(filter);
+  if (view.kind === "empty" || (view.kind === "photo" && !photos.has(view.photo))) {
+    view = { ...view, filters };
+    history.replaceState(null, "", urlOf(view));
+    syncControls();
+    return;
+  }
+  navigate({ ...view, filters, shown: PAGE_SIZE }, { focus: false });
 }
 
-// ---------------------------------------------------------------------------------------------
-// Photo input: picker, drag and drop, paste
+/** Checkboxes, chips and the colour toggle as `view` says. */
+function syncControls() {
+  const on = new Set(view.filters);
+  for (const box of els.facetForm.querySelectorAll("input[type=checkbox]")) box.checked = on.has(`${box.name}=${box.value}`);
+  for (const radio of els.colourMode.querySelectorAll("input[name=colour]")) radio.checked = radio.value === view.colour;
+  els.chips.replaceChildren(...view.filters.map((f) => {
+    const at = f.indexOf("=");
+    const text = `${label(f.slice(0, at))}: ${f.slice(at + 1)}`;
+    const remove = el("button", { type: "button" }, text, el("span", { className: "x", ariaHidden: "true" }, "✕"));
+    remove.setAttribute("aria-label", `Remove filter ${text}`);
+    remove.addEventListener("click", () => {
+      setFilter(f, false);
+      els.resultsHeading.focus({ preventScroll: true });
+    });
+    return el("li", {}, remove);
+  }));
+  els.chips.hidden = view.filters.length === 0;
+  const count = view.filters.length;
+  els.facetsToggle.textContent = count ? `Filters (${count})` : "Show filters";
+}
 
-function usePhoto(file) {
+els.facetsToggle.addEventListener("click", () => {
+  const expanded = !els.facets.classList.contains("expanded");
+  els.facets.classList.toggle("expanded", expanded);
+  els.facetsToggle.setAttribute("aria-expanded", String(expanded));
+});
+
+// Same colour / any colour: re-rank (the photo is not uploaded again).
+els.colourMode.addEventListener("change", (e) => {
+  if (e.target.name !== "colour") return;
+  if (view.kind === "empty") {
+    view = { ...view, colour: e.target.value };
+    return;
+  }
+  navigate({ ...view, colour: e.target.value, shown: PAGE_SIZE }, { focus: false });
+});
+
+// ---------------------------------------------------------------------------------------------
+// The photo: picker, drag and drop, paste; made smaller before it is sent
+
+async function usePhoto(file) {
   if (!file) return;
-  if (state.photoUrl) URL.revokeObjectURL(state.photoUrl);
-  state.photo = file;
-  state.photoUrl = URL.createObjectURL(file);
-  state.crop = null;
-  state.query = null;
-  els.preview.src = state.photoUrl;
-  els.cropBox.hidden = true;
-  els.clearCrop.disabled = true;
-  els.photoPanel.hidden = false;
-  els.dropzone.hidden = true;
-  runSearch(0);
+  let prepared;
+  try {
+    prepared = await preparePhoto(file);
+  } catch (err) {
+    showError(err, { kind: "empty", filters: [] });
+    return;
+  }
+  const id = nextPhoto++;
+  photos.set(id, { ...prepared, vectors: new Map(), detections: [], pickedItem: false });
+  setCropMode(false);
+  const filters = els.keepFilters.checked ? view.filters : [];
+  navigate({ kind: "photo", photo: id, crop: null, item: null, filters, colour: view.colour, shown: PAGE_SIZE });
+}
+
+/** The photo as it will be sent: a camera photo shrunk to SEND_SIDE as JPEG; what the browser
+ * cannot decode (TIFF, a text file) as it is, for the server to read or refuse. */
+async function preparePhoto(file) {
+  const name = file.name || "photo";
+  let bitmap = null;
+  try {
+    bitmap = await createImageBitmap(file, { imageOrientation: "from-image" });
+  } catch (err) {
+    bitmap = null;
+  }
+  if (!bitmap) {
+    if (file.size > MAX_UPLOAD_BYTES) throw new ApiError("too_large", "too large");
+    return { blob: file, name, previewable: false };
+  }
+  const long = Math.max(bitmap.width, bitmap.height);
+  if (long <= SEND_SIDE && file.size <= SEND_AS_IS_BYTES) {
+    bitmap.close();
+    return { blob: file, name, previewable: true };
+  }
+  const scale = Math.min(1, SEND_SIDE / long);
+  const canvas = document.createElement("canvas");
+  canvas.width = Math.max(1, Math.round(bitmap.width * scale));
+  canvas.height = Math.max(1, Math.round(bitmap.height * scale));
+  const g = canvas.getContext("2d");
+  g.fillStyle = "#fff"; // Transparent PNGs: white, as JPEG has no transparency.
+  g.fillRect(0, 0, canvas.width, canvas.height);
+  g.drawImage(bitmap, 0, 0, canvas.width, canvas.height);
+  bitmap.close();
+  const blob = await new Promise((resolve) => canvas.toBlob(resolve, "image/jpeg", SEND_QUALITY));
+  if (!blob) throw new ApiError("unreadable_image", "could not shrink");
+  if (blob.size > MAX_UPLOAD_BYTES) throw new ApiError("too_large", "too large");
+  return { blob, name: name.replace(/\.[^.]*$/, "") + ".jpg", previewable: true };
+}
+
+function showPhoto(photo) {
+  if (!photo.url) photo.url = URL.createObjectURL(photo.blob);
+  if (els.preview.dataset.photo !== photo.url) {
+    els.preview.dataset.photo = photo.url;
+    els.preview.hidden = !photo.previewable;
+    els.noPreview.hidden = photo.previewable;
+    if (photo.previewable) els.preview.src = photo.url;
+    else els.preview.removeAttribute("src");
+  }
+  drawMarkers(photo);
+  const picked = view.item !== null && view.item !== undefined;
+  if (view.crop && !picked) showCropBox(view.crop); else els.cropBox.hidden = true;
+  els.wholePhoto.hidden = !view.crop;
+}
+
+els.preview.addEventListener("error", () => {
+  // The browser cannot show it after all: say so instead of a broken image.
+  if (!els.preview.getAttribute("src")) return;
+  els.preview.hidden = true;
+  els.noPreview.hidden = false;
+});
+
+/** A numbered, tappable marker on each product found in the photo (two or more). */
+function drawMarkers(photo) {
+  const found = photo.detections.length >= 2 ? photo.detections : [];
+  els.markers.replaceChildren(...found.flatMap((d, i) => {
+    const [x, y, w, h] = d.box;
+    const selected = view.item === i;
+    const outline = el("div", { className: `item-box${selected ? " selected" : ""}` });
+    Object.assign(outline.style, { left: `${x * 100}%`, top: `${y * 100}%`, width: `${w * 100}%`, height: `${h * 100}%` });
+    const marker = el("button", { type: "button", className: "marker" }, String(i + 1));
+    marker.setAttribute("aria-label", `Item ${i + 1} of ${found.length}`);
+    marker.setAttribute("aria-pressed", String(selected));
+    Object.assign(marker.style, { left: `${(x + w / 2) * 100}%`, top: `${(y + h / 2) * 100}%` });
+    marker.addEventListener("click", () => {
+      if (view.item !== i) navigate({ ...view, crop: d.box, item: i, shown: PAGE_SIZE });
+    });
+    return [outline, marker];
+  }));
 }
 
 els.file.addEventListener("change", () => {
-  usePhoto(els.file.files[0]);
+  const file = els.file.files[0];
   // Forget the selection, so choosing the same photo again still counts as a change.
   els.file.value = "";
+  usePhoto(file);
 });
-els.newPhoto.addEventListener("click", () => {
-  els.dropzone.hidden = false;
-  els.file.value = "";
-  els.file.click();
-});
+els.newPhoto.addEventListener("click", () => els.file.click());
+els.wholePhoto.addEventListener("click", () => navigate({ ...view, crop: null, item: null, shown: PAGE_SIZE }));
 for (const type of ["dragenter", "dragover"]) {
   document.addEventListener(type, (e) => {
     e.preventDefault();
@@ -255,68 +659,116 @@ document.addEventListener("paste", (e) => {
 });
 
 // ---------------------------------------------------------------------------------------------
-// Crop: drag a box on the photo; the search reruns on the box (fractions of the photo)
+// Selecting an area: draw a box (mouse, pen; touch in "Select an area" mode), drag it or its
+// corner handles, or use the keyboard. The search reruns on the box (fractions of the photo).
 
-let drag = null;
+const MIN_SIDE = 0.05;
+let drag = null; // {mode: "draw" | "move" | corner, start, box}
+let draft = null; // The box being placed with the keyboard.
+
+function setCropMode(on) {
+  els.cropMode.setAttribute("aria-pressed", String(on));
+  els.cropArea.classList.toggle("cropping", on);
+}
+els.cropMode.addEventListener("click", () => setCropMode(els.cropMode.getAttribute("aria-pressed") !== "true"));
 
 function fractionAt(e) {
-  const r = els.preview.getBoundingClientRect();
-  return [Math.min(1, Math.max(0, (e.clientX - r.left) / r.width)), Math.min(1, Math.max(0, (e.clientY - r.top) / r.height))];
+  const r = els.cropArea.getBoundingClientRect();
+  return [clamp((e.clientX - r.left) / r.width, 0, 1), clamp((e.clientY - r.top) / r.height, 0, 1)];
 }
 
-function showCrop([x, y, w, h]) {
+const clamp = (v, lo, hi) => Math.min(hi, Math.max(lo, v));
+
+function showCropBox([x, y, w, h]) {
   Object.assign(els.cropBox.style, { left: `${x * 100}%`, top: `${y * 100}%`, width: `${w * 100}%`, height: `${h * 100}%` });
   els.cropBox.hidden = false;
 }
 
+/** The box spanning two points. */
 function boxOf(a, b) {
-  const x = Math.min(a[0], b[0]), y = Math.min(a[1], b[1]);
-  return [x, y, Math.abs(a[0] - b[0]), Math.abs(a[1] - b[1])];
+  return [Math.min(a[0], b[0]), Math.min(a[1], b[1]), Math.abs(a[0] - b[0]), Math.abs(a[1] - b[1])];
+}
+
+/** `box` kept inside the photo and at least MIN_SIDE on each side. */
+function fit([x, y, w, h]) {
+  w = clamp(w, MIN_SIDE, 1);
+  h = clamp(h, MIN_SIDE, 1);
+  return [clamp(x, 0, 1 - w), clamp(y, 0, 1 - h), w, h];
+}
+
+function dragged(e) {
+  const p = fractionAt(e);
+  const [sx, sy] = drag.start;
+  const [x, y, w, h] = drag.box;
+  if (drag.mode === "draw") return boxOf(drag.start, p);
+  if (drag.mode === "move") return fit([x + p[0] - sx, y + p[1] - sy, w, h]);
+  // A corner: the opposite corner stays put.
+  const fixed = [drag.mode.includes("w") ? x + w : x, drag.mode.includes("n") ? y + h : y];
+  return boxOf(fixed, p);
 }
 
 els.cropArea.addEventListener("pointerdown", (e) => {
-  if (!state.photo) return;
+  if (view.kind !== "photo" || e.button > 0 || e.target.closest(".marker")) return;
+  const handle = e.target.closest(".handle");
+  const inBox = e.target.closest(".crop-box");
+  const cropping = els.cropMode.getAttribute("aria-pressed") === "true";
+  let mode;
+  if (handle) mode = handle.dataset.handle;
+  else if (inBox) mode = "move";
+  else if (e.pointerType !== "touch" || cropping) mode = "draw";
+  else return; // A finger on the photo scrolls the page.
   e.preventDefault();
-  els.cropArea.setPointerCapture(e.pointerId);
-  drag = fractionAt(e);
-  showCrop([...drag, 0, 0]);
+  try {
+    els.cropArea.setPointerCapture(e.pointerId);
+  } catch (err) {
+    /* The pointer is already gone (lifted): the drag ends at once. */
+  }
+  const start = fractionAt(e);
+  drag = { mode, start, box: view.crop && !els.cropBox.hidden ? view.crop : [...start, 0, 0] };
+  if (mode === "draw") showCropBox([...start, 0, 0]);
 });
 els.cropArea.addEventListener("pointermove", (e) => {
-  if (drag) showCrop(boxOf(drag, fractionAt(e)));
+  if (drag) showCropBox(dragged(e));
 });
 els.cropArea.addEventListener("pointerup", (e) => {
   if (!drag) return;
-  const box = boxOf(drag, fractionAt(e));
+  const box = dragged(e);
+  const mode = drag.mode;
   drag = null;
   if (box[2] < 0.03 || box[3] < 0.03) {
-    // A click, not a box: keep the previous crop.
-    if (state.crop) showCrop(state.crop); else els.cropBox.hidden = true;
+    // A tap, not a box: keep what was there.
+    if (view.crop && view.item === null) showCropBox(view.crop); else els.cropBox.hidden = true;
     return;
   }
-  if (box[0] >= 1) box[0] = 0.999;
-  if (box[1] >= 1) box[1] = 0.999;
-  setCrop(box);
+  const moved = mode !== "draw" && view.crop && box.every((v, i) => Math.abs(v - view.crop[i]) < 0.005);
+  if (moved) return;
+  setCropMode(false);
+  navigate({ ...view, crop: fit(box), item: null, shown: PAGE_SIZE });
+});
+els.cropArea.addEventListener("pointercancel", () => {
+  drag = null;
+  if (view.crop && view.item === null) showCropBox(view.crop); else els.cropBox.hidden = true;
 });
 
-function setCrop(box) {
-  state.crop = box;
-  state.query = null;
-  if (box) showCrop(box); else els.cropBox.hidden = true;
-  els.clearCrop.disabled = !box;
-  runSearch(0);
+function announce(box) {
+  const pct = (v) => `${Math.round(v * 100)} %`;
+  els.cropAnnounce.textContent = `Area ${pct(box[0])} from the left, ${pct(box[1])} from the top, ${pct(box[2])} wide, ${pct(box[3])} high. Enter searches it, Escape cancels.`;
 }
 
-els.clearCrop.addEventListener("click", () => setCrop(null));
-
-// Keyboard: with the photo focused, "c" proposes a centred box and arrow keys move it
-// (Shift+arrows resize); Enter searches on it. Escape drops it.
-let keyboardBox = null;
+// Keyboard: with the photo focused, C places a box (the current one, or a centred one); arrow
+// keys move it, Shift+arrows resize it; Enter searches it, Escape drops it.
 els.cropArea.addEventListener("keydown", (e) => {
-  if (!state.photo) return;
+  if (view.kind !== "photo") return;
   const step = 0.05;
-  if (e.key === "c" && !keyboardBox) keyboardBox = [0.25, 0.25, 0.5, 0.5];
-  else if (!keyboardBox) return;
-  const [x, y, w, h] = keyboardBox;
+  if ((e.key === "c" || e.key === "C") && !draft) {
+    draft = view.crop ? [...view.crop] : [0.25, 0.25, 0.5, 0.5];
+    showCropBox(draft);
+    announce(draft);
+    e.preventDefault();
+    return;
+  }
+  if (!draft) return;
+  const [x, y, w, h] = draft;
   const moves = {
     ArrowLeft: e.shiftKey ? [x, y, w - step, h] : [x - step, y, w, h],
     ArrowRight: e.shiftKey ? [x, y, w + step, h] : [x + step, y, w, h],
@@ -325,29 +777,28 @@ els.cropArea.addEventListener("keydown", (e) => {
   };
   if (moves[e.key]) {
     e.preventDefault();
-    let [nx, ny, nw, nh] = moves[e.key];
-    nw = Math.min(1, Math.max(0.1, nw)); nh = Math.min(1, Math.max(0.1, nh));
-    nx = Math.min(1 - nw, Math.max(0, nx)); ny = Math.min(1 - nh, Math.max(0, ny));
-    keyboardBox = [nx, ny, nw, nh];
+    draft = fit(moves[e.key]);
+    showCropBox(draft);
+    announce(draft);
   } else if (e.key === "Enter") {
     e.preventDefault();
-    setCrop(keyboardBox);
-    keyboardBox = null;
-    return;
+    const box = draft;
+    draft = null;
+    navigate({ ...view, crop: box, item: null, shown: PAGE_SIZE });
   } else if (e.key === "Escape") {
-    keyboardBox = null;
-    if (state.crop) showCrop(state.crop); else els.cropBox.hidden = true;
-    return;
+    e.preventDefault();
+    draft = null;
+    els.cropAnnounce.textContent = "Area cancelled.";
+    if (view.crop && view.item === null) showCropBox(view.crop); else els.cropBox.hidden = true;
   }
-  showCrop(keyboardBox);
 });
 
-els.loadMore.addEventListener("click", () => runSearch(state.offset));
-
+// ---------------------------------------------------------------------------------------------
 // While `lookalike index` is still adding products (the demo indexes in the background), say
 // how far it is: searches already cover what it has added. Checked every few seconds until done.
+
 async function showIndexing() {
-  const banner = document.getElementById("indexing");
+  const banner = $("indexing");
   try {
     const { indexing, products } = await api("/readyz");
     if (indexing) {
@@ -364,12 +815,7 @@ async function showIndexing() {
   }
 }
 
-// Same colour / any colour: re-rank what is shown (the photo is not uploaded again).
-els.colourMode.addEventListener("change", (e) => {
-  if (e.target.name !== "colour") return;
-  state.colour = e.target.value;
-  refilter();
-});
-
+view = viewFromUrl();
+show({ focus: false });
 loadFacets();
 showIndexing();

@@ -1,0 +1,196 @@
+//! How alike a result is to the query, in a shopper's words: "Very similar", "Similar" or
+//! "Related", instead of a raw cosine score that means nothing to a shopper (and means
+//! different things in different search spaces: a tuned catalog's scores run higher).
+//!
+//! The bands are read from the catalog itself: how alike its own products are to their
+//! neighbours. A result as alike to the query as a typical (median) product is to its tenth
+//! closest look-alike in the shop is "Very similar"; as alike as nine products in ten are to
+//! their fiftieth closest, "Similar"; anything less alike, "Related". (Measured on 10,000
+//! Fashion-MNIST products: a garment photographed cleanly gets "Very similar" products of its
+//! kind, the same garment on a cluttered background "Similar" ones, a photo of a cat only
+//! "Related" ones.)
+
+use serde::Serialize;
+
+use crate::types::Key;
+
+/// A result's band. Serialised `very_similar`, `similar`, `related`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Likeness {
+    VerySimilar,
+    Similar,
+    Related,
+}
+
+impl Likeness {
+    /// As a shopper reads it.
+    pub fn label(self) -> &'static str {
+        match self {
+            Likeness::VerySimilar => "Very similar",
+            Likeness::Similar => "Similar",
+            Likeness::Related => "Related",
+        }
+    }
+}
+
+/// Products sampled from the catalog to set the bands: enough for stable medians, few enough
+/// that the exact scan over 60,000 products does them in well under a second.
+pub const SAMPLE: usize = 100;
+
+/// Which neighbour sets the "Very similar" band: the tenth, a first page's worth.
+pub const VERY_SIMILAR_NEIGHBOUR: usize = 10;
+/// Which neighbour sets the "Similar" band: the fiftieth, a few pages deep.
+pub const SIMILAR_NEIGHBOUR: usize = 50;
+/// ... for this share of sampled products (its low decile).
+const SIMILAR_QUANTILE: f32 = 0.1;
+
+/// Score thresholds of the bands, in the search space's own scores.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LikenessBands {
+    /// Scores at or above this are "Very similar".
+    pub very_similar: f32,
+    /// Scores at or above this (and below `very_similar`) are "Similar".
+    pub similar: f32,
+}
+
+impl LikenessBands {
+    /// Bands from sampled products' neighbour scores: for each sampled product, its scores
+    /// against the other products, best first (the product itself left out; up to
+    /// [`SIMILAR_NEIGHBOUR`] of them, fewer in a small catalog, whose furthest then counts).
+    /// `None` when no sampled product has a neighbour (a catalog of one product).
+    pub fn from_neighbours(neighbour_scores: &[Vec<f32>]) -> Option<LikenessBands> {
+        let nth = |n: usize| -> Vec<f32> { neighbour_scores.iter().filter_map(|s| s.get(n - 1).or(s.last()).copied()).collect() };
+        let very_similar = quantile(nth(VERY_SIMILAR_NEIGHBOUR), 0.5)?;
+        let similar = quantile(nth(SIMILAR_NEIGHBOUR), SIMILAR_QUANTILE)?.min(very_similar);
+        Some(LikenessBands { very_similar, similar })
+    }
+
+    pub fn band(&self, score: f32) -> Likeness {
+        if score >= self.very_similar {
+            Likeness::VerySimilar
+        } else if score >= self.similar {
+            Likeness::Similar
+        } else {
+            Likeness::Related
+        }
+    }
+}
+
+/// Measures the bands on `sample` (products' keys and vectors, in the search space): each
+/// against `nearest` (the index's best `n` for a vector, as key and score, best first), itself
+/// left out.
+pub fn measure(sample: &[(Key, Vec<f32>)], mut nearest: impl FnMut(&[f32], usize) -> anyhow::Result<Vec<(Key, f32)>>) -> anyhow::Result<Option<LikenessBands>> {
+    let mut neighbour_scores = Vec::with_capacity(sample.len());
+    for (key, vector) in sample {
+        let hits = nearest(vector, SIMILAR_NEIGHBOUR + 1)?;
+        neighbour_scores.push(hits.into_iter().filter(|(k, _)| k != key).map(|(_, score)| score).collect::<Vec<f32>>());
+    }
+    Ok(LikenessBands::from_neighbours(&neighbour_scores))
+}
+
+/// Bands as the catalog keeps them (setting [`SETTING`]), with what they were measured on: the
+/// search space's fingerprint and the number of products.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RecordedBands {
+    pub space: String,
+    pub products: usize,
+    pub bands: LikenessBands,
+}
+
+/// The catalog setting that keeps the bands, written by `index` and `tune`.
+pub const SETTING: &str = "likeness_bands";
+
+impl RecordedBands {
+    /// Whether these bands still describe a catalog of `products` in the space `space`: the
+    /// same space, and no more than a fifth more or fewer products.
+    pub fn fits(&self, space: &str, products: usize) -> bool {
+        self.space == space && self.products.abs_diff(products) * 5 <= self.products.max(1)
+    }
+
+    pub fn to_setting(&self) -> String {
+        format!("{} {} {} {}", self.space, self.products, self.bands.very_similar, self.bands.similar)
+    }
+
+    /// `None` for anything that is not what [`RecordedBands::to_setting`] writes.
+    pub fn from_setting(text: &str) -> Option<RecordedBands> {
+        let mut parts = text.split_whitespace();
+        let space = parts.next()?.to_string();
+        let products = parts.next()?.parse().ok()?;
+        let very_similar: f32 = parts.next()?.parse().ok()?;
+        let similar: f32 = parts.next()?.parse().ok()?;
+        if parts.next().is_some() || !very_similar.is_finite() || !similar.is_finite() {
+            return None;
+        }
+        Some(RecordedBands { space, products, bands: LikenessBands { very_similar, similar } })
+    }
+}
+
+/// The value `q` (0..1) of the way up the sorted finite `values`.
+fn quantile(mut values: Vec<f32>, q: f32) -> Option<f32> {
+    values.retain(|v| v.is_finite());
+    if values.is_empty() {
+        return None;
+    }
+    values.sort_unstable_by(f32::total_cmp);
+    let at = ((values.len() - 1) as f32 * q).round() as usize;
+    Some(values[at])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bands_come_from_the_tenth_and_fiftieth_neighbours() {
+        // Eleven sampled products, fifty neighbours each (best first), each product's scores a
+        // little lower than the one before.
+        let scores: Vec<Vec<f32>> = (0..11).map(|p| (0..50).map(|i| 0.9 - 0.01 * p as f32 - 0.005 * i as f32).collect()).collect();
+        let bands = LikenessBands::from_neighbours(&scores).expect("bands");
+        // Tenth neighbour (i = 9) of the median product (p = 5); fiftieth (i = 49) of the low
+        // decile (p = 9 of 0..=10, rounded from 9.0).
+        assert!((bands.very_similar - (0.9 - 0.05 - 0.045)).abs() < 1e-5, "{bands:?}");
+        assert!((bands.similar - (0.9 - 0.09 - 0.245)).abs() < 1e-5, "{bands:?}");
+        assert_eq!(bands.band(0.9), Likeness::VerySimilar);
+        assert_eq!(bands.band(bands.very_similar), Likeness::VerySimilar);
+        assert_eq!(bands.band(0.7), Likeness::Similar);
+        assert_eq!(bands.band(0.3), Likeness::Related);
+    }
+
+    #[test]
+    fn recorded_bands_round_trip_and_go_stale() {
+        let recorded = RecordedBands { space: "ab12".into(), products: 1000, bands: LikenessBands { very_similar: 0.61, similar: 0.375 } };
+        assert_eq!(RecordedBands::from_setting(&recorded.to_setting()), Some(recorded.clone()));
+        assert!(recorded.fits("ab12", 1200) && recorded.fits("ab12", 800));
+        assert!(!recorded.fits("ab12", 1201) && !recorded.fits("cd34", 1000));
+        for bad in ["", "ab12 1000 0.6", "ab12 x 0.6 0.3", "ab12 1000 NaN 0.3", "ab12 1000 0.6 0.3 extra"] {
+            assert_eq!(RecordedBands::from_setting(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn measuring_leaves_each_product_out_of_its_own_neighbours() {
+        // Four products on a line; each one's neighbours are the others, nearest first.
+        let sample: Vec<(Key, Vec<f32>)> = (0..4).map(|k| (k, vec![k as f32])).collect();
+        let bands = measure(&sample, |v, n| {
+            let mut hits: Vec<(Key, f32)> = (0..4).map(|k| (k, 1.0 - (v[0] - k as f32).abs() / 10.0)).collect();
+            hits.sort_by(|a, b| b.1.total_cmp(&a.1));
+            hits.truncate(n);
+            Ok(hits)
+        })
+        .expect("measured")
+        .expect("bands");
+        // Nearest other product: 0.9 for all; furthest (the "fiftieth" here): 0.7 or 0.8.
+        assert!(bands.very_similar < 1.0, "the product itself is left out: {bands:?}");
+        assert!((bands.similar - 0.7).abs() < 1e-6, "{bands:?}");
+    }
+
+    #[test]
+    fn small_catalogs_use_the_furthest_neighbour_they_have_and_one_product_has_no_bands() {
+        let bands = LikenessBands::from_neighbours(&[vec![0.9, 0.5], vec![0.7, 0.3]]).expect("bands");
+        // Medians round up between two; the low decile of two is the lower.
+        assert_eq!((bands.very_similar, bands.similar), (0.5, 0.3));
+        assert_eq!(LikenessBands::from_neighbours(&[vec![], vec![]]), None);
+        assert_eq!(LikenessBands::from_neighbours(&[]), None);
+    }
+}

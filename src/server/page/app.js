@@ -201,7 +201,13 @@ async function runSearch({ append, focus }) {
     els.loadMore.hidden = result.hits.length < k;
     els.end.hidden = !els.loadMore.hidden || shown <= PAGE_SIZE;
     els.end.textContent = `That is all: ${shown} products.`;
-    els.status.textContent = shown ? `${shown} products like ${queryName(v)}, most alike first.` : emptyMessage(v);
+    // When even the best result is only "Related", say so rather than "products like".
+    const best = els.grid.querySelector("li.card")?.dataset.likeness;
+    els.status.textContent = !shown
+      ? emptyMessage(v)
+      : best === "related"
+        ? `No close matches for ${queryName(v)}${v.filters.length ? " with these filters" : ""}: these ${shown} are the nearest.`
+        : `${shown} products like ${queryName(v)}, most alike first.`;
     if (append && v.shown !== shown) {
       view = { ...v, shown };
       history.replaceState(null, "", urlOf(view));
@@ -379,6 +385,13 @@ function renderHits(hits, append) {
   for (const hit of hits) els.grid.append(card(hit));
 }
 
+/** What to call a product: its name, or for a catalog without names (the name is then the
+ * id), its colour and kind ("Grey Pullover"); the id stays in the details. */
+function title(product) {
+  if (product.name !== product.id) return product.name;
+  return [product.colour, product.category].filter(Boolean).join(" ") || product.name;
+}
+
 function card(hit) {
   const details = [hit.category, hit.colour].filter(Boolean).join(" · ");
   // The button's name is its text: the product's name, price, kind and how alike it is. The
@@ -386,24 +399,25 @@ function card(hit) {
   const open = el("button", { type: "button", className: "open" },
     el("img", { src: hit.image_url, alt: "", loading: "lazy", width: 170, height: 170 }),
     el("span", { className: "info" },
-      el("span", { className: "name" }, hit.name),
+      el("span", { className: "name" }, title(hit)),
       ...(hit.price ? [el("span", { className: "price" }, hit.price)] : []),
       el("span", { className: "sub" }, swatch(hit.colour_rgb), details || "\u00a0"),
       el("span", { className: `likeness ${hit.likeness}` }, LIKENESS[hit.likeness] || "")));
   open.addEventListener("click", () => openDetails(hit.id, hit));
   const like = el("button", { type: "button", className: "like" }, "More like this");
-  like.setAttribute("aria-label", `More like ${hit.name}`);
+  like.setAttribute("aria-label", `More like ${title(hit)}`);
   like.addEventListener("click", () => moreLike(hit.id));
   const actions = el("div", { className: "actions" }, like);
   if (hit.link) {
     const shop = el("a", { className: "button", href: hit.link, target: "_blank", rel: "noopener noreferrer" }, "Shop");
-    shop.setAttribute("aria-label", `${hit.name} in the shop (opens a new tab)`);
+    shop.setAttribute("aria-label", `${title(hit)} in the shop (opens a new tab)`);
     actions.append(shop);
   }
   const item = el("li", { className: "card" }, open, actions);
   item.dataset.id = hit.id;
   item.dataset.category = hit.category || "";
   item.dataset.score = String(hit.score);
+  item.dataset.likeness = hit.likeness;
   return item;
 }
 
@@ -414,7 +428,7 @@ function moreLike(id) {
 async function openDetails(id, hit) {
   try {
     const product = await api(`/api/products/${encodeURIComponent(id)}`);
-    els.detailsTitle.textContent = product.name;
+    els.detailsTitle.textContent = title(product);
     els.detailsImage.src = product.image_url;
     els.detailsPrice.textContent = product.price || "";
     els.detailsPrice.hidden = !product.price;
@@ -442,9 +456,9 @@ async function showLikeOrigin(id) {
   try {
     const product = await api(`/api/products/${encodeURIComponent(id)}`);
     if (view.kind !== "like" || view.id !== id) return;
-    likeName = product.name;
-    els.likeName.textContent = product.name;
-    if (!els.status.textContent.startsWith("Searching")) els.status.textContent = els.status.textContent.replace("this product", product.name);
+    likeName = title(product);
+    els.likeName.textContent = likeName;
+    if (!els.status.textContent.startsWith("Searching")) els.status.textContent = els.status.textContent.replace("this product", likeName);
   } catch (err) {
     /* The search itself says when the product is gone. */
   }

@@ -174,13 +174,14 @@ impl SqliteCatalog {
     /// models never mix, in an import or in a search. The one check of it.
     pub fn ensure_model(&self, model: &str) -> Result<()> {
         match self.vector_space()? {
+            // The catalog remembers its model (a built-in one by name, one's own by its JSON
+            // description), so the way out is to leave --model off, not to name it.
             Some(existing) if existing.model != model => bail!(
-                "catalog {} holds {}-d vectors of model {:?}, not {:?}: pass --model {} or use a new --db",
+                "catalog {} holds {}-d vectors of model {:?}, not {:?}: leave out --model to use the catalog's own model, or use a new --db",
                 self.path.display(),
                 existing.dim,
                 existing.model,
-                model,
-                existing.model
+                model
             ),
             _ => Ok(()),
         }

@@ -358,6 +358,12 @@ impl OrtEncoder {
         let n = batch.len();
         let per_image = out.data.len() / n;
         let embeddings = match out.shape.len() {
+            2 if self.spec.pooling != Pooling::None => bail!(
+                "output {:?} is already one vector per image {:?}, but the model description asks to pool it ({:?}): set \"pooling\": {{\"kind\": \"none\"}}, or name a [N, C, H, W] feature map as \"output\"",
+                self.spec.output,
+                out.shape,
+                self.spec.pooling
+            ),
             2 => out
                 .data
                 .chunks(per_image)

@@ -1,6 +1,9 @@
 //! `OrtEncoder` on tiny hand-built ONNX graphs: NHWC inputs, feature maps in NHWC, vector
-//! outputs, and spec/graph mismatches. Needs the ONNX Runtime library of `make setup` (the test
+//! outputs, and spec/graph mismatches; and a model of one's own through the command line (a
+//! JSON description beside its graph). Needs the ONNX Runtime library of `make setup` (the test
 //! fails, naming `make setup`, when it is missing).
+
+mod common;
 
 use std::path::{Path, PathBuf};
 
@@ -94,4 +97,62 @@ fn mismatched_specs_are_errors() {
     let enc = OrtEncoder::new(&lib(), spec(model.clone(), "map", Pooling::None), 1).unwrap();
     assert!(enc.encode(&[image()]).is_err());
     assert!(OrtEncoder::new(&lib(), spec(dir.path().join("missing.onnx"), "map", Pooling::Avg), 1).is_err());
+}
+
+#[test]
+fn vector_outputs_refuse_a_pooling_they_cannot_have() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = nhwc_model(dir.path());
+    let enc = OrtEncoder::new(&lib(), spec(model, "vec", Pooling::Max), 1).unwrap();
+    let error = format!("{:#}", enc.encode(&[image()]).expect_err("pooling a vector is refused"));
+    assert!(error.contains("\"pooling\": {\"kind\": \"none\"}"), "the error says what to write: {error}");
+}
+
+/// A model of one's own, described by a JSON file whose `onnx` path is relative to it, given
+/// to `index` as a relative `--model` path; the catalog is then searched from another
+/// directory, without `--model` (the catalog remembers its model).
+#[test]
+fn an_own_model_given_by_a_relative_path_works_from_any_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("models")).unwrap();
+    nhwc_model(&dir.path().join("models"));
+    let mut described = spec("nhwc.onnx".into(), "map", Pooling::Avg);
+    described.name = "nhwc-own".into();
+    std::fs::write(dir.path().join("models/nhwc.json"), serde_json::to_string(&described).unwrap()).unwrap();
+    let photos = dir.path().join("photos");
+    std::fs::create_dir_all(&photos).unwrap();
+    for (i, colour) in [[200u8, 30, 30], [30, 200, 30], [30, 30, 200]].into_iter().enumerate() {
+        image::RgbImage::from_pixel(8, 8, image::Rgb(colour)).save(photos.join(format!("p{i}.png"))).unwrap();
+    }
+    let run = |cwd: &Path, args: &[&str]| std::process::Command::new(common::BIN).current_dir(cwd).args(args).env("LOOKALIKE_LOG", "warn").output().unwrap();
+    let out = run(dir.path(), &["index", "--db", "shop.db", "--images", "photos", "--model", "models/nhwc.json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let elsewhere = tempfile::tempdir().unwrap();
+    let db = dir.path().join("shop.db");
+    let query = photos.join("p1.png");
+    let out = run(elsewhere.path(), &["search", "--db", common::path(&db), common::path(&query), "--json", "-k", "1"]);
+    assert!(out.status.success(), "search from another directory: {}", String::from_utf8_lossy(&out.stderr));
+    let hits: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(hits["hits"][0]["id"], "p1.png", "{hits}");
+
+    // Another model on this catalog: the way out the error gives is one that works.
+    let out = run(elsewhere.path(), &["search", "--db", common::path(&db), common::path(&query), "--model", "efficientnet-lite0"]);
+    let error = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && error.contains("leave out --model"), "{error}");
+}
+
+#[test]
+fn an_index_that_fails_before_adding_anything_leaves_no_catalog_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("broken.json"), "{ not json").unwrap();
+    let photos = dir.path().join("photos");
+    std::fs::create_dir_all(&photos).unwrap();
+    image::RgbImage::from_pixel(8, 8, image::Rgb([1, 2, 3])).save(photos.join("p.png")).unwrap();
+    let db = dir.path().join("new.db");
+    let model = dir.path().join("broken.json");
+    let out = common::lookalike(&["index", "--db", common::path(&db), "--images", common::path(&photos), "--model", common::path(&model)]);
+    let error = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && error.contains("parsing model description"), "{error}");
+    let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().filter_map(|e| e.ok()).map(|e| e.file_name()).filter(|n| n.to_string_lossy().starts_with("new.db")).collect();
+    assert!(left.is_empty(), "no catalog file left behind: {left:?}");
 }

@@ -71,8 +71,29 @@ pub fn run(args: IndexArgs) -> Result<()> {
         None => items,
     };
 
+    // A run that fails before adding anything (a bad --model, say) leaves no empty catalog
+    // behind for the next command to trip over.
+    let created = !args.db.db.exists();
+    let result = index_into(&args, &assets, items);
+    if result.is_err() && created {
+        remove_if_empty(&args.db.db);
+    }
+    result
+}
+
+/// Removes the catalog file at `db` (and SQLite's side files) if it holds no products.
+fn remove_if_empty(db: &std::path::Path) {
+    let empty = SqliteCatalog::open_existing(db).and_then(|c| c.is_empty()).unwrap_or(false);
+    if empty {
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(lookalike::catalog::with_suffix(db, suffix));
+        }
+    }
+}
+
+fn index_into(args: &IndexArgs, assets: &Assets, items: Vec<import::CatalogItem>) -> Result<()> {
     let mut catalog = SqliteCatalog::open(&args.db.db)?;
-    let encoder = load_indexing_encoder(&assets, model_spec(&assets, &catalog, &args.model)?, &args.model)?;
+    let encoder = load_indexing_encoder(assets, model_spec(assets, &catalog, &args.model)?, &args.model)?;
 
     // Ctrl-C finishes the batch in flight, commits it and stops; re-running resumes.
     let stop = Arc::new(AtomicBool::new(false));

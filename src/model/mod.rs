@@ -83,6 +83,9 @@ pub struct ModelSpec {
 impl ModelSpec {
     /// Reads a user-supplied model description (JSON).
     pub fn from_json_file(path: &Path) -> Result<ModelSpec> {
+        // Absolute, so the ONNX path stored with a catalog still points at the file when the
+        // catalog is searched from another directory.
+        let path = &std::path::absolute(path).with_context(|| format!("resolving model description path {}", path.display()))?;
         let text = std::fs::read_to_string(path).with_context(|| format!("reading model description {}", path.display()))?;
         let mut spec: ModelSpec = serde_json::from_str(&text).with_context(|| format!("parsing model description {}", path.display()))?;
         if spec.onnx.is_relative() {

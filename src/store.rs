@@ -80,7 +80,11 @@ impl Store {
             Store::Graph(index) => (index.memory_bytes(), index.tombstones()),
             Store::Qdrant(_) => (0, 0),
         };
-        IndexStats { vectors: self.index().len(), memory_bytes, dead_entries }
+        let graph_recall_at_10 = match self {
+            Store::Graph(index) => Some(index.recall_at_10()),
+            _ => None,
+        };
+        IndexStats { vectors: self.index().len(), memory_bytes, dead_entries, graph_recall_at_10 }
     }
 
     /// A graph with enough dead entries to be worth rebuilding: what the rebuild needs.
@@ -108,10 +112,53 @@ pub fn open_index(catalog: &SqliteCatalog, space: &SearchSpace, config: &IndexCo
     if let Some(store) = &config.store {
         return Ok(Store::Qdrant(open_qdrant(catalog, space, store)?));
     }
-    let use_ann = config.uses_ann(catalog.vector_count()?);
-    let precision = if use_ann { crate::index::Precision::F32 } else { config.precision };
+    let len = catalog.vector_count()?;
+    let dim = space.output_dim(catalog.vector_space()?.map_or(0, |s| s.dim));
+    let try_ann = config.tries_ann(len, dim);
+    let precision = if try_ann { crate::index::Precision::F32 } else { config.precision };
     let exact = space.build_index(catalog, VectorKind::Primary, precision)?;
-    Ok(if use_ann && !exact.is_empty() { Store::Graph(open_graph(catalog, space, exact, config)?) } else { Store::Exact(exact) })
+    if !try_ann || exact.is_empty() {
+        return Ok(Store::Exact(exact));
+    }
+    // The graph is used where it is measured to find what the scan finds: its recall@10 on the
+    // catalog's own products (measured when it is built, kept in its stamp).
+    let graph = open_graph(catalog, space, exact, config)?;
+    let recall = graph.recall_at_10();
+    if config.accepts_recall(recall) {
+        tracing::info!(
+            "search index: graph, recall@10 {recall:.3} on its own products ({len} products of {dim}-d; a scan is as fast below {})",
+            config.graph_above(dim)
+        );
+        return Ok(Store::Graph(graph));
+    }
+    tracing::warn!(
+        "search index: exact scan, because the graph measured recall@10 {recall:.3}, below the {:.3} asked for (--ann-recall); more --ann-candidates raise it",
+        config.ann_recall
+    );
+    let exact = graph.into_exact();
+    Ok(Store::Exact(if precision == config.precision { exact } else { space.build_index(catalog, VectorKind::Primary, config.precision)? }))
+}
+
+/// What [`open_index`] chooses for this catalog under `config`, in words, read from the
+/// catalog and its saved graph's stamp without building anything (`lookalike info`).
+pub fn describe_index(catalog: &SqliteCatalog, config: &IndexConfig) -> Result<String> {
+    if config.store.is_some() {
+        return Ok("a Qdrant collection".into());
+    }
+    let space = SearchSpace::for_catalog(catalog)?;
+    let len = catalog.vector_count()?;
+    let dim = space.output_dim(catalog.vector_space()?.map_or(0, |s| s.dim));
+    let above = config.graph_above(dim);
+    if !config.tries_ann(len, dim) {
+        return Ok(format!("exact scan ({len} products of {dim}-d; a scan is as fast as the graph up to {above})"));
+    }
+    let (_, stamp_path) = graph_paths(catalog.path());
+    let stamp: Option<AnnStamp> = std::fs::read(&stamp_path).ok().and_then(|bytes| serde_json::from_slice(&bytes).ok());
+    Ok(match stamp.filter(|s| s.space == space.fingerprint() && s.options == config.ann_options).and_then(|s| s.recall_at_10) {
+        Some(recall) if config.accepts_recall(recall) => format!("search graph, recall@10 {recall:.3} measured on its own products ({len} products of {dim}-d, above {above})"),
+        Some(recall) => format!("exact scan: the search graph measured recall@10 {recall:.3}, below the {:.3} asked for", config.ann_recall),
+        None => format!("search graph, built and measured by the next `search` or `serve` ({len} products of {dim}-d, above {above})"),
+    })
 }
 
 /// Connects to the Qdrant collection for this catalog and tells it every product's id and

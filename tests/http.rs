@@ -395,3 +395,35 @@ fn camera_sized(photo: &image::DynamicImage) -> image::DynamicImage {
     }
     image::DynamicImage::ImageRgb8(big)
 }
+
+/// The search graph is used where a scan would be slower and the graph measures its recall
+/// target on the catalog's own products; the choice and the recall are in `/metrics` and `info`.
+#[test]
+fn the_index_choice_is_measured_recorded_and_honoured() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = copy_catalog(dir.path());
+    let info = |db: &Path| String::from_utf8_lossy(&lookalike(&["info", "--db", path(db)]).stdout).to_string();
+    assert!(info(&db).contains("search index: exact scan (300 products of 1280-d; a scan is as fast as the graph up to 3906)"), "{}", info(&db));
+    let metrics = |server: &Server| client().get(server.url("/metrics")).send().expect("metrics").text().expect("text");
+
+    // 300 products: scanned exactly by default.
+    let server = Server::start(&db, &[], &[]);
+    assert!(metrics(&server).contains("lookalike_index_graph 0"));
+    drop(server);
+
+    // Told that a scan is slower above 100 products: the graph is built, measured and used.
+    let server = Server::start(&db, &["--ann-above", "100"], &[]);
+    let text = metrics(&server);
+    assert!(text.contains("lookalike_index_graph 1"), "{text}");
+    let recall: f32 = text.lines().find_map(|l| l.strip_prefix("lookalike_index_recall_at_10 ")).and_then(|v| v.parse().ok()).expect("recall gauge");
+    assert!(recall >= 0.99, "the graph is used at recall@10 {recall}");
+    let (png, _) = test_photo(3);
+    assert_eq!(ok_json(search_photo(&server, png, &[("k", "10")]))["hits"].as_array().map(Vec::len), Some(10));
+    drop(server);
+    let stamp: serde_json::Value = serde_json::from_slice(&std::fs::read(lookalike::catalog::with_suffix(&db, ".graph.json")).expect("graph stamp")).expect("stamp json");
+    assert_eq!(stamp["recall_at_10"].as_f64().map(|r| r as f32), Some(recall), "the recall is kept with the graph");
+
+    // A recall target is a fraction.
+    let out = lookalike(&["search", "--db", path(&db), path(&dir.path().join("none.png")), "--ann-recall", "1.5"]);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("--ann-recall must be between 0 and 1"), "{}", String::from_utf8_lossy(&out.stderr));
+}

@@ -121,11 +121,27 @@ pub fn ratio(ours: f64, theirs: f64) -> String {
     }
 }
 
-/// The machine the numbers come from, for the report header.
+/// The machine the numbers come from, for the report header: the CPU, the vector extensions
+/// that decide which kernels run (inference speed differs up to 5x between CPUs with and
+/// without them), the threads, and the commit of the source when run from a git checkout.
 pub fn machine() -> String {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let field = |name: &str| cpuinfo.lines().find(|l| l.starts_with(name)).and_then(|l| l.split(':').nth(1)).map(|v| v.trim().to_string());
+    let cpu = field("model name").unwrap_or_else(|| "unknown CPU".into());
+    let flags = field("flags").unwrap_or_default();
+    let has = |flag: &str| flags.split_whitespace().any(|f| f == flag);
+    let extensions: Vec<&str> = [("avx2", "AVX2"), ("avx512f", "AVX-512"), ("avx512_vnni", "AVX-512 VNNI"), ("avx_vnni", "AVX-VNNI")]
+        .into_iter()
+        .filter(|(flag, _)| has(flag))
+        .map(|(_, name)| name)
+        .collect();
+    let extensions = if extensions.is_empty() { "no AVX2".to_string() } else { extensions.join(", ") };
+    let commit = std::process::Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .output()
         .ok()
-        .and_then(|t| t.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
-        .unwrap_or_else(|| "unknown CPU".into());
-    format!("{cpu}, {} threads", std::thread::available_parallelism().map_or(1, |n| n.get()))
+        .filter(|o| o.status.success())
+        .map(|o| format!(", commit {}", String::from_utf8_lossy(&o.stdout).trim()))
+        .unwrap_or_default();
+    format!("{cpu} ({extensions}), {} threads{commit}", std::thread::available_parallelism().map_or(1, |n| n.get()))
 }

@@ -108,11 +108,17 @@ pub struct SearchIndexArgs {
     /// Row storage of the exact index: f32 (exact), f16 (half the memory) or i8 (a quarter).
     #[arg(long, value_enum, default_value_t = PrecisionArg::F32)]
     pub precision: PrecisionArg,
-    /// Approximate (HNSW graph) index: auto uses it above --ann-above products.
+    /// Approximate (HNSW graph) index: auto uses it above --ann-above products when it
+    /// measures --ann-recall on the catalog's own products.
     #[arg(long, value_enum, default_value_t = AnnModeArg::Auto)]
     pub ann: AnnModeArg,
-    #[arg(long, default_value_t = IndexConfig::default().ann_above)]
-    pub ann_above: usize,
+    /// Catalogs up to this size are scanned exactly (default: where a scan is as fast as the
+    /// graph, 5,000,000 / dimensions: 3,906 products at 1280-d).
+    #[arg(long)]
+    pub ann_above: Option<usize>,
+    /// Recall@10 the graph must measure on the catalog's own products to be used (auto).
+    #[arg(long, default_value_t = lookalike::index::DEFAULT_ANN_RECALL)]
+    pub ann_recall: f32,
     /// Graph candidates re-ranked exactly per query (more: higher recall, slower).
     #[arg(long, default_value_t = AnnOptions::default().candidates)]
     pub ann_candidates: usize,
@@ -125,8 +131,11 @@ impl SearchIndexArgs {
         if self.ann_candidates == 0 {
             bail!("--ann-candidates must be at least 1");
         }
+        if !(0.0..=1.0).contains(&self.ann_recall) {
+            bail!("--ann-recall must be between 0 and 1, not {}", self.ann_recall);
+        }
         let ann_options = AnnOptions { candidates: self.ann_candidates, ..AnnOptions::default() };
-        Ok(IndexConfig { precision: self.precision.into(), ann: self.ann.into(), ann_above: self.ann_above, ann_options, store: self.store.qdrant(db)? })
+        Ok(IndexConfig { precision: self.precision.into(), ann: self.ann.into(), ann_above: self.ann_above, ann_recall: self.ann_recall, ann_options, store: self.store.qdrant(db)? })
     }
 }
 

@@ -4,6 +4,8 @@ use anyhow::Result;
 
 use super::args::*;
 use lookalike::catalog::SqliteCatalog;
+use lookalike::index::IndexConfig;
+use lookalike::likeness::{RecordedBands, SETTING};
 
 pub fn run(args: DbArgs) -> Result<()> {
     let catalog = SqliteCatalog::open_existing(&args.db)?;
@@ -16,6 +18,11 @@ pub fn run(args: DbArgs) -> Result<()> {
     match catalog.projection()? {
         Some(p) => println!("tuned on: {} ({} -> {} dims)", p.label, p.input_dim, p.output_dim),
         None => println!("tuned on: - (run `lookalike tune` to tune on a label column)"),
+    }
+    // With the default index options, as `search` and `serve` use them.
+    println!("search index: {}", lookalike::store::describe_index(&catalog, &IndexConfig::default())?);
+    if let Some(recorded) = catalog.setting(SETTING)?.as_deref().and_then(RecordedBands::from_setting) {
+        println!("likeness: very similar from score {:.3}, similar from {:.3} (measured on {} products)", recorded.bands.very_similar, recorded.bands.similar, recorded.products);
     }
     Ok(())
 }

@@ -56,6 +56,9 @@ pub struct AnnIndex {
     /// replacing products grows a graph of dead nodes; [`AnnIndex::needs_compaction`] says when
     /// rebuilding pays.
     tombstones: AtomicUsize,
+    /// Recall@10 against the exact scan, measured on [`RECALL_SAMPLE`] of its own products when
+    /// built (see [`AnnIndex::recall_at_10`]).
+    recall_at_10: f32,
 }
 
 /// The rows and options of a graph that is due for compaction, copied out of it (see
@@ -88,7 +91,15 @@ pub struct AnnStamp {
     /// [`AnnIndex`]'s count of removed entries still in the graph (absent in older stamps).
     #[serde(default)]
     pub tombstones: usize,
+    /// Recall@10 measured when the graph was built (absent in older stamps: measured on load).
+    #[serde(default)]
+    pub recall_at_10: Option<f32>,
 }
+
+/// Products of the graph searched for themselves to measure its recall@10: 100 queries give
+/// the figure to 0.001 (1,000 neighbours) and cost 100 exact scans (about 1 s at 60,000 x
+/// 1280-d on 2 cores; 15 s at a million, against minutes to build that graph).
+pub const RECALL_SAMPLE: usize = 100;
 
 fn ffi_err<E: std::fmt::Display>(what: &str) -> impl Fn(E) -> anyhow::Error + '_ {
     move |e| anyhow!("{what}: {e}")
@@ -106,7 +117,36 @@ impl AnnIndex {
             let v = index.exact.vector(key).context("vector vanished during build")?;
             index.graph.add(key as u64, &index.quantise(&v)).map_err(ffi_err("adding to the graph"))
         })?;
+        let mut index = index;
+        index.recall_at_10 = index.measure_recall(RECALL_SAMPLE)?;
         Ok(index)
+    }
+
+    /// Recall@10 against the exact scan of the same rows: every product of an evenly spaced
+    /// sample of `sample` searched for itself, the share of the exact top 10 the graph returns.
+    pub fn measure_recall(&self, sample: usize) -> Result<f32> {
+        let keys = self.exact.keys();
+        let step = keys.len().div_ceil(sample.max(1)).max(1);
+        let (mut found, mut total) = (0usize, 0usize);
+        for &key in keys.iter().step_by(step) {
+            let Some(query) = self.exact.vector(key) else { continue };
+            let exact: std::collections::HashSet<Key> = self.exact.search(&query, 10, None)?.into_iter().map(|h| h.key).collect();
+            found += self.search(&query, 10, None)?.iter().filter(|h| exact.contains(&h.key)).count();
+            total += exact.len();
+        }
+        Ok(if total == 0 { 1.0 } else { found as f32 / total as f32 })
+    }
+
+    /// Recall@10 of the graph against the exact scan, measured on its own products when it was
+    /// built (or loaded from a stamp that had none).
+    pub fn recall_at_10(&self) -> f32 {
+        self.recall_at_10
+    }
+
+    /// The exact rows alone, the graph dropped: what a catalog whose graph misses its recall
+    /// target is searched with.
+    pub fn into_exact(self) -> ExactIndex {
+        self.exact
     }
 
     fn empty(exact: ExactIndex, scale: f32, options: AnnOptions) -> Result<AnnIndex> {
@@ -120,7 +160,7 @@ impl AnnIndex {
             multi: false,
         })
         .map_err(ffi_err("creating the graph"))?;
-        Ok(AnnIndex { graph, exact, scale, options, tombstones: AtomicUsize::new(0) })
+        Ok(AnnIndex { graph, exact, scale, options, tombstones: AtomicUsize::new(0), recall_at_10: f32::NAN })
     }
 
     /// Loads a graph saved by [`AnnIndex::save`] and pairs it with the vectors in `exact`, then
@@ -132,13 +172,26 @@ impl AnnIndex {
             Ok(graph) => graph,
             Err(e) => return Err((exact, e)),
         };
-        let index = AnnIndex { graph, exact, scale: stamp.scale, options: stamp.options, tombstones: AtomicUsize::new(stamp.tombstones) };
+        let mut index = AnnIndex {
+            graph,
+            exact,
+            scale: stamp.scale,
+            options: stamp.options,
+            tombstones: AtomicUsize::new(stamp.tombstones),
+            recall_at_10: stamp.recall_at_10.unwrap_or(f32::NAN),
+        };
         if let Err(e) = index.replay(changed) {
             return Err((index.exact, e));
         }
         if index.graph.size() != index.exact.len() {
             let e = anyhow!("{} holds {} vectors, the catalog {}", path.display(), index.graph.size(), index.exact.len());
             return Err((index.exact, e));
+        }
+        if stamp.recall_at_10.is_none() {
+            match index.measure_recall(RECALL_SAMPLE) {
+                Ok(recall) => index.recall_at_10 = recall,
+                Err(e) => return Err((index.exact, e)),
+            }
         }
         Ok(index)
     }
@@ -172,6 +225,7 @@ impl AnnIndex {
             generation,
             len: self.len(),
             tombstones: self.tombstones(),
+            recall_at_10: Some(self.recall_at_10),
         })
     }
 

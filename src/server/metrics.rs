@@ -87,6 +87,8 @@ pub struct Gauges {
     pub index_memory_bytes: usize,
     /// Graph entries of removed or replaced products, until the graph is rebuilt.
     pub index_dead_entries: usize,
+    /// `Some` when the search graph answers: its recall@10 measured on its own products.
+    pub index_graph_recall: Option<f32>,
     pub queue_waiting: usize,
     pub queue_capacity: usize,
     pub workers: usize,
@@ -158,6 +160,10 @@ impl Metrics {
             "gauge",
             gauges.index_dead_entries as f64,
         );
+        gauge(&mut out, "lookalike_index_graph", "1 when the search graph answers searches, 0 for the exact scan (or a Qdrant store).", "gauge", f64::from(u8::from(gauges.index_graph_recall.is_some())));
+        if let Some(recall) = gauges.index_graph_recall {
+            gauge(&mut out, "lookalike_index_recall_at_10", "The search graph's recall@10 against the exact scan, measured on its own products when it was built.", "gauge", f64::from(recall));
+        }
         out
     }
 }
@@ -186,7 +192,7 @@ mod tests {
         m.observe_request("/a", "GET", 200, Duration::from_millis(3));
         m.observe_request("/a", "GET", 200, Duration::from_millis(30));
         m.observe_request("/a", "GET", 503, Duration::from_secs(100));
-        let text = m.render(&Gauges { catalog_products: 7, index_memory_bytes: 35840, index_dead_entries: 2, queue_waiting: 0, queue_capacity: 4, workers: 1 });
+        let text = m.render(&Gauges { catalog_products: 7, index_memory_bytes: 35840, index_dead_entries: 2, index_graph_recall: Some(0.995), queue_waiting: 0, queue_capacity: 4, workers: 1 });
         assert!(text.contains("lookalike_http_requests_total{route=\"/a\",method=\"GET\",status=\"200\"} 2"), "{text}");
         assert!(text.contains("lookalike_http_request_duration_seconds_bucket{route=\"/a\",le=\"0.005\"} 1"), "{text}");
         assert!(text.contains("lookalike_http_request_duration_seconds_bucket{route=\"/a\",le=\"0.05\"} 2"), "{text}");
@@ -195,5 +201,6 @@ mod tests {
         assert!(text.contains("lookalike_catalog_products 7"), "{text}");
         assert!(text.contains("lookalike_index_memory_bytes 35840"), "{text}");
         assert!(text.contains("lookalike_index_dead_entries 2"), "{text}");
+        assert!(text.contains("lookalike_index_graph 1") && text.contains("lookalike_index_recall_at_10 0.995"), "{text}");
     }
 }

@@ -44,6 +44,7 @@ pub async fn metrics(State(state): Shared) -> impl IntoResponse {
         catalog_products: index.vectors,
         index_memory_bytes: index.memory_bytes,
         index_dead_entries: index.dead_entries,
+        index_graph_recall: index.graph_recall_at_10,
         queue_waiting: state.batcher.waiting(),
         queue_capacity: config.queue,
         workers: config.workers,

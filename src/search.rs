@@ -709,7 +709,6 @@ impl SearchEngine {
         self.index.read().map(|store| store.stats()).unwrap_or_default()
     }
 
-    /// Number of searchable products (vectors in the index).
     /// The score bands of "Very similar", "Similar" and "Related" ([`crate::likeness`]),
     /// measured on a sample of the catalog's own products against the index, and measured again
     /// when the search space changes or the catalog has grown or shrunk by a fifth.
@@ -738,6 +737,7 @@ impl SearchEngine {
         Ok(bands)
     }
 
+    /// Number of searchable products (vectors in the index).
     pub fn len(&self) -> usize {
         self.index.read().map(|store| store.index().len()).unwrap_or(0)
     }

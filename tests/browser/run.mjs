@@ -211,6 +211,9 @@ try {
   await done;
   await settled(shared, 24);
   check((await ids(shared)).join() === (await ids(page)).join(), "a more-like-this URL opened elsewhere shows the same results");
+  await shared.click("#like-back");
+  await shared.waitForSelector("#dropzone:not([hidden])");
+  check(!shared.url().includes("like=") && (await cards(shared).count()) === 0, "Back on a shared link goes to the start of the page, not away from it");
   await shared.context().close();
   done = searched(page);
   await page.goBack();

@@ -95,7 +95,10 @@ function urlOf(v) {
 /** Goes to `next`: a new history entry (or this one replaced) and its results. */
 function navigate(next, { replace = false, focus = true } = {}) {
   view = next;
-  history[replace ? "replaceState" : "pushState"](null, "", urlOf(next));
+  // `depth`: how many of this page's own states lie behind this one (Back stays on the page).
+  const depth = history.state?.depth || 0;
+  if (replace) history.replaceState({ depth }, "", urlOf(next));
+  else history.pushState({ depth: depth + 1 }, "", urlOf(next));
   show({ focus });
 }
 
@@ -210,7 +213,7 @@ async function runSearch({ append, focus }) {
         : `${shown} products like ${queryName(v)}, most alike first.`;
     if (append && v.shown !== shown) {
       view = { ...v, shown };
-      history.replaceState(null, "", urlOf(view));
+      history.replaceState({ depth: history.state?.depth || 0 }, "", urlOf(view));
     }
     if (focus) {
       // After the next layout: on phones the text sizes settle then, and the heading moves.
@@ -223,7 +226,7 @@ async function runSearch({ append, focus }) {
         // Cancelled: the page goes back to the results it had, controls and URL included.
         els.grid.replaceChildren(...mine.previous);
         view = shownView || { kind: "empty", filters: [], colour: "match", shown: PAGE_SIZE };
-        history.replaceState(null, "", urlOf(view));
+        history.replaceState({ depth: history.state?.depth || 0 }, "", urlOf(view));
         syncPage();
         els.status.textContent = "Search cancelled.";
       }
@@ -350,7 +353,7 @@ function showError(err, v) {
     // The photo cannot be searched: back to choosing one, and no way Back to it.
     photos.delete(v.photo);
     view = { ...v, kind: "empty" };
-    history.replaceState(null, "", urlOf(view));
+    history.replaceState({ depth: history.state?.depth || 0 }, "", urlOf(view));
     els.photoPanel.hidden = true;
     els.dropzone.hidden = false;
     els.queryColour.hidden = true;
@@ -463,7 +466,12 @@ async function showLikeOrigin(id) {
     /* The search itself says when the product is gone. */
   }
 }
-els.likeBack.addEventListener("click", () => history.back());
+// Back to where "more like this" came from; a shared link opened here has nothing behind it
+// on this page, so it goes to the start instead of leaving the shop.
+els.likeBack.addEventListener("click", () => {
+  if ((history.state?.depth || 0) > 0) history.back();
+  else navigate({ kind: "empty", filters: [], colour: view.colour, shown: PAGE_SIZE });
+});
 els.likeNewPhoto.addEventListener("click", () => els.file.click());
 
 /** The colour found in the shopper's photo, as a swatch beside it. */
@@ -505,7 +513,7 @@ function setFilter(filter, on) {
   if (on) filters.push(filter);
   if (view.kind === "empty" || (view.kind === "photo" && !photos.has(view.photo))) {
     view = { ...view, filters };
-    history.replaceState(null, "", urlOf(view));
+    history.replaceState({ depth: history.state?.depth || 0 }, "", urlOf(view));
     syncControls();
     return;
   }

@@ -8,7 +8,8 @@
 # keep production catalogs out of experiments), takes 200 product photos from the catalog's
 # stored images as queries (rotating, each client starting at a different one), and prints
 # wrk's report plus the server's own latency and batch-size metrics. Traffic goes to the
-# loopback address only and stops after SECONDS.
+# loopback address only and stops after SECONDS. Exits non-zero when any request got an answer
+# other than 200 or 503 with Retry-After, or a connection error or timeout.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 db=${1:?usage: scripts/load-test.sh DB [SECONDS] [CLIENTS] [SERVE_ARGS...]}
@@ -55,7 +56,32 @@ function request()
   n = n % #bodies + 1
   return wrk.format("POST", "/api/search", { ["Content-Type"] = "multipart/form-data; boundary=" .. boundary }, bodies[n])
 end
+-- Each thread counts its answers: 200, 503 with Retry-After (load shedding, as designed), and
+-- anything else (an error). done() adds the threads' counts up.
+local threads = {}
+function setup(thread)
+  table.insert(threads, thread)
+end
+answered, shed, failed = 0, 0, 0
+function response(status, headers, body)
+  if status == 200 then
+    answered = answered + 1
+  elseif status == 503 and (headers["retry-after"] or headers["Retry-After"]) then
+    shed = shed + 1
+  else
+    failed = failed + 1
+  end
+end
 function done(summary, latency, requests)
+  local a, s, f = 0, 0, 0
+  for _, thread in ipairs(threads) do
+    a, s, f = a + thread:get("answered"), s + thread:get("shed"), f + thread:get("failed")
+  end
+  local e = summary.errors
+  io.write(string.format("answers: 200 %d, 503 with Retry-After %d, other %d\n", a, s, f))
+  local out = assert(io.open(os.getenv("LOAD_TEST_RESULT"), "w"))
+  out:write(string.format("%d %d\n", f, e.connect + e.read + e.write + e.timeout))
+  out:close()
   io.write(string.format("requests: %d in %.1f s = %.1f requests/s\n", summary.requests, summary.duration / 1e6, summary.requests / (summary.duration / 1e6)))
   io.write(string.format("latency: median %.1f ms, p90 %.1f ms, p99 %.1f ms, max %.1f ms\n",
     latency:percentile(50) / 1000, latency:percentile(90) / 1000, latency:percentile(99) / 1000, latency.max / 1000))
@@ -74,7 +100,14 @@ url=$(sed -n 's/^listening on //p' "$work/serve.out")
 [ -n "$url" ] || { cat "$work/serve.err" >&2; echo "the server did not start" >&2; exit 1; }
 echo "server: $url over $db ($(curl -s "$url/readyz"))"
 echo "wrk -t2 -c$clients -d${seconds}s --latency -s load.lua $url  (POST /api/search, multipart, 200 catalog photos, k=10)"
-wrk -t2 -c"$clients" -d"${seconds}s" --timeout 10s --latency -s "$work/load.lua" "$url"
+LOAD_TEST_RESULT="$work/result" wrk -t2 -c"$clients" -d"${seconds}s" --timeout 10s --latency -s "$work/load.lua" "$url"
 echo "--- server metrics"
 curl -s "$url/metrics" | grep -E '^lookalike_(http_requests_total\{route="/api/search"|encoder_batch_size_(sum|count)|encoder_batch_duration_seconds_(sum|count)|encoder_rejected_total|catalog_products)'
 echo "--- server memory: peak RSS $(awk '/VmHWM/ {printf "%.0f MB", $2/1024}' /proc/$server/status), now $(awk '/VmRSS/ {printf "%.0f MB", $2/1024}' /proc/$server/status)"
+# A load test that saw errors fails: any answer but 200 or 503 with Retry-After, or any
+# connection error or timeout.
+read -r failed socket_errors < "$work/result"
+if [ "$failed" != 0 ] || [ "$socket_errors" != 0 ]; then
+  echo "load test FAILED: $failed answers other than 200 or 503 with Retry-After, $socket_errors connection errors or timeouts" >&2
+  exit 1
+fi

@@ -98,6 +98,12 @@ pub struct RecordedBands {
     pub bands: LikenessBands,
 }
 
+/// Whether bands measured on `measured` products still describe `now`: no more than a fifth
+/// more or fewer (the one rule for recorded bands and a server's own).
+pub fn still_fits(measured: usize, now: usize) -> bool {
+    measured.abs_diff(now) * 5 <= measured.max(1)
+}
+
 /// The catalog setting that keeps the bands, written by `index` and `tune`.
 pub const SETTING: &str = "likeness_bands";
 
@@ -105,7 +111,7 @@ impl RecordedBands {
     /// Whether these bands still describe a catalog of `products` in the space `space`: the
     /// same space, and no more than a fifth more or fewer products.
     pub fn fits(&self, space: &str, products: usize) -> bool {
-        self.space == space && self.products.abs_diff(products) * 5 <= self.products.max(1)
+        self.space == space && still_fits(self.products, products)
     }
 
     pub fn to_setting(&self) -> String {

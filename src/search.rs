@@ -717,7 +717,7 @@ impl SearchEngine {
         let mut measured = self.likeness.lock().map_err(|_| poisoned("likeness bands"))?;
         let space = self.current_space()?;
         let products = self.len();
-        let fresh = |m: &MeasuredBands| Arc::ptr_eq(&m.space, &space) && m.products.abs_diff(products) * 5 <= m.products.max(1);
+        let fresh = |m: &MeasuredBands| Arc::ptr_eq(&m.space, &space) && likeness::still_fits(m.products, products);
         if let Some(m) = measured.as_ref().filter(|m| fresh(m)) {
             return Ok(m.bands);
         }

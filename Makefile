@@ -25,6 +25,8 @@ test: setup
 	bash scripts/check-test-features.sh
 	@echo "== make test: building the tests (only lookalike itself and the test client are new)"
 	$(CARGO) test --release --locked --no-run
+	@echo "== make test: writing the ResNet-50 graph of the plug-in test (random weights; examples/resnet50.rs)"
+	$(or $(CARGO_TARGET_DIR),target)/release/examples/resnet50
 	@echo "== make test: running every test binary (--no-fail-fast: a failure does not hide the others)"
 	$(CARGO) test --release --locked --no-fail-fast
 	@if [ -n "$$LOOKALIKE_QDRANT_URL" ]; then $(CARGO) test --release --locked --test qdrant -- --ignored $$([ -n "$$LOOKALIKE_QDRANT_CLUSTER" ] || echo "--skip cluster_"); else echo "Qdrant tests skipped: set LOOKALIKE_QDRANT_URL=qdrant://HOST:PORT to run them"; fi

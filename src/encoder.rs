@@ -14,6 +14,8 @@ use ort::value::TensorRef;
 use prost::Message;
 
 use crate::index::l2_normalize;
+use crate::model::onnx::ModelProto;
+use crate::model::quantise::{self, ActivationRanges};
 use crate::model::{rewrite, InputSpec, Layout, ModelSpec, Pooling};
 
 /// One image's vectors, each L2-normalised.
@@ -396,6 +398,41 @@ impl OrtEncoder {
     }
 }
 
+/// Runs the float `model` on `images` (preprocessed for `input`) and records the range of each
+/// activation [`quantise::quantisation_points`] names: the calibration of an int8 copy.
+pub fn observe_activation_ranges(ort_lib: &Path, model: &ModelProto, input: &InputSpec, images: &[Vec<f32>], threads: usize) -> Result<ActivationRanges> {
+    ensure!(!images.is_empty(), "calibrating an int8 model needs at least one photo");
+    let points = quantise::quantisation_points(model)?;
+    let observed = quantise::with_outputs(model, &points)?;
+    let env = ort_environment(ort_lib)?;
+    let mut session = Session::builder(env)
+        .and_then(|b| b.with_optimization_level(GraphOptimizationLevel::Level3).map_err(Into::into))
+        .and_then(|b| b.with_intra_threads(threads.max(1)).map_err(Into::into))
+        .and_then(|mut b| b.commit_from_memory(&observed.encode_to_vec()))
+        .context("loading the model to calibrate")?;
+    let size = input.size as usize;
+    let mut ranges = ActivationRanges::new();
+    for batch in images.chunks(8) {
+        let mut data = Vec::with_capacity(batch.len() * 3 * size * size);
+        for image in batch {
+            ensure!(image.len() == 3 * size * size, "a calibration photo has {} values, the model wants 3x{size}x{size}", image.len());
+            data.extend_from_slice(image);
+        }
+        let shape = match input.layout {
+            Layout::Nchw => [batch.len(), 3, size, size],
+            Layout::Nhwc => [batch.len(), size, size, 3],
+        };
+        let tensor = TensorRef::from_array_view((shape, data.as_slice())).context("wrapping the calibration batch")?;
+        let outputs = session.run(ort::inputs![input.name.as_str() => tensor]).context("running the model to calibrate")?;
+        for point in &points {
+            let value = outputs.get(point.as_str()).ok_or_else(|| anyhow!("calibration output {point:?} is missing"))?;
+            let (_, data) = value.try_extract_tensor::<f32>().with_context(|| format!("reading activation {point:?}"))?;
+            quantise::observe(&mut ranges, point, data);
+        }
+    }
+    Ok(ranges)
+}
+
 /// One image's feature map, addressed as `data[c * channel_stride + p * position_stride]`.
 pub struct FeatureMap<'a> {
     data: &'a [f32],
@@ -550,6 +587,7 @@ mod tests {
             output: "features".into(),
             pooling: Pooling::Avg,
             logits: None,
+            int8: None,
         };
         let err = OrtEncoder::new(Path::new("/nonexistent/libonnxruntime.so"), spec, 1).unwrap_err();
         assert!(format!("{err:#}").contains("make setup"), "{err:#}");

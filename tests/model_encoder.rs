@@ -37,6 +37,7 @@ fn spec(onnx: PathBuf, output: &str, pooling: Pooling) -> ModelSpec {
         output: output.into(),
         pooling,
         logits: None,
+        int8: None,
     }
 }
 

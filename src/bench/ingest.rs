@@ -43,6 +43,9 @@ pub struct IngestBench {
     pub rounds: usize,
     pub seed: u64,
     pub name: String,
+    /// The ONNX file the Python reference runs: the encoder's own, or for an int8 encoder the
+    /// float model it copies (what a user's own pipeline would run).
+    pub reference_model: PathBuf,
 }
 
 /// Writes the first `n` Fashion-MNIST images as PNG files.
@@ -154,7 +157,7 @@ pub fn run(encoder: &dyn Encoder, fm: &FashionMnist, samples: &[PathBuf], env: &
         eprintln!("making {} JPEG photos of 800-1200 px", opts.photos);
         write_photos(fm, samples, opts.photos, opts.seed, &photo_dir)?;
     }
-    let model = encoder.spec().onnx.clone();
+    let model = opts.reference_model.clone();
     let mut sets = Vec::new();
     for (label, dir) in [("Fashion-MNIST 28x28 PNG", &fm_dir), ("photos 800-1200 px JPEG", &photo_dir)] {
         let files = std::fs::read_dir(dir)?.count();
@@ -183,12 +186,14 @@ pub fn run(encoder: &dyn Encoder, fm: &FashionMnist, samples: &[PathBuf], env: &
             "ratio": if theirs_median.is_finite() { json!(ours_median / theirs_median) } else { Value::Null },
         }));
     }
-    let report = json!({"machine": super::machine(), "model": encoder.spec().name, "sets": sets});
+    let reference_file = model.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    let report = json!({"machine": super::machine(), "model": encoder.spec().name, "model_file": encoder.spec().onnx.file_name().and_then(|n| n.to_str()), "reference_model_file": reference_file, "sets": sets});
     let mut md = format!(
-        "# Ingest benchmark\n\nMachine: {}. Model: {} ({}). lookalike: `lookalike index` pipeline end to end (list, hash, decode, preprocess, encode, SQLite commit), batch {}. Reference: bench/ingest_reference.py (PIL + numpy + onnxruntime), best configuration of a sweep over batch, threads and decode workers. The two sides take turns for {} rounds; each figure is the median of its side's rounds.\n\n| set | images | lookalike images/s | reference images/s (batch, threads, decode workers) | ratio |\n|---|---|---|---|---|\n",
+        "# Ingest benchmark\n\nMachine: {}. Model: {} ({}; the reference runs {}). lookalike: `lookalike index` pipeline end to end (list, hash, decode, preprocess, encode, SQLite commit), batch {}. Reference: bench/ingest_reference.py (PIL + numpy + onnxruntime), best configuration of a sweep over batch, threads and decode workers. The two sides take turns for {} rounds; each figure is the median of its side's rounds.\n\n| set | images | lookalike images/s | reference images/s (batch, threads, decode workers) | ratio |\n|---|---|---|---|---|\n",
         super::machine(),
         encoder.spec().name,
-        model.file_name().and_then(|n| n.to_str()).unwrap_or(""),
+        encoder.spec().onnx.file_name().and_then(|n| n.to_str()).unwrap_or(""),
+        reference_file,
         opts.batch,
         opts.rounds
     );

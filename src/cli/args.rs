@@ -22,8 +22,10 @@ pub struct DbArgs {
 
 #[derive(Args)]
 pub struct ModelArgs {
-    /// Built-in model (efficientnet-lite0, efficientnet-lite2) or a model description JSON.
-    /// Defaults to the model the catalog was indexed with, else efficientnet-lite0.
+    /// Built-in model (efficientnet-lite0, efficientnet-lite2, or their int8 copies
+    /// efficientnet-lite0-int8, efficientnet-lite2-int8, calibrated on a new catalog's photos)
+    /// or a model description JSON. Defaults to the model the catalog was indexed with, else
+    /// efficientnet-lite0.
     #[arg(long)]
     pub model: Option<String>,
     /// Inference threads (default: all cores).

@@ -170,9 +170,23 @@ fn run_ingest(args: BenchIngestArgs) -> Result<()> {
     }
     let assets = Assets::from_env();
     let (env, _guard) = args.env.env()?;
-    let spec = lookalike::model::for_catalog(&assets, args.model.model.as_deref(), None, None)?;
-    let encoder = load_indexing_encoder(&assets, spec, &args.model)?;
     let fm = FashionMnist::load(&assets.fashion_mnist_dir()?, "train")?;
+    let (spec, reference_model) = match args.model.model.as_deref() {
+        // The int8 copy, calibrated on the benchmark's Fashion-MNIST photos; the reference runs
+        // the float model, as a user's own pipeline would.
+        Some(name) if lookalike::model::int8_base(name).is_some() => {
+            let base = lookalike::model::int8_base(name).unwrap_or(name);
+            let items = fm.items(Some(args.fashion_mnist), None)?;
+            let spec = lookalike::import::calibrate_int8(&assets, base, &items, args.model.threads.unwrap_or_else(cores))?;
+            (spec, lookalike::model::resolve(&assets, base)?.onnx)
+        }
+        requested => {
+            let spec = lookalike::model::for_catalog(&assets, requested, None, None)?;
+            let onnx = spec.onnx.clone();
+            (spec, onnx)
+        }
+    };
+    let encoder = load_indexing_encoder(&assets, spec, &args.model)?;
     let samples = sample_photos(&assets)?;
     let options = lookalike::bench::ingest::IngestBench {
         fm_images: args.fashion_mnist,
@@ -181,6 +195,7 @@ fn run_ingest(args: BenchIngestArgs) -> Result<()> {
         rounds: args.rounds,
         seed: args.seed,
         name: args.name,
+        reference_model,
     };
     lookalike::bench::ingest::run(&encoder, &fm, &samples, &env, &options)?;
     Ok(())

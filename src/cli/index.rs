@@ -93,7 +93,16 @@ fn remove_if_empty(db: &std::path::Path) {
 
 fn index_into(args: &IndexArgs, assets: &Assets, items: Vec<import::CatalogItem>) -> Result<()> {
     let mut catalog = SqliteCatalog::open(&args.db.db)?;
-    let encoder = load_indexing_encoder(assets, model_spec(assets, &catalog, &args.model)?, &args.model)?;
+    let spec = match args.model.model.as_deref() {
+        // A new catalog of an int8 model: its copy is calibrated on the catalog's own photos.
+        Some(name) if lookalike::model::int8_base(name).is_some() && catalog.vector_space()?.is_none() => {
+            let base = lookalike::model::int8_base(name).unwrap_or(name);
+            eprintln!("calibrating {name} on up to {} of the catalog's photos", import::CALIBRATION_PHOTOS);
+            import::calibrate_int8(assets, base, &items, args.model.threads.unwrap_or_else(cores))?
+        }
+        _ => model_spec(assets, &catalog, &args.model)?,
+    };
+    let encoder = load_indexing_encoder(assets, spec, &args.model)?;
 
     // Ctrl-C finishes the batch in flight, commits it and stops; re-running resumes.
     let stop = Arc::new(AtomicBool::new(false));

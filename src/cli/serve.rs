@@ -28,8 +28,9 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 20)]
     pub max_upload_mb: usize,
     /// Encoder worker threads (each decodes, preprocesses and runs the model on its batch).
-    #[arg(long, default_value_t = 2)]
-    pub workers: usize,
+    /// Default: one per core, so one worker's decoding overlaps another's inference.
+    #[arg(long)]
+    pub workers: Option<usize>,
     /// Photos that may wait for a worker; past that, requests get 503 with Retry-After.
     #[arg(long, default_value_t = 64)]
     pub queue: usize,
@@ -67,7 +68,8 @@ pub fn run(args: ServeArgs) -> Result<()> {
     if args.max_upload_mb == 0 {
         bail!("--max-upload-mb must be at least 1");
     }
-    if args.workers == 0 || args.queue == 0 || args.max_batch == 0 || args.request_timeout_secs == 0 {
+    let workers = args.workers.unwrap_or_else(cores);
+    if workers == 0 || args.queue == 0 || args.max_batch == 0 || args.request_timeout_secs == 0 {
         bail!("--workers, --queue, --max-batch and --request-timeout-secs must be at least 1");
     }
     if args.header_timeout_secs == 0 || args.max_connections == 0 || args.follow_interval_ms == 0 {
@@ -90,7 +92,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
         addr: args.addr,
         admin_token: server::normalise_admin_token(args.admin_token.as_deref()),
         max_upload_bytes: args.max_upload_mb.saturating_mul(1024 * 1024),
-        batcher: BatcherConfig { workers: args.workers, queue: args.queue, max_batch: args.max_batch },
+        batcher: BatcherConfig { workers, queue: args.queue, max_batch: args.max_batch },
         request_timeout: std::time::Duration::from_secs(args.request_timeout_secs),
         shutdown_grace: std::time::Duration::from_secs(args.shutdown_grace_secs),
         cors_origins,

@@ -44,9 +44,51 @@ impl Default for AnnOptions {
     }
 }
 
+/// How many graph operations may run at once, and how many per-thread contexts the graph
+/// reserves for them. usearch gives each search or insertion one of its reserved contexts and
+/// fails the call when none is free, so a server answering more searches at once than there
+/// are contexts (16 clients against the 2 a graph reserved by default on 2 cores) answered 500
+/// to one request in nine. [`Permits`] makes the surplus wait instead.
+fn graph_contexts() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get()).max(2) * 4
+}
+
+/// A counting semaphore: at most `n` holders at once; the others wait their turn.
+struct Permits {
+    free: std::sync::Mutex<usize>,
+    returned: std::sync::Condvar,
+}
+
+struct Permit<'a>(&'a Permits);
+
+impl Permits {
+    fn new(n: usize) -> Permits {
+        Permits { free: std::sync::Mutex::new(n), returned: std::sync::Condvar::new() }
+    }
+
+    fn acquire(&self) -> Permit<'_> {
+        // A poisoned lock only means another holder panicked; the count is still right.
+        let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
+        while *free == 0 {
+            free = self.returned.wait(free).unwrap_or_else(|e| e.into_inner());
+        }
+        *free -= 1;
+        Permit(self)
+    }
+}
+
+impl Drop for Permit<'_> {
+    fn drop(&mut self) {
+        *self.0.free.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+        self.0.returned.notify_one();
+    }
+}
+
 /// HNSW candidates + exact re-ranking.
 pub struct AnnIndex {
     graph: usearch::Index,
+    /// One per reserved graph context (see [`graph_contexts`]).
+    permits: Permits,
     exact: ExactIndex,
     /// Multiplier taking a component to the int8 range.
     scale: f32,
@@ -111,10 +153,10 @@ impl AnnIndex {
         ensure!(exact.precision() == super::Precision::F32, "the approximate index re-ranks with f32 rows");
         let scale = int8_scale(&exact);
         let index = AnnIndex::empty(exact, scale, options)?;
-        let threads = rayon::current_num_threads().max(1);
-        index.graph.reserve_capacity_and_threads(index.exact.len().max(16), threads).map_err(ffi_err("reserving the graph"))?;
+        index.graph.reserve_capacity_and_threads(index.exact.len().max(16), graph_contexts()).map_err(ffi_err("reserving the graph"))?;
         index.exact.keys().par_iter().try_for_each(|&key| -> Result<()> {
             let v = index.exact.vector(key).context("vector vanished during build")?;
+            let _permit = index.permits.acquire();
             index.graph.add(key as u64, &index.quantise(&v)).map_err(ffi_err("adding to the graph"))
         })?;
         let mut index = index;
@@ -160,7 +202,7 @@ impl AnnIndex {
             multi: false,
         })
         .map_err(ffi_err("creating the graph"))?;
-        Ok(AnnIndex { graph, exact, scale, options, tombstones: AtomicUsize::new(0), recall_at_10: f32::NAN })
+        Ok(AnnIndex { graph, permits: Permits::new(graph_contexts()), exact, scale, options, tombstones: AtomicUsize::new(0), recall_at_10: f32::NAN })
     }
 
     /// Loads a graph saved by [`AnnIndex::save`] and pairs it with the vectors in `exact`, then
@@ -174,6 +216,7 @@ impl AnnIndex {
         };
         let mut index = AnnIndex {
             graph,
+            permits: Permits::new(graph_contexts()),
             exact,
             scale: stamp.scale,
             options: stamp.options,
@@ -200,11 +243,12 @@ impl AnnIndex {
     fn replay(&self, keys: &[Key]) -> Result<()> {
         let wanted = self.graph.size() + keys.len();
         if wanted >= self.graph.capacity() {
-            self.graph.reserve(wanted + 1024).map_err(ffi_err("growing the graph"))?;
+            self.graph.reserve_capacity_and_threads(wanted + 1024, graph_contexts()).map_err(ffi_err("growing the graph"))?;
         }
         for &key in keys {
             self.remove_from_graph(key)?;
             if let Some(v) = self.exact.vector(key) {
+                let _permit = self.permits.acquire();
                 self.graph.add(key as u64, &self.quantise(&v)).map_err(ffi_err("adding to the graph"))?;
             }
         }
@@ -318,6 +362,8 @@ fn load_graph(path: &Path, stamp: &AnnStamp, dim: usize) -> Result<usearch::Inde
     })
     .map_err(ffi_err("creating the graph"))?;
     graph.load(path_str).map_err(|e| anyhow!("loading {}: {e}", path.display()))?;
+    // A loaded graph reserves contexts for the machine's cores only.
+    graph.reserve_capacity_and_threads(graph.capacity().max(graph.size()).max(16), graph_contexts()).map_err(ffi_err("reserving the graph"))?;
     graph.change_expansion_search(stamp.options.candidates);
     ensure!(graph.dimensions() == dim, "{} holds {}-d vectors, expected {dim}", path.display(), graph.dimensions());
     Ok(graph)
@@ -355,8 +401,9 @@ impl VectorIndex for AnnIndex {
         self.remove_from_graph(key)?;
         if self.graph.size() + 1 >= self.graph.capacity() {
             let grown = (self.graph.capacity() * 2).max(1024);
-            self.graph.reserve(grown).map_err(ffi_err("growing the graph"))?;
+            self.graph.reserve_capacity_and_threads(grown, graph_contexts()).map_err(ffi_err("growing the graph"))?;
         }
+        let _permit = self.permits.acquire();
         self.graph.add(key as u64, &self.quantise(vector)).map_err(ffi_err("adding to the graph"))
     }
 
@@ -375,13 +422,19 @@ impl VectorIndex for AnnIndex {
         let fetch = self.options.candidates.max(k);
         let q = self.quantise(query);
         let Some(allowed) = allowed else {
-            let found = self.graph.search(&q, fetch).map_err(ffi_err("searching the graph"))?;
+            let found = {
+                let _permit = self.permits.acquire();
+                self.graph.search(&q, fetch).map_err(ffi_err("searching the graph"))?
+            };
             return Ok(self.rerank(query, &found.keys, k));
         };
         if allowed.len() <= self.options.exact_filter_below {
             return self.exact.search(query, k, Some(allowed));
         }
-        let found = self.graph.filtered_search(&q, fetch, |key| allowed.contains(&(key as Key))).map_err(ffi_err("searching the graph"))?;
+        let found = {
+            let _permit = self.permits.acquire();
+            self.graph.filtered_search(&q, fetch, |key| allowed.contains(&(key as Key))).map_err(ffi_err("searching the graph"))?
+        };
         let hits = self.rerank(query, &found.keys, k);
         if hits.len() < k.min(allowed.len()) {
             // The walk ran out of matching neighbours; never return fewer hits than match.
@@ -487,6 +540,32 @@ mod tests {
         std::fs::write(&path, b"torn")?;
         assert!(AnnIndex::load(&path, &stamp, rows, &[]).is_err(), "a damaged graph file is refused");
         Ok(())
+    }
+
+    #[test]
+    fn more_searches_at_once_than_graph_contexts_all_succeed() -> Result<()> {
+        let vectors = clustered(500, 32, 7);
+        let ann = AnnIndex::build(rows(&vectors)?, AnnOptions::default())?;
+        // Four times the reserved contexts, released together by a barrier: without the permits
+        // usearch fails the searches that find no free context.
+        let threads = graph_contexts() * 4;
+        let start = std::sync::Barrier::new(threads);
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..threads)
+                .map(|t| {
+                    let (ann, start, vectors) = (&ann, &start, &vectors);
+                    scope.spawn(move || -> Result<()> {
+                        start.wait();
+                        for i in 0..20 {
+                            let hits = ann.search(&vectors[(t * 20 + i) % vectors.len()], 10, None)?;
+                            ensure!(hits.len() == 10, "a search returned {} hits", hits.len());
+                        }
+                        Ok(())
+                    })
+                })
+                .collect();
+            handles.into_iter().try_for_each(|h| h.join().map_err(|_| anyhow!("a search thread panicked"))?)
+        })
     }
 
     #[test]

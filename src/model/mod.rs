@@ -8,6 +8,7 @@
 pub mod efficientnet;
 pub mod onnx;
 pub mod pth;
+pub mod quantise;
 pub mod rewrite;
 
 use std::path::{Path, PathBuf};
@@ -78,6 +79,54 @@ pub struct ModelSpec {
     /// Optional ImageNet-style classifier output, used by known-answer tests.
     #[serde(default)]
     pub logits: Option<String>,
+    /// Set for the int8 copy of a built-in model: how it was calibrated, so that its ONNX file
+    /// can be made again wherever the catalog goes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub int8: Option<Int8Calibration>,
+}
+
+/// Suffix of a built-in model's int8 copy: `efficientnet-lite0-int8`.
+pub const INT8_SUFFIX: &str = "-int8";
+
+/// How the int8 copy of a built-in model was made (see [`quantise`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Int8Calibration {
+    /// The float built-in model it copies (`efficientnet-lite0`, or `name@size`).
+    pub base: String,
+    /// Catalog photos the activation ranges were observed on.
+    pub photos: usize,
+    pub ranges: quantise::ActivationRanges,
+}
+
+/// The float built-in model behind an int8 model name, if `name` is one.
+pub fn int8_base(name: &str) -> Option<&str> {
+    name.strip_suffix(INT8_SUFFIX).filter(|base| is_builtin(base))
+}
+
+/// The int8 copy of a built-in model for `calibration`. Its ONNX file (one per calibration,
+/// named by a hash of the ranges) is written into the model cache when it is not there yet.
+pub fn int8_spec(assets: &Assets, calibration: Int8Calibration) -> Result<ModelSpec> {
+    use sha2::Digest;
+    let base = resolve(assets, &calibration.base)?;
+    let ranges = serde_json::to_vec(&calibration.ranges)?;
+    let fingerprint = hex::encode(&sha2::Sha256::digest(&ranges)[..6]);
+    let stem = base.onnx.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| calibration.base.clone());
+    let onnx = assets.models_dir().join(format!("{stem}-int8-{fingerprint}.onnx"));
+    if !onnx.is_file() {
+        let model = onnx::read_model(&base.onnx)?;
+        let quantised = quantise::to_qdq(&model, &calibration.ranges).with_context(|| format!("making the int8 copy of {}", calibration.base))?;
+        onnx::write_model(&quantised, &onnx)?;
+    }
+    Ok(ModelSpec { name: format!("{}{INT8_SUFFIX}", calibration.base), onnx, int8: Some(calibration), ..base })
+}
+
+/// A model description stored with a catalog; an int8 copy gets its file made if it is missing.
+fn stored_model(assets: &Assets, json: &str) -> Result<ModelSpec> {
+    let spec: ModelSpec = serde_json::from_str(json).map_err(|e| anyhow::anyhow!("the model description stored with the catalog is damaged: {e}"))?;
+    match spec.int8 {
+        Some(calibration) => int8_spec(assets, calibration),
+        None => Ok(spec),
+    }
 }
 
 impl ModelSpec {
@@ -108,10 +157,11 @@ pub const DEFAULT_MODEL: &str = "efficientnet-lite0";
 /// from (`space`; a user-supplied model by its stored `description` JSON), else the default.
 pub fn for_catalog(assets: &Assets, requested: Option<&str>, space: Option<&crate::types::VectorSpace>, description: Option<&str>) -> Result<ModelSpec> {
     match (requested, space, description) {
+        // An int8 copy is the catalog's own (calibrated on its photos): asking for it by name
+        // means the one stored with the catalog.
+        (Some(m), Some(space), Some(json)) if int8_base(m).is_some() && space.model == m => stored_model(assets, json),
         (Some(m), _, _) => resolve(assets, m),
-        (None, Some(space), Some(json)) if !is_builtin(&space.model) => {
-            serde_json::from_str(json).map_err(|e| anyhow::anyhow!("the model description stored with the catalog is damaged: {e}"))
-        }
+        (None, Some(space), Some(json)) if !is_builtin(&space.model) => stored_model(assets, json),
         (None, Some(space), _) => resolve(assets, &space.model),
         (None, None, _) => resolve(assets, DEFAULT_MODEL),
     }
@@ -132,6 +182,9 @@ pub fn resolve(assets: &Assets, model: &str) -> Result<ModelSpec> {
             let size: u32 = size.parse().with_context(|| format!("bad input size in model name {sized:?}"))?;
             resolve_sized(assets, name, size)
         }
+        int8 if int8_base(int8).is_some() => anyhow::bail!(
+            "{int8} is calibrated on a catalog's own photos: create the catalog with `lookalike index --model {int8} ...`; the catalog's commands then use the copy stored with it"
+        ),
         path => ModelSpec::from_json_file(Path::new(path))
             .with_context(|| format!("{path:?} is neither a built-in model ({}) nor a readable model description", BUILTIN.join(", "))),
     }
@@ -176,5 +229,6 @@ fn efficientnet_spec(assets: &Assets, variant: &str, size: u32) -> Result<ModelS
         // (docs/quality-study.md).
         pooling: Pooling::Gem { p: 3.0 },
         logits: Some(efficientnet::LOGITS.to_string()),
+        int8: None,
     })
 }

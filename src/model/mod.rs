@@ -93,7 +93,8 @@ pub const INT8_SUFFIX: &str = "-int8";
 pub struct Int8Calibration {
     /// The float built-in model it copies (`efficientnet-lite0`, or `name@size`).
     pub base: String,
-    /// Catalog photos the activation ranges were observed on.
+    /// Inputs the activation ranges were observed on: catalog photos and a shopper-style view
+    /// of each (see `import::calibrate_int8`), so twice the photos used.
     pub photos: usize,
     pub ranges: quantise::ActivationRanges,
 }

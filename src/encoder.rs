@@ -14,7 +14,6 @@ use ort::value::TensorRef;
 use prost::Message;
 
 use crate::index::l2_normalize;
-use crate::model::onnx::ModelProto;
 use crate::model::quantise::{self, ActivationRanges};
 use crate::model::{rewrite, InputSpec, Layout, ModelSpec, Pooling};
 
@@ -284,6 +283,12 @@ impl OrtEncoder {
     /// Runs one batched inference and copies output `name` out of the session. A batch of grey
     /// pictures runs through the grey model, on one plane per picture.
     fn run(&self, batch: &[Vec<f32>], name: &str) -> Result<Output> {
+        let mut outputs = self.run_outputs(batch, &[name])?;
+        outputs.pop().ok_or_else(|| anyhow!("model output {name:?} is missing"))
+    }
+
+    /// [`OrtEncoder::run`] for several outputs of one inference, in the order of `names`.
+    fn run_outputs(&self, batch: &[Vec<f32>], names: &[&str]) -> Result<Vec<Output>> {
         let size = self.spec.input.size as usize;
         let plane = size * size;
         let per_image = 3 * plane;
@@ -292,7 +297,7 @@ impl OrtEncoder {
         }
         let is_grey = |image: &Vec<f32>| image[..plane] == image[plane..2 * plane] && image[plane..2 * plane] == image[2 * plane..];
         let grey = match self.grey {
-            Some(_) if name == self.spec.output && batch.iter().all(is_grey) => self.grey_sessions(),
+            Some(_) if names == [self.spec.output.as_str()] && batch.iter().all(is_grey) => self.grey_sessions(),
             _ => None,
         };
         let (sessions, channels) = match grey {
@@ -317,11 +322,14 @@ impl OrtEncoder {
         let outputs = session
             .run(ort::inputs![self.spec.input.name.as_str() => input])
             .with_context(|| format!("running {} on a batch of {}", self.spec.name, batch.len()))?;
-        let value = outputs.get(name).ok_or_else(|| anyhow!("model output {name:?} is missing"))?;
-        let (shape, data) = value.try_extract_tensor::<f32>().with_context(|| format!("reading output {name:?} as f32"))?;
-        let shape: Vec<usize> = shape.iter().map(|&d| usize::try_from(d)).collect::<Result<_, _>>().context("negative output dimension")?;
-        ensure!(shape.first() == Some(&batch.len()), "output {name:?} has shape {shape:?} for a batch of {}", batch.len());
-        Ok(Output { shape, data: data.to_vec() })
+        let copy = |name: &&str| {
+            let value = outputs.get(*name).ok_or_else(|| anyhow!("model output {name:?} is missing"))?;
+            let (shape, data) = value.try_extract_tensor::<f32>().with_context(|| format!("reading output {name:?} as f32"))?;
+            let shape: Vec<usize> = shape.iter().map(|&d| usize::try_from(d)).collect::<Result<_, _>>().context("negative output dimension")?;
+            ensure!(shape.first() == Some(&batch.len()), "output {name:?} has shape {shape:?} for a batch of {}", batch.len());
+            Ok(Output { shape, data: data.to_vec() })
+        };
+        names.iter().map(copy).collect()
     }
 }
 
@@ -398,36 +406,23 @@ impl OrtEncoder {
     }
 }
 
-/// Runs the float `model` on `images` (preprocessed for `input`) and records the range of each
-/// activation [`quantise::quantisation_points`] names: the calibration of an int8 copy.
-pub fn observe_activation_ranges(ort_lib: &Path, model: &ModelProto, input: &InputSpec, images: &[Vec<f32>], threads: usize) -> Result<ActivationRanges> {
+/// Runs the float model of `spec` on `images` (preprocessed for it) and records the range of
+/// each activation [`quantise::quantisation_points`] names: the calibration of an int8 copy.
+/// The model runs as an [`OrtEncoder`] whose graph also outputs those activations.
+pub fn observe_activation_ranges(ort_lib: &Path, spec: &ModelSpec, images: &[Vec<f32>], threads: usize) -> Result<ActivationRanges> {
     ensure!(!images.is_empty(), "calibrating an int8 model needs at least one photo");
-    let points = quantise::quantisation_points(model)?;
-    let observed = quantise::with_outputs(model, &points)?;
+    let model = crate::model::onnx::read_model(&spec.onnx)?;
+    let points = quantise::quantisation_points(&model)?;
+    let observed = quantise::with_outputs(&model, &points)?.encode_to_vec();
     let env = ort_environment(ort_lib)?;
-    let mut session = Session::builder(env)
-        .and_then(|b| b.with_optimization_level(GraphOptimizationLevel::Level3).map_err(Into::into))
-        .and_then(|b| b.with_intra_threads(threads.max(1)).map_err(Into::into))
-        .and_then(|mut b| b.commit_from_memory(&observed.encode_to_vec()))
-        .context("loading the model to calibrate")?;
-    let size = input.size as usize;
+    let threads = threads.max(1);
+    let session = OrtEncoder::session(env, spec, Some(&observed), threads).context("loading the model to calibrate")?;
+    let encoder = OrtEncoder { spec: spec.clone(), env, sessions: vec![Mutex::new(session)], grey: None, threads, logits: false };
+    let names: Vec<&str> = points.iter().map(String::as_str).collect();
     let mut ranges = ActivationRanges::new();
     for batch in images.chunks(8) {
-        let mut data = Vec::with_capacity(batch.len() * 3 * size * size);
-        for image in batch {
-            ensure!(image.len() == 3 * size * size, "a calibration photo has {} values, the model wants 3x{size}x{size}", image.len());
-            data.extend_from_slice(image);
-        }
-        let shape = match input.layout {
-            Layout::Nchw => [batch.len(), 3, size, size],
-            Layout::Nhwc => [batch.len(), size, size, 3],
-        };
-        let tensor = TensorRef::from_array_view((shape, data.as_slice())).context("wrapping the calibration batch")?;
-        let outputs = session.run(ort::inputs![input.name.as_str() => tensor]).context("running the model to calibrate")?;
-        for point in &points {
-            let value = outputs.get(point.as_str()).ok_or_else(|| anyhow!("calibration output {point:?} is missing"))?;
-            let (_, data) = value.try_extract_tensor::<f32>().with_context(|| format!("reading activation {point:?}"))?;
-            quantise::observe(&mut ranges, point, data);
+        for (name, output) in names.iter().zip(encoder.run_outputs(batch, &names)?) {
+            quantise::observe(&mut ranges, name, &output.data);
         }
     }
     Ok(ranges)

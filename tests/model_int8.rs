@@ -5,7 +5,6 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
 
 use common::*;
 use lookalike::assets::Assets;
@@ -24,7 +23,7 @@ fn scratch_home() -> tempfile::TempDir {
 }
 
 fn run(home: &Path, args: &[&str]) -> std::process::Output {
-    Command::new(BIN).args(args).env("LOOKALIKE_HOME", home).env("LOOKALIKE_LOG", "warn").output().expect("the lookalike binary runs")
+    command(args).env("LOOKALIKE_HOME", home).output().expect("the lookalike binary runs")
 }
 
 fn ok(home: &Path, args: &[&str]) -> String {

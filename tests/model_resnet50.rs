@@ -7,7 +7,6 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use common::*;
 use lookalike::assets::Assets;
@@ -24,7 +23,7 @@ fn readme_description() -> String {
 }
 
 fn run_in(dir: &Path, args: &[&str]) -> std::process::Output {
-    Command::new(BIN).args(args).current_dir(dir).env("LOOKALIKE_LOG", "warn").output().expect("the lookalike binary runs")
+    command(args).current_dir(dir).output().expect("the lookalike binary runs")
 }
 
 fn graph() -> Option<PathBuf> {

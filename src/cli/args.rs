@@ -158,6 +158,17 @@ pub fn load_indexing_encoder(assets: &Assets, spec: model::ModelSpec, args: &Mod
     OrtEncoder::with_sessions(&assets.onnxruntime_lib()?, spec, sessions, threads)
 }
 
+/// The int8 copy that `args.model` names (`efficientnet-lite0-int8`), calibrated on `items`;
+/// `None` when it names no int8 model. `index` (a new catalog) and `bench ingest` make int8
+/// copies only here.
+pub fn calibrated_int8(assets: &Assets, args: &ModelArgs, items: &[lookalike::import::CatalogItem]) -> Result<Option<model::ModelSpec>> {
+    let Some((name, base)) = args.model.as_deref().and_then(|name| Some((name, model::int8_base(name)?))) else {
+        return Ok(None);
+    };
+    eprintln!("calibrating {name} on up to {} photos", lookalike::import::CALIBRATION_PHOTOS);
+    lookalike::import::calibrate_int8(assets, base, items, args.threads.unwrap_or_else(cores)).map(Some)
+}
+
 pub fn cores() -> usize {
     std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
 }

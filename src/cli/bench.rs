@@ -171,17 +171,15 @@ fn run_ingest(args: BenchIngestArgs) -> Result<()> {
     let assets = Assets::from_env();
     let (env, _guard) = args.env.env()?;
     let fm = FashionMnist::load(&assets.fashion_mnist_dir()?, "train")?;
-    let (spec, reference_model) = match args.model.model.as_deref() {
-        // The int8 copy, calibrated on the benchmark's Fashion-MNIST photos; the reference runs
-        // the float model, as a user's own pipeline would.
-        Some(name) if lookalike::model::int8_base(name).is_some() => {
-            let base = lookalike::model::int8_base(name).unwrap_or(name);
-            let items = fm.items(Some(args.fashion_mnist), None)?;
-            let spec = lookalike::import::calibrate_int8(&assets, base, &items, args.model.threads.unwrap_or_else(cores))?;
-            (spec, lookalike::model::resolve(&assets, base)?.onnx)
+    // An int8 copy is calibrated on the benchmark's Fashion-MNIST photos; the reference runs
+    // the float model, as a user's own pipeline would.
+    let (spec, reference_model) = match calibrated_int8(&assets, &args.model, &fm.items(Some(args.fashion_mnist), None)?)? {
+        Some(spec) => {
+            let base = spec.int8.as_ref().map(|c| c.base.clone()).context("an int8 model without its calibration")?;
+            (spec, lookalike::model::resolve(&assets, &base)?.onnx)
         }
-        requested => {
-            let spec = lookalike::model::for_catalog(&assets, requested, None, None)?;
+        None => {
+            let spec = lookalike::model::for_catalog(&assets, args.model.model.as_deref(), None, None)?;
             let onnx = spec.onnx.clone();
             (spec, onnx)
         }

@@ -93,14 +93,15 @@ fn remove_if_empty(db: &std::path::Path) {
 
 fn index_into(args: &IndexArgs, assets: &Assets, items: Vec<import::CatalogItem>) -> Result<()> {
     let mut catalog = SqliteCatalog::open(&args.db.db)?;
-    let spec = match args.model.model.as_deref() {
-        // A new catalog of an int8 model: its copy is calibrated on the catalog's own photos.
-        Some(name) if lookalike::model::int8_base(name).is_some() && catalog.vector_space()?.is_none() => {
-            let base = lookalike::model::int8_base(name).unwrap_or(name);
-            eprintln!("calibrating {name} on up to {} of the catalog's photos", import::CALIBRATION_PHOTOS);
-            import::calibrate_int8(assets, base, &items, args.model.threads.unwrap_or_else(cores))?
-        }
-        _ => model_spec(assets, &catalog, &args.model)?,
+    // A new catalog of an int8 model: its copy is calibrated on the catalog's own photos. An
+    // existing catalog keeps the calibration it was indexed with.
+    let calibrated = match catalog.vector_space()? {
+        None => calibrated_int8(assets, &args.model, &items)?,
+        Some(_) => None,
+    };
+    let spec = match calibrated {
+        Some(spec) => spec,
+        None => model_spec(assets, &catalog, &args.model)?,
     };
     let encoder = load_indexing_encoder(assets, spec, &args.model)?;
 

@@ -343,8 +343,7 @@ pub fn calibrate_int8(assets: &crate::assets::Assets, base: &str, items: &[Catal
         .flatten()
         .collect();
     anyhow::ensure!(!photos.is_empty(), "none of the catalog's photos could be read to calibrate {base}{}", crate::model::INT8_SUFFIX);
-    let model = crate::model::onnx::read_model(&spec.onnx)?;
-    let ranges = crate::encoder::observe_activation_ranges(&assets.onnxruntime_lib()?, &model, &spec.input, &photos, threads)?;
+    let ranges = crate::encoder::observe_activation_ranges(&assets.onnxruntime_lib()?, &spec, &photos, threads)?;
     crate::model::int8_spec(assets, crate::model::Int8Calibration { base: base.to_string(), photos: photos.len(), ranges })
 }
 

@@ -17,9 +17,17 @@ pub use self::http::{client, Form, Part, Response};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_lookalike");
 
+/// The `lookalike` binary with `args`, logging warnings only; callers may add to it (a
+/// working directory, an asset home).
+pub fn command(args: &[&str]) -> Command {
+    let mut command = Command::new(BIN);
+    command.args(args).env("LOOKALIKE_LOG", "warn");
+    command
+}
+
 /// Runs the `lookalike` binary to completion (logging warnings only).
 pub fn lookalike(args: &[&str]) -> std::process::Output {
-    Command::new(BIN).args(args).env("LOOKALIKE_LOG", "warn").output().expect("the lookalike binary runs")
+    command(args).output().expect("the lookalike binary runs")
 }
 
 pub fn fm_dir() -> PathBuf {

@@ -152,21 +152,35 @@ pub fn perturbed_features(
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let picks: Vec<usize> = (0..count).map(|_| rng.random_range(0..labelled.len())).collect();
     let input = &encoder.spec().input;
+    // Reading from the catalog is serial (one SQLite connection); decoding, perturbing and
+    // preparing run on every core, and each chunk is split across the encoder's sessions, so
+    // both cores work in every phase. The photos are the same whatever the thread count: each
+    // view's randomness comes from its own seed, and the results keep the picks' order.
+    let sessions = encoder.parallelism().max(1);
     let (mut rows, mut labels, mut keys) = (Vec::new(), Vec::new(), Vec::new());
     for (chunk_no, chunk) in picks.chunks(64).enumerate() {
-        let prepared: Vec<(Vec<f32>, (usize, Key))> = chunk
+        let read: Vec<(usize, Vec<u8>, usize, Key)> = chunk
             .iter()
             .enumerate()
             .filter_map(|(i, &pick)| {
                 let (product, class) = &labelled[pick];
-                let image = catalog.decoded_image(product.key, &product.image).ok()?;
-                let mut item_rng = rand::rngs::StdRng::seed_from_u64(seed ^ ((chunk_no * 64 + i) as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+                let bytes = catalog.image_bytes(product.key, &product.image).ok()?;
+                Some((chunk_no * 64 + i, bytes, *class, product.key))
+            })
+            .collect();
+        let prepared: Vec<(Vec<f32>, (usize, Key))> = read
+            .into_par_iter()
+            .filter_map(|(view, bytes, class, key)| {
+                let image = crate::preprocess::decode(&bytes, &crate::preprocess::DecodeLimits::default()).ok()?;
+                let mut item_rng = rand::rngs::StdRng::seed_from_u64(seed ^ (view as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
                 let shopper = crate::perturb::perturb(&image, &mut item_rng);
-                Some((crate::preprocess::prepare_image(&shopper, None, input), (*class, product.key)))
+                Some((crate::preprocess::prepare_image(&shopper, None, input), (class, key)))
             })
             .collect();
         let (tensors, sources): (Vec<Vec<f32>>, Vec<(usize, Key)>) = prepared.into_iter().unzip();
-        for (embedding, (class, key)) in encoder.encode(&tensors)?.into_iter().zip(sources) {
+        let per_session = tensors.len().div_ceil(sessions).max(1);
+        let encoded: Vec<Vec<crate::encoder::Embedding>> = tensors.par_chunks(per_session).map(|part| encoder.encode(part)).collect::<Result<_>>()?;
+        for (embedding, (class, key)) in encoded.into_iter().flatten().zip(sources) {
             rows.extend_from_slice(&embedding.vector);
             labels.push(class);
             keys.push(key);

@@ -79,7 +79,10 @@ pub fn run(args: TuneArgs) -> Result<()> {
     eprintln!("tuning on {} products, {} distinct {} values", rows.labels.len(), classes.len(), args.label);
     let augment = args.augment.unwrap_or((rows.labels.len() / 2).min(30_000));
     if augment > 0 {
-        let encoder = load_encoder(&Assets::from_env(), &catalog, &args.model)?;
+        // A stream of batches: one single-threaded session per core is faster than one session
+        // on every core (as for indexing).
+        let assets = Assets::from_env();
+        let encoder = load_indexing_encoder(&assets, model_spec(&assets, &catalog, &args.model)?, &args.model)?;
         eprintln!("encoding {augment} perturbed catalog photos");
         rows.append(tune::perturbed_features(&catalog, &encoder, &args.label, &classes, augment, args.seed)?)?;
     }

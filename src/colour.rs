@@ -419,13 +419,19 @@ impl std::fmt::Display for ColourMode {
     }
 }
 
-/// Weight of colour similarity against shape similarity under [`ColourMode::Match`]: a hit
-/// ranks by `(shape + MATCH_WEIGHT * colour) / (1 + MATCH_WEIGHT)`. Chosen by measurement on
-/// the colourised Fashion-MNIST benchmark (docs/colour-study.md): P@10 by kind and colour
-/// rises with the weight (0.604 by shape only; 0.699, 0.709, 0.713, 0.730 at 0.1, 0.15, 0.2,
-/// 0.3) while P@10 by kind alone falls (0.755; 0.742, 0.737, 0.734, 0.730): 0.1 keeps kind
-/// within 0.02 of shape only with room to spare.
-pub const MATCH_WEIGHT: f32 = 0.1;
+/// Weight of colour against shape under [`ColourMode::Match`], relative to how much each
+/// varies among the candidates ([`ColourTable::rerank`]): 1.0 lets a candidate's colour move
+/// it as far as its shape does.
+///
+/// Why relative: a fixed weight means something else in every search space. Cosine scores in a
+/// tuned space spread several times wider than in the model's own space, so a fixed 0.1
+/// (measured best untuned) hardly moved tuned results (colour P@10 0.90 against 0.95
+/// untuned). Measured on the colourised Fashion-MNIST benchmark (docs/colour-study.md, 1,000
+/// queries each), P@10 by kind and colour, fixed 0.1 -> relative 1.0: untuned clean 0.699 ->
+/// 0.704, tuned clean 0.735 -> 0.768, untuned perturbed 0.389 -> 0.411, tuned perturbed
+/// 0.571 -> 0.612, with P@10 by kind alone within 0.02 of shape only in all four (1.5 is not,
+/// untuned: -0.026).
+pub const MATCH_WEIGHT: f32 = 1.0;
 
 /// Shape candidates re-ranked by colour under [`ColourMode::Match`] (more when a page reaches
 /// deeper).
@@ -511,18 +517,30 @@ impl ColourTable {
     }
 
     /// Re-ranks shape `hits` by shape blended with colour similarity to `query` (a hit with no
-    /// colour stored counts as half similar: neither favoured nor buried).
+    /// colour stored counts as half similar: neither favoured nor buried), `weight` relative to
+    /// the two signals' spreads over `hits` ([`MATCH_WEIGHT`]).
     pub fn rerank(&self, hits: Vec<Hit>, query: &ColourDescriptor, weight: f32) -> Vec<Hit> {
+        let colours: Vec<f32> = hits.iter().map(|h| self.descriptor(h.key).map_or(0.5, |d| d.similarity(query))).collect();
+        // The blend is scale-free: `weight` times the ratio of the two signals' spreads (their
+        // standard deviations over the candidates). When the candidates' colours do not differ
+        // there is nothing to re-rank by; when their shapes do not differ, colour decides.
+        let (shape_spread, colour_spread) = (standard_deviation(hits.iter().map(|h| h.score)), standard_deviation(colours.iter().copied()));
+        let weight = if colour_spread > 1e-6 { weight * shape_spread.max(1e-6) / colour_spread } else { 0.0 };
         let mut blended: Vec<Hit> = hits
             .into_iter()
-            .map(|h| {
-                let colour = self.descriptor(h.key).map_or(0.5, |d| d.similarity(query));
-                Hit { key: h.key, score: (h.score + weight * colour) / (1.0 + weight) }
-            })
+            .zip(colours)
+            .map(|(h, colour)| Hit { key: h.key, score: (h.score + weight * colour) / (1.0 + weight) })
             .collect();
         blended.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.key.cmp(&b.key)));
         blended
     }
+}
+
+fn standard_deviation(values: impl Iterator<Item = f32>) -> f32 {
+    let values: Vec<f32> = values.collect();
+    let n = values.len().max(1) as f32;
+    let mean = values.iter().sum::<f32>() / n;
+    (values.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / n).sqrt()
 }
 
 /// Per quantised sRGB colour (5 bits a channel): its CIELAB value and its soft share of each
@@ -657,6 +675,27 @@ mod tests {
         assert_eq!(ColourDescriptor::from_values(&red.values()).ok(), Some(red));
         assert!(ColourDescriptor::from_values(&[0.5; 7]).is_err());
         assert!(ColourDescriptor::from_values(&[f32::NAN; BINS]).is_err());
+    }
+
+    /// A tuned space spreads cosine scores wider than the model's own; the blend must rank the
+    /// same candidates the same way in both, and colour must still move them.
+    #[test]
+    fn match_ranks_alike_whatever_the_spread_of_shape_scores() {
+        let paint = [[215, 30, 40], [40, 105, 215], [30, 150, 60], [230, 200, 40], [200, 35, 35], [120, 40, 160]];
+        let mut table = ColourTable::default();
+        for (key, rgb) in paint.iter().enumerate() {
+            let descriptor = describe_product(Pixels::whole(&shot(*rgb, [255; 3], 48), 48, 48)).map(|e| e.descriptor);
+            table.put(key as Key, descriptor, None);
+        }
+        let Some(red) = describe_product(Pixels::whole(&shot([215, 30, 40], [255; 3], 48), 48, 48)).map(|e| e.descriptor) else { panic!("no descriptor") };
+        let shape = [0.62f32, 0.64, 0.61, 0.60, 0.58, 0.63];
+        let order = |stretch: f32, offset: f32| -> Vec<Key> {
+            let hits = shape.iter().enumerate().map(|(key, s)| Hit { key: key as Key, score: offset + stretch * s }).collect();
+            table.rerank(hits, &red, MATCH_WEIGHT).into_iter().map(|h| h.key).collect()
+        };
+        let untuned = order(1.0, 0.0);
+        assert_eq!(untuned, order(6.0, -3.2), "a wider spread of the same shape scores changes nothing");
+        assert_eq!(untuned[0], 0, "the red leads, though blue's and purple's shapes are better: {untuned:?}");
     }
 
     #[test]

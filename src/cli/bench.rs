@@ -60,6 +60,10 @@ pub struct BenchE2eArgs {
     pub images: Option<PathBuf>,
     #[arg(short, default_value_t = 10)]
     pub k: usize,
+    /// The colour control sent with each search (match, any or a colour name; default: the
+    /// server's, match), to measure what colour costs.
+    #[arg(long, value_name = "match|any|NAME")]
+    pub colour: Option<lookalike::colour::ColourMode>,
     #[arg(long, default_value = "e2e")]
     pub name: String,
     #[command(flatten)]
@@ -233,7 +237,7 @@ fn run_e2e(args: BenchE2eArgs) -> Result<()> {
     let catalog = SqliteCatalog::open_existing(&args.db.db)?;
     let encoder = load_encoder(&assets, &catalog, &args.model)?;
     let engine = Arc::new(SearchEngine::open_with(catalog, Box::new(encoder), &args.index.config(&args.db.db)?)?);
-    let options = lookalike::bench::e2e::E2eBench { requests: args.requests, images, k: args.k, name: args.name };
+    let options = lookalike::bench::e2e::E2eBench { requests: args.requests, images, k: args.k, colour: args.colour, name: args.name };
     lookalike::bench::e2e::run(engine, &env, &options)?;
     Ok(())
 }

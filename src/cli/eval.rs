@@ -39,7 +39,8 @@ pub struct EvalArgs {
     /// name. With match or a name, `lookalike_any` reports the same search by shape only.
     #[arg(long, value_name = "match|any|NAME", default_value = "match")]
     pub colour: ColourMode,
-    /// Weight of colour against shape under --colour match (to choose search's weight).
+    /// Weight of colour against shape under --colour match, relative to how much each varies
+    /// among the candidates (to choose search's weight).
     #[arg(long, value_name = "W", default_value_t = lookalike::colour::MATCH_WEIGHT)]
     pub colour_weight: f32,
     #[arg(long)]

@@ -420,22 +420,23 @@ impl std::fmt::Display for ColourMode {
 }
 
 /// Weight of colour against shape under [`ColourMode::Match`], relative to how much each
-/// varies among the candidates ([`ColourTable::rerank`]): 1.0 lets a candidate's colour move
-/// it as far as its shape does.
+/// varies among the candidates ([`ColourTable::rerank`]): at 1.0 a candidate's colour moves it
+/// as far as its shape does.
 ///
 /// Why relative: a fixed weight means something else in every search space. Cosine scores in a
-/// tuned space spread several times wider than in the model's own space, so a fixed 0.1
-/// (measured best untuned) hardly moved tuned results (colour P@10 0.90 against 0.95
-/// untuned). Measured on the colourised Fashion-MNIST benchmark (docs/colour-study.md, 1,000
-/// queries each), P@10 by kind and colour, fixed 0.1 -> relative 1.0: untuned clean 0.699 ->
-/// 0.704, tuned clean 0.735 -> 0.768, untuned perturbed 0.389 -> 0.411, tuned perturbed
-/// 0.571 -> 0.612, with P@10 by kind alone within 0.02 of shape only in all four (1.5 is not,
-/// untuned: -0.026).
-pub const MATCH_WEIGHT: f32 = 1.0;
+/// tuned space spread several times wider than in the model's own, so a fixed 0.1 (measured
+/// best untuned) hardly moved tuned results (colour P@10 0.90 against 0.95 untuned). Measured
+/// on the colourised Fashion-MNIST benchmark (docs/colour-study.md, 1,000 queries), P@10 by kind
+/// and colour, fixed 0.1 over 300 candidates -> relative 1.25 over 100: untuned 0.699 -> 0.707,
+/// tuned 0.735 -> 0.766, with P@10 by kind alone within 0.02 of shape only in both (relative
+/// 1.5: untuned -0.0195, too close).
+pub const MATCH_WEIGHT: f32 = 1.25;
 
 /// Shape candidates re-ranked by colour under [`ColourMode::Match`] (more when a page reaches
-/// deeper).
-pub const MATCH_CANDIDATES: usize = 300;
+/// deeper). Why 100: fetching 300 from the graph cost 1.5 ms more per search than 10 (`bench
+/// e2e --colour match` against `--colour any`, 60,000 products), 100 costs 0.2 ms; with the
+/// weight above, quality is the same as 300 at 1.0 (0.707 / 0.766 against 0.704 / 0.768).
+pub const MATCH_CANDIDATES: usize = 100;
 
 /// Below this share of products with colour (neither black, white nor grey), a catalog is
 /// grey (Fashion-MNIST): colour controls leave its ranking exactly as shape ranks it.

@@ -15,6 +15,12 @@ use lookalike::index::{IndexConfig, Precision};
 use lookalike::search::{SearchEngine, SearchRequest};
 use rand::{Rng, SeedableRng};
 
+/// The node-down test stops a node that the other tests' collections may live on (make test
+/// points `LOOKALIKE_QDRANT_URL` at a node of the same cluster). It holds this lock for
+/// writing, the others for reading, so it runs alone, before or after them, whatever order and
+/// timing the test threads take.
+static CLUSTER: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
 fn qdrant_url() -> String {
     std::env::var("LOOKALIKE_QDRANT_URL").expect("LOOKALIKE_QDRANT_URL (run with a Qdrant server)")
 }
@@ -49,6 +55,7 @@ fn ids(results: &lookalike::search::SearchResults) -> Vec<String> {
 #[test]
 #[ignore = "needs a Qdrant server: LOOKALIKE_QDRANT_URL"]
 fn qdrant_matches_the_embedded_store_and_follows_changes() {
+    let _cluster = CLUSTER.read().unwrap_or_else(std::sync::PoisonError::into_inner);
     let dir = tempfile::tempdir().expect("tempdir");
     let db = copy_catalog(dir.path());
     let collection = format!("lookalike-test-{}", std::process::id());
@@ -131,6 +138,7 @@ fn qdrant_matches_the_embedded_store_and_follows_changes() {
 #[test]
 #[ignore = "needs a 3-node Qdrant cluster: LOOKALIKE_QDRANT_CLUSTER, LOOKALIKE_QDRANT_STOP, LOOKALIKE_QDRANT_START"]
 fn cluster_keeps_answering_with_a_node_down() {
+    let _alone = CLUSTER.write().unwrap_or_else(std::sync::PoisonError::into_inner);
     use lookalike::index::qdrant::QdrantIndex;
     use lookalike::index::VectorIndex;
     let nodes: Vec<String> = std::env::var("LOOKALIKE_QDRANT_CLUSTER").expect("LOOKALIKE_QDRANT_CLUSTER").split(',').map(str::to_string).collect();

@@ -426,17 +426,18 @@ impl std::fmt::Display for ColourMode {
 /// Why relative: a fixed weight means something else in every search space. Cosine scores in a
 /// tuned space spread several times wider than in the model's own, so a fixed 0.1 (measured
 /// best untuned) hardly moved tuned results (colour P@10 0.90 against 0.95 untuned). Measured
-/// on the colourised Fashion-MNIST benchmark (docs/colour-study.md, 1,000 queries), P@10 by kind
-/// and colour, fixed 0.1 over 300 candidates -> relative 1.25 over 100: untuned 0.699 -> 0.707,
-/// tuned 0.735 -> 0.766, with P@10 by kind alone within 0.02 of shape only in both (relative
-/// 1.5: untuned -0.0195, too close).
-pub const MATCH_WEIGHT: f32 = 1.25;
+/// on the colourised Fashion-MNIST benchmark (docs/colour-study.md), P@10 by kind and colour,
+/// fixed 0.1 -> relative 1.0: untuned 0.707 -> 0.709 clean (10,000 queries), 0.395 -> 0.409
+/// perturbed (3,000); tuned 0.741 -> 0.774 clean, 0.569 -> 0.608 perturbed; P@10 by kind alone
+/// stays within 0.02 of shape only in all four (relative 1.5 does not, untuned: -0.026).
+pub const MATCH_WEIGHT: f32 = 1.0;
 
 /// Shape candidates re-ranked by colour under [`ColourMode::Match`] (more when a page reaches
-/// deeper). Why 100: fetching 300 from the graph cost 1.5 ms more per search than 10 (`bench
-/// e2e --colour match` against `--colour any`, 60,000 products), 100 costs 0.2 ms; with the
-/// weight above, quality is the same as 300 at 1.0 (0.707 / 0.766 against 0.704 / 0.768).
-pub const MATCH_CANDIDATES: usize = 100;
+/// deeper). Fetching 300 from the graph costs about 1.5 ms more per search than 10 (`bench e2e
+/// --colour match` against `--colour any`, 60,000 products); 100 candidates at weight 1.25 cost
+/// 0.2-0.35 ms and kept clean and tuned quality, but perturbed untuned P@10 fell from 0.409 to
+/// 0.386 (docs/colour-study.md): quality first.
+pub const MATCH_CANDIDATES: usize = 300;
 
 /// Below this share of products with colour (neither black, white nor grey), a catalog is
 /// grey (Fashion-MNIST): colour controls leave its ranking exactly as shape ranks it.

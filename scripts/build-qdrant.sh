@@ -9,9 +9,10 @@
 # ships a Qdrant server. The build takes long (hundreds of crates; about an hour on 2 cores),
 # which is why CI skips the Qdrant tests.
 #
-# Status (session 11): run here from a local mirror of the source (QDRANT_SRC, GIT_MIRRORS):
-# the apt tools, the checkout, the tonic fallback and the dependency download worked and about
-# 560 of the ~900 crates compiled before the session ended; the finished binary is not yet seen.
+# Checked (session 12) from local mirrors of the sources (QDRANT_SRC, GIT_MIRRORS), where the
+# mirror of Qdrant's tonic fork lacks the branch v1.18.3 names: the fork's commits from its
+# v0.14.5-qdrant branch replayed onto tonic 0.14.8 from crates.io; the server built and ran the
+# Qdrant tests, a three-node cluster among them.
 #
 # Environment:
 #   QDRANT_VERSION   git tag to build (default v1.18.3, what tests/qdrant.rs was checked against)
@@ -72,12 +73,35 @@ export GIT_CONFIG_COUNT=${#git_config[@]}
 for i in "${!git_config[@]}"; do
   export "GIT_CONFIG_KEY_$i=${git_config[$i]%%=*}" "GIT_CONFIG_VALUE_$i=${git_config[$i]#*=}"
 done
-while read -r url branch; do
-  if ! git ls-remote --exit-code "$url" "refs/heads/$branch" >/dev/null 2>&1; then
-    echo "build-qdrant: $url has no branch $branch here; using the crates.io release it forks" >&2
-    sed -i "\\|git = \"$url\", branch = \"$branch\"|d" "$src/Cargo.toml"
+# A fork branch the mirrors lack (Qdrant patches tonic with a fork of the same version) is
+# rebuilt: the crates.io release it forks, with the fork's own commits from the nearest branch of
+# the same minor version the mirror has (`git diff upstream...branch`, replayed with patch).
+while read -r crate url branch; do
+  if git ls-remote --exit-code "$url" "refs/heads/$branch" >/dev/null 2>&1; then
+    continue
   fi
-done < <(sed -n 's|^[a-z_-]* = { git = "\(https://github.com/[^"]*\)", branch = "\([^"]*\)" }$|\1 \2|p' "$src/Cargo.toml")
+  sed -i "\\|^$crate = { git = \"$url\", branch = \"$branch\" }|d" "$src/Cargo.toml"
+  minor="$(echo "$branch" | sed -n 's/^\(v[0-9]*\.[0-9]*\)\..*-qdrant$/\1/p')"
+  mirror="${GIT_MIRRORS:-}/$(echo "$url" | sed 's|https://github.com/||; s|/|+|')/repo"
+  nearest=""
+  if [ -n "$minor" ] && [ -d "$mirror" ]; then
+    nearest="$(git -C "$mirror" branch --list "$minor.*-qdrant" --format='%(refname:short)' | sort -V | tail -1)"
+  fi
+  if [ -z "$nearest" ]; then
+    echo "build-qdrant: $url has no branch $branch here; using the crates.io release of $crate" >&2
+    continue
+  fi
+  (cd "$src" && cargo fetch --quiet)
+  crate_version="$(awk -v c="$crate" '$0 == "name = \"" c "\"" {getline; gsub(/version = |"/, ""); print; exit}' "$src/Cargo.lock")"
+  crate_file="$(ls "$HOME"/.cargo/registry/cache/*/"$crate-$crate_version.crate" | head -1)"
+  fork="$root/$crate-$crate_version-fork"
+  rm -rf "$fork" && mkdir -p "$fork"
+  tar -xzf "$crate_file" -C "$fork" --strip-components=1
+  upstream="$(git -C "$mirror" symbolic-ref --short HEAD)"
+  git -C "$mirror" diff "$upstream...$nearest" -- "$crate/" | (cd "$fork" && patch --quiet -p2)
+  echo "build-qdrant: $url has no branch $branch here; using $crate $crate_version from crates.io with the commits of $nearest" >&2
+  sed -i "s|^\\[patch.crates-io\\]$|[patch.crates-io]\\n$crate = { path = \"$fork\" }|" "$src/Cargo.toml"
+done < <(sed -n 's|^\([a-z_-]*\) = { git = "\(https://github.com/[^"]*\)", branch = "\([^"]*\)" }$|\1 \2 \3|p' "$src/Cargo.toml")
 
 echo "build-qdrant: building qdrant $version (profile $profile) in $root; this takes long" >&2
 (cd "$src" && CARGO_TARGET_DIR="$root/target" cargo build --profile "$profile" --bin qdrant)

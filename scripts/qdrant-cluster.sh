@@ -2,9 +2,8 @@
 # A local three-node Qdrant cluster on loopback, for the Qdrant tests and the scale-out example
 # (the server binary comes from scripts/build-qdrant.sh).
 #
-# Status (session 11): written while the first Qdrant build ran; not yet run against a built
-# server. The node ports, flags (--uri, --bootstrap) and QDRANT__ variables follow Qdrant
-# 1.18.3's src/main.rs and config/config.yaml.
+# Checked (session 12) against Qdrant 1.18.3 built by build-qdrant.sh: the Qdrant tests pass
+# on it, node 3 killed and restarted by the tests themselves.
 #
 #   bash scripts/qdrant-cluster.sh start        # nodes 1-3: gRPC 6334, 6344, 6354 (HTTP 6333, 6343, 6353)
 #   bash scripts/qdrant-cluster.sh stop-node 3  # kill -9 one node (what the node-down test does)
@@ -28,12 +27,17 @@ binary() {
 
 start_node() {
   local n="$1" bin
+  if [ -f "$dir/node$n/pid" ] && kill -0 "$(cat "$dir/node$n/pid")" 2>/dev/null; then
+    return 0 # already running
+  fi
   bin="$(binary)"
   mkdir -p "$dir/node$n/storage" "$dir/node$n/snapshots"
   local peer=(--uri "http://127.0.0.1:$(p2p_port 1)")
   [ "$n" = 1 ] || peer=(--bootstrap "http://127.0.0.1:$(p2p_port 1)" --uri "http://127.0.0.1:$(p2p_port "$n")")
   # A node that already joined keeps its peer identity in its storage; --uri is enough then.
   [ -e "$dir/node$n/storage/raft_state.json" ] && peer=(--uri "http://127.0.0.1:$(p2p_port "$n")")
+  # `exec`: the recorded pid is the server's own, so stop-node's kill -9 reaches the server
+  # (a subshell's pid would leave it running as an orphan).
   (cd "$dir/node$n" && \
     QDRANT__SERVICE__HTTP_PORT="$(http_port "$n")" \
     QDRANT__SERVICE__GRPC_PORT="$(grpc_port "$n")" \
@@ -43,7 +47,8 @@ start_node() {
     QDRANT__STORAGE__STORAGE_PATH="$dir/node$n/storage" \
     QDRANT__STORAGE__SNAPSHOTS_PATH="$dir/node$n/snapshots" \
     QDRANT__TELEMETRY_DISABLED=true \
-    nohup "$bin" "${peer[@]}" > "$dir/node$n/log" 2>&1 & echo $! > "$dir/node$n/pid")
+    exec nohup "$bin" "${peer[@]}" >> "$dir/node$n/log" 2>&1) &
+  echo $! > "$dir/node$n/pid"
   # Ready when its HTTP API answers (the health endpoint), within a minute.
   for _ in $(seq 600); do
     if curl -fsS "http://127.0.0.1:$(http_port "$n")/readyz" >/dev/null 2>&1; then return 0; fi
@@ -57,7 +62,11 @@ start_node() {
 stop_node() {
   local pid_file="$dir/node$1/pid"
   [ -f "$pid_file" ] || return 0
-  kill -9 "$(cat "$pid_file")" 2>/dev/null || true
+  local pid
+  pid="$(cat "$pid_file")"
+  kill -9 "$pid" 2>/dev/null || true
+  # Gone for good (its ports closed) before this returns.
+  while kill -0 "$pid" 2>/dev/null; do sleep 0.05; done
   rm -f "$pid_file"
 }
 

@@ -15,7 +15,7 @@ use crate::types::{Detection, Filter, IndexingProgress, Key, NewProduct, Product
 use crate::encoder::{Embedding, Encoder, QueryEmbedding};
 use crate::likeness::{self, Likeness, LikenessBands, RecordedBands};
 use crate::localise::{self, find_items, ForegroundHead};
-use crate::index::{Allowed, Hit, IndexConfig, IndexStats, VectorIndex};
+use crate::index::{Allowed, Hit, IndexConfig, IndexStats, StoreUnavailable, VectorIndex};
 use crate::preprocess::{self, Crop, DecodeLimits, ImageError};
 use crate::catalog::graph_paths;
 use crate::host::available_memory_bytes;
@@ -175,8 +175,21 @@ pub enum SearchError {
     UnknownProduct(String),
     #[error("bad request: {0}")]
     BadRequest(String),
+    /// The vector store did not answer (a Qdrant cluster down): no result, rather than a
+    /// wrong or partial one.
     #[error(transparent)]
-    Internal(#[from] anyhow::Error),
+    Unavailable(StoreUnavailable),
+    #[error(transparent)]
+    Internal(anyhow::Error),
+}
+
+impl From<anyhow::Error> for SearchError {
+    fn from(err: anyhow::Error) -> SearchError {
+        match err.downcast::<StoreUnavailable>() {
+            Ok(unavailable) => SearchError::Unavailable(unavailable),
+            Err(err) => SearchError::Internal(err),
+        }
+    }
 }
 
 /// A catalog, its vector index and the encoder, ready to answer searches. Safe to share
@@ -705,6 +718,12 @@ impl SearchEngine {
     }
 
     /// What the index holds: vectors, bytes, dead entries (for `/metrics`).
+    /// Whether the vector store answers now (a Qdrant cluster is asked; an embedded index
+    /// always does).
+    pub fn store_health(&self) -> Result<(), SearchError> {
+        self.read_index()?.health().map_err(SearchError::Unavailable)
+    }
+
     pub fn index_stats(&self) -> IndexStats {
         self.index.read().map(|store| store.stats()).unwrap_or_default()
     }

@@ -6,7 +6,7 @@ use anyhow::{Context, Result};
 
 use crate::catalog::{graph_paths, SqliteCatalog, VectorKind};
 use crate::index::qdrant::{QdrantConfig, QdrantIndex, SyncReport};
-use crate::index::{Allowed, AnnIndex, AnnStamp, Compaction, ExactIndex, Hit, IndexConfig, IndexStats, VectorIndex};
+use crate::index::{Allowed, AnnIndex, AnnStamp, Compaction, ExactIndex, Hit, IndexConfig, IndexStats, StoreUnavailable, VectorIndex};
 use crate::types::{Filter, Key, Metadata};
 
 /// The vector store a search engine holds: one of the concrete indexes. What every store does
@@ -70,6 +70,14 @@ impl Store {
     pub fn describe(&mut self, key: Key, id: &str, metadata: &Metadata) {
         if let Store::Qdrant(index) = self {
             index.describe(key, id, metadata);
+        }
+    }
+
+    /// Whether the store can answer now: an embedded one always can; a remote one is asked.
+    pub fn health(&self) -> Result<(), StoreUnavailable> {
+        match self {
+            Store::Qdrant(index) => index.health(),
+            _ => Ok(()),
         }
     }
 

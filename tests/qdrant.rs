@@ -46,6 +46,40 @@ fn store_at(url: &str, collection: &str, exact: bool) -> QdrantConfig {
     }
 }
 
+/// A cluster node stopped by `LOOKALIKE_QDRANT_STOP` and started again by
+/// `LOOKALIKE_QDRANT_START` when this is dropped, also when the test fails on the way, so
+/// that the next test finds the whole cluster.
+struct NodeDown {
+    up: bool,
+}
+
+impl NodeDown {
+    fn stop() -> NodeDown {
+        shell("LOOKALIKE_QDRANT_STOP");
+        NodeDown { up: false }
+    }
+
+    fn start(mut self) {
+        self.up = true;
+        shell("LOOKALIKE_QDRANT_START");
+    }
+}
+
+impl Drop for NodeDown {
+    fn drop(&mut self) {
+        // No assertion here: this may run while a failed test unwinds.
+        if let (false, Ok(command)) = (self.up, std::env::var("LOOKALIKE_QDRANT_START")) {
+            let _ = Command::new("sh").args(["-c", &command]).status();
+        }
+    }
+}
+
+fn shell(var: &str) {
+    let command = std::env::var(var).unwrap_or_else(|_| panic!("{var}"));
+    let status = Command::new("sh").args(["-c", &command]).status().expect("shell");
+    assert!(status.success(), "{var} failed");
+}
+
 fn ids(results: &lookalike::search::SearchResults) -> Vec<String> {
     results.hits.iter().map(|h| h.product.id.clone()).collect()
 }
@@ -143,11 +177,6 @@ fn cluster_keeps_answering_with_a_node_down() {
     use lookalike::index::VectorIndex;
     let nodes: Vec<String> = std::env::var("LOOKALIKE_QDRANT_CLUSTER").expect("LOOKALIKE_QDRANT_CLUSTER").split(',').map(str::to_string).collect();
     assert_eq!(nodes.len(), 3, "three node addresses");
-    let shell = |var: &str| {
-        let command = std::env::var(var).unwrap_or_else(|_| panic!("{var}"));
-        let status = Command::new("sh").args(["-c", &command]).status().expect("shell");
-        assert!(status.success(), "{var} failed");
-    };
     let collection = format!("lookalike-cluster-{}", std::process::id());
     let on = |node: &str| QdrantConfig { shards: Some(3), replicas: Some(2), write_consistency: Some(1), ..store_at(node, &collection, true) };
 
@@ -166,7 +195,7 @@ fn cluster_keeps_answering_with_a_node_down() {
     let request = SearchRequest { k: 10, ..SearchRequest::default() };
     let before: Vec<Vec<String>> = vectors.iter().take(50).map(|q| ids(&engine.search_vector(q, &request).expect("search"))).collect();
 
-    shell("LOOKALIKE_QDRANT_STOP");
+    let node = NodeDown::stop();
     let started = std::time::Instant::now();
     let during: Vec<Vec<String>> = vectors.iter().take(50).map(|q| ids(&engine.search_vector(q, &request).expect("search with a node down"))).collect();
     assert_eq!(before, during, "every shard still has a live replica: complete answers");
@@ -181,7 +210,7 @@ fn cluster_keeps_answering_with_a_node_down() {
     }
     eprintln!("node down: 50 searches complete and identical, 20 writes acknowledged ({:.1}s)", started.elapsed().as_secs_f64());
 
-    shell("LOOKALIKE_QDRANT_START");
+    node.start();
     // The restarted node catches up; ask it directly.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
     loop {
@@ -193,4 +222,49 @@ fn cluster_keeps_answering_with_a_node_down() {
         std::thread::sleep(std::time::Duration::from_secs(2));
     }
     eprintln!("node back: 320 points visible through it, nothing acknowledged lost");
+}
+
+/// A replica whose Qdrant does not answer says so and recovers by itself: `lookalike serve`
+/// talks to the third node only (the collection has a replica on every node); with that node
+/// killed (`LOOKALIKE_QDRANT_STOP`) a search answers 503 with Retry-After, never a wrong or
+/// empty list, and `/readyz` answers 503 so a load balancer stops sending it searches; after
+/// `LOOKALIKE_QDRANT_START` the same search gives the same products, with no restart.
+#[test]
+#[ignore = "needs a 3-node Qdrant cluster: LOOKALIKE_QDRANT_CLUSTER, LOOKALIKE_QDRANT_STOP, LOOKALIKE_QDRANT_START"]
+fn cluster_replica_answers_503_while_its_qdrant_is_down_and_recovers() {
+    let _alone = CLUSTER.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let nodes: Vec<String> = std::env::var("LOOKALIKE_QDRANT_CLUSTER").expect("LOOKALIKE_QDRANT_CLUSTER").split(',').map(str::to_string).collect();
+    assert_eq!(nodes.len(), 3, "three node addresses");
+    let collection = format!("lookalike-down-{}", std::process::id());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = copy_catalog(dir.path());
+    let everywhere = QdrantConfig { shards: Some(1), replicas: Some(3), ..store_at(&nodes[0], &collection, true) };
+    let report = lookalike::store::sync_qdrant(&SqliteCatalog::open(&db).expect("catalog"), &everywhere).expect("sync to the cluster");
+    assert_eq!(report.added, 300);
+
+    let server = Server::start(&db, &["--store", &nodes[2], "--collection", &collection, "--qdrant-exact"], &[]);
+    let like = |id: &str| search_json(&server, serde_json::json!({"product_id": id, "k": 10}));
+    let readyz = || client().get(server.url("/readyz")).send().expect("readyz");
+    let before = common::ids(&ok_json(like("fmnist-train-00007")));
+    assert_eq!(before.len(), 10);
+    assert_eq!(readyz().status().as_u16(), 200);
+
+    let node = NodeDown::stop();
+    let down = like("fmnist-train-00007");
+    let retry_after = down.header("retry-after").map(str::to_string);
+    let message = expect_error(down, 503, "store_unavailable");
+    assert!(retry_after.is_some(), "a 503 says when to try again: {message}");
+    let probe = readyz();
+    assert!(probe.header("retry-after").is_some());
+    expect_error(probe, 503, "store_unavailable");
+
+    node.start();
+    // The node is back when the script returns (it waits for Qdrant's own readiness); the
+    // replica needs no restart: its next request reconnects.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while readyz().status().as_u16() != 200 {
+        assert!(std::time::Instant::now() < deadline, "the replica did not become ready again");
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    assert_eq!(common::ids(&ok_json(like("fmnist-train-00007"))), before, "the same products as before the node went down");
 }

@@ -27,6 +27,13 @@ pub struct Hit {
     pub score: f32,
 }
 
+/// A store that could not be reached (a Qdrant cluster down or partitioned, after retries):
+/// what it would have answered is unknown, so a caller must say so (the API answers 503 with
+/// Retry-After) rather than return a wrong or partial result.
+#[derive(Debug, thiserror::Error)]
+#[error("the vector store is unreachable: {0}")]
+pub struct StoreUnavailable(pub String);
+
 /// The products a filtered search may return. Built from the catalog's metadata before the
 /// search, so that top-k is taken among matching products only: a filter never makes a search
 /// return fewer than k hits while k products match.

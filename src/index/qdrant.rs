@@ -20,7 +20,7 @@ use qdrant_client::qdrant::{
 use qdrant_client::Qdrant;
 use sha2::{Digest, Sha256};
 
-use super::{Allowed, Hit, VectorIndex};
+use super::{Allowed, Hit, StoreUnavailable, VectorIndex};
 use crate::types::{Filter, Key, Metadata};
 
 /// Where the collection lives and how it is set up.
@@ -178,7 +178,13 @@ impl QdrantIndex {
                     std::thread::sleep(delay);
                     delay *= 2;
                 }
-                Err(e) => return Err(anyhow!("{what} (Qdrant at {}): {}", self.config.url, explain(&e, self.config.url.starts_with("https:")))),
+                Err(e) => {
+                    let message = format!("{what} (Qdrant at {}): {}", self.config.url, explain(&e, self.config.url.starts_with("https:")));
+                    return Err(match is_transient(&e) || is_unreachable(&e) {
+                        true => StoreUnavailable(message).into(),
+                        false => anyhow!(message),
+                    });
+                }
             }
         }
         unreachable!("the retry loop returns")
@@ -227,6 +233,16 @@ impl QdrantIndex {
                 self.retry("indexing a payload field", || self.client.create_field_index(field.clone()))?;
             }
             Ok(())
+        }
+    }
+
+    /// Whether the cluster answers now (one try, no retries: for readiness probes).
+    pub fn health(&self) -> Result<(), StoreUnavailable> {
+        let name = self.config.collection.clone();
+        match self.run(self.client.collection_exists(name)) {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(StoreUnavailable(format!("Qdrant at {} has no collection {:?} (any more)", self.config.url, self.config.collection))),
+            Err(e) => Err(StoreUnavailable(format!("Qdrant at {}: {}", self.config.url, explain(&e, self.config.url.starts_with("https:"))))),
         }
     }
 
@@ -380,6 +396,20 @@ fn is_transient(e: &qdrant_client::QdrantError) -> bool {
     match e {
         qdrant_client::QdrantError::ResponseError { status } => matches!(status.code() as i32, 4 | 8 | 10 | 14),
         qdrant_client::QdrantError::ResourceExhaustedError { .. } => true,
+        _ => false,
+    }
+}
+
+/// The server did not answer at all (refused, reset, timed out): nothing about the request is
+/// known, unlike an answer that refuses it.
+fn is_unreachable(e: &qdrant_client::QdrantError) -> bool {
+    match e {
+        qdrant_client::QdrantError::ResponseError { status } => {
+            // The client's own connection failures come back as Internal or Unknown statuses
+            // with the transport's words in the message.
+            let message = status.message();
+            matches!(status.code() as i32, 4 | 14) || ["Failed to connect", "transport error", "tcp connect error", "connection reset"].iter().any(|m| message.contains(m))
+        }
         _ => false,
     }
 }

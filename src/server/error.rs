@@ -45,6 +45,9 @@ pub enum ApiError {
     /// The encoder queue is full: try again in a moment.
     #[error("{0}")]
     Busy(String),
+    /// The vector store (a Qdrant cluster) does not answer: no result rather than a wrong one.
+    #[error("{0}")]
+    Unavailable(String),
     /// Our fault. The message is logged; the client gets a generic one.
     #[error("internal error: {0:#}")]
     Internal(anyhow::Error),
@@ -68,6 +71,10 @@ pub struct ErrorDetail {
 /// under a second, so the queue has moved on by then.
 const RETRY_AFTER_SECONDS: &str = "1";
 
+/// ... and after a 503 for an unreachable store: a Qdrant node restarting or a leader being
+/// elected takes seconds, not milliseconds.
+const STORE_RETRY_AFTER_SECONDS: &str = "5";
+
 impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
@@ -79,7 +86,7 @@ impl ApiError {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
-            ApiError::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Busy(_) | ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -96,6 +103,7 @@ impl ApiError {
             ApiError::Unauthorized(_) => "unauthorized",
             ApiError::Forbidden(_) => "forbidden",
             ApiError::Busy(_) => "busy",
+            ApiError::Unavailable(_) => "store_unavailable",
             ApiError::Internal(_) => "internal",
         }
     }
@@ -123,6 +131,9 @@ impl IntoResponse for ApiError {
             ApiError::Busy(_) => {
                 response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_SECONDS));
             }
+            ApiError::Unavailable(_) => {
+                response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static(STORE_RETRY_AFTER_SECONDS));
+            }
             ApiError::Unauthorized(_) => {
                 response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             }
@@ -149,6 +160,11 @@ impl From<SearchError> for ApiError {
             SearchError::Image(e) => e.into(),
             SearchError::UnknownProduct(id) => ApiError::NotFound(format!("no product with id {id:?}")),
             SearchError::BadRequest(message) => ApiError::BadParameters(message),
+            SearchError::Unavailable(e) => {
+                // Said to the client in general terms; the store's address stays in the log.
+                tracing::warn!("{e}");
+                ApiError::Unavailable("search is unavailable for a moment (the product index does not answer); please try again shortly".to_string())
+            }
             SearchError::Internal(e) => ApiError::Internal(e),
         }
     }
@@ -229,4 +245,24 @@ pub async fn json_error_bodies(request: axum::extract::Request, next: axum::midd
     parts.headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     parts.headers.remove(header::CONTENT_LENGTH);
     Response::from_parts(parts, axum::body::Body::from(body))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::index::StoreUnavailable;
+
+    /// A store that does not answer reaches the client as a 503 with Retry-After, never as a
+    /// 500 or an empty result, and the store's address stays out of the answer.
+    #[test]
+    fn an_unreachable_store_is_a_503_with_retry_after() {
+        let failure = anyhow::Error::new(StoreUnavailable("searching (Qdrant at http://10.0.0.7:6334): tcp connect error".into())).context("searching");
+        let search_error = SearchError::from(failure);
+        assert!(matches!(search_error, SearchError::Unavailable(_)), "{search_error:?}");
+        let response = ApiError::from(search_error).into_response();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(response.headers().get(header::RETRY_AFTER).and_then(|v| v.to_str().ok()), Some(STORE_RETRY_AFTER_SECONDS));
+        let other = SearchError::from(anyhow::anyhow!("disk I/O error"));
+        assert!(matches!(other, SearchError::Internal(_)), "{other:?}");
+    }
 }

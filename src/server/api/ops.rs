@@ -16,16 +16,26 @@ pub async fn healthz() -> Json<Health> {
     Json(Health { status: "ok" })
 }
 
-/// Readiness: the model is loaded (the server does not listen before) and the catalog answers.
+/// Readiness: the model is loaded (the server does not listen before), the catalog answers and
+/// so does the vector store (a Qdrant cluster is asked each time: a load balancer then stops
+/// sending searches to a replica that cannot answer them).
 #[utoipa::path(
     get,
     path = "/readyz",
     tag = "operations",
-    responses((status = 200, body = Readiness), (status = 500, description = "The catalog does not answer", body = ErrorBody))
+    responses(
+        (status = 200, body = Readiness),
+        (status = 503, description = "The vector store does not answer; see Retry-After", body = ErrorBody),
+        (status = 500, description = "The catalog does not answer", body = ErrorBody)
+    )
 )]
 pub async fn readyz(State(state): Shared) -> Result<Json<Readiness>, ApiError> {
     let engine = state.engine.clone();
-    let products = blocking(move || Ok(engine.with_catalog(|c| c.len())?)).await?;
+    let products = blocking(move || {
+        engine.store_health()?;
+        Ok(engine.with_catalog(|c| c.len())?)
+    })
+    .await?;
     Ok(Json(Readiness {
         status: "ready",
         model: state.engine.model_name().to_string(),

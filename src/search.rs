@@ -102,6 +102,9 @@ pub struct FoundItem {
     /// found the item's kind far more often than the photo's features pooled over the item's
     /// cells, for one more encode per item (docs/localisation-study.md).
     pub vector: Option<Vec<f32>>,
+    /// The item's own colour (read inside its box): what its results are ranked by under
+    /// `colour=match`, not the main item's.
+    pub colour: Option<ColourEstimate>,
 }
 
 /// A query photo encoded: the whole photo's embedding and the products found in it.
@@ -135,6 +138,8 @@ impl EncodedPhoto {
 #[derive(Debug, Clone)]
 pub struct ItemResults {
     pub detection: Detection,
+    /// The item's colour, which its hits were ranked by.
+    pub query_colour: Option<ColourEstimate>,
     pub hits: Vec<RankedProduct>,
 }
 
@@ -537,7 +542,8 @@ impl SearchEngine {
             let detection = Detection { bounds: [on_photo.x, on_photo.y, on_photo.width, on_photo.height], score: item.score };
             // Cropped to the box itself: what `eval --scenes` measures (a margin of a tenth of
             // the box on each side found the product's kind no more often).
-            items.push(FoundItem { detection, crop: on_photo, vector: None });
+            let colour = colour::of_query(pixels, Some(item.bounds));
+            items.push(FoundItem { detection, crop: on_photo, vector: None, colour });
         }
         EncodedPhoto { whole: query.embedding, colour, items }
     }
@@ -552,10 +558,13 @@ impl SearchEngine {
         results.query_colour = photo.colour;
         for item in &photo.items {
             let Some(vector) = &item.vector else { continue };
-            let found = self.search_vector_with_colour(vector, query_colour.as_ref(), request)?;
+            // Each item by its own colour: in a red top and blue jeans, the jeans' look-alikes
+            // are blue.
+            let item_colour = item.colour.map(|c| c.descriptor);
+            let found = self.search_vector_with_colour(vector, item_colour.as_ref(), request)?;
             results.timings.search_ms += found.timings.search_ms;
             results.timings.metadata_ms += found.timings.metadata_ms;
-            results.items.push(ItemResults { detection: item.detection, hits: found.hits });
+            results.items.push(ItemResults { detection: item.detection, query_colour: item.colour, hits: found.hits });
         }
         results.detections = photo.detections();
         results.timings = Timings { search_ms: results.timings.search_ms, metadata_ms: results.timings.metadata_ms, total_ms: ms(started), ..timings };

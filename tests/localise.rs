@@ -43,6 +43,24 @@ fn composite(placements: &[(usize, u32, u32, u32)]) -> (Vec<u8>, Vec<[f32; 4]>) 
     (png, boxes)
 }
 
+/// As [`composite`], each garment painted in a colour (its grey levels scaling `rgb`).
+fn painted_composite(placements: &[(usize, u32, u32, u32, [u8; 3])]) -> Vec<u8> {
+    let test = FashionMnist::load(&fm_dir(), "test").expect("test split");
+    let mut photo = image::RgbImage::new(SIDE, SIDE);
+    for &(index, col, row, cells, rgb) in placements {
+        let side = cells * CELL;
+        let scaled = image::imageops::resize(&test.image(index).expect("image"), side, side, image::imageops::FilterType::Triangle);
+        let painted = image::RgbImage::from_fn(side, side, |x, y| {
+            let level = f32::from(scaled.get_pixel(x, y)[0]) / 255.0;
+            image::Rgb(rgb.map(|c| (f32::from(c) * level) as u8))
+        });
+        image::imageops::overlay(&mut photo, &painted, i64::from(col * CELL), i64::from(row * CELL));
+    }
+    let mut png = Vec::new();
+    DynamicImage::ImageRgb8(photo).write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png).expect("png");
+    png
+}
+
 fn search(engine: &SearchEngine, png: &[u8], items: Items) -> SearchResults {
     engine.search_image(png, None, &SearchRequest::default(), items).expect("search")
 }
@@ -88,6 +106,28 @@ fn two_garments_give_two_boxes_and_two_result_lists() {
     let ids = |r: &SearchResults| r.hits.iter().map(|h| h.product.id.clone()).collect::<Vec<_>>();
     assert_eq!(ids(&main), ids(&results));
     assert_eq!(main.detections, results.detections);
+}
+
+/// With items=all each item is searched by its own colour, read inside its box: a red trouser
+/// and a blue bag in one photo report red and blue (before, both items' results were ranked by
+/// the main item's colour).
+#[test]
+fn each_item_is_searched_by_its_own_colour() {
+    let engine = engine();
+    let png = painted_composite(&[(2, 0, 0, 3, [220, 30, 40]), (18, 4, 4, 3, [40, 90, 220])]);
+    let results = search(&engine, &png, Items::All);
+    assert_eq!(results.items.len(), 2, "two products found: {:?}", results.detections);
+    for item in &results.items {
+        let colour = item.query_colour.as_ref().expect("an item's colour");
+        let [r, _, b] = colour.rgb;
+        let left = item.detection.bounds[0] + item.detection.bounds[2] / 2.0 < 0.5;
+        match left {
+            true => assert!(r > b, "the red trouser reads as {} {:?}", colour.name, colour.rgb),
+            false => assert!(b > r, "the blue bag reads as {} {:?}", colour.name, colour.rgb),
+        }
+    }
+    let names: Vec<&str> = results.items.iter().filter_map(|i| i.query_colour.as_ref().map(|c| c.name)).collect();
+    assert_ne!(names[0], names[1], "two colours, two names: {names:?}");
 }
 
 #[test]

@@ -103,7 +103,8 @@ fn print_results(results: &SearchResults, by_photo: bool, items: Items) {
     print_table(&results.hits);
     if items == Items::All {
         for (n, item) in results.items.iter().enumerate() {
-            println!("\nproduct {} of {} at {} (score {:.2}):", n + 1, results.items.len(), box_label(item.detection.bounds), item.detection.score);
+            let colour = item.query_colour.as_ref().map_or(String::new(), |c| format!(", {}", c.name));
+            println!("\nproduct {} of {} at {} (score {:.2}{colour}):", n + 1, results.items.len(), box_label(item.detection.bounds), item.detection.score);
             print_table(&item.hits);
         }
     }

@@ -90,13 +90,20 @@ impl From<&Detection> for DetectionBody {
 pub struct ItemBody {
     #[serde(flatten)]
     pub detection: DetectionBody,
+    /// The item's own colour, which its hits are ranked by under `colour=match`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub query_colour: Option<QueryColourBody>,
     /// Best first.
     pub hits: Vec<HitBody>,
 }
 
 impl From<&ItemResults> for ItemBody {
     fn from(item: &ItemResults) -> Self {
-        ItemBody { detection: DetectionBody::from(&item.detection), hits: item.hits.iter().map(HitBody::from).collect() }
+        ItemBody {
+            detection: DetectionBody::from(&item.detection),
+            query_colour: item.query_colour.as_ref().map(|c| QueryColourBody { name: c.name.to_string(), rgb: hex_rgb(c.rgb), descriptor: None }),
+            hits: item.hits.iter().map(HitBody::from).collect(),
+        }
     }
 }
 

@@ -5,7 +5,12 @@
 //! The bands are read from the catalog itself: how alike its own products are to their
 //! neighbours. A result as alike to the query as a typical (median) product is to its tenth
 //! closest look-alike in the shop is "Very similar"; as alike as nine products in ten are to
-//! their fiftieth closest, "Similar"; anything less alike, "Related". (Measured on 10,000
+//! their fiftieth closest, "Similar"; anything less alike, "Related". Each band also needs a
+//! minimum likeness: "Very similar" at least halfway from what two of the shop's products
+//! picked at random score to an identical photo, "Similar" a quarter of the way. A shop whose
+//! products are all unlike each other (a demo folder of unrelated photos) has neighbours no
+//! closer than random pairs, and its relative bands alone called every result "Very
+//! similar". (Measured on 10,000
 //! Fashion-MNIST products: a garment photographed cleanly gets "Very similar" products of its
 //! kind, the same garment on a cluttered background "Similar" ones, a photo of a cat only
 //! "Related" ones.)
@@ -44,6 +49,11 @@ pub const VERY_SIMILAR_NEIGHBOUR: usize = 10;
 pub const SIMILAR_NEIGHBOUR: usize = 50;
 /// ... for this share of sampled products (its low decile).
 const SIMILAR_QUANTILE: f32 = 0.1;
+/// The least a "Very similar" result has: this share of the way from a typical pair of the
+/// catalog's products to an identical photo.
+const VERY_SIMILAR_MINIMUM: f32 = 0.5;
+/// ... and a "Similar" one.
+const SIMILAR_MINIMUM: f32 = 0.25;
 
 /// Score thresholds of the bands, in the search space's own scores.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -59,10 +69,14 @@ impl LikenessBands {
     /// against the other products, best first (the product itself left out; up to
     /// [`SIMILAR_NEIGHBOUR`] of them, fewer in a small catalog, whose furthest then counts).
     /// `None` when no sampled product has a neighbour (a catalog of one product).
-    pub fn from_neighbours(neighbour_scores: &[Vec<f32>]) -> Option<LikenessBands> {
+    ///
+    /// `typical_pair` is the median score of two products picked at random (the floor the
+    /// minimum likeness of each band is measured from; -1 for none).
+    pub fn from_neighbours(neighbour_scores: &[Vec<f32>], typical_pair: f32) -> Option<LikenessBands> {
         let nth = |n: usize| -> Vec<f32> { neighbour_scores.iter().filter_map(|s| s.get(n - 1).or(s.last()).copied()).collect() };
-        let very_similar = quantile(nth(VERY_SIMILAR_NEIGHBOUR), 0.5)?;
-        let similar = quantile(nth(SIMILAR_NEIGHBOUR), SIMILAR_QUANTILE)?.min(very_similar);
+        let at_least = |share: f32| typical_pair + share * (1.0 - typical_pair);
+        let very_similar = quantile(nth(VERY_SIMILAR_NEIGHBOUR), 0.5)?.max(at_least(VERY_SIMILAR_MINIMUM));
+        let similar = quantile(nth(SIMILAR_NEIGHBOUR), SIMILAR_QUANTILE)?.max(at_least(SIMILAR_MINIMUM)).min(very_similar);
         Some(LikenessBands { very_similar, similar })
     }
 
@@ -80,13 +94,21 @@ impl LikenessBands {
 /// Measures the bands on `sample` (products' keys and vectors, in the search space): each
 /// against `nearest` (the index's best `n` for a vector, as key and score, best first), itself
 /// left out.
+/// The sample is a random one, so its pairs' scores (the vectors are unit length: a score is
+/// their dot product) say what two products picked at random score.
 pub fn measure(sample: &[(Key, Vec<f32>)], mut nearest: impl FnMut(&[f32], usize) -> anyhow::Result<Vec<(Key, f32)>>) -> anyhow::Result<Option<LikenessBands>> {
     let mut neighbour_scores = Vec::with_capacity(sample.len());
     for (key, vector) in sample {
         let hits = nearest(vector, SIMILAR_NEIGHBOUR + 1)?;
         neighbour_scores.push(hits.into_iter().filter(|(k, _)| k != key).map(|(_, score)| score).collect::<Vec<f32>>());
     }
-    Ok(LikenessBands::from_neighbours(&neighbour_scores))
+    let pairs: Vec<f32> = sample
+        .iter()
+        .enumerate()
+        .flat_map(|(i, (_, a))| sample[i + 1..].iter().map(move |(_, b)| a.iter().zip(b).map(|(x, y)| x * y).sum::<f32>()))
+        .collect();
+    let typical_pair = quantile(pairs, 0.5).unwrap_or(-1.0);
+    Ok(LikenessBands::from_neighbours(&neighbour_scores, typical_pair))
 }
 
 /// Bands as the catalog keeps them (setting [`SETTING`]), with what they were measured on: the
@@ -152,7 +174,7 @@ mod tests {
         // Eleven sampled products, fifty neighbours each (best first), each product's scores a
         // little lower than the one before.
         let scores: Vec<Vec<f32>> = (0..11).map(|p| (0..50).map(|i| 0.9 - 0.01 * p as f32 - 0.005 * i as f32).collect()).collect();
-        let bands = LikenessBands::from_neighbours(&scores).expect("bands");
+        let bands = LikenessBands::from_neighbours(&scores, -1.0).expect("bands");
         // Tenth neighbour (i = 9) of the median product (p = 5); fiftieth (i = 49) of the low
         // decile (p = 9 of 0..=10, rounded from 9.0).
         assert!((bands.very_similar - (0.9 - 0.05 - 0.045)).abs() < 1e-5, "{bands:?}");
@@ -176,10 +198,13 @@ mod tests {
 
     #[test]
     fn measuring_leaves_each_product_out_of_its_own_neighbours() {
-        // Four products on a line; each one's neighbours are the others, nearest first.
-        let sample: Vec<(Key, Vec<f32>)> = (0..4).map(|k| (k, vec![k as f32])).collect();
+        // Four products on a line (unit vectors, unrelated as pairs); each one's neighbours
+        // are the others, nearest first.
+        let one_hot = |k: usize| (0..4).map(|i| f32::from(u8::from(i == k))).collect::<Vec<f32>>();
+        let sample: Vec<(Key, Vec<f32>)> = (0..4).map(|k| (k as Key, one_hot(k))).collect();
         let bands = measure(&sample, |v, n| {
-            let mut hits: Vec<(Key, f32)> = (0..4).map(|k| (k, 1.0 - (v[0] - k as f32).abs() / 10.0)).collect();
+            let at = v.iter().position(|&x| x == 1.0).expect("one-hot") as f32;
+            let mut hits: Vec<(Key, f32)> = (0..4).map(|k| (k, 1.0 - (at - k as f32).abs() / 10.0)).collect();
             hits.sort_by(|a, b| b.1.total_cmp(&a.1));
             hits.truncate(n);
             Ok(hits)
@@ -191,12 +216,32 @@ mod tests {
         assert!((bands.similar - 0.7).abs() < 1e-6, "{bands:?}");
     }
 
+    /// A catalog of unrelated photos: every product's neighbours score no more than a random
+    /// pair does, so the bands fall back to their minimums instead of calling everything "Very
+    /// similar".
+    #[test]
+    fn unrelated_products_are_not_very_similar_to_each_other() {
+        let sample: Vec<(Key, Vec<f32>)> = (0..28).map(|k| (k as Key, (0..28).map(|i| f32::from(u8::from(i == k))).collect())).collect();
+        let bands = measure(&sample, |v, n| {
+            let at = v.iter().position(|&x| x == 1.0).expect("one-hot") as Key;
+            let mut hits: Vec<(Key, f32)> = (0..28).map(|k| (k, if k == at { 1.0 } else { 0.05 - 0.001 * k as f32 })).collect();
+            hits.sort_by(|a, b| b.1.total_cmp(&a.1));
+            hits.truncate(n);
+            Ok(hits)
+        })
+        .expect("measured")
+        .expect("bands");
+        assert_eq!((bands.very_similar, bands.similar), (0.5, 0.25), "halfway and a quarter of the way from a random pair (0) to identical");
+        assert_eq!(bands.band(1.0), Likeness::VerySimilar, "the photo itself");
+        assert_eq!(bands.band(0.044), Likeness::Related);
+    }
+
     #[test]
     fn small_catalogs_use_the_furthest_neighbour_they_have_and_one_product_has_no_bands() {
-        let bands = LikenessBands::from_neighbours(&[vec![0.9, 0.5], vec![0.7, 0.3]]).expect("bands");
+        let bands = LikenessBands::from_neighbours(&[vec![0.9, 0.5], vec![0.7, 0.3]], -1.0).expect("bands");
         // Medians round up between two; the low decile of two is the lower.
         assert_eq!((bands.very_similar, bands.similar), (0.5, 0.3));
-        assert_eq!(LikenessBands::from_neighbours(&[vec![], vec![]]), None);
-        assert_eq!(LikenessBands::from_neighbours(&[]), None);
+        assert_eq!(LikenessBands::from_neighbours(&[vec![], vec![]], -1.0), None);
+        assert_eq!(LikenessBands::from_neighbours(&[], -1.0), None);
     }
 }

@@ -521,19 +521,35 @@ impl ColourTable {
     /// Re-ranks shape `hits` by shape blended with colour similarity to `query` (a hit with no
     /// colour stored counts as half similar: neither favoured nor buried), `weight` relative to
     /// the two signals' spreads over `hits` ([`MATCH_WEIGHT`]).
+    ///
+    /// The blended score stays on the shape score's scale: shape plus `weight` shape spreads
+    /// per colour spread above or below the candidates' mean colour. (A convex blend,
+    /// `(shape + λ colour) / (1 + λ)`, ranks the same but drifts towards colour similarity
+    /// wherever λ is large: on a small catalog of unrelated photos an unrelated one scored 0.5,
+    /// and the likeness bands, measured on shape scores, called it "very similar".)
     pub fn rerank(&self, hits: Vec<Hit>, query: &ColourDescriptor, weight: f32) -> Vec<Hit> {
         let colours: Vec<f32> = hits.iter().map(|h| self.descriptor(h.key).map_or(0.5, |d| d.similarity(query))).collect();
         // The blend is scale-free: `weight` times the ratio of the two signals' spreads (their
         // standard deviations over the candidates). When the candidates' colours do not differ
-        // there is nothing to re-rank by; when their shapes do not differ, colour decides.
-        let (shape_spread, colour_spread) = (standard_deviation(hits.iter().map(|h| h.score)), standard_deviation(colours.iter().copied()));
+        // there is nothing to re-rank by; when their shapes do not differ, colour decides. The
+        // best match by shape is left out of the spreads: on a small catalog the photo's own
+        // product scores far above all the rest, and as one of a few dozen candidates it
+        // would pass for a wide spread of shape scores and let colour lift unrelated photos
+        // by half a cosine (one of 300 changes nothing).
+        let best = hits.iter().enumerate().max_by(|a, b| a.1.score.total_cmp(&b.1.score)).map_or(0, |(i, _)| i);
+        let counted = |i: usize| i != best || hits.len() <= 2;
+        let shape_spread = standard_deviation(hits.iter().enumerate().filter(|(i, _)| counted(*i)).map(|(_, h)| h.score));
+        let colour_spread = standard_deviation(colours.iter().enumerate().filter(|(i, _)| counted(*i)).map(|(_, c)| *c));
         let weight = if colour_spread > 1e-6 { weight * shape_spread.max(1e-6) / colour_spread } else { 0.0 };
+        let mean_colour = colours.iter().sum::<f32>() / colours.len().max(1) as f32;
         let mut blended: Vec<Hit> = hits
             .into_iter()
             .zip(colours)
-            .map(|(h, colour)| Hit { key: h.key, score: (h.score + weight * colour) / (1.0 + weight) })
+            .map(|(h, colour)| Hit { key: h.key, score: h.score + weight * (colour - mean_colour) })
             .collect();
         blended.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.key.cmp(&b.key)));
+        // Clamped after sorting, so the order is the blend's and a score reads like a cosine.
+        blended.iter_mut().for_each(|h| h.score = h.score.clamp(-1.0, 1.0));
         blended
     }
 }
@@ -698,6 +714,36 @@ mod tests {
         let untuned = order(1.0, 0.0);
         assert_eq!(untuned, order(6.0, -3.2), "a wider spread of the same shape scores changes nothing");
         assert_eq!(untuned[0], 0, "the red leads, though blue's and purple's shapes are better: {untuned:?}");
+    }
+
+    /// A blended score reads like the shape score it started from: on a small catalog of two
+    /// unrelated photos, the photo itself stays at 1 and the unrelated one is not lifted
+    /// towards colour similarity; over many candidates the blend only moves scores about
+    /// their mean.
+    #[test]
+    fn match_scores_stay_on_the_shape_scale() {
+        let describe = |rgb| describe_product(Pixels::whole(&shot(rgb, [255; 3], 48), 48, 48)).map(|e| e.descriptor);
+        let mut table = ColourTable::default();
+        table.put(0, describe([215, 30, 40]), None);
+        table.put(1, describe([40, 105, 215]), None);
+        let Some(red) = describe([215, 30, 40]) else { panic!("no descriptor") };
+        let hits = vec![Hit { key: 0, score: 1.0 }, Hit { key: 1, score: 0.044 }];
+        let blended = table.rerank(hits, &red, MATCH_WEIGHT);
+        assert_eq!(blended.iter().map(|h| h.key).collect::<Vec<_>>(), [0, 1]);
+        assert!(blended[0].score > 0.99 && blended[1].score <= 0.044, "{blended:?}");
+
+        let paint = [[215, 30, 40], [40, 105, 215], [30, 150, 60], [230, 200, 40], [200, 35, 35], [120, 40, 160]];
+        let mut table = ColourTable::default();
+        for (key, rgb) in paint.iter().enumerate() {
+            table.put(key as Key, describe(*rgb), None);
+        }
+        let shape = [0.62f32, 0.64, 0.61, 0.60, 0.58, 0.63];
+        let hits: Vec<Hit> = shape.iter().enumerate().map(|(key, s)| Hit { key: key as Key, score: *s }).collect();
+        let blended = table.rerank(hits, &red, MATCH_WEIGHT);
+        let mean = |scores: &mut dyn Iterator<Item = f32>| scores.sum::<f32>() / shape.len() as f32;
+        let (before, after) = (mean(&mut shape.iter().copied()), mean(&mut blended.iter().map(|h| h.score)));
+        assert!((before - after).abs() < 1e-5, "mean shape {before}, mean blend {after}");
+        assert!(blended.iter().all(|h| (h.score - before).abs() < 0.1), "{blended:?}");
     }
 
     #[test]

@@ -432,12 +432,24 @@ impl std::fmt::Display for ColourMode {
 /// stays within 0.02 of shape only in all four (relative 1.5 does not, untuned: -0.026).
 pub const MATCH_WEIGHT: f32 = 1.0;
 
-/// Shape candidates re-ranked by colour under [`ColourMode::Match`] (more when a page reaches
-/// deeper). Fetching 300 from the graph costs about 1.5 ms more per search than 10 (`bench e2e
-/// --colour match` against `--colour any`, 60,000 products); 100 candidates at weight 1.25 cost
-/// 0.2-0.35 ms and kept clean and tuned quality, but perturbed untuned P@10 fell from 0.409 to
-/// 0.386 (docs/colour-study.md): quality first.
+/// Shape candidates re-ranked by colour under [`ColourMode::Match`] when the first
+/// [`MATCH_FIRST_CANDIDATES`] are not enough (more when a page reaches deeper). Fetching 300
+/// from the graph costs about 1.5 ms more per search than 10 (`bench e2e --colour match`
+/// against `--colour any`, 60,000 products); 100 alone cost 0.2-0.35 ms but lost perturbed
+/// untuned P@10 (0.409 -> 0.386): the right products sat deeper (docs/colour-study.md).
 pub const MATCH_CANDIDATES: usize = 300;
+
+/// Shape candidates `match` fetches first: when the blend's first page comes from the top half
+/// of them, colour found what it needed near the top of the shape ranking and the wider pool is
+/// not fetched. Fewer candidates spread their shape scores less, so their blend weighs colour
+/// [`NARROW_POOL_WEIGHT`] times more to rank alike.
+pub const MATCH_FIRST_CANDIDATES: usize = 100;
+/// See [`MATCH_FIRST_CANDIDATES`]: 100 candidates at relative weight 1.25 ranked as 300 at 1.0
+/// on 1,000 clean painted queries (docs/colour-study.md).
+pub const NARROW_POOL_WEIGHT: f32 = 1.25;
+/// The pool is widened when the blend's first page holds a candidate from below the first
+/// 1/`DEEP_FRACTION` of the shape ranking.
+const DEEP_FRACTION: usize = 2;
 
 /// Below this share of products with colour (neither black, white nor grey), a catalog is
 /// grey (Fashion-MNIST): colour controls leave its ranking exactly as shape ranks it.
@@ -552,6 +564,31 @@ impl ColourTable {
         blended.iter_mut().for_each(|h| h.score = h.score.clamp(-1.0, 1.0));
         blended
     }
+}
+
+/// The best `wanted` products under [`ColourMode::Match`], from shape candidates `by_shape(n)`
+/// gives (the `n` best by shape, best first) re-ranked by `rerank(hits, weight)` (a
+/// [`ColourTable::rerank`] for the query's colour): [`MATCH_FIRST_CANDIDATES`] first, then
+/// [`MATCH_CANDIDATES`] when the blend's best `wanted` reach into the bottom half of the first
+/// pool (the right colour lies deeper in the shape ranking than the first pool shows). Two
+/// closures, so a caller can take its index's lock and its colour table's one at a time.
+pub fn search_matching(
+    weight: f32,
+    wanted: usize,
+    mut by_shape: impl FnMut(usize) -> Result<Vec<Hit>>,
+    mut rerank: impl FnMut(Vec<Hit>, f32) -> Result<Vec<Hit>>,
+) -> Result<Vec<Hit>> {
+    let first = wanted.max(MATCH_FIRST_CANDIDATES);
+    let hits = by_shape(first)?;
+    let fetched = hits.len();
+    let depth: HashMap<Key, usize> = hits.iter().enumerate().map(|(i, h)| (h.key, i)).collect();
+    let blended = rerank(hits, weight * NARROW_POOL_WEIGHT)?;
+    let deep = blended.iter().take(wanted).any(|h| depth.get(&h.key).is_some_and(|&d| d >= first / DEEP_FRACTION));
+    let wider = wanted.max(MATCH_CANDIDATES);
+    if !deep || fetched < first || wider <= first {
+        return Ok(blended);
+    }
+    rerank(by_shape(wider)?, weight)
 }
 
 fn standard_deviation(values: impl Iterator<Item = f32>) -> f32 {
@@ -744,6 +781,40 @@ mod tests {
         let (before, after) = (mean(&mut shape.iter().copied()), mean(&mut blended.iter().map(|h| h.score)));
         assert!((before - after).abs() < 1e-5, "mean shape {before}, mean blend {after}");
         assert!(blended.iter().all(|h| (h.score - before).abs() < 0.1), "{blended:?}");
+    }
+
+    /// `match` fetches 100 candidates by shape, and 300 only when the blend's first page
+    /// reaches into the bottom half of the 100 (there, deeper candidates of the right colour
+    /// may be missing).
+    #[test]
+    fn match_widens_the_pool_only_when_colour_reaches_deep() {
+        let describe = |rgb| describe_product(Pixels::whole(&shot(rgb, [255; 3], 48), 48, 48)).map(|e| e.descriptor);
+        let Some(red) = describe([215, 30, 40]) else { panic!("no descriptor") };
+        // 300 products by falling shape score; the red ones are at shape ranks `red_at`.
+        let run = |red_at: &[usize]| -> (Vec<usize>, Vec<Key>) {
+            let mut table = ColourTable::default();
+            for key in 0..300 {
+                table.put(key as Key, describe(if red_at.contains(&key) { [215, 30, 40] } else { [40, 105, 215] }), None);
+            }
+            let mut asked = Vec::new();
+            let hits = search_matching(
+                MATCH_WEIGHT,
+                10,
+                |n| {
+                    asked.push(n);
+                    Ok((0..n).map(|key| Hit { key: key as Key, score: 0.9 - 0.001 * key as f32 }).collect())
+                },
+                |hits, weight| Ok(table.rerank(hits, &red, weight)),
+            )
+            .expect("search");
+            (asked, hits.iter().take(10).map(|h| h.key).collect())
+        };
+        let (asked, top) = run(&[3, 20, 40]);
+        assert_eq!(asked, [MATCH_FIRST_CANDIDATES], "the reds are near the top of the shape ranking");
+        assert_eq!(top[..3], [3, 20, 40], "and lead the blend");
+        let (asked, top) = run(&[3, 70, 250]);
+        assert_eq!(asked, [MATCH_FIRST_CANDIDATES, MATCH_CANDIDATES], "a red at shape rank 70 sends it deeper");
+        assert!(top.contains(&250), "where the red at rank 250 is found: {top:?}");
     }
 
     #[test]

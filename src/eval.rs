@@ -441,10 +441,7 @@ impl Methods<'_> {
         // A lookalike row's top K, colour treated as search treats it.
         let search = |index: &dyn VectorIndex, vector: &[f32]| -> Result<Vec<crate::index::Hit>> {
             Ok(match (&self.colour, &query_colour) {
-                (ColourMode::Match, Some(q)) => {
-                    let candidates = index.search(vector, K.max(colour::MATCH_CANDIDATES), None)?;
-                    self.colours.rerank(candidates, q, self.colour_weight).into_iter().take(K).collect()
-                }
+                (ColourMode::Match, Some(q)) => colour::search_matching(self.colour_weight, K, |n| index.search(vector, n, None), |hits, weight| Ok(self.colours.rerank(hits, q, weight)))?.into_iter().take(K).collect(),
                 (ColourMode::Named(name), _) => index.search(vector, K, Some(&self.colours.keys_named(name)))?,
                 _ => index.search(vector, K, None)?,
             })

@@ -843,21 +843,18 @@ impl SearchEngine {
                 filter.add(column, name).map_err(SearchError::BadRequest)?;
             }
         }
-        let candidates = match mode {
-            ColourMode::Match => wanted.max(colour::MATCH_CANDIDATES),
-            _ => wanted,
-        };
-        let hits: Vec<Hit> = {
+        {
             let store = self.read_index()?;
             let index = store.index();
             if vector.len() != index.dim() && !index.is_empty() {
                 return Err(SearchError::BadRequest(format!("vector has {} dimensions; this catalog's are {}", vector.len(), index.dim())));
             }
-            store.search(&vector, candidates, &filter, allowed.as_ref())?
-        };
-        let hits = match (&mode, colour) {
-            (ColourMode::Match, Some(query)) => self.read_colours()?.rerank(hits, query, colour::MATCH_WEIGHT),
-            _ => hits,
+        }
+        let by_shape = |n: usize| self.read_index()?.search(&vector, n, &filter, allowed.as_ref());
+        let hits: Vec<Hit> = match (&mode, colour) {
+            // The index's lock and the colour table's are taken one at a time.
+            (ColourMode::Match, Some(query)) => colour::search_matching(colour::MATCH_WEIGHT, wanted, by_shape, |hits, weight| Ok(self.read_colours()?.rerank(hits, query, weight)))?,
+            _ => by_shape(wanted)?,
         };
         timings.search_ms = ms(t);
 

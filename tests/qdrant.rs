@@ -74,6 +74,13 @@ impl Drop for NodeDown {
     }
 }
 
+/// The three nodes' gRPC addresses (`LOOKALIKE_QDRANT_CLUSTER`, comma-separated).
+fn cluster_nodes() -> Vec<String> {
+    let nodes: Vec<String> = std::env::var("LOOKALIKE_QDRANT_CLUSTER").expect("LOOKALIKE_QDRANT_CLUSTER").split(',').map(str::to_string).collect();
+    assert_eq!(nodes.len(), 3, "three node addresses");
+    nodes
+}
+
 fn shell(var: &str) {
     let command = std::env::var(var).unwrap_or_else(|_| panic!("{var}"));
     let status = Command::new("sh").args(["-c", &command]).status().expect("shell");
@@ -175,8 +182,7 @@ fn cluster_keeps_answering_with_a_node_down() {
     let _alone = CLUSTER.write().unwrap_or_else(std::sync::PoisonError::into_inner);
     use lookalike::index::qdrant::QdrantIndex;
     use lookalike::index::VectorIndex;
-    let nodes: Vec<String> = std::env::var("LOOKALIKE_QDRANT_CLUSTER").expect("LOOKALIKE_QDRANT_CLUSTER").split(',').map(str::to_string).collect();
-    assert_eq!(nodes.len(), 3, "three node addresses");
+    let nodes = cluster_nodes();
     let collection = format!("lookalike-cluster-{}", std::process::id());
     let on = |node: &str| QdrantConfig { shards: Some(3), replicas: Some(2), write_consistency: Some(1), ..store_at(node, &collection, true) };
 
@@ -233,8 +239,7 @@ fn cluster_keeps_answering_with_a_node_down() {
 #[ignore = "needs a 3-node Qdrant cluster: LOOKALIKE_QDRANT_CLUSTER, LOOKALIKE_QDRANT_STOP, LOOKALIKE_QDRANT_START"]
 fn cluster_replica_answers_503_while_its_qdrant_is_down_and_recovers() {
     let _alone = CLUSTER.write().unwrap_or_else(std::sync::PoisonError::into_inner);
-    let nodes: Vec<String> = std::env::var("LOOKALIKE_QDRANT_CLUSTER").expect("LOOKALIKE_QDRANT_CLUSTER").split(',').map(str::to_string).collect();
-    assert_eq!(nodes.len(), 3, "three node addresses");
+    let nodes = cluster_nodes();
     let collection = format!("lookalike-down-{}", std::process::id());
     let dir = tempfile::tempdir().expect("tempdir");
     let db = copy_catalog(dir.path());

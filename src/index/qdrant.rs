@@ -179,7 +179,7 @@ impl QdrantIndex {
                     delay *= 2;
                 }
                 Err(e) => {
-                    let message = format!("{what} (Qdrant at {}): {}", self.config.url, explain(&e, self.config.url.starts_with("https:")));
+                    let message = format!("{what} (Qdrant at {}): {}", self.config.url, self.explain(&e));
                     return Err(match is_transient(&e) || is_unreachable(&e) {
                         true => StoreUnavailable(message).into(),
                         false => anyhow!(message),
@@ -236,13 +236,18 @@ impl QdrantIndex {
         }
     }
 
+    /// [`explain`] for this index's server (TLS or not).
+    fn explain(&self, e: &qdrant_client::QdrantError) -> String {
+        explain(e, self.config.url.starts_with("https:"))
+    }
+
     /// Whether the cluster answers now (one try, no retries: for readiness probes).
     pub fn health(&self) -> Result<(), StoreUnavailable> {
         let name = self.config.collection.clone();
         match self.run(self.client.collection_exists(name)) {
             Ok(true) => Ok(()),
             Ok(false) => Err(StoreUnavailable(format!("Qdrant at {} has no collection {:?} (any more)", self.config.url, self.config.collection))),
-            Err(e) => Err(StoreUnavailable(format!("Qdrant at {}: {}", self.config.url, explain(&e, self.config.url.starts_with("https:"))))),
+            Err(e) => Err(StoreUnavailable(format!("Qdrant at {}: {}", self.config.url, self.explain(&e)))),
         }
     }
 

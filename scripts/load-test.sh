@@ -3,8 +3,11 @@
 # /api/search for a fixed time, with wrk (Debian package `wrk`; installed if missing).
 #
 #   scripts/load-test.sh DB [SECONDS=30] [CLIENTS=16] [SERVE_ARGS...]
+#   LOAD_TEST_URL=http://127.0.0.1:8100 scripts/load-test.sh DB [SECONDS] [CLIENTS]
 #
-# Starts its own server on a free 127.0.0.1 port over DB (use a copy: nothing is written, but
+# With LOAD_TEST_URL, the load goes to that address (a load balancer in front of replicas:
+# scripts/replicas.sh) and DB only gives the query photos. Otherwise it starts its own server
+# on a free 127.0.0.1 port over DB (use a copy: nothing is written, but
 # keep production catalogs out of experiments), takes 200 product photos from the catalog's
 # stored images as queries (rotating, each client starting at a different one), and prints
 # wrk's report plus the server's own latency and batch-size metrics. Traffic goes to the
@@ -20,7 +23,8 @@ bin=${LOOKALIKE_BIN:-${CARGO_TARGET_DIR:-$here/target}/release/lookalike}
 
 command -v wrk >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk; }
 work=$(mktemp -d)
-trap 'kill "$server" 2>/dev/null || true; rm -rf "$work"' EXIT
+server=""
+trap '[ -z "$server" ] || kill "$server" 2>/dev/null || true; rm -rf "$work"' EXIT
 
 python3 - "$db" "$work" <<'PY'
 import sqlite3, sys
@@ -90,20 +94,27 @@ function done(summary, latency, requests)
 end
 LUA
 
-"$bin" serve --db "$db" --addr 127.0.0.1:0 "$@" > "$work/serve.out" 2> "$work/serve.err" &
-server=$!
-for _ in $(seq 1 120); do
-  grep -q "listening on" "$work/serve.out" 2>/dev/null && break
-  sleep 0.5
-done
-url=$(sed -n 's/^listening on //p' "$work/serve.out")
-[ -n "$url" ] || { cat "$work/serve.err" >&2; echo "the server did not start" >&2; exit 1; }
-echo "server: $url over $db ($(curl -s "$url/readyz"))"
+if [ -n "${LOAD_TEST_URL:-}" ]; then
+  url=$LOAD_TEST_URL
+  echo "target: $url ($(curl -s "$url/readyz"))"
+else
+  "$bin" serve --db "$db" --addr 127.0.0.1:0 "$@" > "$work/serve.out" 2> "$work/serve.err" &
+  server=$!
+  for _ in $(seq 1 120); do
+    grep -q "listening on" "$work/serve.out" 2>/dev/null && break
+    sleep 0.5
+  done
+  url=$(sed -n 's/^listening on //p' "$work/serve.out")
+  [ -n "$url" ] || { cat "$work/serve.err" >&2; echo "the server did not start" >&2; exit 1; }
+  echo "server: $url over $db ($(curl -s "$url/readyz"))"
+fi
 echo "wrk -t2 -c$clients -d${seconds}s --latency -s load.lua $url  (POST /api/search, multipart, 200 catalog photos, k=10)"
 LOAD_TEST_RESULT="$work/result" wrk -t2 -c"$clients" -d"${seconds}s" --timeout 10s --latency -s "$work/load.lua" "$url"
-echo "--- server metrics"
-curl -s "$url/metrics" | grep -E '^lookalike_(http_requests_total\{route="/api/search"|encoder_batch_size_(sum|count)|encoder_batch_duration_seconds_(sum|count)|encoder_rejected_total|catalog_products)'
-echo "--- server memory: peak RSS $(awk '/VmHWM/ {printf "%.0f MB", $2/1024}' /proc/$server/status), now $(awk '/VmRSS/ {printf "%.0f MB", $2/1024}' /proc/$server/status)"
+if [ -n "$server" ]; then
+  echo "--- server metrics"
+  curl -s "$url/metrics" | grep -E '^lookalike_(http_requests_total\{route="/api/search"|encoder_batch_size_(sum|count)|encoder_batch_duration_seconds_(sum|count)|encoder_rejected_total|catalog_products)'
+  echo "--- server memory: peak RSS $(awk '/VmHWM/ {printf "%.0f MB", $2/1024}' /proc/$server/status), now $(awk '/VmRSS/ {printf "%.0f MB", $2/1024}' /proc/$server/status)"
+fi
 # A load test that saw errors fails: any answer but 200 or 503 with Retry-After, or any
 # connection error or timeout.
 read -r failed socket_errors < "$work/result"

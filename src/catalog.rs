@@ -511,6 +511,7 @@ impl SqliteCatalog {
         match image {
             ImageRef::File(path) => read_image_file(path),
             ImageRef::Stored { .. } => self.stored_image(key)?.map(|(bytes, _)| bytes).with_context(|| format!("the stored image of product key {key} is missing")),
+            ImageRef::Collection => anyhow::bail!("product key {key} is known from a Qdrant collection, not this catalog"),
         }
     }
 

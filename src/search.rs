@@ -2,6 +2,7 @@
 //! product metadata. The CLI and the HTTP API both call [`SearchEngine`]; neither knows how the
 //! model or the store work.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Instant;
@@ -11,16 +12,17 @@ use serde::Serialize;
 
 use crate::catalog::SqliteCatalog;
 use crate::colour::{self, ColourDescriptor, ColourEstimate, ColourMode, ColourTable};
-use crate::types::{Detection, Filter, IndexingProgress, Key, NewProduct, Product, VectorSpace};
+use crate::types::{Detection, Filter, ImageRef, IndexingProgress, Key, NewProduct, Product, VectorSpace};
 use crate::encoder::{Embedding, Encoder, QueryEmbedding};
 use crate::likeness::{self, Likeness, LikenessBands, RecordedBands};
 use crate::localise::{self, find_items, ForegroundHead};
+use crate::index::qdrant::{collection_key, QdrantConfig, StoredProduct};
 use crate::index::{Allowed, Hit, IndexConfig, IndexStats, StoreUnavailable, VectorIndex};
 use crate::preprocess::{self, Crop, DecodeLimits, ImageError};
 use crate::catalog::graph_paths;
 use crate::host::available_memory_bytes;
 use crate::space::SearchSpace;
-use crate::store::{graph_turn, open_index, write_graph, Store};
+use crate::store::{graph_turn, open_collection, open_index, payload_image, write_graph, CollectionDescription, Store};
 
 /// What to return.
 #[derive(Debug, Clone)]
@@ -200,7 +202,9 @@ impl From<anyhow::Error> for SearchError {
 /// A catalog, its vector index and the encoder, ready to answer searches. Safe to share
 /// between threads: reads run concurrently, catalog writes are serialised.
 pub struct SearchEngine {
-    catalog: Mutex<SqliteCatalog>,
+    /// The shop's catalog file; `None` for a server that answers from a Qdrant collection
+    /// alone (its products' payloads and its description: [`SearchEngine::open_collection`]).
+    catalog: Option<Mutex<SqliteCatalog>>,
     index: RwLock<Store>,
     encoder: Box<dyn Encoder>,
     /// How model vectors are mapped before they are indexed or searched for. Replaced (with
@@ -227,6 +231,8 @@ pub struct SearchEngine {
     colours: RwLock<ColourTable>,
     /// The likeness bands and what they were measured on (see [`SearchEngine::likeness_bands`]).
     likeness: Mutex<Option<MeasuredBands>>,
+    /// Without a catalog: what the collection's description says of it.
+    described: Option<CollectionDescription>,
 }
 
 /// Likeness bands, with the search space and catalog size they were measured on.
@@ -265,12 +271,53 @@ impl SearchEngine {
         Ok(engine)
     }
 
+    /// A server without the catalog file: products, their colours and photos come from the
+    /// Qdrant collection's payloads, the search space and likeness bands from its description
+    /// (kept there by the catalog's side, [`crate::store::open_qdrant`]). Searches see every
+    /// change any server writes to the collection; products are added and removed there.
+    pub fn open_collection(store: &QdrantConfig, encoder: Box<dyn Encoder>) -> Result<SearchEngine> {
+        let (index, described) = open_collection(store)?;
+        SearchEngine::over_collection(index, described, encoder, store)
+    }
+
+    /// [`SearchEngine::open_collection`] with the collection already opened (its description
+    /// names the model, which the caller loads first).
+    pub fn over_collection(index: crate::index::qdrant::QdrantIndex, described: CollectionDescription, encoder: Box<dyn Encoder>, store: &QdrantConfig) -> Result<SearchEngine> {
+        anyhow::ensure!(
+            encoder.spec().name == described.model,
+            "collection {:?} holds vectors of model {:?}, not {:?}: start with --model {}",
+            store.collection,
+            described.model,
+            encoder.spec().name,
+            described.model
+        );
+        let space = described.search_space()?;
+        let config = IndexConfig { store: Some(store.clone()), ..IndexConfig::default() };
+        Ok(SearchEngine {
+            catalog: None,
+            index: RwLock::new(Store::Qdrant(index)),
+            encoder,
+            space: RwLock::new(Arc::new(space)),
+            space_chosen_at: AtomicUsize::new(0),
+            limits: DecodeLimits::default(),
+            compacting: AtomicBool::new(false),
+            compaction_put_off: AtomicBool::new(false),
+            config,
+            followed: AtomicI64::new(0),
+            indexing: Mutex::new(None),
+            foreground: None,
+            colours: RwLock::new(ColourTable::default()),
+            likeness: Mutex::new(None),
+            described: Some(described),
+        })
+    }
+
     fn assemble(catalog: SqliteCatalog, encoder: Box<dyn Encoder>, space: SearchSpace, index: Store, config: IndexConfig) -> Result<SearchEngine> {
         catalog.ensure_model(&encoder.spec().name)?;
         let foreground = catalog.foreground_head()?;
         let colours = RwLock::new(ColourTable::load(&catalog)?);
         Ok(SearchEngine {
-            catalog: Mutex::new(catalog),
+            catalog: Some(Mutex::new(catalog)),
             index: RwLock::new(index),
             encoder,
             space: RwLock::new(Arc::new(space)),
@@ -284,6 +331,7 @@ impl SearchEngine {
             foreground,
             colours,
             likeness: Mutex::new(None),
+            described: None,
         })
     }
 
@@ -293,6 +341,10 @@ impl SearchEngine {
     /// skipped. Returns how many products changed. A server calls this a few times a second;
     /// it reads one row when nothing changed.
     pub fn follow_catalog(&self) -> Result<usize> {
+        if self.catalog.is_none() {
+            // Every server writes to the collection itself: there is nothing to follow.
+            return Ok(0);
+        }
         let mut catalog = self.lock_catalog()?;
         let indexing = catalog.indexing_progress()?;
         *self.indexing.lock().map_err(|_| poisoned("indexing progress"))? = indexing;
@@ -333,7 +385,9 @@ impl SearchEngine {
             for (key, vector, product, colour) in &changes {
                 match (vector, product) {
                     (Some(vector), Some(product)) => {
-                        index.put(*key, vector, &product.id, &product.metadata)?;
+                        let image = if index.collection().is_some() { payload_image(catalog, product) } else { None };
+                        let stored = StoredProduct { id: product.id.clone(), metadata: product.metadata.clone(), colour: colour.map(|c| c.values()) };
+                        index.put(*key, vector, stored, image.as_deref())?;
                         colours.put(*key, *colour, product.colour());
                     }
                     _ => {
@@ -409,7 +463,13 @@ impl SearchEngine {
     // `search_vector_with_colour`).
 
     fn lock_catalog(&self) -> Result<MutexGuard<'_, SqliteCatalog>> {
-        self.catalog.lock().map_err(|_| poisoned("catalog"))
+        let catalog = self.catalog.as_ref().context("this server has no catalog file: it answers from its Qdrant collection alone")?;
+        catalog.lock().map_err(|_| poisoned("catalog"))
+    }
+
+    /// Whether this engine has the catalog file (a server started without one has not).
+    pub fn has_catalog(&self) -> bool {
+        self.catalog.is_some()
     }
 
     fn read_index(&self) -> Result<RwLockReadGuard<'_, Store>> {
@@ -586,27 +646,107 @@ impl SearchEngine {
                 }
             }
         }
+        let searched = self.to_search_space(&product.vector)?;
+        let colour = product.colour.as_deref().map(ColourDescriptor::from_values).transpose()?;
+        let image = match &product.image {
+            crate::types::NewImage::Stored { bytes, .. } => Some(bytes.clone()),
+            _ => None,
+        };
+        let stored = StoredProduct { id: product.id.clone(), metadata: product.metadata.clone(), colour: product.colour.clone() };
+        if self.catalog.is_none() {
+            // Straight to the collection, where every server finds it on its next search.
+            let key = collection_key(&product.id);
+            self.write_index()?.put(key, &searched, stored, image.as_deref())?;
+            return Ok(key);
+        }
         let expected = self.encoder.spec().name.clone();
         // Hold the catalog lock across both writes, so concurrent changes to the same id
         // reach the index in the order they reached the catalog.
         let mut catalog = self.lock_catalog()?;
         catalog.bind_vector_space(&VectorSpace { model: expected, dim: product.vector.len() })?;
         // The catalog keeps model vectors; the index holds them mapped into the search space.
-        let searched = self.to_search_space(&product.vector)?;
         let key = *catalog.upsert(std::slice::from_ref(&product))?.first().context("the catalog stored no product")?;
-        let colour = product.colour.as_deref().map(ColourDescriptor::from_values).transpose()?;
-        self.write_index()?.put(key, &searched, &product.id, &product.metadata)?;
+        self.write_index()?.put(key, &searched, stored, image.as_deref())?;
         self.write_colours()?.put(key, colour, crate::types::Product::named_colour(&product.metadata));
         Ok(key)
     }
 
-    /// Removes a product from the catalog, then from the index. Returns whether it existed.
+    /// Removes a product from the catalog, then from the index (from a Qdrant collection by
+    /// its id, so also a product another server added there). Returns whether it existed.
     pub fn remove_product(&self, id: &str) -> Result<bool, SearchError> {
+        if self.catalog.is_none() {
+            return Ok(self.collection_mut(|c| c.remove_product(id))?);
+        }
         let mut catalog = self.lock_catalog()?;
-        let Some(key) = catalog.remove(id)? else { return Ok(false) };
+        let Some(key) = catalog.remove(id)? else {
+            drop(catalog);
+            return Ok(self.read_index()?.collection().is_some() && self.collection_mut(|c| c.remove_product(id))?);
+        };
         self.write_index()?.index_mut().remove(key)?;
         self.write_colours()?.remove(key);
         Ok(true)
+    }
+
+    /// Runs `f` on the Qdrant collection (an error when the store is embedded).
+    fn collection_mut<T>(&self, f: impl FnOnce(&mut crate::index::qdrant::QdrantIndex) -> Result<T>) -> Result<T> {
+        let mut store = self.write_index()?;
+        f(store.collection_mut().context("the vector store is not a Qdrant collection")?)
+    }
+
+    /// A product by its id. With a Qdrant collection as the store, the collection says whether
+    /// it exists (any server may have added or removed it there); the catalog's row is
+    /// preferred where there is one, for its photo.
+    pub fn product(&self, id: &str) -> Result<Option<Product>> {
+        let in_collection = match self.read_index()?.collection() {
+            Some(collection) => Some(collection.product(id)?.map(|(stored, _)| collection_product(stored))),
+            None => None,
+        };
+        if in_collection == Some(None) {
+            return Ok(None);
+        }
+        if self.catalog.is_some() {
+            if let Some(product) = self.with_catalog(|c| c.get_by_id(id))? {
+                return Ok(Some(product));
+            }
+        }
+        Ok(in_collection.flatten())
+    }
+
+    /// A product's photo: stored in the catalog, the file recorded at import, or (for a
+    /// product known only from a Qdrant collection) the photo its payload carries. `None`
+    /// when it is gone.
+    pub fn product_image(&self, product: &Product) -> Result<Option<Vec<u8>>> {
+        match &product.image {
+            ImageRef::Stored { .. } => self.with_catalog(|c| c.stored_image(product.key)).map(|found| found.map(|(bytes, _)| bytes)),
+            // Only the path the catalog recorded at import is ever read; nothing from the request.
+            ImageRef::File(path) => Ok(crate::catalog::read_image_file(path).map_err(|e| tracing::warn!("{e:#}")).ok()),
+            ImageRef::Collection => match self.read_index()?.collection() {
+                Some(collection) => collection.product_image(&product.id),
+                None => Ok(None),
+            },
+        }
+    }
+
+    /// Every (column, value, products) count for the page's filters, and the number of
+    /// products: from the catalog, or counted by Qdrant over the collection's indexed columns.
+    pub fn facets(&self) -> Result<(Vec<(String, String, usize)>, usize)> {
+        match &self.described {
+            None => self.with_catalog(|c| Ok((c.value_counts()?, c.len()?))),
+            Some(described) => {
+                let store = self.read_index()?;
+                let collection = store.collection().context("a server without a catalog searches a Qdrant collection")?;
+                Ok((collection.facets(&described.facet_columns, 100)?, collection.count_now()?))
+            }
+        }
+    }
+
+    /// Products searchable now: the catalog's, or the Qdrant collection's as it counts them
+    /// (with every server's changes).
+    pub fn product_count(&self) -> Result<usize> {
+        match self.catalog {
+            Some(_) => self.with_catalog(|c| c.len()),
+            None => self.read_index()?.collection().context("a server without a catalog searches a Qdrant collection")?.count_now(),
+        }
     }
 
     /// Rebuilds the search graph without the dead entries that removed and replaced products
@@ -627,7 +767,7 @@ impl SearchEngine {
     /// is held then: tests use it to make searches and changes happen inside that window
     /// for certain, rather than hoping a thread is scheduled there.
     pub fn compact_graph_with(&self, while_rebuilding: impl FnOnce()) -> Result<Option<usize>> {
-        if self.compacting.swap(true, Ordering::AcqRel) {
+        if self.catalog.is_none() || self.compacting.swap(true, Ordering::AcqRel) {
             return Ok(None);
         }
         struct Done<'a>(&'a AtomicBool);
@@ -752,10 +892,15 @@ impl SearchEngine {
         // As `index` or `tune` recorded them for this space, or measured now (not written back:
         // a search never writes to the catalog).
         let fingerprint = space.fingerprint();
-        let recorded = self.with_catalog(|c| Ok(c.setting(likeness::SETTING)?.as_deref().and_then(RecordedBands::from_setting)))?;
-        let bands = match recorded.filter(|r| r.fits(&fingerprint, products)) {
-            Some(recorded) => Some(recorded.bands),
-            None => {
+        let recorded = match &self.described {
+            Some(described) => described.likeness.as_deref().and_then(RecordedBands::from_setting),
+            None => self.with_catalog(|c| Ok(c.setting(likeness::SETTING)?.as_deref().and_then(RecordedBands::from_setting)))?,
+        };
+        let bands = match recorded {
+            Some(recorded) if recorded.fits(&fingerprint, products) => Some(recorded.bands),
+            // Without the catalog there are no model vectors to sample: as described, or none.
+            recorded if self.described.is_some() => recorded.map(|r| r.bands),
+            _ => {
                 let sample = self.with_catalog(|c| c.sample_vectors(likeness::SAMPLE))?;
                 let sample: Vec<(Key, Vec<f32>)> = sample.into_iter().filter_map(|(key, v)| space.map(&v).ok().map(|v| (key, v))).collect();
                 likeness::measure(&sample, |v, n| Ok(self.read_index()?.search(v, n, &Filter::default(), None)?.into_iter().map(|h| (h.key, h.score)).collect()))?
@@ -774,20 +919,37 @@ impl SearchEngine {
         self.len() == 0
     }
 
-    /// "More like this": products most similar to a catalog product, from its stored vector.
+    /// "More like this": products most similar to a catalog product, from its stored vector
+    /// (a Qdrant collection's, where that is the store: any server's product, in any server).
     /// The product itself is left out of the results.
     pub fn search_like(&self, id: &str, request: &SearchRequest) -> Result<SearchResults, SearchError> {
-        let (key, vector) = self.with_catalog(|c| {
-            let Some(product) = c.get_by_id(id)? else { return Ok(None) };
-            Ok(c.vector(product.key)?.map(|v| (product.key, v)))
-        })?
-        .ok_or_else(|| SearchError::UnknownProduct(id.to_string()))?;
-        let colour = self.read_colours()?.descriptor(key).copied();
+        let from_collection = {
+            let store = self.read_index()?;
+            match store.collection() {
+                Some(collection) => Some(collection.product(id)?),
+                None => None,
+            }
+        };
+        let (vector, colour) = match from_collection {
+            Some(found) => {
+                let (stored, vector) = found.ok_or_else(|| SearchError::UnknownProduct(id.to_string()))?;
+                (vector, stored.colour.as_deref().map(ColourDescriptor::from_values).transpose()?)
+            }
+            None => {
+                let (key, vector) = self
+                    .with_catalog(|c| {
+                        let Some(product) = c.get_by_id(id)? else { return Ok(None) };
+                        Ok(c.vector(product.key)?.map(|v| (product.key, v)))
+                    })?
+                    .ok_or_else(|| SearchError::UnknownProduct(id.to_string()))?;
+                (self.to_search_space(&vector)?, self.read_colours()?.descriptor(key).copied())
+            }
+        };
         // Rank from the top with one extra hit, drop the product itself, then cut the page, so
         // pages line up whether or not the product falls inside the filter.
         let widened = SearchRequest { k: request.offset + request.k + 1, offset: 0, ..request.clone() };
-        let mut results = self.search_vector_with_colour(&vector, colour.as_ref(), &widened)?;
-        results.hits.retain(|h| h.product.key != key);
+        let mut results = self.search_in_space(vector, colour.as_ref(), &widened)?;
+        results.hits.retain(|h| h.product.id != id);
         results.hits = results.hits.into_iter().skip(request.offset).take(request.k).collect();
         for (i, hit) in results.hits.iter_mut().enumerate() {
             hit.rank = request.offset + i + 1;
@@ -805,9 +967,25 @@ impl SearchEngine {
     /// [`ColourDescriptor`], as a photo search returns it), with colour treated as
     /// `request.colour` says.
     pub fn search_vector_with_colour(&self, model_vector: &[f32], colour: Option<&ColourDescriptor>, request: &SearchRequest) -> Result<SearchResults, SearchError> {
+        let vector = self.to_search_space(model_vector)?;
+        self.search_in_space(vector, colour, request)
+    }
+
+    /// Whether the catalog has colour, and the column it names colours in.
+    fn colour_facts(&self) -> Result<(bool, String)> {
+        Ok(match &self.described {
+            Some(described) => (described.has_colour, described.colour_column.clone()),
+            None => {
+                let colours = self.read_colours()?;
+                (colours.has_colour(), colours.column().to_string())
+            }
+        })
+    }
+
+    /// [`SearchEngine::search_vector_with_colour`] for a vector already in the search space.
+    fn search_in_space(&self, vector: Vec<f32>, colour: Option<&ColourDescriptor>, request: &SearchRequest) -> Result<SearchResults, SearchError> {
         let started = Instant::now();
         let mut timings = Timings::default();
-        let vector = self.to_search_space(model_vector)?;
 
         let t = Instant::now();
         let wanted = request.offset.saturating_add(request.k);
@@ -815,32 +993,34 @@ impl SearchEngine {
         // under every mode) and, for `match`, where the query has a colour. (The colour table
         // is locked only for a moment each time: it is written after the catalog and the
         // index, so it must never be held while waiting for either.)
-        let has_colour = self.read_colours()?.has_colour();
+        let (has_colour, colour_column) = self.colour_facts()?;
         let mode = match (&request.colour, colour) {
             _ if !has_colour => ColourMode::Any,
             (ColourMode::Match, None) => ColourMode::Any,
             (mode, _) => mode.clone(),
         };
+        // A Qdrant collection answers with each product's payload, which is shown instead of
+        // the catalog's rows: it holds what every server added, and a hit's key is only known
+        // to the catalog that wrote it.
+        let from_collection = self.read_index()?.collection().is_some();
         // An embedded store takes the keys the filter admits, read from the catalog before the
         // index lock is taken: writers hold the catalog lock while they wait for the index
         // lock, so a search holding both the other way round could deadlock.
-        let by_key = self.read_index()?.filters_by_key();
         let mut filter = request.filter.clone();
-        let mut allowed: Option<Allowed> = match request.filter.is_empty() || !by_key {
+        let mut allowed: Option<Allowed> = match request.filter.is_empty() || from_collection {
             true => None,
             false => Some(self.with_catalog(|c| c.filter_keys(&request.filter))?.into_iter().collect()),
         };
         if let ColourMode::Named(name) = &mode {
-            if by_key {
+            if from_collection {
+                // Qdrant filters its payloads: on the column the shop's colours are named in.
+                filter.add(&colour_column, name).map_err(SearchError::BadRequest)?;
+            } else {
                 let named = self.read_colours()?.keys_named(name);
                 allowed = Some(match allowed {
                     Some(allowed) => allowed.intersection(&named).copied().collect(),
                     None => named,
                 });
-            } else {
-                // Qdrant filters its payloads: on the column the shop's colours are named in.
-                let column = self.read_colours()?.column();
-                filter.add(column, name).map_err(SearchError::BadRequest)?;
             }
         }
         {
@@ -850,18 +1030,44 @@ impl SearchEngine {
                 return Err(SearchError::BadRequest(format!("vector has {} dimensions; this catalog's are {}", vector.len(), index.dim())));
             }
         }
-        let by_shape = |n: usize| self.read_index()?.search(&vector, n, &filter, allowed.as_ref());
+        // The products a collection's answers described, by their hits' keys.
+        let found: std::cell::RefCell<HashMap<Key, StoredProduct>> = Default::default();
+        let by_shape = |n: usize| -> Result<Vec<Hit>> {
+            let store = self.read_index()?;
+            let Some(collection) = store.collection() else { return store.search(&vector, n, &filter, allowed.as_ref()) };
+            let mut found = found.borrow_mut();
+            Ok(collection
+                .search_products(&vector, n, &filter)?
+                .into_iter()
+                .map(|(score, product)| {
+                    let key = collection_key(&product.id);
+                    found.insert(key, product);
+                    Hit { key, score }
+                })
+                .collect())
+        };
         let hits: Vec<Hit> = match (&mode, colour) {
             // The index's lock and the colour table's are taken one at a time.
-            (ColourMode::Match, Some(query)) => colour::search_matching(colour::MATCH_WEIGHT, wanted, by_shape, |hits, weight| Ok(self.read_colours()?.rerank(hits, query, weight)))?,
+            (ColourMode::Match, Some(query)) => colour::search_matching(colour::MATCH_WEIGHT, wanted, by_shape, |hits, weight| match from_collection {
+                true => Ok(payload_colours(&found.borrow())?.rerank(hits, query, weight)),
+                false => Ok(self.read_colours()?.rerank(hits, query, weight)),
+            })?,
             _ => by_shape(wanted)?,
         };
         timings.search_ms = ms(t);
 
         let t = Instant::now();
         let page: Vec<Hit> = hits.into_iter().skip(request.offset).take(request.k).collect();
-        let keys: Vec<_> = page.iter().map(|h| h.key).collect();
-        let products = self.with_catalog(|c| c.get_many(&keys))?;
+        let products: Vec<Product> = match from_collection {
+            true => {
+                let found = found.borrow();
+                page.iter().filter_map(|h| found.get(&h.key).cloned().map(collection_product)).collect()
+            }
+            false => {
+                let keys: Vec<_> = page.iter().map(|h| h.key).collect();
+                self.with_catalog(|c| c.get_many(&keys))?
+            }
+        };
         let bands = self.likeness_bands()?;
         let likeness = |score: f32| bands.map_or(Likeness::Related, |b| b.band(score));
         let hits = page
@@ -881,3 +1087,20 @@ impl SearchEngine {
         Ok(SearchResults { hits, timings, colour_mode: mode, ..SearchResults::default() })
     }
 }
+
+/// A product as a Qdrant collection's payload describes it (its photo, if it has one there,
+/// is read by [`SearchEngine::product_image`]).
+fn collection_product(stored: StoredProduct) -> Product {
+    Product { key: collection_key(&stored.id), id: stored.id, image: ImageRef::Collection, content_hash: String::new(), metadata: stored.metadata }
+}
+
+/// The colours of products a collection's answer described, to re-rank them by.
+fn payload_colours(found: &HashMap<Key, StoredProduct>) -> Result<ColourTable> {
+    let mut table = ColourTable::default();
+    for (key, product) in found {
+        let descriptor = product.colour.as_deref().map(ColourDescriptor::from_values).transpose()?;
+        table.put(*key, descriptor, Product::named_colour(&product.metadata));
+    }
+    Ok(table)
+}
+

@@ -5,9 +5,9 @@
 use anyhow::{Context, Result};
 
 use crate::catalog::{graph_paths, SqliteCatalog, VectorKind};
-use crate::index::qdrant::{QdrantConfig, QdrantIndex, SyncReport};
+use crate::index::qdrant::{QdrantConfig, QdrantIndex, StoredProduct, SyncReport, MAX_PAYLOAD_IMAGE};
 use crate::index::{Allowed, AnnIndex, AnnStamp, Compaction, ExactIndex, Hit, IndexConfig, IndexStats, StoreUnavailable, VectorIndex};
-use crate::types::{Filter, Key, Metadata};
+use crate::types::{Filter, ImageRef, Key, Product};
 
 /// The vector store a search engine holds: one of the concrete indexes. What every store does
 /// goes through [`VectorIndex`] ([`Store::index`]); what only one does (a graph's compaction, a
@@ -50,27 +50,38 @@ impl Store {
     }
 
     /// Adds or replaces `key`'s vector, telling a store that keeps products beside their
-    /// vectors who it is. An embedded store opened over an empty catalog has no dimension yet:
-    /// the first vector gives it one.
-    pub fn put(&mut self, key: Key, vector: &[f32], id: &str, metadata: &Metadata) -> Result<()> {
-        self.describe(key, id, metadata);
+    /// vectors who it is (and its photo, if small). An embedded store opened over an empty
+    /// catalog has no dimension yet: the first vector gives it one.
+    pub fn put(&mut self, key: Key, vector: &[f32], product: StoredProduct, image: Option<&[u8]>) -> Result<()> {
+        if let Store::Qdrant(index) = self {
+            return index.put_product(key, product, vector, image);
+        }
         let index = self.index();
-        if index.is_empty() && index.dim() != vector.len() && !matches!(self, Store::Qdrant(_)) {
+        if index.is_empty() && index.dim() != vector.len() {
             *self = Store::Exact(ExactIndex::new(vector.len()));
         }
         self.index_mut().upsert(key, vector)
     }
 
+    /// The Qdrant collection, when that is the store: it keeps each product's payload, which
+    /// searches then show instead of the catalog's rows.
+    pub fn collection(&self) -> Option<&QdrantIndex> {
+        match self {
+            Store::Qdrant(index) => Some(index),
+            _ => None,
+        }
+    }
+
+    pub fn collection_mut(&mut self) -> Option<&mut QdrantIndex> {
+        match self {
+            Store::Qdrant(index) => Some(index),
+            _ => None,
+        }
+    }
+
     /// Whether [`Store::search`] needs the catalog for a filter (embedded stores do).
     pub fn filters_by_key(&self) -> bool {
         !matches!(self, Store::Qdrant(_))
-    }
-
-    /// Tells a store that keeps products beside their vectors (Qdrant's payload) who `key` is.
-    pub fn describe(&mut self, key: Key, id: &str, metadata: &Metadata) {
-        if let Store::Qdrant(index) = self {
-            index.describe(key, id, metadata);
-        }
     }
 
     /// Whether the store can answer now: an embedded one always can; a remote one is asked.
@@ -175,8 +186,18 @@ pub fn describe_index(catalog: &SqliteCatalog, config: &IndexConfig) -> Result<S
 pub fn open_qdrant(catalog: &SqliteCatalog, space: &SearchSpace, store: &QdrantConfig) -> Result<QdrantIndex> {
     let dim = space.output_dim(catalog.vector_space()?.map_or(0, |s| s.dim));
     let mut index = QdrantIndex::connect(store.clone(), dim)?;
+    let colours: std::collections::HashMap<Key, Vec<f32>> = catalog.colours()?.into_iter().collect();
     for product in catalog.all_products()? {
-        index.describe(product.key, &product.id, &product.metadata);
+        let colour = colours.get(&product.key).cloned();
+        index.describe(product.key, StoredProduct { id: product.id, metadata: product.metadata, colour });
+    }
+    // Servers without the catalog search this collection by its description: kept in step
+    // with the catalog's model and search space.
+    if let Some(description) = CollectionDescription::of_catalog(catalog, space, store)? {
+        let kept = index.read_description()?.and_then(|bytes| serde_json::from_slice::<CollectionDescription>(&bytes).ok());
+        if kept.as_ref() != Some(&description) {
+            index.write_description(&serde_json::to_vec(&description)?)?;
+        }
     }
     let in_catalog = catalog.vector_count()?;
     if index.len() != in_catalog {
@@ -196,7 +217,108 @@ pub fn sync_qdrant(catalog: &SqliteCatalog, store: &QdrantConfig) -> Result<Sync
     let space = SearchSpace::for_catalog(catalog)?;
     let exact = space.build_index(catalog, VectorKind::Primary, crate::index::Precision::F32)?;
     let mut index = open_qdrant(catalog, &space, store)?;
-    index.sync(exact.keys(), |key| exact.vector(key))
+    let images: std::collections::HashMap<Key, Product> = catalog.all_products()?.into_iter().map(|p| (p.key, p)).collect();
+    index.sync(exact.keys(), |key| exact.vector(key).map(|v| (v, images.get(&key).and_then(|p| payload_image(catalog, p)))))
+}
+
+/// A product's photo when it is small enough to travel in its point's payload
+/// ([`MAX_PAYLOAD_IMAGE`]), for servers without the catalog to show.
+pub fn payload_image(catalog: &SqliteCatalog, product: &Product) -> Option<Vec<u8>> {
+    if let ImageRef::File(path) = &product.image {
+        if std::fs::metadata(path).map_or(true, |m| m.len() > MAX_PAYLOAD_IMAGE as u64) {
+            return None;
+        }
+    }
+    catalog.image_bytes(product.key, &product.image).ok().filter(|bytes| bytes.len() <= MAX_PAYLOAD_IMAGE)
+}
+
+/// What a server needs to search a Qdrant collection without the catalog file, kept beside
+/// the collection by the catalog's side ([`open_qdrant`]): the model that made the vectors
+/// and the search space they were mapped into, the likeness bands measured on them, and how
+/// the catalog names colours.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct CollectionDescription {
+    /// The model's name, as the catalog records it.
+    pub model: String,
+    /// Dimension of the model's vectors (before the search space maps them).
+    pub model_dim: usize,
+    /// A plug-in model's description JSON, as the catalog keeps it.
+    pub model_json: Option<String>,
+    pub space: StoredSpace,
+    /// The likeness bands as the catalog records them ([`crate::likeness::SETTING`]).
+    pub likeness: Option<String>,
+    /// Whether the catalog has colour, and the metadata column colours are named in.
+    pub has_colour: bool,
+    pub colour_column: String,
+    /// The columns with a keyword index in the collection: the facets it can count.
+    pub facet_columns: Vec<String>,
+}
+
+/// A [`SearchSpace`] as the description keeps it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum StoredSpace {
+    Identity,
+    Centred { mean: Vec<f32> },
+    /// The projection's weights as little-endian f32, base64.
+    Tuned { label: String, input_dim: usize, hidden: usize, output_dim: usize, weights: String },
+}
+
+impl CollectionDescription {
+    /// The description of `catalog`'s collection; `None` before it has vectors (no model yet).
+    fn of_catalog(catalog: &SqliteCatalog, space: &SearchSpace, store: &QdrantConfig) -> Result<Option<CollectionDescription>> {
+        use base64::Engine as _;
+        let Some(vector_space) = catalog.vector_space()? else { return Ok(None) };
+        let space = match space {
+            SearchSpace::Identity => StoredSpace::Identity,
+            SearchSpace::Centred { mean } => StoredSpace::Centred { mean: mean.clone() },
+            SearchSpace::Tuned(p) => StoredSpace::Tuned {
+                label: p.label.clone(),
+                input_dim: p.input_dim,
+                hidden: p.hidden,
+                output_dim: p.output_dim,
+                weights: base64::engine::general_purpose::STANDARD.encode(p.weights_bytes()),
+            },
+        };
+        let colours = crate::colour::ColourTable::load(catalog)?;
+        Ok(Some(CollectionDescription {
+            model: vector_space.model,
+            model_dim: vector_space.dim,
+            model_json: catalog.model_description()?,
+            space,
+            likeness: catalog.setting(crate::likeness::SETTING)?,
+            has_colour: colours.has_colour(),
+            colour_column: colours.column().to_string(),
+            facet_columns: store.filter_columns.clone(),
+        }))
+    }
+
+    /// The search space it describes.
+    pub fn search_space(&self) -> Result<SearchSpace> {
+        use base64::Engine as _;
+        Ok(match &self.space {
+            StoredSpace::Identity => SearchSpace::Identity,
+            StoredSpace::Centred { mean } => SearchSpace::Centred { mean: mean.clone() },
+            StoredSpace::Tuned { label, input_dim, hidden, output_dim, weights } => {
+                let bytes = base64::engine::general_purpose::STANDARD.decode(weights).context("the tuned projection in the collection description is not base64")?;
+                SearchSpace::Tuned(Box::new(crate::projection::Projection::from_weights(label, *input_dim, *hidden, *output_dim, &bytes)?))
+            }
+        })
+    }
+}
+
+/// Connects to an existing Qdrant collection and reads its description, for a server without
+/// the catalog file. Fails with what to do when the collection or its description is missing.
+pub fn open_collection(store: &QdrantConfig) -> Result<(QdrantIndex, CollectionDescription)> {
+    let index = QdrantIndex::connect_existing(store.clone())?;
+    let bytes = index.read_description()?.with_context(|| {
+        format!(
+            "collection {:?} has no lookalike description (model, search space) yet: run `lookalike sync --db CATALOG --store {} --collection {}` once on the catalog's machine",
+            store.collection, store.url, store.collection
+        )
+    })?;
+    let description: CollectionDescription = serde_json::from_slice(&bytes).context("reading the collection's description")?;
+    Ok((index, description))
 }
 
 /// The catalog's saved search graph, caught up with the products changed since it was saved;

@@ -22,6 +22,9 @@ pub enum ImageRef {
     File(PathBuf),
     /// Bytes kept inside the catalog (datasets without files, e.g. Fashion-MNIST; API uploads).
     Stored { mime: String },
+    /// A product known from a Qdrant collection's payload, not from the catalog: its photo is
+    /// in that payload when small enough, else only at the shop's own image URL.
+    Collection,
 }
 
 /// One product as the catalog stores it.

@@ -127,17 +127,30 @@ fn qdrant_matches_the_embedded_store_and_follows_changes() {
     let embedded = SearchEngine::open_with(SqliteCatalog::open(&db).expect("catalog"), Box::new(encoder()), &IndexConfig::default()).expect("embedded");
     let remote_config = IndexConfig { store: Some(config.clone()), precision: Precision::F32, ..IndexConfig::default() };
     let remote = SearchEngine::open_with(SqliteCatalog::open(&db).expect("catalog"), Box::new(encoder()), &remote_config).expect("qdrant");
+    // A server without the catalog: everything from the collection and its description.
+    let without_catalog = SearchEngine::open_collection(&config, Box::new(encoder())).expect("collection alone");
     let request = SearchRequest { k: 10, ..SearchRequest::default() };
-    let (mut same, mut total) = (0usize, 0usize);
-    for q in &queries {
-        let a = ids(&embedded.search_vector(q, &request).expect("embedded search"));
-        let b: HashSet<String> = ids(&remote.search_vector(q, &request).expect("qdrant search")).into_iter().collect();
-        same += a.iter().filter(|id| b.contains(*id)).count();
-        total += a.len();
+    for (name, engine) in [("qdrant", &remote), ("qdrant without the catalog", &without_catalog)] {
+        let (mut same, mut total) = (0usize, 0usize);
+        for q in &queries {
+            let expected = embedded.search_vector(q, &request).expect("embedded search");
+            let found = engine.search_vector(q, &request).expect("qdrant search");
+            let b: HashSet<String> = ids(&found).into_iter().collect();
+            same += expected.hits.iter().filter(|h| b.contains(&h.product.id)).count();
+            total += expected.hits.len();
+            // The same metadata for every product both found.
+            for hit in &found.hits {
+                if let Some(e) = expected.hits.iter().find(|e| e.product.id == hit.product.id) {
+                    assert_eq!(e.product.metadata, hit.product.metadata, "{name}: metadata of {}", hit.product.id);
+                    assert!((e.score - hit.score).abs() < 1e-4, "{name}: score of {}: {} against {}", hit.product.id, hit.score, e.score);
+                }
+            }
+        }
+        let overlap = same as f64 / total as f64;
+        eprintln!("parity ({name}): top-10 overlap {overlap:.4} over {} queries", queries.len());
+        assert!(overlap >= 0.99, "{name}: top-10 overlap {overlap}");
     }
-    let overlap = same as f64 / total as f64;
-    eprintln!("parity: top-10 overlap {overlap:.4} over {} queries", queries.len());
-    assert!(overlap >= 0.99, "top-10 overlap {overlap}");
+    drop(without_catalog);
 
     // Filters: the same products, inside Qdrant.
     let filtered = SearchRequest { k: 10, offset: 0, filter: Filter::parse(&["articleType=Bag", "articleType=Sandal"]).expect("filter"), ..SearchRequest::default() };
@@ -169,6 +182,83 @@ fn qdrant_matches_the_embedded_store_and_follows_changes() {
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("sync JSON");
     assert_eq!((report["added"].as_u64(), report["deleted"].as_u64()), (Some(0), Some(0)), "{report}");
     assert_eq!(report["in_catalog"], 298);
+}
+
+/// Two servers on one collection, one with the catalog file and one without (`--no-catalog`:
+/// everything from the collection's payloads and description). They return the same
+/// products, scores and metadata for the same searches; a product added through either is
+/// found through the other on its next search, and one removed through either is gone from
+/// both. The server without the catalog shows the small photos the payloads carry and counts
+/// facets in Qdrant.
+#[test]
+#[ignore = "needs a Qdrant server: LOOKALIKE_QDRANT_URL"]
+fn replicas_with_and_without_the_catalog_share_one_collection() {
+    let _cluster = CLUSTER.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = copy_catalog(dir.path());
+    let collection = format!("lookalike-replicas-{}", std::process::id());
+    let report = lookalike::store::sync_qdrant(&SqliteCatalog::open(&db).expect("catalog"), &store(&collection, true)).expect("sync");
+    assert_eq!(report.added, 300);
+
+    let token = "replica-test";
+    let shared = ["--store", &qdrant_url(), "--collection", &collection, "--qdrant-exact", "--admin-token", token];
+    let owner = Server::start(&db, &shared, &[]);
+    let replica = Server::start_with(&[&["--no-catalog"], &shared[..]].concat(), &[]);
+
+    // The same answers: "more like this" and photo searches, hit by hit.
+    let hits = |result: &serde_json::Value| result["hits"].clone();
+    for i in 0..10 {
+        let id = format!("fmnist-train-{:05}", i * 29);
+        let body = serde_json::json!({"product_id": id, "k": 10});
+        let (a, b) = (ok_json(search_json(&owner, body.clone())), ok_json(search_json(&replica, body)));
+        assert_eq!(hits(&a).as_array().map(Vec::len), Some(10));
+        assert_eq!(hits(&a), hits(&b), "more like {id}");
+        let (photo, _) = test_photo(i);
+        let (a, b) = (ok_json(search_photo(&owner, photo.clone(), &[])), ok_json(search_photo(&replica, photo, &[])));
+        assert_eq!(hits(&a), hits(&b), "photo {i}");
+    }
+    let product = |server: &Server, id: &str| client().get(server.url(&format!("/api/products/{id}"))).send().expect("GET product");
+    assert_eq!(ok_json(product(&owner, "fmnist-train-00042")), ok_json(product(&replica, "fmnist-train-00042")));
+    let image = |server: &Server, id: &str| client().get(server.url(&format!("/api/products/{id}/image"))).send().expect("GET image").bytes().expect("bytes");
+    let photo = image(&replica, "fmnist-train-00042");
+    assert!(!photo.is_empty() && photo == image(&owner, "fmnist-train-00042"), "the replica shows the photo the payload carries");
+    let facets = |server: &Server| ok_json(client().get(server.url("/api/facets")).send().expect("facets"));
+    let column = |f: &serde_json::Value| f["facets"].as_array().expect("facets").iter().find(|c| c["column"] == "articleType").cloned();
+    let mut counts = [facets(&owner), facets(&replica)].map(|f| {
+        let mut values: Vec<(String, u64)> = column(&f).expect("articleType facet")["values"].as_array().expect("values").iter().map(|v| (v["value"].as_str().expect("value").to_string(), v["count"].as_u64().expect("count"))).collect();
+        values.sort();
+        values
+    });
+    assert_eq!(counts[0], counts[1], "facet counts");
+    counts[0].clear();
+
+    // Writes through either server reach the other.
+    let add = |server: &Server, id: &str, photo: Vec<u8>| {
+        let form = photo_form(photo, &[("id", id), ("articleType", "Test")]);
+        let r = client().post(server.url("/api/products")).bearer_auth(token).multipart(form).send().expect("POST");
+        assert_eq!(r.status().as_u16(), 201, "{}", r.text().unwrap_or_default());
+    };
+    let remove = |server: &Server, id: &str| client().delete(server.url(&format!("/api/products/{id}"))).bearer_auth(token).send().expect("DELETE").status().as_u16();
+    let top = |server: &Server, photo: Vec<u8>| common::ids(&ok_json(search_photo(server, photo, &[])));
+    for (a, b, id) in [(&replica, &owner, "added-on-replica"), (&owner, &replica, "added-on-owner")] {
+        let (photo, _) = test_photo(500);
+        add(a, id, photo.clone());
+        assert_eq!(top(b, photo.clone()).first().map(String::as_str), Some(id), "{id} found through the other server");
+        let shown = ok_json(product(b, id));
+        assert_eq!(shown["metadata"]["articleType"], "Test", "{shown}");
+        assert!(!image(b, id).is_empty(), "{id}'s photo shown through the other server");
+        assert_eq!(remove(b, id), 204, "{id} removed through the other server");
+        assert!(!top(a, photo).contains(&id.to_string()), "{id} gone from the server it was added through");
+        assert_eq!(product(a, id).status().as_u16(), 404);
+    }
+
+    // A collection that does not exist: a clear message, not a server without products.
+    let out = Command::new(BIN)
+        .args(["serve", "--no-catalog", "--store", &qdrant_url(), "--collection", "lookalike-never-made", "--addr", "127.0.0.1:0"])
+        .output()
+        .expect("serve");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("no collection") && stderr.contains("lookalike sync"), "{stderr}");
 }
 
 /// A three-node cluster (`LOOKALIKE_QDRANT_CLUSTER`: three comma-separated gRPC addresses),
@@ -210,7 +300,7 @@ fn cluster_keeps_answering_with_a_node_down() {
     let mut index = QdrantIndex::connect(on(&nodes[0]), 1280).expect("connect");
     for i in 0..20i64 {
         let key = 100_000 + i;
-        index.describe(key, &format!("added-while-down-{i}"), &Default::default());
+        index.describe(key, lookalike::index::qdrant::StoredProduct { id: format!("added-while-down-{i}"), ..Default::default() });
         let v = space.map(&vectors[i as usize]).expect("map");
         index.upsert(key, &v).expect("acknowledged write with a node down");
     }
@@ -247,29 +337,38 @@ fn cluster_replica_answers_503_while_its_qdrant_is_down_and_recovers() {
     let report = lookalike::store::sync_qdrant(&SqliteCatalog::open(&db).expect("catalog"), &everywhere).expect("sync to the cluster");
     assert_eq!(report.added, 300);
 
-    let server = Server::start(&db, &["--store", &nodes[2], "--collection", &collection, "--qdrant-exact"], &[]);
-    let like = |id: &str| search_json(&server, serde_json::json!({"product_id": id, "k": 10}));
-    let readyz = || client().get(server.url("/readyz")).send().expect("readyz");
-    let before = common::ids(&ok_json(like("fmnist-train-00007")));
+    // One replica with the catalog file, one without: both behave the same.
+    let args = ["--store", &nodes[2], "--collection", &collection, "--qdrant-exact"];
+    let servers = [Server::start(&db, &args, &[]), Server::start_with(&[&["--no-catalog"], &args[..]].concat(), &[])];
+    let like = |server: &Server, id: &str| search_json(server, serde_json::json!({"product_id": id, "k": 10}));
+    let readyz = |server: &Server| client().get(server.url("/readyz")).send().expect("readyz");
+    let before = common::ids(&ok_json(like(&servers[0], "fmnist-train-00007")));
     assert_eq!(before.len(), 10);
-    assert_eq!(readyz().status().as_u16(), 200);
+    for server in &servers {
+        assert_eq!(common::ids(&ok_json(like(server, "fmnist-train-00007"))), before);
+        assert_eq!(readyz(server).status().as_u16(), 200);
+    }
 
     let node = NodeDown::stop();
-    let down = like("fmnist-train-00007");
-    let retry_after = down.header("retry-after").map(str::to_string);
-    let message = expect_error(down, 503, "store_unavailable");
-    assert!(retry_after.is_some(), "a 503 says when to try again: {message}");
-    let probe = readyz();
-    assert!(probe.header("retry-after").is_some());
-    expect_error(probe, 503, "store_unavailable");
+    for server in &servers {
+        let down = like(server, "fmnist-train-00007");
+        let retry_after = down.header("retry-after").map(str::to_string);
+        let message = expect_error(down, 503, "store_unavailable");
+        assert!(retry_after.is_some(), "a 503 says when to try again: {message}");
+        let probe = readyz(server);
+        assert!(probe.header("retry-after").is_some());
+        expect_error(probe, 503, "store_unavailable");
+    }
 
     node.start();
     // The node is back when the script returns (it waits for Qdrant's own readiness); the
-    // replica needs no restart: its next request reconnects.
+    // replicas need no restart: their next request reconnects.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
-    while readyz().status().as_u16() != 200 {
-        assert!(std::time::Instant::now() < deadline, "the replica did not become ready again");
-        std::thread::sleep(std::time::Duration::from_millis(500));
+    for server in &servers {
+        while readyz(server).status().as_u16() != 200 {
+            assert!(std::time::Instant::now() < deadline, "the replica did not become ready again");
+            std::thread::sleep(std::time::Duration::from_millis(500));
+        }
+        assert_eq!(common::ids(&ok_json(like(server, "fmnist-train-00007"))), before, "the same products as before the node went down");
     }
-    assert_eq!(common::ids(&ok_json(like("fmnist-train-00007"))), before, "the same products as before the node went down");
 }

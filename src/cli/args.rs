@@ -147,6 +147,15 @@ pub fn load_encoder(assets: &Assets, catalog: &SqliteCatalog, args: &ModelArgs) 
     OrtEncoder::new(&assets.onnxruntime_lib()?, model_spec(assets, catalog, args)?, threads)
 }
 
+/// The encoder for a Qdrant collection served without its catalog: the model its description
+/// names (or the one asked for, which must be the same).
+pub fn load_collection_encoder(assets: &Assets, described: &lookalike::store::CollectionDescription, args: &ModelArgs) -> Result<OrtEncoder> {
+    let threads = args.threads.unwrap_or_else(cores);
+    let space = lookalike::types::VectorSpace { model: described.model.clone(), dim: described.model_dim };
+    let spec = model::for_catalog(assets, args.model.as_deref(), Some(&space), described.model_json.as_deref()).context("choosing the model the collection's description names")?;
+    OrtEncoder::new(&assets.onnxruntime_lib()?, spec, threads)
+}
+
 /// The encoder for bulk indexing: one single-threaded session per core (higher throughput on a
 /// stream of batches than one session using every core), unless `--threads` asks for one
 /// session of that many threads.

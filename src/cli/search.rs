@@ -85,6 +85,7 @@ fn image_label(image: &lookalike::types::ImageRef) -> String {
     match image {
         lookalike::types::ImageRef::File(p) => p.display().to_string(),
         lookalike::types::ImageRef::Stored { mime } => format!("(stored in catalog, {mime})"),
+        lookalike::types::ImageRef::Collection => "(in the Qdrant collection)".to_string(),
     }
 }
 

@@ -13,8 +13,15 @@ use lookalike::server::{self, batcher::BatcherConfig, ServerConfig};
 
 #[derive(Args)]
 pub struct ServeArgs {
-    #[command(flatten)]
-    pub db: DbArgs,
+    /// The catalog file (SQLite), created by `index`.
+    #[arg(long, env = "LOOKALIKE_DB", required_unless_present = "no_catalog")]
+    pub db: Option<std::path::PathBuf>,
+    /// Serve a Qdrant collection without the catalog file (`--store qdrant://... --collection
+    /// NAME`): products, facets, colours and small photos come from the collection's payloads,
+    /// the model and search space from the description the catalog's side keeps beside it
+    /// (`lookalike sync`). Products added or removed through any server reach every server.
+    #[arg(long, conflicts_with = "db", requires = "collection")]
+    pub no_catalog: bool,
     /// Address to listen on. The default is reachable from this machine only; use
     /// 0.0.0.0:8080 to serve the network (behind a TLS-terminating proxy). Port 0 picks a free
     /// port; the bound address is printed on stdout.
@@ -85,9 +92,20 @@ pub fn run(args: ServeArgs) -> Result<()> {
         })
         .collect::<Result<Vec<_>>>()?;
     let assets = Assets::from_env();
-    let catalog = SqliteCatalog::open_existing(&args.db.db)?;
-    let encoder = load_encoder(&assets, &catalog, &args.model)?;
-    let engine = Arc::new(SearchEngine::open_with(catalog, Box::new(encoder), &args.index.config(&args.db.db)?)?);
+    let engine = Arc::new(match &args.db {
+        Some(db) => {
+            let catalog = SqliteCatalog::open_existing(db)?;
+            let encoder = load_encoder(&assets, &catalog, &args.model)?;
+            SearchEngine::open_with(catalog, Box::new(encoder), &args.index.config(db)?)?
+        }
+        None => {
+            let config = args.index.config(std::path::Path::new(""))?;
+            let store = config.store.context("--no-catalog serves a Qdrant collection: give --store qdrant://HOST:PORT")?;
+            let (index, described) = lookalike::store::open_collection(&store)?;
+            let encoder = load_collection_encoder(&assets, &described, &args.model)?;
+            SearchEngine::over_collection(index, described, Box::new(encoder), &store)?
+        }
+    });
     let config = ServerConfig {
         addr: args.addr,
         admin_token: server::normalise_admin_token(args.admin_token.as_deref()),

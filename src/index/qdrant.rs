@@ -1,21 +1,26 @@
 //! Qdrant as the vector store, for shops that outgrow one machine: the same [`VectorIndex`] the
 //! embedded indexes implement, backed by a Qdrant collection over gRPC.
 //!
-//! The SQLite catalog stays the source of truth for products and metadata; Qdrant holds each
-//! product's vector (in the search space) with the product's metadata as payload, so filters
-//! run inside Qdrant's search. Point ids are derived from product ids (a UUID from their
-//! SHA-256), so the same product always lands on the same point, whichever catalog file or
-//! machine writes it. [`QdrantIndex::sync`] makes a collection agree with a catalog.
+//! Qdrant holds each product's vector (in the search space) with everything a server shows of
+//! it as payload: its id, metadata, colour and, when small, its photo ([`StoredProduct`]).
+//! So filters run inside Qdrant's search, and any number of servers, with or without the
+//! catalog file, answer searches from the collection alone. Point ids are derived from product
+//! ids (a UUID from their SHA-256), so the same product always lands on the same point,
+//! whichever catalog file or machine writes it. [`QdrantIndex::sync`] makes a collection agree
+//! with a catalog; a side collection (`NAME_lookalike`) holds what a server needs to search it
+//! without the catalog: the model and the search space ([`QdrantIndex::write_description`]).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
+use base64::Engine as _;
 use qdrant_client::qdrant::{
     point_id::PointIdOptions, Condition, CountPointsBuilder, CreateCollectionBuilder, CreateFieldIndexCollectionBuilder, DeletePointsBuilder, Distance,
-    FieldType, Filter as QFilter, PayloadIncludeSelector, PointId, PointStruct, PointsIdsList, QueryPointsBuilder, ScalarQuantizationBuilder, ScrollPointsBuilder,
-    SearchParamsBuilder, UpsertPointsBuilder, Value as QValue, VectorParamsBuilder, WriteOrdering, WriteOrderingType,
+    FacetCountsBuilder, FieldType, Filter as QFilter, GetPointsBuilder, PayloadExcludeSelector, PayloadIncludeSelector, PointId, PointStruct, PointsIdsList,
+    QueryPointsBuilder, ScalarQuantizationBuilder, ScrollPointsBuilder, SearchParamsBuilder, UpsertPointsBuilder, Value as QValue, VectorParamsBuilder,
+    WriteOrdering, WriteOrderingType,
 };
 use qdrant_client::Qdrant;
 use sha2::{Digest, Sha256};
@@ -96,9 +101,21 @@ impl QdrantConfig {
     }
 }
 
-/// Payload fields lookalike adds beside the product's metadata.
+/// Payload fields lookalike adds beside the product's metadata: the catalog key of a product a
+/// catalog wrote (products added through a server without a catalog have none), the product
+/// id, its colour descriptor (little-endian f32, base64) and its photo (base64, only up to
+/// [`MAX_PAYLOAD_IMAGE`]).
 const KEY_FIELD: &str = "_lookalike_key";
 const ID_FIELD: &str = "_lookalike_id";
+const COLOUR_FIELD: &str = "_lookalike_colour";
+const IMAGE_FIELD: &str = "_lookalike_image";
+/// Photos up to this size travel in the payload, so that a server without the catalog can show
+/// them (Fashion-MNIST's are under 1 KiB, a 60x80 shop thumbnail a few KiB); larger ones are
+/// shown from the shop's own image URL column (see `docs/deployment.md`).
+pub const MAX_PAYLOAD_IMAGE: usize = 64 * 1024;
+/// Bytes of the collection description per point of the side collection: far below gRPC's
+/// 4 MiB message limit once base64 has grown them by a third.
+const DESCRIPTION_CHUNK: usize = 1 << 20;
 /// Points per upsert request: large enough to amortise the round trip, small enough to stay far
 /// below gRPC's 4 MiB message limit at 2048 dimensions (256 × 8 KiB = 2 MiB).
 const UPSERT_BATCH: usize = 256;
@@ -110,14 +127,32 @@ pub fn point_id(product_id: &str) -> String {
     format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
 }
 
+/// The key a product without a catalog key goes by in a server's results: negative, so it can
+/// never be taken for a catalog's row, and the same on every server.
+pub fn collection_key(product_id: &str) -> Key {
+    let digest = Sha256::digest(product_id.as_bytes());
+    let mut bytes = [0u8; 8];
+    bytes.copy_from_slice(&digest[..8]);
+    -(i64::from_le_bytes(bytes) & i64::MAX) - 1
+}
+
+/// What a point carries about its product: all a server needs to show it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct StoredProduct {
+    pub id: String,
+    pub metadata: Metadata,
+    /// The product's colour descriptor ([`crate::colour::ColourDescriptor::values`]).
+    pub colour: Option<Vec<f32>>,
+}
+
 /// A Qdrant collection as a [`VectorIndex`].
 pub struct QdrantIndex {
     client: Qdrant,
     runtime: tokio::runtime::Runtime,
     config: QdrantConfig,
     dim: usize,
-    /// Product id and metadata of each key, so writes can carry the payload.
-    products: HashMap<Key, (String, Metadata)>,
+    /// Who each catalog key is, so that writes by key can carry the payload.
+    products: HashMap<Key, StoredProduct>,
     len: usize,
 }
 
@@ -134,19 +169,40 @@ pub struct SyncReport {
 impl QdrantIndex {
     /// Connects, and creates the collection (or checks that an existing one fits `dim`).
     pub fn connect(config: QdrantConfig, dim: usize) -> Result<QdrantIndex> {
-        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().context("starting the Qdrant client runtime")?;
+        let mut index = QdrantIndex { dim, ..QdrantIndex::connect_client(config)? };
+        index.ensure_collection()?;
+        index.len = index.count()?;
+        Ok(index)
+    }
+
+    /// Connects to a collection that must exist already (a server without the catalog cannot
+    /// create one: it does not know the vectors), taking its dimension from it.
+    pub fn connect_existing(config: QdrantConfig) -> Result<QdrantIndex> {
+        let mut index = QdrantIndex::connect_client(config)?;
+        let name = index.config.collection.clone();
+        if !index.retry("checking the collection", || index.client.collection_exists(name.clone()))? {
+            bail!(
+                "Qdrant at {} has no collection {name:?} yet: fill it from the catalog first (`lookalike sync --db CATALOG --store {} --collection {name}`), then start this server again",
+                index.config.url,
+                index.config.url
+            );
+        }
+        index.dim = index.collection_shape()?.map_or(0, |(size, _)| size as usize);
+        index.len = index.count()?;
+        Ok(index)
+    }
+
+    fn connect_client(config: QdrantConfig) -> Result<QdrantIndex> {
         // The client's own version check prints to stdout (which carries lookalike's JSON
         // output) and refuses servers more than one minor version apart; lookalike uses only
         // long-stable calls, tested against Qdrant 1.18.
+        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().context("starting the Qdrant client runtime")?;
         let mut builder = Qdrant::from_url(&config.url).timeout(config.timeout).connect_timeout(Duration::from_secs(10)).skip_compatibility_check();
         if let Some(key) = &config.api_key {
             builder = builder.api_key(key.clone());
         }
         let client = builder.build().with_context(|| format!("connecting to Qdrant at {}", config.url))?;
-        let mut index = QdrantIndex { client, runtime, config, dim, products: HashMap::new(), len: 0 };
-        index.ensure_collection()?;
-        index.len = index.count()?;
-        Ok(index)
+        Ok(QdrantIndex { client, runtime, config, dim: 0, products: HashMap::new(), len: 0 })
     }
 
     /// Runs a future to completion on the client's runtime, also from threads that belong to
@@ -194,18 +250,7 @@ impl QdrantIndex {
         let name = self.config.collection.clone();
         let exists = self.retry("checking the collection", || self.client.collection_exists(name.clone()))?;
         if exists {
-            let info = self.retry("reading the collection", || self.client.collection_info(name.clone()))?;
-            let size = info
-                .result
-                .and_then(|r| r.config)
-                .and_then(|c| c.params)
-                .and_then(|p| p.vectors_config)
-                .and_then(|v| v.config)
-                .and_then(|c| match c {
-                    qdrant_client::qdrant::vectors_config::Config::Params(p) => Some((p.size, p.distance)),
-                    _ => None,
-                });
-            match size {
+            match self.collection_shape()? {
                 Some((size, distance)) if size as usize == self.dim && distance == Distance::Dot as i32 => Ok(()),
                 Some((size, distance)) => bail!(
                     "Qdrant collection {name:?} holds {size}-d vectors with distance {distance}, but this catalog's search space is {}-d dot product: use another --collection, or delete that one",
@@ -236,6 +281,16 @@ impl QdrantIndex {
         }
     }
 
+    /// The collection's vector size and distance; `None` for named or other vectors.
+    fn collection_shape(&self) -> Result<Option<(u64, i32)>> {
+        let name = self.config.collection.clone();
+        let info = self.retry("reading the collection", || self.client.collection_info(name.clone()))?;
+        Ok(info.result.and_then(|r| r.config).and_then(|c| c.params).and_then(|p| p.vectors_config).and_then(|v| v.config).and_then(|c| match c {
+            qdrant_client::qdrant::vectors_config::Config::Params(p) => Some((p.size, p.distance)),
+            _ => None,
+        }))
+    }
+
     /// [`explain`] for this index's server (TLS or not).
     fn explain(&self, e: &qdrant_client::QdrantError) -> String {
         explain(e, self.config.url.starts_with("https:"))
@@ -261,36 +316,66 @@ impl QdrantIndex {
         WriteOrdering { r#type: self.config.write_ordering as i32 }
     }
 
-    /// Tells the index a product's id and metadata (the point id and payload of its vector).
-    pub fn describe(&mut self, key: Key, id: &str, metadata: &Metadata) {
-        self.products.insert(key, (id.to_string(), metadata.clone()));
+    /// Tells the index who `key` is (the point id and payload of its vector).
+    pub fn describe(&mut self, key: Key, product: StoredProduct) {
+        self.products.insert(key, product);
     }
 
-    fn point(&self, key: Key, vector: &[f32]) -> Result<PointStruct> {
-        let (id, metadata) = self.products.get(&key).with_context(|| format!("no product id known for key {key}"))?;
-        let mut payload: HashMap<String, QValue> = metadata.iter().map(|(k, v)| (k.clone(), QValue::from(v.clone()))).collect();
-        payload.insert(KEY_FIELD.into(), QValue::from(key));
-        payload.insert(ID_FIELD.into(), QValue::from(id.clone()));
-        Ok(PointStruct::new(point_id(id), vector.to_vec(), payload))
+    /// A point: the vector, the product's payload, the catalog key when the product has one
+    /// (`key` ≥ 0) and its photo when one is given.
+    fn point(product: &StoredProduct, key: Option<Key>, vector: &[f32], image: Option<&[u8]>) -> PointStruct {
+        let mut payload: HashMap<String, QValue> = product.metadata.iter().map(|(k, v)| (k.clone(), QValue::from(v.clone()))).collect();
+        if let Some(key) = key {
+            payload.insert(KEY_FIELD.into(), QValue::from(key));
+        }
+        payload.insert(ID_FIELD.into(), QValue::from(product.id.clone()));
+        if let Some(colour) = &product.colour {
+            let bytes: Vec<u8> = colour.iter().flat_map(|v| v.to_le_bytes()).collect();
+            payload.insert(COLOUR_FIELD.into(), QValue::from(base64::engine::general_purpose::STANDARD.encode(bytes)));
+        }
+        if let Some(image) = image.filter(|i| i.len() <= MAX_PAYLOAD_IMAGE) {
+            payload.insert(IMAGE_FIELD.into(), QValue::from(base64::engine::general_purpose::STANDARD.encode(image)));
+        }
+        PointStruct::new(point_id(&product.id), vector.to_vec(), payload)
+    }
+
+    /// The point of catalog key `key`, described before.
+    fn keyed_point(&self, key: Key, vector: &[f32], image: Option<&[u8]>) -> Result<PointStruct> {
+        let product = self.products.get(&key).with_context(|| format!("no product id known for key {key}"))?;
+        Ok(QdrantIndex::point(product, (key >= 0).then_some(key), vector, image))
     }
 
     /// Upserts many points in batches of [`UPSERT_BATCH`].
     pub fn upsert_many(&mut self, rows: &[(Key, Vec<f32>)]) -> Result<()> {
         for chunk in rows.chunks(UPSERT_BATCH) {
-            self.upsert_batch(chunk)?;
+            let points = chunk.iter().map(|(k, v)| self.keyed_point(*k, v, None)).collect::<Result<Vec<_>>>()?;
+            self.upsert_points(points)?;
         }
         self.len = self.count()?;
         Ok(())
     }
 
-    fn upsert_batch(&self, rows: &[(Key, Vec<f32>)]) -> Result<()> {
-        let points = rows.iter().map(|(k, v)| self.point(*k, v)).collect::<Result<Vec<_>>>()?;
+    /// Adds or replaces one product's point, with its photo when small enough to travel in the
+    /// payload.
+    pub fn put_product(&mut self, key: Key, product: StoredProduct, vector: &[f32], image: Option<&[u8]>) -> Result<()> {
+        if vector.len() != self.dim {
+            bail!("vector has {} dimensions, the collection holds {}-d vectors", vector.len(), self.dim);
+        }
+        let point = QdrantIndex::point(&product, (key >= 0).then_some(key), vector, image);
+        self.products.insert(key, product);
+        self.upsert_points(vec![point])?;
+        self.len = self.count()?;
+        Ok(())
+    }
+
+    fn upsert_points(&self, points: Vec<PointStruct>) -> Result<()> {
         let request = UpsertPointsBuilder::new(self.config.collection.clone(), points).wait(true).ordering(self.ordering());
         self.retry("upserting points", || self.client.upsert_points(request.clone()))?;
         Ok(())
     }
 
-    /// Every point id in the collection, with the catalog key its payload records.
+    /// Every point id in the collection, with the catalog key its payload records (none for a
+    /// product added through a server without a catalog).
     fn all_points(&self) -> Result<HashMap<String, Option<Key>>> {
         let mut out = HashMap::new();
         let mut offset: Option<PointId> = None;
@@ -314,29 +399,38 @@ impl QdrantIndex {
     }
 
     /// Makes the collection agree with the catalog: upserts every product that is missing (or
-    /// whose recorded key differs), deletes points whose product is gone. `keys` are the
-    /// catalog's products; `vector` gives one's vector in the search space. Vectors are fetched
-    /// 256 at a time as they are sent, so a million-product sync holds no second copy of them.
-    pub fn sync(&mut self, keys: &[Key], vector: impl Fn(Key) -> Option<Vec<f32>>) -> Result<SyncReport> {
+    /// whose recorded key differs), deletes points a catalog wrote whose product is gone.
+    /// Products added through a server without a catalog (no key in their payload) are kept:
+    /// the catalog never knew them, so their absence from it says nothing. `keys` are the
+    /// catalog's products; `point` gives one's vector in the search space and its photo.
+    /// Vectors are fetched 256 at a time as they are sent, so a million-product sync holds no
+    /// second copy of them.
+    pub fn sync(&mut self, keys: &[Key], point: impl Fn(Key) -> Option<(Vec<f32>, Option<Vec<u8>>)>) -> Result<SyncReport> {
         let started = std::time::Instant::now();
         let existing = self.all_points()?;
         let mut report = SyncReport { in_catalog: keys.len(), in_collection_before: existing.len(), ..Default::default() };
         let mut wanted: HashSet<String> = HashSet::new();
         let mut missing = Vec::new();
         for &key in keys {
-            let (id, _) = self.products.get(&key).with_context(|| format!("no product id known for key {key}"))?;
-            let pid = point_id(id);
+            let product = self.products.get(&key).with_context(|| format!("no product id known for key {key}"))?;
+            let pid = point_id(&product.id);
             if existing.get(&pid) != Some(&Some(key)) {
                 missing.push(key);
             }
             wanted.insert(pid);
         }
-        let stale: Vec<PointId> = existing.keys().filter(|p| !wanted.contains(*p)).map(|p| PointId::from(p.clone())).collect();
+        let stale: Vec<PointId> = existing.iter().filter(|(p, key)| key.is_some() && !wanted.contains(*p)).map(|(p, _)| PointId::from(p.clone())).collect();
         report.added = missing.len();
         report.deleted = stale.len();
         for chunk in missing.chunks(UPSERT_BATCH) {
-            let rows = chunk.iter().map(|&k| vector(k).map(|v| (k, v)).with_context(|| format!("no vector for key {k}"))).collect::<Result<Vec<_>>>()?;
-            self.upsert_batch(&rows)?;
+            let points = chunk
+                .iter()
+                .map(|&k| {
+                    let (vector, image) = point(k).with_context(|| format!("no vector for key {k}"))?;
+                    self.keyed_point(k, &vector, image.as_deref())
+                })
+                .collect::<Result<Vec<_>>>()?;
+            self.upsert_points(points)?;
         }
         for chunk in stale.chunks(1000) {
             let request = DeletePointsBuilder::new(self.config.collection.clone()).points(PointsIdsList { ids: chunk.to_vec() }).wait(true).ordering(self.ordering());
@@ -347,11 +441,16 @@ impl QdrantIndex {
         Ok(report)
     }
 
-    fn query(&self, query: &[f32], k: usize, filter: Option<QFilter>) -> Result<Vec<Hit>> {
+    /// The `k` nearest points: score, the catalog key recorded, the product.
+    fn query(&self, query: &[f32], k: usize, filter: Option<QFilter>) -> Result<Vec<(f32, Option<Key>, StoredProduct)>> {
+        if query.len() != self.dim {
+            bail!("vector has {} dimensions, the collection holds {}-d vectors", query.len(), self.dim);
+        }
+        // Everything but the photo, which only the image route reads.
         let mut request = QueryPointsBuilder::new(self.config.collection.clone())
             .query(query.to_vec())
             .limit(k as u64)
-            .with_payload(PayloadIncludeSelector { fields: vec![KEY_FIELD.to_string()] })
+            .with_payload(PayloadExcludeSelector::new(vec![IMAGE_FIELD.to_string()]))
             .params(SearchParamsBuilder::default().exact(self.config.exact));
         if let Some(filter) = filter {
             request = request.filter(filter);
@@ -360,15 +459,193 @@ impl QdrantIndex {
         Ok(response
             .result
             .into_iter()
-            .filter_map(|p| p.payload.get(KEY_FIELD).and_then(integer).map(|key| Hit { key, score: p.score }))
+            .filter_map(|p| {
+                let key = p.payload.get(KEY_FIELD).and_then(integer);
+                stored_product(p.payload).map(|product| (p.score, key, product))
+            })
             .collect())
     }
 
-    /// Searches with the filter applied inside Qdrant (payload conditions), with the same
-    /// meaning as the embedded store: all columns must match, any value of a column will do.
+    /// The `k` products nearest `query` that `filter` admits (evaluated by Qdrant on the
+    /// payloads, with the embedded store's meaning: all columns must match, any value of a
+    /// column will do), with what their points say of them.
+    pub fn search_products(&self, query: &[f32], k: usize, filter: &Filter) -> Result<Vec<(f32, StoredProduct)>> {
+        Ok(self.query(query, k, qdrant_filter(filter))?.into_iter().map(|(score, _, product)| (score, product)).collect())
+    }
+
+    /// [`QdrantIndex::search_products`] as hits by key ([`VectorIndex::search`]'s keys).
     pub fn search_filter(&self, query: &[f32], k: usize, filter: &Filter) -> Result<Vec<Hit>> {
-        let conditions: Vec<Condition> = filter.conditions().map(|(column, values)| Condition::matches(column.to_string(), values.to_vec())).collect();
-        self.query(query, k, Some(QFilter::must(conditions)))
+        Ok(self.hits(self.query(query, k, qdrant_filter(filter))?))
+    }
+
+    /// Hits by the catalog key recorded where this process knows that key as the same product
+    /// (a collection shared by two catalogs records either's keys), else by collection key.
+    fn hits(&self, rows: Vec<(f32, Option<Key>, StoredProduct)>) -> Vec<Hit> {
+        rows.into_iter()
+            .map(|(score, key, product)| {
+                let known = key.filter(|k| self.products.get(k).is_some_and(|p| p.id == product.id));
+                Hit { key: known.unwrap_or_else(|| collection_key(&product.id)), score }
+            })
+            .collect()
+    }
+
+    /// A product's payload and vector (in the search space), read from its point.
+    pub fn product(&self, id: &str) -> Result<Option<(StoredProduct, Vec<f32>)>> {
+        let request = GetPointsBuilder::new(self.config.collection.clone(), vec![PointId::from(point_id(id))])
+            .with_payload(PayloadExcludeSelector::new(vec![IMAGE_FIELD.to_string()]))
+            .with_vectors(true);
+        let response = self.retry("reading a point", || self.client.get_points(request.clone()))?;
+        let Some(point) = response.result.into_iter().next() else { return Ok(None) };
+        let vector = match point.vectors.as_ref().and_then(|v| v.get_vector()) {
+            Some(qdrant_client::qdrant::vector_output::Vector::Dense(dense)) => dense.data,
+            _ => bail!("the point of product {id:?} has no plain vector"),
+        };
+        Ok(stored_product(point.payload).map(|product| (product, vector)))
+    }
+
+    /// The photo kept in a product's payload, if it has one.
+    pub fn product_image(&self, id: &str) -> Result<Option<Vec<u8>>> {
+        let request = GetPointsBuilder::new(self.config.collection.clone(), vec![PointId::from(point_id(id))])
+            .with_payload(PayloadIncludeSelector { fields: vec![IMAGE_FIELD.to_string()] })
+            .with_vectors(false);
+        let response = self.retry("reading a photo", || self.client.get_points(request.clone()))?;
+        let Some(point) = response.result.into_iter().next() else { return Ok(None) };
+        Ok(point.payload.get(IMAGE_FIELD).and_then(string).and_then(|text| base64::engine::general_purpose::STANDARD.decode(text).ok()))
+    }
+
+    /// Deletes a product's point by its id; whether there was one.
+    pub fn remove_product(&mut self, id: &str) -> Result<bool> {
+        let pid = PointId::from(point_id(id));
+        let request = GetPointsBuilder::new(self.config.collection.clone(), vec![pid.clone()]).with_payload(false).with_vectors(false);
+        let existed = !self.retry("reading a point", || self.client.get_points(request.clone()))?.result.is_empty();
+        let request = DeletePointsBuilder::new(self.config.collection.clone()).points(PointsIdsList { ids: vec![pid] }).wait(true).ordering(self.ordering());
+        self.retry("deleting a point", || self.client.delete_points(request.clone()))?;
+        self.products.retain(|_, p| p.id != id);
+        self.len = self.count()?;
+        Ok(existed)
+    }
+
+    /// Points in the collection now, as Qdrant counts them (other servers' writes included).
+    pub fn count_now(&self) -> Result<usize> {
+        self.count()
+    }
+
+    /// How many products have each value of each of `columns` (Qdrant's facet counts; a
+    /// column needs a keyword index, as `--filter-columns` gives a new collection), most
+    /// frequent first, at most `limit` values a column.
+    pub fn facets(&self, columns: &[String], limit: u64) -> Result<Vec<(String, String, usize)>> {
+        let mut out = Vec::new();
+        for column in columns {
+            let request = FacetCountsBuilder::new(self.config.collection.clone(), column.clone()).limit(limit).exact(true);
+            let response = match self.run(self.client.facet(request.clone())) {
+                Ok(response) => response,
+                // A column without a keyword index has no facet: left out, not an error.
+                Err(qdrant_client::QdrantError::ResponseError { status }) if matches!(status.code() as i32, 3 | 5) => {
+                    tracing::debug!("no facet for {column:?}: {}", status.message());
+                    continue;
+                }
+                Err(_) => self.retry("counting values", || self.client.facet(request.clone()))?,
+            };
+            for hit in response.hits {
+                if let Some(qdrant_client::qdrant::facet_value::Variant::StringValue(value)) = hit.value.and_then(|v| v.variant) {
+                    out.push((column.clone(), value, hit.count as usize));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The side collection that holds this collection's description.
+    fn description_collection(&self) -> String {
+        format!("{}_lookalike", self.config.collection)
+    }
+
+    /// Keeps `bytes` (the collection's description: model, search space) beside the
+    /// collection, in points of a side collection, replacing what was there. A tuned search
+    /// space is megabytes, too large for Qdrant's collection metadata, so it is cut into
+    /// chunks, each checked by the SHA-256 of the whole.
+    pub fn write_description(&self, bytes: &[u8]) -> Result<()> {
+        let name = self.description_collection();
+        if !self.retry("checking the description", || self.client.collection_exists(name.clone()))? {
+            let mut create = CreateCollectionBuilder::new(name.clone()).vectors_config(VectorParamsBuilder::new(1, Distance::Dot));
+            if let Some(replicas) = self.config.replicas {
+                create = create.replication_factor(replicas);
+            }
+            self.retry("creating the description collection", || self.client.create_collection(create.clone()))?;
+        }
+        let digest = hex::encode(Sha256::digest(bytes));
+        let chunks: Vec<&[u8]> = bytes.chunks(DESCRIPTION_CHUNK).collect();
+        let points: Vec<PointStruct> = chunks
+            .iter()
+            .enumerate()
+            .map(|(i, chunk)| {
+                let payload: HashMap<String, QValue> = HashMap::from([
+                    ("index".to_string(), QValue::from(i as i64)),
+                    ("count".to_string(), QValue::from(chunks.len() as i64)),
+                    ("sha256".to_string(), QValue::from(digest.clone())),
+                    ("data".to_string(), QValue::from(base64::engine::general_purpose::STANDARD.encode(chunk))),
+                ]);
+                PointStruct::new(i as u64, vec![1.0], payload)
+            })
+            .collect();
+        for point in points {
+            let request = UpsertPointsBuilder::new(name.clone(), vec![point]).wait(true).ordering(WriteOrdering { r#type: WriteOrderingType::Strong as i32 });
+            self.retry("writing the description", || self.client.upsert_points(request.clone()))?;
+        }
+        // Chunks of a longer, older description.
+        let request = DeletePointsBuilder::new(name.clone()).points(QFilter::must([Condition::range("index", qdrant_client::qdrant::Range { gte: Some(chunks.len() as f64), ..Default::default() })])).wait(true);
+        self.retry("trimming the description", || self.client.delete_points(request.clone()))?;
+        Ok(())
+    }
+
+    /// The description [`QdrantIndex::write_description`] kept, or `None` when there is none
+    /// (a collection filled before descriptions were kept) or it is half-written.
+    pub fn read_description(&self) -> Result<Option<Vec<u8>>> {
+        let name = self.description_collection();
+        if !self.retry("checking the description", || self.client.collection_exists(name.clone()))? {
+            return Ok(None);
+        }
+        let request = ScrollPointsBuilder::new(name).limit(1000).with_payload(true).with_vectors(false);
+        let page = self.retry("reading the description", || self.client.scroll(request.clone()))?;
+        let mut chunks: BTreeMap<i64, (i64, String, Vec<u8>)> = BTreeMap::new();
+        for point in page.result {
+            let field = |name: &str| point.payload.get(name);
+            let (Some(index), Some(count), Some(digest), Some(data)) = (field("index").and_then(integer), field("count").and_then(integer), field("sha256").and_then(string), field("data").and_then(string)) else {
+                continue;
+            };
+            let data = base64::engine::general_purpose::STANDARD.decode(data).context("the collection description is not base64")?;
+            chunks.insert(index, (count, digest.to_string(), data));
+        }
+        let Some((count, digest, _)) = chunks.values().next().cloned() else { return Ok(None) };
+        let bytes: Vec<u8> = chunks.values().take(count as usize).flat_map(|(_, _, data)| data.iter().copied()).collect();
+        if chunks.len() as i64 != count || hex::encode(Sha256::digest(&bytes)) != digest {
+            tracing::warn!("the description of collection {:?} is incomplete or being rewritten", self.config.collection);
+            return Ok(None);
+        }
+        Ok(Some(bytes))
+    }
+}
+
+/// Qdrant's form of `filter`: all columns must match, any value of a column will do.
+fn qdrant_filter(filter: &Filter) -> Option<QFilter> {
+    let conditions: Vec<Condition> = filter.conditions().map(|(column, values)| Condition::matches(column.to_string(), values.to_vec())).collect();
+    (!conditions.is_empty()).then(|| QFilter::must(conditions))
+}
+
+/// The product a point's payload describes; `None` for a point lookalike did not write.
+fn stored_product(payload: HashMap<String, QValue>) -> Option<StoredProduct> {
+    let id = payload.get(ID_FIELD).and_then(string)?.to_string();
+    let colour = payload.get(COLOUR_FIELD).and_then(string).and_then(|text| base64::engine::general_purpose::STANDARD.decode(text).ok()).map(|bytes| {
+        bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+    });
+    let metadata = payload.iter().filter(|(k, _)| !k.starts_with("_lookalike_")).filter_map(|(k, v)| string(v).map(|v| (k.clone(), v.to_string()))).collect();
+    Some(StoredProduct { id, metadata, colour })
+}
+
+fn string(v: &QValue) -> Option<&str> {
+    match &v.kind {
+        Some(qdrant_client::qdrant::value::Kind::StringValue(s)) => Some(s),
+        _ => None,
     }
 }
 
@@ -436,27 +713,17 @@ impl VectorIndex for QdrantIndex {
     }
 
     fn remove(&mut self, key: Key) -> Result<()> {
-        let Some((id, _)) = self.products.remove(&key) else { return Ok(()) };
-        let request = DeletePointsBuilder::new(self.config.collection.clone())
-            .points(PointsIdsList { ids: vec![PointId::from(point_id(&id))] })
-            .wait(true)
-            .ordering(self.ordering());
-        self.retry("deleting a point", || self.client.delete_points(request.clone()))?;
-        self.len = self.count()?;
-        Ok(())
+        let Some(product) = self.products.get(&key).cloned() else { return Ok(()) };
+        self.remove_product(&product.id).map(|_| ())
     }
 
     fn search(&self, query: &[f32], k: usize, allowed: Option<&Allowed>) -> Result<Vec<Hit>> {
-        if query.len() != self.dim {
-            bail!("vector has {} dimensions, the collection holds {}-d vectors", query.len(), self.dim);
-        }
         let filter = allowed.map(|a| {
-            let ids: Vec<PointId> = a.iter().filter_map(|k| self.products.get(k)).map(|(id, _)| PointId::from(point_id(id))).collect();
+            let ids: Vec<PointId> = a.iter().filter_map(|k| self.products.get(k)).map(|p| PointId::from(point_id(&p.id))).collect();
             QFilter::must([Condition::has_id(ids)])
         });
-        self.query(query, k, filter)
+        Ok(self.hits(self.query(query, k, filter)?))
     }
-
 }
 
 #[cfg(test)]

@@ -82,9 +82,14 @@ pub struct Server {
 
 impl Server {
     pub fn start(db: &Path, args: &[&str], env: &[(&str, &str)]) -> Server {
+        Server::start_with(&[&["--db", path(db)], args].concat(), env)
+    }
+
+    /// `lookalike serve ARGS` (with no catalog given unless `args` name one).
+    pub fn start_with(args: &[&str], env: &[(&str, &str)]) -> Server {
         let mut command = Command::new(BIN);
         command
-            .args(["serve", "--db", path(db), "--addr", "127.0.0.1:0"])
+            .args(["serve", "--addr", "127.0.0.1:0"])
             .args(args)
             .env("LOOKALIKE_LOG", "warn")
             .env_remove("LOOKALIKE_ADMIN_TOKEN")

@@ -33,7 +33,7 @@ pub async fn readyz(State(state): Shared) -> Result<Json<Readiness>, ApiError> {
     let engine = state.engine.clone();
     let products = blocking(move || {
         engine.store_health()?;
-        Ok(engine.with_catalog(|c| c.len())?)
+        Ok(engine.product_count()?)
     })
     .await?;
     Ok(Json(Readiness {

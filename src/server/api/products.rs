@@ -14,7 +14,7 @@ use super::super::extract::{read_image_field, AdminToken, FieldNames, UploadForm
 use super::super::types::{NewProductForm, ProductBody};
 use super::super::AppState;
 use super::{blocking, Shared};
-use crate::types::{ImageRef, Metadata, NewImage, NewProduct, Product};
+use crate::types::{Metadata, NewImage, NewProduct, Product};
 
 /// A product's metadata.
 #[utoipa::path(
@@ -35,9 +35,7 @@ pub async fn get_product(State(state): Shared, Path(id): Path<String>) -> Result
 async fn find_product(state: &Arc<AppState>, id: String) -> Result<Product, ApiError> {
     let engine = state.engine.clone();
     blocking(move || {
-        engine
-            .with_catalog(|c| c.get_by_id(&id))?
-            .ok_or_else(|| ApiError::NotFound(format!("no product with id {id:?}")))
+        engine.product(&id)?.ok_or_else(|| ApiError::NotFound(format!("no product with id {id:?}")))
     })
     .await
 }
@@ -55,18 +53,12 @@ async fn find_product(state: &Arc<AppState>, id: String) -> Result<Product, ApiE
 )]
 pub async fn product_image(State(state): Shared, Path(id): Path<String>) -> Result<Response, ApiError> {
     let product = find_product(&state, id).await?;
-    let bytes = match &product.image {
-        ImageRef::Stored { .. } => {
-            let engine = state.engine.clone();
-            let key = product.key;
-            blocking(move || Ok(engine.with_catalog(|c| c.stored_image(key))?)).await?.map(|(bytes, _)| bytes)
-        }
-        // Only the path the catalog recorded at import is ever read; nothing from the request.
-        ImageRef::File(path) => {
-            let path = path.clone();
-            blocking(move || Ok(crate::catalog::read_image_file(&path).map_err(|e| tracing::warn!("{e:#}")).ok())).await?
-        }
-    };
+    let engine = state.engine.clone();
+    let bytes = blocking({
+        let product = product.clone();
+        move || Ok(engine.product_image(&product)?)
+    })
+    .await?;
     let bytes = bytes.ok_or_else(|| ApiError::NotFound(format!("the image of product {:?} is no longer available", product.id)))?;
     // The type comes from the bytes themselves, and only image types are ever declared, so a
     // stored file can never be served as HTML or script.
@@ -144,7 +136,7 @@ pub async fn add_product(State(state): Shared, _admin: AdminToken, UploadForm(mu
     let stored = blocking(move || {
         engine.add_product(product)?;
         engine.compact_graph_in_background();
-        Ok(engine.with_catalog(|c| c.get_by_id(&id))?)
+        Ok(engine.product(&id)?)
     })
     .await?
     .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("the product just stored cannot be read back")))?;

@@ -163,7 +163,7 @@ async fn search_by_reference(state: Arc<AppState>, body: SearchJson) -> Result<J
 #[utoipa::path(get, path = "/api/facets", tag = "search", responses((status = 200, body = FacetsResponse)))]
 pub async fn facets(State(state): Shared) -> Result<Json<FacetsResponse>, ApiError> {
     let engine = state.engine.clone();
-    let (counts, products) = blocking(move || Ok(engine.with_catalog(|c| Ok((c.value_counts()?, c.len()?)))?)).await?;
+    let (counts, products) = blocking(move || Ok(engine.facets()?)).await?;
     let mut by_column: BTreeMap<String, Vec<FacetValue>> = BTreeMap::new();
     for (column, value, count) in counts {
         by_column.entry(column).or_default().push(FacetValue { value, count });

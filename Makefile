@@ -29,7 +29,8 @@ test: setup
 	$(or $(CARGO_TARGET_DIR),target)/release/examples/resnet50
 	@echo "== make test: running every test binary (--no-fail-fast: a failure does not hide the others)"
 	$(CARGO) test --release --locked --no-fail-fast
-	@if [ -n "$$LOOKALIKE_QDRANT_URL" ]; then $(CARGO) test --release --locked --test qdrant -- --ignored $$([ -n "$$LOOKALIKE_QDRANT_CLUSTER" ] || echo "--skip cluster_"); else echo "Qdrant tests skipped: set LOOKALIKE_QDRANT_URL=qdrant://HOST:PORT to run them"; fi
+	@if [ -n "$$LOOKALIKE_QDRANT_URL" ]; then $(CARGO) test --release --locked --test qdrant -- --ignored $$([ -n "$$LOOKALIKE_QDRANT_CLUSTER" ] || echo "--skip cluster_") $$([ -x /usr/sbin/nginx ] || [ -x /usr/bin/nginx ] || echo "--skip a_load_balancer"); else echo "Qdrant tests skipped: set LOOKALIKE_QDRANT_URL=qdrant://HOST:PORT to run them"; fi
+	@if [ -n "$$LOOKALIKE_QDRANT_URL" ] && [ ! -x /usr/sbin/nginx ] && [ ! -x /usr/bin/nginx ]; then echo "Load-balancer test skipped: install Debian's nginx-light to run it"; fi
 	@if [ -n "$$LOOKALIKE_QDRANT_URL" ] && [ -z "$$LOOKALIKE_QDRANT_CLUSTER" ]; then echo "Qdrant cluster test skipped: set LOOKALIKE_QDRANT_CLUSTER, _STOP and _START to run it"; fi
 
 # Serve the search page and API at http://$(DEMO_ADDR)/ at once, while the Fashion-MNIST

@@ -109,11 +109,14 @@ else
   echo "server: $url over $db ($(curl -s "$url/readyz"))"
 fi
 echo "wrk -t2 -c$clients -d${seconds}s --latency -s load.lua $url  (POST /api/search, multipart, 200 catalog photos, k=10)"
-LOAD_TEST_RESULT="$work/result" wrk -t2 -c"$clients" -d"${seconds}s" --timeout 10s --latency -s "$work/load.lua" "$url"
+LOAD_TEST_RESULT="$work/result" wrk -t2 -c"$clients" -d"${seconds}s" --timeout 10s --latency -s "$work/load.lua" "$url" | tee "$work/wrk.out"
 if [ -n "$server" ]; then
   echo "--- server metrics"
   curl -s "$url/metrics" | grep -E '^lookalike_(http_requests_total\{route="/api/search"|encoder_batch_size_(sum|count)|encoder_batch_duration_seconds_(sum|count)|encoder_rejected_total|catalog_products)'
   echo "--- server memory: peak RSS $(awk '/VmHWM/ {printf "%.0f MB", $2/1024}' /proc/$server/status), now $(awk '/VmRSS/ {printf "%.0f MB", $2/1024}' /proc/$server/status)"
+  answered=$(awk '/^answers:/ {print $3}' "$work/wrk.out" | tr -d ,)
+  awk -v t="$(awk '{print $14 + $15}' "/proc/$server/stat")" -v hz="$(getconf CLK_TCK)" -v n="$answered" \
+    'BEGIN { if (n > 0) printf "--- server CPU: %.2f ms per answered search (user + system, start-up included)\n", 1000 * t / hz / n }'
 fi
 # A load test that saw errors fails: any answer but 200 or 503 with Retry-After, or any
 # connection error or timeout.

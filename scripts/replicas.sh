@@ -35,6 +35,16 @@ trap cleanup EXIT
 echo "== syncing $db to collection $collection (3 shards x 2 copies)"
 "$bin" sync --db "$db" --store "${nodes[0]}" --collection "$collection" --shards 3 --replicas 2 >/dev/null
 
+# Load is measured once Qdrant has built its search graphs: while it builds them (minutes for
+# 60,000 points on 2 cores) it takes every core and searches scan unindexed segments.
+echo "== waiting for Qdrant to index the collection (status green)"
+for _ in $(seq 1 1200); do
+  status=$(curl -s "http://127.0.0.1:6333/collections/$collection" | python3 -c 'import json, sys; print(json.load(sys.stdin)["result"]["status"])' 2>/dev/null || echo unknown)
+  [ "$status" = green ] && break
+  sleep 1
+done
+echo "collection status: $status"
+
 echo "== three replicas without the catalog, one per Qdrant node"
 for i in 1 2 3; do
   "$bin" serve --no-catalog --store "${nodes[$((i - 1))]}" --collection "$collection" --addr "127.0.0.1:810$i" --workers 1 --threads 1 \
@@ -49,45 +59,19 @@ for i in 1 2 3; do
   grep -q "listening on" "$work/replica$i.out" || { cat "$work/replica$i.err" >&2; echo "replica $i did not start" >&2; exit 1; }
 done
 
-cat > "$work/nginx.conf" <<EOF
-worker_processes 1;
-pid $work/nginx.pid;
-error_log $work/nginx-error.log;
-events { worker_connections 1024; }
-http {
-  log_format upstream '\$upstream_addr \$status';
-  access_log $work/access.log upstream;
-  client_body_temp_path $work/body;
-  proxy_temp_path $work/proxy;
-  fastcgi_temp_path $work/fastcgi;
-  uwsgi_temp_path $work/uwsgi;
-  scgi_temp_path $work/scgi;
-  client_max_body_size 25m;
-  upstream replicas {
-    least_conn;
-    server 127.0.0.1:8101;
-    server 127.0.0.1:8102;
-    server 127.0.0.1:8103;
-    keepalive 32;
-  }
-  server {
-    listen 127.0.0.1:8100;
-    location / {
-      proxy_pass http://replicas;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-      # A replica whose Qdrant is down answers 503: try the next one.
-      proxy_next_upstream error timeout http_503;
-    }
-  }
-}
-EOF
+sed -e "s|@WORK@|$work|g" -e "s|@LISTEN@|127.0.0.1:8100|" \
+  -e "s|@UPSTREAMS@|server 127.0.0.1:8101; server 127.0.0.1:8102; server 127.0.0.1:8103;|" \
+  "$here/scripts/nginx-replicas.conf" > "$work/nginx.conf"
 "$nginx_bin" -c "$work/nginx.conf" -e "$work/nginx-error.log"
 for _ in $(seq 1 20); do curl -sf http://127.0.0.1:8100/readyz >/dev/null && break; sleep 0.25; done
 
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 before=()
 for pid in "${pids[@]}"; do before+=("$(cpu_ticks "$pid")"); done
+cluster_dir="${QDRANT_CLUSTER_DIR:-/tmp/lookalike-qdrant-cluster}"
+qdrant_pids=$(cat "$cluster_dir"/node*/pid 2>/dev/null || true)
+qdrant_ticks() { local t=0 p; for p in $qdrant_pids; do t=$((t + $(cpu_ticks "$p"))); done; echo "$t"; }
+qdrant_before=$(qdrant_ticks)
 : > "$work/access.log"
 
 echo "== load through the balancer"
@@ -95,13 +79,21 @@ LOAD_TEST_URL=http://127.0.0.1:8100 bash "$here/scripts/load-test.sh" "$db" "$se
 
 echo "== per replica"
 hz=$(getconf CLK_TCK)
-total=$(grep -c ' 200$' "$work/access.log" || true)
+total=$(grep -c ' 200 /api/search$' "$work/access.log" || true)
+qdrant_spent=$(( $(qdrant_ticks) - qdrant_before ))
 printf "%-16s %10s %8s %14s %12s\n" replica searches share "CPU ms/search" "peak RSS MB"
 for i in 1 2 3; do
   pid=${pids[$((i - 1))]}
-  served=$(grep -c "^127.0.0.1:810$i 200$" "$work/access.log" || true)
+  served=$(grep -c "^127.0.0.1:810$i 200 /api/search$" "$work/access.log" || true)
   ticks=$(( $(cpu_ticks "$pid") - ${before[$((i - 1))]} ))
   rss=$(awk '/VmHWM/ {printf "%.0f", $2 / 1024}' "/proc/$pid/status")
   awk -v r="127.0.0.1:810$i" -v n="$served" -v t="$ticks" -v hz="$hz" -v all="$total" -v rss="$rss" \
     'BEGIN { printf "%-16s %10d %7.1f%% %14.2f %12s\n", r, n, all ? 100 * n / all : 0, n ? 1000 * t / hz / n : 0, rss }'
 done
+awk -v t="$qdrant_spent" -v hz="$hz" -v n="$total" 'BEGIN { if (n > 0) printf "Qdrant, 3 nodes together: %.2f CPU ms per search\n", 1000 * t / hz / n }'
+
+# The baseline, in the same run: one server with the catalog and the embedded store, one
+# worker and one inference thread like each replica.
+for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+echo "== baseline: one server with the catalog, embedded store, --workers 1 --threads 1"
+bash "$here/scripts/load-test.sh" "$db" "$seconds" "$clients" --workers 1 --threads 1

@@ -292,32 +292,33 @@ impl SearchEngine {
             described.model
         );
         let space = described.search_space()?;
+        let foreground = described.foreground_head()?;
         let config = IndexConfig { store: Some(store.clone()), ..IndexConfig::default() };
-        Ok(SearchEngine {
-            catalog: None,
-            index: RwLock::new(Store::Qdrant(index)),
-            encoder,
-            space: RwLock::new(Arc::new(space)),
-            space_chosen_at: AtomicUsize::new(0),
-            limits: DecodeLimits::default(),
-            compacting: AtomicBool::new(false),
-            compaction_put_off: AtomicBool::new(false),
-            config,
-            followed: AtomicI64::new(0),
-            indexing: Mutex::new(None),
-            foreground: None,
-            colours: RwLock::new(ColourTable::default()),
-            likeness: Mutex::new(None),
-            described: Some(described),
-        })
+        let colours = ColourTable::default();
+        Ok(SearchEngine::from_parts(None, encoder, space, Store::Qdrant(index), config, foreground, colours, Some(described)))
     }
 
     fn assemble(catalog: SqliteCatalog, encoder: Box<dyn Encoder>, space: SearchSpace, index: Store, config: IndexConfig) -> Result<SearchEngine> {
         catalog.ensure_model(&encoder.spec().name)?;
         let foreground = catalog.foreground_head()?;
-        let colours = RwLock::new(ColourTable::load(&catalog)?);
-        Ok(SearchEngine {
-            catalog: Some(Mutex::new(catalog)),
+        let colours = ColourTable::load(&catalog)?;
+        Ok(SearchEngine::from_parts(Some(catalog), encoder, space, index, config, foreground, colours, None))
+    }
+
+    /// The engine over its parts, with nothing followed or measured yet.
+    #[allow(clippy::too_many_arguments)] // private, called twice: each argument is one part
+    fn from_parts(
+        catalog: Option<SqliteCatalog>,
+        encoder: Box<dyn Encoder>,
+        space: SearchSpace,
+        index: Store,
+        config: IndexConfig,
+        foreground: Option<ForegroundHead>,
+        colours: ColourTable,
+        described: Option<CollectionDescription>,
+    ) -> SearchEngine {
+        SearchEngine {
+            catalog: catalog.map(Mutex::new),
             index: RwLock::new(index),
             encoder,
             space: RwLock::new(Arc::new(space)),
@@ -329,10 +330,10 @@ impl SearchEngine {
             followed: AtomicI64::new(0),
             indexing: Mutex::new(None),
             foreground,
-            colours,
+            colours: RwLock::new(colours),
             likeness: Mutex::new(None),
-            described: None,
-        })
+            described,
+        }
     }
 
     /// Brings the index in step with the catalog file: products that other processes
@@ -467,10 +468,6 @@ impl SearchEngine {
         catalog.lock().map_err(|_| poisoned("catalog"))
     }
 
-    /// Whether this engine has the catalog file (a server started without one has not).
-    pub fn has_catalog(&self) -> bool {
-        self.catalog.is_some()
-    }
 
     fn read_index(&self) -> Result<RwLockReadGuard<'_, Store>> {
         self.index.read().map_err(|_| poisoned("index"))

@@ -252,6 +252,9 @@ pub struct CollectionDescription {
     pub colour_column: String,
     /// The columns with a keyword index in the collection: the facets it can count.
     pub facet_columns: Vec<String>,
+    /// The learned foreground head (`tune --localise`), base64 of its bytes: where products
+    /// are in a photo, which decides the query's colour.
+    pub foreground: Option<String>,
 }
 
 /// A [`SearchSpace`] as the description keeps it.
@@ -264,12 +267,10 @@ pub enum StoredSpace {
     Tuned { label: String, input_dim: usize, hidden: usize, output_dim: usize, weights: String },
 }
 
-impl CollectionDescription {
-    /// The description of `catalog`'s collection; `None` before it has vectors (no model yet).
-    fn of_catalog(catalog: &SqliteCatalog, space: &SearchSpace, store: &QdrantConfig) -> Result<Option<CollectionDescription>> {
+impl StoredSpace {
+    pub fn of(space: &SearchSpace) -> StoredSpace {
         use base64::Engine as _;
-        let Some(vector_space) = catalog.vector_space()? else { return Ok(None) };
-        let space = match space {
+        match space {
             SearchSpace::Identity => StoredSpace::Identity,
             SearchSpace::Centred { mean } => StoredSpace::Centred { mean: mean.clone() },
             SearchSpace::Tuned(p) => StoredSpace::Tuned {
@@ -279,7 +280,29 @@ impl CollectionDescription {
                 output_dim: p.output_dim,
                 weights: base64::engine::general_purpose::STANDARD.encode(p.weights_bytes()),
             },
-        };
+        }
+    }
+
+    /// The search space it stands for.
+    pub fn search_space(&self) -> Result<SearchSpace> {
+        use base64::Engine as _;
+        Ok(match self {
+            StoredSpace::Identity => SearchSpace::Identity,
+            StoredSpace::Centred { mean } => SearchSpace::Centred { mean: mean.clone() },
+            StoredSpace::Tuned { label, input_dim, hidden, output_dim, weights } => {
+                let bytes = base64::engine::general_purpose::STANDARD.decode(weights).context("the tuned projection in the collection description is not base64")?;
+                SearchSpace::Tuned(Box::new(crate::projection::Projection::from_weights(label, *input_dim, *hidden, *output_dim, &bytes)?))
+            }
+        })
+    }
+}
+
+impl CollectionDescription {
+    /// The description of `catalog`'s collection; `None` before it has vectors (no model yet).
+    fn of_catalog(catalog: &SqliteCatalog, space: &SearchSpace, store: &QdrantConfig) -> Result<Option<CollectionDescription>> {
+        use base64::Engine as _;
+        let Some(vector_space) = catalog.vector_space()? else { return Ok(None) };
+        let space = StoredSpace::of(space);
         let colours = crate::colour::ColourTable::load(catalog)?;
         Ok(Some(CollectionDescription {
             model: vector_space.model,
@@ -290,20 +313,21 @@ impl CollectionDescription {
             has_colour: colours.has_colour(),
             colour_column: colours.column().to_string(),
             facet_columns: store.filter_columns.clone(),
+            foreground: catalog.foreground_head()?.map(|head| base64::engine::general_purpose::STANDARD.encode(head.to_bytes())),
         }))
+    }
+
+    /// The foreground head it carries, if the catalog had one.
+    pub fn foreground_head(&self) -> Result<Option<crate::localise::ForegroundHead>> {
+        use base64::Engine as _;
+        let Some(text) = &self.foreground else { return Ok(None) };
+        let bytes = base64::engine::general_purpose::STANDARD.decode(text).context("the foreground head in the collection description is not base64")?;
+        crate::localise::ForegroundHead::from_bytes(&bytes).map(Some)
     }
 
     /// The search space it describes.
     pub fn search_space(&self) -> Result<SearchSpace> {
-        use base64::Engine as _;
-        Ok(match &self.space {
-            StoredSpace::Identity => SearchSpace::Identity,
-            StoredSpace::Centred { mean } => SearchSpace::Centred { mean: mean.clone() },
-            StoredSpace::Tuned { label, input_dim, hidden, output_dim, weights } => {
-                let bytes = base64::engine::general_purpose::STANDARD.decode(weights).context("the tuned projection in the collection description is not base64")?;
-                SearchSpace::Tuned(Box::new(crate::projection::Projection::from_weights(label, *input_dim, *hidden, *output_dim, &bytes)?))
-            }
-        })
+        self.space.search_space()
     }
 }
 
@@ -391,3 +415,24 @@ pub fn write_graph(graph: &AnnIndex, fingerprint: &str, generation: i64, graph_p
     std::fs::rename(&tmp, stamp_path).with_context(|| format!("renaming {}", tmp.display()))
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A server without the catalog maps queries exactly as the catalog's side does: every kind
+    /// of search space survives the description's JSON unchanged (same fingerprint, same
+    /// mapped vector).
+    #[test]
+    fn search_spaces_survive_the_collection_description() -> Result<()> {
+        let weights: Vec<u8> = (0..(3 * 4 + 3 + 2 * 3 + 2)).flat_map(|i| (i as f32 * 0.37 - 2.0).sin().to_le_bytes()).collect();
+        let tuned = SearchSpace::Tuned(Box::new(crate::projection::Projection::from_weights("articleType", 4, 3, 2, &weights)?));
+        for space in [SearchSpace::Identity, SearchSpace::Centred { mean: vec![0.1, -0.2, 0.3, 0.05] }, tuned] {
+            let json = serde_json::to_vec(&StoredSpace::of(&space))?;
+            let back = serde_json::from_slice::<StoredSpace>(&json)?.search_space()?;
+            assert_eq!(back.fingerprint(), space.fingerprint(), "{}", space.describe());
+            let v = [0.5, 0.1, 0.7, 0.2];
+            assert_eq!(back.map(&v)?, space.map(&v)?);
+        }
+        Ok(())
+    }
+}

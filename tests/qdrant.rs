@@ -5,6 +5,7 @@
 mod common;
 
 use std::collections::HashSet;
+use std::path::PathBuf;
 use std::process::Command;
 
 use common::*;
@@ -259,6 +260,87 @@ fn replicas_with_and_without_the_catalog_share_one_collection() {
         .expect("serve");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && stderr.contains("no collection") && stderr.contains("lookalike sync"), "{stderr}");
+}
+
+/// The deployment example's balancer: Debian's nginx on loopback (`scripts/nginx-replicas.conf`)
+/// in front of two replicas without the catalog. Searches through it are all answered, by both
+/// replicas; with one replica stopped, every search is still answered, by the other.
+#[test]
+#[ignore = "needs a Qdrant server (LOOKALIKE_QDRANT_URL) and nginx (Debian's nginx-light)"]
+fn a_load_balancer_spreads_searches_over_replicas_and_skips_a_stopped_one() {
+    let _cluster = CLUSTER.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let nginx = ["/usr/sbin/nginx", "/usr/bin/nginx"].into_iter().find(|p| std::path::Path::new(p).exists()).expect("nginx (apt-get install nginx-light)");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = copy_catalog(dir.path());
+    let collection = format!("lookalike-balanced-{}", std::process::id());
+    lookalike::store::sync_qdrant(&SqliteCatalog::open(&db).expect("catalog"), &store(&collection, true)).expect("sync");
+    let args = ["--no-catalog", "--store", &qdrant_url(), "--collection", &collection, "--qdrant-exact"];
+    let mut replicas = vec![Server::start_with(&args, &[]), Server::start_with(&args, &[])];
+    let upstream = |server: &Server| server.url("").trim_start_matches("http://").to_string();
+    let upstreams: Vec<String> = replicas.iter().map(upstream).collect();
+
+    // A free loopback port for the balancer: bound, then given to nginx.
+    let listen = std::net::TcpListener::bind("127.0.0.1:0").expect("port").local_addr().expect("address").to_string();
+    let work = dir.path().join("nginx");
+    std::fs::create_dir_all(&work).expect("nginx dir");
+    let template = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/nginx-replicas.conf")).expect("template");
+    let servers: String = upstreams.iter().map(|u| format!("server {u}; ")).collect();
+    let conf = template.replace("@WORK@", common::path(&work)).replace("@LISTEN@", &listen).replace("@UPSTREAMS@", &servers);
+    std::fs::write(work.join("nginx.conf"), conf).expect("write conf");
+    let status = Command::new(nginx).args(["-c", common::path(&work.join("nginx.conf")), "-e", common::path(&work.join("nginx-error.log"))]).status().expect("nginx");
+    assert!(status.success(), "nginx did not start: {}", std::fs::read_to_string(work.join("nginx-error.log")).unwrap_or_default());
+    struct Stop(PathBuf);
+    impl Drop for Stop {
+        fn drop(&mut self) {
+            if let Ok(pid) = std::fs::read_to_string(&self.0) {
+                let _ = Command::new("kill").arg(pid.trim()).status();
+            }
+        }
+    }
+    let _stop = Stop(work.join("nginx.pid"));
+    let balancer = format!("http://{listen}");
+    // nginx daemonises once it listens; until its pid file is there, it may not yet.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while client().get(format!("{balancer}/readyz")).send().map_or(true, |r| r.status().as_u16() != 200) {
+        assert!(std::time::Instant::now() < deadline, "the balancer did not answer");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+
+    let answered_by = |count: usize| -> Vec<String> {
+        let log = work.join("access.log");
+        std::fs::write(&log, "").expect("reset access log");
+        for i in 0..count {
+            let (photo, _) = test_photo(i);
+            let r = client().post(format!("{balancer}/api/search")).multipart(photo_form(photo, &[])).send().expect("search through the balancer");
+            assert_eq!(r.status().as_u16(), 200, "{}", r.text().unwrap_or_default());
+        }
+        // One line per request: the replica(s) tried, the status, the route. nginx writes a line
+        // once the answer is sent, so the last may land a moment after the client has it.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            let lines: Vec<String> = std::fs::read_to_string(&log)
+                .expect("access log")
+                .lines()
+                .filter_map(|l| l.strip_suffix(" /api/search"))
+                .map(str::to_string)
+                .collect();
+            if lines.len() >= count || std::time::Instant::now() > deadline {
+                return lines;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    };
+    let lines = answered_by(20);
+    assert_eq!(lines.len(), 20, "{lines:?}");
+    for u in &upstreams {
+        assert!(lines.iter().any(|l| l.starts_with(&format!("{u} 200"))), "{u} answered none of 20 searches: {lines:?}");
+    }
+
+    // One replica stopped: the balancer sends everything to the other.
+    drop(replicas.remove(0));
+    let lines = answered_by(10);
+    assert_eq!(lines.len(), 10, "{lines:?}");
+    assert!(lines.iter().all(|l| l.ends_with(&format!("{} 200", upstreams[1]))), "{lines:?}");
 }
 
 /// A three-node cluster (`LOOKALIKE_QDRANT_CLUSTER`: three comma-separated gRPC addresses),

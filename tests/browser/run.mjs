@@ -401,8 +401,22 @@ try {
   await phone.evaluate(() => new Promise((resolve) => requestAnimationFrame(() => resolve())));
   phone.off("request", countPhone);
   check(phoneRequests === 0 && !(await phone.locator("#crop-box").isVisible()), "a swipe over the photo draws no area");
-  // In "Select an area" mode a finger draws one.
+  // In "Select an area" mode a finger draws one. The swipe may still be scrolling the page (a
+  // fling), and a tap during a fling only stops it: first wait until the page has stood still
+  // for five frames.
+  await phone.evaluate(() => new Promise((resolve) => {
+    let last = -1, still = 0;
+    const frame = () => {
+      still = window.scrollY === last ? still + 1 : 0;
+      last = window.scrollY;
+      if (still >= 5) resolve(); else requestAnimationFrame(frame);
+    };
+    requestAnimationFrame(frame);
+  }));
   await phone.tap("#crop-mode");
+  // The click a tap makes reaches the page after the tap call returns (Chromium turns the
+  // touch into a click on its own schedule): wait for the mode's state, not for time.
+  await phone.waitForFunction(() => getComputedStyle(document.querySelector("#crop-area")).touchAction === "none", null, { timeout: 15000 }).catch(() => {});
   check((await phone.$eval("#crop-area", (e) => getComputedStyle(e).touchAction)) === "none", "in Select an area mode the photo takes the finger");
   await phone.evaluate(() => window.scrollTo(0, 0));
   photoBox = await phone.locator("#crop-area").boundingBox();

@@ -79,11 +79,6 @@ impl Store {
         }
     }
 
-    /// Whether [`Store::search`] needs the catalog for a filter (embedded stores do).
-    pub fn filters_by_key(&self) -> bool {
-        !matches!(self, Store::Qdrant(_))
-    }
-
     /// Whether the store can answer now: an embedded one always can; a remote one is asked.
     pub fn health(&self) -> Result<(), StoreUnavailable> {
         match self {

@@ -38,6 +38,12 @@ pub struct Product {
     pub metadata: Metadata,
 }
 
+/// Whether `text` is an `http(s)://` address (any case), the only links handed to a browser.
+fn is_web_address(text: &str) -> bool {
+    let lower = text.trim_start().to_ascii_lowercase();
+    lower.starts_with("https://") || lower.starts_with("http://")
+}
+
 impl Product {
     /// A human-readable name: the catalog's display-name column if it has one.
     pub fn name(&self) -> &str {
@@ -69,10 +75,14 @@ impl Product {
     /// is an `http(s)://` address: anything else (a `javascript:` link in a CSV) is never
     /// handed to a shopper's browser.
     pub fn link(&self) -> Option<&str> {
-        self.first_of(&["url", "link", "productUrl"]).filter(|v| {
-            let lower = v.trim_start().to_ascii_lowercase();
-            lower.starts_with("https://") || lower.starts_with("http://")
-        })
+        self.first_of(&["url", "link", "productUrl"]).filter(|v| is_web_address(v))
+    }
+
+    /// The product's photo on the shop's own image server or CDN (`image_url`, `imageUrl` or
+    /// `image_link` column), only when it is an `http(s)://` address: where a server without
+    /// the catalog sends a shopper for a photo too large to travel in Qdrant's payload.
+    pub fn image_link(&self) -> Option<&str> {
+        self.first_of(&["image_url", "imageUrl", "image_link"]).filter(|v| is_web_address(v))
     }
 
     fn first_of(&self, columns: &[&str]) -> Option<&str> {

@@ -253,6 +253,20 @@ fn replicas_with_and_without_the_catalog_share_one_collection() {
         assert_eq!(product(a, id).status().as_u16(), 404);
     }
 
+    // A photo too large for the payload: shown from the shop's own copy (its image_url).
+    let mut big = Vec::new();
+    let noise = image::RgbImage::from_fn(400, 400, |x, y| image::Rgb([(x * 31 + y * 17) as u8, (x * y) as u8, (x ^ y) as u8]));
+    noise.write_to(&mut std::io::Cursor::new(&mut big), image::ImageFormat::Png).expect("png");
+    assert!(big.len() > lookalike::index::qdrant::MAX_PAYLOAD_IMAGE, "{} bytes", big.len());
+    let form = photo_form(big, &[("id", "large-photo"), ("image_url", "https://cdn.example/large-photo.png")]);
+    let r = client().post(replica.url("/api/products")).bearer_auth(token).multipart(form).send().expect("POST");
+    assert_eq!(r.status().as_u16(), 201, "{}", r.text().unwrap_or_default());
+    for server in [&replica, &owner] {
+        let r = client().get(server.url("/api/products/large-photo/image")).send().expect("GET image");
+        assert_eq!((r.status().as_u16(), r.header("location")), (307, Some("https://cdn.example/large-photo.png")));
+    }
+    assert_eq!(remove(&replica, "large-photo"), 204);
+
     // A collection that does not exist: a clear message, not a server without products.
     let out = Command::new(BIN)
         .args(["serve", "--no-catalog", "--store", &qdrant_url(), "--collection", "lookalike-never-made", "--addr", "127.0.0.1:0"])

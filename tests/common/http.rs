@@ -11,7 +11,7 @@ pub struct Client {
 }
 
 pub fn client() -> Client {
-    let agent = ureq::Agent::config_builder().http_status_as_error(false).timeout_global(Some(Duration::from_secs(120))).build().into();
+    let agent = ureq::Agent::config_builder().http_status_as_error(false).max_redirects(0).timeout_global(Some(Duration::from_secs(120))).build().into();
     Client { agent }
 }
 

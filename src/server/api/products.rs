@@ -48,6 +48,7 @@ async fn find_product(state: &Arc<AppState>, id: String) -> Result<Product, ApiE
     params(("id" = String, Path, description = "The shop's product id")),
     responses(
         (status = 200, description = "The image bytes", content_type = "image/*"),
+        (status = 307, description = "Not kept here: the shop's own copy (the product's image_url column)"),
         (status = 404, description = "Unknown product, or its image is gone", body = ErrorBody),
     )
 )]
@@ -59,7 +60,14 @@ pub async fn product_image(State(state): Shared, Path(id): Path<String>) -> Resu
         move || Ok(engine.product_image(&product)?)
     })
     .await?;
-    let bytes = bytes.ok_or_else(|| ApiError::NotFound(format!("the image of product {:?} is no longer available", product.id)))?;
+    let Some(bytes) = bytes else {
+        // Not here (a server without the catalog, a photo too large for Qdrant's payload): the
+        // shop's own copy, if its metadata links one.
+        if let Some(link) = product.image_link().and_then(|l| HeaderValue::from_str(l.trim()).ok()) {
+            return Ok((StatusCode::TEMPORARY_REDIRECT, [(header::LOCATION, link)]).into_response());
+        }
+        return Err(ApiError::NotFound(format!("the image of product {:?} is no longer available", product.id)));
+    };
     // The type comes from the bytes themselves, and only image types are ever declared, so a
     // stored file can never be served as HTML or script.
     let mime = image::guess_format(&bytes).map(|f| f.to_mime_type()).unwrap_or("application/octet-stream");

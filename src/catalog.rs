@@ -645,7 +645,7 @@ fn encode_vector(v: &[f32]) -> Vec<u8> {
 }
 
 /// Where a catalog's search graph is saved: beside the catalog file (`shop.db.graph`, and its
-/// stamp `shop.db.graph.json`).
+/// stamp `shop.db.graph.json`; a graph over a principal subspace adds `shop.db.graph.basis`).
 pub fn graph_paths(catalog: &Path) -> (PathBuf, PathBuf) {
     (with_suffix(catalog, ".graph"), with_suffix(catalog, ".graph.json"))
 }
@@ -808,7 +808,8 @@ pub fn repair(path: &Path) -> Result<RepairReport> {
     let report = catalog.check()?;
     let dropped_vectors = catalog.drop_damaged_vectors(&report)?;
     let (graph, stamp) = graph_paths(path);
-    for file in [graph, stamp] {
+    // The graph's basis file too (`index::ann::basis_path`: the graph's name + ".basis").
+    for file in [with_suffix(path, ".graph.basis"), graph, stamp] {
         if file.exists() {
             std::fs::remove_file(&file).with_context(|| format!("removing {}", file.display()))?;
         }

@@ -199,6 +199,9 @@ impl From<anyhow::Error> for SearchError {
     }
 }
 
+/// One facet of the page's filters: column, value, and how many products have it.
+pub type FacetCount = (String, String, usize);
+
 /// A catalog, its vector index and the encoder, ready to answer searches. Safe to share
 /// between threads: reads run concurrently, catalog writes are serialised.
 pub struct SearchEngine {
@@ -726,7 +729,7 @@ impl SearchEngine {
 
     /// Every (column, value, products) count for the page's filters, and the number of
     /// products: from the catalog, or counted by Qdrant over the collection's indexed columns.
-    pub fn facets(&self) -> Result<(Vec<(String, String, usize)>, usize)> {
+    pub fn facets(&self) -> Result<(Vec<FacetCount>, usize)> {
         match &self.described {
             None => self.with_catalog(|c| Ok((c.value_counts()?, c.len()?))),
             Some(described) => {

@@ -123,7 +123,8 @@ pub fn ratio(ours: f64, theirs: f64) -> String {
 
 /// The machine the numbers come from, for the report header: the CPU, the vector extensions
 /// that decide which kernels run (inference speed differs up to 5x between CPUs with and
-/// without them), the threads, and the commit of the source when run from a git checkout.
+/// without them), the threads, and the commit of the source when run from a git checkout
+/// (`-dirty` when the checkout has uncommitted changes, so a report says it was not that commit).
 pub fn machine() -> String {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let field = |name: &str| cpuinfo.lines().find(|l| l.starts_with(name)).and_then(|l| l.split(':').nth(1)).map(|v| v.trim().to_string());
@@ -137,7 +138,7 @@ pub fn machine() -> String {
         .collect();
     let extensions = if extensions.is_empty() { "no AVX2".to_string() } else { extensions.join(", ") };
     let commit = std::process::Command::new("git")
-        .args(["rev-parse", "--short", "HEAD"])
+        .args(["describe", "--always", "--dirty"])
         .output()
         .ok()
         .filter(|o| o.status.success())

@@ -33,8 +33,18 @@ pub struct SearchBench {
     /// Norm of the noise added to make synthetic vectors and queries.
     pub noise: f32,
     pub seed: u64,
-    /// Graph candidate counts to try.
+    /// Graph candidate counts to try (and FAISS efSearch values, so both sides are swept alike).
     pub candidates: Vec<usize>,
+    /// Graph variants to build, by the dimensions they walk ([`AnnOptions::graph_dim`]; 0: the
+    /// vectors' own). The first is the one compared with FAISS.
+    pub graph_dims: Vec<usize>,
+    /// Graph degree and build-time candidate list ([`AnnOptions::connectivity`] and
+    /// [`AnnOptions::expansion_add`]; FAISS gets the same).
+    pub connectivity: usize,
+    pub expansion_add: usize,
+    /// Times every graph setting (and FAISS's) is measured, round after round; each keeps its
+    /// fastest round, so a stretch of a busy machine hurts neither side.
+    pub rounds: usize,
     /// Compare with FAISS only up to this many vectors (its HNSW build is slow on 2 cores).
     pub faiss_max: usize,
     /// Report name under the output directory.
@@ -177,14 +187,19 @@ pub fn run(catalog: &SqliteCatalog, env: &BenchEnv, opts: &SearchBench) -> Resul
             opts.k.to_string(),
             "--threads".into(),
             "1".into(),
+            // FAISS at its usual M and at lookalike's (more links cost FAISS more per hop on
+            // full f32 vectors than they cost lookalike's smaller graph vectors): it competes
+            // with the better of the two at every recall.
             "--hnsw-m".into(),
-            "16".into(),
+            if opts.connectivity == 16 { "16".into() } else { format!("16,{}", opts.connectivity) },
             "--ef-construction".into(),
-            AnnOptions::default().expansion_add.to_string(),
+            opts.expansion_add.to_string(),
             "--ef-search".into(),
-            "16,32,64,128,256,512".into(),
+            opts.candidates.iter().map(usize::to_string).collect::<Vec<_>>().join(","),
             "--target-recall".into(),
             "0.95".into(),
+            "--rounds".into(),
+            opts.rounds.to_string(),
         ];
         faiss = env.run_reference("faiss_reference.py", &args)?.unwrap_or(Value::Null);
         let _ = std::fs::remove_file(&base_path);
@@ -221,19 +236,40 @@ pub fn run(catalog: &SqliteCatalog, env: &BenchEnv, opts: &SearchBench) -> Resul
     }
     measure(&mut data)?;
 
-    // The graph, built from the f32 rows (moved, not copied).
-    let t = Instant::now();
-    let mut graph = AnnIndex::build(data, AnnOptions::default())?;
-    let build_s = t.elapsed().as_secs_f64();
-    let (rss, peak) = memory();
-    eprintln!("graph built in {build_s:.1}s; RSS {:.2} GB ({:.2}x raw)", rss as f64 / 1e9, rss as f64 / raw_bytes as f64);
-    let mut graph_runs = Vec::new();
-    for &candidates in &opts.candidates {
-        graph.set_candidates(candidates);
-        let (latency, hits) = timed(&graph, &queries, opts.k)?;
-        let run = GraphRun { candidates, latency, recall: recall(&truth, &hits) };
-        eprintln!("graph candidates {candidates}: median {:.3} ms p99 {:.3} ms, recall {:.4}", run.latency.median_ms, run.latency.p99_ms, run.recall);
-        graph_runs.push(run);
+    // The graphs, each built from the f32 rows (moved in, not copied, and taken back).
+    let mut graphs = Vec::new();
+    for &graph_dim in &opts.graph_dims {
+        let options = AnnOptions { graph_dim, connectivity: opts.connectivity, expansion_add: opts.expansion_add, ..AnnOptions::default() };
+        let t = Instant::now();
+        let mut graph = AnnIndex::build(data, options)?;
+        let build_s = t.elapsed().as_secs_f64();
+        let (rss, peak) = memory();
+        eprintln!("graph walking {}-d built in {build_s:.1}s; RSS {:.2} GB ({:.2}x raw)", graph.graph_dim(), rss as f64 / 1e9, rss as f64 / raw_bytes as f64);
+        let mut runs: Vec<GraphRun> = Vec::new();
+        for _ in 0..opts.rounds.max(1) {
+            for (i, &candidates) in opts.candidates.iter().enumerate() {
+                graph.set_candidates(candidates);
+                let (latency, hits) = timed(&graph, &queries, opts.k)?;
+                let run = GraphRun { candidates, latency, recall: recall(&truth, &hits) };
+                match runs.get_mut(i) {
+                    Some(best) if best.latency.qps >= run.latency.qps => {}
+                    Some(best) => *best = run,
+                    None => runs.push(run),
+                }
+            }
+        }
+        for run in &runs {
+            eprintln!("graph {}-d candidates {}: median {:.3} ms p99 {:.3} ms, recall {:.4}", graph.graph_dim(), run.candidates, run.latency.median_ms, run.latency.p99_ms, run.recall);
+        }
+        graphs.push(json!({
+            "options": options,
+            "graph_dim": graph.graph_dim(),
+            "build_seconds": build_s,
+            "graph_bytes": graph.graph_bytes(),
+            "memory": {"rss_bytes": rss, "peak_bytes": peak, "rss_over_raw": rss as f64 / raw_bytes as f64},
+            "runs": runs,
+        }));
+        data = graph.into_exact();
     }
 
     let report = json!({
@@ -244,17 +280,12 @@ pub fn run(catalog: &SqliteCatalog, env: &BenchEnv, opts: &SearchBench) -> Resul
         "synthetic": opts.synthetic.map(|_| json!({"from_catalog": keys.len().min(n), "noise_norm": opts.noise})),
         "queries": opts.queries,
         "k": opts.k,
+        "rounds": opts.rounds,
         "seed": opts.seed,
         "threads": threads,
         "raw_f32_bytes": raw_bytes,
         "exact": exact_runs,
-        "graph": {
-            "options": AnnOptions::default(),
-            "build_seconds": build_s,
-            "graph_bytes": graph.graph_bytes(),
-            "runs": graph_runs,
-        },
-        "memory": {"rss_bytes": rss, "peak_bytes": peak, "rss_over_raw": rss as f64 / raw_bytes as f64},
+        "graphs": graphs,
         "faiss": faiss,
     });
     let markdown = markdown(&report, opts);
@@ -297,25 +328,27 @@ fn markdown(r: &Value, opts: &SearchBench) -> String {
             f(&e["bytes"]) / 1e6
         ));
     }
-    let g = &r["graph"];
-    out.push_str(&format!(
-        "\n## HNSW graph (usearch, int8 graph + exact f32 re-rank, 1 thread per query)\n\nBuild: {:.1} s on {} threads; graph {:.0} MB. Process RSS {:.0} MB = {:.2}x the raw f32 vectors (peak {:.0} MB).\n\n| candidates | median ms | p99 ms | QPS | recall@k |\n|---|---|---|---|---|\n",
-        f(&g["build_seconds"]),
-        r["threads"],
-        f(&g["graph_bytes"]) / 1e6,
-        f(&r["memory"]["rss_bytes"]) / 1e6,
-        f(&r["memory"]["rss_over_raw"]),
-        f(&r["memory"]["peak_bytes"]) / 1e6
-    ));
-    for run in g["runs"].as_array().into_iter().flatten() {
+    for g in r["graphs"].as_array().into_iter().flatten() {
         out.push_str(&format!(
-            "| {} | {:.3} | {:.3} | {:.0} | {:.4} |\n",
-            run["candidates"],
-            f(&run["latency"]["median_ms"]),
-            f(&run["latency"]["p99_ms"]),
-            f(&run["latency"]["qps"]),
-            f(&run["recall"])
+            "\n## HNSW graph walking {}-d (usearch, int8 graph + exact f32 re-rank, 1 thread per query)\n\nBuild: {:.1} s on {} threads; graph {:.0} MB. Process RSS {:.0} MB = {:.2}x the raw f32 vectors (peak {:.0} MB).\n\n| candidates | median ms | p99 ms | QPS | recall@k |\n|---|---|---|---|---|\n",
+            g["graph_dim"],
+            f(&g["build_seconds"]),
+            r["threads"],
+            f(&g["graph_bytes"]) / 1e6,
+            f(&g["memory"]["rss_bytes"]) / 1e6,
+            f(&g["memory"]["rss_over_raw"]),
+            f(&g["memory"]["peak_bytes"]) / 1e6
         ));
+        for run in g["runs"].as_array().into_iter().flatten() {
+            out.push_str(&format!(
+                "| {} | {:.3} | {:.3} | {:.0} | {:.4} |\n",
+                run["candidates"],
+                f(&run["latency"]["median_ms"]),
+                f(&run["latency"]["p99_ms"]),
+                f(&run["latency"]["qps"]),
+                f(&run["recall"])
+            ));
+        }
     }
     let faiss = &r["faiss"];
     if faiss.is_null() {
@@ -324,30 +357,42 @@ fn markdown(r: &Value, opts: &SearchBench) -> String {
     }
     let our_exact = r["exact"].as_array().and_then(|a| a.iter().find(|e| e["precision"] == "f32" && e["threads"] == 1)).map_or(f64::NAN, |e| f(&e["latency"]["qps"]));
     let flat_qps = f(&faiss["flat"]["single"]["qps"]);
-    let ours95 = g["runs"].as_array().and_then(|runs| runs.iter().find(|run| f(&run["recall"]) >= 0.95));
-    let theirs95 = faiss["hnsw"]["runs"].as_array().and_then(|runs| runs.iter().find(|run| f(&run["recall_at_k"]) >= 0.95));
     out.push_str(&format!(
-        "\n## Against FAISS {} (same vectors and queries, 1 thread, one query at a time)\n\n| | lookalike | FAISS | ratio |\n|---|---|---|---|\n| exact f32 QPS | {:.1} | {:.1} (IndexFlatIP) | {} |\n",
+        "\n## Against FAISS {} (same vectors and queries, 1 thread, one query at a time)\n\nEach side at the setting with the most QPS that reaches the recall (efSearch swept over the same values as candidates; each setting's fastest of {} rounds). FAISS's QPS is the faster of one call per query and one call for all queries on its one thread, which has no Python call overhead.\n\n| | lookalike | FAISS | ratio |\n|---|---|---|---|\n| exact f32 QPS | {:.1} | {:.1} (IndexFlatIP) | {} |\n",
         faiss["faiss"].as_str().unwrap_or(""),
+        r["rounds"],
         our_exact,
         flat_qps,
         ratio(our_exact, flat_qps)
     ));
-    match (ours95, theirs95) {
-        (Some(o), Some(t)) => out.push_str(&format!(
-            "| HNSW QPS at recall@k >= 0.95 | {:.0} (candidates {}, recall {:.4}) | {:.0} (IndexHNSWFlat M=16, efSearch {}, recall {:.4}) | {} |\n| HNSW build s | {:.1} | {:.1} | |\n",
-            f(&o["latency"]["qps"]),
-            o["candidates"],
-            f(&o["recall"]),
-            f(&t["single"]["qps"]),
-            t["ef_search"],
-            f(&t["recall_at_k"]),
-            ratio(f(&o["latency"]["qps"]), f(&t["single"]["qps"])),
-            f(&g["build_seconds"]),
-            f(&faiss["hnsw"]["build_seconds"])
-        )),
-        _ => out.push_str("| HNSW at recall@k >= 0.95 | see tables | not reached by one side | |\n"),
+    let graph = &r["graphs"][0];
+    for target in [0.95, 0.99] {
+        let fastest = |runs: &Value, recall_key: &str, qps: fn(&Value) -> f64| {
+            runs.as_array().into_iter().flatten().filter(|run| f(&run[recall_key]) >= target).max_by(|a, b| qps(a).total_cmp(&qps(b))).cloned()
+        };
+        let ours = fastest(&graph["runs"], "recall", |run| f(&run["latency"]["qps"]));
+        // FAISS's faster of one call per query (Python's call overhead included) and one call
+        // for all queries on its one thread (none): the comparison never favours lookalike.
+        let faiss_qps = |run: &Value| f(&run["single"]["qps"]).max(f(&run["batch"]["qps"]));
+        let theirs = fastest(&faiss["hnsw"]["runs"], "recall_at_k", faiss_qps);
+        match (ours, theirs) {
+            (Some(o), Some(t)) => out.push_str(&format!(
+                "| HNSW QPS at recall@k >= {target} | {:.0} ({}-d graph, candidates {}, recall {:.4}) | {:.0} (IndexHNSWFlat M={}, efSearch {}, recall {:.4}) | {} |\n",
+                f(&o["latency"]["qps"]),
+                graph["graph_dim"],
+                o["candidates"],
+                f(&o["recall"]),
+                faiss_qps(&t),
+                t["m"],
+                t["ef_search"],
+                f(&t["recall_at_k"]),
+                ratio(f(&o["latency"]["qps"]), faiss_qps(&t))
+            )),
+            _ => out.push_str(&format!("| HNSW at recall@k >= {target} | see tables | not reached by one side | |\n")),
+        }
     }
+    let faiss_build = faiss["hnsw"]["build_seconds"].as_object().into_iter().flatten().map(|(m, s)| format!("{:.1} (M={m})", f(s))).collect::<Vec<_>>().join(", ");
+    out.push_str(&format!("| HNSW build s | {:.1} (M={}) | {faiss_build} | |\n", f(&graph["build_seconds"]), graph["options"]["connectivity"]));
     out
 }
 

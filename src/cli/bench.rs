@@ -125,9 +125,22 @@ pub struct BenchSearchArgs {
     pub noise: f32,
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
-    /// Graph candidate counts to try.
-    #[arg(long, value_delimiter = ',', default_value = "16,32,64,128,256")]
+    /// Graph candidate counts to try (FAISS is swept over the same efSearch values).
+    #[arg(long, value_delimiter = ',', default_value = "10,12,14,16,18,20,24,32,40,48,64,128,256")]
     pub candidates: Vec<usize>,
+    /// Graphs to build, by the dimensions they walk (0: the vectors' own); the first is
+    /// compared with FAISS.
+    #[arg(long, value_delimiter = ',', default_values_t = [lookalike::index::ann::DEFAULT_GRAPH_DIM])]
+    pub graph_dims: Vec<usize>,
+    /// Graph degree (HNSW M), for the graphs and FAISS alike.
+    #[arg(long, default_value_t = lookalike::index::AnnOptions::default().connectivity)]
+    pub connectivity: usize,
+    /// Candidate list while building (efConstruction), for the graphs and FAISS alike.
+    #[arg(long, default_value_t = lookalike::index::AnnOptions::default().expansion_add)]
+    pub expansion_add: usize,
+    /// Rounds of graph (and FAISS HNSW) timings; each setting keeps its fastest round.
+    #[arg(long, default_value_t = 3)]
+    pub rounds: usize,
     /// Run FAISS only on sets up to this many vectors.
     #[arg(long, default_value_t = 200_000)]
     pub faiss_max: usize,
@@ -145,8 +158,11 @@ pub fn run(command: BenchCommand) -> Result<()> {
 }
 
 fn run_search(args: BenchSearchArgs) -> Result<()> {
-    if args.queries == 0 || args.k == 0 || args.candidates.contains(&0) {
-        bail!("--queries, -k and --candidates must be at least 1");
+    if args.queries == 0 || args.k == 0 || args.candidates.contains(&0) || args.connectivity < 2 || args.expansion_add == 0 || args.rounds == 0 {
+        bail!("--queries, -k, --candidates, --expansion-add and --rounds must be at least 1, --connectivity at least 2");
+    }
+    if args.graph_dims.is_empty() {
+        bail!("--graph-dims needs at least one value (0: the vectors' own dimensions)");
     }
     let catalog = SqliteCatalog::open_existing(&args.db.db)?;
     let (env, _guard) = args.env.env()?;
@@ -161,6 +177,10 @@ fn run_search(args: BenchSearchArgs) -> Result<()> {
         noise: args.noise,
         seed: args.seed,
         candidates: args.candidates,
+        graph_dims: args.graph_dims,
+        connectivity: args.connectivity,
+        expansion_add: args.expansion_add,
+        rounds: args.rounds,
         faiss_max: args.faiss_max,
         name: args.name.unwrap_or_else(|| format!("search-{n}")),
     };

@@ -2,9 +2,10 @@
 //! are then re-ranked with exact scores.
 //!
 //! Why this shape:
-//! - The graph holds int8 copies of the vectors, a quarter of the f32 bytes, so walking it touches
-//!   little memory; the exact f32 rows kept beside it turn its approximate order into the exact
-//!   one for the candidates it returns, so recall is limited only by what the walk finds.
+//! - The graph holds int8 copies of the vectors projected onto their top principal directions
+//!   (256 of 1280, [`super::basis`]), a twentieth of the f32 bytes, so walking it touches little
+//!   memory; the exact f32 rows kept beside it turn its approximate order into the exact one for
+//!   the candidates it returns, so recall is limited only by what the walk finds.
 //! - usearch's own int8 conversion scales each vector by its length, which leaves the components
 //!   of a 1280-d unit vector (about ±0.03) only a handful of levels. lookalike quantises itself
 //!   with one scale for the whole index (from a high percentile of |component|), which keeps
@@ -21,14 +22,18 @@ use anyhow::{anyhow, bail, ensure, Context, Result};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
+use super::basis::{PrincipalBasis, FIT_SAMPLE};
 use super::{Allowed, ExactIndex, Hit, TopK, VectorIndex};
 use crate::types::Key;
 
-/// Tuning of the graph. The defaults reach recall@10 ≥ 0.95 on lookalike's embeddings
-/// (docs/bench-search.md).
+/// Tuning of the graph. The defaults (32 links, a 256-d subspace, 64 candidates) reach
+/// recall@10 0.996 on the 60,000 Fashion-MNIST vectors; `lookalike bench search` sweeps the
+/// candidates and compares other degrees and subspaces (docs/bench/search-60000.md).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct AnnOptions {
-    /// Graph degree (HNSW M).
+    /// Graph degree (HNSW M). 32 rather than the usual 16: in the small subspace a link costs
+    /// little to follow, and more links raise the recall each candidate buys (measured with
+    /// `bench search --connectivity 16|24|32`: 0.99 at 32 to 40 candidates with 32 links, 48 with 16).
     pub connectivity: usize,
     /// Candidate list size while inserting (efConstruction).
     pub expansion_add: usize,
@@ -36,13 +41,23 @@ pub struct AnnOptions {
     pub candidates: usize,
     /// Filters matching at most this many products are answered by an exact scan over them.
     pub exact_filter_below: usize,
+    /// Dimensions of the vectors the graph walks: vectors with more are projected onto their
+    /// top principal directions first (see [`super::basis`]); 0 keeps the vectors' own (graphs
+    /// saved before this option existed).
+    #[serde(default)]
+    pub graph_dim: usize,
 }
 
 impl Default for AnnOptions {
     fn default() -> Self {
-        AnnOptions { connectivity: 16, expansion_add: 128, candidates: 64, exact_filter_below: 20_000 }
+        AnnOptions { connectivity: 32, expansion_add: 128, candidates: 64, exact_filter_below: 20_000, graph_dim: DEFAULT_GRAPH_DIM }
     }
 }
+
+/// See [`AnnOptions::graph_dim`]: at a fifth of the cost per visited node, a 256-d graph
+/// reaches recall@10 0.99 in less time than the full 1280-d one (`bench search --graph-dims
+/// 256,192,384,0`, docs/bench/search-60000.md); 128 needs too many candidates.
+pub const DEFAULT_GRAPH_DIM: usize = 256;
 
 /// How many graph operations may run at once, and how many per-thread contexts the graph
 /// reserves for them. usearch gives each search or insertion one of its reserved contexts and
@@ -90,7 +105,9 @@ pub struct AnnIndex {
     /// One per reserved graph context (see [`graph_contexts`]).
     permits: Permits,
     exact: ExactIndex,
-    /// Multiplier taking a component to the int8 range.
+    /// Where the graph walks fewer dimensions than the rows have: the subspace it walks in.
+    basis: Option<PrincipalBasis>,
+    /// Multiplier taking a component (of the graph's vectors) to the int8 range.
     scale: f32,
     options: AnnOptions,
     /// Entries removed from the graph since it was built. usearch only marks a removed entry
@@ -136,6 +153,10 @@ pub struct AnnStamp {
     /// Recall@10 measured when the graph was built (absent in older stamps: measured on load).
     #[serde(default)]
     pub recall_at_10: Option<f32>,
+    /// CRC-32 of the basis file saved beside the graph, when the graph walks a principal
+    /// subspace (see [`AnnOptions::graph_dim`]).
+    #[serde(default)]
+    pub basis_crc32: Option<u32>,
 }
 
 /// Products of the graph searched for themselves to measure its recall@10: 100 queries give
@@ -151,8 +172,9 @@ impl AnnIndex {
     /// Builds the graph over every vector of `exact` (which must hold f32 rows), in parallel.
     pub fn build(exact: ExactIndex, options: AnnOptions) -> Result<AnnIndex> {
         ensure!(exact.precision() == super::Precision::F32, "the approximate index re-ranks with f32 rows");
-        let scale = int8_scale(&exact);
-        let index = AnnIndex::empty(exact, scale, options)?;
+        let basis = fit_basis(&exact, options.graph_dim);
+        let scale = int8_scale(&exact, basis.as_ref());
+        let index = AnnIndex::empty(exact, basis, scale, options)?;
         index.graph.reserve_capacity_and_threads(index.exact.len().max(16), graph_contexts()).map_err(ffi_err("reserving the graph"))?;
         index.exact.keys().par_iter().try_for_each(|&key| -> Result<()> {
             let v = index.exact.vector(key).context("vector vanished during build")?;
@@ -191,9 +213,9 @@ impl AnnIndex {
         self.exact
     }
 
-    fn empty(exact: ExactIndex, scale: f32, options: AnnOptions) -> Result<AnnIndex> {
+    fn empty(exact: ExactIndex, basis: Option<PrincipalBasis>, scale: f32, options: AnnOptions) -> Result<AnnIndex> {
         let graph = usearch::Index::new(&usearch::IndexOptions {
-            dimensions: exact.dim(),
+            dimensions: basis.as_ref().map_or(exact.dim(), PrincipalBasis::dim_out),
             metric: usearch::MetricKind::IP,
             quantization: usearch::ScalarKind::I8,
             connectivity: options.connectivity,
@@ -202,7 +224,7 @@ impl AnnIndex {
             multi: false,
         })
         .map_err(ffi_err("creating the graph"))?;
-        Ok(AnnIndex { graph, permits: Permits::new(graph_contexts()), exact, scale, options, tombstones: AtomicUsize::new(0), recall_at_10: f32::NAN })
+        Ok(AnnIndex { graph, permits: Permits::new(graph_contexts()), exact, basis, scale, options, tombstones: AtomicUsize::new(0), recall_at_10: f32::NAN })
     }
 
     /// Loads a graph saved by [`AnnIndex::save`] and pairs it with the vectors in `exact`, then
@@ -210,14 +232,15 @@ impl AnnIndex {
     /// On error `exact` comes back, so the caller can build a new graph without reloading it.
     #[allow(clippy::result_large_err)] // the rows come back only on the (rare) error path
     pub fn load(path: &Path, stamp: &AnnStamp, exact: ExactIndex, changed: &[Key]) -> Result<AnnIndex, (ExactIndex, anyhow::Error)> {
-        let graph = match load_graph(path, stamp, exact.dim()) {
-            Ok(graph) => graph,
+        let (graph, basis) = match load_graph(path, stamp, exact.dim()) {
+            Ok(loaded) => loaded,
             Err(e) => return Err((exact, e)),
         };
         let mut index = AnnIndex {
             graph,
             permits: Permits::new(graph_contexts()),
             exact,
+            basis,
             scale: stamp.scale,
             options: stamp.options,
             tombstones: AtomicUsize::new(stamp.tombstones),
@@ -261,6 +284,17 @@ impl AnnIndex {
         let tmp_str = tmp.to_str().with_context(|| format!("{} is not UTF-8", tmp.display()))?;
         self.graph.save(tmp_str).map_err(|e| anyhow!("writing {}: {e}", tmp.display()))?;
         std::fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
+        let basis_crc32 = match &self.basis {
+            Some(basis) => {
+                let bytes = basis.to_bytes();
+                let basis_path = basis_path(path);
+                let tmp = basis_path.with_extension("basis.tmp");
+                std::fs::write(&tmp, &bytes).with_context(|| format!("writing {}", tmp.display()))?;
+                std::fs::rename(&tmp, &basis_path).with_context(|| format!("renaming {} to {}", tmp.display(), basis_path.display()))?;
+                Some(crc32fast::hash(&bytes))
+            }
+            None => None,
+        };
         Ok(AnnStamp {
             dim: self.exact.dim(),
             scale: self.scale,
@@ -270,6 +304,7 @@ impl AnnIndex {
             len: self.len(),
             tombstones: self.tombstones(),
             recall_at_10: Some(self.recall_at_10),
+            basis_crc32,
         })
     }
 
@@ -296,6 +331,7 @@ impl AnnIndex {
     /// so this needs no more memory than the index already holds.
     pub fn compacted(self) -> Result<AnnIndex> {
         let AnnIndex { graph, exact, options, .. } = self;
+        // The basis is fitted again: the products may have changed since.
         drop(graph);
         AnnIndex::build(exact, options)
     }
@@ -332,8 +368,18 @@ impl AnnIndex {
         self.graph.memory_usage()
     }
 
+    /// Dimensions of the vectors the graph walks.
+    pub fn graph_dim(&self) -> usize {
+        self.basis.as_ref().map_or(self.exact.dim(), PrincipalBasis::dim_out)
+    }
+
+    /// `v` as the graph holds it: projected onto the basis, if any, then int8.
     fn quantise(&self, v: &[f32]) -> Vec<i8> {
-        v.iter().map(|x| (x * self.scale).round().clamp(-127.0, 127.0) as i8).collect()
+        let quantise = |x: f32| (x * self.scale).round().clamp(-127.0, 127.0) as i8;
+        match &self.basis {
+            Some(basis) => basis.project(v).into_iter().map(quantise).collect(),
+            None => v.iter().copied().map(quantise).collect(),
+        }
     }
 
     fn rerank(&self, query: &[f32], candidates: &[u64], k: usize) -> Vec<Hit> {
@@ -348,11 +394,29 @@ impl AnnIndex {
     }
 }
 
-fn load_graph(path: &Path, stamp: &AnnStamp, dim: usize) -> Result<usearch::Index> {
+/// Where the basis of the graph saved at `graph` is kept: beside it (`shop.db.graph.basis`).
+pub fn basis_path(graph: &Path) -> std::path::PathBuf {
+    let mut name = graph.as_os_str().to_owned();
+    name.push(".basis");
+    name.into()
+}
+
+fn load_graph(path: &Path, stamp: &AnnStamp, dim: usize) -> Result<(usearch::Index, Option<PrincipalBasis>)> {
     ensure!(stamp.dim == dim, "saved graph is {}-d, the vectors are {}-d", stamp.dim, dim);
     let path_str = path.to_str().with_context(|| format!("{} is not UTF-8", path.display()))?;
+    let basis = match stamp.basis_crc32 {
+        Some(crc) => {
+            let basis_path = basis_path(path);
+            let bytes = std::fs::read(&basis_path).with_context(|| format!("reading {}", basis_path.display()))?;
+            ensure!(crc32fast::hash(&bytes) == crc, "{} is damaged (checksum mismatch)", basis_path.display());
+            let dim_out = bytes.len() / 4 / dim.max(1);
+            Some(PrincipalBasis::from_bytes(&bytes, dim_out, dim).with_context(|| format!("reading {}", basis_path.display()))?)
+        }
+        None => None,
+    };
+    let graph_dim = basis.as_ref().map_or(dim, PrincipalBasis::dim_out);
     let graph = usearch::Index::new(&usearch::IndexOptions {
-        dimensions: dim,
+        dimensions: graph_dim,
         metric: usearch::MetricKind::IP,
         quantization: usearch::ScalarKind::I8,
         connectivity: stamp.options.connectivity,
@@ -365,15 +429,43 @@ fn load_graph(path: &Path, stamp: &AnnStamp, dim: usize) -> Result<usearch::Inde
     // A loaded graph reserves contexts for the machine's cores only.
     graph.reserve_capacity_and_threads(graph.capacity().max(graph.size()).max(16), graph_contexts()).map_err(ffi_err("reserving the graph"))?;
     graph.change_expansion_search(stamp.options.candidates);
-    ensure!(graph.dimensions() == dim, "{} holds {}-d vectors, expected {dim}", path.display(), graph.dimensions());
-    Ok(graph)
+    ensure!(graph.dimensions() == graph_dim, "{} holds {}-d vectors, expected {graph_dim}", path.display(), graph.dimensions());
+    Ok((graph, basis))
 }
 
-/// 127 over the 99.99th percentile of |component| in a sample of rows.
-fn int8_scale(exact: &ExactIndex) -> f32 {
+/// The principal subspace the graph over `exact` walks, when `graph_dim` asks for fewer
+/// dimensions than the rows have and there are enough rows to tell the directions apart (at
+/// least four per direction); else `None`, and the graph walks the rows themselves.
+fn fit_basis(exact: &ExactIndex, graph_dim: usize) -> Option<PrincipalBasis> {
+    let dim = exact.dim();
+    if graph_dim == 0 || graph_dim >= dim || exact.len() < 4 * graph_dim {
+        return None;
+    }
+    let keys = exact.keys();
+    let step = keys.len().div_ceil(FIT_SAMPLE).max(1);
+    let rows: Vec<f32> = keys.iter().step_by(step).filter_map(|&k| exact.vector(k)).flatten().collect();
+    let sample = ndarray::ArrayView2::from_shape((rows.len() / dim, dim), &rows).ok()?;
+    match PrincipalBasis::fit(sample, graph_dim, 42) {
+        Ok(basis) => Some(basis),
+        Err(e) => {
+            // Degenerate rows (e.g. many identical products): the full vectors still work.
+            tracing::warn!("the search graph walks all {dim} dimensions: {e:#}");
+            None
+        }
+    }
+}
+
+/// 127 over the 99.99th percentile of |component| in a sample of the graph's vectors.
+fn int8_scale(exact: &ExactIndex, basis: Option<&PrincipalBasis>) -> f32 {
     let keys = exact.keys();
     let step = (keys.len() / 2000).max(1);
-    let mut magnitudes: Vec<f32> = keys.iter().step_by(step).filter_map(|&k| exact.vector(k)).flatten().map(f32::abs).collect();
+    let mut magnitudes: Vec<f32> = keys
+        .iter()
+        .step_by(step)
+        .filter_map(|&k| exact.vector(k))
+        .flat_map(|v| basis.map_or(v.clone(), |b| b.project(&v)))
+        .map(f32::abs)
+        .collect();
     if magnitudes.is_empty() {
         return 127.0;
     }
@@ -539,6 +631,53 @@ mod tests {
         assert!(err.to_string().contains("holds"), "{err}");
         std::fs::write(&path, b"torn")?;
         assert!(AnnIndex::load(&path, &stamp, rows, &[]).is_err(), "a damaged graph file is refused");
+        Ok(())
+    }
+
+    #[test]
+    fn a_graph_over_a_principal_subspace_finds_the_neighbours_and_keeps_its_basis() -> Result<()> {
+        let (n, dim) = (2000, 256);
+        let vectors = clustered(n, dim, 11);
+        let options = AnnOptions { graph_dim: 32, ..AnnOptions::default() };
+        let mut ann = AnnIndex::build(rows(&vectors)?, options)?;
+        assert_eq!(ann.graph_dim(), 32);
+        ann.set_candidates(128);
+        let (mut found, mut total) = (0, 0);
+        for q in clustered(50, dim, 12) {
+            let truth: Vec<Key> = ann.exact().search(&q, 10, None)?.iter().map(|h| h.key).collect();
+            let got = ann.search(&q, 10, None)?;
+            // Scores are the exact ones, whatever space the walk used.
+            for hit in &got {
+                assert_eq!(Some(hit.score), ann.exact().score(&q, hit.key));
+            }
+            found += got.iter().filter(|h| truth.contains(&h.key)).count();
+            total += truth.len();
+        }
+        let recall = found as f64 / total as f64;
+        assert!(recall >= 0.9, "recall@10 {recall}");
+
+        // The basis is saved beside the graph and read back: the loaded graph answers alike.
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("shop.db.graph");
+        let stamp = ann.save(&path, "space", 3)?;
+        assert!(stamp.basis_crc32.is_some() && basis_path(&path).exists());
+        let loaded = AnnIndex::load(&path, &stamp, ann.exact().clone(), &[]).map_err(|(_, e)| e)?;
+        assert_eq!(loaded.graph_dim(), 32);
+        let mut loaded = loaded;
+        loaded.set_candidates(128);
+        assert_eq!(loaded.search(&vectors[5], 10, None)?, ann.search(&vectors[5], 10, None)?);
+        // A damaged basis is refused, and the rows come back for a rebuild.
+        let mut bytes = std::fs::read(basis_path(&path))?;
+        bytes[100] ^= 0x40;
+        std::fs::write(basis_path(&path), &bytes)?;
+        let (back, err) = AnnIndex::load(&path, &stamp, ann.exact().clone(), &[]).err().expect("damaged basis detected");
+        assert_eq!(back.len(), n);
+        assert!(format!("{err:#}").contains("damaged"), "{err:#}");
+
+        // Too few products to tell 32 directions apart (fewer than four per direction), or no
+        // fewer dimensions asked for: the graph walks the vectors themselves.
+        assert_eq!(AnnIndex::build(rows(&vectors[..100])?, options)?.graph_dim(), dim);
+        assert_eq!(AnnIndex::build(rows(&vectors[..200])?, AnnOptions { graph_dim: 0, ..options })?.graph_dim(), dim);
         Ok(())
     }
 

@@ -6,6 +6,7 @@
 //! cosine similarity (a dot product).
 
 pub mod ann;
+pub mod basis;
 pub mod exact;
 pub mod kernels;
 pub mod qdrant;

@@ -242,7 +242,7 @@ fn quantise_conv_weights(
 fn floats(t: &TensorProto) -> Result<Vec<f32>> {
     ensure!(t.data_type == FLOAT, "initializer {:?} is not float32", t.name);
     if !t.raw_data.is_empty() {
-        ensure!(t.raw_data.len() % 4 == 0, "initializer {:?} has a torn raw_data", t.name);
+        ensure!(t.raw_data.len().is_multiple_of(4), "initializer {:?} has a torn raw_data", t.name);
         return Ok(t.raw_data.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect());
     }
     Ok(t.float_data.clone())

@@ -634,16 +634,34 @@ mod tests {
         Ok(())
     }
 
+    /// Unit vectors whose variance falls off along the axes (component j spread exp(-j/24)), as
+    /// an embedding's does along its principal directions: the top 32 of 256 carry most of it.
+    fn decaying(n: usize, dim: usize, seed: u64) -> Vec<Vec<f32>> {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        (0..n)
+            .map(|_| {
+                let mut v: Vec<f32> = (0..dim).map(|j| (-(j as f32) / 24.0).exp() * rng.random_range(-1.0..1.0)).collect();
+                l2_normalize(&mut v);
+                v
+            })
+            .collect()
+    }
+
     #[test]
     fn a_graph_over_a_principal_subspace_finds_the_neighbours_and_keeps_its_basis() -> Result<()> {
+        // One build thread, so the graph (and its recall) is the same every run.
+        rayon::ThreadPoolBuilder::new().num_threads(1).build()?.install(principal_subspace_scenario)
+    }
+
+    fn principal_subspace_scenario() -> Result<()> {
         let (n, dim) = (2000, 256);
-        let vectors = clustered(n, dim, 11);
+        let vectors = decaying(n, dim, 11);
         let options = AnnOptions { graph_dim: 32, ..AnnOptions::default() };
         let mut ann = AnnIndex::build(rows(&vectors)?, options)?;
         assert_eq!(ann.graph_dim(), 32);
-        ann.set_candidates(128);
+        ann.set_candidates(64);
         let (mut found, mut total) = (0, 0);
-        for q in clustered(50, dim, 12) {
+        for q in decaying(50, dim, 12) {
             let truth: Vec<Key> = ann.exact().search(&q, 10, None)?.iter().map(|h| h.key).collect();
             let got = ann.search(&q, 10, None)?;
             // Scores are the exact ones, whatever space the walk used.
@@ -654,7 +672,7 @@ mod tests {
             total += truth.len();
         }
         let recall = found as f64 / total as f64;
-        assert!(recall >= 0.9, "recall@10 {recall}");
+        assert!(recall >= 0.95, "recall@10 {recall}");
 
         // The basis is saved beside the graph and read back: the loaded graph answers alike.
         let dir = tempfile::tempdir()?;
@@ -664,7 +682,7 @@ mod tests {
         let loaded = AnnIndex::load(&path, &stamp, ann.exact().clone(), &[]).map_err(|(_, e)| e)?;
         assert_eq!(loaded.graph_dim(), 32);
         let mut loaded = loaded;
-        loaded.set_candidates(128);
+        loaded.set_candidates(64);
         assert_eq!(loaded.search(&vectors[5], 10, None)?, ann.search(&vectors[5], 10, None)?);
         // A damaged basis is refused, and the rows come back for a rebuild.
         let mut bytes = std::fs::read(basis_path(&path))?;

@@ -27,6 +27,7 @@ use crate::index::{l2_normalize, ExactIndex, Precision, VectorIndex};
 use crate::localise::{find_items, ForegroundHead};
 use crate::preprocess;
 use crate::space::SearchSpace;
+use crate::straighten;
 
 /// Cut-off of every ranked metric.
 pub const K: usize = 10;
@@ -437,7 +438,23 @@ impl Methods<'_> {
         let found = query.grid.as_ref().map(|grid| (grid, find_items(grid, self.head)));
         // The photo's colour as search takes it: its main product's, else its centre's.
         let query_colour = colour::of_query(&pixels, found.as_ref().and_then(|(_, f)| f.main()).map(|m| m.bounds)).map(|c| c.descriptor);
+        // A tilted photo is also encoded straightened, as search does (in search's batch; here
+        // after it), and each CNN row searches the view nearer its catalog.
+        let straightened = match straighten::tilt(photo) {
+            Some(tilt) => Some(self.encoder.encode(&[preprocess::prepare_image(&straighten::straighten(photo, tilt), None, &spec.input)])?.into_iter().next().context("encoder returned nothing")?.vector),
+            None => None,
+        };
         let encode_ms = ms(t);
+        // The model vector a row searches with: the photo's, or its straightened view's when
+        // that one's best match in `index` scores higher.
+        let view = |index: &dyn VectorIndex, space: &SearchSpace| -> Result<Vec<f32>> {
+            let as_taken = space.map(&embedding.vector)?;
+            let Some(straight) = &straightened else { return Ok(as_taken) };
+            let straight = space.map(straight)?;
+            let best = |v: &[f32]| -> Result<f32> { Ok(index.search(v, 1, None)?.first().map_or(f32::NEG_INFINITY, |h| h.score)) };
+            let scores = [best(&as_taken)?, best(&straight)?];
+            Ok(if straighten::pick_view(&scores) == 0 { as_taken } else { straight })
+        };
         // A lookalike row's top K, colour treated as search treats it.
         let search = |index: &dyn VectorIndex, vector: &[f32]| -> Result<Vec<crate::index::Hit>> {
             Ok(match (&self.colour, &query_colour) {
@@ -448,8 +465,11 @@ impl Methods<'_> {
         };
 
         let t = Instant::now();
-        let vector = self.space.map(&embedding.vector)?;
+        let vector = view(self.lookalike, self.space)?;
         ranked.push(("lookalike", search(self.lookalike, &vector)?, encode_ms + ms(t)));
+        // The photo as taken, never straightened: what straightening adds.
+        let t = Instant::now();
+        ranked.push(("lookalike_as_taken", search(self.lookalike, &self.space.map(&embedding.vector)?)?, encode_ms + ms(t)));
         if self.colour != ColourMode::Any {
             let t = Instant::now();
             ranked.push(("lookalike_any", self.lookalike.search(&vector, K, None)?, encode_ms + ms(t)));
@@ -477,7 +497,7 @@ impl Methods<'_> {
 
         if let Some((untuned, untuned_space)) = &self.untuned {
             let t = Instant::now();
-            ranked.push(("lookalike_untuned", search(*untuned, &untuned_space.map(&embedding.vector)?)?, encode_ms + ms(t)));
+            ranked.push(("lookalike_untuned", search(*untuned, &view(*untuned, untuned_space)?)?, encode_ms + ms(t)));
         }
         if let (Some(max), false) = (&embedding.max_pooled, self.original.is_empty()) {
             let t = Instant::now();

@@ -10,7 +10,7 @@
 //! Layers, each importing only from those above it in this list (`tests/architecture.rs` fails
 //! on an import cycle between modules):
 //! 1. plain data and facts: [`types`], [`assets`], [`host`], [`config`];
-//! 2. parts: [`model`], [`preprocess`], [`colour`], [`perturb`], [`localise`], [`likeness`], [`index`], [`projection`],
+//! 2. parts: [`model`], [`preprocess`], [`colour`], [`perturb`], [`straighten`], [`localise`], [`likeness`], [`index`], [`projection`],
 //!    [`catalog`], [`encoder`];
 //! 3. assemblies of parts: [`space`], [`store`], [`import`], [`tune`], [`eval`];
 //! 4. the search engine: [`search`];
@@ -36,5 +36,6 @@ pub mod search;
 pub mod server;
 pub mod space;
 pub mod store;
+pub mod straighten;
 pub mod tune;
 pub mod types;

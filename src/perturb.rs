@@ -18,7 +18,7 @@ pub fn perturb(img: &DynamicImage, rng: &mut impl Rng) -> DynamicImage {
     let rgb = upscale(&img.to_rgb8());
     let placed = place_on_background(&rgb, rng);
     let cropped = random_crop(&placed, rng);
-    let rotated = rotate(&cropped, rng.random_range(-12.0f32..12.0), rng);
+    let rotated = crate::straighten::rotate(&cropped, rng.random_range(-12.0f32..12.0));
     let mut lit = rotated;
     relight(&mut lit, rng.random_range(0.75f32..1.25), rng.random_range(0.7f32..1.3));
     let blurred = if rng.random_bool(0.5) { image::imageops::blur(&lit, rng.random_range(0.4f32..1.5)) } else { lit };
@@ -145,28 +145,6 @@ fn random_crop(img: &RgbImage, rng: &mut impl Rng) -> RgbImage {
     img.view(x, y, cw, ch).to_image()
 }
 
-/// Rotates by `degrees` about the centre (bilinear), filling uncovered corners with the
-/// nearest edge pixel, as a phone's straightening tool does.
-fn rotate(img: &RgbImage, degrees: f32, _rng: &mut impl Rng) -> RgbImage {
-    let (w, h) = img.dimensions();
-    let (sin, cos) = degrees.to_radians().sin_cos();
-    let (cx, cy) = (w as f32 / 2.0, h as f32 / 2.0);
-    RgbImage::from_fn(w, h, |x, y| {
-        let (dx, dy) = (x as f32 + 0.5 - cx, y as f32 + 0.5 - cy);
-        let sx = (cos * dx + sin * dy + cx - 0.5).clamp(0.0, (w - 1) as f32);
-        let sy = (-sin * dx + cos * dy + cy - 0.5).clamp(0.0, (h - 1) as f32);
-        let (x0, y0) = (sx.floor() as u32, sy.floor() as u32);
-        let (x1, y1) = ((x0 + 1).min(w - 1), (y0 + 1).min(h - 1));
-        let (fx, fy) = (sx - x0 as f32, sy - y0 as f32);
-        let px = |xx, yy| img.get_pixel(xx, yy);
-        Rgb([0, 1, 2].map(|c| {
-            let top = f32::from(px(x0, y0)[c]) * (1.0 - fx) + f32::from(px(x1, y0)[c]) * fx;
-            let bottom = f32::from(px(x0, y1)[c]) * (1.0 - fx) + f32::from(px(x1, y1)[c]) * fx;
-            (top * (1.0 - fy) + bottom * fy).round() as u8
-        }))
-    })
-}
-
 /// Scales brightness and contrast (around mid-grey).
 fn relight(img: &mut RgbImage, brightness: f32, contrast: f32) {
     for p in img.pixels_mut() {
@@ -225,12 +203,5 @@ mod tests {
         let ratio = tw * photo.width() as f32 / (th * photo.height() as f32);
         assert!((0.8..1.25).contains(&ratio), "T box {:?}", boxes[1]);
         assert!(bx + bw <= 0.5 && tx >= 0.5, "each in its own half");
-    }
-
-    #[test]
-    fn rotation_by_zero_is_identity() {
-        let img = product().to_rgb8();
-        let mut rng = rand::rngs::StdRng::seed_from_u64(0);
-        assert_eq!(rotate(&img, 0.0, &mut rng).as_raw(), img.as_raw());
     }
 }

@@ -22,6 +22,7 @@ use crate::preprocess::{self, Crop, DecodeLimits, ImageError};
 use crate::catalog::graph_paths;
 use crate::host::available_memory_bytes;
 use crate::space::SearchSpace;
+use crate::straighten;
 use crate::store::{graph_turn, open_collection, open_index, payload_image, write_graph, CollectionDescription, Store};
 
 /// What to return.
@@ -70,6 +71,9 @@ pub struct PreparedQuery {
     /// The decoded photo, kept only when each product found in it is to be cropped out and
     /// encoded on its own (`Items::All`).
     pub photo: Option<image::DynamicImage>,
+    /// The photo turned straight, as a second input tensor, when it looks tilted
+    /// ([`crate::straighten`]; not when the shopper cropped it).
+    pub straightened: Option<Vec<f32>>,
     pub timings: Timings,
 }
 
@@ -113,6 +117,9 @@ pub struct FoundItem {
 #[derive(Debug, Clone)]
 pub struct EncodedPhoto {
     pub whole: Embedding,
+    /// The photo turned straight, encoded beside it when it looked tilted: searched instead
+    /// of `whole` when it lies nearer the catalog ([`SearchEngine::search_photo`]).
+    pub straightened: Option<Embedding>,
     /// The photo's colour: of its main item when one was found, else of its centre.
     pub colour: Option<ColourEstimate>,
     /// Main item first; empty when nothing stands out, the photo was cropped by the shopper,
@@ -121,16 +128,6 @@ pub struct EncodedPhoto {
 }
 
 impl EncodedPhoto {
-    /// What a search for the photo looks for: the whole photo.
-    ///
-    /// Not its main item: pooled over the item or cropped to it, the query found fewer
-    /// products of the right kind on clean and on shopper-style photos of one product, and
-    /// the very product less often (docs/localisation-study.md). The items found are offered
-    /// beside the results instead (`detections`, `Items::All`), for the shopper to choose.
-    pub fn query_vector(&self) -> &[f32] {
-        &self.whole.vector
-    }
-
     pub fn detections(&self) -> Vec<Detection> {
         self.items.iter().map(|item| item.detection).collect()
     }
@@ -520,35 +517,46 @@ impl SearchEngine {
         let tensor = pixels.tensor(input);
         let localise_in = crop.is_none().then(|| (image.width(), image.height()));
         let tiles = if crop.is_none() && self.foreground.is_some() { localise::tile_inputs(&image, input) } else { Vec::new() };
+        // A tilted photo is also encoded straightened; search keeps the view nearer the catalog.
+        let straightened = crop.is_none().then(|| straighten::tilt(&image)).flatten().map(|tilt| preprocess::prepare_image(&straighten::straighten(&image, tilt), None, input));
         timings.preprocess_ms = ms(t);
         let photo = (crop.is_none() && items == Items::All).then_some(image);
-        Ok(PreparedQuery { tensor, pixels, localise_in, tiles, photo, timings })
+        Ok(PreparedQuery { tensor, pixels, localise_in, tiles, photo, straightened, timings })
     }
 
     /// Runs the encoder on prepared queries and finds the products in each photo, in order;
     /// then, for queries that kept their photo (`Items::All`), encodes each product found on
     /// its own, all in one more batch.
     pub fn encode_photos(&self, queries: Vec<PreparedQuery>) -> Result<Vec<EncodedPhoto>, SearchError> {
-        // One batch: every photo, then every photo's tiles.
+        // One batch: every photo, then every photo's tiles, then the straightened photos.
         let count = queries.len();
         let mut tensors = Vec::with_capacity(count);
         let mut rest = Vec::with_capacity(count);
         let mut tile_crops: Vec<Vec<Crop>> = Vec::with_capacity(count);
         let mut tile_tensors = Vec::new();
-        for query in queries {
+        let mut straightened_tensors = Vec::new();
+        let mut straightened_of = Vec::new();
+        for (q, query) in queries.into_iter().enumerate() {
             tensors.push(query.tensor);
             let (crops, inputs): (Vec<Crop>, Vec<Vec<f32>>) = query.tiles.into_iter().unzip();
             tile_crops.push(crops);
             tile_tensors.extend(inputs);
+            if let Some(tensor) = query.straightened {
+                straightened_tensors.push(tensor);
+                straightened_of.push(q);
+            }
             rest.push((query.localise_in, query.photo, query.pixels));
         }
-        let expected = tensors.len() + tile_tensors.len();
+        let tile_count = tile_tensors.len();
+        let expected = tensors.len() + tile_count + straightened_tensors.len();
         tensors.extend(tile_tensors);
+        tensors.extend(straightened_tensors);
         let mut encoded = self.encoder.encode_queries(&tensors)?;
         if encoded.len() != expected {
             return Err(SearchError::Internal(anyhow::anyhow!("the encoder returned {} embeddings for {} images", encoded.len(), expected)));
         }
         drop(tensors);
+        let straightened = encoded.split_off(count + tile_count);
         let mut tile_grids = encoded.split_off(count).into_iter();
         let (mut found, photos): (Vec<EncodedPhoto>, Vec<Option<image::DynamicImage>>) = encoded
             .into_iter()
@@ -559,6 +567,9 @@ impl SearchEngine {
                 (self.find_products(embedding, &tiles, localise_in, &pixels), photo)
             })
             .unzip();
+        for (q, view) in straightened_of.into_iter().zip(straightened) {
+            found[q].straightened = Some(view.embedding);
+        }
 
         let input = &self.encoder.spec().input;
         let mut crops = Vec::new();
@@ -587,7 +598,7 @@ impl SearchEngine {
     fn find_products(&self, query: QueryEmbedding, tiles: &[(Crop, crate::encoder::GridFeatures)], photo: Option<(u32, u32)>, pixels: &preprocess::InputPixels) -> EncodedPhoto {
         let (Some(grid), Some((width, height))) = (&query.grid, photo) else {
             let colour = colour::of_query(pixels, None);
-            return EncodedPhoto { whole: query.embedding, colour, items: Vec::new() };
+            return EncodedPhoto { whole: query.embedding, straightened: None, colour, items: Vec::new() };
         };
         let fit = self.encoder.spec().input.fit;
         let found = match &self.foreground {
@@ -605,7 +616,26 @@ impl SearchEngine {
             let colour = colour::of_query(pixels, Some(item.bounds));
             items.push(FoundItem { detection, crop: on_photo, vector: None, colour });
         }
-        EncodedPhoto { whole: query.embedding, colour, items }
+        EncodedPhoto { whole: query.embedding, straightened: None, colour, items }
+    }
+
+    /// What a search for the photo looks for: the whole photo, as taken or straightened (when
+    /// it looked tilted), whichever view's best match in the catalog scores higher
+    /// ([`straighten::pick_view`]).
+    ///
+    /// Not its main item: pooled over the item or cropped to it, the query found fewer
+    /// products of the right kind on clean and on shopper-style photos of one product, and
+    /// the very product less often (docs/localisation-study.md). The items found are offered
+    /// beside the results instead (`detections`, `Items::All`), for the shopper to choose.
+    pub fn query_vector<'a>(&self, photo: &'a EncodedPhoto) -> Result<&'a [f32], SearchError> {
+        let as_taken = photo.whole.vector.as_slice();
+        let Some(straightened) = &photo.straightened else { return Ok(as_taken) };
+        let nearest = |v: &[f32]| -> Result<f32, SearchError> {
+            let v = self.to_search_space(v)?;
+            Ok(self.read_index()?.search(&v, 1, &Filter::default(), None)?.first().map_or(f32::NEG_INFINITY, |h| h.score))
+        };
+        let views = [as_taken, straightened.vector.as_slice()];
+        Ok(views[straighten::pick_view(&[nearest(views[0])?, nearest(views[1])?])])
     }
 
     /// The last two steps of a photo search: nearest neighbours of the photo (and of each item
@@ -614,7 +644,7 @@ impl SearchEngine {
     /// for `total_ms`.
     pub fn search_photo(&self, photo: &EncodedPhoto, request: &SearchRequest, timings: Timings, started: Instant) -> Result<SearchResults, SearchError> {
         let query_colour = photo.colour.map(|c| c.descriptor);
-        let mut results = self.search_vector_with_colour(photo.query_vector(), query_colour.as_ref(), request)?;
+        let mut results = self.search_vector_with_colour(self.query_vector(photo)?, query_colour.as_ref(), request)?;
         results.query_colour = photo.colour;
         for item in &photo.items {
             let Some(vector) = &item.vector else { continue };

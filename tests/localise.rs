@@ -209,3 +209,43 @@ fn a_learned_head_finds_garments_side_by_side_on_wide_photos() {
     // head found under a third of the products in such photos.
     assert!(recall >= 0.65 && precision >= 0.75, "{found} of {placed} garments found, {reported} boxes reported");
 }
+
+/// Catalog product `index` (a training image in the shared catalog) photographed on a floor of
+/// boards and turned by `degrees`, as PNG.
+fn tilted_shot(index: usize, degrees: f32) -> Vec<u8> {
+    let train = FashionMnist::load(&fm_dir(), "train").expect("train split");
+    let garment = image::imageops::resize(&train.image(index).expect("image"), 120, 120, image::imageops::FilterType::Triangle);
+    let mut floor = image::RgbImage::from_fn(200, 200, |_, y| if y % 40 < 3 { image::Rgb([150, 120, 90]) } else { image::Rgb([90, 70, 50]) });
+    for (x, y, p) in garment.enumerate_pixels() {
+        let level = p[0];
+        if level > 24 {
+            floor.put_pixel(40 + x, 40 + y, image::Rgb([level; 3]));
+        }
+    }
+    let turned = lookalike::straighten::rotate(&floor, degrees);
+    let mut png = Vec::new();
+    DynamicImage::ImageRgb8(turned).write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png).expect("png");
+    png
+}
+
+#[test]
+fn a_tilted_photo_is_searched_straightened_and_finds_its_product_more_often() {
+    let engine = engine();
+    let whole_frame = lookalike::preprocess::Crop::new(0.0, 0.0, 1.0, 1.0).expect("crop");
+    let (mut straightened_first, mut as_taken_first) = (0, 0);
+    for index in 0..30 {
+        let png = tilted_shot(index, if index % 2 == 0 { 14.0 } else { -14.0 });
+        let photo = image::load_from_memory(&png).expect("png");
+        let tilt = lookalike::straighten::tilt(&photo).expect("the boards show the tilt");
+        assert!((tilt.abs() - 14.0).abs() < 1.5, "read {tilt}°");
+        let own_id = |results: &SearchResults| results.hits.first().map(|h| h.product.id.clone());
+        let expected = Some(format!("fmnist-train-{index:05}"));
+        // A shopper's crop (here the whole frame) is searched as given: the photo as taken.
+        let as_taken = engine.search_image(&png, Some(whole_frame), &SearchRequest::default(), Items::Main).expect("search");
+        let straightened = search(&engine, &png, Items::Main);
+        as_taken_first += usize::from(own_id(&as_taken) == expected);
+        straightened_first += usize::from(own_id(&straightened) == expected);
+    }
+    eprintln!("product first: straightened {straightened_first}/30, as taken {as_taken_first}/30");
+    assert!(straightened_first > as_taken_first, "straightened {straightened_first}/30, as taken {as_taken_first}/30");
+}

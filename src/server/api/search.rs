@@ -108,7 +108,10 @@ async fn search_by_photo(state: Arc<AppState>, mut form: Multipart) -> Result<Js
     let engine = state.engine.clone();
     blocking(move || {
         let results = engine.search_photo(&encoded.photo, &request, encoded.timings, started)?;
-        let vector = include_vector.then(|| encoded.photo.query_vector().to_vec());
+        let vector = match include_vector {
+            true => Some(engine.query_vector(&encoded.photo)?.to_vec()),
+            false => None,
+        };
         Ok(Json(SearchResponse::for_photo(&results, items, vector)))
     })
     .await

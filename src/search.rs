@@ -118,7 +118,7 @@ pub struct FoundItem {
 pub struct EncodedPhoto {
     pub whole: Embedding,
     /// The photo turned straight, encoded beside it when it looked tilted: searched instead
-    /// of `whole` when it lies nearer the catalog ([`SearchEngine::search_photo`]).
+    /// of `whole` when it lies nearer the catalog ([`SearchEngine::query_vector`]).
     pub straightened: Option<Embedding>,
     /// The photo's colour: of its main item when one was found, else of its centre.
     pub colour: Option<ColourEstimate>,

@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::{BTreeSet, HashMap};
 
 use crate::catalog::{SqliteCatalog, VectorKind};
+use crate::index::basis::PrincipalBasis;
 use crate::localise::ForegroundHead;
 use crate::projection::Projection;
 use crate::types::{Key, Product};
@@ -44,12 +45,19 @@ pub struct TuneOptions {
     /// product of a class onto one point, and a re-photographed product no longer finds itself.
     #[serde(default)]
     pub instance_weight: f32,
+    /// Train on the features' top `subspace` principal directions (0: on all of them), then
+    /// fold that projection into the first layer, so the result still takes the model's
+    /// full-length features. The first layer is most of training's arithmetic, and the
+    /// directions left out carry little of the features' variance: on 60,000 Fashion-MNIST
+    /// products, 512 of 1280 trained 1.7x faster within 0.003 of P@10 (256: 0.011 lower).
+    #[serde(default)]
+    pub subspace: usize,
     pub seed: u64,
 }
 
 impl Default for TuneOptions {
     fn default() -> Self {
-        TuneOptions { output_dim: 256, hidden: 1024, epochs: 12, batch_size: 256, learning_rate: 2e-3, scale: 16.0, weight_decay: 1e-4, dropout: 0.0, instance_weight: 2.0, seed: 7 }
+        TuneOptions { output_dim: 256, hidden: 1024, epochs: 12, batch_size: 256, learning_rate: 2e-3, scale: 16.0, weight_decay: 1e-4, dropout: 0.0, instance_weight: 2.0, subspace: 512, seed: 7 }
     }
 }
 
@@ -320,6 +328,42 @@ fn softmax_cross_entropy(logits: &Array2<f32>, targets: impl Iterator<Item = usi
 /// shopper-style view, its catalog photo), for the instance term (see
 /// [`TuneOptions::instance_weight`]); none leaves it out.
 pub fn train(features: ArrayView2<f32>, labels: &[usize], classes: usize, label: &str, pairs: &[(usize, usize)], options: &TuneOptions) -> Result<(Projection, TuneReport)> {
+    let (n, input_dim) = features.dim();
+    // A small catalog trains fast anyway, and its rows span too few directions for a basis
+    // (the search graph's basis has the same rule).
+    if options.subspace == 0 || options.subspace >= input_dim || n < crate::index::basis::MIN_ROWS_PER_DIRECTION * options.subspace {
+        return train_projection(features, labels, classes, label, pairs, options);
+    }
+    let started = std::time::Instant::now();
+    let basis = match feature_basis(features, options.subspace, options.seed) {
+        Ok(basis) => basis,
+        Err(e) => {
+            tracing::info!("training on every feature: {e:#}");
+            return train_projection(features, labels, classes, label, pairs, options);
+        }
+    };
+    let reduced = features.dot(&basis.rows().t());
+    let (mut projection, mut report) = train_projection(reduced.view(), labels, classes, label, pairs, options)?;
+    // W1 (P x) = (W1 P) x: the same map, on full-length features.
+    projection.w1 = projection.w1.dot(&basis.rows());
+    projection.input_dim = input_dim;
+    report.seconds = started.elapsed().as_secs_f64();
+    Ok((projection, report))
+}
+
+/// The top `dims` principal directions of the training features, fitted on a sample of them
+/// (a covariance of every row would cost n x d^2 for the same directions), the same sample
+/// for a given seed.
+fn feature_basis(features: ArrayView2<f32>, dims: usize, seed: u64) -> Result<PrincipalBasis> {
+    let mut sample: Vec<usize> = (0..features.nrows()).collect();
+    sample.shuffle(&mut rand::rngs::StdRng::seed_from_u64(seed));
+    sample.truncate(crate::index::basis::FIT_SAMPLE);
+    sample.sort_unstable();
+    PrincipalBasis::fit(features.select(Axis(0), &sample).view(), dims, seed)
+}
+
+/// [`train`] on the features as given.
+fn train_projection(features: ArrayView2<f32>, labels: &[usize], classes: usize, label: &str, pairs: &[(usize, usize)], options: &TuneOptions) -> Result<(Projection, TuneReport)> {
     let started = std::time::Instant::now();
     let (n, input_dim) = features.dim();
     ensure!(n == labels.len(), "{n} feature rows but {} labels", labels.len());
@@ -605,6 +649,32 @@ mod tests {
             let after = knn_precision(&proj.apply_batch(test_x.view()), &test_labels);
             assert!(after > before + 0.05 && after > 0.8, "hidden={hidden}: precision@5 {before} -> {after}");
         }
+        Ok(())
+    }
+
+    #[test]
+    fn a_projection_trained_in_a_principal_subspace_takes_full_length_features() -> Result<()> {
+        // The classes differ along three of 64 axes, so they lie in the top directions.
+        let (x, labels) = toy(3000, 64, 1);
+        let options = TuneOptions { output_dim: 8, hidden: 32, epochs: 10, batch_size: 64, learning_rate: 1e-2, subspace: 8, ..Default::default() };
+        let (proj, _) = train(x.view(), &labels, 3, "toy", &[], &options)?;
+        assert_eq!(proj.input_dim, 64, "the folded projection takes the model's features");
+        // Folding changes nothing: the same training on the features projected by hand gives
+        // the same vectors.
+        let basis = feature_basis(x.view(), 8, options.seed)?;
+        let (reduced_proj, _) = train_projection(x.dot(&basis.rows().t()).view(), &labels, 3, "toy", &[], &options)?;
+        let (test_x, test_labels) = toy(300, 64, 2);
+        let folded = proj.apply_batch(test_x.view());
+        let by_hand = reduced_proj.apply_batch(test_x.dot(&basis.rows().t()).view());
+        let largest_gap = (&folded - &by_hand).iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        assert!(largest_gap < 1e-4, "folded and by-hand outputs differ by {largest_gap}");
+        let (before, after) = (knn_precision(&test_x, &test_labels), knn_precision(&folded, &test_labels));
+        assert!(after > before + 0.05 && after > 0.8, "precision@5 {before} -> {after}");
+        // Too few rows to fit 8 directions from (fewer than 4 per direction): trained on every
+        // feature instead of refused.
+        let (few, few_labels) = toy(20, 64, 3);
+        let (small, _) = train(few.view(), &few_labels, 3, "toy", &[], &options)?;
+        assert_eq!(small.input_dim, 64);
         Ok(())
     }
 

@@ -41,6 +41,11 @@ pub struct TuneArgs {
     /// (not only to its label), so a re-photographed product finds itself. 0 turns it off.
     #[arg(long, default_value_t = 2.0, value_name = "W")]
     pub instance_weight: f32,
+    /// Train on the catalog features' top N principal directions, folded back into the
+    /// projection afterwards (0: on every feature). Most of training's arithmetic is the first
+    /// layer, which this shrinks.
+    #[arg(long, default_value_t = tune::TuneOptions::default().subspace, value_name = "N")]
+    pub subspace: usize,
     #[command(flatten)]
     pub model: ModelArgs,
     #[arg(long, default_value_t = 7)]
@@ -93,6 +98,7 @@ pub fn run(args: TuneArgs) -> Result<()> {
         epochs: args.epochs,
         dropout: args.dropout,
         instance_weight: args.instance_weight,
+        subspace: args.subspace,
         scale: args.scale,
         seed: args.seed,
         ..Default::default()

@@ -438,7 +438,7 @@ fn load_graph(path: &Path, stamp: &AnnStamp, dim: usize) -> Result<(usearch::Ind
 /// least four per direction); else `None`, and the graph walks the rows themselves.
 fn fit_basis(exact: &ExactIndex, graph_dim: usize) -> Option<PrincipalBasis> {
     let dim = exact.dim();
-    if graph_dim == 0 || graph_dim >= dim || exact.len() < 4 * graph_dim {
+    if graph_dim == 0 || graph_dim >= dim || exact.len() < super::basis::MIN_ROWS_PER_DIRECTION * graph_dim {
         return None;
     }
     let keys = exact.keys();

@@ -19,6 +19,10 @@ use rand::{Rng, SeedableRng};
 /// cheap to multiply (about a second on 2 cores).
 pub const FIT_SAMPLE: usize = 10_000;
 
+/// Fewest rows per direction a basis is fitted from: with fewer, the sample's covariance is
+/// too noisy (or too low in rank) for its top directions to mean much.
+pub const MIN_ROWS_PER_DIRECTION: usize = 4;
+
 /// Rounds of subspace iteration. The top directions of embedding covariances are well
 /// separated, so a few rounds settle the subspace.
 const ROUNDS: usize = 6;
@@ -61,6 +65,11 @@ impl PrincipalBasis {
     /// `v`'s coordinates in the subspace.
     pub fn project(&self, v: &[f32]) -> Vec<f32> {
         self.rows.outer_iter().map(|row| super::dot(row.as_slice().unwrap_or(&[]), v)).collect()
+    }
+
+    /// The directions, one per row (`[dim_out, dim_in]`).
+    pub fn rows(&self) -> ndarray::ArrayView2<'_, f32> {
+        self.rows.view()
     }
 
     /// Little-endian f32 rows, for saving beside the graph.

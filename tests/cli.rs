@@ -348,10 +348,19 @@ fn tuning_is_stored_used_and_undone() {
     let out = lookalike(&["tune", "--db", path(&db), "--label", "articleType", "--dim", "64", "--hidden", "128", "--epochs", "8", "--augment", "64"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
-    assert!(stderr.contains("64 perturbed"), "{stderr}");
+    // The perturbed photos are training data only: the built-in model's int8 copy encodes
+    // them by default, and the catalog keeps its float model and vectors.
+    assert!(stderr.contains("encoding 64 perturbed catalog photos with efficientnet-lite0-int8"), "{stderr}");
+    let out = lookalike(&["tune", "--db", path(&db), "--dim", "64", "--hidden", "128", "--epochs", "8", "--augment", "64", "--augment-precision", "fp32"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("encoding 64 perturbed catalog photos with efficientnet-lite0\n"), "{stderr}");
+    let out = lookalike(&["tune", "--db", path(&db), "--augment-precision", "int4"]);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("int8"), "a bad precision is refused, naming the choices");
     let out = lookalike(&["tune", "--db", path(&db), "--dropout", "1.5"]);
     assert!(!out.status.success(), "bad dropout refused");
-    assert!(ok(&["info", "--db", path(&db)]).contains("tuned on: articleType"));
+    let info = ok(&["info", "--db", path(&db)]);
+    assert!(info.contains("tuned on: articleType") && info.contains("model: efficientnet-lite0 ("), "{info}");
     let report = json(&ok(&[
         "eval", "--db", path(&db), "--fashion-mnist", "test", "--queries", "50", "--fashion-mnist-dir", path(&fm_dir()), "--json",
     ]));

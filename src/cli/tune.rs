@@ -91,6 +91,7 @@ pub fn run(args: TuneArgs) -> Result<()> {
     let (mut rows, classes) = tune::labelled_features(&catalog, &args.label)?;
     eprintln!("tuning on {} products, {} distinct {} values", rows.labels.len(), classes.len(), args.label);
     let augment = args.augment.unwrap_or((rows.labels.len() / 2).min(30_000));
+    let mut augment_model = None;
     if augment > 0 {
         // A stream of batches: one single-threaded session per core is faster than one session
         // on every core (as for indexing).
@@ -98,6 +99,7 @@ pub fn run(args: TuneArgs) -> Result<()> {
         let spec = augmentation_model(&assets, &catalog, model_spec(&assets, &catalog, &args.model)?, args.augment_precision)?;
         let encoder = load_indexing_encoder(&assets, spec, &args.model)?;
         eprintln!("encoding {augment} perturbed catalog photos with {}", encoder.spec().name);
+        augment_model = Some(encoder.spec().name.clone());
         rows.append(tune::perturbed_features(&catalog, &encoder, &args.label, &classes, augment, args.seed)?)?;
     }
     let pairs = rows.same_product_pairs();
@@ -113,7 +115,7 @@ pub fn run(args: TuneArgs) -> Result<()> {
         ..Default::default()
     };
     let (projection, report) = tune::train(rows.features.view(), &rows.labels, classes.len(), &args.label, &pairs, &options)?;
-    let record = serde_json::json!({ "options": options, "report": report, "classes": classes });
+    let record = serde_json::json!({ "options": options, "report": report, "classes": classes, "augmented_with": augment_model });
     catalog.save_projection(&projection, &record.to_string())?;
     // Scores in the tuned space run differently: the likeness bands are measured again.
     SearchSpace::for_catalog(&catalog)?.record_likeness_bands(&catalog, true)?;

@@ -407,15 +407,18 @@ fn the_index_choice_is_measured_recorded_and_honoured() {
     let metrics = |server: &Server| client().get(server.url("/metrics")).send().expect("metrics").text().expect("text");
 
     // 300 products: scanned exactly by default.
+    // Whole lines: the gauge's HELP text itself reads "lookalike_index_graph 1 when ...".
+    let gauge_line = |text: &str, line: &str| text.lines().any(|l| l == line);
     let server = Server::start(&db, &[], &[]);
-    assert!(metrics(&server).contains("lookalike_index_graph 0"));
+    let text = metrics(&server);
+    assert!(gauge_line(&text, "lookalike_index_graph 0"), "{text}");
     drop(server);
 
     // Told that a scan is slower above 100 products: the graph is built, measured and used.
     let server = Server::start(&db, &["--ann-above", "100"], &[]);
     let text = metrics(&server);
-    assert!(text.contains("lookalike_index_graph 1"), "{text}");
-    let recall: f32 = text.lines().find_map(|l| l.strip_prefix("lookalike_index_recall_at_10 ")).and_then(|v| v.parse().ok()).expect("recall gauge");
+    assert!(gauge_line(&text, "lookalike_index_graph 1"), "{text}");
+    let recall: f32 = text.lines().find_map(|l| l.strip_prefix("lookalike_index_recall_at_10 ")).and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("recall gauge: {text}"));
     assert!(recall >= 0.99, "the graph is used at recall@10 {recall}");
     let (png, _) = test_photo(3);
     assert_eq!(ok_json(search_photo(&server, png, &[("k", "10")]))["hits"].as_array().map(Vec::len), Some(10));

@@ -8,7 +8,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
 use serde::Serialize;
 
@@ -92,6 +92,15 @@ CREATE TABLE IF NOT EXISTS foreground (
     id INTEGER PRIMARY KEY CHECK (id = 1),
     model TEXT NOT NULL,
     head BLOB NOT NULL,
+    report TEXT NOT NULL
+);
+-- How shoppers' photos differ from the catalog's shots: the photo adapter `lookalike tune
+-- --adapt` learns (a map in the search space, for query photos only).
+CREATE TABLE IF NOT EXISTS adapter (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    model TEXT NOT NULL,
+    weights BLOB NOT NULL,
+    crc INTEGER NOT NULL,
     report TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS vectors (
@@ -265,6 +274,41 @@ impl SqliteCatalog {
             .execute("INSERT OR REPLACE INTO foreground(id, model, head, report) VALUES (1, ?1, ?2, ?3)", params![model, head.to_bytes(), report])
             .map_err(|e| explain_busy(&self.path, e))?;
         Ok(())
+    }
+
+    /// The photo adapter `lookalike tune --adapt` learned, if any, for this catalog's model
+    /// (another model's vectors mean something else).
+    pub fn photo_adapter(&self) -> Result<Option<crate::adapter::PhotoAdapter>> {
+        let row: Option<(String, Vec<u8>, i64)> = self.conn.query_row("SELECT model, weights, crc FROM adapter WHERE id = 1", [], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).optional()?;
+        let model = self.vector_space()?.map(|s| s.model);
+        let damaged = || format!("the photo adapter in {} is damaged; run `lookalike tune --adapt` again (or drop it: `lookalike tune --adapt --off`)", self.path.display());
+        match row {
+            Some((trained_for, bytes, crc)) if Some(&trained_for) == model.as_ref() => {
+                ensure!(i64::from(crc32fast::hash(&bytes)) == crc, "{}", damaged());
+                Ok(Some(crate::adapter::PhotoAdapter::from_bytes(&bytes).with_context(damaged)?))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// The training report (JSON) of the stored photo adapter, if any.
+    pub fn photo_adapter_report(&self) -> Result<Option<String>> {
+        Ok(self.conn.query_row("SELECT report FROM adapter WHERE id = 1", [], |r| r.get(0)).optional()?)
+    }
+
+    /// Stores the photo adapter (replacing any earlier one), checksummed, with its report.
+    pub fn save_photo_adapter(&mut self, model: &str, adapter: &crate::adapter::PhotoAdapter, report: &str) -> Result<()> {
+        let bytes = adapter.to_bytes();
+        let crc = i64::from(crc32fast::hash(&bytes));
+        self.conn
+            .execute("INSERT OR REPLACE INTO adapter(id, model, weights, crc, report) VALUES (1, ?1, ?2, ?3, ?4)", params![model, bytes, crc, report])
+            .map_err(|e| explain_busy(&self.path, e))?;
+        Ok(())
+    }
+
+    /// Drops the photo adapter: query photos are searched as encoded again.
+    pub fn clear_photo_adapter(&mut self) -> Result<bool> {
+        Ok(self.conn.execute("DELETE FROM adapter", [])? > 0)
     }
 
     /// Drops the foreground head: localisation goes back to the training-free rule.

@@ -448,9 +448,9 @@ impl Methods<'_> {
         // The model vector a row searches with: the photo's, or its straightened view's when
         // that one's best match in `index` scores higher.
         let view = |index: &dyn VectorIndex, space: &SearchSpace| -> Result<Vec<f32>> {
-            let as_taken = space.map(&embedding.vector)?;
+            let as_taken = space.map_photo(&embedding.vector)?;
             let Some(straight) = &straightened else { return Ok(as_taken) };
-            let straight = space.map(straight)?;
+            let straight = space.map_photo(straight)?;
             let best = |v: &[f32]| -> Result<f32> { Ok(index.search(v, 1, None)?.first().map_or(f32::NEG_INFINITY, |h| h.score)) };
             let scores = [best(&as_taken)?, best(&straight)?];
             Ok(if straighten::pick_view(&scores) == 0 { as_taken } else { straight })
@@ -469,7 +469,12 @@ impl Methods<'_> {
         ranked.push(("lookalike", search(self.lookalike, &vector)?, encode_ms + ms(t)));
         // The photo as taken, never straightened: what straightening adds.
         let t = Instant::now();
-        ranked.push(("lookalike_as_taken", search(self.lookalike, &self.space.map(&embedding.vector)?)?, encode_ms + ms(t)));
+        ranked.push(("lookalike_as_taken", search(self.lookalike, &self.space.map_photo(&embedding.vector)?)?, encode_ms + ms(t)));
+        // Without the photo adapter: what it adds.
+        if self.space.adapts_photos() {
+            let t = Instant::now();
+            ranked.push(("lookalike_unadapted", search(self.lookalike, &view(self.lookalike, &self.space.without_photo_adapter())?)?, encode_ms + ms(t)));
+        }
         if self.colour != ColourMode::Any {
             let t = Instant::now();
             ranked.push(("lookalike_any", self.lookalike.search(&vector, K, None)?, encode_ms + ms(t)));
@@ -479,7 +484,7 @@ impl Methods<'_> {
         // as search does (the whole photo when nothing stands out or the item fills it).
         let t = Instant::now();
         let item_vector = found.as_ref().and_then(|(grid, f)| Some(grid.pool_over(&f.search_item()?.cells)));
-        let hits = search(self.lookalike, &self.space.map(item_vector.as_ref().unwrap_or(&embedding.vector))?)?;
+        let hits = search(self.lookalike, &self.space.map_photo(item_vector.as_ref().unwrap_or(&embedding.vector))?)?;
         ranked.push(("lookalike_item", hits, encode_ms + ms(t)));
 
         // Or cropped to the main item's box (half a grid cell of margin) and encoded again.
@@ -493,7 +498,7 @@ impl Methods<'_> {
             Some(crop) => self.encoder.encode(&[preprocess::prepare_image(photo, Some(crop), &spec.input)])?.into_iter().next().context("encoder returned nothing")?.vector,
             None => embedding.vector.clone(),
         };
-        ranked.push(("lookalike_item_crop", search(self.lookalike, &self.space.map(&vector)?)?, encode_ms + ms(t)));
+        ranked.push(("lookalike_item_crop", search(self.lookalike, &self.space.map_photo(&vector)?)?, encode_ms + ms(t)));
 
         if let Some((untuned, untuned_space)) = &self.untuned {
             let t = Instant::now();
@@ -560,7 +565,7 @@ fn evaluate_scenes(
     let input = &encoder.spec().input;
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ 0x005C_E7E5);
     let precision = |hits: &[crate::index::Hit], label: &str| hits.iter().filter(|h| labels.get(&h.key).is_some_and(|l| l == label)).count() as f64 / K as f64;
-    let search = |vector: &[f32]| -> Result<Vec<crate::index::Hit>> { index.search(&space.map(vector)?, K, None) };
+    let search = |vector: &[f32]| -> Result<Vec<crate::index::Hit>> { index.search(&space.map_photo(vector)?, K, None) };
     let (mut placed_total, mut matched, mut detected_total, mut scene_p10, mut pooled_p10, mut whole_p10) = (0usize, 0usize, 0usize, 0.0f64, 0.0f64, 0.0f64);
     let mut next = 0;
     for _ in 0..n {

@@ -10,12 +10,13 @@
 //! Layers, each importing only from those above it in this list (`tests/architecture.rs` fails
 //! on an import cycle between modules):
 //! 1. plain data and facts: [`types`], [`assets`], [`host`], [`config`];
-//! 2. parts: [`model`], [`preprocess`], [`colour`], [`perturb`], [`straighten`], [`localise`], [`likeness`], [`index`], [`projection`],
+//! 2. parts: [`model`], [`preprocess`], [`colour`], [`perturb`], [`straighten`], [`localise`], [`likeness`], [`index`], [`projection`], [`adapter`],
 //!    [`catalog`], [`encoder`];
 //! 3. assemblies of parts: [`space`], [`store`], [`import`], [`tune`], [`eval`];
 //! 4. the search engine: [`search`];
 //! 5. the outside: [`server`], [`bench`] (and the `lookalike` command in `src/cli/`).
 
+pub mod adapter;
 pub mod assets;
 pub mod bench;
 pub mod catalog;

@@ -448,9 +448,15 @@ impl SearchEngine {
         self.current_space()
     }
 
-    /// Maps a model vector into the space the index searches.
+    /// Maps a catalog product's model vector into the space the index searches.
     fn to_search_space(&self, model_vector: &[f32]) -> Result<Vec<f32>, SearchError> {
         self.current_space()?.map(model_vector).map_err(|e| SearchError::BadRequest(e.to_string()))
+    }
+
+    /// Maps the model vector of a query photo into the space the index searches (through the
+    /// photo adapter, where the catalog has one: [`SearchSpace::map_photo`]).
+    fn photo_to_search_space(&self, model_vector: &[f32]) -> Result<Vec<f32>, SearchError> {
+        self.current_space()?.map_photo(model_vector).map_err(|e| SearchError::BadRequest(e.to_string()))
     }
 
     /// Runs `f` with the catalog locked.
@@ -628,14 +634,21 @@ impl SearchEngine {
     /// the very product less often (docs/localisation-study.md). The items found are offered
     /// beside the results instead (`detections`, `Items::All`), for the shopper to choose.
     pub fn query_vector<'a>(&self, photo: &'a EncodedPhoto) -> Result<&'a [f32], SearchError> {
+        Ok(self.chosen_view(photo)?.0)
+    }
+
+    /// [`SearchEngine::query_vector`], and the same vector mapped into the search space.
+    fn chosen_view<'a>(&self, photo: &'a EncodedPhoto) -> Result<(&'a [f32], Vec<f32>), SearchError> {
         let as_taken = photo.whole.vector.as_slice();
-        let Some(straightened) = &photo.straightened else { return Ok(as_taken) };
-        let nearest = |v: &[f32]| -> Result<f32, SearchError> {
-            let v = self.to_search_space(v)?;
-            Ok(self.read_index()?.search(&v, 1, &Filter::default(), None)?.first().map_or(f32::NEG_INFINITY, |h| h.score))
-        };
-        let views = [as_taken, straightened.vector.as_slice()];
-        Ok(views[straighten::pick_view(&[nearest(views[0])?, nearest(views[1])?])])
+        let as_taken_mapped = self.photo_to_search_space(as_taken)?;
+        let Some(straightened) = &photo.straightened else { return Ok((as_taken, as_taken_mapped)) };
+        let straight = straightened.vector.as_slice();
+        let straight_mapped = self.photo_to_search_space(straight)?;
+        let nearest = |v: &[f32]| -> Result<f32, SearchError> { Ok(self.read_index()?.search(v, 1, &Filter::default(), None)?.first().map_or(f32::NEG_INFINITY, |h| h.score)) };
+        Ok(match straighten::pick_view(&[nearest(&as_taken_mapped)?, nearest(&straight_mapped)?]) {
+            0 => (as_taken, as_taken_mapped),
+            _ => (straight, straight_mapped),
+        })
     }
 
     /// The last two steps of a photo search: nearest neighbours of the photo (and of each item
@@ -644,7 +657,8 @@ impl SearchEngine {
     /// for `total_ms`.
     pub fn search_photo(&self, photo: &EncodedPhoto, request: &SearchRequest, timings: Timings, started: Instant) -> Result<SearchResults, SearchError> {
         let query_colour = photo.colour.map(|c| c.descriptor);
-        let mut results = self.search_vector_with_colour(self.query_vector(photo)?, query_colour.as_ref(), request)?;
+        let (_, vector) = self.chosen_view(photo)?;
+        let mut results = self.search_in_space(vector, query_colour.as_ref(), request)?;
         results.query_colour = photo.colour;
         for item in &photo.items {
             let Some(vector) = &item.vector else { continue };
@@ -988,7 +1002,9 @@ impl SearchEngine {
     }
 
     /// Products most similar to a model embedding (as the encoder produces it, before any
-    /// tuned projection). A vector has no colour: `colour=match` ranks by shape alone.
+    /// tuned projection), taken as a photo's: the photo adapter applies, so that a search by a
+    /// photo's returned `query_vector` finds what the photo found. A vector has no colour:
+    /// `colour=match` ranks by shape alone.
     pub fn search_vector(&self, model_vector: &[f32], request: &SearchRequest) -> Result<SearchResults, SearchError> {
         self.search_vector_with_colour(model_vector, None, request)
     }
@@ -997,7 +1013,7 @@ impl SearchEngine {
     /// [`ColourDescriptor`], as a photo search returns it), with colour treated as
     /// `request.colour` says.
     pub fn search_vector_with_colour(&self, model_vector: &[f32], colour: Option<&ColourDescriptor>, request: &SearchRequest) -> Result<SearchResults, SearchError> {
-        let vector = self.to_search_space(model_vector)?;
+        let vector = self.photo_to_search_space(model_vector)?;
         self.search_in_space(vector, colour, request)
     }
 

@@ -17,14 +17,18 @@ use crate::types::Key;
 use crate::index::{l2_normalize, ExactIndex, Precision, VectorIndex};
 use crate::likeness;
 use crate::projection::Projection;
+use crate::adapter::PhotoAdapter;
+use std::sync::Arc;
 
 /// A mapping from model vectors to searched vectors (all results L2-normalised).
 #[derive(Debug, Clone)]
 pub enum SearchSpace {
     /// Vectors as stored.
     Identity,
-    /// Square-rooted (sign kept), minus the catalog's mean of such vectors, re-normalised.
-    Centred { mean: Vec<f32> },
+    /// Square-rooted (sign kept), minus the catalog's mean of such vectors, re-normalised;
+    /// query photos then go through the catalog's photo adapter, when it has one
+    /// ([`crate::adapter`]; catalog vectors never do).
+    Centred { mean: Vec<f32>, adapter: Option<Arc<PhotoAdapter>> },
     /// Through the catalog-tuned projection.
     Tuned(Box<Projection>),
 }
@@ -53,11 +57,11 @@ impl SearchSpace {
         if let Some(kept) = catalog.setting("centring_mean")?.and_then(|text| serde_json::from_str::<Kept>(&text).ok()) {
             let similar_size = kept.count.saturating_mul(2) >= count && count.saturating_mul(2) >= kept.count;
             if similar_size && Some(kept.mean.len()) == dim && count > 0 {
-                return Ok(SearchSpace::Centred { mean: kept.mean });
+                return Ok(SearchSpace::Centred { adapter: photo_adapter(catalog, kept.mean.len()), mean: kept.mean });
             }
         }
         let space = SearchSpace::centred(catalog, VectorKind::Primary)?;
-        if let SearchSpace::Centred { mean } = &space {
+        if let SearchSpace::Centred { mean, .. } = &space {
             let text = serde_json::to_string(&Kept { count, mean: mean.clone() })?;
             if let Err(e) = catalog.set_setting("centring_mean", &text) {
                 tracing::warn!("could not keep the centring mean in the catalog: {e:#}");
@@ -80,7 +84,8 @@ impl SearchSpace {
         let mut h = Sha256::new();
         match self {
             SearchSpace::Identity => h.update(b"identity"),
-            SearchSpace::Centred { mean } => {
+            // Not the adapter: it never touches the indexed vectors.
+            SearchSpace::Centred { mean, .. } => {
                 h.update(b"centred");
                 mean.iter().for_each(|x| h.update(x.to_le_bytes()));
             }
@@ -108,14 +113,16 @@ impl SearchSpace {
         if n == 0 {
             return Ok(SearchSpace::Identity);
         }
-        Ok(SearchSpace::Centred { mean: sum.into_iter().map(|s| (s / n as f64) as f32).collect() })
+        let mean: Vec<f32> = sum.into_iter().map(|s| (s / n as f64) as f32).collect();
+        Ok(SearchSpace::Centred { adapter: photo_adapter(catalog, mean.len()), mean })
     }
 
     /// A short description for logs and reports.
     pub fn describe(&self) -> String {
         match self {
             SearchSpace::Identity => "model vectors".into(),
-            SearchSpace::Centred { .. } => "model vectors, square-rooted and centred on the catalog mean".into(),
+            SearchSpace::Centred { adapter: None, .. } => "model vectors, square-rooted and centred on the catalog mean".into(),
+            SearchSpace::Centred { adapter: Some(_), .. } => "model vectors, square-rooted and centred on the catalog mean; query photos through the photo adapter".into(),
             SearchSpace::Tuned(p) => format!("tuned on {} ({} dims)", p.label, p.output_dim),
         }
     }
@@ -131,13 +138,37 @@ impl SearchSpace {
     pub fn map(&self, v: &[f32]) -> Result<Vec<f32>> {
         match self {
             SearchSpace::Identity => Ok(v.to_vec()),
-            SearchSpace::Centred { mean } => {
+            SearchSpace::Centred { mean, .. } => {
                 ensure!(v.len() == mean.len(), "vector has {} dimensions, this catalog's have {}", v.len(), mean.len());
                 let mut out: Vec<f32> = power_normalised(v).zip(mean).map(|(x, m)| x - m).collect();
                 l2_normalize(&mut out);
                 Ok(out)
             }
             SearchSpace::Tuned(p) => p.apply(v),
+        }
+    }
+
+    /// Maps the model vector of a query photo: as [`SearchSpace::map`], then through the photo
+    /// adapter where the space has one. Catalog products used as queries ("more like this")
+    /// are not photos and take [`SearchSpace::map`].
+    pub fn map_photo(&self, v: &[f32]) -> Result<Vec<f32>> {
+        let mapped = self.map(v)?;
+        match self {
+            SearchSpace::Centred { adapter: Some(adapter), .. } => adapter.apply(&mapped),
+            _ => Ok(mapped),
+        }
+    }
+
+    /// Whether query photos go through a photo adapter.
+    pub fn adapts_photos(&self) -> bool {
+        matches!(self, SearchSpace::Centred { adapter: Some(_), .. })
+    }
+
+    /// The same space without the photo adapter (what `eval` compares it with).
+    pub fn without_photo_adapter(&self) -> SearchSpace {
+        match self {
+            SearchSpace::Centred { mean, .. } => SearchSpace::Centred { mean: mean.clone(), adapter: None },
+            other => other.clone(),
         }
     }
 
@@ -220,6 +251,23 @@ impl SearchSpace {
     }
 }
 
+/// The catalog's photo adapter, when it has one for vectors of `dim`. A damaged or unreadable
+/// adapter is reported and left out: searches still work, as before it was learned.
+fn photo_adapter(catalog: &SqliteCatalog, dim: usize) -> Option<Arc<PhotoAdapter>> {
+    match catalog.photo_adapter() {
+        Ok(Some(adapter)) if adapter.dim() == dim => Some(Arc::new(adapter)),
+        Ok(Some(adapter)) => {
+            tracing::warn!("the photo adapter takes {}-d vectors, the catalog's are {dim}-d: not used (run `lookalike tune --adapt` again)", adapter.dim());
+            None
+        }
+        Ok(None) => None,
+        Err(e) => {
+            tracing::warn!("photo adapter not used: {e:#}");
+            None
+        }
+    }
+}
+
 /// Signed square root of each component.
 fn power_normalised(v: &[f32]) -> impl Iterator<Item = f32> + '_ {
     v.iter().map(|x| x.signum() * x.abs().sqrt())
@@ -236,7 +284,7 @@ mod tests {
         l2_normalize(&mut a);
         l2_normalize(&mut b);
         let mean: Vec<f32> = power_normalised(&a).zip(power_normalised(&b)).map(|(x, y)| (x + y) / 2.0).collect();
-        let space = SearchSpace::Centred { mean };
+        let space = SearchSpace::Centred { mean, adapter: None };
         let (ca, cb) = (space.map(&a)?, space.map(&b)?);
         let before = crate::index::dot(&a, &b);
         let after = crate::index::dot(&ca, &cb);

@@ -267,7 +267,7 @@ impl StoredSpace {
         use base64::Engine as _;
         match space {
             SearchSpace::Identity => StoredSpace::Identity,
-            SearchSpace::Centred { mean } => StoredSpace::Centred { mean: mean.clone() },
+            SearchSpace::Centred { mean, .. } => StoredSpace::Centred { mean: mean.clone() },
             SearchSpace::Tuned(p) => StoredSpace::Tuned {
                 label: p.label.clone(),
                 input_dim: p.input_dim,
@@ -283,7 +283,7 @@ impl StoredSpace {
         use base64::Engine as _;
         Ok(match self {
             StoredSpace::Identity => SearchSpace::Identity,
-            StoredSpace::Centred { mean } => SearchSpace::Centred { mean: mean.clone() },
+            StoredSpace::Centred { mean } => SearchSpace::Centred { mean: mean.clone(), adapter: None },
             StoredSpace::Tuned { label, input_dim, hidden, output_dim, weights } => {
                 let bytes = base64::engine::general_purpose::STANDARD.decode(weights).context("the tuned projection in the collection description is not base64")?;
                 SearchSpace::Tuned(Box::new(crate::projection::Projection::from_weights(label, *input_dim, *hidden, *output_dim, &bytes)?))
@@ -421,7 +421,7 @@ mod tests {
     fn search_spaces_survive_the_collection_description() -> Result<()> {
         let weights: Vec<u8> = (0..(3 * 4 + 3 + 2 * 3 + 2)).flat_map(|i| (i as f32 * 0.37 - 2.0).sin().to_le_bytes()).collect();
         let tuned = SearchSpace::Tuned(Box::new(crate::projection::Projection::from_weights("articleType", 4, 3, 2, &weights)?));
-        for space in [SearchSpace::Identity, SearchSpace::Centred { mean: vec![0.1, -0.2, 0.3, 0.05] }, tuned] {
+        for space in [SearchSpace::Identity, SearchSpace::Centred { mean: vec![0.1, -0.2, 0.3, 0.05], adapter: None }, tuned] {
             let json = serde_json::to_vec(&StoredSpace::of(&space))?;
             let back = serde_json::from_slice::<StoredSpace>(&json)?.search_space()?;
             assert_eq!(back.fingerprint(), space.fingerprint(), "{}", space.describe());

@@ -157,48 +157,116 @@ pub fn perturbed_features(
         })
         .collect();
     ensure!(!labelled.is_empty(), "no labelled products to perturb");
+    let (products, classes): (Vec<Product>, Vec<usize>) = labelled.into_iter().unzip();
+    let (features, picked) = shopper_views(catalog, encoder, &products, count, seed)?;
+    Ok(Labelled { features, labels: picked.iter().map(|&i| classes[i]).collect(), keys: picked.iter().map(|&i| products[i].key).collect() })
+}
+
+/// Model vectors of `count` shopper-like photos ([`crate::perturb::perturb`]) of products
+/// picked at random (seeded) from `products`, and the index in `products` of each row's
+/// product (a photo that cannot be read is left out).
+pub fn shopper_views(catalog: &SqliteCatalog, encoder: &dyn crate::encoder::Encoder, products: &[Product], count: usize, seed: u64) -> Result<(Array2<f32>, Vec<usize>)> {
+    ensure!(!products.is_empty(), "no products to photograph");
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let picks: Vec<usize> = (0..count).map(|_| rng.random_range(0..labelled.len())).collect();
+    let picks: Vec<usize> = (0..count).map(|_| rng.random_range(0..products.len())).collect();
     let input = &encoder.spec().input;
     // Reading from the catalog is serial (one SQLite connection); decoding, perturbing and
     // preparing run on every core, and each chunk is split across the encoder's sessions, so
     // both cores work in every phase. The photos are the same whatever the thread count: each
     // view's randomness comes from its own seed, and the results keep the picks' order.
     let sessions = encoder.parallelism().max(1);
-    let (mut rows, mut labels, mut keys) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut rows, mut picked) = (Vec::new(), Vec::new());
     for (chunk_no, chunk) in picks.chunks(64).enumerate() {
-        let read: Vec<(usize, Vec<u8>, usize, Key)> = chunk
+        let read: Vec<(usize, Vec<u8>, usize)> = chunk
             .iter()
             .enumerate()
             .filter_map(|(i, &pick)| {
-                let (product, class) = &labelled[pick];
+                let product = &products[pick];
                 let bytes = catalog.image_bytes(product.key, &product.image).ok()?;
-                Some((chunk_no * 64 + i, bytes, *class, product.key))
+                Some((chunk_no * 64 + i, bytes, pick))
             })
             .collect();
-        let prepared: Vec<(Vec<f32>, (usize, Key))> = read
+        let prepared: Vec<(Vec<f32>, usize)> = read
             .into_par_iter()
-            .filter_map(|(view, bytes, class, key)| {
+            .filter_map(|(view, bytes, pick)| {
                 let image = crate::preprocess::decode(&bytes, &crate::preprocess::DecodeLimits::default()).ok()?;
                 let mut item_rng = rand::rngs::StdRng::seed_from_u64(seed ^ (view as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
                 let shopper = crate::perturb::perturb(&image, &mut item_rng);
-                Some((crate::preprocess::prepare_image(&shopper, None, input), (class, key)))
+                Some((crate::preprocess::prepare_image(&shopper, None, input), pick))
             })
             .collect();
-        let (tensors, sources): (Vec<Vec<f32>>, Vec<(usize, Key)>) = prepared.into_iter().unzip();
+        let (tensors, sources): (Vec<Vec<f32>>, Vec<usize>) = prepared.into_iter().unzip();
         let per_session = tensors.len().div_ceil(sessions).max(1);
         let encoded: Vec<Vec<crate::encoder::Embedding>> = tensors.par_chunks(per_session).map(|part| encoder.encode(part)).collect::<Result<_>>()?;
-        for (embedding, (class, key)) in encoded.into_iter().flatten().zip(sources) {
+        for (embedding, pick) in encoded.into_iter().flatten().zip(sources) {
             rows.extend_from_slice(&embedding.vector);
-            labels.push(class);
-            keys.push(key);
+            picked.push(pick);
         }
         if chunk_no % 50 == 49 {
-            tracing::info!("perturbed {} of {count} catalog photos", labels.len());
+            tracing::info!("perturbed {} of {count} catalog photos", picked.len());
         }
     }
-    let dim = if labels.is_empty() { 0 } else { rows.len() / labels.len() };
-    Ok(Labelled { features: Array2::from_shape_vec((labels.len(), dim), rows).context("perturbed feature matrix")?, labels, keys })
+    let dim = if picked.is_empty() { 0 } else { rows.len() / picked.len() };
+    Ok((Array2::from_shape_vec((picked.len(), dim), rows).context("perturbed feature matrix")?, picked))
+}
+
+/// What `lookalike tune --adapt` learned from, and how much nearer their own products it moved
+/// its training photos.
+#[derive(Debug, Clone, Serialize)]
+pub struct AdapterReport {
+    /// Shopper-like photos of catalog products, and clean catalog shots kept in place.
+    pub photos: usize,
+    pub clean: usize,
+    pub ridge: f32,
+    pub identity_weight: f32,
+    /// Mean cosine of a training photo to its own product's vector, before and after.
+    pub cosine_before: f64,
+    pub cosine_after: f64,
+    pub seconds: f64,
+}
+
+/// Learns the photo adapter ([`crate::adapter`]) for the catalog's untuned search space from
+/// `photos` shopper-like photos of its own products and as many clean catalog shots (no labels
+/// needed).
+pub fn train_photo_adapter(catalog: &SqliteCatalog, encoder: &dyn crate::encoder::Encoder, photos: usize, seed: u64) -> Result<(crate::adapter::PhotoAdapter, AdapterReport)> {
+    let started = std::time::Instant::now();
+    ensure!(photos > 0, "--augment must be at least 1 to learn the photo adapter");
+    // The space the adapter works in: the catalog's centring, never an earlier adapter's output.
+    let space = crate::space::SearchSpace::centred(catalog, VectorKind::Primary)?.without_photo_adapter();
+    let products = catalog.all_products()?;
+    let (views, picked) = shopper_views(catalog, encoder, &products, photos, seed)?;
+    ensure!(!picked.is_empty(), "none of the catalog's photos could be read");
+    let map_rows = |rows: &mut dyn Iterator<Item = Vec<f32>>| -> Result<Array2<f32>> {
+        let mapped: Vec<Vec<f32>> = rows.map(|v| space.map(&v)).collect::<Result<_>>()?;
+        let dim = mapped.first().map_or(0, Vec::len);
+        Array2::from_shape_vec((mapped.len(), dim), mapped.concat()).context("adapter rows")
+    };
+    let shot_of = |key: Key| -> Result<Vec<f32>> { catalog.vector(key)?.with_context(|| format!("product {key:?} has no vector; run `lookalike index` first")) };
+    let x = map_rows(&mut views.rows().into_iter().map(|r| r.to_vec()))?;
+    let y = map_rows(&mut picked.iter().map(|&i| shot_of(products[i].key)).collect::<Result<Vec<_>>>()?.into_iter())?;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ 0xADA7);
+    let mut order: Vec<usize> = (0..products.len()).collect();
+    order.shuffle(&mut rng);
+    order.truncate(picked.len());
+    let clean = map_rows(&mut order.iter().map(|&i| shot_of(products[i].key)).collect::<Result<Vec<_>>>()?.into_iter())?;
+    let adapter = crate::adapter::fit(x.view(), y.view(), clean.view(), crate::adapter::RIDGE, crate::adapter::IDENTITY_WEIGHT)?;
+    let (mut before, mut after) = (0.0, 0.0);
+    for (photo, shot) in x.rows().into_iter().zip(y.rows()) {
+        let (photo, shot) = (photo.to_vec(), shot.to_vec());
+        before += f64::from(crate::index::dot(&photo, &shot));
+        after += f64::from(crate::index::dot(&adapter.apply(&photo)?, &shot));
+    }
+    let n = x.nrows() as f64;
+    let report = AdapterReport {
+        photos: x.nrows(),
+        clean: clean.nrows(),
+        ridge: crate::adapter::RIDGE,
+        identity_weight: crate::adapter::IDENTITY_WEIGHT,
+        cosine_before: before / n,
+        cosine_after: after / n,
+        seconds: started.elapsed().as_secs_f64(),
+    };
+    Ok((adapter, report))
 }
 
 /// Adam optimiser state for one parameter array.

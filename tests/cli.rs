@@ -377,6 +377,57 @@ fn tuning_is_stored_used_and_undone() {
     assert!(ok(&["info", "--db", path(&db)]).contains("tuned on: -"));
 }
 
+/// The photo adapter: learned without labels from shopper-like photos of the catalog's own
+/// products, stored checksummed, used for query photos only (a catalog product as the query
+/// finds the same products as before), measured by `eval` beside the search without it, left
+/// out with a note when damaged, and dropped by `--off`.
+#[test]
+fn the_photo_adapter_is_learned_used_for_photos_and_undone() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = copy_catalog(dir.path());
+    let out = lookalike(&["tune", "--db", path(&db), "--adapt", "--augment", "0"]);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("--augment"), "0 photos refused");
+    let out = lookalike(&["tune", "--db", path(&db), "--adapt", "--localise"]);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("--localise"), "one thing at a time");
+    assert!(ok(&["info", "--db", path(&db)]).contains("photo adapter: - (run `lookalike tune --adapt`"));
+    let like = |db: &Path| json(&ok(&["search", "--db", path(db), "--like", "fmnist-train-00002", "-k", "5", "--json"]))["hits"].clone();
+    let like_before = like(&db);
+    let (photo, _) = test_image(dir.path(), 7);
+    let photo_search = |db: &Path| json(&ok(&["search", "--db", path(db), path(&photo), "-k", "5", "--json"]))["hits"].clone();
+    let photo_before = photo_search(&db);
+
+    let out = lookalike(&["tune", "--db", path(&db), "--adapt", "--augment", "200"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && stderr.contains("photo adapter learned"), "{stderr}");
+    // The catalog's own model encodes the photos, whatever --augment-precision says.
+    assert!(stderr.contains("photos of catalog products with efficientnet-lite0\n"), "{stderr}");
+    assert!(ok(&["info", "--db", path(&db)]).contains("photo adapter: learned from 200 shopper-like photos"));
+    let conn = rusqlite::Connection::open(&db).expect("open");
+    let report: String = conn.query_row("SELECT report FROM adapter", [], |r| r.get(0)).expect("stored");
+    let report = json(&report);
+    let (before, after) = (report["cosine_before"].as_f64().expect("before"), report["cosine_after"].as_f64().expect("after"));
+    assert!(after > before, "the photos moved nearer their own products: {before} -> {after}");
+
+    // Catalog vectors are not photos: more-like-this is unchanged; a photo's search changes.
+    assert_eq!(like(&db), like_before);
+    assert_ne!(photo_search(&db), photo_before);
+    let report = json(&ok(&[
+        "eval", "--db", path(&db), "--fashion-mnist", "test", "--queries", "20", "--perturb", "--fashion-mnist-dir", path(&fm_dir()), "--json",
+    ]));
+    for method in ["lookalike", "lookalike_unadapted"] {
+        assert!(report["methods"][method]["precision_at_10"].as_f64().is_some(), "{method} measured: {report}");
+    }
+
+    // A damaged adapter is left out, with the reason, and search goes on without it.
+    conn.execute("UPDATE adapter SET crc = crc + 1", []).expect("damage");
+    assert!(ok(&["info", "--db", path(&db)]).contains("photo adapter: not used: the photo adapter in"));
+    assert_eq!(photo_search(&db), photo_before);
+
+    ok(&["tune", "--db", path(&db), "--adapt", "--off"]);
+    assert!(ok(&["info", "--db", path(&db)]).contains("photo adapter: -"));
+    assert_eq!(photo_search(&db), photo_before);
+}
+
 /// The foreground head: learned from composed photos of catalog products, stored, used by
 /// `eval --scenes` (which reports detection on scenes of several products), removed by `--off`.
 #[test]

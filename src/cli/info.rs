@@ -19,6 +19,18 @@ pub fn run(args: DbArgs) -> Result<()> {
         Some(p) => println!("tuned on: {} ({} -> {} dims)", p.label, p.input_dim, p.output_dim),
         None => println!("tuned on: - (run `lookalike tune` to tune on a label column)"),
     }
+    let tuned = catalog.projection()?.is_some();
+    match (catalog.photo_adapter(), catalog.photo_adapter_report()?) {
+        (Ok(Some(_)), Some(report)) => {
+            let learned: serde_json::Value = serde_json::from_str(&report).unwrap_or_default();
+            let photos = learned["photos"].as_u64().unwrap_or(0);
+            let unused = if tuned { "; not used while the catalog is tuned" } else { "" };
+            println!("photo adapter: learned from {photos} shopper-like photos{unused} (drop: lookalike tune --adapt --off)");
+        }
+        (Ok(_), Some(_)) => println!("photo adapter: learned for another model, not used (run `lookalike tune --adapt` again)"),
+        (Ok(_), None) => println!("photo adapter: - (run `lookalike tune --adapt` to learn how shoppers' photos differ from catalog shots)"),
+        (Err(e), _) => println!("photo adapter: not used: {e:#}"),
+    }
     // With the default index options, as `search` and `serve` use them.
     println!("search index: {}", lookalike::store::describe_index(&catalog, &IndexConfig::default())?);
     if let Some(recorded) = catalog.setting(SETTING)?.as_deref().and_then(RecordedBands::from_setting) {

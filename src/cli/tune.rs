@@ -69,12 +69,22 @@ pub struct TuneArgs {
     /// With --localise: composed photos to learn from.
     #[arg(long, default_value_t = 1000, value_name = "N")]
     pub scenes: usize,
+    /// Learn the photo adapter instead (no labels needed): how shoppers' photos of a product
+    /// differ from its catalog shot, from shopper-like photos of the catalog's own products
+    /// (--augment of them, default 4 per product, at most 20,000). Query photos are then
+    /// mapped towards the catalog shots they show; the catalog's vectors stay as they are.
+    /// With --off: drop it.
+    #[arg(long, conflicts_with = "localise")]
+    pub adapt: bool,
 }
 
 pub fn run(args: TuneArgs) -> Result<()> {
     let mut catalog = SqliteCatalog::open_existing(&args.db.db)?;
     if args.localise {
         return run_localise(&mut catalog, &args);
+    }
+    if args.adapt {
+        return run_adapt(&mut catalog, &args);
     }
     if args.off {
         let had = catalog.clear_projection()?;
@@ -181,5 +191,38 @@ fn run_localise(catalog: &mut SqliteCatalog, args: &TuneArgs) -> Result<()> {
         report.foreground_share * 100.0,
         report.balanced_accuracy
     );
+    Ok(())
+}
+
+/// `tune --adapt`: learn (or, with --off, drop) the catalog's photo adapter.
+fn run_adapt(catalog: &mut SqliteCatalog, args: &TuneArgs) -> Result<()> {
+    if args.off {
+        let had = catalog.clear_photo_adapter()?;
+        eprintln!("{}", if had { "photo adapter removed: query photos are searched as encoded" } else { "no photo adapter to remove" });
+        return Ok(());
+    }
+    let products = catalog.len()?;
+    if products == 0 {
+        bail!("{} has no products to learn from; import some with `lookalike index` first", catalog.path().display());
+    }
+    let photos = args.augment.unwrap_or((products * 4).min(20_000));
+    if photos == 0 {
+        bail!("--augment must be at least 1 to learn the photo adapter");
+    }
+    // The catalog's own model, never the int8 copy `--augment-precision` offers: the adapter
+    // learns the exact vectors that query photos will have.
+    let assets = Assets::from_env();
+    let encoder = load_indexing_encoder(&assets, model_spec(&assets, catalog, &args.model)?, &args.model)?;
+    eprintln!("encoding {photos} shopper-like photos of catalog products with {}", encoder.spec().name);
+    let (adapter, report) = tune::train_photo_adapter(catalog, &encoder, photos, args.seed)?;
+    let model = encoder.spec().name.clone();
+    catalog.save_photo_adapter(&model, &adapter, &serde_json::to_string(&report)?)?;
+    eprintln!(
+        "photo adapter learned in {:.1}s from {} photos and {} catalog shots: mean cosine of a photo to its product {:.3} -> {:.3} (undo: lookalike tune --adapt --off)",
+        report.seconds, report.photos, report.clean, report.cosine_before, report.cosine_after
+    );
+    if catalog.projection()?.is_some() {
+        eprintln!("note: this catalog searches its tuned space, which learned shoppers' photos itself; the adapter is used when tuning is off (lookalike tune --off)");
+    }
     Ok(())
 }

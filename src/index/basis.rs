@@ -86,7 +86,7 @@ impl PrincipalBasis {
 
 /// Modified Gram-Schmidt over the rows, twice (one pass loses orthogonality in f32 when rows
 /// are nearly parallel, as they become under iteration).
-fn orthonormalise(rows: &mut Array2<f32>) -> Result<()> {
+pub(crate) fn orthonormalise(rows: &mut Array2<f32>) -> Result<()> {
     for _ in 0..2 {
         for i in 0..rows.nrows() {
             let (done, mut rest) = rows.view_mut().split_at(Axis(0), i);

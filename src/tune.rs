@@ -226,7 +226,7 @@ pub struct AdapterReport {
 }
 
 /// Learns the photo adapter ([`crate::adapter`]) for the catalog's untuned search space from
-/// `photos` shopper-like photos of its own products and as many clean catalog shots (no labels
+/// `photos` shopper-like photos of its own products and up to as many clean catalog shots (no labels
 /// needed).
 pub fn train_photo_adapter(catalog: &SqliteCatalog, encoder: &dyn crate::encoder::Encoder, photos: usize, seed: u64) -> Result<(crate::adapter::PhotoAdapter, AdapterReport)> {
     let started = std::time::Instant::now();

@@ -24,6 +24,7 @@ use crate::colour::{self, ColourMode, ColourTable};
 use crate::types::{ImageRef, Key};
 use crate::encoder::Encoder;
 use crate::index::{l2_normalize, ExactIndex, Precision, VectorIndex};
+use crate::kind::{self, KindMode, KindTable};
 use crate::localise::{find_items, ForegroundHead};
 use crate::preprocess;
 use crate::space::SearchSpace;
@@ -73,6 +74,12 @@ pub struct EvalReport {
     pub colour: String,
     /// The weight of colour against shape under `match`.
     pub colour_weight: f32,
+    /// The kind consensus's weight under `kind: match`.
+    pub kind_weight: f32,
+    /// Whether the lookalike rows put the kind most of the best matches share first
+    /// (`match`; then `lookalike_any_kind` is the same search without it) or not (`any`, also
+    /// when products have no category).
+    pub kind: String,
     /// The label column the catalog's projection was tuned on, if it has one.
     pub tuned_on: Option<String>,
     pub methods: BTreeMap<String, MethodReport>,
@@ -178,6 +185,11 @@ pub struct EvalOptions {
     /// Weight of colour against shape under [`ColourMode::Match`] (search uses
     /// [`colour::MATCH_WEIGHT`]).
     pub colour_weight: f32,
+    /// Whether the lookalike rows put the kind the best matches share first, as search's
+    /// `kind` does.
+    pub kind: KindMode,
+    /// The consensus's weight (search uses [`kind::WEIGHT`]).
+    pub kind_weight: f32,
 }
 
 /// Picks `n` of `labels`' indices, the same number from each label (the first labels in sorted
@@ -354,6 +366,8 @@ pub fn evaluate(catalog: &SqliteCatalog, encoder: &dyn Encoder, queries: &[Label
         true => options.colour.clone(),
         false => ColourMode::Any,
     };
+    let kinds = KindTable::load(catalog)?;
+    let kinds = (options.kind == KindMode::Match && kinds.has_kinds()).then_some(kinds);
     let methods = Methods {
         encoder,
         space: &space,
@@ -366,6 +380,8 @@ pub fn evaluate(catalog: &SqliteCatalog, encoder: &dyn Encoder, queries: &[Label
         colours: &colours,
         colour: colour_mode.clone(),
         colour_weight: options.colour_weight,
+        kinds: kinds.as_ref(),
+        kind_weight: options.kind_weight,
     };
     let mut tallies: BTreeMap<&str, Tally> = BTreeMap::new();
     for (n, q) in queries.iter().enumerate() {
@@ -392,11 +408,16 @@ pub fn evaluate(catalog: &SqliteCatalog, encoder: &dyn Encoder, queries: &[Label
         perturbed: options.perturb,
         colour: colour_mode.to_string(),
         colour_weight: options.colour_weight,
+        kind_weight: options.kind_weight,
+        kind: match kinds {
+            Some(_) => KindMode::Match.to_string(),
+            None => KindMode::Any.to_string(),
+        },
         tuned_on: space.tuned_on().map(str::to_string),
         methods: tallies.into_iter().map(|(m, t)| (m.to_string(), t.report(&columns))).collect(),
         scenes: match options.scenes {
             0 => None,
-            n => Some(evaluate_scenes(lookalike.as_ref(), &space, encoder, head.as_ref(), queries, n, options.seed, &labels)?),
+            n => Some(evaluate_scenes(lookalike.as_ref(), &space, kinds.as_ref().map(|k| (k, options.kind_weight)), encoder, head.as_ref(), queries, n, options.seed, &labels)?),
         },
         exact: match options.exact {
             0 => None,
@@ -422,6 +443,9 @@ struct Methods<'a> {
     /// How the lookalike rows treat colour (`Any` on a grey catalog).
     colour: ColourMode,
     colour_weight: f32,
+    /// The products' categories, when the lookalike rows put the agreed kind first.
+    kinds: Option<&'a KindTable>,
+    kind_weight: f32,
 }
 
 impl Methods<'_> {
@@ -455,18 +479,32 @@ impl Methods<'_> {
             let scores = [best(&as_taken)?, best(&straight)?];
             Ok(if straighten::pick_view(&scores) == 0 { as_taken } else { straight })
         };
-        // A lookalike row's top K, colour treated as search treats it.
-        let search = |index: &dyn VectorIndex, vector: &[f32]| -> Result<Vec<crate::index::Hit>> {
-            Ok(match (&self.colour, &query_colour) {
-                (ColourMode::Match, Some(q)) => colour::search_matching(self.colour_weight, K, |n| index.search(vector, n, None), |hits, weight| Ok(self.colours.rerank(hits, q, weight)))?.into_iter().take(K).collect(),
-                (ColourMode::Named(name), _) => index.search(vector, K, Some(&self.colours.keys_named(name)))?,
-                _ => index.search(vector, K, None)?,
-            })
+        // A lookalike row's top K, colour and kind treated as search treats them.
+        let search_kind = |index: &dyn VectorIndex, vector: &[f32], kinds: Option<&KindTable>| -> Result<Vec<crate::index::Hit>> {
+            let pool = if kinds.is_some() { kind::CANDIDATES } else { K };
+            let hits = match (&self.colour, &query_colour) {
+                (ColourMode::Match, Some(q)) => colour::search_matching(self.colour_weight, K, |n| index.search(vector, n, None), |hits, weight| Ok(self.colours.rerank(hits, q, weight)))?,
+                (ColourMode::Named(name), _) => index.search(vector, pool, Some(&self.colours.keys_named(name)))?,
+                _ => index.search(vector, pool, None)?,
+            };
+            Ok(match kinds {
+                Some(kinds) => kinds.rerank_with(hits, self.kind_weight),
+                None => hits,
+            }
+            .into_iter()
+            .take(K)
+            .collect())
         };
+        let search = |index: &dyn VectorIndex, vector: &[f32]| search_kind(index, vector, self.kinds);
 
         let t = Instant::now();
         let vector = view(self.lookalike, self.space)?;
         ranked.push(("lookalike", search(self.lookalike, &vector)?, encode_ms + ms(t)));
+        // Likeness alone, without the kind the best matches agree on: what the consensus adds.
+        if self.kinds.is_some() {
+            let t = Instant::now();
+            ranked.push(("lookalike_any_kind", search_kind(self.lookalike, &vector, None)?, encode_ms + ms(t)));
+        }
         // The photo as taken, never straightened: what straightening adds.
         let t = Instant::now();
         ranked.push(("lookalike_as_taken", search(self.lookalike, &self.space.map_photo(&embedding.vector)?)?, encode_ms + ms(t)));
@@ -477,7 +515,9 @@ impl Methods<'_> {
         }
         if self.colour != ColourMode::Any {
             let t = Instant::now();
-            ranked.push(("lookalike_any", self.lookalike.search(&vector, K, None)?, encode_ms + ms(t)));
+            let hits = self.lookalike.search(&vector, if self.kinds.is_some() { kind::CANDIDATES } else { K }, None)?;
+            let hits = self.kinds.map_or(hits.clone(), |k| k.rerank_with(hits, self.kind_weight)).into_iter().take(K).collect();
+            ranked.push(("lookalike_any", hits, encode_ms + ms(t)));
         }
 
         // The same search with the query pooled over the main item found on its feature map,
@@ -554,6 +594,7 @@ pub fn iou(a: [f32; 4], b: [f32; 4]) -> f32 {
 fn evaluate_scenes(
     index: &dyn VectorIndex,
     space: &SearchSpace,
+    kinds: Option<(&KindTable, f32)>,
     encoder: &dyn Encoder,
     head: Option<&ForegroundHead>,
     queries: &[LabelledQuery],
@@ -565,7 +606,12 @@ fn evaluate_scenes(
     let input = &encoder.spec().input;
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ 0x005C_E7E5);
     let precision = |hits: &[crate::index::Hit], label: &str| hits.iter().filter(|h| labels.get(&h.key).is_some_and(|l| l == label)).count() as f64 / K as f64;
-    let search = |vector: &[f32]| -> Result<Vec<crate::index::Hit>> { index.search(&space.map_photo(vector)?, K, None) };
+    let search = |vector: &[f32]| -> Result<Vec<crate::index::Hit>> {
+        Ok(match kinds {
+            Some((kinds, weight)) => kinds.rerank_with(index.search(&space.map_photo(vector)?, kind::CANDIDATES, None)?, weight).into_iter().take(K).collect(),
+            None => index.search(&space.map_photo(vector)?, K, None)?,
+        })
+    };
     let (mut placed_total, mut matched, mut detected_total, mut scene_p10, mut pooled_p10, mut whole_p10) = (0usize, 0usize, 0usize, 0.0f64, 0.0f64, 0.0f64);
     let mut next = 0;
     for _ in 0..n {

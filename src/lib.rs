@@ -27,6 +27,7 @@ pub mod eval;
 pub mod host;
 pub mod import;
 pub mod index;
+pub mod kind;
 pub mod likeness;
 pub mod localise;
 pub mod model;

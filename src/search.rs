@@ -12,6 +12,7 @@ use serde::Serialize;
 
 use crate::catalog::SqliteCatalog;
 use crate::colour::{self, ColourDescriptor, ColourEstimate, ColourMode, ColourTable};
+use crate::kind::{self, KindMode, KindTable};
 use crate::types::{Detection, Filter, ImageRef, IndexingProgress, Key, NewProduct, Product, VectorSpace};
 use crate::encoder::{Embedding, Encoder, QueryEmbedding};
 use crate::likeness::{self, Likeness, LikenessBands, RecordedBands};
@@ -35,11 +36,14 @@ pub struct SearchRequest {
     pub filter: Filter,
     /// How colour ranks (by default, blended with shape: [`ColourMode::Match`]).
     pub colour: ColourMode,
+    /// Whether the kind most of the best matches share comes first (by default:
+    /// [`KindMode::Match`], see [`crate::kind`]).
+    pub kind: KindMode,
 }
 
 impl Default for SearchRequest {
     fn default() -> Self {
-        SearchRequest { k: 10, offset: 0, filter: Filter::default(), colour: ColourMode::default() }
+        SearchRequest { k: 10, offset: 0, filter: Filter::default(), colour: ColourMode::default(), kind: KindMode::default() }
     }
 }
 
@@ -168,6 +172,9 @@ pub struct SearchResults {
     /// How colour ranked these results: the mode asked for, or `any` where colour cannot
     /// apply (a grey catalog, a query without colour).
     pub colour_mode: ColourMode,
+    /// Whether the photo's kind came first: the mode asked for, or `any` where products have
+    /// no category to agree on.
+    pub kind_mode: KindMode,
 }
 
 /// Why a search failed, so callers can tell the user's mistake from ours.
@@ -229,6 +236,8 @@ pub struct SearchEngine {
     foreground: Option<ForegroundHead>,
     /// Every product's colour, kept in step with the index (under the catalog lock, like it).
     colours: RwLock<ColourTable>,
+    /// Every product's category, kept in step with the index like `colours`.
+    kinds: RwLock<KindTable>,
     /// The likeness bands and what they were measured on (see [`SearchEngine::likeness_bands`]).
     likeness: Mutex<Option<MeasuredBands>>,
     /// Without a catalog: what the collection's description says of it.
@@ -294,15 +303,15 @@ impl SearchEngine {
         let space = described.search_space()?;
         let foreground = described.foreground_head()?;
         let config = IndexConfig { store: Some(store.clone()), ..IndexConfig::default() };
-        let colours = ColourTable::default();
-        Ok(SearchEngine::from_parts(None, encoder, space, Store::Qdrant(index), config, foreground, colours, Some(described)))
+        let tables = (ColourTable::default(), KindTable::default());
+        Ok(SearchEngine::from_parts(None, encoder, space, Store::Qdrant(index), config, foreground, tables, Some(described)))
     }
 
     fn assemble(catalog: SqliteCatalog, encoder: Box<dyn Encoder>, space: SearchSpace, index: Store, config: IndexConfig) -> Result<SearchEngine> {
         catalog.ensure_model(&encoder.spec().name)?;
         let foreground = catalog.foreground_head()?;
-        let colours = ColourTable::load(&catalog)?;
-        Ok(SearchEngine::from_parts(Some(catalog), encoder, space, index, config, foreground, colours, None))
+        let tables = (ColourTable::load(&catalog)?, KindTable::load(&catalog)?);
+        Ok(SearchEngine::from_parts(Some(catalog), encoder, space, index, config, foreground, tables, None))
     }
 
     /// The engine over its parts, with nothing followed or measured yet.
@@ -314,7 +323,7 @@ impl SearchEngine {
         index: Store,
         config: IndexConfig,
         foreground: Option<ForegroundHead>,
-        colours: ColourTable,
+        (colours, kinds): (ColourTable, KindTable),
         described: Option<CollectionDescription>,
     ) -> SearchEngine {
         SearchEngine {
@@ -331,6 +340,7 @@ impl SearchEngine {
             indexing: Mutex::new(None),
             foreground,
             colours: RwLock::new(colours),
+            kinds: RwLock::new(kinds),
             likeness: Mutex::new(None),
             described,
         }
@@ -367,8 +377,10 @@ impl SearchEngine {
             tracing::info!("reloading the index: other processes changed the catalog faster than its change log could be followed");
             let fresh = open_index(catalog, &*self.current_space()?, &self.config)?;
             let colours = ColourTable::load(catalog)?;
+            let kinds = KindTable::load(catalog)?;
             *self.write_index()? = fresh;
             *self.write_colours()? = colours;
+            *self.write_kinds()? = kinds;
             self.followed.store(feed.latest, Ordering::Release);
             return catalog.vector_count();
         }
@@ -383,6 +395,7 @@ impl SearchEngine {
         if !changes.is_empty() {
             let mut index = self.write_index()?;
             let mut colours = self.write_colours()?;
+            let mut kinds = self.write_kinds()?;
             for (key, vector, product, colour) in &changes {
                 match (vector, product) {
                     (Some(vector), Some(product)) => {
@@ -390,10 +403,12 @@ impl SearchEngine {
                         let stored = StoredProduct { id: product.id.clone(), metadata: product.metadata.clone(), colour: colour.map(|c| c.values()) };
                         index.put(*key, vector, stored, image.as_deref())?;
                         colours.put(*key, *colour, product.colour());
+                        kinds.put(*key, &product.metadata);
                     }
                     _ => {
                         index.index_mut().remove(*key)?;
                         colours.remove(*key);
+                        kinds.remove(*key);
                     }
                 }
             }
@@ -489,6 +504,14 @@ impl SearchEngine {
 
     fn write_colours(&self) -> Result<RwLockWriteGuard<'_, ColourTable>> {
         self.colours.write().map_err(|_| poisoned("colour table"))
+    }
+
+    fn read_kinds(&self) -> Result<RwLockReadGuard<'_, KindTable>> {
+        self.kinds.read().map_err(|_| poisoned("kind table"))
+    }
+
+    fn write_kinds(&self) -> Result<RwLockWriteGuard<'_, KindTable>> {
+        self.kinds.write().map_err(|_| poisoned("kind table"))
     }
 
     /// Products most similar to the photo in `bytes`, optionally cropped to `crop` first.
@@ -712,6 +735,7 @@ impl SearchEngine {
         let key = *catalog.upsert(std::slice::from_ref(&product))?.first().context("the catalog stored no product")?;
         self.write_index()?.put(key, &searched, stored, image.as_deref())?;
         self.write_colours()?.put(key, colour, crate::types::Product::named_colour(&product.metadata));
+        self.write_kinds()?.put(key, &product.metadata);
         Ok(key)
     }
 
@@ -728,6 +752,7 @@ impl SearchEngine {
         };
         self.write_index()?.index_mut().remove(key)?;
         self.write_colours()?.remove(key);
+        self.write_kinds()?.remove(key);
         Ok(true)
     }
 
@@ -1092,13 +1117,31 @@ impl SearchEngine {
                 })
                 .collect())
         };
+        // The kind consensus re-ranks a deeper pool than the page (a collection's products
+        // carry their categories in their payloads; a catalog's are in the kind table).
+        let by_kind = request.kind == KindMode::Match && (from_collection || self.read_kinds()?.has_kinds());
+        let pool = match by_kind {
+            true => wanted.max(kind::CANDIDATES),
+            false => wanted,
+        };
         let hits: Vec<Hit> = match (&mode, colour) {
             // The index's lock and the colour table's are taken one at a time.
             (ColourMode::Match, Some(query)) => colour::search_matching(colour::MATCH_WEIGHT, wanted, by_shape, |hits, weight| match from_collection {
                 true => Ok(payload_colours(&found.borrow())?.rerank(hits, query, weight)),
                 false => Ok(self.read_colours()?.rerank(hits, query, weight)),
             })?,
-            _ => by_shape(wanted)?,
+            _ => by_shape(pool)?,
+        };
+        let (hits, kind_mode) = match (by_kind, from_collection) {
+            (false, _) => (hits, KindMode::Any),
+            (true, false) => (self.read_kinds()?.rerank(hits), KindMode::Match),
+            (true, true) => {
+                let kinds = payload_kinds(&found.borrow());
+                match kinds.has_kinds() {
+                    true => (kinds.rerank(hits), KindMode::Match),
+                    false => (hits, KindMode::Any),
+                }
+            }
         };
         timings.search_ms = ms(t);
 
@@ -1130,7 +1173,7 @@ impl SearchEngine {
             .collect();
         timings.metadata_ms = ms(t);
         timings.total_ms = ms(started);
-        Ok(SearchResults { hits, timings, colour_mode: mode, ..SearchResults::default() })
+        Ok(SearchResults { hits, timings, colour_mode: mode, kind_mode, ..SearchResults::default() })
     }
 }
 
@@ -1138,6 +1181,15 @@ impl SearchEngine {
 /// is read by [`SearchEngine::product_image`]).
 fn collection_product(stored: StoredProduct) -> Product {
     Product { key: collection_key(&stored.id), id: stored.id, image: ImageRef::Collection, content_hash: String::new(), metadata: stored.metadata }
+}
+
+/// The categories of products a collection's answer described, to agree on.
+fn payload_kinds(found: &HashMap<Key, StoredProduct>) -> KindTable {
+    let mut table = KindTable::default();
+    for (key, product) in found {
+        table.put(*key, &product.metadata);
+    }
+    table
 }
 
 /// The colours of products a collection's answer described, to re-rank them by.

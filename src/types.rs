@@ -52,7 +52,12 @@ impl Product {
 
     /// The most specific category the metadata has.
     pub fn category(&self) -> Option<&str> {
-        self.first_of(&["articleType", "subCategory", "masterCategory", "category"])
+        Product::category_of(&self.metadata)
+    }
+
+    /// The category `metadata` gives (see [`Product::category`]).
+    pub fn category_of(metadata: &Metadata) -> Option<&str> {
+        CATEGORY_COLUMNS.iter().find_map(|c| metadata.get(*c)).map(String::as_str).filter(|v| !v.is_empty())
     }
 
     /// The product's named colour: the shop's own column, else the one computed at import.
@@ -112,6 +117,10 @@ pub struct NewProduct {
     /// computed.
     pub colour: Option<Vec<f32>>,
 }
+
+/// Metadata columns that name a product's category, most specific first (the Fashion Product
+/// Images layout's, then a generic one).
+pub const CATEGORY_COLUMNS: [&str; 4] = ["articleType", "subCategory", "masterCategory", "category"];
 
 /// Metadata columns a shop names a product's colour in, most specific first: a catalog's own
 /// column always wins over the colour lookalike computes (stored as [`COMPUTED_COLOUR_COLUMN`]).

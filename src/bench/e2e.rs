@@ -23,11 +23,13 @@ pub struct E2eBench {
     pub k: usize,
     /// The `colour` field sent with each search (`None`: the server's default, `match`).
     pub colour: Option<crate::colour::ColourMode>,
+    /// The `kind` field sent with each search (`None`: the server's default, `match`).
+    pub kind: Option<crate::kind::KindMode>,
     pub name: String,
 }
 
 /// One multipart POST over a fresh connection; returns the response body.
-fn post(addr: SocketAddr, image: &[u8], file_name: &str, k: usize, colour: Option<&crate::colour::ColourMode>) -> Result<Vec<u8>> {
+fn post(addr: SocketAddr, image: &[u8], file_name: &str, opts: &E2eBench) -> Result<Vec<u8>> {
     const BOUNDARY: &str = "lookalike-bench-boundary";
     let mut body = Vec::with_capacity(image.len() + 512);
     body.extend_from_slice(
@@ -35,9 +37,10 @@ fn post(addr: SocketAddr, image: &[u8], file_name: &str, k: usize, colour: Optio
             .as_bytes(),
     );
     body.extend_from_slice(image);
-    body.extend_from_slice(format!("\r\n--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"k\"\r\n\r\n{k}").as_bytes());
-    if let Some(colour) = colour {
-        body.extend_from_slice(format!("\r\n--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"colour\"\r\n\r\n{colour}").as_bytes());
+    body.extend_from_slice(format!("\r\n--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"k\"\r\n\r\n{}", opts.k).as_bytes());
+    let fields = [("colour", opts.colour.as_ref().map(ToString::to_string)), ("kind", opts.kind.map(|k| k.to_string()))];
+    for (name, value) in fields.iter().filter_map(|(n, v)| Some((n, v.as_ref()?))) {
+        body.extend_from_slice(format!("\r\n--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n{value}").as_bytes());
     }
     body.extend_from_slice(format!("\r\n--{BOUNDARY}--\r\n").as_bytes());
     let mut stream = TcpStream::connect(addr).with_context(|| format!("connecting to {addr}"))?;
@@ -87,7 +90,7 @@ pub fn run(engine: Arc<SearchEngine>, env: &BenchEnv, opts: &E2eBench) -> Result
 
     // Warm-up: first inference allocates ONNX Runtime's buffers.
     for (name, bytes) in photos.iter().take(3) {
-        post(addr, bytes, name, opts.k, opts.colour.as_ref())?;
+        post(addr, bytes, name, opts)?;
     }
     let stages = ["queue_ms", "decode_ms", "preprocess_ms", "encode_ms", "search_ms", "metadata_ms", "total_ms"];
     let mut wall = Vec::with_capacity(opts.requests);
@@ -95,7 +98,7 @@ pub fn run(engine: Arc<SearchEngine>, env: &BenchEnv, opts: &E2eBench) -> Result
     for i in 0..opts.requests {
         let (name, bytes) = &photos[i % photos.len()];
         let t = Instant::now();
-        let body = post(addr, bytes, name, opts.k, opts.colour.as_ref())?;
+        let body = post(addr, bytes, name, opts)?;
         wall.push(t.elapsed());
         let response: Value = serde_json::from_slice(&body).context("response is not JSON")?;
         for (stage, values) in stages.iter().zip(per_stage.iter_mut()) {
@@ -113,14 +116,16 @@ pub fn run(engine: Arc<SearchEngine>, env: &BenchEnv, opts: &E2eBench) -> Result
         "images": photos.len(),
         "k": opts.k,
         "colour": opts.colour.as_ref().map_or("match (default)".to_string(), ToString::to_string),
+        "kind": opts.kind.map_or("match (default)".to_string(), |k| k.to_string()),
         "client_wall": wall,
         "server_median_ms": breakdown,
     });
     let mut md = format!(
-        "# End-to-end search benchmark\n\nMachine: {}. `POST /api/search` (multipart photo, k = {}, colour {}) against a {}-product catalog, one client, {} sequential requests cycling through {} photos, real server on loopback.\n\nClient wall time: median **{:.1} ms**, p99 {:.1} ms, mean {:.1} ms.\n\nServer stage medians (ms):\n\n| queue | decode | preprocess | encode | search | metadata | total |\n|---|---|---|---|---|---|---|\n|",
+        "# End-to-end search benchmark\n\nMachine: {}. `POST /api/search` (multipart photo, k = {}, colour {}, kind {}) against a {}-product catalog, one client, {} sequential requests cycling through {} photos, real server on loopback.\n\nClient wall time: median **{:.1} ms**, p99 {:.1} ms, mean {:.1} ms.\n\nServer stage medians (ms):\n\n| queue | decode | preprocess | encode | search | metadata | total |\n|---|---|---|---|---|---|---|\n|",
         super::machine(),
         opts.k,
         report["colour"].as_str().unwrap_or("match"),
+        report["kind"].as_str().unwrap_or("match"),
         products,
         opts.requests,
         photos.len(),

@@ -64,6 +64,10 @@ pub struct BenchE2eArgs {
     /// server's, match), to measure what colour costs.
     #[arg(long, value_name = "match|any|NAME")]
     pub colour: Option<lookalike::colour::ColourMode>,
+    /// The kind control sent with each search (match or any; default: the server's, match),
+    /// to measure what the kind consensus costs.
+    #[arg(long, value_name = "match|any")]
+    pub kind: Option<lookalike::kind::KindMode>,
     #[arg(long, default_value = "e2e")]
     pub name: String,
     #[command(flatten)]
@@ -257,7 +261,7 @@ fn run_e2e(args: BenchE2eArgs) -> Result<()> {
     let catalog = SqliteCatalog::open_existing(&args.db.db)?;
     let encoder = load_encoder(&assets, &catalog, &args.model)?;
     let engine = Arc::new(SearchEngine::open_with(catalog, Box::new(encoder), &args.index.config(&args.db.db)?)?);
-    let options = lookalike::bench::e2e::E2eBench { requests: args.requests, images, k: args.k, colour: args.colour, name: args.name };
+    let options = lookalike::bench::e2e::E2eBench { requests: args.requests, images, k: args.k, colour: args.colour, kind: args.kind, name: args.name };
     lookalike::bench::e2e::run(engine, &env, &options)?;
     Ok(())
 }

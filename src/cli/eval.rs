@@ -6,6 +6,7 @@ use anyhow::{bail, Result};
 use clap::Args;
 
 use super::args::*;
+use lookalike::kind::KindMode;
 use lookalike::assets::Assets;
 use lookalike::catalog::SqliteCatalog;
 use lookalike::colour::ColourMode;
@@ -43,6 +44,14 @@ pub struct EvalArgs {
     /// among the candidates (to choose search's weight).
     #[arg(long, value_name = "W", default_value_t = lookalike::colour::MATCH_WEIGHT)]
     pub colour_weight: f32,
+    /// How the lookalike rows treat the kind the best matches share, as search's --kind: with
+    /// match, `lookalike_any_kind` reports the same search without it.
+    #[arg(long, value_name = "match|any", default_value = "match")]
+    pub kind: KindMode,
+    /// Weight of the kind consensus under --kind match (to choose search's weight): the score
+    /// a candidate gains when every vote is for its kind.
+    #[arg(long, value_name = "W", default_value_t = lookalike::kind::WEIGHT)]
+    pub kind_weight: f32,
     #[arg(long)]
     pub json: bool,
     /// Also write the JSON report to this file.
@@ -106,6 +115,8 @@ pub fn run(args: EvalArgs) -> Result<()> {
         exact: args.exact,
         colour: args.colour.clone(),
         colour_weight: args.colour_weight,
+        kind: args.kind,
+        kind_weight: args.kind_weight,
     };
     let report = eval::evaluate(&catalog, &encoder, &queries, &options)?;
     let json = serde_json::to_string_pretty(&report)?;

@@ -9,6 +9,7 @@ use super::args::*;
 use lookalike::assets::Assets;
 use lookalike::catalog::SqliteCatalog;
 use lookalike::colour::ColourMode;
+use lookalike::kind::KindMode;
 use lookalike::search::{Items, RankedProduct, SearchEngine, SearchRequest, SearchResults};
 use lookalike::preprocess::Crop;
 use lookalike::types::Filter;
@@ -45,6 +46,10 @@ pub struct SearchArgs {
     /// by shape under every choice.
     #[arg(long, value_name = "match|any|NAME", default_value = "match")]
     pub colour: ColourMode,
+    /// `match`: the kind most of the best matches share (their category) comes first, so a
+    /// dress's photo brings back dresses before a look-alike coat; `any`: likeness alone.
+    #[arg(long, value_name = "match|any", default_value = "match")]
+    pub kind: KindMode,
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -59,7 +64,7 @@ pub fn run(args: SearchArgs) -> Result<()> {
     let catalog = SqliteCatalog::open_existing(&args.db.db)?;
     let encoder = load_encoder(&assets, &catalog, &args.model)?;
     let engine = SearchEngine::open_with(catalog, Box::new(encoder), &args.index.config(&args.db.db)?)?;
-    let request = SearchRequest { k: args.k, offset: args.offset, filter: Filter::parse(&args.filters)?, colour: args.colour.clone() };
+    let request = SearchRequest { k: args.k, offset: args.offset, filter: Filter::parse(&args.filters)?, colour: args.colour.clone(), kind: args.kind };
     let crop = args.crop.as_deref().map(Crop::parse).transpose().map_err(anyhow::Error::msg)?;
     let (results, by_photo) = match (&args.image, &args.like) {
         (Some(path), _) => {

@@ -123,6 +123,9 @@ pub struct SearchResponse {
     /// How colour ranked the hits: `match`, `any` or a colour name; `any` where colour cannot
     /// apply (a grey catalog; a query by vector, which has no colour).
     pub colour: String,
+    /// Whether the kind most of the best matches share came first: `match`, or `any` (asked
+    /// for, or the products have no category to agree on).
+    pub kind: String,
     /// The query's colour: the photo's main product's (photo searches), or the product's own
     /// ("more like this").
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -142,6 +145,7 @@ impl SearchResponse {
             items: None,
             timings: results.timings.clone(),
             colour: results.colour_mode.to_string(),
+            kind: results.kind_mode.to_string(),
             query_colour: results.query_colour.as_ref().map(|c| QueryColourBody {
                 name: c.name.to_string(),
                 rgb: hex_rgb(c.rgb),
@@ -220,6 +224,9 @@ pub struct SearchForm {
     /// `match` (default): rank by shape and colour; `any`: shape only; a colour name (`Red`,
     /// `Navy Blue`, ... any case): only products of that colour.
     colour: Option<String>,
+    /// `match` (default): the kind most of the best matches share comes first (a dress's
+    /// photo brings back dresses before a look-alike coat); `any`: likeness alone.
+    kind: Option<String>,
 }
 
 /// `POST /api/search` as JSON: by a catalog product ("more like this") or by an embedding.
@@ -240,6 +247,8 @@ pub struct SearchJson {
     /// `match` (default), `any` or a colour name, as for photos. A vector has no colour (so
     /// `match` ranks it by shape) unless `colour_vector` gives it one.
     pub colour: Option<String>,
+    /// `match` (default) or `any`, as for photos.
+    pub kind: Option<String>,
     /// With `vector`: the photo's colour descriptor (as returned in `query_colour.descriptor`).
     pub colour_vector: Option<Vec<f32>>,
 }

@@ -25,7 +25,7 @@ pub const MAX_OFFSET: usize = 10_000;
 /// Columns with more distinct values than this (ids, free text) are not offered as facets.
 pub const MAX_FACET_VALUES: usize = 50;
 
-fn page_request(k: Option<usize>, offset: Option<usize>, filter: crate::types::Filter, colour: Option<&str>) -> Result<SearchRequest, ApiError> {
+fn page_request(k: Option<usize>, offset: Option<usize>, filter: crate::types::Filter, colour: Option<&str>, kind: Option<&str>) -> Result<SearchRequest, ApiError> {
     let k = k.unwrap_or(10);
     let offset = offset.unwrap_or(0);
     if k == 0 || k > MAX_K {
@@ -39,7 +39,8 @@ fn page_request(k: Option<usize>, offset: Option<usize>, filter: crate::types::F
         return Err(ApiError::bad_parameters(format!("at most {max} filter values in one search, not {}", filter.value_count())));
     }
     let colour = colour.map(str::parse).transpose().map_err(ApiError::BadParameters)?.unwrap_or_default();
-    Ok(SearchRequest { k, offset, filter, colour })
+    let kind = kind.map(str::parse).transpose().map_err(ApiError::BadParameters)?.unwrap_or_default();
+    Ok(SearchRequest { k, offset, filter, colour, kind })
 }
 
 fn parse_number(field: &str, text: &str) -> Result<usize, ApiError> {
@@ -76,7 +77,7 @@ async fn search_by_photo(state: Arc<AppState>, mut form: Multipart) -> Result<Js
     let started = Instant::now();
     let (mut image, mut k, mut offset, mut crop, mut filters, mut include_vector) = (None, None, None, None, Vec::new(), false);
     let mut items = Items::Main;
-    let mut colour = None;
+    let (mut colour, mut kind) = (None, None);
     let mut seen = FieldNames::default();
     while let Some(field) = form.next_field().await? {
         let name = field.name().unwrap_or("").to_string();
@@ -97,12 +98,13 @@ async fn search_by_photo(state: Arc<AppState>, mut form: Multipart) -> Result<Js
             "include_vector" => include_vector = matches!(field.text().await?.trim(), "true" | "1" | "yes"),
             "items" => items = field.text().await?.parse().map_err(ApiError::BadParameters)?,
             "colour" => colour = Some(field.text().await?),
-            other => return Err(ApiError::bad_parameters(format!("unknown form field {other:?}: expected image, k, offset, filter, crop, include_vector, items, colour"))),
+            "kind" => kind = Some(field.text().await?),
+            other => return Err(ApiError::bad_parameters(format!("unknown form field {other:?}: expected image, k, offset, filter, crop, include_vector, items, colour, kind"))),
         }
     }
     let image = image.ok_or_else(|| ApiError::bad_parameters("the form has no \"image\" field with the photo"))?;
     let filter = Filter::parse(&filters).map_err(|e| ApiError::BadParameters(e.to_string()))?;
-    let request = page_request(k, offset, filter, colour.as_deref())?;
+    let request = page_request(k, offset, filter, colour.as_deref(), kind.as_deref())?;
 
     let encoded = state.batcher.encode(image, crop, items).await?;
     let engine = state.engine.clone();
@@ -136,7 +138,7 @@ async fn search_by_reference(state: Arc<AppState>, body: SearchJson) -> Result<J
             filter.add(column.trim(), value).map_err(ApiError::BadParameters)?;
         }
     }
-    let request = page_request(body.k, body.offset, filter, body.colour.as_deref())?;
+    let request = page_request(body.k, body.offset, filter, body.colour.as_deref(), body.kind.as_deref())?;
     let engine = state.engine.clone();
     let colour = match (&body.colour_vector, &body.vector) {
         (Some(_), None) => return Err(ApiError::bad_parameters("colour_vector goes with vector (a product's own colour is used with product_id)")),
@@ -186,12 +188,15 @@ mod tests {
 
     #[test]
     fn page_sizes_are_bounded() {
-        assert!(page_request(Some(0), None, Default::default(), None).is_err());
-        assert!(page_request(Some(MAX_K + 1), None, Default::default(), None).is_err());
-        assert!(page_request(Some(5), Some(MAX_OFFSET + 1), Default::default(), None).is_err());
-        assert_eq!(page_request(None, None, Default::default(), None).map(|r| (r.k, r.offset)).ok(), Some((10, 0)));
-        assert!(page_request(None, None, Default::default(), Some("chartreuse")).is_err());
-        let red = page_request(None, None, Default::default(), Some("red")).map(|r| r.colour).ok();
+        assert!(page_request(Some(0), None, Default::default(), None, None).is_err());
+        assert!(page_request(Some(MAX_K + 1), None, Default::default(), None, None).is_err());
+        assert!(page_request(Some(5), Some(MAX_OFFSET + 1), Default::default(), None, None).is_err());
+        assert_eq!(page_request(None, None, Default::default(), None, None).map(|r| (r.k, r.offset)).ok(), Some((10, 0)));
+        assert!(page_request(None, None, Default::default(), Some("chartreuse"), None).is_err());
+        let red = page_request(None, None, Default::default(), Some("red"), None).map(|r| r.colour).ok();
         assert_eq!(red, Some(crate::colour::ColourMode::Named("Red".into())));
+        assert!(page_request(None, None, Default::default(), None, Some("dresses")).is_err());
+        let any = page_request(None, None, Default::default(), None, Some("any")).map(|r| r.kind).ok();
+        assert_eq!(any, Some(crate::kind::KindMode::Any));
     }
 }

@@ -268,6 +268,11 @@ impl SqliteCatalog {
         }
     }
 
+    /// The training report (JSON) of the stored foreground head, if any (for any model).
+    pub fn foreground_head_report(&self) -> Result<Option<String>> {
+        Ok(self.conn.query_row("SELECT report FROM foreground WHERE id = 1", [], |r| r.get(0)).optional()?)
+    }
+
     /// Stores the foreground head (replacing any earlier one) with its training report (JSON).
     pub fn save_foreground_head(&mut self, model: &str, head: &crate::localise::ForegroundHead, report: &str) -> Result<()> {
         self.conn

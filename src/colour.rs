@@ -7,7 +7,8 @@
 //! - a catalog shot's background is what its border has (its median colour); the product is
 //!   what differs from it ([`describe_product`]);
 //! - in a shopper's photo the product is where localisation found it, else near the centre;
-//!   the photo's border colour is discounted the same way ([`describe_query`]).
+//!   the photo's border colour is discounted the same way, and, where the learned head says
+//!   which places are product, so are colours found mostly elsewhere ([`describe_query`]).
 //!
 //! Descriptors are stored as the square roots of the histogram's shares, so their dot product
 //! is the Bhattacharyya coefficient (1 for the same colours, 0 for disjoint ones) and a
@@ -260,14 +261,19 @@ pub fn of_product(pixels: &InputPixels) -> Option<ColourEstimate> {
     describe_product(Pixels::square(&pixels.rgb, pixels.size, pixels.photo))
 }
 
+/// Where a shopper's photo shows a product: the probability at a point (`x`, `y` fractions of
+/// the pixels' width and height), as the catalog's learned foreground head reads it
+/// ([`crate::localise::Localisation::foreground_at`]).
+pub type Foreground<'a> = &'a dyn Fn(f32, f32) -> f32;
+
 /// A shopper's photo's colour, from the model's input pixels, focused on `main` (the main
 /// product's box as [`crate::localise`] gives it: fractions of the model's square) when one
-/// was found ([`describe_query`]).
-pub fn of_query(pixels: &InputPixels, main: Option<[f32; 4]>) -> Option<ColourEstimate> {
+/// was found, and weighted by `foreground` when the head is learned ([`describe_query`]).
+pub fn of_query(pixels: &InputPixels, main: Option<[f32; 4]>, foreground: Option<Foreground<'_>>) -> Option<ColourEstimate> {
     let [px, py, pw, ph] = pixels.photo.map(|v| v as f32);
     let side = pixels.size as f32;
     let focus = main.map(|[x, y, w, h]| [(x * side - px) / pw.max(1.0), (y * side - py) / ph.max(1.0), w * side / pw.max(1.0), h * side / ph.max(1.0)]);
-    describe_query(Pixels::square(&pixels.rgb, pixels.size, pixels.photo), focus)
+    describe_query(Pixels::square(&pixels.rgb, pixels.size, pixels.photo), focus, foreground)
 }
 
 /// A catalog shot's colour: its pixels that differ from the border's colour (the studio
@@ -275,18 +281,78 @@ pub fn of_query(pixels: &InputPixels, main: Option<[f32; 4]>) -> Option<ColourEs
 /// towards the centre.
 pub fn describe_product(pixels: Pixels<'_>) -> Option<ColourEstimate> {
     let background = lab_of(pixels.border_colour());
-    estimate(pixels, None, background, false)
+    estimate(pixels, None, background, false, None)
 }
 
 /// A shopper's photo's colour: pixels inside `focus` (`[x, y, w, h]` fractions of the region:
 /// where localisation found the main product) when given, else the whole photo; weighted
 /// towards the focus's centre and away from the photo's border colour (the floor, the wall).
-pub fn describe_query(pixels: Pixels<'_>, focus: Option<[f32; 4]>) -> Option<ColourEstimate> {
+///
+/// With a `foreground` map each pixel is also weighted by how likely its place is product and
+/// how likely its colour is: the share of that colour's pixels the map puts on the product
+/// (histogram back-projection). A cluttered floor has many colours besides the border's, and
+/// the box around a product holds some of them; a colour found mostly off the product is
+/// the floor's, wherever it shows. Measured on 1,000 painted perturbed queries: the colour read
+/// is the painted one for 0.658 of one-colour photos against 0.625 with the box alone, and
+/// clean queries are unchanged (0.964 against 0.966; docs/colour-study.md).
+pub fn describe_query(pixels: Pixels<'_>, focus: Option<[f32; 4]>, foreground: Option<Foreground<'_>>) -> Option<ColourEstimate> {
     let background = lab_of(pixels.border_colour());
-    estimate(pixels, focus, background, true)
+    let weighting = foreground.map(|at| PixelWeights { at, colours: back_projection(pixels, at) });
+    estimate(pixels, focus, background, true, weighting.as_ref())
 }
 
-fn estimate(pixels: Pixels<'_>, focus: Option<[f32; 4]>, background: [f32; 3], centre_weighted: bool) -> Option<ColourEstimate> {
+/// Levels per RGB channel of the colours [`back_projection`] tells apart: 8 (512 colours) is
+/// coarse enough for JPEG noise and shading to stay in one colour on about 3,000 samples;
+/// 4 and 16 measured the same.
+const BACK_PROJECTION_LEVELS: usize = 8;
+
+/// A pixel's weight from a foreground map: its place's probability times its colour's.
+struct PixelWeights<'a> {
+    at: Foreground<'a>,
+    /// Per quantised colour ([`quantised`]), the share of its weight that lies on the product.
+    colours: Vec<f32>,
+}
+
+impl PixelWeights<'_> {
+    fn of(&self, pixels: &Pixels<'_>, x: usize, y: usize, rgb: [u8; 3]) -> f32 {
+        let place = (self.at)((x as f32 + 0.5) / pixels.width as f32, (y as f32 + 0.5) / pixels.height as f32).clamp(0.0, 1.0);
+        place * self.colours.get(quantised(rgb)).copied().unwrap_or(1.0)
+    }
+}
+
+/// For every quantised colour, how much more it belongs to the product than to the rest of
+/// the photo: its share of the foreground's colours over the sum of that and its share of the
+/// background's (0.5 for a colour found equally in both, or in neither).
+fn back_projection(pixels: Pixels<'_>, foreground_at: Foreground<'_>) -> Vec<f32> {
+    let colours = BACK_PROJECTION_LEVELS.pow(3);
+    let (mut on, mut off) = (vec![0f32; colours], vec![0f32; colours]);
+    let [rx, ry, rw, rh] = pixels.clipped_region();
+    let step = (rw.max(rh) / SAMPLES_PER_SIDE).max(1);
+    for y in (ry..ry + rh).step_by(step) {
+        for x in (rx..rx + rw).step_by(step) {
+            let p = foreground_at((x as f32 + 0.5) / pixels.width as f32, (y as f32 + 0.5) / pixels.height as f32).clamp(0.0, 1.0);
+            let c = quantised(pixels.at(x, y));
+            on[c] += p;
+            off[c] += 1.0 - p;
+        }
+    }
+    let (on_total, off_total) = (on.iter().sum::<f32>().max(f32::MIN_POSITIVE), off.iter().sum::<f32>().max(f32::MIN_POSITIVE));
+    on.iter()
+        .zip(&off)
+        .map(|(on, off)| {
+            let (on, off) = (on / on_total, off / off_total);
+            if on + off > 0.0 { on / (on + off) } else { 0.5 }
+        })
+        .collect()
+}
+
+/// A colour's index among [`BACK_PROJECTION_LEVELS`]³.
+fn quantised(rgb: [u8; 3]) -> usize {
+    let level = |v: u8| usize::from(v) * BACK_PROJECTION_LEVELS / 256;
+    (level(rgb[0]) * BACK_PROJECTION_LEVELS + level(rgb[1])) * BACK_PROJECTION_LEVELS + level(rgb[2])
+}
+
+fn estimate(pixels: Pixels<'_>, focus: Option<[f32; 4]>, background: [f32; 3], centre_weighted: bool, weights: Option<&PixelWeights<'_>>) -> Option<ColourEstimate> {
     let [rx, ry, rw, rh] = pixels.clipped_region();
     if rw == 0 || rh == 0 {
         return None;
@@ -302,8 +368,9 @@ fn estimate(pixels: Pixels<'_>, focus: Option<[f32; 4]>, background: [f32; 3], c
     let step = (w.max(h) / SAMPLES_PER_SIDE).max(1);
     let table = table();
 
-    // Sampled pixels with their table entries and two weights: how much product each is, and
-    // how central.
+    // Sampled pixels with their table entries and two weights: how much product each is (by
+    // its distance from the background colour), and how central (and, with a foreground map,
+    // how likely its place and colour are product).
     let mut samples = Vec::with_capacity((w / step + 1) * (h / step + 1));
     let (mut foreground, mut count, mut greyscale) = (0.0f32, 0usize, true);
     for y in (y0..y0 + h).step_by(step) {
@@ -311,7 +378,8 @@ fn estimate(pixels: Pixels<'_>, focus: Option<[f32; 4]>, background: [f32; 3], c
             let rgb = pixels.at(x, y);
             let entry = &table[table_index(rgb)];
             let distance = delta_e(&entry.lab, &background);
-            let centrality = if centre_weighted {
+            let likely = weights.map_or(1.0, |w| w.of(&pixels, x, y, rgb));
+            let centrality = likely * if centre_weighted {
                 // A Gaussian on the distance from the centre, in half-sides: 1 at the centre,
                 // 0.37 at the edge's midpoint.
                 let dx = (x as f32 + 0.5 - x0 as f32 - w as f32 / 2.0) / (w as f32 / 2.0);
@@ -839,9 +907,36 @@ mod tests {
                 rgb.extend_from_slice(&p);
             }
         }
-        let left = describe_query(Pixels::whole(&rgb, side, side), Some([0.05, 0.2, 0.4, 0.6])).map(|e| e.name);
-        let right = describe_query(Pixels::whole(&rgb, side, side), Some([0.55, 0.2, 0.4, 0.6])).map(|e| e.name);
+        let left = describe_query(Pixels::whole(&rgb, side, side), Some([0.05, 0.2, 0.4, 0.6]), None).map(|e| e.name);
+        let right = describe_query(Pixels::whole(&rgb, side, side), Some([0.55, 0.2, 0.4, 0.6]), None).map(|e| e.name);
         assert_eq!((left, right), (Some("Red"), Some("Green")));
+    }
+
+    #[test]
+    fn a_foreground_map_discounts_the_floors_colours_inside_the_box() {
+        // A red product (the middle third) on a floor whose border is blue, with a green rug
+        // under the product that the box around it takes in: the box alone reads red and
+        // green; the map (product in the middle third) knows green lies mostly off the product.
+        let side = 60;
+        let mut rgb = Vec::new();
+        for y in 0..side {
+            for x in 0..side {
+                let p = if (20..40).contains(&x) && (20..40).contains(&y) {
+                    [215, 30, 40]
+                } else if (6..54).contains(&x) && (6..54).contains(&y) {
+                    [35, 150, 65]
+                } else {
+                    [40, 105, 215]
+                };
+                rgb.extend_from_slice(&p);
+            }
+        }
+        let pixels = Pixels::whole(&rgb, side, side);
+        let focus = Some([0.2, 0.2, 0.6, 0.6]);
+        let on_product = |x: f32, y: f32| if (1.0 / 3.0..2.0 / 3.0).contains(&x) && (1.0 / 3.0..2.0 / 3.0).contains(&y) { 0.9 } else { 0.1 };
+        let with_box = describe_query(pixels, focus, None).map(|e| e.name);
+        let with_map = describe_query(pixels, focus, Some(&on_product)).map(|e| e.name);
+        assert_eq!((with_box, with_map), (Some(MULTI), Some("Red")));
     }
 
     #[test]

@@ -93,6 +93,10 @@ pub struct EvalReport {
     /// the catalog has that column.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub colour_naming: Option<ColourNamingReport>,
+    /// How often the colour search reads from a query photo (what it matches colours with) is
+    /// the query's `baseColour`, when that is one of the `--label` columns (counts are queries).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub query_colour_naming: Option<ColourNamingReport>,
 }
 
 /// The named colour lookalike computes at import against the catalog's own `baseColour`.
@@ -106,22 +110,46 @@ pub struct ColourNamingReport {
     pub multi_products: usize,
 }
 
-/// [`ColourNamingReport`] over `products`, whose colours `table` holds.
-fn colour_naming(products: &[crate::types::Product], table: &ColourTable) -> Option<ColourNamingReport> {
-    let (mut solid, mut solid_ok, mut multi, mut multi_ok) = (0usize, 0usize, 0usize, 0usize);
-    for p in products {
-        let (Some(truth), Some(descriptor)) = (p.metadata.get("baseColour"), table.descriptor(p.key)) else { continue };
-        let named = descriptor.name();
+/// Counts named colours against the truth, for a [`ColourNamingReport`].
+#[derive(Debug, Default)]
+struct NamingTally {
+    solid: usize,
+    solid_ok: usize,
+    multi: usize,
+    multi_ok: usize,
+}
+
+impl NamingTally {
+    fn add(&mut self, truth: &str, named: &str) {
         if truth == colour::MULTI {
-            multi += 1;
-            multi_ok += usize::from(named == colour::MULTI);
+            self.multi += 1;
+            self.multi_ok += usize::from(named == colour::MULTI);
         } else {
-            solid += 1;
-            solid_ok += usize::from(named.eq_ignore_ascii_case(truth));
+            self.solid += 1;
+            self.solid_ok += usize::from(named.eq_ignore_ascii_case(truth));
         }
     }
-    let share = |ok: usize, n: usize| ok as f64 / n.max(1) as f64;
-    (solid + multi > 0).then(|| ColourNamingReport { solid_correct: share(solid_ok, solid), solid_products: solid, multi_correct: share(multi_ok, multi), multi_products: multi })
+
+    fn report(&self) -> Option<ColourNamingReport> {
+        let share = |ok: usize, n: usize| ok as f64 / n.max(1) as f64;
+        (self.solid + self.multi > 0).then(|| ColourNamingReport {
+            solid_correct: share(self.solid_ok, self.solid),
+            solid_products: self.solid,
+            multi_correct: share(self.multi_ok, self.multi),
+            multi_products: self.multi,
+        })
+    }
+}
+
+/// [`ColourNamingReport`] over `products`, whose colours `table` holds.
+fn colour_naming(products: &[crate::types::Product], table: &ColourTable) -> Option<ColourNamingReport> {
+    let mut tally = NamingTally::default();
+    for p in products {
+        if let (Some(truth), Some(descriptor)) = (p.metadata.get("baseColour"), table.descriptor(p.key)) {
+            tally.add(truth, descriptor.name());
+        }
+    }
+    tally.report()
 }
 
 /// Catalog products re-photographed as a shopper would ([`crate::perturb::perturb`]: on a
@@ -384,6 +412,9 @@ pub fn evaluate(catalog: &SqliteCatalog, encoder: &dyn Encoder, queries: &[Label
         kind_weight: options.kind_weight,
     };
     let mut tallies: BTreeMap<&str, Tally> = BTreeMap::new();
+    // The query's own colour, when relevance includes it: to measure how well it is read.
+    let colour_column = columns.iter().position(|c| *c == "baseColour");
+    let mut query_naming = NamingTally::default();
     for (n, q) in queries.iter().enumerate() {
         let relevant = per_label.get(q.label.as_str()).copied().unwrap_or(0);
         let perturbed;
@@ -394,7 +425,13 @@ pub fn evaluate(catalog: &SqliteCatalog, encoder: &dyn Encoder, queries: &[Label
         } else {
             &q.image
         };
-        for (method, hits, latency) in methods.rank(query_image)? {
+        let (ranked_by_method, query_colour) = methods.rank(query_image)?;
+        if let (Some(column), Some(named)) = (colour_column, query_colour) {
+            if let Some(truth) = q.label.split(LABEL_SEPARATOR).nth(column) {
+                query_naming.add(truth, named);
+            }
+        }
+        for (method, hits, latency) in ranked_by_method {
             let ranked: Vec<&str> = hits.iter().map(|h| labels.get(&h.key).map_or("", String::as_str)).collect();
             tallies.entry(method).or_default().add(&ranked, &q.label, relevant, latency);
         }
@@ -424,6 +461,7 @@ pub fn evaluate(catalog: &SqliteCatalog, encoder: &dyn Encoder, queries: &[Label
             n => Some(evaluate_exact(catalog, &methods, &products, label, n, options.seed)?),
         },
         colour_naming: colour_naming(&products, &colours),
+        query_colour_naming: query_naming.report(),
     })
 }
 
@@ -450,8 +488,9 @@ struct Methods<'a> {
 
 impl Methods<'_> {
     /// The top [`K`] of every method for one photo, with the milliseconds each took (the CNN
-    /// methods share one encoding; each is charged the full encode time).
-    fn rank(&self, photo: &image::DynamicImage) -> Result<Vec<(&'static str, Vec<crate::index::Hit>, f64)>> {
+    /// methods share one encoding; each is charged the full encode time), and the name of the
+    /// colour read from the photo.
+    fn rank(&self, photo: &image::DynamicImage) -> Result<(Vec<(&'static str, Vec<crate::index::Hit>, f64)>, Option<&'static str>)> {
         let spec = self.encoder.spec();
         let ms = |t: Instant| t.elapsed().as_secs_f64() * 1000.0;
         let mut ranked = Vec::with_capacity(6);
@@ -461,7 +500,11 @@ impl Methods<'_> {
         let embedding = &query.embedding;
         let found = query.grid.as_ref().map(|grid| (grid, find_items(grid, self.head)));
         // The photo's colour as search takes it: its main product's, else its centre's.
-        let query_colour = colour::of_query(&pixels, found.as_ref().and_then(|(_, f)| f.main()).map(|m| m.bounds)).map(|c| c.descriptor);
+        let map = found.as_ref().and_then(|(_, f)| f.foreground_map());
+        let foreground = map.as_ref().map(|at| at as colour::Foreground<'_>);
+        let query_colour = colour::of_query(&pixels, found.as_ref().and_then(|(_, f)| f.main()).map(|m| m.bounds), foreground);
+        let query_colour_name = query_colour.as_ref().map(|c| c.name);
+        let query_colour = query_colour.map(|c| c.descriptor);
         // A tilted photo is also encoded straightened, as search does (in search's batch; here
         // after it), and each CNN row searches the view nearer its catalog.
         let straightened = match straighten::tilt(photo) {
@@ -552,7 +595,7 @@ impl Methods<'_> {
         let mut v = preprocess::greyscale_pixels(photo, self.side);
         l2_normalize(&mut v);
         ranked.push(("raw_pixels", self.raw.search(&v, K, None)?, ms(t)));
-        Ok(ranked)
+        Ok((ranked, query_colour_name))
     }
 }
 
@@ -568,7 +611,7 @@ fn evaluate_exact(catalog: &SqliteCatalog, methods: &Methods, products: &[crate:
         let image = catalog.decoded_image(product.key, &product.image)?;
         let mut rng = rand::rngs::StdRng::seed_from_u64((seed ^ 0x00E7_AC71).wrapping_mul(1_000_003).wrapping_add(i as u64));
         let photo = crate::perturb::perturb(&image, &mut rng);
-        for (method, hits, _) in methods.rank(&photo)? {
+        for (method, hits, _) in methods.rank(&photo)?.0 {
             let tally = found.entry(method).or_default();
             tally.0 += usize::from(hits.first().is_some_and(|h| h.key == product.key));
             tally.1 += usize::from(hits.iter().any(|h| h.key == product.key));
@@ -707,6 +750,12 @@ impl EvalReport {
         if let Some(c) = &self.colour_naming {
             out.push_str(&format!(
                 "colour named at import: {:.3} of {} one-colour products, {:.3} of {} Multi\n",
+                c.solid_correct, c.solid_products, c.multi_correct, c.multi_products
+            ));
+        }
+        if let Some(c) = &self.query_colour_naming {
+            out.push_str(&format!(
+                "colour read from the queries: {:.3} of {} one-colour queries, {:.3} of {} Multi\n",
                 c.solid_correct, c.solid_products, c.multi_correct, c.multi_products
             ));
         }

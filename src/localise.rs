@@ -38,6 +38,9 @@ pub struct Localisation {
     pub width: usize,
     pub height: usize,
     pub items: Vec<Item>,
+    /// The learned head's probability that each cell of the whole photo's grid shows a
+    /// product (row-major); empty when found training-free, whose energies are no probability.
+    pub foreground: Vec<f32>,
 }
 
 impl Localisation {
@@ -60,6 +63,12 @@ impl Localisation {
     pub fn products(&self) -> impl Iterator<Item = &Item> {
         self.items.iter().filter(|item| item.score >= MIN_ITEM_SCORE)
     }
+
+    /// The learned head's foreground probability at any point (`x`, `y` fractions of the
+    /// model's input), read bilinearly between cell centres; `None` without a learned head.
+    pub fn foreground_map(&self) -> Option<impl Fn(f32, f32) -> f32 + '_> {
+        (!self.foreground.is_empty() && self.foreground.len() == self.width * self.height).then(|| |x, y| sample_grid(&self.foreground, self.width, self.height, x, y))
+    }
 }
 
 /// The items on a feature grid: by the learned head when there is one, else training-free.
@@ -67,7 +76,7 @@ pub fn find_items(grid: &GridFeatures, head: Option<&ForegroundHead>) -> Localis
     match head {
         Some(head) => {
             let scores: Vec<f32> = (0..grid.width * grid.height).map(|c| head.probability(grid.cell(c))).collect();
-            items_above(&scores, grid.width, grid.height, FOREGROUND_THRESHOLD, SUBDIVISIONS, true)
+            Localisation { foreground: scores.clone(), ..items_above(&scores, grid.width, grid.height, FOREGROUND_THRESHOLD, SUBDIVISIONS, true) }
         }
         None => localise(&grid.energy(), grid.width, grid.height),
     }
@@ -99,7 +108,7 @@ fn items_above(scores: &[f32], width: usize, height: usize, threshold: f32, subd
     let subdivisions = subdivisions.max(1);
     let cells = width * height;
     if cells == 0 || scores.len() != cells {
-        return Localisation { width, height, items: Vec::new() };
+        return Localisation { width, height, items: Vec::new(), foreground: Vec::new() };
     }
     let (fine_w, fine_h) = (width * subdivisions, height * subdivisions);
     let fine: Vec<f32> = (0..fine_w * fine_h)
@@ -126,7 +135,7 @@ fn items_above(scores: &[f32], width: usize, height: usize, threshold: f32, subd
         }
         items.push(Item { cells: item_cells, bounds: region.bounds, score: region.score });
     }
-    Localisation { width, height, items }
+    Localisation { width, height, items, foreground: Vec::new() }
 }
 
 /// A `width` x `height` grid of scores (known at cell centres) read at `(x, y)`, fractions of
@@ -345,7 +354,8 @@ pub fn find_items_tiled(whole: &GridFeatures, tiles: &[(Crop, GridFeatures)], he
             Item { cells: item_cells, bounds: [x0, y0, x1 - x0, y1 - y0], score: region.score }
         })
         .collect();
-    Localisation { width: whole.width, height: whole.height, items }
+    let foreground = (0..cells).map(|c| head.probability(whole.cell(c))).collect();
+    Localisation { width: whole.width, height: whole.height, items, foreground }
 }
 
 /// The items in `photo`, whose whole-photo grid is `whole`: on its [`tiles`] (encoded here)

@@ -626,7 +626,7 @@ impl SearchEngine {
     /// (its main product's, where one was found).
     fn find_products(&self, query: QueryEmbedding, tiles: &[(Crop, crate::encoder::GridFeatures)], photo: Option<(u32, u32)>, pixels: &preprocess::InputPixels) -> EncodedPhoto {
         let (Some(grid), Some((width, height))) = (&query.grid, photo) else {
-            let colour = colour::of_query(pixels, None);
+            let colour = colour::of_query(pixels, None, None);
             return EncodedPhoto { whole: query.embedding, straightened: None, colour, items: Vec::new() };
         };
         let fit = self.encoder.spec().input.fit;
@@ -634,7 +634,11 @@ impl SearchEngine {
             Some(head) if !tiles.is_empty() => localise::find_items_tiled(grid, tiles, head, width, height, fit),
             head => find_items(grid, head.as_ref()),
         };
-        let colour = colour::of_query(pixels, found.main().map(|main| main.bounds));
+        // Where the learned head sees product: the colour is read there (a floor's colours are
+        // discounted wherever they show).
+        let map = found.foreground_map();
+        let foreground = map.as_ref().map(|at| at as colour::Foreground<'_>);
+        let colour = colour::of_query(pixels, found.main().map(|main| main.bounds), foreground);
         let mut items: Vec<FoundItem> = Vec::new();
         for item in found.products() {
             // Items wholly on the padding around a photo are not in the photo.
@@ -642,7 +646,7 @@ impl SearchEngine {
             let detection = Detection { bounds: [on_photo.x, on_photo.y, on_photo.width, on_photo.height], score: item.score };
             // Cropped to the box itself: what `eval --scenes` measures (a margin of a tenth of
             // the box on each side found the product's kind no more often).
-            let colour = colour::of_query(pixels, Some(item.bounds));
+            let colour = colour::of_query(pixels, Some(item.bounds), foreground);
             items.push(FoundItem { detection, crop: on_photo, vector: None, colour });
         }
         EncodedPhoto { whole: query.embedding, straightened: None, colour, items }

@@ -434,6 +434,7 @@ fn the_photo_adapter_is_learned_used_for_photos_and_undone() {
 fn localisation_is_learned_measured_and_undone() {
     let dir = tempfile::tempdir().expect("tempdir");
     let db = copy_catalog(dir.path());
+    assert!(ok(&["info", "--db", path(&db)]).contains("foreground head: - (products in photos are found training-free"));
     let out = lookalike(&["tune", "--db", path(&db), "--localise", "--scenes", "0"]);
     assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("--scenes"), "0 scenes refused");
     let out = lookalike(&["tune", "--db", path(&db), "--localise", "--scenes", "40"]);
@@ -442,6 +443,8 @@ fn localisation_is_learned_measured_and_undone() {
     let conn = rusqlite::Connection::open(&db).expect("open");
     let stored: i64 = conn.query_row("SELECT COUNT(*) FROM foreground", [], |r| r.get(0)).expect("count");
     assert_eq!(stored, 1, "the head is stored in the catalog");
+    let info = ok(&["info", "--db", path(&db)]);
+    assert!(info.contains("foreground head: learned from 40 composed photos, balanced accuracy "), "{info}");
 
     let report = json(&ok(&[
         "eval", "--db", path(&db), "--fashion-mnist", "test", "--queries", "30", "--scenes", "10", "--fashion-mnist-dir", path(&fm_dir()), "--json",
@@ -461,6 +464,7 @@ fn localisation_is_learned_measured_and_undone() {
     ok(&["tune", "--db", path(&db), "--localise", "--off"]);
     let stored: i64 = conn.query_row("SELECT COUNT(*) FROM foreground", [], |r| r.get(0)).expect("count");
     assert_eq!(stored, 0, "--off removes the head");
+    assert!(ok(&["info", "--db", path(&db)]).contains("foreground head: -"));
 }
 
 #[test]

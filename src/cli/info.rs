@@ -31,6 +31,18 @@ pub fn run(args: DbArgs) -> Result<()> {
         (Ok(_), None) => println!("photo adapter: - (run `lookalike tune --adapt` to learn how shoppers' photos differ from catalog shots)"),
         (Err(e), _) => println!("photo adapter: not used: {e:#}"),
     }
+    // Where search looks for the products in a photo (and reads its colour from).
+    match (catalog.foreground_head(), catalog.foreground_head_report()?) {
+        (Ok(Some(_)), Some(report)) => {
+            let learned: serde_json::Value = serde_json::from_str(&report).unwrap_or_default();
+            let scenes = learned["scenes"].as_u64().unwrap_or(0);
+            let accuracy = learned["balanced_accuracy"].as_f64().unwrap_or(f64::NAN);
+            println!("foreground head: learned from {scenes} composed photos, balanced accuracy {accuracy:.3} (drop: lookalike tune --localise --off)");
+        }
+        (Ok(_), Some(_)) => println!("foreground head: learned for another model, not used (run `lookalike tune --localise` again)"),
+        (Ok(_), None) => println!("foreground head: - (products in photos are found training-free; run `lookalike tune --localise` to learn where they are)"),
+        (Err(e), _) => println!("foreground head: not used: {e:#}"),
+    }
     // With the default index options, as `search` and `serve` use them.
     println!("search index: {}", lookalike::store::describe_index(&catalog, &IndexConfig::default())?);
     if let Some(recorded) = catalog.setting(SETTING)?.as_deref().and_then(RecordedBands::from_setting) {

@@ -263,7 +263,7 @@ pub fn of_product(pixels: &InputPixels) -> Option<ColourEstimate> {
 
 /// Where a shopper's photo shows a product: the probability at a point (`x`, `y` fractions of
 /// the pixels' width and height), as the catalog's learned foreground head reads it
-/// ([`crate::localise::Localisation::foreground_at`]).
+/// ([`crate::localise::Localisation::foreground_map`]).
 pub type Foreground<'a> = &'a dyn Fn(f32, f32) -> f32;
 
 /// A shopper's photo's colour, from the model's input pixels, focused on `main` (the main

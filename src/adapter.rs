@@ -152,7 +152,7 @@ fn low_rank(m: ArrayView2<f32>, rank: usize) -> Result<LowRank> {
 
 /// Solves `a x = b` for a symmetric positive definite `a` (`[n, n]`) and `b` (`[n, m]`) by a
 /// Cholesky factorisation `a = l l^T`.
-fn solve_spd(mut a: Array2<f64>, mut b: Array2<f64>) -> Result<Array2<f64>> {
+pub(crate) fn solve_spd(mut a: Array2<f64>, mut b: Array2<f64>) -> Result<Array2<f64>> {
     let n = a.nrows();
     // Factor in place: the lower triangle becomes l.
     for j in 0..n {

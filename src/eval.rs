@@ -180,7 +180,8 @@ pub struct SceneReport {
     pub detection_recall: f64,
     /// Detected boxes that match a placed product.
     pub detection_precision: f64,
-    /// P@10 by label for each placed product, searching with the detected box matched to it (0
+    /// P@10 by label for each placed product, searching with the detected box matched to it,
+    /// cropped with [`crate::localise::ITEM_CROP_MARGIN`] as `items=all` does (0
     /// for a product no box matched).
     pub scene_precision_at_10: f64,
     /// The same, searching with the features pooled over the matched item (no second encode):
@@ -189,6 +190,18 @@ pub struct SceneReport {
     /// P@10 by label for each placed product when the whole photo is searched: what a search
     /// without localisation gives.
     pub whole_photo_precision_at_10: f64,
+    /// Why the products no box matched were not found, as shares of all placed products:
+    /// `merged`, inside a box that also holds most of another placed product; `loose`, the best
+    /// box overlaps it at IoU 0.2-0.5; `missed`, no box near it. Where detection loses.
+    pub unmatched: UnmatchedProducts,
+}
+
+/// The placed products of [`SceneReport`] that no detected box matched, by why.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct UnmatchedProducts {
+    pub merged: f64,
+    pub loose: f64,
+    pub missed: f64,
 }
 
 /// How to run an evaluation.
@@ -624,10 +637,15 @@ fn evaluate_exact(catalog: &SqliteCatalog, methods: &Methods, products: &[crate:
     })
 }
 
+/// The area two `[x, y, w, h]` boxes share.
+fn intersection(a: [f32; 4], b: [f32; 4]) -> f32 {
+    let (ix, iy) = ((a[0] + a[2]).min(b[0] + b[2]) - a[0].max(b[0]), (a[1] + a[3]).min(b[1] + b[3]) - a[1].max(b[1]));
+    ix.max(0.0) * iy.max(0.0)
+}
+
 /// Intersection over union of two `[x, y, w, h]` boxes.
 pub fn iou(a: [f32; 4], b: [f32; 4]) -> f32 {
-    let (ix, iy) = ((a[0] + a[2]).min(b[0] + b[2]) - a[0].max(b[0]), (a[1] + a[3]).min(b[1] + b[3]) - a[1].max(b[1]));
-    let inter = ix.max(0.0) * iy.max(0.0);
+    let inter = intersection(a, b);
     let union = a[2] * a[3] + b[2] * b[3] - inter;
     if union > 0.0 { inter / union } else { 0.0 }
 }
@@ -656,6 +674,18 @@ fn evaluate_scenes(
         })
     };
     let (mut placed_total, mut matched, mut detected_total, mut scene_p10, mut pooled_p10, mut whole_p10) = (0usize, 0usize, 0usize, 0.0f64, 0.0f64, 0.0f64);
+    // Products no box matched: merged with a neighbour, loosely boxed, missed.
+    let mut unmatched = [0usize; 3];
+    // Why the placed product at `placed` was matched by no box: an index into `unmatched`.
+    let unmatched_reason = |placed: [f32; 4], all: &[[f32; 4]], detections: &[[f32; 4]]| -> usize {
+        let covers_most = |det: [f32; 4], b: [f32; 4]| intersection(det, b) >= 0.5 * b[2] * b[3];
+        let best = detections.iter().copied().max_by(|a, b| iou(placed, *a).total_cmp(&iou(placed, *b)));
+        match best {
+            Some(det) if covers_most(det, placed) && all.iter().filter(|b| **b != placed).any(|b| covers_most(det, *b)) => 0,
+            Some(det) if iou(placed, det) >= 0.2 => 1,
+            _ => 2,
+        }
+    };
     let mut next = 0;
     for _ in 0..n {
         let count = rng.random_range(2..=3);
@@ -695,9 +725,13 @@ fn evaluate_scenes(
         }
         for (p, member) in members.iter().enumerate() {
             whole_p10 += precision(&whole, &member.label);
+            if placed_used[p].is_none() {
+                unmatched[unmatched_reason(boxes[p], &boxes, &detections)] += 1;
+            }
             if let Some(d) = placed_used[p] {
                 let [x, y, w, h] = detections[d];
-                let crop = preprocess::Crop::new(x, y, w, h).map_err(anyhow::Error::msg)?;
+                // With a margin, as search crops an item (`items=all`).
+                let crop = preprocess::Crop::new(x, y, w, h).map_err(anyhow::Error::msg)?.grown(crate::localise::ITEM_CROP_MARGIN);
                 let cropped = encoder.encode(&[preprocess::prepare_image(&photo, Some(crop), input)])?.into_iter().next().context("encoder returned nothing")?;
                 scene_p10 += precision(&search(&cropped.vector)?, &member.label);
                 pooled_p10 += precision(&search(&item_vectors[d])?, &member.label);
@@ -716,6 +750,7 @@ fn evaluate_scenes(
         scene_precision_at_10: share(scene_p10, placed_total),
         scene_pooled_precision_at_10: share(pooled_p10, placed_total),
         whole_photo_precision_at_10: share(whole_p10, placed_total),
+        unmatched: UnmatchedProducts { merged: share(unmatched[0] as f64, placed_total), loose: share(unmatched[1] as f64, placed_total), missed: share(unmatched[2] as f64, placed_total) },
     })
 }
 
@@ -761,8 +796,9 @@ impl EvalReport {
         }
         if let Some(s) = &self.scenes {
             out.push_str(&format!(
-                "\nscenes: {} photos, {} products; detection recall {:.3}, precision {:.3}; P@10 with the detected box {:.3} (pooled over the item {:.3}), with the whole photo {:.3}\n",
-                s.scenes, s.products, s.detection_recall, s.detection_precision, s.scene_precision_at_10, s.scene_pooled_precision_at_10, s.whole_photo_precision_at_10
+                "\nscenes: {} photos, {} products; detection recall {:.3}, precision {:.3}; P@10 with the detected box {:.3} (pooled over the item {:.3}), with the whole photo {:.3}\nproducts no box matched: {:.3} merged with a neighbour, {:.3} loosely boxed (IoU 0.2-0.5), {:.3} missed\n",
+                s.scenes, s.products, s.detection_recall, s.detection_precision, s.scene_precision_at_10, s.scene_pooled_precision_at_10, s.whole_photo_precision_at_10,
+                s.unmatched.merged, s.unmatched.loose, s.unmatched.missed
             ));
         }
         if let Some(e) = &self.exact {

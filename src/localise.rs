@@ -24,6 +24,13 @@ pub struct Item {
     pub score: f32,
 }
 
+/// How much of a found item's width and height is added on each side when it is cropped out
+/// to be searched on its own (`items=all`, `eval --scenes`): a garment cut at its box's edge
+/// loses its outline, which the encoder reads. On 1,000 composed scenes (tuned 60,000-product
+/// catalog) P@10 by the item's crop rose 0.812 -> 0.819 with it; 0.2 and 0.3 measured no
+/// better than 0.1 (docs/localisation-study.md).
+pub const ITEM_CROP_MARGIN: f32 = 0.1;
+
 /// Share of a photo's foreground below which an item is not reported as a product: specks of
 /// texture, a corner of a patterned background.
 pub const MIN_ITEM_SCORE: f32 = 0.15;
@@ -76,7 +83,23 @@ pub fn find_items(grid: &GridFeatures, head: Option<&ForegroundHead>) -> Localis
     match head {
         Some(head) => {
             let scores: Vec<f32> = (0..grid.width * grid.height).map(|c| head.probability(grid.cell(c))).collect();
-            Localisation { foreground: scores.clone(), ..items_above(&scores, grid.width, grid.height, FOREGROUND_THRESHOLD, SUBDIVISIONS, true) }
+            let mut found = items_above(&scores, grid.width, grid.height, FOREGROUND_THRESHOLD, SUBDIVISIONS, true);
+            // Boxes from the item's cells' predicted extents, where the head predicts them.
+            for item in &mut found.items {
+                let predictions: Vec<(f32, [f32; 4])> = item
+                    .cells
+                    .iter()
+                    .filter(|&&c| scores[c] >= EXTENT_MIN_PROBABILITY)
+                    .filter_map(|&c| {
+                        let (x, y) = (((c % grid.width) as f32 + 0.5) / grid.width as f32, ((c / grid.width) as f32 + 0.5) / grid.height as f32);
+                        Some((scores[c], head.predicted_box(grid.cell(c), x, y)?))
+                    })
+                    .collect();
+                if let Some(predicted) = box_from_predictions(&predictions) {
+                    item.bounds = mean_box(item.bounds, predicted);
+                }
+            }
+            Localisation { foreground: scores, ..found }
         }
         None => localise(&grid.energy(), grid.width, grid.height),
     }
@@ -259,6 +282,10 @@ fn split_touching(fine: &[f32], width: usize, height: usize, regions: Vec<Region
 /// separate peaks.
 const SPLIT_LEVELS: &[f32] = &[0.7, 0.8, 0.9, 0.95];
 
+/// The learned head's probability above which a cell's predicted box counts towards its
+/// item's ([`ExtentHead`]): the extent is learned on foreground cells only.
+const EXTENT_MIN_PROBABILITY: f32 = 0.5;
+
 /// The learned head's probability above which a point of the photo is on a product. Not
 /// 0.5: the head is trained with the classes weighted equally, and its 0.5 edge lies outside
 /// the product (on 300 composed scenes of a 10,000-product catalog, tiled: detection recall
@@ -336,10 +363,37 @@ pub fn find_items_tiled(whole: &GridFeatures, tiles: &[(Crop, GridFeatures)], he
         .collect();
     let cells = whole.width * whole.height;
     let regions = regions_above(&fine, fine_w, fine_h, FOREGROUND_THRESHOLD);
-    let items = split_touching(&fine, fine_w, fine_h, regions, SUBDIVISIONS * SUBDIVISIONS)
+    let regions = split_touching(&fine, fine_w, fine_h, regions, SUBDIVISIONS * SUBDIVISIONS);
+    // Each region's box as its tile cells predict it (photo fractions), where the head does.
+    let mut owner = vec![usize::MAX; fine_w * fine_h];
+    for (r, region) in regions.iter().enumerate() {
+        for &i in &region.points {
+            owner[i] = r;
+        }
+    }
+    let mut predictions: Vec<Vec<(f32, [f32; 4])>> = vec![Vec::new(); regions.len()];
+    for ((crop, grid), scores) in tiles.iter().zip(&probabilities) {
+        let (view_w, view_h) = (((width as f32 * crop.width).round() as u32).max(1), ((height as f32 * crop.height).round() as u32).max(1));
+        let to_photo = |x: f32, y: f32| {
+            let (vx, vy) = preprocess::input_point_to_photo(x, y, view_w, view_h, fit);
+            (crop.x + vx * crop.width, crop.y + vy * crop.height)
+        };
+        for (c, &p) in scores.iter().enumerate().filter(|(_, &p)| p >= EXTENT_MIN_PROBABILITY) {
+            let (cx, cy) = (((c % grid.width) as f32 + 0.5) / grid.width as f32, ((c / grid.width) as f32 + 0.5) / grid.height as f32);
+            let (px, py) = to_photo(cx, cy);
+            let at = ((py * fine_h as f32) as usize).min(fine_h - 1) * fine_w + ((px * fine_w as f32) as usize).min(fine_w - 1);
+            let Some(region) = owner.get(at).copied().filter(|&r| r != usize::MAX) else { continue };
+            if let Some([l, t, r, b]) = head.predicted_box(grid.cell(c), cx, cy) {
+                let ((x0, y0), (x1, y1)) = (to_photo(l, t), to_photo(r, b));
+                predictions[region].push((p, [x0, y0, x1, y1]));
+            }
+        }
+    }
+    let items = regions
         .into_iter()
-        .map(|region| {
-            let [x, y, bw, bh] = region.bounds;
+        .zip(&predictions)
+        .map(|(region, predicted)| {
+            let [x, y, bw, bh] = box_from_predictions(predicted).map_or(region.bounds, |predicted| mean_box(region.bounds, predicted));
             let (x0, y0) = preprocess::photo_point_to_input(x, y, width, height, fit);
             let (x1, y1) = preprocess::photo_point_to_input(x + bw, y + bh, width, height, fit);
             // The whole photo's cells whose centres lie in the box (pooled over by eval's
@@ -381,7 +435,8 @@ pub fn tile_inputs(photo: &image::DynamicImage, input: &InputSpec) -> Vec<(Crop,
 }
 
 /// A per-cell logistic regression on standardised features: the probability that a grid cell
-/// shows a product rather than background.
+/// shows a product rather than background; and, when learned, where that product's edges are
+/// ([`ExtentHead`]).
 #[derive(Debug, Clone, PartialEq)]
 pub struct ForegroundHead {
     /// Per-channel mean and 1/std of the training cells' features.
@@ -389,6 +444,27 @@ pub struct ForegroundHead {
     pub inv_std: Vec<f32>,
     pub weights: Vec<f32>,
     pub bias: f32,
+    /// Where the product's box lies around a foreground cell; `None` in heads learned before it
+    /// existed (their boxes come from the probabilities alone).
+    pub extent: Option<ExtentHead>,
+}
+
+/// Where a product's edges are, seen from one of its grid cells: the distances from the cell's
+/// centre to the left, top, right and bottom of the product's box, as fractions of the model's
+/// input. A linear map (ridge regression) on the same standardised features as the foreground
+/// probability, learned on the foreground cells of the composed photos, as a one-stage
+/// detector's box head is.
+///
+/// Why: a 7x7 grid is too coarse to draw boxes from where the probability crosses a threshold.
+/// A cell is a seventh of the view, the map is blurred by about a cell, and boxes come out
+/// squarer than the product: a trouser too wide, a sandal too tall. Each cell's features
+/// carry what the product is and where it sits in the cell's view, so they tell its extent
+/// better than the map's edge does.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExtentHead {
+    /// One row of `channels` weights for each of left, top, right, bottom.
+    pub weights: Vec<f32>,
+    pub bias: [f32; 4],
 }
 
 impl ForegroundHead {
@@ -398,15 +474,28 @@ impl ForegroundHead {
         1.0 / (1.0 + (-z).exp())
     }
 
+    /// The box of the product that a foreground cell centred at (`x`, `y`) (fractions of the
+    /// model's input) shows, predicted from its feature: `[left, top, right, bottom]` edges as
+    /// fractions of the input. `None` without an [`ExtentHead`].
+    pub fn predicted_box(&self, feature: &[f32], x: f32, y: f32) -> Option<[f32; 4]> {
+        let extent = self.extent.as_ref()?;
+        let channels = self.weights.len();
+        let standardised: Vec<f32> = feature.iter().zip(&self.mean).zip(&self.inv_std).map(|((x, m), s)| (x - m) * s).collect();
+        let reach: Vec<f32> = (0..4).map(|edge| (crate::index::kernels::dot(&standardised, &extent.weights[edge * channels..(edge + 1) * channels]) + extent.bias[edge]).max(0.0)).collect();
+        Some([x - reach[0], y - reach[1], x + reach[2], y + reach[3]])
+    }
+
     pub fn channels(&self) -> usize {
         self.weights.len()
     }
 
-    /// Little-endian f32: channel count, then mean, 1/std, weights, bias.
+    /// Little-endian f32: channel count, then mean, 1/std, weights, bias; then, when learned,
+    /// the extent head's four weight rows and four biases.
     pub fn to_bytes(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(4 * (2 + 3 * self.weights.len()));
+        let mut out = Vec::with_capacity(4 * (2 + 7 * self.weights.len() + 4));
         out.extend((self.weights.len() as f32).to_le_bytes());
-        for v in self.mean.iter().chain(&self.inv_std).chain(&self.weights).chain(std::iter::once(&self.bias)) {
+        let extent = self.extent.iter().flat_map(|e| e.weights.iter().chain(&e.bias));
+        for v in self.mean.iter().chain(&self.inv_std).chain(&self.weights).chain(std::iter::once(&self.bias)).chain(extent) {
             out.extend(v.to_le_bytes());
         }
         out
@@ -416,9 +505,51 @@ impl ForegroundHead {
         ensure!(bytes.len().is_multiple_of(4) && bytes.len() >= 8, "the foreground head is damaged (size {})", bytes.len());
         let floats: Vec<f32> = bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
         let n = floats[0] as usize;
-        ensure!(floats.len() == 2 + 3 * n, "the foreground head is damaged ({} values for {n} channels)", floats.len());
-        Ok(ForegroundHead { mean: floats[1..1 + n].to_vec(), inv_std: floats[1 + n..1 + 2 * n].to_vec(), weights: floats[1 + 2 * n..1 + 3 * n].to_vec(), bias: floats[1 + 3 * n] })
+        let (plain, with_extent) = (2 + 3 * n, 2 + 7 * n + 4);
+        ensure!(floats.len() == plain || floats.len() == with_extent, "the foreground head is damaged ({} values for {n} channels)", floats.len());
+        let extent = (floats.len() == with_extent).then(|| ExtentHead { weights: floats[plain..plain + 4 * n].to_vec(), bias: [0, 1, 2, 3].map(|i| floats[plain + 4 * n + i]) });
+        Ok(ForegroundHead { mean: floats[1..1 + n].to_vec(), inv_std: floats[1 + n..1 + 2 * n].to_vec(), weights: floats[1 + 2 * n..1 + 3 * n].to_vec(), bias: floats[1 + 3 * n], extent })
     }
+}
+
+/// The box halfway between where the foreground map crosses its threshold (`traced`) and where
+/// the item's cells predict the product's edges (`predicted`), both `[x, y, w, h]` fractions
+/// of the same frame, clamped to it.
+///
+/// Why both: their errors differ. The traced box is blurred by the coarse map towards a square
+/// (a trouser's too wide, a sandal's too tall); the predicted one is noisier (0.09 of the
+/// view per edge on held-out cells). On 300 composed scenes of 2-3 products (tuned 60,000-product
+/// catalog) detection recall was 0.885 traced, 0.864 predicted, 0.928 halfway; anywhere from
+/// 0.4 to 0.6 of the way measured the same (docs/localisation-study.md).
+fn mean_box(traced: [f32; 4], predicted: [f32; 4]) -> [f32; 4] {
+    let edges = |b: [f32; 4]| [b[0], b[1], b[0] + b[2], b[1] + b[3]];
+    let (a, b) = (edges(traced), edges(predicted));
+    let [x0, y0, x1, y1] = [0, 1, 2, 3].map(|e| ((a[e] + b[e]) / 2.0).clamp(0.0, 1.0));
+    [x0, y0, (x1 - x0).max(0.0), (y1 - y0).max(0.0)]
+}
+
+/// One product's box from its cells' predictions (`[left, top, right, bottom]` each, weighted):
+/// the weighted median of each edge, so one cell that sees a neighbour's product does not pull
+/// the box. As `[x, y, w, h]`; `None` without predictions.
+fn box_from_predictions(predictions: &[(f32, [f32; 4])]) -> Option<[f32; 4]> {
+    let total: f32 = predictions.iter().map(|(w, _)| w).sum();
+    if predictions.is_empty() || total <= 0.0 {
+        return None;
+    }
+    let edge = |e: usize| {
+        let mut values: Vec<(f32, f32)> = predictions.iter().map(|(w, b)| (b[e], *w)).collect();
+        values.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let mut seen = 0.0;
+        for (v, w) in &values {
+            seen += w;
+            if seen >= total / 2.0 {
+                return *v;
+            }
+        }
+        values.last().map_or(0.0, |v| v.0)
+    };
+    let [l, t, r, b] = [edge(0), edge(1), edge(2), edge(3)];
+    (r > l && b > t).then_some([l, t, r - l, b - t])
 }
 
 #[cfg(test)]
@@ -459,11 +590,74 @@ mod tests {
 
     #[test]
     fn a_head_round_trips_through_bytes() {
-        let head = ForegroundHead { mean: vec![0.5, 1.0], inv_std: vec![2.0, 1.0], weights: vec![1.5, -0.5], bias: 0.25 };
+        let head = ForegroundHead { mean: vec![0.5, 1.0], inv_std: vec![2.0, 1.0], weights: vec![1.5, -0.5], bias: 0.25, extent: None };
         assert_eq!(ForegroundHead::from_bytes(&head.to_bytes()).expect("read back"), head);
         assert!(ForegroundHead::from_bytes(&head.to_bytes()[..10]).is_err());
         // z = (1 - 0.5) * 2 * 1.5 + (1 - 1) * 1 * -0.5 + 0.25 = 1.75
         assert!((head.probability(&[1.0, 1.0]) - 1.0 / (1.0 + (-1.75f32).exp())).abs() < 1e-6);
+        assert_eq!(head.predicted_box(&[1.0, 1.0], 0.5, 0.5), None, "no extent head, no predicted box");
+
+        // With an extent head; the plain layout (heads learned before it) still reads.
+        let with_extent = ForegroundHead { extent: Some(ExtentHead { weights: vec![0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8], bias: [0.1, 0.2, 0.3, 0.4] }), ..head.clone() };
+        assert_eq!(ForegroundHead::from_bytes(&with_extent.to_bytes()).expect("read back"), with_extent);
+        assert_eq!(ForegroundHead::from_bytes(&head.to_bytes()).expect("read back").extent, None);
+        assert!(ForegroundHead::from_bytes(&with_extent.to_bytes()[..with_extent.to_bytes().len() - 4]).is_err());
+        // Standardised (1, 0): left reaches 0.1 * 1 + 0.2 * 0 + 0.1 = 0.2 from the centre, right 0.5 + 0.3 = 0.8.
+        let [l, t, r, b] = with_extent.predicted_box(&[1.0, 1.0], 0.5, 0.5).expect("a box");
+        assert!((l - 0.3).abs() < 1e-6 && (t - 0.0).abs() < 1e-6 && (r - 1.3).abs() < 1e-6 && (b - 1.6).abs() < 1e-6, "{l} {t} {r} {b}");
+    }
+
+    /// A head reading a cell's logit from channel 0 and, from channels 1-4, how far the
+    /// product's left, top, right and bottom edges are from the cell's centre.
+    fn head_with_extent() -> ForegroundHead {
+        let mut weights = vec![0.0; 20];
+        for edge in 0..4 {
+            weights[edge * 5 + 1 + edge] = 1.0;
+        }
+        let mut head = ForegroundHead { mean: vec![0.0; 5], inv_std: vec![1.0; 5], weights: vec![1.0, 0.0, 0.0, 0.0, 0.0], bias: 0.0, extent: None };
+        head.extent = Some(ExtentHead { weights, bias: [0.0; 4] });
+        head
+    }
+
+    /// A 7x7 grid of cells that see `product` (`[x, y, w, h]` fractions of the grid): logit +4
+    /// on it and on the ring of cells around it (the coarse map's blur), -4 elsewhere, and the
+    /// distances from each cell's centre to the product's edges.
+    fn grid_seeing(product: [f32; 4]) -> GridFeatures {
+        let [x0, y0, x1, y1] = [product[0], product[1], product[0] + product[2], product[1] + product[3]];
+        let mut data = Vec::new();
+        for cell in 0..49 {
+            let (x, y) = (((cell % 7) as f32 + 0.5) / 7.0, ((cell / 7) as f32 + 0.5) / 7.0);
+            let near = x > x0 - 1.0 / 7.0 && x < x1 + 1.0 / 7.0 && y > y0 - 1.0 / 7.0 && y < y1 + 1.0 / 7.0;
+            data.extend([if near { 4.0 } else { -4.0 }, x - x0, y - y0, x1 - x, y1 - y]);
+        }
+        GridFeatures { width: 7, height: 7, channels: 5, data, pooling: crate::model::Pooling::Gem { p: 3.0 } }
+    }
+
+    #[test]
+    fn the_cells_predicted_edges_pull_a_blurred_box_onto_the_product() {
+        // A thin product (a trouser): a seventh of the width, half the height. The map is
+        // blurred by a cell around it, so the traced box is far too wide.
+        let product = [3.0 / 7.0, 0.25, 1.0 / 7.0, 0.5];
+        let grid = grid_seeing(product);
+        let traced = find_items(&grid, Some(&ForegroundHead { extent: None, ..head_with_extent() }));
+        let refined = find_items(&grid, Some(&head_with_extent()));
+        let (traced, refined) = (traced.main().expect("found").bounds, refined.main().expect("found").bounds);
+        assert!(iou(product, traced) < 0.3, "the traced box alone is far too wide: {traced:?}");
+        assert!(iou(product, refined) > iou(product, traced) + 0.15, "halfway to the exact prediction: {refined:?}");
+        for e in 0..4 {
+            let edge = |b: [f32; 4]| [b[0], b[1], b[0] + b[2], b[1] + b[3]][e];
+            assert!((edge(refined) - (edge(traced) + edge(product)) / 2.0).abs() < 1e-5, "edge {e}: {refined:?} {traced:?}");
+        }
+    }
+
+    #[test]
+    fn the_middle_prediction_wins_over_a_stray_cell() {
+        let votes = [(1.0, [0.2, 0.2, 0.4, 0.8]), (1.0, [0.21, 0.19, 0.41, 0.79]), (0.9, [0.9, 0.0, 1.0, 1.0])];
+        let [x, y, w, h] = box_from_predictions(&votes).expect("a box");
+        assert!((x - 0.21).abs() < 1e-6 && (y - 0.19).abs() < 1e-6 && (x + w - 0.41).abs() < 1e-6 && (y + h - 0.8).abs() < 1e-6, "{x} {y} {w} {h}");
+        assert_eq!(box_from_predictions(&[]), None);
+        assert_eq!(box_from_predictions(&[(1.0, [0.5, 0.5, 0.4, 0.6])]), None, "an inside-out box is no box");
+        assert_eq!(mean_box([0.0, 0.0, 0.4, 0.4], [0.2, 0.2, 0.4, 0.4]), [0.1, 0.1, 0.4, 0.4]);
     }
 
     #[test]
@@ -483,7 +677,7 @@ mod tests {
     /// A head that reads a cell's first channel as its logit (after standardising with mean 0
     /// and scale 1): a feature of +4 is foreground (p 0.98), -4 background (p 0.02).
     fn first_channel_head() -> ForegroundHead {
-        ForegroundHead { mean: vec![0.0, 0.0], inv_std: vec![1.0, 1.0], weights: vec![1.0, 0.0], bias: 0.0 }
+        ForegroundHead { mean: vec![0.0, 0.0], inv_std: vec![1.0, 1.0], weights: vec![1.0, 0.0], bias: 0.0, extent: None }
     }
 
     /// A 7x7 grid whose cells' first channel is `logit(x, y)` at the cell centre (fractions).

@@ -356,6 +356,14 @@ impl Crop {
         Ok(Crop { x, y, width: width.min(1.0 - x), height: height.min(1.0 - y) })
     }
 
+    /// The box grown by `fraction` of its own width and height on every side, clamped to the
+    /// image.
+    pub fn grown(&self, fraction: f32) -> Crop {
+        let (x0, y0) = ((self.x - fraction * self.width).max(0.0), (self.y - fraction * self.height).max(0.0));
+        let (x1, y1) = ((self.x + self.width * (1.0 + fraction)).min(1.0), (self.y + self.height * (1.0 + fraction)).min(1.0));
+        Crop { x: x0, y: y0, width: x1 - x0, height: y1 - y0 }
+    }
+
     /// Parses `x,y,w,h` (fractions 0..1 of the image).
     pub fn parse(text: &str) -> Result<Crop, String> {
         let parts: Vec<&str> = text.split(',').map(str::trim).collect();

@@ -644,10 +644,9 @@ impl SearchEngine {
             // Items wholly on the padding around a photo are not in the photo.
             let Some(on_photo) = preprocess::input_box_to_crop(item.bounds, 0.0, width, height, fit) else { continue };
             let detection = Detection { bounds: [on_photo.x, on_photo.y, on_photo.width, on_photo.height], score: item.score };
-            // Cropped to the box itself: what `eval --scenes` measures (a margin of a tenth of
-            // the box on each side found the product's kind no more often).
+            // Searched with a margin around its box: what `eval --scenes` measures.
             let colour = colour::of_query(pixels, Some(item.bounds), foreground);
-            items.push(FoundItem { detection, crop: on_photo, vector: None, colour });
+            items.push(FoundItem { detection, crop: on_photo.grown(localise::ITEM_CROP_MARGIN), vector: None, colour });
         }
         EncodedPhoto { whole: query.embedding, straightened: None, colour, items }
     }

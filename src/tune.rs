@@ -543,6 +543,10 @@ pub struct ForegroundReport {
     pub epochs: usize,
     /// Cells classified right (0.5 threshold) on the training cells, balanced over the classes.
     pub balanced_accuracy: f64,
+    /// Mean distance between a foreground cell's predicted box edges and its product's, as a
+    /// fraction of the model's input, on the last fifth of the photos (held out while choosing
+    /// the ridge).
+    pub extent_error: f64,
     pub seconds: f64,
 }
 
@@ -559,6 +563,8 @@ pub fn train_foreground(catalog: &SqliteCatalog, encoder: &dyn crate::encoder::E
     let input = &encoder.spec().input;
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ 0xF0E6_A0D5);
     let (mut rows, mut labels, mut channels) = (Vec::new(), Vec::new(), 0);
+    // Foreground cells (their index in `labels`) and their product's box edges around them.
+    let mut extents: Vec<(usize, [f32; 4])> = Vec::new();
     for chunk_start in (0..scenes).step_by(16) {
         let mut photos = Vec::new();
         for _ in chunk_start..(chunk_start + 16).min(scenes) {
@@ -590,9 +596,16 @@ pub fn train_foreground(catalog: &SqliteCatalog, encoder: &dyn crate::encoder::E
                 let (cx, cy) = (((cell % grid.width) as f32 + 0.5) / grid.width as f32, ((cell / grid.width) as f32 + 0.5) / grid.height as f32);
                 let (vx, vy) = crate::preprocess::input_point_to_photo(cx, cy, view_w, view_h, input.fit);
                 let (px, py) = (crop.x + vx * crop.width, crop.y + vy * crop.height);
-                let inside = boxes.iter().any(|b| px >= b[0] && px <= b[0] + b[2] && py >= b[1] && py <= b[1] + b[3]);
+                // The smallest placed box the cell's centre lies in (products may overlap).
+                let inside = boxes.iter().filter(|b| px >= b[0] && px <= b[0] + b[2] && py >= b[1] && py <= b[1] + b[3]).min_by(|a, b| (a[2] * a[3]).total_cmp(&(b[2] * b[3])));
                 rows.extend_from_slice(grid.cell(cell));
-                labels.push(if inside { 1.0f32 } else { 0.0 });
+                labels.push(if inside.is_some() { 1.0f32 } else { 0.0 });
+                if let Some(b) = inside {
+                    // The box's edges on this view's model input, seen from the cell's centre.
+                    let to_input = |x: f32, y: f32| crate::preprocess::photo_point_to_input((x - crop.x) / crop.width, (y - crop.y) / crop.height, view_w, view_h, input.fit);
+                    let ((x0, y0), (x1, y1)) = (to_input(b[0], b[1]), to_input(b[0] + b[2], b[1] + b[3]));
+                    extents.push((labels.len() - 1, [cx - x0, cy - y0, x1 - cx, y1 - cy]));
+                }
             }
         }
     }
@@ -664,9 +677,68 @@ pub fn train_foreground(catalog: &SqliteCatalog, encoder: &dyn crate::encoder::E
         }
     }
     let balanced_accuracy = 0.5 * (right_pos / positives + right_neg / (n as f64 - positives));
-    let head = ForegroundHead { mean: mean.to_vec(), inv_std: std.to_vec(), weights: w.to_vec(), bias: b };
-    let report = ForegroundReport { scenes, cells: n, foreground_share: positives / n as f64, epochs, balanced_accuracy, seconds: started.elapsed().as_secs_f64() };
+    let (extent, extent_error) = train_extent(xs.view(), &extents)?;
+    let head = ForegroundHead { mean: mean.to_vec(), inv_std: std.to_vec(), weights: w.to_vec(), bias: b, extent: Some(extent) };
+    let report = ForegroundReport {
+        scenes,
+        cells: n,
+        foreground_share: positives / n as f64,
+        epochs,
+        balanced_accuracy,
+        extent_error,
+        seconds: started.elapsed().as_secs_f64(),
+    };
     Ok((head, report))
+}
+
+/// Ridge strengths tried for the [`crate::localise::ExtentHead`], as fractions of the features'
+/// mean variance; the one with the least held-out error is kept.
+const EXTENT_RIDGES: &[f64] = &[0.01, 0.1, 1.0];
+
+/// Fits the [`crate::localise::ExtentHead`]: ridge regression from a foreground cell's
+/// standardised features (`features`, all cells) to its product's box edges around it
+/// (`extents`: cell index, `[left, top, right, bottom]` distances). The ridge is chosen on the
+/// last fifth of the cells (later photos), then the head refitted on all. Returns it with its
+/// held-out mean error per edge.
+fn train_extent(features: ArrayView2<f32>, extents: &[(usize, [f32; 4])]) -> Result<(crate::localise::ExtentHead, f64)> {
+    ensure!(extents.len() >= 10, "too few foreground cells to learn the products' extents from");
+    let channels = features.ncols();
+    let fit = |cells: &[(usize, [f32; 4])], ridge: f64| -> Result<(Array2<f64>, [f64; 4])> {
+        let x = Array2::from_shape_fn((cells.len(), channels), |(r, c)| f64::from(features[[cells[r].0, c]]));
+        let y = Array2::from_shape_fn((cells.len(), 4), |(r, e)| f64::from(cells[r].1[e]));
+        let (x_mean, y_mean) = (x.mean_axis(Axis(0)).context("feature means")?, y.mean_axis(Axis(0)).context("extent means")?);
+        let (xc, yc) = (&x - &x_mean, &y - &y_mean);
+        let mut gram = xc.t().dot(&xc);
+        let strength = ridge * gram.diag().sum() / channels as f64;
+        gram.diag_mut().mapv_inplace(|d| d + strength);
+        let w = crate::adapter::solve_spd(gram, xc.t().dot(&yc))?;
+        let bias = y_mean - x_mean.dot(&w);
+        Ok((w, [bias[0], bias[1], bias[2], bias[3]]))
+    };
+    let error = |w: &Array2<f64>, bias: &[f64; 4], cells: &[(usize, [f32; 4])]| -> f64 {
+        let mut sum = 0.0;
+        for (cell, truth) in cells {
+            let row = features.row(*cell).mapv(f64::from);
+            for e in 0..4 {
+                sum += ((row.dot(&w.column(e)) + bias[e]).max(0.0) - f64::from(truth[e])).abs();
+            }
+        }
+        sum / (4 * cells.len().max(1)) as f64
+    };
+    let split = extents.len() * 4 / 5;
+    let (train, held_out) = extents.split_at(split);
+    let mut best = (f64::INFINITY, EXTENT_RIDGES[0]);
+    for &ridge in EXTENT_RIDGES {
+        let (w, bias) = fit(train, ridge)?;
+        let e = error(&w, &bias, held_out);
+        tracing::info!("extent head, ridge {ridge}: held-out error {e:.4}");
+        if e < best.0 {
+            best = (e, ridge);
+        }
+    }
+    let (w, bias) = fit(extents, best.1)?;
+    let weights = (0..4).flat_map(|e| w.column(e).iter().map(|&v| v as f32).collect::<Vec<_>>()).collect();
+    Ok((crate::localise::ExtentHead { weights, bias: bias.map(|b| b as f32) }, best.0))
 }
 
 #[cfg(test)]
@@ -799,6 +871,25 @@ mod tests {
             assert!(v.iter().zip(batch.row(0)).all(|(a, b)| (a - b).abs() < 1e-5), "single and batched projection agree");
             assert!(Projection::from_weights("toy", 16, hidden, 5, &proj.weights_bytes()).is_err());
         }
+        Ok(())
+    }
+
+    #[test]
+    fn the_extent_head_learns_box_edges_that_the_features_carry() -> Result<()> {
+        // Each cell's edges are a linear function of its features, plus a little noise.
+        let (cells, channels) = (600, 12);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+        let features = Array2::from_shape_fn((cells, channels), |_| rng.random_range(-1.0f32..1.0));
+        let extents: Vec<(usize, [f32; 4])> = (0..cells)
+            .map(|i| {
+                let f = features.row(i);
+                (i, [0.3 + 0.1 * f[0], 0.2 + 0.05 * f[1] - 0.05 * f[2], 0.25 + 0.1 * f[3], 0.3 + 0.02 * rng.random_range(-1.0f32..1.0)])
+            })
+            .collect();
+        let (head, error) = train_extent(features.view(), &extents)?;
+        assert!(error < 0.01, "held-out error {error}");
+        assert!((head.weights[0] - 0.1).abs() < 0.01 && (head.weights[2 * channels + 3] - 0.1).abs() < 0.01, "{:?}", &head.weights[..4]);
+        assert!(train_extent(features.view(), &extents[..5]).is_err(), "too few cells");
         Ok(())
     }
 

@@ -457,6 +457,10 @@ fn localisation_is_learned_measured_and_undone() {
         let v = scenes[key].as_f64().unwrap_or(-1.0);
         assert!((0.0..=1.0).contains(&v), "{key} = {v}");
     }
+    // Every placed product is either matched or lost for one reason.
+    let lost: f64 = ["merged", "loose", "missed"].iter().map(|k| scenes["unmatched"][k].as_f64().unwrap_or(-1.0)).sum();
+    let recall = scenes["detection_recall"].as_f64().unwrap_or(-1.0);
+    assert!((recall + lost - 1.0).abs() < 1e-9, "recall {recall} + unmatched {lost}: {scenes}");
     for method in ["lookalike", "lookalike_item", "lookalike_item_crop", "original_recipe", "raw_pixels"] {
         assert!(report["methods"][method]["precision_at_10"].is_number(), "{method} reported");
     }

@@ -27,7 +27,7 @@ pub struct Item {
 /// How much of a found item's width and height is added on each side when it is cropped out
 /// to be searched on its own (`items=all`, `eval --scenes`): a garment cut at its box's edge
 /// loses its outline, which the encoder reads. On 1,000 composed scenes (tuned 60,000-product
-/// catalog) P@10 by the item's crop rose 0.812 -> 0.819 with it; 0.2 and 0.3 measured no
+/// catalog) P@10 by the item's crop rose 0.808 -> 0.820 with it; 0.2 and 0.3 measured no
 /// better than 0.1 (docs/localisation-study.md).
 pub const ITEM_CROP_MARGIN: f32 = 0.1;
 
@@ -458,8 +458,9 @@ pub struct ForegroundHead {
 /// Why: a 7x7 grid is too coarse to draw boxes from where the probability crosses a threshold.
 /// A cell is a seventh of the view, the map is blurred by about a cell, and boxes come out
 /// squarer than the product: a trouser too wide, a sandal too tall. Each cell's features
-/// carry what the product is and where it sits in the cell's view, so they tell its extent
-/// better than the map's edge does.
+/// carry what the product is and where it sits in the cell's view: evidence about its extent
+/// that the map's edge lacks, with other errors, so an item's box is taken halfway between
+/// the two ([`mean_box`]).
 #[derive(Debug, Clone, PartialEq)]
 pub struct ExtentHead {
     /// One row of `channels` weights for each of left, top, right, bottom.

@@ -695,6 +695,9 @@ pub fn train_foreground(catalog: &SqliteCatalog, encoder: &dyn crate::encoder::E
 /// mean variance; the one with the least held-out error is kept.
 const EXTENT_RIDGES: &[f64] = &[0.01, 0.1, 1.0];
 
+/// Centred least squares in normal form: `XᵀX`, `XᵀY`, and the means of `X` and `Y`.
+type NormalEquations = (Array2<f64>, Array2<f64>, Array1<f64>, Array1<f64>);
+
 /// Fits the [`crate::localise::ExtentHead`]: ridge regression from a foreground cell's
 /// standardised features (`features`, all cells) to its product's box edges around it
 /// (`extents`: cell index, `[left, top, right, bottom]` distances). The ridge is chosen on the
@@ -703,16 +706,22 @@ const EXTENT_RIDGES: &[f64] = &[0.01, 0.1, 1.0];
 fn train_extent(features: ArrayView2<f32>, extents: &[(usize, [f32; 4])]) -> Result<(crate::localise::ExtentHead, f64)> {
     ensure!(extents.len() >= 10, "too few foreground cells to learn the products' extents from");
     let channels = features.ncols();
-    let fit = |cells: &[(usize, [f32; 4])], ridge: f64| -> Result<(Array2<f64>, [f64; 4])> {
-        let x = Array2::from_shape_fn((cells.len(), channels), |(r, c)| f64::from(features[[cells[r].0, c]]));
-        let y = Array2::from_shape_fn((cells.len(), 4), |(r, e)| f64::from(cells[r].1[e]));
+    // The centred normal equations of a set of cells, computed once per set: each ridge only
+    // adds to the diagonal.
+    let normal_equations = |cells: &[(usize, [f32; 4])]| -> Result<NormalEquations> {
+        let mut x = Array2::from_shape_fn((cells.len(), channels), |(r, c)| f64::from(features[[cells[r].0, c]]));
+        let mut y = Array2::from_shape_fn((cells.len(), 4), |(r, e)| f64::from(cells[r].1[e]));
         let (x_mean, y_mean) = (x.mean_axis(Axis(0)).context("feature means")?, y.mean_axis(Axis(0)).context("extent means")?);
-        let (xc, yc) = (&x - &x_mean, &y - &y_mean);
-        let mut gram = xc.t().dot(&xc);
+        x -= &x_mean;
+        y -= &y_mean;
+        Ok((x.t().dot(&x), x.t().dot(&y), x_mean, y_mean))
+    };
+    let solve = |(gram, xty, x_mean, y_mean): &NormalEquations, ridge: f64| -> Result<(Array2<f64>, [f64; 4])> {
+        let mut gram = gram.clone();
         let strength = ridge * gram.diag().sum() / channels as f64;
         gram.diag_mut().mapv_inplace(|d| d + strength);
-        let w = crate::adapter::solve_spd(gram, xc.t().dot(&yc))?;
-        let bias = y_mean - x_mean.dot(&w);
+        let w = crate::adapter::solve_spd(gram, xty.clone())?;
+        let bias = y_mean - &x_mean.dot(&w);
         Ok((w, [bias[0], bias[1], bias[2], bias[3]]))
     };
     let error = |w: &Array2<f64>, bias: &[f64; 4], cells: &[(usize, [f32; 4])]| -> f64 {
@@ -728,15 +737,16 @@ fn train_extent(features: ArrayView2<f32>, extents: &[(usize, [f32; 4])]) -> Res
     let split = extents.len() * 4 / 5;
     let (train, held_out) = extents.split_at(split);
     let mut best = (f64::INFINITY, EXTENT_RIDGES[0]);
+    let train = normal_equations(train)?;
     for &ridge in EXTENT_RIDGES {
-        let (w, bias) = fit(train, ridge)?;
+        let (w, bias) = solve(&train, ridge)?;
         let e = error(&w, &bias, held_out);
         tracing::info!("extent head, ridge {ridge}: held-out error {e:.4}");
         if e < best.0 {
             best = (e, ridge);
         }
     }
-    let (w, bias) = fit(extents, best.1)?;
+    let (w, bias) = solve(&normal_equations(extents)?, best.1)?;
     let weights = (0..4).flat_map(|e| w.column(e).iter().map(|&v| v as f32).collect::<Vec<_>>()).collect();
     Ok((crate::localise::ExtentHead { weights, bias: bias.map(|b| b as f32) }, best.0))
 }

@@ -538,13 +538,22 @@ impl Methods<'_> {
         // A lookalike row's top K, colour and kind treated as search treats them.
         let search_kind = |index: &dyn VectorIndex, vector: &[f32], kinds: Option<&KindTable>| -> Result<Vec<crate::index::Hit>> {
             let pool = if kinds.is_some() { kind::CANDIDATES } else { K };
+            // As search: the kind is voted on by the shape ranking, before colour blends in.
+            let mut shape_best: Vec<crate::index::Hit> = Vec::new();
+            let mut by_shape = |n: usize, allowed: Option<&crate::index::Allowed>| -> Result<Vec<crate::index::Hit>> {
+                let hits = index.search(vector, n, allowed)?;
+                if shape_best.is_empty() {
+                    shape_best = hits.iter().take(kind::VOTERS).copied().collect();
+                }
+                Ok(hits)
+            };
             let hits = match (&self.colour, &query_colour) {
-                (ColourMode::Match, Some(q)) => colour::search_matching(self.colour_weight, K, |n| index.search(vector, n, None), |hits, weight| Ok(self.colours.rerank(hits, q, weight)))?,
-                (ColourMode::Named(name), _) => index.search(vector, pool, Some(&self.colours.keys_named(name)))?,
-                _ => index.search(vector, pool, None)?,
+                (ColourMode::Match, Some(q)) => colour::search_matching(self.colour_weight, K, |n| by_shape(n, None), |hits, weight| Ok(self.colours.rerank(hits, q, weight)))?,
+                (ColourMode::Named(name), _) => by_shape(pool, Some(&self.colours.keys_named(name)))?,
+                _ => by_shape(pool, None)?,
             };
             Ok(match kinds {
-                Some(kinds) => kinds.rerank_with(hits, self.kind_weight),
+                Some(kinds) => kinds.rerank_by(hits, kinds.votes(&shape_best).as_ref(), self.kind_weight),
                 None => hits,
             }
             .into_iter()

@@ -113,15 +113,24 @@ impl KindTable {
 
     /// [`KindTable::rerank`] with another weight than [`WEIGHT`] (`eval --kind-weight`, to
     /// choose it).
-    pub fn rerank_with(&self, mut hits: Vec<Hit>, weight: f32) -> Vec<Hit> {
+    pub fn rerank_with(&self, hits: Vec<Hit>, weight: f32) -> Vec<Hit> {
+        let votes = self.votes(&hits);
+        self.rerank_by(hits, votes.as_ref(), weight)
+    }
+
+    /// What the [`VOTERS`] best of `hits` (any order) say the photo shows: each kind's share
+    /// of their votes, a vote weighted by how close its match is to the best. `None` when
+    /// there is nothing to agree on.
+    pub fn votes(&self, hits: &[Hit]) -> Option<KindVotes> {
         if !self.has_kinds() || hits.len() < 2 {
-            return hits;
+            return None;
         }
-        hits.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.key.cmp(&b.key)));
-        let best = hits[0].score;
+        let mut voters: Vec<&Hit> = hits.iter().collect();
+        voters.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.key.cmp(&b.key)));
+        let best = voters[0].score;
         let mut votes: HashMap<u32, f32> = HashMap::new();
         let mut total = 0.0f32;
-        for hit in hits.iter().take(VOTERS) {
+        for hit in voters.into_iter().take(VOTERS) {
             let weight = ((hit.score - best) / TEMPERATURE).exp();
             total += weight;
             if let Some(kind) = self.by_key.get(&hit.key) {
@@ -129,11 +138,21 @@ impl KindTable {
             }
         }
         if total <= 0.0 || !total.is_finite() {
-            return hits;
+            return None;
         }
+        votes.values_mut().for_each(|v| *v /= total);
+        Some(KindVotes { shares: votes })
+    }
+
+    /// `hits` (any order) ordered by score plus `weight` times their kind's share of `votes`
+    /// (from [`KindTable::votes`], on these hits or on another ranking of the same photo: a
+    /// colour-matched search votes with its shape ranking, where the kind shows best).
+    pub fn rerank_by(&self, mut hits: Vec<Hit>, votes: Option<&KindVotes>, weight: f32) -> Vec<Hit> {
+        hits.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.key.cmp(&b.key)));
+        let Some(votes) = votes.filter(|_| hits.len() >= 2) else { return hits };
         // A product without a category is neither promoted nor held back: shares are taken
         // relative to the candidates' mean share, and such a product keeps its score.
-        let share = |key: &Key| self.by_key.get(key).map(|k| votes.get(k).map_or(0.0, |v| v / total));
+        let share = |key: &Key| self.by_key.get(key).map(|k| votes.shares.get(k).copied().unwrap_or(0.0));
         let known: Vec<f32> = hits.iter().filter_map(|h| share(&h.key)).collect();
         let mean = known.iter().sum::<f32>() / known.len().max(1) as f32;
         let top = known.iter().copied().fold(mean, f32::max);
@@ -147,6 +166,12 @@ impl KindTable {
         ranked.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.key.cmp(&b.key)));
         ranked
     }
+}
+
+/// Each kind's share of the best matches' votes ([`KindTable::votes`]).
+#[derive(Debug, Clone, Default)]
+pub struct KindVotes {
+    shares: HashMap<u32, f32>,
 }
 
 #[cfg(test)]
@@ -172,6 +197,21 @@ mod tests {
         let hits = vec![hit(1, 0.80), hit(2, 0.79), hit(3, 0.79), hit(6, 0.785), hit(4, 0.78), hit(5, 0.70)];
         let ranked: Vec<Key> = t.rerank(hits).iter().map(|h| h.key).collect();
         assert_eq!(&ranked[..5], &[2, 3, 4, 1, 6], "dresses first, then the shirt, then the bag");
+    }
+
+    #[test]
+    fn votes_from_the_shape_ranking_order_a_colour_blended_one() {
+        // By shape the photo is a dress (keys 2-4); blended with its colour, a shirt of that
+        // colour (1) and a bag (6) lead. The shape ranking's votes put the dresses back first;
+        // the blended ranking's own votes would have kept the shirt on top.
+        let t = table(&[(1, "Shirt"), (2, "Dress"), (3, "Dress"), (4, "Dress"), (6, "Bag")]);
+        let by_shape = vec![hit(2, 0.82), hit(3, 0.81), hit(4, 0.80), hit(1, 0.74), hit(6, 0.70)];
+        let blended = vec![hit(1, 0.84), hit(6, 0.81), hit(2, 0.78), hit(3, 0.77), hit(4, 0.76)];
+        let votes = t.votes(&by_shape);
+        let ranked: Vec<Key> = t.rerank_by(blended.clone(), votes.as_ref(), WEIGHT).iter().map(|h| h.key).collect();
+        assert_eq!(&ranked[..3], &[2, 3, 4], "{ranked:?}");
+        assert_eq!(t.rerank(blended)[0].key, 1, "voting on the blend itself keeps the shirt first");
+        assert!(KindTable::default().votes(&by_shape).is_none(), "no kinds, no votes");
     }
 
     #[test]

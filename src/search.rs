@@ -1120,6 +1120,18 @@ impl SearchEngine {
                 })
                 .collect())
         };
+        // The kind is voted on by the shape ranking, before colour blends in: the best matches
+        // by shape say best what the photo shows; the colour-matched ones are the right colour,
+        // of whatever kind comes closest in it.
+        let shape_best: std::cell::RefCell<Vec<Hit>> = Default::default();
+        let by_shape = |n: usize| -> Result<Vec<Hit>> {
+            let hits = by_shape(n)?;
+            let mut best = shape_best.borrow_mut();
+            if best.is_empty() {
+                *best = hits.iter().take(kind::VOTERS).copied().collect();
+            }
+            Ok(hits)
+        };
         // The kind consensus re-ranks a deeper pool than the page (a collection's products
         // carry their categories in their payloads; a catalog's are in the kind table).
         let by_kind = request.kind == KindMode::Match && (from_collection || self.read_kinds()?.has_kinds());
@@ -1137,11 +1149,18 @@ impl SearchEngine {
         };
         let (hits, kind_mode) = match (by_kind, from_collection) {
             (false, _) => (hits, KindMode::Any),
-            (true, false) => (self.read_kinds()?.rerank(hits), KindMode::Match),
+            (true, false) => {
+                let kinds = self.read_kinds()?;
+                let votes = kinds.votes(&shape_best.borrow());
+                (kinds.rerank_by(hits, votes.as_ref(), kind::WEIGHT), KindMode::Match)
+            }
             (true, true) => {
                 let kinds = payload_kinds(&found.borrow());
                 match kinds.has_kinds() {
-                    true => (kinds.rerank(hits), KindMode::Match),
+                    true => {
+                        let votes = kinds.votes(&shape_best.borrow());
+                        (kinds.rerank_by(hits, votes.as_ref(), kind::WEIGHT), KindMode::Match)
+                    }
                     false => (hits, KindMode::Any),
                 }
             }

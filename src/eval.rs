@@ -539,12 +539,10 @@ impl Methods<'_> {
         let search_kind = |index: &dyn VectorIndex, vector: &[f32], kinds: Option<&KindTable>| -> Result<Vec<crate::index::Hit>> {
             let pool = if kinds.is_some() { kind::CANDIDATES } else { K };
             // As search: the kind is voted on by the shape ranking, before colour blends in.
-            let mut shape_best: Vec<crate::index::Hit> = Vec::new();
+            let mut voters: Vec<crate::index::Hit> = Vec::new();
             let mut by_shape = |n: usize, allowed: Option<&crate::index::Allowed>| -> Result<Vec<crate::index::Hit>> {
                 let hits = index.search(vector, n, allowed)?;
-                if shape_best.is_empty() {
-                    shape_best = hits.iter().take(kind::VOTERS).copied().collect();
-                }
+                kind::keep_voters(&mut voters, &hits);
                 Ok(hits)
             };
             let hits = match (&self.colour, &query_colour) {
@@ -553,7 +551,7 @@ impl Methods<'_> {
                 _ => by_shape(pool, None)?,
             };
             Ok(match kinds {
-                Some(kinds) => kinds.rerank_by(hits, kinds.votes(&shape_best).as_ref(), self.kind_weight),
+                Some(kinds) => kinds.rerank_by_voters(hits, &voters, self.kind_weight),
                 None => hits,
             }
             .into_iter()

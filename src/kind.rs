@@ -118,10 +118,18 @@ impl KindTable {
         self.rerank_by(hits, votes.as_ref(), weight)
     }
 
+    /// `hits` (any order) ordered as [`KindTable::rerank_with`] orders them, but with the
+    /// votes of `voters`: another ranking of the same photo. A colour-matched search votes
+    /// with its shape ranking ([`keep_voters`]), where the kind shows best.
+    pub fn rerank_by_voters(&self, hits: Vec<Hit>, voters: &[Hit], weight: f32) -> Vec<Hit> {
+        let votes = self.votes(voters);
+        self.rerank_by(hits, votes.as_ref(), weight)
+    }
+
     /// What the [`VOTERS`] best of `hits` (any order) say the photo shows: each kind's share
     /// of their votes, a vote weighted by how close its match is to the best. `None` when
     /// there is nothing to agree on.
-    pub fn votes(&self, hits: &[Hit]) -> Option<KindVotes> {
+    fn votes(&self, hits: &[Hit]) -> Option<KindVotes> {
         if !self.has_kinds() || hits.len() < 2 {
             return None;
         }
@@ -144,10 +152,8 @@ impl KindTable {
         Some(KindVotes { shares: votes })
     }
 
-    /// `hits` (any order) ordered by score plus `weight` times their kind's share of `votes`
-    /// (from [`KindTable::votes`], on these hits or on another ranking of the same photo: a
-    /// colour-matched search votes with its shape ranking, where the kind shows best).
-    pub fn rerank_by(&self, mut hits: Vec<Hit>, votes: Option<&KindVotes>, weight: f32) -> Vec<Hit> {
+    /// `hits` (any order) ordered by score plus `weight` times their kind's share of `votes`.
+    fn rerank_by(&self, mut hits: Vec<Hit>, votes: Option<&KindVotes>, weight: f32) -> Vec<Hit> {
         hits.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.key.cmp(&b.key)));
         let Some(votes) = votes.filter(|_| hits.len() >= 2) else { return hits };
         // A product without a category is neither promoted nor held back: shares are taken
@@ -170,8 +176,17 @@ impl KindTable {
 
 /// Each kind's share of the best matches' votes ([`KindTable::votes`]).
 #[derive(Debug, Clone, Default)]
-pub struct KindVotes {
+struct KindVotes {
     shares: HashMap<u32, f32>,
+}
+
+/// Keeps the [`VOTERS`] best of a query's first shape ranking in `voters` (later, wider
+/// rankings of the same query add nothing): the hits that vote on its kind
+/// ([`KindTable::rerank_by_voters`]) before colour blends in.
+pub fn keep_voters(voters: &mut Vec<Hit>, shape_ranking: &[Hit]) {
+    if voters.is_empty() {
+        voters.extend(shape_ranking.iter().take(VOTERS).copied());
+    }
 }
 
 #[cfg(test)]

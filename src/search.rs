@@ -1123,13 +1123,10 @@ impl SearchEngine {
         // The kind is voted on by the shape ranking, before colour blends in: the best matches
         // by shape say best what the photo shows; the colour-matched ones are the right colour,
         // of whatever kind comes closest in it.
-        let shape_best: std::cell::RefCell<Vec<Hit>> = Default::default();
-        let by_shape = |n: usize| -> Result<Vec<Hit>> {
+        let mut voters: Vec<Hit> = Vec::new();
+        let mut by_shape = |n: usize| -> Result<Vec<Hit>> {
             let hits = by_shape(n)?;
-            let mut best = shape_best.borrow_mut();
-            if best.is_empty() {
-                *best = hits.iter().take(kind::VOTERS).copied().collect();
-            }
+            kind::keep_voters(&mut voters, &hits);
             Ok(hits)
         };
         // The kind consensus re-ranks a deeper pool than the page (a collection's products
@@ -1149,18 +1146,11 @@ impl SearchEngine {
         };
         let (hits, kind_mode) = match (by_kind, from_collection) {
             (false, _) => (hits, KindMode::Any),
-            (true, false) => {
-                let kinds = self.read_kinds()?;
-                let votes = kinds.votes(&shape_best.borrow());
-                (kinds.rerank_by(hits, votes.as_ref(), kind::WEIGHT), KindMode::Match)
-            }
+            (true, false) => (self.read_kinds()?.rerank_by_voters(hits, &voters, kind::WEIGHT), KindMode::Match),
             (true, true) => {
                 let kinds = payload_kinds(&found.borrow());
                 match kinds.has_kinds() {
-                    true => {
-                        let votes = kinds.votes(&shape_best.borrow());
-                        (kinds.rerank_by(hits, votes.as_ref(), kind::WEIGHT), KindMode::Match)
-                    }
+                    true => (kinds.rerank_by_voters(hits, &voters, kind::WEIGHT), KindMode::Match),
                     false => (hits, KindMode::Any),
                 }
             }

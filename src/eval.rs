@@ -413,7 +413,11 @@ pub fn evaluate(catalog: &SqliteCatalog, encoder: &dyn Encoder, queries: &[Label
         encoder,
         space: &space,
         lookalike: lookalike.as_ref(),
-        untuned: untuned.as_ref().map(|u| (u, &untuned_space)),
+        very_similar: space.likeness_bands(catalog, lookalike.as_ref())?.map(|b| b.very_similar),
+        untuned: match &untuned {
+            Some(u) => Some((u, &untuned_space, untuned_space.likeness_bands(catalog, u)?.map(|b| b.very_similar))),
+            None => None,
+        },
         original: &original,
         raw: &raw,
         side,
@@ -484,7 +488,11 @@ struct Methods<'a> {
     encoder: &'a dyn Encoder,
     space: &'a SearchSpace,
     lookalike: &'a dyn VectorIndex,
-    untuned: Option<(&'a ExactIndex, &'a SearchSpace)>,
+    /// The "Very similar" score of the lookalike rows' space: a tilted photo whose view as
+    /// taken scores this is not tried straightened, as in search.
+    very_similar: Option<f32>,
+    /// The model's own space and its "Very similar" score, beside a tuned one.
+    untuned: Option<(&'a ExactIndex, &'a SearchSpace, Option<f32>)>,
     original: &'a ExactIndex,
     raw: &'a ExactIndex,
     /// Side of the raw-pixel baseline's images.
@@ -518,22 +526,31 @@ impl Methods<'_> {
         let query_colour = colour::of_query(&pixels, found.as_ref().and_then(|(_, f)| f.main()).map(|m| m.bounds), foreground);
         let query_colour_name = query_colour.as_ref().map(|c| c.name);
         let query_colour = query_colour.map(|c| c.descriptor);
-        // A tilted photo is also encoded straightened, as search does (in search's batch; here
-        // after it), and each CNN row searches the view nearer its catalog.
-        let straightened = match straighten::tilt(photo) {
-            Some(tilt) => Some(self.encoder.encode(&[preprocess::prepare_image(&straighten::straighten(photo, tilt), None, &spec.input)])?.into_iter().next().context("encoder returned nothing")?.vector),
-            None => None,
-        };
+        // A tilted photo is also encoded straightened where its view as taken finds nothing
+        // very similar, as search does (in search's second batch; here once, for whichever row
+        // asks first), and each CNN row searches the view nearer its catalog.
+        let tilted = straighten::Tilted::of(photo, &spec.input);
+        let straightened: std::cell::OnceCell<Vec<f32>> = std::cell::OnceCell::new();
         let encode_ms = ms(t);
         // The model vector a row searches with: the photo's, or its straightened view's when
         // that one's best match in `index` scores higher.
-        let view = |index: &dyn VectorIndex, space: &SearchSpace| -> Result<Vec<f32>> {
+        let view = |index: &dyn VectorIndex, space: &SearchSpace, very_similar: Option<f32>| -> Result<Vec<f32>> {
             let as_taken = space.map_photo(&embedding.vector)?;
-            let Some(straight) = &straightened else { return Ok(as_taken) };
-            let straight = space.map_photo(straight)?;
+            let Some(tilted) = &tilted else { return Ok(as_taken) };
             let best = |v: &[f32]| -> Result<f32> { Ok(index.search(v, 1, None)?.first().map_or(f32::NEG_INFINITY, |h| h.score)) };
-            let scores = [best(&as_taken)?, best(&straight)?];
-            Ok(if straighten::pick_view(&scores) == 0 { as_taken } else { straight })
+            let as_taken_best = best(&as_taken)?;
+            if !straighten::worth_straightening(as_taken_best, very_similar) {
+                return Ok(as_taken);
+            }
+            let straight = match straightened.get() {
+                Some(v) => v,
+                None => {
+                    let encoded = self.encoder.encode(&[tilted.straightened_input(&spec.input)])?.into_iter().next().context("encoder returned nothing")?.vector;
+                    straightened.get_or_init(|| encoded)
+                }
+            };
+            let straight = space.map_photo(straight)?;
+            Ok(if straighten::pick_view(&[as_taken_best, best(&straight)?]) == 0 { as_taken } else { straight })
         };
         // A lookalike row's top K, colour and kind treated as search treats them.
         let search_kind = |index: &dyn VectorIndex, vector: &[f32], kinds: Option<&KindTable>| -> Result<Vec<crate::index::Hit>> {
@@ -561,7 +578,7 @@ impl Methods<'_> {
         let search = |index: &dyn VectorIndex, vector: &[f32]| search_kind(index, vector, self.kinds);
 
         let t = Instant::now();
-        let vector = view(self.lookalike, self.space)?;
+        let vector = view(self.lookalike, self.space, self.very_similar)?;
         ranked.push(("lookalike", search(self.lookalike, &vector)?, encode_ms + ms(t)));
         // Likeness alone, without the kind the best matches agree on: what the consensus adds.
         if self.kinds.is_some() {
@@ -574,7 +591,7 @@ impl Methods<'_> {
         // Without the photo adapter: what it adds.
         if self.space.adapts_photos() {
             let t = Instant::now();
-            ranked.push(("lookalike_unadapted", search(self.lookalike, &view(self.lookalike, &self.space.without_photo_adapter())?)?, encode_ms + ms(t)));
+            ranked.push(("lookalike_unadapted", search(self.lookalike, &view(self.lookalike, &self.space.without_photo_adapter(), self.very_similar)?)?, encode_ms + ms(t)));
         }
         if self.colour != ColourMode::Any {
             let t = Instant::now();
@@ -603,9 +620,9 @@ impl Methods<'_> {
         };
         ranked.push(("lookalike_item_crop", search(self.lookalike, &self.space.map_photo(&vector)?)?, encode_ms + ms(t)));
 
-        if let Some((untuned, untuned_space)) = &self.untuned {
+        if let Some((untuned, untuned_space, very_similar)) = &self.untuned {
             let t = Instant::now();
-            ranked.push(("lookalike_untuned", search(*untuned, &view(*untuned, untuned_space)?)?, encode_ms + ms(t)));
+            ranked.push(("lookalike_untuned", search(*untuned, &view(*untuned, untuned_space, *very_similar)?)?, encode_ms + ms(t)));
         }
         if let (Some(max), false) = (&embedding.max_pooled, self.original.is_empty()) {
             let t = Instant::now();

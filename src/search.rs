@@ -75,9 +75,10 @@ pub struct PreparedQuery {
     /// The decoded photo, kept only when each product found in it is to be cropped out and
     /// encoded on its own (`Items::All`).
     pub photo: Option<image::DynamicImage>,
-    /// The photo turned straight, as a second input tensor, when it looks tilted
-    /// ([`crate::straighten`]; not when the shopper cropped it).
-    pub straightened: Option<Vec<f32>>,
+    /// The photo, when it looks tilted ([`crate::straighten`]; not when the shopper cropped
+    /// it): straightened and encoded again only if the photo as taken finds nothing very
+    /// similar.
+    pub tilted: Option<straighten::Tilted>,
     pub timings: Timings,
 }
 
@@ -546,46 +547,43 @@ impl SearchEngine {
         let tensor = pixels.tensor(input);
         let localise_in = crop.is_none().then(|| (image.width(), image.height()));
         let tiles = if crop.is_none() && self.foreground.is_some() { localise::tile_inputs(&image, input) } else { Vec::new() };
-        // A tilted photo is also encoded straightened; search keeps the view nearer the catalog.
-        let straightened = crop.is_none().then(|| straighten::tilt(&image)).flatten().map(|tilt| preprocess::prepare_image(&straighten::straighten(&image, tilt), None, input));
+        // A tilted photo may also be searched straightened ([`SearchEngine::encode_photos`]).
+        let tilted = crop.is_none().then(|| straighten::Tilted::of(&image, input)).flatten();
         timings.preprocess_ms = ms(t);
         let photo = (crop.is_none() && items == Items::All).then_some(image);
-        Ok(PreparedQuery { tensor, pixels, localise_in, tiles, photo, straightened, timings })
+        Ok(PreparedQuery { tensor, pixels, localise_in, tiles, photo, tilted, timings })
     }
 
     /// Runs the encoder on prepared queries and finds the products in each photo, in order;
-    /// then, for queries that kept their photo (`Items::All`), encodes each product found on
-    /// its own, all in one more batch.
+    /// then encodes, in one more batch, each tilted photo straightened whose view as taken
+    /// found nothing very similar ([`straighten::worth_straightening`]) and, for queries that
+    /// kept their photo (`Items::All`), each product found on its own.
     pub fn encode_photos(&self, queries: Vec<PreparedQuery>) -> Result<Vec<EncodedPhoto>, SearchError> {
-        // One batch: every photo, then every photo's tiles, then the straightened photos.
+        // One batch: every photo, then every photo's tiles.
         let count = queries.len();
         let mut tensors = Vec::with_capacity(count);
         let mut rest = Vec::with_capacity(count);
         let mut tile_crops: Vec<Vec<Crop>> = Vec::with_capacity(count);
         let mut tile_tensors = Vec::new();
-        let mut straightened_tensors = Vec::new();
-        let mut straightened_of = Vec::new();
+        let mut tilted = Vec::new();
         for (q, query) in queries.into_iter().enumerate() {
             tensors.push(query.tensor);
             let (crops, inputs): (Vec<Crop>, Vec<Vec<f32>>) = query.tiles.into_iter().unzip();
             tile_crops.push(crops);
             tile_tensors.extend(inputs);
-            if let Some(tensor) = query.straightened {
-                straightened_tensors.push(tensor);
-                straightened_of.push(q);
+            if let Some(photo) = query.tilted {
+                tilted.push((q, photo));
             }
             rest.push((query.localise_in, query.photo, query.pixels));
         }
         let tile_count = tile_tensors.len();
-        let expected = tensors.len() + tile_count + straightened_tensors.len();
+        let expected = tensors.len() + tile_count;
         tensors.extend(tile_tensors);
-        tensors.extend(straightened_tensors);
         let mut encoded = self.encoder.encode_queries(&tensors)?;
         if encoded.len() != expected {
             return Err(SearchError::Internal(anyhow::anyhow!("the encoder returned {} embeddings for {} images", encoded.len(), expected)));
         }
         drop(tensors);
-        let straightened = encoded.split_off(count + tile_count);
         let mut tile_grids = encoded.split_off(count).into_iter();
         let (mut found, photos): (Vec<EncodedPhoto>, Vec<Option<image::DynamicImage>>) = encoded
             .into_iter()
@@ -596,12 +594,19 @@ impl SearchEngine {
                 (self.find_products(embedding, &tiles, localise_in, &pixels), photo)
             })
             .unzip();
-        for (q, view) in straightened_of.into_iter().zip(straightened) {
-            found[q].straightened = Some(view.embedding);
-        }
 
+        // The second batch: straightened photos first, then the products found, each on its own.
         let input = &self.encoder.spec().input;
+        let very_similar = if tilted.is_empty() { None } else { self.likeness_bands()?.map(|b| b.very_similar) };
         let mut crops = Vec::new();
+        let mut straightened_of = Vec::new();
+        for (q, photo) in tilted {
+            let as_taken = self.photo_to_search_space(&found[q].whole.vector)?;
+            if straighten::worth_straightening(self.best_score(&as_taken)?, very_similar) {
+                crops.push(photo.straightened_input(input));
+                straightened_of.push(q);
+            }
+        }
         let mut owners = Vec::new();
         for (q, photo) in photos.iter().enumerate() {
             let Some(photo) = photo else { continue };
@@ -611,11 +616,15 @@ impl SearchEngine {
             }
         }
         if !crops.is_empty() {
-            let vectors = self.encoder.encode(&crops)?;
+            let mut vectors = self.encoder.encode(&crops)?;
             if vectors.len() != crops.len() {
-                return Err(SearchError::Internal(anyhow::anyhow!("the encoder returned {} embeddings for {} crops", vectors.len(), crops.len())));
+                return Err(SearchError::Internal(anyhow::anyhow!("the encoder returned {} embeddings for {} images", vectors.len(), crops.len())));
             }
-            for ((q, i), embedding) in owners.into_iter().zip(vectors) {
+            let items = vectors.split_off(straightened_of.len());
+            for (q, view) in straightened_of.into_iter().zip(vectors) {
+                found[q].straightened = Some(view);
+            }
+            for ((q, i), embedding) in owners.into_iter().zip(items) {
                 found[q].items[i].vector = Some(embedding.vector);
             }
         }
@@ -670,11 +679,16 @@ impl SearchEngine {
         let Some(straightened) = &photo.straightened else { return Ok((as_taken, as_taken_mapped)) };
         let straight = straightened.vector.as_slice();
         let straight_mapped = self.photo_to_search_space(straight)?;
-        let nearest = |v: &[f32]| -> Result<f32, SearchError> { Ok(self.read_index()?.search(v, 1, &Filter::default(), None)?.first().map_or(f32::NEG_INFINITY, |h| h.score)) };
-        Ok(match straighten::pick_view(&[nearest(&as_taken_mapped)?, nearest(&straight_mapped)?]) {
+        Ok(match straighten::pick_view(&[self.best_score(&as_taken_mapped)?, self.best_score(&straight_mapped)?]) {
             0 => (as_taken, as_taken_mapped),
             _ => (straight, straight_mapped),
         })
+    }
+
+    /// The score of the product nearest `vector` (in the search space); minus infinity in an
+    /// empty catalog.
+    fn best_score(&self, vector: &[f32]) -> Result<f32, SearchError> {
+        Ok(self.read_index()?.search(vector, 1, &Filter::default(), None)?.first().map_or(f32::NEG_INFINITY, |h| h.score))
     }
 
     /// The last two steps of a photo search: nearest neighbours of the photo (and of each item

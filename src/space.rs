@@ -187,14 +187,29 @@ impl SearchSpace {
             return Ok(None);
         }
         let index = self.build_index(catalog, VectorKind::Primary, Precision::F32)?;
-        let sample = catalog.sample_vectors(likeness::SAMPLE)?;
-        let sample: Vec<(Key, Vec<f32>)> = sample.into_iter().map(|(key, v)| Ok((key, self.map(&v)?))).collect::<Result<_>>()?;
-        let bands = likeness::measure(&sample, |v, n| Ok(index.search(v, n, None)?.into_iter().map(|h| (h.key, h.score)).collect()))?;
+        let bands = self.measure_likeness_bands(catalog, &index)?;
         if let Some(bands) = bands {
             let recorded = likeness::RecordedBands { space: self.fingerprint(), products: index.len(), bands };
             catalog.set_setting(likeness::SETTING, &recorded.to_setting())?;
         }
         Ok(bands)
+    }
+
+    /// The likeness bands of this space as `index` or `tune` recorded them in `catalog`, when
+    /// they fit it; else measured now against `index` (the catalog's vectors in this space) and
+    /// not written back. `None` for a catalog too small to compare its products.
+    pub fn likeness_bands(&self, catalog: &SqliteCatalog, index: &dyn VectorIndex) -> Result<Option<likeness::LikenessBands>> {
+        let recorded = catalog.setting(likeness::SETTING)?.as_deref().and_then(likeness::RecordedBands::from_setting);
+        match recorded.filter(|r| r.fits(&self.fingerprint(), index.len())) {
+            Some(recorded) => Ok(Some(recorded.bands)),
+            None => self.measure_likeness_bands(catalog, index),
+        }
+    }
+
+    fn measure_likeness_bands(&self, catalog: &SqliteCatalog, index: &dyn VectorIndex) -> Result<Option<likeness::LikenessBands>> {
+        let sample = catalog.sample_vectors(likeness::SAMPLE)?;
+        let sample: Vec<(Key, Vec<f32>)> = sample.into_iter().map(|(key, v)| Ok((key, self.map(&v)?))).collect::<Result<_>>()?;
+        likeness::measure(&sample, |v, n| Ok(index.search(v, n, None)?.into_iter().map(|h| (h.key, h.score)).collect()))
     }
 
     /// Builds an exact index over the catalog's stored vectors of `kind`, mapped into this space,

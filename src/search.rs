@@ -125,6 +125,9 @@ pub struct EncodedPhoto {
     /// The photo turned straight, encoded beside it when it looked tilted: searched instead
     /// of `whole` when it lies nearer the catalog ([`SearchEngine::query_vector`]).
     pub straightened: Option<Embedding>,
+    /// The best match score of the photo as taken, where it was looked up to decide on the
+    /// straightened view: spares looking it up again to pick the view.
+    pub as_taken_best: Option<f32>,
     /// The photo's colour: of its main item when one was found, else of its centre.
     pub colour: Option<ColourEstimate>,
     /// Main item first; empty when nothing stands out, the photo was cropped by the shopper,
@@ -602,7 +605,9 @@ impl SearchEngine {
         let mut straightened_of = Vec::new();
         for (q, photo) in tilted {
             let as_taken = self.photo_to_search_space(&found[q].whole.vector)?;
-            if straighten::worth_straightening(self.best_score(&as_taken)?, very_similar) {
+            let best = self.best_score(&as_taken)?;
+            found[q].as_taken_best = Some(best);
+            if straighten::worth_straightening(best, very_similar) {
                 crops.push(photo.straightened_input(input));
                 straightened_of.push(q);
             }
@@ -636,7 +641,7 @@ impl SearchEngine {
     fn find_products(&self, query: QueryEmbedding, tiles: &[(Crop, crate::encoder::GridFeatures)], photo: Option<(u32, u32)>, pixels: &preprocess::InputPixels) -> EncodedPhoto {
         let (Some(grid), Some((width, height))) = (&query.grid, photo) else {
             let colour = colour::of_query(pixels, None, None);
-            return EncodedPhoto { whole: query.embedding, straightened: None, colour, items: Vec::new() };
+            return EncodedPhoto { whole: query.embedding, straightened: None, as_taken_best: None, colour, items: Vec::new() };
         };
         let fit = self.encoder.spec().input.fit;
         let found = match &self.foreground {
@@ -657,7 +662,7 @@ impl SearchEngine {
             let colour = colour::of_query(pixels, Some(item.bounds), foreground);
             items.push(FoundItem { detection, crop: on_photo.grown(localise::ITEM_CROP_MARGIN), vector: None, colour });
         }
-        EncodedPhoto { whole: query.embedding, straightened: None, colour, items }
+        EncodedPhoto { whole: query.embedding, straightened: None, as_taken_best: None, colour, items }
     }
 
     /// What a search for the photo looks for: the whole photo, as taken or straightened (when
@@ -679,7 +684,11 @@ impl SearchEngine {
         let Some(straightened) = &photo.straightened else { return Ok((as_taken, as_taken_mapped)) };
         let straight = straightened.vector.as_slice();
         let straight_mapped = self.photo_to_search_space(straight)?;
-        Ok(match straighten::pick_view(&[self.best_score(&as_taken_mapped)?, self.best_score(&straight_mapped)?]) {
+        let as_taken_best = match photo.as_taken_best {
+            Some(best) => best,
+            None => self.best_score(&as_taken_mapped)?,
+        };
+        Ok(match straighten::pick_view(&[as_taken_best, self.best_score(&straight_mapped)?]) {
             0 => (as_taken, as_taken_mapped),
             _ => (straight, straight_mapped),
         })

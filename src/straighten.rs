@@ -9,8 +9,8 @@
 //! onto a quarter turn, because floors, walls, furniture and most garments' own hems and seams
 //! run along or across the photo once it is straight. That reading is wrong for a product with
 //! diagonal edges on a plain background (a sandal's straps), so search does not trust it
-//! alone: it encodes the photo as taken and straightened in one batch and keeps whichever lies
-//! nearer the catalog ([`pick_view`]). Measured, the straightened view is kept where it helps
+//! alone: it encodes the photo as taken and straightened and keeps whichever lies nearer the
+//! catalog ([`pick_view`]). Measured, the straightened view is kept where it helps
 //! and the photo as taken where straightening would have hurt (clean queries lose nothing).
 //!
 //! The second encode is only spent where it can matter ([`worth_straightening`]): a photo

@@ -7,6 +7,7 @@
 //! images whose header announces an absurd size are rejected before any pixel buffer is
 //! allocated.
 
+use std::borrow::Cow;
 use std::io::Cursor;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
@@ -307,11 +308,17 @@ fn looks_like_text(head: &[u8]) -> bool {
 /// would look different in a cut-out and in a studio shot. Greyscale, 16-bit and float images
 /// are converted to 8-bit RGB. (CMYK JPEGs are already RGB: the JPEG decoder converts them.)
 pub fn to_rgb_on_white(img: &DynamicImage) -> RgbImage {
+    rgb_on_white(img).into_owned()
+}
+
+/// [`to_rgb_on_white`], borrowing a photo that already is 8-bit RGB (most decoded JPEGs) instead
+/// of copying all its pixels.
+fn rgb_on_white(img: &DynamicImage) -> Cow<'_, RgbImage> {
     if let DynamicImage::ImageRgb8(rgb) = img {
-        return rgb.clone();
+        return Cow::Borrowed(rgb);
     }
     if !img.color().has_alpha() {
-        return img.to_rgb8();
+        return Cow::Owned(img.to_rgb8());
     }
     let rgba = img.to_rgba8();
     let mut out = RgbImage::new(rgba.width(), rgba.height());
@@ -322,7 +329,24 @@ pub fn to_rgb_on_white(img: &DynamicImage) -> RgbImage {
         let blend = |c: u8| ((u32::from(c) * a + 255 * (255 - a) + 127) / 255) as u8;
         dst.0 = [blend(r), blend(g), blend(b)];
     }
-    out
+    Cow::Owned(out)
+}
+
+/// The photo on white, reduced so that its longer side is at most `max_side` (never enlarged),
+/// by the same resizer as the model's input: for what needs the photo smaller than taken
+/// (reading its edges, keeping it for a second look) at a fraction of the cost of
+/// `image::imageops` on a full-size phone photo.
+pub fn reduced(img: &DynamicImage, max_side: u32) -> RgbImage {
+    let rgb = rgb_on_white(img);
+    let (w, h) = rgb.dimensions();
+    let long = w.max(h);
+    if long <= max_side || w == 0 || h == 0 || max_side == 0 {
+        return rgb.into_owned();
+    }
+    let scaled = |d: u32| ((f64::from(d) * f64::from(max_side) / f64::from(long)).round() as u32).clamp(1, max_side);
+    let (nw, nh) = (scaled(w), scaled(h));
+    let pixels = resize_u8(rgb.as_raw(), w, h, nw, nh, PixelType::U8x3, None);
+    RgbImage::from_raw(nw, nh, pixels).expect("the resizer returns width * height * 3 bytes")
 }
 
 /// A part of the photo to search with, as fractions of its width and height (after EXIF
@@ -464,11 +488,10 @@ impl InputPixels {
 /// A decoded photo as the model's square input in 8-bit RGB: cropped to `crop` if given,
 /// composited on white, resized (and padded) as `input` says.
 pub fn input_pixels(image: &DynamicImage, crop: Option<Crop>, input: &InputSpec) -> InputPixels {
-    let rgb = match crop {
-        Some(crop) => to_rgb_on_white(&crop.apply(image)),
-        None => to_rgb_on_white(image),
-    };
-    square_pixels(&rgb, input)
+    match crop {
+        Some(crop) => square_pixels(&rgb_on_white(&crop.apply(image)), input),
+        None => square_pixels(&rgb_on_white(image), input),
+    }
 }
 
 fn square_pixels(img: &RgbImage, input: &InputSpec) -> InputPixels {
@@ -620,6 +643,19 @@ fn normalise(rgb: &[u8], size: u32, input: &InputSpec) -> Vec<f32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_reduced_photo_keeps_its_shape_on_white_and_is_never_enlarged() {
+        let photo = DynamicImage::ImageRgba8(RgbaImage::from_fn(1200, 600, |x, _| if x < 600 { Rgba([200, 30, 30, 255]) } else { Rgba([0, 0, 0, 0]) }));
+        let small = reduced(&photo, 192);
+        assert_eq!(small.dimensions(), (192, 96));
+        // Opaque red stays red, transparent becomes white (as for the model's input).
+        assert_eq!(small.get_pixel(20, 48).0, [200, 30, 30]);
+        assert_eq!(small.get_pixel(170, 48).0, [255, 255, 255]);
+        let tall = DynamicImage::ImageRgb8(RgbImage::new(90, 300));
+        assert_eq!(reduced(&tall, 100).dimensions(), (30, 100));
+        assert_eq!(reduced(&tall, 400).dimensions(), (90, 300));
+    }
 
     #[test]
     fn photo_and_input_points_map_back_and_forth() {

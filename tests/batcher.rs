@@ -81,3 +81,28 @@ fn a_full_encoder_queue_answers_503_with_retry_after() {
         assert_eq!(encoded.photo.whole.vector.len(), 1280);
     }
 }
+
+/// A search's follow-up runs on the encoder worker right after its photo is encoded, and its
+/// answer comes back to the request; a follow-up that panics fails its own request with an
+/// internal error and leaves the worker serving the next one.
+#[test]
+fn a_follow_up_runs_on_the_worker_and_a_panicking_one_fails_only_its_request() {
+    let engine = Arc::new(SearchEngine::open(SqliteCatalog::open_existing(shared_catalog()).expect("catalog"), Box::new(encoder())).expect("engine"));
+    let batcher = Batcher::start(engine, Arc::new(Metrics::default()), BatcherConfig { workers: 1, queue: 4, max_batch: 1 }).expect("workers");
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let photo = axum::body::Bytes::from(test_photo(0).0);
+    let main = lookalike::search::Items::Main;
+
+    let (thread, dimensions) = runtime
+        .block_on(batcher.encode_then(photo.clone(), None, main, |encoded| {
+            Ok((std::thread::current().name().unwrap_or("").to_string(), encoded.photo.whole.vector.len()))
+        }))
+        .expect("followed up");
+    assert_eq!((thread.as_str(), dimensions), ("encoder-0", 1280));
+
+    let failed = runtime.block_on(batcher.encode_then(photo.clone(), None, main, |_| -> Result<(), ApiError> { panic!("a bug in a follow-up") }));
+    assert!(matches!(failed, Err(ApiError::Internal(_))), "{failed:?}");
+
+    let encoded = runtime.block_on(batcher.encode(photo, None, main)).expect("the worker still encodes");
+    assert_eq!(encoded.photo.whole.vector.len(), 1280);
+}

@@ -315,6 +315,31 @@ fn product_count(db: &Path) -> i64 {
     conn.query_row("SELECT COUNT(*) FROM products", [], |r| r.get(0)).unwrap_or(0)
 }
 
+/// `bench e2e` times searches through the real server, on one kept-open connection by default
+/// and on a new one per request when asked, and breaks each down by the server's stages.
+#[test]
+fn bench_e2e_reports_client_and_stage_medians_over_either_kind_of_connection() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let photos = dir.path().join("photos");
+    std::fs::create_dir(&photos).expect("mkdir");
+    for i in 0..3 {
+        test_image(&photos, i);
+    }
+    for (flag, connections) in [(None, "one connection, kept open"), (Some("--fresh-connections"), "a new connection per request")] {
+        let name = if flag.is_some() { "fresh" } else { "kept" };
+        let mut args = vec!["bench", "e2e", "--db", path(shared_catalog()), "--images", path(&photos), "--requests", "5", "--out", path(dir.path()), "--name", name];
+        args.extend(flag);
+        ok(&args);
+        let report = json(&std::fs::read_to_string(dir.path().join(format!("{name}.json"))).expect("report"));
+        assert_eq!((report["requests"].as_u64(), report["images"].as_u64()), (Some(5), Some(3)), "{report}");
+        assert_eq!(report["connections"], connections, "{report}");
+        assert!(report["client_wall"]["median_ms"].as_f64().is_some_and(|ms| ms > 0.0), "{report}");
+        for stage in ["decode_ms", "preprocess_ms", "encode_ms", "search_ms", "metadata_ms", "total_ms"] {
+            assert!(report["server_median_ms"][stage].as_f64().is_some_and(|ms| ms > 0.0), "{stage}: {report}");
+        }
+    }
+}
+
 #[test]
 fn eval_reports_all_three_methods() {
     let out = json(&ok(&[

@@ -2,13 +2,16 @@
 //! a loopback port), one client, one request at a time. The client's wall time per request is
 //! the headline; the server's own stage timings (returned in every response) break it down.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use axum::body::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
 
 use super::{BenchEnv, Latency};
@@ -25,11 +28,13 @@ pub struct E2eBench {
     pub colour: Option<crate::colour::ColourMode>,
     /// The `kind` field sent with each search (`None`: the server's default, `match`).
     pub kind: Option<crate::kind::KindMode>,
+    /// A new connection per search instead of one kept open (see [`Client`]).
+    pub fresh_connections: bool,
     pub name: String,
 }
 
-/// One multipart POST over a fresh connection; returns the response body.
-fn post(addr: SocketAddr, image: &[u8], file_name: &str, opts: &E2eBench) -> Result<Vec<u8>> {
+/// The multipart body of one search, and its boundary.
+fn search_form(image: &[u8], file_name: &str, opts: &E2eBench) -> (Vec<u8>, &'static str) {
     const BOUNDARY: &str = "lookalike-bench-boundary";
     let mut body = Vec::with_capacity(image.len() + 512);
     body.extend_from_slice(
@@ -43,23 +48,62 @@ fn post(addr: SocketAddr, image: &[u8], file_name: &str, opts: &E2eBench) -> Res
         body.extend_from_slice(format!("\r\n--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n{value}").as_bytes());
     }
     body.extend_from_slice(format!("\r\n--{BOUNDARY}--\r\n").as_bytes());
-    let mut stream = TcpStream::connect(addr).with_context(|| format!("connecting to {addr}"))?;
-    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
-    stream.set_nodelay(true)?;
-    let head = format!(
-        "POST /api/search HTTP/1.1\r\nHost: {addr}\r\nContent-Type: multipart/form-data; boundary={BOUNDARY}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    stream.write_all(head.as_bytes())?;
-    stream.write_all(&body)?;
-    let mut response = Vec::new();
-    stream.read_to_end(&mut response)?;
-    let split = response.windows(4).position(|w| w == b"\r\n\r\n").context("response without headers")?;
-    let status = String::from_utf8_lossy(&response[..split.min(64)]).to_string();
-    if !status.starts_with("HTTP/1.1 200") {
-        bail!("{}: {}", status.lines().next().unwrap_or(""), String::from_utf8_lossy(&response[split + 4..]));
+    (body, BOUNDARY)
+}
+
+/// The bench's HTTP client: hyper's HTTP/1.1 client on a runtime of its own (the calling
+/// thread), so it takes none of the server's threads. By default it keeps one connection open
+/// and sends every search on it, as a browser does after loading the page; with
+/// `fresh_connections` it opens a new one per search (`Connection: close`).
+struct Client {
+    runtime: tokio::runtime::Runtime,
+    addr: SocketAddr,
+    fresh_connections: bool,
+    open: Option<http1::SendRequest<Full<Bytes>>>,
+}
+
+impl Client {
+    fn new(addr: SocketAddr, fresh_connections: bool) -> Result<Client> {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the client's runtime")?;
+        Ok(Client { runtime, addr, fresh_connections, open: None })
     }
-    Ok(response[split + 4..].to_vec())
+
+    /// One multipart POST; returns the response body.
+    fn post(&mut self, image: &[u8], file_name: &str, opts: &E2eBench) -> Result<Bytes> {
+        let (body, boundary) = search_form(image, file_name, opts);
+        let mut request = hyper::Request::post("/api/search")
+            .header(hyper::header::HOST, self.addr.to_string())
+            .header(hyper::header::CONTENT_TYPE, format!("multipart/form-data; boundary={boundary}"));
+        if self.fresh_connections {
+            request = request.header(hyper::header::CONNECTION, "close");
+        }
+        let request = request.body(Full::new(Bytes::from(body)))?;
+        let (addr, reuse) = (self.addr, !self.fresh_connections);
+        let mut sender = match self.open.take() {
+            Some(sender) if reuse && !sender.is_closed() => sender,
+            _ => self.runtime.block_on(async move {
+                let stream = tokio::net::TcpStream::connect(addr).await.with_context(|| format!("connecting to {addr}"))?;
+                stream.set_nodelay(true)?;
+                let (sender, connection) = http1::handshake(TokioIo::new(stream)).await.context("HTTP handshake")?;
+                tokio::spawn(connection);
+                anyhow::Ok(sender)
+            })?,
+        };
+        let (status, body) = self.runtime.block_on(async {
+            sender.ready().await.context("waiting for the connection")?;
+            let response = tokio::time::timeout(Duration::from_secs(30), sender.send_request(request)).await.context("no answer in 30 s")??;
+            let status = response.status();
+            let body = response.into_body().collect().await.context("reading the answer")?.to_bytes();
+            anyhow::Ok((status, body))
+        })?;
+        if reuse {
+            self.open = Some(sender);
+        }
+        if status != hyper::StatusCode::OK {
+            bail!("{status}: {}", String::from_utf8_lossy(&body));
+        }
+        Ok(body)
+    }
 }
 
 pub fn run(engine: Arc<SearchEngine>, env: &BenchEnv, opts: &E2eBench) -> Result<Value> {
@@ -88,9 +132,10 @@ pub fn run(engine: Arc<SearchEngine>, env: &BenchEnv, opts: &E2eBench) -> Result
     let addr = listener.local_addr()?;
     runtime.spawn(async move { axum::serve(listener, router(state)).await });
 
+    let mut client = Client::new(addr, opts.fresh_connections)?;
     // Warm-up: first inference allocates ONNX Runtime's buffers.
     for (name, bytes) in photos.iter().take(3) {
-        post(addr, bytes, name, opts)?;
+        client.post(bytes, name, opts)?;
     }
     let stages = ["queue_ms", "decode_ms", "preprocess_ms", "encode_ms", "search_ms", "metadata_ms", "total_ms"];
     let mut wall = Vec::with_capacity(opts.requests);
@@ -98,7 +143,7 @@ pub fn run(engine: Arc<SearchEngine>, env: &BenchEnv, opts: &E2eBench) -> Result
     for i in 0..opts.requests {
         let (name, bytes) = &photos[i % photos.len()];
         let t = Instant::now();
-        let body = post(addr, bytes, name, opts)?;
+        let body = client.post(bytes, name, opts)?;
         wall.push(t.elapsed());
         let response: Value = serde_json::from_slice(&body).context("response is not JSON")?;
         for (stage, values) in stages.iter().zip(per_stage.iter_mut()) {
@@ -109,6 +154,10 @@ pub fn run(engine: Arc<SearchEngine>, env: &BenchEnv, opts: &E2eBench) -> Result
     let wall = Latency::of(&wall);
     let breakdown: serde_json::Map<String, Value> =
         stages.iter().zip(per_stage.iter_mut()).map(|(s, v)| (s.to_string(), json!(Latency::of_ms(v).median_ms))).collect();
+    let connections = match opts.fresh_connections {
+        true => "a new connection per request",
+        false => "one connection, kept open",
+    };
     let report = json!({
         "machine": super::machine(),
         "products": products,
@@ -117,11 +166,12 @@ pub fn run(engine: Arc<SearchEngine>, env: &BenchEnv, opts: &E2eBench) -> Result
         "k": opts.k,
         "colour": opts.colour.as_ref().map_or("match (default)".to_string(), ToString::to_string),
         "kind": opts.kind.map_or("match (default)".to_string(), |k| k.to_string()),
+        "connections": connections,
         "client_wall": wall,
         "server_median_ms": breakdown,
     });
     let mut md = format!(
-        "# End-to-end search benchmark\n\nMachine: {}. `POST /api/search` (multipart photo, k = {}, colour {}, kind {}) against a {}-product catalog, one client, {} sequential requests cycling through {} photos, real server on loopback.\n\nClient wall time: median **{:.1} ms**, p99 {:.1} ms, mean {:.1} ms.\n\nServer stage medians (ms):\n\n| queue | decode | preprocess | encode | search | metadata | total |\n|---|---|---|---|---|---|---|\n|",
+        "# End-to-end search benchmark\n\nMachine: {}. `POST /api/search` (multipart photo, k = {}, colour {}, kind {}) against a {}-product catalog, one client, {} sequential requests cycling through {} photos over {connections}, real server on loopback.\n\nClient wall time: median **{:.1} ms**, p99 {:.1} ms, mean {:.1} ms.\n\nServer stage medians (ms):\n\n| queue | decode | preprocess | encode | search | metadata | total |\n|---|---|---|---|---|---|---|\n|",
         super::machine(),
         opts.k,
         report["colour"].as_str().unwrap_or("match"),

@@ -68,6 +68,10 @@ pub struct BenchE2eArgs {
     /// to measure what the kind consensus costs.
     #[arg(long, value_name = "match|any")]
     pub kind: Option<lookalike::kind::KindMode>,
+    /// Open a new connection for every request (`Connection: close`) instead of sending them
+    /// all on one, as a browser does.
+    #[arg(long)]
+    pub fresh_connections: bool,
     #[arg(long, default_value = "e2e")]
     pub name: String,
     #[command(flatten)]
@@ -261,7 +265,7 @@ fn run_e2e(args: BenchE2eArgs) -> Result<()> {
     let catalog = SqliteCatalog::open_existing(&args.db.db)?;
     let encoder = load_encoder(&assets, &catalog, &args.model)?;
     let engine = Arc::new(SearchEngine::open_with(catalog, Box::new(encoder), &args.index.config(&args.db.db)?)?);
-    let options = lookalike::bench::e2e::E2eBench { requests: args.requests, images, k: args.k, colour: args.colour, kind: args.kind, name: args.name };
+    let options = lookalike::bench::e2e::E2eBench { requests: args.requests, images, k: args.k, colour: args.colour, kind: args.kind, fresh_connections: args.fresh_connections, name: args.name };
     lookalike::bench::e2e::run(engine, &env, &options)?;
     Ok(())
 }

@@ -396,12 +396,10 @@ impl AnnIndex {
     }
 
     fn rerank(&self, query: &[f32], candidates: &[u64], k: usize) -> Vec<Hit> {
+        let keys: Vec<Key> = candidates.iter().map(|&c| c as Key).collect();
         let mut top = TopK::new(k);
-        for &c in candidates {
-            let key = c as Key;
-            if let Some(score) = self.exact.score(query, key) {
-                top.push(key, score);
-            }
+        for (key, score) in self.exact.scores(query, &keys) {
+            top.push(key, score);
         }
         top.into_sorted()
     }

@@ -12,6 +12,11 @@
 //!
 //! A job carries the uploaded bytes; the worker drops them as soon as the photo is preprocessed,
 //! and nothing of them is written anywhere.
+//!
+//! - **Followed up in place:** a job may carry the work that needs its encoded photo (a search
+//!   does: nearest neighbours, then product rows), run on the same worker right after the
+//!   encode. Handing the photo back to the async runtime and on to the blocking pool instead
+//!   costs two thread wake-ups, about 0.1 ms of a 7 ms search on a 2-core machine.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
@@ -49,7 +54,41 @@ struct EncodeJob {
     crop: Option<Crop>,
     items: Items,
     enqueued: Instant,
-    reply: oneshot::Sender<Result<EncodedQuery, SearchError>>,
+    reply: Box<dyn Reply>,
+}
+
+/// Where a job's encoded photo goes: through the caller's follow-up, back to the waiting
+/// request.
+trait Reply: Send {
+    /// The request stopped waiting (its client went away): the job's work can be skipped.
+    fn is_closed(&self) -> bool;
+    fn send(self: Box<Self>, encoded: Result<EncodedQuery, SearchError>);
+}
+
+struct FollowUp<T, F> {
+    sender: oneshot::Sender<Result<T, ApiError>>,
+    then: F,
+}
+
+impl<T, F> Reply for FollowUp<T, F>
+where
+    T: Send,
+    F: FnOnce(EncodedQuery) -> Result<T, ApiError> + Send,
+{
+    fn is_closed(&self) -> bool {
+        self.sender.is_closed()
+    }
+
+    fn send(self: Box<Self>, encoded: Result<EncodedQuery, SearchError>) {
+        let FollowUp { sender, then } = *self;
+        if sender.is_closed() {
+            return;
+        }
+        // A panic in the follow-up fails its request, not the worker thread.
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| encoded.map_err(ApiError::from).and_then(then)))
+            .unwrap_or_else(|_| Err(ApiError::Internal(anyhow::anyhow!("the search after encoding the photo failed (panicked)"))));
+        let _ = sender.send(outcome);
+    }
 }
 
 /// Handle to the pool. Dropping it closes the queue; the workers finish what they hold and exit.
@@ -85,8 +124,17 @@ impl Batcher {
     /// it (with `Items::All`, encoding each on its own too). Fails at once with
     /// [`ApiError::Busy`] when the queue is full.
     pub async fn encode(&self, bytes: Bytes, crop: Option<Crop>, items: Items) -> Result<EncodedQuery, ApiError> {
-        let (reply, answer) = oneshot::channel();
-        let job = EncodeJob { bytes, crop, items, enqueued: Instant::now(), reply };
+        self.encode_then(bytes, crop, items, Ok).await
+    }
+
+    /// [`Batcher::encode`], then `then` on the encoded photo, on the same worker.
+    pub async fn encode_then<T, F>(&self, bytes: Bytes, crop: Option<Crop>, items: Items, then: F) -> Result<T, ApiError>
+    where
+        T: Send + 'static,
+        F: FnOnce(EncodedQuery) -> Result<T, ApiError> + Send + 'static,
+    {
+        let (sender, answer) = oneshot::channel();
+        let job = EncodeJob { bytes, crop, items, enqueued: Instant::now(), reply: Box::new(FollowUp { sender, then }) };
         self.waiting.fetch_add(1, Ordering::Relaxed);
         match self.queue.try_send(job) {
             Ok(()) => {}
@@ -102,8 +150,7 @@ impl Batcher {
                 return Err(ApiError::Internal(anyhow::anyhow!("the encoder workers have stopped")));
             }
         }
-        let result = answer.await.map_err(|_| ApiError::Internal(anyhow::anyhow!("an encoder worker dropped a job")))?;
-        Ok(result?)
+        answer.await.map_err(|_| ApiError::Internal(anyhow::anyhow!("an encoder worker dropped a job")))?
     }
 }
 
@@ -148,9 +195,7 @@ impl Worker {
             let queue_ms = job.enqueued.elapsed().as_secs_f64() * 1000.0;
             match self.engine.prepare_query(&job.bytes, job.crop, job.items) {
                 Ok(query) => prepared.push((job.reply, Timings { queue_ms, ..query.timings.clone() }, query)),
-                Err(err) => {
-                    let _ = job.reply.send(Err(err));
-                }
+                Err(err) => job.reply.send(Err(err)),
             }
             // `job.bytes` (the upload) is dropped here, before inference; the decoded photo is
             // kept until its items are encoded only with `Items::All`.
@@ -169,13 +214,13 @@ impl Worker {
         match encoded {
             Ok(photos) => {
                 for ((reply, photo), timings) in replies.into_iter().zip(photos).zip(timings) {
-                    let _ = reply.send(Ok(EncodedQuery { photo, timings: Timings { encode_ms, ..timings } }));
+                    reply.send(Ok(EncodedQuery { photo, timings: Timings { encode_ms, ..timings } }));
                 }
             }
             Err(err) => {
                 let message = format!("{err:#}");
                 for reply in replies {
-                    let _ = reply.send(Err(SearchError::Internal(anyhow::anyhow!("encoding failed: {message}"))));
+                    reply.send(Err(SearchError::Internal(anyhow::anyhow!("encoding failed: {message}"))));
                 }
             }
         }

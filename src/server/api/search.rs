@@ -106,17 +106,19 @@ async fn search_by_photo(state: Arc<AppState>, mut form: Multipart) -> Result<Js
     let filter = Filter::parse(&filters).map_err(|e| ApiError::BadParameters(e.to_string()))?;
     let request = page_request(k, offset, filter, colour.as_deref(), kind.as_deref())?;
 
-    let encoded = state.batcher.encode(image, crop, items).await?;
     let engine = state.engine.clone();
-    blocking(move || {
-        let results = engine.search_photo(&encoded.photo, &request, encoded.timings, started)?;
-        let vector = match include_vector {
-            true => Some(engine.query_vector(&encoded.photo)?.to_vec()),
-            false => None,
-        };
-        Ok(Json(SearchResponse::for_photo(&results, items, vector)))
-    })
-    .await
+    // The search runs on the encoder worker straight after the encode (see the batcher).
+    state
+        .batcher
+        .encode_then(image, crop, items, move |encoded| {
+            let results = engine.search_photo(&encoded.photo, &request, encoded.timings, started)?;
+            let vector = match include_vector {
+                true => Some(engine.query_vector(&encoded.photo)?.to_vec()),
+                false => None,
+            };
+            Ok(Json(SearchResponse::for_photo(&results, items, vector)))
+        })
+        .await
 }
 
 async fn search_by_reference(state: Arc<AppState>, body: SearchJson) -> Result<Json<SearchResponse>, ApiError> {

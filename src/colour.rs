@@ -497,8 +497,11 @@ impl std::fmt::Display for ColourMode {
 /// on the colourised Fashion-MNIST benchmark (docs/colour-study.md), P@10 by kind and colour,
 /// fixed 0.1 -> relative 1.0: untuned 0.707 -> 0.709 clean (10,000 queries), 0.395 -> 0.409
 /// perturbed (3,000); tuned 0.741 -> 0.774 clean, 0.569 -> 0.608 perturbed; P@10 by kind alone
-/// stays within 0.02 of shape only in all four (relative 1.5 does not, untuned: -0.026).
-pub const MATCH_WEIGHT: f32 = 1.0;
+/// stays within 0.02 of shape only in all four (relative 1.5 did not then, untuned: -0.026).
+///
+/// 1.5 since the kind consensus keeps the right kind on the first page while colour reorders
+/// it (docs/colour-study.md, "The weight again").
+pub const MATCH_WEIGHT: f32 = 1.5;
 
 /// Shape candidates re-ranked by colour under [`ColourMode::Match`] when the first
 /// [`MATCH_FIRST_CANDIDATES`] are not enough (more when a page reaches deeper). Fetching 300
@@ -607,6 +610,10 @@ impl ColourTable {
     /// `(shape + λ colour) / (1 + λ)`, ranks the same but drifts towards colour similarity
     /// wherever λ is large: on a small catalog of unrelated photos an unrelated one scored 0.5,
     /// and the likeness bands, measured on shape scores, called it "very similar".)
+    ///
+    /// Scores are not clamped here: a product far ahead in shape *and* colour (a same-colour copy
+    /// of the photo's product) goes above 1, and the kind consensus that re-ranks next must
+    /// still see it ahead of a product that merely reaches 1. Search clamps what it reports.
     pub fn rerank(&self, hits: Vec<Hit>, query: &ColourDescriptor, weight: f32) -> Vec<Hit> {
         let colours: Vec<f32> = hits.iter().map(|h| self.descriptor(h.key).map_or(0.5, |d| d.similarity(query))).collect();
         // The blend is scale-free: `weight` times the ratio of the two signals' spreads (their
@@ -628,8 +635,6 @@ impl ColourTable {
             .map(|(h, colour)| Hit { key: h.key, score: h.score + weight * (colour - mean_colour) })
             .collect();
         blended.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.key.cmp(&b.key)));
-        // Clamped after sorting, so the order is the blend's and a score reads like a cosine.
-        blended.iter_mut().for_each(|h| h.score = h.score.clamp(-1.0, 1.0));
         blended
     }
 }

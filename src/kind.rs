@@ -166,10 +166,13 @@ impl KindTable {
             .into_iter()
             .map(|hit| {
                 let lift = share(&hit.key).map_or(0.0, |s| weight * (s - mean));
-                Hit { key: hit.key, score: (hit.score + lift - weight * (top - mean)).clamp(-1.0, 1.0) }
+                Hit { key: hit.key, score: hit.score + lift - weight * (top - mean) }
             })
             .collect();
         ranked.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.key.cmp(&b.key)));
+        // Clamped after sorting, so the order is the re-rank's (scores from the colour blend
+        // may exceed 1) and a score reads like a cosine.
+        ranked.iter_mut().for_each(|h| h.score = h.score.clamp(-1.0, 1.0));
         ranked
     }
 }
@@ -227,6 +230,21 @@ mod tests {
         assert_eq!(&ranked[..3], &[2, 3, 4], "{ranked:?}");
         assert_eq!(t.rerank(blended)[0].key, 1, "voting on the blend itself keeps the shirt first");
         assert!(KindTable::default().votes(&by_shape).is_none(), "no kinds, no votes");
+    }
+
+    /// A colour blend may score a same-colour copy of the photo's product above 1 and lift
+    /// another product to 1: the re-rank orders them by those scores, then reports cosines.
+    #[test]
+    fn scores_above_one_keep_their_order_and_are_reported_clamped() {
+        let t = table(&[(2, "Coat"), (3, "Coat"), (4, "Dress")]);
+        let by_shape = vec![hit(2, 0.45), hit(3, 0.44), hit(9, 0.97), hit(4, 0.40)];
+        // Key 9, the copy, has no category (neither promoted nor held back); clamped before
+        // sorting, it would tie with the coat at 1 and lose on its larger key.
+        let blended = vec![hit(9, 1.30), hit(2, 1.02), hit(3, 0.90), hit(4, 0.85)];
+        let ranked = t.rerank_by(blended, t.votes(&by_shape).as_ref(), WEIGHT);
+        assert_eq!(ranked[0].key, 9, "{ranked:?}");
+        assert!(ranked.iter().all(|h| (-1.0..=1.0).contains(&h.score)), "{ranked:?}");
+        assert!(ranked.windows(2).all(|w| w[0].score >= w[1].score), "{ranked:?}");
     }
 
     #[test]

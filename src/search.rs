@@ -1193,14 +1193,15 @@ impl SearchEngine {
             }
         };
         let bands = self.likeness_bands()?;
-        let likeness = |score: f32| bands.map_or(Likeness::Related, |b| b.band(score));
+        let likeness = |score: f32| bands.map_or(Likeness::Related, |b| b.band(score.clamp(-1.0, 1.0)));
         let hits = page
             .iter()
             .zip(0..)
             .filter_map(|(hit, i)| {
                 products.iter().find(|p| p.key == hit.key).map(|p| RankedProduct {
                     rank: request.offset + i + 1,
-                    score: hit.score,
+                    // A colour blend not re-ranked by kind may pass 1 (`ColourTable::rerank`).
+                    score: hit.score.clamp(-1.0, 1.0),
                     likeness: likeness(hit.score),
                     product: p.clone(),
                 })

@@ -1193,16 +1193,17 @@ impl SearchEngine {
             }
         };
         let bands = self.likeness_bands()?;
-        let likeness = |score: f32| bands.map_or(Likeness::Related, |b| b.band(score.clamp(-1.0, 1.0)));
+        let likeness = |score: f32| bands.map_or(Likeness::Related, |b| b.band(score));
         let hits = page
             .iter()
             .zip(0..)
             .filter_map(|(hit, i)| {
+                // A colour blend not re-ranked by kind may pass 1 (`ColourTable::rerank`).
+                let score = hit.score.clamp(-1.0, 1.0);
                 products.iter().find(|p| p.key == hit.key).map(|p| RankedProduct {
                     rank: request.offset + i + 1,
-                    // A colour blend not re-ranked by kind may pass 1 (`ColourTable::rerank`).
-                    score: hit.score.clamp(-1.0, 1.0),
-                    likeness: likeness(hit.score),
+                    score,
+                    likeness: likeness(score),
                     product: p.clone(),
                 })
             })

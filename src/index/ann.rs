@@ -396,9 +396,8 @@ impl AnnIndex {
     }
 
     fn rerank(&self, query: &[f32], candidates: &[u64], k: usize) -> Vec<Hit> {
-        let keys: Vec<Key> = candidates.iter().map(|&c| c as Key).collect();
         let mut top = TopK::new(k);
-        for (key, score) in self.exact.scores(query, &keys) {
+        for (key, score) in self.exact.scores(query, candidates.iter().map(|&c| c as Key)) {
             top.push(key, score);
         }
         top.into_sorted()

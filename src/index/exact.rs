@@ -147,10 +147,10 @@ impl ExactIndex {
     /// The scores of `query` against the rows of `keys` (keys not held are left out), in the
     /// order given. The rows are scattered over the whole buffer, so each one is fetched from
     /// memory a few rows ahead of its dot product: the loads overlap instead of queueing.
-    pub fn scores(&self, query: &[f32], keys: &[Key]) -> Vec<(Key, f32)> {
+    pub fn scores(&self, query: &[f32], keys: impl IntoIterator<Item = Key>) -> Vec<(Key, f32)> {
         /// Rows in flight ahead of the one being scored.
         const AHEAD: usize = 4;
-        let found: Vec<(Key, usize)> = keys.iter().filter_map(|&key| Some((key, *self.position.get(&key)?))).collect();
+        let found: Vec<(Key, usize)> = keys.into_iter().filter_map(|key| Some((key, *self.position.get(&key)?))).collect();
         let query = self.prepare(query);
         let row_bytes = |i: usize| match &self.rows {
             Rows::F32(r) => kernels::prefetch(&r[i * self.dim..(i + 1) * self.dim]),
@@ -408,7 +408,7 @@ mod tests {
             let q = unit(&(0..dim).map(|i| i as f32 - 20.0).collect::<Vec<_>>());
             let keys = [31, 4, 999, 17, 0, 49, 4];
             let expected: Vec<(Key, f32)> = keys.iter().filter_map(|&k| Some((k, idx.score(&q, k)?))).collect();
-            assert_eq!(idx.scores(&q, &keys), expected, "{precision:?}");
+            assert_eq!(idx.scores(&q, keys), expected, "{precision:?}");
             assert_eq!(expected.len(), 6);
         }
         Ok(())

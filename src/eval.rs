@@ -204,6 +204,61 @@ pub struct UnmatchedProducts {
     pub missed: f64,
 }
 
+/// Every row `eval` can report: a way of ranking the catalog for a query photo.
+pub const METHODS: [&str; 10] = [
+    "lookalike",
+    "lookalike_any_kind",
+    "lookalike_as_taken",
+    "lookalike_unadapted",
+    "lookalike_any",
+    "lookalike_item",
+    "lookalike_item_crop",
+    "lookalike_untuned",
+    "original_recipe",
+    "raw_pixels",
+];
+
+/// The rows an evaluation computes. Every row costs a search of the whole catalog per query,
+/// some an encode: leaving out the comparisons makes a full-protocol run (10,000 queries) a
+/// few times shorter when only `lookalike` is wanted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MethodSet(Vec<&'static str>);
+
+impl MethodSet {
+    pub fn all() -> MethodSet {
+        MethodSet(METHODS.to_vec())
+    }
+
+    pub fn has(&self, method: &str) -> bool {
+        self.0.contains(&method)
+    }
+}
+
+impl Default for MethodSet {
+    fn default() -> MethodSet {
+        MethodSet::all()
+    }
+}
+
+impl std::str::FromStr for MethodSet {
+    type Err = String;
+
+    /// `all`, or method names separated by commas.
+    fn from_str(text: &str) -> Result<MethodSet, String> {
+        if text.trim() == "all" {
+            return Ok(MethodSet::all());
+        }
+        let mut picked = Vec::new();
+        for name in text.split(',').map(str::trim) {
+            let known = METHODS.iter().find(|m| **m == name).ok_or_else(|| format!("unknown method {name:?}: choose from all, {}", METHODS.join(", ")))?;
+            if !picked.contains(known) {
+                picked.push(*known);
+            }
+        }
+        Ok(MethodSet(picked))
+    }
+}
+
 /// How to run an evaluation.
 #[derive(Debug, Clone)]
 pub struct EvalOptions {
@@ -231,6 +286,8 @@ pub struct EvalOptions {
     pub kind: KindMode,
     /// The consensus's weight (search uses [`kind::WEIGHT`]).
     pub kind_weight: f32,
+    /// The rows to compute (rows that do not apply to the catalog are left out anyway).
+    pub methods: MethodSet,
 }
 
 /// Picks `n` of `labels`' indices, the same number from each label (the first labels in sorted
@@ -384,20 +441,26 @@ pub fn evaluate(catalog: &SqliteCatalog, encoder: &dyn Encoder, queries: &[Label
         None => Box::new(space.build_index(catalog, VectorKind::Primary, Precision::F32)?),
     };
     let untuned_space = SearchSpace::centred(catalog, VectorKind::Primary)?;
+    let wanted = &options.methods;
     let untuned = match space.tuned_on() {
-        Some(_) => Some(untuned_space.build_index(catalog, VectorKind::Primary, Precision::F32)?),
-        None => None,
+        Some(_) if wanted.has("lookalike_untuned") => Some(untuned_space.build_index(catalog, VectorKind::Primary, Precision::F32)?),
+        _ => None,
     };
-    let original = SearchSpace::Identity.build_index(catalog, VectorKind::MaxPooled, Precision::F32)?;
+    let original = match wanted.has("original_recipe") {
+        true => SearchSpace::Identity.build_index(catalog, VectorKind::MaxPooled, Precision::F32)?,
+        false => ExactIndex::new(1),
+    };
 
     let first = products.first().context("the catalog is empty")?;
     let side = raw_pixel_side(catalog, first.key, &first.image)?;
-    tracing::info!("raw-pixel baseline at {side}x{side}");
     let mut raw = ExactIndex::new((side * side) as usize);
-    for p in &products {
-        let mut v = preprocess::greyscale_pixels(&catalog.decoded_image(p.key, &p.image)?, side);
-        l2_normalize(&mut v);
-        raw.upsert(p.key, &v)?;
+    if wanted.has("raw_pixels") {
+        tracing::info!("raw-pixel baseline at {side}x{side}");
+        for p in &products {
+            let mut v = preprocess::greyscale_pixels(&catalog.decoded_image(p.key, &p.image)?, side);
+            l2_normalize(&mut v);
+            raw.upsert(p.key, &v)?;
+        }
     }
 
     // Where the product is in a query: the catalog's learned head, else training-free.
@@ -427,7 +490,22 @@ pub fn evaluate(catalog: &SqliteCatalog, encoder: &dyn Encoder, queries: &[Label
         colour_weight: options.colour_weight,
         kinds: kinds.as_ref(),
         kind_weight: options.kind_weight,
+        wanted,
     };
+    let applies = |method: &str| match method {
+        "lookalike_any_kind" => methods.kinds.is_some(),
+        "lookalike_unadapted" => space.adapts_photos(),
+        "lookalike_any" => methods.colour != ColourMode::Any,
+        "lookalike_untuned" => methods.untuned.is_some(),
+        "original_recipe" => !original.is_empty(),
+        _ => true,
+    };
+    if !wanted.0.iter().any(|m| applies(m)) {
+        bail!(
+            "none of the rows asked for applies to this catalog ({}): lookalike_untuned needs a tuned catalog, lookalike_unadapted one with a photo adapter (tune --adapt), lookalike_any a colour catalog and --colour other than any, lookalike_any_kind categories and --kind match",
+            wanted.0.join(", ")
+        );
+    }
     let mut tallies: BTreeMap<&str, Tally> = BTreeMap::new();
     // The query's own colour, when relevance includes it: to measure how well it is read.
     let colour_column = columns.iter().position(|c| *c == "baseColour");
@@ -505,6 +583,8 @@ struct Methods<'a> {
     /// The products' categories, when the lookalike rows put the agreed kind first.
     kinds: Option<&'a KindTable>,
     kind_weight: f32,
+    /// The rows to rank.
+    wanted: &'a MethodSet,
 }
 
 impl Methods<'_> {
@@ -577,23 +657,30 @@ impl Methods<'_> {
         };
         let search = |index: &dyn VectorIndex, vector: &[f32]| search_kind(index, vector, self.kinds);
 
+        let wants = |method: &str| self.wanted.has(method);
         let t = Instant::now();
         let vector = view(self.lookalike, self.space, self.very_similar)?;
-        ranked.push(("lookalike", search(self.lookalike, &vector)?, encode_ms + ms(t)));
+        let view_ms = ms(t);
+        if wants("lookalike") {
+            let t = Instant::now();
+            ranked.push(("lookalike", search(self.lookalike, &vector)?, encode_ms + view_ms + ms(t)));
+        }
         // Likeness alone, without the kind the best matches agree on: what the consensus adds.
-        if self.kinds.is_some() {
+        if self.kinds.is_some() && wants("lookalike_any_kind") {
             let t = Instant::now();
             ranked.push(("lookalike_any_kind", search_kind(self.lookalike, &vector, None)?, encode_ms + ms(t)));
         }
         // The photo as taken, never straightened: what straightening adds.
-        let t = Instant::now();
-        ranked.push(("lookalike_as_taken", search(self.lookalike, &self.space.map_photo(&embedding.vector)?)?, encode_ms + ms(t)));
+        if wants("lookalike_as_taken") {
+            let t = Instant::now();
+            ranked.push(("lookalike_as_taken", search(self.lookalike, &self.space.map_photo(&embedding.vector)?)?, encode_ms + ms(t)));
+        }
         // Without the photo adapter: what it adds.
-        if self.space.adapts_photos() {
+        if self.space.adapts_photos() && wants("lookalike_unadapted") {
             let t = Instant::now();
             ranked.push(("lookalike_unadapted", search(self.lookalike, &view(self.lookalike, &self.space.without_photo_adapter(), self.very_similar)?)?, encode_ms + ms(t)));
         }
-        if self.colour != ColourMode::Any {
+        if self.colour != ColourMode::Any && wants("lookalike_any") {
             let t = Instant::now();
             let hits = self.lookalike.search(&vector, if self.kinds.is_some() { kind::CANDIDATES } else { K }, None)?;
             let hits = self.kinds.map_or(hits.clone(), |k| k.rerank_with(hits, self.kind_weight)).into_iter().take(K).collect();
@@ -602,23 +689,27 @@ impl Methods<'_> {
 
         // The same search with the query pooled over the main item found on its feature map,
         // as search does (the whole photo when nothing stands out or the item fills it).
-        let t = Instant::now();
-        let item_vector = found.as_ref().and_then(|(grid, f)| Some(grid.pool_over(&f.search_item()?.cells)));
-        let hits = search(self.lookalike, &self.space.map_photo(item_vector.as_ref().unwrap_or(&embedding.vector))?)?;
-        ranked.push(("lookalike_item", hits, encode_ms + ms(t)));
+        if wants("lookalike_item") {
+            let t = Instant::now();
+            let item_vector = found.as_ref().and_then(|(grid, f)| Some(grid.pool_over(&f.search_item()?.cells)));
+            let hits = search(self.lookalike, &self.space.map_photo(item_vector.as_ref().unwrap_or(&embedding.vector))?)?;
+            ranked.push(("lookalike_item", hits, encode_ms + ms(t)));
+        }
 
         // Or cropped to the main item's box (half a grid cell of margin) and encoded again.
-        let t = Instant::now();
-        let crop = found.as_ref().and_then(|(_, found)| {
-            let main = found.search_item()?;
-            let margin = 0.5 / found.width.max(1) as f32;
-            preprocess::input_box_to_crop(main.bounds, margin, photo.width(), photo.height(), spec.input.fit)
-        });
-        let vector = match crop {
-            Some(crop) => self.encoder.encode(&[preprocess::prepare_image(photo, Some(crop), &spec.input)])?.into_iter().next().context("encoder returned nothing")?.vector,
-            None => embedding.vector.clone(),
-        };
-        ranked.push(("lookalike_item_crop", search(self.lookalike, &self.space.map_photo(&vector)?)?, encode_ms + ms(t)));
+        if wants("lookalike_item_crop") {
+            let t = Instant::now();
+            let crop = found.as_ref().and_then(|(_, found)| {
+                let main = found.search_item()?;
+                let margin = 0.5 / found.width.max(1) as f32;
+                preprocess::input_box_to_crop(main.bounds, margin, photo.width(), photo.height(), spec.input.fit)
+            });
+            let vector = match crop {
+                Some(crop) => self.encoder.encode(&[preprocess::prepare_image(photo, Some(crop), &spec.input)])?.into_iter().next().context("encoder returned nothing")?.vector,
+                None => embedding.vector.clone(),
+            };
+            ranked.push(("lookalike_item_crop", search(self.lookalike, &self.space.map_photo(&vector)?)?, encode_ms + ms(t)));
+        }
 
         if let Some((untuned, untuned_space, very_similar)) = &self.untuned {
             let t = Instant::now();
@@ -628,10 +719,12 @@ impl Methods<'_> {
             let t = Instant::now();
             ranked.push(("original_recipe", self.original.search(max, K, None)?, encode_ms + ms(t)));
         }
-        let t = Instant::now();
-        let mut v = preprocess::greyscale_pixels(photo, self.side);
-        l2_normalize(&mut v);
-        ranked.push(("raw_pixels", self.raw.search(&v, K, None)?, ms(t)));
+        if !self.raw.is_empty() {
+            let t = Instant::now();
+            let mut v = preprocess::greyscale_pixels(photo, self.side);
+            l2_normalize(&mut v);
+            ranked.push(("raw_pixels", self.raw.search(&v, K, None)?, ms(t)));
+        }
         Ok((ranked, query_colour_name))
     }
 }
@@ -838,6 +931,18 @@ impl EvalReport {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn method_sets_parse_names_once_each_and_refuse_unknown_ones() {
+        assert_eq!("all".parse::<MethodSet>(), Ok(MethodSet::all()));
+        let some: MethodSet = " lookalike_any ,lookalike,lookalike_any".parse().expect("known names");
+        assert_eq!(some.0, ["lookalike_any", "lookalike"]);
+        assert!(some.has("lookalike") && !some.has("raw_pixels"));
+        for bad in ["", "lookalike,", "Lookalike", "lookalike,faiss"] {
+            let error = bad.parse::<MethodSet>().expect_err(bad);
+            assert!(error.contains("raw_pixels") && error.contains("unknown method"), "{bad}: {error}");
+        }
+    }
 
     #[test]
     fn average_precision_rewards_early_hits() {

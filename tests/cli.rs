@@ -341,7 +341,7 @@ fn bench_e2e_reports_client_and_stage_medians_over_either_kind_of_connection() {
 }
 
 #[test]
-fn eval_reports_all_three_methods() {
+fn eval_reports_all_three_methods_or_the_rows_asked_for() {
     let out = json(&ok(&[
         "eval", "--db", path(shared_catalog()), "--fashion-mnist", "test", "--queries", "50", "--seed", "3",
         "--fashion-mnist-dir", path(&fm_dir()), "--json",
@@ -360,6 +360,25 @@ fn eval_reports_all_three_methods() {
     // With this small catalog raw pixels are already decent; the learned features must still be
     // far above chance (0.1).
     assert!(out["methods"]["lookalike"]["precision_at_10"].as_f64().unwrap_or(0.0) > 0.5, "{out}");
+
+    // Only the rows asked for, each ranked as in the full run.
+    let some = json(&ok(&[
+        "eval", "--db", path(shared_catalog()), "--fashion-mnist", "test", "--queries", "50", "--seed", "3",
+        "--fashion-mnist-dir", path(&fm_dir()), "--json", "--methods", "raw_pixels, lookalike",
+    ]));
+    let rows: Vec<&String> = some["methods"].as_object().map(|m| m.keys().collect()).unwrap_or_default();
+    assert_eq!(rows, ["lookalike", "raw_pixels"], "{some}");
+    for method in ["lookalike", "raw_pixels"] {
+        for key in ["precision_at_1", "precision_at_10", "map_at_10", "knn_accuracy"] {
+            assert_eq!(some["methods"][method][key], out["methods"][method][key], "{method}.{key}");
+        }
+    }
+    let refused = lookalike(&["eval", "--db", path(shared_catalog()), "--fashion-mnist", "test", "--methods", "lookalike,best"]);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success() && stderr.contains("\"best\"") && stderr.contains("original_recipe"), "{stderr}");
+    let refused = lookalike(&["eval", "--db", path(shared_catalog()), "--fashion-mnist", "test", "--queries", "5", "--fashion-mnist-dir", path(&fm_dir()), "--methods", "lookalike_untuned"]);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success() && stderr.contains("needs a tuned catalog"), "an untuned catalog has no such row: {stderr}");
 }
 
 #[test]

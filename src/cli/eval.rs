@@ -52,6 +52,12 @@ pub struct EvalArgs {
     /// a candidate gains when every vote is for its kind.
     #[arg(long, value_name = "W", default_value_t = lookalike::kind::WEIGHT)]
     pub kind_weight: f32,
+    /// The rows to compute: `all`, or names separated by commas (lookalike, lookalike_any_kind,
+    /// lookalike_as_taken, lookalike_unadapted, lookalike_any, lookalike_item,
+    /// lookalike_item_crop, lookalike_untuned, original_recipe, raw_pixels). Fewer rows, a
+    /// shorter run: `--methods lookalike,lookalike_any` for the colour benchmark.
+    #[arg(long, value_name = "all|NAME,...", default_value = "all")]
+    pub methods: eval::MethodSet,
     #[arg(long)]
     pub json: bool,
     /// Also write the JSON report to this file.
@@ -117,6 +123,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
         colour_weight: args.colour_weight,
         kind: args.kind,
         kind_weight: args.kind_weight,
+        methods: args.methods.clone(),
     };
     let report = eval::evaluate(&catalog, &encoder, &queries, &options)?;
     let json = serde_json::to_string_pretty(&report)?;

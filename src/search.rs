@@ -541,11 +541,11 @@ impl SearchEngine {
     pub fn prepare_query(&self, bytes: &[u8], crop: Option<Crop>, items: Items) -> Result<PreparedQuery, SearchError> {
         let mut timings = Timings::default();
         let t = Instant::now();
-        let image = preprocess::decode(bytes, &self.limits)?;
+        let input = &self.encoder.spec().input;
+        let image = preprocess::decode_reduced(bytes, &self.limits, preprocess::needed_side(input, crop))?;
         timings.decode_ms = ms(t);
 
         let t = Instant::now();
-        let input = &self.encoder.spec().input;
         let pixels = preprocess::input_pixels(&image, crop, input);
         let tensor = pixels.tensor(input);
         let localise_in = crop.is_none().then(|| (image.width(), image.height()));
@@ -732,8 +732,9 @@ impl SearchEngine {
         // own pixels as a catalog shot, as `index` gives it (so searches do not pay for it).
         if product.colour.is_none() {
             if let crate::types::NewImage::Stored { bytes, .. } = &product.image {
-                let image = preprocess::decode(bytes, &self.limits)?;
-                if let Some(colour) = colour::of_product(&preprocess::input_pixels(&image, None, &self.encoder.spec().input)) {
+                let input = &self.encoder.spec().input;
+                let image = preprocess::decode_reduced(bytes, &self.limits, preprocess::needed_side(input, None))?;
+                if let Some(colour) = colour::of_product(&preprocess::input_pixels(&image, None, input)) {
                     colour.name_in(&mut product.metadata);
                     product.colour = Some(colour.descriptor.values());
                 }

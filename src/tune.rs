@@ -189,7 +189,7 @@ pub fn shopper_views(catalog: &SqliteCatalog, encoder: &dyn crate::encoder::Enco
         let prepared: Vec<(Vec<f32>, usize)> = read
             .into_par_iter()
             .filter_map(|(view, bytes, pick)| {
-                let image = crate::preprocess::decode(&bytes, &crate::preprocess::DecodeLimits::default()).ok()?;
+                let image = crate::preprocess::decode_reduced(&bytes, &crate::preprocess::DecodeLimits::default(), crate::preprocess::needed_side(input, None)).ok()?;
                 let mut item_rng = rand::rngs::StdRng::seed_from_u64(seed ^ (view as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
                 let shopper = crate::perturb::perturb(&image, &mut item_rng);
                 Some((crate::preprocess::prepare_image(&shopper, None, input), pick))

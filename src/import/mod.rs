@@ -336,7 +336,7 @@ pub fn calibrate_int8(assets: &crate::assets::Assets, base: &str, items: &[Catal
                 ItemImage::File(path) => std::fs::read(path).ok()?,
                 ItemImage::Bytes { bytes, .. } => bytes.clone(),
             };
-            let image = preprocess::decode(&bytes, &limits).ok()?;
+            let image = preprocess::decode_reduced(&bytes, &limits, preprocess::needed_side(&spec.input, None)).ok()?;
             let shopper = crate::perturb::perturb(&image, &mut rand::rngs::StdRng::seed_from_u64(i as u64));
             Some([preprocess::prepare_image(&image, None, &spec.input), preprocess::prepare_image(&shopper, None, &spec.input)])
         })
@@ -371,7 +371,7 @@ fn prepare_item(
     if indexed.is_some_and(|k| k.has_colour) {
         return Ok(Preparation::Unchanged);
     }
-    let image = preprocess::decode(bytes, limits).map_err(|e| fail(format!("{}: {e}", describe(&item.image))))?;
+    let image = preprocess::decode_reduced(bytes, limits, preprocess::needed_side(input, None)).map_err(|e| fail(format!("{}: {e}", describe(&item.image))))?;
     let pixels = preprocess::input_pixels(&image, None, input);
     let colour = colour::of_product(&pixels);
     if let Some(colour) = &colour {

@@ -1,5 +1,7 @@
 //! Micro-benchmarks of the search kernels: one dot product per storage precision, and a full
-//! exact scan of 20,000 x 1280-d rows (one thread) per precision.
+//! exact scan of 20,000 x 1280-d rows (one thread) per precision. Beside them, what colour adds
+//! to importing a product: its descriptor from the model's input pixels, against making those
+//! pixels (which import does anyway).
 //!
 //! `cargo bench --features bench --bench kernels` (criterion writes its reports under target/criterion/).
 
@@ -52,5 +54,33 @@ fn scans(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, dot_products, scans);
+/// A product shot as import sees it: a 600x800 photo of a red garment (a trapezoid with
+/// sleeves) with navy stripes, on a white background.
+fn product_photo() -> image::DynamicImage {
+    let (w, h) = (600u32, 800u32);
+    image::DynamicImage::ImageRgb8(image::RgbImage::from_fn(w, h, |x, y| {
+        let (cx, dy) = ((x as f32 - w as f32 / 2.0).abs(), y as f32 / h as f32);
+        let inside = (0.1..0.9).contains(&dy) && cx < 120.0 + 100.0 * dy || (0.1..0.3).contains(&dy) && cx < 280.0;
+        match (inside, (y / 40) % 3 == 0) {
+            (false, _) => image::Rgb([255, 255, 255]),
+            (true, true) => image::Rgb([30, 40, 110]),
+            (true, false) => image::Rgb([200, 30, 40]),
+        }
+    }))
+}
+
+fn colour_at_import(c: &mut Criterion) {
+    use lookalike::model::{Fit, InputSpec, Layout};
+    let input = InputSpec { name: "input".into(), size: 224, layout: Layout::Nchw, mean: [0.485, 0.456, 0.406], std: [0.229, 0.224, 0.225], fit: Fit::Pad };
+    let photo = product_photo();
+    let pixels = lookalike::preprocess::input_pixels(&photo, None, &input);
+    let mut group = c.benchmark_group("import-one-product");
+    group.bench_function("input pixels and tensor (without colour)", |bench| {
+        bench.iter(|| lookalike::preprocess::input_pixels(std::hint::black_box(&photo), None, &input).tensor(&input))
+    });
+    group.bench_function("colour descriptor and name", |bench| bench.iter(|| lookalike::colour::of_product(std::hint::black_box(&pixels))));
+    group.finish();
+}
+
+criterion_group!(benches, dot_products, scans, colour_at_import);
 criterion_main!(benches);

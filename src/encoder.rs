@@ -419,13 +419,13 @@ pub fn observe_activation_ranges(ort_lib: &Path, spec: &ModelSpec, images: &[Vec
     let session = OrtEncoder::session(env, spec, Some(&observed), threads).context("loading the model to calibrate")?;
     let encoder = OrtEncoder { spec: spec.clone(), env, sessions: vec![Mutex::new(session)], grey: None, threads, logits: false };
     let names: Vec<&str> = points.iter().map(String::as_str).collect();
-    let mut ranges = ActivationRanges::new();
+    let mut observer = quantise::RangeObserver::default();
     for batch in images.chunks(8) {
         for (name, output) in names.iter().zip(encoder.run_outputs(batch, &names)?) {
-            quantise::observe(&mut ranges, name, &output.data);
+            observer.observe(name, &output.data);
         }
     }
-    Ok(ranges)
+    Ok(observer.ranges())
 }
 
 /// One image's feature map, addressed as `data[c * channel_stride + p * position_stride]`.

@@ -74,12 +74,39 @@ pub fn with_outputs(model: &ModelProto, names: &[String]) -> Result<ModelProto> 
     Ok(model)
 }
 
-/// Widens `ranges` by what `data` (the values of activation `name`) holds.
-pub fn observe(ranges: &mut ActivationRanges, name: &str, data: &[f32]) {
-    let (lo, hi) = data.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &v| (lo.min(v), hi.max(v)));
-    let range = ranges.entry(name.to_string()).or_insert([f32::INFINITY, f32::NEG_INFINITY]);
-    range[0] = range[0].min(lo);
-    range[1] = range[1].max(hi);
+/// Collects each activation's range batch by batch (a batch: a few calibration photos).
+///
+/// The range kept is the median over the batches of each batch's minimum and maximum, not the
+/// extremes over all photos (the way TensorFlow's moving-average calibration also discounts
+/// outliers): one photo with an outlying activation would otherwise widen the range, and so
+/// coarsen the 255 steps, for every photo, while saturating that one photo's few outlying values
+/// costs little. Measured on 2,000 perturbed Fashion-MNIST queries against 10,000 products
+/// (`examples/int8_calibration_study.rs`): the query embeddings' mean cosine to the float
+/// model's was 0.9870 with the extremes, 0.9878 with the median (docs/bench/int8).
+#[derive(Debug, Default)]
+pub struct RangeObserver {
+    batches: BTreeMap<String, Vec<[f32; 2]>>,
+}
+
+impl RangeObserver {
+    /// Records one batch's values of activation `name`.
+    pub fn observe(&mut self, name: &str, data: &[f32]) {
+        let (lo, hi) = data.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+        self.batches.entry(name.to_string()).or_default().push([lo, hi]);
+    }
+
+    /// Each activation's median batch minimum and median batch maximum.
+    pub fn ranges(&self) -> ActivationRanges {
+        let median = |mut values: Vec<f32>| {
+            values.sort_by(f32::total_cmp);
+            values[values.len() / 2]
+        };
+        self.batches
+            .iter()
+            .filter(|(_, seen)| !seen.is_empty())
+            .map(|(name, seen)| (name.clone(), [median(seen.iter().map(|r| r[0]).collect()), median(seen.iter().map(|r| r[1]).collect())]))
+            .collect()
+    }
 }
 
 /// uint8 scale and zero point covering `[min, max]` (widened to include 0, so that zero
@@ -335,6 +362,19 @@ mod tests {
         // No float weight of a conv is left.
         assert!(graph.initializer.iter().all(|t| t.name != "w1" && t.name != "w2"));
         assert!(to_qdq(&model, &ActivationRanges::new()).is_err(), "ranges are required");
+    }
+
+    #[test]
+    fn ranges_are_the_median_batch_extremes_so_one_outlying_photo_does_not_widen_them() {
+        let mut observer = RangeObserver::default();
+        observer.observe("a", &[0.0, 2.0, 1.0]);
+        observer.observe("a", &[-0.5, 2.5]);
+        observer.observe("a", &[0.1, 40.0]);
+        observer.observe("b", &[3.0]);
+        let ranges = observer.ranges();
+        assert_eq!(ranges["a"], [0.0, 2.5]);
+        assert_eq!(ranges["b"], [3.0, 3.0]);
+        assert_eq!(ranges.len(), 2);
     }
 
     #[test]

@@ -28,6 +28,8 @@ import time
 import numpy as np
 import torch
 
+import study_search
+
 F = torch.nn.functional
 SIDE = 7
 
@@ -98,22 +100,7 @@ def main():
         best = lambda v: (v @ space.T).max(1)
         perturbed = np.where((best(q["qs"]) > best(q["qp"]))[:, None], q["qs"], q["qp"])
 
-        def ranked(v, consensus=True, k=100):
-            s = v @ space.T
-            top = np.argpartition(-s, k, axis=1)[:, :k]
-            score = np.take_along_axis(s, top, 1)
-            order = np.argsort(-score, 1)
-            top, score = np.take_along_axis(top, order, 1), np.take_along_axis(score, order, 1)
-            if not consensus:
-                return top
-            # src/kind.rs: the 10 best vote on the kind, weighted exp((score - best) / 0.05); each
-            # candidate gains 0.2 x (its kind's share - the candidates' mean share).
-            kinds = label[top]
-            vote = np.exp((score[:, :10] - score[:, :1]) / 0.05)
-            share = np.stack([(vote * (kinds[:, :10] == c)).sum(1) / vote.sum(1) for c in range(len(classes))], 1)
-            lift = np.take_along_axis(share, kinds, 1)
-            lifted = score + 0.2 * (lift - lift.mean(1, keepdims=True))
-            return np.take_along_axis(top, np.argsort(-lifted, 1), 1)
+        ranked = lambda v, consensus=True: study_search.ranked(v, space, label, len(classes), consensus)
 
         p10 = lambda v, consensus=True: float((label[ranked(v, consensus)[:, :10]] == query_label[:, None]).mean())
         exact = ranked(q["exact"])

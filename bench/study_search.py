@@ -20,3 +20,18 @@ def ranked(queries, space, label, classes, consensus=True, k=100):
     lift = np.take_along_axis(share, kinds, 1)
     lifted = score + 0.2 * (lift - lift.mean(1, keepdims=True))
     return np.take_along_axis(top, np.argsort(-lifted, 1), 1)
+
+
+def scores(space, label, classes, query_label, clean, perturbed, exact, exact_rows):
+    """The measures both studies report: P@10 by label of the clean and perturbed queries with
+    and without the kind consensus, and recall@1/@10 of the re-photographed products."""
+    p10 = lambda v, consensus=True: float((label[ranked(v, space, label, classes, consensus)[:, :10]] == query_label[:, None]).mean())
+    found = ranked(exact, space, label, classes)
+    return {
+        "clean_p10": p10(clean),
+        "clean_p10_any_kind": p10(clean, False),
+        "perturbed_p10": p10(perturbed),
+        "perturbed_p10_any_kind": p10(perturbed, False),
+        "exact_recall_at_1": float((found[:, 0] == exact_rows).mean()),
+        "exact_recall_at_10": float((found[:, :10] == exact_rows[:, None]).any(1).mean()),
+    }

@@ -100,17 +100,8 @@ def main():
         best = lambda v: (v @ space.T).max(1)
         perturbed = np.where((best(q["qs"]) > best(q["qp"]))[:, None], q["qs"], q["qp"])
 
-        ranked = lambda v, consensus=True: study_search.ranked(v, space, label, len(classes), consensus)
-
-        p10 = lambda v, consensus=True: float((label[ranked(v, consensus)[:, :10]] == query_label[:, None]).mean())
-        exact = ranked(q["exact"])
         result = {
-            "clean_p10": p10(q["qc"]),
-            "clean_p10_any_kind": p10(q["qc"], False),
-            "perturbed_p10": p10(perturbed),
-            "perturbed_p10_any_kind": p10(perturbed, False),
-            "exact_recall_at_1": float((exact[:, 0] == exact_rows).mean()),
-            "exact_recall_at_10": float((exact[:, :10] == exact_rows[:, None]).any(1).mean()),
+            **study_search.scores(space, label, len(classes), query_label, q["qc"], perturbed, q["exact"], exact_rows),
             "training_seconds": round(seconds, 1),
         }
         print(json.dumps({"stage": stage, "options": vars(a), **{k: round(v, 4) for k, v in result.items()}}), flush=True)

@@ -102,22 +102,14 @@ def main():
     best = lambda v: (v @ space.T).max(1)
     pick = lambda taken, straight: np.where((best(straight) > best(taken))[:, None], straight, taken)
 
-    ranked = lambda v, consensus=True: study_search.ranked(v, space, label, len(classes), consensus)
-
-    p10 = lambda v, consensus=True: float((label[ranked(v, consensus)[:, :10]] == query_label[:, None]).mean())
+    p10 = lambda v: float((label[study_search.ranked(v, space, label, len(classes))[:, :10]] == query_label[:, None]).mean())
     perturbed = pick(q["qp"], q["qs"])
     flipped = pick(unit(q["qp"] + q["qpf"]), unit(q["qs"] + q["qsf"]))
-    exact = ranked(q["exact"])
     result = {
-        "clean_p10": p10(q["qc"]),
-        "clean_p10_any_kind": p10(q["qc"], False),
-        "perturbed_p10": p10(perturbed),
-        "perturbed_p10_any_kind": p10(perturbed, False),
+        **study_search.scores(space, label, len(classes), query_label, q["qc"], perturbed, q["exact"], exact_rows),
         "perturbed_proxy_accuracy": float(((perturbed @ proxy.T).argmax(1) == query_label).mean()),
         "clean_p10_flip_averaged": p10(unit(q["qc"] + q["qcf"])),
         "perturbed_p10_flip_averaged": p10(flipped),
-        "exact_recall_at_1": float((exact[:, 0] == exact_rows).mean()),
-        "exact_recall_at_10": float((exact[:, :10] == exact_rows[:, None]).any(1).mean()),
         "training_seconds": round(trained, 1),
     }
     print(json.dumps({"options": vars(a), **{k: round(v, 4) for k, v in result.items()}}))

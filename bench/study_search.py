@@ -22,10 +22,15 @@ def ranked(queries, space, label, classes, consensus=True, k=100):
     return np.take_along_axis(top, np.argsort(-lifted, 1), 1)
 
 
+def precision_at_10(queries, query_label, space, label, classes, consensus=True):
+    """P@10 by label: the share of each query's 10 best rows whose class is the query's."""
+    return float((label[ranked(queries, space, label, classes, consensus)[:, :10]] == query_label[:, None]).mean())
+
+
 def scores(space, label, classes, query_label, clean, perturbed, exact, exact_rows):
     """The measures both studies report: P@10 by label of the clean and perturbed queries with
     and without the kind consensus, and recall@1/@10 of the re-photographed products."""
-    p10 = lambda v, consensus=True: float((label[ranked(v, space, label, classes, consensus)[:, :10]] == query_label[:, None]).mean())
+    p10 = lambda v, consensus=True: precision_at_10(v, query_label, space, label, classes, consensus)
     found = ranked(exact, space, label, classes)
     return {
         "clean_p10": p10(clean),

@@ -102,7 +102,7 @@ def main():
     best = lambda v: (v @ space.T).max(1)
     pick = lambda taken, straight: np.where((best(straight) > best(taken))[:, None], straight, taken)
 
-    p10 = lambda v: float((label[study_search.ranked(v, space, label, len(classes))[:, :10]] == query_label[:, None]).mean())
+    p10 = lambda v: study_search.precision_at_10(v, query_label, space, label, len(classes))
     perturbed = pick(q["qp"], q["qs"])
     flipped = pick(unit(q["qp"] + q["qpf"]), unit(q["qs"] + q["qsf"]))
     result = {

@@ -3,8 +3,9 @@
 //! perturbed as `eval --perturb` does) with the float model and with int8 copies whose ranges
 //! come from the same calibration photos as `import::calibrate_int8` takes, aggregated over the
 //! batches three ways: the extremes (`max`), the median batch extremes (`median`, what lookalike
-//! uses) and their mean (`mean`). Reports each copy's P@10 and the mean cosine of its query
-//! embeddings to the float model's.
+//! uses) and their mean (`mean`). Reports each copy's P@10, the mean cosine of its query
+//! embeddings to the float model's, and P@10 with the two models mixed (int8 queries against
+//! the float catalog, float queries against the int8 catalog).
 //!
 //!     cargo run --release --example int8_calibration_study -- [CATALOG_SIZE] [QUERIES]
 use anyhow::Result;
@@ -110,9 +111,10 @@ fn main() -> Result<()> {
         let mean = cos.iter().sum::<f32>() / cos.len() as f32;
         let min = cos.iter().cloned().fold(1.0f32, f32::min);
         println!(
-            "{variant}: P@10 perturbed {:.4}  cos mean {mean:.5} min {min:.4}  cross(int8 q vs fp cat) {:.4}  encoded in {el:?}",
+            "{variant}: P@10 perturbed {:.4}  cos mean {mean:.5} min {min:.4}  int8 queries on the float catalog {:.4}  float queries on the int8 catalog {:.4}  encoded in {el:?}",
             p10(&cat_i, &cl, &q_i, &ql),
-            p10(&cat_f, &cl, &q_i, &ql)
+            p10(&cat_f, &cl, &q_i, &ql),
+            p10(&cat_i, &cl, &q_f, &ql)
         );
     }
     Ok(())

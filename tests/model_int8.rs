@@ -100,3 +100,57 @@ fn an_int8_catalog_is_calibrated_on_its_photos_and_kept_apart_from_float_vectors
     assert_eq!(again["hits"], found["hits"], "the remade model answers the same");
     assert_eq!(int8_files(home), made);
 }
+
+#[test]
+fn a_float_catalog_imported_by_the_int8_copy_is_searched_with_the_float_model() {
+    let home = scratch_home();
+    let home = home.path();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("imported.db");
+    let out = ok(home, &["index", "--db", path(&db), "--fashion-mnist", "train", "--limit", "300", "--import-precision", "int8"]);
+    assert!(out.contains("calibrating the int8 copy of efficientnet-lite0"), "{out}");
+    assert_eq!(int8_files(home).len(), 1, "the copy's file, made from this import's calibration");
+    // The catalog is the float model's: no int8 model name, no stored description.
+    let info = ok(home, &["info", "--db", path(&db)]);
+    assert!(info.contains("model: efficientnet-lite0 (1280-d"), "{info}");
+    let imported = SqliteCatalog::open_existing(&db).expect("catalog");
+    assert!(imported.model_description().expect("read").is_none());
+
+    // The copy encoded them: close to the float model's vectors of the same photos, not equal.
+    let float = SqliteCatalog::open_existing(shared_catalog()).expect("float catalog");
+    let mut cosines = Vec::new();
+    for product in imported.all_products().expect("products") {
+        let a = imported.vector(product.key).expect("read").expect("vector");
+        let other = float.get_by_id(&product.id).expect("read").expect("the same product in the float catalog");
+        let b = float.vector(other.key).expect("read").expect("float vector");
+        cosines.push(a.iter().zip(&b).map(|(x, y)| x * y).sum::<f32>());
+    }
+    cosines.sort_by(f32::total_cmp);
+    let (lowest, median, highest) = (cosines[0], cosines[cosines.len() / 2], cosines[cosines.len() - 1]);
+    eprintln!("int8-imported vs float vectors of the same 300 photos: median cosine {median:.4}, lowest {lowest:.4}, highest {highest:.6}");
+    assert!(median > 0.95 && lowest > 0.85, "int8-imported vectors drift from the float model's: median {median}, lowest {lowest}");
+    assert!(median < 0.99999, "the vectors are the float model's own: the int8 copy did not encode them");
+
+    // Searched with the float model (the catalog's, by default), a catalog photo finds its
+    // own product first; a float import adds to the same catalog.
+    let product = imported.get_by_id("fmnist-train-00007").expect("read").expect("product");
+    let photo_path = dir.path().join("p.png");
+    std::fs::write(&photo_path, imported.image_bytes(product.key, &product.image).expect("stored photo")).expect("write photo");
+    let found = search(home, &db, &photo_path);
+    assert_eq!(found["hits"][0]["id"], "fmnist-train-00007", "{found}");
+    let more = ok(home, &["index", "--db", path(&db), "--fashion-mnist", "train", "--limit", "310"]);
+    assert!(more.contains("indexed 10 new or changed, 300 unchanged"), "{more}");
+
+    // A plug-in model has no int8 copy; an unknown precision is refused with the choices.
+    let described = dir.path().join("plug-in.json");
+    let mut spec = lookalike::model::resolve(&Assets::from_env(), "efficientnet-lite0").expect("the built-in model");
+    spec.name = "my-lite0".into();
+    std::fs::write(&described, serde_json::to_string(&spec).expect("JSON")).expect("write description");
+    let plug_in = run(home, &["index", "--db", path(&dir.path().join("p.db")), "--fashion-mnist", "train", "--limit", "20", "--model", path(&described), "--import-precision", "int8"]);
+    assert!(!plug_in.status.success(), "a plug-in model was imported in int8");
+    assert!(String::from_utf8_lossy(&plug_in.stderr).contains("needs a built-in model"), "{}", String::from_utf8_lossy(&plug_in.stderr));
+    assert!(!dir.path().join("p.db").exists(), "the refused import left a catalog file behind");
+    let bad = run(home, &["index", "--db", path(&db), "--fashion-mnist", "train", "--import-precision", "int4"]);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("possible values: int8, fp32"), "{}", String::from_utf8_lossy(&bad.stderr));
+}

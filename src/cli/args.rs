@@ -178,6 +178,23 @@ pub fn calibrated_int8(assets: &Assets, args: &ModelArgs, items: &[lookalike::im
     lookalike::import::calibrate_int8(assets, base, items, args.threads.unwrap_or_else(cores)).map(Some)
 }
 
+/// The model that encodes the photos `index` imports: `spec` itself, or with
+/// `--import-precision int8` the int8 copy of its built-in float model, calibrated on `items`
+/// (up to [`lookalike::import::CALIBRATION_PHOTOS`] of them) and storing its vectors as the
+/// float model's ([`model::int8_import_copy`]). An int8 catalog imports with its own copy either
+/// way; a plug-in model has no int8 copy.
+pub fn import_model(assets: &Assets, spec: model::ModelSpec, precision: ModelPrecision, items: &[lookalike::import::CatalogItem], args: &ModelArgs) -> Result<model::ModelSpec> {
+    if precision == ModelPrecision::Fp32 || spec.int8.is_some() || items.is_empty() {
+        return Ok(spec);
+    }
+    if !model::is_builtin(&spec.name) {
+        bail!("--import-precision int8 needs a built-in model ({}); {:?} is a plug-in model: leave the option out", model::BUILTIN.join(", "), spec.name);
+    }
+    eprintln!("calibrating the int8 copy of {} on up to {} of the photos to import", spec.name, lookalike::import::CALIBRATION_PHOTOS);
+    let calibrated = lookalike::import::calibrate_int8(assets, &spec.name, items, args.threads.unwrap_or_else(cores))?;
+    model::int8_import_copy(&spec, calibrated)
+}
+
 pub fn cores() -> usize {
     std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
 }
@@ -220,6 +237,14 @@ impl From<PrecisionArg> for Precision {
             PrecisionArg::I8 => Precision::I8,
         }
     }
+}
+
+/// `--import-precision`, `--augment-precision`: which copy of a built-in model encodes photos,
+/// the float model itself or its int8 copy (calibrated on the catalog's own photos).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ModelPrecision {
+    Int8,
+    Fp32,
 }
 
 /// `--ann`: when the search graph is used.

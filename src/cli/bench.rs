@@ -42,6 +42,10 @@ pub struct BenchIngestArgs {
     pub seed: u64,
     #[arg(long, default_value = "ingest")]
     pub name: String,
+    /// Model copy lookalike's indexer encodes with, as `index --import-precision` (the
+    /// reference always runs the float model).
+    #[arg(long, value_enum, default_value_t = ModelPrecision::Fp32, value_name = "PRECISION")]
+    pub import_precision: ModelPrecision,
     #[command(flatten)]
     pub model: ModelArgs,
 }
@@ -205,7 +209,8 @@ fn run_ingest(args: BenchIngestArgs) -> Result<()> {
     let fm = FashionMnist::load(&assets.fashion_mnist_dir()?, "train")?;
     // An int8 copy is calibrated on the benchmark's Fashion-MNIST photos; the reference runs
     // the float model, as a user's own pipeline would.
-    let (spec, reference_model) = match calibrated_int8(&assets, &args.model, &fm.items(Some(args.fashion_mnist), None)?)? {
+    let calibration_items = fm.items(Some(args.fashion_mnist), None)?;
+    let (spec, reference_model) = match calibrated_int8(&assets, &args.model, &calibration_items)? {
         Some(spec) => {
             let base = spec.int8.as_ref().map(|c| c.base.clone()).context("an int8 model without its calibration")?;
             (spec, lookalike::model::resolve(&assets, &base)?.onnx)
@@ -213,7 +218,7 @@ fn run_ingest(args: BenchIngestArgs) -> Result<()> {
         None => {
             let spec = lookalike::model::for_catalog(&assets, args.model.model.as_deref(), None, None)?;
             let onnx = spec.onnx.clone();
-            (spec, onnx)
+            (import_model(&assets, spec, args.import_precision, &calibration_items, &args.model)?, onnx)
         }
     };
     let encoder = load_indexing_encoder(&assets, spec, &args.model)?;

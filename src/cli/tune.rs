@@ -43,8 +43,8 @@ pub struct TuneArgs {
     /// calibrated on 200 of the catalog's photos; the catalog's own vectors stay as they are)
     /// or `fp32` (the catalog's model itself). The projection trains on both kinds of rows
     /// either way; plug-in models and int8 catalogs always use their own model.
-    #[arg(long, value_enum, default_value_t = AugmentPrecision::Int8, value_name = "PRECISION")]
-    pub augment_precision: AugmentPrecision,
+    #[arg(long, value_enum, default_value_t = ModelPrecision::Int8, value_name = "PRECISION")]
+    pub augment_precision: ModelPrecision,
     /// Weight of the instance term: each perturbed photo is also pulled to its own product
     /// (not only to its label), so a re-photographed product finds itself. 0 turns it off.
     #[arg(long, default_value_t = 2.0, value_name = "W")]
@@ -139,21 +139,14 @@ pub fn run(args: TuneArgs) -> Result<()> {
     Ok(())
 }
 
-/// `--augment-precision`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum AugmentPrecision {
-    Int8,
-    Fp32,
-}
-
 /// The model that encodes `tune`'s perturbed photos: with `int8`, the int8 copy of the
 /// catalog's built-in model, calibrated on up to [`lookalike::import::CALIBRATION_PHOTOS`]
 /// catalog photos spread over the catalog. Why a copy may encode them: those rows are only
 /// training data, never stored or searched, and the copy encodes about 1.4x faster on CPUs
 /// with VNNI, while the projection, trained on float catalog rows beside them, is what
 /// queries meet (`eval` measures the result: docs/bench/tune/).
-fn augmentation_model(assets: &Assets, catalog: &SqliteCatalog, spec: ModelSpec, precision: AugmentPrecision) -> Result<ModelSpec> {
-    if precision == AugmentPrecision::Fp32 || spec.int8.is_some() || !model::is_builtin(&spec.name) {
+fn augmentation_model(assets: &Assets, catalog: &SqliteCatalog, spec: ModelSpec, precision: ModelPrecision) -> Result<ModelSpec> {
+    if precision == ModelPrecision::Fp32 || spec.int8.is_some() || !model::is_builtin(&spec.name) {
         return Ok(spec);
     }
     let products = catalog.all_products()?;

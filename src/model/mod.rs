@@ -121,6 +121,21 @@ pub fn int8_spec(assets: &Assets, calibration: Int8Calibration) -> Result<ModelS
     Ok(ModelSpec { name: format!("{}{INT8_SUFFIX}", calibration.base), onnx, int8: Some(calibration), ..base })
 }
 
+/// The int8 copy of built-in `float` for importing a float catalog's photos (`index
+/// --import-precision int8`): the copy's file under the float model's name, so its vectors are
+/// stored, and searched, as the float model's. Why they may mix: float queries against a catalog
+/// the copy imported scored within the quality rule of the all-float catalog on the full
+/// protocol (docs/bench/int8, "int8 import, float queries"), while int8 queries lose more.
+pub fn int8_import_copy(float: &ModelSpec, calibrated: ModelSpec) -> Result<ModelSpec> {
+    anyhow::ensure!(
+        calibrated.int8.as_ref().is_some_and(|c| c.base == float.name),
+        "{} is not the int8 copy of {}",
+        calibrated.name,
+        float.name
+    );
+    Ok(ModelSpec { name: float.name.clone(), int8: None, ..calibrated })
+}
+
 /// A model description stored with a catalog; an int8 copy gets its file made if it is missing.
 fn stored_model(assets: &Assets, json: &str) -> Result<ModelSpec> {
     let spec: ModelSpec = serde_json::from_str(json).map_err(|e| anyhow::anyhow!("the model description stored with the catalog is damaged: {e}"))?;

@@ -45,6 +45,21 @@ fn int8_files(home: &Path) -> Vec<std::path::PathBuf> {
         .unwrap_or_default()
 }
 
+/// The cosine of each of `catalog`'s vectors to the float model's vector of the same photo
+/// (the shared catalog holds the same 300 products, indexed in float), lowest first.
+fn cosines_to_float(catalog: &SqliteCatalog) -> Vec<f32> {
+    let float = SqliteCatalog::open_existing(shared_catalog()).expect("float catalog");
+    let mut cosines = Vec::new();
+    for product in catalog.all_products().expect("products") {
+        let a = catalog.vector(product.key).expect("read").expect("vector");
+        let other = float.get_by_id(&product.id).expect("read").expect("the same product in the float catalog");
+        let b = float.vector(other.key).expect("read").expect("float vector");
+        cosines.push(a.iter().zip(&b).map(|(x, y)| x * y).sum::<f32>());
+    }
+    cosines.sort_by(f32::total_cmp);
+    cosines
+}
+
 #[test]
 fn an_int8_catalog_is_calibrated_on_its_photos_and_kept_apart_from_float_vectors() {
     let home = scratch_home();
@@ -56,18 +71,9 @@ fn an_int8_catalog_is_calibrated_on_its_photos_and_kept_apart_from_float_vectors
     assert_eq!(int8_files(home).len(), 1, "one int8 file, made from this catalog's calibration");
     assert!(ok(home, &["info", "--db", path(&db)]).contains("efficientnet-lite0-int8"));
 
-    // Close to the float model's vectors of the same photos (the shared catalog holds the
-    // same 300 products, indexed in float).
+    // Close to the float model's vectors of the same photos.
     let int8 = SqliteCatalog::open_existing(&db).expect("int8 catalog");
-    let float = SqliteCatalog::open_existing(shared_catalog()).expect("float catalog");
-    let mut cosines = Vec::new();
-    for product in int8.all_products().expect("products") {
-        let a = int8.vector(product.key).expect("read").expect("int8 vector");
-        let other = float.get_by_id(&product.id).expect("read").expect("the same product in the float catalog");
-        let b = float.vector(other.key).expect("read").expect("float vector");
-        cosines.push(a.iter().zip(&b).map(|(x, y)| x * y).sum::<f32>());
-    }
-    cosines.sort_by(f32::total_cmp);
+    let cosines = cosines_to_float(&int8);
     let (lowest, median) = (cosines[0], cosines[cosines.len() / 2]);
     eprintln!("int8 vs float vectors of the same 300 photos: median cosine {median:.4}, lowest {lowest:.4}");
     assert!(median > 0.95 && lowest > 0.85, "int8 vectors drift from the float model's: median {median}, lowest {lowest}");
@@ -117,15 +123,7 @@ fn a_float_catalog_imported_by_the_int8_copy_is_searched_with_the_float_model() 
     assert!(imported.model_description().expect("read").is_none());
 
     // The copy encoded them: close to the float model's vectors of the same photos, not equal.
-    let float = SqliteCatalog::open_existing(shared_catalog()).expect("float catalog");
-    let mut cosines = Vec::new();
-    for product in imported.all_products().expect("products") {
-        let a = imported.vector(product.key).expect("read").expect("vector");
-        let other = float.get_by_id(&product.id).expect("read").expect("the same product in the float catalog");
-        let b = float.vector(other.key).expect("read").expect("float vector");
-        cosines.push(a.iter().zip(&b).map(|(x, y)| x * y).sum::<f32>());
-    }
-    cosines.sort_by(f32::total_cmp);
+    let cosines = cosines_to_float(&imported);
     let (lowest, median, highest) = (cosines[0], cosines[cosines.len() / 2], cosines[cosines.len() - 1]);
     eprintln!("int8-imported vs float vectors of the same 300 photos: median cosine {median:.4}, lowest {lowest:.4}, highest {highest:.6}");
     assert!(median > 0.95 && lowest > 0.85, "int8-imported vectors drift from the float model's: median {median}, lowest {lowest}");

@@ -41,7 +41,7 @@ pub struct IndexArgs {
     pub colourise: Option<u64>,
     /// Model copy that encodes the photos: `fp32` (the model itself) or `int8` (a built-in
     /// model's int8 copy, calibrated on up to 200 of the photos imported and a shopper-style view
-    /// of each; ~1.7x faster on CPUs with VNNI). int8-imported vectors are stored as the float
+    /// of each; 1.4-1.6x the images/s on CPUs with VNNI). int8-imported vectors are stored as the float
     /// model's and searched with it: float queries on them stay within 0.005 P@10 of an
     /// all-float catalog (docs/bench/int8). An int8 catalog (`--model ...-int8`) always imports
     /// with its own copy.

@@ -54,6 +54,7 @@ fn main() -> Result<()> {
     let (db, out) = (args.get(1).context(usage)?, args.get(2).context(usage)?);
     let number = |i: usize| -> Result<usize> { args.get(i).context(usage)?.parse().context(usage) };
     let (n_views, n_q, n_exact) = (number(3)?, number(4)?, number(5)?);
+    std::fs::create_dir_all(out).with_context(|| format!("creating {out}"))?;
     let assets = Assets::from_env();
     let catalog = SqliteCatalog::open_existing(std::path::Path::new(db))?;
     let spec = model::resolve(&assets, "efficientnet-lite0")?;

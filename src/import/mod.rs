@@ -119,6 +119,8 @@ enum Preparation {
 /// What the decoding stage hands the encoder workers: one batch of prepared images, and the
 /// items of that stretch that failed to decode or are unchanged since the last import.
 struct DecodedBatch {
+    /// The batch's place in the import (0, 1, 2, ...): batches are committed in this order.
+    seq: usize,
     ready: Vec<Prepared>,
     /// (product id, why) of items that could not be read.
     failed: Vec<(String, String)>,
@@ -130,6 +132,7 @@ struct DecodedBatch {
 /// What an encoder worker hands the committing thread: each item (with its image reference and
 /// content hash) beside its embedding, and the decoding stage's counts passed along.
 struct EncodedBatch {
+    seq: usize,
     described: Vec<(CatalogItem, NewImage, String, Option<Vec<f32>>)>,
     embeddings: Vec<crate::encoder::Embedding>,
     failed: Vec<(String, String)>,
@@ -187,12 +190,20 @@ pub fn index_items(
     let (tx, rx) = sync_channel::<DecodedBatch>(workers + 1);
     let rx = std::sync::Arc::new(std::sync::Mutex::new(rx));
     let (done_tx, done_rx) = sync_channel::<Result<EncodedBatch>>(workers + 1);
+    // Workers finish batches in whatever order the scheduler gives them; the committer puts
+    // them back in the import's order before writing, so product keys follow the source's
+    // order and importing the same photos twice gives the same catalog, key for key (keys break
+    // ties between equal scores, and the likeness bands sample products by key). It holds at
+    // most the batches in flight: the channels are bounded.
+    let mut waiting: std::collections::BTreeMap<usize, EncodedBatch> = std::collections::BTreeMap::new();
+    let mut next_seq = 0;
     let indexed = std::thread::scope(|scope| -> Result<()> {
         let limits = &options.limits;
         let known = &known;
         let input = &spec.input;
         scope.spawn(move || {
             let mut items = items.into_iter();
+            let mut seq = 0;
             'decode: loop {
                 if stop.load(Ordering::Relaxed) {
                     break;
@@ -223,9 +234,10 @@ pub fn index_items(
                             Err(f) => failed.push(f),
                         }
                     }
-                    if tx.send(DecodedBatch { ready, failed, unchanged, recoloured }).is_err() {
+                    if tx.send(DecodedBatch { seq, ready, failed, unchanged, recoloured }).is_err() {
                         break 'decode;
                     }
+                    seq += 1;
                 }
             }
         });
@@ -236,14 +248,14 @@ pub fn index_items(
                     Ok(rx) => rx.recv(),
                     Err(_) => break,
                 };
-                let Ok(DecodedBatch { ready, failed, unchanged, recoloured }) = next else { break };
+                let Ok(DecodedBatch { seq, ready, failed, unchanged, recoloured }) = next else { break };
                 let (tensors, described): (Vec<Vec<f32>>, Vec<_>) =
                     ready.into_iter().map(|p| (p.tensor, (p.item, p.stored, p.hash, p.colour.map(|c| c.descriptor.values())))).unzip();
                 let encoded = match tensors.is_empty() {
                     true => Ok(Vec::new()),
                     false => encoder.encode(&tensors).context("running the image encoder"),
                 }
-                .map(|embeddings| EncodedBatch { described, embeddings, failed, unchanged, recoloured });
+                .map(|embeddings| EncodedBatch { seq, described, embeddings, failed, unchanged, recoloured });
                 if done_tx.send(encoded).is_err() {
                     break;
                 }
@@ -254,8 +266,23 @@ pub fn index_items(
         drop(rx);
         drop(done_tx);
 
-        for encoded in done_rx {
-            let EncodedBatch { described, embeddings, failed, unchanged, recoloured } = encoded?;
+        let in_order = done_rx.into_iter().flat_map(|encoded| {
+            let ready: Vec<Result<EncodedBatch>> = match encoded {
+                Err(e) => vec![Err(e)],
+                Ok(batch) => {
+                    waiting.insert(batch.seq, batch);
+                    std::iter::from_fn(|| {
+                        let batch = waiting.remove(&next_seq)?;
+                        next_seq += 1;
+                        Some(Ok(batch))
+                    })
+                    .collect()
+                }
+            };
+            ready
+        });
+        for encoded in in_order {
+            let EncodedBatch { described, embeddings, failed, unchanged, recoloured, .. } = encoded?;
             report.unchanged += unchanged;
             if !recoloured.is_empty() {
                 report.recoloured += catalog.set_colours(&recoloured)?;

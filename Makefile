@@ -24,6 +24,7 @@ test: setup
 	@echo "== make test: checking that the test build shares the release build's dependencies"
 	bash scripts/check-test-features.sh
 	bash scripts/check-tracked-ignored.sh
+	bash scripts/check-format.sh
 	@echo "== make test: building the tests (only lookalike itself and the test client are new)"
 	$(CARGO) test --release --locked --no-run
 	@echo "== make test: writing the ResNet-50 graph of the plug-in test (random weights; examples/resnet50.rs)"

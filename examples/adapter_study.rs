@@ -17,7 +17,11 @@ use std::io::Write;
 
 fn write_f32(path: &str, rows: &[Vec<f32>]) -> Result<()> {
     let mut f = std::io::BufWriter::new(std::fs::File::create(path)?);
-    for r in rows { for x in r { f.write_all(&x.to_le_bytes())?; } }
+    for r in rows {
+        for x in r {
+            f.write_all(&x.to_le_bytes())?;
+        }
+    }
     Ok(())
 }
 
@@ -32,8 +36,13 @@ fn main() -> Result<()> {
     let spec = lookalike::model::for_catalog(&assets, None, catalog.vector_space()?.as_ref(), catalog.model_description()?.as_deref())?;
     let encoder = OrtEncoder::with_sessions(&assets.onnxruntime_lib()?, spec.clone(), 2, 1)?;
     // The catalog's vectors, in key order, with their labels.
-    let mut keys = Vec::new(); let mut rows = Vec::new();
-    catalog.for_each_vector(VectorKind::Primary, |k, v| { keys.push(k); rows.push(v.to_vec()); Ok(()) })?;
+    let mut keys = Vec::new();
+    let mut rows = Vec::new();
+    catalog.for_each_vector(VectorKind::Primary, |k, v| {
+        keys.push(k);
+        rows.push(v.to_vec());
+        Ok(())
+    })?;
     write_f32(&format!("{out}/cat.f32"), &rows)?;
     let products = catalog.all_products()?;
     let label_of: std::collections::HashMap<_, _> = products.iter().map(|p| (p.key, p.metadata.get("articleType").cloned().unwrap_or_default())).collect();
@@ -60,14 +69,21 @@ fn main() -> Result<()> {
         let img = split.photo(i, None)?;
         let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(42u64.wrapping_mul(1_000_003).wrapping_add(n as u64));
         let p = lookalike::perturb::perturb(&img, &mut rng);
-        let straight = match lookalike::straighten::tilt(&p) { Some(t) => lookalike::straighten::straighten(&p, t), None => p.clone() };
+        let straight = match lookalike::straighten::tilt(&p) {
+            Some(t) => lookalike::straighten::straighten(&p, t),
+            None => p.clone(),
+        };
         // Each view, then its mirror image (for the flip-averaging rows of the tuning study).
         let views = [img, p, straight];
-        let tensors: Vec<Vec<f32>> = views.iter().chain(views.iter().map(|v| v.fliph()).collect::<Vec<_>>().iter())
-            .map(|v| lookalike::preprocess::prepare_image(v, None, input)).collect();
+        let tensors: Vec<Vec<f32>> =
+            views.iter().chain(views.iter().map(|v| v.fliph()).collect::<Vec<_>>().iter()).map(|v| lookalike::preprocess::prepare_image(v, None, input)).collect();
         let e = encoder.encode(&tensors)?;
-        qc.push(e[0].vector.clone()); qp.push(e[1].vector.clone()); qs.push(e[2].vector.clone());
-        qcf.push(e[3].vector.clone()); qpf.push(e[4].vector.clone()); qsf.push(e[5].vector.clone());
+        qc.push(e[0].vector.clone());
+        qp.push(e[1].vector.clone());
+        qs.push(e[2].vector.clone());
+        qcf.push(e[3].vector.clone());
+        qpf.push(e[4].vector.clone());
+        qsf.push(e[5].vector.clone());
         ql.push(labels[i].clone());
     }
     write_f32(&format!("{out}/qc.f32"), &qc)?;

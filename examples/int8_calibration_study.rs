@@ -76,8 +76,7 @@ fn main() -> Result<()> {
         calib.push(preprocess::prepare_image(img, None, &spec.input));
         calib.push(preprocess::prepare_image(&shopper, None, &spec.input));
     }
-    let per_batch: Vec<model::quantise::ActivationRanges> =
-        calib.chunks(8).map(|c| lookalike::encoder::observe_activation_ranges(&ort, &spec, c, 2)).collect::<Result<_>>()?;
+    let per_batch: Vec<model::quantise::ActivationRanges> = calib.chunks(8).map(|c| lookalike::encoder::observe_activation_ranges(&ort, &spec, c, 2)).collect::<Result<_>>()?;
     let aggregate = |how: &str| -> model::quantise::ActivationRanges {
         let mut out = model::quantise::ActivationRanges::new();
         for name in per_batch[0].keys() {

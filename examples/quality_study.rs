@@ -70,8 +70,7 @@ fn main() -> Result<()> {
     let dir = assets.fashion_mnist_dir()?;
     let train = FashionMnist::load(&dir, "train")?;
     let test = FashionMnist::load(&dir, "test")?;
-    let catalog_images: Vec<DynamicImage> =
-        (0..catalog_size.min(train.len())).map(|i| train.image(i).map(DynamicImage::ImageLuma8)).collect::<Result<_>>()?;
+    let catalog_images: Vec<DynamicImage> = (0..catalog_size.min(train.len())).map(|i| train.image(i).map(DynamicImage::ImageLuma8)).collect::<Result<_>>()?;
     let catalog_labels: Vec<&str> = (0..catalog_images.len()).map(|i| train.class_name(i)).collect();
     let test_labels: Vec<String> = (0..test.len()).map(|i| test.class_name(i).to_string()).collect();
     let picked = stratified_sample(&test_labels, queries, 42);

@@ -30,11 +30,8 @@ fn main() -> Result<()> {
 
     let x = conv(&mut g, &mut rng, "input", "conv1", 3, 64, 7, 2, 1.0);
     let x = g.node("Relu", &[&x], vec![]);
-    let mut x = g.node(
-        "MaxPool",
-        &[&x],
-        vec![AttributeProto::ints("kernel_shape", &[3, 3]), AttributeProto::ints("strides", &[2, 2]), AttributeProto::ints("pads", &[1, 1, 1, 1])],
-    );
+    let mut x =
+        g.node("MaxPool", &[&x], vec![AttributeProto::ints("kernel_shape", &[3, 3]), AttributeProto::ints("strides", &[2, 2]), AttributeProto::ints("pads", &[1, 1, 1, 1])]);
     let mut channels = 64;
     // torchvision's ResNet-50: (blocks, width, stride of the first block) per layer.
     for (layer, (blocks, width, stride)) in [(3, 64, 1), (4, 128, 2), (6, 256, 2), (3, 512, 2)].into_iter().enumerate() {

@@ -91,7 +91,11 @@ fn main() -> Result<()> {
             std::fs::write(format!("{out}/conv{i}_{part}.f32"), &t.raw_data)?;
             if part == "weight" {
                 let group = conv.attribute.iter().find(|a| a.name == "group").map_or(1, |a| a.i);
-                described.push(format!("{{\"dims\": {:?}, \"group\": {group}, \"relu6\": {}}}", t.dims, graph.node.iter().any(|n| n.op_type == "Clip" && n.input[0] == conv.output[0])));
+                described.push(format!(
+                    "{{\"dims\": {:?}, \"group\": {group}, \"relu6\": {}}}",
+                    t.dims,
+                    graph.node.iter().any(|n| n.op_type == "Clip" && n.input[0] == conv.output[0])
+                ));
             }
         }
     }

@@ -145,10 +145,9 @@ impl SqliteCatalog {
         conn.execute_batch(SCHEMA).with_context(damaged)?;
         // Columns added since the first catalogs: old rows keep NULL. A NULL checksum is not
         // checked; a NULL colour is filled in by the next `index` run, without the model.
-        for (column, added) in [
-            ("crc", "ALTER TABLE vectors ADD COLUMN crc INTEGER"),
-            ("colour", "ALTER TABLE vectors ADD COLUMN colour BLOB; ALTER TABLE vectors ADD COLUMN colour_crc INTEGER"),
-        ] {
+        for (column, added) in
+            [("crc", "ALTER TABLE vectors ADD COLUMN crc INTEGER"), ("colour", "ALTER TABLE vectors ADD COLUMN colour BLOB; ALTER TABLE vectors ADD COLUMN colour_crc INTEGER")]
+        {
             if !has_column(&conn, "vectors", column).with_context(damaged)? {
                 conn.execute_batch(added).with_context(damaged)?;
             }
@@ -222,9 +221,7 @@ impl SqliteCatalog {
     pub fn projection(&self) -> Result<Option<Projection>> {
         let row: Option<(String, i64, i64, i64, Vec<u8>)> = self
             .conn
-            .query_row("SELECT label, input_dim, hidden, output_dim, weights FROM projection WHERE id = 1", [], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
-            })
+            .query_row("SELECT label, input_dim, hidden, output_dim, weights FROM projection WHERE id = 1", [], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))
             .optional()?;
         row.map(|(label, input, hidden, output, weights)| {
             Projection::from_weights(&label, input as usize, hidden as usize, output as usize, &weights)
@@ -237,14 +234,7 @@ impl SqliteCatalog {
     pub fn save_projection(&mut self, projection: &Projection, report: &str) -> Result<()> {
         self.conn.execute(
             "INSERT OR REPLACE INTO projection(id, label, input_dim, hidden, output_dim, weights, report) VALUES (1, ?1, ?2, ?3, ?4, ?5, ?6)",
-            params![
-                projection.label,
-                projection.input_dim as i64,
-                projection.hidden as i64,
-                projection.output_dim as i64,
-                projection.weights_bytes(),
-                report
-            ],
+            params![projection.label, projection.input_dim as i64, projection.hidden as i64, projection.output_dim as i64, projection.weights_bytes(), report],
         )?;
         Ok(())
     }
@@ -284,7 +274,8 @@ impl SqliteCatalog {
     /// The photo adapter `lookalike tune --adapt` learned, if any, for this catalog's model
     /// (another model's vectors mean something else).
     pub fn photo_adapter(&self) -> Result<Option<crate::adapter::PhotoAdapter>> {
-        let row: Option<(String, Vec<u8>, i64)> = self.conn.query_row("SELECT model, weights, crc FROM adapter WHERE id = 1", [], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).optional()?;
+        let row: Option<(String, Vec<u8>, i64)> =
+            self.conn.query_row("SELECT model, weights, crc FROM adapter WHERE id = 1", [], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).optional()?;
         let model = self.vector_space()?.map(|s| s.model);
         let damaged = || format!("the photo adapter in {} is damaged; run `lookalike tune --adapt` again (or drop it: `lookalike tune --adapt --off`)", self.path.display());
         match row {
@@ -475,9 +466,10 @@ impl SqliteCatalog {
                 report.orphan_vectors.push(key);
                 continue;
             };
-            let fault = verify_vector(blob, row.get(2)?).err().or_else(|| decode_vector(blob, &mut buf).err()).or_else(|| {
-                (dim.is_some_and(|d| d != buf.len())).then(|| anyhow::anyhow!("has {} dimensions, the catalog's are {dim:?}", buf.len()))
-            });
+            let fault = verify_vector(blob, row.get(2)?)
+                .err()
+                .or_else(|| decode_vector(blob, &mut buf).err())
+                .or_else(|| (dim.is_some_and(|d| d != buf.len())).then(|| anyhow::anyhow!("has {} dimensions, the catalog's are {dim:?}", buf.len())));
             if let Some(fault) = fault {
                 report.damaged_vectors.push((id, fault.to_string()));
             }
@@ -572,8 +564,7 @@ impl SqliteCatalog {
 
     /// The stored search vector of one product ("more like this" without re-encoding).
     pub fn vector(&self, key: Key) -> Result<Option<Vec<f32>>> {
-        let row: Option<(Vec<u8>, Option<i64>)> =
-            self.conn.query_row("SELECT vector, crc FROM vectors WHERE key = ?1", [key], |r| Ok((r.get(0)?, r.get(1)?))).optional()?;
+        let row: Option<(Vec<u8>, Option<i64>)> = self.conn.query_row("SELECT vector, crc FROM vectors WHERE key = ?1", [key], |r| Ok((r.get(0)?, r.get(1)?))).optional()?;
         row.map(|(b, crc)| {
             verify_vector(&b, crc).with_context(|| format!("vector of product key {key}: {}", self.damaged_hint()))?;
             let mut v = Vec::new();
@@ -630,9 +621,13 @@ fn row_to_product(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<Product>> 
         (None, Some(mime)) => ImageRef::Stored { mime },
         (None, None) => ImageRef::Stored { mime: "application/octet-stream".into() },
     };
-    Ok(serde_json::from_str::<Metadata>(&metadata)
-        .with_context(|| format!("metadata of product {id:?} is not a JSON object of strings"))
-        .map(|metadata| Product { key, id, image, content_hash, metadata }))
+    Ok(serde_json::from_str::<Metadata>(&metadata).with_context(|| format!("metadata of product {id:?} is not a JSON object of strings")).map(|metadata| Product {
+        key,
+        id,
+        image,
+        content_hash,
+        metadata,
+    }))
 }
 
 /// Appends `key` to the change log; returns its position.
@@ -648,16 +643,8 @@ fn explain_busy(path: &Path, err: rusqlite::Error) -> anyhow::Error {
         return err.into();
     }
     let others = processes_using(path);
-    let who = if others.is_empty() {
-        "another process".to_string()
-    } else {
-        others.iter().map(|(pid, command)| format!("pid {pid}: {command}")).collect::<Vec<_>>().join("; ")
-    };
-    anyhow::anyhow!(
-        "catalog {} is busy: {who} kept it locked for writing for over {} s. Try again when it has finished",
-        path.display(),
-        BUSY_TIMEOUT.as_secs()
-    )
+    let who = if others.is_empty() { "another process".to_string() } else { others.iter().map(|(pid, command)| format!("pid {pid}: {command}")).collect::<Vec<_>>().join("; ") };
+    anyhow::anyhow!("catalog {} is busy: {who} kept it locked for writing for over {} s. Try again when it has finished", path.display(), BUSY_TIMEOUT.as_secs())
 }
 
 /// Other processes that have the catalog file or its write-ahead log open (from /proc; empty
@@ -741,8 +728,7 @@ pub fn salvage(path: &Path) -> Result<SalvageReport> {
     for p in [fresh_path.clone(), with_suffix(&fresh_path, "-wal"), with_suffix(&fresh_path, "-shm")] {
         let _ = std::fs::remove_file(p);
     }
-    let old = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-        .with_context(|| format!("opening {} to salvage it", path.display()))?;
+    let old = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).with_context(|| format!("opening {} to salvage it", path.display()))?;
     let mut report = SalvageReport::default();
     {
         let fresh = SqliteCatalog::open(&fresh_path)?;
@@ -843,11 +829,7 @@ pub fn repair(path: &Path) -> Result<RepairReport> {
     let salvaged = if structural {
         let salvaged = salvage(path)?;
         if salvaged.copied.get("products").copied().unwrap_or(0) == 0 {
-            bail!(
-                "nothing could be salvaged from {} (kept as {}): re-index the shop's photos into a new --db",
-                path.display(),
-                salvaged.damaged_copy.display()
-            );
+            bail!("nothing could be salvaged from {} (kept as {}): re-index the shop's photos into a new --db", path.display(), salvaged.damaged_copy.display());
         }
         Some(salvaged)
     } else {
@@ -944,17 +926,11 @@ impl SqliteCatalog {
         let mut logged = Vec::with_capacity(products.len());
         {
             let mut find = tx.prepare_cached("SELECT key FROM products WHERE id = ?1")?;
-            let mut insert = tx.prepare_cached(
-                "INSERT INTO products(id, image_path, image_mime, content_hash, metadata) VALUES (?1, ?2, ?3, ?4, ?5)",
-            )?;
-            let mut update = tx.prepare_cached(
-                "UPDATE products SET image_path = ?2, image_mime = ?3, content_hash = ?4, metadata = ?5 WHERE key = ?1",
-            )?;
+            let mut insert = tx.prepare_cached("INSERT INTO products(id, image_path, image_mime, content_hash, metadata) VALUES (?1, ?2, ?3, ?4, ?5)")?;
+            let mut update = tx.prepare_cached("UPDATE products SET image_path = ?2, image_mime = ?3, content_hash = ?4, metadata = ?5 WHERE key = ?1")?;
             let mut put_image = tx.prepare_cached("INSERT OR REPLACE INTO images(key, bytes) VALUES (?1, ?2)")?;
             let mut drop_image = tx.prepare_cached("DELETE FROM images WHERE key = ?1")?;
-            let mut put_vector = tx.prepare_cached(
-                "INSERT OR REPLACE INTO vectors(key, vector, max_pooled, crc, colour, colour_crc) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            )?;
+            let mut put_vector = tx.prepare_cached("INSERT OR REPLACE INTO vectors(key, vector, max_pooled, crc, colour, colour_crc) VALUES (?1, ?2, ?3, ?4, ?5, ?6)")?;
             for p in products {
                 let (path, mime) = match &p.image {
                     NewImage::File(path) => (Some(path.to_string_lossy().into_owned()), None),
@@ -1036,11 +1012,9 @@ impl SqliteCatalog {
     pub fn stored_image(&self, key: Key) -> Result<Option<(Vec<u8>, String)>> {
         Ok(self
             .conn
-            .query_row(
-                "SELECT i.bytes, COALESCE(p.image_mime, 'application/octet-stream') FROM images i JOIN products p ON p.key = i.key WHERE i.key = ?1",
-                [key],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
+            .query_row("SELECT i.bytes, COALESCE(p.image_mime, 'application/octet-stream') FROM images i JOIN products p ON p.key = i.key WHERE i.key = ?1", [key], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
             .optional()?)
     }
 

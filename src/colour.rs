@@ -341,7 +341,11 @@ fn back_projection(pixels: Pixels<'_>, foreground_at: Foreground<'_>) -> Vec<f32
         .zip(&off)
         .map(|(on, off)| {
             let (on, off) = (on / on_total, off / off_total);
-            if on + off > 0.0 { on / (on + off) } else { 0.5 }
+            if on + off > 0.0 {
+                on / (on + off)
+            } else {
+                0.5
+            }
         })
         .collect()
 }
@@ -379,15 +383,16 @@ fn estimate(pixels: Pixels<'_>, focus: Option<[f32; 4]>, background: [f32; 3], c
             let entry = &table[table_index(rgb)];
             let distance = delta_e(&entry.lab, &background);
             let likely = weights.map_or(1.0, |w| w.of(&pixels, x, y, rgb));
-            let centrality = likely * if centre_weighted {
-                // A Gaussian on the distance from the centre, in half-sides: 1 at the centre,
-                // 0.37 at the edge's midpoint.
-                let dx = (x as f32 + 0.5 - x0 as f32 - w as f32 / 2.0) / (w as f32 / 2.0);
-                let dy = (y as f32 + 0.5 - y0 as f32 - h as f32 / 2.0) / (h as f32 / 2.0);
-                (-(dx * dx + dy * dy)).exp()
-            } else {
-                1.0
-            };
+            let centrality = likely
+                * if centre_weighted {
+                    // A Gaussian on the distance from the centre, in half-sides: 1 at the centre,
+                    // 0.37 at the edge's midpoint.
+                    let dx = (x as f32 + 0.5 - x0 as f32 - w as f32 / 2.0) / (w as f32 / 2.0);
+                    let dy = (y as f32 + 0.5 - y0 as f32 - h as f32 / 2.0) / (h as f32 / 2.0);
+                    (-(dx * dx + dy * dy)).exp()
+                } else {
+                    1.0
+                };
             count += 1;
             greyscale &= rgb.iter().max().copied().unwrap_or(0) - rgb.iter().min().copied().unwrap_or(0) <= 2;
             samples.push((rgb, entry, distance, centrality));
@@ -629,11 +634,7 @@ impl ColourTable {
         let colour_spread = standard_deviation(colours.iter().enumerate().filter(|(i, _)| counted(*i)).map(|(_, c)| *c));
         let weight = if colour_spread > 1e-6 { weight * shape_spread.max(1e-6) / colour_spread } else { 0.0 };
         let mean_colour = colours.iter().sum::<f32>() / colours.len().max(1) as f32;
-        let mut blended: Vec<Hit> = hits
-            .into_iter()
-            .zip(colours)
-            .map(|(h, colour)| Hit { key: h.key, score: h.score + weight * (colour - mean_colour) })
-            .collect();
+        let mut blended: Vec<Hit> = hits.into_iter().zip(colours).map(|(h, colour)| Hit { key: h.key, score: h.score + weight * (colour - mean_colour) }).collect();
         blended.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.key.cmp(&b.key)));
         blended
     }
@@ -908,7 +909,13 @@ mod tests {
         let mut rgb = Vec::new();
         for y in 0..side {
             for x in 0..side {
-                let p = if !(8..56).contains(&y) { [40, 105, 215] } else if x < 32 { [215, 30, 40] } else { [35, 150, 65] };
+                let p = if !(8..56).contains(&y) {
+                    [40, 105, 215]
+                } else if x < 32 {
+                    [215, 30, 40]
+                } else {
+                    [35, 150, 65]
+                };
                 rgb.extend_from_slice(&p);
             }
         }

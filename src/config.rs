@@ -247,9 +247,7 @@ mod tests {
                     .arg(Arg::new("filter-columns").long("filter-columns").value_delimiter(','))
                     .arg(Arg::new("cors-origin").long("cors-origin").env("LOOKALIKE_TEST_CORS_NEVER_SET")),
             )
-            .subcommand(
-                Command::new("bench").subcommand(Command::new("e2e").arg(Arg::new("requests").long("requests")).arg(Arg::new("k").short('k'))),
-            )
+            .subcommand(Command::new("bench").subcommand(Command::new("e2e").arg(Arg::new("requests").long("requests")).arg(Arg::new("k").short('k'))))
             .subcommand(Command::new("models"))
     }
 
@@ -263,10 +261,7 @@ mod tests {
     fn settings_fill_what_the_command_line_leaves_unset() -> Result<()> {
         let file = "db = \"shop.db\"\naddr = \"127.0.0.1:1\"\nquantize = true\nfilter-columns = [\"colour\", \"season\"]\n[serve]\naddr = \"0.0.0.0:8080\"\n";
         let line = run(file, &["lookalike", "serve", "--db", "/data/other.db", "extra"])?;
-        assert_eq!(
-            line,
-            ["lookalike", "serve", "--addr=0.0.0.0:8080", "--filter-columns=colour,season", "--quantize", "--db", "/data/other.db", "extra"]
-        );
+        assert_eq!(line, ["lookalike", "serve", "--addr=0.0.0.0:8080", "--filter-columns=colour,season", "--quantize", "--db", "/data/other.db", "extra"]);
         // Relative paths are relative to the file; nested tables reach nested commands.
         let line = run("db = \"shop.db\"\n[bench.e2e]\nrequests = 50\n", &["lookalike", "serve"])?;
         assert_eq!(line, ["lookalike", "serve", "--db=/etc/shop/shop.db"]);

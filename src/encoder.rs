@@ -193,8 +193,7 @@ impl OrtEncoder {
                 grey = Some(model.encode_to_vec());
             }
         }
-        let sessions =
-            (0..sessions).map(|_| OrtEncoder::session(env, &spec, pruned.as_deref(), threads).map(Mutex::new)).collect::<Result<_>>()?;
+        let sessions = (0..sessions).map(|_| OrtEncoder::session(env, &spec, pruned.as_deref(), threads).map(Mutex::new)).collect::<Result<_>>()?;
         let logits = with_logits || pruned.is_none();
         let grey = grey.map(|model| GreyModel { model, sessions: OnceLock::new() });
         Ok(OrtEncoder { spec, env, sessions, grey, threads, logits })
@@ -225,9 +224,7 @@ impl OrtEncoder {
         let grey = self.grey.as_ref()?;
         grey.sessions
             .get_or_init(|| {
-                let made = (0..self.sessions.len())
-                    .map(|_| OrtEncoder::session(self.env, &self.spec, Some(&grey.model), self.threads).map(Mutex::new))
-                    .collect::<Result<Vec<_>>>();
+                let made = (0..self.sessions.len()).map(|_| OrtEncoder::session(self.env, &self.spec, Some(&grey.model), self.threads).map(Mutex::new)).collect::<Result<Vec<_>>>();
                 made.map_err(|e| tracing::warn!("the greyscale model did not load; grey pictures use the full model: {e:#}")).ok()
             })
             .as_deref()
@@ -319,9 +316,7 @@ impl OrtEncoder {
             Some(session) => session,
             None => sessions[0].lock().map_err(|_| anyhow!("the ONNX Runtime session panicked in another thread"))?,
         };
-        let outputs = session
-            .run(ort::inputs![self.spec.input.name.as_str() => input])
-            .with_context(|| format!("running {} on a batch of {}", self.spec.name, batch.len()))?;
+        let outputs = session.run(ort::inputs![self.spec.input.name.as_str() => input]).with_context(|| format!("running {} on a batch of {}", self.spec.name, batch.len()))?;
         let copy = |name: &&str| {
             let value = outputs.get(*name).ok_or_else(|| anyhow!("model output {name:?} is missing"))?;
             let (shape, data) = value.try_extract_tensor::<f32>().with_context(|| format!("reading output {name:?} as f32"))?;
@@ -571,14 +566,7 @@ mod tests {
         let spec = crate::model::ModelSpec {
             name: "x".into(),
             onnx: "/nonexistent.onnx".into(),
-            input: crate::model::InputSpec {
-                name: "image".into(),
-                size: 8,
-                layout: Layout::Nchw,
-                mean: [0.0; 3],
-                std: [1.0; 3],
-                fit: crate::model::Fit::Pad,
-            },
+            input: crate::model::InputSpec { name: "image".into(), size: 8, layout: Layout::Nchw, mean: [0.0; 3], std: [1.0; 3], fit: crate::model::Fit::Pad },
             output: "features".into(),
             pooling: Pooling::Avg,
             logits: None,

@@ -21,7 +21,6 @@ use serde::Serialize;
 
 use crate::catalog::{SqliteCatalog, VectorKind};
 use crate::colour::{self, ColourMode, ColourTable};
-use crate::types::{ImageRef, Key};
 use crate::encoder::Encoder;
 use crate::index::{l2_normalize, ExactIndex, Precision, VectorIndex};
 use crate::kind::{self, KindMode, KindTable};
@@ -29,6 +28,7 @@ use crate::localise::{find_items, ForegroundHead};
 use crate::preprocess;
 use crate::space::SearchSpace;
 use crate::straighten;
+use crate::types::{ImageRef, Key};
 
 /// Cut-off of every ranked metric.
 pub const K: usize = 10;
@@ -405,7 +405,6 @@ fn raw_pixel_side(catalog: &SqliteCatalog, first: Key, image_ref: &ImageRef) -> 
     Ok(image.width().min(image.height()).clamp(8, 64))
 }
 
-
 /// Runs every query through the three methods and reports their metrics.
 pub fn evaluate(catalog: &SqliteCatalog, encoder: &dyn Encoder, queries: &[LabelledQuery], options: &EvalOptions) -> Result<EvalReport> {
     let label = options.label.as_str();
@@ -764,7 +763,11 @@ fn intersection(a: [f32; 4], b: [f32; 4]) -> f32 {
 pub fn iou(a: [f32; 4], b: [f32; 4]) -> f32 {
     let inter = intersection(a, b);
     let union = a[2] * a[3] + b[2] * b[3] - inter;
-    if union > 0.0 { inter / union } else { 0.0 }
+    if union > 0.0 {
+        inter / union
+    } else {
+        0.0
+    }
 }
 
 /// [`SceneReport`] over `n` scenes made of the queries in turn (2 or 3 per scene, seeded).
@@ -867,7 +870,11 @@ fn evaluate_scenes(
         scene_precision_at_10: share(scene_p10, placed_total),
         scene_pooled_precision_at_10: share(pooled_p10, placed_total),
         whole_photo_precision_at_10: share(whole_p10, placed_total),
-        unmatched: UnmatchedProducts { merged: share(unmatched[0] as f64, placed_total), loose: share(unmatched[1] as f64, placed_total), missed: share(unmatched[2] as f64, placed_total) },
+        unmatched: UnmatchedProducts {
+            merged: share(unmatched[0] as f64, placed_total),
+            loose: share(unmatched[1] as f64, placed_total),
+            missed: share(unmatched[2] as f64, placed_total),
+        },
     })
 }
 

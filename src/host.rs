@@ -12,7 +12,6 @@ fn parse_mem_available(meminfo: &str) -> Option<usize> {
     kib.checked_mul(1024)
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -27,5 +26,4 @@ mod tests {
             assert!(available_memory_bytes().is_some_and(|b| b > 0), "this machine reports its available memory");
         }
     }
-
 }

@@ -102,11 +102,7 @@ pub fn measure(sample: &[(Key, Vec<f32>)], mut nearest: impl FnMut(&[f32], usize
         let hits = nearest(vector, SIMILAR_NEIGHBOUR + 1)?;
         neighbour_scores.push(hits.into_iter().filter(|(k, _)| k != key).map(|(_, score)| score).collect::<Vec<f32>>());
     }
-    let pairs: Vec<f32> = sample
-        .iter()
-        .enumerate()
-        .flat_map(|(i, (_, a))| sample[i + 1..].iter().map(move |(_, b)| a.iter().zip(b).map(|(x, y)| x * y).sum::<f32>()))
-        .collect();
+    let pairs: Vec<f32> = sample.iter().enumerate().flat_map(|(i, (_, a))| sample[i + 1..].iter().map(move |(_, b)| a.iter().zip(b).map(|(x, y)| x * y).sum::<f32>())).collect();
     let typical_pair = quantile(pairs, 0.5).unwrap_or(-1.0);
     Ok(LikenessBands::from_neighbours(&neighbour_scores, typical_pair))
 }

@@ -358,7 +358,11 @@ pub fn find_items_tiled(whole: &GridFeatures, tiles: &[(Crop, GridFeatures)], he
                     count += 1;
                 }
             }
-            if count == 0 { 0.0 } else { sum / count as f32 }
+            if count == 0 {
+                0.0
+            } else {
+                sum / count as f32
+            }
         })
         .collect();
     let cells = whole.width * whole.height;
@@ -482,7 +486,8 @@ impl ForegroundHead {
         let extent = self.extent.as_ref()?;
         let channels = self.weights.len();
         let standardised: Vec<f32> = feature.iter().zip(&self.mean).zip(&self.inv_std).map(|((x, m), s)| (x - m) * s).collect();
-        let reach: Vec<f32> = (0..4).map(|edge| (crate::index::kernels::dot(&standardised, &extent.weights[edge * channels..(edge + 1) * channels]) + extent.bias[edge]).max(0.0)).collect();
+        let reach: Vec<f32> =
+            (0..4).map(|edge| (crate::index::kernels::dot(&standardised, &extent.weights[edge * channels..(edge + 1) * channels]) + extent.bias[edge]).max(0.0)).collect();
         Some([x - reach[0], y - reach[1], x + reach[2], y + reach[3]])
     }
 
@@ -509,7 +514,13 @@ impl ForegroundHead {
         let (plain, with_extent) = (2 + 3 * n, 2 + 7 * n + 4);
         ensure!(floats.len() == plain || floats.len() == with_extent, "the foreground head is damaged ({} values for {n} channels)", floats.len());
         let extent = (floats.len() == with_extent).then(|| ExtentHead { weights: floats[plain..plain + 4 * n].to_vec(), bias: [0, 1, 2, 3].map(|i| floats[plain + 4 * n + i]) });
-        Ok(ForegroundHead { mean: floats[1..1 + n].to_vec(), inv_std: floats[1 + n..1 + 2 * n].to_vec(), weights: floats[1 + 2 * n..1 + 3 * n].to_vec(), bias: floats[1 + 3 * n], extent })
+        Ok(ForegroundHead {
+            mean: floats[1..1 + n].to_vec(),
+            inv_std: floats[1 + n..1 + 2 * n].to_vec(),
+            weights: floats[1 + 2 * n..1 + 3 * n].to_vec(),
+            bias: floats[1 + 3 * n],
+            extent,
+        })
     }
 }
 

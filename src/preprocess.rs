@@ -84,8 +84,7 @@ impl DecodeLimits {
 }
 
 /// The formats [`decode`] accepts: what browsers upload and what catalogs ship.
-const SUPPORTED: [ImageFormat; 6] =
-    [ImageFormat::Jpeg, ImageFormat::Png, ImageFormat::WebP, ImageFormat::Gif, ImageFormat::Bmp, ImageFormat::Tiff];
+const SUPPORTED: [ImageFormat; 6] = [ImageFormat::Jpeg, ImageFormat::Png, ImageFormat::WebP, ImageFormat::Gif, ImageFormat::Bmp, ImageFormat::Tiff];
 
 /// Decodes an image from its encoded bytes.
 ///
@@ -119,11 +118,8 @@ pub fn decode_reduced(bytes: &[u8], limits: &DecodeLimits, short_side: u32) -> R
     match catch_unwind(AssertUnwindSafe(|| decode_as(bytes, format, limits, short_side))) {
         Ok(result) => result,
         Err(payload) => {
-            let message = payload
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| payload.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "unknown panic".to_string());
+            let message =
+                payload.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| payload.downcast_ref::<String>().cloned()).unwrap_or_else(|| "unknown panic".to_string());
             Err(ImageError::Corrupt(format!("{} decoder failed: {message}", format_name(format))))
         }
     }
@@ -245,16 +241,12 @@ fn map_image_error(error: image::ImageError, bytes: &[u8], format: ImageFormat, 
             let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
             reader.no_limits();
             match catch_unwind(AssertUnwindSafe(|| reader.into_dimensions())) {
-                Ok(Ok((width, height))) if u64::from(width) * u64::from(height) > limits.max_pixels => {
-                    ImageError::TooLarge { width, height, limit: limits.max_pixels }
-                }
+                Ok(Ok((width, height))) if u64::from(width) * u64::from(height) > limits.max_pixels => ImageError::TooLarge { width, height, limit: limits.max_pixels },
                 _ => ImageError::Corrupt(format!("{name} needs more memory to decode than allowed: {error}")),
             }
         }
         image::ImageError::Unsupported(e) => ImageError::UnsupportedFormat(format!("this kind of {name} ({e})")),
-        image::ImageError::IoError(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
-            ImageError::Corrupt(format!("{name} data is truncated"))
-        }
+        image::ImageError::IoError(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => ImageError::Corrupt(format!("{name} data is truncated")),
         other => ImageError::Corrupt(format!("{name}: {other}")),
     }
 }
@@ -618,15 +610,7 @@ fn bilinear() -> ResizeOptions {
 /// Resizes packed 8-bit pixels of `pixel_type`. The buffers are built here from well-formed
 /// `image` buffers, so the resizer's only failure modes (size or pixel type mismatch) cannot
 /// occur.
-fn resize_u8(
-    src: &[u8],
-    width: u32,
-    height: u32,
-    dst_width: u32,
-    dst_height: u32,
-    pixel_type: PixelType,
-    options: Option<ResizeOptions>,
-) -> Vec<u8> {
+fn resize_u8(src: &[u8], width: u32, height: u32, dst_width: u32, dst_height: u32, pixel_type: PixelType, options: Option<ResizeOptions>) -> Vec<u8> {
     let src = ImageRef::new(width, height, src, pixel_type).expect("buffer of a well-formed image matches its size");
     let mut dst = Image::new(dst_width, dst_height, pixel_type);
     let options = options.unwrap_or_else(bilinear);
@@ -1207,13 +1191,7 @@ mod tests {
         times.sort();
         split.0.sort();
         split.1.sort();
-        eprintln!(
-            "1000x800 JPEG ({} bytes) -> 224: median {:?} (decode {:?}, rgb+resize+normalise {:?})",
-            bytes.len(),
-            times[25],
-            split.0[25],
-            split.1[25]
-        );
+        eprintln!("1000x800 JPEG ({} bytes) -> 224: median {:?} (decode {:?}, rgb+resize+normalise {:?})", bytes.len(), times[25], split.0[25], split.1[25]);
     }
 
     #[test]

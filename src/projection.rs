@@ -94,11 +94,7 @@ impl Projection {
         };
         let w1 = Array2::from_shape_vec((first, input_dim), take(first * input_dim))?;
         let b1 = Array1::from(take(first));
-        let w2 = if hidden == 0 {
-            None
-        } else {
-            Some((Array2::from_shape_vec((output_dim, hidden), take(output_dim * hidden))?, Array1::from(take(output_dim))))
-        };
+        let w2 = if hidden == 0 { None } else { Some((Array2::from_shape_vec((output_dim, hidden), take(output_dim * hidden))?, Array1::from(take(output_dim)))) };
         Ok(Projection { label: label.to_string(), input_dim, hidden, output_dim, w1, b1, w2 })
     }
 }

@@ -10,21 +10,21 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use serde::Serialize;
 
+use crate::catalog::graph_paths;
 use crate::catalog::SqliteCatalog;
 use crate::colour::{self, ColourDescriptor, ColourEstimate, ColourMode, ColourTable};
-use crate::kind::{self, KindMode, KindTable};
-use crate::types::{Detection, Filter, ImageRef, IndexingProgress, Key, NewProduct, Product, VectorSpace};
 use crate::encoder::{Embedding, Encoder, QueryEmbedding};
-use crate::likeness::{self, Likeness, LikenessBands, RecordedBands};
-use crate::localise::{self, find_items, ForegroundHead};
+use crate::host::available_memory_bytes;
 use crate::index::qdrant::{collection_key, QdrantConfig, StoredProduct};
 use crate::index::{Allowed, Hit, IndexConfig, IndexStats, StoreUnavailable, VectorIndex};
+use crate::kind::{self, KindMode, KindTable};
+use crate::likeness::{self, Likeness, LikenessBands, RecordedBands};
+use crate::localise::{self, find_items, ForegroundHead};
 use crate::preprocess::{self, Crop, DecodeLimits, ImageError};
-use crate::catalog::graph_paths;
-use crate::host::available_memory_bytes;
 use crate::space::SearchSpace;
-use crate::straighten;
 use crate::store::{graph_turn, open_collection, open_index, payload_image, write_graph, CollectionDescription, Store};
+use crate::straighten;
+use crate::types::{Detection, Filter, ImageRef, IndexingProgress, Key, NewProduct, Product, VectorSpace};
 
 /// What to return.
 #[derive(Debug, Clone)]
@@ -492,7 +492,6 @@ impl SearchEngine {
         let catalog = self.catalog.as_ref().context("this server has no catalog file: it answers from its Qdrant collection alone")?;
         catalog.lock().map_err(|_| poisoned("catalog"))
     }
-
 
     fn read_index(&self) -> Result<RwLockReadGuard<'_, Store>> {
         self.index.read().map_err(|_| poisoned("index"))
@@ -1201,12 +1200,7 @@ impl SearchEngine {
             .filter_map(|(hit, i)| {
                 // A colour blend not re-ranked by kind may pass 1 (`ColourTable::rerank`).
                 let score = hit.score.clamp(-1.0, 1.0);
-                products.iter().find(|p| p.key == hit.key).map(|p| RankedProduct {
-                    rank: request.offset + i + 1,
-                    score,
-                    likeness: likeness(score),
-                    product: p.clone(),
-                })
+                products.iter().find(|p| p.key == hit.key).map(|p| RankedProduct { rank: request.offset + i + 1, score, likeness: likeness(score), product: p.clone() })
             })
             .collect();
         timings.metadata_ms = ms(t);
@@ -1239,4 +1233,3 @@ fn payload_colours(found: &HashMap<Key, StoredProduct>) -> Result<ColourTable> {
     }
     Ok(table)
 }
-

@@ -12,12 +12,12 @@
 
 use anyhow::{ensure, Context, Result};
 
+use crate::adapter::PhotoAdapter;
 use crate::catalog::{SqliteCatalog, VectorKind};
-use crate::types::Key;
 use crate::index::{l2_normalize, ExactIndex, Precision, VectorIndex};
 use crate::likeness;
 use crate::projection::Projection;
-use crate::adapter::PhotoAdapter;
+use crate::types::Key;
 use std::sync::Arc;
 
 /// A mapping from model vectors to searched vectors (all results L2-normalised).

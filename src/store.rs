@@ -139,10 +139,7 @@ pub fn open_index(catalog: &SqliteCatalog, space: &SearchSpace, config: &IndexCo
     let graph = open_graph(catalog, space, exact, config)?;
     let recall = graph.recall_at_10();
     if config.accepts_recall(recall) {
-        tracing::info!(
-            "search index: graph, recall@10 {recall:.3} on its own products ({len} products of {dim}-d; a scan is as fast below {})",
-            config.graph_above(dim)
-        );
+        tracing::info!("search index: graph, recall@10 {recall:.3} on its own products ({len} products of {dim}-d; a scan is as fast below {})", config.graph_above(dim));
         return Ok(Store::Graph(graph));
     }
     tracing::warn!(
@@ -257,9 +254,17 @@ pub struct CollectionDescription {
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum StoredSpace {
     Identity,
-    Centred { mean: Vec<f32> },
+    Centred {
+        mean: Vec<f32>,
+    },
     /// The projection's weights as little-endian f32, base64.
-    Tuned { label: String, input_dim: usize, hidden: usize, output_dim: usize, weights: String },
+    Tuned {
+        label: String,
+        input_dim: usize,
+        hidden: usize,
+        output_dim: usize,
+        weights: String,
+    },
 }
 
 impl StoredSpace {

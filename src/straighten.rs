@@ -293,14 +293,7 @@ mod tests {
 
     #[test]
     fn a_large_tilted_photo_is_kept_reduced_and_straightened_as_the_model_sees_it() {
-        let input = InputSpec {
-            name: "image".into(),
-            size: 32,
-            layout: crate::model::Layout::Nchw,
-            mean: [0.5; 3],
-            std: [0.5; 3],
-            fit: crate::model::Fit::Pad,
-        };
+        let input = InputSpec { name: "image".into(), size: 32, layout: crate::model::Layout::Nchw, mean: [0.5; 3], std: [0.5; 3], fit: crate::model::Fit::Pad };
         let big = DynamicImage::ImageRgb8(rotate(&image::imageops::resize(&straight_photo(), 480, 360, image::imageops::FilterType::Triangle), 6.0));
         let tilted = Tilted::of(&big, &input).expect("turned");
         assert!((tilted.degrees() - 6.0).abs() < 1.5, "read {}", tilted.degrees());

@@ -11,8 +11,8 @@
 use anyhow::{bail, ensure, Context, Result};
 use ndarray::{Array1, Array2, ArrayView2, Axis};
 use rand::seq::SliceRandom;
-use rayon::prelude::*;
 use rand::{Rng, SeedableRng};
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use std::collections::{BTreeSet, HashMap};
@@ -57,7 +57,19 @@ pub struct TuneOptions {
 
 impl Default for TuneOptions {
     fn default() -> Self {
-        TuneOptions { output_dim: 256, hidden: 1024, epochs: 12, batch_size: 256, learning_rate: 2e-3, scale: 16.0, weight_decay: 1e-4, dropout: 0.0, instance_weight: 2.0, subspace: 512, seed: 7 }
+        TuneOptions {
+            output_dim: 256,
+            hidden: 1024,
+            epochs: 12,
+            batch_size: 256,
+            learning_rate: 2e-3,
+            scale: 16.0,
+            weight_decay: 1e-4,
+            dropout: 0.0,
+            instance_weight: 2.0,
+            subspace: 512,
+            seed: 7,
+        }
     }
 }
 
@@ -87,10 +99,7 @@ pub fn labelled_features(catalog: &SqliteCatalog, label: &str) -> Result<(Labell
     let by_key: HashMap<Key, &str> = products.iter().filter_map(|p| p.metadata.get(label).map(|l| (p.key, l.as_str()))).collect();
     let classes: Vec<String> = by_key.values().map(|s| s.to_string()).collect::<BTreeSet<_>>().into_iter().collect();
     if classes.len() < 2 {
-        bail!(
-            "tuning needs products labelled with at least two different {label:?} values; found {} (columns come from the catalog's metadata)",
-            classes.len()
-        );
+        bail!("tuning needs products labelled with at least two different {label:?} values; found {} (columns come from the catalog's metadata)", classes.len());
     }
     let class_index: HashMap<&str, usize> = classes.iter().enumerate().map(|(i, c)| (c.as_str(), i)).collect();
     let (mut rows, mut labels, mut keys, mut dim) = (Vec::new(), Vec::new(), Vec::new(), 0);
@@ -139,14 +148,7 @@ impl Labelled {
 /// learned from studio shots alone leans on details that a street photo loses. Uses only the
 /// catalog's own images. Returns the feature rows (`[count, d]`, fewer when an image cannot be
 /// read), their class indices and products.
-pub fn perturbed_features(
-    catalog: &SqliteCatalog,
-    encoder: &dyn crate::encoder::Encoder,
-    label: &str,
-    classes: &[String],
-    count: usize,
-    seed: u64,
-) -> Result<Labelled> {
+pub fn perturbed_features(catalog: &SqliteCatalog, encoder: &dyn crate::encoder::Encoder, label: &str, classes: &[String], count: usize, seed: u64) -> Result<Labelled> {
     let class_index: HashMap<&str, usize> = classes.iter().enumerate().map(|(i, c)| (c.as_str(), i)).collect();
     let labelled: Vec<(Product, usize)> = catalog
         .all_products()?
@@ -679,15 +681,7 @@ pub fn train_foreground(catalog: &SqliteCatalog, encoder: &dyn crate::encoder::E
     let balanced_accuracy = 0.5 * (right_pos / positives + right_neg / (n as f64 - positives));
     let (extent, extent_error) = train_extent(xs.view(), &extents)?;
     let head = ForegroundHead { mean: mean.to_vec(), inv_std: std.to_vec(), weights: w.to_vec(), bias: b, extent: Some(extent) };
-    let report = ForegroundReport {
-        scenes,
-        cells: n,
-        foreground_share: positives / n as f64,
-        epochs,
-        balanced_accuracy,
-        extent_error,
-        seconds: started.elapsed().as_secs_f64(),
-    };
+    let report = ForegroundReport { scenes, cells: n, foreground_share: positives / n as f64, epochs, balanced_accuracy, extent_error, seconds: started.elapsed().as_secs_f64() };
     Ok((head, report))
 }
 

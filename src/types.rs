@@ -174,10 +174,7 @@ impl Filter {
             return Err(format!("the filter on {value:?} has an empty column name (write column=value, e.g. articleType=Dresses)"));
         }
         if column.len() > Filter::MAX_COLUMN_BYTES || column.chars().any(char::is_control) {
-            return Err(format!(
-                "{column:?} is not a column name: at most {} bytes, without control characters",
-                Filter::MAX_COLUMN_BYTES
-            ));
+            return Err(format!("{column:?} is not a column name: at most {} bytes, without control characters", Filter::MAX_COLUMN_BYTES));
         }
         let values = self.conditions.entry(column.to_string()).or_default();
         if !values.iter().any(|v| v == value) {

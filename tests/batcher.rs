@@ -94,9 +94,7 @@ fn a_follow_up_runs_on_the_worker_and_a_panicking_one_fails_only_its_request() {
     let main = lookalike::search::Items::Main;
 
     let (thread, dimensions) = runtime
-        .block_on(batcher.encode_then(photo.clone(), None, main, |encoded| {
-            Ok((std::thread::current().name().unwrap_or("").to_string(), encoded.photo.whole.vector.len()))
-        }))
+        .block_on(batcher.encode_then(photo.clone(), None, main, |encoded| Ok((std::thread::current().name().unwrap_or("").to_string(), encoded.photo.whole.vector.len()))))
         .expect("followed up");
     assert_eq!((thread.as_str(), dimensions), ("encoder-0", 1280));
 

@@ -18,10 +18,6 @@ fn ok(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-
-
-
-
 /// Writes Fashion-MNIST test image `i` as a PNG and returns its path and class name.
 fn test_image(dir: &Path, i: usize) -> (PathBuf, String) {
     let fm = FashionMnist::load(&fm_dir(), "test").expect("test split");
@@ -55,10 +51,7 @@ fn import_keys_follow_the_source_order_whatever_order_batches_finish_in() {
     let db = dir.path().join("order.db");
     ok(&["index", "--db", path(&db), "--fashion-mnist", "train", "--limit", "120", "--batch-size", "2", "--fashion-mnist-dir", path(&fm_dir())]);
     let conn = rusqlite::Connection::open_with_flags(&db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).expect("open catalog");
-    let ids: Vec<String> = conn
-        .prepare("SELECT id FROM products ORDER BY key")
-        .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
-        .expect("read products");
+    let ids: Vec<String> = conn.prepare("SELECT id FROM products ORDER BY key").and_then(|mut s| s.query_map([], |r| r.get(0))?.collect()).expect("read products");
     let source_order: Vec<String> = (0..120).map(|i| format!("fmnist-train-{i:05}")).collect();
     assert_eq!(ids, source_order);
 }
@@ -92,10 +85,7 @@ fn filters_return_k_matching_products() {
     assert_eq!(hits.len(), 8, "k hits while enough products match");
     assert!(hits.iter().all(|h| h["metadata"]["articleType"] == "Bag"));
 
-    let out = json(&ok(&[
-        "search", "--db", path(shared_catalog()), path(&file), "-k", "300",
-        "--filter", "articleType=Bag", "--filter", "articleType=Sandal", "--json",
-    ]));
+    let out = json(&ok(&["search", "--db", path(shared_catalog()), path(&file), "-k", "300", "--filter", "articleType=Bag", "--filter", "articleType=Sandal", "--json"]));
     let hits = out["hits"].as_array().expect("hits");
     assert!(hits.len() > 8 && hits.len() < 300, "only the matching products: {}", hits.len());
     assert!(hits.iter().all(|h| h["metadata"]["articleType"] == "Bag" || h["metadata"]["articleType"] == "Sandal"));
@@ -360,10 +350,7 @@ fn bench_e2e_reports_client_and_stage_medians_over_either_kind_of_connection() {
 
 #[test]
 fn eval_reports_all_three_methods_or_the_rows_asked_for() {
-    let out = json(&ok(&[
-        "eval", "--db", path(shared_catalog()), "--fashion-mnist", "test", "--queries", "50", "--seed", "3",
-        "--fashion-mnist-dir", path(&fm_dir()), "--json",
-    ]));
+    let out = json(&ok(&["eval", "--db", path(shared_catalog()), "--fashion-mnist", "test", "--queries", "50", "--seed", "3", "--fashion-mnist-dir", path(&fm_dir()), "--json"]));
     assert_eq!(out["catalog_size"], 300);
     assert_eq!(out["queries"], 50);
     assert_eq!(out["seed"], 3);
@@ -381,8 +368,20 @@ fn eval_reports_all_three_methods_or_the_rows_asked_for() {
 
     // Only the rows asked for, each ranked as in the full run.
     let some = json(&ok(&[
-        "eval", "--db", path(shared_catalog()), "--fashion-mnist", "test", "--queries", "50", "--seed", "3",
-        "--fashion-mnist-dir", path(&fm_dir()), "--json", "--methods", "raw_pixels, lookalike",
+        "eval",
+        "--db",
+        path(shared_catalog()),
+        "--fashion-mnist",
+        "test",
+        "--queries",
+        "50",
+        "--seed",
+        "3",
+        "--fashion-mnist-dir",
+        path(&fm_dir()),
+        "--json",
+        "--methods",
+        "raw_pixels, lookalike",
     ]));
     let rows: Vec<&String> = some["methods"].as_object().map(|m| m.keys().collect()).unwrap_or_default();
     assert_eq!(rows, ["lookalike", "raw_pixels"], "{some}");
@@ -394,7 +393,8 @@ fn eval_reports_all_three_methods_or_the_rows_asked_for() {
     let refused = lookalike(&["eval", "--db", path(shared_catalog()), "--fashion-mnist", "test", "--methods", "lookalike,best"]);
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(!refused.status.success() && stderr.contains("\"best\"") && stderr.contains("original_recipe"), "{stderr}");
-    let refused = lookalike(&["eval", "--db", path(shared_catalog()), "--fashion-mnist", "test", "--queries", "5", "--fashion-mnist-dir", path(&fm_dir()), "--methods", "lookalike_untuned"]);
+    let refused =
+        lookalike(&["eval", "--db", path(shared_catalog()), "--fashion-mnist", "test", "--queries", "5", "--fashion-mnist-dir", path(&fm_dir()), "--methods", "lookalike_untuned"]);
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(!refused.status.success() && stderr.contains("needs a tuned catalog"), "an untuned catalog has no such row: {stderr}");
 }
@@ -423,9 +423,7 @@ fn tuning_is_stored_used_and_undone() {
     assert!(!out.status.success(), "bad dropout refused");
     let info = ok(&["info", "--db", path(&db)]);
     assert!(info.contains("tuned on: articleType") && info.contains("model: efficientnet-lite0 ("), "{info}");
-    let report = json(&ok(&[
-        "eval", "--db", path(&db), "--fashion-mnist", "test", "--queries", "50", "--fashion-mnist-dir", path(&fm_dir()), "--json",
-    ]));
+    let report = json(&ok(&["eval", "--db", path(&db), "--fashion-mnist", "test", "--queries", "50", "--fashion-mnist-dir", path(&fm_dir()), "--json"]));
     assert_eq!(report["tuned_on"], "articleType");
     let tuned = report["methods"]["lookalike"]["precision_at_10"].as_f64().expect("tuned");
     let untuned = report["methods"]["lookalike_untuned"]["precision_at_10"].as_f64().expect("untuned");
@@ -473,9 +471,7 @@ fn the_photo_adapter_is_learned_used_for_photos_and_undone() {
     // Catalog vectors are not photos: more-like-this is unchanged; a photo's search changes.
     assert_eq!(like(&db), like_before);
     assert_ne!(photo_search(&db), photo_before);
-    let report = json(&ok(&[
-        "eval", "--db", path(&db), "--fashion-mnist", "test", "--queries", "20", "--perturb", "--fashion-mnist-dir", path(&fm_dir()), "--json",
-    ]));
+    let report = json(&ok(&["eval", "--db", path(&db), "--fashion-mnist", "test", "--queries", "20", "--perturb", "--fashion-mnist-dir", path(&fm_dir()), "--json"]));
     for method in ["lookalike", "lookalike_unadapted"] {
         assert!(report["methods"][method]["precision_at_10"].as_f64().is_some(), "{method} measured: {report}");
     }
@@ -508,9 +504,7 @@ fn localisation_is_learned_measured_and_undone() {
     let info = ok(&["info", "--db", path(&db)]);
     assert!(info.contains("foreground head: learned from 40 composed photos, balanced accuracy "), "{info}");
 
-    let report = json(&ok(&[
-        "eval", "--db", path(&db), "--fashion-mnist", "test", "--queries", "30", "--scenes", "10", "--fashion-mnist-dir", path(&fm_dir()), "--json",
-    ]));
+    let report = json(&ok(&["eval", "--db", path(&db), "--fashion-mnist", "test", "--queries", "30", "--scenes", "10", "--fashion-mnist-dir", path(&fm_dir()), "--json"]));
     let scenes = &report["scenes"];
     assert_eq!(scenes["scenes"], 10);
     let products = scenes["products"].as_u64().expect("products");
@@ -536,8 +530,19 @@ fn localisation_is_learned_measured_and_undone() {
 #[test]
 fn perturbed_eval_reports_the_drop() {
     let out = json(&ok(&[
-        "eval", "--db", path(shared_catalog()), "--fashion-mnist", "test", "--queries", "30", "--perturb", "--exact", "40",
-        "--fashion-mnist-dir", path(&fm_dir()), "--json",
+        "eval",
+        "--db",
+        path(shared_catalog()),
+        "--fashion-mnist",
+        "test",
+        "--queries",
+        "30",
+        "--perturb",
+        "--exact",
+        "40",
+        "--fashion-mnist-dir",
+        path(&fm_dir()),
+        "--json",
     ]));
     assert_eq!(out["perturbed"], true);
     let p = out["methods"]["lookalike"]["precision_at_10"].as_f64().expect("p@10");
@@ -562,9 +567,7 @@ fn perturbed_eval_reports_the_drop() {
 fn approximate_index_is_saved_caught_up_and_rebuilt() {
     let dir = tempfile::tempdir().expect("tempdir");
     let db = copy_catalog(dir.path());
-    let ids = |out: &serde_json::Value| -> Vec<String> {
-        out["hits"].as_array().expect("hits").iter().map(|h| h["id"].as_str().expect("id").to_string()).collect()
-    };
+    let ids = |out: &serde_json::Value| -> Vec<String> { out["hits"].as_array().expect("hits").iter().map(|h| h["id"].as_str().expect("id").to_string()).collect() };
     let search = |ann: &str| json(&ok(&["search", "--db", path(&db), "--like", "fmnist-train-00002", "-k", "10", "--json", "--ann", ann]));
     let exact = ids(&search("never"));
     let approx = ids(&search("always"));
@@ -588,9 +591,7 @@ fn approximate_index_is_saved_caught_up_and_rebuilt() {
     assert!(std::fs::metadata(&graph).expect("graph").len() > 1000);
 
     for precision in ["f16", "i8"] {
-        let compressed = ids(&json(&ok(&[
-            "search", "--db", path(&db), "--like", "fmnist-train-00002", "-k", "10", "--json", "--ann", "never", "--precision", precision,
-        ])));
+        let compressed = ids(&json(&ok(&["search", "--db", path(&db), "--like", "fmnist-train-00002", "-k", "10", "--json", "--ann", "never", "--precision", precision])));
         let overlap = compressed.iter().filter(|id| after.contains(id)).count();
         assert!(overlap >= 8, "{precision} top-10 {compressed:?} vs f32 {after:?}");
     }
@@ -598,11 +599,8 @@ fn approximate_index_is_saved_caught_up_and_rebuilt() {
     // Another process holding the graph's lock (here: this test) makes a search wait its turn.
     let lock = std::fs::File::open(dir.path().join("copy.db.graph.lock")).expect("the lock file exists");
     lock.lock().expect("take the lock");
-    let mut waiting = Command::new(BIN)
-        .args(["search", "--db", path(&db), "--like", "fmnist-train-00002", "--json", "--ann", "always"])
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("spawn");
+    let mut waiting =
+        Command::new(BIN).args(["search", "--db", path(&db), "--like", "fmnist-train-00002", "--json", "--ann", "always"]).stdout(Stdio::null()).spawn().expect("spawn");
     std::thread::sleep(Duration::from_millis(1500));
     assert!(waiting.try_wait().expect("poll").is_none(), "the search waits while the graph is locked");
     drop(lock);

@@ -79,9 +79,7 @@ fn rank_of(results: &SearchResults, id: &str) -> Option<usize> {
 #[test]
 fn a_red_and_a_blue_copy_are_named_apart_and_match_ranks_the_same_colour_first() {
     let engine = engine(coloured_catalog());
-    let (red, blue) = engine
-        .with_catalog(|c| Ok((c.get_by_id("red.png")?.expect("red copy"), c.get_by_id("blue.png")?.expect("blue copy"))))
-        .expect("read");
+    let (red, blue) = engine.with_catalog(|c| Ok((c.get_by_id("red.png")?.expect("red copy"), c.get_by_id("blue.png")?.expect("blue copy")))).expect("read");
     assert_eq!((red.colour(), blue.colour()), (Some("Red"), Some("Blue")), "named from their pixels");
 
     // The shopper's photo: the same garment in red, at another size (so not the same bytes).

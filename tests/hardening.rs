@@ -16,7 +16,6 @@ use common::*;
 use lookalike::import::fashion_mnist::FashionMnist;
 use serde_json::{json, Value};
 
-
 /// Polls `check` until it holds; fails after a minute (only when something is broken).
 fn eventually(what: &str, mut check: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(60);

@@ -11,10 +11,9 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use lookalike::catalog::SqliteCatalog;
-use lookalike::types::{Filter, NewImage, NewProduct};
 use lookalike::index::{AnnMode, AnnStamp, IndexConfig};
 use lookalike::search::{SearchEngine, SearchRequest};
-
+use lookalike::types::{Filter, NewImage, NewProduct};
 
 fn open(db: &std::path::Path) -> SearchEngine {
     let config = IndexConfig { ann: AnnMode::Always, ..IndexConfig::default() };

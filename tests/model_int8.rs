@@ -40,9 +40,7 @@ fn search(home: &Path, db: &Path, photo: &Path) -> serde_json::Value {
 }
 
 fn int8_files(home: &Path) -> Vec<std::path::PathBuf> {
-    std::fs::read_dir(home.join("models"))
-        .map(|d| d.filter_map(|e| e.ok()).map(|e| e.path()).filter(|p| p.to_string_lossy().contains("-int8-")).collect())
-        .unwrap_or_default()
+    std::fs::read_dir(home.join("models")).map(|d| d.filter_map(|e| e.ok()).map(|e| e.path()).filter(|p| p.to_string_lossy().contains("-int8-")).collect()).unwrap_or_default()
 }
 
 /// The cosine of each of `catalog`'s vectors to the float model's vector of the same photo
@@ -144,7 +142,8 @@ fn a_float_catalog_imported_by_the_int8_copy_is_searched_with_the_float_model() 
     let mut spec = lookalike::model::resolve(&Assets::from_env(), "efficientnet-lite0").expect("the built-in model");
     spec.name = "my-lite0".into();
     std::fs::write(&described, serde_json::to_string(&spec).expect("JSON")).expect("write description");
-    let plug_in = run(home, &["index", "--db", path(&dir.path().join("p.db")), "--fashion-mnist", "train", "--limit", "20", "--model", path(&described), "--import-precision", "int8"]);
+    let plug_in =
+        run(home, &["index", "--db", path(&dir.path().join("p.db")), "--fashion-mnist", "train", "--limit", "20", "--model", path(&described), "--import-precision", "int8"]);
     assert!(!plug_in.status.success(), "a plug-in model was imported in int8");
     assert!(String::from_utf8_lossy(&plug_in.stderr).contains("needs a built-in model"), "{}", String::from_utf8_lossy(&plug_in.stderr));
     assert!(!dir.path().join("p.db").exists(), "the refused import left a catalog file behind");

@@ -10,10 +10,10 @@ use std::process::Command;
 
 use common::*;
 use lookalike::catalog::{SqliteCatalog, VectorKind};
-use lookalike::types::Filter;
 use lookalike::index::qdrant::QdrantConfig;
 use lookalike::index::{IndexConfig, Precision};
 use lookalike::search::{SearchEngine, SearchRequest};
+use lookalike::types::Filter;
 use rand::{Rng, SeedableRng};
 
 /// The node-down test stops a node that the other tests' collections may live on (make test
@@ -25,7 +25,6 @@ static CLUSTER: std::sync::RwLock<()> = std::sync::RwLock::new(());
 fn qdrant_url() -> String {
     std::env::var("LOOKALIKE_QDRANT_URL").expect("LOOKALIKE_QDRANT_URL (run with a Qdrant server)")
 }
-
 
 fn store(collection: &str, exact: bool) -> QdrantConfig {
     store_at(&qdrant_url(), collection, exact)
@@ -111,10 +110,12 @@ fn qdrant_matches_the_embedded_store_and_follows_changes() {
 
     // 500 queries: catalog vectors with noise, so none is identical to a stored one.
     let mut model_vectors = Vec::new();
-    catalog.for_each_vector(VectorKind::Primary, |_, v| {
-        model_vectors.push(v.to_vec());
-        Ok(())
-    }).expect("vectors");
+    catalog
+        .for_each_vector(VectorKind::Primary, |_, v| {
+            model_vectors.push(v.to_vec());
+            Ok(())
+        })
+        .expect("vectors");
     drop(catalog);
     let mut rng = rand::rngs::StdRng::seed_from_u64(7);
     let queries: Vec<Vec<f32>> = (0..500)
@@ -226,7 +227,12 @@ fn replicas_with_and_without_the_catalog_share_one_collection() {
     let facets = |server: &Server| ok_json(client().get(server.url("/api/facets")).send().expect("facets"));
     let column = |f: &serde_json::Value| f["facets"].as_array().expect("facets").iter().find(|c| c["column"] == "articleType").cloned();
     let mut counts = [facets(&owner), facets(&replica)].map(|f| {
-        let mut values: Vec<(String, u64)> = column(&f).expect("articleType facet")["values"].as_array().expect("values").iter().map(|v| (v["value"].as_str().expect("value").to_string(), v["count"].as_u64().expect("count"))).collect();
+        let mut values: Vec<(String, u64)> = column(&f).expect("articleType facet")["values"]
+            .as_array()
+            .expect("values")
+            .iter()
+            .map(|v| (v["value"].as_str().expect("value").to_string(), v["count"].as_u64().expect("count")))
+            .collect();
         values.sort();
         values
     });
@@ -268,10 +274,7 @@ fn replicas_with_and_without_the_catalog_share_one_collection() {
     assert_eq!(remove(&replica, "large-photo"), 204);
 
     // A collection that does not exist: a clear message, not a server without products.
-    let out = Command::new(BIN)
-        .args(["serve", "--no-catalog", "--store", &qdrant_url(), "--collection", "lookalike-never-made", "--addr", "127.0.0.1:0"])
-        .output()
-        .expect("serve");
+    let out = Command::new(BIN).args(["serve", "--no-catalog", "--store", &qdrant_url(), "--collection", "lookalike-never-made", "--addr", "127.0.0.1:0"]).output().expect("serve");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && stderr.contains("no collection") && stderr.contains("lookalike sync"), "{stderr}");
 }
@@ -332,12 +335,7 @@ fn a_load_balancer_spreads_searches_over_replicas_and_skips_a_stopped_one() {
         // once the answer is sent, so the last may land a moment after the client has it.
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
         loop {
-            let lines: Vec<String> = std::fs::read_to_string(&log)
-                .expect("access log")
-                .lines()
-                .filter_map(|l| l.strip_suffix(" /api/search"))
-                .map(str::to_string)
-                .collect();
+            let lines: Vec<String> = std::fs::read_to_string(&log).expect("access log").lines().filter_map(|l| l.strip_suffix(" /api/search")).map(str::to_string).collect();
             if lines.len() >= count || std::time::Instant::now() > deadline {
                 return lines;
             }
@@ -378,10 +376,12 @@ fn cluster_keeps_answering_with_a_node_down() {
     let report = lookalike::store::sync_qdrant(&catalog, &on(&nodes[0])).expect("sync to the cluster");
     assert_eq!(report.added, 300);
     let mut vectors = Vec::new();
-    catalog.for_each_vector(VectorKind::Primary, |_, v| {
-        vectors.push(v.to_vec());
-        Ok(())
-    }).expect("vectors");
+    catalog
+        .for_each_vector(VectorKind::Primary, |_, v| {
+            vectors.push(v.to_vec());
+            Ok(())
+        })
+        .expect("vectors");
     let config = IndexConfig { store: Some(on(&nodes[0])), ..IndexConfig::default() };
     let engine = SearchEngine::open_with(SqliteCatalog::open(&db).expect("catalog"), Box::new(encoder()), &config).expect("engine");
     let request = SearchRequest { k: 10, ..SearchRequest::default() };

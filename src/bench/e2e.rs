@@ -38,8 +38,7 @@ fn search_form(image: &[u8], file_name: &str, opts: &E2eBench) -> (Vec<u8>, &'st
     const BOUNDARY: &str = "lookalike-bench-boundary";
     let mut body = Vec::with_capacity(image.len() + 512);
     body.extend_from_slice(
-        format!("--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"{file_name}\"\r\nContent-Type: application/octet-stream\r\n\r\n")
-            .as_bytes(),
+        format!("--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"{file_name}\"\r\nContent-Type: application/octet-stream\r\n\r\n").as_bytes(),
     );
     body.extend_from_slice(image);
     body.extend_from_slice(format!("\r\n--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"k\"\r\n\r\n{}", opts.k).as_bytes());
@@ -152,8 +151,7 @@ pub fn run(engine: Arc<SearchEngine>, env: &BenchEnv, opts: &E2eBench) -> Result
     }
     runtime.shutdown_timeout(Duration::from_secs(1));
     let wall = Latency::of(&wall);
-    let breakdown: serde_json::Map<String, Value> =
-        stages.iter().zip(per_stage.iter_mut()).map(|(s, v)| (s.to_string(), json!(Latency::of_ms(v).median_ms))).collect();
+    let breakdown: serde_json::Map<String, Value> = stages.iter().zip(per_stage.iter_mut()).map(|(s, v)| (s.to_string(), json!(Latency::of_ms(v).median_ms))).collect();
     let connections = match opts.fresh_connections {
         true => "a new connection per request",
         false => "one connection, kept open",

@@ -122,14 +122,8 @@ fn reference_sweep(env: &BenchEnv, model: &Path, dir: &Path, subset: usize) -> R
     };
     let best = &sweep["best"];
     let text = |v: &Value| v.as_u64().map(|n| n.to_string()).context("sweep result without a configuration");
-    let config = vec![
-        "--batch".to_string(),
-        text(&best["batch"])?,
-        "--threads".to_string(),
-        text(&best["threads"])?,
-        "--decode-workers".to_string(),
-        text(&best["decode_workers"])?,
-    ];
+    let config =
+        vec!["--batch".to_string(), text(&best["batch"])?, "--threads".to_string(), text(&best["threads"])?, "--decode-workers".to_string(), text(&best["decode_workers"])?];
     Ok(Some((json!({"sweep": sweep["sweep"], "best": best}), config)))
 }
 

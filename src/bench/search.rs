@@ -20,9 +20,9 @@ use serde_json::{json, Value};
 
 use super::{memory, ratio, write_f32, BenchEnv, Latency};
 use crate::catalog::{SqliteCatalog, VectorKind};
-use crate::types::Key;
 use crate::index::{l2_normalize, AnnIndex, AnnOptions, ExactIndex, Hit, Precision, VectorIndex};
 use crate::space::SearchSpace;
+use crate::types::Key;
 
 #[derive(Debug, Clone)]
 pub struct SearchBench {
@@ -153,8 +153,7 @@ pub fn run(catalog: &SqliteCatalog, env: &BenchEnv, opts: &SearchBench) -> Resul
     let exact_queries = if raw_bytes > 1 << 30 { opts.queries.min(100) } else { opts.queries };
 
     let t = Instant::now();
-    let truth: Vec<Vec<Key>> =
-        queries.iter().map(|q| Ok(data.search(q, opts.k, None)?.iter().map(|h| h.key).collect())).collect::<Result<_>>()?;
+    let truth: Vec<Vec<Key>> = queries.iter().map(|q| Ok(data.search(q, opts.k, None)?.iter().map(|h| h.key).collect())).collect::<Result<_>>()?;
     eprintln!("exact answers for {} queries in {:.1}s", queries.len(), t.elapsed().as_secs_f64());
 
     // FAISS on the same rows and queries (row order = our key order; truth as row positions).
@@ -259,7 +258,14 @@ pub fn run(catalog: &SqliteCatalog, env: &BenchEnv, opts: &SearchBench) -> Resul
             }
         }
         for run in &runs {
-            eprintln!("graph {}-d candidates {}: median {:.3} ms p99 {:.3} ms, recall {:.4}", graph.graph_dim(), run.candidates, run.latency.median_ms, run.latency.p99_ms, run.recall);
+            eprintln!(
+                "graph {}-d candidates {}: median {:.3} ms p99 {:.3} ms, recall {:.4}",
+                graph.graph_dim(),
+                run.candidates,
+                run.latency.median_ms,
+                run.latency.p99_ms,
+                run.recall
+            );
         }
         graphs.push(json!({
             "options": options,
@@ -308,11 +314,7 @@ fn markdown(r: &Value, opts: &SearchBench) -> String {
         r["space"].as_str().unwrap_or(""),
         r["queries"],
         r["k"],
-        if opts.synthetic.is_some() {
-            format!("; vectors = catalog vectors + Gaussian noise of norm {} (re-normalised)", opts.noise)
-        } else {
-            String::new()
-        }
+        if opts.synthetic.is_some() { format!("; vectors = catalog vectors + Gaussian noise of norm {} (re-normalised)", opts.noise) } else { String::new() }
     );
     out.push_str("## Exact scan\n\n| storage | threads | queries | median ms | p99 ms | QPS | recall@k | MB |\n|---|---|---|---|---|---|---|---|\n");
     for e in r["exact"].as_array().into_iter().flatten() {
@@ -395,4 +397,3 @@ fn markdown(r: &Value, opts: &SearchBench) -> String {
     out.push_str(&format!("| HNSW build s | {:.1} (M={}) | {faiss_build} | |\n", f(&graph["build_seconds"]), graph["options"]["connectivity"]));
     out
 }
-

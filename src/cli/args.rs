@@ -137,7 +137,14 @@ impl SearchIndexArgs {
             bail!("--ann-recall must be between 0 and 1, not {}", self.ann_recall);
         }
         let ann_options = AnnOptions { candidates: self.ann_candidates, ..AnnOptions::default() };
-        Ok(IndexConfig { precision: self.precision.into(), ann: self.ann.into(), ann_above: self.ann_above, ann_recall: self.ann_recall, ann_options, store: self.store.qdrant(db)? })
+        Ok(IndexConfig {
+            precision: self.precision.into(),
+            ann: self.ann.into(),
+            ann_above: self.ann_above,
+            ann_recall: self.ann_recall,
+            ann_options,
+            store: self.store.qdrant(db)?,
+        })
     }
 }
 

@@ -270,7 +270,15 @@ fn run_e2e(args: BenchE2eArgs) -> Result<()> {
     let catalog = SqliteCatalog::open_existing(&args.db.db)?;
     let encoder = load_encoder(&assets, &catalog, &args.model)?;
     let engine = Arc::new(SearchEngine::open_with(catalog, Box::new(encoder), &args.index.config(&args.db.db)?)?);
-    let options = lookalike::bench::e2e::E2eBench { requests: args.requests, images, k: args.k, colour: args.colour, kind: args.kind, fresh_connections: args.fresh_connections, name: args.name };
+    let options = lookalike::bench::e2e::E2eBench {
+        requests: args.requests,
+        images,
+        k: args.k,
+        colour: args.colour,
+        kind: args.kind,
+        fresh_connections: args.fresh_connections,
+        name: args.name,
+    };
     lookalike::bench::e2e::run(engine, &env, &options)?;
     Ok(())
 }

@@ -6,13 +6,13 @@ use anyhow::{bail, Result};
 use clap::Args;
 
 use super::args::*;
-use lookalike::kind::KindMode;
 use lookalike::assets::Assets;
 use lookalike::catalog::SqliteCatalog;
 use lookalike::colour::ColourMode;
 use lookalike::encoder::Encoder;
 use lookalike::eval::{self, LabelledQuery};
 use lookalike::import::fashion_mnist::FashionMnist;
+use lookalike::kind::KindMode;
 
 #[derive(Args)]
 pub struct EvalArgs {
@@ -107,10 +107,8 @@ pub fn run(args: EvalArgs) -> Result<()> {
     if !(0.0..=100.0).contains(&args.colour_weight) {
         bail!("--colour-weight must be between 0 and 100, not {}", args.colour_weight);
     }
-    let queries = picked
-        .into_iter()
-        .map(|i| Ok(LabelledQuery { id: split.product_id(i), image: split.photo(i, args.colourise)?, label: label_of(i)? }))
-        .collect::<Result<Vec<_>>>()?;
+    let queries =
+        picked.into_iter().map(|i| Ok(LabelledQuery { id: split.product_id(i), image: split.photo(i, args.colourise)?, label: label_of(i)? })).collect::<Result<Vec<_>>>()?;
     eprintln!("evaluating {} queries against {} products ({})", queries.len(), catalog.len()?, encoder.spec().name);
     let options = eval::EvalOptions {
         label: args.label.clone(),

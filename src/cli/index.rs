@@ -1,8 +1,8 @@
 //! `lookalike index`: import products (photos + metadata) into a catalog.
 
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::path::PathBuf;
 
 use anyhow::{bail, Result};
 use clap::Args;

@@ -10,8 +10,8 @@ use lookalike::assets::Assets;
 use lookalike::catalog::SqliteCatalog;
 use lookalike::colour::ColourMode;
 use lookalike::kind::KindMode;
-use lookalike::search::{Items, RankedProduct, SearchEngine, SearchRequest, SearchResults};
 use lookalike::preprocess::Crop;
+use lookalike::search::{Items, RankedProduct, SearchEngine, SearchRequest, SearchResults};
 use lookalike::types::Filter;
 
 #[derive(Args)]
@@ -84,7 +84,6 @@ pub fn run(args: SearchArgs) -> Result<()> {
     }
     Ok(())
 }
-
 
 fn image_label(image: &lookalike::types::ImageRef) -> String {
     match image {

@@ -1,6 +1,5 @@
 //! `lookalike tune`: learn a catalog-tuned projection from a metadata column.
 
-
 use anyhow::{bail, Result};
 use clap::Args;
 

@@ -45,8 +45,7 @@ impl FashionMnist {
 
     /// Entry `i` as a greyscale image.
     pub fn image(&self, i: usize) -> Result<image::GrayImage> {
-        image::GrayImage::from_raw(self.images.cols as u32, self.images.rows as u32, self.images.image(i).to_vec())
-            .context("Fashion-MNIST image has the wrong number of pixels")
+        image::GrayImage::from_raw(self.images.cols as u32, self.images.rows as u32, self.images.image(i).to_vec()).context("Fashion-MNIST image has the wrong number of pixels")
     }
 
     /// Product id of entry `i`: split and index, e.g. `fmnist-train-00042`.
@@ -81,14 +80,10 @@ impl FashionMnist {
                 match colourise {
                     Some(seed) => {
                         let (painted, name) = self.colourised(i, seed)?;
-                        painted.write_to(&mut Cursor::new(&mut png), image::ImageFormat::Png)
-                            .context("encoding a Fashion-MNIST image as PNG")?;
+                        painted.write_to(&mut Cursor::new(&mut png), image::ImageFormat::Png).context("encoding a Fashion-MNIST image as PNG")?;
                         metadata.insert("baseColour".into(), name.to_string());
                     }
-                    None => self
-                        .image(i)?
-                        .write_to(&mut Cursor::new(&mut png), image::ImageFormat::Png)
-                        .context("encoding a Fashion-MNIST image as PNG")?,
+                    None => self.image(i)?.write_to(&mut Cursor::new(&mut png), image::ImageFormat::Png).context("encoding a Fashion-MNIST image as PNG")?,
                 }
                 metadata.insert("articleType".into(), self.class_name(i).to_string());
                 metadata.insert("split".into(), self.split.clone());

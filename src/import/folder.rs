@@ -25,10 +25,7 @@ pub fn read_folder(dir: &Path) -> Result<Vec<CatalogItem>> {
             continue;
         }
         let path = entry.path();
-        let is_image = path
-            .extension()
-            .and_then(|e| e.to_str())
-            .is_some_and(|e| IMAGE_EXTENSIONS.iter().any(|x| x.eq_ignore_ascii_case(e)));
+        let is_image = path.extension().and_then(|e| e.to_str()).is_some_and(|e| IMAGE_EXTENSIONS.iter().any(|x| x.eq_ignore_ascii_case(e)));
         if !is_image {
             continue;
         }

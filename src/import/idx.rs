@@ -20,8 +20,7 @@ pub const IMAGES_MAGIC: u32 = 0x0803;
 pub const LABELS_MAGIC: u32 = 0x0801;
 
 /// Class names, indexed by label.
-pub const FASHION_MNIST_CLASSES: [&str; 10] =
-    ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"];
+pub const FASHION_MNIST_CLASSES: [&str; 10] = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"];
 
 /// A stack of equally sized greyscale images.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -82,12 +81,7 @@ fn read_u32(reader: &mut dyn Read, path: &Path, what: &str) -> Result<u32> {
 fn read_body(reader: &mut dyn Read, len: usize, path: &Path, what: &str) -> Result<Vec<u8>> {
     let mut body = Vec::new();
     reader.take(len as u64).read_to_end(&mut body).with_context(|| format!("{}: reading {what}", path.display()))?;
-    ensure!(
-        body.len() == len,
-        "{}: truncated: the header announces {len} bytes of {what} but the file holds only {}",
-        path.display(),
-        body.len()
-    );
+    ensure!(body.len() == len, "{}: truncated: the header announces {len} bytes of {what} but the file holds only {}", path.display(), body.len());
     let mut extra = [0u8; 1];
     let more = reader.read(&mut extra).with_context(|| format!("{}: reading past the {what}", path.display()))?;
     ensure!(more == 0, "{}: unexpected data after the {len} bytes of {what} the header announces", path.display());
@@ -116,10 +110,7 @@ pub fn read_images(path: &Path) -> Result<IdxImages> {
     let rows = read_u32(&mut reader, path, "row count")? as usize;
     let cols = read_u32(&mut reader, path, "column count")? as usize;
     ensure!(rows > 0 && cols > 0, "{}: images of {rows}x{cols} pixels", path.display());
-    let len = count
-        .checked_mul(rows)
-        .and_then(|n| n.checked_mul(cols))
-        .with_context(|| format!("{}: {count} images of {rows}x{cols} pixels overflow memory", path.display()))?;
+    let len = count.checked_mul(rows).and_then(|n| n.checked_mul(cols)).with_context(|| format!("{}: {count} images of {rows}x{cols} pixels overflow memory", path.display()))?;
     let pixels = read_body(&mut reader, len, path, "pixels")?;
     Ok(IdxImages { count, rows, cols, pixels })
 }
@@ -157,14 +148,7 @@ pub fn read_split(dir: &Path, split: &str) -> Result<(IdxImages, Vec<u8>)> {
     let labels_path = find(dir, &format!("{prefix}-labels-idx1-ubyte"));
     let images = read_images(&images_path)?;
     let labels = read_labels(&labels_path)?;
-    ensure!(
-        images.count == labels.len(),
-        "{} holds {} images but {} holds {} labels",
-        images_path.display(),
-        images.count,
-        labels_path.display(),
-        labels.len()
-    );
+    ensure!(images.count == labels.len(), "{} holds {} images but {} holds {} labels", images_path.display(), images.count, labels_path.display(), labels.len());
     if let Some((i, &label)) = labels.iter().enumerate().find(|&(_, &l)| usize::from(l) >= FASHION_MNIST_CLASSES.len()) {
         bail!("{}: label {label} of item {i} is not one of the {} classes", labels_path.display(), FASHION_MNIST_CLASSES.len());
     }

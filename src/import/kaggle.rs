@@ -59,14 +59,7 @@ impl KaggleReport {
 
 impl fmt::Display for KaggleReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{} rows: {} imported, {} without an image, {} malformed",
-            self.rows,
-            self.imported(),
-            self.missing_images.len(),
-            self.malformed.len()
-        )
+        write!(f, "{} rows: {} imported, {} without an image, {} malformed", self.rows, self.imported(), self.missing_images.len(), self.malformed.len())
     }
 }
 
@@ -218,11 +211,7 @@ fn list_files(dir: &Path) -> Result<HashSet<OsString>> {
 }
 
 fn find_image(images_dir: &Path, files: &HashSet<OsString>, id: &str) -> Option<PathBuf> {
-    IMAGE_EXTENSIONS
-        .iter()
-        .map(|ext| format!("{id}.{ext}"))
-        .find(|name| files.contains(&OsString::from(name)))
-        .map(|name| images_dir.join(name))
+    IMAGE_EXTENSIONS.iter().map(|ext| format!("{id}.{ext}")).find(|name| files.contains(&OsString::from(name))).map(|name| images_dir.join(name))
 }
 
 #[cfg(test)]

@@ -25,9 +25,9 @@ use sha2::{Digest, Sha256};
 
 use crate::catalog::{IndexedImage, SqliteCatalog};
 use crate::colour::{self, ColourEstimate};
-use crate::types::{IndexingProgress, Metadata, NewImage, NewProduct, VectorSpace};
 use crate::encoder::Encoder;
 use crate::preprocess::{self, DecodeLimits};
+use crate::types::{IndexingProgress, Metadata, NewImage, NewProduct, VectorSpace};
 
 /// A product as a source describes it, before it is encoded.
 #[derive(Debug, Clone)]
@@ -142,13 +142,7 @@ struct EncodedBatch {
 
 /// Embeds `items` into `catalog` with `encoder`. Set `stop` (e.g. from a Ctrl-C handler) to
 /// finish the batch in flight and return early; nothing half-written is ever committed.
-pub fn index_items(
-    catalog: &mut SqliteCatalog,
-    encoder: &dyn Encoder,
-    items: Vec<CatalogItem>,
-    options: &IndexOptions,
-    stop: &AtomicBool,
-) -> Result<IndexReport> {
+pub fn index_items(catalog: &mut SqliteCatalog, encoder: &dyn Encoder, items: Vec<CatalogItem>, options: &IndexOptions, stop: &AtomicBool) -> Result<IndexReport> {
     let started = Instant::now();
     let spec = encoder.spec().clone();
     catalog.ensure_model(&spec.name)?;
@@ -161,10 +155,7 @@ pub fn index_items(
     let bar = if options.progress && on_terminal { ProgressBar::new(items.len() as u64) } else { ProgressBar::hidden() };
     let total = items.len();
     let mut last_log = Instant::now();
-    bar.set_style(
-        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} {per_sec} ETA {eta}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
+    bar.set_style(ProgressStyle::with_template("{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} {per_sec} ETA {eta}").unwrap_or_else(|_| ProgressStyle::default_bar()));
 
     // Recorded in the catalog (about once a second), so a server over it can say "indexing
     // 12,000 of 60,000" while it already searches what is committed. A failed write only costs
@@ -214,8 +205,7 @@ pub fn index_items(
                 if chunk.is_empty() {
                     break;
                 }
-                let results: Vec<Result<Preparation, (String, String)>> =
-                    chunk.into_par_iter().map(|item| prepare_item(item, known, limits, input)).collect();
+                let results: Vec<Result<Preparation, (String, String)>> = chunk.into_par_iter().map(|item| prepare_item(item, known, limits, input)).collect();
                 let mut results = results.into_iter();
                 loop {
                     let batch: Vec<_> = results.by_ref().take(batch_size).collect();
@@ -376,12 +366,7 @@ pub fn calibrate_int8(assets: &crate::assets::Assets, base: &str, items: &[Catal
 
 /// Reads, hashes and preprocesses one item, and takes its colour (from the model's input
 /// pixels: the photo is resized once for both).
-fn prepare_item(
-    mut item: CatalogItem,
-    known: &HashMap<String, IndexedImage>,
-    limits: &DecodeLimits,
-    input: &crate::model::InputSpec,
-) -> Result<Preparation, (String, String)> {
+fn prepare_item(mut item: CatalogItem, known: &HashMap<String, IndexedImage>, limits: &DecodeLimits, input: &crate::model::InputSpec) -> Result<Preparation, (String, String)> {
     let fail = |why: String| (item.id.clone(), why);
     // Read a file once; in-memory bytes are only borrowed here (and copied once into the catalog
     // row below).
@@ -429,9 +414,6 @@ fn describe(image: &ItemImage) -> String {
 /// every CSV column kept as metadata, plus the report of rows that had to be skipped.
 pub fn read_kaggle(dir: &std::path::Path) -> Result<(Vec<CatalogItem>, kaggle::KaggleReport)> {
     let (rows, report) = kaggle::read_catalog(dir)?;
-    let items = rows
-        .into_iter()
-        .map(|row| CatalogItem { id: row.id, image: ItemImage::File(row.image), metadata: row.metadata.into_iter().collect() })
-        .collect();
+    let items = rows.into_iter().map(|row| CatalogItem { id: row.id, image: ItemImage::File(row.image), metadata: row.metadata.into_iter().collect() }).collect();
     Ok((items, report))
 }

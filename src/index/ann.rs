@@ -469,13 +469,7 @@ fn fit_basis(exact: &ExactIndex, graph_dim: usize) -> Option<PrincipalBasis> {
 fn int8_scale(exact: &ExactIndex, basis: Option<&PrincipalBasis>) -> f32 {
     let keys = exact.keys();
     let step = (keys.len() / 2000).max(1);
-    let mut magnitudes: Vec<f32> = keys
-        .iter()
-        .step_by(step)
-        .filter_map(|&k| exact.vector(k))
-        .flat_map(|v| basis.map_or(v.clone(), |b| b.project(&v)))
-        .map(f32::abs)
-        .collect();
+    let mut magnitudes: Vec<f32> = keys.iter().step_by(step).filter_map(|&k| exact.vector(k)).flat_map(|v| basis.map_or(v.clone(), |b| b.project(&v))).map(f32::abs).collect();
     if magnitudes.is_empty() {
         return 127.0;
     }

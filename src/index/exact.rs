@@ -211,7 +211,6 @@ impl VectorIndex for ExactIndex {
         self.dim
     }
 
-
     fn len(&self) -> usize {
         self.keys.len()
     }

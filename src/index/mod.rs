@@ -133,7 +133,6 @@ impl TopK {
     }
 }
 
-
 /// When the engine uses the approximate index.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
 #[serde(rename_all = "lowercase")]

@@ -17,10 +17,9 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context, Result};
 use base64::Engine as _;
 use qdrant_client::qdrant::{
-    point_id::PointIdOptions, Condition, CountPointsBuilder, CreateCollectionBuilder, CreateFieldIndexCollectionBuilder, DeletePointsBuilder, Distance,
-    FacetCountsBuilder, FieldType, Filter as QFilter, GetPointsBuilder, PayloadExcludeSelector, PayloadIncludeSelector, PointId, PointStruct, PointsIdsList,
-    QueryPointsBuilder, ScalarQuantizationBuilder, ScrollPointsBuilder, SearchParamsBuilder, UpsertPointsBuilder, Value as QValue, VectorParamsBuilder,
-    WriteOrdering, WriteOrderingType,
+    point_id::PointIdOptions, Condition, CountPointsBuilder, CreateCollectionBuilder, CreateFieldIndexCollectionBuilder, DeletePointsBuilder, Distance, FacetCountsBuilder,
+    FieldType, Filter as QFilter, GetPointsBuilder, PayloadExcludeSelector, PayloadIncludeSelector, PointId, PointStruct, PointsIdsList, QueryPointsBuilder,
+    ScalarQuantizationBuilder, ScrollPointsBuilder, SearchParamsBuilder, UpsertPointsBuilder, Value as QValue, VectorParamsBuilder, WriteOrdering, WriteOrderingType,
 };
 use qdrant_client::Qdrant;
 use sha2::{Digest, Sha256};
@@ -380,7 +379,10 @@ impl QdrantIndex {
         let mut out = HashMap::new();
         let mut offset: Option<PointId> = None;
         loop {
-            let mut request = ScrollPointsBuilder::new(self.config.collection.clone()).limit(1000).with_payload(PayloadIncludeSelector { fields: vec![KEY_FIELD.to_string()] }).with_vectors(false);
+            let mut request = ScrollPointsBuilder::new(self.config.collection.clone())
+                .limit(1000)
+                .with_payload(PayloadIncludeSelector { fields: vec![KEY_FIELD.to_string()] })
+                .with_vectors(false);
             if let Some(o) = offset.clone() {
                 request = request.offset(o);
             }
@@ -593,7 +595,9 @@ impl QdrantIndex {
             self.retry("writing the description", || self.client.upsert_points(request.clone()))?;
         }
         // Chunks of a longer, older description.
-        let request = DeletePointsBuilder::new(name.clone()).points(QFilter::must([Condition::range("index", qdrant_client::qdrant::Range { gte: Some(chunks.len() as f64), ..Default::default() })])).wait(true);
+        let request = DeletePointsBuilder::new(name.clone())
+            .points(QFilter::must([Condition::range("index", qdrant_client::qdrant::Range { gte: Some(chunks.len() as f64), ..Default::default() })]))
+            .wait(true);
         self.retry("trimming the description", || self.client.delete_points(request.clone()))?;
         Ok(())
     }
@@ -610,7 +614,9 @@ impl QdrantIndex {
         let mut chunks: BTreeMap<i64, (i64, String, Vec<u8>)> = BTreeMap::new();
         for point in page.result {
             let field = |name: &str| point.payload.get(name);
-            let (Some(index), Some(count), Some(digest), Some(data)) = (field("index").and_then(integer), field("count").and_then(integer), field("sha256").and_then(string), field("data").and_then(string)) else {
+            let (Some(index), Some(count), Some(digest), Some(data)) =
+                (field("index").and_then(integer), field("count").and_then(integer), field("sha256").and_then(string), field("data").and_then(string))
+            else {
                 continue;
             };
             let data = base64::engine::general_purpose::STANDARD.decode(data).context("the collection description is not base64")?;
@@ -635,9 +641,11 @@ fn qdrant_filter(filter: &Filter) -> Option<QFilter> {
 /// The product a point's payload describes; `None` for a point lookalike did not write.
 fn stored_product(payload: HashMap<String, QValue>) -> Option<StoredProduct> {
     let id = payload.get(ID_FIELD).and_then(string)?.to_string();
-    let colour = payload.get(COLOUR_FIELD).and_then(string).and_then(|text| base64::engine::general_purpose::STANDARD.decode(text).ok()).map(|bytes| {
-        bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
-    });
+    let colour = payload
+        .get(COLOUR_FIELD)
+        .and_then(string)
+        .and_then(|text| base64::engine::general_purpose::STANDARD.decode(text).ok())
+        .map(|bytes| bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect());
     let metadata = payload.iter().filter(|(k, _)| !k.starts_with("_lookalike_")).filter_map(|(k, v)| string(v).map(|v| (k.clone(), v.to_string()))).collect();
     Some(StoredProduct { id, metadata, colour })
 }
@@ -665,9 +673,9 @@ fn explain(e: &qdrant_client::QdrantError, tls: bool) -> String {
     match status.code() as i32 {
         16 => format!("{message} (pass --qdrant-api-key KEY or set QDRANT_API_KEY)"),
         7 => format!("{message} (this API key may not do that: changing the collection needs a read-write key)"),
-        _ if message.contains("InvalidCertificate") => format!(
-            "{message} (the server's TLS certificate is not trusted here: add its CA to the system's certificates, or point SSL_CERT_FILE at it)"
-        ),
+        _ if message.contains("InvalidCertificate") => {
+            format!("{message} (the server's TLS certificate is not trusted here: add its CA to the system's certificates, or point SSL_CERT_FILE at it)")
+        }
         2 if !tls && message == "transport error" => format!("{message} (if the server speaks TLS, use qdrants://HOST:PORT)"),
         _ => format!("{:?}: {message}", status.code()),
     }

@@ -107,16 +107,7 @@ pub fn infer_blocks(sd: &StateDict) -> Result<Vec<BlockSpec>> {
         ensure!(stage < STAGE_STRIDES.len(), "block {index} starts an 8th stage; EfficientNet-Lite has 7");
         stage_out = Some(out_channels);
         let stride = if first_of_stage { STAGE_STRIDES[stage] } else { 1 };
-        blocks.push(BlockSpec {
-            index,
-            in_channels,
-            expanded,
-            out_channels,
-            kernel: dw.shape[2],
-            stride,
-            has_expand,
-            residual: stride == 1 && in_channels == out_channels,
-        });
+        blocks.push(BlockSpec { index, in_channels, expanded, out_channels, kernel: dw.shape[2], stride, has_expand, residual: stride == 1 && in_channels == out_channels });
         channels = out_channels;
     }
     ensure!(stage + 1 == STAGE_STRIDES.len(), "found {} stages, EfficientNet-Lite has 7", stage + 1);
@@ -344,15 +335,11 @@ mod tests {
     #[test]
     fn folds_batch_norm() {
         let w = Tensor { shape: vec![2, 1, 1, 1], data: vec![1.0, 2.0] };
-        let sd: StateDict = [
-            ("bn.weight", vec![2.0, 1.0]),
-            ("bn.bias", vec![0.5, -1.0]),
-            ("bn.running_mean", vec![1.0, 0.0]),
-            ("bn.running_var", vec![4.0 - BN_EPS, 1.0 - BN_EPS]),
-        ]
-        .into_iter()
-        .map(|(n, d)| (n.to_string(), Tensor { shape: vec![2], data: d }))
-        .collect();
+        let sd: StateDict =
+            [("bn.weight", vec![2.0, 1.0]), ("bn.bias", vec![0.5, -1.0]), ("bn.running_mean", vec![1.0, 0.0]), ("bn.running_var", vec![4.0 - BN_EPS, 1.0 - BN_EPS])]
+                .into_iter()
+                .map(|(n, d)| (n.to_string(), Tensor { shape: vec![2], data: d }))
+                .collect();
         let (weight, bias) = fold_batch_norm(&w, None, &sd, "bn").unwrap();
         // Channel 0: scale 2 / 2 = 1; channel 1: scale 1.
         assert!((weight[0] - 1.0).abs() < 1e-6 && (weight[1] - 2.0).abs() < 1e-6);

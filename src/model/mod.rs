@@ -47,7 +47,9 @@ pub enum Pooling {
     Avg,
     Max,
     /// Generalised mean with exponent `p` (p = 1 is average, p → ∞ is max).
-    Gem { p: f32 },
+    Gem {
+        p: f32,
+    },
 }
 
 /// What the model wants as input.
@@ -127,12 +129,7 @@ pub fn int8_spec(assets: &Assets, calibration: Int8Calibration) -> Result<ModelS
 /// the copy imported scored within the quality rule of the all-float catalog on the full
 /// protocol (docs/bench/int8, "int8 import, float queries"), while int8 queries lose more.
 pub fn int8_import_copy(float: &ModelSpec, calibrated: ModelSpec) -> Result<ModelSpec> {
-    anyhow::ensure!(
-        calibrated.int8.as_ref().is_some_and(|c| c.base == float.name),
-        "{} is not the int8 copy of {}",
-        calibrated.name,
-        float.name
-    );
+    anyhow::ensure!(calibrated.int8.as_ref().is_some_and(|c| c.base == float.name), "{} is not the int8 copy of {}", calibrated.name, float.name);
     Ok(ModelSpec { name: float.name.clone(), int8: None, ..calibrated })
 }
 
@@ -201,8 +198,9 @@ pub fn resolve(assets: &Assets, model: &str) -> Result<ModelSpec> {
         int8 if int8_base(int8).is_some() => anyhow::bail!(
             "{int8} is calibrated on a catalog's own photos: create the catalog with `lookalike index --model {int8} ...`; the catalog's commands then use the copy stored with it"
         ),
-        path => ModelSpec::from_json_file(Path::new(path))
-            .with_context(|| format!("{path:?} is neither a built-in model ({}) nor a readable model description", BUILTIN.join(", "))),
+        path => {
+            ModelSpec::from_json_file(Path::new(path)).with_context(|| format!("{path:?} is neither a built-in model ({}) nor a readable model description", BUILTIN.join(", ")))
+        }
     }
 }
 

@@ -248,10 +248,7 @@ impl ValueInfoProto {
             .collect();
         ValueInfoProto {
             name: name.into(),
-            r#type: Some(TypeProto {
-                tensor_type: Some(TypeProtoTensor { elem_type, shape: Some(TensorShapeProto { dim }) }),
-                denotation: String::new(),
-            }),
+            r#type: Some(TypeProto { tensor_type: Some(TypeProtoTensor { elem_type, shape: Some(TensorShapeProto { dim }) }), denotation: String::new() }),
             doc_string: String::new(),
         }
     }

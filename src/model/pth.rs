@@ -129,11 +129,9 @@ pub fn parse_state_dict(bytes: &[u8]) -> Result<StateDict> {
     let keys = Unpickler::new(bytes, pos).run().context("reading the storage-key pickle")?;
     pos = keys.1;
     let keys = match keys.0 {
-        Value::List(items) => items
-            .borrow()
-            .iter()
-            .map(|k| k.as_str().map(str::to_owned).ok_or_else(|| anyhow!("storage key {k:?} is not a string")))
-            .collect::<Result<Vec<_>>>()?,
+        Value::List(items) => {
+            items.borrow().iter().map(|k| k.as_str().map(str::to_owned).ok_or_else(|| anyhow!("storage key {k:?} is not a string"))).collect::<Result<Vec<_>>>()?
+        }
         other => bail!("expected a list of storage keys, found {other:?}"),
     };
 
@@ -142,15 +140,15 @@ pub fn parse_state_dict(bytes: &[u8]) -> Result<StateDict> {
     for key in keys {
         let numel = read_u64(bytes, pos).with_context(|| format!("reading the element count of storage {key:?}"))?;
         pos += 8;
-        let storage_type = object_storage_type(&object.0, &key)
-            .ok_or_else(|| anyhow!("storage {key:?} is listed but no tensor refers to it, so its element size is unknown"))?;
+        let storage_type = object_storage_type(&object.0, &key).ok_or_else(|| anyhow!("storage {key:?} is listed but no tensor refers to it, so its element size is unknown"))?;
         let byte_len = usize::try_from(numel)
             .ok()
             .and_then(|n| n.checked_mul(storage_type.element_size()))
             .ok_or_else(|| anyhow!("storage {key:?} is impossibly large ({numel} elements)"))?;
-        let end = pos.checked_add(byte_len).filter(|&end| end <= bytes.len()).ok_or_else(|| {
-            anyhow!("file is truncated: storage {key:?} needs {byte_len} bytes at offset {pos}, file has {}", bytes.len())
-        })?;
+        let end = pos
+            .checked_add(byte_len)
+            .filter(|&end| end <= bytes.len())
+            .ok_or_else(|| anyhow!("file is truncated: storage {key:?} needs {byte_len} bytes at offset {pos}, file has {}", bytes.len()))?;
         storages.insert(key, RawStorage { dtype: storage_type, bytes: &bytes[pos..end] });
         pos = end;
     }
@@ -193,10 +191,7 @@ fn object_storage_type(object: &Value, key: &str) -> Option<StorageType> {
 }
 
 fn read_u64(bytes: &[u8], pos: usize) -> Result<u64> {
-    let slice = pos
-        .checked_add(8)
-        .and_then(|end| bytes.get(pos..end))
-        .ok_or_else(|| anyhow!("file is truncated at offset {pos} (expected 8 more bytes)"))?;
+    let slice = pos.checked_add(8).and_then(|end| bytes.get(pos..end)).ok_or_else(|| anyhow!("file is truncated at offset {pos} (expected 8 more bytes)"))?;
     let mut buf = [0u8; 8];
     buf.copy_from_slice(slice);
     Ok(u64::from_le_bytes(buf))
@@ -383,7 +378,10 @@ enum Value {
     Tuple(Rc<Vec<Value>>),
     List(Rc<RefCell<Vec<Value>>>),
     Dict(SharedDict),
-    Global { module: String, name: String },
+    Global {
+        module: String,
+        name: String,
+    },
     Storage(StorageRef),
     Tensor(TensorRef),
     /// The result of calling a global this reader does not model (e.g. module metadata).
@@ -447,9 +445,8 @@ impl<'a> Unpickler<'a> {
 
     fn take(&mut self, n: usize) -> Result<&'a [u8]> {
         let bytes = self.bytes;
-        let end = self.pos.checked_add(n).filter(|&e| e <= bytes.len()).ok_or_else(|| {
-            anyhow!("file is truncated: needed {n} bytes at offset {}, file has {}", self.pos, bytes.len())
-        })?;
+        let end =
+            self.pos.checked_add(n).filter(|&e| e <= bytes.len()).ok_or_else(|| anyhow!("file is truncated: needed {n} bytes at offset {}, file has {}", self.pos, bytes.len()))?;
         let slice = &bytes[self.pos..end];
         self.pos = end;
         Ok(slice)
@@ -729,17 +726,14 @@ fn persistent_load(pid: &Value) -> Result<Value> {
     let Value::Tuple(items) = pid else { bail!("persistent id {pid:?} is not a tuple") };
     ensure!(items.len() == 6 && items[0].as_str() == Some("storage"), "unsupported persistent id {pid:?}");
     let dtype = match &items[1] {
-        Value::Global { module, name } => StorageType::from_class(module, name)
-            .ok_or_else(|| anyhow!("unsupported storage type {module}.{name}"))?,
+        Value::Global { module, name } => StorageType::from_class(module, name).ok_or_else(|| anyhow!("unsupported storage type {module}.{name}"))?,
         other => bail!("storage type {other:?} is not a class"),
     };
     let key = items[2].as_str().ok_or_else(|| anyhow!("storage key {:?} is not a string", items[2]))?.to_owned();
     let view_offset = match &items[5] {
         Value::None => 0,
         // (view_key, offset, view_size): a view into the storage named by `key`.
-        Value::Tuple(view) if view.len() == 3 => {
-            view[1].as_usize().ok_or_else(|| anyhow!("storage view offset {:?} is not an integer", view[1]))?
-        }
+        Value::Tuple(view) if view.len() == 3 => view[1].as_usize().ok_or_else(|| anyhow!("storage view offset {:?} is not an integer", view[1]))?,
         other => bail!("unsupported storage view metadata {other:?}"),
     };
     Ok(Value::Storage(StorageRef { dtype, key, view_offset }))

@@ -49,8 +49,7 @@ pub fn prune_to_outputs(model: &mut ModelProto, keep: &[&str]) -> Result<bool> {
     }
     let mut wanted = wanted.into_iter();
     graph.node.retain(|_| wanted.next().unwrap_or(true));
-    let dropped_initializers: HashSet<String> =
-        graph.initializer.iter().filter(|t| !needed.contains(&t.name)).map(|t| t.name.clone()).collect();
+    let dropped_initializers: HashSet<String> = graph.initializer.iter().filter(|t| !needed.contains(&t.name)).map(|t| t.name.clone()).collect();
     graph.initializer.retain(|t| needed.contains(&t.name));
     // Real inputs stay (the model's interface does not change); inputs that only named a dropped
     // initializer (IR < 4 style) go with it.
@@ -86,8 +85,7 @@ pub fn fold_grey_input(model: &mut ModelProto, input: &str) -> bool {
         Some(w) if conv.input.iter().filter(|n| *n == input).count() == 1 => w.clone(),
         _ => return false,
     };
-    let shared = graph.node.iter().flat_map(|n| &n.input).filter(|n| **n == weight_name).count() > 1
-        || graph.input.iter().chain(&graph.output).any(|v| v.name == weight_name);
+    let shared = graph.node.iter().flat_map(|n| &n.input).filter(|n| **n == weight_name).count() > 1 || graph.input.iter().chain(&graph.output).any(|v| v.name == weight_name);
     if shared {
         return false;
     }
@@ -107,14 +105,8 @@ pub fn fold_grey_input(model: &mut ModelProto, input: &str) -> bool {
     };
 
     // The input must be [N, 3, H, W]; it becomes [N, 1, H, W].
-    let Some(dims) = graph
-        .input
-        .iter_mut()
-        .find(|v| v.name == input)
-        .and_then(|v| v.r#type.as_mut())
-        .and_then(|t| t.tensor_type.as_mut())
-        .and_then(|t| t.shape.as_mut())
-        .map(|s| &mut s.dim)
+    let Some(dims) =
+        graph.input.iter_mut().find(|v| v.name == input).and_then(|v| v.r#type.as_mut()).and_then(|t| t.tensor_type.as_mut()).and_then(|t| t.shape.as_mut()).map(|s| &mut s.dim)
     else {
         return false;
     };

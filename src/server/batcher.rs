@@ -28,8 +28,8 @@ use tokio::sync::oneshot;
 
 use super::error::ApiError;
 use super::metrics::Metrics;
-use crate::search::{EncodedPhoto, Items, SearchEngine, SearchError, Timings};
 use crate::preprocess::Crop;
+use crate::search::{EncodedPhoto, Items, SearchEngine, SearchError, Timings};
 
 /// Sizes of the pool.
 #[derive(Debug, Clone, Copy)]
@@ -140,10 +140,7 @@ impl Batcher {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => {
                 self.waiting.fetch_sub(1, Ordering::Relaxed);
-                return Err(ApiError::Busy(format!(
-                    "the server is busy: {} photos are already waiting to be encoded; try again in a second",
-                    self.config.queue
-                )));
+                return Err(ApiError::Busy(format!("the server is busy: {} photos are already waiting to be encoded; try again in a second", self.config.queue)));
             }
             Err(TrySendError::Disconnected(_)) => {
                 self.waiting.fetch_sub(1, Ordering::Relaxed);

@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Multipart, Request};
-use axum::http::request::Parts;
 use axum::http::header;
+use axum::http::request::Parts;
 use axum::Json;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -68,9 +68,7 @@ impl FromRequest<Arc<AppState>> for SearchInput {
             let Json(body) = Json::<SearchJson>::from_request(request, state).await?;
             Ok(SearchInput::Reference(body))
         } else {
-            Err(ApiError::UnsupportedType(format!(
-                "send the photo as multipart/form-data (field \"image\"), or JSON with product_id or vector; got content type {content_type:?}"
-            )))
+            Err(ApiError::UnsupportedType(format!("send the photo as multipart/form-data (field \"image\"), or JSON with product_id or vector; got content type {content_type:?}")))
         }
     }
 }
@@ -85,9 +83,7 @@ impl FromRequest<Arc<AppState>> for UploadForm {
         let request = refuse_oversized(state, request).await?;
         let content_type = content_type(&request);
         if !content_type.starts_with("multipart/form-data") {
-            return Err(ApiError::UnsupportedType(format!(
-                "send the product as multipart/form-data with the fields id, image and metadata; got content type {content_type:?}"
-            )));
+            return Err(ApiError::UnsupportedType(format!("send the product as multipart/form-data with the fields id, image and metadata; got content type {content_type:?}")));
         }
         Ok(UploadForm(Multipart::from_request(request, state).await.map_err(|e| ApiError::BadRequest(e.body_text()))?))
     }
@@ -129,22 +125,14 @@ pub async fn refuse_oversized(state: &AppState, request: Request) -> Result<Requ
             }
         }
     }
-    Err(ApiError::TooLarge(format!(
-        "the upload is {}; this server accepts photos up to {}",
-        megabytes(declared),
-        megabytes(state.max_upload_bytes as u64)
-    )))
+    Err(ApiError::TooLarge(format!("the upload is {}; this server accepts photos up to {}", megabytes(declared), megabytes(state.max_upload_bytes as u64))))
 }
 
 /// Reads an uploaded photo into memory (never to disk), refusing it past the size limit.
 pub async fn read_image_field(state: &AppState, field: axum::extract::multipart::Field<'_>) -> Result<Bytes, ApiError> {
     let bytes = field.bytes().await?;
     if bytes.len() > state.max_upload_bytes {
-        return Err(ApiError::TooLarge(format!(
-            "the photo is {}; this server accepts up to {}",
-            megabytes(bytes.len() as u64),
-            megabytes(state.max_upload_bytes as u64)
-        )));
+        return Err(ApiError::TooLarge(format!("the photo is {}; this server accepts up to {}", megabytes(bytes.len() as u64), megabytes(state.max_upload_bytes as u64))));
     }
     Ok(bytes)
 }
@@ -163,4 +151,3 @@ impl FieldNames {
         }
     }
 }
-

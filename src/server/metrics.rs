@@ -147,7 +147,13 @@ impl Metrics {
         let gauge = |out: &mut String, name: &str, help: &str, kind: &str, value: f64| {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}");
         };
-        gauge(&mut out, "lookalike_encoder_rejected_total", "Requests refused with 503 because the encoder queue was full.", "counter", self.rejected_busy.load(Ordering::Relaxed) as f64);
+        gauge(
+            &mut out,
+            "lookalike_encoder_rejected_total",
+            "Requests refused with 503 because the encoder queue was full.",
+            "counter",
+            self.rejected_busy.load(Ordering::Relaxed) as f64,
+        );
         gauge(&mut out, "lookalike_encoder_queue_waiting", "Photos waiting for an encoder worker.", "gauge", gauges.queue_waiting as f64);
         gauge(&mut out, "lookalike_encoder_queue_capacity", "Photos that may wait before requests are refused.", "gauge", gauges.queue_capacity as f64);
         gauge(&mut out, "lookalike_encoder_workers", "Encoder worker threads.", "gauge", gauges.workers as f64);
@@ -160,9 +166,21 @@ impl Metrics {
             "gauge",
             gauges.index_dead_entries as f64,
         );
-        gauge(&mut out, "lookalike_index_graph", "1 when the search graph answers searches, 0 for the exact scan (or a Qdrant store).", "gauge", f64::from(u8::from(gauges.index_graph_recall.is_some())));
+        gauge(
+            &mut out,
+            "lookalike_index_graph",
+            "1 when the search graph answers searches, 0 for the exact scan (or a Qdrant store).",
+            "gauge",
+            f64::from(u8::from(gauges.index_graph_recall.is_some())),
+        );
         if let Some(recall) = gauges.index_graph_recall {
-            gauge(&mut out, "lookalike_index_recall_at_10", "The search graph's recall@10 against the exact scan, measured on its own products when it was built.", "gauge", f64::from(recall));
+            gauge(
+                &mut out,
+                "lookalike_index_recall_at_10",
+                "The search graph's recall@10 against the exact scan, measured on its own products when it was built.",
+                "gauge",
+                f64::from(recall),
+            );
         }
         out
     }
@@ -192,7 +210,15 @@ mod tests {
         m.observe_request("/a", "GET", 200, Duration::from_millis(3));
         m.observe_request("/a", "GET", 200, Duration::from_millis(30));
         m.observe_request("/a", "GET", 503, Duration::from_secs(100));
-        let text = m.render(&Gauges { catalog_products: 7, index_memory_bytes: 35840, index_dead_entries: 2, index_graph_recall: Some(0.995), queue_waiting: 0, queue_capacity: 4, workers: 1 });
+        let text = m.render(&Gauges {
+            catalog_products: 7,
+            index_memory_bytes: 35840,
+            index_dead_entries: 2,
+            index_graph_recall: Some(0.995),
+            queue_waiting: 0,
+            queue_capacity: 4,
+            workers: 1,
+        });
         assert!(text.contains("lookalike_http_requests_total{route=\"/a\",method=\"GET\",status=\"200\"} 2"), "{text}");
         assert!(text.contains("lookalike_http_request_duration_seconds_bucket{route=\"/a\",le=\"0.005\"} 1"), "{text}");
         assert!(text.contains("lookalike_http_request_duration_seconds_bucket{route=\"/a\",le=\"0.05\"} 2"), "{text}");

@@ -299,9 +299,7 @@ async fn page_index(State(state): State<Arc<AppState>>) -> impl IntoResponse {
     // The upload limit is written into the page, so the picker, the check before sending and
     // the server's own message all give this server's one figure.
     let limit = state.max_upload_bytes;
-    let html = include_str!("page/index.html")
-        .replace("{{MAX_UPLOAD_BYTES}}", &limit.to_string())
-        .replace("{{MAX_UPLOAD}}", &extract::megabytes(limit as u64));
+    let html = include_str!("page/index.html").replace("{{MAX_UPLOAD_BYTES}}", &limit.to_string()).replace("{{MAX_UPLOAD}}", &extract::megabytes(limit as u64));
     page_asset("text/html; charset=utf-8", html)
 }
 

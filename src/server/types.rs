@@ -314,7 +314,6 @@ pub struct Readiness {
     pub indexing: Option<crate::types::IndexingProgress>,
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

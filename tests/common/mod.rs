@@ -189,4 +189,3 @@ pub fn expect_error(response: Response, status: u16, code: &str) -> String {
 pub fn ids(result: &Value) -> Vec<String> {
     result["hits"].as_array().expect("hits").iter().map(|h| h["id"].as_str().expect("id").to_string()).collect()
 }
-

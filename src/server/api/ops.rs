@@ -36,13 +36,7 @@ pub async fn readyz(State(state): Shared) -> Result<Json<Readiness>, ApiError> {
         Ok(engine.product_count()?)
     })
     .await?;
-    Ok(Json(Readiness {
-        status: "ready",
-        model: state.engine.model_name().to_string(),
-        products,
-        workers: state.batcher.config().workers,
-        indexing: state.engine.indexing(),
-    }))
+    Ok(Json(Readiness { status: "ready", model: state.engine.model_name().to_string(), products, workers: state.batcher.config().workers, indexing: state.engine.indexing() }))
 }
 
 /// Prometheus metrics (text exposition format).
@@ -67,4 +61,3 @@ pub async fn metrics(State(state): Shared) -> impl IntoResponse {
 pub async fn openapi_json() -> Response {
     ([(header::CONTENT_TYPE, "application/json")], super::super::openapi_text()).into_response()
 }
-

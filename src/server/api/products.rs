@@ -34,10 +34,7 @@ pub async fn get_product(State(state): Shared, Path(id): Path<String>) -> Result
 
 async fn find_product(state: &Arc<AppState>, id: String) -> Result<Product, ApiError> {
     let engine = state.engine.clone();
-    blocking(move || {
-        engine.product(&id)?.ok_or_else(|| ApiError::NotFound(format!("no product with id {id:?}")))
-    })
-    .await
+    blocking(move || engine.product(&id)?.ok_or_else(|| ApiError::NotFound(format!("no product with id {id:?}")))).await
 }
 
 /// A product's photo: the bytes stored in the catalog, or the file recorded at import.
@@ -111,8 +108,7 @@ pub async fn add_product(State(state): Shared, _admin: AdminToken, UploadForm(mu
             "id" => id = Some(field.text().await?.trim().to_string()),
             "metadata" => {
                 let text = field.text().await?;
-                let object: Metadata = serde_json::from_str(&text)
-                    .map_err(|e| ApiError::bad_parameters(format!("metadata must be a JSON object of strings: {e}")))?;
+                let object: Metadata = serde_json::from_str(&text).map_err(|e| ApiError::bad_parameters(format!("metadata must be a JSON object of strings: {e}")))?;
                 metadata.extend(object);
             }
             "" => return Err(ApiError::bad_parameters("a form field has no name")),
@@ -183,4 +179,3 @@ pub async fn delete_product(State(state): Shared, _admin: AdminToken, Path(id): 
     tracing::info!(id = %id, "product removed");
     Ok(StatusCode::NO_CONTENT)
 }
-

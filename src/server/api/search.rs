@@ -12,10 +12,10 @@ use super::super::extract::{read_image_field, FieldNames, SearchInput};
 use super::super::types::{Facet, FacetValue, FacetsResponse, OneOrMany, SearchForm, SearchJson, SearchResponse};
 use super::super::AppState;
 use super::{blocking, Shared};
-use crate::index::l2_normalize;
 use crate::colour::ColourDescriptor;
-use crate::search::{Items, SearchRequest};
+use crate::index::l2_normalize;
 use crate::preprocess::Crop;
+use crate::search::{Items, SearchRequest};
 use crate::types::Filter;
 
 /// Most results one page may ask for.
@@ -175,14 +175,9 @@ pub async fn facets(State(state): Shared) -> Result<Json<FacetsResponse>, ApiErr
     for (column, value, count) in counts {
         by_column.entry(column).or_default().push(FacetValue { value, count });
     }
-    let facets = by_column
-        .into_iter()
-        .filter(|(_, values)| (2..=MAX_FACET_VALUES).contains(&values.len()))
-        .map(|(column, values)| Facet { column, values })
-        .collect();
+    let facets = by_column.into_iter().filter(|(_, values)| (2..=MAX_FACET_VALUES).contains(&values.len())).map(|(column, values)| Facet { column, values }).collect();
     Ok(Json(FacetsResponse { products, facets }))
 }
-
 
 #[cfg(test)]
 mod tests {

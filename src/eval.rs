@@ -559,6 +559,9 @@ pub fn evaluate(catalog: &SqliteCatalog, encoder: &dyn Encoder, queries: &[Label
     })
 }
 
+/// One method's top [`K`] for a photo and the milliseconds it took.
+type MethodRanking = (&'static str, Vec<crate::index::Hit>, f64);
+
 /// Every method's index, and how each turns a photo into its query: what [`evaluate`] ranks
 /// labelled queries and re-photographed products with.
 struct Methods<'a> {
@@ -590,7 +593,7 @@ impl Methods<'_> {
     /// The top [`K`] of every method for one photo, with the milliseconds each took (the CNN
     /// methods share one encoding; each is charged the full encode time), and the name of the
     /// colour read from the photo.
-    fn rank(&self, photo: &image::DynamicImage) -> Result<(Vec<(&'static str, Vec<crate::index::Hit>, f64)>, Option<&'static str>)> {
+    fn rank(&self, photo: &image::DynamicImage) -> Result<(Vec<MethodRanking>, Option<&'static str>)> {
         let spec = self.encoder.spec();
         let ms = |t: Instant| t.elapsed().as_secs_f64() * 1000.0;
         let mut ranked = Vec::with_capacity(6);

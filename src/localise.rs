@@ -74,7 +74,7 @@ impl Localisation {
     /// The learned head's foreground probability at any point (`x`, `y` fractions of the
     /// model's input), read bilinearly between cell centres; `None` without a learned head.
     pub fn foreground_map(&self) -> Option<impl Fn(f32, f32) -> f32 + '_> {
-        (!self.foreground.is_empty() && self.foreground.len() == self.width * self.height).then(|| |x, y| sample_grid(&self.foreground, self.width, self.height, x, y))
+        (!self.foreground.is_empty() && self.foreground.len() == self.width * self.height).then_some(|x, y| sample_grid(&self.foreground, self.width, self.height, x, y))
     }
 }
 

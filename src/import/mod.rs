@@ -184,11 +184,18 @@ pub fn index_items(catalog: &mut SqliteCatalog, encoder: &dyn Encoder, items: Ve
     // Workers finish batches in whatever order the scheduler gives them; the committer puts
     // them back in the import's order before writing, so product keys follow the source's
     // order and importing the same photos twice gives the same catalog, key for key (keys break
-    // ties between equal scores, and the likeness bands sample products by key). It holds at
-    // most the batches in flight: the channels are bounded.
+    // ties between equal scores, and the likeness bands sample products by key). A permit per
+    // batch bounds what it can hold: the decoder takes one before handing a batch on and the
+    // committer returns it as it takes the batch to write, so a session stalled on one batch holds
+    // back at most `in_flight` others, not the rest of the import.
     let mut waiting: std::collections::BTreeMap<usize, EncodedBatch> = std::collections::BTreeMap::new();
     let mut next_seq = 0;
+    let in_flight = 4 * workers + 2;
+    let (permit_tx, permit_rx) = sync_channel::<()>(in_flight);
     let indexed = std::thread::scope(|scope| -> Result<()> {
+        // Owned here, so that it is dropped when this thread gives up on an error, which fails
+        // the decoder's next permit instead of leaving it waiting for one.
+        let permit_rx = permit_rx;
         let limits = &options.limits;
         let known = &known;
         let input = &spec.input;
@@ -224,7 +231,7 @@ pub fn index_items(catalog: &mut SqliteCatalog, encoder: &dyn Encoder, items: Ve
                             Err(f) => failed.push(f),
                         }
                     }
-                    if tx.send(DecodedBatch { seq, ready, failed, unchanged, recoloured }).is_err() {
+                    if permit_tx.send(()).is_err() || tx.send(DecodedBatch { seq, ready, failed, unchanged, recoloured }).is_err() {
                         break 'decode;
                     }
                     seq += 1;
@@ -264,6 +271,8 @@ pub fn index_items(catalog: &mut SqliteCatalog, encoder: &dyn Encoder, items: Ve
                     std::iter::from_fn(|| {
                         let batch = waiting.remove(&next_seq)?;
                         next_seq += 1;
+                        // Its permit back: the decoder took it before sending, so one is there.
+                        let _ = permit_rx.try_recv();
                         Some(Ok(batch))
                     })
                     .collect()

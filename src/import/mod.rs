@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::sync_channel;
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -119,8 +119,6 @@ enum Preparation {
 /// What the decoding stage hands the encoder workers: one batch of prepared images, and the
 /// items of that stretch that failed to decode or are unchanged since the last import.
 struct DecodedBatch {
-    /// The batch's place in the import (0, 1, 2, ...): batches are committed in this order.
-    seq: usize,
     ready: Vec<Prepared>,
     /// (product id, why) of items that could not be read.
     failed: Vec<(String, String)>,
@@ -132,7 +130,6 @@ struct DecodedBatch {
 /// What an encoder worker hands the committing thread: each item (with its image reference and
 /// content hash) beside its embedding, and the decoding stage's counts passed along.
 struct EncodedBatch {
-    seq: usize,
     described: Vec<(CatalogItem, NewImage, String, Option<Vec<f32>>)>,
     embeddings: Vec<crate::encoder::Embedding>,
     failed: Vec<(String, String)>,
@@ -178,30 +175,23 @@ pub fn index_items(catalog: &mut SqliteCatalog, encoder: &dyn Encoder, items: Ve
     // catalog is: one thread decodes the next batches (in parallel, with rayon), `workers`
     // threads run inference (one per encoder session), and this thread commits each encoded
     // batch to the catalog (SQLite wants one writer).
-    let (tx, rx) = sync_channel::<DecodedBatch>(workers + 1);
+    //
+    // Workers finish batches in whatever order the scheduler gives them, but the committer
+    // writes them in the source's order, so product keys follow it and importing the same
+    // photos twice gives the same catalog, key for key (keys break ties between equal scores,
+    // and the likeness bands sample products by key). Each batch travels with a one-shot slot
+    // for its result; the decoder queues the slots in order, and the committer waits on them
+    // in that order. The slot queue's bound is what may be in flight.
+    type Slot = SyncSender<Result<EncodedBatch>>;
+    let (tx, rx) = sync_channel::<(DecodedBatch, Slot)>(workers + 1);
     let rx = std::sync::Arc::new(std::sync::Mutex::new(rx));
-    let (done_tx, done_rx) = sync_channel::<Result<EncodedBatch>>(workers + 1);
-    // Workers finish batches in whatever order the scheduler gives them; the committer puts
-    // them back in the import's order before writing, so product keys follow the source's
-    // order and importing the same photos twice gives the same catalog, key for key (keys break
-    // ties between equal scores, and the likeness bands sample products by key). A permit per
-    // batch bounds what it can hold: the decoder takes one before handing a batch on and the
-    // committer returns it as it takes the batch to write, so a session stalled on one batch holds
-    // back at most `in_flight` others, not the rest of the import.
-    let mut waiting: std::collections::BTreeMap<usize, EncodedBatch> = std::collections::BTreeMap::new();
-    let mut next_seq = 0;
-    let in_flight = 4 * workers + 2;
-    let (permit_tx, permit_rx) = sync_channel::<()>(in_flight);
+    let (order_tx, order_rx) = sync_channel::<Receiver<Result<EncodedBatch>>>(4 * workers + 2);
     let indexed = std::thread::scope(|scope| -> Result<()> {
-        // Owned here, so that it is dropped when this thread gives up on an error, which fails
-        // the decoder's next permit instead of leaving it waiting for one.
-        let permit_rx = permit_rx;
         let limits = &options.limits;
         let known = &known;
         let input = &spec.input;
         scope.spawn(move || {
             let mut items = items.into_iter();
-            let mut seq = 0;
             'decode: loop {
                 if stop.load(Ordering::Relaxed) {
                     break;
@@ -231,29 +221,31 @@ pub fn index_items(catalog: &mut SqliteCatalog, encoder: &dyn Encoder, items: Ve
                             Err(f) => failed.push(f),
                         }
                     }
-                    if permit_tx.send(()).is_err() || tx.send(DecodedBatch { seq, ready, failed, unchanged, recoloured }).is_err() {
+                    let (slot, result) = sync_channel(1);
+                    if order_tx.send(result).is_err() || tx.send((DecodedBatch { ready, failed, unchanged, recoloured }, slot)).is_err() {
                         break 'decode;
                     }
-                    seq += 1;
                 }
             }
         });
         for _ in 0..workers {
-            let (rx, done_tx) = (rx.clone(), done_tx.clone());
+            let rx = rx.clone();
             scope.spawn(move || loop {
                 let next = match rx.lock() {
                     Ok(rx) => rx.recv(),
                     Err(_) => break,
                 };
-                let Ok(DecodedBatch { seq, ready, failed, unchanged, recoloured }) = next else { break };
+                let Ok((DecodedBatch { ready, failed, unchanged, recoloured }, slot)) = next else { break };
                 let (tensors, described): (Vec<Vec<f32>>, Vec<_>) =
                     ready.into_iter().map(|p| (p.tensor, (p.item, p.stored, p.hash, p.colour.map(|c| c.descriptor.values())))).unzip();
                 let encoded = match tensors.is_empty() {
                     true => Ok(Vec::new()),
                     false => encoder.encode(&tensors).context("running the image encoder"),
                 }
-                .map(|embeddings| EncodedBatch { seq, described, embeddings, failed, unchanged, recoloured });
-                if done_tx.send(encoded).is_err() {
+                .map(|embeddings| EncodedBatch { described, embeddings, failed, unchanged, recoloured });
+                // The slot holds one result, so this never waits; it fails only when the
+                // committer has given up (an error), and then there is nothing more to do.
+                if slot.send(encoded).is_err() {
                     break;
                 }
             });
@@ -261,27 +253,10 @@ pub fn index_items(catalog: &mut SqliteCatalog, encoder: &dyn Encoder, items: Ve
         // Only the workers hold the decoded-batch receiver now: when they stop (done, or this
         // thread gave up on an error), the decoder's sends fail and it stops too.
         drop(rx);
-        drop(done_tx);
 
-        let in_order = done_rx.into_iter().flat_map(|encoded| {
-            let ready: Vec<Result<EncodedBatch>> = match encoded {
-                Err(e) => vec![Err(e)],
-                Ok(batch) => {
-                    waiting.insert(batch.seq, batch);
-                    std::iter::from_fn(|| {
-                        let batch = waiting.remove(&next_seq)?;
-                        next_seq += 1;
-                        // Its permit back: the decoder took it before sending, so one is there.
-                        let _ = permit_rx.try_recv();
-                        Some(Ok(batch))
-                    })
-                    .collect()
-                }
-            };
-            ready
-        });
-        for encoded in in_order {
-            let EncodedBatch { described, embeddings, failed, unchanged, recoloured, .. } = encoded?;
+        for result in order_rx {
+            let encoded = result.recv().context("an encoder worker stopped before encoding its batch")?;
+            let EncodedBatch { described, embeddings, failed, unchanged, recoloured } = encoded?;
             report.unchanged += unchanged;
             if !recoloured.is_empty() {
                 report.recoloured += catalog.set_colours(&recoloured)?;

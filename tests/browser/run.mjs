@@ -59,6 +59,13 @@ const searched = (page) => page.waitForResponse((r) => r.url().endsWith("/api/se
 async function settled(page, n) {
   await page.waitForFunction((n) => !document.body.classList.contains("searching") && document.querySelectorAll("#grid li.card").length === n, n);
 }
+/** Waits until no search is running and some result cards show; returns how many. (Counting
+ * right after the response arrives would race the page: until it has rendered, the grid holds
+ * placeholder cards, not results.) */
+async function settledWithResults(page) {
+  await page.waitForFunction(() => !document.body.classList.contains("searching") && document.querySelectorAll("#grid li.card").length > 0);
+  return cards(page).count();
+}
 async function statusText(page) {
   return (await page.textContent("#status")).trim();
 }
@@ -304,7 +311,7 @@ try {
   done = searched(page);
   await page.locator("#facet-form input[name=articleType]").first().check();
   await done;
-  await settled(page, await cards(page).count());
+  await settledWithResults(page);
   done = searched(page);
   await page.setInputFiles("#file", photo);
   await done;
@@ -317,7 +324,7 @@ try {
   done = searched(page);
   await page.setInputFiles("#file", scene);
   await done;
-  await page.waitForFunction(() => !document.body.classList.contains("searching") && document.querySelectorAll("#grid li.card").length > 0);
+  await settledWithResults(page);
   check(await page.locator("#chips").isVisible() && page.url().includes("filter=gender"), "with “Keep filters” a new photo keeps them");
   await page.uncheck("#keep-filters");
 
@@ -328,7 +335,7 @@ try {
   check(bigResponse.status() === 200, "the 30 MB photo's search succeeds");
   const sent = Number(await page.getAttribute("#crop-area", "data-sent-bytes"));
   check(sent > 0 && sent < 2_000_000, `the 30 MB photo was sent as ${sent} bytes`);
-  await page.waitForFunction(() => !document.body.classList.contains("searching") && document.querySelectorAll("#grid li.card").length > 0);
+  await settledWithResults(page);
 
   // A file over the limit that cannot be made smaller: refused before sending, same figure.
   let requests = 0;

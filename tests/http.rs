@@ -303,7 +303,9 @@ fn catalog_changes_need_the_token_are_searchable_at_once_and_survive_a_restart()
 /// The page in a real headless Chromium, at desktop and phone sizes (tests/browser/run.mjs):
 /// a shop catalog with names, prices and links, a photo, a photo of two products, a 30 MB
 /// photo and a text file. Screenshots go to artifacts/. The script installs Chromium,
-/// playwright-core and axe-core if they are missing.
+/// playwright-core and axe-core if they are missing. The page runs on a throttled network, so
+/// that a check which reads the page before a response's body has arrived fails every time,
+/// not once in dozens of runs (run.mjs, LOOKALIKE_BROWSER_DOWNLOAD_BPS).
 #[test]
 fn the_page_works_in_a_headless_browser() {
     if std::env::var_os("LOOKALIKE_SKIP_BROWSER_TEST").is_some() {

@@ -23,6 +23,17 @@ const textFile = env("LOOKALIKE_TEXT_FILE");
 const hugeFile = env("LOOKALIKE_HUGE_FILE");
 const artifacts = process.env.LOOKALIKE_ARTIFACTS || "artifacts";
 mkdirSync(artifacts, { recursive: true });
+// Checks must wait for the state they need, never read the page before it has caught up with a
+// response. Such a race once failed CI: a count read right after a response's headers, which is
+// when Playwright's waitForResponse returns, while the page still waited for the body and
+// showed placeholder cards. A loaded machine exposed it about once in dozens of runs, so the
+// page always runs here on a slow network and such a check fails every time:
+// - LOOKALIKE_BROWSER_DOWNLOAD_BPS=N: responses arrive at N bytes/s (default 50000: the body
+//   of a search comes some 0.2 s after its headers; 0: no throttling);
+// - LOOKALIKE_BROWSER_CPU_SLOWDOWN=N: the page's scripts run N times slower (default 1).
+// The whole script passes with 5000 and 4 (5 min).
+const downloadBps = Number(process.env.LOOKALIKE_BROWSER_DOWNLOAD_BPS ?? 50000);
+const slowdown = Number(process.env.LOOKALIKE_BROWSER_CPU_SLOWDOWN || 1);
 const axePath = createRequire(import.meta.url).resolve("axe-core/axe.min.js");
 
 function check(condition, message) {
@@ -43,6 +54,14 @@ async function open(options) {
   context.setDefaultTimeout(30000);
   await context.addInitScript({ path: axePath });
   const page = await context.newPage();
+  if (slowdown > 1 || downloadBps > 0) {
+    const cdp = await context.newCDPSession(page);
+    if (slowdown > 1) await cdp.send("Emulation.setCPUThrottlingRate", { rate: slowdown });
+    if (downloadBps > 0) {
+      await cdp.send("Network.enable");
+      await cdp.send("Network.emulateNetworkConditions", { offline: false, latency: 0, downloadThroughput: downloadBps, uploadThroughput: -1 });
+    }
+  }
   page.on("pageerror", (err) => problems.push(`page error: ${err.message}`));
   page.on("console", (msg) => {
     // Chromium logs every non-2xx fetch; the refused file causes one on purpose.

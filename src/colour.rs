@@ -82,6 +82,12 @@ const ACHROMATIC: [&str; 3] = ["Black", "White", "Grey"];
 /// its pixels; below it, [`MULTI`] (two colours in equal parts hold about half each).
 const DOMINANT_SHARE: f32 = 0.6;
 
+/// Named colours that differ only in lightness, so that one product's own shading spans both:
+/// a white shirt's folds read light grey, a black shoe's highlights dark grey. A product mostly
+/// of two such neighbours is one colour, named after the larger, not [`MULTI`] (black and white
+/// are no neighbours: black-and-white stripes stay `Multi`).
+const SHADES_OF_ONE_COLOUR: [[&str; 2]; 2] = [["White", "Grey"], ["Grey", "Black"]];
+
 /// Spread of each prototype's soft bin, in CIELAB ΔE.
 const BIN_SIGMA: f32 = 11.0;
 
@@ -130,12 +136,17 @@ impl ColourDescriptor {
         VOCABULARY.map(|c| PROTOTYPES.iter().zip(shares).filter(|(p, _)| p.name == c.name).map(|(_, s)| s).sum())
     }
 
-    /// The dominant named colour, or [`MULTI`].
+    /// The dominant named colour, or [`MULTI`]. Shading is not a second colour: the two
+    /// largest shares count together when they are [`SHADES_OF_ONE_COLOUR`].
     pub fn name(&self) -> &'static str {
         let shares = self.name_shares();
-        let (best, share) = shares.iter().enumerate().fold((0, 0.0f32), |acc, (i, &s)| if s > acc.1 { (i, s) } else { acc });
+        let mut ranked: Vec<usize> = (0..shares.len()).collect();
+        ranked.sort_by(|&a, &b| shares[b].total_cmp(&shares[a]));
+        let (first, second) = (VOCABULARY[ranked[0]].name, VOCABULARY[ranked[1]].name);
+        let shading = SHADES_OF_ONE_COLOUR.iter().any(|pair| pair.contains(&first) && pair.contains(&second));
+        let share = shares[ranked[0]] + if shading { shares[ranked[1]] } else { 0.0 };
         if share >= DOMINANT_SHARE {
-            VOCABULARY[best].name
+            first
         } else {
             MULTI
         }
@@ -772,9 +783,34 @@ mod tests {
 
     #[test]
     fn a_white_shirt_on_white_is_white() {
-        // Barely shaded: a white shirt shaded like a red one (to 85 %) is light grey.
         let rgb = shaded_shot([250, 250, 250], [255, 255, 255], 64, 0.95);
         assert_eq!(describe_product(Pixels::whole(&rgb, 64, 64)).map(|e| e.name), Some("White"));
+    }
+
+    #[test]
+    fn shading_is_no_second_colour_but_black_and_white_are_two() {
+        // A white shirt shaded in its folds (to 80 %) is part light grey; a black shoe with grey
+        // highlights (a dark grey, 64, shaded to 30 %) is part black, part grey. Each is one colour,
+        // named after its larger part.
+        let share_of = |e: &ColourEstimate, name: &str| e.descriptor.name_shares()[VOCABULARY.iter().position(|c| c.name == name).expect("a name")];
+        for (colour, background, darkest, name) in [([246, 246, 244], [0, 0, 0], 0.8, "White"), ([64, 64, 66], [255, 255, 255], 0.3, "Black")] {
+            let rgb = shaded_shot(colour, background, 64, darkest);
+            let found = describe_product(Pixels::whole(&rgb, 64, 64)).expect("a product");
+            let (own, grey) = (share_of(&found, name), share_of(&found, "Grey"));
+            assert!(own < DOMINANT_SHARE && own > grey && own + grey > DOMINANT_SHARE, "{name}: the largest share, not dominant alone ({own}, grey {grey})");
+            assert_eq!(found.name, name);
+        }
+        // Black and white halves (on a colour far from both): two colours, not one shaded.
+        let mut rgb = shot([22, 22, 24], [40, 120, 160], 64);
+        for y in 0..64 {
+            for x in 32..64 {
+                let i = (y * 64 + x) * 3;
+                if rgb[i..i + 3] != [40, 120, 160] {
+                    rgb[i..i + 3].copy_from_slice(&[246, 246, 244]);
+                }
+            }
+        }
+        assert_eq!(describe_product(Pixels::whole(&rgb, 64, 64)).map(|e| e.name), Some(MULTI));
     }
 
     #[test]

@@ -48,6 +48,15 @@ pub struct SqliteCatalog {
     written: BTreeSet<i64>,
 }
 
+/// The setting [`SqliteCatalog::foreground_generation`] reads.
+const FOREGROUND_GENERATION: &str = "foreground_generation";
+
+/// Counts one more change of the foreground head, in the transaction that makes it.
+fn bump_foreground_generation(tx: &Transaction<'_>) -> Result<()> {
+    tx.execute("INSERT INTO settings(name, value) VALUES (?1, '1') ON CONFLICT(name) DO UPDATE SET value = CAST(value AS INTEGER) + 1", [FOREGROUND_GENERATION])?;
+    Ok(())
+}
+
 /// How long a write waits for another process's write transaction (an `index` batch, a
 /// server's API change) before giving up with a message naming that process.
 pub const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
@@ -265,10 +274,18 @@ impl SqliteCatalog {
 
     /// Stores the foreground head (replacing any earlier one) with its training report (JSON).
     pub fn save_foreground_head(&mut self, model: &str, head: &crate::localise::ForegroundHead, report: &str) -> Result<()> {
-        self.conn
-            .execute("INSERT OR REPLACE INTO foreground(id, model, head, report) VALUES (1, ?1, ?2, ?3)", params![model, head.to_bytes(), report])
-            .map_err(|e| explain_busy(&self.path, e))?;
+        let tx = self.write_transaction()?;
+        tx.execute("INSERT OR REPLACE INTO foreground(id, model, head, report) VALUES (1, ?1, ?2, ?3)", params![model, head.to_bytes(), report])?;
+        bump_foreground_generation(&tx)?;
+        tx.commit()?;
         Ok(())
+    }
+
+    /// How many times the foreground head was stored or dropped (0: never, or before this was
+    /// counted). One row: a server reads it on every follow of the catalog and loads the head
+    /// again when it has moved, so `tune --localise` takes effect without a restart.
+    pub fn foreground_generation(&self) -> Result<i64> {
+        Ok(self.setting(FOREGROUND_GENERATION)?.and_then(|v| v.parse().ok()).unwrap_or(0))
     }
 
     /// The photo adapter `lookalike tune --adapt` learned, if any, for this catalog's model
@@ -309,7 +326,11 @@ impl SqliteCatalog {
 
     /// Drops the foreground head: localisation goes back to the training-free rule.
     pub fn clear_foreground_head(&mut self) -> Result<bool> {
-        Ok(self.conn.execute("DELETE FROM foreground", [])? > 0)
+        let tx = self.write_transaction()?;
+        let dropped = tx.execute("DELETE FROM foreground", [])? > 0;
+        bump_foreground_generation(&tx)?;
+        tx.commit()?;
+        Ok(dropped)
     }
 
     /// The full description of a user-supplied model, kept so the catalog can be searched later

@@ -72,6 +72,9 @@ pub struct PreparedQuery {
     /// Square tiles of a long photo and their input tensors, encoded beside the photo to find
     /// its products on a finer grid ([`crate::localise::tiles`]; only with a learned head).
     pub tiles: Vec<(Crop, Vec<f32>)>,
+    /// The learned foreground head that finds its products (`None`: training-free), taken when
+    /// the photo was prepared, so the tiles and the head agree even if the catalog's changes.
+    pub foreground: Option<Arc<ForegroundHead>>,
     /// The decoded photo, kept only when each product found in it is to be cropped out and
     /// encoded on its own (`Items::All`).
     pub photo: Option<image::DynamicImage>,
@@ -237,7 +240,12 @@ pub struct SearchEngine {
     /// The `index` run adding products to this catalog, as last seen by the follower.
     indexing: Mutex<Option<IndexingProgress>>,
     /// Where products are in a photo, learned by `tune --localise`; `None`: training-free.
-    foreground: Option<ForegroundHead>,
+    /// Replaced when the catalog's head changes ([`SearchEngine::follow_catalog`]); a search
+    /// takes the head once and keeps it for the photo.
+    foreground: RwLock<Option<Arc<ForegroundHead>>>,
+    /// The catalog's [`SqliteCatalog::foreground_generation`] that `foreground` was loaded at.
+    /// Only read or written with the catalog lock held.
+    foreground_generation: AtomicI64,
     /// Every product's colour, kept in step with the index (under the catalog lock, like it).
     colours: RwLock<ColourTable>,
     /// Every product's category, kept in step with the index like `colours`.
@@ -313,9 +321,12 @@ impl SearchEngine {
 
     fn assemble(catalog: SqliteCatalog, encoder: Box<dyn Encoder>, space: SearchSpace, index: Store, config: IndexConfig) -> Result<SearchEngine> {
         catalog.ensure_model(&encoder.spec().name)?;
+        let generation = catalog.foreground_generation()?;
         let foreground = catalog.foreground_head()?;
         let tables = (ColourTable::load(&catalog)?, KindTable::load(&catalog)?);
-        Ok(SearchEngine::from_parts(Some(catalog), encoder, space, index, config, foreground, tables, None))
+        let engine = SearchEngine::from_parts(Some(catalog), encoder, space, index, config, foreground, tables, None);
+        engine.foreground_generation.store(generation, Ordering::Release);
+        Ok(engine)
     }
 
     /// The engine over its parts, with nothing followed or measured yet.
@@ -342,7 +353,8 @@ impl SearchEngine {
             config,
             followed: AtomicI64::new(0),
             indexing: Mutex::new(None),
-            foreground,
+            foreground: RwLock::new(foreground.map(Arc::new)),
+            foreground_generation: AtomicI64::new(0),
             colours: RwLock::new(colours),
             kinds: RwLock::new(kinds),
             likeness: Mutex::new(None),
@@ -363,7 +375,30 @@ impl SearchEngine {
         let mut catalog = self.lock_catalog()?;
         let indexing = catalog.indexing_progress()?;
         *self.indexing.lock().map_err(|_| poisoned("indexing progress"))? = indexing;
+        self.follow_foreground_head(&catalog)?;
         self.catch_up(&mut catalog)
+    }
+
+    /// Loads the catalog's foreground head again when `tune --localise` (or `--localise
+    /// --off`) has changed it since this engine loaded it: products in photos are then found
+    /// as the new head finds them, without a restart. The head only finds products in a
+    /// query photo, so searches in flight and the index are unaffected. (A new projection or
+    /// photo adapter changes the search space, and takes a restart.)
+    fn follow_foreground_head(&self, catalog: &SqliteCatalog) -> Result<()> {
+        let generation = catalog.foreground_generation()?;
+        if generation == self.foreground_generation.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let head = catalog.foreground_head()?;
+        tracing::info!("the catalog's foreground head changed: products in photos are now found {}", if head.is_some() { "by the learned head" } else { "training-free" });
+        *self.foreground.write().map_err(|_| poisoned("foreground head"))? = head.map(Arc::new);
+        self.foreground_generation.store(generation, Ordering::Release);
+        Ok(())
+    }
+
+    /// The foreground head searches use now (see [`SearchEngine::follow_catalog`]).
+    fn foreground_head(&self) -> Result<Option<Arc<ForegroundHead>>, SearchError> {
+        Ok(self.foreground.read().map_err(|_| poisoned("foreground head"))?.clone())
     }
 
     /// The `index` run adding products to this catalog, as the follower last saw it.
@@ -548,12 +583,13 @@ impl SearchEngine {
         let pixels = preprocess::input_pixels(&image, crop, input);
         let tensor = pixels.tensor(input);
         let localise_in = crop.is_none().then(|| (image.width(), image.height()));
-        let tiles = if crop.is_none() && self.foreground.is_some() { localise::tile_inputs(&image, input) } else { Vec::new() };
+        let foreground = self.foreground_head()?;
+        let tiles = if crop.is_none() && foreground.is_some() { localise::tile_inputs(&image, input) } else { Vec::new() };
         // A tilted photo may also be searched straightened ([`SearchEngine::encode_photos`]).
         let tilted = crop.is_none().then(|| straighten::Tilted::of(&image, input)).flatten();
         timings.preprocess_ms = ms(t);
         let photo = (crop.is_none() && items == Items::All).then_some(image);
-        Ok(PreparedQuery { tensor, pixels, localise_in, tiles, photo, tilted, timings })
+        Ok(PreparedQuery { tensor, pixels, localise_in, tiles, foreground, photo, tilted, timings })
     }
 
     /// Runs the encoder on prepared queries and finds the products in each photo, in order;
@@ -576,7 +612,7 @@ impl SearchEngine {
             if let Some(photo) = query.tilted {
                 tilted.push((q, photo));
             }
-            rest.push((query.localise_in, query.photo, query.pixels));
+            rest.push((query.localise_in, query.photo, query.pixels, query.foreground));
         }
         let tile_count = tile_tensors.len();
         let expected = tensors.len() + tile_count;
@@ -591,9 +627,9 @@ impl SearchEngine {
             .into_iter()
             .zip(rest)
             .zip(tile_crops)
-            .map(|((embedding, (localise_in, photo, pixels)), crops)| {
+            .map(|((embedding, (localise_in, photo, pixels, foreground)), crops)| {
                 let tiles: Vec<(Crop, crate::encoder::GridFeatures)> = crops.into_iter().zip(tile_grids.by_ref()).filter_map(|(crop, tile)| Some((crop, tile.grid?))).collect();
-                (self.find_products(embedding, &tiles, localise_in, &pixels), photo)
+                (self.find_products(embedding, &tiles, localise_in, &pixels, foreground.as_deref()), photo)
             })
             .unzip();
 
@@ -637,15 +673,22 @@ impl SearchEngine {
 
     /// The products on a query's feature map, as boxes on the photo, and the photo's colour
     /// (its main product's, where one was found).
-    fn find_products(&self, query: QueryEmbedding, tiles: &[(Crop, crate::encoder::GridFeatures)], photo: Option<(u32, u32)>, pixels: &preprocess::InputPixels) -> EncodedPhoto {
+    fn find_products(
+        &self,
+        query: QueryEmbedding,
+        tiles: &[(Crop, crate::encoder::GridFeatures)],
+        photo: Option<(u32, u32)>,
+        pixels: &preprocess::InputPixels,
+        foreground: Option<&ForegroundHead>,
+    ) -> EncodedPhoto {
         let (Some(grid), Some((width, height))) = (&query.grid, photo) else {
             let colour = colour::of_query(pixels, None, None);
             return EncodedPhoto { whole: query.embedding, straightened: None, as_taken_best: None, colour, items: Vec::new() };
         };
         let fit = self.encoder.spec().input.fit;
-        let found = match &self.foreground {
+        let found = match foreground {
             Some(head) if !tiles.is_empty() => localise::find_items_tiled(grid, tiles, head, width, height, fit),
-            head => find_items(grid, head.as_ref()),
+            head => find_items(grid, head),
         };
         // Where the learned head sees product: the colour is read there (a floor's colours are
         // discounted wherever they show).

@@ -79,6 +79,12 @@ pub struct TuneArgs {
 }
 
 pub fn run(args: TuneArgs) -> Result<()> {
+    // Ctrl-C stops training at once: what it learned is stored in one transaction at the end,
+    // so nothing is half-written. Set explicitly because a shell starts background commands
+    // (as `make demo` starts `tune --localise`) with Ctrl-C ignored.
+    if let Err(e) = ctrlc::set_handler(|| std::process::exit(130)) {
+        tracing::warn!("cannot install the Ctrl-C handler: {e}");
+    }
     let mut catalog = SqliteCatalog::open_existing(&args.db.db)?;
     if args.localise {
         return run_localise(&mut catalog, &args);

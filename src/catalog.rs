@@ -21,6 +21,18 @@ pub struct IndexedImage {
     pub content_hash: String,
     /// Whether its colour descriptor is stored (catalogs made before them have none).
     pub has_colour: bool,
+    /// Its metadata as stored (empty where the stored text does not parse).
+    pub metadata: Metadata,
+}
+
+/// A change to a product already indexed with the same image ([`SqliteCatalog::refresh_indexed`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct IndexedChange {
+    pub id: String,
+    /// Its colour descriptor, where it had none.
+    pub colour: Option<Vec<f32>>,
+    /// Its metadata, where it changed (or gained its colour's name).
+    pub metadata: Option<Metadata>,
 }
 
 /// Whether `table` has `column` (`table` is one of the schema's own names, never user input).
@@ -389,8 +401,11 @@ impl SqliteCatalog {
     /// What an import needs to know of each indexed product (by id): its image's hash, and
     /// whether its colour descriptor is stored.
     pub fn indexed_images(&self) -> Result<HashMap<String, IndexedImage>> {
-        let mut stmt = self.conn.prepare("SELECT p.id, p.content_hash, v.colour IS NOT NULL FROM products p JOIN vectors v ON v.key = p.key")?;
-        let rows = stmt.query_map([], |r| Ok((r.get(0)?, IndexedImage { content_hash: r.get(1)?, has_colour: r.get(2)? })))?;
+        let mut stmt = self.conn.prepare("SELECT p.id, p.content_hash, v.colour IS NOT NULL, p.metadata FROM products p JOIN vectors v ON v.key = p.key")?;
+        let rows = stmt.query_map([], |r| {
+            let metadata: String = r.get(3)?;
+            Ok((r.get(0)?, IndexedImage { content_hash: r.get(1)?, has_colour: r.get(2)?, metadata: serde_json::from_str(&metadata).unwrap_or_default() }))
+        })?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
@@ -415,21 +430,24 @@ impl SqliteCatalog {
         Ok(Some(values))
     }
 
-    /// Stores colour descriptors of products already indexed (by id; ids not in the catalog
-    /// are skipped) and, where given, their metadata, in one transaction: how `index` fills in
-    /// colours for a catalog made before them, without re-running the model. Each change is
-    /// logged, so servers following the catalog pick the colours up.
-    pub fn set_colours(&mut self, colours: &[(String, Vec<f32>, Option<Metadata>)]) -> Result<usize> {
+    /// Stores, for products already indexed (by id; ids not in the catalog are skipped), their
+    /// colour descriptor and their metadata where given, in one transaction: how `index` fills
+    /// in colours for a catalog made before them, and takes up a changed CSV row (a new price,
+    /// name or category), without re-running the model. Each change is logged, so servers
+    /// following the catalog pick it up.
+    pub fn refresh_indexed(&mut self, changes: &[IndexedChange]) -> Result<usize> {
         let tx = self.write_transaction()?;
         let mut logged = Vec::new();
         {
             let mut find = tx.prepare_cached("SELECT key FROM products WHERE id = ?1")?;
             let mut put = tx.prepare_cached("UPDATE vectors SET colour = ?2, colour_crc = ?3 WHERE key = ?1")?;
             let mut meta = tx.prepare_cached("UPDATE products SET metadata = ?2 WHERE key = ?1")?;
-            for (id, colour, metadata) in colours {
+            for IndexedChange { id, colour, metadata } in changes {
                 let Some(key): Option<Key> = find.query_row([id], |r| r.get(0)).optional()? else { continue };
-                let blob = encode_vector(colour);
-                put.execute(params![key, blob, i64::from(crc32fast::hash(&blob))])?;
+                if let Some(colour) = colour {
+                    let blob = encode_vector(colour);
+                    put.execute(params![key, blob, i64::from(crc32fast::hash(&blob))])?;
+                }
                 if let Some(metadata) = metadata {
                     meta.execute(params![key, serde_json::to_string(metadata)?])?;
                 }

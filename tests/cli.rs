@@ -262,6 +262,47 @@ fn kaggle_layout_with_dirty_rows() {
     assert!(ids.contains(&"1001") && ids.contains(&"1003"));
 }
 
+/// A shop changes a price or a name in `styles.csv` and runs `index` again: the product takes
+/// the new row without its photo being encoded again, and a run with nothing changed changes
+/// nothing. (Before, a product whose photo was unchanged kept its old row for good.)
+#[test]
+fn a_changed_csv_row_is_taken_up_by_the_next_index_without_encoding_again() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let shop = dir.path().join("shop");
+    std::fs::create_dir_all(shop.join("images")).expect("mkdir");
+    let fm = FashionMnist::load(&fm_dir(), "test").expect("test split");
+    for (id, i) in [("2001", 0usize), ("2002", 1), ("2003", 2)] {
+        fm.image(i).expect("image").save(shop.join("images").join(format!("{id}.png"))).expect("save");
+    }
+    let csv = |price: &str, name: &str| {
+        format!(
+            "id,gender,masterCategory,subCategory,articleType,baseColour,season,year,usage,productDisplayName,price\n\
+             2001,Men,Footwear,Shoes,Casual Shoes,Black,Fall,2011,Casual,Black Shoes,49.99\n\
+             2002,Women,Apparel,Topwear,Tshirts,White,Summer,2012,Casual,{name},{price}\n\
+             2003,Men,Apparel,Bottomwear,Trousers,Grey,Fall,2011,Formal,Grey Trousers,39.99\n"
+        )
+    };
+    std::fs::write(shop.join("styles.csv"), csv("19.99", "White Tshirt")).expect("csv");
+    let db = dir.path().join("shop.db");
+    let index = || {
+        let out = lookalike(&["index", "--db", path(&db), "--kaggle", path(&shop)]);
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{stderr}");
+        stderr
+    };
+    assert!(index().contains("indexed 3 new or changed"));
+
+    std::fs::write(shop.join("styles.csv"), csv("14.99", "White Tshirt (summer sale)")).expect("csv");
+    let stderr = index();
+    assert!(stderr.contains("indexed 0 new or changed, 3 unchanged (1 of them with new details from the source)"), "{stderr}");
+    let found = json(&ok(&["search", "--db", path(&db), path(&shop.join("images/2002.png")), "-k", "1", "--json"]));
+    let top = &found["hits"][0];
+    assert_eq!((top["id"].as_str(), top["name"].as_str(), top["metadata"]["price"].as_str()), (Some("2002"), Some("White Tshirt (summer sale)"), Some("14.99")));
+
+    let stderr = index();
+    assert!(stderr.contains("indexed 0 new or changed, 3 unchanged, 0 skipped"), "nothing changed, nothing written: {stderr}");
+}
+
 #[test]
 fn folder_of_real_photos() {
     let samples = Assets::from_env().sample("coffee.png").expect("sample photos (run `make setup`)");

@@ -128,9 +128,14 @@ fn index_into(args: &IndexArgs, assets: &Assets, items: Vec<import::CatalogItem>
 
     let options = IndexOptions { batch_size: args.batch_size, progress: true, ..Default::default() };
     let report = import::index_items(&mut catalog, &encoder, items, &options, &stop)?;
-    let recoloured = match report.recoloured {
-        0 => String::new(),
-        n => format!(" ({n} of them given their colour)"),
+    let refreshed: Vec<String> = [(report.recoloured, "given their colour"), (report.redescribed, "with new details from the source")]
+        .iter()
+        .filter(|(n, _)| *n > 0)
+        .map(|(n, what)| format!("{n} of them {what}"))
+        .collect();
+    let recoloured = match refreshed.is_empty() {
+        true => String::new(),
+        false => format!(" ({})", refreshed.join("; ")),
     };
     eprintln!(
         "indexed {} new or changed, {} unchanged{recoloured}, {} skipped, of {} in {:.1}s ({:.1} images/s); catalog now holds {} products",

@@ -23,11 +23,11 @@ use indicatif::{ProgressBar, ProgressStyle};
 use rayon::prelude::*;
 use sha2::{Digest, Sha256};
 
-use crate::catalog::{IndexedImage, SqliteCatalog};
+use crate::catalog::{IndexedChange, IndexedImage, SqliteCatalog};
 use crate::colour::{self, ColourEstimate};
 use crate::encoder::Encoder;
 use crate::preprocess::{self, DecodeLimits};
-use crate::types::{IndexingProgress, Metadata, NewImage, NewProduct, VectorSpace};
+use crate::types::{IndexingProgress, Metadata, NewImage, NewProduct, VectorSpace, COLOUR_COLUMNS, COMPUTED_COLOUR_COLUMN};
 
 /// A product as a source describes it, before it is encoded.
 #[derive(Debug, Clone)]
@@ -82,6 +82,9 @@ pub struct IndexReport {
     pub unchanged: usize,
     /// Of those, how many had no colour yet and got it (without re-running the model).
     pub recoloured: usize,
+    /// Of those, how many took changed metadata from the source (a CSV row's new price or
+    /// name), without re-running the model.
+    pub redescribed: usize,
     /// Skipped items: (id, why).
     pub failed: Vec<(String, String)>,
     /// Stopped early by Ctrl-C; re-running resumes.
@@ -112,6 +115,9 @@ enum Preparation {
     /// Indexed with the same image bytes but no colour (a catalog made before colours): store
     /// the colour (and its name, in the metadata given), without re-running the model.
     Recolour { id: String, colour: Vec<f32>, metadata: Metadata },
+    /// Indexed with the same image bytes and its colour, but the source describes it
+    /// differently now (a new price, name or category): store the metadata given.
+    Redescribe { id: String, metadata: Metadata },
     /// New or changed: encode it.
     Encode(Box<Prepared>),
 }
@@ -123,8 +129,8 @@ struct DecodedBatch {
     /// (product id, why) of items that could not be read.
     failed: Vec<(String, String)>,
     unchanged: usize,
-    /// Unchanged items whose colour was missing: (id, colour, metadata with its name).
-    recoloured: Vec<(String, Vec<f32>, Option<Metadata>)>,
+    /// Unchanged images whose colour was missing or whose metadata changed.
+    refreshed: Vec<IndexedChange>,
 }
 
 /// What an encoder worker hands the committing thread: each item (with its image reference and
@@ -134,7 +140,7 @@ struct EncodedBatch {
     embeddings: Vec<crate::encoder::Embedding>,
     failed: Vec<(String, String)>,
     unchanged: usize,
-    recoloured: Vec<(String, Vec<f32>, Option<Metadata>)>,
+    refreshed: Vec<IndexedChange>,
 }
 
 /// Embeds `items` into `catalog` with `encoder`. Set `stop` (e.g. from a Ctrl-C handler) to
@@ -209,20 +215,24 @@ pub fn index_items(catalog: &mut SqliteCatalog, encoder: &dyn Encoder, items: Ve
                     if batch.is_empty() {
                         break;
                     }
-                    let (mut ready, mut failed, mut unchanged, mut recoloured) = (Vec::new(), Vec::new(), 0, Vec::new());
+                    let (mut ready, mut failed, mut unchanged, mut refreshed) = (Vec::new(), Vec::new(), 0, Vec::new());
                     for r in batch {
                         match r {
                             Ok(Preparation::Encode(p)) => ready.push(*p),
                             Ok(Preparation::Unchanged) => unchanged += 1,
                             Ok(Preparation::Recolour { id, colour, metadata }) => {
                                 unchanged += 1;
-                                recoloured.push((id, colour, Some(metadata)));
+                                refreshed.push(IndexedChange { id, colour: Some(colour), metadata: Some(metadata) });
+                            }
+                            Ok(Preparation::Redescribe { id, metadata }) => {
+                                unchanged += 1;
+                                refreshed.push(IndexedChange { id, colour: None, metadata: Some(metadata) });
                             }
                             Err(f) => failed.push(f),
                         }
                     }
                     let (slot, result) = sync_channel(1);
-                    if order_tx.send(result).is_err() || tx.send((DecodedBatch { ready, failed, unchanged, recoloured }, slot)).is_err() {
+                    if order_tx.send(result).is_err() || tx.send((DecodedBatch { ready, failed, unchanged, refreshed }, slot)).is_err() {
                         break 'decode;
                     }
                 }
@@ -235,14 +245,14 @@ pub fn index_items(catalog: &mut SqliteCatalog, encoder: &dyn Encoder, items: Ve
                     Ok(rx) => rx.recv(),
                     Err(_) => break,
                 };
-                let Ok((DecodedBatch { ready, failed, unchanged, recoloured }, slot)) = next else { break };
+                let Ok((DecodedBatch { ready, failed, unchanged, refreshed }, slot)) = next else { break };
                 let (tensors, described): (Vec<Vec<f32>>, Vec<_>) =
                     ready.into_iter().map(|p| (p.tensor, (p.item, p.stored, p.hash, p.colour.map(|c| c.descriptor.values())))).unzip();
                 let encoded = match tensors.is_empty() {
                     true => Ok(Vec::new()),
                     false => encoder.encode(&tensors).context("running the image encoder"),
                 }
-                .map(|embeddings| EncodedBatch { described, embeddings, failed, unchanged, recoloured });
+                .map(|embeddings| EncodedBatch { described, embeddings, failed, unchanged, refreshed });
                 // The slot holds one result, so this never waits; it fails only when the
                 // committer has given up (an error), and then there is nothing more to do.
                 if slot.send(encoded).is_err() {
@@ -256,10 +266,12 @@ pub fn index_items(catalog: &mut SqliteCatalog, encoder: &dyn Encoder, items: Ve
 
         for result in order_rx {
             let encoded = result.recv().context("an encoder worker stopped before encoding its batch")?;
-            let EncodedBatch { described, embeddings, failed, unchanged, recoloured } = encoded?;
+            let EncodedBatch { described, embeddings, failed, unchanged, refreshed } = encoded?;
             report.unchanged += unchanged;
-            if !recoloured.is_empty() {
-                report.recoloured += catalog.set_colours(&recoloured)?;
+            if !refreshed.is_empty() {
+                catalog.refresh_indexed(&refreshed)?;
+                report.recoloured += refreshed.iter().filter(|c| c.colour.is_some()).count();
+                report.redescribed += refreshed.iter().filter(|c| c.colour.is_none()).count();
             }
             bar.inc((unchanged + failed.len()) as u64);
             for (id, why) in &failed {
@@ -364,8 +376,18 @@ fn prepare_item(mut item: CatalogItem, known: &HashMap<String, IndexedImage>, li
     };
     let hash = hex::encode(Sha256::digest(bytes));
     let indexed = known.get(&item.id).filter(|k| k.content_hash == hash);
-    if indexed.is_some_and(|k| k.has_colour) {
-        return Ok(Preparation::Unchanged);
+    if let Some(indexed) = indexed.filter(|k| k.has_colour) {
+        // The photo is as indexed; the source's row may not be (a new price, a renamed
+        // product). The colour's name computed at import stays, unless the row now names one.
+        let mut metadata = item.metadata;
+        let named = COLOUR_COLUMNS.iter().any(|c| metadata.get(*c).is_some_and(|v| !v.trim().is_empty()));
+        if let (false, Some(computed)) = (named, indexed.metadata.get(COMPUTED_COLOUR_COLUMN)) {
+            metadata.insert(COMPUTED_COLOUR_COLUMN.to_string(), computed.clone());
+        }
+        return Ok(match metadata == indexed.metadata {
+            true => Preparation::Unchanged,
+            false => Preparation::Redescribe { id: item.id, metadata },
+        });
     }
     let image = preprocess::decode_reduced(bytes, limits, preprocess::needed_side(input, None)).map_err(|e| fail(format!("{}: {e}", describe(&item.image))))?;
     let pixels = preprocess::input_pixels(&image, None, input);

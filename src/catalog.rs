@@ -16,11 +16,12 @@ use crate::projection::Projection;
 use crate::types::{Filter, ImageRef, IndexingProgress, Key, Metadata, NewImage, NewProduct, Product, VectorSpace};
 
 /// An indexed product's image, as an import sees it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct IndexedImage {
     pub content_hash: String,
-    /// Whether its colour descriptor is stored (catalogs made before them have none).
-    pub has_colour: bool,
+    /// Its colour descriptor (`None`: catalogs made before them have none, and a damaged one
+    /// is made again).
+    pub colour: Option<Vec<f32>>,
     /// Its metadata as stored (empty where the stored text does not parse).
     pub metadata: Metadata,
 }
@@ -401,10 +402,15 @@ impl SqliteCatalog {
     /// What an import needs to know of each indexed product (by id): its image's hash, and
     /// whether its colour descriptor is stored.
     pub fn indexed_images(&self) -> Result<HashMap<String, IndexedImage>> {
-        let mut stmt = self.conn.prepare("SELECT p.id, p.content_hash, v.colour IS NOT NULL, p.metadata FROM products p JOIN vectors v ON v.key = p.key")?;
+        let mut stmt = self.conn.prepare("SELECT p.id, p.content_hash, v.colour, v.colour_crc, p.metadata FROM products p JOIN vectors v ON v.key = p.key")?;
         let rows = stmt.query_map([], |r| {
-            let metadata: String = r.get(3)?;
-            Ok((r.get(0)?, IndexedImage { content_hash: r.get(1)?, has_colour: r.get(2)?, metadata: serde_json::from_str(&metadata).unwrap_or_default() }))
+            let (blob, crc): (Option<Vec<u8>>, Option<i64>) = (r.get(2)?, r.get(3)?);
+            let colour = blob.filter(|b| verify_vector(b, crc).is_ok()).and_then(|b| {
+                let mut values = Vec::new();
+                decode_vector(&b, &mut values).ok().map(|()| values)
+            });
+            let metadata: String = r.get(4)?;
+            Ok((r.get(0)?, IndexedImage { content_hash: r.get(1)?, colour, metadata: serde_json::from_str(&metadata).unwrap_or_default() }))
         })?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }

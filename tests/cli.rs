@@ -303,6 +303,36 @@ fn a_changed_csv_row_is_taken_up_by_the_next_index_without_encoding_again() {
     assert!(stderr.contains("indexed 0 new or changed, 3 unchanged, 0 skipped"), "nothing changed, nothing written: {stderr}");
 }
 
+/// The colour name lookalike computed at import is computed again by the next `index` from the
+/// stored descriptor (no photo encoded), so a catalog takes up a better naming rule; here a
+/// name that no longer matches its descriptor, as an older rule's "Multi" for a shaded white.
+#[test]
+fn index_names_colours_again_from_the_stored_descriptors() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let photos = dir.path().join("photos");
+    std::fs::create_dir_all(&photos).expect("mkdir");
+    let fm = FashionMnist::load(&fm_dir(), "test").expect("test split");
+    // Painted red on white, as a catalog shot.
+    let grey = fm.image(1).expect("image");
+    let red = image::RgbImage::from_fn(grey.width(), grey.height(), |x, y| {
+        let v = f32::from(grey.get_pixel(x, y)[0]) / 255.0;
+        let alpha = (v * 3.0).min(1.0);
+        image::Rgb([215.0f32, 30.0, 40.0].map(|c| (alpha * c * (0.85 + 0.15 * v) + (1.0 - alpha) * 255.0) as u8))
+    });
+    image::imageops::resize(&red, 112, 112, image::imageops::FilterType::Triangle).save(photos.join("red.png")).expect("save");
+    let db = dir.path().join("photos.db");
+    ok(&["index", "--db", path(&db), "--images", path(&photos)]);
+    let conn = rusqlite::Connection::open(&db).expect("open");
+    let colour = |conn: &rusqlite::Connection| conn.query_row("SELECT json_extract(metadata, '$.colour') FROM products", [], |r| r.get::<_, String>(0)).expect("colour");
+    assert_eq!(colour(&conn), "Red");
+    conn.execute("UPDATE products SET metadata = json_set(metadata, '$.colour', 'Multi')", []).expect("rename");
+
+    let out = lookalike(&["index", "--db", path(&db), "--images", path(&photos)]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("indexed 0 new or changed, 1 unchanged (1 of them with new details from the source)"), "{stderr}");
+    assert_eq!(colour(&conn), "Red");
+}
+
 #[test]
 fn folder_of_real_photos() {
     let samples = Assets::from_env().sample("coffee.png").expect("sample photos (run `make setup`)");

@@ -376,13 +376,16 @@ fn prepare_item(mut item: CatalogItem, known: &HashMap<String, IndexedImage>, li
     };
     let hash = hex::encode(Sha256::digest(bytes));
     let indexed = known.get(&item.id).filter(|k| k.content_hash == hash);
-    if let Some(indexed) = indexed.filter(|k| k.has_colour) {
+    if let Some((indexed, colour)) = indexed.and_then(|k| Some((k, k.colour.as_deref()?))) {
         // The photo is as indexed; the source's row may not be (a new price, a renamed
-        // product). The colour's name computed at import stays, unless the row now names one.
+        // product). A colour name computed at import is computed again from the stored
+        // descriptor (so a catalog takes up a better naming rule too), unless the row now
+        // names a colour itself.
         let mut metadata = item.metadata;
         let named = COLOUR_COLUMNS.iter().any(|c| metadata.get(*c).is_some_and(|v| !v.trim().is_empty()));
         if let (false, Some(computed)) = (named, indexed.metadata.get(COMPUTED_COLOUR_COLUMN)) {
-            metadata.insert(COMPUTED_COLOUR_COLUMN.to_string(), computed.clone());
+            let name = colour::ColourDescriptor::from_values(colour).map(|d| d.name().to_string()).unwrap_or_else(|_| computed.clone());
+            metadata.insert(COMPUTED_COLOUR_COLUMN.to_string(), name);
         }
         return Ok(match metadata == indexed.metadata {
             true => Preparation::Unchanged,

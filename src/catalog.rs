@@ -399,8 +399,8 @@ impl SqliteCatalog {
         Ok(self.indexed_images()?.into_iter().map(|(id, image)| (id, image.content_hash)).collect())
     }
 
-    /// What an import needs to know of each indexed product (by id): its image's hash, and
-    /// whether its colour descriptor is stored.
+    /// What an import needs to know of each indexed product (by id): its image's hash, its
+    /// colour descriptor (if stored and intact) and its metadata.
     pub fn indexed_images(&self) -> Result<HashMap<String, IndexedImage>> {
         let mut stmt = self.conn.prepare("SELECT p.id, p.content_hash, v.colour, v.colour_crc, p.metadata FROM products p JOIN vectors v ON v.key = p.key")?;
         let rows = stmt.query_map([], |r| {

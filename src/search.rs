@@ -73,7 +73,8 @@ pub struct PreparedQuery {
     /// its products on a finer grid ([`crate::localise::tiles`]; only with a learned head).
     pub tiles: Vec<(Crop, Vec<f32>)>,
     /// The learned foreground head that finds its products (`None`: training-free), taken when
-    /// the photo was prepared, so the tiles and the head agree even if the catalog's changes.
+    /// the photo was prepared, so the tiles and the head agree even if the catalog's head
+    /// changes meanwhile.
     pub foreground: Option<Arc<ForegroundHead>>,
     /// The decoded photo, kept only when each product found in it is to be cropped out and
     /// encoded on its own (`Items::All`).

@@ -197,8 +197,7 @@ impl ColourEstimate {
     /// Records the named colour in `metadata` (as [`COMPUTED_COLOUR_COLUMN`]) when it names no
     /// colour of its own (a shop's column always wins) and the photo has colour.
     pub fn name_in(&self, metadata: &mut Metadata) {
-        let named = COLOUR_COLUMNS.iter().any(|c| metadata.get(*c).is_some_and(|v| !v.trim().is_empty()));
-        if !named && !self.greyscale {
+        if !crate::types::names_a_colour(metadata) && !self.greyscale {
             metadata.insert(COMPUTED_COLOUR_COLUMN.to_string(), self.name.to_string());
         }
     }

@@ -130,6 +130,12 @@ pub const COLOUR_COLUMNS: [&str; 3] = ["baseColour", "colour", "color"];
 /// whose metadata names none.
 pub const COMPUTED_COLOUR_COLUMN: &str = "colour";
 
+/// Whether the shop's own metadata names a colour (one of [`COLOUR_COLUMNS`], not blank): then
+/// it wins, and no computed name is stored.
+pub fn names_a_colour(metadata: &Metadata) -> bool {
+    COLOUR_COLUMNS.iter().any(|c| metadata.get(*c).is_some_and(|v| !v.trim().is_empty()))
+}
+
 #[derive(Debug, Clone)]
 pub enum NewImage {
     File(PathBuf),

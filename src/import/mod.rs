@@ -27,7 +27,7 @@ use crate::catalog::{IndexedChange, IndexedImage, SqliteCatalog};
 use crate::colour::{self, ColourEstimate};
 use crate::encoder::Encoder;
 use crate::preprocess::{self, DecodeLimits};
-use crate::types::{IndexingProgress, Metadata, NewImage, NewProduct, VectorSpace, COLOUR_COLUMNS, COMPUTED_COLOUR_COLUMN};
+use crate::types::{names_a_colour, IndexingProgress, Metadata, NewImage, NewProduct, VectorSpace, COMPUTED_COLOUR_COLUMN};
 
 /// A product as a source describes it, before it is encoded.
 #[derive(Debug, Clone)]
@@ -382,8 +382,7 @@ fn prepare_item(mut item: CatalogItem, known: &HashMap<String, IndexedImage>, li
         // descriptor (so a catalog takes up a better naming rule too), unless the row now
         // names a colour itself.
         let mut metadata = item.metadata;
-        let named = COLOUR_COLUMNS.iter().any(|c| metadata.get(*c).is_some_and(|v| !v.trim().is_empty()));
-        if let (false, Some(computed)) = (named, indexed.metadata.get(COMPUTED_COLOUR_COLUMN)) {
+        if let (false, Some(computed)) = (names_a_colour(&metadata), indexed.metadata.get(COMPUTED_COLOUR_COLUMN)) {
             let name = colour::ColourDescriptor::from_values(colour).map(|d| d.name().to_string()).unwrap_or_else(|_| computed.clone());
             metadata.insert(COMPUTED_COLOUR_COLUMN.to_string(), name);
         }

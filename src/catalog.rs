@@ -64,9 +64,12 @@ pub struct SqliteCatalog {
 /// The setting [`SqliteCatalog::foreground_generation`] reads.
 const FOREGROUND_GENERATION: &str = "foreground_generation";
 
-/// Counts one more change of the foreground head, in the transaction that makes it.
-fn bump_foreground_generation(tx: &Transaction<'_>) -> Result<()> {
-    tx.execute("INSERT INTO settings(name, value) VALUES (?1, '1') ON CONFLICT(name) DO UPDATE SET value = CAST(value AS INTEGER) + 1", [FOREGROUND_GENERATION])?;
+/// The setting [`SqliteCatalog::search_space_generation`] reads.
+const SEARCH_SPACE_GENERATION: &str = "search_space_generation";
+
+/// Counts one more change of what the setting `name` counts, in the transaction that makes it.
+fn bump_generation(tx: &Transaction<'_>, name: &str) -> Result<()> {
+    tx.execute("INSERT INTO settings(name, value) VALUES (?1, '1') ON CONFLICT(name) DO UPDATE SET value = CAST(value AS INTEGER) + 1", [name])?;
     Ok(())
 }
 
@@ -252,18 +255,38 @@ impl SqliteCatalog {
         .transpose()
     }
 
-    /// Stores `projection` (replacing any earlier one) with its training report (JSON).
-    pub fn save_projection(&mut self, projection: &Projection, report: &str) -> Result<()> {
-        self.conn.execute(
+    /// Stores `projection` (replacing any earlier one) with its training report (JSON) and
+    /// `settings` that go with it (the likeness bands measured in its space), in one
+    /// transaction: a server following the catalog sees all of it or none.
+    pub fn save_projection(&mut self, projection: &Projection, report: &str, settings: &[(&str, &str)]) -> Result<()> {
+        let tx = self.write_transaction()?;
+        tx.execute(
             "INSERT OR REPLACE INTO projection(id, label, input_dim, hidden, output_dim, weights, report) VALUES (1, ?1, ?2, ?3, ?4, ?5, ?6)",
             params![projection.label, projection.input_dim as i64, projection.hidden as i64, projection.output_dim as i64, projection.weights_bytes(), report],
         )?;
+        for (name, value) in settings {
+            tx.execute("INSERT OR REPLACE INTO settings(name, value) VALUES (?1, ?2)", params![name, value])?;
+        }
+        bump_generation(&tx, SEARCH_SPACE_GENERATION)?;
+        tx.commit()?;
         Ok(())
     }
 
     /// Drops the tuned projection: search goes back to the model's own features.
     pub fn clear_projection(&mut self) -> Result<bool> {
-        Ok(self.conn.execute("DELETE FROM projection", [])? > 0)
+        let tx = self.write_transaction()?;
+        let dropped = tx.execute("DELETE FROM projection", [])? > 0;
+        bump_generation(&tx, SEARCH_SPACE_GENERATION)?;
+        tx.commit()?;
+        Ok(dropped)
+    }
+
+    /// How many times the search space was changed by `tune` (a projection or a photo adapter
+    /// stored or dropped; 0: never, or before this was counted). A server reads it on every
+    /// follow of the catalog and, when it has moved, builds its index in the new space
+    /// ([`crate::search::SearchEngine::follow_catalog`]), so `tune` needs no restart.
+    pub fn search_space_generation(&self) -> Result<i64> {
+        Ok(self.setting(SEARCH_SPACE_GENERATION)?.and_then(|v| v.parse().ok()).unwrap_or(0))
     }
 
     /// The foreground head `lookalike tune --localise` learned, if any (and if it was learned
@@ -289,7 +312,7 @@ impl SqliteCatalog {
     pub fn save_foreground_head(&mut self, model: &str, head: &crate::localise::ForegroundHead, report: &str) -> Result<()> {
         let tx = self.write_transaction()?;
         tx.execute("INSERT OR REPLACE INTO foreground(id, model, head, report) VALUES (1, ?1, ?2, ?3)", params![model, head.to_bytes(), report])?;
-        bump_foreground_generation(&tx)?;
+        bump_generation(&tx, FOREGROUND_GENERATION)?;
         tx.commit()?;
         Ok(())
     }
@@ -326,22 +349,27 @@ impl SqliteCatalog {
     pub fn save_photo_adapter(&mut self, model: &str, adapter: &crate::adapter::PhotoAdapter, report: &str) -> Result<()> {
         let bytes = adapter.to_bytes();
         let crc = i64::from(crc32fast::hash(&bytes));
-        self.conn
-            .execute("INSERT OR REPLACE INTO adapter(id, model, weights, crc, report) VALUES (1, ?1, ?2, ?3, ?4)", params![model, bytes, crc, report])
-            .map_err(|e| explain_busy(&self.path, e))?;
+        let tx = self.write_transaction()?;
+        tx.execute("INSERT OR REPLACE INTO adapter(id, model, weights, crc, report) VALUES (1, ?1, ?2, ?3, ?4)", params![model, bytes, crc, report])?;
+        bump_generation(&tx, SEARCH_SPACE_GENERATION)?;
+        tx.commit()?;
         Ok(())
     }
 
     /// Drops the photo adapter: query photos are searched as encoded again.
     pub fn clear_photo_adapter(&mut self) -> Result<bool> {
-        Ok(self.conn.execute("DELETE FROM adapter", [])? > 0)
+        let tx = self.write_transaction()?;
+        let dropped = tx.execute("DELETE FROM adapter", [])? > 0;
+        bump_generation(&tx, SEARCH_SPACE_GENERATION)?;
+        tx.commit()?;
+        Ok(dropped)
     }
 
     /// Drops the foreground head: localisation goes back to the training-free rule.
     pub fn clear_foreground_head(&mut self) -> Result<bool> {
         let tx = self.write_transaction()?;
         let dropped = tx.execute("DELETE FROM foreground", [])? > 0;
-        bump_foreground_generation(&tx)?;
+        bump_generation(&tx, FOREGROUND_GENERATION)?;
         tx.commit()?;
         Ok(dropped)
     }

@@ -220,16 +220,17 @@ pub struct SearchEngine {
     /// The shop's catalog file; `None` for a server that answers from a Qdrant collection
     /// alone (its products' payloads and its description: [`SearchEngine::open_collection`]).
     catalog: Option<Mutex<SqliteCatalog>>,
-    index: RwLock<Store>,
+    /// The index and the space its vectors are in, under one lock (see [`IndexInSpace`]).
+    index: RwLock<IndexInSpace>,
     encoder: Box<dyn Encoder>,
-    /// How model vectors are mapped before they are indexed or searched for. Replaced (with
-    /// the index, under the catalog lock) when an untuned catalog has grown or shrunk enough
-    /// for its centring mean to be recomputed: see [`SearchEngine::follow_catalog`].
-    space: RwLock<Arc<SearchSpace>>,
-    /// Vectors in the catalog when `space` was chosen.
+    /// Vectors in the catalog when the index's space was chosen.
     space_chosen_at: AtomicUsize,
+    /// The catalog's [`SqliteCatalog::search_space_generation`] that the space was chosen at.
+    /// Only read or written with the catalog lock held.
+    space_generation: AtomicI64,
     limits: DecodeLimits,
-    /// Set while [`SearchEngine::compact_graph`] runs, so only one runs at a time.
+    /// Set while [`SearchEngine::compact_graph`] or [`SearchEngine::take_up_new_space`] runs,
+    /// so only one of them runs at a time.
     compacting: AtomicBool,
     /// Set once a due compaction was put off for want of memory (so that is said once).
     compaction_put_off: AtomicBool,
@@ -257,11 +258,90 @@ pub struct SearchEngine {
     described: Option<CollectionDescription>,
 }
 
+/// The index and how model vectors are mapped into the space its vectors are in. Replaced
+/// together, in one write under the catalog lock, when the space changes (`tune` learned or
+/// dropped a projection or a photo adapter; an untuned catalog grew or shrunk enough for its
+/// centring mean to be recomputed: [`SearchEngine::follow_catalog`]). A search maps its query
+/// while it holds the index for reading ([`Query::in_space`]), so it never compares vectors of
+/// two spaces, however a change falls between its steps.
+struct IndexInSpace {
+    space: Arc<SearchSpace>,
+    store: Store,
+}
+
+impl std::ops::Deref for IndexInSpace {
+    type Target = Store;
+    fn deref(&self) -> &Store {
+        &self.store
+    }
+}
+
+impl std::ops::DerefMut for IndexInSpace {
+    fn deref_mut(&mut self) -> &mut Store {
+        &mut self.store
+    }
+}
+
+/// A search's query vector as the model gave it (or a collection's stored vector, already in
+/// the collection's space), mapped into the index's space when the index is read, and again
+/// only if the space was replaced since.
+enum QueryVector<'a> {
+    /// A shopper's photo: mapped through the photo adapter, where the catalog has one.
+    Photo(&'a [f32]),
+    /// A catalog product's model vector ("more like this").
+    Product(&'a [f32]),
+    /// A vector in the searched space already (a Qdrant collection's: its space never changes
+    /// under a running server).
+    InSpace(Vec<f32>),
+}
+
+struct Query<'a> {
+    vector: QueryVector<'a>,
+    mapped: Option<(Arc<SearchSpace>, Vec<f32>)>,
+}
+
+impl<'a> Query<'a> {
+    fn new(vector: QueryVector<'a>) -> Query<'a> {
+        Query { vector, mapped: None }
+    }
+
+    /// The query in `space` (the space of the index the caller holds for reading).
+    fn in_space(&mut self, space: &Arc<SearchSpace>) -> Result<&[f32], SearchError> {
+        let model = match &self.vector {
+            QueryVector::InSpace(vector) => return Ok(vector),
+            QueryVector::Photo(model) | QueryVector::Product(model) => *model,
+        };
+        let current = matches!(&self.mapped, Some((mapped_in, _)) if Arc::ptr_eq(mapped_in, space));
+        if !current {
+            let mapped = match self.vector {
+                QueryVector::Photo(_) => space.map_photo(model),
+                _ => space.map(model),
+            };
+            self.mapped = Some((space.clone(), mapped.map_err(|e| SearchError::BadRequest(e.to_string()))?));
+        }
+        Ok(self.mapped.as_ref().map_or(&[][..], |(_, vector)| vector.as_slice()))
+    }
+}
+
 /// Likeness bands, with the search space and catalog size they were measured on.
 struct MeasuredBands {
     space: Arc<SearchSpace>,
     products: usize,
     bands: Option<LikenessBands>,
+}
+
+/// Clears a flag when dropped: "this is running" for as long as a scope runs, however it ends.
+struct ClearOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for ClearOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
+}
+
+/// A product's model vector in `space` (a vector of the wrong size is the caller's mistake).
+fn map_product(space: &SearchSpace, model_vector: &[f32]) -> Result<Vec<f32>, SearchError> {
+    space.map(model_vector).map_err(|e| SearchError::BadRequest(e.to_string()))
 }
 
 /// A lock whose holder panicked: the state it guards may be half-changed, so nothing goes on.
@@ -282,14 +362,16 @@ impl SearchEngine {
 
     /// Loads the catalog's stored vectors into the index `config` asks for.
     pub fn open_with(catalog: SqliteCatalog, encoder: Box<dyn Encoder>, config: &IndexConfig) -> Result<SearchEngine> {
+        // Read before what they count: what changes meanwhile is taken up by the follower.
+        let space_generation = catalog.search_space_generation()?;
         let space = SearchSpace::for_catalog(&catalog)?;
-        // Read before the vectors: what changes while they load is replayed by the follower.
         let followed = catalog.latest_change()?;
         let index = open_index(&catalog, &space, config)?;
         let vectors = catalog.vector_count()?;
         let engine = SearchEngine::assemble(catalog, encoder, space, index, config.clone())?;
         engine.followed.store(followed, Ordering::Release);
         engine.space_chosen_at.store(vectors, Ordering::Release);
+        engine.space_generation.store(space_generation, Ordering::Release);
         Ok(engine)
     }
 
@@ -344,10 +426,10 @@ impl SearchEngine {
     ) -> SearchEngine {
         SearchEngine {
             catalog: catalog.map(Mutex::new),
-            index: RwLock::new(index),
+            index: RwLock::new(IndexInSpace { space: Arc::new(space), store: index }),
             encoder,
-            space: RwLock::new(Arc::new(space)),
             space_chosen_at: AtomicUsize::new(0),
+            space_generation: AtomicI64::new(0),
             limits: DecodeLimits::default(),
             compacting: AtomicBool::new(false),
             compaction_put_off: AtomicBool::new(false),
@@ -367,24 +449,81 @@ impl SearchEngine {
     /// (`lookalike index`, `remove`, another server) added, replaced or removed since the last
     /// call become searchable or disappear. Its own changes are in the index already and are
     /// skipped. Returns how many products changed. A server calls this a few times a second;
-    /// it reads one row when nothing changed.
+    /// it reads a few rows when nothing changed.
+    ///
+    /// It also takes up what `tune` changed: a new foreground head at once, and a new search
+    /// space (a projection learned or dropped, a photo adapter learned or dropped) by building
+    /// the index in it while searches go on in the old one ([`SearchEngine::take_up_new_space`]).
     pub fn follow_catalog(&self) -> Result<usize> {
         if self.catalog.is_none() {
             // Every server writes to the collection itself: there is nothing to follow.
             return Ok(0);
         }
-        let mut catalog = self.lock_catalog()?;
-        let indexing = catalog.indexing_progress()?;
-        *self.indexing.lock().map_err(|_| poisoned("indexing progress"))? = indexing;
-        self.follow_foreground_head(&catalog)?;
-        self.catch_up(&mut catalog)
+        let (changed, space_moved) = {
+            let mut catalog = self.lock_catalog()?;
+            let indexing = catalog.indexing_progress()?;
+            *self.indexing.lock().map_err(|_| poisoned("indexing progress"))? = indexing;
+            self.follow_foreground_head(&catalog)?;
+            let space_moved = catalog.search_space_generation()? != self.space_generation.load(Ordering::Acquire);
+            (self.catch_up(&mut catalog)?, space_moved)
+        };
+        if space_moved {
+            self.take_up_new_space()?;
+        }
+        Ok(changed)
+    }
+
+    /// Builds the index in the search space the catalog has now and puts both in place of the
+    /// old ones in one step. The build reads the catalog through a connection of its own and
+    /// holds no lock, so searches and changes go on meanwhile (in the old space); the changes
+    /// made during the build are then replayed into the new index under the catalog lock, as
+    /// [`SearchEngine::compact_graph`] does.
+    fn take_up_new_space(&self) -> Result<()> {
+        // Not beside a graph compaction: each replays the change log from its own start, which
+        // the other's saved graph may trim. The follower tries again on its next round.
+        if self.compacting.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        let _done = ClearOnDrop(&self.compacting);
+        if self.config.store.is_some() {
+            // A Qdrant collection keeps the vectors it was sent, in the space they were sent in.
+            let generation = self.with_catalog(|c| c.search_space_generation())?;
+            self.space_generation.store(generation, Ordering::Release);
+            tracing::warn!("the catalog's search space changed (lookalike tune): run `lookalike sync` to send the collection its vectors in it, then restart the servers");
+            return Ok(());
+        }
+        let (generation, space, since, catalog_path) = self.with_catalog(|c| {
+            // The generation is read first: a `tune` finishing after it is taken up next time.
+            let generation = c.search_space_generation()?;
+            Ok((generation, SearchSpace::for_catalog(c)?, c.generation()?, c.path().to_path_buf()))
+        })?;
+        let space = Arc::new(space);
+        tracing::info!("the catalog's search space changed ({}): building the index in it; searches go on in the old one meanwhile", space.describe());
+        let reader = SqliteCatalog::open_existing(&catalog_path)?;
+        let mut fresh = open_index(&reader, &space, &self.config)?;
+        drop(reader);
+        let catalog = self.lock_catalog()?;
+        for key in catalog.changed_since(since)? {
+            match catalog.vector(key)? {
+                Some(vector) => fresh.index_mut().upsert(key, &space.map(&vector)?)?,
+                None => fresh.index_mut().remove(key)?,
+            }
+        }
+        let products = fresh.index().len();
+        let old = std::mem::replace(&mut *self.write_index()?, IndexInSpace { space, store: fresh });
+        self.space_chosen_at.store(products, Ordering::Release);
+        self.space_generation.store(generation, Ordering::Release);
+        // Freed with no lock held: giving back a large index takes a moment.
+        drop(catalog);
+        drop(old);
+        tracing::info!("searches now run in the catalog's new search space");
+        Ok(())
     }
 
     /// Loads the catalog's foreground head again when `tune --localise` (or `--localise
     /// --off`) has changed it since this engine loaded it: products in photos are then found
     /// as the new head finds them, without a restart. The head only finds products in a
-    /// query photo, so searches in flight and the index are unaffected. (A new projection or
-    /// photo adapter changes the search space, and takes a restart.)
+    /// query photo, so searches in flight and the index are unaffected.
     fn follow_foreground_head(&self, catalog: &SqliteCatalog) -> Result<()> {
         let generation = catalog.foreground_generation()?;
         if generation == self.foreground_generation.load(Ordering::Acquire) {
@@ -418,7 +557,7 @@ impl SearchEngine {
             let fresh = open_index(catalog, &*self.current_space()?, &self.config)?;
             let colours = ColourTable::load(catalog)?;
             let kinds = KindTable::load(catalog)?;
-            *self.write_index()? = fresh;
+            self.write_index()?.store = fresh;
             *self.write_colours()? = colours;
             *self.write_kinds()? = kinds;
             self.followed.store(feed.latest, Ordering::Release);
@@ -480,17 +619,15 @@ impl SearchEngine {
         tracing::info!("the catalog went from {then} to {now} products: centring the search space on its mean again");
         let space = Arc::new(SearchSpace::for_catalog(catalog)?);
         let fresh = open_index(catalog, &space, &self.config)?;
-        // Both under the index lock: a search sees the old space with the old vectors, or the
-        // new with the new. (Writers hold the catalog lock, as the caller does.)
-        let mut index = self.write_index()?;
-        *index = fresh;
-        *self.space.write().map_err(|_| poisoned("search space"))? = space;
+        // In one write: a search sees the old space with the old vectors, or the new with the
+        // new. (Writers hold the catalog lock, as the caller does.)
+        *self.write_index()? = IndexInSpace { space, store: fresh };
         self.space_chosen_at.store(now, Ordering::Release);
         Ok(())
     }
 
     fn current_space(&self) -> Result<Arc<SearchSpace>> {
-        Ok(self.space.read().map_err(|_| poisoned("search space"))?.clone())
+        Ok(self.read_index()?.space.clone())
     }
 
     /// Name of the model that encodes queries (and whose vectors the catalog holds).
@@ -501,17 +638,6 @@ impl SearchEngine {
     /// The space the index searches.
     pub fn space(&self) -> Result<Arc<SearchSpace>> {
         self.current_space()
-    }
-
-    /// Maps a catalog product's model vector into the space the index searches.
-    fn to_search_space(&self, model_vector: &[f32]) -> Result<Vec<f32>, SearchError> {
-        self.current_space()?.map(model_vector).map_err(|e| SearchError::BadRequest(e.to_string()))
-    }
-
-    /// Maps the model vector of a query photo into the space the index searches (through the
-    /// photo adapter, where the catalog has one: [`SearchSpace::map_photo`]).
-    fn photo_to_search_space(&self, model_vector: &[f32]) -> Result<Vec<f32>, SearchError> {
-        self.current_space()?.map_photo(model_vector).map_err(|e| SearchError::BadRequest(e.to_string()))
     }
 
     /// Runs `f` with the catalog locked.
@@ -529,11 +655,11 @@ impl SearchEngine {
         catalog.lock().map_err(|_| poisoned("catalog"))
     }
 
-    fn read_index(&self) -> Result<RwLockReadGuard<'_, Store>> {
+    fn read_index(&self) -> Result<RwLockReadGuard<'_, IndexInSpace>> {
         self.index.read().map_err(|_| poisoned("index"))
     }
 
-    fn write_index(&self) -> Result<RwLockWriteGuard<'_, Store>> {
+    fn write_index(&self) -> Result<RwLockWriteGuard<'_, IndexInSpace>> {
         self.index.write().map_err(|_| poisoned("index"))
     }
 
@@ -640,8 +766,7 @@ impl SearchEngine {
         let mut crops = Vec::new();
         let mut straightened_of = Vec::new();
         for (q, photo) in tilted {
-            let as_taken = self.photo_to_search_space(&found[q].whole.vector)?;
-            let best = self.best_score(&as_taken)?;
+            let best = self.best_score(&mut Query::new(QueryVector::Photo(&found[q].whole.vector)))?;
             found[q].as_taken_best = Some(best);
             if straighten::worth_straightening(best, very_similar) {
                 crops.push(photo.straightened_input(input));
@@ -720,27 +845,30 @@ impl SearchEngine {
         Ok(self.chosen_view(photo)?.0)
     }
 
-    /// [`SearchEngine::query_vector`], and the same vector mapped into the search space.
-    fn chosen_view<'a>(&self, photo: &'a EncodedPhoto) -> Result<(&'a [f32], Vec<f32>), SearchError> {
+    /// [`SearchEngine::query_vector`], and the query that searches for it.
+    fn chosen_view<'a>(&self, photo: &'a EncodedPhoto) -> Result<(&'a [f32], Query<'a>), SearchError> {
         let as_taken = photo.whole.vector.as_slice();
-        let as_taken_mapped = self.photo_to_search_space(as_taken)?;
-        let Some(straightened) = &photo.straightened else { return Ok((as_taken, as_taken_mapped)) };
+        let mut as_taken_query = Query::new(QueryVector::Photo(as_taken));
+        let Some(straightened) = &photo.straightened else { return Ok((as_taken, as_taken_query)) };
         let straight = straightened.vector.as_slice();
-        let straight_mapped = self.photo_to_search_space(straight)?;
+        let mut straight_query = Query::new(QueryVector::Photo(straight));
+        // (Scored when the photo was encoded: if `tune` changed the space since, in the old one;
+        // it only chooses between two views of one photo.)
         let as_taken_best = match photo.as_taken_best {
             Some(best) => best,
-            None => self.best_score(&as_taken_mapped)?,
+            None => self.best_score(&mut as_taken_query)?,
         };
-        Ok(match straighten::pick_view(&[as_taken_best, self.best_score(&straight_mapped)?]) {
-            0 => (as_taken, as_taken_mapped),
-            _ => (straight, straight_mapped),
+        Ok(match straighten::pick_view(&[as_taken_best, self.best_score(&mut straight_query)?]) {
+            0 => (as_taken, as_taken_query),
+            _ => (straight, straight_query),
         })
     }
 
-    /// The score of the product nearest `vector` (in the search space); minus infinity in an
-    /// empty catalog.
-    fn best_score(&self, vector: &[f32]) -> Result<f32, SearchError> {
-        Ok(self.read_index()?.search(vector, 1, &Filter::default(), None)?.first().map_or(f32::NEG_INFINITY, |h| h.score))
+    /// The score of the product nearest `query`; minus infinity in an empty catalog.
+    fn best_score(&self, query: &mut Query<'_>) -> Result<f32, SearchError> {
+        let index = self.read_index()?;
+        let vector = query.in_space(&index.space)?;
+        Ok(index.search(vector, 1, &Filter::default(), None)?.first().map_or(f32::NEG_INFINITY, |h| h.score))
     }
 
     /// The last two steps of a photo search: nearest neighbours of the photo (and of each item
@@ -749,8 +877,8 @@ impl SearchEngine {
     /// for `total_ms`.
     pub fn search_photo(&self, photo: &EncodedPhoto, request: &SearchRequest, timings: Timings, started: Instant) -> Result<SearchResults, SearchError> {
         let query_colour = photo.colour.map(|c| c.descriptor);
-        let (_, vector) = self.chosen_view(photo)?;
-        let mut results = self.search_in_space(vector, query_colour.as_ref(), request)?;
+        let (_, query) = self.chosen_view(photo)?;
+        let mut results = self.search_in_space(query, query_colour.as_ref(), request)?;
         results.query_colour = photo.colour;
         for item in &photo.items {
             let Some(vector) = &item.vector else { continue };
@@ -783,7 +911,6 @@ impl SearchEngine {
                 }
             }
         }
-        let searched = self.to_search_space(&product.vector)?;
         let colour = product.colour.as_deref().map(ColourDescriptor::from_values).transpose()?;
         let image = match &product.image {
             crate::types::NewImage::Stored { bytes, .. } => Some(bytes.clone()),
@@ -793,7 +920,9 @@ impl SearchEngine {
         if self.catalog.is_none() {
             // Straight to the collection, where every server finds it on its next search.
             let key = collection_key(&product.id);
-            self.write_index()?.put(key, &searched, stored, image.as_deref())?;
+            let mut index = self.write_index()?;
+            let searched = map_product(&index.space, &product.vector)?;
+            index.put(key, &searched, stored, image.as_deref())?;
             return Ok(key);
         }
         let expected = self.encoder.spec().name.clone();
@@ -803,7 +932,11 @@ impl SearchEngine {
         catalog.bind_vector_space(&VectorSpace { model: expected, dim: product.vector.len() })?;
         // The catalog keeps model vectors; the index holds them mapped into the search space.
         let key = *catalog.upsert(std::slice::from_ref(&product))?.first().context("the catalog stored no product")?;
-        self.write_index()?.put(key, &searched, stored, image.as_deref())?;
+        // Mapped by the index's own space: it is only replaced under the catalog lock, held here.
+        let mut index = self.write_index()?;
+        let searched = map_product(&index.space, &product.vector)?;
+        index.put(key, &searched, stored, image.as_deref())?;
+        drop(index);
         self.write_colours()?.put(key, colour, crate::types::Product::named_colour(&product.metadata));
         self.write_kinds()?.put(key, &product.metadata);
         Ok(key)
@@ -909,13 +1042,7 @@ impl SearchEngine {
         if self.catalog.is_none() || self.compacting.swap(true, Ordering::AcqRel) {
             return Ok(None);
         }
-        struct Done<'a>(&'a AtomicBool);
-        impl Drop for Done<'_> {
-            fn drop(&mut self) {
-                self.0.store(false, Ordering::Release);
-            }
-        }
-        let _done = Done(&self.compacting);
+        let _done = ClearOnDrop(&self.compacting);
 
         // Writers hold the catalog lock until their index write is done, so every change up to
         // `since` is in the index when the rows are copied; later ones are replayed below.
@@ -925,8 +1052,11 @@ impl SearchEngine {
             self.catch_up(c)?;
             Ok((c.generation()?, c.path().to_path_buf()))
         })?;
-        let space = self.current_space()?;
-        let Some(compaction) = self.read_index()?.compaction() else {
+        let (space, compaction) = {
+            let index = self.read_index()?;
+            (index.space.clone(), index.compaction())
+        };
+        let Some(compaction) = compaction else {
             return Ok(None);
         };
         let dropped = compaction.tombstones;
@@ -936,9 +1066,13 @@ impl SearchEngine {
         // Saved as of `since`: the graph holds every change up to it (and perhaps a few later
         // ones, which a load replays again harmlessly).
         let (graph_path, stamp_path) = graph_paths(&catalog_path);
-        let saved = {
-            let _turn = graph_turn(&graph_path);
-            write_graph(&fresh, &space.fingerprint(), since, &graph_path, &stamp_path)
+        let saved = match Arc::ptr_eq(&space, &self.current_space()?) {
+            true => {
+                let _turn = graph_turn(&graph_path);
+                write_graph(&fresh, &space.fingerprint(), since, &graph_path, &stamp_path)
+            }
+            // Re-centred meanwhile: the graph saved for the new space stays.
+            false => Err(anyhow::anyhow!("the search space changed while the graph was rebuilt")),
         };
         if let Err(e) = &saved {
             tracing::warn!("could not save the rebuilt search graph (it is rebuilt again at the next start): {e:#}");
@@ -954,12 +1088,14 @@ impl SearchEngine {
                 None => fresh.remove(key)?,
             }
         }
-        if !Arc::ptr_eq(&space, &self.current_space()?) {
+        let mut index = self.write_index()?;
+        if !Arc::ptr_eq(&space, &index.space) {
             // The catalog grew enough meanwhile for the space to be chosen again, and the index
             // was rebuilt in it: this graph, in the old space, is not needed.
             return Ok(None);
         }
-        let old = std::mem::replace(&mut *self.write_index()?, Store::Graph(fresh));
+        let old = std::mem::replace(&mut index.store, Store::Graph(fresh));
+        drop(index);
         // Freed with no lock held: giving back gigabytes takes a moment.
         drop(catalog);
         drop(old);
@@ -1042,7 +1178,21 @@ impl SearchEngine {
             _ => {
                 let sample = self.with_catalog(|c| c.sample_vectors(likeness::SAMPLE))?;
                 let sample: Vec<(Key, Vec<f32>)> = sample.into_iter().filter_map(|(key, v)| space.map(&v).ok().map(|v| (key, v))).collect();
-                likeness::measure(&sample, |v, n| Ok(self.read_index()?.search(v, n, &Filter::default(), None)?.into_iter().map(|h| (h.key, h.score)).collect()))?
+                let moved = std::cell::Cell::new(false);
+                let bands = likeness::measure(&sample, |v, n| {
+                    let index = self.read_index()?;
+                    if !Arc::ptr_eq(&index.space, &space) {
+                        moved.set(true);
+                        return Ok(Vec::new());
+                    }
+                    Ok(index.search(v, n, &Filter::default(), None)?.into_iter().map(|h| (h.key, h.score)).collect())
+                })?;
+                if moved.get() {
+                    // The space was replaced while measuring (`tune` ran): measured in the new one.
+                    drop(measured);
+                    return self.likeness_bands();
+                }
+                bands
             }
         };
         *measured = Some(MeasuredBands { space: space.clone(), products, bands });
@@ -1069,10 +1219,11 @@ impl SearchEngine {
                 None => None,
             }
         };
-        let (vector, colour) = match from_collection {
+        let model_vector: Vec<f32>;
+        let (query, colour) = match from_collection {
             Some(found) => {
                 let (stored, vector) = found.ok_or_else(|| SearchError::UnknownProduct(id.to_string()))?;
-                (vector, stored.colour.as_deref().map(ColourDescriptor::from_values).transpose()?)
+                (Query::new(QueryVector::InSpace(vector)), stored.colour.as_deref().map(ColourDescriptor::from_values).transpose()?)
             }
             None => {
                 let (key, vector) = self
@@ -1081,13 +1232,14 @@ impl SearchEngine {
                         Ok(c.vector(product.key)?.map(|v| (product.key, v)))
                     })?
                     .ok_or_else(|| SearchError::UnknownProduct(id.to_string()))?;
-                (self.to_search_space(&vector)?, self.read_colours()?.descriptor(key).copied())
+                model_vector = vector;
+                (Query::new(QueryVector::Product(&model_vector)), self.read_colours()?.descriptor(key).copied())
             }
         };
         // Rank from the top with one extra hit, drop the product itself, then cut the page, so
         // pages line up whether or not the product falls inside the filter.
         let widened = SearchRequest { k: request.offset + request.k + 1, offset: 0, ..request.clone() };
-        let mut results = self.search_in_space(vector, colour.as_ref(), &widened)?;
+        let mut results = self.search_in_space(query, colour.as_ref(), &widened)?;
         results.hits.retain(|h| h.product.id != id);
         results.hits = results.hits.into_iter().skip(request.offset).take(request.k).collect();
         for (i, hit) in results.hits.iter_mut().enumerate() {
@@ -1108,8 +1260,7 @@ impl SearchEngine {
     /// [`ColourDescriptor`], as a photo search returns it), with colour treated as
     /// `request.colour` says.
     pub fn search_vector_with_colour(&self, model_vector: &[f32], colour: Option<&ColourDescriptor>, request: &SearchRequest) -> Result<SearchResults, SearchError> {
-        let vector = self.photo_to_search_space(model_vector)?;
-        self.search_in_space(vector, colour, request)
+        self.search_in_space(Query::new(QueryVector::Photo(model_vector)), colour, request)
     }
 
     /// Whether the catalog has colour, and the column it names colours in.
@@ -1123,8 +1274,8 @@ impl SearchEngine {
         })
     }
 
-    /// [`SearchEngine::search_vector_with_colour`] for a vector already in the search space.
-    fn search_in_space(&self, vector: Vec<f32>, colour: Option<&ColourDescriptor>, request: &SearchRequest) -> Result<SearchResults, SearchError> {
+    /// [`SearchEngine::search_vector_with_colour`] for any query.
+    fn search_in_space(&self, query: Query<'_>, colour: Option<&ColourDescriptor>, request: &SearchRequest) -> Result<SearchResults, SearchError> {
         let started = Instant::now();
         let mut timings = Timings::default();
 
@@ -1164,8 +1315,11 @@ impl SearchEngine {
                 });
             }
         }
+        let mut query = query;
         {
+            // A vector of the wrong size is the caller's mistake, said before anything is searched.
             let store = self.read_index()?;
+            let vector = query.in_space(&store.space)?;
             let index = store.index();
             if vector.len() != index.dim() && !index.is_empty() {
                 return Err(SearchError::BadRequest(format!("vector has {} dimensions; this catalog's are {}", vector.len(), index.dim())));
@@ -1173,12 +1327,15 @@ impl SearchEngine {
         }
         // The products a collection's answers described, by their hits' keys.
         let found: std::cell::RefCell<HashMap<Key, StoredProduct>> = Default::default();
+        let query = std::cell::RefCell::new(query);
         let by_shape = |n: usize| -> Result<Vec<Hit>> {
             let store = self.read_index()?;
-            let Some(collection) = store.collection() else { return store.search(&vector, n, &filter, allowed.as_ref()) };
+            let mut query = query.borrow_mut();
+            let vector = query.in_space(&store.space)?;
+            let Some(collection) = store.collection() else { return store.search(vector, n, &filter, allowed.as_ref()) };
             let mut found = found.borrow_mut();
             Ok(collection
-                .search_products(&vector, n, &filter)?
+                .search_products(vector, n, &filter)?
                 .into_iter()
                 .map(|(score, product)| {
                     let key = collection_key(&product.id);

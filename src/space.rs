@@ -183,16 +183,23 @@ impl SearchSpace {
         if let Some(recorded) = recorded.filter(|r| !changed && r.fits(&self.fingerprint(), products)) {
             return Ok(Some(recorded.bands));
         }
-        if products == 0 {
+        let recorded = self.measured_likeness_bands(catalog)?;
+        if let Some(recorded) = &recorded {
+            catalog.set_setting(likeness::SETTING, &recorded.to_setting())?;
+        }
+        Ok(recorded.map(|r| r.bands))
+    }
+
+    /// The likeness bands of this space measured on the catalog's products, as
+    /// [`SearchSpace::record_likeness_bands`] keeps them, without keeping them (`tune` stores
+    /// them with its projection). `None` for a catalog too small to compare its products.
+    pub fn measured_likeness_bands(&self, catalog: &SqliteCatalog) -> Result<Option<likeness::RecordedBands>> {
+        if catalog.vector_count()? == 0 {
             return Ok(None);
         }
         let index = self.build_index(catalog, VectorKind::Primary, Precision::F32)?;
         let bands = self.measure_likeness_bands(catalog, &index)?;
-        if let Some(bands) = bands {
-            let recorded = likeness::RecordedBands { space: self.fingerprint(), products: index.len(), bands };
-            catalog.set_setting(likeness::SETTING, &recorded.to_setting())?;
-        }
-        Ok(bands)
+        Ok(bands.map(|bands| likeness::RecordedBands { space: self.fingerprint(), products: index.len(), bands }))
     }
 
     /// The likeness bands of this space as `index` or `tune` recorded them in `catalog`, when

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use lookalike::catalog::SqliteCatalog;
 use lookalike::index::{AnnMode, AnnStamp, IndexConfig};
-use lookalike::search::{SearchEngine, SearchRequest};
+use lookalike::search::{Items, SearchEngine, SearchRequest};
 use lookalike::types::{Filter, NewImage, NewProduct};
 
 fn open(db: &std::path::Path) -> SearchEngine {
@@ -205,4 +205,65 @@ fn the_server_compacts_the_graph_after_deletions() {
     let found = ok_json(search_photo(&server, png, &[("k", "10")]));
     let removed: HashSet<&str> = products[..100].iter().map(|p| p.id.as_str()).collect();
     assert!(ids(&found).iter().all(|id| !removed.contains(id.as_str())), "no removed product is returned");
+}
+
+/// What an engine answers for a few test photos: ids and scores, best first.
+fn answers(engine: &SearchEngine) -> Vec<Vec<(String, f32)>> {
+    (0..6)
+        .map(|i| {
+            let results = engine.search_image(&test_photo(i).0, None, &SearchRequest { k: 10, ..SearchRequest::default() }, Items::Main).expect("search");
+            results.hits.into_iter().map(|h| (h.product.id, h.score)).collect()
+        })
+        .collect()
+}
+
+/// `tune` run beside an engine that answers searches, as beside a running server: a photo
+/// adapter learned, a projection learned, then each dropped. Until the engine follows the
+/// catalog it answers as before; after one follow it answers exactly as an engine opened
+/// afresh on the catalog does, and once everything is dropped, as it did at the start. A photo
+/// encoded before a change and searched after it is searched in the new space.
+#[test]
+fn a_running_engine_takes_up_the_search_space_tune_changes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = copy_catalog(dir.path());
+    let engine = SearchEngine::open(SqliteCatalog::open_existing(&db).expect("catalog"), Box::new(encoder())).expect("engine");
+    let fresh = || SearchEngine::open(SqliteCatalog::open_existing(&db).expect("catalog"), Box::new(encoder())).expect("engine");
+    let start = answers(&engine);
+    let mut previous = start.clone();
+    let steps: [&[&str]; 4] =
+        [&["--adapt", "--augment", "200"], &["--label", "articleType", "--dim", "64", "--hidden", "128", "--epochs", "8", "--augment", "64"], &["--off"], &["--adapt", "--off"]];
+    for step in steps {
+        let photo = engine.prepare_query(&test_photo(7).0, None, Items::Main).expect("prepare");
+        let encoded = engine.encode_photos(vec![photo]).expect("encode").pop().expect("one photo");
+
+        let mut args = vec!["tune", "--db", path(&db)];
+        args.extend_from_slice(step);
+        let out = lookalike(&args);
+        assert!(out.status.success(), "tune {step:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(answers(&engine), previous, "tune {step:?}: nothing changes before the engine follows the catalog");
+
+        engine.follow_catalog().expect("follow");
+        let now = fresh();
+        let expected = answers(&now);
+        assert_ne!(expected, previous, "tune {step:?} changes what is found");
+        assert_same_answers(&answers(&engine), &expected, step);
+        let request = SearchRequest { k: 10, ..SearchRequest::default() };
+        let searched = engine.search_photo(&encoded, &request, Default::default(), Instant::now()).expect("search the photo encoded before");
+        let expected_photo = now.search_image(&test_photo(7).0, None, &request, Items::Main).expect("search");
+        let ids = |r: &lookalike::search::SearchResults| r.hits.iter().map(|h| h.product.id.clone()).collect::<Vec<_>>();
+        assert_eq!(ids(&searched), ids(&expected_photo), "tune {step:?}: a photo encoded before the change is searched in the new space");
+        previous = expected;
+    }
+    assert_same_answers(&previous, &start, &["everything dropped"]);
+}
+
+fn assert_same_answers(got: &[Vec<(String, f32)>], expected: &[Vec<(String, f32)>], step: &[&str]) {
+    assert_eq!(got.len(), expected.len());
+    for (got, expected) in got.iter().zip(expected) {
+        let ids = |hits: &[(String, f32)]| hits.iter().map(|(id, _)| id.clone()).collect::<Vec<_>>();
+        assert_eq!(ids(got), ids(expected), "after {step:?}: the same products in the same order");
+        for ((_, a), (_, b)) in got.iter().zip(expected) {
+            assert!((a - b).abs() < 1e-5, "after {step:?}: scores {a} and {b} differ");
+        }
+    }
 }

@@ -132,11 +132,13 @@ pub fn run(args: TuneArgs) -> Result<()> {
     };
     let (projection, report) = tune::train(rows.features.view(), &rows.labels, classes.len(), &args.label, &pairs, &options)?;
     let record = serde_json::json!({ "options": options, "report": report, "classes": classes, "augmented_with": augment_model });
-    catalog.save_projection(&projection, &record.to_string())?;
-    // Scores in the tuned space run differently: the likeness bands are measured again.
-    SearchSpace::for_catalog(&catalog)?.record_likeness_bands(&catalog, true)?;
+    // Scores in the tuned space run differently: the likeness bands are measured in it, and
+    // stored with it, so a running server takes up both at once.
+    let bands = SearchSpace::Tuned(Box::new(projection.clone())).measured_likeness_bands(&catalog)?.map(|b| b.to_setting());
+    let settings: Vec<(&str, &str)> = bands.iter().map(|b| (lookalike::likeness::SETTING, b.as_str())).collect();
+    catalog.save_projection(&projection, &record.to_string(), &settings)?;
     eprintln!(
-        "tuned in {:.1}s: final loss {:.3}, train accuracy {:.3}; search, the API and eval now use it (undo: lookalike tune --off)",
+        "tuned in {:.1}s: final loss {:.3}, train accuracy {:.3}; search, eval and running servers now use it (undo: lookalike tune --off)",
         report.seconds,
         report.loss.last().copied().unwrap_or(f32::NAN),
         report.accuracy.last().copied().unwrap_or(f32::NAN)

@@ -165,7 +165,7 @@ impl SqliteCatalog {
         conn.pragma_update(None, "journal_mode", "WAL").with_context(context)?;
         conn.pragma_update(None, "synchronous", "NORMAL").with_context(context)?;
         conn.pragma_update(None, "foreign_keys", "ON").with_context(context)?;
-        conn.busy_timeout(BUSY_TIMEOUT).with_context(context)?;
+        conn.busy_handler(Some(wait_for_writer)).with_context(context)?;
         let damaged = || format!("{} is not a lookalike catalog or is damaged (try `lookalike repair --db {}`)", path.display(), path.display());
         conn.execute_batch(SCHEMA).with_context(damaged)?;
         // Columns added since the first catalogs: old rows keep NULL. A NULL checksum is not
@@ -707,6 +707,24 @@ fn row_to_product(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<Product>> 
 fn log_change(tx: &Transaction<'_>, key: Key) -> Result<i64> {
     tx.prepare_cached("INSERT INTO changes(key) VALUES (?1)")?.execute([key])?;
     Ok(tx.last_insert_rowid())
+}
+
+/// How long [`wait_for_writer`] sleeps between attempts to take the catalog.
+const BUSY_POLL: std::time::Duration = std::time::Duration::from_millis(5);
+
+/// SQLite's busy handler on every catalog connection: while another process writes, tries
+/// again every few milliseconds, for up to [`BUSY_TIMEOUT`]. As SQLite's own `busy_timeout`
+/// does, but it says (at debug level) when a wait begins: a wait is normal, between writers
+/// taking turns, and the log line is how tests know for certain that a process is waiting.
+fn wait_for_writer(attempt: i32) -> bool {
+    if attempt == 0 {
+        tracing::debug!("waiting for another process's write to the catalog");
+    }
+    if BUSY_POLL.saturating_mul(attempt.max(0) as u32) >= BUSY_TIMEOUT {
+        return false;
+    }
+    std::thread::sleep(BUSY_POLL);
+    true
 }
 
 /// Turns SQLite's "database is locked" after [`BUSY_TIMEOUT`] into a message that says which

@@ -393,7 +393,16 @@ pub fn graph_turn(graph_path: &std::path::Path) -> Option<std::fs::File> {
         .truncate(false)
         .write(true)
         .open(&lock_path)
-        .and_then(|file| file.lock().map(|()| file))
+        .and_then(|file| match file.try_lock() {
+            Ok(()) => Ok(file),
+            Err(std::fs::TryLockError::WouldBlock) => {
+                // Said before waiting: building a large graph takes minutes, and a command that
+                // sits silent that long looks hung.
+                tracing::info!("waiting for another process to finish with the search graph ({} is locked)", std::path::Path::new(&lock_path).display());
+                file.lock().map(|()| file)
+            }
+            Err(std::fs::TryLockError::Error(e)) => Err(e),
+        })
         .map_err(|e| tracing::debug!("no lock on {}: {e}", std::path::Path::new(&lock_path).display()))
         .ok()
 }

@@ -672,15 +672,29 @@ fn approximate_index_is_saved_caught_up_and_rebuilt() {
         assert!(overlap >= 8, "{precision} top-10 {compressed:?} vs f32 {after:?}");
     }
 
-    // Another process holding the graph's lock (here: this test) makes a search wait its turn.
+    // Another process holding the graph's lock (here: this test) makes a search wait its turn,
+    // and say so: the test lets go once it has said it waits, and not before.
     let lock = std::fs::File::open(dir.path().join("copy.db.graph.lock")).expect("the lock file exists");
     lock.lock().expect("take the lock");
-    let mut waiting =
-        Command::new(BIN).args(["search", "--db", path(&db), "--like", "fmnist-train-00002", "--json", "--ann", "always"]).stdout(Stdio::null()).spawn().expect("spawn");
-    std::thread::sleep(Duration::from_millis(1500));
+    let mut waiting = Command::new(BIN)
+        .args(["search", "--db", path(&db), "--like", "fmnist-train-00002", "--json", "--ann", "always"])
+        .env("LOOKALIKE_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut stderr = std::io::BufReader::new(waiting.stderr.take().expect("stderr"));
+    let mut said = String::new();
+    while !said.contains("waiting for another process to finish with the search graph") {
+        let mut line = String::new();
+        let read = std::io::BufRead::read_line(&mut stderr, &mut line).expect("read stderr");
+        assert!(read > 0, "the search ended without waiting for the locked graph: {said}");
+        said.push_str(&line);
+    }
     assert!(waiting.try_wait().expect("poll").is_none(), "the search waits while the graph is locked");
     drop(lock);
-    assert!(waiting.wait().expect("wait").success());
+    std::io::Read::read_to_string(&mut stderr, &mut said).expect("read stderr");
+    assert!(waiting.wait().expect("wait").success(), "{said}");
 }
 
 #[test]

@@ -71,21 +71,22 @@ fn concurrent_writers_wait_for_each_other() {
 
     let conn = rusqlite::Connection::open(&db).expect("open");
     conn.execute_batch("BEGIN IMMEDIATE; INSERT INTO settings(name, value) VALUES ('held-by-test', '1');").expect("take the write lock");
-    let mut remove = Command::new(BIN).args(["remove", "--db", &db_str, "fmnist-train-00005"]).env("LOOKALIKE_LOG", "warn").stderr(Stdio::piped()).spawn().expect("remove");
-    // Let go once the other process has the catalog open (it is then reading or waiting): with
-    // a deferred transaction, a commit at that point made its write fail at once.
-    let wal = std::fs::canonicalize(&db).expect("db path").with_extension("db-wal");
-    let pid = remove.id();
-    eventually("remove opens the catalog", || {
-        let exited = remove.try_wait().ok().flatten().is_some();
-        exited || std::fs::read_dir(format!("/proc/{pid}/fd")).map(|fds| fds.flatten().any(|fd| std::fs::read_link(fd.path()).is_ok_and(|p| p == wal))).unwrap_or(true)
-    });
-    std::thread::sleep(Duration::from_millis(300));
+    let mut remove =
+        Command::new(BIN).args(["remove", "--db", &db_str, "fmnist-train-00005"]).env("LOOKALIKE_LOG", "lookalike=debug,warn").stderr(Stdio::piped()).spawn().expect("remove");
+    // Let go once the other process says it waits for the lock (with a deferred transaction,
+    // a commit at that point made its write fail at once), and not before.
+    let mut stderr = std::io::BufReader::new(remove.stderr.take().expect("stderr"));
+    let mut said = String::new();
+    while !said.contains("waiting for another process's write to the catalog") {
+        let mut line = String::new();
+        let read = std::io::BufRead::read_line(&mut stderr, &mut line).expect("read stderr");
+        assert!(read > 0, "remove ended without waiting for the write lock: {said}");
+        said.push_str(&line);
+    }
     conn.execute_batch("COMMIT").expect("commit");
+    stderr.read_to_string(&mut said).expect("stderr");
     let status = remove.wait().expect("remove exits");
-    let mut stderr = String::new();
-    remove.stderr.take().expect("stderr").read_to_string(&mut stderr).expect("stderr");
-    assert!(status.success(), "remove waited for the lock and succeeded: {stderr}");
+    assert!(status.success(), "remove waited for the lock and succeeded: {said}");
     let count: i64 = conn.query_row("SELECT COUNT(*) FROM products WHERE id = 'fmnist-train-00005'", [], |r| r.get(0)).expect("count");
     assert_eq!(count, 0);
     drop(conn);

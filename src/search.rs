@@ -468,7 +468,7 @@ impl SearchEngine {
             (self.catch_up(&mut catalog)?, space_moved)
         };
         if space_moved {
-            self.take_up_new_space()?;
+            self.take_up_new_space().context("taking up the catalog's new search space (searches go on in the old one until the next `tune` or a restart)")?;
         }
         Ok(changed)
     }
@@ -492,10 +492,11 @@ impl SearchEngine {
             tracing::warn!("the catalog's search space changed (lookalike tune): run `lookalike sync` to send the collection its vectors in it, then restart the servers");
             return Ok(());
         }
-        let (generation, space, since, catalog_path) = self.with_catalog(|c| {
-            // The generation is read first: a `tune` finishing after it is taken up next time.
-            let generation = c.search_space_generation()?;
-            Ok((generation, SearchSpace::for_catalog(c)?, c.generation()?, c.path().to_path_buf()))
+        let (space, since, catalog_path) = self.with_catalog(|c| {
+            // Taken as seen first, so that a failure below is said once, not on every follow,
+            // and a `tune` finishing after this read is taken up next time.
+            self.space_generation.store(c.search_space_generation()?, Ordering::Release);
+            Ok((SearchSpace::for_catalog(c)?, c.generation()?, c.path().to_path_buf()))
         })?;
         let space = Arc::new(space);
         tracing::info!("the catalog's search space changed ({}): building the index in it; searches go on in the old one meanwhile", space.describe());
@@ -512,7 +513,6 @@ impl SearchEngine {
         let products = fresh.index().len();
         let old = std::mem::replace(&mut *self.write_index()?, IndexInSpace { space, store: fresh });
         self.space_chosen_at.store(products, Ordering::Release);
-        self.space_generation.store(generation, Ordering::Release);
         // Freed with no lock held: giving back a large index takes a moment.
         drop(catalog);
         drop(old);

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{copy_catalog, fm_dir, lookalike, path, shared_catalog, BIN};
+use common::{copy_catalog, fm_dir, lookalike, path, shared_catalog, wait_until_said, BIN};
 use lookalike::assets::Assets;
 use lookalike::import::fashion_mnist::FashionMnist;
 
@@ -683,14 +683,7 @@ fn approximate_index_is_saved_caught_up_and_rebuilt() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn");
-    let mut stderr = std::io::BufReader::new(waiting.stderr.take().expect("stderr"));
-    let mut said = String::new();
-    while !said.contains("waiting for another process to finish with the search graph") {
-        let mut line = String::new();
-        let read = std::io::BufRead::read_line(&mut stderr, &mut line).expect("read stderr");
-        assert!(read > 0, "the search ended without waiting for the locked graph: {said}");
-        said.push_str(&line);
-    }
+    let (mut stderr, mut said) = wait_until_said(&mut waiting, "waiting for another process to finish with the search graph");
     assert!(waiting.try_wait().expect("poll").is_none(), "the search waits while the graph is locked");
     drop(lock);
     std::io::Read::read_to_string(&mut stderr, &mut said).expect("read stderr");

@@ -75,14 +75,7 @@ fn concurrent_writers_wait_for_each_other() {
         Command::new(BIN).args(["remove", "--db", &db_str, "fmnist-train-00005"]).env("LOOKALIKE_LOG", "lookalike=debug,warn").stderr(Stdio::piped()).spawn().expect("remove");
     // Let go once the other process says it waits for the lock (with a deferred transaction,
     // a commit at that point made its write fail at once), and not before.
-    let mut stderr = std::io::BufReader::new(remove.stderr.take().expect("stderr"));
-    let mut said = String::new();
-    while !said.contains("waiting for another process's write to the catalog") {
-        let mut line = String::new();
-        let read = std::io::BufRead::read_line(&mut stderr, &mut line).expect("read stderr");
-        assert!(read > 0, "remove ended without waiting for the write lock: {said}");
-        said.push_str(&line);
-    }
+    let (mut stderr, mut said) = wait_until_said(&mut remove, "waiting for another process's write to the catalog");
     conn.execute_batch("COMMIT").expect("commit");
     stderr.read_to_string(&mut said).expect("stderr");
     let status = remove.wait().expect("remove exits");

@@ -189,3 +189,18 @@ pub fn expect_error(response: Response, status: u16, code: &str) -> String {
 pub fn ids(result: &Value) -> Vec<String> {
     result["hits"].as_array().expect("hits").iter().map(|h| h["id"].as_str().expect("id").to_string()).collect()
 }
+
+/// Reads `child`'s piped stderr until it says `what` (the state a test waits for, rather than
+/// sleeping and hoping it was reached); fails if the process closes stderr (ends) first.
+/// Returns the reader, to read the rest, and everything read so far.
+pub fn wait_until_said(child: &mut Child, what: &str) -> (BufReader<std::process::ChildStderr>, String) {
+    let mut stderr = BufReader::new(child.stderr.take().expect("stderr is piped"));
+    let mut said = String::new();
+    while !said.contains(what) {
+        let mut line = String::new();
+        let read = stderr.read_line(&mut line).expect("read stderr");
+        assert!(read > 0, "the process ended without saying {what:?}: {said}");
+        said.push_str(&line);
+    }
+    (stderr, said)
+}

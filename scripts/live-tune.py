@@ -1,0 +1,102 @@
+#!/usr/bin/env python3
+"""Search latency while `lookalike tune` runs beside a server and the server takes up its result.
+
+    scripts/live-tune.py DB [--tune "--label articleType --augment 5000"] [--out docs/bench/live-tune.md]
+
+Copies DB (a catalog made by `lookalike index`, untuned) into a temporary directory and serves
+the copy. While one client keeps searching with a catalog photo (the first product's, sent as
+an upload, k = 10), it runs `lookalike tune --db COPY` with the given arguments; the server
+then builds its index in the new search space and swaps it in. It reports search latency
+before `tune`, while `tune` trains, while the server builds the new index (times from its log)
+and after the swap, and whether the results changed space. Standard library only; the server
+listens on 127.0.0.1 and the copy is deleted afterwards.
+"""
+import argparse
+import http.client
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+import uuid
+
+from livebench import DEFAULT_BIN, HERE, Searcher, log_times, served_copy, summary, write_report
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("db")
+    ap.add_argument("--tune", default="--label articleType --augment 5000", help="arguments for `lookalike tune` (quoted as one)")
+    ap.add_argument("--out", default=os.path.join(HERE, "docs/bench/live-tune.md"))
+    ap.add_argument("--bin", default=DEFAULT_BIN)
+    args = ap.parse_args()
+
+    with served_copy(args.bin, args.db, [], "live-tune-") as (db, port, log_path, ready):
+        conn = http.client.HTTPConnection("127.0.0.1", port)
+        conn.request("GET", "/api/products/fmnist-train-00000/image")
+        response = conn.getresponse()
+        photo = response.read()
+        if response.status != 200:
+            sys.exit(f"the first product's photo answered {response.status}")
+        boundary = uuid.uuid4().hex
+        body = (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="q.png"\r\nContent-Type: image/png\r\n\r\n'.encode()
+            + photo
+            + f'\r\n--{boundary}\r\nContent-Disposition: form-data; name="k"\r\n\r\n10\r\n--{boundary}--\r\n'.encode()
+        )
+        headers = {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+
+        def scores():
+            c = http.client.HTTPConnection("127.0.0.1", port)
+            c.request("POST", "/api/search", body, headers)
+            return [round(h["score"], 4) for h in json.loads(c.getresponse().read())["hits"]]
+
+        before = scores()
+        searcher = Searcher(port, lambda i: ("POST", "/api/search", body, headers))
+        time.sleep(5)
+        t_tune = time.time()
+        tuned = subprocess.run([args.bin, "tune", "--db", db, *shlex.split(args.tune)], capture_output=True, text=True)
+        t_tuned = time.time()
+        if tuned.returncode != 0:
+            searcher.finish()
+            sys.exit(f"tune failed: {tuned.stderr}")
+        deadline = time.time() + 600
+        while not log_times(log_path, "searches now run in the catalog's new search space"):
+            if time.time() > deadline:
+                sys.exit("the server did not take up the new space within 10 minutes")
+            time.sleep(0.2)
+        time.sleep(5)
+        searcher.finish()
+        after = scores()
+        started = log_times(log_path, r"the catalog's search space changed \(([^)]*\))")
+        swapped = log_times(log_path, "searches now run in the catalog's new search space")
+
+    t_build, t_swap = started[0][0], swapped[0][0]
+    space = started[0][1].group(3)
+    write_report(
+        [
+            "# Search while `tune` runs beside the server, and the server takes up its result",
+            "",
+            f"`scripts/live-tune.py {os.path.basename(args.db)} --tune \"{args.tune}\"`: {ready['products']} products; one "
+            f"client uploads a catalog photo (k = 10) without pause. `tune` ran {t_tuned - t_tune:.1f} s; "
+            f"{'as it finished' if t_build - t_tuned < 0.5 else f'{t_build - t_tuned:.1f} s after it finished'} the server "
+            f"began building its index in the new space ({space}), and swapped it in {t_swap - t_build:.1f} s later, "
+            f"on {os.cpu_count()} cores.",
+            "",
+            "| phase | searches | median ms | p99 ms |",
+            "|---|---|---|---|",
+            "| before `tune` " + summary(searcher.phase(0, t_tune)),
+            "| `tune` training (same cores) " + summary(searcher.phase(t_tune, t_build)),
+            "| the server building the new index " + summary(searcher.phase(t_build, t_swap)),
+            "| after the swap " + summary(searcher.phase(t_swap, float("inf"))),
+            "",
+            f"Every search answered 200. The photo's top-10 scores before: {before}; after: {after}.",
+            "",
+        ],
+        args.out,
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -18,7 +18,7 @@ import os
 import sys
 import time
 
-from livebench import DEFAULT_BIN, HERE, Searcher, log_times, served_copy, summary, write_report
+from livebench import DEFAULT_BIN, HERE, Searcher, log_times, phase_table, served_copy, write_report
 
 TOKEN = "live-compaction"
 
@@ -78,11 +78,7 @@ def main():
             f"through the API ({t_deleted - t_delete:.1f} s). The rebuild started at {stamps.get('dead', '?')} dead entries "
             f"and took {rebuild} on {os.cpu_count()} cores; {int(dead_after)} deletions made after its copy remain as dead entries.",
             "",
-            "| phase | searches | median ms | p99 ms |",
-            "|---|---|---|---|",
-            "| before the deletions " + summary(searcher.phase(0, t_delete)),
-            "| deletions and rebuild " + summary(searcher.phase(t_delete, t_swapped)),
-            "| after the swap " + summary(searcher.phase(t_swapped, float("inf"))),
+            *phase_table(searcher, [("before the deletions", 0, t_delete), ("deletions and rebuild", t_delete, t_swapped), ("after the swap", t_swapped, float("inf"))]),
             "",
             "Every search answered 200.",
             "",

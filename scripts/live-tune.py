@@ -21,7 +21,7 @@ import sys
 import time
 import uuid
 
-from livebench import DEFAULT_BIN, HERE, Searcher, log_times, served_copy, summary, write_report
+from livebench import DEFAULT_BIN, HERE, Searcher, log_times, phase_table, served_copy, write_report
 
 
 def main():
@@ -84,12 +84,15 @@ def main():
             f"began building its index in the new space ({space}), and swapped it in {t_swap - t_build:.1f} s later, "
             f"on {os.cpu_count()} cores.",
             "",
-            "| phase | searches | median ms | p99 ms |",
-            "|---|---|---|---|",
-            "| before `tune` " + summary(searcher.phase(0, t_tune)),
-            "| `tune` training (same cores) " + summary(searcher.phase(t_tune, t_build)),
-            "| the server building the new index " + summary(searcher.phase(t_build, t_swap)),
-            "| after the swap " + summary(searcher.phase(t_swap, float("inf"))),
+            *phase_table(
+                searcher,
+                [
+                    ("before `tune`", 0, t_tune),
+                    ("`tune` training (same cores)", t_tune, t_build),
+                    ("the server building the new index", t_build, t_swap),
+                    ("after the swap", t_swap, float("inf")),
+                ],
+            ),
             "",
             f"Every search answered 200. The photo's top-10 scores before: {before}; after: {after}.",
             "",

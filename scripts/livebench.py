@@ -101,6 +101,12 @@ def summary(samples):
     return f"| {len(xs)} | {statistics.median(xs):.2f} | {xs[min(len(xs) - 1, int(len(xs) * 0.99))]:.2f} |"
 
 
+def phase_table(searcher, phases):
+    """The report's table: one row per (name, start, end) phase of the searcher's latencies."""
+    rows = [f"| {name} " + summary(searcher.phase(start, end)) for name, start, end in phases]
+    return ["| phase | searches | median ms | p99 ms |", "|---|---|---|---|", *rows]
+
+
 def log_times(log_path, pattern):
     """(time, match) of each INFO line of the server's log matching `pattern`."""
     found = []

@@ -10,21 +10,21 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use serde::Serialize;
 
-use crate::catalog::graph_paths;
 use crate::catalog::SqliteCatalog;
 use crate::colour::{self, ColourDescriptor, ColourEstimate, ColourMode, ColourTable};
 use crate::encoder::{Embedding, Encoder, QueryEmbedding};
-use crate::host::available_memory_bytes;
 use crate::index::qdrant::{collection_key, QdrantConfig, StoredProduct};
-use crate::index::{Allowed, Hit, IndexConfig, IndexStats, StoreUnavailable, VectorIndex};
+use crate::index::{Allowed, Hit, IndexConfig, IndexStats, StoreUnavailable};
 use crate::kind::{self, KindMode, KindTable};
 use crate::likeness::{self, Likeness, LikenessBands, RecordedBands};
 use crate::localise::{self, find_items, ForegroundHead};
 use crate::preprocess::{self, Crop, DecodeLimits, ImageError};
 use crate::space::SearchSpace;
-use crate::store::{graph_turn, open_collection, open_index, payload_image, write_graph, CollectionDescription, Store};
+use crate::store::{open_collection, open_index, CollectionDescription, Store};
 use crate::straighten;
 use crate::types::{Detection, Filter, ImageRef, IndexingProgress, Key, NewProduct, Product, VectorSpace};
+
+mod follow;
 
 /// What to return.
 #[derive(Debug, Clone)]
@@ -330,15 +330,6 @@ struct MeasuredBands {
     bands: Option<LikenessBands>,
 }
 
-/// Clears a flag when dropped: "this is running" for as long as a scope runs, however it ends.
-struct ClearOnDrop<'a>(&'a AtomicBool);
-
-impl Drop for ClearOnDrop<'_> {
-    fn drop(&mut self) {
-        self.0.store(false, Ordering::Release);
-    }
-}
-
 /// A product's model vector in `space` (a vector of the wrong size is the caller's mistake).
 fn map_product(space: &SearchSpace, model_vector: &[f32]) -> Result<Vec<f32>, SearchError> {
     space.map(model_vector).map_err(|e| SearchError::BadRequest(e.to_string()))
@@ -445,185 +436,9 @@ impl SearchEngine {
         }
     }
 
-    /// Brings the index in step with the catalog file: products that other processes
-    /// (`lookalike index`, `remove`, another server) added, replaced or removed since the last
-    /// call become searchable or disappear. Its own changes are in the index already and are
-    /// skipped. Returns how many products changed. A server calls this a few times a second;
-    /// it reads a few rows when nothing changed.
-    ///
-    /// It also takes up what `tune` changed: a new foreground head at once, and a new search
-    /// space (a projection learned or dropped, a photo adapter learned or dropped) by building
-    /// the index in it while searches go on in the old one ([`SearchEngine::take_up_new_space`]).
-    pub fn follow_catalog(&self) -> Result<usize> {
-        if self.catalog.is_none() {
-            // Every server writes to the collection itself: there is nothing to follow.
-            return Ok(0);
-        }
-        let (changed, space_moved) = {
-            let mut catalog = self.lock_catalog()?;
-            let indexing = catalog.indexing_progress()?;
-            *self.indexing.lock().map_err(|_| poisoned("indexing progress"))? = indexing;
-            self.follow_foreground_head(&catalog)?;
-            let space_moved = catalog.search_space_generation()? != self.space_generation.load(Ordering::Acquire);
-            (self.catch_up(&mut catalog)?, space_moved)
-        };
-        if space_moved {
-            self.take_up_new_space().context("taking up the catalog's new search space (searches go on in the old one until the next `tune` or a restart)")?;
-        }
-        Ok(changed)
-    }
-
-    /// Builds the index in the search space the catalog has now and puts both in place of the
-    /// old ones in one step. The build reads the catalog through a connection of its own and
-    /// holds no lock, so searches and changes go on meanwhile (in the old space); the changes
-    /// made during the build are then replayed into the new index under the catalog lock, as
-    /// [`SearchEngine::compact_graph`] does.
-    fn take_up_new_space(&self) -> Result<()> {
-        // Not beside a graph compaction: each replays the change log from its own start, which
-        // the other's saved graph may trim. The follower tries again on its next round.
-        if self.compacting.swap(true, Ordering::AcqRel) {
-            return Ok(());
-        }
-        let _done = ClearOnDrop(&self.compacting);
-        if self.config.store.is_some() {
-            // A Qdrant collection keeps the vectors it was sent, in the space they were sent in.
-            let generation = self.with_catalog(|c| c.search_space_generation())?;
-            self.space_generation.store(generation, Ordering::Release);
-            tracing::warn!("the catalog's search space changed (lookalike tune): run `lookalike sync` to send the collection its vectors in it, then restart the servers");
-            return Ok(());
-        }
-        let (space, since, catalog_path) = self.with_catalog(|c| {
-            // Taken as seen first, so that a failure below is said once, not on every follow,
-            // and a `tune` finishing after this read is taken up next time.
-            self.space_generation.store(c.search_space_generation()?, Ordering::Release);
-            Ok((SearchSpace::for_catalog(c)?, c.generation()?, c.path().to_path_buf()))
-        })?;
-        let space = Arc::new(space);
-        tracing::info!("the catalog's search space changed ({}): building the index in it; searches go on in the old one meanwhile", space.describe());
-        let reader = SqliteCatalog::open_existing(&catalog_path)?;
-        let mut fresh = open_index(&reader, &space, &self.config)?;
-        drop(reader);
-        let catalog = self.lock_catalog()?;
-        for key in catalog.changed_since(since)? {
-            match catalog.vector(key)? {
-                Some(vector) => fresh.index_mut().upsert(key, &space.map(&vector)?)?,
-                None => fresh.index_mut().remove(key)?,
-            }
-        }
-        let products = fresh.index().len();
-        let old = std::mem::replace(&mut *self.write_index()?, IndexInSpace { space, store: fresh });
-        self.space_chosen_at.store(products, Ordering::Release);
-        // Freed with no lock held: giving back a large index takes a moment.
-        drop(catalog);
-        drop(old);
-        tracing::info!("searches now run in the catalog's new search space");
-        Ok(())
-    }
-
-    /// Loads the catalog's foreground head again when `tune --localise` (or `--localise
-    /// --off`) has changed it since this engine loaded it: products in photos are then found
-    /// as the new head finds them, without a restart. The head only finds products in a
-    /// query photo, so searches in flight and the index are unaffected.
-    fn follow_foreground_head(&self, catalog: &SqliteCatalog) -> Result<()> {
-        let generation = catalog.foreground_generation()?;
-        if generation == self.foreground_generation.load(Ordering::Acquire) {
-            return Ok(());
-        }
-        let head = catalog.foreground_head()?;
-        tracing::info!("the catalog's foreground head changed: products in photos are now found {}", if head.is_some() { "by the learned head" } else { "training-free" });
-        *self.foreground.write().map_err(|_| poisoned("foreground head"))? = head.map(Arc::new);
-        self.foreground_generation.store(generation, Ordering::Release);
-        Ok(())
-    }
-
     /// The foreground head searches use now (see [`SearchEngine::follow_catalog`]).
     fn foreground_head(&self) -> Result<Option<Arc<ForegroundHead>>, SearchError> {
         Ok(self.foreground.read().map_err(|_| poisoned("foreground head"))?.clone())
-    }
-
-    /// The `index` run adding products to this catalog, as the follower last saw it.
-    pub fn indexing(&self) -> Option<IndexingProgress> {
-        self.indexing.lock().ok().and_then(|p| *p)
-    }
-
-    /// [`SearchEngine::follow_catalog`]'s work, with the catalog lock held by the caller (so
-    /// no change of this process's own can slip between reading the log and the index write).
-    fn catch_up(&self, catalog: &mut SqliteCatalog) -> Result<usize> {
-        let feed = catalog.changes_after(self.followed.load(Ordering::Acquire))?;
-        if !feed.complete {
-            // Part of the log was trimmed before this process read it (another process saved a
-            // search graph that absorbed it): the changes cannot be told apart, so reload all.
-            tracing::info!("reloading the index: other processes changed the catalog faster than its change log could be followed");
-            let fresh = open_index(catalog, &*self.current_space()?, &self.config)?;
-            let colours = ColourTable::load(catalog)?;
-            let kinds = KindTable::load(catalog)?;
-            self.write_index()?.store = fresh;
-            *self.write_colours()? = colours;
-            *self.write_kinds()? = kinds;
-            self.followed.store(feed.latest, Ordering::Release);
-            return catalog.vector_count();
-        }
-        let space = self.current_space()?;
-        let mut changes = Vec::with_capacity(feed.keys.len());
-        for &key in &feed.keys {
-            let vector = catalog.vector(key)?.map(|v| space.map(&v)).transpose()?;
-            let product = if vector.is_some() { catalog.get(key)? } else { None };
-            let colour = if vector.is_some() { catalog.colour(key)?.map(|c| ColourDescriptor::from_values(&c)).transpose()? } else { None };
-            changes.push((key, vector, product, colour));
-        }
-        if !changes.is_empty() {
-            let mut index = self.write_index()?;
-            let mut colours = self.write_colours()?;
-            let mut kinds = self.write_kinds()?;
-            for (key, vector, product, colour) in &changes {
-                match (vector, product) {
-                    (Some(vector), Some(product)) => {
-                        let image = if index.collection().is_some() { payload_image(catalog, product) } else { None };
-                        let stored = StoredProduct { id: product.id.clone(), metadata: product.metadata.clone(), colour: colour.map(|c| c.values()) };
-                        index.put(*key, vector, stored, image.as_deref())?;
-                        colours.put(*key, *colour, product.colour());
-                        kinds.put(*key, &product.metadata);
-                    }
-                    _ => {
-                        index.index_mut().remove(*key)?;
-                        colours.remove(*key);
-                        kinds.remove(*key);
-                    }
-                }
-            }
-            tracing::debug!("followed {} catalog changes made by other processes", changes.len());
-        }
-        self.followed.store(feed.latest, Ordering::Release);
-        if !changes.is_empty() {
-            self.recentre_if_grown(catalog)?;
-        }
-        Ok(changes.len())
-    }
-
-    /// An untuned catalog searches vectors centred on its mean, chosen when the engine opened.
-    /// Once other processes have doubled or halved the catalog (a server started on an empty
-    /// catalog that `index` is filling, say), that mean no longer fits: the space is chosen
-    /// again and the index rebuilt in it, as a restart would. A Qdrant collection keeps the
-    /// vectors it was sent (`lookalike sync` re-sends them), so it is left as it is.
-    fn recentre_if_grown(&self, catalog: &SqliteCatalog) -> Result<()> {
-        if self.config.store.is_some() || matches!(*self.current_space()?, SearchSpace::Tuned(_)) {
-            return Ok(());
-        }
-        // The index holds exactly the catalog's vectors now that the changes are applied.
-        let (now, then) = (self.read_index()?.index().len(), self.space_chosen_at.load(Ordering::Acquire));
-        // The same "similar size" rule as `SearchSpace::for_catalog`'s kept mean, so that when
-        // this re-centres, that recomputes (and keeps) the mean rather than reusing the old one.
-        if now == 0 || (then > 0 && now <= then.saturating_mul(2) && now.saturating_mul(2) >= then) {
-            return Ok(());
-        }
-        tracing::info!("the catalog went from {then} to {now} products: centring the search space on its mean again");
-        let space = Arc::new(SearchSpace::for_catalog(catalog)?);
-        let fresh = open_index(catalog, &space, &self.config)?;
-        // In one write: a search sees the old space with the old vectors, or the new with the
-        // new. (Writers hold the catalog lock, as the caller does.)
-        *self.write_index()? = IndexInSpace { space, store: fresh };
-        self.space_chosen_at.store(now, Ordering::Release);
-        Ok(())
     }
 
     fn current_space(&self) -> Result<Arc<SearchSpace>> {
@@ -1021,133 +836,13 @@ impl SearchEngine {
         }
     }
 
-    /// Rebuilds the search graph without the dead entries that removed and replaced products
-    /// leave in it, once they reach a quarter of the live ones ([`AnnIndex::needs_compaction`]);
-    /// the rebuilt graph is saved for the next start. Returns how many dead entries were
-    /// dropped, or `None` when nothing was due (an exact index, a graph still lean enough, or a
-    /// compaction already running).
-    ///
-    /// Searches and catalog changes go on meanwhile: the graph is built from a copy of the rows
-    /// (so, while it runs, the vectors and the graph are held twice), the changes made during
-    /// the build are replayed into it, and it replaces the old graph in one step.
-    pub fn compact_graph(&self) -> Result<Option<usize>> {
-        self.compact_graph_with(|| {})
-    }
-
-    /// [`SearchEngine::compact_graph`], running `while_rebuilding` once the new graph is built
-    /// from the copied rows and before the changes made meanwhile are replayed into it. No lock
-    /// is held then: tests use it to make searches and changes happen inside that window
-    /// for certain, rather than hoping a thread is scheduled there.
-    pub fn compact_graph_with(&self, while_rebuilding: impl FnOnce()) -> Result<Option<usize>> {
-        if self.catalog.is_none() || self.compacting.swap(true, Ordering::AcqRel) {
-            return Ok(None);
-        }
-        let _done = ClearOnDrop(&self.compacting);
-
-        // Writers hold the catalog lock until their index write is done, so every change up to
-        // `since` is in the index when the rows are copied; later ones are replayed below.
-        // Other processes' changes are caught up with first: the log up to `since` is trimmed
-        // once the new graph is saved, so none of it may still be unread.
-        let (since, catalog_path) = self.with_catalog(|c| {
-            self.catch_up(c)?;
-            Ok((c.generation()?, c.path().to_path_buf()))
-        })?;
-        let (space, compaction) = {
-            let index = self.read_index()?;
-            (index.space.clone(), index.compaction())
-        };
-        let Some(compaction) = compaction else {
-            return Ok(None);
-        };
-        let dropped = compaction.tombstones;
-        tracing::info!("rebuilding the search graph: {dropped} of its entries are removed or replaced products");
-        let mut fresh = compaction.build()?;
-        while_rebuilding();
-        // Saved as of `since`: the graph holds every change up to it (and perhaps a few later
-        // ones, which a load replays again harmlessly).
-        let (graph_path, stamp_path) = graph_paths(&catalog_path);
-        let saved = match Arc::ptr_eq(&space, &self.current_space()?) {
-            true => {
-                let _turn = graph_turn(&graph_path);
-                write_graph(&fresh, &space.fingerprint(), since, &graph_path, &stamp_path)
-            }
-            // Re-centred meanwhile: the graph saved for the new space stays.
-            false => Err(anyhow::anyhow!("the search space changed while the graph was rebuilt")),
-        };
-        if let Err(e) = &saved {
-            tracing::warn!("could not save the rebuilt search graph (it is rebuilt again at the next start): {e:#}");
-        }
-
-        let catalog = self.lock_catalog()?;
-        if saved.is_ok() {
-            catalog.forget_changes_through(since)?;
-        }
-        for key in catalog.changed_since(since)? {
-            match catalog.vector(key)? {
-                Some(vector) => fresh.upsert(key, &space.map(&vector)?)?,
-                None => fresh.remove(key)?,
-            }
-        }
-        let mut index = self.write_index()?;
-        if !Arc::ptr_eq(&space, &index.space) {
-            // The catalog grew enough meanwhile for the space to be chosen again, and the index
-            // was rebuilt in it: this graph, in the old space, is not needed.
-            return Ok(None);
-        }
-        let old = std::mem::replace(&mut index.store, Store::Graph(fresh));
-        drop(index);
-        // Freed with no lock held: giving back gigabytes takes a moment.
-        drop(catalog);
-        drop(old);
-        tracing::info!("search graph rebuilt without {dropped} dead entries");
-        Ok(Some(dropped))
-    }
-
-    /// Starts [`SearchEngine::compact_graph`] on a thread of its own when it is due, so that a
-    /// catalog change does not wait for a rebuild. A server calls this after each change; the
-    /// command line need not, as a graph is compacted when it is opened.
-    ///
-    /// The rebuild holds a second copy of the index while it runs. When the machine has not
-    /// that much memory available (with a quarter to spare), it is left to the next start, whose
-    /// rebuild copies nothing ([`AnnIndex::compacted`]), rather than risk the server being
-    /// killed for memory.
-    pub fn compact_graph_in_background(self: &Arc<Self>) {
-        if self.compacting.load(Ordering::Acquire) {
-            return;
-        }
-        let Some(needed) = self.index.read().ok().and_then(|index| index.compaction_due()) else {
-            return;
-        };
-        if let Some(available) = available_memory_bytes() {
-            if needed.saturating_add(needed / 4) > available {
-                if !self.compaction_put_off.swap(true, Ordering::Relaxed) {
-                    tracing::warn!(
-                        "the search graph is due for a rebuild without its dead entries, but that needs about {} MB and {} MB are available: it is rebuilt at the next start",
-                        needed >> 20,
-                        available >> 20
-                    );
-                }
-                return;
-            }
-        }
-        let engine = Arc::clone(self);
-        let started = std::thread::Builder::new().name("graph-compaction".into()).spawn(move || {
-            if let Err(e) = engine.compact_graph() {
-                tracing::warn!("rebuilding the search graph failed (searches go on with the old one): {e:#}");
-            }
-        });
-        if let Err(e) = started {
-            tracing::warn!("could not start rebuilding the search graph: {e}");
-        }
-    }
-
-    /// What the index holds: vectors, bytes, dead entries (for `/metrics`).
     /// Whether the vector store answers now (a Qdrant cluster is asked; an embedded index
     /// always does).
     pub fn store_health(&self) -> Result<(), SearchError> {
         self.read_index()?.health().map_err(SearchError::Unavailable)
     }
 
+    /// What the index holds: vectors, bytes, dead entries (for `/metrics`).
     pub fn index_stats(&self) -> IndexStats {
         self.index.read().map(|store| store.stats()).unwrap_or_default()
     }

@@ -44,10 +44,13 @@ fn is_web_address(text: &str) -> bool {
     lower.starts_with("https://") || lower.starts_with("http://")
 }
 
+/// Columns that hold a product's display name, the first one present wins.
+pub const NAME_COLUMNS: [&str; 3] = ["productDisplayName", "name", "title"];
+
 impl Product {
     /// A human-readable name: the catalog's display-name column if it has one.
     pub fn name(&self) -> &str {
-        self.first_of(&["productDisplayName", "name", "title"]).unwrap_or(&self.id)
+        self.first_of(&NAME_COLUMNS).unwrap_or(&self.id)
     }
 
     /// The most specific category the metadata has.

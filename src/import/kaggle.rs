@@ -4,8 +4,9 @@
 //!
 //! The published `styles.csv` is dirty, and a catalog import should take what is usable and say
 //! what it left out rather than fail on row 6000 of 44,000:
-//! - some product names (the last column) contain commas without quotes, so those rows have more
-//!   fields than the header; the extra fields are joined back into the last column;
+//! - some product names contain commas without quotes, so those rows have more fields than the
+//!   header; the extra fields are joined back into the name column (`productDisplayName`,
+//!   `name` or `title`, wherever it is; the last column when there is none);
 //! - rows with fewer fields than the header, or without an id, are reported and skipped;
 //! - some listed products have no image file; they are reported and skipped;
 //! - blank lines, a UTF-8 byte-order mark, CRLF line ends and stray non-UTF-8 bytes occur in
@@ -17,6 +18,8 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
+
+use crate::types::NAME_COLUMNS;
 
 /// The image extensions tried for `images/ID.*`, in order of preference.
 const IMAGE_EXTENSIONS: [&str; 3] = ["jpg", "png", "jpeg"];
@@ -100,6 +103,9 @@ pub fn parse_styles(bytes: &[u8], csv_path: &Path, image_of: impl Fn(&str) -> Op
         bail!("{}: the header {:?} has no id column", csv_path.display(), header.join(","));
     };
 
+    // Where unquoted commas of a product name split it: the free-text column.
+    let free_text = NAME_COLUMNS.iter().find_map(|name| header.iter().position(|h| h == name)).unwrap_or(header.len() - 1);
+
     let mut rows = Vec::new();
     let mut report = KaggleReport::default();
     let mut first_seen: HashMap<String, u64> = HashMap::new();
@@ -115,7 +121,7 @@ pub fn parse_styles(bytes: &[u8], csv_path: &Path, image_of: impl Fn(&str) -> Op
             continue;
         }
         report.rows += 1;
-        let values = match fit_to_header(fields, header.len()) {
+        let values = match fit_to_header(fields, header.len(), free_text) {
             Ok(values) => values,
             Err(reason) => {
                 report.malformed.push((line, reason));
@@ -166,17 +172,18 @@ impl LineCounter {
     }
 }
 
-/// Makes a row's fields line up with the header: extra fields are commas of the last column
-/// (the free-text product name) that were not quoted, so they are joined back with ","; a row
-/// with too few fields cannot be repaired. Fields are trimmed after joining, so "Shirt, Blue"
-/// keeps its space.
-fn fit_to_header(mut fields: Vec<String>, columns: usize) -> Result<Vec<String>, String> {
+/// Makes a row's fields line up with the header: extra fields are commas of the column
+/// `free_text` (the product name) that were not quoted, so they are joined back into it with
+/// ","; a row with too few fields cannot be repaired. Fields are trimmed after joining, so
+/// "Shirt, Blue" keeps its space.
+fn fit_to_header(mut fields: Vec<String>, columns: usize, free_text: usize) -> Result<Vec<String>, String> {
     if fields.len() < columns {
         return Err(format!("{} fields, the header has {columns}", fields.len()));
     }
-    if fields.len() > columns {
-        let tail = fields.split_off(columns - 1).join(",");
-        fields.push(tail);
+    let extra = fields.len() - columns;
+    if extra > 0 {
+        let name = fields.drain(free_text..=free_text + extra).collect::<Vec<_>>().join(",");
+        fields.insert(free_text, name);
     }
     Ok(fields.into_iter().map(|f| f.trim().to_string()).collect())
 }
@@ -265,6 +272,19 @@ mod tests {
         assert_eq!(rows[1].get("productDisplayName"), Some("Nike, Inc.,Men Red T-shirt"));
         assert_eq!(rows[2].get("productDisplayName"), Some("Quoted, properly"));
         assert!(rows.iter().all(|r| r.metadata.len() == 10));
+    }
+
+    /// A shop's own CSV with the name before other columns: the name's commas stay in the
+    /// name and the price stays the price.
+    #[test]
+    fn unquoted_commas_are_joined_into_the_name_column_wherever_it_is() {
+        let csv = "id,productDisplayName,price,baseColour\n41,Boots, leather, brown,89.00,Brown\n42,Plain Scarf,12.50,Red\n";
+        let dir = catalog(csv.as_bytes(), &["41.jpg", "42.jpg"]);
+        let (rows, report) = read_catalog(dir.path()).unwrap();
+        assert!(report.malformed.is_empty(), "{report:?}");
+        assert_eq!(rows[0].get("productDisplayName"), Some("Boots, leather, brown"));
+        assert_eq!((rows[0].get("price"), rows[0].get("baseColour")), (Some("89.00"), Some("Brown")));
+        assert_eq!((rows[1].get("productDisplayName"), rows[1].get("price")), (Some("Plain Scarf"), Some("12.50")));
     }
 
     #[test]

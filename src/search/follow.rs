@@ -75,6 +75,22 @@ impl SearchEngine {
             Ok((SearchSpace::for_catalog(c)?, c.generation()?, c.path().to_path_buf()))
         })?;
         let space = Arc::new(space);
+        let index_unchanged = self.with_catalog(|_| {
+            // Under the catalog lock, as every replacement of the space: nothing re-centres
+            // between the comparison and the swap.
+            let mut index = self.write_index()?;
+            let same_vectors = space.fingerprint() == index.space.fingerprint();
+            if same_vectors {
+                index.space = space.clone();
+            }
+            Ok(same_vectors)
+        })?;
+        if index_unchanged {
+            // Only how query photos are mapped changed (a photo adapter learned or dropped):
+            // the indexed vectors are the same, so nothing is built.
+            tracing::info!("the catalog's search space changed ({}) but not its indexed vectors: searches now run in the catalog's new search space", space.describe());
+            return Ok(());
+        }
         tracing::info!("the catalog's search space changed ({}): building the index in it; searches go on in the old one meanwhile", space.describe());
         let reader = SqliteCatalog::open_existing(&catalog_path)?;
         let mut fresh = open_index(&reader, &space, &self.config)?;

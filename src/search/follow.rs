@@ -28,8 +28,9 @@ impl SearchEngine {
     /// it reads a few rows when nothing changed.
     ///
     /// It also takes up what `tune` changed: a new foreground head at once, and a new search
-    /// space (a projection learned or dropped, a photo adapter learned or dropped) by building
-    /// the index in it while searches go on in the old one ([`SearchEngine::take_up_new_space`]).
+    /// space (a projection learned or dropped, a photo adapter learned or dropped), by building
+    /// the index in it while searches go on in the old one where the indexed vectors change
+    /// ([`SearchEngine::take_up_new_space`]).
     pub fn follow_catalog(&self) -> Result<usize> {
         if self.catalog.is_none() {
             // Every server writes to the collection itself: there is nothing to follow.
@@ -53,7 +54,8 @@ impl SearchEngine {
     /// old ones in one step. The build reads the catalog through a connection of its own and
     /// holds no lock, so searches and changes go on meanwhile (in the old space); the changes
     /// made during the build are then replayed into the new index under the catalog lock, as
-    /// [`SearchEngine::compact_graph`] does.
+    /// [`SearchEngine::compact_graph`] does. When the new space maps catalog vectors as the old
+    /// one did (only the photo adapter changed), the space alone is replaced and nothing built.
     fn take_up_new_space(&self) -> Result<()> {
         // Not beside a graph compaction: each replays the change log from its own start, which
         // the other's saved graph may trim. The follower tries again on its next round.

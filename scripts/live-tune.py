@@ -8,8 +8,10 @@ the copy. While one client keeps searching with a catalog photo (the first produ
 an upload, k = 10), it runs `lookalike tune --db COPY` with the given arguments; the server
 then builds its index in the new search space and swaps it in. It reports search latency
 before `tune`, while `tune` trains, while the server builds the new index (times from its log)
-and after the swap, and whether the results changed space. Standard library only; the server
-listens on 127.0.0.1 and the copy is deleted afterwards.
+and after the swap, and whether the results changed space. While the server builds, another
+process (`lookalike remove`) removes the searched photo's own product, and the report says how
+soon the server's answers dropped it: the build must not hold up following the catalog.
+Standard library only; the server listens on 127.0.0.1 and the copy is deleted afterwards.
 """
 import argparse
 import http.client
@@ -24,6 +26,10 @@ import uuid
 from livebench import DEFAULT_BIN, HERE, Searcher, log_times, phase_table, served_copy, write_report
 
 
+# The catalog product whose photo the client searches with.
+PHOTO_PRODUCT = "fmnist-train-00000"
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("db")
@@ -34,7 +40,7 @@ def main():
 
     with served_copy(args.bin, args.db, [], "live-tune-") as (db, port, log_path, ready):
         conn = http.client.HTTPConnection("127.0.0.1", port)
-        conn.request("GET", "/api/products/fmnist-train-00000/image")
+        conn.request("GET", f"/api/products/{PHOTO_PRODUCT}/image")
         response = conn.getresponse()
         photo = response.read()
         if response.status != 200:
@@ -47,10 +53,13 @@ def main():
         )
         headers = {"Content-Type": f"multipart/form-data; boundary={boundary}"}
 
-        def scores():
+        def hits():
             c = http.client.HTTPConnection("127.0.0.1", port)
             c.request("POST", "/api/search", body, headers)
-            return [round(h["score"], 4) for h in json.loads(c.getresponse().read())["hits"]]
+            return json.loads(c.getresponse().read())["hits"]
+
+        def scores():
+            return [round(h["score"], 4) for h in hits()]
 
         before = scores()
         searcher = Searcher(port, lambda i: ("POST", "/api/search", body, headers))
@@ -62,7 +71,25 @@ def main():
             searcher.finish()
             sys.exit(f"tune failed: {tuned.stderr}")
         deadline = time.time() + 600
-        while not log_times(log_path, "searches now run in the catalog's new search space"):
+        building, swapped = r"the catalog's search space changed \(.*\): building", "searches now run in the catalog's new search space"
+        while not log_times(log_path, building) and not log_times(log_path, swapped):
+            if time.time() > deadline:
+                sys.exit("the server did not take up the new space within 10 minutes")
+            time.sleep(0.05)
+        removal = None
+        if not log_times(log_path, swapped):
+            # Another process removes the photo's own product (its top hit) during the build.
+            removed = subprocess.run([args.bin, "remove", "--db", db, PHOTO_PRODUCT], capture_output=True, text=True)
+            t_removed = time.time()
+            if removed.returncode != 0:
+                searcher.finish()
+                sys.exit(f"remove failed: {removed.stderr}")
+            while PHOTO_PRODUCT in [h["id"] for h in hits()]:
+                if time.time() > deadline:
+                    sys.exit("the removed product was still found after 10 minutes")
+                time.sleep(0.02)
+            removal = (t_removed, time.time())
+        while not log_times(log_path, swapped):
             if time.time() > deadline:
                 sys.exit("the server did not take up the new space within 10 minutes")
             time.sleep(0.2)
@@ -70,7 +97,7 @@ def main():
         searcher.finish()
         after = scores()
         started = log_times(log_path, r"the catalog's search space changed \((.*)\)(: building| but not)")
-        swapped = log_times(log_path, "searches now run in the catalog's new search space")
+        swapped = log_times(log_path, swapped)
 
     t_build, t_swap = started[0][0], swapped[0][0]
     space, rebuilt = started[0][1].group(3), started[0][1].group(4) == ": building"
@@ -100,6 +127,16 @@ def main():
             "",
             f"Every search answered 200. The photo's top-10 scores before: {before}; after: {after}.",
             "",
+            *(
+                [
+                    f"`lookalike remove {PHOTO_PRODUCT}` (the photo's own product) ran {removal[0] - t_build:.1f} s into the build; "
+                    f"the server's answers dropped it {removal[1] - removal[0]:.2f} s later, "
+                    f"{'before' if removal[1] < t_swap else 'after'} the swap ({t_swap - removal[0]:.1f} s after the removal).",
+                    "",
+                ]
+                if removal
+                else []
+            ),
         ],
         args.out,
     )

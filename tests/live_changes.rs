@@ -267,3 +267,43 @@ fn assert_same_answers(got: &[Vec<(String, f32)>], expected: &[Vec<(String, f32)
         }
     }
 }
+
+/// While a running engine builds its index in the search space `tune` made, it goes on
+/// following other processes' changes in the old one (a server's follower is not held up for
+/// the length of the build), and the new index has them too once it is in place: it answers as
+/// an engine opened afresh on the catalog does.
+#[test]
+fn changes_are_followed_while_the_index_is_built_in_a_new_space() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = copy_catalog(dir.path());
+    let engine = SearchEngine::open(SqliteCatalog::open_existing(&db).expect("catalog"), Box::new(encoder())).expect("engine");
+    let ids: Vec<String> = engine.with_catalog(|c| c.all_products()).expect("products").into_iter().map(|p| p.id).collect();
+    let (removed, copied) = (ids[0].clone(), ids[1].clone());
+    let removed_vector = engine.with_catalog(|c| c.vector(c.get_by_id(&removed)?.expect("product").key)).expect("read").expect("vector");
+    let mut copy = as_new(&engine, &copied);
+    copy.id = format!("{copied}-copy");
+    let copy_vector = copy.vector.clone();
+
+    let out = lookalike(&["tune", "--db", path(&db), "--label", "articleType", "--dim", "64", "--hidden", "128", "--epochs", "8", "--augment", "64"]);
+    assert!(out.status.success(), "tune failed: {}", String::from_utf8_lossy(&out.stderr));
+    let changes_seen = |engine: &SearchEngine, when: &str| {
+        assert!(!search_top(engine, &removed_vector, 10).contains(&removed), "{when}: the removed product is not found");
+        let found = search_top(engine, &copy_vector, 10);
+        assert!(found.contains(&copy.id) && found.contains(&copied), "{when}: the added copy is found beside its original: {found:?}");
+    };
+    let mut followed_during_build = 0;
+    engine
+        .take_up_new_space_with(|| {
+            // Another process (a second connection to the file) removes one product and adds one.
+            let mut other = SqliteCatalog::open_existing(&db).expect("second connection");
+            other.remove(&removed).expect("remove");
+            other.upsert(std::slice::from_ref(&copy)).expect("add");
+            followed_during_build = engine.follow_catalog().expect("follow while the new index is built");
+            changes_seen(&engine, "during the build, in the old space");
+        })
+        .expect("take up the new space");
+    assert_eq!(followed_during_build, 2, "both changes were followed during the build");
+    changes_seen(&engine, "in the new space");
+    let fresh = SearchEngine::open(SqliteCatalog::open_existing(&db).expect("catalog"), Box::new(encoder())).expect("engine");
+    assert_same_answers(&answers(&engine), &answers(&fresh), &["changes during the build"]);
+}

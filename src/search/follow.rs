@@ -24,30 +24,56 @@ impl SearchEngine {
     /// Brings the index in step with the catalog file: products that other processes
     /// (`lookalike index`, `remove`, another server) added, replaced or removed since the last
     /// call become searchable or disappear. Its own changes are in the index already and are
-    /// skipped. Returns how many products changed. A server calls this a few times a second;
-    /// it reads a few rows when nothing changed.
+    /// skipped. Returns how many products changed. It reads a few rows when nothing changed: a
+    /// server follows a few times a second ([`SearchEngine::follow_catalog_in_background`]).
     ///
     /// It also takes up what `tune` changed: a new foreground head at once, and a new search
     /// space (a projection learned or dropped, a photo adapter learned or dropped), by building
     /// the index in it while searches go on in the old one where the indexed vectors change
-    /// ([`SearchEngine::take_up_new_space`]).
+    /// ([`SearchEngine::take_up_new_space_with`]).
     pub fn follow_catalog(&self) -> Result<usize> {
-        if self.catalog.is_none() {
-            // Every server writes to the collection itself: there is nothing to follow.
-            return Ok(0);
-        }
-        let (changed, space_moved) = {
-            let mut catalog = self.lock_catalog()?;
-            let indexing = catalog.indexing_progress()?;
-            *self.indexing.lock().map_err(|_| poisoned("indexing progress"))? = indexing;
-            self.follow_foreground_head(&catalog)?;
-            let space_moved = catalog.search_space_generation()? != self.space_generation.load(Ordering::Acquire);
-            (self.catch_up(&mut catalog)?, space_moved)
-        };
+        let (changed, space_moved) = self.follow_changes()?;
         if space_moved {
-            self.take_up_new_space().context("taking up the catalog's new search space (searches go on in the old one until the next `tune` or a restart)")?;
+            self.take_up_new_space_with(|| {}).context(TAKE_UP_FAILED)?;
         }
         Ok(changed)
+    }
+
+    /// [`SearchEngine::follow_catalog`] as a server runs it: a new search space is built on a
+    /// thread of its own (as [`SearchEngine::compact_graph_in_background`] rebuilds the graph),
+    /// so that this returns at once and the next calls go on applying other processes' changes
+    /// to the index searches use while the new one is built (a minute or more at a million
+    /// products); the build then replays them into the new index too.
+    pub fn follow_catalog_in_background(self: &Arc<Self>) -> Result<usize> {
+        let (changed, space_moved) = self.follow_changes()?;
+        // A take-up or compaction already running: the next call looks again.
+        if space_moved && !self.compacting.load(Ordering::Acquire) {
+            let engine = Arc::clone(self);
+            let started = std::thread::Builder::new().name("space-take-up".into()).spawn(move || {
+                if let Err(e) = engine.take_up_new_space_with(|| {}) {
+                    tracing::warn!("{TAKE_UP_FAILED}: {e:#}");
+                }
+            });
+            if let Err(e) = started {
+                tracing::warn!("could not start building the index in the catalog's new search space (retrying): {e}");
+            }
+        }
+        Ok(changed)
+    }
+
+    /// The part of following that is quick: the indexing progress, the foreground head and the
+    /// change log. Returns how many products changed and whether the search space moved.
+    fn follow_changes(&self) -> Result<(usize, bool)> {
+        if self.catalog.is_none() {
+            // Every server writes to the collection itself: there is nothing to follow.
+            return Ok((0, false));
+        }
+        let mut catalog = self.lock_catalog()?;
+        let indexing = catalog.indexing_progress()?;
+        *self.indexing.lock().map_err(|_| poisoned("indexing progress"))? = indexing;
+        self.follow_foreground_head(&catalog)?;
+        let space_moved = catalog.search_space_generation()? != self.space_generation.load(Ordering::Acquire);
+        Ok((self.catch_up(&mut catalog)?, space_moved))
     }
 
     /// Builds the index in the search space the catalog has now and puts both in place of the
@@ -56,7 +82,15 @@ impl SearchEngine {
     /// made during the build are then replayed into the new index under the catalog lock, as
     /// [`SearchEngine::compact_graph`] does. When the new space maps catalog vectors as the old
     /// one did (only the photo adapter changed), the space alone is replaced and nothing built.
-    fn take_up_new_space(&self) -> Result<()> {
+    ///
+    /// `while_building` runs once the new index is built and before the changes made meanwhile
+    /// are replayed into it, with no lock held: tests use it to follow changes inside that
+    /// window for certain, as [`SearchEngine::compact_graph_with`]'s do.
+    ///
+    /// The build holds a second index beside the one searches use. When the machine has not
+    /// the memory for it (with a quarter to spare), the old space stays until a restart, which
+    /// builds only the new one, rather than risk the server being killed for memory.
+    pub fn take_up_new_space_with(&self, while_building: impl FnOnce()) -> Result<()> {
         // Not beside a graph compaction: each replays the change log from its own start, which
         // the other's saved graph may trim. The follower tries again on its next round.
         if self.compacting.swap(true, Ordering::AcqRel) {
@@ -70,11 +104,13 @@ impl SearchEngine {
             tracing::warn!("the catalog's search space changed (lookalike tune): run `lookalike sync` to send the collection its vectors in it, then restart the servers");
             return Ok(());
         }
-        let (space, since, catalog_path) = self.with_catalog(|c| {
+        let (space, since, catalog_path, needed) = self.with_catalog(|c| {
             // Taken as seen first, so that a failure below is said once, not on every follow,
             // and a `tune` finishing after this read is taken up next time.
             self.space_generation.store(c.search_space_generation()?, Ordering::Release);
-            Ok((SearchSpace::for_catalog(c)?, c.generation()?, c.path().to_path_buf()))
+            let space = SearchSpace::for_catalog(c)?;
+            let dim = space.output_dim(c.vector_space()?.map_or(0, |s| s.dim));
+            Ok((space, c.generation()?, c.path().to_path_buf(), index_bytes_estimate(c.vector_count()?, dim)))
         })?;
         let space = Arc::new(space);
         let index_unchanged = self.with_catalog(|_| {
@@ -93,10 +129,20 @@ impl SearchEngine {
             tracing::info!("the catalog's search space changed ({}) but not its indexed vectors: searches now run in the catalog's new search space", space.describe());
             return Ok(());
         }
+        if let Some(available) = available_memory_bytes().filter(|&available| !fits_in_memory(needed, available)) {
+            tracing::warn!(
+                "the catalog's search space changed ({}), but building the index in it beside the one searches use needs about {} MB and {} MB are available: searches go on in the old space; restart the server to search in the new one",
+                space.describe(),
+                needed >> 20,
+                available >> 20
+            );
+            return Ok(());
+        }
         tracing::info!("the catalog's search space changed ({}): building the index in it; searches go on in the old one meanwhile", space.describe());
         let reader = SqliteCatalog::open_existing(&catalog_path)?;
         let mut fresh = open_index(&reader, &space, &self.config)?;
         drop(reader);
+        while_building();
         let catalog = self.lock_catalog()?;
         for key in catalog.changed_since(since)? {
             match catalog.vector(key)? {
@@ -313,7 +359,7 @@ impl SearchEngine {
             return;
         };
         if let Some(available) = available_memory_bytes() {
-            if needed.saturating_add(needed / 4) > available {
+            if !fits_in_memory(needed, available) {
                 if !self.compaction_put_off.swap(true, Ordering::Relaxed) {
                     tracing::warn!(
                         "the search graph is due for a rebuild without its dead entries, but that needs about {} MB and {} MB are available: it is rebuilt at the next start",
@@ -334,6 +380,23 @@ impl SearchEngine {
             tracing::warn!("could not start rebuilding the search graph: {e}");
         }
     }
+}
+
+/// What [`SearchEngine::follow_catalog`] says when a new search space could not be taken up.
+const TAKE_UP_FAILED: &str = "taking up the catalog's new search space (searches go on in the old one until the next `tune` or a restart)";
+
+/// Whether a second copy of an index of `needed` bytes can be built beside the first in
+/// `available` bytes, with a quarter to spare (the allocator, the build's own working memory).
+fn fits_in_memory(needed: usize, available: usize) -> bool {
+    needed.saturating_add(needed / 4) <= available
+}
+
+/// About how many bytes an embedded index of `products` vectors of `dim` dimensions takes: the
+/// f32 rows, the graph's int8 copy of them and its links. (An estimate for the memory check: a
+/// catalog small enough for the exact scan holds less.)
+fn index_bytes_estimate(products: usize, dim: usize) -> usize {
+    const LINK_BYTES: usize = 512;
+    products.saturating_mul(dim.saturating_mul(5).saturating_add(LINK_BYTES))
 }
 
 /// Clears a flag when dropped: "this is running" for as long as a scope runs, however it ends.

@@ -229,7 +229,7 @@ pub struct SearchEngine {
     /// Only read or written with the catalog lock held.
     space_generation: AtomicI64,
     limits: DecodeLimits,
-    /// Set while [`SearchEngine::compact_graph`] or [`SearchEngine::take_up_new_space`] runs,
+    /// Set while [`SearchEngine::compact_graph`] or [`SearchEngine::take_up_new_space_with`] runs,
     /// so only one of them runs at a time.
     compacting: AtomicBool,
     /// Set once a due compaction was put off for want of memory (so that is said once).

@@ -229,7 +229,7 @@ async fn follow_catalog(engine: Arc<SearchEngine>, every: std::time::Duration) {
     loop {
         ticks.tick().await;
         let engine = engine.clone();
-        let followed = tokio::task::spawn_blocking(move || engine.follow_catalog()).await;
+        let followed = tokio::task::spawn_blocking(move || engine.follow_catalog_in_background()).await;
         match followed {
             Ok(Ok(_)) => failing = false,
             // Said once per run of failures (a catalog locked for long would repeat it 4 times a second).

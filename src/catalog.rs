@@ -385,6 +385,17 @@ impl SqliteCatalog {
         Ok(())
     }
 
+    /// How the int8 copy that imported this float catalog's photos (`index --import-precision
+    /// int8`) was calibrated (JSON), kept so that later imports encode with the same copy
+    /// rather than calibrating again.
+    pub fn import_calibration(&self) -> Result<Option<String>> {
+        self.setting("import_int8_calibration")
+    }
+
+    pub fn set_import_calibration(&self, json: &str) -> Result<()> {
+        self.set_setting("import_int8_calibration", json)
+    }
+
     pub fn setting(&self, name: &str) -> Result<Option<String>> {
         Ok(self.conn.query_row("SELECT value FROM settings WHERE name = ?1", [name], |r| r.get(0)).optional()?)
     }

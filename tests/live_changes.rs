@@ -307,3 +307,31 @@ fn changes_are_followed_while_the_index_is_built_in_a_new_space() {
     let fresh = SearchEngine::open(SqliteCatalog::open_existing(&db).expect("catalog"), Box::new(encoder())).expect("engine");
     assert_same_answers(&answers(&engine), &answers(&fresh), &["changes during the build"]);
 }
+
+/// A server takes up the space `tune` makes on its own, with the build on a thread beside its
+/// follower: once it says it searches in the new space, it answers as a server started afresh
+/// on the tuned catalog does.
+#[test]
+fn a_server_takes_up_the_space_tune_makes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = copy_catalog(dir.path());
+    let (mut child, base) = serve_with_log(&db, &[], "info");
+    let http = client();
+    let answers = |base: &str| -> Vec<Vec<String>> {
+        let search = |i: usize| ids(&ok_json(http.post(format!("{base}/api/search")).multipart(photo_form(test_photo(i).0, &[("k", "10")])).send().expect("search request")));
+        (0..6).map(search).collect()
+    };
+    let before = answers(&base);
+
+    let out = lookalike(&["tune", "--db", path(&db), "--label", "articleType", "--dim", "64", "--hidden", "128", "--epochs", "8", "--augment", "64"]);
+    assert!(out.status.success(), "tune failed: {}", String::from_utf8_lossy(&out.stderr));
+    let (_log, said) = wait_until_said(&mut child, "searches now run in the catalog's new search space");
+    assert!(said.contains("building the index in it; searches go on in the old one meanwhile"), "{said}");
+
+    let fresh = Server::start(&db, &[], &[]);
+    let expected = answers(&fresh.url(""));
+    assert_ne!(before, expected, "tune changes what is found");
+    assert_eq!(answers(&base), expected, "the running server answers as one started on the tuned catalog");
+    let _ = child.kill();
+    let _ = child.wait();
+}

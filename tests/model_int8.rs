@@ -136,6 +136,13 @@ fn a_float_catalog_imported_by_the_int8_copy_is_searched_with_the_float_model() 
     assert_eq!(found["hits"][0]["id"], "fmnist-train-00007", "{found}");
     let more = ok(home, &["index", "--db", path(&db), "--fashion-mnist", "train", "--limit", "310"]);
     assert!(more.contains("indexed 10 new or changed, 300 unchanged"), "{more}");
+    // A later int8 import into the catalog encodes with the copy the first one calibrated: no
+    // calibration, no second copy.
+    let later = ok(home, &["index", "--db", path(&db), "--fashion-mnist", "train", "--limit", "320", "--import-precision", "int8"]);
+    assert!(later.contains("indexed 10 new or changed, 310 unchanged"), "{later}");
+    assert!(!later.contains("calibrating"), "{later}");
+    assert!(later.contains("int8 copy of efficientnet-lite0 this catalog was first imported with"), "{later}");
+    assert_eq!(int8_files(home).len(), 1, "the first import's copy, used again");
 
     // A plug-in model has no int8 copy; an unknown precision is refused with the choices.
     let described = dir.path().join("plug-in.json");

@@ -190,16 +190,55 @@ pub fn calibrated_int8(assets: &Assets, args: &ModelArgs, items: &[lookalike::im
 /// (up to [`lookalike::import::CALIBRATION_PHOTOS`] of them) and storing its vectors as the
 /// float model's ([`model::int8_import_copy`]). An int8 catalog imports with its own copy either
 /// way; a plug-in model has no int8 copy.
-pub fn import_model(assets: &Assets, spec: model::ModelSpec, precision: ModelPrecision, items: &[lookalike::import::CatalogItem], args: &ModelArgs) -> Result<model::ModelSpec> {
+///
+/// `catalog` (the one imported into) keeps the calibration: a later int8 import into it uses
+/// the same copy, so re-running `index` calibrates nothing (it took 3 s on every run) and its
+/// vectors come from one model, unless this import has over twice the photos to calibrate on
+/// that the first had.
+pub fn import_model(
+    assets: &Assets,
+    spec: model::ModelSpec,
+    precision: ModelPrecision,
+    items: &[lookalike::import::CatalogItem],
+    args: &ModelArgs,
+    catalog: Option<&SqliteCatalog>,
+) -> Result<model::ModelSpec> {
     if precision == ModelPrecision::Fp32 || spec.int8.is_some() || items.is_empty() {
         return Ok(spec);
     }
     if !model::is_builtin(&spec.name) {
         bail!("--import-precision int8 needs a built-in model ({}); {:?} is a plug-in model: leave the option out", model::BUILTIN.join(", "), spec.name);
     }
+    // Calibrated again only where this import has far more photos to calibrate on (a first
+    // import of 20 photos, then the whole catalog).
+    let would_see = lookalike::import::calibration_inputs(items.len());
+    let kept = match catalog {
+        Some(catalog) => kept_import_calibration(catalog)?.filter(|c| c.base == spec.name && c.photos.saturating_mul(2) >= would_see),
+        None => None,
+    };
+    if let Some(calibration) = kept {
+        eprintln!("importing with the int8 copy of {} this catalog was first imported with (calibrated on {} inputs)", spec.name, calibration.photos);
+        return model::int8_import_copy(&spec, model::int8_spec(assets, calibration)?);
+    }
     eprintln!("calibrating the int8 copy of {} on up to {} of the photos to import", spec.name, lookalike::import::CALIBRATION_PHOTOS);
     let calibrated = lookalike::import::calibrate_int8(assets, &spec.name, items, args.threads.unwrap_or_else(cores))?;
+    if let (Some(catalog), Some(calibration)) = (catalog, &calibrated.int8) {
+        catalog.set_import_calibration(&serde_json::to_string(calibration)?)?;
+    }
     model::int8_import_copy(&spec, calibrated)
+}
+
+/// The calibration a catalog's earlier int8 import kept; a damaged one is said and calibrated
+/// again.
+fn kept_import_calibration(catalog: &SqliteCatalog) -> Result<Option<model::Int8Calibration>> {
+    let Some(json) = catalog.import_calibration()? else { return Ok(None) };
+    match serde_json::from_str(&json) {
+        Ok(calibration) => Ok(Some(calibration)),
+        Err(e) => {
+            tracing::warn!("the int8 calibration kept with the catalog is damaged ({e}): calibrating again");
+            Ok(None)
+        }
+    }
 }
 
 pub fn cores() -> usize {

@@ -218,7 +218,7 @@ fn run_ingest(args: BenchIngestArgs) -> Result<()> {
         None => {
             let spec = lookalike::model::for_catalog(&assets, args.model.model.as_deref(), None, None)?;
             let onnx = spec.onnx.clone();
-            (import_model(&assets, spec, args.import_precision, &calibration_items, &args.model)?, onnx)
+            (import_model(&assets, spec, args.import_precision, &calibration_items, &args.model, None)?, onnx)
         }
     };
     let encoder = load_indexing_encoder(&assets, spec, &args.model)?;

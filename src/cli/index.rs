@@ -111,7 +111,7 @@ fn index_into(args: &IndexArgs, assets: &Assets, items: Vec<import::CatalogItem>
         Some(spec) => spec,
         None => model_spec(assets, &catalog, &args.model)?,
     };
-    let spec = import_model(assets, spec, args.import_precision, &items, &args.model)?;
+    let spec = import_model(assets, spec, args.import_precision, &items, &args.model, Some(&catalog))?;
     let encoder = load_indexing_encoder(assets, spec, &args.model)?;
 
     // Ctrl-C finishes the batch in flight, commits it and stops; re-running resumes.

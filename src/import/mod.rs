@@ -327,6 +327,16 @@ pub fn index_items(catalog: &mut SqliteCatalog, encoder: &dyn Encoder, items: Ve
 /// couple of hundred photos.
 pub const CALIBRATION_PHOTOS: usize = 200;
 
+/// How many inputs [`calibrate_int8`] observes for `items` photos (all readable): every
+/// step-th photo, as it is and as a shopper would photograph it.
+pub fn calibration_inputs(items: usize) -> usize {
+    2 * items.div_ceil(calibration_step(items))
+}
+
+fn calibration_step(items: usize) -> usize {
+    items.div_ceil(CALIBRATION_PHOTOS).max(1)
+}
+
 /// The int8 copy of built-in model `base`, calibrated on up to [`CALIBRATION_PHOTOS`] photos
 /// spread evenly over `items` (photos that cannot be read are passed over), each also as a
 /// shopper would photograph it ([`crate::perturb`], seeded). Why both: the same model encodes
@@ -338,7 +348,7 @@ pub const CALIBRATION_PHOTOS: usize = 200;
 pub fn calibrate_int8(assets: &crate::assets::Assets, base: &str, items: &[CatalogItem], threads: usize) -> Result<crate::model::ModelSpec> {
     use rand::SeedableRng;
     let spec = crate::model::resolve(assets, base)?;
-    let step = items.len().div_ceil(CALIBRATION_PHOTOS).max(1);
+    let step = calibration_step(items.len());
     let limits = DecodeLimits::default();
     let photos: Vec<Vec<f32>> = items
         .par_iter()
@@ -424,4 +434,17 @@ pub fn read_kaggle(dir: &std::path::Path) -> Result<(Vec<CatalogItem>, kaggle::K
     let (rows, report) = kaggle::read_catalog(dir)?;
     let items = rows.into_iter().map(|row| CatalogItem { id: row.id, image: ItemImage::File(row.image), metadata: row.metadata.into_iter().collect() }).collect();
     Ok((items, report))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn calibration_takes_every_step_th_photo_twice() {
+        assert_eq!(calibration_inputs(0), 0);
+        assert_eq!(calibration_inputs(20), 40, "a small import: every photo");
+        assert_eq!(calibration_inputs(300), 300, "every second photo");
+        assert_eq!(calibration_inputs(60_000), 2 * CALIBRATION_PHOTOS);
+    }
 }

@@ -9,8 +9,9 @@ an upload, k = 10), it runs `lookalike tune --db COPY` with the given arguments;
 then builds its index in the new search space and swaps it in. It reports search latency
 before `tune`, while `tune` trains, while the server builds the new index (times from its log)
 and after the swap, and whether the results changed space. While the server builds, another
-process (`lookalike remove`) removes the searched photo's own product, and the report says how
-soon the server's answers dropped it: the build must not hold up following the catalog.
+process (`lookalike index --images`) adds the searched photo again as a new product, and the
+report says how soon the server's answers had it: the build must not hold up following the
+catalog.
 Standard library only; the server listens on 127.0.0.1 and the copy is deleted afterwards.
 """
 import argparse
@@ -26,8 +27,10 @@ import uuid
 from livebench import DEFAULT_BIN, HERE, Searcher, log_times, phase_table, served_copy, write_report
 
 
-# The catalog product whose photo the client searches with.
+# The catalog product whose photo the client searches with, and the id that photo is added
+# under, as a new product, while the server builds.
 PHOTO_PRODUCT = "fmnist-train-00000"
+ADDED_PRODUCT = "added-during-build.png"
 
 
 def main():
@@ -76,26 +79,37 @@ def main():
             if time.time() > deadline:
                 sys.exit("the server did not take up the new space within 10 minutes")
             time.sleep(0.05)
-        removal = None
+        addition = None
         if not log_times(log_path, swapped):
-            # Another process removes the photo's own product (its top hit) during the build.
-            removed = subprocess.run([args.bin, "remove", "--db", db, PHOTO_PRODUCT], capture_output=True, text=True)
-            t_removed = time.time()
-            if removed.returncode != 0:
-                searcher.finish()
-                sys.exit(f"remove failed: {removed.stderr}")
-            while PHOTO_PRODUCT in [h["id"] for h in hits()]:
-                if time.time() > deadline:
-                    sys.exit("the removed product was still found after 10 minutes")
+            # Another process adds the photo again, as a new product, during the build.
+            folder = os.path.join(os.path.dirname(db), "added")
+            os.makedirs(folder, exist_ok=True)
+            with open(os.path.join(folder, ADDED_PRODUCT), "wb") as f:
+                f.write(photo)
+            t_started = time.time()
+            # Searched for while `index` runs: it commits the product, then measures the
+            # catalog's likeness bands again (seconds at 60,000 products).
+            adding = subprocess.Popen([args.bin, "index", "--db", db, "--images", folder], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            while ADDED_PRODUCT not in [h["id"] for h in hits()]:
+                if time.time() > deadline or adding.poll() not in (None, 0):
+                    searcher.finish()
+                    sys.exit(f"the added product was not found (index: {adding.poll()}, {adding.stderr.read() if adding.poll() else ''})")
                 time.sleep(0.02)
-            removal = (t_removed, time.time())
+            t_found = time.time()
+            if adding.wait() != 0:
+                searcher.finish()
+                sys.exit(f"index failed: {adding.stderr.read()}")
+            addition = (t_started, t_found)
         while not log_times(log_path, swapped):
             if time.time() > deadline:
                 sys.exit("the server did not take up the new space within 10 minutes")
             time.sleep(0.2)
         time.sleep(5)
         searcher.finish()
-        after = scores()
+        after_hits = hits()
+        after = [round(h["score"], 4) for h in after_hits]
+        if addition and ADDED_PRODUCT not in [h["id"] for h in after_hits]:
+            sys.exit(f"the product added during the build is missing from the new index's answers: {after_hits}")
         started = log_times(log_path, r"the catalog's search space changed \((.*)\)(: building| but not)")
         swapped = log_times(log_path, swapped)
 
@@ -129,12 +143,13 @@ def main():
             "",
             *(
                 [
-                    f"`lookalike remove {PHOTO_PRODUCT}` (the photo's own product) ran {removal[0] - t_build:.1f} s into the build; "
-                    f"the server's answers dropped it {removal[1] - removal[0]:.2f} s later, "
-                    f"{'before' if removal[1] < t_swap else 'after'} the swap ({t_swap - removal[0]:.1f} s after the removal).",
+                    f"`lookalike index --images` of one photo (the searched photo again, as `{ADDED_PRODUCT}`) started "
+                    f"{addition[0] - t_build:.1f} s into the build; the server's answers had it {addition[1] - addition[0]:.2f} s after "
+                    f"it started, {'before' if addition[1] < t_swap else 'after'} the swap ({t_swap - addition[0]:.1f} s after it started), "
+                    "and after the swap too (the build replayed it into the new index).",
                     "",
                 ]
-                if removal
+                if addition
                 else []
             ),
         ],

@@ -130,13 +130,17 @@ pub fn open_index(catalog: &SqliteCatalog, space: &SearchSpace, config: &IndexCo
     let dim = space.output_dim(catalog.vector_space()?.map_or(0, |s| s.dim));
     let try_ann = config.tries_ann(len, dim);
     let precision = if try_ann { crate::index::Precision::F32 } else { config.precision };
+    // Read before the rows: a graph is saved as holding every change up to here, and the
+    // change log is trimmed to it, so a change another process commits while the rows are read
+    // must come after it (and stay in the log, for whoever follows it), not be trimmed unread.
+    let generation = catalog.generation()?;
     let exact = space.build_index(catalog, VectorKind::Primary, precision)?;
     if !try_ann || exact.is_empty() {
         return Ok(Store::Exact(exact));
     }
     // The graph is used where it is measured to find what the scan finds: its recall@10 on the
     // catalog's own products (measured when it is built, kept in its stamp).
-    let graph = open_graph(catalog, space, exact, config)?;
+    let graph = open_graph(catalog, space, exact, generation, config)?;
     let recall = graph.recall_at_10();
     if config.accepts_recall(recall) {
         tracing::info!("search index: graph, recall@10 {recall:.3} on its own products ({len} products of {dim}-d; a scan is as fast below {})", config.graph_above(dim));
@@ -348,11 +352,12 @@ pub fn open_collection(store: &QdrantConfig) -> Result<(QdrantIndex, CollectionD
 /// The catalog's saved search graph, caught up with the products changed since it was saved;
 /// or, if there is none or it does not fit (other space, options or a damaged file), a new one,
 /// saved for next time. Building takes minutes for a million products; loading, seconds.
-fn open_graph(catalog: &SqliteCatalog, space: &SearchSpace, exact: ExactIndex, config: &IndexConfig) -> Result<AnnIndex> {
+/// `exact` holds the rows as of `generation` of the change log or later; the graph is saved as
+/// of `generation`.
+fn open_graph(catalog: &SqliteCatalog, space: &SearchSpace, exact: ExactIndex, generation: i64, config: &IndexConfig) -> Result<AnnIndex> {
     let (graph_path, stamp_path) = graph_paths(catalog.path());
     let _turn = graph_turn(&graph_path);
     let fingerprint = space.fingerprint();
-    let generation = catalog.generation()?;
     let stamp: Option<AnnStamp> = std::fs::read(&stamp_path).ok().and_then(|bytes| serde_json::from_slice(&bytes).ok());
     let mut exact = exact;
     if let Some(stamp) = stamp.filter(|s| s.space == fingerprint && s.options == config.ann_options && s.dim == exact.dim()) {
@@ -427,6 +432,42 @@ pub fn write_graph(graph: &AnnIndex, fingerprint: &str, generation: i64, graph_p
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::types::{NewImage, NewProduct, VectorSpace};
+
+    fn product(i: usize) -> NewProduct {
+        NewProduct {
+            id: format!("p{i}"),
+            image: NewImage::Stored { bytes: vec![1, 2, 3], mime: "image/png".into() },
+            content_hash: format!("hash-{i}"),
+            metadata: Default::default(),
+            vector: (0..8).map(|d| ((i * 8 + d) as f32 * 0.61).sin()).collect(),
+            max_pooled: None,
+            colour: None,
+        }
+    }
+
+    /// A product another process adds while the graph's rows are read is neither in the rows nor
+    /// trimmed from the change log: whoever follows the log (a server building its index in a
+    /// new space, replaying what changed meanwhile) still finds it there. Before, the graph was
+    /// saved as of the log's position after the rows were read, and the log trimmed to it.
+    #[test]
+    fn a_change_made_while_the_rows_are_read_stays_in_the_change_log() -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        let db = dir.path().join("c.db");
+        let mut catalog = SqliteCatalog::open(&db)?;
+        catalog.bind_vector_space(&VectorSpace { model: "test".into(), dim: 8 })?;
+        catalog.upsert(&(0..40).map(product).collect::<Vec<_>>())?;
+        let config = IndexConfig { ann: crate::index::AnnMode::Always, ..IndexConfig::default() };
+        let space = SearchSpace::Identity;
+
+        let generation = catalog.generation()?;
+        let exact = space.build_index(&catalog, VectorKind::Primary, crate::index::Precision::F32)?;
+        let added = SqliteCatalog::open_existing(&db)?.upsert(&[product(40)])?[0];
+        let graph = open_graph(&catalog, &space, exact, generation, &config)?;
+        assert_eq!(graph.len(), 40, "the rows were read before the product was added");
+        assert_eq!(catalog.changed_since(generation)?, vec![added], "the addition is still in the change log");
+        Ok(())
+    }
 
     /// A server without the catalog maps queries exactly as the catalog's side does: every kind
     /// of search space survives the description's JSON unchanged (same fingerprint, same

@@ -144,12 +144,7 @@ impl SearchEngine {
         drop(reader);
         while_building();
         let catalog = self.lock_catalog()?;
-        for key in catalog.changed_since(since)? {
-            match catalog.vector(key)? {
-                Some(vector) => fresh.index_mut().upsert(key, &space.map(&vector)?)?,
-                None => fresh.index_mut().remove(key)?,
-            }
-        }
+        replay_changes(&catalog, since, &space, fresh.index_mut())?;
         let products = fresh.index().len();
         let old = std::mem::replace(&mut *self.write_index()?, IndexInSpace { space, store: fresh });
         self.space_chosen_at.store(products, Ordering::Release);
@@ -322,12 +317,7 @@ impl SearchEngine {
         if saved.is_ok() {
             catalog.forget_changes_through(since)?;
         }
-        for key in catalog.changed_since(since)? {
-            match catalog.vector(key)? {
-                Some(vector) => fresh.upsert(key, &space.map(&vector)?)?,
-                None => fresh.remove(key)?,
-            }
-        }
+        replay_changes(&catalog, since, &space, &mut fresh)?;
         let mut index = self.write_index()?;
         if !Arc::ptr_eq(&space, &index.space) {
             // The catalog grew enough meanwhile for the space to be chosen again, and the index
@@ -380,6 +370,19 @@ impl SearchEngine {
             tracing::warn!("could not start rebuilding the search graph: {e}");
         }
     }
+}
+
+/// Replays into `index` (in `space`) the catalog's changes after log position `since`: what
+/// was written while a fresh index was built from rows read as of `since`, before it replaces
+/// the one searches use. The caller holds the catalog lock, so nothing more changes meanwhile.
+fn replay_changes(catalog: &SqliteCatalog, since: i64, space: &SearchSpace, index: &mut dyn VectorIndex) -> Result<()> {
+    for key in catalog.changed_since(since)? {
+        match catalog.vector(key)? {
+            Some(vector) => index.upsert(key, &space.map(&vector)?)?,
+            None => index.remove(key)?,
+        }
+    }
+    Ok(())
 }
 
 /// What [`SearchEngine::follow_catalog`] says when a new search space could not be taken up.

@@ -1,0 +1,215 @@
+//! Products: their rows, photos and metadata; adding, replacing, removing and filtering them.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use rusqlite::{params, OptionalExtension};
+
+use super::changes::log_change;
+use super::vectors::encode_vector;
+use super::SqliteCatalog;
+use crate::types::{Filter, ImageRef, Key, Metadata, NewImage, NewProduct, Product};
+
+const SELECT_PRODUCT: &str = "SELECT key, id, image_path, image_mime, content_hash, metadata FROM products";
+
+fn row_to_product(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<Product>> {
+    let key: Key = row.get(0)?;
+    let id: String = row.get(1)?;
+    let path: Option<String> = row.get(2)?;
+    let mime: Option<String> = row.get(3)?;
+    let content_hash: String = row.get(4)?;
+    let metadata: String = row.get(5)?;
+    let image = match (path, mime) {
+        (Some(p), _) => ImageRef::File(PathBuf::from(p)),
+        (None, Some(mime)) => ImageRef::Stored { mime },
+        (None, None) => ImageRef::Stored { mime: "application/octet-stream".into() },
+    };
+    Ok(serde_json::from_str::<Metadata>(&metadata).with_context(|| format!("metadata of product {id:?} is not a JSON object of strings")).map(|metadata| Product {
+        key,
+        id,
+        image,
+        content_hash,
+        metadata,
+    }))
+}
+
+impl SqliteCatalog {
+    /// A product's photo as bytes: kept in the catalog, or the file recorded at import (read by
+    /// [`read_image_file`]'s rule).
+    pub fn image_bytes(&self, key: Key, image: &ImageRef) -> Result<Vec<u8>> {
+        match image {
+            ImageRef::File(path) => read_image_file(path),
+            ImageRef::Stored { .. } => self.stored_image(key)?.map(|(bytes, _)| bytes).with_context(|| format!("the stored image of product key {key} is missing")),
+            ImageRef::Collection => anyhow::bail!("product key {key} is known from a Qdrant collection, not this catalog"),
+        }
+    }
+
+    /// A product's photo, decoded (with the default limits; EXIF orientation applied).
+    pub fn decoded_image(&self, key: Key, image: &ImageRef) -> Result<image::DynamicImage> {
+        let bytes = self.image_bytes(key, image)?;
+        crate::preprocess::decode(&bytes, &crate::preprocess::DecodeLimits::default()).map_err(|e| anyhow::anyhow!("product key {key}: {e}"))
+    }
+
+    /// How many products have each value of each metadata column: (column, value, count),
+    /// ordered by column then by descending count. The raw material of search facets.
+    pub fn value_counts(&self) -> Result<Vec<(String, String, usize)>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT m.key, m.value, COUNT(*) AS n FROM products p, json_each(p.metadata) m \
+             WHERE m.type = 'text' GROUP BY m.key, m.value ORDER BY m.key, n DESC, m.value",
+        )?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)? as usize)))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// All products (for evaluation and facets).
+    pub fn all_products(&self) -> Result<Vec<Product>> {
+        let mut stmt = self.conn.prepare(&format!("{SELECT_PRODUCT} ORDER BY key"))?;
+        let rows = stmt.query_map([], row_to_product)?;
+        rows.map(|r| r.map_err(anyhow::Error::from).and_then(|p| p)).collect()
+    }
+}
+
+/// Products: read, write, filter.
+impl SqliteCatalog {
+    /// Number of products.
+    pub fn len(&self) -> Result<usize> {
+        let n: i64 = self.conn.query_row("SELECT COUNT(*) FROM products", [], |r| r.get(0))?;
+        Ok(n as usize)
+    }
+
+    pub fn get(&self, key: Key) -> Result<Option<Product>> {
+        self.conn.query_row(&format!("{SELECT_PRODUCT} WHERE key = ?1"), [key], row_to_product).optional()?.transpose()
+    }
+
+    pub fn get_by_id(&self, id: &str) -> Result<Option<Product>> {
+        self.conn.query_row(&format!("{SELECT_PRODUCT} WHERE id = ?1"), [id], row_to_product).optional()?.transpose()
+    }
+
+    /// The products for `keys`, in the same order; keys that no longer exist are left out.
+    pub fn get_many(&self, keys: &[Key]) -> Result<Vec<Product>> {
+        let mut stmt = self.conn.prepare_cached(&format!("{SELECT_PRODUCT} WHERE key = ?1"))?;
+        let mut out = Vec::with_capacity(keys.len());
+        for key in keys {
+            if let Some(p) = stmt.query_row([key], row_to_product).optional()? {
+                out.push(p?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Adds products, or replaces those whose id exists, atomically as one batch.
+    pub fn upsert(&mut self, products: &[NewProduct]) -> Result<Vec<Key>> {
+        let tx = self.write_transaction()?;
+        let mut keys = Vec::with_capacity(products.len());
+        let mut logged = Vec::with_capacity(products.len());
+        {
+            let mut find = tx.prepare_cached("SELECT key FROM products WHERE id = ?1")?;
+            let mut insert = tx.prepare_cached("INSERT INTO products(id, image_path, image_mime, content_hash, metadata) VALUES (?1, ?2, ?3, ?4, ?5)")?;
+            let mut update = tx.prepare_cached("UPDATE products SET image_path = ?2, image_mime = ?3, content_hash = ?4, metadata = ?5 WHERE key = ?1")?;
+            let mut put_image = tx.prepare_cached("INSERT OR REPLACE INTO images(key, bytes) VALUES (?1, ?2)")?;
+            let mut drop_image = tx.prepare_cached("DELETE FROM images WHERE key = ?1")?;
+            let mut put_vector = tx.prepare_cached("INSERT OR REPLACE INTO vectors(key, vector, max_pooled, crc, colour, colour_crc) VALUES (?1, ?2, ?3, ?4, ?5, ?6)")?;
+            for p in products {
+                let (path, mime) = match &p.image {
+                    NewImage::File(path) => (Some(path.to_string_lossy().into_owned()), None),
+                    NewImage::Stored { mime, .. } => (None, Some(mime.clone())),
+                };
+                let metadata = serde_json::to_string(&p.metadata)?;
+                let existing: Option<Key> = find.query_row([&p.id], |r| r.get(0)).optional()?;
+                let key = match existing {
+                    Some(key) => {
+                        update.execute(params![key, path, mime, p.content_hash, metadata])?;
+                        key
+                    }
+                    None => {
+                        insert.execute(params![p.id, path, mime, p.content_hash, metadata])?;
+                        tx.last_insert_rowid()
+                    }
+                };
+                match &p.image {
+                    NewImage::Stored { bytes, .. } => put_image.execute(params![key, bytes])?,
+                    NewImage::File(_) => drop_image.execute([key])?,
+                };
+                let max = p.max_pooled.as_deref().map(encode_vector);
+                let blob = encode_vector(&p.vector);
+                let crc = i64::from(crc32fast::hash(&blob));
+                let colour = p.colour.as_deref().map(encode_vector);
+                let colour_crc = colour.as_deref().map(|c| i64::from(crc32fast::hash(c)));
+                put_vector.execute(params![key, blob, max, crc, colour, colour_crc])?;
+                logged.push(log_change(&tx, key)?);
+                keys.push(key);
+            }
+        }
+        tx.commit().with_context(|| format!("writing to catalog {}", self.path.display()))?;
+        self.written.extend(logged);
+        Ok(keys)
+    }
+
+    /// Removes a product and its vectors; returns its key if it existed.
+    pub fn remove(&mut self, id: &str) -> Result<Option<Key>> {
+        let tx = self.write_transaction()?;
+        let key: Option<Key> = tx.query_row("SELECT key FROM products WHERE id = ?1", [id], |r| r.get(0)).optional()?;
+        let mut logged = None;
+        if let Some(key) = key {
+            tx.execute("DELETE FROM vectors WHERE key = ?1", [key])?;
+            tx.execute("DELETE FROM images WHERE key = ?1", [key])?;
+            tx.execute("DELETE FROM products WHERE key = ?1", [key])?;
+            logged = Some(log_change(&tx, key)?);
+        }
+        tx.commit()?;
+        self.written.extend(logged);
+        Ok(key)
+    }
+
+    /// Keys of the products matching `filter`.
+    pub fn filter_keys(&self, filter: &Filter) -> Result<Vec<Key>> {
+        let mut sql = String::from("SELECT key FROM products p WHERE 1");
+        let mut args: Vec<String> = Vec::new();
+        for (column, values) in filter.conditions() {
+            // Column and values are bound parameters compared with json_each's keys, never
+            // spliced into the SQL nor parsed as a JSON path: any column name is just text.
+            args.push(column.to_string());
+            let column_arg = args.len();
+            let mut alternatives = Vec::new();
+            for value in values {
+                args.push(value.clone());
+                alternatives.push(format!("?{}", args.len()));
+            }
+            sql.push_str(&format!(
+                " AND EXISTS (SELECT 1 FROM json_each(p.metadata) m WHERE m.key = ?{column_arg} AND m.type = 'text' AND m.value IN ({}))",
+                alternatives.join(", ")
+            ));
+        }
+        sql.push_str(" ORDER BY key");
+        let mut stmt = self.conn.prepare(&sql)?;
+        let rows = stmt.query_map(rusqlite::params_from_iter(args.iter()), |r| r.get(0))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// The image bytes kept inside the catalog for `key`, if any.
+    pub fn stored_image(&self, key: Key) -> Result<Option<(Vec<u8>, String)>> {
+        Ok(self
+            .conn
+            .query_row("SELECT i.bytes, COALESCE(p.image_mime, 'application/octet-stream') FROM images i JOIN products p ON p.key = i.key WHERE i.key = ?1", [key], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .optional()?)
+    }
+
+    pub fn is_empty(&self) -> Result<bool> {
+        Ok(self.len()? == 0)
+    }
+}
+
+/// Reads an image file the catalog recorded at import, unless a symbolic link is anywhere on
+/// its path now. The importers record real paths, so a link there was put in afterwards and
+/// could point anywhere on the machine (a replaced file or a replaced folder alike). The one
+/// rule for every reader: the server, evaluation and tuning.
+pub fn read_image_file(path: &Path) -> Result<Vec<u8>> {
+    let real = path.canonicalize().with_context(|| format!("reading {}", path.display()))?;
+    let is_file = std::fs::symlink_metadata(path).is_ok_and(|m| m.is_file());
+    if real != path || !is_file {
+        bail!("not reading {}: a symbolic link is on its path, or it is no regular file (re-run `lookalike index` if the catalog moved)", path.display());
+    }
+    std::fs::read(path).with_context(|| format!("reading {}", path.display()))
+}

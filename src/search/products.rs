@@ -1,0 +1,139 @@
+//! Products added, removed and read through the engine (the API's catalog changes), and the
+//! catalog's facets.
+
+use anyhow::{Context, Result};
+
+use super::rank::collection_product;
+use super::{map_product, FacetCount, SearchEngine, SearchError};
+use crate::colour::{self, ColourDescriptor};
+use crate::index::qdrant::{collection_key, StoredProduct};
+use crate::preprocess;
+use crate::types::{ImageRef, Key, NewProduct, Product, VectorSpace};
+
+impl SearchEngine {
+    /// Adds a product (or replaces the one with the same id) and makes it searchable at once:
+    /// the catalog is written first, so a crash between the two steps loses nothing that a
+    /// restart (which rebuilds the index from the catalog) would not restore.
+    pub fn add_product(&self, mut product: NewProduct) -> Result<Key, SearchError> {
+        // A photo stored without its colour (an upload through the API) gets it here, from its
+        // own pixels as a catalog shot, as `index` gives it (so searches do not pay for it).
+        if product.colour.is_none() {
+            if let crate::types::NewImage::Stored { bytes, .. } = &product.image {
+                let input = &self.encoder.spec().input;
+                let image = preprocess::decode_reduced(bytes, &self.limits, preprocess::needed_side(input, None))?;
+                if let Some(colour) = colour::of_product(&preprocess::input_pixels(&image, None, input)) {
+                    colour.name_in(&mut product.metadata);
+                    product.colour = Some(colour.descriptor.values());
+                }
+            }
+        }
+        let colour = product.colour.as_deref().map(ColourDescriptor::from_values).transpose()?;
+        let image = match &product.image {
+            crate::types::NewImage::Stored { bytes, .. } => Some(bytes.clone()),
+            _ => None,
+        };
+        let stored = StoredProduct { id: product.id.clone(), metadata: product.metadata.clone(), colour: product.colour.clone() };
+        if self.catalog.is_none() {
+            // Straight to the collection, where every server finds it on its next search.
+            let key = collection_key(&product.id);
+            let mut index = self.write_index()?;
+            let searched = map_product(&index.space, &product.vector)?;
+            index.put(key, &searched, stored, image.as_deref())?;
+            return Ok(key);
+        }
+        let expected = self.encoder.spec().name.clone();
+        // Hold the catalog lock across both writes, so concurrent changes to the same id
+        // reach the index in the order they reached the catalog.
+        let mut catalog = self.lock_catalog()?;
+        catalog.bind_vector_space(&VectorSpace { model: expected, dim: product.vector.len() })?;
+        // The catalog keeps model vectors; the index holds them mapped into the search space.
+        let key = *catalog.upsert(std::slice::from_ref(&product))?.first().context("the catalog stored no product")?;
+        // Mapped by the index's own space: it is only replaced under the catalog lock, held here.
+        let mut index = self.write_index()?;
+        let searched = map_product(&index.space, &product.vector)?;
+        index.put(key, &searched, stored, image.as_deref())?;
+        drop(index);
+        self.write_colours()?.put(key, colour, crate::types::Product::named_colour(&product.metadata));
+        self.write_kinds()?.put(key, &product.metadata);
+        Ok(key)
+    }
+
+    /// Removes a product from the catalog, then from the index (from a Qdrant collection by
+    /// its id, so also a product another server added there). Returns whether it existed.
+    pub fn remove_product(&self, id: &str) -> Result<bool, SearchError> {
+        if self.catalog.is_none() {
+            return Ok(self.collection_mut(|c| c.remove_product(id))?);
+        }
+        let mut catalog = self.lock_catalog()?;
+        let Some(key) = catalog.remove(id)? else {
+            drop(catalog);
+            return Ok(self.read_index()?.collection().is_some() && self.collection_mut(|c| c.remove_product(id))?);
+        };
+        self.write_index()?.index_mut().remove(key)?;
+        self.write_colours()?.remove(key);
+        self.write_kinds()?.remove(key);
+        Ok(true)
+    }
+
+    /// Runs `f` on the Qdrant collection (an error when the store is embedded).
+    fn collection_mut<T>(&self, f: impl FnOnce(&mut crate::index::qdrant::QdrantIndex) -> Result<T>) -> Result<T> {
+        let mut store = self.write_index()?;
+        f(store.collection_mut().context("the vector store is not a Qdrant collection")?)
+    }
+
+    /// A product by its id. With a Qdrant collection as the store, the collection says whether
+    /// it exists (any server may have added or removed it there); the catalog's row is
+    /// preferred where there is one, for its photo.
+    pub fn product(&self, id: &str) -> Result<Option<Product>> {
+        let in_collection = match self.read_index()?.collection() {
+            Some(collection) => Some(collection.product(id)?.map(|(stored, _)| collection_product(stored))),
+            None => None,
+        };
+        if in_collection == Some(None) {
+            return Ok(None);
+        }
+        if self.catalog.is_some() {
+            if let Some(product) = self.with_catalog(|c| c.get_by_id(id))? {
+                return Ok(Some(product));
+            }
+        }
+        Ok(in_collection.flatten())
+    }
+
+    /// A product's photo: stored in the catalog, the file recorded at import, or (for a
+    /// product known only from a Qdrant collection) the photo its payload carries. `None`
+    /// when it is gone.
+    pub fn product_image(&self, product: &Product) -> Result<Option<Vec<u8>>> {
+        match &product.image {
+            ImageRef::Stored { .. } => self.with_catalog(|c| c.stored_image(product.key)).map(|found| found.map(|(bytes, _)| bytes)),
+            // Only the path the catalog recorded at import is ever read; nothing from the request.
+            ImageRef::File(path) => Ok(crate::catalog::read_image_file(path).map_err(|e| tracing::warn!("{e:#}")).ok()),
+            ImageRef::Collection => match self.read_index()?.collection() {
+                Some(collection) => collection.product_image(&product.id),
+                None => Ok(None),
+            },
+        }
+    }
+
+    /// Every (column, value, products) count for the page's filters, and the number of
+    /// products: from the catalog, or counted by Qdrant over the collection's indexed columns.
+    pub fn facets(&self) -> Result<(Vec<FacetCount>, usize)> {
+        match &self.described {
+            None => self.with_catalog(|c| Ok((c.value_counts()?, c.len()?))),
+            Some(described) => {
+                let store = self.read_index()?;
+                let collection = store.collection().context("a server without a catalog searches a Qdrant collection")?;
+                Ok((collection.facets(&described.facet_columns, 100)?, collection.count_now()?))
+            }
+        }
+    }
+
+    /// Products searchable now: the catalog's, or the Qdrant collection's as it counts them
+    /// (with every server's changes).
+    pub fn product_count(&self) -> Result<usize> {
+        match self.catalog {
+            Some(_) => self.with_catalog(|c| c.len()),
+            None => self.read_index()?.collection().context("a server without a catalog searches a Qdrant collection")?.count_now(),
+        }
+    }
+}

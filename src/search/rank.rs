@@ -1,0 +1,292 @@
+//! Ranking a query vector: the index's nearest products, re-ranked by colour and by the kind
+//! the best matches share, joined with their metadata; "more like this"; the likeness bands
+//! that name how alike a score is.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Result;
+
+use super::{ms, poisoned, MeasuredBands, Query, QueryVector, RankedProduct, SearchEngine, SearchError, SearchRequest, SearchResults, Timings};
+use crate::colour::{self, ColourDescriptor, ColourMode, ColourTable};
+use crate::index::qdrant::{collection_key, StoredProduct};
+use crate::index::{Allowed, Hit};
+use crate::kind::{self, KindMode, KindTable};
+use crate::likeness::{self, Likeness, LikenessBands, RecordedBands};
+use crate::types::{Filter, ImageRef, Key, Product};
+
+impl SearchEngine {
+    /// "More like this": products most similar to a catalog product, from its stored vector
+    /// (a Qdrant collection's, where that is the store: any server's product, in any server).
+    /// The product itself is left out of the results.
+    pub fn search_like(&self, id: &str, request: &SearchRequest) -> Result<SearchResults, SearchError> {
+        let from_collection = {
+            let store = self.read_index()?;
+            match store.collection() {
+                Some(collection) => Some(collection.product(id)?),
+                None => None,
+            }
+        };
+        let model_vector: Vec<f32>;
+        let (query, colour) = match from_collection {
+            Some(found) => {
+                let (stored, vector) = found.ok_or_else(|| SearchError::UnknownProduct(id.to_string()))?;
+                (Query::new(QueryVector::InSpace(vector)), stored.colour.as_deref().map(ColourDescriptor::from_values).transpose()?)
+            }
+            None => {
+                let (key, vector) = self
+                    .with_catalog(|c| {
+                        let Some(product) = c.get_by_id(id)? else { return Ok(None) };
+                        Ok(c.vector(product.key)?.map(|v| (product.key, v)))
+                    })?
+                    .ok_or_else(|| SearchError::UnknownProduct(id.to_string()))?;
+                model_vector = vector;
+                (Query::new(QueryVector::Product(&model_vector)), self.read_colours()?.descriptor(key).copied())
+            }
+        };
+        // Rank from the top with one extra hit, drop the product itself, then cut the page, so
+        // pages line up whether or not the product falls inside the filter.
+        let widened = SearchRequest { k: request.offset + request.k + 1, offset: 0, ..request.clone() };
+        let mut results = self.search_in_space(query, colour.as_ref(), &widened)?;
+        results.hits.retain(|h| h.product.id != id);
+        results.hits = results.hits.into_iter().skip(request.offset).take(request.k).collect();
+        for (i, hit) in results.hits.iter_mut().enumerate() {
+            hit.rank = request.offset + i + 1;
+        }
+        Ok(results)
+    }
+
+    /// Products most similar to a model embedding (as the encoder produces it, before any
+    /// tuned projection), taken as a photo's: the photo adapter applies, so that a search by a
+    /// photo's returned `query_vector` finds what the photo found. A vector has no colour:
+    /// `colour=match` ranks by shape alone.
+    pub fn search_vector(&self, model_vector: &[f32], request: &SearchRequest) -> Result<SearchResults, SearchError> {
+        self.search_vector_with_colour(model_vector, None, request)
+    }
+
+    /// Products most similar to a model embedding whose photo has `colour` (a
+    /// [`ColourDescriptor`], as a photo search returns it), with colour treated as
+    /// `request.colour` says.
+    pub fn search_vector_with_colour(&self, model_vector: &[f32], colour: Option<&ColourDescriptor>, request: &SearchRequest) -> Result<SearchResults, SearchError> {
+        self.search_in_space(Query::new(QueryVector::Photo(model_vector)), colour, request)
+    }
+
+    /// Whether the catalog has colour, and the column it names colours in.
+    fn colour_facts(&self) -> Result<(bool, String)> {
+        Ok(match &self.described {
+            Some(described) => (described.has_colour, described.colour_column.clone()),
+            None => {
+                let colours = self.read_colours()?;
+                (colours.has_colour(), colours.column().to_string())
+            }
+        })
+    }
+
+    /// [`SearchEngine::search_vector_with_colour`] for any query.
+    pub(super) fn search_in_space(&self, query: Query<'_>, colour: Option<&ColourDescriptor>, request: &SearchRequest) -> Result<SearchResults, SearchError> {
+        let started = Instant::now();
+        let mut timings = Timings::default();
+
+        let t = Instant::now();
+        let wanted = request.offset.saturating_add(request.k);
+        // Colour applies only where the catalog has colour (a grey catalog ranks by shape
+        // under every mode) and, for `match`, where the query has a colour. (The colour table
+        // is locked only for a moment each time: it is written after the catalog and the
+        // index, so it must never be held while waiting for either.)
+        let (has_colour, colour_column) = self.colour_facts()?;
+        let mode = match (&request.colour, colour) {
+            _ if !has_colour => ColourMode::Any,
+            (ColourMode::Match, None) => ColourMode::Any,
+            (mode, _) => mode.clone(),
+        };
+        // A Qdrant collection answers with each product's payload, which is shown instead of
+        // the catalog's rows: it holds what every server added, and a hit's key is only known
+        // to the catalog that wrote it.
+        let from_collection = self.read_index()?.collection().is_some();
+        // An embedded store takes the keys the filter admits, read from the catalog before the
+        // index lock is taken: writers hold the catalog lock while they wait for the index
+        // lock, so a search holding both the other way round could deadlock.
+        let mut filter = request.filter.clone();
+        let mut allowed: Option<Allowed> = match request.filter.is_empty() || from_collection {
+            true => None,
+            false => Some(self.with_catalog(|c| c.filter_keys(&request.filter))?.into_iter().collect()),
+        };
+        if let ColourMode::Named(name) = &mode {
+            if from_collection {
+                // Qdrant filters its payloads: on the column the shop's colours are named in.
+                filter.add(&colour_column, name).map_err(SearchError::BadRequest)?;
+            } else {
+                let named = self.read_colours()?.keys_named(name);
+                allowed = Some(match allowed {
+                    Some(allowed) => allowed.intersection(&named).copied().collect(),
+                    None => named,
+                });
+            }
+        }
+        let mut query = query;
+        {
+            // A vector of the wrong size is the caller's mistake, said before anything is searched.
+            let store = self.read_index()?;
+            let vector = query.in_space(&store.space)?;
+            let index = store.index();
+            if vector.len() != index.dim() && !index.is_empty() {
+                return Err(SearchError::BadRequest(format!("vector has {} dimensions; this catalog's are {}", vector.len(), index.dim())));
+            }
+        }
+        // The products a collection's answers described, by their hits' keys.
+        let found: std::cell::RefCell<HashMap<Key, StoredProduct>> = Default::default();
+        let query = std::cell::RefCell::new(query);
+        let by_shape = |n: usize| -> Result<Vec<Hit>> {
+            let store = self.read_index()?;
+            let mut query = query.borrow_mut();
+            let vector = query.in_space(&store.space)?;
+            let Some(collection) = store.collection() else { return store.search(vector, n, &filter, allowed.as_ref()) };
+            let mut found = found.borrow_mut();
+            Ok(collection
+                .search_products(vector, n, &filter)?
+                .into_iter()
+                .map(|(score, product)| {
+                    let key = collection_key(&product.id);
+                    found.insert(key, product);
+                    Hit { key, score }
+                })
+                .collect())
+        };
+        // The kind is voted on by the shape ranking, before colour blends in: the best matches
+        // by shape say best what the photo shows; the colour-matched ones are the right colour,
+        // of whatever kind comes closest in it.
+        let mut voters: Vec<Hit> = Vec::new();
+        let mut by_shape = |n: usize| -> Result<Vec<Hit>> {
+            let hits = by_shape(n)?;
+            kind::keep_voters(&mut voters, &hits);
+            Ok(hits)
+        };
+        // The kind consensus re-ranks a deeper pool than the page (a collection's products
+        // carry their categories in their payloads; a catalog's are in the kind table).
+        let by_kind = request.kind == KindMode::Match && (from_collection || self.read_kinds()?.has_kinds());
+        let pool = match by_kind {
+            true => wanted.max(kind::CANDIDATES),
+            false => wanted,
+        };
+        let hits: Vec<Hit> = match (&mode, colour) {
+            // The index's lock and the colour table's are taken one at a time.
+            (ColourMode::Match, Some(query)) => colour::search_matching(colour::MATCH_WEIGHT, wanted, by_shape, |hits, weight| match from_collection {
+                true => Ok(payload_colours(&found.borrow())?.rerank(hits, query, weight)),
+                false => Ok(self.read_colours()?.rerank(hits, query, weight)),
+            })?,
+            _ => by_shape(pool)?,
+        };
+        let (hits, kind_mode) = match (by_kind, from_collection) {
+            (false, _) => (hits, KindMode::Any),
+            (true, false) => (self.read_kinds()?.rerank_by_voters(hits, &voters, kind::WEIGHT), KindMode::Match),
+            (true, true) => {
+                let kinds = payload_kinds(&found.borrow());
+                match kinds.has_kinds() {
+                    true => (kinds.rerank_by_voters(hits, &voters, kind::WEIGHT), KindMode::Match),
+                    false => (hits, KindMode::Any),
+                }
+            }
+        };
+        timings.search_ms = ms(t);
+
+        let t = Instant::now();
+        let page: Vec<Hit> = hits.into_iter().skip(request.offset).take(request.k).collect();
+        let products: Vec<Product> = match from_collection {
+            true => {
+                let found = found.borrow();
+                page.iter().filter_map(|h| found.get(&h.key).cloned().map(collection_product)).collect()
+            }
+            false => {
+                let keys: Vec<_> = page.iter().map(|h| h.key).collect();
+                self.with_catalog(|c| c.get_many(&keys))?
+            }
+        };
+        let bands = self.likeness_bands()?;
+        let likeness = |score: f32| bands.map_or(Likeness::Related, |b| b.band(score));
+        let hits = page
+            .iter()
+            .zip(0..)
+            .filter_map(|(hit, i)| {
+                // A colour blend not re-ranked by kind may pass 1 (`ColourTable::rerank`).
+                let score = hit.score.clamp(-1.0, 1.0);
+                products.iter().find(|p| p.key == hit.key).map(|p| RankedProduct { rank: request.offset + i + 1, score, likeness: likeness(score), product: p.clone() })
+            })
+            .collect();
+        timings.metadata_ms = ms(t);
+        timings.total_ms = ms(started);
+        Ok(SearchResults { hits, timings, colour_mode: mode, kind_mode, ..SearchResults::default() })
+    }
+
+    /// The score bands of "Very similar", "Similar" and "Related" ([`crate::likeness`]),
+    /// measured on a sample of the catalog's own products against the index, and measured again
+    /// when the search space changes or the catalog has grown or shrunk by a fifth.
+    /// `None` for a catalog too small to compare its products.
+    pub fn likeness_bands(&self) -> Result<Option<LikenessBands>> {
+        let mut measured = self.likeness.lock().map_err(|_| poisoned("likeness bands"))?;
+        let space = self.current_space()?;
+        let products = self.len();
+        let fresh = |m: &MeasuredBands| Arc::ptr_eq(&m.space, &space) && likeness::still_fits(m.products, products);
+        if let Some(m) = measured.as_ref().filter(|m| fresh(m)) {
+            return Ok(m.bands);
+        }
+        // As `index` or `tune` recorded them for this space, or measured now (not written back:
+        // a search never writes to the catalog).
+        let fingerprint = space.fingerprint();
+        let recorded = match &self.described {
+            Some(described) => described.likeness.as_deref().and_then(RecordedBands::from_setting),
+            None => self.with_catalog(|c| Ok(c.setting(likeness::SETTING)?.as_deref().and_then(RecordedBands::from_setting)))?,
+        };
+        let bands = match recorded {
+            Some(recorded) if recorded.fits(&fingerprint, products) => Some(recorded.bands),
+            // Without the catalog there are no model vectors to sample: as described, or none.
+            recorded if self.described.is_some() => recorded.map(|r| r.bands),
+            _ => {
+                let sample = self.with_catalog(|c| c.sample_vectors(likeness::SAMPLE))?;
+                let sample: Vec<(Key, Vec<f32>)> = sample.into_iter().filter_map(|(key, v)| space.map(&v).ok().map(|v| (key, v))).collect();
+                let moved = std::cell::Cell::new(false);
+                let bands = likeness::measure(&sample, |v, n| {
+                    let index = self.read_index()?;
+                    if !Arc::ptr_eq(&index.space, &space) {
+                        moved.set(true);
+                        return Ok(Vec::new());
+                    }
+                    Ok(index.search(v, n, &Filter::default(), None)?.into_iter().map(|h| (h.key, h.score)).collect())
+                })?;
+                if moved.get() {
+                    // The space was replaced while measuring (`tune` ran): measured in the new one.
+                    drop(measured);
+                    return self.likeness_bands();
+                }
+                bands
+            }
+        };
+        *measured = Some(MeasuredBands { space: space.clone(), products, bands });
+        Ok(bands)
+    }
+}
+
+/// A product as a Qdrant collection's payload describes it (its photo, if it has one there,
+/// is read by [`SearchEngine::product_image`]).
+pub(super) fn collection_product(stored: StoredProduct) -> Product {
+    Product { key: collection_key(&stored.id), id: stored.id, image: ImageRef::Collection, content_hash: String::new(), metadata: stored.metadata }
+}
+
+/// The categories of products a collection's answer described, to agree on.
+fn payload_kinds(found: &HashMap<Key, StoredProduct>) -> KindTable {
+    let mut table = KindTable::default();
+    for (key, product) in found {
+        table.put(*key, &product.metadata);
+    }
+    table
+}
+
+/// The colours of products a collection's answer described, to re-rank them by.
+fn payload_colours(found: &HashMap<Key, StoredProduct>) -> Result<ColourTable> {
+    let mut table = ColourTable::default();
+    for (key, product) in found {
+        let descriptor = product.colour.as_deref().map(ColourDescriptor::from_values).transpose()?;
+        table.put(*key, descriptor, Product::named_colour(&product.metadata));
+    }
+    Ok(table)
+}

@@ -259,6 +259,37 @@ impl std::str::FromStr for MethodSet {
     }
 }
 
+/// One query's outcome, for finding which queries fail and what they find instead
+/// (`lookalike eval --per-query FILE` writes one a line).
+#[derive(Debug, Serialize)]
+pub struct QueryOutcome<'a> {
+    /// The query's id (`fmnist-test-00042`).
+    pub query: &'a str,
+    /// Its label (several columns joined by " / ").
+    pub label: &'a str,
+    /// The colour read from the photo, where the catalog has colour.
+    pub query_colour: Option<&'static str>,
+    /// Per row: its precision@10 for this query and its first page.
+    pub methods: BTreeMap<&'static str, RankedOutcome>,
+}
+
+/// One row's answer to one query ([`QueryOutcome`]).
+#[derive(Debug, Serialize)]
+pub struct RankedOutcome {
+    pub precision_at_10: f64,
+    /// The top [`K`], best first.
+    pub hits: Vec<HitOutcome>,
+}
+
+/// One product a row found ([`RankedOutcome`]).
+#[derive(Debug, Serialize)]
+pub struct HitOutcome {
+    pub id: String,
+    /// Its label ("" for a product without the label's columns).
+    pub label: String,
+    pub score: f32,
+}
+
 /// How to run an evaluation.
 #[derive(Debug, Clone)]
 pub struct EvalOptions {
@@ -407,6 +438,17 @@ fn raw_pixel_side(catalog: &SqliteCatalog, first: Key, image_ref: &ImageRef) -> 
 
 /// Runs every query through the three methods and reports their metrics.
 pub fn evaluate(catalog: &SqliteCatalog, encoder: &dyn Encoder, queries: &[LabelledQuery], options: &EvalOptions) -> Result<EvalReport> {
+    evaluate_each(catalog, encoder, queries, options, &mut |_| Ok(()))
+}
+
+/// [`evaluate`], telling `each_query` every query's outcome as it is measured.
+pub fn evaluate_each(
+    catalog: &SqliteCatalog,
+    encoder: &dyn Encoder,
+    queries: &[LabelledQuery],
+    options: &EvalOptions,
+    each_query: &mut dyn FnMut(&QueryOutcome<'_>) -> Result<()>,
+) -> Result<EvalReport> {
     let label = options.label.as_str();
     if queries.is_empty() {
         bail!("no queries to evaluate");
@@ -426,6 +468,7 @@ pub fn evaluate(catalog: &SqliteCatalog, encoder: &dyn Encoder, queries: &[Label
     if labels.is_empty() {
         bail!("no product in {} has a {label:?} column to judge relevance by", catalog.path().display());
     }
+    let ids: HashMap<Key, &str> = products.iter().map(|p| (p.key, p.id.as_str())).collect();
     let mut per_label: HashMap<&str, usize> = HashMap::new();
     for l in labels.values() {
         *per_label.entry(l.as_str()).or_default() += 1;
@@ -525,10 +568,22 @@ pub fn evaluate(catalog: &SqliteCatalog, encoder: &dyn Encoder, queries: &[Label
                 query_naming.add(truth, named);
             }
         }
+        let mut outcome = QueryOutcome { query: &q.id, label: &q.label, query_colour, methods: BTreeMap::new() };
         for (method, hits, latency) in ranked_by_method {
             let ranked: Vec<&str> = hits.iter().map(|h| labels.get(&h.key).map_or("", String::as_str)).collect();
             tallies.entry(method).or_default().add(&ranked, &q.label, relevant, latency);
+            let first_page = hits.iter().zip(&ranked).take(K);
+            outcome.methods.insert(
+                method,
+                RankedOutcome {
+                    precision_at_10: ranked.iter().take(K).filter(|l| **l == q.label).count() as f64 / K as f64,
+                    hits: first_page
+                        .map(|(h, label)| HitOutcome { id: ids.get(&h.key).map_or_else(String::new, |id| id.to_string()), label: label.to_string(), score: h.score })
+                        .collect(),
+                },
+            );
         }
+        each_query(&outcome)?;
     }
 
     Ok(EvalReport {

@@ -442,7 +442,10 @@ fn eval_reports_all_three_methods_or_the_rows_asked_for() {
     // far above chance (0.1).
     assert!(out["methods"]["lookalike"]["precision_at_10"].as_f64().unwrap_or(0.0) > 0.5, "{out}");
 
-    // Only the rows asked for, each ranked as in the full run.
+    // Only the rows asked for, each ranked as in the full run; each query's outcome written a
+    // line, adding up to the report.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let per_query = dir.path().join("queries.jsonl");
     let some = json(&ok(&[
         "eval",
         "--db",
@@ -458,6 +461,8 @@ fn eval_reports_all_three_methods_or_the_rows_asked_for() {
         "--json",
         "--methods",
         "raw_pixels, lookalike",
+        "--per-query",
+        path(&per_query),
     ]));
     let rows: Vec<&String> = some["methods"].as_object().map(|m| m.keys().collect()).unwrap_or_default();
     assert_eq!(rows, ["lookalike", "raw_pixels"], "{some}");
@@ -466,6 +471,42 @@ fn eval_reports_all_three_methods_or_the_rows_asked_for() {
             assert_eq!(some["methods"][method][key], out["methods"][method][key], "{method}.{key}");
         }
     }
+    let lines: Vec<serde_json::Value> =
+        std::fs::read_to_string(&per_query).expect("per-query file").lines().map(|l| serde_json::from_str(l).expect("a JSON object a line")).collect();
+    assert_eq!(lines.len(), 50, "one line per query");
+    for method in ["lookalike", "raw_pixels"] {
+        let mut sum = 0.0;
+        for line in &lines {
+            assert!(line["query"].as_str().is_some_and(|id| id.starts_with("fmnist-test-")), "{line}");
+            let outcome = &line["methods"][method];
+            let hits = outcome["hits"].as_array().expect("hits");
+            assert_eq!(hits.len(), 10, "{line}");
+            assert!(hits.iter().all(|h| h["id"].as_str().is_some_and(|id| id.starts_with("fmnist-train-"))), "{line}");
+            let relevant = hits.iter().filter(|h| h["label"] == line["label"]).count();
+            let p10 = outcome["precision_at_10"].as_f64().expect("precision_at_10");
+            assert_eq!(p10, relevant as f64 / 10.0, "{line}");
+            sum += p10;
+        }
+        let reported = some["methods"][method]["precision_at_10"].as_f64().expect("P@10");
+        assert!((sum / 50.0 - reported).abs() < 1e-9, "{method}: the lines' mean {} against the report's {reported}", sum / 50.0);
+    }
+    // A file that cannot be written is refused before the run, not after it.
+    std::fs::write(dir.path().join("a-file"), "").expect("write");
+    let refused = lookalike(&[
+        "eval",
+        "--db",
+        path(shared_catalog()),
+        "--fashion-mnist",
+        "test",
+        "--queries",
+        "5",
+        "--fashion-mnist-dir",
+        path(&fm_dir()),
+        "--per-query",
+        path(&dir.path().join("a-file/q.jsonl")),
+    ]);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success() && stderr.contains("a-file") && !stderr.contains("evaluating"), "{stderr}");
     let refused = lookalike(&["eval", "--db", path(shared_catalog()), "--fashion-mnist", "test", "--methods", "lookalike,best"]);
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(!refused.status.success() && stderr.contains("\"best\"") && stderr.contains("original_recipe"), "{stderr}");

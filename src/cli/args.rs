@@ -259,10 +259,21 @@ pub fn fashion_mnist_dir(assets: &Assets, dir: &Option<PathBuf>) -> Result<PathB
 }
 
 pub fn write_file(path: &Path, text: &str) -> Result<()> {
+    create_parent(path)?;
+    std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
+}
+
+/// Creates (or truncates) `path` for writing, with its directory.
+pub fn create_file(path: &Path) -> Result<std::fs::File> {
+    create_parent(path)?;
+    std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))
+}
+
+fn create_parent(path: &Path) -> Result<()> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
-    std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
+    Ok(())
 }
 
 // The command line's names for library enums: clap stays in the CLI layer.

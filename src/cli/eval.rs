@@ -1,8 +1,9 @@
 //! `lookalike eval`: search quality on labelled queries, beside two baselines.
 
+use std::io::Write;
 use std::path::PathBuf;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use clap::Args;
 
 use super::args::*;
@@ -63,6 +64,11 @@ pub struct EvalArgs {
     /// Also write the JSON report to this file.
     #[arg(long, value_name = "FILE")]
     pub out: Option<PathBuf>,
+    /// Also write every query's outcome to this file, one JSON object a line: the query's id,
+    /// label and the colour read from it, and per row its precision@10 and its first page (id,
+    /// label, score), to see which queries fail and what they find instead.
+    #[arg(long, value_name = "FILE")]
+    pub per_query: Option<PathBuf>,
     /// Turn each query into a shopper-like photo first (background, crop, rotation, light,
     /// blur, JPEG), seeded by --seed.
     #[arg(long)]
@@ -82,6 +88,11 @@ pub struct EvalArgs {
 }
 
 pub fn run(args: EvalArgs) -> Result<()> {
+    // Opened before the run, so a path that cannot be written fails now, not after the run.
+    let mut per_query = match &args.per_query {
+        Some(path) => Some((std::io::BufWriter::new(create_file(path)?), path)),
+        None => None,
+    };
     let assets = Assets::from_env();
     let catalog = SqliteCatalog::open_existing(&args.db.db)?;
     let encoder = load_encoder(&assets, &catalog, &args.model)?;
@@ -123,7 +134,13 @@ pub fn run(args: EvalArgs) -> Result<()> {
         kind_weight: args.kind_weight,
         methods: args.methods.clone(),
     };
-    let report = eval::evaluate(&catalog, &encoder, &queries, &options)?;
+    let report = eval::evaluate_each(&catalog, &encoder, &queries, &options, &mut |outcome| {
+        let Some((out, path)) = per_query.as_mut() else { return Ok(()) };
+        serde_json::to_writer(&mut *out, outcome).and_then(|()| writeln!(out).map_err(serde_json::Error::io)).with_context(|| format!("writing {}", path.display()))
+    })?;
+    if let Some((mut out, path)) = per_query {
+        out.flush().with_context(|| format!("writing {}", path.display()))?;
+    }
     let json = serde_json::to_string_pretty(&report)?;
     if let Some(out) = &args.out {
         write_file(out, &json)?;

@@ -10,25 +10,41 @@
 //!   L2-normalised, Euclidean distance (on unit vectors Euclidean ranks exactly as cosine does);
 //! - `raw_pixels`: cosine on the flattened greyscale image at the catalog's image size, the
 //!   floor any learned method must clear.
+//!
+//! This file runs the queries and keeps the tallies; `methods.rs` holds every row and how it
+//! ranks a photo, `exact.rs` and `scenes.rs` the re-photographed products (`--exact`) and the
+//! photos of several products (`--scenes`), `naming.rs` how well colours are named.
 
 use std::collections::{BTreeMap, HashMap};
-use std::time::Instant;
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{bail, Context, Result};
 use rand::seq::SliceRandom;
-use rand::{Rng, SeedableRng};
+use rand::SeedableRng;
 use serde::Serialize;
 
 use crate::catalog::{SqliteCatalog, VectorKind};
-use crate::colour::{self, ColourMode, ColourTable};
+use crate::colour::{ColourMode, ColourTable};
 use crate::encoder::Encoder;
 use crate::index::{l2_normalize, ExactIndex, Precision, VectorIndex};
-use crate::kind::{self, KindMode, KindTable};
-use crate::localise::{find_items, ForegroundHead};
+use crate::kind::{KindMode, KindTable};
 use crate::preprocess;
 use crate::space::SearchSpace;
-use crate::straighten;
 use crate::types::{ImageRef, Key};
+
+mod exact;
+mod methods;
+mod naming;
+mod scenes;
+
+use exact::evaluate_exact;
+use methods::Methods;
+use naming::{colour_naming, NamingTally};
+use scenes::evaluate_scenes;
+
+pub use exact::{ExactRecall, ExactReport};
+pub use methods::{MethodSet, METHODS};
+pub use naming::ColourNamingReport;
+pub use scenes::{iou, SceneReport, UnmatchedProducts};
 
 /// Cut-off of every ranked metric.
 pub const K: usize = 10;
@@ -97,166 +113,6 @@ pub struct EvalReport {
     /// the query's `baseColour`, when that is one of the `--label` columns (counts are queries).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub query_colour_naming: Option<ColourNamingReport>,
-}
-
-/// The named colour lookalike computes at import against the catalog's own `baseColour`.
-#[derive(Debug, Clone, Serialize)]
-pub struct ColourNamingReport {
-    /// Products of one colour (`baseColour` other than `Multi`) named exactly that.
-    pub solid_correct: f64,
-    pub solid_products: usize,
-    /// `Multi` products named `Multi`.
-    pub multi_correct: f64,
-    pub multi_products: usize,
-}
-
-/// Counts named colours against the truth, for a [`ColourNamingReport`].
-#[derive(Debug, Default)]
-struct NamingTally {
-    solid: usize,
-    solid_ok: usize,
-    multi: usize,
-    multi_ok: usize,
-}
-
-impl NamingTally {
-    fn add(&mut self, truth: &str, named: &str) {
-        if truth == colour::MULTI {
-            self.multi += 1;
-            self.multi_ok += usize::from(named == colour::MULTI);
-        } else {
-            self.solid += 1;
-            self.solid_ok += usize::from(named.eq_ignore_ascii_case(truth));
-        }
-    }
-
-    fn report(&self) -> Option<ColourNamingReport> {
-        let share = |ok: usize, n: usize| ok as f64 / n.max(1) as f64;
-        (self.solid + self.multi > 0).then(|| ColourNamingReport {
-            solid_correct: share(self.solid_ok, self.solid),
-            solid_products: self.solid,
-            multi_correct: share(self.multi_ok, self.multi),
-            multi_products: self.multi,
-        })
-    }
-}
-
-/// [`ColourNamingReport`] over `products`, whose colours `table` holds.
-fn colour_naming(products: &[crate::types::Product], table: &ColourTable) -> Option<ColourNamingReport> {
-    let mut tally = NamingTally::default();
-    for p in products {
-        if let (Some(truth), Some(descriptor)) = (p.metadata.get("baseColour"), table.descriptor(p.key)) {
-            tally.add(truth, descriptor.name());
-        }
-    }
-    tally.report()
-}
-
-/// Catalog products re-photographed as a shopper would ([`crate::perturb::perturb`]: on a
-/// background, cropped, rotated, re-lit, blurred, JPEG): does search find that very product?
-#[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct ExactReport {
-    pub products: usize,
-    /// Per method, as in [`EvalReport::methods`].
-    pub methods: BTreeMap<String, ExactRecall>,
-}
-
-#[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct ExactRecall {
-    /// Share of the re-photographed products ranked first.
-    pub exact_recall_at_1: f64,
-    /// Share ranked in the top 10.
-    pub exact_recall_at_10: f64,
-}
-
-/// Photos of 2-3 held-out products side by side on one background ([`crate::perturb::compose_scene`]):
-/// are the products found in them, and does searching with each found item's box find its kind?
-#[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct SceneReport {
-    pub scenes: usize,
-    /// Products placed in all scenes.
-    pub products: usize,
-    /// Placed products that a detected box matches (intersection over union at least 0.5).
-    pub detection_recall: f64,
-    /// Detected boxes that match a placed product.
-    pub detection_precision: f64,
-    /// P@10 by label for each placed product, searching with the detected box matched to it,
-    /// cropped with [`crate::localise::ITEM_CROP_MARGIN`] as `items=all` does (0
-    /// for a product no box matched).
-    pub scene_precision_at_10: f64,
-    /// The same, searching with the features pooled over the matched item (no second encode):
-    /// what `items=all` returns for it.
-    pub scene_pooled_precision_at_10: f64,
-    /// P@10 by label for each placed product when the whole photo is searched: what a search
-    /// without localisation gives.
-    pub whole_photo_precision_at_10: f64,
-    /// Why the products no box matched were not found, as shares of all placed products:
-    /// `merged`, inside a box that also holds most of another placed product; `loose`, the best
-    /// box overlaps it at IoU 0.2-0.5; `missed`, no box near it. Where detection loses.
-    pub unmatched: UnmatchedProducts,
-}
-
-/// The placed products of [`SceneReport`] that no detected box matched, by why.
-#[derive(Debug, Clone, Default, Serialize, PartialEq)]
-pub struct UnmatchedProducts {
-    pub merged: f64,
-    pub loose: f64,
-    pub missed: f64,
-}
-
-/// Every row `eval` can report: a way of ranking the catalog for a query photo.
-pub const METHODS: [&str; 10] = [
-    "lookalike",
-    "lookalike_any_kind",
-    "lookalike_as_taken",
-    "lookalike_unadapted",
-    "lookalike_any",
-    "lookalike_item",
-    "lookalike_item_crop",
-    "lookalike_untuned",
-    "original_recipe",
-    "raw_pixels",
-];
-
-/// The rows an evaluation computes. Every row costs a search of the whole catalog per query,
-/// some an encode: leaving out the comparisons makes a full-protocol run (10,000 queries) a
-/// few times shorter when only `lookalike` is wanted.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MethodSet(Vec<&'static str>);
-
-impl MethodSet {
-    pub fn all() -> MethodSet {
-        MethodSet(METHODS.to_vec())
-    }
-
-    pub fn has(&self, method: &str) -> bool {
-        self.0.contains(&method)
-    }
-}
-
-impl Default for MethodSet {
-    fn default() -> MethodSet {
-        MethodSet::all()
-    }
-}
-
-impl std::str::FromStr for MethodSet {
-    type Err = String;
-
-    /// `all`, or method names separated by commas.
-    fn from_str(text: &str) -> Result<MethodSet, String> {
-        if text.trim() == "all" {
-            return Ok(MethodSet::all());
-        }
-        let mut picked = Vec::new();
-        for name in text.split(',').map(str::trim) {
-            let known = METHODS.iter().find(|m| **m == name).ok_or_else(|| format!("unknown method {name:?}: choose from all, {}", METHODS.join(", ")))?;
-            if !picked.contains(known) {
-                picked.push(*known);
-            }
-        }
-        Ok(MethodSet(picked))
-    }
 }
 
 /// One query's outcome, for finding which queries fail and what they find instead
@@ -611,328 +467,6 @@ pub fn evaluate_each(
         },
         colour_naming: colour_naming(&products, &colours),
         query_colour_naming: query_naming.report(),
-    })
-}
-
-/// One method's top [`K`] for a photo and the milliseconds it took.
-type MethodRanking = (&'static str, Vec<crate::index::Hit>, f64);
-
-/// Every method's index, and how each turns a photo into its query: what [`evaluate`] ranks
-/// labelled queries and re-photographed products with.
-struct Methods<'a> {
-    encoder: &'a dyn Encoder,
-    space: &'a SearchSpace,
-    lookalike: &'a dyn VectorIndex,
-    /// The "Very similar" score of the lookalike rows' space: a tilted photo whose view as
-    /// taken scores this is not tried straightened, as in search.
-    very_similar: Option<f32>,
-    /// The model's own space and its "Very similar" score, beside a tuned one.
-    untuned: Option<(&'a ExactIndex, &'a SearchSpace, Option<f32>)>,
-    original: &'a ExactIndex,
-    raw: &'a ExactIndex,
-    /// Side of the raw-pixel baseline's images.
-    side: u32,
-    head: Option<&'a ForegroundHead>,
-    colours: &'a ColourTable,
-    /// How the lookalike rows treat colour (`Any` on a grey catalog).
-    colour: ColourMode,
-    colour_weight: f32,
-    /// The products' categories, when the lookalike rows put the agreed kind first.
-    kinds: Option<&'a KindTable>,
-    kind_weight: f32,
-    /// The rows to rank.
-    wanted: &'a MethodSet,
-}
-
-impl Methods<'_> {
-    /// The top [`K`] of every method for one photo, with the milliseconds each took (the CNN
-    /// methods share one encoding; each is charged the full encode time), and the name of the
-    /// colour read from the photo.
-    fn rank(&self, photo: &image::DynamicImage) -> Result<(Vec<MethodRanking>, Option<&'static str>)> {
-        let spec = self.encoder.spec();
-        let ms = |t: Instant| t.elapsed().as_secs_f64() * 1000.0;
-        let mut ranked = Vec::with_capacity(6);
-        let t = Instant::now();
-        let pixels = preprocess::input_pixels(photo, None, &spec.input);
-        let query = self.encoder.encode_queries(&[pixels.tensor(&spec.input)])?.into_iter().next().context("encoder returned nothing")?;
-        let embedding = &query.embedding;
-        let found = query.grid.as_ref().map(|grid| (grid, find_items(grid, self.head)));
-        // The photo's colour as search takes it: its main product's, else its centre's.
-        let map = found.as_ref().and_then(|(_, f)| f.foreground_map());
-        let foreground = map.as_ref().map(|at| at as colour::Foreground<'_>);
-        let query_colour = colour::of_query(&pixels, found.as_ref().and_then(|(_, f)| f.main()).map(|m| m.bounds), foreground);
-        let query_colour_name = query_colour.as_ref().map(|c| c.name);
-        let query_colour = query_colour.map(|c| c.descriptor);
-        // A tilted photo is also encoded straightened where its view as taken finds nothing
-        // very similar, as search does (in search's second batch; here once, for whichever row
-        // asks first), and each CNN row searches the view nearer its catalog.
-        let tilted = straighten::Tilted::of(photo, &spec.input);
-        let straightened: std::cell::OnceCell<Vec<f32>> = std::cell::OnceCell::new();
-        let encode_ms = ms(t);
-        // The model vector a row searches with: the photo's, or its straightened view's when
-        // that one's best match in `index` scores higher.
-        let view = |index: &dyn VectorIndex, space: &SearchSpace, very_similar: Option<f32>| -> Result<Vec<f32>> {
-            let as_taken = space.map_photo(&embedding.vector)?;
-            let Some(tilted) = &tilted else { return Ok(as_taken) };
-            let best = |v: &[f32]| -> Result<f32> { Ok(index.search(v, 1, None)?.first().map_or(f32::NEG_INFINITY, |h| h.score)) };
-            let as_taken_best = best(&as_taken)?;
-            if !straighten::worth_straightening(as_taken_best, very_similar) {
-                return Ok(as_taken);
-            }
-            let straight = match straightened.get() {
-                Some(v) => v,
-                None => {
-                    let encoded = self.encoder.encode(&[tilted.straightened_input(&spec.input)])?.into_iter().next().context("encoder returned nothing")?.vector;
-                    straightened.get_or_init(|| encoded)
-                }
-            };
-            let straight = space.map_photo(straight)?;
-            Ok(if straighten::pick_view(&[as_taken_best, best(&straight)?]) == 0 { as_taken } else { straight })
-        };
-        // A lookalike row's top K, colour and kind treated as search treats them.
-        let search_kind = |index: &dyn VectorIndex, vector: &[f32], kinds: Option<&KindTable>| -> Result<Vec<crate::index::Hit>> {
-            let pool = if kinds.is_some() { kind::CANDIDATES } else { K };
-            // As search: the kind is voted on by the shape ranking, before colour blends in.
-            let mut voters: Vec<crate::index::Hit> = Vec::new();
-            let mut by_shape = |n: usize, allowed: Option<&crate::index::Allowed>| -> Result<Vec<crate::index::Hit>> {
-                let hits = index.search(vector, n, allowed)?;
-                kind::keep_voters(&mut voters, &hits);
-                Ok(hits)
-            };
-            let hits = match (&self.colour, &query_colour) {
-                (ColourMode::Match, Some(q)) => colour::search_matching(self.colour_weight, K, |n| by_shape(n, None), |hits, weight| Ok(self.colours.rerank(hits, q, weight)))?,
-                (ColourMode::Named(name), _) => by_shape(pool, Some(&self.colours.keys_named(name)))?,
-                _ => by_shape(pool, None)?,
-            };
-            Ok(match kinds {
-                Some(kinds) => kinds.rerank_by_voters(hits, &voters, self.kind_weight),
-                None => hits,
-            }
-            .into_iter()
-            .take(K)
-            .collect())
-        };
-        let search = |index: &dyn VectorIndex, vector: &[f32]| search_kind(index, vector, self.kinds);
-
-        let wants = |method: &str| self.wanted.has(method);
-        let t = Instant::now();
-        let vector = view(self.lookalike, self.space, self.very_similar)?;
-        let view_ms = ms(t);
-        if wants("lookalike") {
-            let t = Instant::now();
-            ranked.push(("lookalike", search(self.lookalike, &vector)?, encode_ms + view_ms + ms(t)));
-        }
-        // Likeness alone, without the kind the best matches agree on: what the consensus adds.
-        if self.kinds.is_some() && wants("lookalike_any_kind") {
-            let t = Instant::now();
-            ranked.push(("lookalike_any_kind", search_kind(self.lookalike, &vector, None)?, encode_ms + ms(t)));
-        }
-        // The photo as taken, never straightened: what straightening adds.
-        if wants("lookalike_as_taken") {
-            let t = Instant::now();
-            ranked.push(("lookalike_as_taken", search(self.lookalike, &self.space.map_photo(&embedding.vector)?)?, encode_ms + ms(t)));
-        }
-        // Without the photo adapter: what it adds.
-        if self.space.adapts_photos() && wants("lookalike_unadapted") {
-            let t = Instant::now();
-            ranked.push(("lookalike_unadapted", search(self.lookalike, &view(self.lookalike, &self.space.without_photo_adapter(), self.very_similar)?)?, encode_ms + ms(t)));
-        }
-        if self.colour != ColourMode::Any && wants("lookalike_any") {
-            let t = Instant::now();
-            let hits = self.lookalike.search(&vector, if self.kinds.is_some() { kind::CANDIDATES } else { K }, None)?;
-            let hits = self.kinds.map_or(hits.clone(), |k| k.rerank_with(hits, self.kind_weight)).into_iter().take(K).collect();
-            ranked.push(("lookalike_any", hits, encode_ms + ms(t)));
-        }
-
-        // The same search with the query pooled over the main item found on its feature map,
-        // as search does (the whole photo when nothing stands out or the item fills it).
-        if wants("lookalike_item") {
-            let t = Instant::now();
-            let item_vector = found.as_ref().and_then(|(grid, f)| Some(grid.pool_over(&f.search_item()?.cells)));
-            let hits = search(self.lookalike, &self.space.map_photo(item_vector.as_ref().unwrap_or(&embedding.vector))?)?;
-            ranked.push(("lookalike_item", hits, encode_ms + ms(t)));
-        }
-
-        // Or cropped to the main item's box (half a grid cell of margin) and encoded again.
-        if wants("lookalike_item_crop") {
-            let t = Instant::now();
-            let crop = found.as_ref().and_then(|(_, found)| {
-                let main = found.search_item()?;
-                let margin = 0.5 / found.width.max(1) as f32;
-                preprocess::input_box_to_crop(main.bounds, margin, photo.width(), photo.height(), spec.input.fit)
-            });
-            let vector = match crop {
-                Some(crop) => self.encoder.encode(&[preprocess::prepare_image(photo, Some(crop), &spec.input)])?.into_iter().next().context("encoder returned nothing")?.vector,
-                None => embedding.vector.clone(),
-            };
-            ranked.push(("lookalike_item_crop", search(self.lookalike, &self.space.map_photo(&vector)?)?, encode_ms + ms(t)));
-        }
-
-        if let Some((untuned, untuned_space, very_similar)) = &self.untuned {
-            let t = Instant::now();
-            ranked.push(("lookalike_untuned", search(*untuned, &view(*untuned, untuned_space, *very_similar)?)?, encode_ms + ms(t)));
-        }
-        if let (Some(max), false) = (&embedding.max_pooled, self.original.is_empty()) {
-            let t = Instant::now();
-            ranked.push(("original_recipe", self.original.search(max, K, None)?, encode_ms + ms(t)));
-        }
-        if !self.raw.is_empty() {
-            let t = Instant::now();
-            let mut v = preprocess::greyscale_pixels(photo, self.side);
-            l2_normalize(&mut v);
-            ranked.push(("raw_pixels", self.raw.search(&v, K, None)?, ms(t)));
-        }
-        Ok((ranked, query_colour_name))
-    }
-}
-
-/// [`ExactReport`]: `n` catalog products (stratified by `label`, seeded) re-photographed by
-/// [`crate::perturb::perturb`] and searched with every method.
-fn evaluate_exact(catalog: &SqliteCatalog, methods: &Methods, products: &[crate::types::Product], label: &str, n: usize, seed: u64) -> Result<ExactReport> {
-    let labelled: Vec<&crate::types::Product> = products.iter().filter(|p| p.metadata.contains_key(label)).collect();
-    let labels: Vec<String> = labelled.iter().map(|p| p.metadata[label].clone()).collect();
-    let picked = stratified_sample(&labels, n.min(labelled.len()), seed ^ 0x00E7_AC71);
-    let mut found: BTreeMap<&'static str, (usize, usize)> = BTreeMap::new();
-    for (i, &pick) in picked.iter().enumerate() {
-        let product = labelled[pick];
-        let image = catalog.decoded_image(product.key, &product.image)?;
-        let mut rng = rand::rngs::StdRng::seed_from_u64((seed ^ 0x00E7_AC71).wrapping_mul(1_000_003).wrapping_add(i as u64));
-        let photo = crate::perturb::perturb(&image, &mut rng);
-        for (method, hits, _) in methods.rank(&photo)?.0 {
-            let tally = found.entry(method).or_default();
-            tally.0 += usize::from(hits.first().is_some_and(|h| h.key == product.key));
-            tally.1 += usize::from(hits.iter().any(|h| h.key == product.key));
-        }
-    }
-    let share = |count: usize| count as f64 / picked.len().max(1) as f64;
-    Ok(ExactReport {
-        products: picked.len(),
-        methods: found.into_iter().map(|(m, (at1, at10))| (m.to_string(), ExactRecall { exact_recall_at_1: share(at1), exact_recall_at_10: share(at10) })).collect(),
-    })
-}
-
-/// The area two `[x, y, w, h]` boxes share.
-fn intersection(a: [f32; 4], b: [f32; 4]) -> f32 {
-    let (ix, iy) = ((a[0] + a[2]).min(b[0] + b[2]) - a[0].max(b[0]), (a[1] + a[3]).min(b[1] + b[3]) - a[1].max(b[1]));
-    ix.max(0.0) * iy.max(0.0)
-}
-
-/// Intersection over union of two `[x, y, w, h]` boxes.
-pub fn iou(a: [f32; 4], b: [f32; 4]) -> f32 {
-    let inter = intersection(a, b);
-    let union = a[2] * a[3] + b[2] * b[3] - inter;
-    if union > 0.0 {
-        inter / union
-    } else {
-        0.0
-    }
-}
-
-/// [`SceneReport`] over `n` scenes made of the queries in turn (2 or 3 per scene, seeded).
-#[allow(clippy::too_many_arguments)]
-fn evaluate_scenes(
-    index: &dyn VectorIndex,
-    space: &SearchSpace,
-    kinds: Option<(&KindTable, f32)>,
-    encoder: &dyn Encoder,
-    head: Option<&ForegroundHead>,
-    queries: &[LabelledQuery],
-    n: usize,
-    seed: u64,
-    labels: &HashMap<Key, String>,
-) -> Result<SceneReport> {
-    ensure!(queries.len() >= 3, "scenes need at least 3 queries");
-    let input = &encoder.spec().input;
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ 0x005C_E7E5);
-    let precision = |hits: &[crate::index::Hit], label: &str| hits.iter().filter(|h| labels.get(&h.key).is_some_and(|l| l == label)).count() as f64 / K as f64;
-    let search = |vector: &[f32]| -> Result<Vec<crate::index::Hit>> {
-        Ok(match kinds {
-            Some((kinds, weight)) => kinds.rerank_with(index.search(&space.map_photo(vector)?, kind::CANDIDATES, None)?, weight).into_iter().take(K).collect(),
-            None => index.search(&space.map_photo(vector)?, K, None)?,
-        })
-    };
-    let (mut placed_total, mut matched, mut detected_total, mut scene_p10, mut pooled_p10, mut whole_p10) = (0usize, 0usize, 0usize, 0.0f64, 0.0f64, 0.0f64);
-    // Products no box matched: merged with a neighbour, loosely boxed, missed.
-    let mut unmatched = [0usize; 3];
-    // Why the placed product at `placed` was matched by no box: an index into `unmatched`.
-    let unmatched_reason = |placed: [f32; 4], all: &[[f32; 4]], detections: &[[f32; 4]]| -> usize {
-        let covers_most = |det: [f32; 4], b: [f32; 4]| intersection(det, b) >= 0.5 * b[2] * b[3];
-        let best = detections.iter().copied().max_by(|a, b| iou(placed, *a).total_cmp(&iou(placed, *b)));
-        match best {
-            Some(det) if covers_most(det, placed) && all.iter().filter(|b| **b != placed).any(|b| covers_most(det, *b)) => 0,
-            Some(det) if iou(placed, det) >= 0.2 => 1,
-            _ => 2,
-        }
-    };
-    let mut next = 0;
-    for _ in 0..n {
-        let count = rng.random_range(2..=3);
-        let members: Vec<&LabelledQuery> = (0..count).map(|i| &queries[(next + i) % queries.len()]).collect();
-        next += count;
-        let images: Vec<image::DynamicImage> = members.iter().map(|q| q.image.clone()).collect();
-        let (photo, boxes) = crate::perturb::compose_scene(&images, &mut rng);
-        let query = encoder.encode_queries(&[preprocess::prepare_image(&photo, None, input)])?.into_iter().next().context("encoder returned nothing")?;
-        let whole = search(&query.embedding.vector)?;
-        // Detected boxes, as fractions of the photo.
-        let found = match query.grid.as_ref() {
-            Some(grid) => Some((grid, crate::localise::find_items_in_photo(encoder, &photo, grid, head)?)),
-            None => None,
-        };
-        // Each detected box with the item's own pooled vector (what `items=all` searches with).
-        let (detections, item_vectors): (Vec<[f32; 4]>, Vec<Vec<f32>>) = found
-            .as_ref()
-            .map(|(grid, f)| {
-                f.products()
-                    .filter_map(|item| {
-                        let c = preprocess::input_box_to_crop(item.bounds, 0.0, photo.width(), photo.height(), input.fit)?;
-                        Some(([c.x, c.y, c.width, c.height], grid.pool_over(&item.cells)))
-                    })
-                    .unzip()
-            })
-            .unwrap_or_default();
-        // Greedy one-to-one matching, best overlap first.
-        let mut pairs: Vec<(f32, usize, usize)> =
-            boxes.iter().enumerate().flat_map(|(p, b)| detections.iter().enumerate().map(move |(d, det)| (iou(*b, *det), p, d))).filter(|(o, _, _)| *o >= 0.5).collect();
-        pairs.sort_by(|a, b| b.0.total_cmp(&a.0));
-        let (mut placed_used, mut det_used) = (vec![None; boxes.len()], vec![false; detections.len()]);
-        for (_, p, d) in pairs {
-            if placed_used[p].is_none() && !det_used[d] {
-                placed_used[p] = Some(d);
-                det_used[d] = true;
-            }
-        }
-        for (p, member) in members.iter().enumerate() {
-            whole_p10 += precision(&whole, &member.label);
-            if placed_used[p].is_none() {
-                unmatched[unmatched_reason(boxes[p], &boxes, &detections)] += 1;
-            }
-            if let Some(d) = placed_used[p] {
-                let [x, y, w, h] = detections[d];
-                // With a margin, as search crops an item (`items=all`).
-                let crop = preprocess::Crop::new(x, y, w, h).map_err(anyhow::Error::msg)?.grown(crate::localise::ITEM_CROP_MARGIN);
-                let cropped = encoder.encode(&[preprocess::prepare_image(&photo, Some(crop), input)])?.into_iter().next().context("encoder returned nothing")?;
-                scene_p10 += precision(&search(&cropped.vector)?, &member.label);
-                pooled_p10 += precision(&search(&item_vectors[d])?, &member.label);
-                matched += 1;
-            }
-        }
-        placed_total += boxes.len();
-        detected_total += detections.len();
-    }
-    let share = |a: f64, b: usize| if b == 0 { 0.0 } else { a / b as f64 };
-    Ok(SceneReport {
-        scenes: n,
-        products: placed_total,
-        detection_recall: share(matched as f64, placed_total),
-        detection_precision: share(matched as f64, detected_total),
-        scene_precision_at_10: share(scene_p10, placed_total),
-        scene_pooled_precision_at_10: share(pooled_p10, placed_total),
-        whole_photo_precision_at_10: share(whole_p10, placed_total),
-        unmatched: UnmatchedProducts {
-            merged: share(unmatched[0] as f64, placed_total),
-            loose: share(unmatched[1] as f64, placed_total),
-            missed: share(unmatched[2] as f64, placed_total),
-        },
     })
 }
 

@@ -424,9 +424,17 @@ fn bench_e2e_reports_client_and_stage_medians_over_either_kind_of_connection() {
     }
 }
 
+/// The arguments of `lookalike eval` over `db` with Fashion-MNIST test queries from `fm`, then `extra`.
+fn eval_args<'a>(db: &'a Path, fm: &'a Path, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec!["eval", "--db", path(db), "--fashion-mnist", "test", "--fashion-mnist-dir", path(fm)];
+    args.extend_from_slice(extra);
+    args
+}
+
 #[test]
 fn eval_reports_all_three_methods_or_the_rows_asked_for() {
-    let out = json(&ok(&["eval", "--db", path(shared_catalog()), "--fashion-mnist", "test", "--queries", "50", "--seed", "3", "--fashion-mnist-dir", path(&fm_dir()), "--json"]));
+    let fm = fm_dir();
+    let out = json(&ok(&eval_args(shared_catalog(), &fm, &["--queries", "50", "--seed", "3", "--json"])));
     assert_eq!(out["catalog_size"], 300);
     assert_eq!(out["queries"], 50);
     assert_eq!(out["seed"], 3);
@@ -446,24 +454,7 @@ fn eval_reports_all_three_methods_or_the_rows_asked_for() {
     // line, adding up to the report.
     let dir = tempfile::tempdir().expect("tempdir");
     let per_query = dir.path().join("queries.jsonl");
-    let some = json(&ok(&[
-        "eval",
-        "--db",
-        path(shared_catalog()),
-        "--fashion-mnist",
-        "test",
-        "--queries",
-        "50",
-        "--seed",
-        "3",
-        "--fashion-mnist-dir",
-        path(&fm_dir()),
-        "--json",
-        "--methods",
-        "raw_pixels, lookalike",
-        "--per-query",
-        path(&per_query),
-    ]));
+    let some = json(&ok(&eval_args(shared_catalog(), &fm, &["--queries", "50", "--seed", "3", "--json", "--methods", "raw_pixels, lookalike", "--per-query", path(&per_query)])));
     let rows: Vec<&String> = some["methods"].as_object().map(|m| m.keys().collect()).unwrap_or_default();
     assert_eq!(rows, ["lookalike", "raw_pixels"], "{some}");
     for method in ["lookalike", "raw_pixels"] {
@@ -492,26 +483,14 @@ fn eval_reports_all_three_methods_or_the_rows_asked_for() {
     }
     // A file that cannot be written is refused before the run, not after it.
     std::fs::write(dir.path().join("a-file"), "").expect("write");
-    let refused = lookalike(&[
-        "eval",
-        "--db",
-        path(shared_catalog()),
-        "--fashion-mnist",
-        "test",
-        "--queries",
-        "5",
-        "--fashion-mnist-dir",
-        path(&fm_dir()),
-        "--per-query",
-        path(&dir.path().join("a-file/q.jsonl")),
-    ]);
+    let unwritable = dir.path().join("a-file/q.jsonl");
+    let refused = lookalike(&eval_args(shared_catalog(), &fm, &["--queries", "5", "--per-query", path(&unwritable)]));
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(!refused.status.success() && stderr.contains("a-file") && !stderr.contains("evaluating"), "{stderr}");
-    let refused = lookalike(&["eval", "--db", path(shared_catalog()), "--fashion-mnist", "test", "--methods", "lookalike,best"]);
+    let refused = lookalike(&eval_args(shared_catalog(), &fm, &["--methods", "lookalike,best"]));
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(!refused.status.success() && stderr.contains("\"best\"") && stderr.contains("original_recipe"), "{stderr}");
-    let refused =
-        lookalike(&["eval", "--db", path(shared_catalog()), "--fashion-mnist", "test", "--queries", "5", "--fashion-mnist-dir", path(&fm_dir()), "--methods", "lookalike_untuned"]);
+    let refused = lookalike(&eval_args(shared_catalog(), &fm, &["--queries", "5", "--methods", "lookalike_untuned"]));
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(!refused.status.success() && stderr.contains("needs a tuned catalog"), "an untuned catalog has no such row: {stderr}");
 }

@@ -490,9 +490,14 @@ fn eval_reports_all_three_methods_or_the_rows_asked_for() {
     let refused = lookalike(&eval_args(shared_catalog(), &fm, &["--methods", "lookalike,best"]));
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(!refused.status.success() && stderr.contains("\"best\"") && stderr.contains("original_recipe"), "{stderr}");
-    let refused = lookalike(&eval_args(shared_catalog(), &fm, &["--queries", "5", "--methods", "lookalike_untuned"]));
+    // A run that fails leaves the earlier per-query file whole, and nothing beside it.
+    let refused = lookalike(&eval_args(shared_catalog(), &fm, &["--queries", "5", "--methods", "lookalike_untuned", "--per-query", path(&per_query)]));
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(!refused.status.success() && stderr.contains("needs a tuned catalog"), "an untuned catalog has no such row: {stderr}");
+    assert_eq!(std::fs::read_to_string(&per_query).expect("per-query file").lines().count(), 50, "the earlier file is kept");
+    let mut left: Vec<String> = std::fs::read_dir(dir.path()).expect("read dir").map(|e| e.expect("entry").file_name().to_string_lossy().into_owned()).collect();
+    left.sort();
+    assert_eq!(left, ["a-file", "queries.jsonl"], "no temporary file is left behind");
 }
 
 #[test]

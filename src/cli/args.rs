@@ -263,10 +263,12 @@ pub fn write_file(path: &Path, text: &str) -> Result<()> {
     std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
 }
 
-/// Creates (or truncates) `path` for writing, with its directory.
-pub fn create_file(path: &Path) -> Result<std::fs::File> {
+/// A new temporary file in `path`'s directory (made if needed), to be renamed to `path` once
+/// it is complete (`NamedTempFile::persist`); dropped, it is removed.
+pub fn create_temporary_beside(path: &Path) -> Result<tempfile::NamedTempFile> {
     create_parent(path)?;
-    std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    tempfile::NamedTempFile::new_in(dir).with_context(|| format!("creating a file in {} to write {}", dir.display(), path.display()))
 }
 
 fn create_parent(path: &Path) -> Result<()> {

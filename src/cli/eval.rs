@@ -88,9 +88,10 @@ pub struct EvalArgs {
 }
 
 pub fn run(args: EvalArgs) -> Result<()> {
-    // Opened before the run, so a path that cannot be written fails now, not after the run.
+    // Written beside its final name and renamed over it at the end: a path that cannot be
+    // written fails now, not after the run, and a run that fails leaves an earlier file whole.
     let mut per_query = match &args.per_query {
-        Some(path) => Some((std::io::BufWriter::new(create_file(path)?), path)),
+        Some(path) => Some((std::io::BufWriter::new(create_temporary_beside(path)?), path)),
         None => None,
     };
     let assets = Assets::from_env();
@@ -138,8 +139,9 @@ pub fn run(args: EvalArgs) -> Result<()> {
         let Some((out, path)) = per_query.as_mut() else { return Ok(()) };
         serde_json::to_writer(&mut *out, outcome).and_then(|()| writeln!(out).map_err(serde_json::Error::io)).with_context(|| format!("writing {}", path.display()))
     })?;
-    if let Some((mut out, path)) = per_query {
-        out.flush().with_context(|| format!("writing {}", path.display()))?;
+    if let Some((out, path)) = per_query {
+        let file = out.into_inner().map_err(|e| e.into_error()).with_context(|| format!("writing {}", path.display()))?;
+        file.persist(path).with_context(|| format!("writing {}", path.display()))?;
     }
     let json = serde_json::to_string_pretty(&report)?;
     if let Some(out) = &args.out {

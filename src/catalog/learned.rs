@@ -53,11 +53,7 @@ impl SqliteCatalog {
 
     /// Drops the tuned projection: search goes back to the model's own features.
     pub fn clear_projection(&mut self) -> Result<bool> {
-        let tx = self.write_transaction()?;
-        let dropped = tx.execute("DELETE FROM projection", [])? > 0;
-        bump_generation(&tx, SEARCH_SPACE_GENERATION)?;
-        tx.commit()?;
-        Ok(dropped)
+        self.drop_learned("DELETE FROM projection", SEARCH_SPACE_GENERATION)
     }
 
     /// How many times the search space was changed by `tune` (a projection or a photo adapter
@@ -137,18 +133,20 @@ impl SqliteCatalog {
 
     /// Drops the photo adapter: query photos are searched as encoded again.
     pub fn clear_photo_adapter(&mut self) -> Result<bool> {
-        let tx = self.write_transaction()?;
-        let dropped = tx.execute("DELETE FROM adapter", [])? > 0;
-        bump_generation(&tx, SEARCH_SPACE_GENERATION)?;
-        tx.commit()?;
-        Ok(dropped)
+        self.drop_learned("DELETE FROM adapter", SEARCH_SPACE_GENERATION)
     }
 
     /// Drops the foreground head: localisation goes back to the training-free rule.
     pub fn clear_foreground_head(&mut self) -> Result<bool> {
+        self.drop_learned("DELETE FROM foreground", FOREGROUND_GENERATION)
+    }
+
+    /// Runs `delete` (one of the statements above, never user input) and counts one more change
+    /// of `generation` in the same transaction; whether a row was dropped.
+    fn drop_learned(&mut self, delete: &str, generation: &str) -> Result<bool> {
         let tx = self.write_transaction()?;
-        let dropped = tx.execute("DELETE FROM foreground", [])? > 0;
-        bump_generation(&tx, FOREGROUND_GENERATION)?;
+        let dropped = tx.execute(delete, [])? > 0;
+        bump_generation(&tx, generation)?;
         tx.commit()?;
         Ok(dropped)
     }

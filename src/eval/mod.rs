@@ -211,7 +211,8 @@ struct Tally {
 }
 
 impl Tally {
-    fn add(&mut self, ranked_labels: &[&str], query_label: &str, relevant_in_catalog: usize, latency_ms: f64) {
+    /// Adds one query's ranking; returns its precision@[`K`].
+    fn add(&mut self, ranked_labels: &[&str], query_label: &str, relevant_in_catalog: usize, latency_ms: f64) -> f64 {
         let rel: Vec<bool> = ranked_labels.iter().map(|l| *l == query_label).collect();
         let precision = |k: usize| rel.iter().take(k).filter(|r| **r).count() as f64 / k as f64;
         let query_parts: Vec<&str> = query_label.split(LABEL_SEPARATOR).collect();
@@ -228,6 +229,7 @@ impl Tally {
         self.ap += average_precision(&rel, relevant_in_catalog);
         self.knn += f64::from(u8::from(majority_label(ranked_labels) == Some(query_label)));
         self.latencies.push(latency_ms);
+        precision(K)
     }
 
     fn report(mut self, columns: &[&str]) -> MethodReport {
@@ -427,12 +429,12 @@ pub fn evaluate_each(
         let mut outcome = QueryOutcome { query: &q.id, label: &q.label, query_colour, methods: BTreeMap::new() };
         for (method, hits, latency) in ranked_by_method {
             let ranked: Vec<&str> = hits.iter().map(|h| labels.get(&h.key).map_or("", String::as_str)).collect();
-            tallies.entry(method).or_default().add(&ranked, &q.label, relevant, latency);
+            let precision_at_10 = tallies.entry(method).or_default().add(&ranked, &q.label, relevant, latency);
             let first_page = hits.iter().zip(&ranked).take(K);
             outcome.methods.insert(
                 method,
                 RankedOutcome {
-                    precision_at_10: ranked.iter().take(K).filter(|l| **l == q.label).count() as f64 / K as f64,
+                    precision_at_10,
                     hits: first_page
                         .map(|(h, label)| HitOutcome { id: ids.get(&h.key).map_or_else(String::new, |id| id.to_string()), label: label.to_string(), score: h.score })
                         .collect(),

@@ -498,6 +498,13 @@ fn eval_reports_all_three_methods_or_the_rows_asked_for() {
     let mut left: Vec<String> = std::fs::read_dir(dir.path()).expect("read dir").map(|e| e.expect("entry").file_name().to_string_lossy().into_owned()).collect();
     left.sort();
     assert_eq!(left, ["a-file", "queries.jsonl"], "no temporary file is left behind");
+    // Made as any file the user writes (umask), not owner-only as a temporary file is.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &std::path::Path| std::fs::metadata(p).expect("metadata").permissions().mode() & 0o777;
+        assert_eq!(mode(&per_query), mode(&dir.path().join("a-file")), "the per-query file's mode is the umask's");
+    }
 }
 
 #[test]

@@ -268,7 +268,12 @@ pub fn write_file(path: &Path, text: &str) -> Result<()> {
 pub fn create_temporary_beside(path: &Path) -> Result<tempfile::NamedTempFile> {
     create_parent(path)?;
     let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    tempfile::NamedTempFile::new_in(dir).with_context(|| format!("creating a file in {} to write {}", dir.display(), path.display()))
+    let mut builder = tempfile::Builder::new();
+    // A temporary file is made readable by its owner alone (0600); this one becomes the user's
+    // own file, so it is made as any other file they write: 0666 less their umask.
+    #[cfg(unix)]
+    builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666));
+    builder.tempfile_in(dir).with_context(|| format!("creating a file in {} to write {}", dir.display(), path.display()))
 }
 
 fn create_parent(path: &Path) -> Result<()> {

@@ -487,6 +487,9 @@ fn eval_reports_all_three_methods_or_the_rows_asked_for() {
     let refused = lookalike(&eval_args(shared_catalog(), &fm, &["--queries", "5", "--per-query", path(&unwritable)]));
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(!refused.status.success() && stderr.contains("a-file") && !stderr.contains("evaluating"), "{stderr}");
+    let refused = lookalike(&eval_args(shared_catalog(), &fm, &["--queries", "5", "--per-query", path(dir.path())]));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success() && stderr.contains("is a folder") && !stderr.contains("evaluating"), "a folder is refused before the run: {stderr}");
     let refused = lookalike(&eval_args(shared_catalog(), &fm, &["--methods", "lookalike,best"]));
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(!refused.status.success() && stderr.contains("\"best\"") && stderr.contains("original_recipe"), "{stderr}");

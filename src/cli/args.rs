@@ -266,6 +266,10 @@ pub fn write_file(path: &Path, text: &str) -> Result<()> {
 /// A new temporary file in `path`'s directory (made if needed), to be renamed to `path` once
 /// it is complete (`NamedTempFile::persist`); dropped, it is removed.
 pub fn create_temporary_beside(path: &Path) -> Result<tempfile::NamedTempFile> {
+    // Checked now: the rename over a folder would fail only once the work is done.
+    if path.is_dir() {
+        bail!("{} is a folder; give a file name (e.g. {})", path.display(), path.join("out.jsonl").display());
+    }
     create_parent(path)?;
     let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let mut builder = tempfile::Builder::new();

@@ -141,7 +141,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
     })?;
     if let Some((out, path)) = per_query {
         let file = out.into_inner().map_err(|e| e.into_error()).with_context(|| format!("writing {}", path.display()))?;
-        file.persist(path).with_context(|| format!("writing {}", path.display()))?;
+        file.persist(path).map_err(|e| e.error).with_context(|| format!("writing {}", path.display()))?;
     }
     let json = serde_json::to_string_pretty(&report)?;
     if let Some(out) = &args.out {

@@ -217,6 +217,14 @@ pub fn sync_qdrant(catalog: &SqliteCatalog, store: &QdrantConfig) -> Result<Sync
     index.sync(exact.keys(), |key| exact.vector(key).map(|v| (v, images.get(&key).and_then(|p| payload_image(catalog, p)))))
 }
 
+/// Deletes the Qdrant collection if its vectors do not fit the catalog's search space (after
+/// `lookalike tune` changed their dimension), so that [`sync_qdrant`] can fill it afresh;
+/// whether it was deleted.
+pub fn delete_misfit_collection(catalog: &SqliteCatalog, store: &QdrantConfig) -> Result<bool> {
+    let space = SearchSpace::for_catalog(catalog)?;
+    QdrantIndex::delete_if_misfit(store.clone(), space.output_dim(catalog.vector_space()?.map_or(0, |s| s.dim)))
+}
+
 /// A product's photo when it is small enough to travel in its point's payload
 /// ([`MAX_PAYLOAD_IMAGE`]), for servers without the catalog to show.
 pub fn payload_image(catalog: &SqliteCatalog, product: &Product) -> Option<Vec<u8>> {

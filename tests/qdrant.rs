@@ -186,6 +186,65 @@ fn qdrant_matches_the_embedded_store_and_follows_changes() {
     assert_eq!(report["in_catalog"], 298);
 }
 
+/// `lookalike tune` changes the search space's dimension (1280-d to 64-d here), and a
+/// collection's vector size is fixed when it is made: `sync` refuses the old collection and
+/// names `--recreate`, `sync --recreate` fills it afresh in the tuned space (and leaves a
+/// collection that fits as it is), and an engine on the tuned catalog then answers from Qdrant
+/// as from its own store.
+#[test]
+#[ignore = "needs a Qdrant server: LOOKALIKE_QDRANT_URL"]
+fn sync_recreate_fills_a_collection_afresh_in_the_space_tune_makes() {
+    let _cluster = CLUSTER.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = copy_catalog(dir.path());
+    let db_arg = db.to_str().expect("utf-8");
+    let collection = format!("lookalike-tuned-{}", std::process::id());
+    let sync = |extra: &[&str]| Command::new(BIN).args(["sync", "--db", db_arg, "--store", &qdrant_url(), "--collection", &collection]).args(extra).output().expect("sync");
+    let report = |out: &std::process::Output| -> serde_json::Value { serde_json::from_slice(&out.stdout).expect("sync JSON") };
+
+    let out = sync(&[]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out =
+        Command::new(BIN).args(["tune", "--db", db_arg, "--label", "articleType", "--dim", "64", "--hidden", "128", "--epochs", "8", "--augment", "64"]).output().expect("tune");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    let refused = sync(&[]);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success() && stderr.contains("1280-d dot") && stderr.contains("64-d") && stderr.contains("sync --recreate"), "{stderr}");
+    let out = sync(&["--recreate"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && stderr.contains("deleted, filling it afresh"), "{stderr}");
+    let filled = report(&out);
+    assert_eq!((filled["in_collection_before"].as_u64(), filled["added"].as_u64()), (Some(0), Some(300)), "{filled}");
+    let out = sync(&["--recreate"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && !stderr.contains("filling it afresh"), "a collection that fits is kept: {stderr}");
+    let again = report(&out);
+    assert_eq!((again["added"].as_u64(), again["deleted"].as_u64()), (Some(0), Some(0)), "{again}");
+
+    // The tuned catalog answers from Qdrant as from its own store: same products, same scores.
+    let catalog = SqliteCatalog::open(&db).expect("catalog");
+    let mut model_vectors = Vec::new();
+    catalog
+        .for_each_vector(VectorKind::Primary, |_, v| {
+            model_vectors.push(v.to_vec());
+            Ok(())
+        })
+        .expect("vectors");
+    let embedded = SearchEngine::open_with(catalog, Box::new(encoder()), &IndexConfig::default()).expect("embedded");
+    let remote_config = IndexConfig { store: Some(store(&collection, true)), precision: Precision::F32, ..IndexConfig::default() };
+    let remote = SearchEngine::open_with(SqliteCatalog::open(&db).expect("catalog"), Box::new(encoder()), &remote_config).expect("qdrant");
+    let request = SearchRequest { k: 10, ..SearchRequest::default() };
+    for query in model_vectors.iter().step_by(30) {
+        let expected = embedded.search_vector(query, &request).expect("embedded search");
+        let found = remote.search_vector(query, &request).expect("qdrant search");
+        assert_eq!(ids(&found), ids(&expected), "the same products in the tuned space");
+        for (a, b) in found.hits.iter().zip(&expected.hits) {
+            assert!((a.score - b.score).abs() < 1e-4, "score of {}: {} against {}", a.product.id, a.score, b.score);
+        }
+    }
+}
+
 /// Two servers on one collection, one with the catalog file and one without (`--no-catalog`:
 /// everything from the collection's payloads and description). They return the same
 /// products, scores and metadata for the same searches; a product added through either is

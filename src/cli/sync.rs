@@ -12,6 +12,11 @@ pub struct SyncArgs {
     pub db: DbArgs,
     #[command(flatten)]
     pub store: StoreArgs,
+    /// Delete the collection first if its vectors no longer fit the catalog's search space
+    /// (`lookalike tune` changed their dimension), and fill it afresh. Servers searching it
+    /// answer errors until it is filled; a collection that fits is synced as usual.
+    #[arg(long)]
+    pub recreate: bool,
 }
 
 pub fn run(args: SyncArgs) -> Result<()> {
@@ -19,6 +24,9 @@ pub fn run(args: SyncArgs) -> Result<()> {
     let Some(config) = args.store.qdrant(&args.db.db)? else {
         bail!("sync needs --store qdrant://HOST:PORT (or LOOKALIKE_STORE)");
     };
+    if args.recreate && lookalike::store::delete_misfit_collection(&catalog, &config)? {
+        eprintln!("Qdrant collection {:?} held vectors of another search space: deleted, filling it afresh", config.collection);
+    }
     let report = lookalike::store::sync_qdrant(&catalog, &config)?;
     println!("{}", serde_json::to_string_pretty(&report)?);
     eprintln!(

@@ -191,6 +191,23 @@ impl QdrantIndex {
         Ok(index)
     }
 
+    /// Deletes the collection if it holds vectors that do not fit `dim` (dot product): what
+    /// `lookalike tune` leaves behind when it changes the search space's dimension, since a
+    /// collection's vector size is fixed when it is made. Whether it was deleted; a collection
+    /// that fits, or none, is left as it is.
+    pub fn delete_if_misfit(config: QdrantConfig, dim: usize) -> Result<bool> {
+        let index = QdrantIndex { dim, ..QdrantIndex::connect_client(config)? };
+        let name = index.config.collection.clone();
+        if !index.retry("checking the collection", || index.client.collection_exists(name.clone()))? {
+            return Ok(false);
+        }
+        if index.collection_shape()? == Some((dim as u64, Distance::Dot as i32)) {
+            return Ok(false);
+        }
+        index.retry("deleting the collection", || index.client.delete_collection(name.clone()))?;
+        Ok(true)
+    }
+
     fn connect_client(config: QdrantConfig) -> Result<QdrantIndex> {
         // The client's own version check prints to stdout (which carries lookalike's JSON
         // output) and refuses servers more than one minor version apart; lookalike uses only
@@ -252,7 +269,8 @@ impl QdrantIndex {
             match self.collection_shape()? {
                 Some((size, distance)) if size as usize == self.dim && distance == Distance::Dot as i32 => Ok(()),
                 Some((size, distance)) => bail!(
-                    "Qdrant collection {name:?} holds {size}-d vectors with distance {distance}, but this catalog's search space is {}-d dot product: use another --collection, or delete that one",
+                    "Qdrant collection {name:?} holds {size}-d {} vectors, but this catalog's search space is {}-d dot product (`lookalike tune` changes it): use another --collection, or fill this one afresh with `lookalike sync --recreate` (servers searching it answer errors until it is filled)",
+                    Distance::try_from(distance).map_or_else(|_| format!("distance {distance}"), |d| d.as_str_name().to_lowercase()),
                     self.dim
                 ),
                 None => bail!("Qdrant collection {name:?} has named or unknown vectors; lookalike needs one unnamed vector per point"),

@@ -101,7 +101,9 @@ impl SearchEngine {
             // A Qdrant collection keeps the vectors it was sent, in the space they were sent in.
             let generation = self.with_catalog(|c| c.search_space_generation())?;
             self.space_generation.store(generation, Ordering::Release);
-            tracing::warn!("the catalog's search space changed (lookalike tune): run `lookalike sync` to send the collection its vectors in it, then restart the servers");
+            tracing::warn!(
+                "the catalog's search space changed (lookalike tune): run `lookalike sync --recreate` to send the collection its vectors in it, then restart the servers"
+            );
             return Ok(());
         }
         let (space, since, catalog_path, needed) = self.with_catalog(|c| {

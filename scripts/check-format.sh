@@ -10,7 +10,7 @@ if ! cargo fmt --version > /dev/null 2>&1; then
 fi
 if ! cargo fmt --check > /dev/null 2>&1; then
   echo "check-format: these files are not formatted; run \`cargo fmt\`:" >&2
-  cargo fmt --check -l >&2 || true
+  cargo fmt -- --check -l >&2 || true
   exit 1
 fi
 echo "check-format: every Rust file is formatted"

@@ -12,7 +12,7 @@ use common::*;
 use lookalike::catalog::{SqliteCatalog, VectorKind};
 use lookalike::index::qdrant::QdrantConfig;
 use lookalike::index::{IndexConfig, Precision};
-use lookalike::search::{SearchEngine, SearchRequest};
+use lookalike::search::{Items, SearchEngine, SearchRequest};
 use lookalike::types::Filter;
 use rand::{Rng, SeedableRng};
 
@@ -190,7 +190,8 @@ fn qdrant_matches_the_embedded_store_and_follows_changes() {
 /// collection's vector size is fixed when it is made: `sync` refuses the old collection and
 /// names `--recreate`, `sync --recreate` fills it afresh in the tuned space (and leaves a
 /// collection that fits as it is), and an engine on the tuned catalog then answers from Qdrant
-/// as from its own store.
+/// as from its own store. A running engine on the collection takes up a photo adapter (`tune
+/// --adapt` maps query photos only) and keeps its space when the dimension changes.
 #[test]
 #[ignore = "needs a Qdrant server: LOOKALIKE_QDRANT_URL"]
 fn sync_recreate_fills_a_collection_afresh_in_the_space_tune_makes() {
@@ -204,9 +205,31 @@ fn sync_recreate_fills_a_collection_afresh_in_the_space_tune_makes() {
 
     let out = sync(&[]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // A server on the collection takes up a photo adapter at once (query photos are mapped
+    // anew; the collection's vectors stay), and keeps answering in its space when `tune`
+    // changes the vectors' dimension.
+    let remote_config = IndexConfig { store: Some(store(&collection, true)), precision: Precision::F32, ..IndexConfig::default() };
+    let open_remote = || SearchEngine::open_with(SqliteCatalog::open_existing(&db).expect("catalog"), Box::new(encoder()), &remote_config).expect("qdrant");
+    let photos: Vec<Vec<u8>> = (0..5).map(|i| test_photo(i).0).collect();
+    let answers = |engine: &SearchEngine| -> Vec<Vec<String>> {
+        let request = SearchRequest { k: 10, ..SearchRequest::default() };
+        photos.iter().map(|p| ids(&engine.search_image(p, None, &request, Items::Main).expect("search"))).collect()
+    };
+    let server = open_remote();
+    let before = answers(&server);
+    let out = Command::new(BIN).args(["tune", "--db", db_arg, "--adapt", "--augment", "200"]).output().expect("tune --adapt");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    server.follow_catalog().expect("follow");
+    let adapted = answers(&open_remote());
+    assert_ne!(adapted, before, "the adapter changes what the photos find");
+    assert_eq!(answers(&server), adapted, "the running server searches with the adapter");
     let out =
         Command::new(BIN).args(["tune", "--db", db_arg, "--label", "articleType", "--dim", "64", "--hidden", "128", "--epochs", "8", "--augment", "64"]).output().expect("tune");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    server.follow_catalog().expect("follow");
+    assert_eq!(answers(&server), adapted, "the running server answers in the space its collection was filled in");
+    drop(server);
 
     let refused = sync(&[]);
     let stderr = String::from_utf8_lossy(&refused.stderr);
@@ -232,8 +255,7 @@ fn sync_recreate_fills_a_collection_afresh_in_the_space_tune_makes() {
         })
         .expect("vectors");
     let embedded = SearchEngine::open_with(catalog, Box::new(encoder()), &IndexConfig::default()).expect("embedded");
-    let remote_config = IndexConfig { store: Some(store(&collection, true)), precision: Precision::F32, ..IndexConfig::default() };
-    let remote = SearchEngine::open_with(SqliteCatalog::open(&db).expect("catalog"), Box::new(encoder()), &remote_config).expect("qdrant");
+    let remote = open_remote();
     let request = SearchRequest { k: 10, ..SearchRequest::default() };
     for query in model_vectors.iter().step_by(30) {
         let expected = embedded.search_vector(query, &request).expect("embedded search");

@@ -82,6 +82,8 @@ impl SearchEngine {
     /// made during the build are then replayed into the new index under the catalog lock, as
     /// [`SearchEngine::compact_graph`] does. When the new space maps catalog vectors as the old
     /// one did (only the photo adapter changed), the space alone is replaced and nothing built.
+    /// That is all an engine on a Qdrant collection takes up: the collection holds vectors in
+    /// the space they were sent in, until `lookalike sync --recreate` and a restart.
     ///
     /// `while_building` runs once the new index is built and before the changes made meanwhile
     /// are replayed into it, with no lock held: tests use it to follow changes inside that
@@ -97,15 +99,6 @@ impl SearchEngine {
             return Ok(());
         }
         let _done = ClearOnDrop(&self.compacting);
-        if self.config.store.is_some() {
-            // A Qdrant collection keeps the vectors it was sent, in the space they were sent in.
-            let generation = self.with_catalog(|c| c.search_space_generation())?;
-            self.space_generation.store(generation, Ordering::Release);
-            tracing::warn!(
-                "the catalog's search space changed (lookalike tune): run `lookalike sync --recreate` to send the collection its vectors in it, then restart the servers"
-            );
-            return Ok(());
-        }
         let (space, since, catalog_path, needed) = self.with_catalog(|c| {
             // Taken as seen first, so that a failure below is said once, not on every follow,
             // and a `tune` finishing after this read is taken up next time.
@@ -129,6 +122,14 @@ impl SearchEngine {
             // Only how query photos are mapped changed (a photo adapter learned or dropped):
             // the indexed vectors are the same, so nothing is built.
             tracing::info!("the catalog's search space changed ({}) but not its indexed vectors: searches now run in the catalog's new search space", space.describe());
+            return Ok(());
+        }
+        if self.config.store.is_some() {
+            // A Qdrant collection keeps the vectors it was sent, in the space they were sent in.
+            tracing::warn!(
+                "the catalog's search space changed ({}): run `lookalike sync --recreate` to send the collection its vectors in it, then restart the servers; searches go on in the old space",
+                space.describe()
+            );
             return Ok(());
         }
         if let Some(available) = available_memory_bytes().filter(|&available| !fits_in_memory(needed, available)) {

@@ -87,6 +87,18 @@ fn shell(var: &str) {
     assert!(status.success(), "{var} failed");
 }
 
+/// Every product's model vector, in the catalog's order.
+fn model_vectors_of(catalog: &SqliteCatalog) -> Vec<Vec<f32>> {
+    let mut vectors = Vec::new();
+    catalog
+        .for_each_vector(VectorKind::Primary, |_, v| {
+            vectors.push(v.to_vec());
+            Ok(())
+        })
+        .expect("vectors");
+    vectors
+}
+
 fn ids(results: &lookalike::search::SearchResults) -> Vec<String> {
     results.hits.iter().map(|h| h.product.id.clone()).collect()
 }
@@ -109,13 +121,7 @@ fn qdrant_matches_the_embedded_store_and_follows_changes() {
     assert_eq!((again.added, again.deleted), (0, 0), "a second sync changes nothing");
 
     // 500 queries: catalog vectors with noise, so none is identical to a stored one.
-    let mut model_vectors = Vec::new();
-    catalog
-        .for_each_vector(VectorKind::Primary, |_, v| {
-            model_vectors.push(v.to_vec());
-            Ok(())
-        })
-        .expect("vectors");
+    let model_vectors = model_vectors_of(&catalog);
     drop(catalog);
     let mut rng = rand::rngs::StdRng::seed_from_u64(7);
     let queries: Vec<Vec<f32>> = (0..500)
@@ -247,13 +253,7 @@ fn sync_recreate_fills_a_collection_afresh_in_the_space_tune_makes() {
 
     // The tuned catalog answers from Qdrant as from its own store: same products, same scores.
     let catalog = SqliteCatalog::open(&db).expect("catalog");
-    let mut model_vectors = Vec::new();
-    catalog
-        .for_each_vector(VectorKind::Primary, |_, v| {
-            model_vectors.push(v.to_vec());
-            Ok(())
-        })
-        .expect("vectors");
+    let model_vectors = model_vectors_of(&catalog);
     let embedded = SearchEngine::open_with(catalog, Box::new(encoder()), &IndexConfig::default()).expect("embedded");
     let remote = open_remote();
     let request = SearchRequest { k: 10, ..SearchRequest::default() };
@@ -456,13 +456,7 @@ fn cluster_keeps_answering_with_a_node_down() {
     let catalog = SqliteCatalog::open(&db).expect("catalog");
     let report = lookalike::store::sync_qdrant(&catalog, &on(&nodes[0])).expect("sync to the cluster");
     assert_eq!(report.added, 300);
-    let mut vectors = Vec::new();
-    catalog
-        .for_each_vector(VectorKind::Primary, |_, v| {
-            vectors.push(v.to_vec());
-            Ok(())
-        })
-        .expect("vectors");
+    let vectors = model_vectors_of(&catalog);
     let config = IndexConfig { store: Some(on(&nodes[0])), ..IndexConfig::default() };
     let engine = SearchEngine::open_with(SqliteCatalog::open(&db).expect("catalog"), Box::new(encoder()), &config).expect("engine");
     let request = SearchRequest { k: 10, ..SearchRequest::default() };

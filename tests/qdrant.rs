@@ -196,7 +196,8 @@ fn qdrant_matches_the_embedded_store_and_follows_changes() {
 /// collection's vector size is fixed when it is made: `sync` refuses the old collection and
 /// names `--recreate`, `sync --recreate` fills it afresh in the tuned space (and leaves a
 /// collection that fits as it is), and an engine on the tuned catalog then answers from Qdrant
-/// as from its own store. A running engine on the collection takes up a photo adapter (`tune
+/// as from its own store; tuned again at the same dimension, a plain `sync` sends every
+/// point again. A running engine on the collection takes up a photo adapter (`tune
 /// --adapt` maps query photos only) and keeps its space when the dimension changes.
 #[test]
 #[ignore = "needs a Qdrant server: LOOKALIKE_QDRANT_URL"]
@@ -252,19 +253,35 @@ fn sync_recreate_fills_a_collection_afresh_in_the_space_tune_makes() {
     assert_eq!((again["added"].as_u64(), again["deleted"].as_u64()), (Some(0), Some(0)), "{again}");
 
     // The tuned catalog answers from Qdrant as from its own store: same products, same scores.
-    let catalog = SqliteCatalog::open(&db).expect("catalog");
-    let model_vectors = model_vectors_of(&catalog);
-    let embedded = SearchEngine::open_with(catalog, Box::new(encoder()), &IndexConfig::default()).expect("embedded");
-    let remote = open_remote();
-    let request = SearchRequest { k: 10, ..SearchRequest::default() };
-    for query in model_vectors.iter().step_by(30) {
-        let expected = embedded.search_vector(query, &request).expect("embedded search");
-        let found = remote.search_vector(query, &request).expect("qdrant search");
-        assert_eq!(ids(&found), ids(&expected), "the same products in the tuned space");
-        for (a, b) in found.hits.iter().zip(&expected.hits) {
-            assert!((a.score - b.score).abs() < 1e-4, "score of {}: {} against {}", a.product.id, a.score, b.score);
+    let same_answers = |when: &str| {
+        let catalog = SqliteCatalog::open(&db).expect("catalog");
+        let model_vectors = model_vectors_of(&catalog);
+        let embedded = SearchEngine::open_with(catalog, Box::new(encoder()), &IndexConfig::default()).expect("embedded");
+        let remote = open_remote();
+        let request = SearchRequest { k: 10, ..SearchRequest::default() };
+        for query in model_vectors.iter().step_by(30) {
+            let expected = embedded.search_vector(query, &request).expect("embedded search");
+            let found = remote.search_vector(query, &request).expect("qdrant search");
+            assert_eq!(ids(&found), ids(&expected), "{when}: the same products");
+            for (a, b) in found.hits.iter().zip(&expected.hits) {
+                assert!((a.score - b.score).abs() < 1e-4, "{when}: score of {}: {} against {}", a.product.id, a.score, b.score);
+            }
         }
-    }
+    };
+    same_answers("tuned");
+
+    // Tuned again at the same dimension: the collection fits, but its vectors are the old
+    // projection's; a plain `sync` finds that out and sends every point again.
+    let out =
+        Command::new(BIN).args(["tune", "--db", db_arg, "--label", "articleType", "--dim", "64", "--hidden", "96", "--epochs", "6", "--augment", "64"]).output().expect("tune");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = sync(&[]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let resent = report(&out);
+    assert_eq!((resent["added"].as_u64(), resent["resent"].as_u64(), resent["deleted"].as_u64()), (Some(0), Some(300), Some(0)), "{resent}");
+    same_answers("tuned again");
+    let again = report(&sync(&[]));
+    assert_eq!((again["added"].as_u64(), again["resent"].as_u64()), (Some(0), Some(0)), "nothing to send again: {again}");
 }
 
 /// Two servers on one collection, one with the catalog file and one without (`--no-catalog`:

@@ -98,7 +98,7 @@ impl StoreArgs {
     pub fn sync_after_change(&self, catalog: &SqliteCatalog) -> Result<()> {
         if let Some(config) = self.qdrant(catalog.path())? {
             let report = lookalike::store::sync_qdrant(catalog, &config)?;
-            eprintln!("Qdrant collection {:?}: {} added, {} deleted ({:.1}s)", config.collection, report.added, report.deleted, report.seconds);
+            eprintln!("Qdrant collection {:?}: {} added, {} sent again, {} deleted ({:.1}s)", config.collection, report.added, report.resent, report.deleted, report.seconds);
         }
         Ok(())
     }

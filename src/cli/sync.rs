@@ -30,8 +30,8 @@ pub fn run(args: SyncArgs) -> Result<()> {
     let report = lookalike::store::sync_qdrant(&catalog, &config)?;
     println!("{}", serde_json::to_string_pretty(&report)?);
     eprintln!(
-        "Qdrant collection {:?}: {} products in the catalog, {} points before; {} added, {} deleted in {:.1}s",
-        config.collection, report.in_catalog, report.in_collection_before, report.added, report.deleted, report.seconds
+        "Qdrant collection {:?}: {} products in the catalog, {} points before; {} added, {} sent again (they were in another search space), {} deleted in {:.1}s",
+        config.collection, report.in_catalog, report.in_collection_before, report.added, report.resent, report.deleted, report.seconds
     );
     Ok(())
 }

@@ -161,6 +161,9 @@ pub struct SyncReport {
     pub in_catalog: usize,
     pub in_collection_before: usize,
     pub added: usize,
+    /// Points sent again because the collection held them in another search space (see
+    /// [`QdrantIndex::holds_other_vectors`]).
+    pub resent: usize,
     pub deleted: usize,
     pub seconds: f64,
 }
@@ -206,6 +209,19 @@ impl QdrantIndex {
         }
         index.retry("deleting the collection", || index.client.delete_collection(name.clone()))?;
         Ok(true)
+    }
+
+    /// Whether points of the collection hold other vectors than `vector` gives for them: read
+    /// back for 16 products spread over `keys` (a point not there yet says nothing).
+    pub fn holds_other_vectors(&self, keys: &[Key], vector: impl Fn(Key) -> Option<Vec<f32>>) -> Result<bool> {
+        for &key in keys.iter().step_by((keys.len() / 16).max(1)).take(16) {
+            let (Some(product), Some(wanted)) = (self.products.get(&key), vector(key)) else { continue };
+            let Some((_, stored)) = self.product(&product.id)? else { continue };
+            if stored.len() != wanted.len() || stored.iter().zip(&wanted).any(|(a, b)| (a - b).abs() > 1e-4) {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     fn connect_client(config: QdrantConfig) -> Result<QdrantIndex> {
@@ -429,18 +445,25 @@ impl QdrantIndex {
         let started = std::time::Instant::now();
         let existing = self.all_points()?;
         let mut report = SyncReport { in_catalog: keys.len(), in_collection_before: existing.len(), ..Default::default() };
+        // Points are matched by id alone; vectors sent in another search space (`tune` at the
+        // same dimension, an untuned catalog centred anew) would stay and be searched with
+        // queries mapped in the new one. So a sample is read back, and all are sent again if
+        // it differs.
+        let resend = self.holds_other_vectors(keys, |key| point(key).map(|(vector, _)| vector))?;
         let mut wanted: HashSet<String> = HashSet::new();
         let mut missing = Vec::new();
         for &key in keys {
             let product = self.products.get(&key).with_context(|| format!("no product id known for key {key}"))?;
             let pid = point_id(&product.id);
-            if existing.get(&pid) != Some(&Some(key)) {
+            let present = existing.get(&pid) == Some(&Some(key));
+            if !present || resend {
                 missing.push(key);
+                report.resent += usize::from(present);
             }
             wanted.insert(pid);
         }
         let stale: Vec<PointId> = existing.iter().filter(|(p, key)| key.is_some() && !wanted.contains(*p)).map(|(p, _)| PointId::from(p.clone())).collect();
-        report.added = missing.len();
+        report.added = missing.len() - report.resent;
         report.deleted = stale.len();
         for chunk in missing.chunks(UPSERT_BATCH) {
             let points = chunk

@@ -204,7 +204,7 @@ impl QdrantIndex {
         if !index.retry("checking the collection", || index.client.collection_exists(name.clone()))? {
             return Ok(false);
         }
-        if index.collection_shape()? == Some((dim as u64, Distance::Dot as i32)) {
+        if index.collection_shape()?.is_some_and(|shape| index.fits(shape)) {
             return Ok(false);
         }
         index.retry("deleting the collection", || index.client.delete_collection(name.clone()))?;
@@ -283,7 +283,7 @@ impl QdrantIndex {
         let exists = self.retry("checking the collection", || self.client.collection_exists(name.clone()))?;
         if exists {
             match self.collection_shape()? {
-                Some((size, distance)) if size as usize == self.dim && distance == Distance::Dot as i32 => Ok(()),
+                Some(shape) if self.fits(shape) => Ok(()),
                 Some((size, distance)) => bail!(
                     "Qdrant collection {name:?} holds {size}-d {} vectors, but this catalog's search space is {}-d dot product (`lookalike tune` changes it): use another --collection, or fill this one afresh with `lookalike sync --recreate` (servers searching it answer errors until it is filled)",
                     Distance::try_from(distance).map_or_else(|_| format!("distance {distance}"), |d| d.as_str_name().to_lowercase()),
@@ -312,6 +312,11 @@ impl QdrantIndex {
             }
             Ok(())
         }
+    }
+
+    /// Whether a collection of `shape` (vector size, distance) holds this index's vectors.
+    fn fits(&self, shape: (u64, i32)) -> bool {
+        shape == (self.dim as u64, Distance::Dot as i32)
     }
 
     /// The collection's vector size and distance; `None` for named or other vectors.

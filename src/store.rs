@@ -209,12 +209,30 @@ pub fn open_qdrant(catalog: &SqliteCatalog, space: &SearchSpace, store: &QdrantC
 
 /// Makes the Qdrant collection agree with the catalog (adds what is missing, deletes what is
 /// gone), and returns what changed.
+///
+/// Once every point is in the catalog's search space, the catalog records so
+/// ([`collection_synced_space`]): a server on this catalog and collection that has kept
+/// searching in the old space since `tune` changed the vectors takes up the new one then.
 pub fn sync_qdrant(catalog: &SqliteCatalog, store: &QdrantConfig) -> Result<SyncReport> {
     let space = SearchSpace::for_catalog(catalog)?;
     let exact = space.build_index(catalog, VectorKind::Primary, crate::index::Precision::F32)?;
     let mut index = open_qdrant(catalog, &space, store)?;
     let images: std::collections::HashMap<Key, Product> = catalog.all_products()?.into_iter().map(|p| (p.key, p)).collect();
-    index.sync(exact.keys(), |key| exact.vector(key).map(|v| (v, images.get(&key).and_then(|p| payload_image(catalog, p)))))
+    let report = index.sync(exact.keys(), |key| exact.vector(key).map(|v| (v, images.get(&key).and_then(|p| payload_image(catalog, p)))))?;
+    catalog.set_setting(&synced_space_setting(&store.collection), &space.fingerprint())?;
+    Ok(report)
+}
+
+/// The search space (its fingerprint) in which `lookalike sync` last filled `store`'s
+/// collection from this catalog; `None` before any sync.
+pub fn collection_synced_space(catalog: &SqliteCatalog, store: &QdrantConfig) -> Result<Option<String>> {
+    catalog.setting(&synced_space_setting(&store.collection))
+}
+
+/// The catalog setting [`collection_synced_space`] reads. By the collection's name alone: a
+/// server may reach the cluster through another node's address than `sync` did.
+fn synced_space_setting(collection: &str) -> String {
+    format!("qdrant_synced_space:{collection}")
 }
 
 /// Deletes the Qdrant collection if its vectors do not fit the catalog's search space (after

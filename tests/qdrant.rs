@@ -198,7 +198,8 @@ fn qdrant_matches_the_embedded_store_and_follows_changes() {
 /// collection that fits as it is), and an engine on the tuned catalog then answers from Qdrant
 /// as from its own store; tuned again at the same dimension, a plain `sync` sends every
 /// point again. A running engine on the collection takes up a photo adapter (`tune
-/// --adapt` maps query photos only) and keeps its space when the dimension changes.
+/// --adapt` maps query photos only) at once, and a space that changes the vectors once `sync`
+/// has sent them in it (before that, it keeps answering in the space the collection holds).
 #[test]
 #[ignore = "needs a Qdrant server: LOOKALIKE_QDRANT_URL"]
 fn sync_recreate_fills_a_collection_afresh_in_the_space_tune_makes() {
@@ -236,7 +237,6 @@ fn sync_recreate_fills_a_collection_afresh_in_the_space_tune_makes() {
 
     server.follow_catalog().expect("follow");
     assert_eq!(answers(&server), adapted, "the running server answers in the space its collection was filled in");
-    drop(server);
 
     let refused = sync(&[]);
     let stderr = String::from_utf8_lossy(&refused.stderr);
@@ -251,6 +251,11 @@ fn sync_recreate_fills_a_collection_afresh_in_the_space_tune_makes() {
     assert!(out.status.success() && !stderr.contains("filling it afresh"), "a collection that fits is kept: {stderr}");
     let again = report(&out);
     assert_eq!((again["added"].as_u64(), again["deleted"].as_u64()), (Some(0), Some(0)), "{again}");
+    // Once sync has filled the collection in the new space, the running server searches in it.
+    server.follow_catalog().expect("follow");
+    let tuned = answers(&open_remote());
+    assert_ne!(tuned, adapted, "the tuned space finds other products");
+    assert_eq!(answers(&server), tuned, "the running server takes up the space the collection was filled in");
 
     // The tuned catalog answers from Qdrant as from its own store: same products, same scores.
     let same_answers = |when: &str| {
@@ -275,8 +280,12 @@ fn sync_recreate_fills_a_collection_afresh_in_the_space_tune_makes() {
     let out =
         Command::new(BIN).args(["tune", "--db", db_arg, "--label", "articleType", "--dim", "64", "--hidden", "96", "--epochs", "6", "--augment", "64"]).output().expect("tune");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    server.follow_catalog().expect("follow");
+    assert_eq!(answers(&server), tuned, "the running server waits for the sync");
     let out = sync(&[]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    server.follow_catalog().expect("follow");
+    assert_eq!(answers(&server), answers(&open_remote()), "the running server takes up the space the collection was sent again in");
     let resent = report(&out);
     assert_eq!((resent["added"].as_u64(), resent["resent"].as_u64(), resent["deleted"].as_u64()), (Some(0), Some(300), Some(0)), "{resent}");
     same_answers("tuned again");

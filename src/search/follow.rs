@@ -17,7 +17,7 @@ use crate::index::qdrant::StoredProduct;
 use crate::index::VectorIndex;
 use crate::kind::KindTable;
 use crate::space::SearchSpace;
-use crate::store::{graph_turn, open_index, payload_image, write_graph, Store};
+use crate::store::{collection_synced_space, graph_turn, open_index, payload_image, write_graph, Store};
 use crate::types::IndexingProgress;
 
 impl SearchEngine {
@@ -72,8 +72,17 @@ impl SearchEngine {
         let indexing = catalog.indexing_progress()?;
         *self.indexing.lock().map_err(|_| poisoned("indexing progress"))? = indexing;
         self.follow_foreground_head(&catalog)?;
-        let space_moved = catalog.search_space_generation()? != self.space_generation.load(Ordering::Acquire);
+        let space_moved = catalog.search_space_generation()? != self.space_generation.load(Ordering::Acquire) || self.collection_synced(&catalog)?;
         Ok((self.catch_up(&mut catalog)?, space_moved))
+    }
+
+    /// Whether `lookalike sync` has filled the Qdrant collection in the search space this
+    /// engine waits to take up (one settings row read while it waits; nothing otherwise).
+    fn collection_synced(&self, catalog: &SqliteCatalog) -> Result<bool> {
+        let (Some(store), Some(awaited)) = (&self.config.store, self.space_awaiting_sync.lock().map_err(|_| poisoned("space awaiting sync"))?.clone()) else {
+            return Ok(false);
+        };
+        Ok(collection_synced_space(catalog, store)?.as_deref() == Some(awaited.as_str()))
     }
 
     /// Builds the index in the search space the catalog has now and puts both in place of the
@@ -82,8 +91,11 @@ impl SearchEngine {
     /// made during the build are then replayed into the new index under the catalog lock, as
     /// [`SearchEngine::compact_graph`] does. When the new space maps catalog vectors as the old
     /// one did (only the photo adapter changed), the space alone is replaced and nothing built.
-    /// That is all an engine on a Qdrant collection takes up: the collection holds vectors in
-    /// the space they were sent in, until `lookalike sync --recreate` and a restart.
+    ///
+    /// A Qdrant collection holds vectors in the space they were sent in: an engine on one takes
+    /// up a space that changes the vectors once `lookalike sync` has sent them again in it
+    /// (the catalog records that, [`collection_synced_space`]), and until then searches in the
+    /// old one, which is what the collection holds.
     ///
     /// `while_building` runs once the new index is built and before the changes made meanwhile
     /// are replayed into it, with no lock held: tests use it to follow changes inside that
@@ -124,24 +136,35 @@ impl SearchEngine {
             tracing::info!("the catalog's search space changed ({}) but not its indexed vectors: searches now run in the catalog's new search space", space.describe());
             return Ok(());
         }
-        if self.config.store.is_some() {
+        if let Some(store) = &self.config.store {
             // A Qdrant collection keeps the vectors it was sent, in the space they were sent in.
-            tracing::warn!(
-                "the catalog's search space changed ({}): run `lookalike sync --recreate` to send the collection its vectors in it, then restart the servers; searches go on in the old space",
-                space.describe()
-            );
-            return Ok(());
+            let synced = self.with_catalog(|c| collection_synced_space(c, store))?;
+            let mut awaited = self.space_awaiting_sync.lock().map_err(|_| poisoned("space awaiting sync"))?;
+            if synced.as_deref() != Some(space.fingerprint().as_str()) {
+                if awaited.as_deref() != Some(space.fingerprint().as_str()) {
+                    tracing::warn!(
+                        "the catalog's search space changed ({}): run `lookalike sync --recreate` to send the collection its vectors in it; searches go on in the old space until it has",
+                        space.describe()
+                    );
+                }
+                *awaited = Some(space.fingerprint());
+                return Ok(());
+            }
+            // Taken as done first, so that a failure below is said once (as above).
+            *awaited = None;
+            tracing::info!("the collection holds its vectors in the catalog's new search space ({}): searching in it", space.describe());
+        } else {
+            if let Some(available) = available_memory_bytes().filter(|&available| !fits_in_memory(needed, available)) {
+                tracing::warn!(
+                    "the catalog's search space changed ({}), but building the index in it beside the one searches use needs about {} MB and {} MB are available: searches go on in the old space; restart the server to search in the new one",
+                    space.describe(),
+                    needed >> 20,
+                    available >> 20
+                );
+                return Ok(());
+            }
+            tracing::info!("the catalog's search space changed ({}): building the index in it; searches go on in the old one meanwhile", space.describe());
         }
-        if let Some(available) = available_memory_bytes().filter(|&available| !fits_in_memory(needed, available)) {
-            tracing::warn!(
-                "the catalog's search space changed ({}), but building the index in it beside the one searches use needs about {} MB and {} MB are available: searches go on in the old space; restart the server to search in the new one",
-                space.describe(),
-                needed >> 20,
-                available >> 20
-            );
-            return Ok(());
-        }
-        tracing::info!("the catalog's search space changed ({}): building the index in it; searches go on in the old one meanwhile", space.describe());
         let reader = SqliteCatalog::open_existing(&catalog_path)?;
         let mut fresh = open_index(&reader, &space, &self.config)?;
         drop(reader);

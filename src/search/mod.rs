@@ -242,6 +242,10 @@ pub struct SearchEngine {
     compacting: AtomicBool,
     /// Set once a due compaction was put off for want of memory (so that is said once).
     compaction_put_off: AtomicBool,
+    /// On a Qdrant collection, the search space (its fingerprint) `tune` moved the catalog's
+    /// vectors to while the collection still holds them in the old one: taken up once `sync`
+    /// has filled the collection in it ([`SearchEngine::take_up_new_space_with`]).
+    space_awaiting_sync: Mutex<Option<String>>,
     /// How the index was opened, to open it again when the change log cannot be followed.
     config: IndexConfig,
     /// The change-log position the index is in step with (see [`SearchEngine::follow_catalog`]).
@@ -432,6 +436,7 @@ impl SearchEngine {
             limits: DecodeLimits::default(),
             compacting: AtomicBool::new(false),
             compaction_put_off: AtomicBool::new(false),
+            space_awaiting_sync: Mutex::new(None),
             config,
             followed: AtomicI64::new(0),
             indexing: Mutex::new(None),

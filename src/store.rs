@@ -213,14 +213,26 @@ pub fn open_qdrant(catalog: &SqliteCatalog, space: &SearchSpace, store: &QdrantC
 /// Once every point is in the catalog's search space, the catalog records so
 /// ([`collection_synced_space`]): a server on this catalog and collection that has kept
 /// searching in the old space since `tune` changed the vectors takes up the new one then.
-pub fn sync_qdrant(catalog: &SqliteCatalog, store: &QdrantConfig) -> Result<SyncReport> {
+pub fn sync_qdrant(catalog: &SqliteCatalog, store: &QdrantConfig, misfit: Misfit) -> Result<SyncReport> {
     let space = SearchSpace::for_catalog(catalog)?;
+    let recreated = misfit == Misfit::Recreate && QdrantIndex::delete_if_misfit(store.clone(), space.output_dim(catalog.vector_space()?.map_or(0, |s| s.dim)))?;
     let exact = space.build_index(catalog, VectorKind::Primary, crate::index::Precision::F32)?;
     let mut index = open_qdrant(catalog, &space, store)?;
     let images: std::collections::HashMap<Key, Product> = catalog.all_products()?.into_iter().map(|p| (p.key, p)).collect();
-    let report = index.sync(exact.keys(), |key| exact.vector(key).map(|v| (v, images.get(&key).and_then(|p| payload_image(catalog, p)))))?;
+    let report = index.sync(exact.keys(), |key| exact.vector(key), |key| images.get(&key).and_then(|p| payload_image(catalog, p)))?;
     catalog.set_setting(&synced_space_setting(&store.collection), &space.fingerprint())?;
-    Ok(report)
+    Ok(SyncReport { recreated, ..report })
+}
+
+/// What [`sync_qdrant`] does with a collection whose vectors do not fit the catalog's search
+/// space (after `lookalike tune` changed their dimension; a collection's vector size is fixed
+/// when it is made).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Misfit {
+    /// Refuse it, with a message naming `--recreate`.
+    Refuse,
+    /// Delete it and fill it afresh.
+    Recreate,
 }
 
 /// The search space (its fingerprint) in which `lookalike sync` last filled `store`'s
@@ -233,14 +245,6 @@ pub fn collection_synced_space(catalog: &SqliteCatalog, store: &QdrantConfig) ->
 /// server may reach the cluster through another node's address than `sync` did.
 fn synced_space_setting(collection: &str) -> String {
     format!("qdrant_synced_space:{collection}")
-}
-
-/// Deletes the Qdrant collection if its vectors do not fit the catalog's search space (after
-/// `lookalike tune` changed their dimension), so that [`sync_qdrant`] can fill it afresh;
-/// whether it was deleted.
-pub fn delete_misfit_collection(catalog: &SqliteCatalog, store: &QdrantConfig) -> Result<bool> {
-    let space = SearchSpace::for_catalog(catalog)?;
-    QdrantIndex::delete_if_misfit(store.clone(), space.output_dim(catalog.vector_space()?.map_or(0, |s| s.dim)))
 }
 
 /// A product's photo when it is small enough to travel in its point's payload

@@ -13,6 +13,7 @@ use lookalike::catalog::{SqliteCatalog, VectorKind};
 use lookalike::index::qdrant::QdrantConfig;
 use lookalike::index::{IndexConfig, Precision};
 use lookalike::search::{Items, SearchEngine, SearchRequest};
+use lookalike::store::Misfit;
 use lookalike::types::Filter;
 use rand::{Rng, SeedableRng};
 
@@ -115,9 +116,9 @@ fn qdrant_matches_the_embedded_store_and_follows_changes() {
     let config = store(&collection, true);
 
     let catalog = SqliteCatalog::open(&db).expect("catalog");
-    let report = lookalike::store::sync_qdrant(&catalog, &config).expect("sync");
+    let report = lookalike::store::sync_qdrant(&catalog, &config, Misfit::Refuse).expect("sync");
     assert_eq!((report.in_catalog, report.added, report.deleted), (300, 300, 0), "{report:?}");
-    let again = lookalike::store::sync_qdrant(&catalog, &config).expect("sync again");
+    let again = lookalike::store::sync_qdrant(&catalog, &config, Misfit::Refuse).expect("sync again");
     assert_eq!((again.added, again.deleted), (0, 0), "a second sync changes nothing");
 
     // 500 queries: catalog vectors with noise, so none is identical to a stored one.
@@ -243,14 +244,14 @@ fn sync_recreate_fills_a_collection_afresh_in_the_space_tune_makes() {
     assert!(!refused.status.success() && stderr.contains("1280-d dot") && stderr.contains("64-d") && stderr.contains("sync --recreate"), "{stderr}");
     let out = sync(&["--recreate"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success() && stderr.contains("deleted, filling it afresh"), "{stderr}");
+    assert!(out.status.success() && stderr.contains("deleted and filled afresh"), "{stderr}");
     let filled = report(&out);
-    assert_eq!((filled["in_collection_before"].as_u64(), filled["added"].as_u64()), (Some(0), Some(300)), "{filled}");
+    assert_eq!((filled["in_collection_before"].as_u64(), filled["added"].as_u64(), filled["recreated"].as_bool()), (Some(0), Some(300), Some(true)), "{filled}");
     let out = sync(&["--recreate"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success() && !stderr.contains("filling it afresh"), "a collection that fits is kept: {stderr}");
+    assert!(out.status.success() && !stderr.contains("filled afresh"), "a collection that fits is kept: {stderr}");
     let again = report(&out);
-    assert_eq!((again["added"].as_u64(), again["deleted"].as_u64()), (Some(0), Some(0)), "{again}");
+    assert_eq!((again["added"].as_u64(), again["deleted"].as_u64(), again["recreated"].as_bool()), (Some(0), Some(0), Some(false)), "{again}");
     // Once sync has filled the collection in the new space, the running server searches in it.
     server.follow_catalog().expect("follow");
     let tuned = answers(&open_remote());
@@ -306,7 +307,7 @@ fn replicas_with_and_without_the_catalog_share_one_collection() {
     let dir = tempfile::tempdir().expect("tempdir");
     let db = copy_catalog(dir.path());
     let collection = format!("lookalike-replicas-{}", std::process::id());
-    let report = lookalike::store::sync_qdrant(&SqliteCatalog::open(&db).expect("catalog"), &store(&collection, true)).expect("sync");
+    let report = lookalike::store::sync_qdrant(&SqliteCatalog::open(&db).expect("catalog"), &store(&collection, true), Misfit::Refuse).expect("sync");
     assert_eq!(report.added, 300);
 
     let token = "replica-test";
@@ -397,7 +398,7 @@ fn a_load_balancer_spreads_searches_over_replicas_and_skips_a_stopped_one() {
     let dir = tempfile::tempdir().expect("tempdir");
     let db = copy_catalog(dir.path());
     let collection = format!("lookalike-balanced-{}", std::process::id());
-    lookalike::store::sync_qdrant(&SqliteCatalog::open(&db).expect("catalog"), &store(&collection, true)).expect("sync");
+    lookalike::store::sync_qdrant(&SqliteCatalog::open(&db).expect("catalog"), &store(&collection, true), Misfit::Refuse).expect("sync");
     let args = ["--no-catalog", "--store", &qdrant_url(), "--collection", &collection, "--qdrant-exact"];
     let mut replicas = vec![Server::start_with(&args, &[]), Server::start_with(&args, &[])];
     let upstream = |server: &Server| server.url("").trim_start_matches("http://").to_string();
@@ -480,7 +481,7 @@ fn cluster_keeps_answering_with_a_node_down() {
     let dir = tempfile::tempdir().expect("tempdir");
     let db = copy_catalog(dir.path());
     let catalog = SqliteCatalog::open(&db).expect("catalog");
-    let report = lookalike::store::sync_qdrant(&catalog, &on(&nodes[0])).expect("sync to the cluster");
+    let report = lookalike::store::sync_qdrant(&catalog, &on(&nodes[0]), Misfit::Refuse).expect("sync to the cluster");
     assert_eq!(report.added, 300);
     let vectors = model_vectors_of(&catalog);
     let config = IndexConfig { store: Some(on(&nodes[0])), ..IndexConfig::default() };
@@ -531,7 +532,7 @@ fn cluster_replica_answers_503_while_its_qdrant_is_down_and_recovers() {
     let dir = tempfile::tempdir().expect("tempdir");
     let db = copy_catalog(dir.path());
     let everywhere = QdrantConfig { shards: Some(1), replicas: Some(3), ..store_at(&nodes[0], &collection, true) };
-    let report = lookalike::store::sync_qdrant(&SqliteCatalog::open(&db).expect("catalog"), &everywhere).expect("sync to the cluster");
+    let report = lookalike::store::sync_qdrant(&SqliteCatalog::open(&db).expect("catalog"), &everywhere, Misfit::Refuse).expect("sync to the cluster");
     assert_eq!(report.added, 300);
 
     // One replica with the catalog file, one without: both behave the same.

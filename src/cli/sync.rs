@@ -5,6 +5,7 @@ use clap::Args;
 
 use super::args::*;
 use lookalike::catalog::SqliteCatalog;
+use lookalike::store::Misfit;
 
 #[derive(Args)]
 pub struct SyncArgs {
@@ -24,11 +25,12 @@ pub fn run(args: SyncArgs) -> Result<()> {
     let Some(config) = args.store.qdrant(&args.db.db)? else {
         bail!("sync needs --store qdrant://HOST:PORT (or LOOKALIKE_STORE)");
     };
-    if args.recreate && lookalike::store::delete_misfit_collection(&catalog, &config)? {
-        eprintln!("Qdrant collection {:?} held vectors of another search space: deleted, filling it afresh", config.collection);
-    }
-    let report = lookalike::store::sync_qdrant(&catalog, &config)?;
+    let misfit = if args.recreate { Misfit::Recreate } else { Misfit::Refuse };
+    let report = lookalike::store::sync_qdrant(&catalog, &config, misfit)?;
     println!("{}", serde_json::to_string_pretty(&report)?);
+    if report.recreated {
+        eprintln!("Qdrant collection {:?} held vectors of another search space: deleted and filled afresh", config.collection);
+    }
     eprintln!(
         "Qdrant collection {:?}: {} products in the catalog, {} points before; {} added, {} sent again (they were in another search space), {} deleted in {:.1}s",
         config.collection, report.in_catalog, report.in_collection_before, report.added, report.resent, report.deleted, report.seconds

@@ -165,6 +165,9 @@ pub struct SyncReport {
     /// [`QdrantIndex::holds_other_vectors`]).
     pub resent: usize,
     pub deleted: usize,
+    /// The collection was deleted first and filled afresh (`sync --recreate`: its vectors did
+    /// not fit the catalog's search space).
+    pub recreated: bool,
     pub seconds: f64,
 }
 
@@ -212,16 +215,33 @@ impl QdrantIndex {
     }
 
     /// Whether points of the collection hold other vectors than `vector` gives for them: read
-    /// back for 16 products spread over `keys` (a point not there yet says nothing).
+    /// back, in one request, for 16 products spread over `keys` (a point not there yet says
+    /// nothing).
     pub fn holds_other_vectors(&self, keys: &[Key], vector: impl Fn(Key) -> Option<Vec<f32>>) -> Result<bool> {
-        for &key in keys.iter().step_by((keys.len() / 16).max(1)).take(16) {
-            let (Some(product), Some(wanted)) = (self.products.get(&key), vector(key)) else { continue };
-            let Some((_, stored)) = self.product(&product.id)? else { continue };
-            if stored.len() != wanted.len() || stored.iter().zip(&wanted).any(|(a, b)| (a - b).abs() > 1e-4) {
-                return Ok(true);
-            }
+        let sample: Vec<(String, Key)> =
+            keys.iter().step_by((keys.len() / 16).max(1)).take(16).filter_map(|&key| self.products.get(&key).map(|p| (point_id(&p.id), key))).collect();
+        if sample.is_empty() {
+            return Ok(false);
         }
-        Ok(false)
+        let request = GetPointsBuilder::new(self.config.collection.clone(), sample.iter().map(|(pid, _)| PointId::from(pid.clone())).collect::<Vec<_>>())
+            .with_payload(false)
+            .with_vectors(true);
+        let response = self.retry("reading points back", || self.client.get_points(request.clone()))?;
+        let stored: HashMap<String, Vec<f32>> = response
+            .result
+            .into_iter()
+            .filter_map(|point| {
+                let Some(PointIdOptions::Uuid(uuid)) = point.id.and_then(|i| i.point_id_options) else { return None };
+                match point.vectors.as_ref().and_then(|v| v.get_vector()) {
+                    Some(qdrant_client::qdrant::vector_output::Vector::Dense(dense)) => Some((uuid, dense.data)),
+                    _ => None,
+                }
+            })
+            .collect();
+        Ok(sample.iter().any(|(pid, key)| match (stored.get(pid), vector(*key)) {
+            (Some(stored), Some(wanted)) => stored.len() != wanted.len() || stored.iter().zip(&wanted).any(|(a, b)| (a - b).abs() > 1e-4),
+            _ => false,
+        }))
     }
 
     fn connect_client(config: QdrantConfig) -> Result<QdrantIndex> {
@@ -443,10 +463,10 @@ impl QdrantIndex {
     /// whose recorded key differs), deletes points a catalog wrote whose product is gone.
     /// Products added through a server without a catalog (no key in their payload) are kept:
     /// the catalog never knew them, so their absence from it says nothing. `keys` are the
-    /// catalog's products; `point` gives one's vector in the search space and its photo.
+    /// catalog's products; `vector` gives one's vector in the search space, `image` its photo.
     /// Vectors are fetched 256 at a time as they are sent, so a million-product sync holds no
     /// second copy of them.
-    pub fn sync(&mut self, keys: &[Key], point: impl Fn(Key) -> Option<(Vec<f32>, Option<Vec<u8>>)>) -> Result<SyncReport> {
+    pub fn sync(&mut self, keys: &[Key], vector: impl Fn(Key) -> Option<Vec<f32>>, image: impl Fn(Key) -> Option<Vec<u8>>) -> Result<SyncReport> {
         let started = std::time::Instant::now();
         let existing = self.all_points()?;
         let mut report = SyncReport { in_catalog: keys.len(), in_collection_before: existing.len(), ..Default::default() };
@@ -454,7 +474,7 @@ impl QdrantIndex {
         // same dimension, an untuned catalog centred anew) would stay and be searched with
         // queries mapped in the new one. So a sample is read back, and all are sent again if
         // it differs.
-        let resend = self.holds_other_vectors(keys, |key| point(key).map(|(vector, _)| vector))?;
+        let resend = self.holds_other_vectors(keys, &vector)?;
         let mut wanted: HashSet<String> = HashSet::new();
         let mut missing = Vec::new();
         for &key in keys {
@@ -474,8 +494,8 @@ impl QdrantIndex {
             let points = chunk
                 .iter()
                 .map(|&k| {
-                    let (vector, image) = point(k).with_context(|| format!("no vector for key {k}"))?;
-                    self.keyed_point(k, &vector, image.as_deref())
+                    let vector = vector(k).with_context(|| format!("no vector for key {k}"))?;
+                    self.keyed_point(k, &vector, image(k).as_deref())
                 })
                 .collect::<Result<Vec<_>>>()?;
             self.upsert_points(points)?;

@@ -290,6 +290,10 @@ pub enum StoredSpace {
     Identity,
     Centred {
         mean: Vec<f32>,
+        /// The photo adapter (`tune --adapt`), base64 of its bytes: query photos go through it.
+        /// (Absent from descriptions written before it was kept.)
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        adapter: Option<String>,
     },
     /// The projection's weights as little-endian f32, base64.
     Tuned {
@@ -306,7 +310,9 @@ impl StoredSpace {
         use base64::Engine as _;
         match space {
             SearchSpace::Identity => StoredSpace::Identity,
-            SearchSpace::Centred { mean, .. } => StoredSpace::Centred { mean: mean.clone() },
+            SearchSpace::Centred { mean, adapter } => {
+                StoredSpace::Centred { mean: mean.clone(), adapter: adapter.as_ref().map(|a| base64::engine::general_purpose::STANDARD.encode(a.to_bytes())) }
+            }
             SearchSpace::Tuned(p) => StoredSpace::Tuned {
                 label: p.label.clone(),
                 input_dim: p.input_dim,
@@ -322,7 +328,16 @@ impl StoredSpace {
         use base64::Engine as _;
         Ok(match self {
             StoredSpace::Identity => SearchSpace::Identity,
-            StoredSpace::Centred { mean } => SearchSpace::Centred { mean: mean.clone(), adapter: None },
+            StoredSpace::Centred { mean, adapter } => {
+                let adapter = match adapter {
+                    Some(text) => {
+                        let bytes = base64::engine::general_purpose::STANDARD.decode(text).context("the photo adapter in the collection description is not base64")?;
+                        Some(std::sync::Arc::new(crate::adapter::PhotoAdapter::from_bytes(&bytes)?))
+                    }
+                    None => None,
+                };
+                SearchSpace::Centred { mean: mean.clone(), adapter }
+            }
             StoredSpace::Tuned { label, input_dim, hidden, output_dim, weights } => {
                 let bytes = base64::engine::general_purpose::STANDARD.decode(weights).context("the tuned projection in the collection description is not base64")?;
                 SearchSpace::Tuned(Box::new(crate::projection::Projection::from_weights(label, *input_dim, *hidden, *output_dim, &bytes)?))
@@ -506,13 +521,23 @@ mod tests {
     fn search_spaces_survive_the_collection_description() -> Result<()> {
         let weights: Vec<u8> = (0..(3 * 4 + 3 + 2 * 3 + 2)).flat_map(|i| (i as f32 * 0.37 - 2.0).sin().to_le_bytes()).collect();
         let tuned = SearchSpace::Tuned(Box::new(crate::projection::Projection::from_weights("articleType", 4, 3, 2, &weights)?));
-        for space in [SearchSpace::Identity, SearchSpace::Centred { mean: vec![0.1, -0.2, 0.3, 0.05], adapter: None }, tuned] {
+        // A photo adapter of rank 1 on 4-d vectors: dim, rank, then what it reads and writes.
+        let adapter: Vec<u8> = [4u32, 1].iter().flat_map(|n| n.to_le_bytes()).chain([0.3f32, -0.1, 0.2, 0.4, 0.0, 0.6, 0.0, 0.8].iter().flat_map(|w| w.to_le_bytes())).collect();
+        let adapter = std::sync::Arc::new(crate::adapter::PhotoAdapter::from_bytes(&adapter)?);
+        let mean = vec![0.1, -0.2, 0.3, 0.05];
+        let adapted = SearchSpace::Centred { mean: mean.clone(), adapter: Some(adapter) };
+        for space in [SearchSpace::Identity, SearchSpace::Centred { mean: mean.clone(), adapter: None }, adapted, tuned] {
             let json = serde_json::to_vec(&StoredSpace::of(&space))?;
             let back = serde_json::from_slice::<StoredSpace>(&json)?.search_space()?;
             assert_eq!(back.fingerprint(), space.fingerprint(), "{}", space.describe());
+            assert_eq!(back.adapts_photos(), space.adapts_photos(), "{}", space.describe());
             let v = [0.5, 0.1, 0.7, 0.2];
             assert_eq!(back.map(&v)?, space.map(&v)?);
+            assert_eq!(back.map_photo(&v)?, space.map_photo(&v)?);
         }
+        // A description written before the adapter was kept reads as a space without one.
+        let old = serde_json::from_str::<StoredSpace>(r#"{"kind": "centred", "mean": [0.1, -0.2, 0.3, 0.05]}"#)?.search_space()?;
+        assert!(!old.adapts_photos());
         Ok(())
     }
 }

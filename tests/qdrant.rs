@@ -232,6 +232,11 @@ fn sync_recreate_fills_a_collection_afresh_in_the_space_tune_makes() {
     let adapted = answers(&open_remote());
     assert_ne!(adapted, before, "the adapter changes what the photos find");
     assert_eq!(answers(&server), adapted, "the running server searches with the adapter");
+    // A server without the catalog reads the adapter from the collection's description (which
+    // a server with the catalog writes when it opens the collection).
+    let replica = SearchEngine::open_collection(&store(&collection, true), Box::new(encoder())).expect("replica");
+    assert_eq!(answers(&replica), adapted, "a server without the catalog searches with the adapter");
+    drop(replica);
     let out =
         Command::new(BIN).args(["tune", "--db", db_arg, "--label", "articleType", "--dim", "64", "--hidden", "128", "--epochs", "8", "--augment", "64"]).output().expect("tune");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));

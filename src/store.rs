@@ -180,20 +180,11 @@ pub fn describe_index(catalog: &SqliteCatalog, config: &IndexConfig) -> Result<S
 /// metadata (its writes carry them as payload). Warns when the collection and the catalog
 /// disagree in size: `lookalike sync` fixes that.
 pub fn open_qdrant(catalog: &SqliteCatalog, space: &SearchSpace, store: &QdrantConfig) -> Result<QdrantIndex> {
-    let dim = space.output_dim(catalog.vector_space()?.map_or(0, |s| s.dim));
-    let mut index = QdrantIndex::connect(store.clone(), dim)?;
-    let colours: std::collections::HashMap<Key, Vec<f32>> = catalog.colours()?.into_iter().collect();
-    for product in catalog.all_products()? {
-        let colour = colours.get(&product.key).cloned();
-        index.describe(product.key, StoredProduct { id: product.id, metadata: product.metadata, colour });
-    }
-    // Servers without the catalog search this collection by its description: kept in step
-    // with the catalog's model and search space.
-    if let Some(description) = CollectionDescription::of_catalog(catalog, space, store)? {
-        let kept = index.read_description()?.and_then(|bytes| serde_json::from_slice::<CollectionDescription>(&bytes).ok());
-        if kept.as_ref() != Some(&description) {
-            index.write_description(&serde_json::to_vec(&description)?)?;
-        }
+    let index = connect_qdrant(catalog, space, store)?;
+    // Not between a `tune` that changed the vectors and the `sync` that sends them: servers
+    // without the catalog follow the description, and the collection still holds the old ones.
+    if collection_synced_space(catalog, store)?.is_none_or(|synced| synced == space.fingerprint()) {
+        describe_collection(catalog, space, store, &index)?;
     }
     let in_catalog = catalog.vector_count()?;
     if index.len() != in_catalog {
@@ -207,6 +198,29 @@ pub fn open_qdrant(catalog: &SqliteCatalog, space: &SearchSpace, store: &QdrantC
     Ok(index)
 }
 
+fn connect_qdrant(catalog: &SqliteCatalog, space: &SearchSpace, store: &QdrantConfig) -> Result<QdrantIndex> {
+    let dim = space.output_dim(catalog.vector_space()?.map_or(0, |s| s.dim));
+    let mut index = QdrantIndex::connect(store.clone(), dim)?;
+    let colours: std::collections::HashMap<Key, Vec<f32>> = catalog.colours()?.into_iter().collect();
+    for product in catalog.all_products()? {
+        let colour = colours.get(&product.key).cloned();
+        index.describe(product.key, StoredProduct { id: product.id, metadata: product.metadata, colour });
+    }
+    Ok(index)
+}
+
+/// Servers without the catalog search the collection by its description: kept in step with
+/// the catalog's model and search space (written only when it changed).
+fn describe_collection(catalog: &SqliteCatalog, space: &SearchSpace, store: &QdrantConfig, index: &QdrantIndex) -> Result<()> {
+    if let Some(description) = CollectionDescription::of_catalog(catalog, space, store)? {
+        let kept = index.read_description()?.and_then(|(bytes, _)| serde_json::from_slice::<CollectionDescription>(&bytes).ok());
+        if kept.as_ref() != Some(&description) {
+            index.write_description(&serde_json::to_vec(&description)?)?;
+        }
+    }
+    Ok(())
+}
+
 /// Makes the Qdrant collection agree with the catalog (adds what is missing, deletes what is
 /// gone), and returns what changed.
 ///
@@ -217,9 +231,11 @@ pub fn sync_qdrant(catalog: &SqliteCatalog, store: &QdrantConfig, misfit: Misfit
     let space = SearchSpace::for_catalog(catalog)?;
     let recreated = misfit == Misfit::Recreate && QdrantIndex::delete_if_misfit(store.clone(), space.output_dim(catalog.vector_space()?.map_or(0, |s| s.dim)))?;
     let exact = space.build_index(catalog, VectorKind::Primary, crate::index::Precision::F32)?;
-    let mut index = open_qdrant(catalog, &space, store)?;
+    let mut index = connect_qdrant(catalog, &space, store)?;
     let images: std::collections::HashMap<Key, Product> = catalog.all_products()?.into_iter().map(|p| (p.key, p)).collect();
     let report = index.sync(exact.keys(), |key| exact.vector(key), |key| images.get(&key).and_then(|p| payload_image(catalog, p)))?;
+    // The description once the points are in its space: servers without the catalog follow it.
+    describe_collection(catalog, &space, store, &index)?;
     catalog.set_setting(&synced_space_setting(&store.collection), &space.fingerprint())?;
     Ok(SyncReport { recreated, ..report })
 }
@@ -380,18 +396,25 @@ impl CollectionDescription {
     }
 }
 
-/// Connects to an existing Qdrant collection and reads its description, for a server without
-/// the catalog file. Fails with what to do when the collection or its description is missing.
-pub fn open_collection(store: &QdrantConfig) -> Result<(QdrantIndex, CollectionDescription)> {
+/// Connects to an existing Qdrant collection and reads its description (with the digest it
+/// was written under, [`QdrantIndex::description_digest`]), for a server without the catalog
+/// file. Fails with what to do when the collection or its description is missing.
+pub fn open_collection(store: &QdrantConfig) -> Result<(QdrantIndex, CollectionDescription, String)> {
     let index = QdrantIndex::connect_existing(store.clone())?;
-    let bytes = index.read_description()?.with_context(|| {
+    let (description, digest) = read_collection_description(&index, store)?;
+    Ok((index, description, digest))
+}
+
+/// The collection's description and its digest, for a server without the catalog.
+pub fn read_collection_description(index: &QdrantIndex, store: &QdrantConfig) -> Result<(CollectionDescription, String)> {
+    let (bytes, digest) = index.read_description()?.with_context(|| {
         format!(
             "collection {:?} has no lookalike description (model, search space) yet: run `lookalike sync --db CATALOG --store {} --collection {}` once on the catalog's machine",
             store.collection, store.url, store.collection
         )
     })?;
     let description: CollectionDescription = serde_json::from_slice(&bytes).context("reading the collection's description")?;
-    Ok((index, description))
+    Ok((description, digest))
 }
 
 /// The catalog's saved search graph, caught up with the products changed since it was saved;

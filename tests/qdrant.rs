@@ -200,7 +200,8 @@ fn qdrant_matches_the_embedded_store_and_follows_changes() {
 /// as from its own store; tuned again at the same dimension, a plain `sync` sends every
 /// point again. A running engine on the collection takes up a photo adapter (`tune
 /// --adapt` maps query photos only) at once, and a space that changes the vectors once `sync`
-/// has sent them in it (before that, it keeps answering in the space the collection holds).
+/// has sent them in it (before that, it keeps answering in the space the collection holds); a
+/// running engine without the catalog takes each up from the collection's description.
 #[test]
 #[ignore = "needs a Qdrant server: LOOKALIKE_QDRANT_URL"]
 fn sync_recreate_fills_a_collection_afresh_in_the_space_tune_makes() {
@@ -225,24 +226,29 @@ fn sync_recreate_fills_a_collection_afresh_in_the_space_tune_makes() {
         photos.iter().map(|p| ids(&engine.search_image(p, None, &request, Items::Main).expect("search"))).collect()
     };
     let server = open_remote();
+    // A server without the catalog follows the collection's description instead.
+    let replica = SearchEngine::open_collection(&store(&collection, true), Box::new(encoder())).expect("replica");
     let before = answers(&server);
+    assert_eq!(answers(&replica), before);
+    assert!(!replica.follow_collection_description().expect("follow the description"), "nothing new to take up");
     let out = Command::new(BIN).args(["tune", "--db", db_arg, "--adapt", "--augment", "200"]).output().expect("tune --adapt");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     server.follow_catalog().expect("follow");
     let adapted = answers(&open_remote());
     assert_ne!(adapted, before, "the adapter changes what the photos find");
     assert_eq!(answers(&server), adapted, "the running server searches with the adapter");
-    // A server without the catalog reads the adapter from the collection's description (which
-    // a server with the catalog writes when it opens the collection).
-    let replica = SearchEngine::open_collection(&store(&collection, true), Box::new(encoder())).expect("replica");
+    // The replica takes the adapter up from the collection's description (which a server with
+    // the catalog writes when it opens the collection).
+    assert!(replica.follow_collection_description().expect("follow the description"));
     assert_eq!(answers(&replica), adapted, "a server without the catalog searches with the adapter");
-    drop(replica);
     let out =
         Command::new(BIN).args(["tune", "--db", db_arg, "--label", "articleType", "--dim", "64", "--hidden", "128", "--epochs", "8", "--augment", "64"]).output().expect("tune");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 
     server.follow_catalog().expect("follow");
     assert_eq!(answers(&server), adapted, "the running server answers in the space its collection was filled in");
+    assert!(!replica.follow_collection_description().expect("follow the description"), "the description waits for the sync");
+    assert_eq!(answers(&replica), adapted);
 
     let refused = sync(&[]);
     let stderr = String::from_utf8_lossy(&refused.stderr);
@@ -262,6 +268,8 @@ fn sync_recreate_fills_a_collection_afresh_in_the_space_tune_makes() {
     let tuned = answers(&open_remote());
     assert_ne!(tuned, adapted, "the tuned space finds other products");
     assert_eq!(answers(&server), tuned, "the running server takes up the space the collection was filled in");
+    assert!(replica.follow_collection_description().expect("follow the description"));
+    assert_eq!(answers(&replica), tuned, "so does a server without the catalog, from the description");
 
     // The tuned catalog answers from Qdrant as from its own store: same products, same scores.
     let same_answers = |when: &str| {
@@ -288,10 +296,17 @@ fn sync_recreate_fills_a_collection_afresh_in_the_space_tune_makes() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     server.follow_catalog().expect("follow");
     assert_eq!(answers(&server), tuned, "the running server waits for the sync");
+    // A server with the catalog started before the sync leaves the description as it is.
+    drop(open_remote());
+    assert!(!replica.follow_collection_description().expect("follow the description"), "the description waits for the sync");
     let out = sync(&[]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     server.follow_catalog().expect("follow");
-    assert_eq!(answers(&server), answers(&open_remote()), "the running server takes up the space the collection was sent again in");
+    let retuned = answers(&open_remote());
+    assert_ne!(retuned, tuned, "the second tune finds other products");
+    assert_eq!(answers(&server), retuned, "the running server takes up the space the collection was sent again in");
+    assert!(replica.follow_collection_description().expect("follow the description"));
+    assert_eq!(answers(&replica), retuned, "and so does the replica");
     let resent = report(&out);
     assert_eq!((resent["added"].as_u64(), resent["resent"].as_u64(), resent["deleted"].as_u64()), (Some(0), Some(300), Some(0)), "{resent}");
     same_answers("tuned again");

@@ -101,9 +101,9 @@ pub fn run(args: ServeArgs) -> Result<()> {
         None => {
             let config = args.index.config(std::path::Path::new(""))?;
             let store = config.store.context("--no-catalog serves a Qdrant collection: give --store qdrant://HOST:PORT")?;
-            let (index, described) = lookalike::store::open_collection(&store)?;
+            let (index, described, digest) = lookalike::store::open_collection(&store)?;
             let encoder = load_collection_encoder(&assets, &described, &args.model)?;
-            SearchEngine::over_collection(index, described, Box::new(encoder), &store)?
+            SearchEngine::over_collection(index, described, digest, Box::new(encoder), &store)?
         }
     });
     let config = ServerConfig {

@@ -668,9 +668,22 @@ impl QdrantIndex {
         Ok(())
     }
 
-    /// The description [`QdrantIndex::write_description`] kept, or `None` when there is none
-    /// (a collection filled before descriptions were kept) or it is half-written.
-    pub fn read_description(&self) -> Result<Option<Vec<u8>>> {
+    /// The SHA-256 of the description [`QdrantIndex::write_description`] kept, as its first
+    /// chunk records it (one small read: how a server without the catalog notices a new one);
+    /// `None` when there is none.
+    pub fn description_digest(&self) -> Result<Option<String>> {
+        let name = self.description_collection();
+        if !self.retry("checking the description", || self.client.collection_exists(name.clone()))? {
+            return Ok(None);
+        }
+        let request = GetPointsBuilder::new(name, vec![PointId::from(0u64)]).with_payload(PayloadIncludeSelector { fields: vec!["sha256".to_string()] }).with_vectors(false);
+        let response = self.retry("reading the description's digest", || self.client.get_points(request.clone()))?;
+        Ok(response.result.into_iter().next().and_then(|point| point.payload.get("sha256").and_then(string).map(str::to_string)))
+    }
+
+    /// The description [`QdrantIndex::write_description`] kept and its SHA-256, or `None` when
+    /// there is none (a collection filled before descriptions were kept) or it is half-written.
+    pub fn read_description(&self) -> Result<Option<(Vec<u8>, String)>> {
         let name = self.description_collection();
         if !self.retry("checking the description", || self.client.collection_exists(name.clone()))? {
             return Ok(None);
@@ -694,7 +707,7 @@ impl QdrantIndex {
             tracing::warn!("the description of collection {:?} is incomplete or being rewritten", self.config.collection);
             return Ok(None);
         }
-        Ok(Some(bytes))
+        Ok(Some((bytes, digest)))
     }
 }
 

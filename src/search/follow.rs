@@ -13,11 +13,11 @@ use super::{poisoned, IndexInSpace, SearchEngine};
 use crate::catalog::{graph_paths, SqliteCatalog};
 use crate::colour::{ColourDescriptor, ColourTable};
 use crate::host::available_memory_bytes;
-use crate::index::qdrant::StoredProduct;
+use crate::index::qdrant::{QdrantIndex, StoredProduct};
 use crate::index::VectorIndex;
 use crate::kind::KindTable;
 use crate::space::SearchSpace;
-use crate::store::{collection_synced_space, graph_turn, open_index, payload_image, write_graph, Store};
+use crate::store::{collection_synced_space, graph_turn, open_index, payload_image, read_collection_description, write_graph, Store};
 use crate::types::IndexingProgress;
 
 impl SearchEngine {
@@ -65,7 +65,13 @@ impl SearchEngine {
     /// change log. Returns how many products changed and whether the search space moved.
     fn follow_changes(&self) -> Result<(usize, bool)> {
         if self.catalog.is_none() {
-            // Every server writes to the collection itself: there is nothing to follow.
+            // Every server writes to the collection itself: only its description (search
+            // space, photo adapter, head) changes behind this server's back.
+            let due =
+                self.described.as_ref().map(|d| d.read().map(|d| d.checked.elapsed() >= DESCRIPTION_CHECK_INTERVAL)).transpose().map_err(|_| poisoned("collection description"))?;
+            if due == Some(true) {
+                self.follow_collection_description()?;
+            }
             return Ok((0, false));
         }
         let mut catalog = self.lock_catalog()?;
@@ -195,6 +201,55 @@ impl SearchEngine {
         *self.foreground.write().map_err(|_| poisoned("foreground head"))? = head.map(Arc::new);
         self.foreground_generation.store(generation, Ordering::Release);
         Ok(())
+    }
+
+    /// A server without the catalog: takes up a new description of its collection, which
+    /// `lookalike sync` (or a server with the catalog, at its start) writes after `tune`
+    /// changed the search space, photo adapter or foreground head, as a server with the
+    /// catalog takes those up from the catalog. One small read (the description's digest) when
+    /// nothing changed; the server's follower asks every [`DESCRIPTION_CHECK_INTERVAL`].
+    /// Whether a new description was taken up.
+    pub fn follow_collection_description(&self) -> Result<bool> {
+        let (Some(described), Some(store)) = (&self.described, &self.config.store) else { return Ok(false) };
+        let current = {
+            let mut described = described.write().map_err(|_| poisoned("collection description"))?;
+            described.checked = std::time::Instant::now();
+            described.digest.clone()
+        };
+        let (fresh, digest) = {
+            let index = self.read_index()?;
+            let collection = index.collection().context("a server without a catalog searches a Qdrant collection")?;
+            if collection.description_digest()?.is_none_or(|digest| digest == current) {
+                return Ok(false);
+            }
+            read_collection_description(collection, store)?
+        };
+        if fresh.model != self.model_name() {
+            // Taken as seen, so that this is said once.
+            described.write().map_err(|_| poisoned("collection description"))?.digest = digest;
+            tracing::warn!("collection {:?} now holds vectors of model {:?}: restart this server with --model {}", store.collection, fresh.model, fresh.model);
+            return Ok(false);
+        }
+        let space = Arc::new(fresh.search_space()?);
+        let foreground = fresh.foreground_head()?.map(Arc::new);
+        // Vectors in another space may differ in size too: the collection is opened again.
+        let reopened = match space.fingerprint() == self.current_space()?.fingerprint() {
+            true => None,
+            false => Some(QdrantIndex::connect_existing(store.clone())?),
+        };
+        {
+            let mut index = self.write_index()?;
+            index.space = space.clone();
+            if let Some(collection) = reopened {
+                index.store = Store::Qdrant(collection);
+            }
+        }
+        *self.foreground.write().map_err(|_| poisoned("foreground head"))? = foreground;
+        let mut described = described.write().map_err(|_| poisoned("collection description"))?;
+        described.description = Arc::new(fresh);
+        described.digest = digest;
+        tracing::info!("the collection's description changed: searching in its search space ({})", space.describe());
+        Ok(true)
     }
 
     /// The `index` run adding products to this catalog, as the follower last saw it.
@@ -412,6 +467,10 @@ fn replay_changes(catalog: &SqliteCatalog, since: i64, space: &SearchSpace, inde
 }
 
 /// What [`SearchEngine::follow_catalog`] says when a new search space could not be taken up.
+/// How often a server without the catalog asks its collection whether the description
+/// changed ([`SearchEngine::follow_collection_description`]).
+const DESCRIPTION_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+
 const TAKE_UP_FAILED: &str = "taking up the catalog's new search space (searches go on in the old one until the next `tune` or a restart)";
 
 /// Whether a second copy of an index of `needed` bytes can be built beside the first in

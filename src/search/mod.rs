@@ -266,8 +266,18 @@ pub struct SearchEngine {
     kinds: RwLock<KindTable>,
     /// The likeness bands and what they were measured on (see [`SearchEngine::likeness_bands`]).
     likeness: Mutex<Option<MeasuredBands>>,
-    /// Without a catalog: what the collection's description says of it.
-    described: Option<CollectionDescription>,
+    /// Without a catalog: what the collection's description says of it, replaced when a new
+    /// one is written ([`SearchEngine::follow_collection_description`]).
+    described: Option<RwLock<Described>>,
+}
+
+/// A collection's description as a server without the catalog took it up.
+struct Described {
+    description: Arc<CollectionDescription>,
+    /// The SHA-256 it was written under ([`crate::index::qdrant::QdrantIndex::description_digest`]).
+    digest: String,
+    /// When the follower last asked the collection for its description's digest.
+    checked: Instant,
 }
 
 /// The index and how model vectors are mapped into the space its vectors are in. Replaced
@@ -383,13 +393,19 @@ impl SearchEngine {
     /// (kept there by the catalog's side, [`crate::store::open_qdrant`]). Searches see every
     /// change any server writes to the collection; products are added and removed there.
     pub fn open_collection(store: &QdrantConfig, encoder: Box<dyn Encoder>) -> Result<SearchEngine> {
-        let (index, described) = open_collection(store)?;
-        SearchEngine::over_collection(index, described, encoder, store)
+        let (index, described, digest) = open_collection(store)?;
+        SearchEngine::over_collection(index, described, digest, encoder, store)
     }
 
     /// [`SearchEngine::open_collection`] with the collection already opened (its description
     /// names the model, which the caller loads first).
-    pub fn over_collection(index: crate::index::qdrant::QdrantIndex, described: CollectionDescription, encoder: Box<dyn Encoder>, store: &QdrantConfig) -> Result<SearchEngine> {
+    pub fn over_collection(
+        index: crate::index::qdrant::QdrantIndex,
+        described: CollectionDescription,
+        digest: String,
+        encoder: Box<dyn Encoder>,
+        store: &QdrantConfig,
+    ) -> Result<SearchEngine> {
         anyhow::ensure!(
             encoder.spec().name == described.model,
             "collection {:?} holds vectors of model {:?}, not {:?}: start with --model {}",
@@ -402,7 +418,16 @@ impl SearchEngine {
         let foreground = described.foreground_head()?;
         let config = IndexConfig { store: Some(store.clone()), ..IndexConfig::default() };
         let tables = (ColourTable::default(), KindTable::default());
-        Ok(SearchEngine::from_parts(None, encoder, space, Store::Qdrant(index), config, foreground, tables, Some(described)))
+        Ok(SearchEngine::from_parts(
+            None,
+            encoder,
+            space,
+            Store::Qdrant(index),
+            config,
+            foreground,
+            tables,
+            Some(Described { description: Arc::new(described), digest, checked: Instant::now() }),
+        ))
     }
 
     fn assemble(catalog: SqliteCatalog, encoder: Box<dyn Encoder>, space: SearchSpace, index: Store, config: IndexConfig) -> Result<SearchEngine> {
@@ -425,7 +450,7 @@ impl SearchEngine {
         config: IndexConfig,
         foreground: Option<ForegroundHead>,
         (colours, kinds): (ColourTable, KindTable),
-        described: Option<CollectionDescription>,
+        described: Option<Described>,
     ) -> SearchEngine {
         SearchEngine {
             catalog: catalog.map(Mutex::new),
@@ -445,7 +470,7 @@ impl SearchEngine {
             colours: RwLock::new(colours),
             kinds: RwLock::new(kinds),
             likeness: Mutex::new(None),
-            described,
+            described: described.map(RwLock::new),
         }
     }
 
@@ -481,6 +506,11 @@ impl SearchEngine {
     fn lock_catalog(&self) -> Result<MutexGuard<'_, SqliteCatalog>> {
         let catalog = self.catalog.as_ref().context("this server has no catalog file: it answers from its Qdrant collection alone")?;
         catalog.lock().map_err(|_| poisoned("catalog"))
+    }
+
+    /// Without a catalog: the collection's description as last taken up.
+    fn description(&self) -> Result<Option<Arc<CollectionDescription>>> {
+        self.described.as_ref().map(|d| d.read().map(|d| d.description.clone()).map_err(|_| poisoned("collection description"))).transpose()
     }
 
     fn read_index(&self) -> Result<RwLockReadGuard<'_, IndexInSpace>> {

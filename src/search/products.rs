@@ -118,7 +118,7 @@ impl SearchEngine {
     /// Every (column, value, products) count for the page's filters, and the number of
     /// products: from the catalog, or counted by Qdrant over the collection's indexed columns.
     pub fn facets(&self) -> Result<(Vec<FacetCount>, usize)> {
-        match &self.described {
+        match self.description()? {
             None => self.with_catalog(|c| Ok((c.value_counts()?, c.len()?))),
             Some(described) => {
                 let store = self.read_index()?;

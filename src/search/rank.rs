@@ -74,7 +74,7 @@ impl SearchEngine {
 
     /// Whether the catalog has colour, and the column it names colours in.
     fn colour_facts(&self) -> Result<(bool, String)> {
-        Ok(match &self.described {
+        Ok(match self.description()? {
             Some(described) => (described.has_colour, described.colour_column.clone()),
             None => {
                 let colours = self.read_colours()?;
@@ -233,7 +233,7 @@ impl SearchEngine {
         // As `index` or `tune` recorded them for this space, or measured now (not written back:
         // a search never writes to the catalog).
         let fingerprint = space.fingerprint();
-        let recorded = match &self.described {
+        let recorded = match self.description()? {
             Some(described) => described.likeness.as_deref().and_then(RecordedBands::from_setting),
             None => self.with_catalog(|c| Ok(c.setting(likeness::SETTING)?.as_deref().and_then(RecordedBands::from_setting)))?,
         };

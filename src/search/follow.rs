@@ -70,7 +70,7 @@ impl SearchEngine {
             let due =
                 self.described.as_ref().map(|d| d.read().map(|d| d.checked.elapsed() >= DESCRIPTION_CHECK_INTERVAL)).transpose().map_err(|_| poisoned("collection description"))?;
             if due == Some(true) {
-                self.follow_collection_description()?;
+                self.follow_collection_description().context("following the collection's description")?;
             }
             return Ok((0, false));
         }
@@ -466,11 +466,11 @@ fn replay_changes(catalog: &SqliteCatalog, since: i64, space: &SearchSpace, inde
     Ok(())
 }
 
-/// What [`SearchEngine::follow_catalog`] says when a new search space could not be taken up.
 /// How often a server without the catalog asks its collection whether the description
 /// changed ([`SearchEngine::follow_collection_description`]).
 const DESCRIPTION_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// What [`SearchEngine::follow_catalog`] says when a new search space could not be taken up.
 const TAKE_UP_FAILED: &str = "taking up the catalog's new search space (searches go on in the old one until the next `tune` or a restart)";
 
 /// Whether a second copy of an index of `needed` bytes can be built beside the first in

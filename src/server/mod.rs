@@ -235,7 +235,7 @@ async fn follow_catalog(engine: Arc<SearchEngine>, every: std::time::Duration) {
             // Said once per run of failures (a catalog locked for long would repeat it 4 times a second).
             Ok(Err(e)) if !failing => {
                 failing = true;
-                tracing::warn!("could not read the catalog's changes (retrying): {e:#}");
+                tracing::warn!("could not follow other processes' changes (retrying): {e:#}");
             }
             Ok(Err(_)) => {}
             Err(e) => tracing::warn!("the catalog follower failed: {e}"),

@@ -181,9 +181,12 @@ pub fn describe_index(catalog: &SqliteCatalog, config: &IndexConfig) -> Result<S
 /// disagree in size: `lookalike sync` fixes that.
 pub fn open_qdrant(catalog: &SqliteCatalog, space: &SearchSpace, store: &QdrantConfig) -> Result<QdrantIndex> {
     let index = connect_qdrant(catalog, space, store)?;
-    // Not between a `tune` that changed the vectors and the `sync` that sends them: servers
-    // without the catalog follow the description, and the collection still holds the old ones.
-    if collection_synced_space(catalog, store)?.is_none_or(|synced| synced == space.fingerprint()) {
+    // Not between a `tune` that changed the vectors and the `sync` that sends them (servers
+    // without the catalog follow the description, and the collection still holds the old
+    // ones), nor in the old space meanwhile ([`collection_space`]: the catalog's head and
+    // likeness bands are the new space's).
+    let own = SearchSpace::for_catalog(catalog)?.fingerprint();
+    if space.fingerprint() == own && collection_synced_space(catalog, store)?.is_none_or(|synced| synced == own) {
         describe_collection(catalog, space, store, &index)?;
     }
     let in_catalog = catalog.vector_count()?;
@@ -255,6 +258,29 @@ pub enum Misfit {
 /// collection from this catalog; `None` before any sync.
 pub fn collection_synced_space(catalog: &SqliteCatalog, store: &QdrantConfig) -> Result<Option<String>> {
     catalog.setting(&synced_space_setting(&store.collection))
+}
+
+/// The search space a server with the catalog searches `store`'s collection in, and the
+/// catalog's own fingerprint when that is another, to take up once `sync` has run. Between a `tune` that changed
+/// the vectors and the `sync` that sends them, the collection holds them in the space of the
+/// last sync, which its description keeps; otherwise, and when the description cannot say, the
+/// catalog's own.
+pub fn collection_space(catalog: &SqliteCatalog, store: &QdrantConfig) -> Result<(SearchSpace, Option<String>)> {
+    let own = SearchSpace::for_catalog(catalog)?;
+    let Some(synced) = collection_synced_space(catalog, store)?.filter(|synced| *synced != own.fingerprint()) else { return Ok((own, None)) };
+    let described = QdrantIndex::connect_existing(store.clone()).and_then(|index| read_collection_description(&index, store)).and_then(|(d, _)| d.search_space());
+    match described {
+        Ok(space) if space.fingerprint() == synced => {
+            tracing::warn!(
+                "the catalog's search space ({}) changed since collection {:?} was synced: searching in the collection's ({}) until `lookalike sync --recreate` sends it the new one",
+                own.describe(),
+                store.collection,
+                space.describe()
+            );
+            Ok((space, Some(own.fingerprint())))
+        }
+        _ => Ok((own, None)),
+    }
 }
 
 /// The catalog setting [`collection_synced_space`] reads. By the collection's name alone: a

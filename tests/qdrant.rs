@@ -212,6 +212,10 @@ fn sync_recreate_fills_a_collection_afresh_in_the_space_tune_makes() {
     let collection = format!("lookalike-tuned-{}", std::process::id());
     let sync = |extra: &[&str]| Command::new(BIN).args(["sync", "--db", db_arg, "--store", &qdrant_url(), "--collection", &collection]).args(extra).output().expect("sync");
     let report = |out: &std::process::Output| -> serde_json::Value { serde_json::from_slice(&out.stdout).expect("sync JSON") };
+    let tune = |args: &[&str]| {
+        let out = Command::new(BIN).args(["tune", "--db", db_arg]).args(args).output().expect("tune");
+        assert!(out.status.success(), "tune {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
 
     let out = sync(&[]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -231,8 +235,7 @@ fn sync_recreate_fills_a_collection_afresh_in_the_space_tune_makes() {
     let before = answers(&server);
     assert_eq!(answers(&replica), before);
     assert!(!replica.follow_collection_description().expect("follow the description"), "nothing new to take up");
-    let out = Command::new(BIN).args(["tune", "--db", db_arg, "--adapt", "--augment", "200"]).output().expect("tune --adapt");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    tune(&["--adapt", "--augment", "200"]);
     server.follow_catalog().expect("follow");
     let adapted = answers(&open_remote());
     assert_ne!(adapted, before, "the adapter changes what the photos find");
@@ -241,12 +244,13 @@ fn sync_recreate_fills_a_collection_afresh_in_the_space_tune_makes() {
     // the catalog writes when it opens the collection).
     assert!(replica.follow_collection_description().expect("follow the description"));
     assert_eq!(answers(&replica), adapted, "a server without the catalog searches with the adapter");
-    let out =
-        Command::new(BIN).args(["tune", "--db", db_arg, "--label", "articleType", "--dim", "64", "--hidden", "128", "--epochs", "8", "--augment", "64"]).output().expect("tune");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    tune(&["--label", "articleType", "--dim", "64", "--hidden", "128", "--epochs", "8", "--augment", "64"]);
 
     server.follow_catalog().expect("follow");
     assert_eq!(answers(&server), adapted, "the running server answers in the space its collection was filled in");
+    // So does one started now, from the space the collection's description keeps (the
+    // catalog's is 64-d, and the collection's points 1280-d).
+    assert_eq!(answers(&open_remote()), adapted, "a server started before the sync answers in the collection's space");
     assert!(!replica.follow_collection_description().expect("follow the description"), "the description waits for the sync");
     assert_eq!(answers(&replica), adapted);
 
@@ -291,13 +295,13 @@ fn sync_recreate_fills_a_collection_afresh_in_the_space_tune_makes() {
 
     // Tuned again at the same dimension: the collection fits, but its vectors are the old
     // projection's; a plain `sync` finds that out and sends every point again.
-    let out =
-        Command::new(BIN).args(["tune", "--db", db_arg, "--label", "articleType", "--dim", "64", "--hidden", "96", "--epochs", "6", "--augment", "64"]).output().expect("tune");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    tune(&["--label", "articleType", "--dim", "64", "--hidden", "96", "--epochs", "6", "--augment", "64"]);
     server.follow_catalog().expect("follow");
     assert_eq!(answers(&server), tuned, "the running server waits for the sync");
-    // A server with the catalog started before the sync leaves the description as it is.
-    drop(open_remote());
+    // A server with the catalog started before the sync answers in the collection's space too,
+    // and leaves the description as it is.
+    let restarted = open_remote();
+    assert_eq!(answers(&restarted), tuned, "a server started before the sync answers in the collection's space");
     assert!(!replica.follow_collection_description().expect("follow the description"), "the description waits for the sync");
     let out = sync(&[]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -305,6 +309,8 @@ fn sync_recreate_fills_a_collection_afresh_in_the_space_tune_makes() {
     let retuned = answers(&open_remote());
     assert_ne!(retuned, tuned, "the second tune finds other products");
     assert_eq!(answers(&server), retuned, "the running server takes up the space the collection was sent again in");
+    restarted.follow_catalog().expect("follow");
+    assert_eq!(answers(&restarted), retuned, "and so does the one started before the sync");
     assert!(replica.follow_collection_description().expect("follow the description"));
     assert_eq!(answers(&replica), retuned, "and so does the replica");
     let resent = report(&out);

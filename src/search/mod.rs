@@ -25,7 +25,7 @@ use crate::likeness::{Likeness, LikenessBands};
 use crate::localise::ForegroundHead;
 use crate::preprocess::{self, Crop, DecodeLimits, ImageError};
 use crate::space::SearchSpace;
-use crate::store::{open_collection, open_index, CollectionDescription, Store};
+use crate::store::{collection_space, open_collection, open_index, CollectionDescription, Store};
 use crate::straighten;
 use crate::types::{Detection, Filter, IndexingProgress, Product};
 
@@ -377,11 +377,15 @@ impl SearchEngine {
     pub fn open_with(catalog: SqliteCatalog, encoder: Box<dyn Encoder>, config: &IndexConfig) -> Result<SearchEngine> {
         // Read before what they count: what changes meanwhile is taken up by the follower.
         let space_generation = catalog.search_space_generation()?;
-        let space = SearchSpace::for_catalog(&catalog)?;
+        let (space, awaiting_sync) = match &config.store {
+            Some(store) => collection_space(&catalog, store)?,
+            None => (SearchSpace::for_catalog(&catalog)?, None),
+        };
         let followed = catalog.latest_change()?;
         let index = open_index(&catalog, &space, config)?;
         let vectors = catalog.vector_count()?;
         let engine = SearchEngine::assemble(catalog, encoder, space, index, config.clone())?;
+        *engine.space_awaiting_sync.lock().map_err(|_| poisoned("space awaiting sync"))? = awaiting_sync;
         engine.followed.store(followed, Ordering::Release);
         engine.space_chosen_at.store(vectors, Ordering::Release);
         engine.space_generation.store(space_generation, Ordering::Release);

@@ -231,11 +231,9 @@ impl QdrantIndex {
             .result
             .into_iter()
             .filter_map(|point| {
+                let vector = dense_vector(&point)?;
                 let Some(PointIdOptions::Uuid(uuid)) = point.id.and_then(|i| i.point_id_options) else { return None };
-                match point.vectors.as_ref().and_then(|v| v.get_vector()) {
-                    Some(qdrant_client::qdrant::vector_output::Vector::Dense(dense)) => Some((uuid, dense.data)),
-                    _ => None,
-                }
+                Some((uuid, vector))
             })
             .collect();
         Ok(sample.iter().any(|(pid, key)| match (stored.get(pid), vector(*key)) {
@@ -564,10 +562,7 @@ impl QdrantIndex {
             .with_vectors(true);
         let response = self.retry("reading a point", || self.client.get_points(request.clone()))?;
         let Some(point) = response.result.into_iter().next() else { return Ok(None) };
-        let vector = match point.vectors.as_ref().and_then(|v| v.get_vector()) {
-            Some(qdrant_client::qdrant::vector_output::Vector::Dense(dense)) => dense.data,
-            _ => bail!("the point of product {id:?} has no plain vector"),
-        };
+        let vector = dense_vector(&point).with_context(|| format!("the point of product {id:?} has no plain vector"))?;
         Ok(stored_product(point.payload).map(|product| (product, vector)))
     }
 
@@ -715,6 +710,14 @@ impl QdrantIndex {
 fn qdrant_filter(filter: &Filter) -> Option<QFilter> {
     let conditions: Vec<Condition> = filter.conditions().map(|(column, values)| Condition::matches(column.to_string(), values.to_vec())).collect();
     (!conditions.is_empty()).then(|| QFilter::must(conditions))
+}
+
+/// A point's one unnamed dense vector; `None` for named or other vectors.
+fn dense_vector(point: &qdrant_client::qdrant::RetrievedPoint) -> Option<Vec<f32>> {
+    match point.vectors.as_ref()?.get_vector()? {
+        qdrant_client::qdrant::vector_output::Vector::Dense(dense) => Some(dense.data),
+        _ => None,
+    }
 }
 
 /// The product a point's payload describes; `None` for a point lookalike did not write.

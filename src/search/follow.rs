@@ -144,16 +144,17 @@ impl SearchEngine {
         }
         if let Some(store) = &self.config.store {
             // A Qdrant collection keeps the vectors it was sent, in the space they were sent in.
+            let fingerprint = space.fingerprint();
             let synced = self.with_catalog(|c| collection_synced_space(c, store))?;
             let mut awaited = self.space_awaiting_sync.lock().map_err(|_| poisoned("space awaiting sync"))?;
-            if synced.as_deref() != Some(space.fingerprint().as_str()) {
-                if awaited.as_deref() != Some(space.fingerprint().as_str()) {
+            if synced.as_ref() != Some(&fingerprint) {
+                if awaited.as_ref() != Some(&fingerprint) {
                     tracing::warn!(
                         "the catalog's search space changed ({}): run `lookalike sync --recreate` to send the collection its vectors in it; searches go on in the old space until it has",
                         space.describe()
                     );
                 }
-                *awaited = Some(space.fingerprint());
+                *awaited = Some(fingerprint);
                 return Ok(());
             }
             // Taken as done first, so that a failure below is said once (as above).

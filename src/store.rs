@@ -187,7 +187,7 @@ pub fn open_qdrant(catalog: &SqliteCatalog, space: &SearchSpace, store: &QdrantC
     // likeness bands are the new space's).
     let own = SearchSpace::for_catalog(catalog)?.fingerprint();
     if space.fingerprint() == own && collection_synced_space(catalog, store)?.is_none_or(|synced| synced == own) {
-        describe_collection(catalog, space, store, &index)?;
+        describe_collection(catalog, space, store, &index, None)?;
     }
     let in_catalog = catalog.vector_count()?;
     if index.len() != in_catalog {
@@ -202,8 +202,15 @@ pub fn open_qdrant(catalog: &SqliteCatalog, space: &SearchSpace, store: &QdrantC
 }
 
 fn connect_qdrant(catalog: &SqliteCatalog, space: &SearchSpace, store: &QdrantConfig) -> Result<QdrantIndex> {
+    let cluster = QdrantIndex::connect_cluster(store.clone())?;
+    let (_, points) = points_collection(&cluster, store)?;
+    connect_qdrant_to(catalog, space, cluster, points)
+}
+
+/// [`connect_qdrant`] to collection `points` of the cluster.
+fn connect_qdrant_to(catalog: &SqliteCatalog, space: &SearchSpace, cluster: QdrantIndex, points: String) -> Result<QdrantIndex> {
     let dim = space.output_dim(catalog.vector_space()?.map_or(0, |s| s.dim));
-    let mut index = QdrantIndex::connect(store.clone(), dim)?;
+    let mut index = cluster.open_points(points, dim)?;
     let colours: std::collections::HashMap<Key, Vec<f32>> = catalog.colours()?.into_iter().collect();
     for product in catalog.all_products()? {
         let colour = colours.get(&product.key).cloned();
@@ -214,9 +221,13 @@ fn connect_qdrant(catalog: &SqliteCatalog, space: &SearchSpace, store: &QdrantCo
 
 /// Servers without the catalog search the collection by its description: kept in step with
 /// the catalog's model and search space (written only when it changed).
-fn describe_collection(catalog: &SqliteCatalog, space: &SearchSpace, store: &QdrantConfig, index: &QdrantIndex) -> Result<()> {
-    if let Some(description) = CollectionDescription::of_catalog(catalog, space, store)? {
-        let kept = index.read_description()?.and_then(|(bytes, _)| serde_json::from_slice::<CollectionDescription>(&bytes).ok());
+///
+/// The description names the collection `index` holds the points in; `replaced` is the one a
+/// swap has just moved them from (otherwise the description keeps the one it named).
+fn describe_collection(catalog: &SqliteCatalog, space: &SearchSpace, store: &QdrantConfig, index: &QdrantIndex, replaced: Option<String>) -> Result<()> {
+    let kept = kept_description(index)?;
+    let replaced = replaced.or_else(|| kept.as_ref().and_then(|d| d.replaced.clone()));
+    if let Some(description) = CollectionDescription::of_catalog(catalog, space, store, index.points(), replaced)? {
         if kept.as_ref() != Some(&description) {
             index.write_description(&serde_json::to_vec(&description)?)?;
         }
@@ -230,28 +241,59 @@ fn describe_collection(catalog: &SqliteCatalog, space: &SearchSpace, store: &Qdr
 /// Once every point is in the catalog's search space, the catalog records so
 /// ([`collection_synced_space`]): a server on this catalog and collection that has kept
 /// searching in the old space since `tune` changed the vectors takes up the new one then.
-pub fn sync_qdrant(catalog: &SqliteCatalog, store: &QdrantConfig, misfit: Misfit) -> Result<SyncReport> {
+///
+/// [`SyncMode::Swap`] fills a new collection beside the one that holds the points and then
+/// rewrites the description to name it: servers search the old one, whole and in its own
+/// space, until they read the new description, then the new one. The collection the swap
+/// before replaced is deleted; the one this swap replaced is kept until the next.
+pub fn sync_qdrant(catalog: &SqliteCatalog, store: &QdrantConfig, mode: SyncMode) -> Result<SyncReport> {
     let space = SearchSpace::for_catalog(catalog)?;
-    let recreated = misfit == Misfit::Recreate && QdrantIndex::delete_if_misfit(store.clone(), space.output_dim(catalog.vector_space()?.map_or(0, |s| s.dim)))?;
+    let cluster = QdrantIndex::connect_cluster(store.clone())?;
+    let (kept, current) = points_collection(&cluster, store)?;
+    let (points, replaced) = match mode {
+        SyncMode::Swap if cluster.collection_exists(&current)? => {
+            let next = next_points_collection(&store.collection, &current);
+            // What a swap that failed half-way left: no description names it.
+            cluster.delete_collection(&next)?;
+            (next, Some(current))
+        }
+        _ => (current, None),
+    };
+    let recreated = mode == SyncMode::Recreate && cluster.delete_if_misfit(&points, space.output_dim(catalog.vector_space()?.map_or(0, |s| s.dim)))?;
     let exact = space.build_index(catalog, VectorKind::Primary, crate::index::Precision::F32)?;
-    let mut index = connect_qdrant(catalog, &space, store)?;
+    let mut index = connect_qdrant_to(catalog, &space, cluster, points)?;
     let images: std::collections::HashMap<Key, Product> = catalog.all_products()?.into_iter().map(|p| (p.key, p)).collect();
     let report = index.sync(exact.keys(), |key| exact.vector(key), |key| images.get(&key).and_then(|p| payload_image(catalog, p)))?;
     // The description once the points are in its space: servers without the catalog follow it.
-    describe_collection(catalog, &space, store, &index)?;
+    describe_collection(catalog, &space, store, &index, replaced.clone())?;
     catalog.set_setting(&synced_space_setting(&store.collection), &space.fingerprint())?;
-    Ok(SyncReport { recreated, ..report })
+    catalog.set_setting(&points_setting(&store.collection), index.points())?;
+    // Servers have had since the last swap to leave the collection it replaced.
+    let older = kept.and_then(|d| d.replaced).filter(|older| replaced.is_some() && *older != index.points() && Some(older) != replaced.as_ref());
+    let deleted_collection = match older {
+        Some(older) if index.delete_collection(&older)? => Some(older),
+        _ => None,
+    };
+    Ok(SyncReport { recreated, replaced, deleted_collection, ..report })
 }
 
-/// What [`sync_qdrant`] does with a collection whose vectors do not fit the catalog's search
-/// space (after `lookalike tune` changed their dimension; a collection's vector size is fixed
-/// when it is made).
+/// The collection a swap fills next: `NAME_v2` after `NAME`, `NAME_v3` after `NAME_v2`.
+fn next_points_collection(name: &str, current: &str) -> String {
+    let generation = current.strip_prefix(name).and_then(|rest| rest.strip_prefix("_v")).and_then(|n| n.parse::<u64>().ok()).unwrap_or(1);
+    format!("{name}_v{}", generation + 1)
+}
+
+/// What [`sync_qdrant`] does with the collection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Misfit {
-    /// Refuse it, with a message naming `--recreate`.
-    Refuse,
-    /// Delete it and fill it afresh.
+pub enum SyncMode {
+    /// Syncs it where it is; refuses one whose vectors do not fit the catalog's search space
+    /// (after `lookalike tune` changed their dimension; a collection's vector size is fixed
+    /// when it is made), with a message naming `--swap` and `--recreate`.
+    InPlace,
+    /// Deletes one that does not fit and fills it afresh (searches fail meanwhile).
     Recreate,
+    /// Fills a new collection beside it and moves every server to it at once.
+    Swap,
 }
 
 /// The search space (its fingerprint) in which `lookalike sync` last filled `store`'s
@@ -268,11 +310,11 @@ pub fn collection_synced_space(catalog: &SqliteCatalog, store: &QdrantConfig) ->
 pub fn collection_space(catalog: &SqliteCatalog, store: &QdrantConfig) -> Result<(SearchSpace, Option<String>)> {
     let own = SearchSpace::for_catalog(catalog)?;
     let Some(synced) = collection_synced_space(catalog, store)?.filter(|synced| *synced != own.fingerprint()) else { return Ok((own, None)) };
-    let described = QdrantIndex::connect_existing(store.clone()).and_then(|index| read_collection_description(&index, store)).and_then(|(d, _)| d.search_space());
+    let described = QdrantIndex::connect_cluster(store.clone()).and_then(|index| read_collection_description(&index, store)).and_then(|(d, _)| d.search_space());
     match described {
         Ok(space) if space.fingerprint() == synced => {
             tracing::warn!(
-                "the catalog's search space ({}) changed since collection {:?} was synced: searching in the collection's ({}) until `lookalike sync --recreate` sends it the new one",
+                "the catalog's search space ({}) changed since collection {:?} was synced: searching in the collection's ({}) until `lookalike sync --swap` sends it the new one",
                 own.describe(),
                 store.collection,
                 space.describe()
@@ -287,6 +329,17 @@ pub fn collection_space(catalog: &SqliteCatalog, store: &QdrantConfig) -> Result
 /// server may reach the cluster through another node's address than `sync` did.
 fn synced_space_setting(collection: &str) -> String {
     format!("qdrant_synced_space:{collection}")
+}
+
+/// The collection that holds `store`'s points since this catalog's last `sync` (another than
+/// the one named after `sync --swap`); `None` before any sync. A server with the catalog
+/// reads it to follow a swap.
+pub fn collection_points(catalog: &SqliteCatalog, store: &QdrantConfig) -> Result<Option<String>> {
+    catalog.setting(&points_setting(&store.collection))
+}
+
+fn points_setting(collection: &str) -> String {
+    format!("qdrant_points:{collection}")
 }
 
 /// A product's photo when it is small enough to travel in its point's payload
@@ -323,6 +376,15 @@ pub struct CollectionDescription {
     /// The learned foreground head (`tune --localise`), base64 of its bytes: where products
     /// are in a photo, which decides the query's colour.
     pub foreground: Option<String>,
+    /// The collection that holds the points when it is not the one named: the one `lookalike
+    /// sync --swap` filled beside it. Every server looks here to find the points, so one swap
+    /// of the description moves them all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub points: Option<String>,
+    /// The collection the last swap replaced, kept for servers that have not yet read this
+    /// description; the next swap deletes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replaced: Option<String>,
 }
 
 /// A [`SearchSpace`] as the description keeps it.
@@ -389,8 +451,9 @@ impl StoredSpace {
 }
 
 impl CollectionDescription {
-    /// The description of `catalog`'s collection; `None` before it has vectors (no model yet).
-    fn of_catalog(catalog: &SqliteCatalog, space: &SearchSpace, store: &QdrantConfig) -> Result<Option<CollectionDescription>> {
+    /// The description of `catalog`'s collection, its points in collection `points`; `None`
+    /// before it has vectors (no model yet).
+    fn of_catalog(catalog: &SqliteCatalog, space: &SearchSpace, store: &QdrantConfig, points: &str, replaced: Option<String>) -> Result<Option<CollectionDescription>> {
         use base64::Engine as _;
         let Some(vector_space) = catalog.vector_space()? else { return Ok(None) };
         let space = StoredSpace::of(space);
@@ -405,6 +468,8 @@ impl CollectionDescription {
             colour_column: colours.column().to_string(),
             facet_columns: store.filter_columns.clone(),
             foreground: catalog.foreground_head()?.map(|head| base64::engine::general_purpose::STANDARD.encode(head.to_bytes())),
+            points: (points != store.collection).then(|| points.to_string()),
+            replaced,
         }))
     }
 
@@ -420,15 +485,38 @@ impl CollectionDescription {
     pub fn search_space(&self) -> Result<SearchSpace> {
         self.space.search_space()
     }
+
+    /// The collection that holds the points of the collection named `named`.
+    pub fn points<'a>(&'a self, named: &'a str) -> &'a str {
+        self.points.as_deref().unwrap_or(named)
+    }
 }
 
 /// Connects to an existing Qdrant collection and reads its description (with the digest it
 /// was written under, [`QdrantIndex::description_digest`]), for a server without the catalog
 /// file. Fails with what to do when the collection or its description is missing.
 pub fn open_collection(store: &QdrantConfig) -> Result<(QdrantIndex, CollectionDescription, String)> {
-    let index = QdrantIndex::connect_existing(store.clone())?;
-    let (description, digest) = read_collection_description(&index, store)?;
+    let cluster = QdrantIndex::connect_cluster(store.clone())?;
+    let (description, digest) = match read_collection_description(&cluster, store) {
+        Ok(described) => described,
+        // When there is no collection at all, that is what to say.
+        Err(e) => return Err(cluster.open_existing_points(store.collection.clone()).err().unwrap_or(e)),
+    };
+    let index = cluster.open_existing_points(description.points(&store.collection).to_string())?;
     Ok((index, description, digest))
+}
+
+/// The description kept beside `store`'s collection, if there is one it can read, and the
+/// collection that holds the points: the one it names, else the one named.
+fn points_collection(cluster: &QdrantIndex, store: &QdrantConfig) -> Result<(Option<CollectionDescription>, String)> {
+    let kept = kept_description(cluster)?;
+    let points = kept.as_ref().map_or(store.collection.as_str(), |d| d.points(&store.collection)).to_string();
+    Ok((kept, points))
+}
+
+/// The description `index` keeps beside its collection, if there is one it can read.
+fn kept_description(index: &QdrantIndex) -> Result<Option<CollectionDescription>> {
+    Ok(index.read_description()?.and_then(|(bytes, _)| serde_json::from_slice::<CollectionDescription>(&bytes).ok()))
 }
 
 /// The collection's description and its digest, for a server without the catalog.
@@ -560,6 +648,24 @@ mod tests {
         let graph = open_graph(&catalog, &space, exact, generation, &config)?;
         assert_eq!(graph.len(), 40, "the rows were read before the product was added");
         assert_eq!(catalog.changed_since(generation)?, vec![added], "the addition is still in the change log");
+        Ok(())
+    }
+
+    /// Each `sync --swap` fills a collection of its own beside the named one (never the
+    /// description's side collection), and a description without `points` (written before
+    /// swaps, or never swapped) names the collection it was given.
+    #[test]
+    fn swaps_fill_numbered_collections_and_descriptions_name_them() -> Result<()> {
+        assert_eq!(next_points_collection("shop", "shop"), "shop_v2");
+        assert_eq!(next_points_collection("shop", "shop_v2"), "shop_v3");
+        assert_eq!(next_points_collection("shop", "shop_v19"), "shop_v20");
+        assert_eq!(next_points_collection("shop_v2", "shop_v2"), "shop_v2_v2");
+        let old = r#"{"model":"m","model_dim":4,"model_json":null,"space":{"kind":"identity"},"likeness":null,"has_colour":false,"colour_column":"baseColour","facet_columns":[],"foreground":null}"#;
+        let read: CollectionDescription = serde_json::from_str(old)?;
+        assert_eq!((read.points("shop"), read.replaced.as_deref()), ("shop", None));
+        let swapped = CollectionDescription { points: Some("shop_v3".into()), replaced: Some("shop_v2".into()), ..read };
+        let back: CollectionDescription = serde_json::from_slice(&serde_json::to_vec(&swapped)?)?;
+        assert_eq!((back.points("shop"), back.replaced.as_deref()), ("shop_v3", Some("shop_v2")));
         Ok(())
     }
 

@@ -219,6 +219,10 @@ fn missing_catalog_and_bad_flags_are_clear() {
     let out = lookalike(&["sync", "--db", path(shared_catalog()), "--store", "qdrant://127.0.0.1:9", "--replicas", "2", "--write-consistency", "3"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--write-consistency 3"), "{}", String::from_utf8_lossy(&out.stderr));
+    // A swap fills a new collection, a recreate empties this one: one or the other.
+    let out = lookalike(&["sync", "--db", path(shared_catalog()), "--store", "qdrant://127.0.0.1:9", "--swap", "--recreate"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("--swap") && stderr.contains("--recreate") && stderr.contains("cannot be used with"), "{stderr}");
 }
 
 #[test]

@@ -13,7 +13,7 @@ use lookalike::catalog::{SqliteCatalog, VectorKind};
 use lookalike::index::qdrant::QdrantConfig;
 use lookalike::index::{IndexConfig, Precision};
 use lookalike::search::{Items, SearchEngine, SearchRequest};
-use lookalike::store::Misfit;
+use lookalike::store::SyncMode;
 use lookalike::types::Filter;
 use rand::{Rng, SeedableRng};
 
@@ -104,6 +104,28 @@ fn ids(results: &lookalike::search::SearchResults) -> Vec<String> {
     results.hits.iter().map(|h| h.product.id.clone()).collect()
 }
 
+/// `lookalike sync` of the catalog at `db` to `collection`, with `extra` flags.
+fn sync_cli(db: &std::path::Path, collection: &str, extra: &[&str]) -> std::process::Output {
+    Command::new(BIN).args(["sync", "--db", db.to_str().expect("utf-8"), "--store", &qdrant_url(), "--collection", collection]).args(extra).output().expect("sync")
+}
+
+/// The JSON report `lookalike sync` printed.
+fn sync_report(out: &std::process::Output) -> serde_json::Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("sync JSON ({e}): {}", String::from_utf8_lossy(&out.stderr)))
+}
+
+/// `lookalike tune` of the catalog at `db`, which must succeed.
+fn tune_cli(db: &std::path::Path, args: &[&str]) {
+    let out = Command::new(BIN).args(["tune", "--db", db.to_str().expect("utf-8")]).args(args).output().expect("tune");
+    assert!(out.status.success(), "tune {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// The first page's product ids for each photo.
+fn first_pages(engine: &SearchEngine, photos: &[Vec<u8>]) -> Vec<Vec<String>> {
+    let request = SearchRequest { k: 10, ..SearchRequest::default() };
+    photos.iter().map(|p| ids(&engine.search_image(p, None, &request, Items::Main).expect("search"))).collect()
+}
+
 /// The same catalog searched exactly in the embedded store and in Qdrant gives the same top 10
 /// (overlap ≥ 0.99 over 500 queries), filters mean the same, and changes reach Qdrant.
 #[test]
@@ -116,9 +138,9 @@ fn qdrant_matches_the_embedded_store_and_follows_changes() {
     let config = store(&collection, true);
 
     let catalog = SqliteCatalog::open(&db).expect("catalog");
-    let report = lookalike::store::sync_qdrant(&catalog, &config, Misfit::Refuse).expect("sync");
+    let report = lookalike::store::sync_qdrant(&catalog, &config, SyncMode::InPlace).expect("sync");
     assert_eq!((report.in_catalog, report.added, report.deleted), (300, 300, 0), "{report:?}");
-    let again = lookalike::store::sync_qdrant(&catalog, &config, Misfit::Refuse).expect("sync again");
+    let again = lookalike::store::sync_qdrant(&catalog, &config, SyncMode::InPlace).expect("sync again");
     assert_eq!((again.added, again.deleted), (0, 0), "a second sync changes nothing");
 
     // 500 queries: catalog vectors with noise, so none is identical to a stored one.
@@ -208,14 +230,10 @@ fn sync_recreate_fills_a_collection_afresh_in_the_space_tune_makes() {
     let _cluster = CLUSTER.read().unwrap_or_else(std::sync::PoisonError::into_inner);
     let dir = tempfile::tempdir().expect("tempdir");
     let db = copy_catalog(dir.path());
-    let db_arg = db.to_str().expect("utf-8");
     let collection = format!("lookalike-tuned-{}", std::process::id());
-    let sync = |extra: &[&str]| Command::new(BIN).args(["sync", "--db", db_arg, "--store", &qdrant_url(), "--collection", &collection]).args(extra).output().expect("sync");
-    let report = |out: &std::process::Output| -> serde_json::Value { serde_json::from_slice(&out.stdout).expect("sync JSON") };
-    let tune = |args: &[&str]| {
-        let out = Command::new(BIN).args(["tune", "--db", db_arg]).args(args).output().expect("tune");
-        assert!(out.status.success(), "tune {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    };
+    let sync = |extra: &[&str]| sync_cli(&db, &collection, extra);
+    let report = sync_report;
+    let tune = |args: &[&str]| tune_cli(&db, args);
 
     let out = sync(&[]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -225,10 +243,7 @@ fn sync_recreate_fills_a_collection_afresh_in_the_space_tune_makes() {
     let remote_config = IndexConfig { store: Some(store(&collection, true)), precision: Precision::F32, ..IndexConfig::default() };
     let open_remote = || SearchEngine::open_with(SqliteCatalog::open_existing(&db).expect("catalog"), Box::new(encoder()), &remote_config).expect("qdrant");
     let photos: Vec<Vec<u8>> = (0..5).map(|i| test_photo(i).0).collect();
-    let answers = |engine: &SearchEngine| -> Vec<Vec<String>> {
-        let request = SearchRequest { k: 10, ..SearchRequest::default() };
-        photos.iter().map(|p| ids(&engine.search_image(p, None, &request, Items::Main).expect("search"))).collect()
-    };
+    let answers = |engine: &SearchEngine| first_pages(engine, &photos);
     let server = open_remote();
     // A server without the catalog follows the collection's description instead.
     let replica = SearchEngine::open_collection(&store(&collection, true), Box::new(encoder())).expect("replica");
@@ -256,7 +271,7 @@ fn sync_recreate_fills_a_collection_afresh_in_the_space_tune_makes() {
 
     let refused = sync(&[]);
     let stderr = String::from_utf8_lossy(&refused.stderr);
-    assert!(!refused.status.success() && stderr.contains("1280-d dot") && stderr.contains("64-d") && stderr.contains("sync --recreate"), "{stderr}");
+    assert!(!refused.status.success() && stderr.contains("1280-d dot") && stderr.contains("64-d") && stderr.contains("sync --swap") && stderr.contains("--recreate"), "{stderr}");
     let out = sync(&["--recreate"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success() && stderr.contains("deleted and filled afresh"), "{stderr}");
@@ -320,6 +335,77 @@ fn sync_recreate_fills_a_collection_afresh_in_the_space_tune_makes() {
     assert_eq!((again["added"].as_u64(), again["resent"].as_u64()), (Some(0), Some(0)), "nothing to send again: {again}");
 }
 
+/// `sync --swap` sends a `tune` to a collection being searched with no window: the points in
+/// the new space (64-d here, from 1280-d) fill a new collection beside the old one, and servers
+/// with and without the catalog answer from the old one, whole and in its own space, until they
+/// follow (the catalog records the swap; the description names the new collection), then from
+/// the new one. The next swap (same space) deletes the collection the first replaced and keeps
+/// the one it replaces; a plain `sync` then syncs the collection that holds the points.
+#[test]
+#[ignore = "needs a Qdrant server: LOOKALIKE_QDRANT_URL"]
+fn sync_swap_moves_every_server_to_a_new_collection_at_once() {
+    let _cluster = CLUSTER.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = copy_catalog(dir.path());
+    let collection = format!("lookalike-swap-{}", std::process::id());
+    let (second, third) = (format!("{collection}_v2"), format!("{collection}_v3"));
+    let cluster = lookalike::index::qdrant::QdrantIndex::connect_cluster(store(&collection, true)).expect("cluster");
+    let exists = |name: &str| cluster.collection_exists(name).expect("collection exists");
+    let out = sync_cli(&db, &collection, &[]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    let remote_config = IndexConfig { store: Some(store(&collection, true)), precision: Precision::F32, ..IndexConfig::default() };
+    let open_remote = || SearchEngine::open_with(SqliteCatalog::open_existing(&db).expect("catalog"), Box::new(encoder()), &remote_config).expect("qdrant");
+    let photos: Vec<Vec<u8>> = (0..5).map(|i| test_photo(i).0).collect();
+    let server = open_remote();
+    let replica = SearchEngine::open_collection(&store(&collection, true), Box::new(encoder())).expect("replica");
+    let before = first_pages(&server, &photos);
+    assert_eq!(first_pages(&replica, &photos), before);
+
+    tune_cli(&db, &["--label", "articleType", "--dim", "64", "--hidden", "128", "--epochs", "8", "--augment", "64"]);
+    server.follow_catalog().expect("follow");
+    let out = sync_cli(&db, &collection, &["--swap"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && stderr.contains("in place of"), "{stderr}");
+    let swapped = sync_report(&out);
+    assert_eq!(swapped["collection"], second.as_str(), "{swapped}");
+    assert_eq!(swapped["replaced"], collection.as_str(), "{swapped}");
+    assert_eq!((swapped["in_collection_before"].as_u64(), swapped["added"].as_u64()), (Some(0), Some(300)), "a new collection, filled: {swapped}");
+    assert!(exists(&collection) && exists(&second));
+    // Not yet followed: both answer as before, from the old collection in its space.
+    assert_eq!(first_pages(&replica, &photos), before, "the replica answers from the old collection until it reads the description");
+    assert_eq!(first_pages(&server, &photos), before, "the server answers from the old collection until it follows");
+    server.follow_catalog().expect("follow");
+    let tuned = first_pages(&open_remote(), &photos);
+    assert_ne!(tuned, before, "the tuned space finds other products");
+    assert_eq!(first_pages(&server, &photos), tuned, "the server with the catalog searches the new collection");
+    assert!(replica.follow_collection_description().expect("follow the description"));
+    assert_eq!(first_pages(&replica, &photos), tuned, "so does the replica, from the description");
+
+    // Swapped again in the same space: the first collection goes, the second stays for servers
+    // that have not moved yet, and both servers move to the third.
+    let again = sync_report(&sync_cli(&db, &collection, &["--swap"]));
+    assert_eq!(
+        (again["collection"].as_str(), again["replaced"].as_str(), again["deleted_collection"].as_str()),
+        (Some(third.as_str()), Some(second.as_str()), Some(collection.as_str())),
+        "{again}"
+    );
+    assert!(!exists(&collection) && exists(&second) && exists(&third));
+    assert_eq!(first_pages(&replica, &photos), tuned, "the replica still answers from the second collection");
+    server.follow_catalog().expect("follow");
+    assert!(replica.follow_collection_description().expect("follow the description"), "the description names the third collection");
+    assert!(cluster.delete_collection(&second).expect("delete the second collection"));
+    assert_eq!(first_pages(&server, &photos), tuned, "the server searches the third collection");
+    assert_eq!(first_pages(&replica, &photos), tuned, "and so does the replica");
+    assert_eq!(first_pages(&open_remote(), &photos), tuned, "a server started now opens the collection the description names");
+    let plain = sync_report(&sync_cli(&db, &collection, &[]));
+    assert_eq!((plain["collection"].as_str(), plain["added"].as_u64(), plain["resent"].as_u64()), (Some(third.as_str()), Some(0), Some(0)), "{plain}");
+    assert!(!exists(&collection), "a plain sync leaves the named collection to the description");
+    for name in [third, format!("{collection}_lookalike")] {
+        cluster.delete_collection(&name).expect("clean up");
+    }
+}
+
 /// Two servers on one collection, one with the catalog file and one without (`--no-catalog`:
 /// everything from the collection's payloads and description). They return the same
 /// products, scores and metadata for the same searches; a product added through either is
@@ -333,7 +419,7 @@ fn replicas_with_and_without_the_catalog_share_one_collection() {
     let dir = tempfile::tempdir().expect("tempdir");
     let db = copy_catalog(dir.path());
     let collection = format!("lookalike-replicas-{}", std::process::id());
-    let report = lookalike::store::sync_qdrant(&SqliteCatalog::open(&db).expect("catalog"), &store(&collection, true), Misfit::Refuse).expect("sync");
+    let report = lookalike::store::sync_qdrant(&SqliteCatalog::open(&db).expect("catalog"), &store(&collection, true), SyncMode::InPlace).expect("sync");
     assert_eq!(report.added, 300);
 
     let token = "replica-test";
@@ -424,7 +510,7 @@ fn a_load_balancer_spreads_searches_over_replicas_and_skips_a_stopped_one() {
     let dir = tempfile::tempdir().expect("tempdir");
     let db = copy_catalog(dir.path());
     let collection = format!("lookalike-balanced-{}", std::process::id());
-    lookalike::store::sync_qdrant(&SqliteCatalog::open(&db).expect("catalog"), &store(&collection, true), Misfit::Refuse).expect("sync");
+    lookalike::store::sync_qdrant(&SqliteCatalog::open(&db).expect("catalog"), &store(&collection, true), SyncMode::InPlace).expect("sync");
     let args = ["--no-catalog", "--store", &qdrant_url(), "--collection", &collection, "--qdrant-exact"];
     let mut replicas = vec![Server::start_with(&args, &[]), Server::start_with(&args, &[])];
     let upstream = |server: &Server| server.url("").trim_start_matches("http://").to_string();
@@ -507,7 +593,7 @@ fn cluster_keeps_answering_with_a_node_down() {
     let dir = tempfile::tempdir().expect("tempdir");
     let db = copy_catalog(dir.path());
     let catalog = SqliteCatalog::open(&db).expect("catalog");
-    let report = lookalike::store::sync_qdrant(&catalog, &on(&nodes[0]), Misfit::Refuse).expect("sync to the cluster");
+    let report = lookalike::store::sync_qdrant(&catalog, &on(&nodes[0]), SyncMode::InPlace).expect("sync to the cluster");
     assert_eq!(report.added, 300);
     let vectors = model_vectors_of(&catalog);
     let config = IndexConfig { store: Some(on(&nodes[0])), ..IndexConfig::default() };
@@ -558,7 +644,7 @@ fn cluster_replica_answers_503_while_its_qdrant_is_down_and_recovers() {
     let dir = tempfile::tempdir().expect("tempdir");
     let db = copy_catalog(dir.path());
     let everywhere = QdrantConfig { shards: Some(1), replicas: Some(3), ..store_at(&nodes[0], &collection, true) };
-    let report = lookalike::store::sync_qdrant(&SqliteCatalog::open(&db).expect("catalog"), &everywhere, Misfit::Refuse).expect("sync to the cluster");
+    let report = lookalike::store::sync_qdrant(&SqliteCatalog::open(&db).expect("catalog"), &everywhere, SyncMode::InPlace).expect("sync to the cluster");
     assert_eq!(report.added, 300);
 
     // One replica with the catalog file, one without: both behave the same.

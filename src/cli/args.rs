@@ -97,7 +97,7 @@ impl StoreArgs {
     /// After a catalog change: bring the Qdrant collection in line (a no-op for embedded).
     pub fn sync_after_change(&self, catalog: &SqliteCatalog) -> Result<()> {
         if let Some(config) = self.qdrant(catalog.path())? {
-            let report = lookalike::store::sync_qdrant(catalog, &config, lookalike::store::Misfit::Refuse)?;
+            let report = lookalike::store::sync_qdrant(catalog, &config, lookalike::store::SyncMode::InPlace)?;
             eprintln!("Qdrant collection {:?}: {} added, {} sent again, {} deleted ({:.1}s)", config.collection, report.added, report.resent, report.deleted, report.seconds);
         }
         Ok(())

@@ -5,7 +5,7 @@ use clap::Args;
 
 use super::args::*;
 use lookalike::catalog::SqliteCatalog;
-use lookalike::store::Misfit;
+use lookalike::store::SyncMode;
 
 #[derive(Args)]
 pub struct SyncArgs {
@@ -13,9 +13,17 @@ pub struct SyncArgs {
     pub db: DbArgs,
     #[command(flatten)]
     pub store: StoreArgs,
+    /// Fill a new collection (NAME_v2, NAME_v3, ...) beside the one that holds the points, then
+    /// move every server to it at once (the collection's description names it; servers read it
+    /// within 5 s). Servers answer from the old collection, in its own search space, until
+    /// then: the way to send a `tune` to a collection that is being searched. The collection
+    /// replaced is kept until the next swap, which deletes it.
+    #[arg(long, conflicts_with = "recreate")]
+    pub swap: bool,
     /// Delete the collection first if its vectors no longer fit the catalog's search space
     /// (`lookalike tune` changed their dimension), and fill it afresh. Servers searching it
-    /// answer errors until it is filled; a collection that fits is synced as usual.
+    /// answer errors until it is filled (`--swap` has no such window, for twice the disk
+    /// while it runs); a collection that fits is synced as usual.
     #[arg(long)]
     pub recreate: bool,
 }
@@ -25,15 +33,28 @@ pub fn run(args: SyncArgs) -> Result<()> {
     let Some(config) = args.store.qdrant(&args.db.db)? else {
         bail!("sync needs --store qdrant://HOST:PORT (or LOOKALIKE_STORE)");
     };
-    let misfit = if args.recreate { Misfit::Recreate } else { Misfit::Refuse };
-    let report = lookalike::store::sync_qdrant(&catalog, &config, misfit)?;
+    let mode = match (args.swap, args.recreate) {
+        (true, _) => SyncMode::Swap,
+        (_, true) => SyncMode::Recreate,
+        _ => SyncMode::InPlace,
+    };
+    let report = lookalike::store::sync_qdrant(&catalog, &config, mode)?;
     println!("{}", serde_json::to_string_pretty(&report)?);
     if report.recreated {
-        eprintln!("Qdrant collection {:?} held vectors of another search space: deleted and filled afresh", config.collection);
+        eprintln!("Qdrant collection {:?} held vectors of another search space: deleted and filled afresh", report.collection);
+    }
+    if let Some(replaced) = &report.replaced {
+        eprintln!(
+            "filled collection {:?} in place of {replaced:?} and named it in {:?}'s description: servers move to it within seconds; {replaced:?} is kept until the next swap",
+            report.collection, config.collection
+        );
+    }
+    if let Some(deleted) = &report.deleted_collection {
+        eprintln!("deleted collection {deleted:?}, which the swap before had replaced");
     }
     eprintln!(
         "Qdrant collection {:?}: {} products in the catalog, {} points before; {} added, {} sent again (they were in another search space), {} deleted in {:.1}s",
-        config.collection, report.in_catalog, report.in_collection_before, report.added, report.resent, report.deleted, report.seconds
+        report.collection, report.in_catalog, report.in_collection_before, report.added, report.resent, report.deleted, report.seconds
     );
     Ok(())
 }

@@ -138,7 +138,7 @@ pub fn run(args: TuneArgs) -> Result<()> {
     let settings: Vec<(&str, &str)> = bands.iter().map(|b| (lookalike::likeness::SETTING, b.as_str())).collect();
     catalog.save_projection(&projection, &record.to_string(), &settings)?;
     eprintln!(
-        "tuned in {:.1}s: final loss {:.3}, train accuracy {:.3}; search, eval and running servers now use it (a Qdrant collection after `lookalike sync --recreate`; undo: lookalike tune --off)",
+        "tuned in {:.1}s: final loss {:.3}, train accuracy {:.3}; search, eval and running servers now use it (a Qdrant collection after `lookalike sync --swap`; undo: lookalike tune --off)",
         report.seconds,
         report.loss.last().copied().unwrap_or(f32::NAN),
         report.accuracy.last().copied().unwrap_or(f32::NAN)

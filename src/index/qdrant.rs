@@ -149,6 +149,11 @@ pub struct QdrantIndex {
     client: Qdrant,
     runtime: tokio::runtime::Runtime,
     config: QdrantConfig,
+    /// The collection that holds the points: the one servers are given (`config.collection`),
+    /// or the one that `lookalike sync --swap` filled beside it and the description names
+    /// ([`QdrantIndex::open_points`]). The description itself always lives beside the given
+    /// name (`NAME_lookalike`): it is how every server finds the points.
+    points: String,
     dim: usize,
     /// Who each catalog key is, so that writes by key can carry the payload.
     products: HashMap<Key, StoredProduct>,
@@ -168,50 +173,94 @@ pub struct SyncReport {
     /// The collection was deleted first and filled afresh (`sync --recreate`: its vectors did
     /// not fit the catalog's search space).
     pub recreated: bool,
+    /// The collection that holds the points now: the one named, or the one `sync --swap`
+    /// filled beside it (the description names it; every server follows).
+    pub collection: String,
+    /// The collection `sync --swap` filled this one in place of: kept, until the next swap,
+    /// for servers that have not yet read the new description.
+    pub replaced: Option<String>,
+    /// The collection the swap before replaced, deleted by this one.
+    pub deleted_collection: Option<String>,
     pub seconds: f64,
 }
 
 impl QdrantIndex {
     /// Connects, and creates the collection (or checks that an existing one fits `dim`).
     pub fn connect(config: QdrantConfig, dim: usize) -> Result<QdrantIndex> {
-        let mut index = QdrantIndex { dim, ..QdrantIndex::connect_client(config)? };
-        index.ensure_collection()?;
-        index.len = index.count()?;
-        Ok(index)
+        let points = config.collection.clone();
+        QdrantIndex::connect_cluster(config)?.open_points(points, dim)
+    }
+
+    /// Connects to the cluster without opening a collection: to read the description first,
+    /// which says which collection holds the points ([`QdrantIndex::points`]).
+    pub fn connect_cluster(config: QdrantConfig) -> Result<QdrantIndex> {
+        QdrantIndex::connect_client(config)
+    }
+
+    /// Searches and writes the points of collection `points` (creating it, or checking that
+    /// an existing one fits `dim`).
+    pub fn open_points(mut self, points: String, dim: usize) -> Result<QdrantIndex> {
+        (self.points, self.dim) = (points, dim);
+        self.ensure_collection()?;
+        self.len = self.count()?;
+        Ok(self)
     }
 
     /// Connects to a collection that must exist already (a server without the catalog cannot
     /// create one: it does not know the vectors), taking its dimension from it.
     pub fn connect_existing(config: QdrantConfig) -> Result<QdrantIndex> {
-        let mut index = QdrantIndex::connect_client(config)?;
-        let name = index.config.collection.clone();
-        if !index.retry("checking the collection", || index.client.collection_exists(name.clone()))? {
-            bail!(
-                "Qdrant at {} has no collection {name:?} yet: fill it from the catalog first (`lookalike sync --db CATALOG --store {} --collection {name}`), then start this server again",
-                index.config.url,
-                index.config.url
-            );
-        }
-        index.dim = index.collection_shape()?.map_or(0, |(size, _)| size as usize);
-        index.len = index.count()?;
-        Ok(index)
+        let points = config.collection.clone();
+        QdrantIndex::connect_cluster(config)?.open_existing_points(points)
     }
 
-    /// Deletes the collection if it holds vectors that do not fit `dim` (dot product): what
-    /// `lookalike tune` leaves behind when it changes the search space's dimension, since a
-    /// collection's vector size is fixed when it is made. Whether it was deleted; a collection
-    /// that fits, or none, is left as it is.
-    pub fn delete_if_misfit(config: QdrantConfig, dim: usize) -> Result<bool> {
-        let index = QdrantIndex { dim, ..QdrantIndex::connect_client(config)? };
-        let name = index.config.collection.clone();
-        if !index.retry("checking the collection", || index.client.collection_exists(name.clone()))? {
+    /// [`QdrantIndex::connect_existing`] on collection `points` of the cluster.
+    pub fn open_existing_points(mut self, points: String) -> Result<QdrantIndex> {
+        self.points = points;
+        if !self.collection_exists(&self.points)? {
+            bail!(
+                "Qdrant at {} has no collection {:?} yet: fill it from the catalog first (`lookalike sync --db CATALOG --store {} --collection {}`), then start this server again",
+                self.config.url,
+                self.points,
+                self.config.url,
+                self.config.collection
+            );
+        }
+        self.dim = self.collection_shape()?.map_or(0, |(size, _)| size as usize);
+        self.len = self.count()?;
+        Ok(self)
+    }
+
+    /// The collection that holds the points.
+    pub fn points(&self) -> &str {
+        &self.points
+    }
+
+    /// Whether the cluster has collection `name`.
+    pub fn collection_exists(&self, name: &str) -> Result<bool> {
+        self.retry("checking a collection", || self.client.collection_exists(name.to_string()))
+    }
+
+    /// Deletes collection `name` if the cluster has it; whether it had.
+    pub fn delete_collection(&self, name: &str) -> Result<bool> {
+        if !self.collection_exists(name)? {
             return Ok(false);
         }
-        if index.collection_shape()?.is_some_and(|shape| index.fits(shape)) {
-            return Ok(false);
-        }
-        index.retry("deleting the collection", || index.client.delete_collection(name.clone()))?;
+        self.retry("deleting a collection", || self.client.delete_collection(name.to_string()))?;
         Ok(true)
+    }
+
+    /// Deletes collection `points` if it holds vectors that do not fit `dim` (dot product):
+    /// what `lookalike tune` leaves behind when it changes the search space's dimension, since
+    /// a collection's vector size is fixed when it is made. Whether it was deleted; a
+    /// collection that fits, or none, is left as it is.
+    pub fn delete_if_misfit(&self, points: &str, dim: usize) -> Result<bool> {
+        if !self.collection_exists(points)? {
+            return Ok(false);
+        }
+        if self.shape_of(points)? == Some((dim as u64, Distance::Dot as i32)) {
+            return Ok(false);
+        }
+        self.delete_collection(points)
     }
 
     /// Whether points of the collection hold other vectors than `vector` gives for them: read
@@ -223,9 +272,8 @@ impl QdrantIndex {
         if sample.is_empty() {
             return Ok(false);
         }
-        let request = GetPointsBuilder::new(self.config.collection.clone(), sample.iter().map(|(pid, _)| PointId::from(pid.clone())).collect::<Vec<_>>())
-            .with_payload(false)
-            .with_vectors(true);
+        let request =
+            GetPointsBuilder::new(self.points.clone(), sample.iter().map(|(pid, _)| PointId::from(pid.clone())).collect::<Vec<_>>()).with_payload(false).with_vectors(true);
         let response = self.retry("reading points back", || self.client.get_points(request.clone()))?;
         let stored: HashMap<String, Vec<f32>> = response
             .result
@@ -252,7 +300,8 @@ impl QdrantIndex {
             builder = builder.api_key(key.clone());
         }
         let client = builder.build().with_context(|| format!("connecting to Qdrant at {}", config.url))?;
-        Ok(QdrantIndex { client, runtime, config, dim: 0, products: HashMap::new(), len: 0 })
+        let points = config.collection.clone();
+        Ok(QdrantIndex { client, runtime, config, points, dim: 0, products: HashMap::new(), len: 0 })
     }
 
     /// Runs a future to completion on the client's runtime, also from threads that belong to
@@ -297,13 +346,13 @@ impl QdrantIndex {
     }
 
     fn ensure_collection(&self) -> Result<()> {
-        let name = self.config.collection.clone();
+        let name = self.points.clone();
         let exists = self.retry("checking the collection", || self.client.collection_exists(name.clone()))?;
         if exists {
             match self.collection_shape()? {
                 Some(shape) if self.fits(shape) => Ok(()),
                 Some((size, distance)) => bail!(
-                    "Qdrant collection {name:?} holds {size}-d {} vectors, but this catalog's search space is {}-d dot product (`lookalike tune` changes it): use another --collection, or fill this one afresh with `lookalike sync --recreate` (servers searching it answer errors until it is filled)",
+                    "Qdrant collection {name:?} holds {size}-d {} vectors, but this catalog's search space is {}-d dot product (`lookalike tune` changes it): use another --collection, or `lookalike sync --swap` (fills a new collection beside it; servers move to it once it is full) or `--recreate` (deletes it and fills it afresh; servers answer errors meanwhile)",
                     Distance::try_from(distance).map_or_else(|_| format!("distance {distance}"), |d| d.as_str_name().to_lowercase()),
                     self.dim
                 ),
@@ -339,7 +388,12 @@ impl QdrantIndex {
 
     /// The collection's vector size and distance; `None` for named or other vectors.
     fn collection_shape(&self) -> Result<Option<(u64, i32)>> {
-        let name = self.config.collection.clone();
+        self.shape_of(&self.points)
+    }
+
+    /// Collection `name`'s vector size and distance, as [`QdrantIndex::collection_shape`].
+    fn shape_of(&self, name: &str) -> Result<Option<(u64, i32)>> {
+        let name = name.to_string();
         let info = self.retry("reading the collection", || self.client.collection_info(name.clone()))?;
         Ok(info.result.and_then(|r| r.config).and_then(|c| c.params).and_then(|p| p.vectors_config).and_then(|v| v.config).and_then(|c| match c {
             qdrant_client::qdrant::vectors_config::Config::Params(p) => Some((p.size, p.distance)),
@@ -354,16 +408,15 @@ impl QdrantIndex {
 
     /// Whether the cluster answers now (one try, no retries: for readiness probes).
     pub fn health(&self) -> Result<(), StoreUnavailable> {
-        let name = self.config.collection.clone();
-        match self.run(self.client.collection_exists(name)) {
+        match self.run(self.client.collection_exists(self.points.clone())) {
             Ok(true) => Ok(()),
-            Ok(false) => Err(StoreUnavailable(format!("Qdrant at {} has no collection {:?} (any more)", self.config.url, self.config.collection))),
+            Ok(false) => Err(StoreUnavailable(format!("Qdrant at {} has no collection {:?} (any more)", self.config.url, self.points))),
             Err(e) => Err(StoreUnavailable(format!("Qdrant at {}: {}", self.config.url, self.explain(&e)))),
         }
     }
 
     fn count(&self) -> Result<usize> {
-        let request = CountPointsBuilder::new(self.config.collection.clone()).exact(true);
+        let request = CountPointsBuilder::new(self.points.clone()).exact(true);
         let response = self.retry("counting points", || self.client.count(request.clone()))?;
         Ok(response.result.map_or(0, |r| r.count as usize))
     }
@@ -425,7 +478,7 @@ impl QdrantIndex {
     }
 
     fn upsert_points(&self, points: Vec<PointStruct>) -> Result<()> {
-        let request = UpsertPointsBuilder::new(self.config.collection.clone(), points).wait(true).ordering(self.ordering());
+        let request = UpsertPointsBuilder::new(self.points.clone(), points).wait(true).ordering(self.ordering());
         self.retry("upserting points", || self.client.upsert_points(request.clone()))?;
         Ok(())
     }
@@ -436,10 +489,8 @@ impl QdrantIndex {
         let mut out = HashMap::new();
         let mut offset: Option<PointId> = None;
         loop {
-            let mut request = ScrollPointsBuilder::new(self.config.collection.clone())
-                .limit(1000)
-                .with_payload(PayloadIncludeSelector { fields: vec![KEY_FIELD.to_string()] })
-                .with_vectors(false);
+            let mut request =
+                ScrollPointsBuilder::new(self.points.clone()).limit(1000).with_payload(PayloadIncludeSelector { fields: vec![KEY_FIELD.to_string()] }).with_vectors(false);
             if let Some(o) = offset.clone() {
                 request = request.offset(o);
             }
@@ -467,7 +518,7 @@ impl QdrantIndex {
     pub fn sync(&mut self, keys: &[Key], vector: impl Fn(Key) -> Option<Vec<f32>>, image: impl Fn(Key) -> Option<Vec<u8>>) -> Result<SyncReport> {
         let started = std::time::Instant::now();
         let existing = self.all_points()?;
-        let mut report = SyncReport { in_catalog: keys.len(), in_collection_before: existing.len(), ..Default::default() };
+        let mut report = SyncReport { in_catalog: keys.len(), in_collection_before: existing.len(), collection: self.points.clone(), ..Default::default() };
         // Points are matched by id alone; vectors sent in another search space (`tune` at the
         // same dimension, an untuned catalog centred anew) would stay and be searched with
         // queries mapped in the new one. So a sample is read back, and all are sent again if
@@ -499,7 +550,7 @@ impl QdrantIndex {
             self.upsert_points(points)?;
         }
         for chunk in stale.chunks(1000) {
-            let request = DeletePointsBuilder::new(self.config.collection.clone()).points(PointsIdsList { ids: chunk.to_vec() }).wait(true).ordering(self.ordering());
+            let request = DeletePointsBuilder::new(self.points.clone()).points(PointsIdsList { ids: chunk.to_vec() }).wait(true).ordering(self.ordering());
             self.retry("deleting points", || self.client.delete_points(request.clone()))?;
         }
         self.len = self.count()?;
@@ -513,7 +564,7 @@ impl QdrantIndex {
             bail!("vector has {} dimensions, the collection holds {}-d vectors", query.len(), self.dim);
         }
         // Everything but the photo, which only the image route reads.
-        let mut request = QueryPointsBuilder::new(self.config.collection.clone())
+        let mut request = QueryPointsBuilder::new(self.points.clone())
             .query(query.to_vec())
             .limit(k as u64)
             .with_payload(PayloadExcludeSelector::new(vec![IMAGE_FIELD.to_string()]))
@@ -557,7 +608,7 @@ impl QdrantIndex {
 
     /// A product's payload and vector (in the search space), read from its point.
     pub fn product(&self, id: &str) -> Result<Option<(StoredProduct, Vec<f32>)>> {
-        let request = GetPointsBuilder::new(self.config.collection.clone(), vec![PointId::from(point_id(id))])
+        let request = GetPointsBuilder::new(self.points.clone(), vec![PointId::from(point_id(id))])
             .with_payload(PayloadExcludeSelector::new(vec![IMAGE_FIELD.to_string()]))
             .with_vectors(true);
         let response = self.retry("reading a point", || self.client.get_points(request.clone()))?;
@@ -568,7 +619,7 @@ impl QdrantIndex {
 
     /// The photo kept in a product's payload, if it has one.
     pub fn product_image(&self, id: &str) -> Result<Option<Vec<u8>>> {
-        let request = GetPointsBuilder::new(self.config.collection.clone(), vec![PointId::from(point_id(id))])
+        let request = GetPointsBuilder::new(self.points.clone(), vec![PointId::from(point_id(id))])
             .with_payload(PayloadIncludeSelector { fields: vec![IMAGE_FIELD.to_string()] })
             .with_vectors(false);
         let response = self.retry("reading a photo", || self.client.get_points(request.clone()))?;
@@ -579,9 +630,9 @@ impl QdrantIndex {
     /// Deletes a product's point by its id; whether there was one.
     pub fn remove_product(&mut self, id: &str) -> Result<bool> {
         let pid = PointId::from(point_id(id));
-        let request = GetPointsBuilder::new(self.config.collection.clone(), vec![pid.clone()]).with_payload(false).with_vectors(false);
+        let request = GetPointsBuilder::new(self.points.clone(), vec![pid.clone()]).with_payload(false).with_vectors(false);
         let existed = !self.retry("reading a point", || self.client.get_points(request.clone()))?.result.is_empty();
-        let request = DeletePointsBuilder::new(self.config.collection.clone()).points(PointsIdsList { ids: vec![pid] }).wait(true).ordering(self.ordering());
+        let request = DeletePointsBuilder::new(self.points.clone()).points(PointsIdsList { ids: vec![pid] }).wait(true).ordering(self.ordering());
         self.retry("deleting a point", || self.client.delete_points(request.clone()))?;
         self.products.retain(|_, p| p.id != id);
         self.len = self.count()?;
@@ -599,7 +650,7 @@ impl QdrantIndex {
     pub fn facets(&self, columns: &[String], limit: u64) -> Result<Vec<(String, String, usize)>> {
         let mut out = Vec::new();
         for column in columns {
-            let request = FacetCountsBuilder::new(self.config.collection.clone(), column.clone()).limit(limit).exact(true);
+            let request = FacetCountsBuilder::new(self.points.clone(), column.clone()).limit(limit).exact(true);
             let response = match self.run(self.client.facet(request.clone())) {
                 Ok(response) => response,
                 // A column without a keyword index has no facet: left out, not an error.

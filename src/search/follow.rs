@@ -17,7 +17,7 @@ use crate::index::qdrant::{QdrantIndex, StoredProduct};
 use crate::index::VectorIndex;
 use crate::kind::KindTable;
 use crate::space::SearchSpace;
-use crate::store::{collection_synced_space, graph_turn, open_index, payload_image, read_collection_description, write_graph, Store};
+use crate::store::{collection_points, collection_synced_space, graph_turn, open_index, open_qdrant, payload_image, read_collection_description, write_graph, Store};
 use crate::types::IndexingProgress;
 
 impl SearchEngine {
@@ -79,7 +79,27 @@ impl SearchEngine {
         *self.indexing.lock().map_err(|_| poisoned("indexing progress"))? = indexing;
         self.follow_foreground_head(&catalog)?;
         let space_moved = catalog.search_space_generation()? != self.space_generation.load(Ordering::Acquire) || self.collection_synced(&catalog)?;
+        if !space_moved {
+            self.follow_points_collection(&catalog)?;
+        }
         Ok((self.catch_up(&mut catalog)?, space_moved))
+    }
+
+    /// A server with the catalog on a Qdrant collection: searches the collection `lookalike
+    /// sync --swap` filled once the sync has recorded it in the catalog (one settings row read
+    /// a round). A swap that also changed the search space is taken up with it instead
+    /// ([`SearchEngine::take_up_new_space_with`] opens the collection the description names).
+    fn follow_points_collection(&self, catalog: &SqliteCatalog) -> Result<()> {
+        let Some(store) = &self.config.store else { return Ok(()) };
+        let Some(points) = collection_points(catalog, store)? else { return Ok(()) };
+        let moved = self.read_index()?.collection().is_some_and(|collection| collection.points() != points);
+        if !moved || self.space_awaiting_sync.lock().map_err(|_| poisoned("space awaiting sync"))?.is_some() {
+            return Ok(());
+        }
+        let collection = open_qdrant(catalog, &*self.current_space()?, store)?;
+        tracing::info!("collection {:?} now holds the points (`lookalike sync --swap`): searching it", collection.points());
+        self.write_index()?.store = Store::Qdrant(collection);
+        Ok(())
     }
 
     /// Whether `lookalike sync` has filled the Qdrant collection in the search space this
@@ -150,7 +170,7 @@ impl SearchEngine {
             if synced.as_ref() != Some(&fingerprint) {
                 if awaited.as_ref() != Some(&fingerprint) {
                     tracing::warn!(
-                        "the catalog's search space changed ({}): run `lookalike sync --recreate` to send the collection its vectors in it; searches go on in the old space until it has",
+                        "the catalog's search space changed ({}): run `lookalike sync --swap` to send the collection its vectors in it; searches go on in the old space until it has",
                         space.describe()
                     );
                 }
@@ -233,10 +253,13 @@ impl SearchEngine {
         }
         let space = Arc::new(fresh.search_space()?);
         let foreground = fresh.foreground_head()?.map(Arc::new);
-        // Vectors in another space may differ in size too: the collection is opened again.
-        let reopened = match space.fingerprint() == self.current_space()?.fingerprint() {
+        // Vectors in another space may differ in size too: the collection is opened again, as
+        // it is when the points moved to another collection (`sync --swap`).
+        let points = fresh.points(&store.collection).to_string();
+        let same_points = self.read_index()?.collection().is_some_and(|collection| collection.points() == points);
+        let reopened = match same_points && space.fingerprint() == self.current_space()?.fingerprint() {
             true => None,
-            false => Some(QdrantIndex::connect_existing(store.clone())?),
+            false => Some(QdrantIndex::connect_cluster(store.clone())?.open_existing_points(points.clone())?),
         };
         {
             let mut index = self.write_index()?;
@@ -249,7 +272,7 @@ impl SearchEngine {
         let mut described = described.write().map_err(|_| poisoned("collection description"))?;
         described.description = Arc::new(fresh);
         described.digest = digest;
-        tracing::info!("the collection's description changed: searching in its search space ({})", space.describe());
+        tracing::info!("the collection's description changed: searching collection {points:?} in its search space ({})", space.describe());
         Ok(true)
     }
 

@@ -5,7 +5,7 @@
 use anyhow::{Context, Result};
 
 use crate::catalog::{graph_paths, SqliteCatalog, VectorKind};
-use crate::index::qdrant::{QdrantConfig, QdrantIndex, StoredProduct, SyncReport, MAX_PAYLOAD_IMAGE};
+use crate::index::qdrant::{ProductWithoutCatalog, QdrantConfig, QdrantIndex, StoredProduct, SyncReport, MAX_PAYLOAD_IMAGE};
 use crate::index::{Allowed, AnnIndex, AnnStamp, Compaction, ExactIndex, Hit, IndexConfig, IndexStats, StoreUnavailable, VectorIndex};
 use crate::types::{Filter, ImageRef, Key, Product};
 
@@ -250,20 +250,36 @@ pub fn sync_qdrant(catalog: &SqliteCatalog, store: &QdrantConfig, mode: SyncMode
     let space = SearchSpace::for_catalog(catalog)?;
     let cluster = QdrantIndex::connect_cluster(store.clone())?;
     let (kept, current) = points_collection(&cluster, store)?;
+    // Products added through servers without the catalog: the catalog cannot send them again.
+    // In the collection's own space they are copied wherever the points go; in another, they
+    // must be encoded again from their photos (which the caller, holding the model, does).
+    let kept_space = kept.as_ref().and_then(|d| d.search_space().ok()).map(|s| s.fingerprint());
+    let same_space = kept_space.as_deref() == Some(space.fingerprint().as_str());
+    let in_catalog: std::collections::HashSet<String> = catalog.all_products()?.into_iter().map(|p| p.id).collect();
+    let without_catalog: Vec<ProductWithoutCatalog> = match kept.is_some() && cluster.collection_exists(&current)? {
+        true => cluster.products_without_catalog(&current, same_space)?.into_iter().filter(|p| !in_catalog.contains(&p.product.id)).collect(),
+        false => Vec::new(),
+    };
     let (points, replaced) = match mode {
         SyncMode::Swap if cluster.collection_exists(&current)? => {
             let next = next_points_collection(&store.collection, &current);
             // What a swap that failed half-way left: no description names it.
             cluster.delete_collection(&next)?;
-            (next, Some(current))
+            (next, Some(current.clone()))
         }
-        _ => (current, None),
+        _ => (current.clone(), None),
     };
     let recreated = mode == SyncMode::Recreate && cluster.delete_if_misfit(&points, space.output_dim(catalog.vector_space()?.map_or(0, |s| s.dim)))?;
     let exact = space.build_index(catalog, VectorKind::Primary, crate::index::Precision::F32)?;
     let mut index = connect_qdrant_to(catalog, &space, cluster, points)?;
     let images: std::collections::HashMap<Key, Product> = catalog.all_products()?.into_iter().map(|p| (p.key, p)).collect();
-    let report = index.sync(exact.keys(), |key| exact.vector(key), |key| images.get(&key).and_then(|p| payload_image(catalog, p)))?;
+    let mut report = index.sync(exact.keys(), |key| exact.vector(key), |key| images.get(&key).and_then(|p| payload_image(catalog, p)))?;
+    let moved = recreated || index.points() != current;
+    match same_space {
+        true if moved => report.carried_without_catalog = index.carry(&without_catalog)?,
+        true => {}
+        false => (report.without_catalog_in_old_space, report.to_encode) = (without_catalog.len(), without_catalog),
+    }
     // The description once the points are in its space: servers without the catalog follow it.
     describe_collection(catalog, &space, store, &index, replaced.clone())?;
     catalog.set_setting(&synced_space_setting(&store.collection), &space.fingerprint())?;

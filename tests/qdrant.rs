@@ -359,6 +359,13 @@ fn sync_swap_moves_every_server_to_a_new_collection_at_once() {
     let photos: Vec<Vec<u8>> = (0..5).map(|i| test_photo(i).0).collect();
     let server = open_remote();
     let replica = SearchEngine::open_collection(&store(&collection, true), Box::new(encoder())).expect("replica");
+    // A product only the collection knows, added through the replica: every swap keeps it.
+    let (added_photo, _) = test_photo(7);
+    replica.add_product_photo("added-by-replica".into(), added_photo.clone(), Default::default()).expect("add through the replica");
+    let finds_added = |engine: &SearchEngine, when: &str| {
+        let first = first_pages(engine, std::slice::from_ref(&added_photo))[0].first().cloned();
+        assert_eq!(first.as_deref(), Some("added-by-replica"), "{when}: the product added through the replica is found by its photo");
+    };
     let before = first_pages(&server, &photos);
     assert_eq!(first_pages(&replica, &photos), before);
 
@@ -371,6 +378,8 @@ fn sync_swap_moves_every_server_to_a_new_collection_at_once() {
     assert_eq!(swapped["collection"], second.as_str(), "{swapped}");
     assert_eq!(swapped["replaced"], collection.as_str(), "{swapped}");
     assert_eq!((swapped["in_collection_before"].as_u64(), swapped["added"].as_u64()), (Some(0), Some(300)), "a new collection, filled: {swapped}");
+    // Its vector was in the old space: encoded again from the photo its point carries.
+    assert_eq!((swapped["without_catalog_in_old_space"].as_u64(), swapped["encoded_again"].as_u64()), (Some(1), Some(1)), "{swapped}");
     assert!(exists(&collection) && exists(&second));
     // Not yet followed: both answer as before, from the old collection in its space.
     assert_eq!(first_pages(&replica, &photos), before, "the replica answers from the old collection until it reads the description");
@@ -381,6 +390,8 @@ fn sync_swap_moves_every_server_to_a_new_collection_at_once() {
     assert_eq!(first_pages(&server, &photos), tuned, "the server with the catalog searches the new collection");
     assert!(replica.follow_collection_description().expect("follow the description"));
     assert_eq!(first_pages(&replica, &photos), tuned, "so does the replica, from the description");
+    finds_added(&replica, "after the first swap");
+    finds_added(&server, "after the first swap");
 
     // Swapped again in the same space: the first collection goes, the second stays for servers
     // that have not moved yet, and both servers move to the third.
@@ -391,6 +402,7 @@ fn sync_swap_moves_every_server_to_a_new_collection_at_once() {
         "{again}"
     );
     assert!(!exists(&collection) && exists(&second) && exists(&third));
+    assert_eq!((again["carried_without_catalog"].as_u64(), again["encoded_again"].as_u64()), (Some(1), Some(0)), "same space: copied as it was: {again}");
     assert_eq!(first_pages(&replica, &photos), tuned, "the replica still answers from the second collection");
     server.follow_catalog().expect("follow");
     assert!(replica.follow_collection_description().expect("follow the description"), "the description names the third collection");
@@ -398,6 +410,7 @@ fn sync_swap_moves_every_server_to_a_new_collection_at_once() {
     assert_eq!(first_pages(&server, &photos), tuned, "the server searches the third collection");
     assert_eq!(first_pages(&replica, &photos), tuned, "and so does the replica");
     assert_eq!(first_pages(&open_remote(), &photos), tuned, "a server started now opens the collection the description names");
+    finds_added(&replica, "after the second swap");
     let plain = sync_report(&sync_cli(&db, &collection, &[]));
     assert_eq!((plain["collection"].as_str(), plain["added"].as_u64(), plain["resent"].as_u64()), (Some(third.as_str()), Some(0), Some(0)), "{plain}");
     assert!(!exists(&collection), "a plain sync leaves the named collection to the description");

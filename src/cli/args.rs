@@ -9,7 +9,7 @@ use clap::Args;
 use lookalike::assets::Assets;
 use lookalike::catalog::SqliteCatalog;
 use lookalike::encoder::OrtEncoder;
-use lookalike::index::qdrant::QdrantConfig;
+use lookalike::index::qdrant::{ProductWithoutCatalog, QdrantConfig};
 use lookalike::index::{AnnMode, AnnOptions, IndexConfig, Precision};
 use lookalike::model;
 
@@ -98,7 +98,11 @@ impl StoreArgs {
     pub fn sync_after_change(&self, catalog: &SqliteCatalog) -> Result<()> {
         if let Some(config) = self.qdrant(catalog.path())? {
             let report = lookalike::store::sync_qdrant(catalog, &config, lookalike::store::SyncMode::InPlace)?;
-            eprintln!("Qdrant collection {:?}: {} added, {} sent again, {} deleted ({:.1}s)", config.collection, report.added, report.resent, report.deleted, report.seconds);
+            let encoded = encode_again(catalog, &config, &report.to_encode)?;
+            eprintln!(
+                "Qdrant collection {:?}: {} added, {} sent again, {} deleted, {encoded} added without the catalog encoded again ({:.1}s)",
+                report.collection, report.added, report.resent, report.deleted, report.seconds
+            );
         }
         Ok(())
     }
@@ -331,4 +335,23 @@ impl From<AnnModeArg> for AnnMode {
             AnnModeArg::Never => AnnMode::Never,
         }
     }
+}
+
+/// Products that servers without the catalog added, whose vectors are in the search space
+/// before `tune`: encoded again from the photos their points carry, and written as such a
+/// server writes them (it reads the new description: model, space, head). How many were.
+pub fn encode_again(catalog: &SqliteCatalog, config: &QdrantConfig, products: &[ProductWithoutCatalog]) -> Result<usize> {
+    if products.iter().all(|p| p.image.is_none()) {
+        return Ok(0);
+    }
+    let encoder = load_encoder(&Assets::from_env(), catalog, &ModelArgs { model: None, threads: None })?;
+    let engine = lookalike::search::SearchEngine::open_collection(config, Box::new(encoder))?;
+    let mut encoded = 0;
+    for product in products {
+        let Some(photo) = &product.image else { continue };
+        let id = product.product.id.clone();
+        engine.add_product_photo(id.clone(), photo.clone(), product.product.metadata.clone()).with_context(|| format!("encoding product {id:?} again"))?;
+        encoded += 1;
+    }
+    Ok(encoded)
 }

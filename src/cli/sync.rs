@@ -38,8 +38,12 @@ pub fn run(args: SyncArgs) -> Result<()> {
         (_, true) => SyncMode::Recreate,
         _ => SyncMode::InPlace,
     };
-    let report = lookalike::store::sync_qdrant(&catalog, &config, mode)?;
-    println!("{}", serde_json::to_string_pretty(&report)?);
+    let mut report = lookalike::store::sync_qdrant(&catalog, &config, mode)?;
+    let to_encode = std::mem::take(&mut report.to_encode);
+    let encoded_again = encode_again(&catalog, &config, &to_encode)?;
+    let mut json = serde_json::to_value(&report)?;
+    json["encoded_again"] = encoded_again.into();
+    println!("{}", serde_json::to_string_pretty(&json)?);
     if report.recreated {
         eprintln!("Qdrant collection {:?} held vectors of another search space: deleted and filled afresh", report.collection);
     }
@@ -51,6 +55,23 @@ pub fn run(args: SyncArgs) -> Result<()> {
     }
     if let Some(deleted) = &report.deleted_collection {
         eprintln!("deleted collection {deleted:?}, which the swap before had replaced");
+    }
+    if report.carried_without_catalog > 0 {
+        eprintln!("{} products added through servers without the catalog were copied to {:?}", report.carried_without_catalog, report.collection);
+    }
+    if !to_encode.is_empty() {
+        eprintln!(
+            "{} products added through servers without the catalog held vectors of the search space before `tune`: {encoded_again} encoded again from their photos",
+            to_encode.len()
+        );
+        let missing: Vec<&str> = to_encode.iter().filter(|p| p.image.is_none()).map(|p| p.product.id.as_str()).collect();
+        if !missing.is_empty() {
+            eprintln!(
+                "warning: {} of them have no photo in the collection (over 64 KiB) and cannot be encoded again: add them again (POST /api/products): {}",
+                missing.len(),
+                missing.join(", ")
+            );
+        }
     }
     eprintln!(
         "Qdrant collection {:?}: {} products in the catalog, {} points before; {} added, {} sent again (they were in another search space), {} deleted in {:.1}s",

@@ -144,6 +144,17 @@ pub struct StoredProduct {
     pub colour: Option<Vec<f32>>,
 }
 
+/// A product added to a collection through a server without the catalog (its point carries no
+/// catalog key): all a `sync` that moves the points elsewhere can carry over.
+#[derive(Debug, Clone)]
+pub struct ProductWithoutCatalog {
+    pub product: StoredProduct,
+    /// Its photo, when small enough to travel in the payload ([`MAX_PAYLOAD_IMAGE`]).
+    pub image: Option<Vec<u8>>,
+    /// Its vector in the collection's search space, when asked for.
+    pub vector: Option<Vec<f32>>,
+}
+
 /// A Qdrant collection as a [`VectorIndex`].
 pub struct QdrantIndex {
     client: Qdrant,
@@ -181,6 +192,16 @@ pub struct SyncReport {
     pub replaced: Option<String>,
     /// The collection the swap before replaced, deleted by this one.
     pub deleted_collection: Option<String>,
+    /// Products added through servers without the catalog, copied as they were from the
+    /// collection this sync replaced or recreated (same search space).
+    pub carried_without_catalog: usize,
+    /// Products added through servers without the catalog whose vectors are in the search
+    /// space before `tune`: encoded again from their photos by `lookalike sync`
+    /// ([`SyncReport::to_encode`]), or, without a photo in their payload, to be added again.
+    pub without_catalog_in_old_space: usize,
+    /// Those products.
+    #[serde(skip)]
+    pub to_encode: Vec<ProductWithoutCatalog>,
     pub seconds: f64,
 }
 
@@ -499,6 +520,44 @@ impl QdrantIndex {
                 let Some(PointIdOptions::Uuid(uuid)) = point.id.and_then(|i| i.point_id_options) else { continue };
                 let key = point.payload.get(KEY_FIELD).and_then(integer);
                 out.insert(uuid, key);
+            }
+            match page.next_page_offset {
+                Some(next) => offset = Some(next),
+                None => break,
+            }
+        }
+        Ok(out)
+    }
+
+    /// Writes products a server without the catalog added, with the vectors they have, as
+    /// they were (no catalog key); how many had a vector to write.
+    pub fn carry(&mut self, products: &[ProductWithoutCatalog]) -> Result<usize> {
+        let points: Vec<PointStruct> = products.iter().filter_map(|p| Some(QdrantIndex::point(&p.product, None, p.vector.as_deref()?, p.image.as_deref()))).collect();
+        for chunk in points.chunks(UPSERT_BATCH) {
+            self.upsert_points(chunk.to_vec())?;
+        }
+        self.len = self.count()?;
+        Ok(points.len())
+    }
+
+    /// Every product of collection `name` that a server without the catalog added (its point
+    /// has no catalog key), with its photo and, if `with_vectors`, its vector.
+    pub fn products_without_catalog(&self, name: &str, with_vectors: bool) -> Result<Vec<ProductWithoutCatalog>> {
+        let mut out = Vec::new();
+        let mut offset: Option<PointId> = None;
+        loop {
+            let mut request =
+                ScrollPointsBuilder::new(name.to_string()).filter(QFilter::must([Condition::is_empty(KEY_FIELD)])).limit(256).with_payload(true).with_vectors(with_vectors);
+            if let Some(o) = offset.clone() {
+                request = request.offset(o);
+            }
+            let page = self.retry("listing products added without the catalog", || self.client.scroll(request.clone()))?;
+            for point in page.result {
+                let vector = if with_vectors { dense_vector(&point) } else { None };
+                let image = point.payload.get(IMAGE_FIELD).and_then(string).and_then(|text| base64::engine::general_purpose::STANDARD.decode(text).ok());
+                if let Some(product) = stored_product(point.payload) {
+                    out.push(ProductWithoutCatalog { product, image, vector });
+                }
             }
             match page.next_page_offset {
                 Some(next) => offset = Some(next),

@@ -2,6 +2,7 @@
 //! catalog's facets.
 
 use anyhow::{Context, Result};
+use sha2::Digest as _;
 
 use super::rank::collection_product;
 use super::{map_product, FacetCount, SearchEngine, SearchError};
@@ -56,6 +57,23 @@ impl SearchEngine {
         self.write_colours()?.put(key, colour, crate::types::Product::named_colour(&product.metadata));
         self.write_kinds()?.put(key, &product.metadata);
         Ok(key)
+    }
+
+    /// Adds a product from its photo as the API's `POST /api/products` does: the photo encoded
+    /// whole, its colour read from its own pixels.
+    pub fn add_product_photo(&self, id: String, photo: Vec<u8>, metadata: crate::types::Metadata) -> Result<Key, SearchError> {
+        let query = self.prepare_query(&photo, None, super::Items::Main)?;
+        let encoded = self.encode_photos(vec![query])?.into_iter().next().context("the encoder returned no embedding")?;
+        let mime = image::guess_format(&photo).map(|f| f.to_mime_type()).unwrap_or("application/octet-stream").to_string();
+        self.add_product(NewProduct {
+            id,
+            content_hash: hex::encode(sha2::Sha256::digest(&photo)),
+            image: crate::types::NewImage::Stored { bytes: photo, mime },
+            metadata,
+            vector: encoded.whole.vector,
+            max_pooled: encoded.whole.max_pooled,
+            colour: None,
+        })
     }
 
     /// Removes a product from the catalog, then from the index (from a Qdrant collection by

@@ -27,6 +27,24 @@ fn qdrant_url() -> String {
     std::env::var("LOOKALIKE_QDRANT_URL").expect("LOOKALIKE_QDRANT_URL (run with a Qdrant server)")
 }
 
+/// What a test on a collection of its own starts from: the cluster held for reading (see
+/// [`CLUSTER`]), a private copy of the shared catalog, and a collection name no other test or
+/// run uses.
+/// Bind every field (`_cluster` and `_dir` included: an unbound field is dropped at once).
+struct OwnCollection {
+    _cluster: std::sync::RwLockReadGuard<'static, ()>,
+    _dir: tempfile::TempDir,
+    db: PathBuf,
+    collection: String,
+}
+
+fn own_collection(kind: &str) -> OwnCollection {
+    let cluster = CLUSTER.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = copy_catalog(dir.path());
+    OwnCollection { _cluster: cluster, _dir: dir, db, collection: format!("lookalike-{kind}-{}", std::process::id()) }
+}
+
 fn store(collection: &str, exact: bool) -> QdrantConfig {
     store_at(&qdrant_url(), collection, exact)
 }
@@ -131,10 +149,7 @@ fn first_pages(engine: &SearchEngine, photos: &[Vec<u8>]) -> Vec<Vec<String>> {
 #[test]
 #[ignore = "needs a Qdrant server: LOOKALIKE_QDRANT_URL"]
 fn qdrant_matches_the_embedded_store_and_follows_changes() {
-    let _cluster = CLUSTER.read().unwrap_or_else(std::sync::PoisonError::into_inner);
-    let dir = tempfile::tempdir().expect("tempdir");
-    let db = copy_catalog(dir.path());
-    let collection = format!("lookalike-test-{}", std::process::id());
+    let OwnCollection { _cluster, _dir: dir, db, collection } = own_collection("test");
     let config = store(&collection, true);
 
     let catalog = SqliteCatalog::open(&db).expect("catalog");
@@ -227,10 +242,7 @@ fn qdrant_matches_the_embedded_store_and_follows_changes() {
 #[test]
 #[ignore = "needs a Qdrant server: LOOKALIKE_QDRANT_URL"]
 fn sync_recreate_fills_a_collection_afresh_in_the_space_tune_makes() {
-    let _cluster = CLUSTER.read().unwrap_or_else(std::sync::PoisonError::into_inner);
-    let dir = tempfile::tempdir().expect("tempdir");
-    let db = copy_catalog(dir.path());
-    let collection = format!("lookalike-tuned-{}", std::process::id());
+    let OwnCollection { _cluster, _dir, db, collection } = own_collection("tuned");
     let sync = |extra: &[&str]| sync_cli(&db, &collection, extra);
     let report = sync_report;
     let tune = |args: &[&str]| tune_cli(&db, args);
@@ -344,10 +356,7 @@ fn sync_recreate_fills_a_collection_afresh_in_the_space_tune_makes() {
 #[test]
 #[ignore = "needs a Qdrant server: LOOKALIKE_QDRANT_URL"]
 fn sync_swap_moves_every_server_to_a_new_collection_at_once() {
-    let _cluster = CLUSTER.read().unwrap_or_else(std::sync::PoisonError::into_inner);
-    let dir = tempfile::tempdir().expect("tempdir");
-    let db = copy_catalog(dir.path());
-    let collection = format!("lookalike-swap-{}", std::process::id());
+    let OwnCollection { _cluster, _dir, db, collection } = own_collection("swap");
     let (second, third) = (format!("{collection}_v2"), format!("{collection}_v3"));
     let cluster = lookalike::index::qdrant::QdrantIndex::connect_cluster(store(&collection, true)).expect("cluster");
     let exists = |name: &str| cluster.collection_exists(name).expect("collection exists");
@@ -428,10 +437,7 @@ fn sync_swap_moves_every_server_to_a_new_collection_at_once() {
 #[test]
 #[ignore = "needs a Qdrant server: LOOKALIKE_QDRANT_URL"]
 fn replicas_with_and_without_the_catalog_share_one_collection() {
-    let _cluster = CLUSTER.read().unwrap_or_else(std::sync::PoisonError::into_inner);
-    let dir = tempfile::tempdir().expect("tempdir");
-    let db = copy_catalog(dir.path());
-    let collection = format!("lookalike-replicas-{}", std::process::id());
+    let OwnCollection { _cluster, _dir, db, collection } = own_collection("replicas");
     let report = lookalike::store::sync_qdrant(&SqliteCatalog::open(&db).expect("catalog"), &store(&collection, true), SyncMode::InPlace).expect("sync");
     assert_eq!(report.added, 300);
 
@@ -518,11 +524,8 @@ fn replicas_with_and_without_the_catalog_share_one_collection() {
 #[test]
 #[ignore = "needs a Qdrant server (LOOKALIKE_QDRANT_URL) and nginx (Debian's nginx-light)"]
 fn a_load_balancer_spreads_searches_over_replicas_and_skips_a_stopped_one() {
-    let _cluster = CLUSTER.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let OwnCollection { _cluster, _dir: dir, db, collection } = own_collection("balanced");
     let nginx = ["/usr/sbin/nginx", "/usr/bin/nginx"].into_iter().find(|p| std::path::Path::new(p).exists()).expect("nginx (apt-get install nginx-light)");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let db = copy_catalog(dir.path());
-    let collection = format!("lookalike-balanced-{}", std::process::id());
     lookalike::store::sync_qdrant(&SqliteCatalog::open(&db).expect("catalog"), &store(&collection, true), SyncMode::InPlace).expect("sync");
     let args = ["--no-catalog", "--store", &qdrant_url(), "--collection", &collection, "--qdrant-exact"];
     let mut replicas = vec![Server::start_with(&args, &[]), Server::start_with(&args, &[])];

@@ -255,15 +255,20 @@ pub fn sync_qdrant(catalog: &SqliteCatalog, store: &QdrantConfig, mode: SyncMode
     // must be encoded again from their photos (which the caller, holding the model, does).
     let kept_space = kept.as_ref().and_then(|d| d.search_space().ok()).map(|s| s.fingerprint());
     let same_space = kept_space.as_deref() == Some(space.fingerprint().as_str());
-    let in_catalog: std::collections::HashSet<String> = catalog.all_products()?.into_iter().map(|p| p.id).collect();
+    let products: std::collections::HashMap<Key, Product> = catalog.all_products()?.into_iter().map(|p| (p.key, p)).collect();
+    let in_catalog: std::collections::HashSet<&str> = products.values().map(|p| p.id.as_str()).collect();
     let without_catalog: Vec<ProductWithoutCatalog> = match kept.is_some() && cluster.collection_exists(&current)? {
-        true => cluster.products_without_catalog(&current, same_space)?.into_iter().filter(|p| !in_catalog.contains(&p.product.id)).collect(),
+        true => cluster.products_without_catalog(&current, same_space)?.into_iter().filter(|p| !in_catalog.contains(p.product.id.as_str())).collect(),
         false => Vec::new(),
     };
     let (points, replaced) = match mode {
         SyncMode::Swap if cluster.collection_exists(&current)? => {
-            let next = next_points_collection(&store.collection, &current);
-            // What a swap that failed half-way left: no description names it.
+            // Past names that are collections of their own (servers may be given one: it has
+            // a description beside it); a name without, a swap that failed half-way left.
+            let mut next = next_points_collection(&store.collection, &current);
+            while cluster.collection_exists(&format!("{next}_lookalike"))? {
+                next = next_points_collection(&store.collection, &next);
+            }
             cluster.delete_collection(&next)?;
             (next, Some(current.clone()))
         }
@@ -272,8 +277,7 @@ pub fn sync_qdrant(catalog: &SqliteCatalog, store: &QdrantConfig, mode: SyncMode
     let recreated = mode == SyncMode::Recreate && cluster.delete_if_misfit(&points, space.output_dim(catalog.vector_space()?.map_or(0, |s| s.dim)))?;
     let exact = space.build_index(catalog, VectorKind::Primary, crate::index::Precision::F32)?;
     let mut index = connect_qdrant_to(catalog, &space, cluster, points)?;
-    let images: std::collections::HashMap<Key, Product> = catalog.all_products()?.into_iter().map(|p| (p.key, p)).collect();
-    let mut report = index.sync(exact.keys(), |key| exact.vector(key), |key| images.get(&key).and_then(|p| payload_image(catalog, p)))?;
+    let mut report = index.sync(exact.keys(), |key| exact.vector(key), |key| products.get(&key).and_then(|p| payload_image(catalog, p)))?;
     let moved = recreated || index.points() != current;
     match same_space {
         true if moved => report.carried_without_catalog = index.carry(&without_catalog)?,

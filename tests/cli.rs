@@ -458,7 +458,14 @@ fn eval_reports_all_three_methods_or_the_rows_asked_for() {
     // line, adding up to the report.
     let dir = tempfile::tempdir().expect("tempdir");
     let per_query = dir.path().join("queries.jsonl");
-    let some = json(&ok(&eval_args(shared_catalog(), &fm, &["--queries", "50", "--seed", "3", "--json", "--methods", "raw_pixels, lookalike", "--per-query", path(&per_query)])));
+    let report = dir.path().join("report.json");
+    let some = json(&ok(&eval_args(
+        shared_catalog(),
+        &fm,
+        &["--queries", "50", "--seed", "3", "--json", "--methods", "raw_pixels, lookalike", "--per-query", path(&per_query), "--out", path(&report)],
+    )));
+    let written: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&report).expect("--out file")).expect("--out JSON");
+    assert_eq!(written, some, "--out holds the report printed");
     let rows: Vec<&String> = some["methods"].as_object().map(|m| m.keys().collect()).unwrap_or_default();
     assert_eq!(rows, ["lookalike", "raw_pixels"], "{some}");
     for method in ["lookalike", "raw_pixels"] {
@@ -491,20 +498,23 @@ fn eval_reports_all_three_methods_or_the_rows_asked_for() {
     let refused = lookalike(&eval_args(shared_catalog(), &fm, &["--queries", "5", "--per-query", path(&unwritable)]));
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(!refused.status.success() && stderr.contains("a-file") && !stderr.contains("evaluating"), "{stderr}");
-    let refused = lookalike(&eval_args(shared_catalog(), &fm, &["--queries", "5", "--per-query", path(dir.path())]));
-    let stderr = String::from_utf8_lossy(&refused.stderr);
-    assert!(!refused.status.success() && stderr.contains("is a folder") && !stderr.contains("evaluating"), "a folder is refused before the run: {stderr}");
+    for flag in ["--per-query", "--out"] {
+        let refused = lookalike(&eval_args(shared_catalog(), &fm, &["--queries", "5", flag, path(dir.path())]));
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        assert!(!refused.status.success() && stderr.contains("is a folder") && !stderr.contains("evaluating"), "{flag}: a folder is refused before the run: {stderr}");
+    }
     let refused = lookalike(&eval_args(shared_catalog(), &fm, &["--methods", "lookalike,best"]));
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(!refused.status.success() && stderr.contains("\"best\"") && stderr.contains("original_recipe"), "{stderr}");
-    // A run that fails leaves the earlier per-query file whole, and nothing beside it.
-    let refused = lookalike(&eval_args(shared_catalog(), &fm, &["--queries", "5", "--methods", "lookalike_untuned", "--per-query", path(&per_query)]));
+    // A run that fails leaves the earlier files whole, and nothing beside them.
+    let refused = lookalike(&eval_args(shared_catalog(), &fm, &["--queries", "5", "--methods", "lookalike_untuned", "--per-query", path(&per_query), "--out", path(&report)]));
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(!refused.status.success() && stderr.contains("needs a tuned catalog"), "an untuned catalog has no such row: {stderr}");
     assert_eq!(std::fs::read_to_string(&per_query).expect("per-query file").lines().count(), 50, "the earlier file is kept");
+    assert_eq!(serde_json::from_str::<serde_json::Value>(&std::fs::read_to_string(&report).expect("--out file")).expect("--out JSON"), some, "and the earlier report");
     let mut left: Vec<String> = std::fs::read_dir(dir.path()).expect("read dir").map(|e| e.expect("entry").file_name().to_string_lossy().into_owned()).collect();
     left.sort();
-    assert_eq!(left, ["a-file", "queries.jsonl"], "no temporary file is left behind");
+    assert_eq!(left, ["a-file", "queries.jsonl", "report.json"], "no temporary file is left behind");
     // Made as any file the user writes (umask), not owner-only as a temporary file is.
     #[cfg(unix)]
     {

@@ -262,11 +262,6 @@ pub fn fashion_mnist_dir(assets: &Assets, dir: &Option<PathBuf>) -> Result<PathB
     }
 }
 
-pub fn write_file(path: &Path, text: &str) -> Result<()> {
-    create_parent(path)?;
-    std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
-}
-
 /// A new temporary file in `path`'s directory (made if needed), to be renamed to `path` once
 /// it is complete (`NamedTempFile::persist`); dropped, it is removed.
 pub fn create_temporary_beside(path: &Path) -> Result<tempfile::NamedTempFile> {

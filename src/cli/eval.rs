@@ -94,6 +94,10 @@ pub fn run(args: EvalArgs) -> Result<()> {
         Some(path) => Some((std::io::BufWriter::new(create_temporary_beside(path)?), path)),
         None => None,
     };
+    let out = match &args.out {
+        Some(path) => Some((create_temporary_beside(path)?, path)),
+        None => None,
+    };
     let assets = Assets::from_env();
     let catalog = SqliteCatalog::open_existing(&args.db.db)?;
     let encoder = load_encoder(&assets, &catalog, &args.model)?;
@@ -144,8 +148,9 @@ pub fn run(args: EvalArgs) -> Result<()> {
         file.persist(path).map_err(|e| e.error).with_context(|| format!("writing {}", path.display()))?;
     }
     let json = serde_json::to_string_pretty(&report)?;
-    if let Some(out) = &args.out {
-        write_file(out, &json)?;
+    if let Some((mut file, path)) = out {
+        file.write_all(json.as_bytes()).with_context(|| format!("writing {}", path.display()))?;
+        file.persist(path).map_err(|e| e.error).with_context(|| format!("writing {}", path.display()))?;
     }
     if args.json {
         println!("{json}");

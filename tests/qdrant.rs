@@ -516,6 +516,9 @@ fn replicas_with_and_without_the_catalog_share_one_collection() {
     }
     assert_eq!(remove(&replica, "large-photo"), 204);
 
+    // No description to follow: none, in one request (Qdrant's "not found"), not an error.
+    let nowhere = lookalike::index::qdrant::QdrantIndex::connect_cluster(store("lookalike-never-made", true)).expect("cluster");
+    assert_eq!(nowhere.description_digest().expect("digest of a missing description"), None);
     // A collection that does not exist: a clear message, not a server without products.
     let out = Command::new(BIN).args(["serve", "--no-catalog", "--store", &qdrant_url(), "--collection", "lookalike-never-made", "--addr", "127.0.0.1:0"]).output().expect("serve");
     let stderr = String::from_utf8_lossy(&out.stderr);

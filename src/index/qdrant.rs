@@ -777,13 +777,18 @@ impl QdrantIndex {
     /// chunk records it (one small read: how a server without the catalog notices a new one);
     /// `None` when there is none.
     pub fn description_digest(&self) -> Result<Option<String>> {
-        let name = self.description_collection();
-        if !self.retry("checking the description", || self.client.collection_exists(name.clone()))? {
-            return Ok(None);
-        }
-        let request = GetPointsBuilder::new(name, vec![PointId::from(0u64)]).with_payload(PayloadIncludeSelector { fields: vec!["sha256".to_string()] }).with_vectors(false);
-        let response = self.retry("reading the description's digest", || self.client.get_points(request.clone()))?;
-        Ok(response.result.into_iter().next().and_then(|point| point.payload.get("sha256").and_then(string).map(str::to_string)))
+        let request = GetPointsBuilder::new(self.description_collection(), vec![PointId::from(0u64)])
+            .with_payload(PayloadIncludeSelector { fields: vec!["sha256".to_string()] })
+            .with_vectors(false);
+        // One request, every few seconds on every replica: a missing side collection is
+        // Qdrant's "not found", not a question asked first.
+        let response = self.retry("reading the description's digest", || async {
+            match self.client.get_points(request.clone()).await {
+                Err(qdrant_client::QdrantError::ResponseError { status }) if status.code() as i32 == 5 => Ok(None),
+                other => other.map(Some),
+            }
+        })?;
+        Ok(response.and_then(|r| r.result.into_iter().next()).and_then(|point| point.payload.get("sha256").and_then(string).map(str::to_string)))
     }
 
     /// The description [`QdrantIndex::write_description`] kept and its SHA-256, or `None` when

@@ -212,12 +212,6 @@ impl QdrantIndex {
         QdrantIndex::connect_cluster(config)?.open_points(points, dim)
     }
 
-    /// Connects to the cluster without opening a collection: to read the description first,
-    /// which says which collection holds the points ([`QdrantIndex::points`]).
-    pub fn connect_cluster(config: QdrantConfig) -> Result<QdrantIndex> {
-        QdrantIndex::connect_client(config)
-    }
-
     /// Searches and writes the points of collection `points` (creating it, or checking that
     /// an existing one fits `dim`).
     pub fn open_points(mut self, points: String, dim: usize) -> Result<QdrantIndex> {
@@ -227,14 +221,9 @@ impl QdrantIndex {
         Ok(self)
     }
 
-    /// Connects to a collection that must exist already (a server without the catalog cannot
-    /// create one: it does not know the vectors), taking its dimension from it.
-    pub fn connect_existing(config: QdrantConfig) -> Result<QdrantIndex> {
-        let points = config.collection.clone();
-        QdrantIndex::connect_cluster(config)?.open_existing_points(points)
-    }
-
-    /// [`QdrantIndex::connect_existing`] on collection `points` of the cluster.
+    /// Searches and writes the points of collection `points`, which must exist already (a
+    /// server without the catalog cannot create one: it does not know the vectors), taking
+    /// its dimension from it.
     pub fn open_existing_points(mut self, points: String) -> Result<QdrantIndex> {
         self.points = points;
         if !self.collection_exists(&self.points)? {
@@ -311,7 +300,9 @@ impl QdrantIndex {
         }))
     }
 
-    fn connect_client(config: QdrantConfig) -> Result<QdrantIndex> {
+    /// Connects to the cluster without opening a collection: to read the description first,
+    /// which says which collection holds the points ([`QdrantIndex::points`]).
+    pub fn connect_cluster(config: QdrantConfig) -> Result<QdrantIndex> {
         // The client's own version check prints to stdout (which carries lookalike's JSON
         // output) and refuses servers more than one minor version apart; lookalike uses only
         // long-stable calls, tested against Qdrant 1.18.

@@ -92,8 +92,17 @@ impl SearchEngine {
     fn follow_points_collection(&self, catalog: &SqliteCatalog) -> Result<()> {
         let Some(store) = &self.config.store else { return Ok(()) };
         let Some(points) = collection_points(catalog, store)? else { return Ok(()) };
-        let moved = self.read_index()?.collection().is_some_and(|collection| collection.points() != points);
-        if !moved || self.space_awaiting_sync.lock().map_err(|_| poisoned("space awaiting sync"))?.is_some() {
+        if self.space_awaiting_sync.lock().map_err(|_| poisoned("space awaiting sync"))?.is_some() {
+            return Ok(());
+        }
+        let mut seen = self.points_seen.lock().map_err(|_| poisoned("points collection seen"))?;
+        if seen.as_deref() == Some(points.as_str()) {
+            return Ok(());
+        }
+        // Taken as seen first: a failure below is said once, and the collection is not opened
+        // again each round should the description name another (a second catalog's sync).
+        *seen = Some(points.clone());
+        if self.read_index()?.collection().is_none_or(|collection| collection.points() == points) {
             return Ok(());
         }
         let collection = open_qdrant(catalog, &*self.current_space()?, store)?;

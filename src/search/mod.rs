@@ -246,6 +246,10 @@ pub struct SearchEngine {
     /// vectors to while the collection still holds them in the old one: taken up once `sync`
     /// has filled the collection in it ([`SearchEngine::take_up_new_space_with`]).
     space_awaiting_sync: Mutex<Option<String>>,
+    /// On a Qdrant collection, the collection the catalog last said holds the points (`sync`
+    /// records it; `sync --swap` moves them): each new one is followed once
+    /// ([`SearchEngine::follow_catalog`]).
+    points_seen: Mutex<Option<String>>,
     /// How the index was opened, to open it again when the change log cannot be followed.
     config: IndexConfig,
     /// The change-log position the index is in step with (see [`SearchEngine::follow_catalog`]).
@@ -466,6 +470,7 @@ impl SearchEngine {
             compacting: AtomicBool::new(false),
             compaction_put_off: AtomicBool::new(false),
             space_awaiting_sync: Mutex::new(None),
+            points_seen: Mutex::new(None),
             config,
             followed: AtomicI64::new(0),
             indexing: Mutex::new(None),

@@ -257,9 +257,18 @@ pub fn sync_qdrant(catalog: &SqliteCatalog, store: &QdrantConfig, mode: SyncMode
     let same_space = kept_space.as_deref() == Some(space.fingerprint().as_str());
     let products: std::collections::HashMap<Key, Product> = catalog.all_products()?.into_iter().map(|p| (p.key, p)).collect();
     let in_catalog: std::collections::HashSet<&str> = products.values().map(|p| p.id.as_str()).collect();
-    let without_catalog: Vec<ProductWithoutCatalog> = match kept.is_some() && cluster.collection_exists(&current)? {
-        true => cluster.products_without_catalog(&current, same_space)?.into_iter().filter(|p| !in_catalog.contains(p.product.id.as_str())).collect(),
-        false => Vec::new(),
+    let has_old = kept.is_some() && cluster.collection_exists(&current)?;
+    let without_catalog_in = |index: &QdrantIndex| -> Result<Vec<ProductWithoutCatalog>> {
+        match has_old {
+            true => Ok(index.products_without_catalog(&current, same_space)?.into_iter().filter(|p| !in_catalog.contains(p.product.id.as_str())).collect()),
+            false => Ok(Vec::new()),
+        }
+    };
+    // Read before the collection is deleted or changed; a swap leaves the old one as it is, so
+    // it reads them once the new one is full, and those added meanwhile go too.
+    let read_early = match mode {
+        SyncMode::Swap => None,
+        _ => Some(without_catalog_in(&cluster)?),
     };
     let (points, replaced) = match mode {
         SyncMode::Swap if cluster.collection_exists(&current)? => {
@@ -279,6 +288,10 @@ pub fn sync_qdrant(catalog: &SqliteCatalog, store: &QdrantConfig, mode: SyncMode
     let mut index = connect_qdrant_to(catalog, &space, cluster, points)?;
     let mut report = index.sync(exact.keys(), |key| exact.vector(key), |key| products.get(&key).and_then(|p| payload_image(catalog, p)))?;
     let moved = recreated || index.points() != current;
+    let without_catalog = match read_early {
+        Some(read) => read,
+        None => without_catalog_in(&index)?,
+    };
     match same_space {
         true if moved => report.carried_without_catalog = index.carry(&without_catalog)?,
         true => {}

@@ -180,14 +180,16 @@ pub fn describe_index(catalog: &SqliteCatalog, config: &IndexConfig) -> Result<S
 /// metadata (its writes carry them as payload). Warns when the collection and the catalog
 /// disagree in size: `lookalike sync` fixes that.
 pub fn open_qdrant(catalog: &SqliteCatalog, space: &SearchSpace, store: &QdrantConfig) -> Result<QdrantIndex> {
-    let index = connect_qdrant(catalog, space, store)?;
+    let cluster = QdrantIndex::connect_cluster(store.clone())?;
+    let (kept, points) = points_collection(&cluster, store)?;
+    let index = connect_qdrant_to(catalog, space, cluster, points)?;
     // Not between a `tune` that changed the vectors and the `sync` that sends them (servers
     // without the catalog follow the description, and the collection still holds the old
     // ones), nor in the old space meanwhile ([`collection_space`]: the catalog's head and
     // likeness bands are the new space's).
     let own = SearchSpace::for_catalog(catalog)?.fingerprint();
     if space.fingerprint() == own && collection_synced_space(catalog, store)?.is_none_or(|synced| synced == own) {
-        describe_collection(catalog, space, store, &index, None)?;
+        describe_collection(catalog, space, store, &index, kept.as_ref(), None)?;
     }
     let in_catalog = catalog.vector_count()?;
     if index.len() != in_catalog {
@@ -201,13 +203,8 @@ pub fn open_qdrant(catalog: &SqliteCatalog, space: &SearchSpace, store: &QdrantC
     Ok(index)
 }
 
-fn connect_qdrant(catalog: &SqliteCatalog, space: &SearchSpace, store: &QdrantConfig) -> Result<QdrantIndex> {
-    let cluster = QdrantIndex::connect_cluster(store.clone())?;
-    let (_, points) = points_collection(&cluster, store)?;
-    connect_qdrant_to(catalog, space, cluster, points)
-}
-
-/// [`connect_qdrant`] to collection `points` of the cluster.
+/// Opens collection `points` of the cluster for `catalog`: tells it every product's id and
+/// metadata (its writes carry them as payload).
 fn connect_qdrant_to(catalog: &SqliteCatalog, space: &SearchSpace, cluster: QdrantIndex, points: String) -> Result<QdrantIndex> {
     let dim = space.output_dim(catalog.vector_space()?.map_or(0, |s| s.dim));
     let mut index = cluster.open_points(points, dim)?;
@@ -223,12 +220,19 @@ fn connect_qdrant_to(catalog: &SqliteCatalog, space: &SearchSpace, cluster: Qdra
 /// the catalog's model and search space (written only when it changed).
 ///
 /// The description names the collection `index` holds the points in; `replaced` is the one a
-/// swap has just moved them from (otherwise the description keeps the one it named).
-fn describe_collection(catalog: &SqliteCatalog, space: &SearchSpace, store: &QdrantConfig, index: &QdrantIndex, replaced: Option<String>) -> Result<()> {
-    let kept = kept_description(index)?;
-    let replaced = replaced.or_else(|| kept.as_ref().and_then(|d| d.replaced.clone()));
+/// swap has just moved them from (otherwise the description keeps the one it named). `kept`
+/// is the description as read when the collection was opened (megabytes when tuned: read once).
+fn describe_collection(
+    catalog: &SqliteCatalog,
+    space: &SearchSpace,
+    store: &QdrantConfig,
+    index: &QdrantIndex,
+    kept: Option<&CollectionDescription>,
+    replaced: Option<String>,
+) -> Result<()> {
+    let replaced = replaced.or_else(|| kept.and_then(|d| d.replaced.clone()));
     if let Some(description) = CollectionDescription::of_catalog(catalog, space, store, index.points(), replaced)? {
-        if kept.as_ref() != Some(&description) {
+        if kept != Some(&description) {
             index.write_description(&serde_json::to_vec(&description)?)?;
         }
     }
@@ -298,7 +302,7 @@ pub fn sync_qdrant(catalog: &SqliteCatalog, store: &QdrantConfig, mode: SyncMode
         false => (report.without_catalog_in_old_space, report.to_encode) = (without_catalog.len(), without_catalog),
     }
     // The description once the points are in its space: servers without the catalog follow it.
-    describe_collection(catalog, &space, store, &index, replaced.clone())?;
+    describe_collection(catalog, &space, store, &index, kept.as_ref(), replaced.clone())?;
     catalog.set_setting(&synced_space_setting(&store.collection), &space.fingerprint())?;
     catalog.set_setting(&points_setting(&store.collection), index.points())?;
     // Servers have had since the last swap to leave the collection it replaced.

@@ -189,7 +189,8 @@ pub fn open_qdrant(catalog: &SqliteCatalog, space: &SearchSpace, store: &QdrantC
     // likeness bands are the new space's).
     let own = SearchSpace::for_catalog(catalog)?.fingerprint();
     if space.fingerprint() == own && collection_synced_space(catalog, store)?.is_none_or(|synced| synced == own) {
-        describe_collection(catalog, space, store, &index, kept.as_ref(), None)?;
+        let replaced = kept.as_ref().map(|d| d.replaced.clone()).unwrap_or_default();
+        describe_collection(catalog, space, store, &index, kept.as_ref(), replaced)?;
     }
     let in_catalog = catalog.vector_count()?;
     if index.len() != in_catalog {
@@ -219,18 +220,17 @@ fn connect_qdrant_to(catalog: &SqliteCatalog, space: &SearchSpace, cluster: Qdra
 /// Servers without the catalog search the collection by its description: kept in step with
 /// the catalog's model and search space (written only when it changed).
 ///
-/// The description names the collection `index` holds the points in; `replaced` is the one a
-/// swap has just moved them from (otherwise the description keeps the one it named). `kept`
-/// is the description as read when the collection was opened (megabytes when tuned: read once).
+/// The description names the collection `index` holds the points in and the collections
+/// swaps `replaced`. `kept` is the description as read when the collection was opened
+/// (megabytes when tuned: read once).
 fn describe_collection(
     catalog: &SqliteCatalog,
     space: &SearchSpace,
     store: &QdrantConfig,
     index: &QdrantIndex,
     kept: Option<&CollectionDescription>,
-    replaced: Option<String>,
+    replaced: Vec<ReplacedCollection>,
 ) -> Result<()> {
-    let replaced = replaced.or_else(|| kept.and_then(|d| d.replaced.clone()));
     if let Some(description) = CollectionDescription::of_catalog(catalog, space, store, index.points(), replaced)? {
         if kept != Some(&description) {
             index.write_description(&serde_json::to_vec(&description)?)?;
@@ -248,9 +248,10 @@ fn describe_collection(
 ///
 /// [`SyncMode::Swap`] fills a new collection beside the one that holds the points and then
 /// rewrites the description to name it: servers search the old one, whole and in its own
-/// space, until they read the new description, then the new one. The collection the swap
-/// before replaced is deleted; the one this swap replaced is kept until the next.
-pub fn sync_qdrant(catalog: &SqliteCatalog, store: &QdrantConfig, mode: SyncMode) -> Result<SyncReport> {
+/// space, until they read the new description, then the new one. The collection it replaced
+/// is kept for servers that have not moved yet; any sync deletes the collections swaps
+/// replaced `keep.at_least` ago or longer.
+pub fn sync_qdrant(catalog: &SqliteCatalog, store: &QdrantConfig, mode: SyncMode, keep: KeepReplaced) -> Result<SyncReport> {
     let space = SearchSpace::for_catalog(catalog)?;
     let cluster = QdrantIndex::connect_cluster(store.clone())?;
     let (kept, current) = points_collection(&cluster, store)?;
@@ -301,17 +302,27 @@ pub fn sync_qdrant(catalog: &SqliteCatalog, store: &QdrantConfig, mode: SyncMode
         true => {}
         false => (report.without_catalog_in_old_space, report.to_encode) = (without_catalog.len(), without_catalog),
     }
+    // Collections swaps replaced long enough ago that every server has left them go (deleted
+    // before the description stops naming them, so that one whose deletion fails is tried
+    // again by the next sync); the rest stay named, with the one this swap replaced.
+    let earlier = kept.as_ref().map(|d| d.replaced.clone()).unwrap_or_default();
+    let earlier = earlier.into_iter().filter(|r| r.collection != index.points() && Some(&r.collection) != replaced.as_ref()).collect();
+    let (due, mut still_kept) = keep.due(earlier);
+    let mut deleted_collections = Vec::new();
+    for old in due {
+        if index.delete_collection(&old.collection)? {
+            deleted_collections.push(old.collection);
+        }
+    }
+    if let Some(collection) = &replaced {
+        still_kept.insert(0, ReplacedCollection { collection: collection.clone(), at: Some(keep.now_secs()) });
+    }
+    let kept_collections = still_kept.iter().map(|r| r.collection.clone()).collect();
     // The description once the points are in its space: servers without the catalog follow it.
-    describe_collection(catalog, &space, store, &index, kept.as_ref(), replaced.clone())?;
+    describe_collection(catalog, &space, store, &index, kept.as_ref(), still_kept)?;
     catalog.set_setting(&synced_space_setting(&store.collection), &space.fingerprint())?;
     catalog.set_setting(&points_setting(&store.collection), index.points())?;
-    // Servers have had since the last swap to leave the collection it replaced.
-    let older = kept.and_then(|d| d.replaced).filter(|older| replaced.is_some() && *older != index.points() && Some(older) != replaced.as_ref());
-    let deleted_collection = match older {
-        Some(older) if index.delete_collection(&older)? => Some(older),
-        _ => None,
-    };
-    Ok(SyncReport { recreated, replaced, deleted_collection, ..report })
+    Ok(SyncReport { recreated, replaced, deleted_collections, kept_collections, ..report })
 }
 
 /// The collection a swap fills next: `NAME_v2` after `NAME`, `NAME_v3` after `NAME_v2`.
@@ -418,10 +429,70 @@ pub struct CollectionDescription {
     /// of the description moves them all.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub points: Option<String>,
-    /// The collection the last swap replaced, kept for servers that have not yet read this
-    /// description; the next swap deletes it.
+    /// The collections swaps moved the points from, newest first, kept for servers that have
+    /// not yet read this description; a sync deletes each once it has been kept long enough
+    /// ([`KeepReplaced`]). (Written by a lookalike before 2026-12-06 as one name, without a time.)
+    #[serde(default, deserialize_with = "replaced_collections", skip_serializing_if = "Vec::is_empty")]
+    pub replaced: Vec<ReplacedCollection>,
+}
+
+/// A collection a swap moved the points from.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ReplacedCollection {
+    pub collection: String,
+    /// When the swap named the new collection, in seconds since the Unix epoch by the clock of
+    /// the machine that ran it; absent when an older lookalike swapped.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub replaced: Option<String>,
+    pub at: Option<u64>,
+}
+
+/// Reads `replaced` as a list, or as the one name older descriptions kept.
+fn replaced_collections<'de, D: serde::Deserializer<'de>>(deserializer: D) -> std::result::Result<Vec<ReplacedCollection>, D::Error> {
+    #[derive(serde::Deserialize)]
+    #[serde(untagged)]
+    enum Field {
+        Name(String),
+        List(Vec<ReplacedCollection>),
+    }
+    Ok(match <Field as serde::Deserialize>::deserialize(deserializer)? {
+        Field::Name(collection) => vec![ReplacedCollection { collection, at: None }],
+        Field::List(list) => list,
+    })
+}
+
+/// How long a collection a swap replaced is kept before a sync deletes it, and the time now.
+///
+/// Servers move to the new collection when they next read the description: a replica every
+/// 5 s, a server with the catalog on its next follow round. Deleting the old one before then
+/// leaves a server searching a collection that is gone (it answers 503 until it moves), so a
+/// second swap right after the first, as a script may run them, must keep it. The time is
+/// given, not read inside, so that tests choose it.
+#[derive(Debug, Clone, Copy)]
+pub struct KeepReplaced {
+    pub at_least: std::time::Duration,
+    pub now: std::time::SystemTime,
+}
+
+impl KeepReplaced {
+    /// Twelve of a replica's description checks: room for a few that fail.
+    pub const DEFAULT: std::time::Duration = std::time::Duration::from_secs(60);
+
+    /// Kept `at_least`, counted from now.
+    pub fn from_now(at_least: std::time::Duration) -> KeepReplaced {
+        KeepReplaced { at_least, now: std::time::SystemTime::now() }
+    }
+
+    fn now_secs(&self) -> u64 {
+        self.now.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+    }
+
+    /// Splits `replaced` into the collections kept long enough (to delete) and the rest. One
+    /// replaced by an older lookalike (no time) has been kept since before this one ran; one
+    /// replaced "later" than now (another machine's clock ahead) is kept.
+    fn due(&self, replaced: Vec<ReplacedCollection>) -> (Vec<ReplacedCollection>, Vec<ReplacedCollection>) {
+        let now = self.now_secs();
+        replaced.into_iter().partition(|r| r.at.is_none_or(|at| now.checked_sub(at).is_some_and(|kept| kept >= self.at_least.as_secs())))
+    }
 }
 
 /// A [`SearchSpace`] as the description keeps it.
@@ -490,7 +561,7 @@ impl StoredSpace {
 impl CollectionDescription {
     /// The description of `catalog`'s collection, its points in collection `points`; `None`
     /// before it has vectors (no model yet).
-    fn of_catalog(catalog: &SqliteCatalog, space: &SearchSpace, store: &QdrantConfig, points: &str, replaced: Option<String>) -> Result<Option<CollectionDescription>> {
+    fn of_catalog(catalog: &SqliteCatalog, space: &SearchSpace, store: &QdrantConfig, points: &str, replaced: Vec<ReplacedCollection>) -> Result<Option<CollectionDescription>> {
         use base64::Engine as _;
         let Some(vector_space) = catalog.vector_space()? else { return Ok(None) };
         let space = StoredSpace::of(space);
@@ -699,11 +770,34 @@ mod tests {
         assert_eq!(next_points_collection("shop_v2", "shop_v2"), "shop_v2_v2");
         let old = r#"{"model":"m","model_dim":4,"model_json":null,"space":{"kind":"identity"},"likeness":null,"has_colour":false,"colour_column":"baseColour","facet_columns":[],"foreground":null}"#;
         let read: CollectionDescription = serde_json::from_str(old)?;
-        assert_eq!((read.points("shop"), read.replaced.as_deref()), ("shop", None));
-        let swapped = CollectionDescription { points: Some("shop_v3".into()), replaced: Some("shop_v2".into()), ..read };
+        assert_eq!((read.points("shop"), read.replaced.as_slice()), ("shop", &[][..]));
+        let replaced = |collection: &str, at| ReplacedCollection { collection: collection.into(), at };
+        let swapped = CollectionDescription { points: Some("shop_v3".into()), replaced: vec![replaced("shop_v2", Some(1_000)), replaced("shop", None)], ..read.clone() };
         let back: CollectionDescription = serde_json::from_slice(&serde_json::to_vec(&swapped)?)?;
-        assert_eq!((back.points("shop"), back.replaced.as_deref()), ("shop_v3", Some("shop_v2")));
+        assert_eq!(back, swapped);
+        // As the first lookalike with swaps wrote it: one name, no time.
+        let one = old.replace(r#""foreground":null"#, r#""foreground":null,"points":"shop_v2","replaced":"shop""#);
+        let read_one: CollectionDescription = serde_json::from_str(&one)?;
+        assert_eq!((read_one.points("shop"), read_one.replaced.clone()), ("shop_v2", vec![replaced("shop", None)]));
         Ok(())
+    }
+
+    /// A collection a swap replaced is deleted only once servers have had `at_least` to move
+    /// off it: a second swap right after the first keeps it. One an older lookalike replaced
+    /// (no time) is old enough; one stamped ahead of this machine's clock is not.
+    #[test]
+    fn replaced_collections_are_kept_until_servers_have_had_time_to_move() {
+        let replaced = |collection: &str, at| ReplacedCollection { collection: collection.into(), at };
+        let at = |secs| std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs);
+        let keep = |now| KeepReplaced { at_least: KeepReplaced::DEFAULT, now: at(now) };
+        let names = |list: Vec<ReplacedCollection>| list.into_iter().map(|r| r.collection).collect::<Vec<String>>();
+        let list = vec![replaced("shop_v3", Some(10_000)), replaced("shop_v2", Some(9_000)), replaced("shop", None), replaced("ahead", Some(20_000))];
+        let (due, kept) = keep(10_030).due(list.clone());
+        assert_eq!((names(due), names(kept)), (vec!["shop_v2".to_string(), "shop".into()], vec!["shop_v3".to_string(), "ahead".into()]));
+        let (due, kept) = keep(10_060).due(list.clone());
+        assert_eq!((names(due), names(kept)), (vec!["shop_v3".to_string(), "shop_v2".into(), "shop".into()], vec!["ahead".to_string()]));
+        let (due, _) = KeepReplaced { at_least: std::time::Duration::ZERO, now: at(10_000) }.due(list);
+        assert_eq!(names(due), vec!["shop_v3", "shop_v2", "shop"], "kept for no time: all but the one from the future");
     }
 
     /// A server without the catalog maps queries exactly as the catalog's side does: every kind

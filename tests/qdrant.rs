@@ -13,7 +13,7 @@ use lookalike::catalog::{SqliteCatalog, VectorKind};
 use lookalike::index::qdrant::QdrantConfig;
 use lookalike::index::{IndexConfig, Precision};
 use lookalike::search::{Items, SearchEngine, SearchRequest};
-use lookalike::store::SyncMode;
+use lookalike::store::{KeepReplaced, SyncMode};
 use lookalike::types::Filter;
 use rand::{Rng, SeedableRng};
 
@@ -132,6 +132,11 @@ fn sync_report(out: &std::process::Output) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("sync JSON ({e}): {}", String::from_utf8_lossy(&out.stderr)))
 }
 
+/// How long syncs called as functions keep collections swaps replaced: the default, from now.
+fn keep_replaced() -> KeepReplaced {
+    KeepReplaced::from_now(KeepReplaced::DEFAULT)
+}
+
 /// `lookalike tune` of the catalog at `db`, which must succeed.
 fn tune_cli(db: &std::path::Path, args: &[&str]) {
     let out = Command::new(BIN).args(["tune", "--db", db.to_str().expect("utf-8")]).args(args).output().expect("tune");
@@ -153,9 +158,9 @@ fn qdrant_matches_the_embedded_store_and_follows_changes() {
     let config = store(&collection, true);
 
     let catalog = SqliteCatalog::open(&db).expect("catalog");
-    let report = lookalike::store::sync_qdrant(&catalog, &config, SyncMode::InPlace).expect("sync");
+    let report = lookalike::store::sync_qdrant(&catalog, &config, SyncMode::InPlace, keep_replaced()).expect("sync");
     assert_eq!((report.in_catalog, report.added, report.deleted), (300, 300, 0), "{report:?}");
-    let again = lookalike::store::sync_qdrant(&catalog, &config, SyncMode::InPlace).expect("sync again");
+    let again = lookalike::store::sync_qdrant(&catalog, &config, SyncMode::InPlace, keep_replaced()).expect("sync again");
     assert_eq!((again.added, again.deleted), (0, 0), "a second sync changes nothing");
 
     // 500 queries: catalog vectors with noise, so none is identical to a stored one.
@@ -351,8 +356,10 @@ fn sync_recreate_fills_a_collection_afresh_in_the_space_tune_makes() {
 /// the new space (64-d here, from 1280-d) fill a new collection beside the old one, and servers
 /// with and without the catalog answer from the old one, whole and in its own space, until they
 /// follow (the catalog records the swap; the description names the new collection), then from
-/// the new one. The next swap (same space) deletes the collection the first replaced and keeps
-/// the one it replaces; a plain `sync` then syncs the collection that holds the points.
+/// the new one. A second swap (same space) soon after keeps both collections the swaps
+/// replaced (a server may not have moved off the first yet); a plain `sync` once they have been
+/// kept long enough (`--keep-replaced`, 0 here) deletes them and syncs the collection that holds
+/// the points.
 #[test]
 #[ignore = "needs a Qdrant server: LOOKALIKE_QDRANT_URL"]
 fn sync_swap_moves_every_server_to_a_new_collection_at_once() {
@@ -390,6 +397,7 @@ fn sync_swap_moves_every_server_to_a_new_collection_at_once() {
     let swapped = sync_report(&out);
     assert_eq!(swapped["collection"], second.as_str(), "{swapped}");
     assert_eq!(swapped["replaced"], collection.as_str(), "{swapped}");
+    assert_eq!(swapped["kept_collections"], serde_json::json!([collection]), "kept for servers that have not moved: {swapped}");
     assert_eq!((swapped["in_collection_before"].as_u64(), swapped["added"].as_u64()), (Some(0), Some(300)), "a new collection, filled: {swapped}");
     // Its vector was in the old space: encoded again from the photo its point carries.
     assert_eq!((swapped["without_catalog_in_old_space"].as_u64(), swapped["encoded_again"].as_u64()), (Some(1), Some(1)), "{swapped}");
@@ -406,27 +414,28 @@ fn sync_swap_moves_every_server_to_a_new_collection_at_once() {
     finds_added(&replica, "after the first swap");
     finds_added(&server, "after the first swap");
 
-    // Swapped again in the same space: the first collection goes, the second stays for servers
-    // that have not moved yet, and both servers move to the third.
-    let again = sync_report(&sync_cli(&db, &collection, &["--swap"]));
-    assert_eq!(
-        (again["collection"].as_str(), again["replaced"].as_str(), again["deleted_collection"].as_str()),
-        (Some(third.as_str()), Some(second.as_str()), Some(collection.as_str())),
-        "{again}"
-    );
-    assert!(!exists(&collection) && exists(&second) && exists(&third) && exists(&taken));
+    // Swapped again in the same space, at once (a day's keep: this test never takes that
+    // long): both earlier collections stay for servers that have not moved yet, and both
+    // servers move to the third.
+    let again = sync_report(&sync_cli(&db, &collection, &["--swap", "--keep-replaced", "86400"]));
+    assert_eq!((again["collection"].as_str(), again["replaced"].as_str()), (Some(third.as_str()), Some(second.as_str())), "{again}");
+    assert_eq!((again["deleted_collections"].clone(), again["kept_collections"].clone()), (serde_json::json!([]), serde_json::json!([second, collection])), "{again}");
+    assert!(exists(&collection) && exists(&second) && exists(&third) && exists(&taken));
     assert_eq!((again["carried_without_catalog"].as_u64(), again["encoded_again"].as_u64()), (Some(1), Some(0)), "same space: copied as it was: {again}");
     assert_eq!(first_pages(&replica, &photos), tuned, "the replica still answers from the second collection");
     server.follow_catalog().expect("follow");
     assert!(replica.follow_collection_description().expect("follow the description"), "the description names the third collection");
-    assert!(cluster.delete_collection(&second).expect("delete the second collection"));
+    // Kept long enough (0 s here): a plain sync deletes both and syncs the third.
+    let plain = sync_report(&sync_cli(&db, &collection, &["--keep-replaced", "0"]));
+    assert_eq!((plain["collection"].as_str(), plain["added"].as_u64(), plain["resent"].as_u64()), (Some(third.as_str()), Some(0), Some(0)), "{plain}");
+    assert_eq!((plain["deleted_collections"].clone(), plain["kept_collections"].clone()), (serde_json::json!([second, collection]), serde_json::json!([])), "{plain}");
+    assert!(!exists(&collection) && !exists(&second) && exists(&third));
     assert_eq!(first_pages(&server, &photos), tuned, "the server searches the third collection");
     assert_eq!(first_pages(&replica, &photos), tuned, "and so does the replica");
     assert_eq!(first_pages(&open_remote(), &photos), tuned, "a server started now opens the collection the description names");
     finds_added(&replica, "after the second swap");
-    let plain = sync_report(&sync_cli(&db, &collection, &[]));
-    assert_eq!((plain["collection"].as_str(), plain["added"].as_u64(), plain["resent"].as_u64()), (Some(third.as_str()), Some(0), Some(0)), "{plain}");
-    assert!(!exists(&collection), "a plain sync leaves the named collection to the description");
+    let quiet = sync_report(&sync_cli(&db, &collection, &[]));
+    assert_eq!((quiet["collection"].as_str(), quiet["deleted_collections"].clone()), (Some(third.as_str()), serde_json::json!([])), "{quiet}");
     for name in [third, format!("{collection}_lookalike"), format!("{taken}_lookalike"), taken] {
         cluster.delete_collection(&name).expect("clean up");
     }
@@ -442,7 +451,7 @@ fn sync_swap_moves_every_server_to_a_new_collection_at_once() {
 #[ignore = "needs a Qdrant server: LOOKALIKE_QDRANT_URL"]
 fn replicas_with_and_without_the_catalog_share_one_collection() {
     let OwnCollection { _cluster, _dir, db, collection } = own_collection("replicas");
-    let report = lookalike::store::sync_qdrant(&SqliteCatalog::open(&db).expect("catalog"), &store(&collection, true), SyncMode::InPlace).expect("sync");
+    let report = lookalike::store::sync_qdrant(&SqliteCatalog::open(&db).expect("catalog"), &store(&collection, true), SyncMode::InPlace, keep_replaced()).expect("sync");
     assert_eq!(report.added, 300);
 
     let token = "replica-test";
@@ -533,7 +542,7 @@ fn replicas_with_and_without_the_catalog_share_one_collection() {
 fn a_load_balancer_spreads_searches_over_replicas_and_skips_a_stopped_one() {
     let OwnCollection { _cluster, _dir: dir, db, collection } = own_collection("balanced");
     let nginx = ["/usr/sbin/nginx", "/usr/bin/nginx"].into_iter().find(|p| std::path::Path::new(p).exists()).expect("nginx (apt-get install nginx-light)");
-    lookalike::store::sync_qdrant(&SqliteCatalog::open(&db).expect("catalog"), &store(&collection, true), SyncMode::InPlace).expect("sync");
+    lookalike::store::sync_qdrant(&SqliteCatalog::open(&db).expect("catalog"), &store(&collection, true), SyncMode::InPlace, keep_replaced()).expect("sync");
     let args = ["--no-catalog", "--store", &qdrant_url(), "--collection", &collection, "--qdrant-exact"];
     let mut replicas = vec![Server::start_with(&args, &[]), Server::start_with(&args, &[])];
     let upstream = |server: &Server| server.url("").trim_start_matches("http://").to_string();
@@ -616,7 +625,7 @@ fn cluster_keeps_answering_with_a_node_down() {
     let dir = tempfile::tempdir().expect("tempdir");
     let db = copy_catalog(dir.path());
     let catalog = SqliteCatalog::open(&db).expect("catalog");
-    let report = lookalike::store::sync_qdrant(&catalog, &on(&nodes[0]), SyncMode::InPlace).expect("sync to the cluster");
+    let report = lookalike::store::sync_qdrant(&catalog, &on(&nodes[0]), SyncMode::InPlace, keep_replaced()).expect("sync to the cluster");
     assert_eq!(report.added, 300);
     let vectors = model_vectors_of(&catalog);
     let config = IndexConfig { store: Some(on(&nodes[0])), ..IndexConfig::default() };
@@ -667,7 +676,7 @@ fn cluster_replica_answers_503_while_its_qdrant_is_down_and_recovers() {
     let dir = tempfile::tempdir().expect("tempdir");
     let db = copy_catalog(dir.path());
     let everywhere = QdrantConfig { shards: Some(1), replicas: Some(3), ..store_at(&nodes[0], &collection, true) };
-    let report = lookalike::store::sync_qdrant(&SqliteCatalog::open(&db).expect("catalog"), &everywhere, SyncMode::InPlace).expect("sync to the cluster");
+    let report = lookalike::store::sync_qdrant(&SqliteCatalog::open(&db).expect("catalog"), &everywhere, SyncMode::InPlace, keep_replaced()).expect("sync to the cluster");
     assert_eq!(report.added, 300);
 
     // One replica with the catalog file, one without: both behave the same.

@@ -97,12 +97,14 @@ impl StoreArgs {
     /// After a catalog change: bring the Qdrant collection in line (a no-op for embedded).
     pub fn sync_after_change(&self, catalog: &SqliteCatalog) -> Result<()> {
         if let Some(config) = self.qdrant(catalog.path())? {
-            let report = lookalike::store::sync_qdrant(catalog, &config, lookalike::store::SyncMode::InPlace)?;
+            let keep = lookalike::store::KeepReplaced::from_now(lookalike::store::KeepReplaced::DEFAULT);
+            let report = lookalike::store::sync_qdrant(catalog, &config, lookalike::store::SyncMode::InPlace, keep)?;
             let encoded = encode_again(catalog, &config, &report.to_encode)?;
             eprintln!(
                 "Qdrant collection {:?}: {} added, {} sent again, {} deleted, {encoded} added without the catalog encoded again ({:.1}s)",
                 report.collection, report.added, report.resent, report.deleted, report.seconds
             );
+            report_replaced_collections(&report);
         }
         Ok(())
     }
@@ -329,6 +331,17 @@ impl From<AnnModeArg> for AnnMode {
             AnnModeArg::Always => AnnMode::Always,
             AnnModeArg::Never => AnnMode::Never,
         }
+    }
+}
+
+/// Says which collections earlier swaps replaced a sync deleted, and which it keeps.
+pub fn report_replaced_collections(report: &lookalike::index::qdrant::SyncReport) {
+    for deleted in &report.deleted_collections {
+        eprintln!("deleted collection {deleted:?}, which a swap had replaced (servers have had time to move off it)");
+    }
+    let older: Vec<&String> = report.kept_collections.iter().filter(|c| Some(*c) != report.replaced.as_ref()).collect();
+    if !older.is_empty() {
+        eprintln!("kept collections {older:?}, which swaps replaced moments ago: servers may still search them; a later sync deletes them");
     }
 }
 

@@ -5,7 +5,7 @@ use clap::Args;
 
 use super::args::*;
 use lookalike::catalog::SqliteCatalog;
-use lookalike::store::SyncMode;
+use lookalike::store::{KeepReplaced, SyncMode};
 
 #[derive(Args)]
 pub struct SyncArgs {
@@ -17,9 +17,13 @@ pub struct SyncArgs {
     /// move every server to it at once (the collection's description names it; servers read it
     /// within 5 s). Servers answer from the old collection, in its own search space, until
     /// then: the way to send a `tune` to a collection that is being searched. The collection
-    /// replaced is kept until the next swap, which deletes it.
+    /// replaced is kept (see --keep-replaced).
     #[arg(long, conflicts_with = "recreate")]
     pub swap: bool,
+    /// Seconds a collection a swap replaced is kept for servers that have not moved off it
+    /// yet; any later sync (or `index --store`) deletes it after that.
+    #[arg(long, value_name = "SECONDS", default_value_t = KeepReplaced::DEFAULT.as_secs())]
+    pub keep_replaced: u64,
     /// Delete the collection first if its vectors no longer fit the catalog's search space
     /// (`lookalike tune` changed their dimension), and fill it afresh. Servers searching it
     /// answer errors until it is filled (`--swap` has no such window, for twice the disk
@@ -38,7 +42,8 @@ pub fn run(args: SyncArgs) -> Result<()> {
         (_, true) => SyncMode::Recreate,
         _ => SyncMode::InPlace,
     };
-    let mut report = lookalike::store::sync_qdrant(&catalog, &config, mode)?;
+    let keep = KeepReplaced::from_now(std::time::Duration::from_secs(args.keep_replaced));
+    let mut report = lookalike::store::sync_qdrant(&catalog, &config, mode, keep)?;
     let to_encode = std::mem::take(&mut report.to_encode);
     let encoded_again = encode_again(&catalog, &config, &to_encode)?;
     let mut json = serde_json::to_value(&report)?;
@@ -49,13 +54,11 @@ pub fn run(args: SyncArgs) -> Result<()> {
     }
     if let Some(replaced) = &report.replaced {
         eprintln!(
-            "filled collection {:?} in place of {replaced:?} and named it in {:?}'s description: servers move to it within seconds; {replaced:?} is kept until the next swap",
-            report.collection, config.collection
+            "filled collection {:?} in place of {replaced:?} and named it in {:?}'s description: servers move to it within seconds; {replaced:?} is kept for {} s, then a later sync deletes it",
+            report.collection, config.collection, args.keep_replaced
         );
     }
-    if let Some(deleted) = &report.deleted_collection {
-        eprintln!("deleted collection {deleted:?}, which the swap before had replaced");
-    }
+    report_replaced_collections(&report);
     if report.carried_without_catalog > 0 {
         eprintln!("{} products added through servers without the catalog were copied to {:?}", report.carried_without_catalog, report.collection);
     }

@@ -187,11 +187,15 @@ pub struct SyncReport {
     /// The collection that holds the points now: the one named, or the one `sync --swap`
     /// filled beside it (the description names it; every server follows).
     pub collection: String,
-    /// The collection `sync --swap` filled this one in place of: kept, until the next swap,
-    /// for servers that have not yet read the new description.
+    /// The collection `sync --swap` filled this one in place of: kept for servers that have
+    /// not yet read the new description.
     pub replaced: Option<String>,
-    /// The collection the swap before replaced, deleted by this one.
-    pub deleted_collection: Option<String>,
+    /// Collections earlier swaps replaced, deleted by this sync: kept long enough for every
+    /// server to have moved off them.
+    pub deleted_collections: Vec<String>,
+    /// Collections swaps replaced (this one's first) that are kept for now: a later sync
+    /// deletes them.
+    pub kept_collections: Vec<String>,
     /// Products added through servers without the catalog, copied as they were from the
     /// collection this sync replaced or recreated (same search space).
     pub carried_without_catalog: usize,

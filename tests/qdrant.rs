@@ -382,10 +382,11 @@ fn sync_swap_moves_every_server_to_a_new_collection_at_once() {
     // A product only the collection knows, added through the replica: every swap keeps it.
     let (added_photo, _) = test_photo(7);
     replica.add_product_photo("added-by-replica".into(), added_photo.clone(), Default::default()).expect("add through the replica");
-    let finds_added = |engine: &SearchEngine, when: &str| {
-        let first = first_pages(engine, std::slice::from_ref(&added_photo))[0].first().cloned();
-        assert_eq!(first.as_deref(), Some("added-by-replica"), "{when}: the product added through the replica is found by its photo");
+    let finds = |engine: &SearchEngine, photo: &Vec<u8>, id: &str, when: &str| {
+        let first = first_pages(engine, std::slice::from_ref(photo))[0].first().cloned();
+        assert_eq!(first.as_deref(), Some(id), "{when}: the product added through the replica is found by its photo");
     };
+    let finds_added = |engine: &SearchEngine, when: &str| finds(engine, &added_photo, "added-by-replica", when);
     let before = first_pages(&server, &photos);
     assert_eq!(first_pages(&replica, &photos), before);
 
@@ -423,8 +424,15 @@ fn sync_swap_moves_every_server_to_a_new_collection_at_once() {
     assert!(exists(&collection) && exists(&second) && exists(&third) && exists(&taken));
     assert_eq!((again["carried_without_catalog"].as_u64(), again["encoded_again"].as_u64()), (Some(1), Some(0)), "same space: copied as it was: {again}");
     assert_eq!(first_pages(&replica, &photos), tuned, "the replica still answers from the second collection");
+    // A product added through the replica before its next check goes where the description
+    // points now, not to the collection the swap replaced: the write reads the description.
+    let (late_photo, _) = test_photo(8);
+    replica.add_product_photo("added-after-the-swap".into(), late_photo.clone(), Default::default()).expect("add through the replica");
+    assert!(!replica.follow_collection_description().expect("follow the description"), "the replica's write took up the description naming the third collection");
     server.follow_catalog().expect("follow");
-    assert!(replica.follow_collection_description().expect("follow the description"), "the description names the third collection");
+    // (The server, opening the third collection, wrote the description again with its own
+    // facet columns: the replica takes that up too.)
+    replica.follow_collection_description().expect("follow the description");
     // Kept long enough (0 s here): a plain sync deletes both and syncs the third.
     let plain = sync_report(&sync_cli(&db, &collection, &["--keep-replaced", "0"]));
     assert_eq!((plain["collection"].as_str(), plain["added"].as_u64(), plain["resent"].as_u64()), (Some(third.as_str()), Some(0), Some(0)), "{plain}");
@@ -434,6 +442,7 @@ fn sync_swap_moves_every_server_to_a_new_collection_at_once() {
     assert_eq!(first_pages(&replica, &photos), tuned, "and so does the replica");
     assert_eq!(first_pages(&open_remote(), &photos), tuned, "a server started now opens the collection the description names");
     finds_added(&replica, "after the second swap");
+    finds(&server, &late_photo, "added-after-the-swap", "added through the replica after the second swap");
     let quiet = sync_report(&sync_cli(&db, &collection, &[]));
     assert_eq!((quiet["collection"].as_str(), quiet["deleted_collections"].clone()), (Some(third.as_str()), serde_json::json!([])), "{quiet}");
     for name in [third, format!("{collection}_lookalike"), format!("{taken}_lookalike"), taken] {

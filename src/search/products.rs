@@ -35,7 +35,11 @@ impl SearchEngine {
         };
         let stored = StoredProduct { id: product.id.clone(), metadata: product.metadata.clone(), colour: product.colour.clone() };
         if self.catalog.is_none() {
-            // Straight to the collection, where every server finds it on its next search.
+            // Straight to the collection, where every server finds it on its next search. The
+            // description first: after a `sync --swap` it names another collection, which this
+            // server would otherwise read only on its next check (up to 5 s), writing meanwhile
+            // to the one the swap replaced, where no other server looks and a later sync deletes it.
+            self.follow_collection_description()?;
             let key = collection_key(&product.id);
             let mut index = self.write_index()?;
             let searched = map_product(&index.space, &product.vector)?;
@@ -80,6 +84,8 @@ impl SearchEngine {
     /// its id, so also a product another server added there). Returns whether it existed.
     pub fn remove_product(&self, id: &str) -> Result<bool, SearchError> {
         if self.catalog.is_none() {
+            // From the collection the description names now (see `add_product`).
+            self.follow_collection_description()?;
             return Ok(self.collection_mut(|c| c.remove_product(id))?);
         }
         let mut catalog = self.lock_catalog()?;

@@ -397,6 +397,25 @@ impl QdrantIndex {
         }
     }
 
+    /// The metadata columns with a keyword index in the collection that holds the points: the
+    /// facets it can count. They were made with the collection, from the `--filter-columns` of
+    /// whoever made it, so they are read here rather than taken from this process's settings.
+    /// By name (the API lists facets by name), so that every writer describes them alike.
+    pub fn keyword_columns(&self) -> Result<Vec<String>> {
+        let name = self.points.clone();
+        let info = self.retry("reading the collection", || self.client.collection_info(name.clone()))?;
+        let mut indexed: Vec<String> = info
+            .result
+            .map(|r| r.payload_schema)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|(field, schema)| field != ID_FIELD && schema.data_type == qdrant_client::qdrant::PayloadSchemaType::Keyword as i32)
+            .map(|(field, _)| field)
+            .collect();
+        indexed.sort();
+        Ok(indexed)
+    }
+
     /// Whether a collection of `shape` (vector size, distance) holds this index's vectors.
     fn fits(&self, shape: (u64, i32)) -> bool {
         shape == (self.dim as u64, Distance::Dot as i32)

@@ -66,7 +66,7 @@ fn describe_collection(
     kept: Option<&CollectionDescription>,
     replaced: Vec<ReplacedCollection>,
 ) -> Result<()> {
-    if let Some(description) = CollectionDescription::of_catalog(catalog, space, store, index.points(), replaced)? {
+    if let Some(description) = CollectionDescription::of_catalog(catalog, space, store, index, replaced)? {
         if kept != Some(&description) {
             index.write_description(&serde_json::to_vec(&description)?)?;
         }
@@ -394,11 +394,18 @@ impl StoredSpace {
 }
 
 impl CollectionDescription {
-    /// The description of `catalog`'s collection, its points in collection `points`; `None`
-    /// before it has vectors (no model yet).
-    fn of_catalog(catalog: &SqliteCatalog, space: &SearchSpace, store: &QdrantConfig, points: &str, replaced: Vec<ReplacedCollection>) -> Result<Option<CollectionDescription>> {
+    /// The description of `catalog`'s collection, its points in `index`'s collection (whose
+    /// keyword-indexed columns are the facets); `None` before it has vectors (no model yet).
+    fn of_catalog(
+        catalog: &SqliteCatalog,
+        space: &SearchSpace,
+        store: &QdrantConfig,
+        index: &QdrantIndex,
+        replaced: Vec<ReplacedCollection>,
+    ) -> Result<Option<CollectionDescription>> {
         use base64::Engine as _;
         let Some(vector_space) = catalog.vector_space()? else { return Ok(None) };
+        let (points, facet_columns) = (index.points(), index.keyword_columns()?);
         let space = StoredSpace::of(space);
         let colours = crate::colour::ColourTable::load(catalog)?;
         Ok(Some(CollectionDescription {
@@ -409,7 +416,7 @@ impl CollectionDescription {
             likeness: catalog.setting(crate::likeness::SETTING)?,
             has_colour: colours.has_colour(),
             colour_column: colours.column().to_string(),
-            facet_columns: store.filter_columns.clone(),
+            facet_columns,
             foreground: catalog.foreground_head()?.map(|head| base64::engine::general_purpose::STANDARD.encode(head.to_bytes())),
             points: (points != store.collection).then(|| points.to_string()),
             replaced,

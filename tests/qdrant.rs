@@ -369,8 +369,10 @@ fn sync_swap_moves_every_server_to_a_new_collection_at_once() {
     let (taken, second, third) = (format!("{collection}_v2"), format!("{collection}_v3"), format!("{collection}_v4"));
     let cluster = lookalike::index::qdrant::QdrantIndex::connect_cluster(store(&collection, true)).expect("cluster");
     let exists = |name: &str| cluster.collection_exists(name).expect("collection exists");
-    for name in [&collection, &taken] {
-        let out = sync_cli(&db, name, &[]);
+    // Made replicated, with a keyword index `sync`'s default --filter-columns lack: the
+    // collections the swaps make in its place are made the same way.
+    for (name, made) in [(&collection, &["--shards", "2", "--replicas", "2", "--filter-columns", "articleType,colourName"][..]), (&taken, &[])] {
+        let out = sync_cli(&db, name, made);
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     }
 
@@ -403,6 +405,9 @@ fn sync_swap_moves_every_server_to_a_new_collection_at_once() {
     // Its vector was in the old space: encoded again from the photo its point carries.
     assert_eq!((swapped["without_catalog_in_old_space"].as_u64(), swapped["encoded_again"].as_u64()), (Some(1), Some(1)), "{swapped}");
     assert!(exists(&collection) && exists(&second));
+    let layout = cluster.layout_of(&second).expect("layout");
+    assert_eq!((layout.shards, layout.replicas), (2, Some(2)), "made as the collection it replaces: {layout:?}");
+    assert!(["articleType", "colourName", "gender"].iter().all(|c| layout.keyword_columns.iter().any(|k| k == c)), "its indexes and this run's: {layout:?}");
     // Not yet followed: both answer as before, from the old collection in its space.
     assert_eq!(first_pages(&replica, &photos), before, "the replica answers from the old collection until it reads the description");
     assert_eq!(first_pages(&server, &photos), before, "the server answers from the old collection until it follows");

@@ -51,7 +51,35 @@ pub struct QdrantConfig {
     pub exact: bool,
 }
 
+/// How a collection was made: a collection made in its place (`sync --swap`, `--recreate`) is
+/// made the same way where this run's settings leave it open ([`QdrantIndex::inheriting`]).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CollectionLayout {
+    pub shards: u32,
+    pub replicas: Option<u32>,
+    pub write_consistency: Option<u32>,
+    pub quantized: bool,
+    /// Payload fields with a keyword index, lookalike's own id field aside, by name.
+    pub keyword_columns: Vec<String>,
+}
+
 impl QdrantConfig {
+    /// These settings, with what they leave open taken from `layout`: shards, replicas and
+    /// write consistency when not given, quantisation when the old collection had it, and
+    /// keyword indexes on its columns as well as these.
+    fn inheriting(mut self, layout: &CollectionLayout) -> QdrantConfig {
+        self.shards = self.shards.or((layout.shards > 0).then_some(layout.shards));
+        self.replicas = self.replicas.or(layout.replicas);
+        self.write_consistency = self.write_consistency.or(layout.write_consistency);
+        self.quantize |= layout.quantized;
+        for column in &layout.keyword_columns {
+            if !self.filter_columns.contains(column) {
+                self.filter_columns.push(column.clone());
+            }
+        }
+        self
+    }
+
     /// The collection of the catalog at `db` when none is named: the file's name without its
     /// extension (`shop.db` → `shop`).
     pub fn default_collection(db: &std::path::Path) -> String {
@@ -402,18 +430,37 @@ impl QdrantIndex {
     /// whoever made it, so they are read here rather than taken from this process's settings.
     /// By name (the API lists facets by name), so that every writer describes them alike.
     pub fn keyword_columns(&self) -> Result<Vec<String>> {
-        let name = self.points.clone();
-        let info = self.retry("reading the collection", || self.client.collection_info(name.clone()))?;
-        let mut indexed: Vec<String> = info
-            .result
-            .map(|r| r.payload_schema)
-            .unwrap_or_default()
+        Ok(self.layout_of(&self.points)?.keyword_columns)
+    }
+
+    /// How collection `name` was made.
+    pub fn layout_of(&self, name: &str) -> Result<CollectionLayout> {
+        let name = name.to_string();
+        let info = self.retry("reading the collection", || self.client.collection_info(name.clone()))?.result.unwrap_or_default();
+        let config = info.config.unwrap_or_default();
+        let params = config.params.unwrap_or_default();
+        let mut keyword_columns: Vec<String> = info
+            .payload_schema
             .into_iter()
             .filter(|(field, schema)| field != ID_FIELD && schema.data_type == qdrant_client::qdrant::PayloadSchemaType::Keyword as i32)
             .map(|(field, _)| field)
             .collect();
-        indexed.sort();
-        Ok(indexed)
+        keyword_columns.sort();
+        Ok(CollectionLayout {
+            shards: params.shard_number,
+            replicas: params.replication_factor,
+            write_consistency: params.write_consistency_factor,
+            quantized: config.quantization_config.is_some(),
+            keyword_columns,
+        })
+    }
+
+    /// This index, making any new collection as `layout` was made where its own settings leave
+    /// it open: a swap or recreate run without `--shards 3 --replicas 2` must not make a
+    /// collection of one shard and one copy in place of a replicated one.
+    pub fn inheriting(mut self, layout: &CollectionLayout) -> QdrantIndex {
+        self.config = self.config.inheriting(layout);
+        self
     }
 
     /// Whether a collection of `shape` (vector size, distance) holds this index's vectors.

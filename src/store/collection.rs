@@ -123,6 +123,15 @@ pub fn sync_qdrant(catalog: &SqliteCatalog, store: &QdrantConfig, mode: SyncMode
         }
         _ => (current.clone(), None),
     };
+    // A collection made in place of another (a swap's, or one recreated) is made as that one
+    // was, where this run's settings leave it open: shards, replicas, quantisation, indexes.
+    let cluster = match mode != SyncMode::InPlace && cluster.collection_exists(&current)? {
+        true => {
+            let layout = cluster.layout_of(&current)?;
+            cluster.inheriting(&layout)
+        }
+        false => cluster,
+    };
     let recreated = mode == SyncMode::Recreate && cluster.delete_if_misfit(&points, space.output_dim(catalog.vector_space()?.map_or(0, |s| s.dim)))?;
     let exact = space.build_index(catalog, VectorKind::Primary, crate::index::Precision::F32)?;
     let mut index = connect_qdrant_to(catalog, &space, cluster, points)?;

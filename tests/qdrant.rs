@@ -127,6 +127,13 @@ fn sync_cli(db: &std::path::Path, collection: &str, extra: &[&str]) -> std::proc
     Command::new(BIN).args(["sync", "--db", db.to_str().expect("utf-8"), "--store", &qdrant_url(), "--collection", collection]).args(extra).output().expect("sync")
 }
 
+/// What `lookalike info --store` says about the catalog at `db` and its collection.
+fn info_cli(db: &std::path::Path, collection: &str) -> String {
+    let out = Command::new(BIN).args(["info", "--db", db.to_str().expect("utf-8"), "--store", &qdrant_url(), "--collection", collection]).output().expect("info");
+    assert!(out.status.success(), "info: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// The JSON report `lookalike sync` printed.
 fn sync_report(out: &std::process::Output) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("sync JSON ({e}): {}", String::from_utf8_lossy(&out.stderr)))
@@ -393,6 +400,9 @@ fn sync_swap_moves_every_server_to_a_new_collection_at_once() {
     assert_eq!(first_pages(&replica, &photos), before);
 
     tune_cli(&db, &["--label", "articleType", "--dim", "64", "--hidden", "128", "--epochs", "8", "--augment", "64"]);
+    let info = info_cli(&db, &collection);
+    assert!(info.contains("qdrant search space: from before the catalog's last `tune`") && info.contains("--swap"), "info says to send the tune: {info}");
+    assert!(info.contains("2 shards x 2 copies") && info.contains("qdrant points: 301, catalog 300"), "{info}");
     server.follow_catalog().expect("follow");
     let out = sync_cli(&db, &collection, &["--swap"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -405,6 +415,9 @@ fn sync_swap_moves_every_server_to_a_new_collection_at_once() {
     // Its vector was in the old space: encoded again from the photo its point carries.
     assert_eq!((swapped["without_catalog_in_old_space"].as_u64(), swapped["encoded_again"].as_u64()), (Some(1), Some(1)), "{swapped}");
     assert!(exists(&collection) && exists(&second));
+    let info = info_cli(&db, &collection);
+    let lines = [format!("its points in {second:?}"), "qdrant search space: the catalog's".into(), format!("qdrant kept after a swap: {collection:?}")];
+    assert!(lines.iter().all(|line| info.contains(line.as_str())), "info after the swap: {info}");
     let layout = cluster.layout_of(&second).expect("layout");
     assert_eq!((layout.shards, layout.replicas), (2, Some(2)), "made as the collection it replaces: {layout:?}");
     assert!(["articleType", "colourName", "gender"].iter().all(|c| layout.keyword_columns.iter().any(|k| k == c)), "its indexes and this run's: {layout:?}");

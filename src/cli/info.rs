@@ -1,14 +1,26 @@
 //! `lookalike info`: what a catalog holds.
 
 use anyhow::Result;
+use clap::Args;
 
 use super::args::*;
 use lookalike::catalog::SqliteCatalog;
+use lookalike::index::qdrant::QdrantConfig;
 use lookalike::index::IndexConfig;
 use lookalike::likeness::{RecordedBands, SETTING};
+use lookalike::store::CollectionStatus;
 
-pub fn run(args: DbArgs) -> Result<()> {
-    let catalog = SqliteCatalog::open_existing(&args.db)?;
+#[derive(Args)]
+pub struct InfoArgs {
+    #[command(flatten)]
+    pub db: DbArgs,
+    /// With `--store qdrant://...`: also where the catalog's collection stands.
+    #[command(flatten)]
+    pub store: StoreArgs,
+}
+
+pub fn run(args: InfoArgs) -> Result<()> {
+    let catalog = SqliteCatalog::open_existing(&args.db.db)?;
     println!("catalog: {}", catalog.path().display());
     println!("products: {}", catalog.len()?);
     match catalog.vector_space()? {
@@ -47,6 +59,48 @@ pub fn run(args: DbArgs) -> Result<()> {
     println!("search index: {}", lookalike::store::describe_index(&catalog, &IndexConfig::default())?);
     if let Some(recorded) = catalog.setting(SETTING)?.as_deref().and_then(RecordedBands::from_setting) {
         println!("likeness: very similar from score {:.3}, similar from {:.3} (measured on {} products)", recorded.bands.very_similar, recorded.bands.similar, recorded.products);
+    }
+    if let Some(config) = args.store.qdrant(&args.db.db)? {
+        // What the catalog holds is said above whether or not the cluster answers.
+        match lookalike::store::collection_status(&catalog, &config) {
+            Ok(status) => print_collection(&catalog, &config, &status)?,
+            Err(e) => println!("qdrant collection {:?}: not reachable: {e:#}", config.collection),
+        }
+    }
+    Ok(())
+}
+
+/// The collection's lines: where its points are, how many, how it is made, and whether it is
+/// in step with the catalog (with the command that puts it in step when not).
+fn print_collection(catalog: &SqliteCatalog, config: &QdrantConfig, status: &CollectionStatus) -> Result<()> {
+    let sync = format!("lookalike sync --db {} --store {} --collection {}", catalog.path().display(), config.url, config.collection);
+    let held_in = match status.points == config.collection {
+        true => String::new(),
+        false => format!(", its points in {:?} (filled by `sync --swap`)", status.points),
+    };
+    println!("qdrant collection: {:?} at {}{held_in}", config.collection, config.url);
+    let Some((count, layout)) = &status.held else {
+        println!("qdrant points: none yet (run `{sync}`)");
+        return Ok(());
+    };
+    let in_catalog = catalog.vector_count()?;
+    let count_note = if *count == in_catalog { String::new() } else { format!(" (run `{sync}`; products added through servers without the catalog count too)") };
+    println!("qdrant points: {count}, catalog {in_catalog}{count_note}");
+    let copies = layout.replicas.unwrap_or(1);
+    let quantised = if layout.quantized { ", int8 copies in RAM" } else { "" };
+    println!("qdrant layout: {} shards x {copies} copies{quantised}; keyword indexes (facets): {}", layout.shards, layout.keyword_columns.join(", "));
+    match status.in_catalog_space {
+        Some(true) => println!("qdrant search space: the catalog's"),
+        Some(false) => println!("qdrant search space: from before the catalog's last `tune`: run `{sync} --swap` to send the new one"),
+        None => println!("qdrant search space: never synced from this catalog (run `{sync}`)"),
+    }
+    if !status.described {
+        println!("qdrant description: none (servers without the catalog need it: run `{sync}`)");
+    }
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    for replaced in &status.replaced {
+        let when = replaced.at.map_or_else(|| "by an older lookalike".to_string(), |at| format!("{} s ago", now.saturating_sub(at)));
+        println!("qdrant kept after a swap: {:?}, replaced {when} (the first sync once it has been kept --keep-replaced seconds deletes it)", replaced.collection);
     }
     Ok(())
 }

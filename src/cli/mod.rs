@@ -52,8 +52,8 @@ pub enum Command {
     Repair(args::DbArgs),
     /// Make a Qdrant collection agree with the catalog: add what is missing, delete what is gone.
     Sync(sync::SyncArgs),
-    /// Show what a catalog holds.
-    Info(args::DbArgs),
+    /// Show what a catalog holds (and, with --store, where its Qdrant collection stands).
+    Info(info::InfoArgs),
     /// Prepare the built-in models (convert the PyTorch weights to ONNX) and list them.
     Models,
     /// Measure speed against reference implementations; reports go to docs/ (JSON + markdown).

@@ -6,7 +6,7 @@
 use anyhow::{Context, Result};
 
 use crate::catalog::{SqliteCatalog, VectorKind};
-use crate::index::qdrant::{ProductWithoutCatalog, QdrantConfig, QdrantIndex, StoredProduct, SyncReport, MAX_PAYLOAD_IMAGE};
+use crate::index::qdrant::{CollectionLayout, ProductWithoutCatalog, QdrantConfig, QdrantIndex, StoredProduct, SyncReport, MAX_PAYLOAD_IMAGE};
 use crate::index::VectorIndex;
 use crate::space::SearchSpace;
 use crate::types::{ImageRef, Key, Product};
@@ -167,6 +167,43 @@ pub fn sync_qdrant(catalog: &SqliteCatalog, store: &QdrantConfig, mode: SyncMode
     catalog.set_setting(&synced_space_setting(&store.collection), &space.fingerprint())?;
     catalog.set_setting(&points_setting(&store.collection), index.points())?;
     Ok(SyncReport { recreated, replaced, deleted_collections, kept_collections, ..report })
+}
+
+/// Where a catalog's Qdrant collection stands, for `lookalike info`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CollectionStatus {
+    /// The collection that holds the points: the one named, or the one a swap filled.
+    pub points: String,
+    /// Points in it and how it was made; `None` while it does not exist.
+    pub held: Option<(usize, CollectionLayout)>,
+    /// Whether the last `sync` from this catalog filled it in the catalog's search space as it
+    /// is now (false after a `tune` until the sync sends it); `None` before any sync.
+    pub in_catalog_space: Option<bool>,
+    /// Whether it has a description, which servers without the catalog need.
+    pub described: bool,
+    /// Collections swaps replaced, kept for servers that may not have moved yet.
+    pub replaced: Vec<ReplacedCollection>,
+}
+
+/// Reads where `catalog`'s collection in `store` stands.
+pub fn collection_status(catalog: &SqliteCatalog, store: &QdrantConfig) -> Result<CollectionStatus> {
+    let cluster = QdrantIndex::connect_cluster(store.clone())?;
+    let (kept, points) = points_collection(&cluster, store)?;
+    let held = match cluster.collection_exists(&points)? {
+        true => {
+            let layout = cluster.layout_of(&points)?;
+            Some((cluster.open_existing_points(points.clone())?.count_now()?, layout))
+        }
+        false => None,
+    };
+    let own = SearchSpace::for_catalog(catalog)?.fingerprint();
+    Ok(CollectionStatus {
+        points,
+        held,
+        in_catalog_space: collection_synced_space(catalog, store)?.map(|synced| synced == own),
+        described: kept.is_some(),
+        replaced: kept.map(|d| d.replaced).unwrap_or_default(),
+    })
 }
 
 /// The collection a swap fills next: `NAME_v2` after `NAME`, `NAME_v3` after `NAME_v2`.

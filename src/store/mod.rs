@@ -6,8 +6,8 @@
 pub mod collection;
 
 pub use collection::{
-    collection_points, collection_space, collection_synced_space, open_collection, open_qdrant, payload_image, read_collection_description, sync_qdrant, CollectionDescription,
-    KeepReplaced, ReplacedCollection, StoredSpace, SyncMode,
+    collection_points, collection_space, collection_status, collection_synced_space, open_collection, open_qdrant, payload_image, read_collection_description, sync_qdrant,
+    CollectionDescription, CollectionStatus, KeepReplaced, ReplacedCollection, StoredSpace, SyncMode,
 };
 
 use anyhow::{Context, Result};

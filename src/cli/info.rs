@@ -86,9 +86,12 @@ fn print_collection(catalog: &SqliteCatalog, config: &QdrantConfig, status: &Col
     let in_catalog = catalog.vector_count()?;
     let count_note = if *count == in_catalog { String::new() } else { format!(" (run `{sync}`; products added through servers without the catalog count too)") };
     println!("qdrant points: {count}, catalog {in_catalog}{count_note}");
-    let copies = layout.replicas.unwrap_or(1);
-    let quantised = if layout.quantized { ", int8 copies in RAM" } else { "" };
-    println!("qdrant layout: {} shards x {copies} copies{quantised}; keyword indexes (facets): {}", layout.shards, layout.keyword_columns.join(", "));
+    let copies = match layout.replicas.unwrap_or(1) {
+        1 => "1 copy".to_string(),
+        n => format!("{n} copies"),
+    };
+    let quantised = if layout.quantized { ", int8 copies of the vectors in RAM" } else { "" };
+    println!("qdrant layout: {} shards x {copies}{quantised}; keyword indexes (facets): {}", layout.shards, layout.keyword_columns.join(", "));
     match status.in_catalog_space {
         Some(true) => println!("qdrant search space: the catalog's"),
         Some(false) => println!("qdrant search space: from before the catalog's last `tune`: run `{sync} --swap` to send the new one"),

@@ -1013,4 +1013,32 @@ mod tests {
         assert!(plain_to_tls.contains("qdrants://"), "{plain_to_tls}");
         assert!(!explain(&error(tonic::Code::Unknown, "transport error"), true).contains("qdrants://"));
     }
+
+    /// A collection made in place of another (a swap's) is made as that one was where this
+    /// run's settings leave it open: a `sync --swap` without `--shards 3 --replicas 2` keeps a
+    /// replicated collection replicated; what the run gives wins; indexes add up.
+    #[test]
+    fn a_collection_made_in_place_of_another_inherits_what_the_run_leaves_open() {
+        let run = |shards, quantize| QdrantConfig {
+            url: "http://127.0.0.1:6334".into(),
+            api_key: None,
+            collection: "shop".into(),
+            shards,
+            replicas: None,
+            write_consistency: None,
+            quantize,
+            write_ordering: WriteOrderingType::Weak,
+            timeout: Duration::from_secs(30),
+            filter_columns: vec!["articleType".into(), "gender".into()],
+            exact: false,
+        };
+        let old = CollectionLayout { shards: 3, replicas: Some(2), write_consistency: Some(2), quantized: true, keyword_columns: vec!["gender".into(), "season".into()] };
+        let made = run(None, false).inheriting(&old);
+        assert_eq!((made.shards, made.replicas, made.write_consistency, made.quantize), (Some(3), Some(2), Some(2), true));
+        assert_eq!(made.filter_columns, ["articleType", "gender", "season"]);
+        let given = run(Some(6), false).inheriting(&old);
+        assert_eq!((given.shards, given.replicas), (Some(6), Some(2)), "--shards given wins");
+        let unknown = run(None, false).inheriting(&CollectionLayout::default());
+        assert_eq!((unknown.shards, unknown.replicas, unknown.quantize), (None, None, false), "nothing read, nothing taken");
+    }
 }

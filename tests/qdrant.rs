@@ -468,6 +468,50 @@ fn sync_swap_moves_every_server_to_a_new_collection_at_once() {
     }
 }
 
+/// Catalog changes made while a swap fills its new collection (a server with the catalog writes
+/// them to the collection it still searches, the old one) are sent to the new one before the
+/// description names it: a product added meanwhile is there, one removed meanwhile is not.
+#[test]
+#[ignore = "needs a Qdrant server: LOOKALIKE_QDRANT_URL"]
+fn a_swap_sends_the_catalog_changes_made_while_it_filled() {
+    let OwnCollection { _cluster, _dir, db, collection } = own_collection("swap-changes");
+    let config = store(&collection, true);
+    let catalog = SqliteCatalog::open_existing(&db).expect("catalog");
+    lookalike::store::sync_qdrant(&catalog, &config, SyncMode::InPlace, keep_replaced()).expect("sync");
+    let products = catalog.all_products().expect("products");
+    let (copied, gone) = (products[0].clone(), products[1].clone());
+    let vector = catalog.vector(copied.key).expect("vector").expect("a vector");
+    let mut filled = Vec::new();
+    let report = lookalike::store::sync_qdrant_observed(&catalog, &config, SyncMode::Swap, keep_replaced(), &mut |points| {
+        // Another connection, as a server with the catalog has.
+        let mut other = SqliteCatalog::open_existing(&db)?;
+        let image = lookalike::types::NewImage::Stored { bytes: test_photo(9).0, mime: "image/png".into() };
+        let added = lookalike::types::NewProduct {
+            id: "added-while-filling".into(),
+            image,
+            content_hash: "added-while-filling".into(),
+            metadata: copied.metadata.clone(),
+            vector: vector.clone(),
+            max_pooled: None,
+            colour: None,
+        };
+        other.upsert(&[added])?;
+        other.remove(&gone.id)?;
+        filled.push(points.to_string());
+        Ok(())
+    })
+    .expect("swap");
+    let swapped =
+        lookalike::index::qdrant::QdrantIndex::connect_cluster(config.clone()).expect("cluster").open_existing_points(report.collection.clone()).expect("the new collection");
+    assert!(swapped.product("added-while-filling").expect("read").is_some(), "the product added while it filled is in the new collection");
+    assert!(swapped.product(&gone.id).expect("read").is_none(), "the product removed while it filled is not");
+    assert_eq!((filled, report.caught_up), (vec![report.collection.clone()], 2), "{report:?}");
+    let cluster = lookalike::index::qdrant::QdrantIndex::connect_cluster(config).expect("cluster");
+    for name in [report.collection.clone(), collection.clone(), format!("{collection}_lookalike")] {
+        cluster.delete_collection(&name).expect("clean up");
+    }
+}
+
 /// Two servers on one collection, one with the catalog file and one without (`--no-catalog`:
 /// everything from the collection's payloads and description). They return the same
 /// products, scores and metadata for the same searches; a product added through either is

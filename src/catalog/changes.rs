@@ -32,6 +32,16 @@ impl SqliteCatalog {
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
+    /// [`SqliteCatalog::changed_since`], or `None` when part of the log after `generation` is
+    /// gone (a saved search graph absorbed it), so that keys may be missing.
+    pub fn changed_since_whole(&self, generation: i64) -> Result<Option<Vec<Key>>> {
+        let logged: i64 = self.conn.query_row("SELECT COUNT(*) FROM changes WHERE seq > ?1", [generation], |r| r.get(0))?;
+        if logged != self.latest_change()? - generation {
+            return Ok(None);
+        }
+        self.changed_since(generation).map(Some)
+    }
+
     /// Forgets log entries up to `generation` (a saved graph has absorbed them).
     pub fn forget_changes_through(&self, generation: i64) -> Result<()> {
         self.conn.execute("DELETE FROM changes WHERE seq <= ?1", [generation])?;

@@ -407,6 +407,25 @@ mod tests {
         Ok(())
     }
 
+    /// The changes since a position of the log, or `None` once part of them is trimmed (a
+    /// saved search graph absorbed them): a swap's catch-up must not miss one silently.
+    #[test]
+    fn changes_since_a_position_are_whole_or_none() -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        let mut cat = SqliteCatalog::open(&dir.path().join("c.db"))?;
+        let a = cat.upsert(&[product("a", &[], vec![1.0, 0.0])])?[0];
+        let since = cat.generation()?;
+        let b = cat.upsert(&[product("b", &[], vec![0.0, 1.0])])?[0];
+        cat.remove("a")?;
+        let mut changed = cat.changed_since_whole(since)?.expect("whole");
+        changed.sort();
+        assert_eq!(changed, vec![a.min(b), a.max(b)]);
+        cat.forget_changes_through(since + 1)?;
+        assert_eq!(cat.changed_since_whole(since)?, None, "one change after `since` was trimmed");
+        assert_eq!(cat.changed_since_whole(cat.generation()?)?, Some(vec![]));
+        Ok(())
+    }
+
     #[test]
     fn missing_catalog_is_a_clear_error() {
         let err = SqliteCatalog::open_existing(Path::new("/nonexistent/x.db")).err().expect("error");

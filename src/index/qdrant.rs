@@ -224,6 +224,9 @@ pub struct SyncReport {
     /// Collections swaps replaced (this one's first) that are kept for now: a later sync
     /// deletes them.
     pub kept_collections: Vec<String>,
+    /// Catalog changes made while a new (or recreated) collection filled, sent to it before
+    /// servers move to it.
+    pub caught_up: usize,
     /// Products added through servers without the catalog, copied as they were from the
     /// collection this sync replaced or recreated (same search space).
     pub carried_without_catalog: usize,

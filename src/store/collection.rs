@@ -87,6 +87,17 @@ fn describe_collection(
 /// is kept for servers that have not moved yet; any sync deletes the collections swaps
 /// replaced `keep.at_least` ago or longer.
 pub fn sync_qdrant(catalog: &SqliteCatalog, store: &QdrantConfig, mode: SyncMode, keep: KeepReplaced) -> Result<SyncReport> {
+    sync_qdrant_observed(catalog, store, mode, keep, &mut |_| Ok(()))
+}
+
+/// [`sync_qdrant`], calling `filled` with the collection's name once the catalog's rows as read
+/// at the start are in it, before the catalog's changes since are sent and the description
+/// names it: tests change the catalog there, as a server with the catalog does while a swap
+/// fills (it writes to the collection it searches, the old one).
+pub fn sync_qdrant_observed(catalog: &SqliteCatalog, store: &QdrantConfig, mode: SyncMode, keep: KeepReplaced, filled: &mut dyn FnMut(&str) -> Result<()>) -> Result<SyncReport> {
+    // Where the catalog's change log stands before its rows are read: what changes after this
+    // is sent again once the collection is filled.
+    let generation = catalog.generation()?;
     let space = SearchSpace::for_catalog(catalog)?;
     let cluster = QdrantIndex::connect_cluster(store.clone())?;
     let (kept, current) = points_collection(&cluster, store)?;
@@ -137,6 +148,12 @@ pub fn sync_qdrant(catalog: &SqliteCatalog, store: &QdrantConfig, mode: SyncMode
     let mut index = connect_qdrant_to(catalog, &space, cluster, points)?;
     let mut report = index.sync(exact.keys(), |key| exact.vector(key), |key| products.get(&key).and_then(|p| payload_image(catalog, p)))?;
     let moved = recreated || index.points() != current;
+    filled(index.points())?;
+    if moved {
+        // Servers with the catalog wrote its changes meanwhile to the collection they search,
+        // not this one (a swap's), or failed to (one recreated in another space).
+        report.caught_up = send_changes_since(catalog, &space, &mut index, generation)?;
+    }
     let without_catalog = match read_early {
         Some(read) => read,
         None => without_catalog_in(&index)?,
@@ -204,6 +221,26 @@ pub fn collection_status(catalog: &SqliteCatalog, store: &QdrantConfig) -> Resul
         described: kept.is_some(),
         replaced: kept.map(|d| d.replaced).unwrap_or_default(),
     })
+}
+
+/// Sends `index` the catalog's changes after change-log position `generation` (products added,
+/// replaced or removed since its rows were read); how many. When part of that log is gone (a
+/// saved search graph absorbed it), says to sync again, which compares every product.
+fn send_changes_since(catalog: &SqliteCatalog, space: &SearchSpace, index: &mut QdrantIndex, generation: i64) -> Result<usize> {
+    let Some(keys) = catalog.changed_since_whole(generation)? else {
+        tracing::warn!("the catalog's change log was trimmed while collection {:?} filled: run `lookalike sync` again to send what changed meanwhile", index.points());
+        return Ok(0);
+    };
+    for &key in &keys {
+        match (catalog.vector(key)?, catalog.get(key)?) {
+            (Some(vector), Some(product)) => {
+                let stored = StoredProduct { id: product.id.clone(), metadata: product.metadata.clone(), colour: catalog.colour(key)? };
+                index.put_product(key, stored, &space.map(&vector)?, payload_image(catalog, &product).as_deref())?;
+            }
+            _ => index.remove(key)?,
+        }
+    }
+    Ok(keys.len())
 }
 
 /// The collection a swap fills next: `NAME_v2` after `NAME`, `NAME_v3` after `NAME_v2`.

@@ -7,7 +7,7 @@ pub mod collection;
 
 pub use collection::{
     collection_points, collection_space, collection_status, collection_synced_space, open_collection, open_qdrant, payload_image, read_collection_description, sync_qdrant,
-    CollectionDescription, CollectionStatus, KeepReplaced, ReplacedCollection, StoredSpace, SyncMode,
+    sync_qdrant_observed, CollectionDescription, CollectionStatus, KeepReplaced, ReplacedCollection, StoredSpace, SyncMode,
 };
 
 use anyhow::{Context, Result};

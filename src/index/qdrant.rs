@@ -199,6 +199,15 @@ pub struct QdrantIndex {
     len: usize,
 }
 
+/// One product's point as [`QdrantIndex::put_products`] writes it: its vector in the
+/// collection's space, and its photo when small enough to travel in the payload.
+pub struct ProductPoint {
+    pub key: Key,
+    pub product: StoredProduct,
+    pub vector: Vec<f32>,
+    pub image: Option<Vec<u8>>,
+}
+
 /// What [`QdrantIndex::sync`] changed.
 #[derive(Debug, Default, Clone, serde::Serialize)]
 pub struct SyncReport {
@@ -552,12 +561,19 @@ impl QdrantIndex {
     /// Adds or replaces one product's point, with its photo when small enough to travel in the
     /// payload.
     pub fn put_product(&mut self, key: Key, product: StoredProduct, vector: &[f32], image: Option<&[u8]>) -> Result<()> {
-        if vector.len() != self.dim {
-            bail!("vector has {} dimensions, the collection holds {}-d vectors", vector.len(), self.dim);
+        self.put_products(vec![ProductPoint { key, product, vector: vector.to_vec(), image: image.map(<[u8]>::to_vec) }])
+    }
+
+    /// [`QdrantIndex::put_product`] for many, sent in batches.
+    pub fn put_products(&mut self, rows: Vec<ProductPoint>) -> Result<()> {
+        if let Some(row) = rows.iter().find(|row| row.vector.len() != self.dim) {
+            bail!("vector has {} dimensions, the collection holds {}-d vectors", row.vector.len(), self.dim);
         }
-        let point = QdrantIndex::point(&product, (key >= 0).then_some(key), vector, image);
-        self.products.insert(key, product);
-        self.upsert_points(vec![point])?;
+        let points: Vec<PointStruct> = rows.iter().map(|row| QdrantIndex::point(&row.product, (row.key >= 0).then_some(row.key), &row.vector, row.image.as_deref())).collect();
+        for chunk in points.chunks(UPSERT_BATCH) {
+            self.upsert_points(chunk.to_vec())?;
+        }
+        self.products.extend(rows.into_iter().map(|row| (row.key, row.product)));
         self.len = self.count()?;
         Ok(())
     }

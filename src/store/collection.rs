@@ -6,7 +6,7 @@
 use anyhow::{Context, Result};
 
 use crate::catalog::{SqliteCatalog, VectorKind};
-use crate::index::qdrant::{CollectionLayout, ProductWithoutCatalog, QdrantConfig, QdrantIndex, StoredProduct, SyncReport, MAX_PAYLOAD_IMAGE};
+use crate::index::qdrant::{CollectionLayout, ProductPoint, ProductWithoutCatalog, QdrantConfig, QdrantIndex, StoredProduct, SyncReport, MAX_PAYLOAD_IMAGE};
 use crate::index::VectorIndex;
 use crate::space::SearchSpace;
 use crate::types::{ImageRef, Key, Product};
@@ -108,7 +108,8 @@ pub fn sync_qdrant_observed(catalog: &SqliteCatalog, store: &QdrantConfig, mode:
     let same_space = kept_space.as_deref() == Some(space.fingerprint().as_str());
     let products: std::collections::HashMap<Key, Product> = catalog.all_products()?.into_iter().map(|p| (p.key, p)).collect();
     let in_catalog: std::collections::HashSet<&str> = products.values().map(|p| p.id.as_str()).collect();
-    let has_old = kept.is_some() && cluster.collection_exists(&current)?;
+    let current_exists = cluster.collection_exists(&current)?;
+    let has_old = kept.is_some() && current_exists;
     let without_catalog_in = |index: &QdrantIndex| -> Result<Vec<ProductWithoutCatalog>> {
         match has_old {
             true => Ok(index.products_without_catalog(&current, same_space)?.into_iter().filter(|p| !in_catalog.contains(p.product.id.as_str())).collect()),
@@ -122,7 +123,7 @@ pub fn sync_qdrant_observed(catalog: &SqliteCatalog, store: &QdrantConfig, mode:
         _ => Some(without_catalog_in(&cluster)?),
     };
     let (points, replaced) = match mode {
-        SyncMode::Swap if cluster.collection_exists(&current)? => {
+        SyncMode::Swap if current_exists => {
             // Past names that are collections of their own (servers may be given one: it has
             // a description beside it); a name without, a swap that failed half-way left.
             let mut next = next_points_collection(&store.collection, &current);
@@ -136,7 +137,7 @@ pub fn sync_qdrant_observed(catalog: &SqliteCatalog, store: &QdrantConfig, mode:
     };
     // A collection made in place of another (a swap's, or one recreated) is made as that one
     // was, where this run's settings leave it open: shards, replicas, quantisation, indexes.
-    let cluster = match mode != SyncMode::InPlace && cluster.collection_exists(&current)? {
+    let cluster = match mode != SyncMode::InPlace && current_exists {
         true => {
             let layout = cluster.layout_of(&current)?;
             cluster.inheriting(&layout)
@@ -231,15 +232,19 @@ fn send_changes_since(catalog: &SqliteCatalog, space: &SearchSpace, index: &mut 
         tracing::warn!("the catalog's change log was trimmed while collection {:?} filled: run `lookalike sync` again to send what changed meanwhile", index.points());
         return Ok(0);
     };
+    let mut put = Vec::new();
     for &key in &keys {
         match (catalog.vector(key)?, catalog.get(key)?) {
             (Some(vector), Some(product)) => {
-                let stored = StoredProduct { id: product.id.clone(), metadata: product.metadata.clone(), colour: catalog.colour(key)? };
-                index.put_product(key, stored, &space.map(&vector)?, payload_image(catalog, &product).as_deref())?;
+                let image = payload_image(catalog, &product);
+                let product = StoredProduct { id: product.id, metadata: product.metadata, colour: catalog.colour(key)? };
+                put.push(ProductPoint { key, product, vector: space.map(&vector)?, image });
             }
             _ => index.remove(key)?,
         }
     }
+    // In batches: a large import while the collection filled is thousands of products.
+    index.put_products(put)?;
     Ok(keys.len())
 }
 

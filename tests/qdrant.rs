@@ -13,7 +13,7 @@ use lookalike::catalog::{SqliteCatalog, VectorKind};
 use lookalike::index::qdrant::QdrantConfig;
 use lookalike::index::{IndexConfig, Precision};
 use lookalike::search::{Items, SearchEngine, SearchRequest};
-use lookalike::store::{KeepReplaced, SyncMode};
+use lookalike::store::{KeepReplaced, SyncMode, SyncStep};
 use lookalike::types::Filter;
 use rand::{Rng, SeedableRng};
 
@@ -482,7 +482,10 @@ fn a_swap_sends_the_catalog_changes_made_while_it_filled() {
     let (copied, gone) = (products[0].clone(), products[1].clone());
     let vector = catalog.vector(copied.key).expect("vector").expect("a vector");
     let mut filled = Vec::new();
-    let report = lookalike::store::sync_qdrant_observed(&catalog, &config, SyncMode::Swap, keep_replaced(), &mut |points| {
+    let report = lookalike::store::sync_qdrant_observed(&catalog, &config, SyncMode::Swap, keep_replaced(), &mut |step, points| {
+        if step != SyncStep::Filled {
+            return Ok(());
+        }
         // Another connection, as a server with the catalog has.
         let mut other = SqliteCatalog::open_existing(&db)?;
         let image = lookalike::types::NewImage::Stored { bytes: test_photo(9).0, mime: "image/png".into() };
@@ -508,6 +511,68 @@ fn a_swap_sends_the_catalog_changes_made_while_it_filled() {
     assert_eq!((filled, report.caught_up), (vec![report.collection.clone()], 2), "{report:?}");
     let cluster = lookalike::index::qdrant::QdrantIndex::connect_cluster(config).expect("cluster");
     for name in [report.collection.clone(), collection.clone(), format!("{collection}_lookalike")] {
+        cluster.delete_collection(&name).expect("clean up");
+    }
+}
+
+/// What servers write while a swap runs, after the swap has sent the catalog's changes, reaches
+/// the new collection all the same. A server with the catalog writes to the collection it
+/// searches (the old one) until it follows the swap, and then sends the new one the catalog's
+/// changes since the swap's; a server without it writes to the collection the description
+/// names (the old one) until the swap rewrites it, and the swap reads what those added or
+/// removed again after the rewrite. Twice: in the same space (the server moves to the new
+/// collection), and after a `tune` (it takes up the new space with it, and the products the
+/// replica added in the old space are left to encode again).
+#[test]
+#[ignore = "needs a Qdrant server: LOOKALIKE_QDRANT_URL"]
+fn writes_made_while_a_swap_runs_reach_the_new_collection() {
+    let OwnCollection { _cluster, _dir, db, collection } = own_collection("swap-writes");
+    let config = store(&collection, true);
+    let catalog = SqliteCatalog::open_existing(&db).expect("catalog");
+    lookalike::store::sync_qdrant(&catalog, &config, SyncMode::InPlace, keep_replaced()).expect("sync");
+    let remote_config = IndexConfig { store: Some(config.clone()), precision: Precision::F32, ..IndexConfig::default() };
+    let server = SearchEngine::open_with(SqliteCatalog::open_existing(&db).expect("catalog"), Box::new(encoder()), &remote_config).expect("server");
+    let replica = SearchEngine::open_collection(&config, Box::new(encoder())).expect("replica");
+    let removed: Vec<String> = catalog.all_products().expect("products").iter().take(2).map(|p| p.id.clone()).collect();
+    let cluster = lookalike::index::qdrant::QdrantIndex::connect_cluster(config.clone()).expect("cluster");
+    let mut made = Vec::new();
+    for (round, removed) in removed.iter().enumerate() {
+        if round == 1 {
+            tune_cli(&db, &["--label", "articleType", "--dim", "64", "--hidden", "128", "--epochs", "8", "--augment", "64"]);
+            // The server sees the new space and goes on in the old one until the sync.
+            server.follow_catalog().expect("follow");
+        }
+        let (by_server, by_replica) = (format!("by-server-{round}"), format!("by-replica-{round}"));
+        let (server_photo, replica_photo) = (test_photo(20 + round).0, test_photo(30 + round).0);
+        let report = lookalike::store::sync_qdrant_observed(&catalog, &config, SyncMode::Swap, keep_replaced(), &mut |step, _| {
+            if step == SyncStep::CaughtUp {
+                server.add_product_photo(by_server.clone(), server_photo.clone(), Default::default())?;
+                assert!(server.remove_product(removed)?, "removed through the server");
+                replica.add_product_photo(by_replica.clone(), replica_photo.clone(), Default::default())?;
+            }
+            Ok(())
+        })
+        .expect("swap");
+        made.push(report.collection.clone());
+        let swapped =
+            lookalike::index::qdrant::QdrantIndex::connect_cluster(config.clone()).and_then(|c| c.open_existing_points(report.collection.clone())).expect("the new collection");
+        let encode_again: Vec<&str> = report.to_encode.iter().map(|p| p.product.id.as_str()).collect();
+        match round {
+            0 => {
+                assert_eq!(report.carried_without_catalog, 1, "the replica's product, read again after the rewrite: {report:?}");
+                assert!(swapped.product(&by_replica).expect("read").is_some(), "the replica's product is in the new collection");
+            }
+            _ => assert_eq!(encode_again, ["by-replica-0", "by-replica-1"], "both of the replica's products, in the old space: {report:?}"),
+        }
+        assert!(swapped.product(&by_server).expect("read").is_none(), "the server wrote to the collection it searched");
+        server.follow_catalog().expect("the server follows the swap");
+        assert!(swapped.product(&by_server).expect("read").is_some(), "round {round}: the server sent its product to the new collection when it moved");
+        assert!(swapped.product(removed).expect("read").is_none(), "round {round}: and the removal");
+        assert_eq!(first_pages(&server, std::slice::from_ref(&server_photo))[0].first(), Some(&by_server), "round {round}: found by its photo, in the new space");
+        assert!(replica.follow_collection_description().expect("follow the description"));
+        assert_eq!(first_pages(&replica, std::slice::from_ref(&server_photo))[0].first(), Some(&by_server), "round {round}: the replica finds it too");
+    }
+    for name in made.into_iter().chain([collection.clone(), format!("{collection}_lookalike")]) {
         cluster.delete_collection(&name).expect("clean up");
     }
 }

@@ -778,6 +778,15 @@ impl QdrantIndex {
         Ok(existed)
     }
 
+    /// Deletes the point whose payload records catalog key `key`, if any.
+    fn remove_catalog_key(&mut self, key: Key) -> Result<()> {
+        let filter = QFilter::must([Condition::matches(KEY_FIELD, key)]);
+        let request = DeletePointsBuilder::new(self.points.clone()).points(filter).wait(true).ordering(self.ordering());
+        self.retry("deleting a point", || self.client.delete_points(request.clone()))?;
+        self.len = self.count()?;
+        Ok(())
+    }
+
     /// Points in the collection now, as Qdrant counts them (other servers' writes included).
     pub fn count_now(&self) -> Result<usize> {
         self.count()
@@ -998,8 +1007,12 @@ impl VectorIndex for QdrantIndex {
     }
 
     fn remove(&mut self, key: Key) -> Result<()> {
-        let Some(product) = self.products.get(&key).cloned() else { return Ok(()) };
-        self.remove_product(&product.id).map(|_| ())
+        match self.products.get(&key).cloned() {
+            Some(product) => self.remove_product(&product.id).map(|_| ()),
+            // A product removed from the catalog before this collection was opened (its id is
+            // gone with its row): found by the catalog key its payload records.
+            None => self.remove_catalog_key(key),
+        }
     }
 
     fn search(&self, query: &[f32], k: usize, allowed: Option<&Allowed>) -> Result<Vec<Hit>> {

@@ -17,7 +17,10 @@ use crate::index::qdrant::{QdrantIndex, StoredProduct};
 use crate::index::VectorIndex;
 use crate::kind::KindTable;
 use crate::space::SearchSpace;
-use crate::store::{collection_points, collection_synced_space, graph_turn, open_index, open_qdrant, payload_image, read_collection_description, write_graph, Store};
+use crate::store::{
+    collection_points, collection_sent_through, collection_synced_space, graph_turn, open_index, open_qdrant, payload_image, read_collection_description, send_changes_since,
+    write_graph, Store,
+};
 use crate::types::IndexingProgress;
 
 impl SearchEngine {
@@ -105,7 +108,14 @@ impl SearchEngine {
         if self.read_index()?.collection().is_none_or(|collection| collection.points() == points) {
             return Ok(());
         }
-        let collection = open_qdrant(catalog, &*self.current_space()?, store)?;
+        let space = self.current_space()?;
+        let mut collection = open_qdrant(catalog, &space, store)?;
+        // This server wrote its changes to the old collection until now; `sync` sent the new
+        // one the catalog's changes up to this position (under the catalog lock, so nothing of
+        // this server's slips between the two).
+        if let Some(since) = collection_sent_through(catalog, store)? {
+            send_changes_since(catalog, &space, &mut collection, since)?;
+        }
         tracing::info!("collection {:?} now holds the points (`lookalike sync --swap`): searching it", collection.points());
         self.write_index()?.store = Store::Qdrant(collection);
         Ok(())
@@ -206,7 +216,16 @@ impl SearchEngine {
         drop(reader);
         while_building();
         let catalog = self.lock_catalog()?;
-        replay_changes(&catalog, since, &space, fresh.index_mut())?;
+        match (fresh.collection_mut(), &self.config.store) {
+            (Some(collection), Some(store)) => {
+                // The collection was filled by `sync`, which sent the catalog's changes up to
+                // its position; this server wrote its own since to the old collection, or in
+                // the old space, until now. Whole products: some are new to the collection.
+                let sent = collection_sent_through(&catalog, store)?.map_or(since, |sent| sent.min(since));
+                send_changes_since(&catalog, &space, collection, sent)?;
+            }
+            _ => replay_changes(&catalog, since, &space, fresh.index_mut())?,
+        }
         let products = fresh.index().len();
         let old = std::mem::replace(&mut *self.write_index()?, IndexInSpace { space, store: fresh });
         self.space_chosen_at.store(products, Ordering::Release);

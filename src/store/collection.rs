@@ -87,14 +87,29 @@ fn describe_collection(
 /// is kept for servers that have not moved yet; any sync deletes the collections swaps
 /// replaced `keep.at_least` ago or longer.
 pub fn sync_qdrant(catalog: &SqliteCatalog, store: &QdrantConfig, mode: SyncMode, keep: KeepReplaced) -> Result<SyncReport> {
-    sync_qdrant_observed(catalog, store, mode, keep, &mut |_| Ok(()))
+    sync_qdrant_observed(catalog, store, mode, keep, &mut |_, _| Ok(()))
 }
 
-/// [`sync_qdrant`], calling `filled` with the collection's name once the catalog's rows as read
-/// at the start are in it, before the catalog's changes since are sent and the description
-/// names it: tests change the catalog there, as a server with the catalog does while a swap
-/// fills (it writes to the collection it searches, the old one).
-pub fn sync_qdrant_observed(catalog: &SqliteCatalog, store: &QdrantConfig, mode: SyncMode, keep: KeepReplaced, filled: &mut dyn FnMut(&str) -> Result<()>) -> Result<SyncReport> {
+/// Where [`sync_qdrant_observed`] calls its observer, with the name of the collection it fills.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyncStep {
+    /// The catalog's rows as read at the start are in the collection; the catalog's changes
+    /// since are not yet sent, nor products added without the catalog carried.
+    Filled,
+    /// Those are sent too; the description does not name the collection yet.
+    CaughtUp,
+}
+
+/// [`sync_qdrant`], calling `observe` at each [`SyncStep`]: tests change the catalog or the
+/// collections there, as servers do while a swap fills (a server with the catalog writes to the
+/// collection it searches, the old one; a server without it, to the one the description names).
+pub fn sync_qdrant_observed(
+    catalog: &SqliteCatalog,
+    store: &QdrantConfig,
+    mode: SyncMode,
+    keep: KeepReplaced,
+    observe: &mut dyn FnMut(SyncStep, &str) -> Result<()>,
+) -> Result<SyncReport> {
     // Where the catalog's change log stands before its rows are read: what changes after this
     // is sent again once the collection is filled.
     let generation = catalog.generation()?;
@@ -149,21 +164,33 @@ pub fn sync_qdrant_observed(catalog: &SqliteCatalog, store: &QdrantConfig, mode:
     let mut index = connect_qdrant_to(catalog, &space, cluster, points)?;
     let mut report = index.sync(exact.keys(), |key| exact.vector(key), |key| products.get(&key).and_then(|p| payload_image(catalog, p)))?;
     let moved = recreated || index.points() != current;
-    filled(index.points())?;
-    if moved {
-        // Servers with the catalog wrote its changes meanwhile to the collection they search,
-        // not this one (a swap's), or failed to (one recreated in another space).
-        report.caught_up = send_changes_since(catalog, &space, &mut index, generation)?;
-    }
+    observe(SyncStep::Filled, index.points())?;
+    // The change-log position up to which the collection has the catalog's changes. Servers
+    // with the catalog send it theirs after it again when they move to it (a swap's collection,
+    // or a new search space): until they read that this sync is done, they write to the
+    // collection they search, the old one, or in the old space.
+    let sent_through = match moved {
+        true => {
+            let at = catalog.generation()?;
+            // What servers with the catalog wrote meanwhile to the collection they search, not
+            // this one (a swap's), or failed to (one recreated in another space).
+            report.caught_up = send_changes_since(catalog, &space, &mut index, generation)?;
+            at
+        }
+        false => generation,
+    };
+    let read_after_filling = read_early.is_none();
     let without_catalog = match read_early {
         Some(read) => read,
         None => without_catalog_in(&index)?,
     };
+    let carried: std::collections::HashSet<String> = without_catalog.iter().map(|p| p.product.id.clone()).collect();
     match same_space {
         true if moved => report.carried_without_catalog = index.carry(&without_catalog)?,
         true => {}
         false => (report.without_catalog_in_old_space, report.to_encode) = (without_catalog.len(), without_catalog),
     }
+    observe(SyncStep::CaughtUp, index.points())?;
     // Collections swaps replaced long enough ago that every server has left them go (deleted
     // before the description stops naming them, so that one whose deletion fails is tried
     // again by the next sync); the rest stay named, with the one this swap replaced.
@@ -182,6 +209,28 @@ pub fn sync_qdrant_observed(catalog: &SqliteCatalog, store: &QdrantConfig, mode:
     let kept_collections = still_kept.iter().map(|r| r.collection.clone()).collect();
     // The description once the points are in its space: servers without the catalog follow it.
     describe_collection(catalog, &space, store, &index, kept.as_ref(), still_kept)?;
+    if read_after_filling && has_old {
+        // Servers without the catalog wrote to the old collection until the description named
+        // this one, also after the read above: what they added or removed since is read again.
+        let again = without_catalog_in(&index)?;
+        let now: std::collections::HashSet<&str> = again.iter().map(|p| p.product.id.as_str()).collect();
+        let added: Vec<ProductWithoutCatalog> = again.iter().filter(|p| !carried.contains(&p.product.id)).cloned().collect();
+        match same_space {
+            true => {
+                for gone in carried.iter().filter(|id| !now.contains(id.as_str())) {
+                    index.remove_product(gone)?;
+                }
+                report.carried_without_catalog += index.carry(&added)?;
+            }
+            false => {
+                report.to_encode.retain(|p| now.contains(p.product.id.as_str()));
+                report.to_encode.extend(added);
+                report.without_catalog_in_old_space = report.to_encode.len();
+            }
+        }
+    }
+    // Before the settings servers with the catalog follow: one that reads them reads it too.
+    catalog.set_setting(&sent_through_setting(&store.collection), &sent_through.to_string())?;
     catalog.set_setting(&synced_space_setting(&store.collection), &space.fingerprint())?;
     catalog.set_setting(&points_setting(&store.collection), index.points())?;
     Ok(SyncReport { recreated, replaced, deleted_collections, kept_collections, ..report })
@@ -227,9 +276,9 @@ pub fn collection_status(catalog: &SqliteCatalog, store: &QdrantConfig) -> Resul
 /// Sends `index` the catalog's changes after change-log position `generation` (products added,
 /// replaced or removed since its rows were read); how many. When part of that log is gone (a
 /// saved search graph absorbed it), says to sync again, which compares every product.
-fn send_changes_since(catalog: &SqliteCatalog, space: &SearchSpace, index: &mut QdrantIndex, generation: i64) -> Result<usize> {
+pub fn send_changes_since(catalog: &SqliteCatalog, space: &SearchSpace, index: &mut QdrantIndex, generation: i64) -> Result<usize> {
     let Some(keys) = catalog.changed_since_whole(generation)? else {
-        tracing::warn!("the catalog's change log was trimmed while collection {:?} filled: run `lookalike sync` again to send what changed meanwhile", index.points());
+        tracing::warn!("the catalog's change log since collection {:?} was sent its changes is partly gone (a saved search graph absorbed it): run `lookalike sync` again to send what changed meanwhile", index.points());
         return Ok(0);
     };
     let mut put = Vec::new();
@@ -311,6 +360,19 @@ pub fn collection_points(catalog: &SqliteCatalog, store: &QdrantConfig) -> Resul
 
 fn points_setting(collection: &str) -> String {
     format!("qdrant_points:{collection}")
+}
+
+/// The catalog's change-log position up to which `lookalike sync` last sent `store`'s
+/// collection the catalog's changes (`None` before any sync): a server with the catalog that
+/// moves to the collection a swap filled, or to the search space a sync sent, sends it the
+/// changes after it ([`send_changes_since`]), which it wrote meanwhile elsewhere.
+pub fn collection_sent_through(catalog: &SqliteCatalog, store: &QdrantConfig) -> Result<Option<i64>> {
+    let setting = catalog.setting(&sent_through_setting(&store.collection))?;
+    setting.map(|s| s.parse::<i64>().with_context(|| format!("catalog setting {:?} is not a change-log position: {s:?}", sent_through_setting(&store.collection)))).transpose()
+}
+
+fn sent_through_setting(collection: &str) -> String {
+    format!("qdrant_sent_through:{collection}")
 }
 
 /// A product's photo when it is small enough to travel in its point's payload

@@ -57,7 +57,7 @@ fn store_at(url: &str, collection: &str, exact: bool) -> QdrantConfig {
         shards: None,
         replicas: None,
         write_consistency: None,
-        quantize: false,
+        quantize: None,
         write_ordering: qdrant_client::qdrant::WriteOrderingType::Weak,
         timeout: std::time::Duration::from_secs(30),
         filter_columns: vec!["articleType".into()],
@@ -522,14 +522,17 @@ fn a_swap_sends_the_catalog_changes_made_while_it_filled() {
 /// names (the old one) until the swap rewrites it, and the swap reads what those added or
 /// removed again after the rewrite. Twice: in the same space (the server moves to the new
 /// collection), and after a `tune` (it takes up the new space with it, and the products the
-/// replica added in the old space are left to encode again).
+/// replica added in the old space are left to encode again). The first swap's collection keeps
+/// the int8 copies of the one it replaces; the second, told `--no-quantize`, has none.
 #[test]
 #[ignore = "needs a Qdrant server: LOOKALIKE_QDRANT_URL"]
 fn writes_made_while_a_swap_runs_reach_the_new_collection() {
     let OwnCollection { _cluster, _dir, db, collection } = own_collection("swap-writes");
     let config = store(&collection, true);
     let catalog = SqliteCatalog::open_existing(&db).expect("catalog");
-    lookalike::store::sync_qdrant(&catalog, &config, SyncMode::InPlace, keep_replaced()).expect("sync");
+    // Made with int8 copies: the first swap's collection too, the second's not (--no-quantize).
+    let quantized = |quantize| QdrantConfig { quantize: Some(quantize), ..config.clone() };
+    lookalike::store::sync_qdrant(&catalog, &quantized(true), SyncMode::InPlace, keep_replaced()).expect("sync");
     let remote_config = IndexConfig { store: Some(config.clone()), precision: Precision::F32, ..IndexConfig::default() };
     let server = SearchEngine::open_with(SqliteCatalog::open_existing(&db).expect("catalog"), Box::new(encoder()), &remote_config).expect("server");
     let replica = SearchEngine::open_collection(&config, Box::new(encoder())).expect("replica");
@@ -544,7 +547,8 @@ fn writes_made_while_a_swap_runs_reach_the_new_collection() {
         }
         let (by_server, by_replica) = (format!("by-server-{round}"), format!("by-replica-{round}"));
         let (server_photo, replica_photo) = (test_photo(20 + round).0, test_photo(30 + round).0);
-        let report = lookalike::store::sync_qdrant_observed(&catalog, &config, SyncMode::Swap, keep_replaced(), &mut |step, _| {
+        let swap_config = if round == 0 { config.clone() } else { quantized(false) };
+        let report = lookalike::store::sync_qdrant_observed(&catalog, &swap_config, SyncMode::Swap, keep_replaced(), &mut |step, _| {
             if step == SyncStep::CaughtUp {
                 server.add_product_photo(by_server.clone(), server_photo.clone(), Default::default())?;
                 assert!(server.remove_product(removed)?, "removed through the server");
@@ -554,6 +558,7 @@ fn writes_made_while_a_swap_runs_reach_the_new_collection() {
         })
         .expect("swap");
         made.push(report.collection.clone());
+        assert_eq!(cluster.layout_of(&report.collection).expect("layout").quantized, round == 0, "round {round}: int8 copies as the replaced collection, unless told");
         let swapped =
             lookalike::index::qdrant::QdrantIndex::connect_cluster(config.clone()).and_then(|c| c.open_existing_points(report.collection.clone())).expect("the new collection");
         let encode_again: Vec<&str> = report.to_encode.iter().map(|p| p.product.id.as_str()).collect();

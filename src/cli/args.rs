@@ -55,9 +55,14 @@ pub struct StoreArgs {
     /// (Qdrant's write_consistency_factor; at most --replicas).
     #[arg(long, value_name = "N")]
     pub write_consistency: Option<u32>,
-    /// Keep int8 copies of the vectors in Qdrant's RAM (scalar quantisation), new collections.
-    #[arg(long)]
+    /// Keep int8 copies of the vectors in Qdrant's RAM (scalar quantisation), in a collection
+    /// lookalike makes (one made in place of another, by `sync --swap` or `--recreate`, does
+    /// as that one did unless this or --no-quantize says).
+    #[arg(long, conflicts_with = "no_quantize")]
     pub quantize: bool,
+    /// Full-precision vectors only, in a collection made in place of a quantised one.
+    #[arg(long)]
+    pub no_quantize: bool,
     /// Write ordering across replicas: weak, medium or strong.
     #[arg(long, default_value = "weak")]
     pub write_ordering: String,
@@ -85,7 +90,7 @@ impl StoreArgs {
             shards: self.shards,
             replicas: self.replicas,
             write_consistency: self.write_consistency,
-            quantize: self.quantize,
+            quantize: self.quantize.then_some(true).or(self.no_quantize.then_some(false)),
             write_ordering: QdrantConfig::parse_write_ordering(&self.write_ordering)?,
             timeout: std::time::Duration::from_secs(self.qdrant_timeout_secs.max(1)),
             filter_columns: self.filter_columns.clone(),

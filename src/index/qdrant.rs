@@ -40,8 +40,9 @@ pub struct QdrantConfig {
     /// Replicas of a shard that must acknowledge a write before it succeeds (Qdrant's
     /// `write_consistency_factor`; its default is 1).
     pub write_consistency: Option<u32>,
-    /// Store int8 copies of the vectors in RAM (Qdrant's scalar quantisation).
-    pub quantize: bool,
+    /// Store int8 copies of the vectors in RAM (Qdrant's scalar quantisation) in a collection
+    /// lookalike makes, or not; `None`: not, or as the collection it replaces.
+    pub quantize: Option<bool>,
     /// Write ordering across replicas: weak, medium or strong.
     pub write_ordering: WriteOrderingType,
     pub timeout: Duration,
@@ -71,7 +72,7 @@ impl QdrantConfig {
         self.shards = self.shards.or((layout.shards > 0).then_some(layout.shards));
         self.replicas = self.replicas.or(layout.replicas);
         self.write_consistency = self.write_consistency.or(layout.write_consistency);
-        self.quantize |= layout.quantized;
+        self.quantize = self.quantize.or(layout.quantized.then_some(true));
         for column in &layout.keyword_columns {
             if !self.filter_columns.contains(column) {
                 self.filter_columns.push(column.clone());
@@ -425,7 +426,7 @@ impl QdrantIndex {
             if let Some(factor) = self.config.write_consistency {
                 create = create.write_consistency_factor(factor);
             }
-            if self.config.quantize {
+            if self.config.quantize == Some(true) {
                 create = create.quantization_config(ScalarQuantizationBuilder::default().always_ram(true));
             }
             self.retry("creating the collection", || self.client.create_collection(create.clone()))?;
@@ -1065,12 +1066,12 @@ mod tests {
             exact: false,
         };
         let old = CollectionLayout { shards: 3, replicas: Some(2), write_consistency: Some(2), quantized: true, keyword_columns: vec!["gender".into(), "season".into()] };
-        let made = run(None, false).inheriting(&old);
-        assert_eq!((made.shards, made.replicas, made.write_consistency, made.quantize), (Some(3), Some(2), Some(2), true));
+        let made = run(None, None).inheriting(&old);
+        assert_eq!((made.shards, made.replicas, made.write_consistency, made.quantize), (Some(3), Some(2), Some(2), Some(true)));
         assert_eq!(made.filter_columns, ["articleType", "gender", "season"]);
-        let given = run(Some(6), false).inheriting(&old);
-        assert_eq!((given.shards, given.replicas), (Some(6), Some(2)), "--shards given wins");
-        let unknown = run(None, false).inheriting(&CollectionLayout::default());
-        assert_eq!((unknown.shards, unknown.replicas, unknown.quantize), (None, None, false), "nothing read, nothing taken");
+        let given = run(Some(6), Some(false)).inheriting(&old);
+        assert_eq!((given.shards, given.replicas, given.quantize), (Some(6), Some(2), Some(false)), "--shards and --no-quantize given win");
+        let unknown = run(None, None).inheriting(&CollectionLayout::default());
+        assert_eq!((unknown.shards, unknown.replicas, unknown.quantize), (None, None, None), "nothing read, nothing taken");
     }
 }

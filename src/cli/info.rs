@@ -100,9 +100,12 @@ fn print_collection(catalog: &SqliteCatalog, config: &QdrantConfig, status: &Col
     if !status.described {
         println!("qdrant description: none (servers without the catalog need it: run `{sync}`)");
     }
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let now = std::time::SystemTime::now();
     for replaced in &status.replaced {
-        let when = replaced.at.map_or_else(|| "by an older lookalike".to_string(), |at| format!("{} s ago", now.saturating_sub(at)));
+        let when = match (replaced.at, replaced.age_secs(now)) {
+            (None, _) => "by an older lookalike".to_string(),
+            (Some(_), age) => format!("{} s ago", age.unwrap_or(0)),
+        };
         println!("qdrant kept after a swap: {:?}, replaced {when} (the first sync once it has been kept --keep-replaced seconds deletes it)", replaced.collection);
     }
     Ok(())

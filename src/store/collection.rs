@@ -431,6 +431,16 @@ pub struct ReplacedCollection {
     pub at: Option<u64>,
 }
 
+impl ReplacedCollection {
+    /// Seconds since the swap replaced it, at time `now`: `None` when an older lookalike
+    /// swapped (no time kept), or when the swap's time is ahead of `now` (another machine's
+    /// clock).
+    pub fn age_secs(&self, now: std::time::SystemTime) -> Option<u64> {
+        let now = now.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        now.checked_sub(self.at?)
+    }
+}
+
 /// Reads `replaced` as a list, or as the one name older descriptions kept.
 fn replaced_collections<'de, D: serde::Deserializer<'de>>(deserializer: D) -> std::result::Result<Vec<ReplacedCollection>, D::Error> {
     #[derive(serde::Deserialize)]
@@ -475,8 +485,7 @@ impl KeepReplaced {
     /// replaced by an older lookalike (no time) has been kept since before this one ran; one
     /// replaced "later" than now (another machine's clock ahead) is kept.
     fn due(&self, replaced: Vec<ReplacedCollection>) -> (Vec<ReplacedCollection>, Vec<ReplacedCollection>) {
-        let now = self.now_secs();
-        replaced.into_iter().partition(|r| r.at.is_none_or(|at| now.checked_sub(at).is_some_and(|kept| kept >= self.at_least.as_secs())))
+        replaced.into_iter().partition(|r| r.at.is_none() || r.age_secs(self.now).is_some_and(|kept| kept >= self.at_least.as_secs()))
     }
 }
 

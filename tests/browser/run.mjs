@@ -274,6 +274,7 @@ try {
   await settled(page, 24);
   await shot(page, "desktop-area.png");
   // Keyboard: C, arrows, Enter; each move is announced.
+  check(await page.locator("#crop-help .keyboard-help").isVisible(), "a computer's page says which keys select an area");
   await page.focus("#crop-area");
   await page.keyboard.press("c");
   await page.keyboard.press("ArrowRight");
@@ -398,6 +399,7 @@ try {
   check(seen, `the first result card is on screen (${where})`);
   const overflow = await phone.evaluate(() => document.documentElement.scrollWidth - document.documentElement.clientWidth);
   check(overflow <= 0, "no sideways scrolling on a 390 px phone");
+  check((await phone.locator("#crop-help").isVisible()) && !(await phone.locator("#crop-help .keyboard-help").isVisible()), "a phone's page says how to select an area, without keys");
   await axeClean(phone, "phone, results");
   await shot(phone, "phone-results.png");
   // Details on a phone.

@@ -1,0 +1,375 @@
+//! The collection's points: each product's vector with its payload (id, metadata, colour, small
+//! photo), written one by one or in batches, synced against a catalog, read back, removed, and
+//! counted by facet.
+
+use std::collections::{HashMap, HashSet};
+
+use anyhow::{bail, Context, Result};
+use base64::Engine as _;
+use qdrant_client::qdrant::{
+    point_id::PointIdOptions, Condition, DeletePointsBuilder, FacetCountsBuilder, Filter as QFilter, GetPointsBuilder, PayloadExcludeSelector, PayloadIncludeSelector, PointId,
+    PointStruct, PointsIdsList, ScrollPointsBuilder, UpsertPointsBuilder, Value as QValue,
+};
+
+use super::{point_id, QdrantIndex, COLOUR_FIELD, ID_FIELD, IMAGE_FIELD, KEY_FIELD, MAX_PAYLOAD_IMAGE};
+use crate::types::{Key, Metadata};
+
+/// Points per upsert request: large enough to amortise the round trip, small enough to stay far
+/// below gRPC's 4 MiB message limit at 2048 dimensions (256 × 8 KiB = 2 MiB).
+pub(super) const UPSERT_BATCH: usize = 256;
+
+/// What a point carries about its product: all a server needs to show it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct StoredProduct {
+    pub id: String,
+    pub metadata: Metadata,
+    /// The product's colour descriptor ([`crate::colour::ColourDescriptor::values`]).
+    pub colour: Option<Vec<f32>>,
+}
+
+/// A product added to a collection through a server without the catalog (its point carries no
+/// catalog key): all a `sync` that moves the points elsewhere can carry over.
+#[derive(Debug, Clone)]
+pub struct ProductWithoutCatalog {
+    pub product: StoredProduct,
+    /// Its photo, when small enough to travel in the payload ([`MAX_PAYLOAD_IMAGE`]).
+    pub image: Option<Vec<u8>>,
+    /// Its vector in the collection's search space, when asked for.
+    pub vector: Option<Vec<f32>>,
+}
+
+/// One product's point as [`QdrantIndex::put_products`] writes it: its vector in the
+/// collection's space, and its photo when small enough to travel in the payload.
+pub struct ProductPoint {
+    pub key: Key,
+    pub product: StoredProduct,
+    pub vector: Vec<f32>,
+    pub image: Option<Vec<u8>>,
+}
+
+/// What [`QdrantIndex::sync`] changed.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct SyncReport {
+    pub in_catalog: usize,
+    pub in_collection_before: usize,
+    pub added: usize,
+    /// Points sent again because the collection held them in another search space (see
+    /// [`QdrantIndex::holds_other_vectors`]).
+    pub resent: usize,
+    pub deleted: usize,
+    /// The collection was deleted first and filled afresh (`sync --recreate`: its vectors did
+    /// not fit the catalog's search space).
+    pub recreated: bool,
+    /// The collection that holds the points now: the one named, or the one `sync --swap`
+    /// filled beside it (the description names it; every server follows).
+    pub collection: String,
+    /// The collection `sync --swap` filled this one in place of: kept for servers that have
+    /// not yet read the new description.
+    pub replaced: Option<String>,
+    /// Collections earlier swaps replaced, deleted by this sync: kept long enough for every
+    /// server to have moved off them.
+    pub deleted_collections: Vec<String>,
+    /// Collections swaps replaced (this one's first) that are kept for now: a later sync
+    /// deletes them.
+    pub kept_collections: Vec<String>,
+    /// Catalog changes made while a new (or recreated) collection filled, sent to it before
+    /// servers move to it.
+    pub caught_up: usize,
+    /// Products added through servers without the catalog, copied as they were from the
+    /// collection this sync replaced or recreated (same search space).
+    pub carried_without_catalog: usize,
+    /// Products added through servers without the catalog whose vectors are in the search
+    /// space before `tune`: encoded again from their photos by `lookalike sync`
+    /// ([`SyncReport::to_encode`]), or, without a photo in their payload, to be added again.
+    pub without_catalog_in_old_space: usize,
+    /// Those products.
+    #[serde(skip)]
+    pub to_encode: Vec<ProductWithoutCatalog>,
+    pub seconds: f64,
+}
+
+/// A point's one unnamed dense vector; `None` for named or other vectors.
+pub(super) fn dense_vector(point: &qdrant_client::qdrant::RetrievedPoint) -> Option<Vec<f32>> {
+    match point.vectors.as_ref()?.get_vector()? {
+        qdrant_client::qdrant::vector_output::Vector::Dense(dense) => Some(dense.data),
+        _ => None,
+    }
+}
+
+/// The product a point's payload describes; `None` for a point lookalike did not write.
+pub(super) fn stored_product(payload: HashMap<String, QValue>) -> Option<StoredProduct> {
+    let id = payload.get(ID_FIELD).and_then(string)?.to_string();
+    let colour = payload
+        .get(COLOUR_FIELD)
+        .and_then(string)
+        .and_then(|text| base64::engine::general_purpose::STANDARD.decode(text).ok())
+        .map(|bytes| bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect());
+    let metadata = payload.iter().filter(|(k, _)| !k.starts_with("_lookalike_")).filter_map(|(k, v)| string(v).map(|v| (k.clone(), v.to_string()))).collect();
+    Some(StoredProduct { id, metadata, colour })
+}
+
+pub(super) fn string(v: &QValue) -> Option<&str> {
+    match &v.kind {
+        Some(qdrant_client::qdrant::value::Kind::StringValue(s)) => Some(s),
+        _ => None,
+    }
+}
+
+pub(super) fn integer(v: &QValue) -> Option<i64> {
+    match v.kind {
+        Some(qdrant_client::qdrant::value::Kind::IntegerValue(i)) => Some(i),
+        _ => None,
+    }
+}
+
+impl QdrantIndex {
+    /// Tells the index who `key` is (the point id and payload of its vector).
+    pub fn describe(&mut self, key: Key, product: StoredProduct) {
+        self.products.insert(key, product);
+    }
+
+    /// A point: the vector, the product's payload, the catalog key when the product has one
+    /// (`key` ≥ 0) and its photo when one is given.
+    pub(super) fn point(product: &StoredProduct, key: Option<Key>, vector: &[f32], image: Option<&[u8]>) -> PointStruct {
+        let mut payload: HashMap<String, QValue> = product.metadata.iter().map(|(k, v)| (k.clone(), QValue::from(v.clone()))).collect();
+        if let Some(key) = key {
+            payload.insert(KEY_FIELD.into(), QValue::from(key));
+        }
+        payload.insert(ID_FIELD.into(), QValue::from(product.id.clone()));
+        if let Some(colour) = &product.colour {
+            let bytes: Vec<u8> = colour.iter().flat_map(|v| v.to_le_bytes()).collect();
+            payload.insert(COLOUR_FIELD.into(), QValue::from(base64::engine::general_purpose::STANDARD.encode(bytes)));
+        }
+        if let Some(image) = image.filter(|i| i.len() <= MAX_PAYLOAD_IMAGE) {
+            payload.insert(IMAGE_FIELD.into(), QValue::from(base64::engine::general_purpose::STANDARD.encode(image)));
+        }
+        PointStruct::new(point_id(&product.id), vector.to_vec(), payload)
+    }
+
+    /// The point of catalog key `key`, described before.
+    pub(super) fn keyed_point(&self, key: Key, vector: &[f32], image: Option<&[u8]>) -> Result<PointStruct> {
+        let product = self.products.get(&key).with_context(|| format!("no product id known for key {key}"))?;
+        Ok(QdrantIndex::point(product, (key >= 0).then_some(key), vector, image))
+    }
+
+    /// Upserts many points in batches of [`UPSERT_BATCH`].
+    pub fn upsert_many(&mut self, rows: &[(Key, Vec<f32>)]) -> Result<()> {
+        for chunk in rows.chunks(UPSERT_BATCH) {
+            let points = chunk.iter().map(|(k, v)| self.keyed_point(*k, v, None)).collect::<Result<Vec<_>>>()?;
+            self.upsert_points(points)?;
+        }
+        self.len = self.count()?;
+        Ok(())
+    }
+
+    /// Adds or replaces one product's point, with its photo when small enough to travel in the
+    /// payload.
+    pub fn put_product(&mut self, key: Key, product: StoredProduct, vector: &[f32], image: Option<&[u8]>) -> Result<()> {
+        self.put_products(vec![ProductPoint { key, product, vector: vector.to_vec(), image: image.map(<[u8]>::to_vec) }])
+    }
+
+    /// [`QdrantIndex::put_product`] for many, sent in batches.
+    pub fn put_products(&mut self, rows: Vec<ProductPoint>) -> Result<()> {
+        if let Some(row) = rows.iter().find(|row| row.vector.len() != self.dim) {
+            bail!("vector has {} dimensions, the collection holds {}-d vectors", row.vector.len(), self.dim);
+        }
+        let points: Vec<PointStruct> = rows.iter().map(|row| QdrantIndex::point(&row.product, (row.key >= 0).then_some(row.key), &row.vector, row.image.as_deref())).collect();
+        for chunk in points.chunks(UPSERT_BATCH) {
+            self.upsert_points(chunk.to_vec())?;
+        }
+        self.products.extend(rows.into_iter().map(|row| (row.key, row.product)));
+        self.len = self.count()?;
+        Ok(())
+    }
+
+    pub(super) fn upsert_points(&self, points: Vec<PointStruct>) -> Result<()> {
+        let request = UpsertPointsBuilder::new(self.points.clone(), points).wait(true).ordering(self.ordering());
+        self.retry("upserting points", || self.client.upsert_points(request.clone()))?;
+        Ok(())
+    }
+
+    /// Every point id in the collection, with the catalog key its payload records (none for a
+    /// product added through a server without a catalog).
+    pub(super) fn all_points(&self) -> Result<HashMap<String, Option<Key>>> {
+        let mut out = HashMap::new();
+        let mut offset: Option<PointId> = None;
+        loop {
+            let mut request =
+                ScrollPointsBuilder::new(self.points.clone()).limit(1000).with_payload(PayloadIncludeSelector { fields: vec![KEY_FIELD.to_string()] }).with_vectors(false);
+            if let Some(o) = offset.clone() {
+                request = request.offset(o);
+            }
+            let page = self.retry("listing points", || self.client.scroll(request.clone()))?;
+            for point in page.result {
+                let Some(PointIdOptions::Uuid(uuid)) = point.id.and_then(|i| i.point_id_options) else { continue };
+                let key = point.payload.get(KEY_FIELD).and_then(integer);
+                out.insert(uuid, key);
+            }
+            match page.next_page_offset {
+                Some(next) => offset = Some(next),
+                None => break,
+            }
+        }
+        Ok(out)
+    }
+
+    /// Writes products a server without the catalog added, with the vectors they have, as
+    /// they were (no catalog key); how many had a vector to write.
+    pub fn carry(&mut self, products: &[ProductWithoutCatalog]) -> Result<usize> {
+        let points: Vec<PointStruct> = products.iter().filter_map(|p| Some(QdrantIndex::point(&p.product, None, p.vector.as_deref()?, p.image.as_deref()))).collect();
+        for chunk in points.chunks(UPSERT_BATCH) {
+            self.upsert_points(chunk.to_vec())?;
+        }
+        self.len = self.count()?;
+        Ok(points.len())
+    }
+
+    /// Every product of collection `name` that a server without the catalog added (its point
+    /// has no catalog key), with its photo and, if `with_vectors`, its vector.
+    pub fn products_without_catalog(&self, name: &str, with_vectors: bool) -> Result<Vec<ProductWithoutCatalog>> {
+        let mut out = Vec::new();
+        let mut offset: Option<PointId> = None;
+        loop {
+            let mut request =
+                ScrollPointsBuilder::new(name.to_string()).filter(QFilter::must([Condition::is_empty(KEY_FIELD)])).limit(256).with_payload(true).with_vectors(with_vectors);
+            if let Some(o) = offset.clone() {
+                request = request.offset(o);
+            }
+            let page = self.retry("listing products added without the catalog", || self.client.scroll(request.clone()))?;
+            for point in page.result {
+                let vector = if with_vectors { dense_vector(&point) } else { None };
+                let image = point.payload.get(IMAGE_FIELD).and_then(string).and_then(|text| base64::engine::general_purpose::STANDARD.decode(text).ok());
+                if let Some(product) = stored_product(point.payload) {
+                    out.push(ProductWithoutCatalog { product, image, vector });
+                }
+            }
+            match page.next_page_offset {
+                Some(next) => offset = Some(next),
+                None => break,
+            }
+        }
+        Ok(out)
+    }
+
+    /// Makes the collection agree with the catalog: upserts every product that is missing (or
+    /// whose recorded key differs), deletes points a catalog wrote whose product is gone.
+    /// Products added through a server without a catalog (no key in their payload) are kept:
+    /// the catalog never knew them, so their absence from it says nothing. `keys` are the
+    /// catalog's products; `vector` gives one's vector in the search space, `image` its photo.
+    /// Vectors are fetched 256 at a time as they are sent, so a million-product sync holds no
+    /// second copy of them.
+    pub fn sync(&mut self, keys: &[Key], vector: impl Fn(Key) -> Option<Vec<f32>>, image: impl Fn(Key) -> Option<Vec<u8>>) -> Result<SyncReport> {
+        let started = std::time::Instant::now();
+        let existing = self.all_points()?;
+        let mut report = SyncReport { in_catalog: keys.len(), in_collection_before: existing.len(), collection: self.points.clone(), ..Default::default() };
+        // Points are matched by id alone; vectors sent in another search space (`tune` at the
+        // same dimension, an untuned catalog centred anew) would stay and be searched with
+        // queries mapped in the new one. So a sample is read back, and all are sent again if
+        // it differs.
+        let resend = self.holds_other_vectors(keys, &vector)?;
+        let mut wanted: HashSet<String> = HashSet::new();
+        let mut missing = Vec::new();
+        for &key in keys {
+            let product = self.products.get(&key).with_context(|| format!("no product id known for key {key}"))?;
+            let pid = point_id(&product.id);
+            let present = existing.get(&pid) == Some(&Some(key));
+            if !present || resend {
+                missing.push(key);
+                report.resent += usize::from(present);
+            }
+            wanted.insert(pid);
+        }
+        let stale: Vec<PointId> = existing.iter().filter(|(p, key)| key.is_some() && !wanted.contains(*p)).map(|(p, _)| PointId::from(p.clone())).collect();
+        report.added = missing.len() - report.resent;
+        report.deleted = stale.len();
+        for chunk in missing.chunks(UPSERT_BATCH) {
+            let points = chunk
+                .iter()
+                .map(|&k| {
+                    let vector = vector(k).with_context(|| format!("no vector for key {k}"))?;
+                    self.keyed_point(k, &vector, image(k).as_deref())
+                })
+                .collect::<Result<Vec<_>>>()?;
+            self.upsert_points(points)?;
+        }
+        for chunk in stale.chunks(1000) {
+            let request = DeletePointsBuilder::new(self.points.clone()).points(PointsIdsList { ids: chunk.to_vec() }).wait(true).ordering(self.ordering());
+            self.retry("deleting points", || self.client.delete_points(request.clone()))?;
+        }
+        self.len = self.count()?;
+        report.seconds = started.elapsed().as_secs_f64();
+        Ok(report)
+    }
+
+    /// A product's payload and vector (in the search space), read from its point.
+    pub fn product(&self, id: &str) -> Result<Option<(StoredProduct, Vec<f32>)>> {
+        let request = GetPointsBuilder::new(self.points.clone(), vec![PointId::from(point_id(id))])
+            .with_payload(PayloadExcludeSelector::new(vec![IMAGE_FIELD.to_string()]))
+            .with_vectors(true);
+        let response = self.retry("reading a point", || self.client.get_points(request.clone()))?;
+        let Some(point) = response.result.into_iter().next() else { return Ok(None) };
+        let vector = dense_vector(&point).with_context(|| format!("the point of product {id:?} has no plain vector"))?;
+        Ok(stored_product(point.payload).map(|product| (product, vector)))
+    }
+
+    /// The photo kept in a product's payload, if it has one.
+    pub fn product_image(&self, id: &str) -> Result<Option<Vec<u8>>> {
+        let request = GetPointsBuilder::new(self.points.clone(), vec![PointId::from(point_id(id))])
+            .with_payload(PayloadIncludeSelector { fields: vec![IMAGE_FIELD.to_string()] })
+            .with_vectors(false);
+        let response = self.retry("reading a photo", || self.client.get_points(request.clone()))?;
+        let Some(point) = response.result.into_iter().next() else { return Ok(None) };
+        Ok(point.payload.get(IMAGE_FIELD).and_then(string).and_then(|text| base64::engine::general_purpose::STANDARD.decode(text).ok()))
+    }
+
+    /// Deletes a product's point by its id; whether there was one.
+    pub fn remove_product(&mut self, id: &str) -> Result<bool> {
+        let pid = PointId::from(point_id(id));
+        let request = GetPointsBuilder::new(self.points.clone(), vec![pid.clone()]).with_payload(false).with_vectors(false);
+        let existed = !self.retry("reading a point", || self.client.get_points(request.clone()))?.result.is_empty();
+        let request = DeletePointsBuilder::new(self.points.clone()).points(PointsIdsList { ids: vec![pid] }).wait(true).ordering(self.ordering());
+        self.retry("deleting a point", || self.client.delete_points(request.clone()))?;
+        self.products.retain(|_, p| p.id != id);
+        self.len = self.count()?;
+        Ok(existed)
+    }
+
+    /// Deletes the point whose payload records catalog key `key`, if any.
+    pub(super) fn remove_catalog_key(&mut self, key: Key) -> Result<()> {
+        let filter = QFilter::must([Condition::matches(KEY_FIELD, key)]);
+        let request = DeletePointsBuilder::new(self.points.clone()).points(filter).wait(true).ordering(self.ordering());
+        self.retry("deleting a point", || self.client.delete_points(request.clone()))?;
+        self.len = self.count()?;
+        Ok(())
+    }
+
+    /// Points in the collection now, as Qdrant counts them (other servers' writes included).
+    pub fn count_now(&self) -> Result<usize> {
+        self.count()
+    }
+
+    /// How many products have each value of each of `columns` (Qdrant's facet counts; a
+    /// column needs a keyword index, as `--filter-columns` gives a new collection), most
+    /// frequent first, at most `limit` values a column.
+    pub fn facets(&self, columns: &[String], limit: u64) -> Result<Vec<(String, String, usize)>> {
+        let mut out = Vec::new();
+        for column in columns {
+            let request = FacetCountsBuilder::new(self.points.clone(), column.clone()).limit(limit).exact(true);
+            let response = match self.run(self.client.facet(request.clone())) {
+                Ok(response) => response,
+                // A column without a keyword index has no facet: left out, not an error.
+                Err(qdrant_client::QdrantError::ResponseError { status }) if matches!(status.code() as i32, 3 | 5) => {
+                    tracing::debug!("no facet for {column:?}: {}", status.message());
+                    continue;
+                }
+                Err(_) => self.retry("counting values", || self.client.facet(request.clone()))?,
+            };
+            for hit in response.hits {
+                if let Some(qdrant_client::qdrant::facet_value::Variant::StringValue(value)) = hit.value.and_then(|v| v.variant) {
+                    out.push((column.clone(), value, hit.count as usize));
+                }
+            }
+        }
+        Ok(out)
+    }
+}

@@ -42,6 +42,32 @@ fn every_route_answers_and_is_in_the_openapi_document() {
     assert_eq!(values.iter().map(|v| v["count"].as_u64().unwrap_or(0)).sum::<u64>(), 300);
     assert!(facets["facets"].as_array().expect("facets").iter().all(|f| f["column"] != "index"), "ids are not a facet");
 
+    // Every product, a page at a time, each once; a filter narrows the listing as the facet counts.
+    let (mut listed, mut next, mut pages) = (std::collections::BTreeSet::new(), None::<String>, 0);
+    loop {
+        let route = match &next {
+            Some(token) => format!("/api/products?limit=120&page={token}"),
+            None => "/api/products?limit=120".to_string(),
+        };
+        let page = ok_json(get(&route));
+        let products = page["products"].as_array().expect("products");
+        assert!(products.len() <= 120 && products.iter().all(|p| p["metadata"]["articleType"].is_string()), "{route}");
+        listed.extend(products.iter().map(|p| p["id"].as_str().expect("id").to_string()));
+        pages += 1;
+        match page["next_page"].as_str() {
+            Some(token) => next = Some(token.to_string()),
+            None => break,
+        }
+    }
+    assert_eq!((listed.len(), pages), (300, 3), "300 products in pages of 120");
+    let shirts = values.iter().find(|v| v["value"] == "Shirt").and_then(|v| v["count"].as_u64()).expect("Shirt facet");
+    let filtered = ok_json(get("/api/products?filter=articleType%3DShirt&limit=500"));
+    let filtered = filtered["products"].as_array().expect("products");
+    assert!(filtered.iter().all(|p| p["metadata"]["articleType"] == "Shirt") && filtered.len() as u64 == shirts, "the Shirt filter lists the {shirts} shirts");
+    for route in ["/api/products?limit=0", "/api/products?limit=501", "/api/products?page=not-a-token", "/api/products?sort=name", "/api/products?filter=nocolumn"] {
+        expect_error(get(route), 422, "bad_parameters");
+    }
+
     let product = ok_json(get("/api/products/fmnist-train-00001"));
     assert_eq!(product["id"], "fmnist-train-00001");
     assert!(product["metadata"]["articleType"].is_string());
@@ -77,6 +103,7 @@ fn every_route_answers_and_is_in_the_openapi_document() {
         ("/app.js", "get"),
         ("/style.css", "get"),
         ("/api/search", "post"),
+        ("/api/products", "get"),
         ("/api/products", "post"),
         ("/api/products/{id}", "get"),
         ("/api/products/{id}", "delete"),

@@ -652,6 +652,32 @@ fn replicas_with_and_without_the_catalog_share_one_collection() {
         assert_eq!(product(a, id).status().as_u16(), 404);
     }
 
+    // Both list the collection's products, a page at a time: the catalog's and one added through
+    // the replica, the same on both; a filter runs in Qdrant.
+    let (photo, _) = test_photo(501);
+    add(&replica, "listed-on-both", photo);
+    let list = |server: &Server, query: &str| {
+        let (mut ids, mut next) = (HashSet::new(), None::<String>);
+        loop {
+            let page = match &next {
+                Some(token) => ok_json(client().get(server.url(&format!("/api/products?limit=128&{query}page={token}"))).send().expect("list")),
+                None => ok_json(client().get(server.url(&format!("/api/products?limit=128&{query}"))).send().expect("list")),
+            };
+            ids.extend(page["products"].as_array().expect("products").iter().map(|p| p["id"].as_str().expect("id").to_string()));
+            match page["next_page"].as_str() {
+                Some(token) => next = Some(token.to_string()),
+                None => return ids,
+            }
+        }
+    };
+    let everything = list(&replica, "");
+    assert!(everything.len() == 301 && everything.contains("listed-on-both"), "{} listed", everything.len());
+    assert_eq!(list(&owner, ""), everything, "the server with the catalog lists the collection's products too");
+    assert_eq!(list(&replica, "filter=articleType%3DTest&"), HashSet::from(["listed-on-both".to_string()]));
+    let bad = client().get(replica.url("/api/products?page=12")).send().expect("list");
+    assert_eq!(bad.status().as_u16(), 422, "a page token that is no point id");
+    assert_eq!(remove(&owner, "listed-on-both"), 204);
+
     // A photo too large for the payload: shown from the shop's own copy (its image_url).
     let mut big = Vec::new();
     let noise = image::RgbImage::from_fn(400, 400, |x, y| image::Rgb([(x * 31 + y * 17) as u8, (x * y) as u8, (x ^ y) as u8]));

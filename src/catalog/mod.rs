@@ -370,6 +370,13 @@ mod tests {
         assert!(counts.contains(&("baseColour".into(), "Red".into(), 2)), "{counts:?}");
         assert!(Filter::parse(&["novalue"]).is_err());
         assert!(Filter::parse(&["=x"]).is_err());
+        // Pages of a filtered listing go on from the last key, in key order.
+        let red = Filter::parse(&["baseColour=Red", "baseColour=Blue"])?;
+        let first = cat.products_page(&red, None, 2)?;
+        assert_eq!(first.iter().map(|p| p.id.as_str()).collect::<Vec<_>>(), ["a", "b"]);
+        let rest = cat.products_page(&red, first.last().map(|p| p.key), 2)?;
+        assert_eq!(rest.iter().map(|p| p.id.as_str()).collect::<Vec<_>>(), ["c"]);
+        assert!(cat.products_page(&red, rest.last().map(|p| p.key), 2)?.is_empty());
         Ok(())
     }
 

@@ -163,8 +163,19 @@ impl SqliteCatalog {
 
     /// Keys of the products matching `filter`.
     pub fn filter_keys(&self, filter: &Filter) -> Result<Vec<Key>> {
-        let mut sql = String::from("SELECT key FROM products p WHERE 1");
-        let mut args: Vec<String> = Vec::new();
+        self.filtered_keys(filter, None, None)
+    }
+
+    /// Up to `limit` products matching `filter` with keys above `after`, by key: one page of a
+    /// listing that goes on from the last key it returned.
+    pub fn products_page(&self, filter: &Filter, after: Option<Key>, limit: usize) -> Result<Vec<Product>> {
+        let keys = self.filtered_keys(filter, after, Some(limit))?;
+        self.get_many(&keys)
+    }
+
+    fn filtered_keys(&self, filter: &Filter, after: Option<Key>, limit: Option<usize>) -> Result<Vec<Key>> {
+        let mut sql = String::from("SELECT key FROM products p WHERE key > ?1");
+        let mut args: Vec<String> = vec![after.unwrap_or(Key::MIN).to_string()];
         for (column, values) in filter.conditions() {
             // Column and values are bound parameters compared with json_each's keys, never
             // spliced into the SQL nor parsed as a JSON path: any column name is just text.
@@ -181,6 +192,9 @@ impl SqliteCatalog {
             ));
         }
         sql.push_str(" ORDER BY key");
+        if let Some(limit) = limit {
+            sql.push_str(&format!(" LIMIT {limit}"));
+        }
         let mut stmt = self.conn.prepare(&sql)?;
         let rows = stmt.query_map(rusqlite::params_from_iter(args.iter()), |r| r.get(0))?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)

@@ -219,6 +219,14 @@ impl From<anyhow::Error> for SearchError {
     }
 }
 
+/// One page of a listing of the products ([`SearchEngine::products_page`]).
+#[derive(Debug, Clone)]
+pub struct ProductPage {
+    pub products: Vec<Product>,
+    /// The token that asks for the next page; `None` after the last.
+    pub next: Option<String>,
+}
+
 /// One facet of the page's filters: column, value, and how many products have it.
 pub type FacetCount = (String, String, usize);
 

@@ -5,11 +5,11 @@ use anyhow::{Context, Result};
 use sha2::Digest as _;
 
 use super::rank::collection_product;
-use super::{map_product, FacetCount, SearchEngine, SearchError};
+use super::{map_product, FacetCount, ProductPage, SearchEngine, SearchError};
 use crate::colour::{self, ColourDescriptor};
 use crate::index::qdrant::{collection_key, StoredProduct};
 use crate::preprocess;
-use crate::types::{ImageRef, Key, NewProduct, Product, VectorSpace};
+use crate::types::{Filter, ImageRef, Key, NewProduct, Product, VectorSpace};
 
 impl SearchEngine {
     /// Adds a product (or replaces the one with the same id) and makes it searchable at once:
@@ -105,6 +105,33 @@ impl SearchEngine {
         f(store.collection_mut().context("the vector store is not a Qdrant collection")?)
     }
 
+    /// One page of the products this engine searches, those matching `filter`: up to `limit`,
+    /// from where the page token `from` (the `next` of the page before; `None` for the first)
+    /// says. With a Qdrant collection as the store, the collection's products (every server's
+    /// additions included), in its point order; otherwise the catalog's, by catalog key.
+    pub fn products_page(&self, filter: &Filter, from: Option<&str>, limit: usize) -> Result<ProductPage, SearchError> {
+        let bad_token = || SearchError::BadRequest(format!("{:?} is not a page token this server gave (start again without one)", from.unwrap_or_default()));
+        if let Some(collection) = self.read_index()?.collection() {
+            // Point ids are UUIDs; anything else would reach Qdrant as an invalid id.
+            if from.is_some_and(|token| !is_point_id(token)) {
+                return Err(bad_token());
+            }
+            let (products, next) = collection.products_page(filter, from, limit)?;
+            return Ok(ProductPage { products: products.into_iter().map(collection_product).collect(), next });
+        }
+        let after = from.map(|token| token.parse::<Key>().map_err(|_| bad_token())).transpose()?;
+        // One more than asked: whether there is a next page.
+        let mut products = self.with_catalog(|c| c.products_page(filter, after, limit.saturating_add(1)))?;
+        let next = match products.len() > limit {
+            true => {
+                products.truncate(limit);
+                products.last().map(|p| p.key.to_string())
+            }
+            false => None,
+        };
+        Ok(ProductPage { products, next })
+    }
+
     /// A product by its id. With a Qdrant collection as the store, the collection says whether
     /// it exists (any server may have added or removed it there); the catalog's row is
     /// preferred where there is one, for its photo.
@@ -160,4 +187,10 @@ impl SearchEngine {
             None => self.read_index()?.collection().context("a server without a catalog searches a Qdrant collection")?.count_now(),
         }
     }
+}
+
+/// Whether `token` has a point id's form (a UUID: 8-4-4-4-12 hexadecimal digits).
+fn is_point_id(token: &str) -> bool {
+    let groups: Vec<&str> = token.split('-').collect();
+    groups.iter().map(|g| g.len()).eq([8, 4, 4, 4, 12]) && groups.iter().all(|g| g.chars().all(|c| c.is_ascii_hexdigit()))
 }

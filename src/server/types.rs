@@ -48,6 +48,14 @@ impl From<&Product> for ProductBody {
     }
 }
 
+/// One page of the catalog's products (`GET /api/products`).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ProductListBody {
+    pub products: Vec<ProductBody>,
+    /// Pass as `page` for the next page; `null` after the last.
+    pub next_page: Option<String>,
+}
+
 /// One ranked product.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct HitBody {

@@ -11,8 +11,8 @@ use qdrant_client::qdrant::{
     PointStruct, PointsIdsList, ScrollPointsBuilder, UpsertPointsBuilder, Value as QValue,
 };
 
-use super::{point_id, QdrantIndex, COLOUR_FIELD, ID_FIELD, IMAGE_FIELD, KEY_FIELD, MAX_PAYLOAD_IMAGE};
-use crate::types::{Key, Metadata};
+use super::{point_id, qdrant_filter, QdrantIndex, COLOUR_FIELD, ID_FIELD, IMAGE_FIELD, KEY_FIELD, MAX_PAYLOAD_IMAGE};
+use crate::types::{Filter, Key, Metadata};
 
 /// Points per upsert request: large enough to amortise the round trip, small enough to stay far
 /// below gRPC's 4 MiB message limit at 2048 dimensions (256 × 8 KiB = 2 MiB).
@@ -341,6 +341,27 @@ impl QdrantIndex {
         self.retry("deleting a point", || self.client.delete_points(request.clone()))?;
         self.len = self.count()?;
         Ok(())
+    }
+
+    /// Up to `limit` products matching `filter`, in the collection's point order, from point
+    /// `from` (the `next` an earlier page returned; `None`: the first page), and the point the
+    /// next page starts from (`None` after the last).
+    pub fn products_page(&self, filter: &Filter, from: Option<&str>, limit: usize) -> Result<(Vec<StoredProduct>, Option<String>)> {
+        let limit = u32::try_from(limit).context("page size")?;
+        let mut request = ScrollPointsBuilder::new(self.points.clone()).limit(limit).with_payload(PayloadExcludeSelector::new(vec![IMAGE_FIELD.to_string()])).with_vectors(false);
+        if let Some(filter) = qdrant_filter(filter) {
+            request = request.filter(filter);
+        }
+        if let Some(from) = from {
+            request = request.offset(PointId::from(from.to_string()));
+        }
+        let page = self.retry("listing products", || self.client.scroll(request.clone()))?;
+        let products = page.result.into_iter().filter_map(|point| stored_product(point.payload)).collect();
+        let next = page.next_page_offset.and_then(|id| match id.point_id_options {
+            Some(PointIdOptions::Uuid(uuid)) => Some(uuid),
+            _ => None,
+        });
+        Ok((products, next))
     }
 
     /// Points in the collection now, as Qdrant counts them (other servers' writes included).

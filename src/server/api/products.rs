@@ -1,9 +1,10 @@
-//! `GET /api/products/{id}` (and its image), `POST /api/products`, `DELETE /api/products/{id}`.
+//! `GET /api/products` (a page of them), `GET /api/products/{id}` (and its image),
+//! `POST /api/products`, `DELETE /api/products/{id}`.
 
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -11,10 +12,52 @@ use sha2::{Digest, Sha256};
 
 use super::super::error::{ApiError, ErrorBody};
 use super::super::extract::{read_image_field, AdminToken, FieldNames, UploadForm};
-use super::super::types::{NewProductForm, ProductBody};
+use super::super::types::{NewProductForm, ProductBody, ProductListBody};
 use super::super::AppState;
 use super::{blocking, Shared};
-use crate::types::{Metadata, NewImage, NewProduct, Product};
+use crate::types::{Filter, Metadata, NewImage, NewProduct, Product};
+
+/// Products on a page listing them, at most this many a page.
+const MAX_PAGE: usize = 500;
+
+/// The catalog's products, a page at a time: all of them, or those matching the filters. With
+/// a Qdrant collection as the store, the collection's (products added through any server).
+#[utoipa::path(
+    get,
+    path = "/api/products",
+    tag = "catalog",
+    params(
+        ("limit" = Option<usize>, Query, description = "Products a page, 1-500 (default 50)"),
+        ("page" = Option<String>, Query, description = "The `next_page` of the page before; none for the first page"),
+        ("filter" = Option<String>, Query, description = "`column=value`, repeatable: every column must match, any listed value of a column"),
+    ),
+    responses(
+        (status = 200, body = ProductListBody),
+        (status = 422, description = "Bad limit, page token or filter, or an unknown parameter", body = ErrorBody),
+    )
+)]
+pub async fn list_products(State(state): Shared, Query(params): Query<Vec<(String, String)>>) -> Result<Json<ProductListBody>, ApiError> {
+    let (mut limit, mut page, mut filters) = (50, None, Vec::new());
+    for (name, value) in params {
+        match name.as_str() {
+            "limit" => {
+                limit = value
+                    .trim()
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|n| (1..=MAX_PAGE).contains(n))
+                    .ok_or_else(|| ApiError::bad_parameters(format!("limit must be 1 to {MAX_PAGE}, not {value:?}")))?
+            }
+            "page" => page = Some(value),
+            "filter" => filters.push(value),
+            other => return Err(ApiError::bad_parameters(format!("unknown parameter {other:?}: expected limit, page, filter"))),
+        }
+    }
+    let filter = Filter::parse(&filters).map_err(|e| ApiError::BadParameters(e.to_string()))?;
+    let engine = state.engine.clone();
+    let listed = blocking(move || Ok(engine.products_page(&filter, page.as_deref(), limit)?)).await?;
+    Ok(Json(ProductListBody { products: listed.products.iter().map(ProductBody::from).collect(), next_page: listed.next }))
+}
 
 /// A product's metadata.
 #[utoipa::path(

@@ -164,10 +164,10 @@ fn qdrant_matches_the_embedded_store_and_follows_changes() {
     let OwnCollection { _cluster, _dir: dir, db, collection } = own_collection("test");
     let config = store(&collection, true);
 
-    let catalog = SqliteCatalog::open(&db).expect("catalog");
-    let report = lookalike::store::sync_qdrant(&catalog, &config, SyncMode::InPlace, keep_replaced()).expect("sync");
+    let mut catalog = SqliteCatalog::open(&db).expect("catalog");
+    let report = lookalike::store::sync_qdrant(&mut catalog, &config, SyncMode::InPlace, keep_replaced()).expect("sync");
     assert_eq!((report.in_catalog, report.added, report.deleted), (300, 300, 0), "{report:?}");
-    let again = lookalike::store::sync_qdrant(&catalog, &config, SyncMode::InPlace, keep_replaced()).expect("sync again");
+    let again = lookalike::store::sync_qdrant(&mut catalog, &config, SyncMode::InPlace, keep_replaced()).expect("sync again");
     assert_eq!((again.added, again.deleted), (0, 0), "a second sync changes nothing");
 
     // 500 queries: catalog vectors with noise, so none is identical to a stored one.
@@ -476,13 +476,13 @@ fn sync_swap_moves_every_server_to_a_new_collection_at_once() {
 fn a_swap_sends_the_catalog_changes_made_while_it_filled() {
     let OwnCollection { _cluster, _dir, db, collection } = own_collection("swap-changes");
     let config = store(&collection, true);
-    let catalog = SqliteCatalog::open_existing(&db).expect("catalog");
-    lookalike::store::sync_qdrant(&catalog, &config, SyncMode::InPlace, keep_replaced()).expect("sync");
+    let mut catalog = SqliteCatalog::open_existing(&db).expect("catalog");
+    lookalike::store::sync_qdrant(&mut catalog, &config, SyncMode::InPlace, keep_replaced()).expect("sync");
     let products = catalog.all_products().expect("products");
     let (copied, gone) = (products[0].clone(), products[1].clone());
     let vector = catalog.vector(copied.key).expect("vector").expect("a vector");
     let mut filled = Vec::new();
-    let report = lookalike::store::sync_qdrant_observed(&catalog, &config, SyncMode::Swap, keep_replaced(), &mut |step, points| {
+    let report = lookalike::store::sync_qdrant_observed(&mut catalog, &config, SyncMode::Swap, keep_replaced(), &mut |step, points| {
         if step != SyncStep::Filled {
             return Ok(());
         }
@@ -529,10 +529,10 @@ fn a_swap_sends_the_catalog_changes_made_while_it_filled() {
 fn writes_made_while_a_swap_runs_reach_the_new_collection() {
     let OwnCollection { _cluster, _dir, db, collection } = own_collection("swap-writes");
     let config = store(&collection, true);
-    let catalog = SqliteCatalog::open_existing(&db).expect("catalog");
+    let mut catalog = SqliteCatalog::open_existing(&db).expect("catalog");
     // Made with int8 copies: the first swap's collection too, the second's not (--no-quantize).
     let quantized = |quantize| QdrantConfig { quantize: Some(quantize), ..config.clone() };
-    lookalike::store::sync_qdrant(&catalog, &quantized(true), SyncMode::InPlace, keep_replaced()).expect("sync");
+    lookalike::store::sync_qdrant(&mut catalog, &quantized(true), SyncMode::InPlace, keep_replaced()).expect("sync");
     let remote_config = IndexConfig { store: Some(config.clone()), precision: Precision::F32, ..IndexConfig::default() };
     let server = SearchEngine::open_with(SqliteCatalog::open_existing(&db).expect("catalog"), Box::new(encoder()), &remote_config).expect("server");
     let replica = SearchEngine::open_collection(&config, Box::new(encoder())).expect("replica");
@@ -548,7 +548,7 @@ fn writes_made_while_a_swap_runs_reach_the_new_collection() {
         let (by_server, by_replica) = (format!("by-server-{round}"), format!("by-replica-{round}"));
         let (server_photo, replica_photo) = (test_photo(20 + round).0, test_photo(30 + round).0);
         let swap_config = if round == 0 { config.clone() } else { quantized(false) };
-        let report = lookalike::store::sync_qdrant_observed(&catalog, &swap_config, SyncMode::Swap, keep_replaced(), &mut |step, _| {
+        let report = lookalike::store::sync_qdrant_observed(&mut catalog, &swap_config, SyncMode::Swap, keep_replaced(), &mut |step, _| {
             if step == SyncStep::CaughtUp {
                 server.add_product_photo(by_server.clone(), server_photo.clone(), Default::default())?;
                 assert!(server.remove_product(removed)?, "removed through the server");
@@ -582,6 +582,73 @@ fn writes_made_while_a_swap_runs_reach_the_new_collection() {
     }
 }
 
+/// A catalog product removed through a server without the catalog stays removed: the removal is
+/// recorded beside the description and the next sync removes the product from the catalog too,
+/// instead of sending it back, also when the removal lands while a swap fills. Adding the product
+/// again through the API forgets the record.
+#[test]
+#[ignore = "needs a Qdrant server: LOOKALIKE_QDRANT_URL"]
+fn removals_through_a_server_without_the_catalog_outlast_syncs() {
+    let OwnCollection { _cluster, _dir, db, collection } = own_collection("removals");
+    let config = store(&collection, true);
+    let mut catalog = SqliteCatalog::open_existing(&db).expect("catalog");
+    lookalike::store::sync_qdrant(&mut catalog, &config, SyncMode::InPlace, keep_replaced()).expect("sync");
+    let replica = SearchEngine::open_collection(&config, Box::new(encoder())).expect("replica");
+    let ids: Vec<String> = catalog.all_products().expect("products").iter().take(4).map(|p| p.id.clone()).collect();
+    let in_catalog = |id: &str| SqliteCatalog::open_existing(&db).expect("catalog").get_by_id(id).expect("read").is_some();
+    let sync = || {
+        let out = sync_cli(&db, &collection, &[]);
+        assert!(out.status.success(), "sync: {}", String::from_utf8_lossy(&out.stderr));
+        sync_report(&out)
+    };
+
+    // Removed through the replica: `info` says the next sync removes it from the catalog; that
+    // sync does, and sends nothing back.
+    assert!(replica.remove_product(&ids[0]).expect("remove"));
+    let info = info_cli(&db, &collection);
+    assert!(info.contains("qdrant removals: 1 catalog products"), "{info}");
+    let report = sync();
+    assert_eq!(report["removed_without_catalog"], 1, "{report}");
+    assert_eq!(report["added"], 0, "{report}");
+    assert!(!in_catalog(&ids[0]), "removed from the catalog too");
+    assert!(replica.product(&ids[0]).expect("read").is_none(), "not sent back");
+    // Applied once: the record is gone.
+    let report = sync();
+    assert_eq!(report["removed_without_catalog"], 0, "{report}");
+    assert_eq!(report["added"], 0, "{report}");
+    assert!(!info_cli(&db, &collection).contains("qdrant removals"));
+
+    // Removed, then added again through the API: the addition wins.
+    assert!(replica.remove_product(&ids[1]).expect("remove"));
+    replica.add_product_photo(ids[1].clone(), test_photo(40).0, Default::default()).expect("add again");
+    let report = sync();
+    assert_eq!(report["removed_without_catalog"], 0, "{report}");
+    assert!(in_catalog(&ids[1]) && replica.product(&ids[1]).expect("read").is_some());
+
+    // Removed while a swap fills: through the old collection, which the description still names,
+    // after the catalog's rows went to the new one. The swap removes it there, and from the
+    // catalog, before it ends.
+    let report = lookalike::store::sync_qdrant_observed(&mut catalog, &config, SyncMode::Swap, keep_replaced(), &mut |step, _| {
+        if step == SyncStep::Filled {
+            assert!(replica.remove_product(&ids[2])?, "removed through the replica");
+        }
+        Ok(())
+    })
+    .expect("swap");
+    assert_eq!(report.removed_without_catalog, 1, "{report:?}");
+    assert!(!in_catalog(&ids[2]), "removed from the catalog by the swap");
+    let swapped = lookalike::index::qdrant::QdrantIndex::connect_cluster(config.clone()).and_then(|c| c.open_existing_points(report.collection.clone())).expect("swapped");
+    assert!(swapped.product(&ids[2]).expect("read").is_none(), "not in the new collection");
+    assert!(replica.follow_collection_description().expect("follow"));
+    assert!(replica.product(&ids[2]).expect("read").is_none());
+    assert!(replica.product(&ids[3]).expect("read").is_some(), "the others are");
+
+    let cluster = lookalike::index::qdrant::QdrantIndex::connect_cluster(config.clone()).expect("cluster");
+    for name in [report.collection.clone(), collection.clone(), format!("{collection}_lookalike")] {
+        cluster.delete_collection(&name).expect("clean up");
+    }
+}
+
 /// Two servers on one collection, one with the catalog file and one without (`--no-catalog`:
 /// everything from the collection's payloads and description). They return the same
 /// products, scores and metadata for the same searches; a product added through either is
@@ -592,7 +659,7 @@ fn writes_made_while_a_swap_runs_reach_the_new_collection() {
 #[ignore = "needs a Qdrant server: LOOKALIKE_QDRANT_URL"]
 fn replicas_with_and_without_the_catalog_share_one_collection() {
     let OwnCollection { _cluster, _dir, db, collection } = own_collection("replicas");
-    let report = lookalike::store::sync_qdrant(&SqliteCatalog::open(&db).expect("catalog"), &store(&collection, true), SyncMode::InPlace, keep_replaced()).expect("sync");
+    let report = lookalike::store::sync_qdrant(&mut SqliteCatalog::open(&db).expect("catalog"), &store(&collection, true), SyncMode::InPlace, keep_replaced()).expect("sync");
     assert_eq!(report.added, 300);
 
     let token = "replica-test";
@@ -709,7 +776,7 @@ fn replicas_with_and_without_the_catalog_share_one_collection() {
 fn a_load_balancer_spreads_searches_over_replicas_and_skips_a_stopped_one() {
     let OwnCollection { _cluster, _dir: dir, db, collection } = own_collection("balanced");
     let nginx = ["/usr/sbin/nginx", "/usr/bin/nginx"].into_iter().find(|p| std::path::Path::new(p).exists()).expect("nginx (apt-get install nginx-light)");
-    lookalike::store::sync_qdrant(&SqliteCatalog::open(&db).expect("catalog"), &store(&collection, true), SyncMode::InPlace, keep_replaced()).expect("sync");
+    lookalike::store::sync_qdrant(&mut SqliteCatalog::open(&db).expect("catalog"), &store(&collection, true), SyncMode::InPlace, keep_replaced()).expect("sync");
     let args = ["--no-catalog", "--store", &qdrant_url(), "--collection", &collection, "--qdrant-exact"];
     let mut replicas = vec![Server::start_with(&args, &[]), Server::start_with(&args, &[])];
     let upstream = |server: &Server| server.url("").trim_start_matches("http://").to_string();
@@ -791,8 +858,8 @@ fn cluster_keeps_answering_with_a_node_down() {
 
     let dir = tempfile::tempdir().expect("tempdir");
     let db = copy_catalog(dir.path());
-    let catalog = SqliteCatalog::open(&db).expect("catalog");
-    let report = lookalike::store::sync_qdrant(&catalog, &on(&nodes[0]), SyncMode::InPlace, keep_replaced()).expect("sync to the cluster");
+    let mut catalog = SqliteCatalog::open(&db).expect("catalog");
+    let report = lookalike::store::sync_qdrant(&mut catalog, &on(&nodes[0]), SyncMode::InPlace, keep_replaced()).expect("sync to the cluster");
     assert_eq!(report.added, 300);
     let vectors = model_vectors_of(&catalog);
     let config = IndexConfig { store: Some(on(&nodes[0])), ..IndexConfig::default() };
@@ -843,7 +910,7 @@ fn cluster_replica_answers_503_while_its_qdrant_is_down_and_recovers() {
     let dir = tempfile::tempdir().expect("tempdir");
     let db = copy_catalog(dir.path());
     let everywhere = QdrantConfig { shards: Some(1), replicas: Some(3), ..store_at(&nodes[0], &collection, true) };
-    let report = lookalike::store::sync_qdrant(&SqliteCatalog::open(&db).expect("catalog"), &everywhere, SyncMode::InPlace, keep_replaced()).expect("sync to the cluster");
+    let report = lookalike::store::sync_qdrant(&mut SqliteCatalog::open(&db).expect("catalog"), &everywhere, SyncMode::InPlace, keep_replaced()).expect("sync to the cluster");
     assert_eq!(report.added, 300);
 
     // One replica with the catalog file, one without: both behave the same.

@@ -100,14 +100,14 @@ impl StoreArgs {
         Ok(Some(config))
     }
     /// After a catalog change: bring the Qdrant collection in line (a no-op for embedded).
-    pub fn sync_after_change(&self, catalog: &SqliteCatalog) -> Result<()> {
+    pub fn sync_after_change(&self, catalog: &mut SqliteCatalog) -> Result<()> {
         if let Some(config) = self.qdrant(catalog.path())? {
             let keep = lookalike::store::KeepReplaced::from_now(lookalike::store::KeepReplaced::DEFAULT);
             let report = lookalike::store::sync_qdrant(catalog, &config, lookalike::store::SyncMode::InPlace, keep)?;
             let encoded = encode_again(catalog, &config, &report.to_encode)?;
             eprintln!(
-                "Qdrant collection {:?}: {} added, {} sent again, {} deleted, {encoded} added without the catalog encoded again ({:.1}s)",
-                report.collection, report.added, report.resent, report.deleted, report.seconds
+                "Qdrant collection {:?}: {} added, {} sent again, {} deleted, {} removed through servers without the catalog removed from the catalog too, {encoded} added without the catalog encoded again ({:.1}s)",
+                report.collection, report.added, report.resent, report.deleted, report.removed_without_catalog, report.seconds
             );
             report_replaced_collections(&report);
         }

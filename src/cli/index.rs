@@ -101,6 +101,16 @@ fn remove_if_empty(db: &std::path::Path) {
 
 fn index_into(args: &IndexArgs, assets: &Assets, items: Vec<import::CatalogItem>) -> Result<()> {
     let mut catalog = SqliteCatalog::open(&args.db.db)?;
+    // Products removed through servers without the catalog leave it before the import, so that
+    // one the source still lists is imported anew (as after any removal), not removed by the
+    // sync after it. Qdrant unreachable: the import goes on; that sync says so.
+    if let Some(config) = args.store.qdrant(&args.db.db)? {
+        match lookalike::store::apply_recorded_removals(&mut catalog, &config) {
+            Ok(0) => {}
+            Ok(removed) => eprintln!("{removed} products removed through servers without the catalog were removed from the catalog too"),
+            Err(e) => eprintln!("warning: could not read the removals made through servers without the catalog: {e:#}"),
+        }
+    }
     // A new catalog of an int8 model: its copy is calibrated on the catalog's own photos. An
     // existing catalog keeps the calibration it was indexed with.
     let calibrated = match catalog.vector_space()? {
@@ -156,7 +166,7 @@ fn index_into(args: &IndexArgs, assets: &Assets, items: Vec<import::CatalogItem>
     if report.interrupted {
         bail!("interrupted; run the same command again to resume");
     }
-    args.store.sync_after_change(&catalog)?;
+    args.store.sync_after_change(&mut catalog)?;
     // Results say how alike they are in words, by bands measured on the catalog's own products:
     // measured here, once, rather than by the first search of every process.
     SearchSpace::for_catalog(&catalog)?.record_likeness_bands(&catalog, report.embedded > 0)?;

@@ -100,6 +100,12 @@ fn print_collection(catalog: &SqliteCatalog, config: &QdrantConfig, status: &Col
     if !status.described {
         println!("qdrant description: none (servers without the catalog need it: run `{sync}`)");
     }
+    if status.removals_to_apply > 0 {
+        println!(
+            "qdrant removals: {} catalog products were removed through servers without the catalog; the next `{sync}` removes them from the catalog too",
+            status.removals_to_apply
+        );
+    }
     let now = std::time::SystemTime::now();
     for replaced in &status.replaced {
         let when = match (replaced.at, replaced.age_secs(now)) {

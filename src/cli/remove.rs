@@ -26,7 +26,7 @@ pub fn run(args: RemoveArgs) -> Result<()> {
             None => missing.push(id.as_str()),
         }
     }
-    args.store.sync_after_change(&catalog)?;
+    args.store.sync_after_change(&mut catalog)?;
     if !missing.is_empty() {
         bail!("no product with id {}", missing.join(", "));
     }

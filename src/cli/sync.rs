@@ -33,7 +33,7 @@ pub struct SyncArgs {
 }
 
 pub fn run(args: SyncArgs) -> Result<()> {
-    let catalog = SqliteCatalog::open_existing(&args.db.db)?;
+    let mut catalog = SqliteCatalog::open_existing(&args.db.db)?;
     let Some(config) = args.store.qdrant(&args.db.db)? else {
         bail!("sync needs --store qdrant://HOST:PORT (or LOOKALIKE_STORE)");
     };
@@ -43,7 +43,7 @@ pub fn run(args: SyncArgs) -> Result<()> {
         _ => SyncMode::InPlace,
     };
     let keep = KeepReplaced::from_now(std::time::Duration::from_secs(args.keep_replaced));
-    let mut report = lookalike::store::sync_qdrant(&catalog, &config, mode, keep)?;
+    let mut report = lookalike::store::sync_qdrant(&mut catalog, &config, mode, keep)?;
     let to_encode = std::mem::take(&mut report.to_encode);
     let encoded_again = encode_again(&catalog, &config, &to_encode)?;
     let mut json = serde_json::to_value(&report)?;
@@ -59,6 +59,9 @@ pub fn run(args: SyncArgs) -> Result<()> {
         );
     }
     report_replaced_collections(&report);
+    if report.removed_without_catalog > 0 {
+        eprintln!("{} products removed through servers without the catalog were removed from the catalog too", report.removed_without_catalog);
+    }
     if report.carried_without_catalog > 0 {
         eprintln!("{} products added through servers without the catalog were copied to {:?}", report.carried_without_catalog, report.collection);
     }

@@ -44,6 +44,7 @@ impl SearchEngine {
             let mut index = self.write_index()?;
             let searched = map_product(&index.space, &product.vector)?;
             index.put(key, &searched, stored, image.as_deref())?;
+            forget_removal(&index, &product.id)?;
             return Ok(key);
         }
         let expected = self.encoder.spec().name.clone();
@@ -57,6 +58,7 @@ impl SearchEngine {
         let mut index = self.write_index()?;
         let searched = map_product(&index.space, &product.vector)?;
         index.put(key, &searched, stored, image.as_deref())?;
+        forget_removal(&index, &product.id)?;
         drop(index);
         self.write_colours()?.put(key, colour, crate::types::Product::named_colour(&product.metadata));
         self.write_kinds()?.put(key, &product.metadata);
@@ -86,7 +88,7 @@ impl SearchEngine {
         if self.catalog.is_none() {
             // From the collection the description names now (see `add_product`).
             self.follow_collection_description()?;
-            return Ok(self.collection_mut(|c| c.remove_product(id))?);
+            return Ok(self.collection_mut(|c| c.remove_product_without_catalog(id))?);
         }
         let mut catalog = self.lock_catalog()?;
         let Some(key) = catalog.remove(id)? else {
@@ -193,4 +195,13 @@ impl SearchEngine {
 fn is_point_id(token: &str) -> bool {
     let groups: Vec<&str> = token.split('-').collect();
     groups.iter().map(|g| g.len()).eq([8, 4, 4, 4, 12]) && groups.iter().all(|g| g.chars().all(|c| c.is_ascii_hexdigit()))
+}
+
+/// A product added through the API after a server without the catalog removed it: the removal
+/// recorded for the next `sync` is forgotten, so that sync does not remove it from the catalog.
+fn forget_removal(index: &crate::store::Store, id: &str) -> Result<()> {
+    match index.collection() {
+        Some(collection) => collection.forget_removals(&[id.to_string()]),
+        None => Ok(()),
+    }
 }

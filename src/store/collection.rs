@@ -86,7 +86,7 @@ fn describe_collection(
 /// space, until they read the new description, then the new one. The collection it replaced
 /// is kept for servers that have not moved yet; any sync deletes the collections swaps
 /// replaced `keep.at_least` ago or longer.
-pub fn sync_qdrant(catalog: &SqliteCatalog, store: &QdrantConfig, mode: SyncMode, keep: KeepReplaced) -> Result<SyncReport> {
+pub fn sync_qdrant(catalog: &mut SqliteCatalog, store: &QdrantConfig, mode: SyncMode, keep: KeepReplaced) -> Result<SyncReport> {
     sync_qdrant_observed(catalog, store, mode, keep, &mut |_, _| Ok(()))
 }
 
@@ -104,17 +104,20 @@ pub enum SyncStep {
 /// collections there, as servers do while a swap fills (a server with the catalog writes to the
 /// collection it searches, the old one; a server without it, to the one the description names).
 pub fn sync_qdrant_observed(
-    catalog: &SqliteCatalog,
+    catalog: &mut SqliteCatalog,
     store: &QdrantConfig,
     mode: SyncMode,
     keep: KeepReplaced,
     observe: &mut dyn FnMut(SyncStep, &str) -> Result<()>,
 ) -> Result<SyncReport> {
+    let cluster = QdrantIndex::connect_cluster(store.clone())?;
+    // Products removed through servers without the catalog leave it first: the fill below
+    // would send them back.
+    let (mut removed_without_catalog, _) = apply_removals(catalog, &cluster)?;
     // Where the catalog's change log stands before its rows are read: what changes after this
     // is sent again once the collection is filled.
     let generation = catalog.generation()?;
     let space = SearchSpace::for_catalog(catalog)?;
-    let cluster = QdrantIndex::connect_cluster(store.clone())?;
     let (kept, current) = points_collection(&cluster, store)?;
     // Products added through servers without the catalog: the catalog cannot send them again.
     // In the collection's own space they are copied wherever the points go; in another, they
@@ -229,11 +232,39 @@ pub fn sync_qdrant_observed(
             }
         }
     }
+    // Removals through servers without the catalog recorded while this sync ran: the fill, the
+    // catch-up or the carry may have sent the product again.
+    let (removed_meanwhile, recorded) = apply_removals(catalog, &index)?;
+    removed_without_catalog += removed_meanwhile;
+    for id in &recorded {
+        index.remove_product(id)?;
+    }
     // Before the settings servers with the catalog follow: one that reads them reads it too.
     catalog.set_setting(&sent_through_setting(&store.collection), &sent_through.to_string())?;
     catalog.set_setting(&synced_space_setting(&store.collection), &space.fingerprint())?;
     catalog.set_setting(&points_setting(&store.collection), index.points())?;
-    Ok(SyncReport { recreated, replaced, deleted_collections, kept_collections, ..report })
+    Ok(SyncReport { recreated, replaced, deleted_collections, kept_collections, removed_without_catalog, ..report })
+}
+
+/// Removes from the catalog the products that servers without it removed from the collection
+/// since the last sync (recorded beside the description, see [`QdrantIndex::recorded_removals`])
+/// and forgets the records; how many the catalog held. Every `sync` does this first;
+/// `index --store` too, before it imports, so that a product its source still lists comes
+/// back as a product imported anew.
+pub fn apply_recorded_removals(catalog: &mut SqliteCatalog, store: &QdrantConfig) -> Result<usize> {
+    Ok(apply_removals(catalog, &QdrantIndex::connect_cluster(store.clone())?)?.0)
+}
+
+/// [`apply_recorded_removals`] on a connected cluster: how many the catalog held, and the ids
+/// recorded.
+fn apply_removals(catalog: &mut SqliteCatalog, cluster: &QdrantIndex) -> Result<(usize, Vec<String>)> {
+    let recorded = cluster.recorded_removals()?;
+    let mut removed = 0;
+    for id in &recorded {
+        removed += usize::from(catalog.remove(id)?.is_some());
+    }
+    cluster.forget_removals(&recorded)?;
+    Ok((removed, recorded))
 }
 
 /// Where a catalog's Qdrant collection stands, for `lookalike info`.
@@ -250,12 +281,16 @@ pub struct CollectionStatus {
     pub described: bool,
     /// Collections swaps replaced, kept for servers that may not have moved yet.
     pub replaced: Vec<ReplacedCollection>,
+    /// Products removed through servers without the catalog that the next sync removes from
+    /// the catalog too.
+    pub removals_to_apply: usize,
 }
 
 /// Reads where `catalog`'s collection in `store` stands.
 pub fn collection_status(catalog: &SqliteCatalog, store: &QdrantConfig) -> Result<CollectionStatus> {
     let cluster = QdrantIndex::connect_cluster(store.clone())?;
     let (kept, points) = points_collection(&cluster, store)?;
+    let recorded = cluster.recorded_removals()?;
     let held = match cluster.collection_exists(&points)? {
         true => {
             let layout = cluster.layout_of(&points)?;
@@ -270,6 +305,7 @@ pub fn collection_status(catalog: &SqliteCatalog, store: &QdrantConfig) -> Resul
         in_catalog_space: collection_synced_space(catalog, store)?.map(|synced| synced == own),
         described: kept.is_some(),
         replaced: kept.map(|d| d.replaced).unwrap_or_default(),
+        removals_to_apply: recorded.iter().map(|id| catalog.get_by_id(id).map(|p| usize::from(p.is_some()))).sum::<Result<usize>>()?,
     })
 }
 

@@ -14,7 +14,8 @@ use qdrant_client::qdrant::{
 use sha2::{Digest, Sha256};
 
 use super::points::{dense_vector, integer, string};
-use super::{point_id, CollectionLayout, QdrantIndex, ID_FIELD};
+use super::removals::REMOVED_FIELD;
+use super::{is_not_found, point_id, CollectionLayout, QdrantIndex, ID_FIELD};
 use crate::types::Key;
 
 /// Bytes of the collection description per point of the side collection: far below gRPC's
@@ -227,7 +228,7 @@ impl QdrantIndex {
         // Qdrant's "not found", not a question asked first.
         let response = self.retry("reading the description's digest", || async {
             match self.client.get_points(request.clone()).await {
-                Err(qdrant_client::QdrantError::ResponseError { status }) if status.code() as i32 == 5 => Ok(None),
+                Err(e) if is_not_found(&e) => Ok(None),
                 other => other.map(Some),
             }
         })?;
@@ -241,7 +242,8 @@ impl QdrantIndex {
         if !self.retry("checking the description", || self.client.collection_exists(name.clone()))? {
             return Ok(None);
         }
-        let request = ScrollPointsBuilder::new(name).limit(1000).with_payload(true).with_vectors(false);
+        // The description's chunks, not the removals recorded beside them.
+        let request = ScrollPointsBuilder::new(name).filter(QFilter::must([Condition::is_empty(REMOVED_FIELD)])).limit(1000).with_payload(true).with_vectors(false);
         let page = self.retry("reading the description", || self.client.scroll(request.clone()))?;
         let mut chunks: BTreeMap<i64, (i64, String, Vec<u8>)> = BTreeMap::new();
         for point in page.result {

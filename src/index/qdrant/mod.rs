@@ -29,6 +29,7 @@ use crate::types::{Filter, Key};
 mod collections;
 mod config;
 mod points;
+mod removals;
 
 pub use config::{CollectionLayout, QdrantConfig};
 use points::{integer, stored_product};
@@ -277,6 +278,11 @@ fn explain(e: &qdrant_client::QdrantError, tls: bool) -> String {
 }
 
 /// Unavailable (a node restarting), deadline exceeded, resource exhausted, aborted: worth a retry.
+/// Qdrant's gRPC "not found": for a side collection, one never made (nothing described yet).
+fn is_not_found(e: &qdrant_client::QdrantError) -> bool {
+    matches!(e, qdrant_client::QdrantError::ResponseError { status } if status.code() as i32 == 5)
+}
+
 fn is_transient(e: &qdrant_client::QdrantError) -> bool {
     match e {
         qdrant_client::QdrantError::ResponseError { status } => matches!(status.code() as i32, 4 | 8 | 10 | 14),

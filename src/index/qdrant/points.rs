@@ -75,6 +75,9 @@ pub struct SyncReport {
     /// Catalog changes made while a new (or recreated) collection filled, sent to it before
     /// servers move to it.
     pub caught_up: usize,
+    /// Catalog products removed through servers without the catalog since the last sync: removed
+    /// from the catalog too (recorded beside the description), so the sync does not send them back.
+    pub removed_without_catalog: usize,
     /// Products added through servers without the catalog, copied as they were from the
     /// collection this sync replaced or recreated (same search space).
     pub carried_without_catalog: usize,
@@ -324,9 +327,23 @@ impl QdrantIndex {
 
     /// Deletes a product's point by its id; whether there was one.
     pub fn remove_product(&mut self, id: &str) -> Result<bool> {
+        self.remove_point(id, false)
+    }
+
+    /// [`QdrantIndex::remove_product`] by a server without the catalog: a removal of a product
+    /// the collection has is recorded first, so that the next `sync` removes it from the catalog
+    /// too instead of sending it back (see removals.rs).
+    pub fn remove_product_without_catalog(&mut self, id: &str) -> Result<bool> {
+        self.remove_point(id, true)
+    }
+
+    fn remove_point(&mut self, id: &str, record: bool) -> Result<bool> {
         let pid = PointId::from(point_id(id));
         let request = GetPointsBuilder::new(self.points.clone(), vec![pid.clone()]).with_payload(false).with_vectors(false);
         let existed = !self.retry("reading a point", || self.client.get_points(request.clone()))?.result.is_empty();
+        if existed && record {
+            self.record_removal(id)?;
+        }
         let request = DeletePointsBuilder::new(self.points.clone()).points(PointsIdsList { ids: vec![pid] }).wait(true).ordering(self.ordering());
         self.retry("deleting a point", || self.client.delete_points(request.clone()))?;
         self.products.retain(|_, p| p.id != id);

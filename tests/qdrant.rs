@@ -584,11 +584,12 @@ fn writes_made_while_a_swap_runs_reach_the_new_collection() {
 
 /// A catalog product removed through a server without the catalog stays removed: the removal is
 /// recorded beside the description and the next sync removes the product from the catalog too,
-/// instead of sending it back, also when the removal lands while a swap fills. Adding the product
-/// again through the API forgets the record.
+/// instead of sending it back, also when the removal lands while a swap fills. One replaced
+/// there (added again under its id, with a new photo and details) is taken into the catalog by
+/// `lookalike sync`, not replaced by the catalog's older version.
 #[test]
 #[ignore = "needs a Qdrant server: LOOKALIKE_QDRANT_URL"]
-fn removals_through_a_server_without_the_catalog_outlast_syncs() {
+fn writes_through_a_server_without_the_catalog_outlast_syncs() {
     let OwnCollection { _cluster, _dir, db, collection } = own_collection("removals");
     let config = store(&collection, true);
     let mut catalog = SqliteCatalog::open_existing(&db).expect("catalog");
@@ -618,12 +619,30 @@ fn removals_through_a_server_without_the_catalog_outlast_syncs() {
     assert_eq!(report["added"], 0, "{report}");
     assert!(!info_cli(&db, &collection).contains("qdrant removals"));
 
-    // Removed, then added again through the API: the addition wins.
+    // Removed, then added again through the API with a new photo and details: the addition
+    // wins, and the catalog takes it in.
     assert!(replica.remove_product(&ids[1]).expect("remove"));
-    replica.add_product_photo(ids[1].clone(), test_photo(40).0, Default::default()).expect("add again");
+    let (new_photo, _) = test_photo(40);
+    let details = lookalike::types::Metadata::from([("articleType".to_string(), "Replaced".to_string())]);
+    replica.add_product_photo(ids[1].clone(), new_photo.clone(), details).expect("add again");
     let report = sync();
     assert_eq!(report["removed_without_catalog"], 0, "{report}");
-    assert!(in_catalog(&ids[1]) && replica.product(&ids[1]).expect("read").is_some());
+    assert_eq!(report["replaced_without_catalog"], 1, "{report}");
+    assert_eq!(report["resent"], 0, "taken in before the sync reads vectors back: {report}");
+    let taken_in = SqliteCatalog::open_existing(&db).expect("catalog").get_by_id(&ids[1]).expect("read").expect("in the catalog");
+    assert_eq!(taken_in.metadata.get("articleType").map(String::as_str), Some("Replaced"), "the replica's details in the catalog");
+    let shown = replica.product(&ids[1]).expect("read").expect("in the collection");
+    assert_eq!(shown.metadata.get("articleType").map(String::as_str), Some("Replaced"), "and in the collection");
+    assert_eq!(first_pages(&replica, std::slice::from_ref(&new_photo))[0].first(), Some(&ids[1]), "found first by its new photo");
+    let report = sync();
+    assert_eq!(report["replaced_without_catalog"], 0, "the point is the catalog's row now: {report}");
+    assert_eq!(report["added"], 0, "{report}");
+    // A replacement not taken in (`sync_qdrant` holds no model; nor can `lookalike sync` take
+    // one whose photo is too large for the payload) gets the catalog's version back, alone: the
+    // replica's vector is no sign of another search space (it is among those read back).
+    replica.add_product_photo(ids[1].clone(), test_photo(41).0, Default::default()).expect("replace again");
+    let report = lookalike::store::sync_qdrant(&mut catalog, &config, SyncMode::InPlace, keep_replaced()).expect("sync");
+    assert_eq!((report.added, report.resent), (1, 0), "{report:?}");
 
     // Removed while a swap fills: through the old collection, which the description still names,
     // after the catalog's rows went to the new one. The swap removes it there, and from the

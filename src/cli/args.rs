@@ -102,6 +102,7 @@ impl StoreArgs {
     /// After a catalog change: bring the Qdrant collection in line (a no-op for embedded).
     pub fn sync_after_change(&self, catalog: &mut SqliteCatalog) -> Result<()> {
         if let Some(config) = self.qdrant(catalog.path())? {
+            take_in_replacements(catalog, &config)?;
             let keep = lookalike::store::KeepReplaced::from_now(lookalike::store::KeepReplaced::DEFAULT);
             let report = lookalike::store::sync_qdrant(catalog, &config, lookalike::store::SyncMode::InPlace, keep)?;
             let encoded = encode_again(catalog, &config, &report.to_encode)?;
@@ -348,6 +349,36 @@ pub fn report_replaced_collections(report: &lookalike::index::qdrant::SyncReport
     if !older.is_empty() {
         eprintln!("kept collections {older:?}, which swaps replaced moments ago: servers may still search them; a later sync deletes them");
     }
+}
+
+/// Catalog products that servers without the catalog replaced (added again under the same id;
+/// [`lookalike::store::replaced_without_catalog`]), taken into the catalog from the photos
+/// their points carry, as a server with the catalog takes an upload: encoded again, colour
+/// read, the point then keyed to the catalog's row. A sync after this keeps them instead of
+/// sending the catalog's older versions back. How many were; those whose photos were too large
+/// to travel in the payload are named, and keep the catalog's versions.
+pub fn take_in_replacements(catalog: &SqliteCatalog, config: &QdrantConfig) -> Result<usize> {
+    let (with_photo, without): (Vec<_>, Vec<_>) = lookalike::store::replaced_without_catalog(catalog, config)?.into_iter().partition(|p| p.image.is_some());
+    if !without.is_empty() {
+        let ids: Vec<&str> = without.iter().map(|p| p.product.id.as_str()).collect();
+        eprintln!(
+            "warning: {} catalog products were replaced through servers without the catalog with photos too large for the collection to carry (over 64 KiB); the catalog's versions are sent back: replace them through the catalog machine: {}",
+            ids.len(),
+            ids.join(", ")
+        );
+    }
+    if with_photo.is_empty() {
+        return Ok(0);
+    }
+    let encoder = load_encoder(&Assets::from_env(), catalog, &ModelArgs { model: None, threads: None })?;
+    let index = IndexConfig { store: Some(config.clone()), ..IndexConfig::default() };
+    let engine = lookalike::search::SearchEngine::open_with(SqliteCatalog::open_existing(catalog.path())?, Box::new(encoder), &index)?;
+    for product in &with_photo {
+        let (id, photo) = (product.product.id.clone(), product.image.clone().unwrap_or_default());
+        engine.add_product_photo(id.clone(), photo, product.product.metadata.clone()).with_context(|| format!("taking product {id:?} into the catalog"))?;
+    }
+    eprintln!("{} catalog products replaced through servers without the catalog were taken into the catalog", with_photo.len());
+    Ok(with_photo.len())
 }
 
 /// Products that servers without the catalog added, whose vectors are in the search space

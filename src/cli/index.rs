@@ -101,14 +101,16 @@ fn remove_if_empty(db: &std::path::Path) {
 
 fn index_into(args: &IndexArgs, assets: &Assets, items: Vec<import::CatalogItem>) -> Result<()> {
     let mut catalog = SqliteCatalog::open(&args.db.db)?;
-    // Products removed through servers without the catalog leave it before the import, so that
-    // one the source still lists is imported anew (as after any removal), not removed by the
-    // sync after it. Qdrant unreachable: the import goes on; that sync says so.
+    // Products removed or replaced through servers without the catalog are taken into it before
+    // the import, so that the source's own version of one it lists wins (imported anew, or
+    // again if changed), as after any removal or upload. Qdrant unreachable: the import goes
+    // on; the sync after it says so.
     if let Some(config) = args.store.qdrant(&args.db.db)? {
-        match lookalike::store::apply_recorded_removals(&mut catalog, &config) {
-            Ok(0) => {}
-            Ok(removed) => eprintln!("{removed} products removed through servers without the catalog were removed from the catalog too"),
-            Err(e) => eprintln!("warning: could not read the removals made through servers without the catalog: {e:#}"),
+        let taken_in = lookalike::store::apply_recorded_removals(&mut catalog, &config).and_then(|removed| Ok((removed, take_in_replacements(&catalog, &config)?)));
+        match taken_in {
+            Ok((0, _)) => {}
+            Ok((removed, _)) => eprintln!("{removed} products removed through servers without the catalog were removed from the catalog too"),
+            Err(e) => eprintln!("warning: could not take in the changes made through servers without the catalog: {e:#}"),
         }
     }
     // A new catalog of an int8 model: its copy is calibrated on the catalog's own photos. An

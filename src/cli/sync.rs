@@ -43,11 +43,13 @@ pub fn run(args: SyncArgs) -> Result<()> {
         _ => SyncMode::InPlace,
     };
     let keep = KeepReplaced::from_now(std::time::Duration::from_secs(args.keep_replaced));
+    let taken_in = take_in_replacements(&catalog, &config)?;
     let mut report = lookalike::store::sync_qdrant(&mut catalog, &config, mode, keep)?;
     let to_encode = std::mem::take(&mut report.to_encode);
     let encoded_again = encode_again(&catalog, &config, &to_encode)?;
     let mut json = serde_json::to_value(&report)?;
     json["encoded_again"] = encoded_again.into();
+    json["replaced_without_catalog"] = taken_in.into();
     println!("{}", serde_json::to_string_pretty(&json)?);
     if report.recreated {
         eprintln!("Qdrant collection {:?} held vectors of another search space: deleted and filled afresh", report.collection);

@@ -255,6 +255,25 @@ pub fn apply_recorded_removals(catalog: &mut SqliteCatalog, store: &QdrantConfig
     Ok(apply_removals(catalog, &QdrantIndex::connect_cluster(store.clone())?)?.0)
 }
 
+/// Catalog products that servers without the catalog replaced (added again under the same id:
+/// their points carry no catalog key): a sync would send the catalog's older versions back, so
+/// the caller, holding the model, takes them into the catalog first (`lookalike sync` encodes
+/// their photos again). Empty while the collection does not exist.
+pub fn replaced_without_catalog(catalog: &SqliteCatalog, store: &QdrantConfig) -> Result<Vec<ProductWithoutCatalog>> {
+    let cluster = QdrantIndex::connect_cluster(store.clone())?;
+    let (_, points) = points_collection(&cluster, store)?;
+    if !cluster.collection_exists(&points)? {
+        return Ok(Vec::new());
+    }
+    let mut replaced = Vec::new();
+    for product in cluster.products_without_catalog(&points, false)? {
+        if catalog.get_by_id(&product.product.id)?.is_some() {
+            replaced.push(product);
+        }
+    }
+    Ok(replaced)
+}
+
 /// [`apply_recorded_removals`] on a connected cluster: how many the catalog held, and the ids
 /// recorded.
 fn apply_removals(catalog: &mut SqliteCatalog, cluster: &QdrantIndex) -> Result<(usize, Vec<String>)> {

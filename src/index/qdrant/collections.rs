@@ -15,7 +15,7 @@ use sha2::{Digest, Sha256};
 
 use super::points::{dense_vector, integer, string};
 use super::removals::REMOVED_FIELD;
-use super::{is_not_found, point_id, CollectionLayout, QdrantIndex, ID_FIELD};
+use super::{is_not_found, point_id, CollectionLayout, QdrantIndex, ID_FIELD, KEY_FIELD};
 use crate::types::Key;
 
 /// Bytes of the collection description per point of the side collection: far below gRPC's
@@ -53,27 +53,30 @@ impl QdrantIndex {
 
     /// Whether points of the collection hold other vectors than `vector` gives for them: read
     /// back, in one request, for 16 products spread over `keys` (a point not there yet says
-    /// nothing).
+    /// nothing, nor one a server without the catalog wrote: its vector is that server's, not a
+    /// sign of another search space).
     pub fn holds_other_vectors(&self, keys: &[Key], vector: impl Fn(Key) -> Option<Vec<f32>>) -> Result<bool> {
         let sample: Vec<(String, Key)> =
             keys.iter().step_by((keys.len() / 16).max(1)).take(16).filter_map(|&key| self.products.get(&key).map(|p| (point_id(&p.id), key))).collect();
         if sample.is_empty() {
             return Ok(false);
         }
-        let request =
-            GetPointsBuilder::new(self.points.clone(), sample.iter().map(|(pid, _)| PointId::from(pid.clone())).collect::<Vec<_>>()).with_payload(false).with_vectors(true);
+        let request = GetPointsBuilder::new(self.points.clone(), sample.iter().map(|(pid, _)| PointId::from(pid.clone())).collect::<Vec<_>>())
+            .with_payload(PayloadIncludeSelector { fields: vec![KEY_FIELD.to_string()] })
+            .with_vectors(true);
         let response = self.retry("reading points back", || self.client.get_points(request.clone()))?;
-        let stored: HashMap<String, Vec<f32>> = response
+        let stored: HashMap<String, (Option<Key>, Vec<f32>)> = response
             .result
             .into_iter()
             .filter_map(|point| {
                 let vector = dense_vector(&point)?;
+                let key = point.payload.get(KEY_FIELD).and_then(integer);
                 let Some(PointIdOptions::Uuid(uuid)) = point.id.and_then(|i| i.point_id_options) else { return None };
-                Some((uuid, vector))
+                Some((uuid, (key, vector)))
             })
             .collect();
         Ok(sample.iter().any(|(pid, key)| match (stored.get(pid), vector(*key)) {
-            (Some(stored), Some(wanted)) => stored.len() != wanted.len() || stored.iter().zip(&wanted).any(|(a, b)| (a - b).abs() > 1e-4),
+            (Some((Some(written), stored)), Some(wanted)) if written == key => stored.len() != wanted.len() || stored.iter().zip(&wanted).any(|(a, b)| (a - b).abs() > 1e-4),
             _ => false,
         }))
     }

@@ -662,6 +662,20 @@ fn writes_through_a_server_without_the_catalog_outlast_syncs() {
     assert!(replica.product(&ids[2]).expect("read").is_none());
     assert!(replica.product(&ids[3]).expect("read").is_some(), "the others are");
 
+    // `lookalike remove --store` removes from the collection too, whoever added the product:
+    // one a replica added, and a catalog product a replica replaced (points without a catalog
+    // key, which a sync keeps).
+    replica.add_product_photo("added-on-replica".to_string(), test_photo(42).0, Default::default()).expect("add");
+    replica.add_product_photo(ids[3].clone(), test_photo(43).0, Default::default()).expect("replace");
+    let out = Command::new(BIN)
+        .args(["remove", "--db", db.to_str().expect("utf-8"), "--store", &qdrant_url(), "--collection", &collection, "added-on-replica", &ids[3]])
+        .output()
+        .expect("remove");
+    assert!(out.status.success(), "remove: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(replica.product("added-on-replica").expect("read").is_none(), "the replica's product removed");
+    assert!(replica.product(&ids[3]).expect("read").is_none(), "the replaced product removed, not taken in");
+    assert!(!in_catalog(&ids[3]));
+
     let cluster = lookalike::index::qdrant::QdrantIndex::connect_cluster(config.clone()).expect("cluster");
     for name in [report.collection.clone(), collection.clone(), format!("{collection}_lookalike")] {
         cluster.delete_collection(&name).expect("clean up");

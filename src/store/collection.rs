@@ -274,6 +274,20 @@ pub fn replaced_without_catalog(catalog: &SqliteCatalog, store: &QdrantConfig) -
     Ok(replaced)
 }
 
+/// Removes products by id from the collection the description names (after swaps, the one
+/// holding the points), whoever added them: a product added or replaced through a server
+/// without the catalog has a point without a catalog key, which a sync keeps. Which ids had a
+/// point.
+pub fn remove_from_collection(store: &QdrantConfig, ids: &[String]) -> Result<Vec<bool>> {
+    let cluster = QdrantIndex::connect_cluster(store.clone())?;
+    let (_, points) = points_collection(&cluster, store)?;
+    if !cluster.collection_exists(&points)? {
+        return Ok(vec![false; ids.len()]);
+    }
+    let mut index = cluster.open_existing_points(points)?;
+    ids.iter().map(|id| index.remove_product(id)).collect()
+}
+
 /// [`apply_recorded_removals`] on a connected cluster: how many the catalog held, and the ids
 /// recorded.
 fn apply_removals(catalog: &mut SqliteCatalog, cluster: &QdrantIndex) -> Result<(usize, Vec<String>)> {

@@ -595,7 +595,7 @@ fn writes_through_a_server_without_the_catalog_outlast_syncs() {
     let mut catalog = SqliteCatalog::open_existing(&db).expect("catalog");
     lookalike::store::sync_qdrant(&mut catalog, &config, SyncMode::InPlace, keep_replaced()).expect("sync");
     let replica = SearchEngine::open_collection(&config, Box::new(encoder())).expect("replica");
-    let ids: Vec<String> = catalog.all_products().expect("products").iter().take(4).map(|p| p.id.clone()).collect();
+    let ids: Vec<String> = catalog.all_products().expect("products").iter().take(5).map(|p| p.id.clone()).collect();
     let in_catalog = |id: &str| SqliteCatalog::open_existing(&db).expect("catalog").get_by_id(id).expect("read").is_some();
     let sync = || {
         let out = sync_cli(&db, &collection, &[]);
@@ -618,6 +618,19 @@ fn writes_through_a_server_without_the_catalog_outlast_syncs() {
     assert_eq!(report["removed_without_catalog"], 0, "{report}");
     assert_eq!(report["added"], 0, "{report}");
     assert!(!info_cli(&db, &collection).contains("qdrant removals"));
+
+    // `index --store` takes removals in before it imports: a product its source still lists is
+    // imported anew and sent again (the source's version wins, as after any removal), not
+    // removed by the sync after the import.
+    assert!(replica.remove_product(&ids[4]).expect("remove"));
+    let out = Command::new(BIN)
+        .args(["index", "--db", path(&db), "--fashion-mnist", "train", "--limit", "300", "--fashion-mnist-dir", path(&fm_dir())])
+        .args(["--store", &qdrant_url(), "--collection", &collection])
+        .output()
+        .expect("index");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && stderr.contains("1 products removed through servers without the catalog"), "index: {stderr}");
+    assert!(in_catalog(&ids[4]) && replica.product(&ids[4]).expect("read").is_some(), "imported anew: {stderr}");
 
     // Removed, then added again through the API with a new photo and details: the addition
     // wins, and the catalog takes it in.

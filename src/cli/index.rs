@@ -106,10 +106,10 @@ fn index_into(args: &IndexArgs, assets: &Assets, items: Vec<import::CatalogItem>
     // again if changed), as after any removal or upload. Qdrant unreachable: the import goes
     // on; the sync after it says so.
     if let Some(config) = args.store.qdrant(&args.db.db)? {
-        let taken_in = lookalike::store::apply_recorded_removals(&mut catalog, &config).and_then(|removed| Ok((removed, take_in_replacements(&catalog, &config)?)));
-        match taken_in {
-            Ok((0, _)) => {}
-            Ok((removed, _)) => eprintln!("{removed} products removed through servers without the catalog were removed from the catalog too"),
+        let removed = lookalike::store::apply_recorded_removals(&mut catalog, &config).and_then(|removed| take_in_replacements(&catalog, &config).map(|_| removed));
+        match removed {
+            Ok(0) => {}
+            Ok(removed) => eprintln!("{removed} products removed through servers without the catalog were removed from the catalog too"),
             Err(e) => eprintln!("warning: could not take in the changes made through servers without the catalog: {e:#}"),
         }
     }

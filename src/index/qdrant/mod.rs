@@ -277,12 +277,12 @@ fn explain(e: &qdrant_client::QdrantError, tls: bool) -> String {
     }
 }
 
-/// Unavailable (a node restarting), deadline exceeded, resource exhausted, aborted: worth a retry.
 /// Qdrant's gRPC "not found": for a side collection, one never made (nothing described yet).
 fn is_not_found(e: &qdrant_client::QdrantError) -> bool {
     matches!(e, qdrant_client::QdrantError::ResponseError { status } if status.code() as i32 == 5)
 }
 
+/// Unavailable (a node restarting), deadline exceeded, resource exhausted, aborted: worth a retry.
 fn is_transient(e: &qdrant_client::QdrantError) -> bool {
     match e {
         qdrant_client::QdrantError::ResponseError { status } => matches!(status.code() as i32, 4 | 8 | 10 | 14),

@@ -265,10 +265,16 @@ pub fn replaced_without_catalog(catalog: &SqliteCatalog, store: &QdrantConfig) -
     if !cluster.collection_exists(&points)? {
         return Ok(Vec::new());
     }
+    // Ids first: products only ever added through such servers are most of them, and their
+    // photos need not travel.
+    let index = cluster.open_existing_points(points)?;
     let mut replaced = Vec::new();
-    for product in cluster.products_without_catalog(&points, false)? {
-        if catalog.get_by_id(&product.product.id)?.is_some() {
-            replaced.push(product);
+    for id in index.ids_without_catalog()? {
+        if catalog.get_by_id(&id)?.is_none() {
+            continue;
+        }
+        if let Some((product, _)) = index.product(&id)? {
+            replaced.push(ProductWithoutCatalog { product, image: index.product_image(&id)?, vector: None });
         }
     }
     Ok(replaced)

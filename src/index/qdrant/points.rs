@@ -227,6 +227,29 @@ impl QdrantIndex {
         Ok(points.len())
     }
 
+    /// The ids of the products a server without the catalog wrote (points without a catalog
+    /// key): their ids alone, one small read however large their photos.
+    pub fn ids_without_catalog(&self) -> Result<Vec<String>> {
+        let mut out = Vec::new();
+        let mut offset: Option<PointId> = None;
+        loop {
+            let mut request = ScrollPointsBuilder::new(self.points.clone())
+                .filter(QFilter::must([Condition::is_empty(KEY_FIELD)]))
+                .limit(1000)
+                .with_payload(PayloadIncludeSelector { fields: vec![ID_FIELD.to_string()] })
+                .with_vectors(false);
+            if let Some(o) = offset.clone() {
+                request = request.offset(o);
+            }
+            let page = self.retry("listing products added without the catalog", || self.client.scroll(request.clone()))?;
+            out.extend(page.result.iter().filter_map(|point| point.payload.get(ID_FIELD).and_then(string).map(str::to_string)));
+            match page.next_page_offset {
+                Some(next) => offset = Some(next),
+                None => return Ok(out),
+            }
+        }
+    }
+
     /// Every product of collection `name` that a server without the catalog added (its point
     /// has no catalog key), with its photo and, if `with_vectors`, its vector.
     pub fn products_without_catalog(&self, name: &str, with_vectors: bool) -> Result<Vec<ProductWithoutCatalog>> {

@@ -15,7 +15,7 @@ use sha2::{Digest, Sha256};
 
 use super::points::{dense_vector, integer, string};
 use super::removals::REMOVED_FIELD;
-use super::{is_not_found, point_id, CollectionLayout, QdrantIndex, ID_FIELD, KEY_FIELD};
+use super::{is_not_found, point_id, CollectionLayout, IfMissing, QdrantIndex, ID_FIELD, KEY_FIELD};
 use crate::types::Key;
 
 /// Bytes of the collection description per point of the side collection: far below gRPC's
@@ -241,26 +241,25 @@ impl QdrantIndex {
     /// The description [`QdrantIndex::write_description`] kept and its SHA-256, or `None` when
     /// there is none (a collection filled before descriptions were kept) or it is half-written.
     pub fn read_description(&self) -> Result<Option<(Vec<u8>, String)>> {
-        let name = self.description_collection();
-        if !self.retry("checking the description", || self.client.collection_exists(name.clone()))? {
-            return Ok(None);
-        }
-        // The description's chunks, not the removals recorded beside them.
-        let request = ScrollPointsBuilder::new(name).filter(QFilter::must([Condition::is_empty(REMOVED_FIELD)])).limit(1000).with_payload(true).with_vectors(false);
-        let page = self.retry("reading the description", || self.client.scroll(request.clone()))?;
-        let mut chunks: BTreeMap<i64, (i64, String, Vec<u8>)> = BTreeMap::new();
-        for point in page.result {
+        // The description's chunks, not the removals recorded beside them; two a page, as each
+        // is over a megabyte and a page should stay under gRPC's usual 4 MiB. No side
+        // collection: nothing described (yet).
+        let request =
+            ScrollPointsBuilder::new(self.description_collection()).filter(QFilter::must([Condition::is_empty(REMOVED_FIELD)])).limit(2).with_payload(true).with_vectors(false);
+        let mut chunks: BTreeMap<i64, (i64, String, String)> = BTreeMap::new();
+        self.scroll_all("reading the description", request, IfMissing::Empty, |point| {
             let field = |name: &str| point.payload.get(name);
-            let (Some(index), Some(count), Some(digest), Some(data)) =
+            if let (Some(index), Some(count), Some(digest), Some(data)) =
                 (field("index").and_then(integer), field("count").and_then(integer), field("sha256").and_then(string), field("data").and_then(string))
-            else {
-                continue;
-            };
-            let data = base64::engine::general_purpose::STANDARD.decode(data).context("the collection description is not base64")?;
-            chunks.insert(index, (count, digest.to_string(), data));
-        }
+            {
+                chunks.insert(index, (count, digest.to_string(), data.to_string()));
+            }
+        })?;
         let Some((count, digest, _)) = chunks.values().next().cloned() else { return Ok(None) };
-        let bytes: Vec<u8> = chunks.values().take(count as usize).flat_map(|(_, _, data)| data.iter().copied()).collect();
+        let mut bytes = Vec::new();
+        for (_, _, data) in chunks.values() {
+            bytes.extend(base64::engine::general_purpose::STANDARD.decode(data).context("the collection description is not base64")?);
+        }
         if chunks.len() as i64 != count || hex::encode(Sha256::digest(&bytes)) != digest {
             tracing::warn!("the description of collection {:?} is incomplete or being rewritten", self.config.collection);
             return Ok(None);

@@ -19,7 +19,9 @@ use std::future::Future;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
-use qdrant_client::qdrant::{Condition, CountPointsBuilder, Filter as QFilter, PayloadExcludeSelector, PointId, QueryPointsBuilder, SearchParamsBuilder, WriteOrdering};
+use qdrant_client::qdrant::{
+    Condition, CountPointsBuilder, Filter as QFilter, PayloadExcludeSelector, PointId, QueryPointsBuilder, RetrievedPoint, ScrollPointsBuilder, SearchParamsBuilder, WriteOrdering,
+};
 use qdrant_client::Qdrant;
 use sha2::{Digest, Sha256};
 
@@ -195,6 +197,31 @@ impl QdrantIndex {
         }
     }
 
+    /// Every point `request` selects, read page by page (Qdrant's scroll) and handed to `each`
+    /// in the order Qdrant returns them. A collection that does not exist is an error, or
+    /// reads as empty with [`IfMissing::Empty`] (a side collection never made).
+    fn scroll_all(&self, what: &str, request: ScrollPointsBuilder, if_missing: IfMissing, mut each: impl FnMut(RetrievedPoint)) -> Result<()> {
+        let mut offset: Option<PointId> = None;
+        loop {
+            let mut page_request = request.clone();
+            if let Some(o) = offset.take() {
+                page_request = page_request.offset(o);
+            }
+            let page = self.retry(what, || async {
+                match self.client.scroll(page_request.clone()).await {
+                    Err(e) if if_missing == IfMissing::Empty && is_not_found(&e) => Ok(None),
+                    other => other.map(Some),
+                }
+            })?;
+            let Some(page) = page else { return Ok(()) };
+            page.result.into_iter().for_each(&mut each);
+            match page.next_page_offset {
+                Some(next) => offset = Some(next),
+                None => return Ok(()),
+            }
+        }
+    }
+
     fn count(&self) -> Result<usize> {
         let request = CountPointsBuilder::new(self.points.clone()).exact(true);
         let response = self.retry("counting points", || self.client.count(request.clone()))?;
@@ -252,6 +279,13 @@ impl QdrantIndex {
             })
             .collect()
     }
+}
+
+/// How [`QdrantIndex::scroll_all`] takes a collection that does not exist.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum IfMissing {
+    Fail,
+    Empty,
 }
 
 /// Qdrant's form of `filter`: all columns must match, any value of a column will do.

@@ -11,7 +11,7 @@ use qdrant_client::qdrant::{
     PointStruct, PointsIdsList, ScrollPointsBuilder, UpsertPointsBuilder, Value as QValue,
 };
 
-use super::{point_id, qdrant_filter, QdrantIndex, COLOUR_FIELD, ID_FIELD, IMAGE_FIELD, KEY_FIELD, MAX_PAYLOAD_IMAGE};
+use super::{point_id, qdrant_filter, IfMissing, QdrantIndex, COLOUR_FIELD, ID_FIELD, IMAGE_FIELD, KEY_FIELD, MAX_PAYLOAD_IMAGE};
 use crate::types::{Filter, Key, Metadata};
 
 /// Points per upsert request: large enough to amortise the round trip, small enough to stay far
@@ -194,25 +194,13 @@ impl QdrantIndex {
     /// Every point id in the collection, with the catalog key its payload records (none for a
     /// product added through a server without a catalog).
     pub(super) fn all_points(&self) -> Result<HashMap<String, Option<Key>>> {
+        let request = ScrollPointsBuilder::new(self.points.clone()).limit(1000).with_payload(PayloadIncludeSelector { fields: vec![KEY_FIELD.to_string()] }).with_vectors(false);
         let mut out = HashMap::new();
-        let mut offset: Option<PointId> = None;
-        loop {
-            let mut request =
-                ScrollPointsBuilder::new(self.points.clone()).limit(1000).with_payload(PayloadIncludeSelector { fields: vec![KEY_FIELD.to_string()] }).with_vectors(false);
-            if let Some(o) = offset.clone() {
-                request = request.offset(o);
+        self.scroll_all("listing points", request, IfMissing::Fail, |point| {
+            if let Some(PointIdOptions::Uuid(uuid)) = point.id.and_then(|i| i.point_id_options) {
+                out.insert(uuid, point.payload.get(KEY_FIELD).and_then(integer));
             }
-            let page = self.retry("listing points", || self.client.scroll(request.clone()))?;
-            for point in page.result {
-                let Some(PointIdOptions::Uuid(uuid)) = point.id.and_then(|i| i.point_id_options) else { continue };
-                let key = point.payload.get(KEY_FIELD).and_then(integer);
-                out.insert(uuid, key);
-            }
-            match page.next_page_offset {
-                Some(next) => offset = Some(next),
-                None => break,
-            }
-        }
+        })?;
         Ok(out)
     }
 
@@ -230,50 +218,31 @@ impl QdrantIndex {
     /// The ids of the products a server without the catalog wrote (points without a catalog
     /// key): their ids alone, one small read however large their photos.
     pub fn ids_without_catalog(&self) -> Result<Vec<String>> {
+        let request = ScrollPointsBuilder::new(self.points.clone())
+            .filter(QFilter::must([Condition::is_empty(KEY_FIELD)]))
+            .limit(1000)
+            .with_payload(PayloadIncludeSelector { fields: vec![ID_FIELD.to_string()] })
+            .with_vectors(false);
         let mut out = Vec::new();
-        let mut offset: Option<PointId> = None;
-        loop {
-            let mut request = ScrollPointsBuilder::new(self.points.clone())
-                .filter(QFilter::must([Condition::is_empty(KEY_FIELD)]))
-                .limit(1000)
-                .with_payload(PayloadIncludeSelector { fields: vec![ID_FIELD.to_string()] })
-                .with_vectors(false);
-            if let Some(o) = offset.clone() {
-                request = request.offset(o);
-            }
-            let page = self.retry("listing products added without the catalog", || self.client.scroll(request.clone()))?;
-            out.extend(page.result.iter().filter_map(|point| point.payload.get(ID_FIELD).and_then(string).map(str::to_string)));
-            match page.next_page_offset {
-                Some(next) => offset = Some(next),
-                None => return Ok(out),
-            }
-        }
+        self.scroll_all("listing products added without the catalog", request, IfMissing::Fail, |point| {
+            out.extend(point.payload.get(ID_FIELD).and_then(string).map(str::to_string));
+        })?;
+        Ok(out)
     }
 
     /// Every product of collection `name` that a server without the catalog added (its point
     /// has no catalog key), with its photo and, if `with_vectors`, its vector.
     pub fn products_without_catalog(&self, name: &str, with_vectors: bool) -> Result<Vec<ProductWithoutCatalog>> {
+        // 256 a page: each may carry a photo of up to 64 KiB.
+        let request = ScrollPointsBuilder::new(name.to_string()).filter(QFilter::must([Condition::is_empty(KEY_FIELD)])).limit(256).with_payload(true).with_vectors(with_vectors);
         let mut out = Vec::new();
-        let mut offset: Option<PointId> = None;
-        loop {
-            let mut request =
-                ScrollPointsBuilder::new(name.to_string()).filter(QFilter::must([Condition::is_empty(KEY_FIELD)])).limit(256).with_payload(true).with_vectors(with_vectors);
-            if let Some(o) = offset.clone() {
-                request = request.offset(o);
+        self.scroll_all("listing products added without the catalog", request, IfMissing::Fail, |point| {
+            let vector = if with_vectors { dense_vector(&point) } else { None };
+            let image = point.payload.get(IMAGE_FIELD).and_then(string).and_then(|text| base64::engine::general_purpose::STANDARD.decode(text).ok());
+            if let Some(product) = stored_product(point.payload) {
+                out.push(ProductWithoutCatalog { product, image, vector });
             }
-            let page = self.retry("listing products added without the catalog", || self.client.scroll(request.clone()))?;
-            for point in page.result {
-                let vector = if with_vectors { dense_vector(&point) } else { None };
-                let image = point.payload.get(IMAGE_FIELD).and_then(string).and_then(|text| base64::engine::general_purpose::STANDARD.decode(text).ok());
-                if let Some(product) = stored_product(point.payload) {
-                    out.push(ProductWithoutCatalog { product, image, vector });
-                }
-            }
-            match page.next_page_offset {
-                Some(next) => offset = Some(next),
-                None => break,
-            }
-        }
+        })?;
         Ok(out)
     }
 

@@ -16,7 +16,7 @@ use qdrant_client::qdrant::{
 };
 
 use super::points::string;
-use super::{is_not_found, point_id, QdrantIndex};
+use super::{is_not_found, point_id, IfMissing, QdrantIndex};
 
 /// The payload field of a recorded removal: the product's id. Description chunks have none.
 pub(super) const REMOVED_FIELD: &str = "removed";
@@ -56,29 +56,16 @@ impl QdrantIndex {
     /// The ids of products removed through servers without the catalog whose removals no
     /// `sync` has applied to the catalog yet.
     pub fn recorded_removals(&self) -> Result<Vec<String>> {
+        let request = ScrollPointsBuilder::new(self.description_collection())
+            .filter(QFilter::must_not([Condition::is_empty(REMOVED_FIELD)]))
+            .limit(1000)
+            .with_payload(PayloadIncludeSelector { fields: vec![REMOVED_FIELD.to_string()] })
+            .with_vectors(false);
         let mut out = Vec::new();
-        let mut offset: Option<PointId> = None;
-        loop {
-            let mut request = ScrollPointsBuilder::new(self.description_collection())
-                .filter(QFilter::must_not([Condition::is_empty(REMOVED_FIELD)]))
-                .limit(1000)
-                .with_payload(PayloadIncludeSelector { fields: vec![REMOVED_FIELD.to_string()] })
-                .with_vectors(false);
-            if let Some(o) = offset.clone() {
-                request = request.offset(o);
-            }
-            let page = self.retry("reading recorded removals", || async {
-                match self.client.scroll(request.clone()).await {
-                    Err(e) if is_not_found(&e) => Ok(None),
-                    other => other.map(Some),
-                }
-            })?;
-            let Some(page) = page else { return Ok(out) };
-            out.extend(page.result.iter().filter_map(|point| point.payload.get(REMOVED_FIELD).and_then(string).map(str::to_string)));
-            match page.next_page_offset {
-                Some(next) => offset = Some(next),
-                None => return Ok(out),
-            }
-        }
+        // No side collection (a collection never described): nothing recorded.
+        self.scroll_all("reading recorded removals", request, IfMissing::Empty, |point| {
+            out.extend(point.payload.get(REMOVED_FIELD).and_then(string).map(str::to_string));
+        })?;
+        Ok(out)
     }
 }

@@ -1,0 +1,239 @@
+//! A catalog's Qdrant collection: opening it (in the collection the description names after a
+//! swap), where it stands (`lookalike info`), and what the catalog records of the last sync.
+//! Beside it: keeping it in sync with the catalog (sync.rs: `lookalike sync`, in place,
+//! recreated, or swapped for a new collection), the description kept beside it, by which
+//! servers without the catalog search it and every server finds its points (description.rs),
+//! and taking in what servers without the catalog removed or replaced (without_catalog.rs).
+
+use anyhow::{Context, Result};
+
+use crate::catalog::SqliteCatalog;
+use crate::index::qdrant::{CollectionLayout, ProductPoint, QdrantConfig, QdrantIndex, StoredProduct, MAX_PAYLOAD_IMAGE};
+use crate::index::VectorIndex;
+use crate::space::SearchSpace;
+use crate::types::{ImageRef, Key, Product};
+
+mod description;
+mod sync;
+mod without_catalog;
+
+use description::describe_collection;
+pub use description::{CollectionDescription, ReplacedCollection, StoredSpace};
+pub use sync::{sync_qdrant, sync_qdrant_observed, KeepReplaced, SyncMode, SyncStep};
+pub use without_catalog::{apply_recorded_removals, remove_from_collection, replaced_without_catalog};
+
+/// Connects to the Qdrant collection for this catalog and tells it every product's id and
+/// metadata (its writes carry them as payload). Warns when the collection and the catalog
+/// disagree in size: `lookalike sync` fixes that.
+pub fn open_qdrant(catalog: &SqliteCatalog, space: &SearchSpace, store: &QdrantConfig) -> Result<QdrantIndex> {
+    let cluster = QdrantIndex::connect_cluster(store.clone())?;
+    let (kept, points) = points_collection(&cluster, store)?;
+    let index = connect_qdrant_to(catalog, space, cluster, points)?;
+    // Not between a `tune` that changed the vectors and the `sync` that sends them (servers
+    // without the catalog follow the description, and the collection still holds the old
+    // ones), nor in the old space meanwhile ([`collection_space`]: the catalog's head and
+    // likeness bands are the new space's).
+    let own = SearchSpace::for_catalog(catalog)?.fingerprint();
+    if space.fingerprint() == own && collection_synced_space(catalog, store)?.is_none_or(|synced| synced == own) {
+        let replaced = kept.as_ref().map(|d| d.replaced.clone()).unwrap_or_default();
+        describe_collection(catalog, space, store, &index, kept.as_ref(), replaced)?;
+    }
+    let in_catalog = catalog.vector_count()?;
+    if index.len() != in_catalog {
+        tracing::warn!(
+            "Qdrant collection {:?} holds {} vectors, the catalog {in_catalog}: run `lookalike sync --db {} --store ...`",
+            store.collection,
+            index.len(),
+            catalog.path().display()
+        );
+    }
+    Ok(index)
+}
+
+/// Opens collection `points` of the cluster for `catalog`: tells it every product's id and
+/// metadata (its writes carry them as payload).
+pub(super) fn connect_qdrant_to(catalog: &SqliteCatalog, space: &SearchSpace, cluster: QdrantIndex, points: String) -> Result<QdrantIndex> {
+    let dim = space.output_dim(catalog.vector_space()?.map_or(0, |s| s.dim));
+    let mut index = cluster.open_points(points, dim)?;
+    let colours: std::collections::HashMap<Key, Vec<f32>> = catalog.colours()?.into_iter().collect();
+    for product in catalog.all_products()? {
+        let colour = colours.get(&product.key).cloned();
+        index.describe(product.key, StoredProduct { id: product.id, metadata: product.metadata, colour });
+    }
+    Ok(index)
+}
+
+/// Where a catalog's Qdrant collection stands, for `lookalike info`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CollectionStatus {
+    /// The collection that holds the points: the one named, or the one a swap filled.
+    pub points: String,
+    /// Points in it and how it was made; `None` while it does not exist.
+    pub held: Option<(usize, CollectionLayout)>,
+    /// Whether the last `sync` from this catalog filled it in the catalog's search space as it
+    /// is now (false after a `tune` until the sync sends it); `None` before any sync.
+    pub in_catalog_space: Option<bool>,
+    /// Whether it has a description, which servers without the catalog need.
+    pub described: bool,
+    /// Collections swaps replaced, kept for servers that may not have moved yet.
+    pub replaced: Vec<ReplacedCollection>,
+    /// Products removed through servers without the catalog that the next sync removes from
+    /// the catalog too.
+    pub removals_to_apply: usize,
+}
+
+/// Reads where `catalog`'s collection in `store` stands.
+pub fn collection_status(catalog: &SqliteCatalog, store: &QdrantConfig) -> Result<CollectionStatus> {
+    let cluster = QdrantIndex::connect_cluster(store.clone())?;
+    let (kept, points) = points_collection(&cluster, store)?;
+    let recorded = cluster.recorded_removals()?;
+    let held = match cluster.collection_exists(&points)? {
+        true => {
+            let layout = cluster.layout_of(&points)?;
+            Some((cluster.open_existing_points(points.clone())?.count_now()?, layout))
+        }
+        false => None,
+    };
+    let own = SearchSpace::for_catalog(catalog)?.fingerprint();
+    Ok(CollectionStatus {
+        points,
+        held,
+        in_catalog_space: collection_synced_space(catalog, store)?.map(|synced| synced == own),
+        described: kept.is_some(),
+        replaced: kept.map(|d| d.replaced).unwrap_or_default(),
+        removals_to_apply: recorded.iter().map(|id| catalog.get_by_id(id).map(|p| usize::from(p.is_some()))).sum::<Result<usize>>()?,
+    })
+}
+
+/// Sends `index` the catalog's changes after change-log position `generation` (products added,
+/// replaced or removed since its rows were read); how many. When part of that log is gone (a
+/// saved search graph absorbed it), says to sync again, which compares every product.
+pub fn send_changes_since(catalog: &SqliteCatalog, space: &SearchSpace, index: &mut QdrantIndex, generation: i64) -> Result<usize> {
+    let Some(keys) = catalog.changed_since_whole(generation)? else {
+        tracing::warn!("the catalog's change log since collection {:?} was sent its changes is partly gone (a saved search graph absorbed it): run `lookalike sync` again to send what changed meanwhile", index.points());
+        return Ok(0);
+    };
+    let mut put = Vec::new();
+    for &key in &keys {
+        match (catalog.vector(key)?, catalog.get(key)?) {
+            (Some(vector), Some(product)) => {
+                let image = payload_image(catalog, &product);
+                let product = StoredProduct { id: product.id, metadata: product.metadata, colour: catalog.colour(key)? };
+                put.push(ProductPoint { key, product, vector: space.map(&vector)?, image });
+            }
+            _ => index.remove(key)?,
+        }
+    }
+    // In batches: a large import while the collection filled is thousands of products.
+    index.put_products(put)?;
+    Ok(keys.len())
+}
+
+/// The search space (its fingerprint) in which `lookalike sync` last filled `store`'s
+/// collection from this catalog; `None` before any sync.
+pub fn collection_synced_space(catalog: &SqliteCatalog, store: &QdrantConfig) -> Result<Option<String>> {
+    catalog.setting(&synced_space_setting(&store.collection))
+}
+
+/// The search space a server with the catalog searches `store`'s collection in, and the
+/// catalog's own fingerprint when that is another, to take up once `sync` has run. Between a `tune` that changed
+/// the vectors and the `sync` that sends them, the collection holds them in the space of the
+/// last sync, which its description keeps; otherwise, and when the description cannot say, the
+/// catalog's own.
+pub fn collection_space(catalog: &SqliteCatalog, store: &QdrantConfig) -> Result<(SearchSpace, Option<String>)> {
+    let own = SearchSpace::for_catalog(catalog)?;
+    let Some(synced) = collection_synced_space(catalog, store)?.filter(|synced| *synced != own.fingerprint()) else { return Ok((own, None)) };
+    let described = QdrantIndex::connect_cluster(store.clone()).and_then(|index| read_collection_description(&index, store)).and_then(|(d, _)| d.search_space());
+    match described {
+        Ok(space) if space.fingerprint() == synced => {
+            tracing::warn!(
+                "the catalog's search space ({}) changed since collection {:?} was synced: searching in the collection's ({}) until `lookalike sync --swap` sends it the new one",
+                own.describe(),
+                store.collection,
+                space.describe()
+            );
+            Ok((space, Some(own.fingerprint())))
+        }
+        _ => Ok((own, None)),
+    }
+}
+
+/// The catalog setting [`collection_synced_space`] reads. By the collection's name alone: a
+/// server may reach the cluster through another node's address than `sync` did.
+pub(super) fn synced_space_setting(collection: &str) -> String {
+    format!("qdrant_synced_space:{collection}")
+}
+
+/// The collection that holds `store`'s points since this catalog's last `sync` (another than
+/// the one named after `sync --swap`); `None` before any sync. A server with the catalog
+/// reads it to follow a swap.
+pub fn collection_points(catalog: &SqliteCatalog, store: &QdrantConfig) -> Result<Option<String>> {
+    catalog.setting(&points_setting(&store.collection))
+}
+
+pub(super) fn points_setting(collection: &str) -> String {
+    format!("qdrant_points:{collection}")
+}
+
+/// The catalog's change-log position up to which `lookalike sync` last sent `store`'s
+/// collection the catalog's changes (`None` before any sync): a server with the catalog that
+/// moves to the collection a swap filled, or to the search space a sync sent, sends it the
+/// changes after it ([`send_changes_since`]), which it wrote meanwhile elsewhere.
+pub fn collection_sent_through(catalog: &SqliteCatalog, store: &QdrantConfig) -> Result<Option<i64>> {
+    let setting = catalog.setting(&sent_through_setting(&store.collection))?;
+    setting.map(|s| s.parse::<i64>().with_context(|| format!("catalog setting {:?} is not a change-log position: {s:?}", sent_through_setting(&store.collection)))).transpose()
+}
+
+pub(super) fn sent_through_setting(collection: &str) -> String {
+    format!("qdrant_sent_through:{collection}")
+}
+
+/// A product's photo when it is small enough to travel in its point's payload
+/// ([`MAX_PAYLOAD_IMAGE`]), for servers without the catalog to show.
+pub fn payload_image(catalog: &SqliteCatalog, product: &Product) -> Option<Vec<u8>> {
+    if let ImageRef::File(path) = &product.image {
+        if std::fs::metadata(path).map_or(true, |m| m.len() > MAX_PAYLOAD_IMAGE as u64) {
+            return None;
+        }
+    }
+    catalog.image_bytes(product.key, &product.image).ok().filter(|bytes| bytes.len() <= MAX_PAYLOAD_IMAGE)
+}
+
+/// Connects to an existing Qdrant collection and reads its description (with the digest it
+/// was written under, [`QdrantIndex::description_digest`]), for a server without the catalog
+/// file. Fails with what to do when the collection or its description is missing.
+pub fn open_collection(store: &QdrantConfig) -> Result<(QdrantIndex, CollectionDescription, String)> {
+    let cluster = QdrantIndex::connect_cluster(store.clone())?;
+    let (description, digest) = match read_collection_description(&cluster, store) {
+        Ok(described) => described,
+        // When there is no collection at all, that is what to say.
+        Err(e) => return Err(cluster.open_existing_points(store.collection.clone()).err().unwrap_or(e)),
+    };
+    let index = cluster.open_existing_points(description.points(&store.collection).to_string())?;
+    Ok((index, description, digest))
+}
+
+/// The description kept beside `store`'s collection, if there is one it can read, and the
+/// collection that holds the points: the one it names, else the one named.
+pub(super) fn points_collection(cluster: &QdrantIndex, store: &QdrantConfig) -> Result<(Option<CollectionDescription>, String)> {
+    let kept = kept_description(cluster)?;
+    let points = kept.as_ref().map_or(store.collection.as_str(), |d| d.points(&store.collection)).to_string();
+    Ok((kept, points))
+}
+
+/// The description `index` keeps beside its collection, if there is one it can read.
+fn kept_description(index: &QdrantIndex) -> Result<Option<CollectionDescription>> {
+    Ok(index.read_description()?.and_then(|(bytes, _)| serde_json::from_slice::<CollectionDescription>(&bytes).ok()))
+}
+
+/// The collection's description and its digest, for a server without the catalog.
+pub fn read_collection_description(index: &QdrantIndex, store: &QdrantConfig) -> Result<(CollectionDescription, String)> {
+    let (bytes, digest) = index.read_description()?.with_context(|| {
+        format!(
+            "collection {:?} has no lookalike description (model, search space) yet: run `lookalike sync --db CATALOG --store {} --collection {}` once on the catalog's machine",
+            store.collection, store.url, store.collection
+        )
+    })?;
+    let description: CollectionDescription = serde_json::from_slice(&bytes).context("reading the collection's description")?;
+    Ok((description, digest))
+}

@@ -28,21 +28,47 @@ fn qdrant_url() -> String {
 }
 
 /// What a test on a collection of its own starts from: the cluster held for reading (see
-/// [`CLUSTER`]), a private copy of the shared catalog, and a collection name no other test or
-/// run uses.
+/// [`CLUSTER`]) until its collections are deleted, a private copy of the shared catalog, and a
+/// collection name no other test or run uses.
 /// Bind every field (`_cluster` and `_dir` included: an unbound field is dropped at once).
 struct OwnCollection {
-    _cluster: std::sync::RwLockReadGuard<'static, ()>,
+    _cluster: ClusterLease,
     _dir: tempfile::TempDir,
     db: PathBuf,
     collection: String,
 }
 
 fn own_collection(kind: &str) -> OwnCollection {
-    let cluster = CLUSTER.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let lock = CLUSTER.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let collection = format!("lookalike-{kind}-{}", std::process::id());
     let dir = tempfile::tempdir().expect("tempdir");
     let db = copy_catalog(dir.path());
-    OwnCollection { _cluster: cluster, _dir: dir, db, collection: format!("lookalike-{kind}-{}", std::process::id()) }
+    OwnCollection { _cluster: ClusterLease { _collections: DeletedOnDrop(collection.clone()), _lock: lock }, _dir: dir, db, collection }
+}
+
+/// A test's read hold on the cluster, released after its collections are deleted (fields drop
+/// in order).
+struct ClusterLease {
+    _collections: DeletedOnDrop,
+    _lock: std::sync::RwLockReadGuard<'static, ()>,
+}
+
+/// Deletes collection `NAME` and every `NAME_...` beside it (swaps' `NAME_v2`, descriptions'
+/// `NAME_lookalike`) when dropped, also when the test fails on the way: runs against a
+/// long-lived cluster leave nothing behind.
+struct DeletedOnDrop(String);
+
+impl Drop for DeletedOnDrop {
+    fn drop(&mut self) {
+        let name = &self.0;
+        let deleted = lookalike::index::qdrant::QdrantIndex::connect_cluster(store(name, true)).and_then(|cluster| {
+            let ours: Vec<String> = cluster.collection_names()?.into_iter().filter(|n| n == name || n.starts_with(&format!("{name}_"))).collect();
+            ours.into_iter().try_for_each(|n| cluster.delete_collection(&n).map(|_| ()))
+        });
+        if let Err(e) = deleted {
+            eprintln!("the test's collections {name} and {name}_* are left in the cluster: {e:#}");
+        }
+    }
 }
 
 fn store(collection: &str, exact: bool) -> QdrantConfig {
@@ -463,9 +489,6 @@ fn sync_swap_moves_every_server_to_a_new_collection_at_once() {
     finds(&server, &late_photo, "added-after-the-swap", "added through the replica after the second swap");
     let quiet = sync_report(&sync_cli(&db, &collection, &[]));
     assert_eq!((quiet["collection"].as_str(), quiet["deleted_collections"].clone()), (Some(third.as_str()), serde_json::json!([])), "{quiet}");
-    for name in [third, format!("{collection}_lookalike"), format!("{taken}_lookalike"), taken] {
-        cluster.delete_collection(&name).expect("clean up");
-    }
 }
 
 /// Catalog changes made while a swap fills its new collection (a server with the catalog writes
@@ -509,10 +532,6 @@ fn a_swap_sends_the_catalog_changes_made_while_it_filled() {
     assert!(swapped.product("added-while-filling").expect("read").is_some(), "the product added while it filled is in the new collection");
     assert!(swapped.product(&gone.id).expect("read").is_none(), "the product removed while it filled is not");
     assert_eq!((filled, report.caught_up), (vec![report.collection.clone()], 2), "{report:?}");
-    let cluster = lookalike::index::qdrant::QdrantIndex::connect_cluster(config).expect("cluster");
-    for name in [report.collection.clone(), collection.clone(), format!("{collection}_lookalike")] {
-        cluster.delete_collection(&name).expect("clean up");
-    }
 }
 
 /// What servers write while a swap runs, after the swap has sent the catalog's changes, reaches
@@ -538,7 +557,6 @@ fn writes_made_while_a_swap_runs_reach_the_new_collection() {
     let replica = SearchEngine::open_collection(&config, Box::new(encoder())).expect("replica");
     let removed: Vec<String> = catalog.all_products().expect("products").iter().take(2).map(|p| p.id.clone()).collect();
     let cluster = lookalike::index::qdrant::QdrantIndex::connect_cluster(config.clone()).expect("cluster");
-    let mut made = Vec::new();
     for (round, removed) in removed.iter().enumerate() {
         if round == 1 {
             tune_cli(&db, &["--label", "articleType", "--dim", "64", "--hidden", "128", "--epochs", "8", "--augment", "64"]);
@@ -557,7 +575,6 @@ fn writes_made_while_a_swap_runs_reach_the_new_collection() {
             Ok(())
         })
         .expect("swap");
-        made.push(report.collection.clone());
         assert_eq!(cluster.layout_of(&report.collection).expect("layout").quantized, round == 0, "round {round}: int8 copies as the replaced collection, unless told");
         let swapped =
             lookalike::index::qdrant::QdrantIndex::connect_cluster(config.clone()).and_then(|c| c.open_existing_points(report.collection.clone())).expect("the new collection");
@@ -576,9 +593,6 @@ fn writes_made_while_a_swap_runs_reach_the_new_collection() {
         assert_eq!(first_pages(&server, std::slice::from_ref(&server_photo))[0].first(), Some(&by_server), "round {round}: found by its photo, in the new space");
         assert!(replica.follow_collection_description().expect("follow the description"));
         assert_eq!(first_pages(&replica, std::slice::from_ref(&server_photo))[0].first(), Some(&by_server), "round {round}: the replica finds it too");
-    }
-    for name in made.into_iter().chain([collection.clone(), format!("{collection}_lookalike")]) {
-        cluster.delete_collection(&name).expect("clean up");
     }
 }
 
@@ -688,11 +702,6 @@ fn writes_through_a_server_without_the_catalog_outlast_syncs() {
     assert!(replica.product("added-on-replica").expect("read").is_none(), "the replica's product removed");
     assert!(replica.product(&ids[3]).expect("read").is_none(), "the replaced product removed, not taken in");
     assert!(!in_catalog(&ids[3]));
-
-    let cluster = lookalike::index::qdrant::QdrantIndex::connect_cluster(config.clone()).expect("cluster");
-    for name in [report.collection.clone(), collection.clone(), format!("{collection}_lookalike")] {
-        cluster.delete_collection(&name).expect("clean up");
-    }
 }
 
 /// Two servers on one collection, one with the catalog file and one without (`--no-catalog`:
@@ -900,6 +909,7 @@ fn cluster_keeps_answering_with_a_node_down() {
     use lookalike::index::VectorIndex;
     let nodes = cluster_nodes();
     let collection = format!("lookalike-cluster-{}", std::process::id());
+    let _collections = DeletedOnDrop(collection.clone());
     let on = |node: &str| QdrantConfig { shards: Some(3), replicas: Some(2), write_consistency: Some(1), ..store_at(node, &collection, true) };
 
     let dir = tempfile::tempdir().expect("tempdir");
@@ -953,6 +963,7 @@ fn cluster_replica_answers_503_while_its_qdrant_is_down_and_recovers() {
     let _alone = CLUSTER.write().unwrap_or_else(std::sync::PoisonError::into_inner);
     let nodes = cluster_nodes();
     let collection = format!("lookalike-down-{}", std::process::id());
+    let _collections = DeletedOnDrop(collection.clone());
     let dir = tempfile::tempdir().expect("tempdir");
     let db = copy_catalog(dir.path());
     let everywhere = QdrantConfig { shards: Some(1), replicas: Some(3), ..store_at(&nodes[0], &collection, true) };

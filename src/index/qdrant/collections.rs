@@ -28,6 +28,12 @@ impl QdrantIndex {
         self.retry("checking a collection", || self.client.collection_exists(name.to_string()))
     }
 
+    /// The names of the cluster's collections.
+    pub fn collection_names(&self) -> Result<Vec<String>> {
+        let response = self.retry("listing collections", || self.client.list_collections())?;
+        Ok(response.collections.into_iter().map(|c| c.name).collect())
+    }
+
     /// Deletes collection `name` if the cluster has it; whether it had.
     pub fn delete_collection(&self, name: &str) -> Result<bool> {
         if !self.collection_exists(name)? {

@@ -16,11 +16,12 @@ use common::*;
 use lookalike::import::fashion_mnist::FashionMnist;
 use serde_json::{json, Value};
 
-/// Polls `check` until it holds; fails after a minute (only when something is broken).
+/// Polls `check` until it holds; fails after five minutes (a hang detector: the server's
+/// follow round comes within seconds even on a loaded 2-core machine).
 fn eventually(what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let deadline = Instant::now() + Duration::from_secs(300);
     while !check() {
-        assert!(Instant::now() < deadline, "still not true after 60 s: {what}");
+        assert!(Instant::now() < deadline, "still not true after 300 s: {what}");
         std::thread::sleep(Duration::from_millis(50));
     }
 }

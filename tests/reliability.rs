@@ -147,12 +147,13 @@ fn graceful_shutdown_finishes_in_flight_requests() {
     let mut answer = String::new();
     stream.read_to_string(&mut answer).expect("answer");
     assert!(answer.starts_with("HTTP/1.1 200"), "in-flight request after SIGTERM: {}", answer.lines().next().unwrap_or(""));
-    let deadline = Instant::now() + Duration::from_secs(15);
+    // A hang detector, not a speed measure: the drained server exits within a second or so.
+    let deadline = Instant::now() + Duration::from_secs(120);
     let exit = loop {
         if let Some(exit) = server.child.try_wait().expect("wait") {
             break exit;
         }
-        assert!(Instant::now() < deadline, "server still running 15 s after SIGTERM");
+        assert!(Instant::now() < deadline, "server still running 120 s after SIGTERM");
         std::thread::sleep(Duration::from_millis(100));
     };
     assert!(exit.success(), "server exit status {exit}");

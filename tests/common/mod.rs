@@ -108,11 +108,12 @@ impl Server {
             }
             for _ in lines {} // Keep draining so the server never blocks on a full pipe.
         });
-        let line = match rx.recv_timeout(Duration::from_secs(60)) {
+        // A hang detector: a server that fails to start closes stdout, which ends the wait at once.
+        let line = match rx.recv_timeout(Duration::from_secs(300)) {
             Ok(line) => line,
             Err(_) => {
                 let _ = child.kill();
-                panic!("lookalike serve printed no address within 60 s");
+                panic!("lookalike serve printed no address within 300 s");
             }
         };
         let url = line.strip_prefix("listening on ").unwrap_or_else(|| panic!("unexpected first line: {line}")).to_string();

@@ -72,9 +72,12 @@ pub fn sync_qdrant_observed(
         }
     };
     // Read before the collection is deleted or changed; a swap leaves the old one as it is, so
-    // it reads them once the new one is full, and those added meanwhile go too.
+    // it reads them once the new one is full, and those added meanwhile go too. In place and in
+    // the same space they stay where they are, as they are: nothing to read (with their photos
+    // and vectors, that read was most of such a sync's traffic).
     let read_early = match mode {
         SyncMode::Swap => None,
+        SyncMode::InPlace if same_space => Some(Vec::new()),
         _ => Some(without_catalog_in(&cluster)?),
     };
     let (points, replaced) = match mode {

@@ -68,7 +68,7 @@ impl ColourDescriptor {
     }
 
     /// The dominant named colour, or [`MULTI`]. Shading is not a second colour: the two
-    /// largest shares count together when they are [`SHADES_OF_ONE_COLOUR`].
+    /// largest shares count together when they are `SHADES_OF_ONE_COLOUR`.
     pub fn name(&self) -> &'static str {
         let shares = self.name_shares();
         let mut ranked: Vec<usize> = (0..shares.len()).collect();

@@ -375,11 +375,14 @@ function el(tag, props = {}, ...children) {
   return node;
 }
 
-function swatch(rgb) {
-  const s = el("span", { className: "swatch" });
+/** A product's colour as a dot beside its kind: its named colour's, or for a patterned product
+ * ("Multi", no one colour) a dot of several, so the shopper sees "patterned" at a glance. The
+ * words beside it name the colour, so the dot is hidden from screen readers. */
+function swatch(rgb, name) {
+  const s = el("span", { className: name === "Multi" ? "swatch multi" : "swatch" });
   s.setAttribute("aria-hidden", "true");
   if (rgb) s.style.background = rgb;
-  else s.hidden = true;
+  else if (name !== "Multi") s.hidden = true;
   return s;
 }
 
@@ -404,7 +407,7 @@ function card(hit) {
     el("span", { className: "info" },
       el("span", { className: "name" }, title(hit)),
       ...(hit.price ? [el("span", { className: "price" }, hit.price)] : []),
-      el("span", { className: "sub" }, swatch(hit.colour_rgb), details || "\u00a0"),
+      el("span", { className: "sub" }, swatch(hit.colour_rgb, hit.colour), details || "\u00a0"),
       el("span", { className: `likeness ${hit.likeness}` }, LIKENESS[hit.likeness] || "")));
   open.addEventListener("click", () => openDetails(hit.id, hit));
   const like = el("button", { type: "button", className: "like" }, "More like this");

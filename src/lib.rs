@@ -4,7 +4,7 @@
 //! decode ([`preprocess`]) → encode ([`encoder`]) → nearest neighbours ([`index`]) → join
 //! product metadata ([`catalog`]). Catalogs come in through [`import`]; the pretrained model is
 //! converted from PyTorch weights to ONNX by [`model`]; [`eval`] measures search quality;
-//! [`server`] is `lookalike serve`, the shopper's page and the JSON API; [`bench`] measures speed
+//! [`server`] is `lookalike serve`, the shopper's page and the JSON API; [`bench`](mod@bench) measures speed
 //! against reference implementations; [`config`] reads a deployment's settings file.
 //!
 //! Layers, each importing only from those above it in this list (`tests/architecture.rs` fails
@@ -14,7 +14,7 @@
 //!    [`catalog`], [`encoder`];
 //! 3. assemblies of parts: [`space`], [`store`], [`import`], [`tune`], [`eval`];
 //! 4. the search engine: [`search`];
-//! 5. the outside: [`server`], [`bench`] (and the `lookalike` command in `src/cli/`).
+//! 5. the outside: [`server`], [`bench`](mod@bench) (and the `lookalike` command in `src/cli/`).
 
 pub mod adapter;
 pub mod assets;

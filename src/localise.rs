@@ -336,7 +336,7 @@ pub fn tiles(width: u32, height: u32) -> Vec<Crop> {
 /// input for the whole photo, cells of `whole`).
 ///
 /// Each tile's cell probabilities are read bilinearly onto one map over the photo, as fine as
-/// [`SUBDIVISIONS`] sub-cells per tile cell, averaged where tiles overlap; items are traced on
+/// `SUBDIVISIONS` sub-cells per tile cell, averaged where tiles overlap; items are traced on
 /// that map as on one grid. Falls back to the whole photo's grid when no tile has a grid.
 pub fn find_items_tiled(whole: &GridFeatures, tiles: &[(Crop, GridFeatures)], head: &ForegroundHead, width: u32, height: u32, fit: Fit) -> Localisation {
     let Some((_, first)) = tiles.first() else {
@@ -464,7 +464,7 @@ pub struct ForegroundHead {
 /// squarer than the product: a trouser too wide, a sandal too tall. Each cell's features
 /// carry what the product is and where it sits in the cell's view: evidence about its extent
 /// that the map's edge lacks, with other errors, so an item's box is taken halfway between
-/// the two ([`mean_box`]).
+/// the two (`mean_box`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct ExtentHead {
     /// One row of `channels` weights for each of left, top, right, bottom.

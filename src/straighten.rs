@@ -104,7 +104,7 @@ pub struct Tilted {
 
 impl Tilted {
     /// `Some` when `img` looks turned by [`tilt`]; the photo is kept no larger than
-    /// [`KEPT_SIDE_PER_INPUT`] times the model's input side.
+    /// `KEPT_SIDE_PER_INPUT` times the model's input side.
     pub fn of(img: &DynamicImage, input: &InputSpec) -> Option<Tilted> {
         let degrees = tilt(img)?;
         let side = input.size.saturating_mul(KEPT_SIDE_PER_INPUT).max(1);

@@ -28,7 +28,7 @@ pub struct E2eBench {
     pub colour: Option<crate::colour::ColourMode>,
     /// The `kind` field sent with each search (`None`: the server's default, `match`).
     pub kind: Option<crate::kind::KindMode>,
-    /// A new connection per search instead of one kept open (see [`Client`]).
+    /// A new connection per search instead of one kept open (see `Client`).
     pub fresh_connections: bool,
     pub name: String,
 }

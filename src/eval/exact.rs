@@ -15,7 +15,7 @@ use crate::catalog::SqliteCatalog;
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct ExactReport {
     pub products: usize,
-    /// Per method, as in [`EvalReport::methods`].
+    /// Per method, as in [`super::EvalReport::methods`].
     pub methods: BTreeMap<String, ExactRecall>,
 }
 

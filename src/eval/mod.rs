@@ -166,12 +166,12 @@ pub struct EvalOptions {
     /// How the lookalike rows treat colour, as search's `colour` does.
     pub colour: ColourMode,
     /// Weight of colour against shape under [`ColourMode::Match`] (search uses
-    /// [`colour::MATCH_WEIGHT`]).
+    /// [`crate::colour::MATCH_WEIGHT`]).
     pub colour_weight: f32,
     /// Whether the lookalike rows put the kind the best matches share first, as search's
     /// `kind` does.
     pub kind: KindMode,
-    /// The consensus's weight (search uses [`kind::WEIGHT`]).
+    /// The consensus's weight (search uses [`crate::kind::WEIGHT`]).
     pub kind_weight: f32,
     /// The rows to compute (rows that do not apply to the catalog are left out anyway).
     pub methods: MethodSet,

@@ -256,7 +256,7 @@ impl SearchEngine {
     /// `lookalike sync` (or a server with the catalog, at its start) writes after `tune`
     /// changed the search space, photo adapter or foreground head, as a server with the
     /// catalog takes those up from the catalog. One small read (the description's digest) when
-    /// nothing changed; the server's follower asks every [`DESCRIPTION_CHECK_INTERVAL`].
+    /// nothing changed; the server's follower asks every `DESCRIPTION_CHECK_INTERVAL`.
     /// Whether a new description was taken up.
     pub fn follow_collection_description(&self) -> Result<bool> {
         let (Some(described), Some(store)) = (&self.described, &self.config.store) else { return Ok(false) };
@@ -390,7 +390,7 @@ impl SearchEngine {
     }
 
     /// Rebuilds the search graph without the dead entries that removed and replaced products
-    /// leave in it, once they reach a quarter of the live ones ([`AnnIndex::needs_compaction`]);
+    /// leave in it, once they reach a quarter of the live ones ([`crate::index::ann::AnnIndex::needs_compaction`]);
     /// the rebuilt graph is saved for the next start. Returns how many dead entries were
     /// dropped, or `None` when nothing was due (an exact index, a graph still lean enough, or a
     /// compaction already running).
@@ -472,7 +472,7 @@ impl SearchEngine {
     ///
     /// The rebuild holds a second copy of the index while it runs. When the machine has not
     /// that much memory available (with a quarter to spare), it is left to the next start, whose
-    /// rebuild copies nothing ([`AnnIndex::compacted`]), rather than risk the server being
+    /// rebuild copies nothing ([`crate::index::ann::AnnIndex::compacted`]), rather than risk the server being
     /// killed for memory.
     pub fn compact_graph_in_background(self: &Arc<Self>) {
         if self.compacting.load(Ordering::Acquire) {

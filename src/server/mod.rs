@@ -2,7 +2,7 @@
 //!
 //! - [`api`]: the handlers (thin: parse, call the engine, shape the answer), one file per area;
 //! - [`types`]: the JSON bodies; [`extract`]: typed extractors (admin token, search input);
-//! - [`error`]: [`ApiError`](error::ApiError), the one mapping from failures to status codes;
+//! - [`error`]: [`error::ApiError`], the one mapping from failures to status codes;
 //! - [`batcher`]: the bounded encoder worker pool that batches concurrent photos;
 //! - [`metrics`]: Prometheus counters and histograms;
 //! - `page/`: the page's HTML, JS and CSS, compiled into the binary (no build step, no CDN).

@@ -33,7 +33,7 @@ pub struct QdrantConfig {
 }
 
 /// How a collection was made: a collection made in its place (`sync --swap`, `--recreate`) is
-/// made the same way where this run's settings leave it open ([`QdrantIndex::inheriting`]).
+/// made the same way where this run's settings leave it open ([`super::QdrantIndex::inheriting`]).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct CollectionLayout {
     pub shards: u32,

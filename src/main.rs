@@ -32,6 +32,7 @@ fn main() -> ExitCode {
         Command::Eval(args) => cli::eval::run(args),
         Command::Serve(args) => cli::serve::run(args),
         Command::Tune(args) => cli::tune::run(args),
+        Command::List(args) => cli::list::run(args),
         Command::Remove(args) => cli::remove::run(args),
         Command::Info(args) => cli::info::run(args),
         Command::Check(args) => cli::check::run(args),

@@ -134,6 +134,49 @@ fn more_like_this_and_paging() {
 }
 
 #[test]
+fn list_pages_through_the_catalog_and_filters_it() {
+    let db = path(shared_catalog());
+    // Page after page, each page's token leads to the next: every product once, in catalog order.
+    let (mut seen, mut token) = (Vec::new(), None::<String>);
+    loop {
+        let mut args = vec!["list", "--db", db, "--limit", "128", "--json"];
+        if let Some(token) = &token {
+            args.extend(["--page", token.as_str()]);
+        }
+        let page = json(&ok(&args));
+        let products = page["products"].as_array().expect("products");
+        assert!(products.len() <= 128);
+        seen.extend(products.iter().map(|p| p["id"].as_str().expect("id").to_string()));
+        match page["next_page"].as_str() {
+            Some(next) => token = Some(next.to_string()),
+            None => break,
+        }
+    }
+    let expected: Vec<String> = (0..300).map(|i| format!("fmnist-train-{i:05}")).collect();
+    assert_eq!(seen, expected);
+
+    let bags = json(&ok(&["list", "--db", db, "--filter", "articleType=Bag", "--limit", "500", "--json"]));
+    let bags = bags["products"].as_array().expect("products");
+    assert!(!bags.is_empty() && bags.len() < 300, "only the bags: {}", bags.len());
+    assert!(bags.iter().all(|p| p["metadata"]["articleType"] == "Bag" && p["category"] == "Bag"));
+
+    let table = ok(&["list", "--db", db, "--limit", "2"]);
+    let lines: Vec<&str> = table.lines().collect();
+    assert_eq!(lines.len(), 4, "a header, two products, how to go on: {table}");
+    assert!(lines[1].starts_with("fmnist-train-00000") && lines[2].starts_with("fmnist-train-00001"), "{table}");
+    assert!(lines[3].contains("--page "), "{table}");
+    assert!(ok(&["list", "--db", db, "--filter", "articleType=Unicorn"]).contains("(no products match)"));
+
+    let out = lookalike(&["list", "--db", db, "--page", "not-a-token"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("not a page token"), "{stderr}");
+    let out = lookalike(&["list", "--db", db, "--limit", "0"]);
+    assert!(!out.status.success(), "an empty page is refused");
+    let out = lookalike(&["list", "--db", "/nonexistent/shop.db"]);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("lookalike index"));
+}
+
+#[test]
 fn remove_takes_products_out_of_search() {
     let dir = tempfile::tempdir().expect("tempdir");
     let db = copy_catalog(dir.path());

@@ -796,6 +796,19 @@ fn replicas_with_and_without_the_catalog_share_one_collection() {
     assert!(everything.len() == 301 && everything.contains("listed-on-both"), "{} listed", everything.len());
     assert_eq!(list(&owner, ""), everything, "the server with the catalog lists the collection's products too");
     assert_eq!(list(&replica, "filter=articleType%3DTest&"), HashSet::from(["listed-on-both".to_string()]));
+    // So does `lookalike list --store`, without a server.
+    let list_cli = |extra: &[&str]| {
+        let out = Command::new(BIN)
+            .args(["list", "--db", db.to_str().expect("utf-8"), "--store", &qdrant_url(), "--collection", &collection, "--json"])
+            .args(extra)
+            .output()
+            .expect("list");
+        assert!(out.status.success(), "list: {}", String::from_utf8_lossy(&out.stderr));
+        let page: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+        page["products"].as_array().expect("products").iter().map(|p| p["id"].as_str().expect("id").to_string()).collect::<HashSet<String>>()
+    };
+    assert_eq!(list_cli(&["--limit", "500"]), everything);
+    assert_eq!(list_cli(&["--filter", "articleType=Test"]), HashSet::from(["listed-on-both".to_string()]));
     let bad = client().get(replica.url("/api/products?page=12")).send().expect("list");
     assert_eq!(bad.status().as_u16(), 422, "a page token that is no point id");
     assert_eq!(remove(&owner, "listed-on-both"), 204);

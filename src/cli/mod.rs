@@ -7,6 +7,7 @@ pub mod check;
 pub mod eval;
 pub mod index;
 pub mod info;
+pub mod list;
 pub mod models;
 pub mod remove;
 pub mod repair;
@@ -43,6 +44,8 @@ pub enum Command {
     Serve(serve::ServeArgs),
     /// Learn a catalog-tuned projection from a metadata column (e.g. articleType).
     Tune(tune::TuneArgs),
+    /// List a catalog's products (or its Qdrant collection's), a page at a time.
+    List(list::ListArgs),
     /// Remove products from a catalog by id.
     Remove(remove::RemoveArgs),
     /// Verify a catalog: file structure, vector checksums, products and vectors pairing up.

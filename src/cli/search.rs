@@ -85,7 +85,7 @@ pub fn run(args: SearchArgs) -> Result<()> {
     Ok(())
 }
 
-fn image_label(image: &lookalike::types::ImageRef) -> String {
+pub(super) fn image_label(image: &lookalike::types::ImageRef) -> String {
     match image {
         lookalike::types::ImageRef::File(p) => p.display().to_string(),
         lookalike::types::ImageRef::Stored { mime } => format!("(stored in catalog, {mime})"),
@@ -145,7 +145,7 @@ fn print_table(hits: &[RankedProduct]) {
     }
 }
 
-fn truncate(s: &str, width: usize) -> String {
+pub(super) fn truncate(s: &str, width: usize) -> String {
     if s.chars().count() <= width {
         s.to_string()
     } else {

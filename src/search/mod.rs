@@ -34,6 +34,8 @@ mod photo;
 mod products;
 mod rank;
 
+pub use products::{catalog_page, collection_page};
+
 /// What to return.
 #[derive(Debug, Clone)]
 pub struct SearchRequest {

@@ -6,8 +6,9 @@ use sha2::Digest as _;
 
 use super::rank::collection_product;
 use super::{map_product, FacetCount, ProductPage, SearchEngine, SearchError};
+use crate::catalog::SqliteCatalog;
 use crate::colour::{self, ColourDescriptor};
-use crate::index::qdrant::{collection_key, StoredProduct};
+use crate::index::qdrant::{collection_key, is_point_id, QdrantIndex, StoredProduct};
 use crate::preprocess;
 use crate::types::{Filter, ImageRef, Key, NewProduct, Product, VectorSpace};
 
@@ -102,7 +103,7 @@ impl SearchEngine {
     }
 
     /// Runs `f` on the Qdrant collection (an error when the store is embedded).
-    fn collection_mut<T>(&self, f: impl FnOnce(&mut crate::index::qdrant::QdrantIndex) -> Result<T>) -> Result<T> {
+    fn collection_mut<T>(&self, f: impl FnOnce(&mut QdrantIndex) -> Result<T>) -> Result<T> {
         let mut store = self.write_index()?;
         f(store.collection_mut().context("the vector store is not a Qdrant collection")?)
     }
@@ -112,26 +113,10 @@ impl SearchEngine {
     /// says. With a Qdrant collection as the store, the collection's products (every server's
     /// additions included), in its point order; otherwise the catalog's, by catalog key.
     pub fn products_page(&self, filter: &Filter, from: Option<&str>, limit: usize) -> Result<ProductPage, SearchError> {
-        let bad_token = || SearchError::BadRequest(format!("{:?} is not a page token this server gave (start again without one)", from.unwrap_or_default()));
         if let Some(collection) = self.read_index()?.collection() {
-            // Point ids are UUIDs; anything else would reach Qdrant as an invalid id.
-            if from.is_some_and(|token| !is_point_id(token)) {
-                return Err(bad_token());
-            }
-            let (products, next) = collection.products_page(filter, from, limit)?;
-            return Ok(ProductPage { products: products.into_iter().map(collection_product).collect(), next });
+            return collection_page(collection, filter, from, limit);
         }
-        let after = from.map(|token| token.parse::<Key>().map_err(|_| bad_token())).transpose()?;
-        // One more than asked: whether there is a next page.
-        let mut products = self.with_catalog(|c| c.products_page(filter, after, limit.saturating_add(1)))?;
-        let next = match products.len() > limit {
-            true => {
-                products.truncate(limit);
-                products.last().map(|p| p.key.to_string())
-            }
-            false => None,
-        };
-        Ok(ProductPage { products, next })
+        catalog_page(&*self.lock_catalog()?, filter, from, limit)
     }
 
     /// A product by its id. With a Qdrant collection as the store, the collection says whether
@@ -191,10 +176,34 @@ impl SearchEngine {
     }
 }
 
-/// Whether `token` has a point id's form (a UUID: 8-4-4-4-12 hexadecimal digits).
-fn is_point_id(token: &str) -> bool {
-    let groups: Vec<&str> = token.split('-').collect();
-    groups.iter().map(|g| g.len()).eq([8, 4, 4, 4, 12]) && groups.iter().all(|g| g.chars().all(|c| c.is_ascii_hexdigit()))
+/// One page of a catalog's products matching `filter`, by catalog key: up to `limit`, after the
+/// page token `from` (the `next` of the page before; `None` for the first).
+pub fn catalog_page(catalog: &SqliteCatalog, filter: &Filter, from: Option<&str>, limit: usize) -> Result<ProductPage, SearchError> {
+    let after = from.map(|token| token.parse::<Key>().map_err(|_| bad_page_token(token))).transpose()?;
+    // One more than asked: whether there is a next page.
+    let mut products = catalog.products_page(filter, after, limit.saturating_add(1))?;
+    let next = match products.len() > limit {
+        true => {
+            products.truncate(limit);
+            products.last().map(|p| p.key.to_string())
+        }
+        false => None,
+    };
+    Ok(ProductPage { products, next })
+}
+
+/// One page of a Qdrant collection's products matching `filter` (those every server added
+/// included), in the collection's point order: up to `limit`, from the page token `from`.
+pub fn collection_page(collection: &QdrantIndex, filter: &Filter, from: Option<&str>, limit: usize) -> Result<ProductPage, SearchError> {
+    if let Some(token) = from.filter(|token| !is_point_id(token)) {
+        return Err(bad_page_token(token));
+    }
+    let (products, next) = collection.products_page(filter, from, limit)?;
+    Ok(ProductPage { products: products.into_iter().map(collection_product).collect(), next })
+}
+
+fn bad_page_token(token: &str) -> SearchError {
+    SearchError::BadRequest(format!("{token:?} is not a page token a listing gave (start again without one)"))
 }
 
 /// A product added through the API after a server without the catalog removed it: the removal

@@ -20,7 +20,8 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 use qdrant_client::qdrant::{
-    Condition, CountPointsBuilder, Filter as QFilter, PayloadExcludeSelector, PointId, QueryPointsBuilder, RetrievedPoint, ScrollPointsBuilder, SearchParamsBuilder, WriteOrdering,
+    Condition, CountPointsBuilder, Filter as QFilter, PayloadExcludeSelector, PayloadIncludeSelector, PointId, QueryPointsBuilder, RetrievedPoint, ScrollPointsBuilder,
+    SearchParamsBuilder, WriteOrdering,
 };
 use qdrant_client::Qdrant;
 use sha2::{Digest, Sha256};
@@ -57,8 +58,15 @@ pub const MAX_PAYLOAD_IMAGE: usize = 64 * 1024;
 /// The point id of a product: a UUID made from the SHA-256 of its id.
 pub fn point_id(product_id: &str) -> String {
     let digest = Sha256::digest(product_id.as_bytes());
-    let h = hex::encode(&digest[..16]);
-    format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest[..16]);
+    uuid::Uuid::from_bytes(bytes).hyphenated().to_string()
+}
+
+/// Whether `token` is a point id as Qdrant reads one (a UUID): anything else sent to Qdrant
+/// as a point id is an invalid request.
+pub fn is_point_id(token: &str) -> bool {
+    uuid::Uuid::try_parse(token).is_ok()
 }
 
 /// The key a product without a catalog key goes by in a server's results: negative, so it can
@@ -222,6 +230,17 @@ impl QdrantIndex {
         }
     }
 
+    /// The text payload `field` of every point of `collection` that `filter` selects (points
+    /// without it are skipped): the listings that need one field of many points, not the points.
+    fn strings_of(&self, what: &str, collection: String, filter: QFilter, field: &str, if_missing: IfMissing) -> Result<Vec<String>> {
+        let request = ScrollPointsBuilder::new(collection).filter(filter).limit(1000).with_payload(PayloadIncludeSelector { fields: vec![field.to_string()] }).with_vectors(false);
+        let mut out = Vec::new();
+        self.scroll_all(what, request, if_missing, |point| {
+            out.extend(point.payload.get(field).and_then(points::string).map(str::to_string));
+        })?;
+        Ok(out)
+    }
+
     fn count(&self) -> Result<usize> {
         let request = CountPointsBuilder::new(self.points.clone()).exact(true);
         let response = self.retry("counting points", || self.client.count(request.clone()))?;
@@ -376,6 +395,18 @@ impl VectorIndex for QdrantIndex {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Point ids are how every collection already written finds its products again: they must
+    /// never change (these are the SHA-256-derived ids collections hold since the first sync).
+    #[test]
+    fn point_ids_are_stable_and_checked_as_qdrant_reads_them() {
+        assert_eq!(point_id("fmnist-train-00000"), "26152834-f3b1-3535-50c9-9cd9e81f451b");
+        assert_eq!(point_id("15970"), "78cccd4f-5129-0479-26f6-a483863e7c0f");
+        assert!(is_point_id(&point_id("any product")));
+        for token in ["", "12", "not-a-token", "26152834-f3b1-3535-50c9-9cd9e81f451", "26152834-f3b1-3535-50c9-9cd9e81f451g"] {
+            assert!(!is_point_id(token), "{token:?}");
+        }
+    }
 
     #[test]
     fn refused_keys_and_tls_mismatches_are_explained_without_grpc_metadata() {

@@ -155,7 +155,7 @@ impl QdrantIndex {
         Ok(QdrantIndex::point(product, (key >= 0).then_some(key), vector, image))
     }
 
-    /// Upserts many points in batches of [`UPSERT_BATCH`].
+    /// Upserts many points in batches of `UPSERT_BATCH`.
     pub fn upsert_many(&mut self, rows: &[(Key, Vec<f32>)]) -> Result<()> {
         for chunk in rows.chunks(UPSERT_BATCH) {
             let points = chunk.iter().map(|(k, v)| self.keyed_point(*k, v, None)).collect::<Result<Vec<_>>>()?;
@@ -218,16 +218,8 @@ impl QdrantIndex {
     /// The ids of the products a server without the catalog wrote (points without a catalog
     /// key): their ids alone, one small read however large their photos.
     pub fn ids_without_catalog(&self) -> Result<Vec<String>> {
-        let request = ScrollPointsBuilder::new(self.points.clone())
-            .filter(QFilter::must([Condition::is_empty(KEY_FIELD)]))
-            .limit(1000)
-            .with_payload(PayloadIncludeSelector { fields: vec![ID_FIELD.to_string()] })
-            .with_vectors(false);
-        let mut out = Vec::new();
-        self.scroll_all("listing products added without the catalog", request, IfMissing::Fail, |point| {
-            out.extend(point.payload.get(ID_FIELD).and_then(string).map(str::to_string));
-        })?;
-        Ok(out)
+        let filter = QFilter::must([Condition::is_empty(KEY_FIELD)]);
+        self.strings_of("listing products added without the catalog", self.points.clone(), filter, ID_FIELD, IfMissing::Fail)
     }
 
     /// Every product of collection `name` that a server without the catalog added (its point

@@ -11,11 +11,9 @@ use std::collections::HashMap;
 
 use anyhow::Result;
 use qdrant_client::qdrant::{
-    Condition, DeletePointsBuilder, Filter as QFilter, PayloadIncludeSelector, PointId, PointStruct, PointsIdsList, ScrollPointsBuilder, UpsertPointsBuilder, Value as QValue,
-    WriteOrdering, WriteOrderingType,
+    Condition, DeletePointsBuilder, Filter as QFilter, PointId, PointStruct, PointsIdsList, UpsertPointsBuilder, Value as QValue, WriteOrdering, WriteOrderingType,
 };
 
-use super::points::string;
 use super::{is_not_found, point_id, IfMissing, QdrantIndex};
 
 /// The payload field of a recorded removal: the product's id. Description chunks have none.
@@ -56,16 +54,8 @@ impl QdrantIndex {
     /// The ids of products removed through servers without the catalog whose removals no
     /// `sync` has applied to the catalog yet.
     pub fn recorded_removals(&self) -> Result<Vec<String>> {
-        let request = ScrollPointsBuilder::new(self.description_collection())
-            .filter(QFilter::must_not([Condition::is_empty(REMOVED_FIELD)]))
-            .limit(1000)
-            .with_payload(PayloadIncludeSelector { fields: vec![REMOVED_FIELD.to_string()] })
-            .with_vectors(false);
-        let mut out = Vec::new();
+        let filter = QFilter::must_not([Condition::is_empty(REMOVED_FIELD)]);
         // No side collection (a collection never described): nothing recorded.
-        self.scroll_all("reading recorded removals", request, IfMissing::Empty, |point| {
-            out.extend(point.payload.get(REMOVED_FIELD).and_then(string).map(str::to_string));
-        })?;
-        Ok(out)
+        self.strings_of("reading recorded removals", self.description_collection(), filter, REMOVED_FIELD, IfMissing::Empty)
     }
 }

@@ -377,7 +377,8 @@ fn the_page_works_in_a_headless_browser() {
 
 /// A shop's catalog in the "Fashion Product Images" layout (`images/ID.png` + `styles.csv`),
 /// imported with `lookalike index --kaggle`: 120 Fashion-MNIST training garments with a name,
-/// a price, a link to their page and the usual columns.
+/// a price, a link to their page and the usual columns (a `baseColour` of Black, White, Grey
+/// or, one in ten, Multi).
 fn shop_catalog(dir: &Path) -> std::path::PathBuf {
     let shop = dir.join("shop");
     std::fs::create_dir_all(shop.join("images")).expect("mkdir");
@@ -389,7 +390,8 @@ fn shop_catalog(dir: &Path) -> std::path::PathBuf {
         img.save(shop.join("images").join(format!("{id}.png"))).expect("save");
         let class = fm.class_name(i);
         let gender = if i % 2 == 0 { "Women" } else { "Men" };
-        let colour = ["Black", "White", "Grey"][i % 3];
+        // One in ten patterned ("Multi": no one colour), so the page's dot of several shows.
+        let colour = if i % 10 == 9 { "Multi" } else { ["Black", "White", "Grey"][i % 3] };
         let price = format!("€{}.99", 19 + (i * 7) % 60);
         csv.push_str(&format!("{id},{gender},Apparel,Clothing,{class},{colour},Fall,2024,Casual,{colour} {class} no. {i},{price},https://shop.example/p/{id}\n"));
     }

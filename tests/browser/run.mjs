@@ -192,6 +192,35 @@ try {
   await page.waitForFunction((v) => !document.body.classList.contains("searching") && [...document.querySelectorAll("#grid li.card")].some((li) => li.dataset.category !== v), value);
   check(!(await box.isChecked()) && !(await page.locator("#chips").isVisible()), "the chip's ✕ removes its filter");
 
+  // Colour: each card's dot is its product's named colour, a patterned product's ("Multi") a
+  // dot of several; the words beside it name the colour, so screen readers skip the dot.
+  const wrongDots = () => page.$$eval("#grid li.card", (lis) => Promise.all(lis.map(async (li) => {
+    const dot = li.querySelector(".swatch");
+    const product = await (await fetch(`/api/products/${encodeURIComponent(li.dataset.id)}`)).json();
+    const style = getComputedStyle(dot);
+    const hex = product.colour_rgb || "";
+    const rgb = `rgb(${parseInt(hex.slice(1, 3), 16)}, ${parseInt(hex.slice(3, 5), 16)}, ${parseInt(hex.slice(5, 7), 16)})`;
+    const shown = !dot.hidden && dot.getBoundingClientRect().width > 0 && dot.getAttribute("aria-hidden") === "true";
+    const painted = product.colour === "Multi" ? dot.classList.contains("multi") && style.backgroundImage.startsWith("conic-gradient") : style.backgroundColor === rgb;
+    return shown && painted && li.textContent.includes(product.colour) ? "" : `${li.dataset.id} (${product.colour}, ${style.backgroundColor})`;
+  })).then((wrong) => wrong.filter(Boolean)));
+  let wrong = await wrongDots();
+  check(wrong.length === 0, `every card's dot shows its product's colour${wrong.length ? `; not: ${wrong.join(", ")}` : ""}`);
+  done = searched(page);
+  await page.locator('#facet-form input[name=baseColour][value="Multi"]').check();
+  await done;
+  await page.waitForFunction(() => {
+    const items = [...document.querySelectorAll("#grid li.card")];
+    return !document.body.classList.contains("searching") && items.length > 0 && items.every((li) => li.textContent.includes("Multi"));
+  });
+  wrong = await wrongDots();
+  check(wrong.length === 0 && (await page.locator("#grid .swatch.multi").count()) === (await cards(page).count()), `a patterned product's dot shows several colours${wrong.length ? `; not: ${wrong.join(", ")}` : ""}`);
+  await shot(page, "desktop-patterned.png");
+  done = searched(page);
+  await page.click("#chips button");
+  await done;
+  await page.waitForFunction(() => !document.body.classList.contains("searching") && [...document.querySelectorAll("#grid li.card")].some((li) => !li.textContent.includes("Multi")));
+
   // Details: the shop's fields in words, price, link, the score only here.
   await cards(page).first().locator("button.open").click();
   await page.waitForSelector("#details[open]");
@@ -246,7 +275,9 @@ try {
   await done;
   await settled(page, 24);
 
-  // An area: drawn with the mouse, then adjusted by its corner handle.
+  // An area: drawn with the mouse, then adjusted by its corner handle. (The photo is scrolled
+  // to first, as a shopper would: the side panel stays where the filters above left it.)
+  await page.locator("#preview").scrollIntoViewIfNeeded();
   const preview = await page.locator("#preview").boundingBox();
   done = searched(page);
   await page.mouse.move(preview.x + preview.width * 0.1, preview.y + preview.height * 0.1);

@@ -98,6 +98,10 @@ async function axeClean(page, state) {
   });
   check(found.length === 0, `axe-core finds no serious or critical violation: ${state}${found.length ? "\n  " + found.join("\n  ") : ""}`);
 }
+/** `#rrggbb` as the browser computes a colour: `rgb(r, g, b)`. */
+function cssRgb(hex) {
+  return `rgb(${[1, 3, 5].map((i) => parseInt(hex.slice(i, i + 2), 16)).join(", ")})`;
+}
 /** Whether `selector`'s top edge is on screen (and where it is, for the message). */
 async function inViewport(page, selector) {
   const { top, height } = await page.$eval(selector, (e) => ({ top: e.getBoundingClientRect().top, height: window.innerHeight }));
@@ -144,9 +148,17 @@ try {
   // A photo: results, named and priced, most alike first; focus moves to them.
   let done = searched(page);
   await page.setInputFiles("#file", photo);
-  await done;
+  const answer = await (await done).json();
   await settled(page, 24);
   check(/^24 products like your photo/.test(await statusText(page)), `the status says what the results are: "${await statusText(page)}"`);
+  // The photo's colour, as the server read it, shows beside the photo.
+  const { name: colourName, rgb: colourRgb } = answer.query_colour;
+  check(
+    (await page.locator("#query-colour").isVisible()) &&
+      (await page.textContent("#query-colour .colour-name")) === colourName &&
+      (await page.$eval("#query-colour .swatch", (s) => getComputedStyle(s).backgroundColor)) === cssRgb(colourRgb),
+    `the photo's colour shows beside it: ${colourName} (${colourRgb})`,
+  );
   const pageText = await page.textContent("main");
   check(!/similarity|query time|encoding|ms\b/i.test(pageText), "no developer wording (scores, timings) on the page");
   check((await page.evaluate(() => document.activeElement.id)) === "results-heading", "focus moves to the results heading after a search");
@@ -198,9 +210,9 @@ try {
     const dot = li.querySelector(".swatch");
     const product = await (await fetch(`/api/products/${encodeURIComponent(li.dataset.id)}`)).json();
     const style = getComputedStyle(dot);
-    const hex = product.colour_rgb || "";
-    const rgb = `rgb(${parseInt(hex.slice(1, 3), 16)}, ${parseInt(hex.slice(3, 5), 16)}, ${parseInt(hex.slice(5, 7), 16)})`;
     const shown = !dot.hidden && dot.getBoundingClientRect().width > 0 && dot.getAttribute("aria-hidden") === "true";
+    const hex = product.colour_rgb || "";
+    const rgb = `rgb(${[1, 3, 5].map((i) => parseInt(hex.slice(i, i + 2), 16)).join(", ")})`;
     const painted = product.colour === "Multi" ? dot.classList.contains("multi") && style.backgroundImage.startsWith("conic-gradient") : style.backgroundColor === rgb;
     return shown && painted && li.textContent.includes(product.colour) ? "" : `${li.dataset.id} (${product.colour}, ${style.backgroundColor})`;
   })).then((wrong) => wrong.filter(Boolean)));

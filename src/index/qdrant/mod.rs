@@ -117,7 +117,7 @@ impl QdrantIndex {
         self.points = points;
         if !self.collection_exists(&self.points)? {
             bail!(
-                "Qdrant at {} has no collection {:?} yet: fill it from the catalog first (`lookalike sync --db CATALOG --store {} --collection {}`), then start this server again",
+                "Qdrant at {} has no collection {:?} yet: fill it from the catalog first (`lookalike sync --db CATALOG --store {} --collection {}`), then try again",
                 self.config.url,
                 self.points,
                 self.config.url,

@@ -174,6 +174,10 @@ fn list_pages_through_the_catalog_and_filters_it() {
     assert!(!out.status.success(), "an empty page is refused");
     let out = lookalike(&["list", "--db", "/nonexistent/shop.db"]);
     assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("lookalike index"));
+    // Reading a collection takes where it is, not how a new one is made.
+    let out = lookalike(&["list", "--db", db, "--store", "qdrant://127.0.0.1:9", "--shards", "3"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("unexpected argument '--shards'"), "{stderr}");
 }
 
 #[test]

@@ -33,9 +33,9 @@ pub struct ModelArgs {
     pub threads: Option<usize>,
 }
 
-/// Where vectors are kept and searched.
+/// Which Qdrant collection, and how to reach it: all a command that only reads one needs.
 #[derive(Args)]
-pub struct StoreArgs {
+pub struct StoreConnectionArgs {
     /// `embedded` (vectors in the catalog file, searched in this process) or `qdrant://HOST:PORT`
     /// (a Qdrant server or cluster, gRPC port; `qdrants://` for TLS).
     #[arg(long, env = "LOOKALIKE_STORE", default_value = "embedded")]
@@ -45,6 +45,29 @@ pub struct StoreArgs {
     pub collection: Option<String>,
     #[arg(long, env = "QDRANT_API_KEY", hide_env_values = true)]
     pub qdrant_api_key: Option<String>,
+    /// Timeout of each Qdrant call.
+    #[arg(long, default_value_t = 30)]
+    pub qdrant_timeout_secs: u64,
+}
+
+impl StoreConnectionArgs {
+    /// The Qdrant set-up to read a collection with (how a new one would be made left at its
+    /// defaults), or `None` for the embedded store.
+    pub fn qdrant(&self, db: &Path) -> Result<Option<QdrantConfig>> {
+        if self.store == "embedded" {
+            return Ok(None);
+        }
+        let collection = self.collection.clone().unwrap_or_else(|| QdrantConfig::default_collection(db));
+        let timeout = std::time::Duration::from_secs(self.qdrant_timeout_secs.max(1));
+        Ok(Some(QdrantConfig::connecting(&self.store, self.qdrant_api_key.clone(), collection, timeout)?))
+    }
+}
+
+/// Where vectors are kept and searched, and how a collection lookalike makes is made.
+#[derive(Args)]
+pub struct StoreArgs {
+    #[command(flatten)]
+    pub connection: StoreConnectionArgs,
     /// Shards of a collection lookalike creates.
     #[arg(long)]
     pub shards: Option<u32>,
@@ -66,9 +89,6 @@ pub struct StoreArgs {
     /// Write ordering across replicas: weak, medium or strong.
     #[arg(long, default_value = "weak")]
     pub write_ordering: String,
-    /// Timeout of each Qdrant call.
-    #[arg(long, default_value_t = 30)]
-    pub qdrant_timeout_secs: u64,
     /// Exact (brute-force) search in Qdrant instead of its HNSW index (parity checks).
     #[arg(long)]
     pub qdrant_exact: bool,
@@ -79,22 +99,17 @@ pub struct StoreArgs {
 
 impl StoreArgs {
     /// The Qdrant set-up, or `None` for the embedded store.
-    pub fn qdrant(&self, db: &Path) -> Result<Option<lookalike::index::qdrant::QdrantConfig>> {
-        if self.store == "embedded" {
-            return Ok(None);
-        }
+    pub fn qdrant(&self, db: &Path) -> Result<Option<QdrantConfig>> {
+        let Some(connection) = self.connection.qdrant(db)? else { return Ok(None) };
         let config = QdrantConfig {
-            url: QdrantConfig::parse_url(&self.store)?,
-            api_key: self.qdrant_api_key.clone().filter(|k| !k.is_empty()),
-            collection: self.collection.clone().unwrap_or_else(|| QdrantConfig::default_collection(db)),
             shards: self.shards,
             replicas: self.replicas,
             write_consistency: self.write_consistency,
             quantize: self.quantize.then_some(true).or(self.no_quantize.then_some(false)),
             write_ordering: QdrantConfig::parse_write_ordering(&self.write_ordering)?,
-            timeout: std::time::Duration::from_secs(self.qdrant_timeout_secs.max(1)),
             filter_columns: self.filter_columns.clone(),
             exact: self.qdrant_exact,
+            ..connection
         };
         config.validate()?;
         Ok(Some(config))

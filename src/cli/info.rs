@@ -16,7 +16,7 @@ pub struct InfoArgs {
     pub db: DbArgs,
     /// With `--store qdrant://...`: also where the catalog's collection stands.
     #[command(flatten)]
-    pub store: StoreArgs,
+    pub store: StoreConnectionArgs,
 }
 
 pub fn run(args: InfoArgs) -> Result<()> {

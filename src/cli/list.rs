@@ -17,7 +17,7 @@ pub struct ListArgs {
     /// With `--store qdrant://...`: the collection's products instead, those added through any
     /// server included, filtered in Qdrant.
     #[command(flatten)]
-    pub store: StoreArgs,
+    pub store: StoreConnectionArgs,
     /// Only products whose metadata column equals the value: column=value. Repeat to combine
     /// (different columns must all match; values of the same column are alternatives).
     #[arg(long = "filter", value_name = "COLUMN=VALUE")]

@@ -45,6 +45,24 @@ pub struct CollectionLayout {
 }
 
 impl QdrantConfig {
+    /// The set-up that reaches collection `collection` at `url` (parsed as `--store` takes it),
+    /// with how a new collection would be made left at the defaults: enough to read one.
+    pub fn connecting(url: &str, api_key: Option<String>, collection: String, timeout: Duration) -> Result<QdrantConfig> {
+        Ok(QdrantConfig {
+            url: QdrantConfig::parse_url(url)?,
+            api_key: api_key.filter(|k| !k.is_empty()),
+            collection,
+            shards: None,
+            replicas: None,
+            write_consistency: None,
+            quantize: None,
+            write_ordering: WriteOrderingType::Weak,
+            timeout,
+            filter_columns: Vec::new(),
+            exact: false,
+        })
+    }
+
     /// These settings, with what they leave open taken from `layout`: shards, replicas and
     /// write consistency when not given, quantisation when the old collection had it, and
     /// keyword indexes on its columns as well as these.

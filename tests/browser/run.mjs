@@ -206,16 +206,21 @@ try {
 
   // Colour: each card's dot is its product's named colour, a patterned product's ("Multi") a
   // dot of several; the words beside it name the colour, so screen readers skip the dot.
-  const wrongDots = () => page.$$eval("#grid li.card", (lis) => Promise.all(lis.map(async (li) => {
-    const dot = li.querySelector(".swatch");
-    const product = await (await fetch(`/api/products/${encodeURIComponent(li.dataset.id)}`)).json();
-    const style = getComputedStyle(dot);
-    const shown = !dot.hidden && dot.getBoundingClientRect().width > 0 && dot.getAttribute("aria-hidden") === "true";
-    const hex = product.colour_rgb || "";
-    const rgb = `rgb(${[1, 3, 5].map((i) => parseInt(hex.slice(i, i + 2), 16)).join(", ")})`;
-    const painted = product.colour === "Multi" ? dot.classList.contains("multi") && style.backgroundImage.startsWith("conic-gradient") : style.backgroundColor === rgb;
-    return shown && painted && li.textContent.includes(product.colour) ? "" : `${li.dataset.id} (${product.colour}, ${style.backgroundColor})`;
-  })).then((wrong) => wrong.filter(Boolean)));
+  const wrongDots = async () => {
+    const dots = await page.$$eval("#grid li.card", (lis) => lis.map((li) => {
+      const dot = li.querySelector(".swatch");
+      const style = getComputedStyle(dot);
+      const shown = !dot.hidden && dot.getBoundingClientRect().width > 0 && dot.getAttribute("aria-hidden") === "true";
+      return { id: li.dataset.id, text: li.textContent, shown, multi: dot.classList.contains("multi"), color: style.backgroundColor, image: style.backgroundImage };
+    }));
+    const wrong = [];
+    for (const dot of dots) {
+      const product = await (await page.request.get(new URL(`/api/products/${encodeURIComponent(dot.id)}`, page.url()).href)).json();
+      const painted = product.colour === "Multi" ? dot.multi && dot.image.startsWith("conic-gradient") : Boolean(product.colour_rgb) && dot.color === cssRgb(product.colour_rgb);
+      if (!(dot.shown && painted && dot.text.includes(product.colour))) wrong.push(`${dot.id} (${product.colour}, ${dot.color})`);
+    }
+    return wrong;
+  };
   let wrong = await wrongDots();
   check(wrong.length === 0, `every card's dot shows its product's colour${wrong.length ? `; not: ${wrong.join(", ")}` : ""}`);
   done = searched(page);

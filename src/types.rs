@@ -2,7 +2,7 @@
 //! metadata, and which model's vectors a catalog holds. Nothing here imports the rest of
 //! lookalike; everything else may import it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
 use anyhow::{bail, Result};
@@ -139,6 +139,39 @@ pub fn names_a_colour(metadata: &Metadata) -> bool {
     COLOUR_COLUMNS.iter().any(|c| metadata.get(*c).is_some_and(|v| !v.trim().is_empty()))
 }
 
+/// Metadata column names starting with this are lookalike's own fields beside a product's
+/// metadata (in a Qdrant point's payload): a shop's column may not take one.
+pub const RESERVED_COLUMN_PREFIX: &str = "_lookalike_";
+
+/// Whether `name` can be a metadata column a shop sets: not empty, at most 256 bytes, no
+/// control characters, and not one of lookalike's own fields ([`RESERVED_COLUMN_PREFIX`]).
+pub fn check_column_name(name: &str) -> Result<()> {
+    if name.trim().is_empty() || name.len() > 256 || name.chars().any(char::is_control) {
+        bail!("a metadata column needs a name of 1 to 256 bytes without control characters, not {name:?}");
+    }
+    if name.starts_with(RESERVED_COLUMN_PREFIX) {
+        bail!("column {name:?}: names starting with {RESERVED_COLUMN_PREFIX:?} are lookalike's own");
+    }
+    Ok(())
+}
+
+/// A change to a product's metadata alone (a new price, name or category), its photo and
+/// vectors kept: columns to set and columns to remove.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MetadataPatch {
+    pub set: Metadata,
+    pub remove: BTreeSet<String>,
+}
+
+impl MetadataPatch {
+    /// `metadata` with the patch applied.
+    pub fn apply(&self, metadata: &Metadata) -> Metadata {
+        let mut patched: Metadata = metadata.iter().filter(|(column, _)| !self.remove.contains(*column)).map(|(k, v)| (k.clone(), v.clone())).collect();
+        patched.extend(self.set.iter().map(|(k, v)| (k.clone(), v.clone())));
+        patched
+    }
+}
+
 #[derive(Debug, Clone)]
 pub enum NewImage {
     File(PathBuf),
@@ -252,5 +285,26 @@ mod tests {
             assert_eq!(product(&[("url", unsafe_link)]).link(), None, "{unsafe_link}");
         }
         assert_eq!(product(&[]).price(), None);
+    }
+
+    #[test]
+    fn a_metadata_patch_sets_and_removes_columns_and_keeps_the_rest() {
+        let before = product(&[("price", "49.99"), ("season", "Summer"), ("articleType", "Dress")]).metadata;
+        let patch = MetadataPatch {
+            set: [("price".to_string(), "39.99".to_string()), ("usage".to_string(), "Party".to_string())].into(),
+            remove: ["season".to_string(), "nothing".to_string()].into(),
+        };
+        let after = patch.apply(&before);
+        let expected = product(&[("price", "39.99"), ("usage", "Party"), ("articleType", "Dress")]).metadata;
+        assert_eq!(after, expected);
+        assert_eq!(MetadataPatch::default().apply(&before), before, "an empty patch changes nothing");
+    }
+
+    #[test]
+    fn lookalike_s_own_fields_and_blank_names_are_no_shop_columns() {
+        assert!(check_column_name("price").is_ok());
+        for bad in ["", "  ", "_lookalike_id", "a\nb"] {
+            assert!(check_column_name(bad).is_err(), "{bad:?}");
+        }
     }
 }

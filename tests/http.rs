@@ -106,6 +106,7 @@ fn every_route_answers_and_is_in_the_openapi_document() {
         ("/api/products", "get"),
         ("/api/products", "post"),
         ("/api/products/{id}", "get"),
+        ("/api/products/{id}", "patch"),
         ("/api/products/{id}", "delete"),
         ("/api/products/{id}/image", "get"),
         ("/api/facets", "get"),
@@ -306,13 +307,48 @@ fn catalog_changes_need_the_token_are_searchable_at_once_and_survive_a_restart()
     assert_eq!(image.headers()["content-type"], "image/png");
     assert_eq!(image.bytes().expect("bytes"), png, "the uploaded bytes are kept in the catalog");
     assert_eq!(ok_json(http.get(server.url("/readyz")).send().expect("readyz"))["products"], 301);
+
+    // Its metadata alone changes (a new name, price and kind, a column removed), no photo
+    // sent: searches, filters, the listing and the facets show it at once, and the same photo
+    // still finds it as closely (its vector is kept).
+    let patch = |id: &str, body: &serde_json::Value| {
+        let request = http.patch(server.url(&format!("/api/products/{id}"))).bearer_auth(token);
+        request.header("content-type", "application/merge-patch+json").body(body.to_string()).send().expect("patch")
+    };
+    let change = json!({"metadata": {"productDisplayName": "Black leather boot", "price": 59.99, "articleType": "Boots", "baseColour": null}});
+    let patched = ok_json(patch("shop-boot-1", &change));
+    assert_eq!((&patched["name"], &patched["price"], &patched["category"]), (&json!("Black leather boot"), &json!("59.99"), &json!("Boots")));
+    assert!(patched["metadata"].get("baseColour").is_none() && patched["colour"].is_null(), "{patched}");
+    let found = ok_json(search_photo(&server, png.clone(), &[("k", "3")]));
+    assert_eq!((&found["hits"][0]["id"], &found["hits"][0]["name"]), (&json!("shop-boot-1"), &json!("Black leather boot")));
+    assert!(found["hits"][0]["score"].as_f64().unwrap_or(0.0) > 0.99);
+    let boots = ok_json(search_photo(&server, png.clone(), &[("k", "5"), ("filter", "articleType=Boots")]));
+    assert_eq!(ids(&boots), ["shop-boot-1"], "the new kind is filtered on at once");
+    let listed = ok_json(http.get(server.url("/api/products?filter=articleType%3DBoots")).send().expect("list"));
+    assert_eq!(listed["products"].as_array().map(Vec::len), Some(1));
+    let facets = ok_json(http.get(server.url("/api/facets")).send().expect("facets"));
+    let kinds = facets["facets"].as_array().expect("facets").iter().find(|f| f["column"] == "articleType").expect("articleType facet").clone();
+    assert!(kinds["values"].as_array().expect("values").iter().any(|v| v["value"] == "Boots" && v["count"] == 1), "{kinds}");
+    // Bad patches lose nothing: the product is as the last good one left it.
+    expect_error(http.patch(server.url("/api/products/shop-boot-1")).json(&change).send().expect("patch"), 401, "unauthorized");
+    expect_error(patch("no-such-product", &change), 404, "not_found");
+    for bad in [json!({"metadata": {"sizes": ["S", "M"]}}), json!({"metadata": {"_lookalike_id": "x"}}), json!({"price": "1"}), json!({"metadata": {"": "x"}})] {
+        expect_error(patch("shop-boot-1", &bad), 422, "bad_parameters");
+    }
+    let r = http.patch(server.url("/api/products/shop-boot-1")).bearer_auth(token).body("price=1").send().expect("patch");
+    expect_error(r, 415, "unsupported_type");
+    let reserved = add_form().text("_lookalike_key", "7");
+    expect_error(http.post(server.url("/api/products")).bearer_auth(token).multipart(reserved).send().expect("post"), 422, "bad_parameters");
+    assert_eq!(ok_json(http.get(server.url("/api/products/shop-boot-1")).send().expect("get"))["name"], "Black leather boot");
     drop(server);
 
     // Survives a restart.
     let server = Server::start(&db, &["--admin-token", token], &[]);
     let found = ok_json(search_photo(&server, png.clone(), &[("k", "3")]));
     assert_eq!(found["hits"][0]["id"], "shop-boot-1");
-    assert_eq!(ok_json(http.get(server.url("/api/products/shop-boot-1")).send().expect("get"))["metadata"]["baseColour"], "Black");
+    let stored = ok_json(http.get(server.url("/api/products/shop-boot-1")).send().expect("get"));
+    assert_eq!((&stored["price"], &stored["metadata"]["articleType"]), (&json!("59.99"), &json!("Boots")));
+    assert!(stored["metadata"].get("baseColour").is_none(), "{stored}");
 
     // Delete: gone from search at once and after a restart.
     let r = http.delete(server.url("/api/products/shop-boot-1")).bearer_auth(token).send().expect("delete");

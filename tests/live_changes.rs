@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
@@ -13,7 +13,7 @@ use common::*;
 use lookalike::catalog::SqliteCatalog;
 use lookalike::index::{AnnMode, AnnStamp, IndexConfig};
 use lookalike::search::{Items, SearchEngine, SearchRequest};
-use lookalike::types::{Filter, NewImage, NewProduct};
+use lookalike::types::{Filter, MetadataPatch, NewImage, NewProduct};
 
 fn open(db: &std::path::Path) -> SearchEngine {
     let config = IndexConfig { ann: AnnMode::Always, ..IndexConfig::default() };
@@ -334,4 +334,45 @@ fn a_server_takes_up_the_space_tune_makes() {
     assert_eq!(answers(&base), expected, "the running server answers as one started on the tuned catalog");
     let _ = child.kill();
     let _ = child.wait();
+}
+
+/// A product's metadata changed through one engine (`PATCH /api/products/{id}`): its searches
+/// show the change at once, with the product's vector kept, and another engine following the
+/// same catalog (a second server) takes it up on its next round.
+#[test]
+fn a_metadata_change_reaches_searches_and_followers_without_encoding() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = copy_catalog(dir.path());
+    let writer = SearchEngine::open(SqliteCatalog::open_existing(&db).expect("catalog"), Box::new(encoder())).expect("engine");
+    let follower = SearchEngine::open(SqliteCatalog::open_existing(&db).expect("catalog"), Box::new(encoder())).expect("engine");
+    let id = "fmnist-train-00001";
+    let (key, vector) = writer
+        .with_catalog(|c| {
+            let product = c.get_by_id(id)?.expect("product");
+            Ok((product.key, c.vector(product.key)?.expect("vector")))
+        })
+        .expect("read product");
+    let found = |engine: &SearchEngine, filter: &[&str]| -> Vec<String> {
+        let request = SearchRequest { k: 5, filter: Filter::parse(filter).expect("filter"), ..SearchRequest::default() };
+        engine.search_vector(&vector, &request).expect("search").hits.into_iter().map(|h| h.product.id).collect()
+    };
+    let new_kind = ["articleType=Party dress", "baseColour=Red"];
+    assert!(found(&writer, &new_kind).is_empty(), "no product is a red party dress yet");
+
+    let patch = MetadataPatch {
+        set: [("articleType", "Party dress"), ("baseColour", "Red"), ("price", "19.99")].map(|(k, v)| (k.to_string(), v.to_string())).into(),
+        remove: BTreeSet::new(),
+    };
+    let patched = writer.patch_product(id, &patch).expect("patch").expect("a known product");
+    assert_eq!((patched.category(), patched.colour(), patched.price()), (Some("Party dress"), Some("Red"), Some("19.99")));
+    assert!(writer.patch_product("no-such-product", &patch).expect("patch").is_none());
+    assert_eq!(found(&writer, &new_kind), [id], "the writer's searches filter on the new values at once");
+    // Filters read the catalog file, which both share; the follower's own tables (kinds and
+    // colours, which rank) take the change up from the change log.
+    assert_eq!(found(&follower, &new_kind), [id]);
+    assert_eq!(follower.follow_catalog().expect("follow"), 1, "one product changed");
+    assert_eq!(follower.product(id).expect("read").map(|p| p.metadata), Some(patched.metadata.clone()));
+    assert_eq!(writer.follow_catalog().expect("follow"), 0, "the writer's own change is not taken up again");
+    assert_eq!(writer.with_catalog(|c| c.vector(key)).expect("read"), Some(vector.clone()), "nothing encoded again");
+    assert_eq!(writer.patch_product(id, &patch).expect("patch").map(|p| p.metadata), Some(patched.metadata), "the same patch again changes nothing");
 }

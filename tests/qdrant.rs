@@ -769,10 +769,41 @@ fn replicas_with_and_without_the_catalog_share_one_collection() {
         let shown = ok_json(product(b, id));
         assert_eq!(shown["metadata"]["articleType"], "Test", "{shown}");
         assert!(!image(b, id).is_empty(), "{id}'s photo shown through the other server");
+        // Its metadata changed through the other server: both show the change, and Qdrant
+        // filters on it.
+        let change = serde_json::json!({"metadata": {"articleType": "Patched", "price": "9.99"}});
+        let r = client().patch(b.url(&format!("/api/products/{id}"))).bearer_auth(token).json(&change).send().expect("PATCH");
+        assert_eq!(r.status().as_u16(), 200, "{}", r.text().unwrap_or_default());
+        for server in [a, b] {
+            let shown = ok_json(product(server, id));
+            assert_eq!((&shown["metadata"]["articleType"], &shown["price"]), (&change["metadata"]["articleType"], &change["metadata"]["price"]), "{shown}");
+            let filtered = ok_json(search_photo(server, photo.clone(), &[("filter", "articleType=Patched")]));
+            assert_eq!(common::ids(&filtered), [id.to_string()], "{filtered}");
+        }
         assert_eq!(remove(b, id), 204, "{id} removed through the other server");
         assert!(!top(a, photo).contains(&id.to_string()), "{id} gone from the server it was added through");
         assert_eq!(product(a, id).status().as_u16(), 404);
     }
+
+    // A catalog product changed through the replica: the owner shows the collection's metadata,
+    // as its searches do.
+    let change = serde_json::json!({"metadata": {"price": "1.99"}});
+    let r = client().patch(replica.url("/api/products/fmnist-train-00042")).bearer_auth(token).json(&change).send().expect("PATCH");
+    assert_eq!(r.status().as_u16(), 200, "{}", r.text().unwrap_or_default());
+    assert_eq!(ok_json(product(&owner, "fmnist-train-00042"))["price"], "1.99");
+    // The next sync takes the change into the catalog (once), so that a sync sending the
+    // catalog's products again keeps it.
+    let in_catalog = || SqliteCatalog::open(&db).expect("catalog").get_by_id("fmnist-train-00042").expect("read").expect("product").metadata.get("price").cloned();
+    assert_eq!(in_catalog(), None);
+    for taken_in in [1, 0] {
+        let report = lookalike::store::sync_qdrant(&mut SqliteCatalog::open(&db).expect("catalog"), &store(&collection, true), SyncMode::InPlace, keep_replaced()).expect("sync");
+        assert_eq!(report.patched_without_catalog, taken_in);
+        assert_eq!(in_catalog().as_deref(), Some("1.99"));
+    }
+    let r = client().patch(owner.url("/api/products/fmnist-train-00042")).bearer_auth(token).json(&serde_json::json!({"metadata": {"price": null}})).send().expect("PATCH");
+    assert_eq!(r.status().as_u16(), 200, "{}", r.text().unwrap_or_default());
+    assert!(ok_json(product(&replica, "fmnist-train-00042"))["price"].is_null(), "the owner's change reaches the replica");
+    assert_eq!(in_catalog(), None, "and its catalog");
 
     // Both list the collection's products, a page at a time: the catalog's and one added through
     // the replica, the same on both; a filter runs in Qdrant.

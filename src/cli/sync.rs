@@ -64,6 +64,9 @@ pub fn run(args: SyncArgs) -> Result<()> {
     if report.removed_without_catalog > 0 {
         eprintln!("{} products removed through servers without the catalog were removed from the catalog too", report.removed_without_catalog);
     }
+    if report.patched_without_catalog > 0 {
+        eprintln!("{} catalog products whose details were changed through servers without the catalog took those details into the catalog", report.patched_without_catalog);
+    }
     if report.carried_without_catalog > 0 {
         eprintln!("{} products added through servers without the catalog were copied to {:?}", report.carried_without_catalog, report.collection);
     }

@@ -6,11 +6,11 @@ use sha2::Digest as _;
 
 use super::rank::collection_product;
 use super::{map_product, FacetCount, ProductPage, SearchEngine, SearchError};
-use crate::catalog::SqliteCatalog;
+use crate::catalog::{IndexedChange, SqliteCatalog};
 use crate::colour::{self, ColourDescriptor};
 use crate::index::qdrant::{collection_key, is_point_id, QdrantIndex, StoredProduct};
 use crate::preprocess;
-use crate::types::{Filter, ImageRef, Key, NewProduct, Product, VectorSpace};
+use crate::types::{Filter, ImageRef, Key, MetadataPatch, NewProduct, Product, VectorSpace};
 
 impl SearchEngine {
     /// Adds a product (or replaces the one with the same id) and makes it searchable at once:
@@ -102,6 +102,49 @@ impl SearchEngine {
         Ok(true)
     }
 
+    /// Changes a product's metadata (a new price, name or category) without its photo: nothing
+    /// is encoded again, and searches, filters and facets show the change at once. Written to
+    /// the catalog, where other servers following it take it up, and to the Qdrant collection
+    /// when that is the store (there alone for a product added through a server without the
+    /// catalog). Returns the product as it is now, `None` for an unknown id.
+    pub fn patch_product(&self, id: &str, patch: &MetadataPatch) -> Result<Option<Product>, SearchError> {
+        if self.catalog.is_none() {
+            // In the collection the description names now (see `add_product`).
+            self.follow_collection_description()?;
+            return Ok(self.collection_mut(|c| c.patch_product(id, patch, true))?.map(collection_product));
+        }
+        let mut catalog = self.lock_catalog()?;
+        let Some(mut product) = catalog.get_by_id(id)? else {
+            drop(catalog);
+            if self.read_index()?.collection().is_none() {
+                return Ok(None);
+            }
+            return Ok(self.collection_mut(|c| c.patch_product(id, patch, false))?.map(collection_product));
+        };
+        let metadata = patch.apply(&product.metadata);
+        let changed = metadata != product.metadata;
+        // Under the catalog lock, as `add_product` writes: a concurrent change to the same
+        // product reaches the collection and the tables in the order it reached the catalog.
+        if changed {
+            catalog.refresh_indexed(&[IndexedChange { id: id.to_string(), colour: None, metadata: Some(metadata.clone()) }])?;
+        }
+        // The collection's copy is patched even where the catalog's did not change: a server
+        // without the catalog may have changed it there. What it holds then is what searches show.
+        let shown = match self.write_index()?.collection_mut() {
+            Some(collection) => collection.patch_product(id, patch, false)?,
+            None => None,
+        };
+        if changed {
+            let mut colours = self.write_colours()?;
+            let descriptor = colours.descriptor(product.key).copied();
+            colours.put(product.key, descriptor, Product::named_colour(&metadata));
+            drop(colours);
+            self.write_kinds()?.put(product.key, &metadata);
+        }
+        product.metadata = shown.map_or(metadata, |shown| shown.metadata);
+        Ok(Some(product))
+    }
+
     /// Runs `f` on the Qdrant collection (an error when the store is embedded).
     fn collection_mut<T>(&self, f: impl FnOnce(&mut QdrantIndex) -> Result<T>) -> Result<T> {
         let mut store = self.write_index()?;
@@ -120,8 +163,9 @@ impl SearchEngine {
     }
 
     /// A product by its id. With a Qdrant collection as the store, the collection says whether
-    /// it exists (any server may have added or removed it there); the catalog's row is
-    /// preferred where there is one, for its photo.
+    /// it exists and what its metadata is, as searches show it (any server may have added,
+    /// changed or removed it there); the catalog's row is preferred where there is one, for its
+    /// photo.
     pub fn product(&self, id: &str) -> Result<Option<Product>> {
         let in_collection = match self.read_index()?.collection() {
             Some(collection) => Some(collection.product(id)?.map(|(stored, _)| collection_product(stored))),
@@ -131,7 +175,10 @@ impl SearchEngine {
             return Ok(None);
         }
         if self.catalog.is_some() {
-            if let Some(product) = self.with_catalog(|c| c.get_by_id(id))? {
+            if let Some(mut product) = self.with_catalog(|c| c.get_by_id(id))? {
+                if let Some(Some(shown)) = in_collection {
+                    product.metadata = shown.metadata;
+                }
                 return Ok(Some(product));
             }
         }

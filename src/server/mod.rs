@@ -138,7 +138,7 @@ fn routes() -> OpenApiRouter<Arc<AppState>> {
         .routes(routes!(page_style))
         .routes(routes!(api::search::search))
         .routes(routes!(api::products::list_products, api::products::add_product))
-        .routes(routes!(api::products::get_product, api::products::delete_product))
+        .routes(routes!(api::products::get_product, api::products::patch_product, api::products::delete_product))
         .routes(routes!(api::products::product_image))
         .routes(routes!(api::search::facets))
         .routes(routes!(api::ops::healthz))

@@ -9,7 +9,7 @@ use utoipa::ToSchema;
 
 use crate::likeness::Likeness;
 use crate::search::{ItemResults, RankedProduct, SearchResults, Timings};
-use crate::types::{Detection, Product};
+use crate::types::{check_column_name, Detection, MetadataPatch, Product};
 
 /// A product and all its metadata.
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -282,6 +282,40 @@ pub struct NewProductForm {
     /// Any other text field becomes a metadata column of that name.
     #[schema(value_type = Option<String>)]
     articleType: Option<String>,
+}
+
+/// `PATCH /api/products/{id}`: a JSON merge patch (RFC 7396) of the product's metadata, e.g.
+/// `{"metadata": {"price": "39.99", "season": null}}`. Each column given is set (a string; a
+/// number or `true`/`false` is kept as its JSON text), a column given as `null` is removed, and
+/// columns not given stay as they are.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ProductPatchBody {
+    #[schema(value_type = Object)]
+    pub metadata: serde_json::Map<String, serde_json::Value>,
+}
+
+impl TryFrom<ProductPatchBody> for MetadataPatch {
+    type Error = String;
+
+    fn try_from(body: ProductPatchBody) -> Result<MetadataPatch, String> {
+        let mut patch = MetadataPatch::default();
+        for (column, value) in body.metadata {
+            check_column_name(&column).map_err(|e| e.to_string())?;
+            let text = match value {
+                serde_json::Value::Null => {
+                    patch.remove.insert(column);
+                    continue;
+                }
+                serde_json::Value::String(text) => text,
+                serde_json::Value::Number(n) => n.to_string(),
+                serde_json::Value::Bool(b) => b.to_string(),
+                _ => return Err(format!("column {column:?}: a metadata value is a string, a number, true/false, or null to remove the column")),
+            };
+            patch.set.insert(column, text);
+        }
+        Ok(patch)
+    }
 }
 
 #[derive(Debug, Serialize, ToSchema)]

@@ -22,6 +22,9 @@ impl Client {
     pub fn post(&self, url: impl Into<String>) -> RequestBuilder {
         self.request("POST", url)
     }
+    pub fn patch(&self, url: impl Into<String>) -> RequestBuilder {
+        self.request("PATCH", url)
+    }
     pub fn delete(&self, url: impl Into<String>) -> RequestBuilder {
         self.request("DELETE", url)
     }

@@ -50,6 +50,11 @@ const COLOUR_FIELD: &str = "_lookalike_colour";
 
 const IMAGE_FIELD: &str = "_lookalike_image";
 
+/// On a catalog product's point whose metadata a server without the catalog changed: its id,
+/// until the next `sync` takes the change into the catalog (see
+/// [`QdrantIndex::patched_without_catalog`]).
+const PATCHED_FIELD: &str = "_lookalike_patched";
+
 /// Photos up to this size travel in the payload, so that a server without the catalog can show
 /// them (Fashion-MNIST's are under 1 KiB, a 60x80 shop thumbnail a few KiB); larger ones are
 /// shown from the shop's own image URL column (see `docs/deployment.md`).

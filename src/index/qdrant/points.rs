@@ -7,12 +7,12 @@ use std::collections::{HashMap, HashSet};
 use anyhow::{bail, Context, Result};
 use base64::Engine as _;
 use qdrant_client::qdrant::{
-    point_id::PointIdOptions, Condition, DeletePointsBuilder, FacetCountsBuilder, Filter as QFilter, GetPointsBuilder, PayloadExcludeSelector, PayloadIncludeSelector, PointId,
-    PointStruct, PointsIdsList, ScrollPointsBuilder, UpsertPointsBuilder, Value as QValue,
+    point_id::PointIdOptions, Condition, DeletePayloadPointsBuilder, DeletePointsBuilder, FacetCountsBuilder, Filter as QFilter, GetPointsBuilder, PayloadExcludeSelector,
+    PayloadIncludeSelector, PointId, PointStruct, PointsIdsList, ScrollPointsBuilder, SetPayloadPointsBuilder, UpsertPointsBuilder, Value as QValue,
 };
 
-use super::{point_id, qdrant_filter, IfMissing, QdrantIndex, COLOUR_FIELD, ID_FIELD, IMAGE_FIELD, KEY_FIELD, MAX_PAYLOAD_IMAGE};
-use crate::types::{Filter, Key, Metadata};
+use super::{point_id, qdrant_filter, IfMissing, QdrantIndex, COLOUR_FIELD, ID_FIELD, IMAGE_FIELD, KEY_FIELD, MAX_PAYLOAD_IMAGE, PATCHED_FIELD};
+use crate::types::{Filter, Key, Metadata, MetadataPatch, RESERVED_COLUMN_PREFIX};
 
 /// Points per upsert request: large enough to amortise the round trip, small enough to stay far
 /// below gRPC's 4 MiB message limit at 2048 dimensions (256 × 8 KiB = 2 MiB).
@@ -78,6 +78,9 @@ pub struct SyncReport {
     /// Catalog products removed through servers without the catalog since the last sync: removed
     /// from the catalog too (recorded beside the description), so the sync does not send them back.
     pub removed_without_catalog: usize,
+    /// Catalog products whose metadata servers without the catalog changed since the last
+    /// sync: the catalog took the collection's metadata first, so the sync keeps the change.
+    pub patched_without_catalog: usize,
     /// Products added through servers without the catalog, copied as they were from the
     /// collection this sync replaced or recreated (same search space).
     pub carried_without_catalog: usize,
@@ -107,7 +110,7 @@ pub(super) fn stored_product(payload: HashMap<String, QValue>) -> Option<StoredP
         .and_then(string)
         .and_then(|text| base64::engine::general_purpose::STANDARD.decode(text).ok())
         .map(|bytes| bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect());
-    let metadata = payload.iter().filter(|(k, _)| !k.starts_with("_lookalike_")).filter_map(|(k, v)| string(v).map(|v| (k.clone(), v.to_string()))).collect();
+    let metadata = payload.iter().filter(|(k, _)| !k.starts_with(RESERVED_COLUMN_PREFIX)).filter_map(|(k, v)| string(v).map(|v| (k.clone(), v.to_string()))).collect();
     Some(StoredProduct { id, metadata, colour })
 }
 
@@ -297,6 +300,58 @@ impl QdrantIndex {
         let Some(point) = response.result.into_iter().next() else { return Ok(None) };
         let vector = dense_vector(&point).with_context(|| format!("the point of product {id:?} has no plain vector"))?;
         Ok(stored_product(point.payload).map(|product| (product, vector)))
+    }
+
+    /// Changes a product's metadata in its point's payload (its vector, photo and lookalike's
+    /// own fields untouched); the product as it is now, `None` when the collection has no such
+    /// product. A server without the catalog changing a catalog product's marks its point, so
+    /// that the next `sync` takes the change into the catalog instead of sending the catalog's
+    /// version back.
+    pub fn patch_product(&mut self, id: &str, patch: &MetadataPatch, without_catalog: bool) -> Result<Option<StoredProduct>> {
+        let pid = PointId::from(point_id(id));
+        let request = GetPointsBuilder::new(self.points.clone(), vec![pid.clone()]).with_payload(PayloadExcludeSelector::new(vec![IMAGE_FIELD.to_string()])).with_vectors(false);
+        let response = self.retry("reading a point", || self.client.get_points(request.clone()))?;
+        let Some(point) = response.result.into_iter().next() else { return Ok(None) };
+        let key = point.payload.get(KEY_FIELD).and_then(integer);
+        let Some(mut product) = stored_product(point.payload) else { return Ok(None) };
+        let mut payload: HashMap<String, QValue> = patch.set.iter().map(|(k, v)| (k.clone(), QValue::from(v.clone()))).collect();
+        if without_catalog && key.is_some() {
+            payload.insert(PATCHED_FIELD.to_string(), QValue::from(id.to_string()));
+        }
+        if !payload.is_empty() {
+            let request = SetPayloadPointsBuilder::new(self.points.clone(), payload).points_selector(PointsIdsList { ids: vec![pid.clone()] }).wait(true).ordering(self.ordering());
+            self.retry("changing a product's payload", || self.client.set_payload(request.clone()))?;
+        }
+        if !patch.remove.is_empty() {
+            let columns: Vec<String> = patch.remove.iter().cloned().collect();
+            let request = DeletePayloadPointsBuilder::new(self.points.clone(), columns).points_selector(PointsIdsList { ids: vec![pid] }).wait(true).ordering(self.ordering());
+            self.retry("removing columns from a product's payload", || self.client.delete_payload(request.clone()))?;
+        }
+        product.metadata = patch.apply(&product.metadata);
+        if let Some(known) = key.and_then(|key| self.products.get_mut(&key)) {
+            known.metadata = product.metadata.clone();
+        }
+        Ok(Some(product))
+    }
+
+    /// The ids of catalog products whose metadata servers without the catalog changed since
+    /// the last `sync` took such changes in ([`QdrantIndex::patch_product`]).
+    pub fn patched_without_catalog(&self) -> Result<Vec<String>> {
+        let filter = QFilter::must_not([Condition::is_empty(PATCHED_FIELD)]);
+        self.strings_of("listing products changed without the catalog", self.points.clone(), filter, PATCHED_FIELD, IfMissing::Fail)
+    }
+
+    /// Drops the marks [`QdrantIndex::patch_product`] left on the points of `ids`.
+    pub fn forget_patches(&self, ids: &[String]) -> Result<()> {
+        for chunk in ids.chunks(1000) {
+            let points = chunk.iter().map(|id| PointId::from(point_id(id))).collect();
+            let request = DeletePayloadPointsBuilder::new(self.points.clone(), vec![PATCHED_FIELD.to_string()])
+                .points_selector(PointsIdsList { ids: points })
+                .wait(true)
+                .ordering(self.ordering());
+            self.retry("forgetting changes made without the catalog", || self.client.delete_payload(request.clone()))?;
+        }
+        Ok(())
     }
 
     /// The photo kept in a product's payload, if it has one.

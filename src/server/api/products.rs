@@ -1,9 +1,11 @@
 //! `GET /api/products` (a page of them), `GET /api/products/{id}` (and its image),
-//! `POST /api/products`, `DELETE /api/products/{id}`.
+//! `POST /api/products`, `PATCH /api/products/{id}` (its metadata alone),
+//! `DELETE /api/products/{id}`.
 
 use std::sync::Arc;
 
 use axum::body::Body;
+use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -12,10 +14,10 @@ use sha2::{Digest, Sha256};
 
 use super::super::error::{ApiError, ErrorBody};
 use super::super::extract::{read_image_field, AdminToken, FieldNames, UploadForm};
-use super::super::types::{NewProductForm, ProductBody, ProductListBody};
+use super::super::types::{NewProductForm, ProductBody, ProductListBody, ProductPatchBody};
 use super::super::AppState;
 use super::{blocking, Shared};
-use crate::types::{Filter, Metadata, NewImage, NewProduct, Product};
+use crate::types::{check_column_name, Filter, Metadata, MetadataPatch, NewImage, NewProduct, Product};
 
 /// Products on a page listing them, at most this many a page.
 const MAX_PAGE: usize = 500;
@@ -166,6 +168,9 @@ pub async fn add_product(State(state): Shared, _admin: AdminToken, UploadForm(mu
         return Err(ApiError::bad_parameters("id must be at most 256 bytes without control characters"));
     }
     let image = image.ok_or_else(|| ApiError::bad_parameters("the form needs an \"image\" field with the product photo"))?;
+    if let Some(e) = metadata.keys().find_map(|column| check_column_name(column).err()) {
+        return Err(ApiError::BadParameters(e.to_string()));
+    }
 
     let encoded = state.batcher.encode(image.clone(), None, crate::search::Items::Main).await?;
     let mime = image::guess_format(&image).map(|f| f.to_mime_type()).unwrap_or("application/octet-stream").to_string();
@@ -189,6 +194,44 @@ pub async fn add_product(State(state): Shared, _admin: AdminToken, UploadForm(mu
     .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("the product just stored cannot be read back")))?;
     tracing::info!(id = %stored.id, "product added");
     Ok((StatusCode::CREATED, Json(ProductBody::from(&stored))))
+}
+
+/// Changes a product's metadata (a new price, name, category or colour) without sending its
+/// photo again: nothing is encoded, and searches, filters and facets show the change as soon
+/// as this returns. Needs the admin token.
+#[utoipa::path(
+    patch,
+    path = "/api/products/{id}",
+    tag = "catalog",
+    params(("id" = String, Path, description = "The shop's product id")),
+    request_body(content = ProductPatchBody, content_type = "application/merge-patch+json"),
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "Changed: the product as it is now", body = ProductBody),
+        (status = 401, description = "Missing or wrong admin token", body = ErrorBody),
+        (status = 403, description = "Catalog changes are off: no admin token configured", body = ErrorBody),
+        (status = 404, description = "Unknown product", body = ErrorBody),
+        (status = 415, description = "Not JSON", body = ErrorBody),
+        (status = 422, description = "Not a patch of the metadata, or a bad column or value", body = ErrorBody),
+    )
+)]
+pub async fn patch_product(
+    State(state): Shared,
+    _admin: AdminToken,
+    Path(id): Path<String>,
+    body: Result<Json<ProductPatchBody>, JsonRejection>,
+) -> Result<Json<ProductBody>, ApiError> {
+    let Json(body) = body?;
+    let patch = MetadataPatch::try_from(body).map_err(ApiError::BadParameters)?;
+    let engine = state.engine.clone();
+    let patched = blocking({
+        let id = id.clone();
+        move || Ok(engine.patch_product(&id, &patch)?)
+    })
+    .await?
+    .ok_or_else(|| ApiError::NotFound(format!("no product with id {id:?}")))?;
+    tracing::info!(id = %id, "product metadata changed");
+    Ok(Json(ProductBody::from(&patched)))
 }
 
 /// Removes a product; gone from search results as soon as this returns. Needs the admin token.

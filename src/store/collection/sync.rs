@@ -4,7 +4,7 @@
 use anyhow::Result;
 
 use super::description::{describe_collection, ReplacedCollection};
-use super::without_catalog::apply_removals;
+use super::without_catalog::{apply_patches, apply_removals};
 use super::{connect_qdrant_to, payload_image, points_collection, points_setting, send_changes_since, sent_through_setting, synced_space_setting};
 use crate::catalog::{SqliteCatalog, VectorKind};
 use crate::index::qdrant::{ProductWithoutCatalog, QdrantConfig, QdrantIndex, SyncReport};
@@ -51,6 +51,8 @@ pub fn sync_qdrant_observed(
     // Products removed through servers without the catalog leave it first: the fill below
     // would send them back.
     let (mut removed_without_catalog, _) = apply_removals(catalog, &cluster)?;
+    // And the metadata they changed comes in: the fill below sends the catalog's.
+    let patched_without_catalog = apply_patches(catalog, store)?;
     // Where the catalog's change log stands before its rows are read: what changes after this
     // is sent again once the collection is filled.
     let generation = catalog.generation()?;
@@ -183,7 +185,7 @@ pub fn sync_qdrant_observed(
     catalog.set_setting(&sent_through_setting(&store.collection), &sent_through.to_string())?;
     catalog.set_setting(&synced_space_setting(&store.collection), &space.fingerprint())?;
     catalog.set_setting(&points_setting(&store.collection), index.points())?;
-    Ok(SyncReport { recreated, replaced, deleted_collections, kept_collections, removed_without_catalog, ..report })
+    Ok(SyncReport { recreated, replaced, deleted_collections, kept_collections, removed_without_catalog, patched_without_catalog, ..report })
 }
 
 /// What [`sync_qdrant`] does with the collection.

@@ -1,11 +1,12 @@
 //! Writes made through servers without the catalog that the catalog takes in: products they
-//! removed (recorded beside the description) and catalog products they replaced, which a sync
-//! would otherwise send back in the catalog's version.
+//! removed (recorded beside the description), catalog products they replaced and catalog
+//! products whose metadata they changed, which a sync would otherwise send back in the
+//! catalog's version.
 
 use anyhow::Result;
 
 use super::points_collection;
-use crate::catalog::SqliteCatalog;
+use crate::catalog::{IndexedChange, SqliteCatalog};
 use crate::index::qdrant::{ProductWithoutCatalog, QdrantConfig, QdrantIndex};
 
 /// Removes from the catalog the products that servers without it removed from the collection
@@ -40,6 +41,31 @@ pub fn replaced_without_catalog(catalog: &SqliteCatalog, store: &QdrantConfig) -
         }
     }
     Ok(replaced)
+}
+
+/// Takes into the catalog the metadata of catalog products that servers without the catalog
+/// changed (`PATCH /api/products/{id}`: their points are marked, see
+/// [`QdrantIndex::patch_product`]), so that a sync that sends the catalog's products (to a new
+/// collection, or in a new search space) keeps the change; how many changed in the catalog.
+/// The marks are dropped before the metadata is read: a change landing in between is marked
+/// again, for the next sync, rather than dropped unread.
+pub(super) fn apply_patches(catalog: &mut SqliteCatalog, store: &QdrantConfig) -> Result<usize> {
+    let cluster = QdrantIndex::connect_cluster(store.clone())?;
+    let (_, points) = points_collection(&cluster, store)?;
+    if !cluster.collection_exists(&points)? {
+        return Ok(0);
+    }
+    let index = cluster.open_existing_points(points)?;
+    let ids = index.patched_without_catalog()?;
+    index.forget_patches(&ids)?;
+    let mut changes = Vec::new();
+    for id in ids {
+        let Some(indexed) = catalog.get_by_id(&id)? else { continue };
+        if let Some((shown, _)) = index.product(&id)?.filter(|(shown, _)| shown.metadata != indexed.metadata) {
+            changes.push(IndexedChange { id, colour: None, metadata: Some(shown.metadata) });
+        }
+    }
+    catalog.refresh_indexed(&changes)
 }
 
 /// Removes products by id from the collection the description names (after swaps, the one

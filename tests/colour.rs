@@ -162,6 +162,30 @@ fn the_api_returns_the_query_colour_and_refuses_a_bad_colour() {
     let shape_only = ok_json(search_json(&server, json!({"vector": result["query_vector"], "k": 5})));
     assert_eq!(shape_only["colour"], "any", "a vector alone has no colour");
 
+    assert!(result["hits"][0].get("colour_mix").is_none(), "a product of one colour has no mix");
+
+    // A patterned product (colour Multi) names its main colours, largest share first, in its
+    // hits and its own answer alike: what its swatch on the page shows.
+    let patterned = ok_json(search_json(&server, json!({"product_id": "red.png", "colour": "Multi", "k": 10})));
+    let hits = patterned["hits"].as_array().expect("hits");
+    assert!(!hits.is_empty() && hits.iter().all(|h| h["colour"] == "Multi"), "{patterned}");
+    let mut two_or_more = 0;
+    for hit in hits {
+        let mix = hit["colour_mix"].as_array().cloned().unwrap_or_default();
+        let shares: Vec<f64> = mix.iter().map(|c| c["share"].as_f64().unwrap_or(0.0)).collect();
+        assert!(!mix.is_empty() && shares.windows(2).all(|w| w[0] >= w[1]) && shares.iter().sum::<f64>() <= 1.0 + 1e-6, "{hit}");
+        for c in &mix {
+            let name = c["name"].as_str().unwrap_or_default();
+            let rgb = rgb_of(name);
+            assert_eq!(c["rgb"], format!("#{:02x}{:02x}{:02x}", rgb[0], rgb[1], rgb[2]), "{c}");
+        }
+        two_or_more += usize::from(mix.len() >= 2);
+        let id = hit["id"].as_str().expect("id");
+        let own = ok_json(common::client().get(server.url(&format!("/api/products/{id}"))).send().expect("get"));
+        assert_eq!(own["colour_mix"], hit["colour_mix"], "{id}");
+    }
+    assert!(two_or_more > 0, "painted in two colours, some show both: {patterned}");
+
     let message = expect_error(search_photo(&server, query, &[("colour", "chartreuse")]), 422, "bad_parameters");
     assert!(message.contains("Navy Blue") && message.contains("any"), "{message}");
     expect_error(search_json(&server, json!({"product_id": "red.png", "colour": "mauve"})), 422, "bad_parameters");

@@ -423,11 +423,13 @@ fn shop_catalog(dir: &Path) -> std::path::PathBuf {
     for i in 0..120 {
         let id = 5000 + i;
         let img = image::DynamicImage::ImageLuma8(fm.image(i).expect("image")).resize(112, 112, image::imageops::FilterType::Triangle);
+        // One in ten patterned ("Multi": no one colour), in red and blue stripes, so the page's
+        // dot of several colours shows.
+        let colour = if i % 10 == 9 { "Multi" } else { ["Black", "White", "Grey"][i % 3] };
+        let img = if colour == "Multi" { striped(&img) } else { img };
         img.save(shop.join("images").join(format!("{id}.png"))).expect("save");
         let class = fm.class_name(i);
         let gender = if i % 2 == 0 { "Women" } else { "Men" };
-        // One in ten patterned ("Multi": no one colour), so the page's dot of several shows.
-        let colour = if i % 10 == 9 { "Multi" } else { ["Black", "White", "Grey"][i % 3] };
         let price = format!("€{}.99", 19 + (i * 7) % 60);
         csv.push_str(&format!("{id},{gender},Apparel,Clothing,{class},{colour},Fall,2024,Casual,{colour} {class} no. {i},{price},https://shop.example/p/{id}\n"));
     }

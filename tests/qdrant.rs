@@ -844,6 +844,23 @@ fn replicas_with_and_without_the_catalog_share_one_collection() {
     assert_eq!(bad.status().as_u16(), 422, "a page token that is no point id");
     assert_eq!(remove(&owner, "listed-on-both"), 204);
 
+    // A patterned product added through the replica: both servers name its main colours, from
+    // the colour descriptor its payload carries, in its own answer and in search hits.
+    let grey = image::load_from_memory(&test_photo(502).0).expect("photo").resize(112, 112, image::imageops::FilterType::Triangle);
+    let mut png = Vec::new();
+    common::striped(&grey).write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png).expect("png");
+    let form = photo_form(png.clone(), &[("id", "striped"), ("baseColour", "Multi")]);
+    let r = client().post(replica.url("/api/products")).bearer_auth(token).multipart(form).send().expect("POST");
+    assert_eq!(r.status().as_u16(), 201, "{}", r.text().unwrap_or_default());
+    for server in [&replica, &owner] {
+        let own = ok_json(product(server, "striped"));
+        let mix = own["colour_mix"].as_array().cloned().unwrap_or_default();
+        assert!(mix.len() >= 2 && mix.iter().all(|c| ["Red", "Blue", "Maroon", "Navy Blue"].contains(&c["name"].as_str().unwrap_or_default())), "{own}");
+        let found = ok_json(search_photo(server, png.clone(), &[("k", "1")]));
+        assert_eq!((&found["hits"][0]["id"], &found["hits"][0]["colour_mix"]), (&serde_json::json!("striped"), &own["colour_mix"]), "{found}");
+    }
+    assert_eq!(remove(&replica, "striped"), 204);
+
     // A photo too large for the payload: shown from the shop's own copy (its image_url).
     let mut big = Vec::new();
     let noise = image::RgbImage::from_fn(400, 400, |x, y| image::Rgb([(x * 31 + y * 17) as u8, (x * y) as u8, (x ^ y) as u8]));

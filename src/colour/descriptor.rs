@@ -19,6 +19,14 @@ const DOMINANT_SHARE: f32 = 0.6;
 /// are no neighbours: black-and-white stripes stay `Multi`).
 const SHADES_OF_ONE_COLOUR: [[&str; 2]; 2] = [["White", "Grey"], ["Grey", "Black"]];
 
+/// A named colour is one of a photo's main colours from this share of it on
+/// ([`ColourDescriptor::main_colours`]): a stripe or a print's second colour, not the soft
+/// histogram's spill into a neighbouring shade.
+const MIN_MAIN_SHARE: f32 = 0.15;
+
+/// At most this many main colours: more would not read in a swatch.
+const MAX_MAIN_COLOURS: usize = 3;
+
 /// Spread of each prototype's soft bin, in CIELAB ΔE.
 const BIN_SIGMA: f32 = 11.0;
 
@@ -81,6 +89,17 @@ impl ColourDescriptor {
         } else {
             MULTI
         }
+    }
+
+    /// The photo's main named colours, largest share first: those holding at least
+    /// [`MIN_MAIN_SHARE`] of it, at most [`MAX_MAIN_COLOURS`] (what a [`MULTI`] product's
+    /// swatch shows).
+    pub fn main_colours(&self) -> Vec<(&'static str, f32)> {
+        let shares = self.name_shares();
+        let mut named: Vec<(&'static str, f32)> = VOCABULARY.iter().zip(shares).map(|(c, share)| (c.name, share)).filter(|&(_, share)| share >= MIN_MAIN_SHARE).collect();
+        named.sort_by(|a, b| b.1.total_cmp(&a.1));
+        named.truncate(MAX_MAIN_COLOURS);
+        named
     }
 
     /// Whether the photo has colour to speak of: at least a quarter of it is neither black,
@@ -497,7 +516,12 @@ pub(super) mod tests {
                 }
             }
         }
-        assert_eq!(describe_product(Pixels::whole(&rgb, 64, 64)).map(|e| e.name), Some(MULTI));
+        let found = describe_product(Pixels::whole(&rgb, 64, 64)).expect("a product");
+        assert_eq!(found.name, MULTI);
+        let main: Vec<&str> = found.descriptor.main_colours().into_iter().map(|(name, _)| name).collect();
+        let mut sorted = main.clone();
+        sorted.sort_unstable();
+        assert_eq!(sorted, ["Blue", "Red"], "its main colours are its two halves' ({main:?})");
     }
 
     #[test]

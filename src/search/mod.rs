@@ -67,6 +67,9 @@ pub struct RankedProduct {
     /// `score` in a shopper's words, against how alike the catalog's own products are.
     pub likeness: Likeness,
     pub product: Product,
+    /// A patterned product's (named colour [`colour::MULTI`]) main colours in its photo, with
+    /// their shares, largest first ([`ColourDescriptor::main_colours`]); empty for the rest.
+    pub colour_mix: Vec<(&'static str, f32)>,
 }
 
 /// A query photo turned into the model's input, with the time each step took.

@@ -4,7 +4,7 @@
 use anyhow::{Context, Result};
 use sha2::Digest as _;
 
-use super::rank::collection_product;
+use super::rank::{collection_product, is_patterned, payload_colour};
 use super::{map_product, FacetCount, ProductPage, SearchEngine, SearchError};
 use crate::catalog::{IndexedChange, SqliteCatalog};
 use crate::colour::{self, ColourDescriptor};
@@ -183,6 +183,25 @@ impl SearchEngine {
             }
         }
         Ok(in_collection.flatten())
+    }
+
+    /// A patterned product's (named colour [`colour::MULTI`]) main colours in its photo,
+    /// largest share first, as search hits carry them; empty for the rest.
+    pub fn colour_mix(&self, product: &Product) -> Result<Vec<(&'static str, f32)>> {
+        if !is_patterned(product) {
+            return Ok(Vec::new());
+        }
+        if self.catalog.is_some() {
+            if let Some(descriptor) = self.read_colours()?.descriptor(product.key) {
+                return Ok(descriptor.main_colours());
+            }
+        }
+        let store = self.read_index()?;
+        let stored = match store.collection() {
+            Some(collection) => collection.product(&product.id)?.map(|(stored, _)| stored),
+            None => None,
+        };
+        Ok(stored.as_ref().and_then(payload_colour).map(|d| d.main_colours()).unwrap_or_default())
     }
 
     /// A product's photo: stored in the catalog, the file recorded at import, or (for a

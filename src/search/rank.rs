@@ -202,6 +202,19 @@ impl SearchEngine {
                 self.with_catalog(|c| c.get_many(&keys))?
             }
         };
+        // A patterned product's swatch shows its main colours: from the colour table, or the
+        // payload a collection answered with.
+        let patterned = products.iter().filter(|p| is_patterned(p));
+        let mixes: HashMap<Key, Vec<(&'static str, f32)>> = match from_collection {
+            true => {
+                let found = found.borrow();
+                patterned.filter_map(|p| Some((p.key, payload_colour(found.get(&p.key)?)?.main_colours()))).collect()
+            }
+            false => {
+                let colours = self.read_colours()?;
+                patterned.filter_map(|p| Some((p.key, colours.descriptor(p.key)?.main_colours()))).collect()
+            }
+        };
         let bands = self.likeness_bands()?;
         let likeness = |score: f32| bands.map_or(Likeness::Related, |b| b.band(score));
         let hits = page
@@ -210,7 +223,13 @@ impl SearchEngine {
             .filter_map(|(hit, i)| {
                 // A colour blend not re-ranked by kind may pass 1 (`ColourTable::rerank`).
                 let score = hit.score.clamp(-1.0, 1.0);
-                products.iter().find(|p| p.key == hit.key).map(|p| RankedProduct { rank: request.offset + i + 1, score, likeness: likeness(score), product: p.clone() })
+                products.iter().find(|p| p.key == hit.key).map(|p| RankedProduct {
+                    rank: request.offset + i + 1,
+                    score,
+                    likeness: likeness(score),
+                    product: p.clone(),
+                    colour_mix: mixes.get(&p.key).cloned().unwrap_or_default(),
+                })
             })
             .collect();
         timings.metadata_ms = ms(t);
@@ -268,6 +287,16 @@ impl SearchEngine {
 
 /// A product as a Qdrant collection's payload describes it (its photo, if it has one there,
 /// is read by [`SearchEngine::product_image`]).
+/// Whether `product` is named [`colour::MULTI`]: no one colour (stripes, prints, two-tone).
+pub(super) fn is_patterned(product: &Product) -> bool {
+    product.colour().is_some_and(|name| name.eq_ignore_ascii_case(colour::MULTI))
+}
+
+/// The colour descriptor a collection's payload carries, if any (and intact).
+pub(super) fn payload_colour(stored: &StoredProduct) -> Option<ColourDescriptor> {
+    ColourDescriptor::from_values(stored.colour.as_deref()?).ok()
+}
+
 pub(super) fn collection_product(stored: StoredProduct) -> Product {
     Product { key: collection_key(&stored.id), id: stored.id, image: ImageRef::Collection, content_hash: String::new(), metadata: stored.metadata }
 }

@@ -30,6 +30,33 @@ pub struct ProductBody {
     pub metadata: BTreeMap<String, String>,
     /// Where to fetch the product's photo.
     pub image_url: String,
+    /// A patterned product's (`colour` Multi) main colours in its photo, largest share first
+    /// (in search hits and `GET /api/products/{id}`): what its swatch shows.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub colour_mix: Vec<ColourShareBody>,
+}
+
+/// One of a photo's main colours.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ColourShareBody {
+    pub name: String,
+    /// A swatch for `name` (`#rrggbb`).
+    pub rgb: String,
+    /// Its share of the product's pixels, 0..1.
+    pub share: f32,
+}
+
+impl ProductBody {
+    /// With a patterned product's main colours ([`crate::search::SearchEngine::colour_mix`]).
+    pub fn with_colour_mix(mut self, mix: &[(&'static str, f32)]) -> ProductBody {
+        self.colour_mix = mix
+            .iter()
+            .filter_map(|&(name, share)| {
+                Some(ColourShareBody { name: name.to_string(), rgb: hex_rgb(crate::colour::reference_rgb(name)?), share: (share * 1000.0).round() / 1000.0 })
+            })
+            .collect();
+        self
+    }
 }
 
 impl From<&Product> for ProductBody {
@@ -44,6 +71,7 @@ impl From<&Product> for ProductBody {
             link: p.link().map(str::to_string),
             metadata: p.metadata.clone(),
             image_url: image_url(&p.id),
+            colour_mix: Vec::new(),
         }
     }
 }
@@ -73,7 +101,7 @@ pub struct HitBody {
 
 impl From<&RankedProduct> for HitBody {
     fn from(hit: &RankedProduct) -> Self {
-        HitBody { rank: hit.rank, score: hit.score, likeness: hit.likeness, product: ProductBody::from(&hit.product) }
+        HitBody { rank: hit.rank, score: hit.score, likeness: hit.likeness, product: ProductBody::from(&hit.product).with_colour_mix(&hit.colour_mix) }
     }
 }
 

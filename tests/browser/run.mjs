@@ -205,7 +205,8 @@ try {
   check(!(await box.isChecked()) && !(await page.locator("#chips").isVisible()), "the chip's ✕ removes its filter");
 
   // Colour: each card's dot is its product's named colour, a patterned product's ("Multi") a
-  // dot of several; the words beside it name the colour, so screen readers skip the dot.
+  // dot of its own main colours (red and blue stripes here); the words beside it name the
+  // colour, so screen readers skip the dot.
   const wrongDots = async () => {
     const dots = await page.$$eval("#grid li.card", (lis) => lis.map((li) => {
       const dot = li.querySelector(".swatch");
@@ -216,7 +217,10 @@ try {
     const wrong = [];
     for (const dot of dots) {
       const product = await (await page.request.get(new URL(`/api/products/${encodeURIComponent(dot.id)}`, page.url()).href)).json();
-      const painted = product.colour === "Multi" ? dot.multi && dot.image.startsWith("conic-gradient") : Boolean(product.colour_rgb) && dot.color === cssRgb(product.colour_rgb);
+      const mix = product.colour_mix || [];
+      const painted = product.colour === "Multi"
+        ? dot.multi && dot.image.startsWith("conic-gradient") && mix.length >= 2 && mix.every((c) => dot.image.includes(cssRgb(c.rgb)))
+        : Boolean(product.colour_rgb) && dot.color === cssRgb(product.colour_rgb);
       if (!(dot.shown && painted && dot.text.includes(product.colour))) wrong.push(`${dot.id} (${product.colour}, ${dot.color})`);
     }
     return wrong;

@@ -74,6 +74,18 @@ pub fn test_photo(i: usize) -> (Vec<u8>, String) {
     (png, fm.class_name(i).to_string())
 }
 
+/// A grey Fashion-MNIST garment (light on black) painted in red and blue stripes, shaded by
+/// its grey levels, on its black background: a patterned product with two main colours.
+pub fn striped(grey: &image::DynamicImage) -> image::DynamicImage {
+    let luma = grey.to_luma8();
+    image::DynamicImage::ImageRgb8(image::RgbImage::from_fn(luma.width(), luma.height(), |x, y| {
+        let v = f32::from(luma.get_pixel(x, y)[0]) / 255.0;
+        let alpha = (v * 3.0).min(1.0);
+        let stripe: [f32; 3] = if (y / 14) % 2 == 0 { [215.0, 30.0, 40.0] } else { [40.0, 105.0, 215.0] };
+        image::Rgb(stripe.map(|c| (alpha * c * (0.85 + 0.15 * v)) as u8))
+    }))
+}
+
 /// A running `lookalike serve`, killed when dropped.
 pub struct Server {
     pub child: Child,

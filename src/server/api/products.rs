@@ -73,8 +73,14 @@ pub async fn list_products(State(state): Shared, Query(params): Query<Vec<(Strin
     )
 )]
 pub async fn get_product(State(state): Shared, Path(id): Path<String>) -> Result<Json<ProductBody>, ApiError> {
-    let product = find_product(&state, id).await?;
-    Ok(Json(ProductBody::from(&product)))
+    let engine = state.engine.clone();
+    let (product, mix) = blocking(move || {
+        let product = engine.product(&id)?.ok_or_else(|| ApiError::NotFound(format!("no product with id {id:?}")))?;
+        let mix = engine.colour_mix(&product)?;
+        Ok((product, mix))
+    })
+    .await?;
+    Ok(Json(ProductBody::from(&product).with_colour_mix(&mix)))
 }
 
 async fn find_product(state: &Arc<AppState>, id: String) -> Result<Product, ApiError> {

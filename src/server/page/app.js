@@ -378,12 +378,26 @@ function el(tag, props = {}, ...children) {
 /** A product's colour as a dot beside its kind: its named colour's, or for a patterned product
  * ("Multi", no one colour) a dot of several, so the shopper sees "patterned" at a glance. The
  * words beside it name the colour, so the dot is hidden from screen readers. */
-function swatch(rgb, name) {
+/** A colour dot: the named colour's, or for a patterned product ("Multi") its main colours in
+ * the shares its photo has them (a stock pattern where the server knows none). */
+function swatch(rgb, name, mix) {
   const s = el("span", { className: name === "Multi" ? "swatch multi" : "swatch" });
   s.setAttribute("aria-hidden", "true");
   if (rgb) s.style.background = rgb;
+  else if (name === "Multi" && mix && mix.length) s.style.background = `conic-gradient(${mixStops(mix)})`;
   else if (name !== "Multi") s.hidden = true;
   return s;
+}
+
+/** Conic-gradient stops giving each colour of `mix` its share of the circle. */
+function mixStops(mix) {
+  const total = mix.reduce((sum, c) => sum + c.share, 0) || 1;
+  let at = 0;
+  return mix.map((c) => {
+    const from = at;
+    at += (100 * c.share) / total;
+    return `${c.rgb} ${from.toFixed(1)}% ${at.toFixed(1)}%`;
+  }).join(", ");
 }
 
 function renderHits(hits, append) {
@@ -407,7 +421,7 @@ function card(hit) {
     el("span", { className: "info" },
       el("span", { className: "name" }, title(hit)),
       ...(hit.price ? [el("span", { className: "price" }, hit.price)] : []),
-      el("span", { className: "sub" }, swatch(hit.colour_rgb, hit.colour), details || "\u00a0"),
+      el("span", { className: "sub" }, swatch(hit.colour_rgb, hit.colour, hit.colour_mix), details || "\u00a0"),
       el("span", { className: `likeness ${hit.likeness}` }, LIKENESS[hit.likeness] || "")));
   open.addEventListener("click", () => openDetails(hit.id, hit));
   const like = el("button", { type: "button", className: "like" }, "More like this");

@@ -185,6 +185,18 @@ fn the_api_returns_the_query_colour_and_refuses_a_bad_colour() {
         assert_eq!(own["colour_mix"], hit["colour_mix"], "{id}");
     }
     assert!(two_or_more > 0, "painted in two colours, some show both: {patterned}");
+    // A patterned photo: its colour is Multi, with its main colours for the swatch beside it.
+    let mut halves = image::load_from_memory(&painted(&garment(), rgb_of("Red"), 160)).expect("png").to_rgb8();
+    for (_, y, pixel) in halves.enumerate_pixels_mut() {
+        if y >= 80 && pixel.0.iter().any(|&c| c < 200) {
+            pixel.0 = rgb_of("Blue");
+        }
+    }
+    let mut png = Vec::new();
+    halves.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png).expect("png");
+    let two_tone = ok_json(search_photo(&server, png, &[("k", "1")]));
+    let mix: Vec<&str> = two_tone["query_colour"]["mix"].as_array().map(|m| m.iter().filter_map(|c| c["name"].as_str()).collect()).unwrap_or_default();
+    assert!(two_tone["query_colour"]["name"] == "Multi" && mix.contains(&"Red") && mix.contains(&"Blue"), "{}", two_tone["query_colour"]);
 
     let message = expect_error(search_photo(&server, query, &[("colour", "chartreuse")]), 422, "bad_parameters");
     assert!(message.contains("Navy Blue") && message.contains("any"), "{message}");

@@ -49,14 +49,16 @@ pub struct ColourShareBody {
 impl ProductBody {
     /// With a patterned product's main colours ([`crate::search::SearchEngine::colour_mix`]).
     pub fn with_colour_mix(mut self, mix: &[(&'static str, f32)]) -> ProductBody {
-        self.colour_mix = mix
-            .iter()
-            .filter_map(|&(name, share)| {
-                Some(ColourShareBody { name: name.to_string(), rgb: hex_rgb(crate::colour::reference_rgb(name)?), share: (share * 1000.0).round() / 1000.0 })
-            })
-            .collect();
+        self.colour_mix = colour_shares(mix);
         self
     }
+}
+
+/// Named colours and their shares as the API shows them (shares to three decimals).
+fn colour_shares(mix: &[(&'static str, f32)]) -> Vec<ColourShareBody> {
+    mix.iter()
+        .filter_map(|&(name, share)| Some(ColourShareBody { name: name.to_string(), rgb: hex_rgb(crate::colour::reference_rgb(name)?), share: (share * 1000.0).round() / 1000.0 }))
+        .collect()
 }
 
 impl From<&Product> for ProductBody {
@@ -137,7 +139,7 @@ impl From<&ItemResults> for ItemBody {
     fn from(item: &ItemResults) -> Self {
         ItemBody {
             detection: DetectionBody::from(&item.detection),
-            query_colour: item.query_colour.as_ref().map(|c| QueryColourBody { name: c.name.to_string(), rgb: hex_rgb(c.rgb), descriptor: None }),
+            query_colour: item.query_colour.as_ref().map(|c| QueryColourBody::new(c, false)),
             hits: item.hits.iter().map(HitBody::from).collect(),
         }
     }
@@ -182,11 +184,7 @@ impl SearchResponse {
             timings: results.timings.clone(),
             colour: results.colour_mode.to_string(),
             kind: results.kind_mode.to_string(),
-            query_colour: results.query_colour.as_ref().map(|c| QueryColourBody {
-                name: c.name.to_string(),
-                rgb: hex_rgb(c.rgb),
-                descriptor: query_vector.is_some().then(|| c.descriptor.values()),
-            }),
+            query_colour: results.query_colour.as_ref().map(|c| QueryColourBody::new(c, query_vector.is_some())),
             query_vector,
         }
     }
@@ -213,6 +211,20 @@ pub struct QueryColourBody {
     /// `colour_vector` beside `vector` to page with colour ranked as here.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub descriptor: Option<Vec<f32>>,
+    /// A patterned photo's (`Multi`) main colours, as a patterned product's `colour_mix`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub mix: Vec<ColourShareBody>,
+}
+
+impl QueryColourBody {
+    /// The photo's colour as found, with its descriptor when `with_descriptor`.
+    fn new(colour: &crate::colour::ColourEstimate, with_descriptor: bool) -> QueryColourBody {
+        let mix = match colour.name == crate::colour::MULTI {
+            true => colour.descriptor.main_colours(),
+            false => Vec::new(),
+        };
+        QueryColourBody { name: colour.name.to_string(), rgb: hex_rgb(colour.rgb), descriptor: with_descriptor.then(|| colour.descriptor.values()), mix: colour_shares(&mix) }
+    }
 }
 
 fn hex_rgb([r, g, b]: [u8; 3]) -> String {

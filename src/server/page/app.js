@@ -495,7 +495,8 @@ els.likeNewPhoto.addEventListener("click", () => els.file.click());
 function showQueryColour(colour) {
   els.queryColour.hidden = !colour;
   if (!colour) return;
-  els.queryColour.querySelector(".swatch").style.background = colour.rgb;
+  const patterned = colour.name === "Multi" && colour.mix && colour.mix.length;
+  els.queryColour.querySelector(".swatch").style.background = patterned ? `conic-gradient(${mixStops(colour.mix)})` : colour.rgb;
   els.queryColour.querySelector(".colour-name").textContent = colour.name;
 }
 

@@ -145,7 +145,7 @@ fn list_pages_through_the_catalog_and_filters_it() {
         }
         let page = json(&ok(&args));
         let products = page["products"].as_array().expect("products");
-        assert!(products.len() <= 128);
+        assert!(products.len() <= 128 && page["total"] == 300, "every page says how many match");
         seen.extend(products.iter().map(|p| p["id"].as_str().expect("id").to_string()));
         match page["next_page"].as_str() {
             Some(next) => token = Some(next.to_string()),
@@ -156,7 +156,9 @@ fn list_pages_through_the_catalog_and_filters_it() {
     assert_eq!(seen, expected);
 
     let bags = json(&ok(&["list", "--db", db, "--filter", "articleType=Bag", "--limit", "500", "--json"]));
+    let total = bags["total"].as_u64();
     let bags = bags["products"].as_array().expect("products");
+    assert_eq!(total, Some(bags.len() as u64), "the filter's total counts what it lists");
     assert!(!bags.is_empty() && bags.len() < 300, "only the bags: {}", bags.len());
     assert!(bags.iter().all(|p| p["metadata"]["articleType"] == "Bag" && p["category"] == "Bag"));
 
@@ -164,7 +166,7 @@ fn list_pages_through_the_catalog_and_filters_it() {
     let lines: Vec<&str> = table.lines().collect();
     assert_eq!(lines.len(), 4, "a header, two products, how to go on: {table}");
     assert!(lines[1].starts_with("fmnist-train-00000") && lines[2].starts_with("fmnist-train-00001"), "{table}");
-    assert!(lines[3].contains("--page "), "{table}");
+    assert!(lines[3].contains("300 products in all") && lines[3].contains("--page "), "{table}");
     assert!(ok(&["list", "--db", db, "--filter", "articleType=Unicorn"]).contains("(no products match)"));
 
     let out = lookalike(&["list", "--db", db, "--page", "not-a-token"]);

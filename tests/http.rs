@@ -51,7 +51,7 @@ fn every_route_answers_and_is_in_the_openapi_document() {
         };
         let page = ok_json(get(&route));
         let products = page["products"].as_array().expect("products");
-        assert!(products.len() <= 120 && products.iter().all(|p| p["metadata"]["articleType"].is_string()), "{route}");
+        assert!(products.len() <= 120 && products.iter().all(|p| p["metadata"]["articleType"].is_string()) && page["total"] == 300, "{route}");
         listed.extend(products.iter().map(|p| p["id"].as_str().expect("id").to_string()));
         pages += 1;
         match page["next_page"].as_str() {
@@ -62,6 +62,7 @@ fn every_route_answers_and_is_in_the_openapi_document() {
     assert_eq!((listed.len(), pages), (300, 3), "300 products in pages of 120");
     let shirts = values.iter().find(|v| v["value"] == "Shirt").and_then(|v| v["count"].as_u64()).expect("Shirt facet");
     let filtered = ok_json(get("/api/products?filter=articleType%3DShirt&limit=500"));
+    assert_eq!(filtered["total"].as_u64(), Some(shirts), "the filter's total is the facet's count");
     let filtered = filtered["products"].as_array().expect("products");
     assert!(filtered.iter().all(|p| p["metadata"]["articleType"] == "Shirt") && filtered.len() as u64 == shirts, "the Shirt filter lists the {shirts} shirts");
     for route in ["/api/products?limit=0", "/api/products?limit=501", "/api/products?page=not-a-token", "/api/products?sort=name", "/api/products?filter=nocolumn"] {

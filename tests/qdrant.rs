@@ -827,6 +827,10 @@ fn replicas_with_and_without_the_catalog_share_one_collection() {
     assert!(everything.len() == 301 && everything.contains("listed-on-both"), "{} listed", everything.len());
     assert_eq!(list(&owner, ""), everything, "the server with the catalog lists the collection's products too");
     assert_eq!(list(&replica, "filter=articleType%3DTest&"), HashSet::from(["listed-on-both".to_string()]));
+    for (server, query, total) in [(&replica, "", 301), (&owner, "", 301), (&replica, "&filter=articleType%3DTest", 1)] {
+        let page = ok_json(client().get(server.url(&format!("/api/products?limit=5{query}"))).send().expect("list"));
+        assert_eq!(page["total"], total, "Qdrant counts what matches: {query}");
+    }
     // So does `lookalike list --store`, without a server.
     let list_cli = |extra: &[&str]| {
         let out = Command::new(BIN)

@@ -173,25 +173,16 @@ impl SqliteCatalog {
         self.get_many(&keys)
     }
 
+    /// How many products match `filter`.
+    pub fn count_matching(&self, filter: &Filter) -> Result<usize> {
+        let (condition, args) = filter_condition(filter, None);
+        let n: i64 = self.conn.query_row(&format!("SELECT COUNT(*) FROM products p WHERE {condition}"), rusqlite::params_from_iter(args.iter()), |r| r.get(0))?;
+        Ok(n as usize)
+    }
+
     fn filtered_keys(&self, filter: &Filter, after: Option<Key>, limit: Option<usize>) -> Result<Vec<Key>> {
-        let mut sql = String::from("SELECT key FROM products p WHERE key > ?1");
-        let mut args: Vec<String> = vec![after.unwrap_or(Key::MIN).to_string()];
-        for (column, values) in filter.conditions() {
-            // Column and values are bound parameters compared with json_each's keys, never
-            // spliced into the SQL nor parsed as a JSON path: any column name is just text.
-            args.push(column.to_string());
-            let column_arg = args.len();
-            let mut alternatives = Vec::new();
-            for value in values {
-                args.push(value.clone());
-                alternatives.push(format!("?{}", args.len()));
-            }
-            sql.push_str(&format!(
-                " AND EXISTS (SELECT 1 FROM json_each(p.metadata) m WHERE m.key = ?{column_arg} AND m.type = 'text' AND m.value IN ({}))",
-                alternatives.join(", ")
-            ));
-        }
-        sql.push_str(" ORDER BY key");
+        let (condition, args) = filter_condition(filter, after);
+        let mut sql = format!("SELECT key FROM products p WHERE {condition} ORDER BY key");
         if let Some(limit) = limit {
             sql.push_str(&format!(" LIMIT {limit}"));
         }
@@ -213,6 +204,26 @@ impl SqliteCatalog {
     pub fn is_empty(&self) -> Result<bool> {
         Ok(self.len()? == 0)
     }
+}
+
+/// The SQL condition on `products p` that `filter` (and keys above `after`) make, with its
+/// bound arguments.
+fn filter_condition(filter: &Filter, after: Option<Key>) -> (String, Vec<String>) {
+    let mut sql = String::from("key > ?1");
+    let mut args: Vec<String> = vec![after.unwrap_or(Key::MIN).to_string()];
+    for (column, values) in filter.conditions() {
+        // Column and values are bound parameters compared with json_each's keys, never
+        // spliced into the SQL nor parsed as a JSON path: any column name is just text.
+        args.push(column.to_string());
+        let column_arg = args.len();
+        let mut alternatives = Vec::new();
+        for value in values {
+            args.push(value.clone());
+            alternatives.push(format!("?{}", args.len()));
+        }
+        sql.push_str(&format!(" AND EXISTS (SELECT 1 FROM json_each(p.metadata) m WHERE m.key = ?{column_arg} AND m.type = 'text' AND m.value IN ({}))", alternatives.join(", ")));
+    }
+    (sql, args)
 }
 
 /// Reads an image file the catalog recorded at import, unless a symbolic link is anywhere on

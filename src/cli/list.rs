@@ -41,8 +41,7 @@ pub fn run(args: ListArgs) -> Result<()> {
         None => catalog_page(&SqliteCatalog::open_existing(&args.db.db)?, &filter, from, limit)?,
     };
     if args.json {
-        use lookalike::server::types::{ProductBody, ProductListBody};
-        let body = ProductListBody { products: page.products.iter().map(ProductBody::from).collect(), next_page: page.next };
+        let body = lookalike::server::types::ProductListBody::from(&page);
         println!("{}", serde_json::to_string_pretty(&body)?);
     } else {
         print_page(&page);
@@ -63,9 +62,13 @@ fn print_page(page: &ProductPage) {
             image_label(&p.image)
         );
     }
+    let total = match page.total {
+        1 => "1 product".to_string(),
+        n => format!("{n} products"),
+    };
     match (&page.next, page.products.is_empty()) {
-        (Some(token), _) => println!("(more: the next page with --page {token})"),
+        (Some(token), _) => println!("({total} in all; the next page with --page {token})"),
         (None, true) => println!("(no products match)"),
-        (None, false) => {}
+        (None, false) => println!("({total} in all)"),
     }
 }

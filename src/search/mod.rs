@@ -230,6 +230,8 @@ pub struct ProductPage {
     pub products: Vec<Product>,
     /// The token that asks for the next page; `None` after the last.
     pub next: Option<String>,
+    /// How many products match the listing's filter, on every page.
+    pub total: usize,
 }
 
 /// One facet of the page's filters: column, value, and how many products have it.

@@ -255,7 +255,7 @@ pub fn catalog_page(catalog: &SqliteCatalog, filter: &Filter, from: Option<&str>
         }
         false => None,
     };
-    Ok(ProductPage { products, next })
+    Ok(ProductPage { products, next, total: catalog.count_matching(filter)? })
 }
 
 /// One page of a Qdrant collection's products matching `filter` (those every server added
@@ -265,7 +265,7 @@ pub fn collection_page(collection: &QdrantIndex, filter: &Filter, from: Option<&
         return Err(bad_page_token(token));
     }
     let (products, next) = collection.products_page(filter, from, limit)?;
-    Ok(ProductPage { products: products.into_iter().map(collection_product).collect(), next })
+    Ok(ProductPage { products: products.into_iter().map(collection_product).collect(), next, total: collection.count_matching(filter)? })
 }
 
 fn bad_page_token(token: &str) -> SearchError {

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::likeness::Likeness;
-use crate::search::{ItemResults, RankedProduct, SearchResults, Timings};
+use crate::search::{ItemResults, ProductPage, RankedProduct, SearchResults, Timings};
 use crate::types::{check_column_name, Detection, MetadataPatch, Product};
 
 /// A product and all its metadata.
@@ -84,6 +84,14 @@ pub struct ProductListBody {
     pub products: Vec<ProductBody>,
     /// Pass as `page` for the next page; `null` after the last.
     pub next_page: Option<String>,
+    /// How many products match the filter (all of them without one), on every page.
+    pub total: usize,
+}
+
+impl From<&ProductPage> for ProductListBody {
+    fn from(page: &ProductPage) -> Self {
+        ProductListBody { products: page.products.iter().map(ProductBody::from).collect(), next_page: page.next.clone(), total: page.total }
+    }
 }
 
 /// One ranked product.

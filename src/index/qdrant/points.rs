@@ -7,8 +7,8 @@ use std::collections::{HashMap, HashSet};
 use anyhow::{bail, Context, Result};
 use base64::Engine as _;
 use qdrant_client::qdrant::{
-    point_id::PointIdOptions, Condition, DeletePayloadPointsBuilder, DeletePointsBuilder, FacetCountsBuilder, Filter as QFilter, GetPointsBuilder, PayloadExcludeSelector,
-    PayloadIncludeSelector, PointId, PointStruct, PointsIdsList, ScrollPointsBuilder, SetPayloadPointsBuilder, UpsertPointsBuilder, Value as QValue,
+    point_id::PointIdOptions, Condition, CountPointsBuilder, DeletePayloadPointsBuilder, DeletePointsBuilder, FacetCountsBuilder, Filter as QFilter, GetPointsBuilder,
+    PayloadExcludeSelector, PayloadIncludeSelector, PointId, PointStruct, PointsIdsList, ScrollPointsBuilder, SetPayloadPointsBuilder, UpsertPointsBuilder, Value as QValue,
 };
 
 use super::{point_id, qdrant_filter, IfMissing, QdrantIndex, COLOUR_FIELD, ID_FIELD, IMAGE_FIELD, KEY_FIELD, MAX_PAYLOAD_IMAGE, PATCHED_FIELD};
@@ -397,6 +397,16 @@ impl QdrantIndex {
         self.retry("deleting a point", || self.client.delete_points(request.clone()))?;
         self.len = self.count()?;
         Ok(())
+    }
+
+    /// How many of the collection's products match `filter` (counted exactly).
+    pub fn count_matching(&self, filter: &Filter) -> Result<usize> {
+        let mut request = CountPointsBuilder::new(self.points.clone()).exact(true);
+        if let Some(filter) = qdrant_filter(filter) {
+            request = request.filter(filter);
+        }
+        let response = self.retry("counting products", || self.client.count(request.clone()))?;
+        Ok(response.result.map_or(0, |r| r.count as usize))
     }
 
     /// Up to `limit` products matching `filter`, in the collection's point order, from point

@@ -58,7 +58,7 @@ pub async fn list_products(State(state): Shared, Query(params): Query<Vec<(Strin
     let filter = Filter::parse(&filters).map_err(|e| ApiError::BadParameters(e.to_string()))?;
     let engine = state.engine.clone();
     let listed = blocking(move || Ok(engine.products_page(&filter, page.as_deref(), limit)?)).await?;
-    Ok(Json(ProductListBody { products: listed.products.iter().map(ProductBody::from).collect(), next_page: listed.next }))
+    Ok(Json(ProductListBody::from(&listed)))
 }
 
 /// A product's metadata.

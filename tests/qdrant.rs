@@ -76,19 +76,8 @@ fn store(collection: &str, exact: bool) -> QdrantConfig {
 }
 
 fn store_at(url: &str, collection: &str, exact: bool) -> QdrantConfig {
-    QdrantConfig {
-        url: QdrantConfig::parse_url(url).expect("url"),
-        api_key: std::env::var("QDRANT_API_KEY").ok(),
-        collection: collection.to_string(),
-        shards: None,
-        replicas: None,
-        write_consistency: None,
-        quantize: None,
-        write_ordering: qdrant_client::qdrant::WriteOrderingType::Weak,
-        timeout: std::time::Duration::from_secs(30),
-        filter_columns: vec!["articleType".into()],
-        exact,
-    }
+    let connection = QdrantConfig::connecting(url, std::env::var("QDRANT_API_KEY").ok(), collection.to_string(), std::time::Duration::from_secs(30)).expect("url");
+    QdrantConfig { filter_columns: vec!["articleType".into()], exact, ..connection }
 }
 
 /// A cluster node stopped by `LOOKALIKE_QDRANT_STOP` and started again by

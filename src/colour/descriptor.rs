@@ -91,9 +91,8 @@ impl ColourDescriptor {
         }
     }
 
-    /// The photo's main named colours, largest share first: those holding at least
-    /// [`MIN_MAIN_SHARE`] of it, at most [`MAX_MAIN_COLOURS`] (what a [`MULTI`] product's
-    /// swatch shows).
+    /// The photo's main named colours, largest share first: those holding at least 15 % of
+    /// it, at most three (what a [`MULTI`] product's swatch shows).
     pub fn main_colours(&self) -> Vec<(&'static str, f32)> {
         let shares = self.name_shares();
         let mut named: Vec<(&'static str, f32)> = VOCABULARY.iter().zip(shares).map(|(c, share)| (c.name, share)).filter(|&(_, share)| share >= MIN_MAIN_SHARE).collect();

@@ -67,8 +67,9 @@ pub struct RankedProduct {
     /// `score` in a shopper's words, against how alike the catalog's own products are.
     pub likeness: Likeness,
     pub product: Product,
-    /// A patterned product's (named colour [`colour::MULTI`]) main colours in its photo, with
-    /// their shares, largest first ([`ColourDescriptor::main_colours`]); empty for the rest.
+    /// A patterned product's (named colour [`crate::colour::MULTI`]) main colours in its photo,
+    /// with their shares, largest first ([`crate::colour::ColourDescriptor::main_colours`]);
+    /// empty for the rest.
     pub colour_mix: Vec<(&'static str, f32)>,
 }
 

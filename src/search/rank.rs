@@ -285,8 +285,6 @@ impl SearchEngine {
     }
 }
 
-/// A product as a Qdrant collection's payload describes it (its photo, if it has one there,
-/// is read by [`SearchEngine::product_image`]).
 /// Whether `product` is named [`colour::MULTI`]: no one colour (stripes, prints, two-tone).
 pub(super) fn is_patterned(product: &Product) -> bool {
     product.colour().is_some_and(|name| name.eq_ignore_ascii_case(colour::MULTI))
@@ -297,6 +295,8 @@ pub(super) fn payload_colour(stored: &StoredProduct) -> Option<ColourDescriptor>
     ColourDescriptor::from_values(stored.colour.as_deref()?).ok()
 }
 
+/// A product as a Qdrant collection's payload describes it (its photo, if it has one there,
+/// is read by [`SearchEngine::product_image`]).
 pub(super) fn collection_product(stored: StoredProduct) -> Product {
     Product { key: collection_key(&stored.id), id: stored.id, image: ImageRef::Collection, content_hash: String::new(), metadata: stored.metadata }
 }

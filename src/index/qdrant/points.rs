@@ -304,9 +304,9 @@ impl QdrantIndex {
 
     /// Changes a product's metadata in its point's payload (its vector, photo and lookalike's
     /// own fields untouched); the product as it is now, `None` when the collection has no such
-    /// product. A server without the catalog changing a catalog product's marks its point, so
-    /// that the next `sync` takes the change into the catalog instead of sending the catalog's
-    /// version back.
+    /// product. Where a server without the catalog changes a catalog product, the point is
+    /// marked, so that the next `sync` takes the change into the catalog instead of sending the
+    /// catalog's version back.
     pub fn patch_product(&mut self, id: &str, patch: &MetadataPatch, without_catalog: bool) -> Result<Option<StoredProduct>> {
         let pid = PointId::from(point_id(id));
         let request = GetPointsBuilder::new(self.points.clone(), vec![pid.clone()]).with_payload(PayloadExcludeSelector::new(vec![IMAGE_FIELD.to_string()])).with_vectors(false);

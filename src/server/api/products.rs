@@ -230,14 +230,17 @@ pub async fn patch_product(
     let Json(body) = body?;
     let patch = MetadataPatch::try_from(body).map_err(ApiError::BadParameters)?;
     let engine = state.engine.clone();
-    let patched = blocking({
+    let (patched, mix) = blocking({
         let id = id.clone();
-        move || Ok(engine.patch_product(&id, &patch)?)
+        move || {
+            let patched = engine.patch_product(&id, &patch)?.ok_or_else(|| ApiError::NotFound(format!("no product with id {id:?}")))?;
+            let mix = engine.colour_mix(&patched)?;
+            Ok((patched, mix))
+        }
     })
-    .await?
-    .ok_or_else(|| ApiError::NotFound(format!("no product with id {id:?}")))?;
+    .await?;
     tracing::info!(id = %id, "product metadata changed");
-    Ok(Json(ProductBody::from(&patched)))
+    Ok(Json(ProductBody::from(&patched).with_colour_mix(&mix)))
 }
 
 /// Removes a product; gone from search results as soon as this returns. Needs the admin token.

@@ -376,10 +376,9 @@ function el(tag, props = {}, ...children) {
 }
 
 /** A product's colour as a dot beside its kind: its named colour's, or for a patterned product
- * ("Multi", no one colour) a dot of several, so the shopper sees "patterned" at a glance. The
- * words beside it name the colour, so the dot is hidden from screen readers. */
-/** A colour dot: the named colour's, or for a patterned product ("Multi") its main colours in
- * the shares its photo has them (a stock pattern where the server knows none). */
+ * ("Multi", no one colour) its main colours in the shares its photo has them (a stock pattern
+ * where the server knows none), so the shopper sees "patterned" and which colours at a glance.
+ * The words beside it name the colour, so the dot is hidden from screen readers. */
 function swatch(rgb, name, mix) {
   const s = el("span", { className: name === "Multi" ? "swatch multi" : "swatch" });
   s.setAttribute("aria-hidden", "true");

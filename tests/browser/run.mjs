@@ -361,10 +361,15 @@ try {
   await page.unroute("**/api/search");
   check((await ids(page)).join() === before.join() && !(await page.locator("#busy").isVisible()), "Cancel stops the search and keeps the results");
 
-  // A photo of two products: a marker on each, the main one searched, one tap switches.
+  // A photo of two products: a marker on each, the main one searched, one tap switches. The
+  // side column was left scrolled down to its last filters: the new photo shows at its top.
+  await page.$eval(".side", (side) => { side.scrollTop = side.scrollHeight; });
+  check((await page.$eval(".side", (side) => side.scrollTop)) > 0 && !(await inViewport(page, "#crop-area"))[0], "the side column scrolled down past the photo");
   done = searched(page);
   await page.setInputFiles("#file", scene);
   await done;
+  const [photoShown, photoAt] = await inViewport(page, "#crop-area");
+  check(photoShown && (await page.$eval(".side", (side) => side.scrollTop)) === 0, `a new photo shows at the top of the side column (${photoAt})`);
   await page.waitForFunction(() => document.querySelectorAll("#markers .marker").length === 2 && document.querySelector("#crop-area").dataset.crop !== "");
   await settled(page, 24);
   const markers = page.locator("#markers .marker");

@@ -589,6 +589,9 @@ async function usePhoto(file) {
   const id = nextPhoto++;
   photos.set(id, { ...prepared, vectors: new Map(), detections: [], pickedItem: false });
   setCropMode(false);
+  // A new photo is seen at the top of the side column, however far down its filters it was
+  // scrolled (desktop: the column scrolls on its own; on a phone it does not scroll).
+  document.querySelector(".side").scrollTop = 0;
   const filters = els.keepFilters.checked ? view.filters : [];
   navigate({ kind: "photo", photo: id, crop: null, item: null, filters, colour: view.colour, shown: PAGE_SIZE });
 }

@@ -20,8 +20,8 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 use qdrant_client::qdrant::{
-    Condition, CountPointsBuilder, Filter as QFilter, PayloadExcludeSelector, PayloadIncludeSelector, PointId, QueryPointsBuilder, RetrievedPoint, ScrollPointsBuilder,
-    SearchParamsBuilder, WriteOrdering,
+    Condition, Filter as QFilter, PayloadExcludeSelector, PayloadIncludeSelector, PointId, QueryPointsBuilder, RetrievedPoint, ScrollPointsBuilder, SearchParamsBuilder,
+    WriteOrdering,
 };
 use qdrant_client::Qdrant;
 use sha2::{Digest, Sha256};
@@ -247,9 +247,7 @@ impl QdrantIndex {
     }
 
     fn count(&self) -> Result<usize> {
-        let request = CountPointsBuilder::new(self.points.clone()).exact(true);
-        let response = self.retry("counting points", || self.client.count(request.clone()))?;
-        Ok(response.result.map_or(0, |r| r.count as usize))
+        self.count_matching(&Filter::default())
     }
 
     fn ordering(&self) -> WriteOrdering {

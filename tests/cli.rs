@@ -386,6 +386,33 @@ fn index_names_colours_again_from_the_stored_descriptors() {
     assert_eq!(colour(&conn), "Red");
 }
 
+/// `search`'s table tells patterned products apart by their main colours, and says which
+/// colours a patterned photo holds (`--json` carries them as `colour_mix` and `query_colour.mix`).
+#[test]
+fn the_search_table_names_a_patterned_products_colours() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let photos = dir.path().join("photos");
+    std::fs::create_dir_all(&photos).expect("mkdir");
+    let fm = FashionMnist::load(&fm_dir(), "test").expect("test split");
+    let grey = image::DynamicImage::ImageLuma8(fm.image(1).expect("image")).resize(112, 112, image::imageops::FilterType::Triangle);
+    common::striped(&grey).save(photos.join("striped.png")).expect("save");
+    let db = dir.path().join("photos.db");
+    ok(&["index", "--db", path(&db), "--images", path(&photos)]);
+
+    let table = ok(&["search", "--db", path(&db), path(&photos.join("striped.png")), "-k", "1"]);
+    let line = |start: &str| table.lines().find(|l| l.starts_with(start)).unwrap_or_else(|| panic!("no {start:?} line:\n{table}")).to_string();
+    let photo = line("colour of the photo:");
+    assert!(photo.starts_with("colour of the photo: Multi (") && photo.contains("Red ") && photo.contains("Blue ") && photo.contains(" %"), "{table}");
+    let row = line("   1  striped.png");
+    assert!(row.contains("Multi (Red, Blue)") || row.contains("Multi (Blue, Red)"), "{table}");
+    // A catalog of one product is centred on a shrunk mean, not on the product itself (which
+    // mapped it to zero and scored its own photo 0.000).
+    assert!(row.contains("  1.000  "), "a lone product's own photo scores 1: {table}");
+    let found = json(&ok(&["search", "--db", path(&db), path(&photos.join("striped.png")), "-k", "1", "--json"]));
+    let mix: Vec<&str> = found["hits"][0]["colour_mix"].as_array().map(|m| m.iter().filter_map(|c| c["name"].as_str()).collect()).unwrap_or_default();
+    assert!(row.contains(&format!("Multi ({})", mix.join(", "))), "the table's colours are the JSON's, in its order: {found}\n{table}");
+}
+
 #[test]
 fn folder_of_real_photos() {
     let samples = Assets::from_env().sample("coffee.png").expect("sample photos (run `make setup`)");

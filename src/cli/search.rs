@@ -8,7 +8,7 @@ use clap::Args;
 use super::args::*;
 use lookalike::assets::Assets;
 use lookalike::catalog::SqliteCatalog;
-use lookalike::colour::ColourMode;
+use lookalike::colour::{ColourEstimate, ColourMode};
 use lookalike::kind::KindMode;
 use lookalike::preprocess::Crop;
 use lookalike::search::{Items, RankedProduct, SearchEngine, SearchRequest, SearchResults};
@@ -103,12 +103,12 @@ fn print_results(results: &SearchResults, by_photo: bool, items: Items) {
     }
     if let Some(c) = &results.query_colour {
         let [r, g, b] = c.rgb;
-        println!("colour of the photo: {} (#{r:02x}{g:02x}{b:02x}); ranked with colour={}", c.name, results.colour_mode);
+        println!("colour of the photo: {} (#{r:02x}{g:02x}{b:02x}); ranked with colour={}", photo_colour_label(c, "%"), results.colour_mode);
     }
     print_table(&results.hits);
     if items == Items::All {
         for (n, item) in results.items.iter().enumerate() {
-            let colour = item.query_colour.as_ref().map_or(String::new(), |c| format!(", {}", c.name));
+            let colour = item.query_colour.as_ref().map_or(String::new(), |c| format!(", {}", photo_colour_label(c, "")));
             println!("\nproduct {} of {} at {} (score {:.2}{colour}):", n + 1, results.items.len(), box_label(item.detection.bounds), item.detection.score);
             print_table(&item.hits);
         }
@@ -125,18 +125,43 @@ fn box_label([x, y, w, h]: [f32; 4]) -> String {
     format!("{x:.2},{y:.2},{w:.2},{h:.2}")
 }
 
+/// A photo's colour name, with its main colours when it is patterned.
+fn photo_colour_label(colour: &ColourEstimate, unit: &str) -> String {
+    match colour.name == lookalike::colour::MULTI {
+        true => format!("{}{}", colour.name, mix_label(&colour.descriptor.main_colours(), unit)),
+        false => colour.name.to_string(),
+    }
+}
+
+/// A patterned colour's main colours after its name, ` (Red 55 %, Blue 40 %)`; with no
+/// `unit`, names only, ` (Red, Blue)`, to fit a table column.
+fn mix_label(mix: &[(&str, f32)], unit: &str) -> String {
+    if mix.is_empty() {
+        return String::new();
+    }
+    let parts: Vec<String> = match unit.is_empty() {
+        true => mix.iter().map(|(name, _)| name.to_string()).collect(),
+        false => mix.iter().map(|(name, share)| format!("{name} {:.0} {unit}", share * 100.0)).collect(),
+    };
+    format!(" ({})", parts.join(", "))
+}
+
 fn print_table(hits: &[RankedProduct]) {
-    println!("{:>4}  {:<24}  {:>6}  {:<36}  {:<16}  {:<10}  image", "rank", "id", "score", "name", "category", "colour");
-    for h in hits {
+    // A patterned product's colours are what tells two "Multi" hits apart, so the column
+    // widens to hold them (up to a limit) rather than cutting them off.
+    let colours: Vec<String> = hits.iter().map(|h| format!("{}{}", h.product.colour().unwrap_or("-"), mix_label(&h.colour_mix, ""))).collect();
+    let width = colours.iter().map(|c| c.chars().count()).max().unwrap_or(0).clamp(10, 32);
+    println!("{:>4}  {:<24}  {:>6}  {:<36}  {:<16}  {:<width$}  image", "rank", "id", "score", "name", "category", "colour");
+    for (h, colour) in hits.iter().zip(&colours) {
         let p = &h.product;
         println!(
-            "{:>4}  {:<24}  {:>6.3}  {:<36}  {:<16}  {:<10}  {}",
+            "{:>4}  {:<24}  {:>6.3}  {:<36}  {:<16}  {:<width$}  {}",
             h.rank,
             truncate(&p.id, 24),
             h.score,
             truncate(p.name(), 36),
             truncate(p.category().unwrap_or("-"), 16),
-            truncate(p.colour().unwrap_or("-"), 10),
+            truncate(colour, width),
             image_label(&p.image)
         );
     }

@@ -170,6 +170,19 @@ impl MetadataPatch {
         patched.extend(self.set.iter().map(|(k, v)| (k.clone(), v.clone())));
         patched
     }
+
+    /// The patch, completed so that a product whose metadata names a colour before it and
+    /// none after it takes `computed` (the colour lookalike names from its photo), as `index`
+    /// names one wherever the shop names none: removing a shop's `baseColour` leaves the
+    /// product in the colour facet under the colour its photo has, not without any.
+    pub fn naming_a_colour(&self, before: &Metadata, computed: Option<&str>) -> MetadataPatch {
+        let mut patch = self.clone();
+        if let (true, false, Some(name)) = (names_a_colour(before), names_a_colour(&self.apply(before)), computed) {
+            patch.remove.remove(COMPUTED_COLOUR_COLUMN);
+            patch.set.insert(COMPUTED_COLOUR_COLUMN.to_string(), name.to_string());
+        }
+        patch
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -298,6 +311,27 @@ mod tests {
         let expected = product(&[("price", "39.99"), ("usage", "Party"), ("articleType", "Dress")]).metadata;
         assert_eq!(after, expected);
         assert_eq!(MetadataPatch::default().apply(&before), before, "an empty patch changes nothing");
+    }
+
+    #[test]
+    fn a_patch_that_removes_the_shop_colour_names_the_computed_one() {
+        let shop = product(&[("baseColour", "Navy Blue"), ("price", "10")]).metadata;
+        let removing = |column: &str| MetadataPatch { remove: [column.to_string()].into(), ..MetadataPatch::default() };
+        let after = removing("baseColour").naming_a_colour(&shop, Some("Blue")).apply(&shop);
+        assert_eq!(after, product(&[("colour", "Blue"), ("price", "10")]).metadata);
+        // Removing the computed name itself brings it back, as the next `index` would.
+        let computed = product(&[("colour", "Red")]).metadata;
+        let patch = removing("colour").naming_a_colour(&computed, Some("Red"));
+        assert!(patch.remove.is_empty(), "not set and then removed (Qdrant applies the removal last): {patch:?}");
+        assert_eq!(patch.apply(&computed), computed);
+        // A product that named no colour, a patch that keeps one, or no photo colour: as given.
+        let grey = product(&[("price", "10")]).metadata;
+        let price = MetadataPatch { set: [("price".to_string(), "9".to_string())].into(), ..MetadataPatch::default() };
+        assert_eq!(price.naming_a_colour(&grey, Some("Grey")), price);
+        assert_eq!(price.naming_a_colour(&shop, Some("Blue")), price);
+        assert_eq!(removing("baseColour").naming_a_colour(&shop, None), removing("baseColour"));
+        let renaming = MetadataPatch { set: [("baseColour".to_string(), "Red".to_string())].into(), ..MetadataPatch::default() };
+        assert_eq!(renaming.naming_a_colour(&shop, Some("Blue")), renaming);
     }
 
     #[test]

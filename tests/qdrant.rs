@@ -852,6 +852,15 @@ fn replicas_with_and_without_the_catalog_share_one_collection() {
         let found = ok_json(search_photo(server, png.clone(), &[("k", "1")]));
         assert_eq!((&found["hits"][0]["id"], &found["hits"][0]["colour_mix"]), (&serde_json::json!("striped"), &own["colour_mix"]), "{found}");
     }
+    // Its shop colour removed through the replica: named from the payload's descriptor, as
+    // `index` names a product whose row names none.
+    let change = serde_json::json!({"metadata": {"baseColour": null}});
+    let r = client().patch(replica.url("/api/products/striped")).bearer_auth(token).json(&change).send().expect("PATCH");
+    assert_eq!(r.status().as_u16(), 200, "{}", r.text().unwrap_or_default());
+    for server in [&replica, &owner] {
+        let own = ok_json(product(server, "striped"));
+        assert!(own["metadata"].get("baseColour").is_none() && own["colour"] == "Multi" && own["metadata"]["colour"] == "Multi", "{own}");
+    }
     assert_eq!(remove(&replica, "striped"), 204);
 
     // A photo too large for the payload: shown from the shop's own copy (its image_url).

@@ -108,10 +108,16 @@ impl SearchEngine {
     /// when that is the store (there alone for a product added through a server without the
     /// catalog). Returns the product as it is now, `None` for an unknown id.
     pub fn patch_product(&self, id: &str, patch: &MetadataPatch) -> Result<Option<Product>, SearchError> {
+        // A patch that leaves a product naming no colour names the one its photo has, from the
+        // descriptor the copy being patched holds (the collection's may differ from the catalog's).
+        let in_collection = |stored: &StoredProduct| {
+            let computed = stored.colour.as_deref().and_then(|values| ColourDescriptor::from_values(values).ok()).map(|d| d.name());
+            patch.naming_a_colour(&stored.metadata, computed)
+        };
         if self.catalog.is_none() {
             // In the collection the description names now (see `add_product`).
             self.follow_collection_description()?;
-            return Ok(self.collection_mut(|c| c.patch_product(id, patch, true))?.map(collection_product));
+            return Ok(self.collection_mut(|c| c.patch_product(id, in_collection, true))?.map(collection_product));
         }
         let mut catalog = self.lock_catalog()?;
         let Some(mut product) = catalog.get_by_id(id)? else {
@@ -119,9 +125,10 @@ impl SearchEngine {
             if self.read_index()?.collection().is_none() {
                 return Ok(None);
             }
-            return Ok(self.collection_mut(|c| c.patch_product(id, patch, false))?.map(collection_product));
+            return Ok(self.collection_mut(|c| c.patch_product(id, in_collection, false))?.map(collection_product));
         };
-        let metadata = patch.apply(&product.metadata);
+        let descriptor = self.read_colours()?.descriptor(product.key).copied();
+        let metadata = patch.naming_a_colour(&product.metadata, descriptor.map(|d| d.name())).apply(&product.metadata);
         let changed = metadata != product.metadata;
         // Under the catalog lock, as `add_product` writes: a concurrent change to the same
         // product reaches the collection and the tables in the order it reached the catalog.
@@ -131,14 +138,11 @@ impl SearchEngine {
         // The collection's copy is patched even where the catalog's did not change: a server
         // without the catalog may have changed it there. What it holds then is what searches show.
         let shown = match self.write_index()?.collection_mut() {
-            Some(collection) => collection.patch_product(id, patch, false)?,
+            Some(collection) => collection.patch_product(id, in_collection, false)?,
             None => None,
         };
         if changed {
-            let mut colours = self.write_colours()?;
-            let descriptor = colours.descriptor(product.key).copied();
-            colours.put(product.key, descriptor, Product::named_colour(&metadata));
-            drop(colours);
+            self.write_colours()?.put(product.key, descriptor, Product::named_colour(&metadata));
             self.write_kinds()?.put(product.key, &metadata);
         }
         product.metadata = shown.map_or(metadata, |shown| shown.metadata);

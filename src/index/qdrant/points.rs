@@ -306,14 +306,16 @@ impl QdrantIndex {
     /// own fields untouched); the product as it is now, `None` when the collection has no such
     /// product. Where a server without the catalog changes a catalog product, the point is
     /// marked, so that the next `sync` takes the change into the catalog instead of sending the
-    /// catalog's version back.
-    pub fn patch_product(&mut self, id: &str, patch: &MetadataPatch, without_catalog: bool) -> Result<Option<StoredProduct>> {
+    /// catalog's version back. `patch_for` makes the patch from the product as the
+    /// collection holds it (to complete it by what only that copy says).
+    pub fn patch_product(&mut self, id: &str, patch_for: impl FnOnce(&StoredProduct) -> MetadataPatch, without_catalog: bool) -> Result<Option<StoredProduct>> {
         let pid = PointId::from(point_id(id));
         let request = GetPointsBuilder::new(self.points.clone(), vec![pid.clone()]).with_payload(PayloadExcludeSelector::new(vec![IMAGE_FIELD.to_string()])).with_vectors(false);
         let response = self.retry("reading a point", || self.client.get_points(request.clone()))?;
         let Some(point) = response.result.into_iter().next() else { return Ok(None) };
         let key = point.payload.get(KEY_FIELD).and_then(integer);
         let Some(mut product) = stored_product(point.payload) else { return Ok(None) };
+        let patch = patch_for(&product);
         let mut payload: HashMap<String, QValue> = patch.set.iter().map(|(k, v)| (k.clone(), QValue::from(v.clone()))).collect();
         if without_catalog && key.is_some() {
             payload.insert(PATCHED_FIELD.to_string(), QValue::from(id.to_string()));

@@ -204,7 +204,8 @@ pub async fn add_product(State(state): Shared, _admin: AdminToken, UploadForm(mu
 
 /// Changes a product's metadata (a new price, name, category or colour) without sending its
 /// photo again: nothing is encoded, and searches, filters and facets show the change as soon
-/// as this returns. Needs the admin token.
+/// as this returns. A product left naming no colour takes the one lookalike names from its
+/// photo, as `index` does. Needs the admin token.
 #[utoipa::path(
     patch,
     path = "/api/products/{id}",

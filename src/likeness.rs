@@ -68,11 +68,20 @@ impl LikenessBands {
     /// Bands from sampled products' neighbour scores: for each sampled product, its scores
     /// against the other products, best first (the product itself left out; up to
     /// [`SIMILAR_NEIGHBOUR`] of them, fewer in a small catalog, whose furthest then counts).
-    /// `None` when no sampled product has a neighbour (a catalog of one product).
+    /// `None` for no sampled product (an empty catalog).
     ///
     /// `typical_pair` is the median score of two products picked at random (the floor the
     /// minimum likeness of each band is measured from; -1 for none).
     pub fn from_neighbours(neighbour_scores: &[Vec<f32>], typical_pair: f32) -> Option<LikenessBands> {
+        if neighbour_scores.is_empty() {
+            return None;
+        }
+        if neighbour_scores.iter().all(Vec::is_empty) {
+            // A catalog of one product has nothing to measure against: the bands are their
+            // minimums alone, from what an unrelated photo scores in a centred space (0). Without
+            // bands its own photo at score 1 was only "Related".
+            return Some(LikenessBands { very_similar: VERY_SIMILAR_MINIMUM, similar: SIMILAR_MINIMUM });
+        }
         let nth = |n: usize| -> Vec<f32> { neighbour_scores.iter().filter_map(|s| s.get(n - 1).or(s.last()).copied()).collect() };
         let at_least = |share: f32| typical_pair + share * (1.0 - typical_pair);
         let very_similar = quantile(nth(VERY_SIMILAR_NEIGHBOUR), 0.5)?.max(at_least(VERY_SIMILAR_MINIMUM));
@@ -233,11 +242,13 @@ mod tests {
     }
 
     #[test]
-    fn small_catalogs_use_the_furthest_neighbour_they_have_and_one_product_has_no_bands() {
+    fn small_catalogs_use_the_furthest_neighbour_they_have_and_one_product_the_minimums() {
         let bands = LikenessBands::from_neighbours(&[vec![0.9, 0.5], vec![0.7, 0.3]], -1.0).expect("bands");
         // Medians round up between two; the low decile of two is the lower.
         assert_eq!((bands.very_similar, bands.similar), (0.5, 0.3));
-        assert_eq!(LikenessBands::from_neighbours(&[vec![], vec![]], -1.0), None);
-        assert_eq!(LikenessBands::from_neighbours(&[], -1.0), None);
+        let one = LikenessBands::from_neighbours(&[vec![]], -1.0).expect("bands of one product");
+        assert_eq!((one.very_similar, one.similar), (VERY_SIMILAR_MINIMUM, SIMILAR_MINIMUM));
+        assert_eq!((one.band(1.0), one.band(0.3), one.band(0.1)), (Likeness::VerySimilar, Likeness::Similar, Likeness::Related));
+        assert_eq!(LikenessBands::from_neighbours(&[], -1.0), None, "an empty catalog");
     }
 }

@@ -388,6 +388,7 @@ fn index_names_colours_again_from_the_stored_descriptors() {
 
 /// `search`'s table tells patterned products apart by their main colours, and says which
 /// colours a patterned photo holds (`--json` carries them as `colour_mix` and `query_colour.mix`).
+/// On a catalog of one product, as a shop's first try may be.
 #[test]
 fn the_search_table_names_a_patterned_products_colours() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -411,6 +412,9 @@ fn the_search_table_names_a_patterned_products_colours() {
     let found = json(&ok(&["search", "--db", path(&db), path(&photos.join("striped.png")), "-k", "1", "--json"]));
     let mix: Vec<&str> = found["hits"][0]["colour_mix"].as_array().map(|m| m.iter().filter_map(|c| c["name"].as_str()).collect()).unwrap_or_default();
     assert!(row.contains(&format!("Multi ({})", mix.join(", "))), "the table's colours are the JSON's, in its order: {found}\n{table}");
+    // With no other product to measure the likeness bands on, they are their minimums: the
+    // product's own photo is very similar (it was only "related").
+    assert_eq!(found["hits"][0]["likeness"], "very_similar", "{found}");
 }
 
 #[test]

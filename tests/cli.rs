@@ -415,6 +415,11 @@ fn the_search_table_names_a_patterned_products_colours() {
     // With no other product to measure the likeness bands on, they are their minimums: the
     // product's own photo is very similar (it was only "related").
     assert_eq!(found["hits"][0]["likeness"], "very_similar", "{found}");
+    // `list` shows the same colours, in its table and its JSON.
+    let listed = json(&ok(&["list", "--db", path(&db), "--json"]));
+    assert_eq!(listed["products"][0]["colour_mix"], found["hits"][0]["colour_mix"], "{listed}");
+    let table = ok(&["list", "--db", path(&db)]);
+    assert!(table.lines().nth(1).is_some_and(|row| row.starts_with("striped.png") && row.contains(&format!("Multi ({})", mix.join(", ")))), "{table}");
 }
 
 #[test]

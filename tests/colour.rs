@@ -141,6 +141,20 @@ fn a_shops_colour_column_wins_over_the_computed_name() {
     let added = ok_json(add(form));
     assert_eq!(added["colour"], "Red", "{added}");
     assert_eq!(added["metadata"]["colour"], "Red");
+    // A patterned product's answer names its main colours, as its `GET` does.
+    let mut halves = image::load_from_memory(&painted(&garment(), rgb_of("Red"), 112)).expect("png").to_rgb8();
+    for (_, y, pixel) in halves.enumerate_pixels_mut() {
+        if y >= 56 && pixel.0.iter().any(|&c| c < 200) {
+            pixel.0 = rgb_of("Blue");
+        }
+    }
+    let mut png = Vec::new();
+    halves.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png).expect("png");
+    let added = ok_json(add(common::photo_form(png, &[("id", "two-tone")])));
+    let mix: Vec<&str> = added["colour_mix"].as_array().map(|m| m.iter().filter_map(|c| c["name"].as_str()).collect()).unwrap_or_default();
+    assert!(added["colour"] == "Multi" && mix.contains(&"Red") && mix.contains(&"Blue"), "{added}");
+    let own = ok_json(common::client().get(server.url("/api/products/two-tone")).send().expect("get"));
+    assert_eq!(own["colour_mix"], added["colour_mix"]);
 }
 
 #[test]
@@ -185,6 +199,16 @@ fn the_api_returns_the_query_colour_and_refuses_a_bad_colour() {
         assert_eq!(own["colour_mix"], hit["colour_mix"], "{id}");
     }
     assert!(two_or_more > 0, "painted in two colours, some show both: {patterned}");
+    // The listing carries them too, for a shop's own pages.
+    let listed = ok_json(common::client().get(server.url("/api/products?filter=baseColour%3DMulti&limit=500")).send().expect("list"));
+    let listed = listed["products"].as_array().expect("products");
+    assert!(!listed.is_empty() && listed.iter().all(|p| p["colour_mix"].as_array().is_some_and(|m| !m.is_empty())), "{listed:?}");
+    for hit in hits {
+        let same = listed.iter().find(|p| p["id"] == hit["id"]);
+        assert_eq!(same.map(|p| &p["colour_mix"]), Some(&hit["colour_mix"]), "{}", hit["id"]);
+    }
+    let plain = ok_json(common::client().get(server.url("/api/products?filter=baseColour%3DRed&limit=5")).send().expect("list"));
+    assert!(plain["products"].as_array().is_some_and(|p| !p.is_empty() && p.iter().all(|p| p.get("colour_mix").is_none())), "{plain}");
     // A patterned photo: its colour is Multi, with its main colours for the swatch beside it.
     let mut halves = image::load_from_memory(&painted(&garment(), rgb_of("Red"), 160)).expect("png").to_rgb8();
     for (_, y, pixel) in halves.enumerate_pixels_mut() {

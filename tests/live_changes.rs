@@ -363,7 +363,7 @@ fn a_metadata_change_reaches_searches_and_followers_without_encoding() {
         set: [("articleType", "Party dress"), ("baseColour", "Red"), ("price", "19.99")].map(|(k, v)| (k.to_string(), v.to_string())).into(),
         remove: BTreeSet::new(),
     };
-    let patched = writer.patch_product(id, &patch).expect("patch").expect("a known product");
+    let patched = writer.patch_product(id, &patch).expect("patch").expect("a known product").product;
     assert_eq!((patched.category(), patched.colour(), patched.price()), (Some("Party dress"), Some("Red"), Some("19.99")));
     assert!(writer.patch_product("no-such-product", &patch).expect("patch").is_none());
     assert_eq!(found(&writer, &new_kind), [id], "the writer's searches filter on the new values at once");
@@ -371,8 +371,8 @@ fn a_metadata_change_reaches_searches_and_followers_without_encoding() {
     // colours, which rank) take the change up from the change log.
     assert_eq!(found(&follower, &new_kind), [id]);
     assert_eq!(follower.follow_catalog().expect("follow"), 1, "one product changed");
-    assert_eq!(follower.product(id).expect("read").map(|p| p.metadata), Some(patched.metadata.clone()));
+    assert_eq!(follower.product(id).expect("read").map(|p| p.product.metadata), Some(patched.metadata.clone()));
     assert_eq!(writer.follow_catalog().expect("follow"), 0, "the writer's own change is not taken up again");
     assert_eq!(writer.with_catalog(|c| c.vector(key)).expect("read"), Some(vector.clone()), "nothing encoded again");
-    assert_eq!(writer.patch_product(id, &patch).expect("patch").map(|p| p.metadata), Some(patched.metadata), "the same patch again changes nothing");
+    assert_eq!(writer.patch_product(id, &patch).expect("patch").map(|p| p.product.metadata), Some(patched.metadata), "the same patch again changes nothing");
 }

@@ -648,7 +648,7 @@ fn writes_through_a_server_without_the_catalog_outlast_syncs() {
     let taken_in = SqliteCatalog::open_existing(&db).expect("catalog").get_by_id(&ids[1]).expect("read").expect("in the catalog");
     assert_eq!(taken_in.metadata.get("articleType").map(String::as_str), Some("Replaced"), "the replica's details in the catalog");
     let shown = replica.product(&ids[1]).expect("read").expect("in the collection");
-    assert_eq!(shown.metadata.get("articleType").map(String::as_str), Some("Replaced"), "and in the collection");
+    assert_eq!(shown.product.metadata.get("articleType").map(String::as_str), Some("Replaced"), "and in the collection");
     assert_eq!(first_pages(&replica, std::slice::from_ref(&new_photo))[0].first(), Some(&ids[1]), "found first by its new photo");
     let report = sync();
     assert_eq!(report["replaced_without_catalog"], 0, "the point is the catalog's row now: {report}");
@@ -844,13 +844,18 @@ fn replicas_with_and_without_the_catalog_share_one_collection() {
     common::striped(&grey).write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png).expect("png");
     let form = photo_form(png.clone(), &[("id", "striped"), ("baseColour", "Multi")]);
     let r = client().post(replica.url("/api/products")).bearer_auth(token).multipart(form).send().expect("POST");
-    assert_eq!(r.status().as_u16(), 201, "{}", r.text().unwrap_or_default());
+    assert_eq!(r.status().as_u16(), 201);
+    let added = ok_json(r);
     for server in [&replica, &owner] {
         let own = ok_json(product(server, "striped"));
+        assert_eq!(own["colour_mix"], added["colour_mix"], "the POST's answer names its colours too");
         let mix = own["colour_mix"].as_array().cloned().unwrap_or_default();
         assert!(mix.len() >= 2 && mix.iter().all(|c| ["Red", "Blue", "Maroon", "Navy Blue"].contains(&c["name"].as_str().unwrap_or_default())), "{own}");
         let found = ok_json(search_photo(server, png.clone(), &[("k", "1")]));
         assert_eq!((&found["hits"][0]["id"], &found["hits"][0]["colour_mix"]), (&serde_json::json!("striped"), &own["colour_mix"]), "{found}");
+        let listed = ok_json(client().get(server.url("/api/products?filter=baseColour%3DMulti")).send().expect("list"));
+        let listed = listed["products"].as_array().and_then(|p| p.iter().find(|p| p["id"] == "striped")).cloned();
+        assert_eq!(listed.map(|p| p["colour_mix"].clone()), Some(own["colour_mix"].clone()), "the listing shows its colours too");
     }
     // Its shop colour removed through the replica: named from the payload's descriptor, as
     // `index` names a product whose row names none.

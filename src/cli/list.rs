@@ -5,7 +5,7 @@ use anyhow::Result;
 use clap::Args;
 
 use super::args::*;
-use super::search::{image_label, truncate};
+use super::search::{colour_cell, colour_width, image_label, truncate};
 use lookalike::catalog::SqliteCatalog;
 use lookalike::search::{catalog_page, collection_page, ProductPage};
 use lookalike::types::Filter;
@@ -50,14 +50,17 @@ pub fn run(args: ListArgs) -> Result<()> {
 }
 
 fn print_page(page: &ProductPage) {
-    println!("{:<24}  {:<36}  {:<16}  {:<10}  {:>9}  image", "id", "name", "category", "colour", "price");
-    for p in &page.products {
+    let colours: Vec<String> = page.products.iter().map(|listed| colour_cell(&listed.product, &listed.colour_mix)).collect();
+    let width = colour_width(&colours);
+    println!("{:<24}  {:<36}  {:<16}  {:<width$}  {:>9}  image", "id", "name", "category", "colour", "price");
+    for (listed, colour) in page.products.iter().zip(&colours) {
+        let p = &listed.product;
         println!(
-            "{:<24}  {:<36}  {:<16}  {:<10}  {:>9}  {}",
+            "{:<24}  {:<36}  {:<16}  {:<width$}  {:>9}  {}",
             truncate(&p.id, 24),
             truncate(p.name(), 36),
             truncate(p.category().unwrap_or("-"), 16),
-            truncate(p.colour().unwrap_or("-"), 10),
+            truncate(colour, width),
             truncate(p.price().unwrap_or("-"), 9),
             image_label(&p.image)
         );

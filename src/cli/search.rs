@@ -12,7 +12,7 @@ use lookalike::colour::{ColourEstimate, ColourMode};
 use lookalike::kind::KindMode;
 use lookalike::preprocess::Crop;
 use lookalike::search::{Items, RankedProduct, SearchEngine, SearchRequest, SearchResults};
-use lookalike::types::Filter;
+use lookalike::types::{Filter, Product};
 
 #[derive(Args)]
 pub struct SearchArgs {
@@ -146,11 +146,21 @@ fn mix_label(mix: &[(&str, f32)], unit: &str) -> String {
     format!(" ({})", parts.join(", "))
 }
 
+/// A product's colour as a table shows it: its name, and a patterned product's main colours.
+pub(super) fn colour_cell(product: &Product, mix: &[(&str, f32)]) -> String {
+    format!("{}{}", product.colour().unwrap_or("-"), mix_label(mix, ""))
+}
+
+/// The colour column's width: as wide as its widest cell, between 10 and 32 characters.
+pub(super) fn colour_width(cells: &[String]) -> usize {
+    cells.iter().map(|c| c.chars().count()).max().unwrap_or(0).clamp(10, 32)
+}
+
 fn print_table(hits: &[RankedProduct]) {
     // A patterned product's colours are what tells two "Multi" hits apart, so the column
     // widens to hold them (up to a limit) rather than cutting them off.
-    let colours: Vec<String> = hits.iter().map(|h| format!("{}{}", h.product.colour().unwrap_or("-"), mix_label(&h.colour_mix, ""))).collect();
-    let width = colours.iter().map(|c| c.chars().count()).max().unwrap_or(0).clamp(10, 32);
+    let colours: Vec<String> = hits.iter().map(|h| colour_cell(&h.product, &h.colour_mix)).collect();
+    let width = colour_width(&colours);
     println!("{:>4}  {:<24}  {:>6}  {:<36}  {:<16}  {:<width$}  image", "rank", "id", "score", "name", "category", "colour");
     for (h, colour) in hits.iter().zip(&colours) {
         let p = &h.product;

@@ -225,10 +225,18 @@ impl From<anyhow::Error> for SearchError {
     }
 }
 
+/// A product in a listing, with its patterned colours as search hits carry them.
+#[derive(Debug, Clone)]
+pub struct ListedProduct {
+    pub product: Product,
+    /// As [`RankedProduct::colour_mix`]: a patterned product's main colours; empty for the rest.
+    pub colour_mix: Vec<(&'static str, f32)>,
+}
+
 /// One page of a listing of the products ([`SearchEngine::products_page`]).
 #[derive(Debug, Clone)]
 pub struct ProductPage {
-    pub products: Vec<Product>,
+    pub products: Vec<ListedProduct>,
     /// The token that asks for the next page; `None` after the last.
     pub next: Option<String>,
     /// How many products match the listing's filter, on every page.

@@ -5,7 +5,7 @@ use anyhow::{Context, Result};
 use sha2::Digest as _;
 
 use super::rank::{collection_product, is_patterned, payload_colour};
-use super::{map_product, FacetCount, ProductPage, SearchEngine, SearchError};
+use super::{map_product, FacetCount, ListedProduct, ProductPage, SearchEngine, SearchError};
 use crate::catalog::{IndexedChange, SqliteCatalog};
 use crate::colour::{self, ColourDescriptor};
 use crate::index::qdrant::{collection_key, is_point_id, QdrantIndex, StoredProduct};
@@ -107,7 +107,7 @@ impl SearchEngine {
     /// the catalog, where other servers following it take it up, and to the Qdrant collection
     /// when that is the store (there alone for a product added through a server without the
     /// catalog). Returns the product as it is now, `None` for an unknown id.
-    pub fn patch_product(&self, id: &str, patch: &MetadataPatch) -> Result<Option<Product>, SearchError> {
+    pub fn patch_product(&self, id: &str, patch: &MetadataPatch) -> Result<Option<ListedProduct>, SearchError> {
         // A patch that leaves a product naming no colour names the one its photo has, from the
         // descriptor the copy being patched holds (the collection's may differ from the catalog's).
         let in_collection = |stored: &StoredProduct| {
@@ -117,7 +117,8 @@ impl SearchEngine {
         if self.catalog.is_none() {
             // In the collection the description names now (see `add_product`).
             self.follow_collection_description()?;
-            return Ok(self.collection_mut(|c| c.patch_product(id, in_collection, true))?.map(collection_product));
+            let shown = self.collection_mut(|c| c.patch_product(id, in_collection, true))?;
+            return Ok(shown.map(|stored| self.listed_from_collection(stored)).transpose()?);
         }
         let mut catalog = self.lock_catalog()?;
         let Some(mut product) = catalog.get_by_id(id)? else {
@@ -125,7 +126,8 @@ impl SearchEngine {
             if self.read_index()?.collection().is_none() {
                 return Ok(None);
             }
-            return Ok(self.collection_mut(|c| c.patch_product(id, in_collection, false))?.map(collection_product));
+            let shown = self.collection_mut(|c| c.patch_product(id, in_collection, false))?;
+            return Ok(shown.map(|stored| self.listed_from_collection(stored)).transpose()?);
         };
         let descriptor = self.read_colours()?.descriptor(product.key).copied();
         let metadata = patch.naming_a_colour(&product.metadata, descriptor.map(|d| d.name())).apply(&product.metadata);
@@ -145,8 +147,8 @@ impl SearchEngine {
             self.write_colours()?.put(product.key, descriptor, Product::named_colour(&metadata));
             self.write_kinds()?.put(product.key, &metadata);
         }
-        product.metadata = shown.map_or(metadata, |shown| shown.metadata);
-        Ok(Some(product))
+        product.metadata = shown.as_ref().map_or(metadata, |shown| shown.metadata.clone());
+        Ok(Some(self.listed(product, shown.as_ref())?))
     }
 
     /// Runs `f` on the Qdrant collection (an error when the store is embedded).
@@ -166,32 +168,46 @@ impl SearchEngine {
         catalog_page(&*self.lock_catalog()?, filter, from, limit)
     }
 
-    /// A product by its id. With a Qdrant collection as the store, the collection says whether
-    /// it exists and what its metadata is, as searches show it (any server may have added,
-    /// changed or removed it there); the catalog's row is preferred where there is one, for its
-    /// photo.
-    pub fn product(&self, id: &str) -> Result<Option<Product>> {
+    /// A product by its id, with its colours as search hits carry them. With a Qdrant
+    /// collection as the store, the collection says whether it exists and what its metadata
+    /// is, as searches show it (any server may have added, changed or removed it there); the
+    /// catalog's row is preferred where there is one, for its photo. One read of the point.
+    pub fn product(&self, id: &str) -> Result<Option<ListedProduct>> {
         let in_collection = match self.read_index()?.collection() {
-            Some(collection) => Some(collection.product(id)?.map(|(stored, _)| collection_product(stored))),
+            Some(collection) => match collection.product(id)? {
+                Some((stored, _)) => Some(stored),
+                None => return Ok(None),
+            },
             None => None,
         };
-        if in_collection == Some(None) {
-            return Ok(None);
-        }
         if self.catalog.is_some() {
             if let Some(mut product) = self.with_catalog(|c| c.get_by_id(id))? {
-                if let Some(Some(shown)) = in_collection {
-                    product.metadata = shown.metadata;
+                if let Some(shown) = &in_collection {
+                    product.metadata = shown.metadata.clone();
                 }
-                return Ok(Some(product));
+                return self.listed(product, in_collection.as_ref()).map(Some);
             }
         }
-        Ok(in_collection.flatten())
+        in_collection.map(|stored| self.listed_from_collection(stored)).transpose()
+    }
+
+    /// A product known from a collection's payload, with its colours.
+    fn listed_from_collection(&self, stored: StoredProduct) -> Result<ListedProduct> {
+        let colour = payload_colour(&stored);
+        let product = collection_product(stored);
+        Ok(ListedProduct { colour_mix: self.colour_mix(&product, colour.as_ref())?, product })
+    }
+
+    /// `product` with its colours: `stored` is its point's payload where it was read.
+    fn listed(&self, product: Product, stored: Option<&StoredProduct>) -> Result<ListedProduct> {
+        let colour = stored.and_then(payload_colour);
+        Ok(ListedProduct { colour_mix: self.colour_mix(&product, colour.as_ref())?, product })
     }
 
     /// A patterned product's (named colour [`colour::MULTI`]) main colours in its photo,
-    /// largest share first, as search hits carry them; empty for the rest.
-    pub fn colour_mix(&self, product: &Product) -> Result<Vec<(&'static str, f32)>> {
+    /// largest share first, as search hits carry them; empty for the rest. From the catalog's
+    /// colour table, else the descriptor its point's payload carries (`payload`).
+    fn colour_mix(&self, product: &Product, payload: Option<&ColourDescriptor>) -> Result<Vec<(&'static str, f32)>> {
         if !is_patterned(product) {
             return Ok(Vec::new());
         }
@@ -200,12 +216,7 @@ impl SearchEngine {
                 return Ok(descriptor.main_colours());
             }
         }
-        let store = self.read_index()?;
-        let stored = match store.collection() {
-            Some(collection) => collection.product(&product.id)?.map(|(stored, _)| stored),
-            None => None,
-        };
-        Ok(stored.as_ref().and_then(payload_colour).map(|d| d.main_colours()).unwrap_or_default())
+        Ok(payload.map(ColourDescriptor::main_colours).unwrap_or_default())
     }
 
     /// A product's photo: stored in the catalog, the file recorded at import, or (for a
@@ -259,7 +270,16 @@ pub fn catalog_page(catalog: &SqliteCatalog, filter: &Filter, from: Option<&str>
         }
         false => None,
     };
-    Ok(ProductPage { products, next, total: catalog.count_matching(filter)? })
+    // A patterned product's colours from its stored descriptor: one read for each of those.
+    let mut listed = Vec::with_capacity(products.len());
+    for product in products {
+        let colour_mix = match is_patterned(&product) {
+            true => catalog.colour(product.key)?.and_then(|values| ColourDescriptor::from_values(&values).ok()).map(|d| d.main_colours()).unwrap_or_default(),
+            false => Vec::new(),
+        };
+        listed.push(ListedProduct { product, colour_mix });
+    }
+    Ok(ProductPage { products: listed, next, total: catalog.count_matching(filter)? })
 }
 
 /// One page of a Qdrant collection's products matching `filter` (those every server added
@@ -269,7 +289,19 @@ pub fn collection_page(collection: &QdrantIndex, filter: &Filter, from: Option<&
         return Err(bad_page_token(token));
     }
     let (products, next) = collection.products_page(filter, from, limit)?;
-    Ok(ProductPage { products: products.into_iter().map(collection_product).collect(), next, total: collection.count_matching(filter)? })
+    let listed = products
+        .into_iter()
+        .map(|stored| {
+            let colour = payload_colour(&stored);
+            let product = collection_product(stored);
+            let colour_mix = match is_patterned(&product) {
+                true => colour.map(|d| d.main_colours()).unwrap_or_default(),
+                false => Vec::new(),
+            };
+            ListedProduct { product, colour_mix }
+        })
+        .collect();
+    Ok(ProductPage { products: listed, next, total: collection.count_matching(filter)? })
 }
 
 fn bad_page_token(token: &str) -> SearchError {

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::likeness::Likeness;
-use crate::search::{ItemResults, ProductPage, RankedProduct, SearchResults, Timings};
+use crate::search::{ItemResults, ListedProduct, ProductPage, RankedProduct, SearchResults, Timings};
 use crate::types::{check_column_name, Detection, MetadataPatch, Product};
 
 /// A product and all its metadata.
@@ -75,6 +75,12 @@ impl From<&Product> for ProductBody {
             image_url: image_url(&p.id),
             colour_mix: Vec::new(),
         }
+    }
+}
+
+impl From<&ListedProduct> for ProductBody {
+    fn from(listed: &ListedProduct) -> Self {
+        ProductBody::from(&listed.product).with_colour_mix(&listed.colour_mix)
     }
 }
 

@@ -74,18 +74,13 @@ pub async fn list_products(State(state): Shared, Query(params): Query<Vec<(Strin
 )]
 pub async fn get_product(State(state): Shared, Path(id): Path<String>) -> Result<Json<ProductBody>, ApiError> {
     let engine = state.engine.clone();
-    let (product, mix) = blocking(move || {
-        let product = engine.product(&id)?.ok_or_else(|| ApiError::NotFound(format!("no product with id {id:?}")))?;
-        let mix = engine.colour_mix(&product)?;
-        Ok((product, mix))
-    })
-    .await?;
-    Ok(Json(ProductBody::from(&product).with_colour_mix(&mix)))
+    let product = blocking(move || engine.product(&id)?.ok_or_else(|| ApiError::NotFound(format!("no product with id {id:?}")))).await?;
+    Ok(Json(ProductBody::from(&product)))
 }
 
 async fn find_product(state: &Arc<AppState>, id: String) -> Result<Product, ApiError> {
     let engine = state.engine.clone();
-    blocking(move || engine.product(&id)?.ok_or_else(|| ApiError::NotFound(format!("no product with id {id:?}")))).await
+    blocking(move || Ok(engine.product(&id)?.ok_or_else(|| ApiError::NotFound(format!("no product with id {id:?}")))?.product)).await
 }
 
 /// A product's photo: the bytes stored in the catalog, or the file recorded at import.
@@ -198,7 +193,7 @@ pub async fn add_product(State(state): Shared, _admin: AdminToken, UploadForm(mu
     })
     .await?
     .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("the product just stored cannot be read back")))?;
-    tracing::info!(id = %stored.id, "product added");
+    tracing::info!(id = %stored.product.id, "product added");
     Ok((StatusCode::CREATED, Json(ProductBody::from(&stored))))
 }
 
@@ -231,17 +226,13 @@ pub async fn patch_product(
     let Json(body) = body?;
     let patch = MetadataPatch::try_from(body).map_err(ApiError::BadParameters)?;
     let engine = state.engine.clone();
-    let (patched, mix) = blocking({
+    let patched = blocking({
         let id = id.clone();
-        move || {
-            let patched = engine.patch_product(&id, &patch)?.ok_or_else(|| ApiError::NotFound(format!("no product with id {id:?}")))?;
-            let mix = engine.colour_mix(&patched)?;
-            Ok((patched, mix))
-        }
+        move || engine.patch_product(&id, &patch)?.ok_or_else(|| ApiError::NotFound(format!("no product with id {id:?}")))
     })
     .await?;
     tracing::info!(id = %id, "product metadata changed");
-    Ok(Json(ProductBody::from(&patched).with_colour_mix(&mix)))
+    Ok(Json(ProductBody::from(&patched)))
 }
 
 /// Removes a product; gone from search results as soon as this returns. Needs the admin token.

@@ -38,6 +38,20 @@ fn painted(grey: &GrayImage, colour: [u8; 3], side: u32) -> Vec<u8> {
     png
 }
 
+/// The garment painted red above its middle and blue below, `side` pixels square: a
+/// patterned (`Multi`) photo of two colours.
+fn two_tone(side: u32) -> Vec<u8> {
+    let mut halves = image::load_from_memory(&painted(&garment(), rgb_of("Red"), side)).expect("png").to_rgb8();
+    for (_, y, pixel) in halves.enumerate_pixels_mut() {
+        if y >= side / 2 && pixel.0.iter().any(|&c| c < 200) {
+            pixel.0 = rgb_of("Blue");
+        }
+    }
+    let mut png = Vec::new();
+    halves.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png).expect("png");
+    png
+}
+
 fn garment() -> GrayImage {
     FashionMnist::load(&fm_dir(), "test").expect("test split").image(GARMENT).expect("image")
 }
@@ -142,15 +156,7 @@ fn a_shops_colour_column_wins_over_the_computed_name() {
     assert_eq!(added["colour"], "Red", "{added}");
     assert_eq!(added["metadata"]["colour"], "Red");
     // A patterned product's answer names its main colours, as its `GET` does.
-    let mut halves = image::load_from_memory(&painted(&garment(), rgb_of("Red"), 112)).expect("png").to_rgb8();
-    for (_, y, pixel) in halves.enumerate_pixels_mut() {
-        if y >= 56 && pixel.0.iter().any(|&c| c < 200) {
-            pixel.0 = rgb_of("Blue");
-        }
-    }
-    let mut png = Vec::new();
-    halves.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png).expect("png");
-    let added = ok_json(add(common::photo_form(png, &[("id", "two-tone")])));
+    let added = ok_json(add(common::photo_form(two_tone(112), &[("id", "two-tone")])));
     let mix: Vec<&str> = added["colour_mix"].as_array().map(|m| m.iter().filter_map(|c| c["name"].as_str()).collect()).unwrap_or_default();
     assert!(added["colour"] == "Multi" && mix.contains(&"Red") && mix.contains(&"Blue"), "{added}");
     let own = ok_json(common::client().get(server.url("/api/products/two-tone")).send().expect("get"));
@@ -210,15 +216,7 @@ fn the_api_returns_the_query_colour_and_refuses_a_bad_colour() {
     let plain = ok_json(common::client().get(server.url("/api/products?filter=baseColour%3DRed&limit=5")).send().expect("list"));
     assert!(plain["products"].as_array().is_some_and(|p| !p.is_empty() && p.iter().all(|p| p.get("colour_mix").is_none())), "{plain}");
     // A patterned photo: its colour is Multi, with its main colours for the swatch beside it.
-    let mut halves = image::load_from_memory(&painted(&garment(), rgb_of("Red"), 160)).expect("png").to_rgb8();
-    for (_, y, pixel) in halves.enumerate_pixels_mut() {
-        if y >= 80 && pixel.0.iter().any(|&c| c < 200) {
-            pixel.0 = rgb_of("Blue");
-        }
-    }
-    let mut png = Vec::new();
-    halves.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png).expect("png");
-    let two_tone = ok_json(search_photo(&server, png, &[("k", "1")]));
+    let two_tone = ok_json(search_photo(&server, two_tone(160), &[("k", "1")]));
     let mix: Vec<&str> = two_tone["query_colour"]["mix"].as_array().map(|m| m.iter().filter_map(|c| c["name"].as_str()).collect()).unwrap_or_default();
     assert!(two_tone["query_colour"]["name"] == "Multi" && mix.contains(&"Red") && mix.contains(&"Blue"), "{}", two_tone["query_colour"]);
 

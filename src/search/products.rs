@@ -110,10 +110,7 @@ impl SearchEngine {
     pub fn patch_product(&self, id: &str, patch: &MetadataPatch) -> Result<Option<ListedProduct>, SearchError> {
         // A patch that leaves a product naming no colour names the one its photo has, from the
         // descriptor the copy being patched holds (the collection's may differ from the catalog's).
-        let in_collection = |stored: &StoredProduct| {
-            let computed = stored.colour.as_deref().and_then(|values| ColourDescriptor::from_values(values).ok()).map(|d| d.name());
-            patch.naming_a_colour(&stored.metadata, computed)
-        };
+        let in_collection = |stored: &StoredProduct| patch.naming_a_colour(&stored.metadata, payload_colour(stored).map(|d| d.name()));
         if self.catalog.is_none() {
             // In the collection the description names now (see `add_product`).
             self.follow_collection_description()?;
@@ -148,7 +145,7 @@ impl SearchEngine {
             self.write_kinds()?.put(product.key, &metadata);
         }
         product.metadata = shown.as_ref().map_or(metadata, |shown| shown.metadata.clone());
-        Ok(Some(self.listed(product, shown.as_ref())?))
+        Ok(Some(self.listed(product, shown.as_ref().and_then(payload_colour))?))
     }
 
     /// Runs `f` on the Qdrant collection (an error when the store is embedded).
@@ -185,7 +182,7 @@ impl SearchEngine {
                 if let Some(shown) = &in_collection {
                     product.metadata = shown.metadata.clone();
                 }
-                return self.listed(product, in_collection.as_ref()).map(Some);
+                return self.listed(product, in_collection.as_ref().and_then(payload_colour)).map(Some);
             }
         }
         in_collection.map(|stored| self.listed_from_collection(stored)).transpose()
@@ -193,30 +190,21 @@ impl SearchEngine {
 
     /// A product known from a collection's payload, with its colours.
     fn listed_from_collection(&self, stored: StoredProduct) -> Result<ListedProduct> {
-        let colour = payload_colour(&stored);
-        let product = collection_product(stored);
-        Ok(ListedProduct { colour_mix: self.colour_mix(&product, colour.as_ref())?, product })
+        let payload = payload_colour(&stored);
+        self.listed(collection_product(stored), payload)
     }
 
-    /// `product` with its colours: `stored` is its point's payload where it was read.
-    fn listed(&self, product: Product, stored: Option<&StoredProduct>) -> Result<ListedProduct> {
-        let colour = stored.and_then(payload_colour);
-        Ok(ListedProduct { colour_mix: self.colour_mix(&product, colour.as_ref())?, product })
-    }
-
-    /// A patterned product's (named colour [`colour::MULTI`]) main colours in its photo,
-    /// largest share first, as search hits carry them; empty for the rest. From the catalog's
-    /// colour table, else the descriptor its point's payload carries (`payload`).
-    fn colour_mix(&self, product: &Product, payload: Option<&ColourDescriptor>) -> Result<Vec<(&'static str, f32)>> {
-        if !is_patterned(product) {
-            return Ok(Vec::new());
-        }
-        if self.catalog.is_some() {
-            if let Some(descriptor) = self.read_colours()?.descriptor(product.key) {
-                return Ok(descriptor.main_colours());
-            }
-        }
-        Ok(payload.map(ColourDescriptor::main_colours).unwrap_or_default())
+    /// `product` with its colours: from the catalog's colour table, else the descriptor its
+    /// point's payload carries (`payload`, where it was read).
+    fn listed(&self, product: Product, payload: Option<ColourDescriptor>) -> Result<ListedProduct> {
+        let colour_mix = patterned_mix(&product, || {
+            let in_table = match self.catalog.is_some() {
+                true => self.read_colours()?.descriptor(product.key).copied(),
+                false => None,
+            };
+            Ok(in_table.or(payload))
+        })?;
+        Ok(ListedProduct { product, colour_mix })
     }
 
     /// A product's photo: stored in the catalog, the file recorded at import, or (for a
@@ -273,10 +261,7 @@ pub fn catalog_page(catalog: &SqliteCatalog, filter: &Filter, from: Option<&str>
     // A patterned product's colours from its stored descriptor: one read for each of those.
     let mut listed = Vec::with_capacity(products.len());
     for product in products {
-        let colour_mix = match is_patterned(&product) {
-            true => catalog.colour(product.key)?.and_then(|values| ColourDescriptor::from_values(&values).ok()).map(|d| d.main_colours()).unwrap_or_default(),
-            false => Vec::new(),
-        };
+        let colour_mix = patterned_mix(&product, || Ok(catalog.colour(product.key)?.and_then(|values| ColourDescriptor::from_values(&values).ok())))?;
         listed.push(ListedProduct { product, colour_mix });
     }
     Ok(ProductPage { products: listed, next, total: catalog.count_matching(filter)? })
@@ -289,19 +274,23 @@ pub fn collection_page(collection: &QdrantIndex, filter: &Filter, from: Option<&
         return Err(bad_page_token(token));
     }
     let (products, next) = collection.products_page(filter, from, limit)?;
-    let listed = products
-        .into_iter()
-        .map(|stored| {
-            let colour = payload_colour(&stored);
-            let product = collection_product(stored);
-            let colour_mix = match is_patterned(&product) {
-                true => colour.map(|d| d.main_colours()).unwrap_or_default(),
-                false => Vec::new(),
-            };
-            ListedProduct { product, colour_mix }
-        })
-        .collect();
+    let mut listed = Vec::with_capacity(products.len());
+    for stored in products {
+        let payload = payload_colour(&stored);
+        let product = collection_product(stored);
+        listed.push(ListedProduct { colour_mix: patterned_mix(&product, || Ok(payload))?, product });
+    }
     Ok(ProductPage { products: listed, next, total: collection.count_matching(filter)? })
+}
+
+/// A patterned product's (named colour [`colour::MULTI`]) main colours in its photo, largest
+/// share first, as search hits carry them, from its colour descriptor (read only for those);
+/// empty for the rest.
+fn patterned_mix(product: &Product, descriptor: impl FnOnce() -> Result<Option<ColourDescriptor>>) -> Result<Vec<(&'static str, f32)>> {
+    match is_patterned(product) {
+        true => Ok(descriptor()?.map(|d| d.main_colours()).unwrap_or_default()),
+        false => Ok(Vec::new()),
+    }
 }
 
 fn bad_page_token(token: &str) -> SearchError {

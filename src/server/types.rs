@@ -47,7 +47,7 @@ pub struct ColourShareBody {
 }
 
 impl ProductBody {
-    /// With a patterned product's main colours ([`crate::search::SearchEngine::colour_mix`]).
+    /// With a patterned product's main colours ([`crate::search::ListedProduct::colour_mix`]).
     pub fn with_colour_mix(mut self, mix: &[(&'static str, f32)]) -> ProductBody {
         self.colour_mix = colour_shares(mix);
         self

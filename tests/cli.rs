@@ -301,6 +301,10 @@ fn kaggle_layout_with_dirty_rows() {
     assert!(stderr.contains("1005"), "missing image reported: {stderr}");
     assert!(stderr.contains("1006"), "unreadable image reported: {stderr}");
     assert!(ok(&["info", "--db", path(&db)]).contains("products: 3"));
+    // Painting is for Fashion-MNIST: refused with a shop's folder, not silently ignored.
+    let out = lookalike(&["index", "--db", path(&db), "--kaggle", path(&shop), "--colourise", "7"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("--colourise") && stderr.contains("cannot be used with"), "{stderr}");
 
     let out = json(&ok(&["search", "--db", path(&db), path(&shop.join("images/1002.jpg")), "-k", "3", "--json"]));
     let top = &out["hits"][0];
@@ -606,6 +610,79 @@ fn eval_reports_all_three_methods_or_the_rows_asked_for() {
         use std::os::unix::fs::PermissionsExt;
         let mode = |p: &std::path::Path| std::fs::metadata(p).expect("metadata").permissions().mode() & 0o777;
         assert_eq!(mode(&per_query), mode(&dir.path().join("a-file")), "the per-query file's mode is the umask's");
+    }
+}
+
+/// A shop measures quality on its own labelled photos: a folder in the catalog layout
+/// (`styles.csv` + `images/`). Here the folder holds the very Fashion-MNIST test photos an
+/// `eval --fashion-mnist` run drew, as PNG files under their own ids: every query must then
+/// find exactly what it found there, so the folder's photos, labels and ids are read right.
+/// What the folder cannot give (a photo that does not decode, a row without a label, a label
+/// no product has) is said, and the rest is measured.
+#[test]
+fn eval_measures_a_shops_own_labelled_photos() {
+    let fm_path = fm_dir();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let from_fm = dir.path().join("fm.jsonl");
+    let reference = json(&ok(&eval_args(shared_catalog(), &fm_path, &["--queries", "20", "--seed", "5", "--methods", "lookalike", "--per-query", path(&from_fm), "--json"])));
+    let lines =
+        |file: &Path| -> Vec<serde_json::Value> { std::fs::read_to_string(file).expect("per-query file").lines().map(|l| serde_json::from_str(l).expect("JSON line")).collect() };
+    let drawn = lines(&from_fm);
+
+    let shop = dir.path().join("shopper-photos");
+    std::fs::create_dir_all(shop.join("images")).expect("mkdir");
+    let fm = FashionMnist::load(&fm_path, "test").expect("test split");
+    let mut csv = String::from("id,articleType,gender\n");
+    for line in &drawn {
+        let id = line["query"].as_str().expect("query id");
+        let i: usize = id.trim_start_matches("fmnist-test-").parse().expect("index in the split");
+        fm.image(i).expect("image").save(shop.join("images").join(format!("{id}.png"))).expect("png");
+        csv.push_str(&format!("{id},{},Women\n", fm.class_name(i)));
+    }
+    // Left out, each said: a file that is no photo, a row without a label; measured but said:
+    // a label no product of the catalog has.
+    std::fs::write(shop.join("images/broken.png"), b"not a photo").expect("write");
+    csv.push_str("broken,Sneaker,Women\n");
+    std::fs::write(shop.join("images/unlabelled.png"), std::fs::read(shop.join("images").join(format!("{}.png", drawn[0]["query"].as_str().expect("id")))).expect("read"))
+        .expect("write");
+    csv.push_str("unlabelled,,Women\n");
+    std::fs::write(shop.join("styles.csv"), &csv).expect("csv");
+
+    let from_folder = dir.path().join("folder.jsonl");
+    let args = ["eval", "--db", path(shared_catalog()), "--query-photos", path(&shop), "--methods", "lookalike", "--per-query", path(&from_folder), "--json"];
+    let out = lookalike(&args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("1 photos could not be read") && stderr.contains("broken"), "{stderr}");
+    assert!(stderr.contains("1 photos have no articleType") && stderr.contains("unlabelled"), "{stderr}");
+    let report = json(&String::from_utf8_lossy(&out.stdout));
+    assert_eq!(report["queries"], 20, "{report}");
+    assert_eq!(report["queries_from"], path(&shop));
+    let by_id = |lines: Vec<serde_json::Value>| -> std::collections::BTreeMap<String, serde_json::Value> {
+        lines.into_iter().map(|l| (l["query"].as_str().expect("id").to_string(), l)).collect()
+    };
+    assert_eq!(by_id(lines(&from_folder)), by_id(drawn.clone()), "each photo finds what it found as a Fashion-MNIST query");
+    let p10 = |r: &serde_json::Value| r["methods"]["lookalike"]["precision_at_10"].as_f64().expect("P@10");
+    assert!((p10(&report) - p10(&reference)).abs() < 1e-9, "{report}\n{reference}");
+
+    // A label no product of the catalog has (a typo, another naming): the run says so rather
+    // than reporting that photo's zeros silently.
+    let first = drawn[0]["query"].as_str().expect("id");
+    let renamed: String = csv.lines().map(|line| if line.starts_with(&format!("{first},")) { format!("{first},Kaftan,Women\n") } else { format!("{line}\n") }).collect();
+    std::fs::write(shop.join("styles.csv"), renamed).expect("csv");
+    let out = lookalike(&["eval", "--db", path(shared_catalog()), "--query-photos", path(&shop), "--methods", "lookalike"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && stderr.contains("1 of 20 queries have a label no catalog product has (\"Kaftan\")"), "{stderr}");
+    // One source of queries: both, or neither, is refused; painting is for Fashion-MNIST.
+    let db = path(shared_catalog());
+    for args in [
+        vec!["eval", "--db", db, "--query-photos", path(&shop), "--fashion-mnist", "test"],
+        vec!["eval", "--db", db],
+        vec!["eval", "--db", db, "--query-photos", path(&shop), "--colourise", "7"],
+    ] {
+        let out = lookalike(&args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && (stderr.contains("--fashion-mnist") || stderr.contains("cannot be used with")), "{args:?}: {stderr}");
     }
 }
 

@@ -20,10 +20,15 @@ pub struct EvalArgs {
     #[command(flatten)]
     pub db: DbArgs,
     /// Fashion-MNIST split to draw labelled queries from (test: held out from a train catalog).
-    #[arg(long, value_name = "SPLIT")]
-    pub fashion_mnist: String,
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "SPLIT", required_unless_present = "query_photos", conflicts_with = "query_photos")]
+    pub fashion_mnist: Option<String>,
+    #[arg(long, value_name = "DIR", requires = "fashion_mnist", conflicts_with = "query_photos")]
     pub fashion_mnist_dir: Option<PathBuf>,
+    /// Or draw them from the shop's own labelled photos: a folder in the catalog layout
+    /// (`styles.csv` + `images/ID.jpg`, as `index --kaggle` reads), each photo labelled by its
+    /// row's --label columns: shopper photos, or catalog shots held out of the catalog.
+    #[arg(long, value_name = "DIR")]
+    pub query_photos: Option<PathBuf>,
     /// Number of queries, stratified by label.
     #[arg(long, default_value_t = 2000)]
     pub queries: usize,
@@ -35,7 +40,9 @@ pub struct EvalArgs {
     pub label: String,
     /// Paint each query in a named colour with this seed, as `index --colourise` paints the
     /// catalog (the colour benchmark; combinable with --perturb).
-    #[arg(long, value_name = "SEED")]
+    // (`requires` alone is not enough: clap drops a requirement on an argument that conflicts
+    // with one given.)
+    #[arg(long, value_name = "SEED", requires = "fashion_mnist", conflicts_with = "query_photos")]
     pub colourise: Option<u64>,
     /// How the lookalike rows treat colour, as search's --colour: match, any or a colour
     /// name. With match or a name, `lookalike_any` reports the same search by shape only.
@@ -101,33 +108,21 @@ pub fn run(args: EvalArgs) -> Result<()> {
     let assets = Assets::from_env();
     let catalog = SqliteCatalog::open_existing(&args.db.db)?;
     let encoder = load_encoder(&assets, &catalog, &args.model)?;
-    let split = FashionMnist::load(&fashion_mnist_dir(&assets, &args.fashion_mnist_dir)?, &args.fashion_mnist)?;
-    let labels: Vec<String> = (0..split.len()).map(|i| split.class_name(i).to_string()).collect();
-    let picked = eval::stratified_sample(&labels, args.queries.min(split.len()), args.seed);
-    // Each query's label: the values of --label's columns that Fashion-MNIST knows.
-    let columns: Vec<&str> = args.label.split(',').map(str::trim).collect();
-    let label_of = |i: usize| -> Result<String> {
-        let values = columns
-            .iter()
-            .map(|column| match *column {
-                "articleType" => Ok(labels[i].clone()),
-                "baseColour" => match args.colourise {
-                    Some(seed) => Ok(split.colourised(i, seed)?.1.to_string()),
-                    None => bail!("--label baseColour needs --colourise SEED: Fashion-MNIST queries have no colour of their own"),
-                },
-                other => bail!("Fashion-MNIST queries have no {other:?} column: label by articleType (and baseColour with --colourise)"),
-            })
-            .collect::<Result<Vec<_>>>()?;
-        Ok(values.join(eval::LABEL_SEPARATOR))
+    let queries = match (&args.fashion_mnist, &args.query_photos) {
+        (_, Some(dir)) => photo_folder_queries(&args, dir, &encoder.spec().input)?,
+        (Some(split), None) => fashion_mnist_queries(&args, &assets, split)?,
+        (None, None) => bail!("give the queries: --fashion-mnist SPLIT or --query-photos DIR"),
     };
     if !(0.0..=100.0).contains(&args.colour_weight) {
         bail!("--colour-weight must be between 0 and 100, not {}", args.colour_weight);
     }
-    let queries =
-        picked.into_iter().map(|i| Ok(LabelledQuery { id: split.product_id(i), image: split.photo(i, args.colourise)?, label: label_of(i)? })).collect::<Result<Vec<_>>>()?;
     eprintln!("evaluating {} queries against {} products ({})", queries.len(), catalog.len()?, encoder.spec().name);
     let options = eval::EvalOptions {
         label: args.label.clone(),
+        queries_from: match (&args.query_photos, &args.fashion_mnist) {
+            (Some(dir), _) => dir.display().to_string(),
+            (None, split) => format!("Fashion-MNIST {}", split.as_deref().unwrap_or("")),
+        },
         seed: args.seed,
         perturb: args.perturb,
         store: args.store.qdrant(&args.db.db)?,
@@ -158,4 +153,55 @@ pub fn run(args: EvalArgs) -> Result<()> {
         println!("{}", report.table());
     }
     Ok(())
+}
+
+/// A stratified sample of a Fashion-MNIST split, labelled by the columns of --label that
+/// Fashion-MNIST knows.
+fn fashion_mnist_queries(args: &EvalArgs, assets: &Assets, split: &str) -> Result<Vec<LabelledQuery>> {
+    let split = FashionMnist::load(&fashion_mnist_dir(assets, &args.fashion_mnist_dir)?, split)?;
+    let labels: Vec<String> = (0..split.len()).map(|i| split.class_name(i).to_string()).collect();
+    let picked = eval::stratified_sample(&labels, args.queries.min(split.len()), args.seed);
+    let columns: Vec<&str> = args.label.split(',').map(str::trim).collect();
+    let label_of = |i: usize| -> Result<String> {
+        let values = columns
+            .iter()
+            .map(|column| match *column {
+                "articleType" => Ok(labels[i].clone()),
+                "baseColour" => match args.colourise {
+                    Some(seed) => Ok(split.colourised(i, seed)?.1.to_string()),
+                    None => bail!("--label baseColour needs --colourise SEED: Fashion-MNIST queries have no colour of their own"),
+                },
+                other => bail!("Fashion-MNIST queries have no {other:?} column: label by articleType (and baseColour with --colourise)"),
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(values.join(eval::LABEL_SEPARATOR))
+    };
+    picked.into_iter().map(|i| Ok(LabelledQuery { id: split.product_id(i), image: split.photo(i, args.colourise)?, label: label_of(i)? })).collect()
+}
+
+/// A stratified sample of the shop's own labelled photos; what the folder left out is said,
+/// as `index` says what it skipped.
+fn photo_folder_queries(args: &EvalArgs, dir: &std::path::Path, input: &lookalike::model::InputSpec) -> Result<Vec<LabelledQuery>> {
+    let folder = eval::read_query_folder(dir, &args.label, args.queries, args.seed, input)?;
+    let listed = |ids: &mut dyn Iterator<Item = &str>| {
+        let ids: Vec<&str> = ids.collect();
+        let more = if ids.len() > 5 { ", ..." } else { "" };
+        format!("{}{more}", ids.iter().take(5).copied().collect::<Vec<_>>().join(", "))
+    };
+    let rows = &folder.rows;
+    if !rows.missing_images.is_empty() {
+        eprintln!("{} rows of styles.csv have no photo in images/: {}", rows.missing_images.len(), listed(&mut rows.missing_images.iter().map(String::as_str)));
+    }
+    if !rows.malformed.is_empty() {
+        let lines: Vec<String> = rows.malformed.iter().map(|(line, why)| format!("line {line}: {why}")).collect();
+        eprintln!("{} rows of styles.csv are malformed: {}", lines.len(), listed(&mut lines.iter().map(String::as_str)));
+    }
+    if !folder.unlabelled.is_empty() {
+        eprintln!("{} photos have no {} to judge them by, left out: {}", folder.unlabelled.len(), args.label, listed(&mut folder.unlabelled.iter().map(String::as_str)));
+    }
+    if !folder.unreadable.is_empty() {
+        let why: Vec<String> = folder.unreadable.iter().map(|(id, reason)| format!("{id} ({reason})")).collect();
+        eprintln!("{} photos could not be read, left out: {}", why.len(), listed(&mut why.iter().map(String::as_str)));
+    }
+    Ok(folder.queries)
 }

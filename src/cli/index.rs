@@ -37,7 +37,9 @@ pub struct IndexArgs {
     /// Fashion-MNIST only: paint each product in a named colour (one in five in two, as
     /// `Multi`), seeded, and label it `baseColour`: the colour benchmark (synthetic; see the
     /// README).
-    #[arg(long, value_name = "SEED", requires = "fashion_mnist")]
+    // `requires` alone is not enough: clap drops a requirement on an argument that conflicts
+    // with one given (the source group makes `--images` conflict with `--fashion-mnist`).
+    #[arg(long, value_name = "SEED", requires = "fashion_mnist", conflicts_with_all = ["kaggle", "images"])]
     pub colourise: Option<u64>,
     /// Model copy that encodes the photos: `fp32` (the model itself) or `int8` (a built-in
     /// model's int8 copy, calibrated on up to 200 of the photos imported and a shopper-style view

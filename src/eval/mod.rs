@@ -13,7 +13,8 @@
 //!
 //! This file runs the queries and keeps the tallies; `methods.rs` holds every row and how it
 //! ranks a photo, `exact.rs` and `scenes.rs` the re-photographed products (`--exact`) and the
-//! photos of several products (`--scenes`), `naming.rs` how well colours are named.
+//! photos of several products (`--scenes`), `naming.rs` how well colours are named, `queries.rs`
+//! a shop's own labelled photos as queries (`--query-photos`).
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -34,6 +35,7 @@ use crate::types::{ImageRef, Key};
 mod exact;
 mod methods;
 mod naming;
+mod queries;
 mod scenes;
 
 use exact::evaluate_exact;
@@ -44,6 +46,7 @@ use scenes::evaluate_scenes;
 pub use exact::{ExactRecall, ExactReport};
 pub use methods::{MethodSet, METHODS};
 pub use naming::ColourNamingReport;
+pub use queries::{read_query_folder, QueryFolder};
 pub use scenes::{iou, SceneReport, UnmatchedProducts};
 
 /// Cut-off of every ranked metric.
@@ -55,6 +58,7 @@ pub const LABEL_SEPARATOR: &str = " / ";
 
 /// A query image with its ground-truth label (several columns' values joined by
 /// [`LABEL_SEPARATOR`]).
+#[derive(Debug)]
 pub struct LabelledQuery {
     pub id: String,
     pub image: image::DynamicImage,
@@ -80,6 +84,8 @@ pub struct MethodReport {
 pub struct EvalReport {
     pub catalog_size: usize,
     pub queries: usize,
+    /// Where the queries came from ([`EvalOptions::queries_from`]).
+    pub queries_from: String,
     pub seed: u64,
     pub label: String,
     /// Whether queries were perturbed into shopper-like photos (see [`crate::perturb`]).
@@ -151,6 +157,8 @@ pub struct HitOutcome {
 pub struct EvalOptions {
     /// Metadata column deciding relevance.
     pub label: String,
+    /// Where the queries came from, as the report says it (`Fashion-MNIST test`, a folder).
+    pub queries_from: String,
     pub seed: u64,
     /// Perturb every query (seeded by `seed` and the query's position).
     pub perturb: bool,
@@ -179,19 +187,31 @@ pub struct EvalOptions {
 
 /// Picks `n` of `labels`' indices, the same number from each label (the first labels in sorted
 /// order take the remainder), shuffled with `seed`, so results are reproducible and no class
-/// dominates.
+/// dominates. A label with fewer members than its share gives them all, and the labels with
+/// more make up the rest in the same order, so that `n` are picked whenever there are `n` (a
+/// shop's photos are rarely balanced; a balanced set is drawn as before).
 pub fn stratified_sample(labels: &[String], n: usize, seed: u64) -> Vec<usize> {
     let mut by_label: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
     for (i, l) in labels.iter().enumerate() {
         by_label.entry(l).or_default().push(i);
     }
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let classes = by_label.len().max(1);
+    let sizes: Vec<usize> = by_label.values().map(Vec::len).collect();
+    let mut quotas: Vec<usize> = sizes.iter().enumerate().map(|(c, &size)| (n / classes + usize::from(c < n % classes)).min(size)).collect();
+    let mut short = n.min(labels.len()) - quotas.iter().sum::<usize>();
+    while short > 0 {
+        for (quota, &size) in quotas.iter_mut().zip(&sizes) {
+            if short > 0 && *quota < size {
+                *quota += 1;
+                short -= 1;
+            }
+        }
+    }
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let mut picked = Vec::with_capacity(n);
-    for (c, (_, mut members)) in by_label.into_iter().enumerate() {
-        let want = n / classes + usize::from(c < n % classes);
+    for ((_, mut members), quota) in by_label.into_iter().zip(quotas) {
         members.shuffle(&mut rng);
-        picked.extend(members.into_iter().take(want));
+        picked.extend(members.into_iter().take(quota));
     }
     picked.shuffle(&mut rng);
     picked
@@ -331,6 +351,20 @@ pub fn evaluate_each(
     for l in labels.values() {
         *per_label.entry(l.as_str()).or_default() += 1;
     }
+    // A query labelled with a value no product has (a typo, another naming) can find nothing
+    // relevant: its zeros are in every number below, so the run says so first.
+    let mut strangers: Vec<&str> = queries.iter().map(|q| q.label.as_str()).filter(|l| !per_label.contains_key(l)).collect();
+    if !strangers.is_empty() {
+        let count = strangers.len();
+        strangers.sort_unstable();
+        strangers.dedup();
+        tracing::warn!(
+            "{count} of {} queries have a label no catalog product has ({}{}): nothing can be relevant to them",
+            queries.len(),
+            strangers.iter().take(5).map(|l| format!("{l:?}")).collect::<Vec<_>>().join(", "),
+            if strangers.len() > 5 { ", ..." } else { "" }
+        );
+    }
 
     tracing::info!("loading vectors of {} products", products.len());
     // `lookalike` is what search uses: the tuned space when the catalog has a projection; the
@@ -447,6 +481,7 @@ pub fn evaluate_each(
     Ok(EvalReport {
         catalog_size: products.len(),
         queries: queries.len(),
+        queries_from: options.queries_from.clone(),
         seed: options.seed,
         label: label.to_string(),
         perturbed: options.perturb,
@@ -476,10 +511,11 @@ impl EvalReport {
     /// A markdown table, one row per method.
     pub fn table(&self) -> String {
         let mut out = format!(
-            "catalog: {} products, queries: {}{}, label: {}, seed: {}, tuned on: {}\n\n| method | P@1 | P@5 | P@10 | mAP@10 | kNN acc | latency median ms | p95 ms |\n|---|---|---|---|---|---|---|---|\n",
+            "catalog: {} products, queries: {}{} from {}, label: {}, seed: {}, tuned on: {}\n\n| method | P@1 | P@5 | P@10 | mAP@10 | kNN acc | latency median ms | p95 ms |\n|---|---|---|---|---|---|---|---|\n",
             self.catalog_size,
             self.queries,
             if self.perturbed { " (perturbed)" } else { "" },
+            self.queries_from,
             self.label,
             self.seed,
             self.tuned_on.as_deref().unwrap_or("-")
@@ -583,6 +619,17 @@ mod tests {
         }
         assert_eq!(counts.values().copied().collect::<Vec<_>>(), [3, 3, 2, 2]);
         assert_ne!(stratified_sample(&labels, 10, 8), a);
+
+        // Unbalanced: the rare label gives all it has, the others make up the rest.
+        let labels: Vec<String> = ["a"; 1].iter().chain(&["b"; 5]).chain(&["c"; 20]).map(|l| l.to_string()).collect();
+        let count = |picked: &[usize], label: &str| picked.iter().filter(|&&i| labels[i] == label).count();
+        let nine = stratified_sample(&labels, 9, 7);
+        assert_eq!((nine.len(), count(&nine, "a"), count(&nine, "b"), count(&nine, "c")), (9, 1, 4, 4));
+        let twelve = stratified_sample(&labels, 12, 7);
+        assert_eq!((twelve.len(), count(&twelve, "a"), count(&twelve, "b"), count(&twelve, "c")), (12, 1, 5, 6));
+        let mut all = stratified_sample(&labels, 100, 7);
+        all.sort_unstable();
+        assert_eq!(all, (0..labels.len()).collect::<Vec<_>>(), "more asked for than there are: all of them");
     }
 
     #[test]

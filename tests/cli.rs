@@ -618,7 +618,7 @@ fn eval_reports_all_three_methods_or_the_rows_asked_for() {
 /// `eval --fashion-mnist` run drew, as PNG files under their own ids: every query must then
 /// find exactly what it found there, so the folder's photos, labels and ids are read right.
 /// What the folder cannot give (a photo that does not decode, a row without a label, a label
-/// no product has) is said, and the rest is measured.
+/// no product has) is said, and the rest is measured. `--exact` needs no labelled query.
 #[test]
 fn eval_measures_a_shops_own_labelled_photos() {
     let fm_path = fm_dir();
@@ -673,6 +673,30 @@ fn eval_measures_a_shops_own_labelled_photos() {
     let out = lookalike(&["eval", "--db", path(shared_catalog()), "--query-photos", path(&shop), "--methods", "lookalike"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success() && stderr.contains("1 of 20 queries have a label no catalog product has (\"Kaftan\")"), "{stderr}");
+    // Re-photographed catalog products need no labelled query: `--exact` alone measures the
+    // same as beside queries, and in a catalog without labels too (a folder of photos).
+    let exact = |extra: &[&str]| {
+        let mut args = vec!["eval", "--db", path(shared_catalog()), "--exact", "6", "--methods", "lookalike", "--json"];
+        args.extend_from_slice(extra);
+        json(&ok(&args))
+    };
+    let alone = exact(&[]);
+    assert_eq!((alone["queries"].as_u64(), alone["methods"].as_object().map(|m| m.len())), (Some(0), Some(0)), "{alone}");
+    assert_eq!(alone["exact"]["products"], 6, "{alone}");
+    assert_eq!(alone["exact"], exact(&["--query-photos", path(&shop)])["exact"], "the same products, re-photographed alike");
+    let photos = dir.path().join("photos");
+    std::fs::create_dir_all(&photos).expect("mkdir");
+    for i in 0..3 {
+        fm.image(i).expect("image").save(photos.join(format!("p{i}.png"))).expect("png");
+    }
+    let unlabelled = dir.path().join("unlabelled.db");
+    ok(&["index", "--db", path(&unlabelled), "--images", path(&photos)]);
+    let report = json(&ok(&["eval", "--db", path(&unlabelled), "--exact", "3", "--methods", "lookalike", "--json"]));
+    assert_eq!(report["exact"]["products"], 3, "{report}");
+    // Three products: each is on the first page whatever its rank.
+    assert_eq!(report["exact"]["methods"]["lookalike"]["exact_recall_at_10"].as_f64(), Some(1.0), "{report}");
+    let out = lookalike(&["eval", "--db", path(&unlabelled), "--exact", "3", "--scenes", "2"]);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("--scenes"), "scenes need queries");
     // One source of queries: both, or neither, is refused; painting is for Fashion-MNIST.
     let db = path(shared_catalog());
     for args in [

@@ -20,7 +20,7 @@ pub struct EvalArgs {
     #[command(flatten)]
     pub db: DbArgs,
     /// Fashion-MNIST split to draw labelled queries from (test: held out from a train catalog).
-    #[arg(long, value_name = "SPLIT", required_unless_present = "query_photos", conflicts_with = "query_photos")]
+    #[arg(long, value_name = "SPLIT", conflicts_with = "query_photos")]
     pub fashion_mnist: Option<String>,
     #[arg(long, value_name = "DIR", requires = "fashion_mnist", conflicts_with = "query_photos")]
     pub fashion_mnist_dir: Option<PathBuf>,
@@ -85,7 +85,8 @@ pub struct EvalArgs {
     #[arg(long, default_value_t = 0, value_name = "N")]
     pub scenes: usize,
     /// Also re-photograph N catalog products (stratified by --label) as a shopper would and
-    /// measure how often each is found itself: at rank 1 and in the top 10.
+    /// measure how often each is found itself: at rank 1 and in the top 10. Alone (without
+    /// --fashion-mnist or --query-photos) it needs no label at all.
     #[arg(long, default_value_t = 0, value_name = "N")]
     pub exact: usize,
     #[command(flatten)]
@@ -111,17 +112,25 @@ pub fn run(args: EvalArgs) -> Result<()> {
     let queries = match (&args.fashion_mnist, &args.query_photos) {
         (_, Some(dir)) => photo_folder_queries(&args, dir, &encoder.spec().input)?,
         (Some(split), None) => fashion_mnist_queries(&args, &assets, split)?,
-        (None, None) => bail!("give the queries: --fashion-mnist SPLIT or --query-photos DIR"),
+        // Re-photographed catalog products alone: how often a shopper's photo of one is found.
+        (None, None) if args.exact > 0 => Vec::new(),
+        (None, None) => bail!(
+            "give the queries: --fashion-mnist SPLIT, --query-photos DIR (the shop's own labelled photos), or --exact N alone (N catalog products re-photographed, no labels needed)"
+        ),
     };
     if !(0.0..=100.0).contains(&args.colour_weight) {
         bail!("--colour-weight must be between 0 and 100, not {}", args.colour_weight);
     }
-    eprintln!("evaluating {} queries against {} products ({})", queries.len(), catalog.len()?, encoder.spec().name);
+    match queries.len() {
+        0 => eprintln!("re-photographing up to {} of {} products ({})", args.exact, catalog.len()?, encoder.spec().name),
+        n => eprintln!("evaluating {n} queries against {} products ({})", catalog.len()?, encoder.spec().name),
+    }
     let options = eval::EvalOptions {
         label: args.label.clone(),
         queries_from: match (&args.query_photos, &args.fashion_mnist) {
             (Some(dir), _) => dir.display().to_string(),
-            (None, split) => format!("Fashion-MNIST {}", split.as_deref().unwrap_or("")),
+            (None, Some(split)) => format!("Fashion-MNIST {split}"),
+            (None, None) => "none (--exact alone)".to_string(),
         },
         seed: args.seed,
         perturb: args.perturb,

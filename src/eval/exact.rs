@@ -27,15 +27,24 @@ pub struct ExactRecall {
     pub exact_recall_at_10: f64,
 }
 
-/// [`ExactReport`]: `n` catalog products (stratified by `label`, seeded) re-photographed by
-/// [`crate::perturb::perturb`] and searched with every method.
-pub(super) fn evaluate_exact(catalog: &SqliteCatalog, methods: &Methods, products: &[crate::types::Product], label: &str, n: usize, seed: u64) -> Result<ExactReport> {
-    let labelled: Vec<&crate::types::Product> = products.iter().filter(|p| p.metadata.contains_key(label)).collect();
-    let labels: Vec<String> = labelled.iter().map(|p| p.metadata[label].clone()).collect();
+/// [`ExactReport`]: `n` catalog products (stratified by the label `columns` give them, seeded)
+/// re-photographed by [`crate::perturb::perturb`] and searched with every method. Finding a
+/// product itself needs no label: in a catalog where none has the columns, the sample is drawn
+/// from all products alike.
+pub(super) fn evaluate_exact(catalog: &SqliteCatalog, methods: &Methods, products: &[crate::types::Product], columns: &[&str], n: usize, seed: u64) -> Result<ExactReport> {
+    let label_of = |p: &crate::types::Product| -> Option<String> {
+        let values: Option<Vec<&str>> = columns.iter().map(|c| p.metadata.get(*c).map(String::as_str)).collect();
+        values.map(|v| v.join(super::LABEL_SEPARATOR))
+    };
+    let mut labelled: Vec<(&crate::types::Product, String)> = products.iter().filter_map(|p| Some((p, label_of(p)?))).collect();
+    if labelled.is_empty() {
+        labelled = products.iter().map(|p| (p, String::new())).collect();
+    }
+    let labels: Vec<String> = labelled.iter().map(|(_, l)| l.clone()).collect();
     let picked = stratified_sample(&labels, n.min(labelled.len()), seed ^ 0x00E7_AC71);
     let mut found: BTreeMap<&'static str, (usize, usize)> = BTreeMap::new();
     for (i, &pick) in picked.iter().enumerate() {
-        let product = labelled[pick];
+        let product = labelled[pick].0;
         let image = catalog.decoded_image(product.key, &product.image)?;
         let mut rng = rand::rngs::StdRng::seed_from_u64((seed ^ 0x00E7_AC71).wrapping_mul(1_000_003).wrapping_add(i as u64));
         let photo = crate::perturb::perturb(&image, &mut rng);

@@ -328,8 +328,13 @@ pub fn evaluate_each(
     each_query: &mut dyn FnMut(&QueryOutcome<'_>) -> Result<()>,
 ) -> Result<EvalReport> {
     let label = options.label.as_str();
-    if queries.is_empty() {
+    // Without labelled queries, `--exact` alone still measures whether re-photographed products
+    // are found: that needs no label.
+    if queries.is_empty() && options.exact == 0 {
         bail!("no queries to evaluate");
+    }
+    if queries.is_empty() && options.scenes > 0 {
+        bail!("--scenes composes photos of the queries' products: give labelled queries (--fashion-mnist or --query-photos)");
     }
     let columns: Vec<&str> = label.split(',').map(str::trim).collect();
     if columns.iter().any(|c| c.is_empty()) {
@@ -343,7 +348,7 @@ pub fn evaluate_each(
             values.map(|v| (p.key, v.join(LABEL_SEPARATOR)))
         })
         .collect();
-    if labels.is_empty() {
+    if labels.is_empty() && !queries.is_empty() {
         bail!("no product in {} has a {label:?} column to judge relevance by", catalog.path().display());
     }
     let ids: HashMap<Key, &str> = products.iter().map(|p| (p.key, p.id.as_str())).collect();
@@ -500,7 +505,7 @@ pub fn evaluate_each(
         },
         exact: match options.exact {
             0 => None,
-            n => Some(evaluate_exact(catalog, &methods, &products, label, n, options.seed)?),
+            n => Some(evaluate_exact(catalog, &methods, &products, &columns, n, options.seed)?),
         },
         colour_naming: colour_naming(&products, &colours),
         query_colour_naming: query_naming.report(),
@@ -511,7 +516,7 @@ impl EvalReport {
     /// A markdown table, one row per method.
     pub fn table(&self) -> String {
         let mut out = format!(
-            "catalog: {} products, queries: {}{} from {}, label: {}, seed: {}, tuned on: {}\n\n| method | P@1 | P@5 | P@10 | mAP@10 | kNN acc | latency median ms | p95 ms |\n|---|---|---|---|---|---|---|---|\n",
+            "catalog: {} products, queries: {}{} from {}, label: {}, seed: {}, tuned on: {}\n",
             self.catalog_size,
             self.queries,
             if self.perturbed { " (perturbed)" } else { "" },
@@ -520,6 +525,9 @@ impl EvalReport {
             self.seed,
             self.tuned_on.as_deref().unwrap_or("-")
         );
+        if !self.methods.is_empty() {
+            out.push_str("\n| method | P@1 | P@5 | P@10 | mAP@10 | kNN acc | latency median ms | p95 ms |\n|---|---|---|---|---|---|---|---|\n");
+        }
         for (name, m) in &self.methods {
             out.push_str(&format!(
                 "| {name} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {:.2} | {:.2} |\n",

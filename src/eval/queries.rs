@@ -33,6 +33,13 @@ pub struct QueryFolder {
 pub fn read_query_folder(dir: &Path, label: &str, n: usize, seed: u64, input: &InputSpec) -> Result<QueryFolder> {
     let columns: Vec<&str> = label.split(',').map(str::trim).collect();
     let (rows, report) = read_catalog(dir)?;
+    if rows.is_empty() {
+        bail!(
+            "no row of {}'s styles.csv has a photo to search with ({report}{}): each photo is images/ID.jpg (or .png, .jpeg), ID being its row's id",
+            dir.display(),
+            report.missing_images.first().map(|id| format!("; no images/{id}.jpg, for one")).unwrap_or_default()
+        );
+    }
     let mut unlabelled = Vec::new();
     let mut labelled = Vec::with_capacity(rows.len());
     for row in rows {
@@ -140,5 +147,9 @@ mod tests {
         assert!(err.contains("gender") && err.contains("--label"), "{err}");
         let err = read_query_folder(&dir.path().join("nowhere"), "articleType", 100, 42, &input()).expect_err("no folder").to_string();
         assert!(err.contains("nowhere"), "{err}");
+        // Rows whose photos are named otherwise: said as such, not as a missing label.
+        std::fs::write(dir.path().join("styles.csv"), "id,articleType\n9,Shirts\n").expect("csv");
+        let err = read_query_folder(dir.path(), "articleType", 100, 42, &input()).expect_err("no photo").to_string();
+        assert!(err.contains("no images/9.jpg") && err.contains("1 without an image"), "{err}");
     }
 }

@@ -673,6 +673,12 @@ fn eval_measures_a_shops_own_labelled_photos() {
     let out = lookalike(&["eval", "--db", path(shared_catalog()), "--query-photos", path(&shop), "--methods", "lookalike"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success() && stderr.contains("1 of 20 queries have a label no catalog product has (\"Kaftan\")"), "{stderr}");
+    // The shop's own catalog folder given as queries: each photo finds itself, and the run says so.
+    let itself = dir.path().join("itself.db");
+    ok(&["index", "--db", path(&itself), "--kaggle", path(&shop)]);
+    let out = lookalike(&["eval", "--db", path(&itself), "--query-photos", path(&shop), "--methods", "lookalike", "--queries", "5"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && stderr.contains("5 of 5 queries are catalog products themselves"), "{stderr}");
     // Re-photographed catalog products need no labelled query: `--exact` alone measures the
     // same as beside queries, and in a catalog without labels too (a folder of photos).
     let exact = |extra: &[&str]| {

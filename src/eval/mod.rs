@@ -352,6 +352,16 @@ pub fn evaluate_each(
         bail!("no product in {} has a {label:?} column to judge relevance by", catalog.path().display());
     }
     let ids: HashMap<Key, &str> = products.iter().map(|p| (p.key, p.id.as_str())).collect();
+    // A query that is a catalog product (the shop's own folder given as queries) finds itself
+    // first: its numbers say little about a photo the catalog does not hold.
+    let product_ids: std::collections::HashSet<&str> = ids.values().copied().collect();
+    let in_catalog = queries.iter().filter(|q| product_ids.contains(q.id.as_str())).count();
+    if in_catalog > 0 {
+        tracing::warn!(
+            "{in_catalog} of {} queries are catalog products themselves (the same id): each can find itself first, so the numbers are higher than for photos the catalog does not hold; hold them out of the catalog to measure",
+            queries.len()
+        );
+    }
     let mut per_label: HashMap<&str, usize> = HashMap::new();
     for l in labels.values() {
         *per_label.entry(l.as_str()).or_default() += 1;

@@ -143,6 +143,12 @@ pub fn run(args: TuneArgs) -> Result<()> {
         report.loss.last().copied().unwrap_or(f32::NAN),
         report.accuracy.last().copied().unwrap_or(f32::NAN)
     );
+    // Train accuracy is measured on the products it learned from: what shoppers get is
+    // measured on photos it did not see.
+    let db = args.db.db.display();
+    eprintln!(
+        "measure what it gains on photos it did not learn from: lookalike eval --db {db} --query-photos DIR (labelled photos held out of the catalog), or --exact 500 (re-photographed products); each reports lookalike_untuned beside it"
+    );
     Ok(())
 }
 

@@ -22,7 +22,7 @@ pub struct EvalArgs {
     /// Fashion-MNIST split to draw labelled queries from (test: held out from a train catalog).
     #[arg(long, value_name = "SPLIT", conflicts_with = "query_photos")]
     pub fashion_mnist: Option<String>,
-    #[arg(long, value_name = "DIR", requires = "fashion_mnist", conflicts_with = "query_photos")]
+    #[arg(long, value_name = "DIR")]
     pub fashion_mnist_dir: Option<PathBuf>,
     /// Or draw them from the shop's own labelled photos: a folder in the catalog layout
     /// (`styles.csv` + `images/ID.jpg`, as `index --kaggle` reads), each photo labelled by its

@@ -24,9 +24,10 @@ pub struct EvalArgs {
     pub fashion_mnist: Option<String>,
     #[arg(long, value_name = "DIR")]
     pub fashion_mnist_dir: Option<PathBuf>,
-    /// Or draw them from the shop's own labelled photos: a folder in the catalog layout
-    /// (`styles.csv` + `images/ID.jpg`, as `index --kaggle` reads), each photo labelled by its
-    /// row's --label columns: shopper photos, or catalog shots held out of the catalog.
+    /// Or draw them from the shop's own labelled photos (shopper photos, or catalog shots held
+    /// out of the catalog): a folder in the catalog layout (`styles.csv` + `images/ID.jpg`, as
+    /// `index --kaggle` reads), each photo labelled by its row's --label columns, or photos in
+    /// sub-folders named after their label (`Tshirts/a.jpg`).
     #[arg(long, value_name = "DIR")]
     pub query_photos: Option<PathBuf>,
     /// Number of queries, stratified by label.

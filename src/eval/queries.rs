@@ -1,13 +1,19 @@
-//! Labelled queries from a folder in the catalog layout (`styles.csv` + `images/ID.jpg`, as
-//! `index --kaggle` reads): a shop's own shopper photos, or catalog shots it held out of the
-//! catalog, labelled by the same columns as its products (`eval --query-photos`).
+//! Labelled queries from a folder of the shop's own photos (`eval --query-photos`): shopper
+//! photos it collected, or catalog shots it held out of the catalog. Two layouts:
+//! - the catalog layout (`styles.csv` + `images/ID.jpg`, as `index --kaggle` reads), each photo
+//!   labelled by its row's `--label` columns;
+//! - photos in sub-folders named after their label (`Tshirts/a.jpg`, `Shoes/b.jpg`: the top
+//!   sub-folder is the label of the one `--label` column), the layout a team sorting photos
+//!   by hand ends up with; a photo's id is its path in the folder.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Result};
 
 use super::{stratified_sample, LabelledQuery, LABEL_SEPARATOR};
+use crate::import::folder::read_folder;
 use crate::import::kaggle::{read_catalog, KaggleReport};
+use crate::import::ItemImage;
 use crate::model::InputSpec;
 use crate::preprocess::{self, DecodeLimits};
 
@@ -17,21 +23,71 @@ pub struct QueryFolder {
     /// A stratified sample of the labelled, readable photos (all of them when there are fewer
     /// than asked for).
     pub queries: Vec<LabelledQuery>,
-    /// The rows of `styles.csv` read, and those without an image or malformed.
+    /// The rows of `styles.csv` read, and those without an image or malformed (empty for
+    /// label-named sub-folders).
     pub rows: KaggleReport,
-    /// Ids of photos without a value in one of the label columns: nothing to judge them by.
+    /// Ids of photos without a value in one of the label columns (or, in sub-folders, not in
+    /// one): nothing to judge them by.
     pub unlabelled: Vec<String>,
     /// Photos of the sample that could not be decoded, with the reason.
     pub unreadable: Vec<(String, String)>,
 }
 
-/// Reads the folder's rows, labels each by `label`'s columns (comma-separated; joined as
-/// [`LABEL_SEPARATOR`] joins them), draws up to `n` of them stratified by label with `seed`
-/// (as Fashion-MNIST queries are drawn), and decodes those photos no larger than the model's
-/// `input` needs (a folder of 4,000-pixel phone photos would otherwise take gigabytes).
-/// A photo that does not decode is left out and reported, as `index` leaves one out.
+/// A photo of the folder: its id, its file and its label, if it has one.
+struct Listed {
+    id: String,
+    image: PathBuf,
+    label: Option<String>,
+}
+
+/// Reads the folder (either layout, see above), draws up to `n` of its labelled photos
+/// stratified by label with `seed` (as Fashion-MNIST queries are drawn), and decodes those no
+/// larger than the model's `input` needs (a folder of 4,000-pixel phone photos would otherwise
+/// take gigabytes). `label` names the columns, comma-separated; several are joined as
+/// [`LABEL_SEPARATOR`] joins them. A photo that does not decode is left out and reported, as
+/// `index` leaves one out.
 pub fn read_query_folder(dir: &Path, label: &str, n: usize, seed: u64, input: &InputSpec) -> Result<QueryFolder> {
     let columns: Vec<&str> = label.split(',').map(str::trim).collect();
+    let (listed, report) = match dir.join("styles.csv").is_file() {
+        true => labelled_by_rows(dir, &columns)?,
+        false => (labelled_by_sub_folders(dir, &columns)?, KaggleReport::default()),
+    };
+    let (labelled, unlabelled): (Vec<Listed>, Vec<Listed>) = listed.into_iter().partition(|photo| photo.label.is_some());
+    let unlabelled: Vec<String> = unlabelled.into_iter().map(|photo| photo.id).collect();
+    if labelled.is_empty() {
+        bail!(
+            "no photo in {} has a label ({}): label the rows of its styles.csv (or choose the columns with --label), or put each photo in a sub-folder named after its label",
+            dir.display(),
+            columns.join(", ")
+        );
+    }
+    let labels: Vec<String> = labelled.iter().map(|photo| photo.label.clone().unwrap_or_default()).collect();
+    let limits = DecodeLimits::default();
+    let side = preprocess::needed_side(input, None);
+    let mut queries = Vec::new();
+    let mut unreadable = Vec::new();
+    for i in stratified_sample(&labels, n.min(labelled.len()), seed) {
+        let (photo, label) = (&labelled[i], labels[i].clone());
+        let decoded = std::fs::read(&photo.image).map_err(|e| e.to_string()).and_then(|bytes| preprocess::decode_reduced(&bytes, &limits, side).map_err(|e| e.to_string()));
+        match decoded {
+            // No larger than search itself would read it: the short side at `side`.
+            Ok(image) if image.width().min(image.height()) > side => {
+                let scale = side as f32 / image.width().min(image.height()) as f32;
+                let (w, h) = (((image.width() as f32 * scale).round() as u32).max(1), ((image.height() as f32 * scale).round() as u32).max(1));
+                queries.push(LabelledQuery { id: photo.id.clone(), image: image.resize_exact(w, h, image::imageops::FilterType::Triangle), label });
+            }
+            Ok(image) => queries.push(LabelledQuery { id: photo.id.clone(), image, label }),
+            Err(reason) => unreadable.push((photo.id.clone(), reason)),
+        }
+    }
+    if queries.is_empty() {
+        bail!("none of the {} photos drawn from {} could be read (first: {:?})", unreadable.len(), dir.display(), unreadable.first());
+    }
+    Ok(QueryFolder { queries, rows: report, unlabelled, unreadable })
+}
+
+/// The catalog layout: each row's photo, labelled by the row's values of `columns`.
+fn labelled_by_rows(dir: &Path, columns: &[&str]) -> Result<(Vec<Listed>, KaggleReport)> {
     let (rows, report) = read_catalog(dir)?;
     if rows.is_empty() {
         bail!(
@@ -40,44 +96,40 @@ pub fn read_query_folder(dir: &Path, label: &str, n: usize, seed: u64, input: &I
             report.missing_images.first().map(|id| format!("; no images/{id}.jpg, for one")).unwrap_or_default()
         );
     }
-    let mut unlabelled = Vec::new();
-    let mut labelled = Vec::with_capacity(rows.len());
-    for row in rows {
-        let values: Option<Vec<&str>> = columns.iter().map(|c| row.get(c).map(str::trim).filter(|v| !v.is_empty())).collect();
-        match values {
-            Some(values) => {
-                let label = values.join(LABEL_SEPARATOR);
-                labelled.push((row, label));
-            }
-            None => unlabelled.push(row.id),
-        }
+    let listed = rows
+        .into_iter()
+        .map(|row| {
+            let values: Option<Vec<&str>> = columns.iter().map(|c| row.get(c).map(str::trim).filter(|v| !v.is_empty())).collect();
+            let label = values.map(|values| values.join(LABEL_SEPARATOR));
+            Listed { id: row.id, image: row.image, label }
+        })
+        .collect();
+    Ok((listed, report))
+}
+
+/// Photos in sub-folders named after their label: the top sub-folder is the label (a photo
+/// directly in `dir` has none).
+fn labelled_by_sub_folders(dir: &Path, columns: &[&str]) -> Result<Vec<Listed>> {
+    if columns.len() > 1 {
+        bail!(
+            "{} has no styles.csv, so each photo's label is the sub-folder it is in: one label, where --label names {} columns ({}); give one column, or label the photos in a styles.csv",
+            dir.display(),
+            columns.len(),
+            columns.join(", ")
+        );
     }
-    if labelled.is_empty() {
-        bail!("no photo in {} has a value in every label column ({}): label the rows of its styles.csv, or choose the columns with --label", dir.display(), columns.join(", "));
+    let photos = read_folder(dir)?;
+    if photos.is_empty() {
+        bail!("{} holds no photos (JPEG, PNG, WebP, GIF, BMP, TIFF) and no styles.csv", dir.display());
     }
-    let labels: Vec<String> = labelled.iter().map(|(_, l)| l.clone()).collect();
-    let limits = DecodeLimits::default();
-    let side = preprocess::needed_side(input, None);
-    let mut queries = Vec::new();
-    let mut unreadable = Vec::new();
-    for i in stratified_sample(&labels, n.min(labelled.len()), seed) {
-        let (row, label) = &labelled[i];
-        let decoded = std::fs::read(&row.image).map_err(|e| e.to_string()).and_then(|bytes| preprocess::decode_reduced(&bytes, &limits, side).map_err(|e| e.to_string()));
-        match decoded {
-            // No larger than search itself would read it: the short side at `side`.
-            Ok(image) if image.width().min(image.height()) > side => {
-                let scale = side as f32 / image.width().min(image.height()) as f32;
-                let (w, h) = (((image.width() as f32 * scale).round() as u32).max(1), ((image.height() as f32 * scale).round() as u32).max(1));
-                queries.push(LabelledQuery { id: row.id.clone(), image: image.resize_exact(w, h, image::imageops::FilterType::Triangle), label: label.clone() });
-            }
-            Ok(image) => queries.push(LabelledQuery { id: row.id.clone(), image, label: label.clone() }),
-            Err(reason) => unreadable.push((row.id.clone(), reason)),
-        }
-    }
-    if queries.is_empty() {
-        bail!("none of the {} photos drawn from {} could be read (first: {:?})", unreadable.len(), dir.display(), unreadable.first());
-    }
-    Ok(QueryFolder { queries, rows: report, unlabelled, unreadable })
+    Ok(photos
+        .into_iter()
+        .filter_map(|item| {
+            let ItemImage::File(image) = item.image else { return None };
+            let label = item.metadata.get("folder").and_then(|folder| folder.split('/').next()).map(str::to_string);
+            Some(Listed { id: item.id, image, label })
+        })
+        .collect())
 }
 
 #[cfg(test)]
@@ -138,6 +190,32 @@ mod tests {
         labels.extend(two.unreadable.iter().map(|_| "Shoes".to_string()));
         labels.sort();
         assert_eq!(labels, ["Shirts", "Shoes"]);
+    }
+
+    #[test]
+    fn photos_in_label_named_sub_folders_are_labelled_by_them() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let photo = |path: &str| {
+            let file = dir.path().join(path);
+            std::fs::create_dir_all(file.parent().expect("parent")).expect("mkdir");
+            image::RgbImage::from_pixel(30, 40, image::Rgb([20, 20, 200])).save(&file).expect("png");
+        };
+        for path in ["Shirts/a.png", "Shirts/front/b.png", "Shoes/c.jpg", "loose.png"] {
+            photo(path);
+        }
+        std::fs::write(dir.path().join("Shoes/notes.txt"), "not a photo").expect("write");
+        let read = read_query_folder(dir.path(), "articleType", 100, 42, &input()).expect("read");
+        let mut got: Vec<(String, String)> = read.queries.iter().map(|q| (q.id.clone(), q.label.clone())).collect();
+        got.sort();
+        assert_eq!(got, [("Shirts/a.png".into(), "Shirts".into()), ("Shirts/front/b.png".into(), "Shirts".into()), ("Shoes/c.jpg".into(), "Shoes".into())]);
+        assert_eq!(read.unlabelled, ["loose.png"], "a photo in no sub-folder has no label");
+        assert!(read.unreadable.is_empty() && read.rows == KaggleReport::default());
+        // One label per photo: several columns are refused, by name.
+        let err = read_query_folder(dir.path(), "articleType,baseColour", 100, 42, &input()).expect_err("two columns").to_string();
+        assert!(err.contains("no styles.csv") && err.contains("baseColour"), "{err}");
+        let empty = tempfile::tempdir().expect("tempdir");
+        let err = read_query_folder(empty.path(), "articleType", 100, 42, &input()).expect_err("no photos").to_string();
+        assert!(err.contains("holds no photos"), "{err}");
     }
 
     #[test]

@@ -193,25 +193,26 @@ fn fashion_mnist_queries(args: &EvalArgs, assets: &Assets, split: &str) -> Resul
 /// as `index` says what it skipped.
 fn photo_folder_queries(args: &EvalArgs, dir: &std::path::Path, input: &lookalike::model::InputSpec) -> Result<Vec<LabelledQuery>> {
     let folder = eval::read_query_folder(dir, &args.label, args.queries, args.seed, input)?;
-    let listed = |ids: &mut dyn Iterator<Item = &str>| {
-        let ids: Vec<&str> = ids.collect();
-        let more = if ids.len() > 5 { ", ..." } else { "" };
-        format!("{}{more}", ids.iter().take(5).copied().collect::<Vec<_>>().join(", "))
-    };
     let rows = &folder.rows;
     if !rows.missing_images.is_empty() {
-        eprintln!("{} rows of styles.csv have no photo in images/: {}", rows.missing_images.len(), listed(&mut rows.missing_images.iter().map(String::as_str)));
+        eprintln!("{} rows of styles.csv have no photo in images/: {}", rows.missing_images.len(), first_few(&rows.missing_images));
     }
     if !rows.malformed.is_empty() {
         let lines: Vec<String> = rows.malformed.iter().map(|(line, why)| format!("line {line}: {why}")).collect();
-        eprintln!("{} rows of styles.csv are malformed: {}", lines.len(), listed(&mut lines.iter().map(String::as_str)));
+        eprintln!("{} rows of styles.csv are malformed: {}", lines.len(), first_few(&lines));
     }
     if !folder.unlabelled.is_empty() {
-        eprintln!("{} photos have no {} to judge them by, left out: {}", folder.unlabelled.len(), args.label, listed(&mut folder.unlabelled.iter().map(String::as_str)));
+        eprintln!("{} photos have no {} to judge them by, left out: {}", folder.unlabelled.len(), args.label, first_few(&folder.unlabelled));
     }
     if !folder.unreadable.is_empty() {
         let why: Vec<String> = folder.unreadable.iter().map(|(id, reason)| format!("{id} ({reason})")).collect();
-        eprintln!("{} photos could not be read, left out: {}", why.len(), listed(&mut why.iter().map(String::as_str)));
+        eprintln!("{} photos could not be read, left out: {}", why.len(), first_few(&why));
     }
     Ok(folder.queries)
+}
+
+/// The first five of `items`, comma-separated, "..." after them when there are more.
+fn first_few(items: &[String]) -> String {
+    let more = if items.len() > 5 { ", ..." } else { "" };
+    format!("{}{more}", items.iter().take(5).map(String::as_str).collect::<Vec<_>>().join(", "))
 }

@@ -32,11 +32,8 @@ pub struct ExactRecall {
 /// product itself needs no label: in a catalog where none has the columns, the sample is drawn
 /// from all products alike.
 pub(super) fn evaluate_exact(catalog: &SqliteCatalog, methods: &Methods, products: &[crate::types::Product], columns: &[&str], n: usize, seed: u64) -> Result<ExactReport> {
-    let label_of = |p: &crate::types::Product| -> Option<String> {
-        let values: Option<Vec<&str>> = columns.iter().map(|c| p.metadata.get(*c).map(String::as_str)).collect();
-        values.map(|v| v.join(super::LABEL_SEPARATOR))
-    };
-    let mut labelled: Vec<(&crate::types::Product, String)> = products.iter().filter_map(|p| Some((p, label_of(p)?))).collect();
+    let mut labelled: Vec<(&crate::types::Product, String)> =
+        products.iter().filter_map(|p| Some((p, super::joined_label(columns, |c| p.metadata.get(c).map(String::as_str))?))).collect();
     if labelled.is_empty() {
         labelled = products.iter().map(|p| (p, String::new())).collect();
     }

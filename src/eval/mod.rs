@@ -56,6 +56,13 @@ pub const K: usize = 10;
 /// label: a hit is relevant when every listed column equals the query's.
 pub const LABEL_SEPARATOR: &str = " / ";
 
+/// The label `columns` give a product or a photo, their values joined by [`LABEL_SEPARATOR`];
+/// `None` when `value` has none for one of them.
+pub(crate) fn joined_label<'a>(columns: &[&str], value: impl Fn(&str) -> Option<&'a str>) -> Option<String> {
+    let values: Option<Vec<&str>> = columns.iter().map(|c| value(c)).collect();
+    values.map(|v| v.join(LABEL_SEPARATOR))
+}
+
 /// A query image with its ground-truth label (several columns' values joined by
 /// [`LABEL_SEPARATOR`]).
 #[derive(Debug)]
@@ -341,13 +348,7 @@ pub fn evaluate_each(
         bail!("--label {label:?} names an empty column: give columns separated by commas, e.g. articleType,baseColour");
     }
     let products = catalog.all_products()?;
-    let labels: HashMap<Key, String> = products
-        .iter()
-        .filter_map(|p| {
-            let values: Option<Vec<&str>> = columns.iter().map(|c| p.metadata.get(*c).map(String::as_str)).collect();
-            values.map(|v| (p.key, v.join(LABEL_SEPARATOR)))
-        })
-        .collect();
+    let labels: HashMap<Key, String> = products.iter().filter_map(|p| Some((p.key, joined_label(&columns, |c| p.metadata.get(c).map(String::as_str))?))).collect();
     if labels.is_empty() && !queries.is_empty() {
         bail!("no product in {} has a {label:?} column to judge relevance by", catalog.path().display());
     }

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Result};
 
-use super::{stratified_sample, LabelledQuery, LABEL_SEPARATOR};
+use super::{joined_label, stratified_sample, LabelledQuery};
 use crate::import::folder::read_folder;
 use crate::import::kaggle::{read_catalog, KaggleReport};
 use crate::import::ItemImage;
@@ -44,7 +44,7 @@ struct Listed {
 /// stratified by label with `seed` (as Fashion-MNIST queries are drawn), and decodes those no
 /// larger than the model's `input` needs (a folder of 4,000-pixel phone photos would otherwise
 /// take gigabytes). `label` names the columns, comma-separated; several are joined as
-/// [`LABEL_SEPARATOR`] joins them. A photo that does not decode is left out and reported, as
+/// [`super::LABEL_SEPARATOR`] joins them. A photo that does not decode is left out and reported, as
 /// `index` leaves one out.
 pub fn read_query_folder(dir: &Path, label: &str, n: usize, seed: u64, input: &InputSpec) -> Result<QueryFolder> {
     let columns: Vec<&str> = label.split(',').map(str::trim).collect();
@@ -70,18 +70,20 @@ pub fn read_query_folder(dir: &Path, label: &str, n: usize, seed: u64, input: &I
         let (photo, label) = (&labelled[i], labels[i].clone());
         let decoded = std::fs::read(&photo.image).map_err(|e| e.to_string()).and_then(|bytes| preprocess::decode_reduced(&bytes, &limits, side).map_err(|e| e.to_string()));
         match decoded {
-            // No larger than search itself would read it: the short side at `side`.
+            // No larger than search itself would read it: the short side at `side`, by the
+            // model input's own resizer.
             Ok(image) if image.width().min(image.height()) > side => {
-                let scale = side as f32 / image.width().min(image.height()) as f32;
-                let (w, h) = (((image.width() as f32 * scale).round() as u32).max(1), ((image.height() as f32 * scale).round() as u32).max(1));
-                queries.push(LabelledQuery { id: photo.id.clone(), image: image.resize_exact(w, h, image::imageops::FilterType::Triangle), label });
+                let (short, long) = (image.width().min(image.height()), image.width().max(image.height()));
+                let image = image::DynamicImage::ImageRgb8(preprocess::reduced(&image, (u64::from(long) * u64::from(side)).div_ceil(u64::from(short)) as u32));
+                queries.push(LabelledQuery { id: photo.id.clone(), image, label });
             }
             Ok(image) => queries.push(LabelledQuery { id: photo.id.clone(), image, label }),
             Err(reason) => unreadable.push((photo.id.clone(), reason)),
         }
     }
     if queries.is_empty() {
-        bail!("none of the {} photos drawn from {} could be read (first: {:?})", unreadable.len(), dir.display(), unreadable.first());
+        let (id, reason) = unreadable.first().map_or(("-", "-"), |(id, reason)| (id.as_str(), reason.as_str()));
+        bail!("none of the {} photos drawn from {} could be read ({id}: {reason})", unreadable.len(), dir.display());
     }
     Ok(QueryFolder { queries, rows: report, unlabelled, unreadable })
 }
@@ -99,8 +101,7 @@ fn labelled_by_rows(dir: &Path, columns: &[&str]) -> Result<(Vec<Listed>, Kaggle
     let listed = rows
         .into_iter()
         .map(|row| {
-            let values: Option<Vec<&str>> = columns.iter().map(|c| row.get(c).map(str::trim).filter(|v| !v.is_empty())).collect();
-            let label = values.map(|values| values.join(LABEL_SEPARATOR));
+            let label = joined_label(columns, |c| row.get(c).map(str::trim).filter(|v| !v.is_empty()));
             Listed { id: row.id, image: row.image, label }
         })
         .collect();

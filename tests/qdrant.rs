@@ -660,20 +660,34 @@ fn writes_through_a_server_without_the_catalog_outlast_syncs() {
     let report = lookalike::store::sync_qdrant(&mut catalog, &config, SyncMode::InPlace, keep_replaced()).expect("sync");
     assert_eq!((report.added, report.resent), (1, 0), "{report:?}");
 
-    // Removed while a swap fills: through the old collection, which the description still names,
-    // after the catalog's rows went to the new one. The swap removes it there, and from the
-    // catalog, before it ends.
+    // Removed and changed while a swap fills: through the old collection, which the description
+    // still names, after the catalog's rows went to the new one (and after the catalog's
+    // changes were sent there too). The swap removes the one there, and from the catalog, and
+    // takes the others' new details into both before it ends.
+    let price = |value: &str| lookalike::types::MetadataPatch { set: [("price".to_string(), value.to_string())].into(), ..Default::default() };
     let report = lookalike::store::sync_qdrant_observed(&mut catalog, &config, SyncMode::Swap, keep_replaced(), &mut |step, _| {
-        if step == SyncStep::Filled {
-            assert!(replica.remove_product(&ids[2])?, "removed through the replica");
+        match step {
+            SyncStep::Filled => {
+                assert!(replica.remove_product(&ids[2])?, "removed through the replica");
+                assert!(replica.patch_product(&ids[3], &price("12.50"))?.is_some(), "changed through the replica");
+            }
+            SyncStep::CaughtUp => assert!(replica.patch_product(&ids[4], &price("7.00"))?.is_some(), "changed through the replica"),
         }
         Ok(())
     })
     .expect("swap");
     assert_eq!(report.removed_without_catalog, 1, "{report:?}");
+    assert_eq!(report.patched_without_catalog, 2, "{report:?}");
     assert!(!in_catalog(&ids[2]), "removed from the catalog by the swap");
     let swapped = lookalike::index::qdrant::QdrantIndex::connect_cluster(config.clone()).and_then(|c| c.open_existing_points(report.collection.clone())).expect("swapped");
     assert!(swapped.product(&ids[2]).expect("read").is_none(), "not in the new collection");
+    for (id, value) in [(&ids[3], "12.50"), (&ids[4], "7.00")] {
+        let in_collection = swapped.product(id).expect("read").expect("in the new collection").0;
+        assert_eq!(in_collection.metadata.get("price").map(String::as_str), Some(value), "the new collection has the change");
+        let taken_in = SqliteCatalog::open_existing(&db).expect("catalog").get_by_id(id).expect("read").expect("in the catalog");
+        assert_eq!(taken_in.metadata.get("price").map(String::as_str), Some(value), "the catalog has the change");
+    }
+    assert!(swapped.patched_without_catalog().expect("marks").is_empty(), "the new collection's points are the catalog's");
     assert!(replica.follow_collection_description().expect("follow"));
     assert!(replica.product(&ids[2]).expect("read").is_none());
     assert!(replica.product(&ids[3]).expect("read").is_some(), "the others are");

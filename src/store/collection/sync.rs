@@ -4,7 +4,7 @@
 use anyhow::Result;
 
 use super::description::{describe_collection, ReplacedCollection};
-use super::without_catalog::{apply_patches, apply_removals};
+use super::without_catalog::{apply_patches, apply_removals, take_patches};
 use super::{connect_qdrant_to, payload_image, points_collection, points_setting, send_changes_since, sent_through_setting, synced_space_setting};
 use crate::catalog::{SqliteCatalog, VectorKind};
 use crate::index::qdrant::{ProductWithoutCatalog, QdrantConfig, QdrantIndex, SyncReport};
@@ -52,7 +52,7 @@ pub fn sync_qdrant_observed(
     // would send them back.
     let (mut removed_without_catalog, _) = apply_removals(catalog, &cluster)?;
     // And the metadata they changed comes in: the fill below sends the catalog's.
-    let patched_without_catalog = apply_patches(catalog, store)?;
+    let mut patched_without_catalog = apply_patches(catalog, store)?;
     // Where the catalog's change log stands before its rows are read: what changes after this
     // is sent again once the collection is filled.
     let generation = catalog.generation()?;
@@ -173,6 +173,12 @@ pub fn sync_qdrant_observed(
                 report.without_catalog_in_old_space = report.to_encode.len();
             }
         }
+        // And the catalog products whose details they changed there since the first read
+        // (the fill sent the catalog's): taken into the catalog, and from it to this one.
+        let before = catalog.generation()?;
+        let old = QdrantIndex::connect_cluster(store.clone())?.open_existing_points(current.clone())?;
+        patched_without_catalog += take_patches(catalog, &old)?;
+        send_changes_since(catalog, &space, &mut index, before)?;
     }
     // Removals through servers without the catalog recorded while this sync ran: the fill, the
     // catch-up or the carry may have sent the product again.

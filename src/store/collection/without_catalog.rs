@@ -55,7 +55,12 @@ pub(super) fn apply_patches(catalog: &mut SqliteCatalog, store: &QdrantConfig) -
     if !cluster.collection_exists(&points)? {
         return Ok(0);
     }
-    let index = cluster.open_existing_points(points)?;
+    take_patches(catalog, &cluster.open_existing_points(points)?)
+}
+
+/// [`apply_patches`] from the collection `index` holds: also the one a swap replaced, which
+/// servers without the catalog change until they read that the swap is done.
+pub(super) fn take_patches(catalog: &mut SqliteCatalog, index: &QdrantIndex) -> Result<usize> {
     let ids = index.patched_without_catalog()?;
     index.forget_patches(&ids)?;
     let mut changes = Vec::new();

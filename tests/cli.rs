@@ -613,6 +613,68 @@ fn eval_reports_all_three_methods_or_the_rows_asked_for() {
     }
 }
 
+/// A shop photographs some of its products anew and names each photo after the product it
+/// shows (`ID.png`, or several in `ID/`): `eval --product-photos` says how often each finds its
+/// product, exactly as often as `lookalike search` with that photo ranks it first and in the
+/// top 10. Photos that cannot measure it (a name no product has, the catalog's own photo saved
+/// again, a file that is no photo) are left out and named.
+#[test]
+fn eval_measures_how_often_photos_of_catalog_products_find_them() {
+    use rand::SeedableRng;
+    let fm = FashionMnist::load(&fm_dir(), "train").expect("train split");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let photos = dir.path().join("product-photos");
+    std::fs::create_dir_all(photos.join(fm.product_id(5))).expect("mkdir");
+    // "Taken anew": the product's catalog photo on a background, cropped, turned, re-lit,
+    // blurred and saved as JPEG by the shopper-photo simulation, each with its own seed.
+    let taken_anew = |i: usize, seed: u64| lookalike::perturb::perturb(&image::DynamicImage::ImageLuma8(fm.image(i).expect("image")), &mut rand::rngs::StdRng::seed_from_u64(seed));
+    let mut expected: Vec<(PathBuf, String)> = Vec::new();
+    for i in 0..4 {
+        let file = photos.join(format!("{}.png", fm.product_id(i)));
+        taken_anew(i, i as u64).save(&file).expect("png");
+        expected.push((file, fm.product_id(i)));
+    }
+    for (name, seed) in [("front.png", 50), ("back.png", 51)] {
+        let file = photos.join(fm.product_id(5)).join(name);
+        taken_anew(5, seed).save(&file).expect("png");
+        expected.push((file, fm.product_id(5)));
+    }
+    fm.image(6).expect("image").save(photos.join(format!("{}.png", fm.product_id(6)))).expect("the catalog's own photo");
+    taken_anew(7, 7).save(photos.join("not-a-product.png")).expect("png");
+    std::fs::write(photos.join(format!("{}.png", fm.product_id(8))), b"not a photo").expect("write");
+
+    let report = json(&ok(&["eval", "--db", path(shared_catalog()), "--product-photos", path(&photos), "--methods", "lookalike", "--json"]));
+    let measured = &report["product_photos"];
+    assert_eq!((measured["photos"].as_u64(), measured["products"].as_u64()), (Some(6), Some(5)), "{report}");
+    assert_eq!(measured["unknown"], serde_json::json!(["not-a-product.png"]), "{report}");
+    assert_eq!(measured["catalog_photos"], serde_json::json!([format!("{}.png", fm.product_id(6))]), "{report}");
+    let unreadable = measured["unreadable"].as_array().expect("unreadable");
+    assert!(unreadable.len() == 1 && unreadable[0].as_str().is_some_and(|r| r.starts_with(&format!("{}.png (", fm.product_id(8)))), "{report}");
+    assert_eq!((report["queries"].as_u64(), report["queries_from"].as_str()), (Some(0), Some("none (products' photos alone)")), "{report}");
+    // What search itself finds with each photo.
+    let (mut first, mut on_first_page) = (0, 0);
+    for (file, product) in &expected {
+        let found = json(&ok(&["search", "--db", path(shared_catalog()), path(file), "-k", "10", "--json"]));
+        let ids: Vec<&str> = found["hits"].as_array().expect("hits").iter().map(|h| h["id"].as_str().expect("id")).collect();
+        first += usize::from(ids.first() == Some(&product.as_str()));
+        on_first_page += usize::from(ids.contains(&product.as_str()));
+    }
+    let recall = &measured["methods"]["lookalike"];
+    assert_eq!(recall["exact_recall_at_1"].as_f64(), Some(first as f64 / 6.0), "{report}");
+    assert_eq!(recall["exact_recall_at_10"].as_f64(), Some(on_first_page as f64 / 6.0), "{report}");
+    assert!(on_first_page >= 3, "most photos of a product find it among 300: {report}");
+    // The table says the same, and what was left out.
+    let table = ok(&["eval", "--db", path(shared_catalog()), "--product-photos", path(&photos), "--methods", "lookalike"]);
+    assert!(table.contains("product photos: 6 photos of 5 catalog products") && table.contains("left out, 1 name no catalog product: not-a-product.png"), "{table}");
+    // A folder in which no photo names a product says how to name them.
+    let strangers = dir.path().join("strangers");
+    std::fs::create_dir_all(&strangers).expect("mkdir");
+    taken_anew(7, 7).save(strangers.join("holiday.png")).expect("png");
+    let out = lookalike(&["eval", "--db", path(shared_catalog()), "--product-photos", path(&strangers)]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("1 name no catalog product") && stderr.contains("fmnist-train-00000.jpg"), "{stderr}");
+}
+
 /// A shop measures quality on its own labelled photos: a folder in the catalog layout
 /// (`styles.csv` + `images/`). Here the folder holds the very Fashion-MNIST test photos an
 /// `eval --fashion-mnist` run drew, as PNG files under their own ids: every query must then

@@ -90,6 +90,12 @@ pub struct EvalArgs {
     /// --fashion-mnist or --query-photos) it needs no label at all.
     #[arg(long, default_value_t = 0, value_name = "N")]
     pub exact: usize,
+    /// Also search photos of catalog products the shop took anew (on a table, worn, hung up)
+    /// and measure how often each finds its product: at rank 1 and in the top 10. Each photo
+    /// is named after the product it shows (`ID.jpg`, or several in a sub-folder `ID/`); no
+    /// label needed, and not perturbed. Alone (without --fashion-mnist or --query-photos) too.
+    #[arg(long, value_name = "DIR")]
+    pub product_photos: Option<PathBuf>,
     #[command(flatten)]
     pub model: ModelArgs,
     #[command(flatten)]
@@ -113,16 +119,22 @@ pub fn run(args: EvalArgs) -> Result<()> {
     let queries = match (&args.fashion_mnist, &args.query_photos) {
         (_, Some(dir)) => photo_folder_queries(&args, dir, &encoder.spec().input)?,
         (Some(split), None) => fashion_mnist_queries(&args, &assets, split)?,
-        // Re-photographed catalog products alone: how often a shopper's photo of one is found.
-        (None, None) if args.exact > 0 => Vec::new(),
+        // Photos of catalog products alone: how often a shopper's photo of one is found.
+        (None, None) if args.exact > 0 || args.product_photos.is_some() => Vec::new(),
         (None, None) => bail!(
-            "give the queries: --fashion-mnist SPLIT, --query-photos DIR (the shop's own labelled photos), or --exact N alone (N catalog products re-photographed, no labels needed)"
+            "give the queries: --fashion-mnist SPLIT, --query-photos DIR (the shop's own labelled photos), --product-photos DIR (its photos of catalog products, named by product id) or --exact N alone (N catalog products re-photographed; these two need no labels)"
         ),
     };
     if !(0.0..=100.0).contains(&args.colour_weight) {
         bail!("--colour-weight must be between 0 and 100, not {}", args.colour_weight);
     }
     match queries.len() {
+        0 if args.exact == 0 => eprintln!(
+            "searching photos of products in {} ({} products, {})",
+            args.product_photos.as_deref().unwrap_or(std::path::Path::new("-")).display(),
+            catalog.len()?,
+            encoder.spec().name
+        ),
         0 => eprintln!("re-photographing up to {} of {} products ({})", args.exact, catalog.len()?, encoder.spec().name),
         n => eprintln!("evaluating {n} queries against {} products ({})", catalog.len()?, encoder.spec().name),
     }
@@ -131,13 +143,14 @@ pub fn run(args: EvalArgs) -> Result<()> {
         queries_from: match (&args.query_photos, &args.fashion_mnist) {
             (Some(dir), _) => dir.display().to_string(),
             (None, Some(split)) => format!("Fashion-MNIST {split}"),
-            (None, None) => "none (--exact alone)".to_string(),
+            (None, None) => "none (products' photos alone)".to_string(),
         },
         seed: args.seed,
         perturb: args.perturb,
         store: args.store.qdrant(&args.db.db)?,
         scenes: args.scenes,
         exact: args.exact,
+        product_photos: args.product_photos.clone(),
         colour: args.colour.clone(),
         colour_weight: args.colour_weight,
         kind: args.kind,

@@ -1,14 +1,17 @@
 //! `eval --exact N`: catalog products re-photographed as a shopper would; is each found itself?
+//! `eval --product-photos DIR`: the same, from photos of catalog products the shop took anew.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use anyhow::Result;
 use rand::SeedableRng;
 use serde::Serialize;
 
 use super::methods::Methods;
+use super::queries::ProductPhotos;
 use super::stratified_sample;
 use crate::catalog::SqliteCatalog;
+use crate::types::Key;
 
 /// Catalog products re-photographed as a shopper would ([`crate::perturb::perturb`]: on a
 /// background, cropped, rotated, re-lit, blurred, JPEG): does search find that very product?
@@ -39,21 +42,62 @@ pub(super) fn evaluate_exact(catalog: &SqliteCatalog, methods: &Methods, product
     }
     let labels: Vec<String> = labelled.iter().map(|(_, l)| l.clone()).collect();
     let picked = stratified_sample(&labels, n.min(labelled.len()), seed ^ 0x00E7_AC71);
-    let mut found: BTreeMap<&'static str, (usize, usize)> = BTreeMap::new();
-    for (i, &pick) in picked.iter().enumerate() {
+    let photos = picked.iter().enumerate().map(|(i, &pick)| {
         let product = labelled[pick].0;
         let image = catalog.decoded_image(product.key, &product.image)?;
         let mut rng = rand::rngs::StdRng::seed_from_u64((seed ^ 0x00E7_AC71).wrapping_mul(1_000_003).wrapping_add(i as u64));
-        let photo = crate::perturb::perturb(&image, &mut rng);
+        Ok((product.key, crate::perturb::perturb(&image, &mut rng)))
+    });
+    Ok(ExactReport { products: picked.len(), methods: found_itself(methods, photos)? })
+}
+
+/// Photos of catalog products taken anew (`eval --product-photos`): does search find the
+/// product each shows?
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ProductPhotoReport {
+    /// Photos searched.
+    pub photos: usize,
+    /// Products they show.
+    pub products: usize,
+    /// Per method, as in [`super::EvalReport::methods`]: the share of the photos whose product
+    /// is ranked first, and in the top 10.
+    pub methods: BTreeMap<String, ExactRecall>,
+    /// Photos left out: their name is no product's id.
+    pub unknown: Vec<String>,
+    /// Photos left out: the catalog's own photo of their product.
+    pub catalog_photos: Vec<String>,
+    /// Photos left out: they could not be read (with the reason).
+    pub unreadable: Vec<String>,
+}
+
+/// [`ProductPhotoReport`] of the photos read from a folder, searched with every method as
+/// they are (a photo taken anew is already what a shopper sends: not perturbed).
+pub(super) fn evaluate_product_photos(methods: &Methods, read: ProductPhotos) -> Result<ProductPhotoReport> {
+    let products: BTreeSet<Key> = read.photos.iter().map(|p| p.product).collect();
+    Ok(ProductPhotoReport {
+        photos: read.photos.len(),
+        products: products.len(),
+        methods: found_itself(methods, read.photos.into_iter().map(|p| Ok((p.product, p.image))))?,
+        unknown: read.unknown,
+        catalog_photos: read.catalog_photos,
+        unreadable: read.unreadable.into_iter().map(|(id, reason)| format!("{id} ({reason})")).collect(),
+    })
+}
+
+/// For each method, the share of `photos` (each of a catalog product) that find their own
+/// product at rank 1 and in the top 10.
+fn found_itself(methods: &Methods, photos: impl Iterator<Item = Result<(Key, image::DynamicImage)>>) -> Result<BTreeMap<String, ExactRecall>> {
+    let mut found: BTreeMap<&'static str, (usize, usize)> = BTreeMap::new();
+    let mut searched = 0usize;
+    for photo in photos {
+        let (product, photo) = photo?;
+        searched += 1;
         for (method, hits, _) in methods.rank(&photo)?.0 {
             let tally = found.entry(method).or_default();
-            tally.0 += usize::from(hits.first().is_some_and(|h| h.key == product.key));
-            tally.1 += usize::from(hits.iter().any(|h| h.key == product.key));
+            tally.0 += usize::from(hits.first().is_some_and(|h| h.key == product));
+            tally.1 += usize::from(hits.iter().any(|h| h.key == product));
         }
     }
-    let share = |count: usize| count as f64 / picked.len().max(1) as f64;
-    Ok(ExactReport {
-        products: picked.len(),
-        methods: found.into_iter().map(|(m, (at1, at10))| (m.to_string(), ExactRecall { exact_recall_at_1: share(at1), exact_recall_at_10: share(at10) })).collect(),
-    })
+    let share = |count: usize| count as f64 / searched.max(1) as f64;
+    Ok(found.into_iter().map(|(m, (at1, at10))| (m.to_string(), ExactRecall { exact_recall_at_1: share(at1), exact_recall_at_10: share(at10) })).collect())
 }

@@ -14,7 +14,8 @@
 //! This file runs the queries and keeps the tallies; `methods.rs` holds every row and how it
 //! ranks a photo, `exact.rs` and `scenes.rs` the re-photographed products (`--exact`) and the
 //! photos of several products (`--scenes`), `naming.rs` how well colours are named, `queries.rs`
-//! a shop's own labelled photos as queries (`--query-photos`).
+//! a shop's own labelled photos as queries (`--query-photos`) and its photos of catalog
+//! products taken anew (`--product-photos`).
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -38,15 +39,15 @@ mod naming;
 mod queries;
 mod scenes;
 
-use exact::evaluate_exact;
+use exact::{evaluate_exact, evaluate_product_photos};
 use methods::Methods;
 use naming::{colour_naming, NamingTally};
 use scenes::evaluate_scenes;
 
-pub use exact::{ExactRecall, ExactReport};
+pub use exact::{ExactRecall, ExactReport, ProductPhotoReport};
 pub use methods::{MethodSet, METHODS};
 pub use naming::ColourNamingReport;
-pub use queries::{read_query_folder, QueryFolder};
+pub use queries::{read_product_photos, read_query_folder, ProductPhoto, ProductPhotos, QueryFolder};
 pub use scenes::{iou, SceneReport, UnmatchedProducts};
 
 /// Cut-off of every ranked metric.
@@ -118,6 +119,9 @@ pub struct EvalReport {
     /// Catalog products re-photographed (`--exact N`), when asked for.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub exact: Option<ExactReport>,
+    /// Photos of catalog products the shop took anew (`--product-photos DIR`), when given.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub product_photos: Option<ProductPhotoReport>,
     /// How often the colour named from a product's photo at import is its `baseColour`, when
     /// the catalog has that column.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -178,6 +182,9 @@ pub struct EvalOptions {
     /// Also re-photograph this many catalog products and measure whether each is found itself
     /// (see [`ExactReport`]).
     pub exact: usize,
+    /// Also search these photos of catalog products taken anew and measure whether each finds
+    /// its product (see [`ProductPhotoReport`]; read with [`read_product_photos`]).
+    pub product_photos: Option<std::path::PathBuf>,
     /// How the lookalike rows treat colour, as search's `colour` does.
     pub colour: ColourMode,
     /// Weight of colour against shape under [`ColourMode::Match`] (search uses
@@ -335,9 +342,9 @@ pub fn evaluate_each(
     each_query: &mut dyn FnMut(&QueryOutcome<'_>) -> Result<()>,
 ) -> Result<EvalReport> {
     let label = options.label.as_str();
-    // Without labelled queries, `--exact` alone still measures whether re-photographed products
-    // are found: that needs no label.
-    if queries.is_empty() && options.exact == 0 {
+    // Without labelled queries, `--exact` or `--product-photos` alone still measures whether
+    // photos of catalog products find them: that needs no label.
+    if queries.is_empty() && options.exact == 0 && options.product_photos.is_none() {
         bail!("no queries to evaluate");
     }
     if queries.is_empty() && options.scenes > 0 {
@@ -353,6 +360,11 @@ pub fn evaluate_each(
         bail!("no product in {} has a {label:?} column to judge relevance by", catalog.path().display());
     }
     let ids: HashMap<Key, &str> = products.iter().map(|p| (p.key, p.id.as_str())).collect();
+    // Read before the vectors are loaded: a folder that gives nothing to measure fails at once.
+    let product_photos = match &options.product_photos {
+        Some(dir) => Some(read_product_photos(dir, catalog, &products, &encoder.spec().input)?),
+        None => None,
+    };
     // A query that is a catalog product (the shop's own folder given as queries) finds itself
     // first: its numbers say little about a photo the catalog does not hold.
     let product_ids: std::collections::HashSet<&str> = ids.values().copied().collect();
@@ -518,6 +530,7 @@ pub fn evaluate_each(
             0 => None,
             n => Some(evaluate_exact(catalog, &methods, &products, &columns, n, options.seed)?),
         },
+        product_photos: product_photos.map(|read| evaluate_product_photos(&methods, read)).transpose()?,
         colour_naming: colour_naming(&products, &colours),
         query_colour_naming: query_naming.report(),
     })
@@ -578,6 +591,18 @@ impl EvalReport {
             out.push_str(&format!("\nexact: {} catalog products re-photographed\n\n| method | found at rank 1 | in the top 10 |\n|---|---|---|\n", e.products));
             for (name, m) in &e.methods {
                 out.push_str(&format!("| {name} | {:.3} | {:.3} |\n", m.exact_recall_at_1, m.exact_recall_at_10));
+            }
+        }
+        if let Some(p) = &self.product_photos {
+            out.push_str(&format!("\nproduct photos: {} photos of {} catalog products\n\n| method | found at rank 1 | in the top 10 |\n|---|---|---|\n", p.photos, p.products));
+            for (name, m) in &p.methods {
+                out.push_str(&format!("| {name} | {:.3} | {:.3} |\n", m.exact_recall_at_1, m.exact_recall_at_10));
+            }
+            for (what, left_out) in [("name no catalog product", &p.unknown), ("are the catalog's own photos", &p.catalog_photos), ("could not be read", &p.unreadable)] {
+                if !left_out.is_empty() {
+                    let more = if left_out.len() > 5 { ", ..." } else { "" };
+                    out.push_str(&format!("left out, {} {what}: {}{more}\n", left_out.len(), left_out.iter().take(5).cloned().collect::<Vec<_>>().join(", ")));
+                }
             }
         }
         out

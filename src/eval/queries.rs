@@ -6,16 +6,19 @@
 //!   sub-folder is the label of the one `--label` column), the layout a team sorting photos
 //!   by hand ends up with; a photo's id is its path in the folder.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Result};
 
 use super::{joined_label, stratified_sample, LabelledQuery};
+use crate::catalog::SqliteCatalog;
 use crate::import::folder::read_folder;
 use crate::import::kaggle::{read_catalog, KaggleReport};
 use crate::import::ItemImage;
 use crate::model::InputSpec;
 use crate::preprocess::{self, DecodeLimits};
+use crate::types::{Key, Product};
 
 /// The queries a folder gave, and what it left out and why.
 #[derive(Debug)]
@@ -62,22 +65,12 @@ pub fn read_query_folder(dir: &Path, label: &str, n: usize, seed: u64, input: &I
         );
     }
     let labels: Vec<String> = labelled.iter().map(|photo| photo.label.clone().unwrap_or_default()).collect();
-    let limits = DecodeLimits::default();
-    let side = preprocess::needed_side(input, None);
     let mut queries = Vec::new();
     let mut unreadable = Vec::new();
     for i in stratified_sample(&labels, n.min(labelled.len()), seed) {
         let (photo, label) = (&labelled[i], labels[i].clone());
-        let decoded = std::fs::read(&photo.image).map_err(|e| e.to_string()).and_then(|bytes| preprocess::decode_reduced(&bytes, &limits, side).map_err(|e| e.to_string()));
-        match decoded {
-            // No larger than search itself would read it: the short side at `side`, by the
-            // model input's own resizer.
-            Ok(image) if image.width().min(image.height()) > side => {
-                let (short, long) = (image.width().min(image.height()), image.width().max(image.height()));
-                let image = image::DynamicImage::ImageRgb8(preprocess::reduced(&image, (u64::from(long) * u64::from(side)).div_ceil(u64::from(short)) as u32));
-                queries.push(LabelledQuery { id: photo.id.clone(), image, label });
-            }
-            Ok(image) => queries.push(LabelledQuery { id: photo.id.clone(), image, label }),
+        match read_as_searched(&photo.image, input) {
+            Ok((image, _)) => queries.push(LabelledQuery { id: photo.id.clone(), image, label }),
             Err(reason) => unreadable.push((photo.id.clone(), reason)),
         }
     }
@@ -86,6 +79,117 @@ pub fn read_query_folder(dir: &Path, label: &str, n: usize, seed: u64, input: &I
         bail!("none of the {} photos drawn from {} could be read ({id}: {reason})", unreadable.len(), dir.display());
     }
     Ok(QueryFolder { queries, rows: report, unlabelled, unreadable })
+}
+
+/// A photo file decoded no larger than search itself reads it (the short side at
+/// [`preprocess::needed_side`], by the model input's own resizer), with the file's bytes; why
+/// not, in words, when it cannot be read or decoded.
+fn read_as_searched(file: &Path, input: &InputSpec) -> Result<(image::DynamicImage, Vec<u8>), String> {
+    let side = preprocess::needed_side(input, None);
+    let bytes = std::fs::read(file).map_err(|e| e.to_string())?;
+    let image = preprocess::decode_reduced(&bytes, &DecodeLimits::default(), side).map_err(|e| e.to_string())?;
+    let (short, long) = (image.width().min(image.height()), image.width().max(image.height()));
+    if short <= side {
+        return Ok((image, bytes));
+    }
+    let reduced = preprocess::reduced(&image, (u64::from(long) * u64::from(side)).div_ceil(u64::from(short)) as u32);
+    Ok((image::DynamicImage::ImageRgb8(reduced), bytes))
+}
+
+/// Photos of catalog products taken anew (`eval --product-photos`), each known by the product
+/// it shows, and what the folder left out and why.
+#[derive(Debug)]
+pub struct ProductPhotos {
+    pub photos: Vec<ProductPhoto>,
+    /// Photos whose name is no catalog product's id.
+    pub unknown: Vec<String>,
+    /// Photos that are the catalog's own photo of their product (the same file, or the same
+    /// pixels): each would find itself, which says nothing of a photo taken anew.
+    pub catalog_photos: Vec<String>,
+    /// Photos that could not be read, with the reason.
+    pub unreadable: Vec<(String, String)>,
+}
+
+/// One photo of [`ProductPhotos`]: its path in the folder, the catalog product it shows, and
+/// the photo as search reads it.
+#[derive(Debug)]
+pub struct ProductPhoto {
+    pub id: String,
+    pub product: Key,
+    pub image: image::DynamicImage,
+}
+
+/// Reads a folder of photos of catalog products, each named after the product it shows: the
+/// file `ID.jpg`, or any file in a sub-folder `ID/` (several photos of one product). The name
+/// is looked up as a product id, then as the file name of one (a catalog imported with
+/// `index --images` has ids such as `dresses/red.jpg`: `red.jpg` or `red/` names it, when no
+/// other product has that file name).
+pub fn read_product_photos(dir: &Path, catalog: &SqliteCatalog, products: &[Product], input: &InputSpec) -> Result<ProductPhotos> {
+    let listed = read_folder(dir)?;
+    if listed.is_empty() {
+        bail!("{} holds no photos (JPEG, PNG, WebP, GIF, BMP, TIFF)", dir.display());
+    }
+    let by_id: HashMap<&str, &Product> = products.iter().map(|p| (p.id.as_str(), p)).collect();
+    let mut by_file_name: HashMap<&str, Option<&Product>> = HashMap::new();
+    for product in products {
+        let name = product.id.rsplit('/').next().unwrap_or(&product.id);
+        by_file_name.entry(file_stem(name)).and_modify(|p| *p = None).or_insert(Some(product));
+        if name != product.id {
+            by_file_name.entry(name).and_modify(|p| *p = None).or_insert(Some(product));
+        }
+    }
+    let named = |name: &str| by_id.get(name).copied().or_else(|| by_file_name.get(name).copied().flatten());
+    let mut read = ProductPhotos { photos: Vec::new(), unknown: Vec::new(), catalog_photos: Vec::new(), unreadable: Vec::new() };
+    for item in listed {
+        let ItemImage::File(file) = item.image else { continue };
+        let name = match item.metadata.get("folder") {
+            Some(folder) => folder.split('/').next().unwrap_or(folder),
+            None => file_stem(&item.id),
+        };
+        let Some(product) = named(name) else {
+            read.unknown.push(item.id);
+            continue;
+        };
+        let (image, bytes) = match read_as_searched(&file, input) {
+            Ok(read) => read,
+            Err(reason) => {
+                read.unreadable.push((item.id, reason));
+                continue;
+            }
+        };
+        if is_catalog_photo(catalog, product, &bytes, &image)? {
+            read.catalog_photos.push(item.id);
+            continue;
+        }
+        read.photos.push(ProductPhoto { id: item.id, product: product.key, image });
+    }
+    if read.photos.is_empty() {
+        let example = products.first().map_or("ID", |p| p.id.as_str());
+        bail!(
+            "no photo in {} can measure finding a product ({} name no catalog product, {} are the catalog's own photos, {} could not be read): name each photo after the product it shows (e.g. {example}.jpg, or {example}/front.jpg)",
+            dir.display(),
+            read.unknown.len(),
+            read.catalog_photos.len(),
+            read.unreadable.len()
+        );
+    }
+    Ok(read)
+}
+
+/// A file name without its extension.
+fn file_stem(name: &str) -> &str {
+    name.rsplit_once('.').map_or(name, |(stem, _)| stem)
+}
+
+/// Whether a photo is the catalog's own photo of `product`: the same bytes, or the same pixels
+/// (saved again).
+fn is_catalog_photo(catalog: &SqliteCatalog, product: &Product, bytes: &[u8], image: &image::DynamicImage) -> Result<bool> {
+    use sha2::Digest;
+    if hex::encode(sha2::Sha256::digest(bytes)) == product.content_hash {
+        return Ok(true);
+    }
+    let Ok(own) = catalog.decoded_image(product.key, &product.image) else { return Ok(false) };
+    Ok(own.width() == image.width() && own.height() == image.height() && own.to_rgb8() == image.to_rgb8())
 }
 
 /// The catalog layout: each row's photo, labelled by the row's values of `columns`.

@@ -666,6 +666,23 @@ fn eval_measures_how_often_photos_of_catalog_products_find_them() {
     // The table says the same, and what was left out.
     let table = ok(&["eval", "--db", path(shared_catalog()), "--product-photos", path(&photos), "--methods", "lookalike"]);
     assert!(table.contains("product photos: 6 photos of 5 catalog products") && table.contains("left out, 1 name no catalog product: not-a-product.png"), "{table}");
+    // A catalog imported from a folder has paths for ids (`shirts/p1.png`): a photo named
+    // after the file (`p1.png`, or in `p1/`) names it, unless two products share that name.
+    let folder = dir.path().join("folder");
+    for (sub, i) in [("shirts", 0), ("shirts", 1), ("shoes", 0)] {
+        std::fs::create_dir_all(folder.join(sub)).expect("mkdir");
+        fm.image(i).expect("image").save(folder.join(sub).join(format!("p{i}.png"))).expect("png");
+    }
+    let by_path = dir.path().join("by-path.db");
+    ok(&["index", "--db", path(&by_path), "--images", path(&folder)]);
+    let anew = dir.path().join("anew");
+    std::fs::create_dir_all(anew.join("p1")).expect("mkdir");
+    taken_anew(1, 60).save(anew.join("p1.png")).expect("png");
+    taken_anew(1, 61).save(anew.join("p1").join("side.png")).expect("png");
+    taken_anew(0, 62).save(anew.join("p0.png")).expect("png");
+    let by_name = json(&ok(&["eval", "--db", path(&by_path), "--product-photos", path(&anew), "--methods", "lookalike", "--json"]));
+    assert_eq!((by_name["product_photos"]["photos"].as_u64(), by_name["product_photos"]["products"].as_u64()), (Some(2), Some(1)), "{by_name}");
+    assert_eq!(by_name["product_photos"]["unknown"], serde_json::json!(["p0.png"]), "shirts/p0.png or shoes/p0.png: {by_name}");
     // A folder in which no photo names a product says how to name them.
     let strangers = dir.path().join("strangers");
     std::fs::create_dir_all(&strangers).expect("mkdir");

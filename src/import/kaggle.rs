@@ -10,7 +10,8 @@
 //! - rows with fewer fields than the header, or without an id, are reported and skipped;
 //! - some listed products have no image file; they are reported and skipped;
 //! - blank lines, a UTF-8 byte-order mark, CRLF line ends and stray non-UTF-8 bytes occur in
-//!   re-saved copies and are tolerated.
+//!   re-saved copies and are tolerated, and so are semicolons or tabs between the fields (a
+//!   spreadsheet's export in many locales).
 
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsString;
@@ -81,6 +82,18 @@ pub fn read_catalog(dir: &Path) -> Result<(Vec<StyleRow>, KaggleReport)> {
     parse_styles(&bytes, &csv_path, |id| find_image(&images_dir, &image_files, id))
 }
 
+/// The field separator of a `styles.csv`: a comma, as the Fashion Product Images file has, or
+/// the semicolon or tab that a spreadsheet writes in many locales (Excel's "CSV" where the
+/// decimal separator is a comma): the first under which the header line has an `id` column.
+fn delimiter(body: &[u8]) -> u8 {
+    let header = body.split(|&b| b == b'\n').next().unwrap_or_default();
+    let names_id = |separator: u8| {
+        let mut reader = csv::ReaderBuilder::new().has_headers(false).delimiter(separator).from_reader(header);
+        reader.byte_records().next().and_then(|r| r.ok()).is_some_and(|r| r.iter().any(|f| String::from_utf8_lossy(f).trim().eq_ignore_ascii_case("id")))
+    };
+    [b',', b';', b'\t'].into_iter().find(|&separator| names_id(separator)).unwrap_or(b',')
+}
+
 /// Parses the bytes of a `styles.csv`; `image_of` finds a product's image by id (or says it is
 /// missing). Pure apart from that lookup, so it can be fuzzed on arbitrary bytes.
 pub fn parse_styles(bytes: &[u8], csv_path: &Path, image_of: impl Fn(&str) -> Option<PathBuf>) -> Result<(Vec<StyleRow>, KaggleReport)> {
@@ -89,7 +102,7 @@ pub fn parse_styles(bytes: &[u8], csv_path: &Path, image_of: impl Fn(&str) -> Op
     let body = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
     // `flexible`: rows with a different number of fields are data to repair or report, not a
     // reason to abort the whole file.
-    let mut reader = csv::ReaderBuilder::new().has_headers(false).flexible(true).from_reader(body);
+    let mut reader = csv::ReaderBuilder::new().has_headers(false).flexible(true).delimiter(delimiter(body)).from_reader(body);
     let mut records = reader.byte_records();
 
     let header: Vec<String> = match records.next() {
@@ -100,7 +113,7 @@ pub fn parse_styles(bytes: &[u8], csv_path: &Path, image_of: impl Fn(&str) -> Op
         None => bail!("{} is empty: expected a header line starting with id", csv_path.display()),
     };
     let Some(id_column) = header.iter().position(|h| h.eq_ignore_ascii_case("id")) else {
-        bail!("{}: the header {:?} has no id column", csv_path.display(), header.join(","));
+        bail!("{}: the header {:?} has no id column (columns separated by commas, semicolons or tabs)", csv_path.display(), header.join(","));
     };
 
     // Where unquoted commas of a product name split it: the free-text column.
@@ -272,6 +285,25 @@ mod tests {
         assert_eq!(rows[1].get("productDisplayName"), Some("Nike, Inc.,Men Red T-shirt"));
         assert_eq!(rows[2].get("productDisplayName"), Some("Quoted, properly"));
         assert!(rows.iter().all(|r| r.metadata.len() == 10));
+    }
+
+    /// A spreadsheet's export where the decimal separator is a comma: semicolons between the
+    /// fields (and a byte-order mark, as Excel writes it), or tabs; a comma inside a value is
+    /// then just text.
+    #[test]
+    fn semicolons_or_tabs_between_the_fields_are_read_too() {
+        for separator in [";", "\t"] {
+            let csv = format!("\u{feff}id{separator}productDisplayName{separator}price\r\n41{separator}Boots, leather{separator}89,00\r\n42{separator}Scarf{separator}12,50\r\n");
+            let dir = catalog(csv.as_bytes(), &["41.jpg", "42.jpg"]);
+            let (rows, report) = read_catalog(dir.path()).unwrap();
+            assert_eq!(report, KaggleReport { rows: 2, ..Default::default() }, "{separator:?}");
+            assert_eq!((rows[0].id.as_str(), rows[0].get("productDisplayName"), rows[0].get("price")), ("41", Some("Boots, leather"), Some("89,00")), "{separator:?}");
+            assert_eq!(rows[1].get("price"), Some("12,50"));
+        }
+        // No id column under any separator: the error says which separators were tried.
+        let dir = catalog(b"sku;name\n1;a\n", &["1.jpg"]);
+        let err = read_catalog(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("no id column") && err.contains("semicolons"), "{err}");
     }
 
     /// A shop's own CSV with the name before other columns: the name's commas stay in the

@@ -197,7 +197,7 @@ fn labelled_by_rows(dir: &Path, columns: &[&str]) -> Result<(Vec<Listed>, Kaggle
     let (rows, report) = read_catalog(dir)?;
     if rows.is_empty() {
         bail!(
-            "no row of {}'s styles.csv has a photo to search with ({report}{}): each photo is images/ID.jpg (or .png, .jpeg), ID being its row's id",
+            "no row of {}'s styles.csv has a photo to search with ({report}{}): each photo is images/ID.jpg (or .png, .webp, ...), ID being its row's id",
             dir.display(),
             report.missing_images.first().map(|id| format!("; no images/{id}.jpg, for one")).unwrap_or_default()
         );

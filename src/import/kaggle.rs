@@ -13,7 +13,7 @@
 //!   re-saved copies and are tolerated, and so are semicolons or tabs between the fields (a
 //!   spreadsheet's export in many locales).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::ffi::OsString;
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -22,8 +22,9 @@ use anyhow::{bail, Context, Result};
 
 use crate::types::NAME_COLUMNS;
 
-/// The image extensions tried for `images/ID.*`, in order of preference.
-const IMAGE_EXTENSIONS: [&str; 3] = ["jpg", "png", "jpeg"];
+/// The image extensions tried for `images/ID.*` (in any case), in order of preference: those
+/// of the Fashion Product Images layout, then every other format lookalike decodes.
+const IMAGE_EXTENSIONS: [&str; 8] = ["jpg", "png", "jpeg", "webp", "gif", "bmp", "tif", "tiff"];
 
 /// One product of the catalog.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,7 +49,7 @@ impl StyleRow {
 pub struct KaggleReport {
     /// Data rows read (header and blank lines not counted), imported or not.
     pub rows: usize,
-    /// Ids of rows skipped because `images/ID.{jpg,png,jpeg}` does not exist.
+    /// Ids of rows skipped because no `images/ID.jpg` (or `.png`, `.jpeg`, `.webp`, ... in any case) exists.
     pub missing_images: Vec<String>,
     /// Rows skipped as unusable: line number in `styles.csv` (1-based) and the reason.
     pub malformed: Vec<(u64, String)>,
@@ -218,20 +219,28 @@ fn check_id(id: &str) -> Result<(), String> {
 /// cheaper than tens of thousands of `stat` calls, three extensions each. Symbolic links are
 /// left out (their product is reported as missing its image): a link could point anywhere on
 /// the machine, and the catalog must only ever read the shop's own folder.
-fn list_files(dir: &Path) -> Result<HashSet<OsString>> {
+/// The image files of `dir` by (file stem, extension in lower case): cameras write `.JPG`.
+/// Where two differ only in the extension's case, the lower-case one.
+fn list_files(dir: &Path) -> Result<HashMap<(String, String), OsString>> {
     let entries = std::fs::read_dir(dir).with_context(|| format!("listing the catalog's image directory {}", dir.display()))?;
-    let mut names = HashSet::new();
+    let mut files = HashMap::new();
     for entry in entries {
         let entry = entry.with_context(|| format!("listing {}", dir.display()))?;
-        if entry.file_type().is_ok_and(|t| t.is_file()) {
-            names.insert(entry.file_name());
+        let name = entry.file_name();
+        let Some((stem, ext)) = name.to_str().and_then(|n| n.rsplit_once('.')) else { continue };
+        if !entry.file_type().is_ok_and(|t| t.is_file()) {
+            continue;
+        }
+        let key = (stem.to_string(), ext.to_ascii_lowercase());
+        if ext == key.1 || !files.contains_key(&key) {
+            files.insert(key, name.clone());
         }
     }
-    Ok(names)
+    Ok(files)
 }
 
-fn find_image(images_dir: &Path, files: &HashSet<OsString>, id: &str) -> Option<PathBuf> {
-    IMAGE_EXTENSIONS.iter().map(|ext| format!("{id}.{ext}")).find(|name| files.contains(&OsString::from(name))).map(|name| images_dir.join(name))
+fn find_image(images_dir: &Path, files: &HashMap<(String, String), OsString>, id: &str) -> Option<PathBuf> {
+    IMAGE_EXTENSIONS.iter().find_map(|ext| files.get(&(id.to_string(), ext.to_string()))).map(|name| images_dir.join(name))
 }
 
 #[cfg(test)]
@@ -285,6 +294,17 @@ mod tests {
         assert_eq!(rows[1].get("productDisplayName"), Some("Nike, Inc.,Men Red T-shirt"));
         assert_eq!(rows[2].get("productDisplayName"), Some("Quoted, properly"));
         assert!(rows.iter().all(|r| r.metadata.len() == 10));
+    }
+
+    /// A camera's `.JPG`, a shop's `.webp`: any format lookalike decodes, in any case.
+    #[test]
+    fn photos_in_any_decodable_format_and_extension_case_are_found() {
+        let csv = "id,articleType\n41,Shirts\n42,Shirts\n43,Shirts\n44,Shirts\n45,Shirts\n";
+        let dir = catalog(csv.as_bytes(), &["41.JPG", "42.webp", "43.Png", "44.JPG", "44.jpg", "45.txt"]);
+        let (rows, report) = read_catalog(dir.path()).unwrap();
+        let found: Vec<&str> = rows.iter().map(|r| r.image.file_name().and_then(|n| n.to_str()).unwrap()).collect();
+        assert_eq!(found, ["41.JPG", "42.webp", "43.Png", "44.jpg"]);
+        assert_eq!(report.missing_images, ["45"]);
     }
 
     /// A spreadsheet's export where the decimal separator is a comma: semicolons between the

@@ -222,6 +222,9 @@ fn bad_images_give_errors_naming_the_file() {
         assert!(!out.status.success(), "{name} was accepted");
         assert!(stderr.contains(name), "{name}: error does not name the file: {stderr}");
         assert!(!stderr.contains("panicked"), "{name}: panic: {stderr}");
+        let said = stderr.lines().find(|l| l.starts_with("error:")).unwrap_or_default();
+        let reasons = ["the file is empty", "corrupt image", "unsupported format", "more than the limit"];
+        assert_eq!(reasons.iter().map(|r| said.matches(r).count()).sum::<usize>(), 1, "{name}: the reason, said once: {said}");
     }
     let out = lookalike(&["search", "--db", path(db), "/nonexistent/photo.jpg"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/photo.jpg"));

@@ -202,8 +202,10 @@ pub struct SearchResults {
 /// Why a search failed, so callers can tell the user's mistake from ours.
 #[derive(Debug, thiserror::Error)]
 pub enum SearchError {
+    // Not `#[from]`: that would make the image error this one's source as well, and a report
+    // of the whole chain (the CLI's) would say it twice.
     #[error("unreadable image: {0}")]
-    Image(#[from] ImageError),
+    Image(ImageError),
     #[error("no product with id {0:?}")]
     UnknownProduct(String),
     #[error("bad request: {0}")]
@@ -214,6 +216,12 @@ pub enum SearchError {
     Unavailable(StoreUnavailable),
     #[error(transparent)]
     Internal(anyhow::Error),
+}
+
+impl From<ImageError> for SearchError {
+    fn from(err: ImageError) -> SearchError {
+        SearchError::Image(err)
+    }
 }
 
 impl From<anyhow::Error> for SearchError {

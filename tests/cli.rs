@@ -267,6 +267,10 @@ fn missing_catalog_and_bad_flags_are_clear() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("validation"));
     let out = lookalike(&["search", "--db", path(shared_catalog()), "--like", "x", "--bogus"]);
     assert!(!out.status.success());
+    // No results asked for is no search, not "no products match".
+    let out = lookalike(&["search", "--db", path(shared_catalog()), "--like", "fmnist-train-00000", "-k", "0"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("'-k <K>': must be at least 1"), "{stderr}");
     // Checked before any connection is tried: more acknowledgements than copies.
     let out = lookalike(&["sync", "--db", path(shared_catalog()), "--store", "qdrant://127.0.0.1:9", "--replicas", "2", "--write-consistency", "3"]);
     assert!(!out.status.success());

@@ -268,6 +268,15 @@ fn kept_import_calibration(catalog: &SqliteCatalog) -> Result<Option<model::Int8
     }
 }
 
+/// Parses a count that must be at least 1 (`search -k`): zero results is no search.
+pub fn at_least_one(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".to_string()),
+        Ok(n) => Ok(n),
+        Err(_) => Err(format!("{text:?} is not a whole number")),
+    }
+}
+
 pub fn cores() -> usize {
     std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
 }

@@ -24,8 +24,8 @@ pub struct SearchArgs {
     /// Search with a catalog product's stored vector instead of a photo ("more like this").
     #[arg(long, value_name = "PRODUCT_ID", conflicts_with = "image")]
     pub like: Option<String>,
-    /// Number of results.
-    #[arg(short, default_value_t = 10)]
+    /// Number of results (at least 1).
+    #[arg(short, default_value_t = 10, value_parser = at_least_one)]
     pub k: usize,
     /// Skip this many results (paging).
     #[arg(long, default_value_t = 0)]

@@ -11,6 +11,10 @@ use crate::types::Metadata;
 /// File extensions taken as images (case-insensitive).
 pub const IMAGE_EXTENSIONS: &[&str] = &["jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff"];
 
+/// Photo formats lookalike cannot decode (phones save HEIC or AVIF): listed all the same, so
+/// that an import reports each as skipped and why, instead of leaving it out without a word.
+pub const UNDECODED_PHOTO_EXTENSIONS: &[&str] = &["heic", "heif", "avif"];
+
 /// Lists the images below `dir`. The sub-folder a photo sits in is kept as its `folder`
 /// metadata, so a catalog organised as `dresses/…`, `shoes/…` can be filtered by it.
 pub fn read_folder(dir: &Path) -> Result<Vec<CatalogItem>> {
@@ -25,7 +29,7 @@ pub fn read_folder(dir: &Path) -> Result<Vec<CatalogItem>> {
             continue;
         }
         let path = entry.path();
-        let is_image = path.extension().and_then(|e| e.to_str()).is_some_and(|e| IMAGE_EXTENSIONS.iter().any(|x| x.eq_ignore_ascii_case(e)));
+        let is_image = path.extension().and_then(|e| e.to_str()).is_some_and(|e| IMAGE_EXTENSIONS.iter().chain(UNDECODED_PHOTO_EXTENSIONS).any(|x| x.eq_ignore_ascii_case(e)));
         if !is_image {
             continue;
         }
@@ -52,10 +56,12 @@ mod tests {
         std::fs::write(dir.path().join("shoes/red/a.JPG"), b"x")?;
         std::fs::write(dir.path().join("b.png"), b"x")?;
         std::fs::write(dir.path().join("notes.txt"), b"x")?;
+        std::fs::write(dir.path().join("phone.HEIC"), b"x")?;
         let items = read_folder(dir.path())?;
         let ids: Vec<&str> = items.iter().map(|i| i.id.as_str()).collect();
-        assert_eq!(ids, ["b.png", "shoes/red/a.JPG"]);
-        assert_eq!(items[1].metadata["folder"], "shoes/red");
+        // A phone's HEIC photo is listed, for the import to say it cannot read it.
+        assert_eq!(ids, ["b.png", "phone.HEIC", "shoes/red/a.JPG"]);
+        assert_eq!(items[2].metadata["folder"], "shoes/red");
         assert!(!items[0].metadata.contains_key("folder"));
         assert!(read_folder(&dir.path().join("missing")).is_err());
         Ok(())

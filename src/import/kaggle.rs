@@ -23,8 +23,10 @@ use anyhow::{bail, Context, Result};
 use crate::types::NAME_COLUMNS;
 
 /// The image extensions tried for `images/ID.*` (in any case), in order of preference: those
-/// of the Fashion Product Images layout, then every other format lookalike decodes.
-const IMAGE_EXTENSIONS: [&str; 8] = ["jpg", "png", "jpeg", "webp", "gif", "bmp", "tif", "tiff"];
+/// of the Fashion Product Images layout, every other format lookalike decodes, then the phone
+/// formats it does not (so that the import says why it skipped the product, not that it has
+/// no photo).
+const IMAGE_EXTENSIONS: [&str; 11] = ["jpg", "png", "jpeg", "webp", "gif", "bmp", "tif", "tiff", "heic", "heif", "avif"];
 
 /// One product of the catalog.
 #[derive(Debug, Clone, PartialEq, Eq)]

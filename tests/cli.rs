@@ -92,6 +92,15 @@ fn filters_return_k_matching_products() {
 
     let out = json(&ok(&["search", "--db", path(shared_catalog()), path(&file), "--filter", "articleType=Unicorn", "--json"]));
     assert_eq!(out["hits"].as_array().map(Vec::len), Some(0));
+    // A filter that matches nothing says which part no product has, and what there is instead.
+    let table = ok(&["search", "--db", path(shared_catalog()), path(&file), "--filter", "articleType=Unicorn"]);
+    assert!(table.contains("(no products match: no product has articleType=Unicorn (articleType has: ") && table.contains("Bag"), "{table}");
+    let table = ok(&["search", "--db", path(shared_catalog()), "--like", "fmnist-train-00000", "--filter", "articletype=bag"]);
+    assert!(table.contains("no product has a column \"articletype\" (did you mean \"articleType\"?)"), "{table}");
+    let table = ok(&["list", "--db", path(shared_catalog()), "--filter", "articleType=bag"]);
+    assert!(table.contains("(no products match: no product has articleType=bag (did you mean articleType=Bag?))"), "{table}");
+    let table = ok(&["list", "--db", path(shared_catalog()), "--filter", "articleType=Bag", "--filter", "split=test"]);
+    assert!(table.contains("no product has split=test (split has: train)"), "{table}");
 
     let out = lookalike(&["search", "--db", path(shared_catalog()), path(&file), "--filter", "articleType"]);
     assert!(!out.status.success());
@@ -167,7 +176,7 @@ fn list_pages_through_the_catalog_and_filters_it() {
     assert_eq!(lines.len(), 4, "a header, two products, how to go on: {table}");
     assert!(lines[1].starts_with("fmnist-train-00000") && lines[2].starts_with("fmnist-train-00001"), "{table}");
     assert!(lines[3].contains("300 products in all") && lines[3].contains("--page "), "{table}");
-    assert!(ok(&["list", "--db", db, "--filter", "articleType=Unicorn"]).contains("(no products match)"));
+    assert!(ok(&["list", "--db", db, "--filter", "articleType=Unicorn"]).contains("(no products match: no product has articleType=Unicorn"));
 
     let out = lookalike(&["list", "--db", db, "--page", "not-a-token"]);
     let stderr = String::from_utf8_lossy(&out.stderr);

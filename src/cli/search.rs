@@ -74,15 +74,57 @@ pub fn run(args: SearchArgs) -> Result<()> {
         (None, Some(id)) => (engine.search_like(id, &request)?, false),
         (None, None) => bail!("give a photo or --like PRODUCT_ID"),
     };
+    // A filter that matches nothing is most often a typo: say which part no product has.
+    let why_none = match results.hits.is_empty() && !request.filter.is_empty() {
+        true => why_nothing_matches(&request.filter, &engine.facets()?.0),
+        false => None,
+    };
     if args.json {
         // The same body as the API's answer (`POST /api/search`).
         use lookalike::server::types::SearchResponse;
         let body = if by_photo { SearchResponse::for_photo(&results, args.items, None) } else { SearchResponse::new(&results, None) };
         println!("{}", serde_json::to_string_pretty(&body)?);
+        if let Some(why) = why_none {
+            eprintln!("no products match: {why}");
+        }
     } else {
-        print_results(&results, by_photo, args.items);
+        print_results(&results, by_photo, args.items, why_none.as_deref());
     }
     Ok(())
+}
+
+/// Why `filter` matches no product, in words a shop engineer can act on: a column no product
+/// has, or a value no product has in its column, with what there is instead (`facets`: the
+/// catalog's (column, value, products) counts, by column, most products first). `None` when
+/// each condition alone matches some product.
+pub(super) fn why_nothing_matches(filter: &Filter, facets: &[(String, String, usize)]) -> Option<String> {
+    let listed = |items: Vec<&str>| {
+        let more = if items.len() > 12 { ", ..." } else { "" };
+        format!("{}{more}", items.iter().take(12).copied().collect::<Vec<_>>().join(", "))
+    };
+    let mut reasons = Vec::new();
+    for (column, values) in filter.conditions() {
+        let in_column: Vec<&str> = facets.iter().filter(|(c, _, _)| c == column).map(|(_, v, _)| v.as_str()).collect();
+        if in_column.is_empty() {
+            let mut columns: Vec<&str> = facets.iter().map(|(c, _, _)| c.as_str()).collect();
+            columns.dedup();
+            reasons.push(match columns.iter().find(|c| c.eq_ignore_ascii_case(column)) {
+                Some(close) => format!("no product has a column {column:?} (did you mean {close:?}?)"),
+                None => format!("no product has a column {column:?} (the columns: {})", listed(columns)),
+            });
+        } else if !values.iter().any(|v| in_column.contains(&v.as_str())) {
+            let asked = values.join(" or ");
+            reasons.push(match values.iter().find_map(|v| in_column.iter().find(|have| have.eq_ignore_ascii_case(v))) {
+                Some(close) => format!("no product has {column}={asked} (did you mean {column}={close}?)"),
+                None => format!("no product has {column}={asked} ({column} has: {})", listed(in_column)),
+            });
+        }
+    }
+    match (reasons.is_empty(), filter.conditions().count()) {
+        (false, _) => Some(reasons.join("; ")),
+        (true, 2..) => Some("each condition matches some products, but none matches all of them".to_string()),
+        (true, _) => None,
+    }
 }
 
 pub(super) fn image_label(image: &lookalike::types::ImageRef) -> String {
@@ -93,7 +135,7 @@ pub(super) fn image_label(image: &lookalike::types::ImageRef) -> String {
     }
 }
 
-fn print_results(results: &SearchResults, by_photo: bool, items: Items) {
+fn print_results(results: &SearchResults, by_photo: bool, items: Items, why_none: Option<&str>) {
     if by_photo {
         let boxes: Vec<String> = results.detections.iter().map(|d| box_label(d.bounds)).collect();
         match boxes.len() {
@@ -105,12 +147,12 @@ fn print_results(results: &SearchResults, by_photo: bool, items: Items) {
         let [r, g, b] = c.rgb;
         println!("colour of the photo: {} (#{r:02x}{g:02x}{b:02x}); ranked with colour={}", photo_colour_label(c, "%"), results.colour_mode);
     }
-    print_table(&results.hits);
+    print_table(&results.hits, why_none);
     if items == Items::All {
         for (n, item) in results.items.iter().enumerate() {
             let colour = item.query_colour.as_ref().map_or(String::new(), |c| format!(", {}", photo_colour_label(c, "")));
             println!("\nproduct {} of {} at {} (score {:.2}{colour}):", n + 1, results.items.len(), box_label(item.detection.bounds), item.detection.score);
-            print_table(&item.hits);
+            print_table(&item.hits, why_none);
         }
     }
     let t = &results.timings;
@@ -156,7 +198,7 @@ pub(super) fn colour_width(cells: &[String]) -> usize {
     cells.iter().map(|c| c.chars().count()).max().unwrap_or(0).clamp(10, 32)
 }
 
-fn print_table(hits: &[RankedProduct]) {
+fn print_table(hits: &[RankedProduct], why_none: Option<&str>) {
     // A patterned product's colours are what tells two "Multi" hits apart, so the column
     // widens to hold them (up to a limit) rather than cutting them off.
     let colours: Vec<String> = hits.iter().map(|h| colour_cell(&h.product, &h.colour_mix)).collect();
@@ -175,8 +217,10 @@ fn print_table(hits: &[RankedProduct]) {
             image_label(&p.image)
         );
     }
-    if hits.is_empty() {
-        println!("(no products match)");
+    match (hits.is_empty(), why_none) {
+        (true, Some(why)) => println!("(no products match: {why})"),
+        (true, None) => println!("(no products match)"),
+        (false, _) => {}
     }
 }
 

@@ -835,7 +835,8 @@ fn tuning_is_stored_used_and_undone() {
     let db = copy_catalog(dir.path());
     let out = lookalike(&["tune", "--db", path(&db), "--label", "noSuchColumn"]);
     assert!(!out.status.success(), "no labels: nothing to tune");
-    assert!(String::from_utf8_lossy(&out.stderr).contains("noSuchColumn"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("noSuchColumn") && stderr.contains("the catalog's columns: articleType, index, split"), "{stderr}");
 
     let out = lookalike(&["tune", "--db", path(&db), "--label", "articleType", "--dim", "64", "--hidden", "128", "--epochs", "8", "--augment", "64"]);
     let stderr = String::from_utf8_lossy(&out.stderr);

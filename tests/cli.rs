@@ -786,6 +786,10 @@ fn eval_measures_a_shops_own_labelled_photos() {
     let out = lookalike(&["eval", "--db", path(shared_catalog()), "--query-photos", path(&shop), "--methods", "lookalike"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success() && stderr.contains("1 of 20 queries have a label no catalog product has (\"Kaftan\")"), "{stderr}");
+    // Labelled by a column the catalog lacks: nothing to judge by, and the catalog's columns said.
+    let out = lookalike(&["eval", "--db", path(shared_catalog()), "--query-photos", path(&shop), "--label", "gender"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("has a \"gender\" column to judge relevance by (its columns: articleType, index, split"), "{stderr}");
     // The shop's own catalog folder given as queries: each photo finds itself, and the run says so.
     let itself = dir.path().join("itself.db");
     ok(&["index", "--db", path(&itself), "--kaggle", path(&shop)]);

@@ -357,7 +357,12 @@ pub fn evaluate_each(
     let products = catalog.all_products()?;
     let labels: HashMap<Key, String> = products.iter().filter_map(|p| Some((p.key, joined_label(&columns, |c| p.metadata.get(c).map(String::as_str))?))).collect();
     if labels.is_empty() && !queries.is_empty() {
-        bail!("no product in {} has a {label:?} column to judge relevance by", catalog.path().display());
+        let columns: std::collections::BTreeSet<&str> = products.iter().flat_map(|p| p.metadata.keys().map(String::as_str)).collect();
+        bail!(
+            "no product in {} has a {label:?} column to judge relevance by (its columns: {}; choose with --label)",
+            catalog.path().display(),
+            columns.into_iter().collect::<Vec<_>>().join(", ")
+        );
     }
     let ids: HashMap<Key, &str> = products.iter().map(|p| (p.key, p.id.as_str())).collect();
     // Read before the vectors are loaded: a folder that gives nothing to measure fails at once.

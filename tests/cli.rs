@@ -333,6 +333,23 @@ fn kaggle_layout_with_dirty_rows() {
     let ids: Vec<&str> = men["hits"].as_array().expect("hits").iter().filter_map(|h| h["id"].as_str()).collect();
     assert_eq!(ids.len(), 2);
     assert!(ids.contains(&"1001") && ids.contains(&"1003"));
+
+    // A shop's own spreadsheet export: semicolons, a `SKU` column naming the products and
+    // their photos (`--id-column`, any case).
+    let export = dir.path().join("export");
+    std::fs::create_dir_all(export.join("images")).expect("mkdir");
+    std::fs::copy(shop.join("images/1001.jpg"), export.join("images/SH-1.JPG")).expect("copy");
+    std::fs::copy(shop.join("images/1003.jpg"), export.join("images/SH-3.jpg")).expect("copy");
+    std::fs::write(export.join("styles.csv"), "SKU;articleType;price\nSH-1;Casual Shoes;59,90\nSH-3;Shirts;29,90\n").expect("csv");
+    let exported = dir.path().join("export.db");
+    let out = lookalike(&["index", "--db", path(&exported), "--kaggle", path(&export)]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("no id column") && stderr.contains("--id-column"), "{stderr}");
+    ok(&["index", "--db", path(&exported), "--kaggle", path(&export), "--id-column", "sku"]);
+    let listed = json(&ok(&["list", "--db", path(&exported), "--json"]));
+    let products: Vec<(&str, &str)> =
+        listed["products"].as_array().expect("products").iter().map(|p| (p["id"].as_str().unwrap_or(""), p["price"].as_str().unwrap_or(""))).collect();
+    assert_eq!(products, [("SH-1", "59,90"), ("SH-3", "29,90")], "{listed}");
 }
 
 /// A shop changes a price or a name in `styles.csv` and runs `index` again: the product takes

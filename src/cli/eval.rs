@@ -30,6 +30,10 @@ pub struct EvalArgs {
     /// sub-folders named after their label (`Tshirts/a.jpg`).
     #[arg(long, value_name = "DIR")]
     pub query_photos: Option<PathBuf>,
+    /// The column of --query-photos' styles.csv that holds the photos' ids, as `index
+    /// --id-column` reads a catalog's.
+    #[arg(long, value_name = "COLUMN", default_value = lookalike::import::kaggle::ID_COLUMN)]
+    pub id_column: String,
     /// Number of queries, stratified by label.
     #[arg(long, default_value_t = 2000)]
     pub queries: usize,
@@ -205,7 +209,7 @@ fn fashion_mnist_queries(args: &EvalArgs, assets: &Assets, split: &str) -> Resul
 /// A stratified sample of the shop's own labelled photos; what the folder left out is said,
 /// as `index` says what it skipped.
 fn photo_folder_queries(args: &EvalArgs, dir: &std::path::Path, input: &lookalike::model::InputSpec) -> Result<Vec<LabelledQuery>> {
-    let folder = eval::read_query_folder(dir, &args.label, args.queries, args.seed, input)?;
+    let folder = eval::read_query_folder(dir, &args.label, args.queries, args.seed, input, &args.id_column)?;
     let rows = &folder.rows;
     if !rows.missing_images.is_empty() {
         eprintln!("{} rows of styles.csv have no photo in images/: {}", rows.missing_images.len(), first_few(&rows.missing_images));

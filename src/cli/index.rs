@@ -22,6 +22,10 @@ pub struct IndexArgs {
     /// A "Fashion Product Images" folder: images/ID.jpg + styles.csv.
     #[arg(long, value_name = "DIR")]
     pub kaggle: Option<PathBuf>,
+    /// The styles.csv column of product ids (any case), which also name the photos
+    /// (images/ID.jpg): `sku` or `handle` in a shop's own export.
+    #[arg(long, value_name = "COLUMN", default_value = lookalike::import::kaggle::ID_COLUMN)]
+    pub id_column: String,
     /// Any folder of photos (recursive; a product's id is its relative path).
     #[arg(long, value_name = "DIR")]
     pub images: Option<PathBuf>,
@@ -61,7 +65,7 @@ pub struct IndexArgs {
 pub fn run(args: IndexArgs) -> Result<()> {
     let assets = Assets::from_env();
     let items = if let Some(dir) = &args.kaggle {
-        let (items, report) = import::read_kaggle(dir)?;
+        let (items, report) = import::read_kaggle(dir, &args.id_column)?;
         for id in &report.missing_images {
             tracing::warn!("product {id}: image file missing, skipped");
         }

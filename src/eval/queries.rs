@@ -48,11 +48,12 @@ struct Listed {
 /// larger than the model's `input` needs (a folder of 4,000-pixel phone photos would otherwise
 /// take gigabytes). `label` names the columns, comma-separated; several are joined as
 /// [`super::LABEL_SEPARATOR`] joins them. A photo that does not decode is left out and reported, as
-/// `index` leaves one out.
-pub fn read_query_folder(dir: &Path, label: &str, n: usize, seed: u64, input: &InputSpec) -> Result<QueryFolder> {
+/// `index` leaves one out. `id_column` names the column of a `styles.csv` that holds the photos'
+/// ids.
+pub fn read_query_folder(dir: &Path, label: &str, n: usize, seed: u64, input: &InputSpec, id_column: &str) -> Result<QueryFolder> {
     let columns: Vec<&str> = label.split(',').map(str::trim).collect();
     let (listed, report) = match dir.join("styles.csv").is_file() {
-        true => labelled_by_rows(dir, &columns)?,
+        true => labelled_by_rows(dir, &columns, id_column)?,
         false => (labelled_by_sub_folders(dir, &columns)?, KaggleReport::default()),
     };
     let (labelled, unlabelled): (Vec<Listed>, Vec<Listed>) = listed.into_iter().partition(|photo| photo.label.is_some());
@@ -193,8 +194,8 @@ fn is_catalog_photo(catalog: &SqliteCatalog, product: &Product, bytes: &[u8], im
 }
 
 /// The catalog layout: each row's photo, labelled by the row's values of `columns`.
-fn labelled_by_rows(dir: &Path, columns: &[&str]) -> Result<(Vec<Listed>, KaggleReport)> {
-    let (rows, report) = read_catalog(dir)?;
+fn labelled_by_rows(dir: &Path, columns: &[&str], id_column: &str) -> Result<(Vec<Listed>, KaggleReport)> {
+    let (rows, report) = read_catalog(dir, id_column)?;
     if rows.is_empty() {
         bail!(
             "no row of {}'s styles.csv has a photo to search with ({report}{}): each photo is images/ID.jpg (or .png, .webp, ...), ID being its row's id",
@@ -240,6 +241,7 @@ fn labelled_by_sub_folders(dir: &Path, columns: &[&str]) -> Result<Vec<Listed>> 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::import::kaggle::ID_COLUMN;
 
     /// A folder of four photos: two labelled Shirts, one Shoes, one without a label, one whose
     /// file is not an image; plus one row without a photo.
@@ -268,7 +270,7 @@ mod tests {
     #[test]
     fn a_folder_gives_its_labelled_readable_photos_and_says_what_it_left_out() {
         let dir = folder();
-        let read = read_query_folder(dir.path(), "articleType", 100, 42, &input()).expect("read");
+        let read = read_query_folder(dir.path(), "articleType", 100, 42, &input(), ID_COLUMN).expect("read");
         let mut got: Vec<(String, String)> = read.queries.iter().map(|q| (q.id.clone(), q.label.clone())).collect();
         got.sort();
         assert_eq!(got, [("1".into(), "Shirts".into()), ("2".into(), "Shirts".into()), ("3".into(), "Shoes".into())]);
@@ -283,14 +285,14 @@ mod tests {
         assert_eq!((small.image.width(), small.image.height()), (40, 80));
 
         // Several columns: both must have a value, joined as eval joins them.
-        let both = read_query_folder(dir.path(), "articleType, baseColour", 100, 42, &input()).expect("read");
+        let both = read_query_folder(dir.path(), "articleType, baseColour", 100, 42, &input(), ID_COLUMN).expect("read");
         let mut labels: Vec<String> = both.queries.iter().map(|q| q.label.clone()).collect();
         labels.sort();
         assert_eq!(labels, ["Shirts / Blue", "Shirts / Red", "Shoes / Red"]);
 
         // A sample: one photo per label when two are asked for (photo 5, a Shoes row that does
         // not decode, may be the one drawn: it is then reported, not replaced).
-        let two = read_query_folder(dir.path(), "articleType", 2, 42, &input()).expect("read");
+        let two = read_query_folder(dir.path(), "articleType", 2, 42, &input(), ID_COLUMN).expect("read");
         let mut labels: Vec<String> = two.queries.iter().map(|q| q.label.clone()).collect();
         labels.extend(two.unreadable.iter().map(|_| "Shoes".to_string()));
         labels.sort();
@@ -309,30 +311,30 @@ mod tests {
             photo(path);
         }
         std::fs::write(dir.path().join("Shoes/notes.txt"), "not a photo").expect("write");
-        let read = read_query_folder(dir.path(), "articleType", 100, 42, &input()).expect("read");
+        let read = read_query_folder(dir.path(), "articleType", 100, 42, &input(), ID_COLUMN).expect("read");
         let mut got: Vec<(String, String)> = read.queries.iter().map(|q| (q.id.clone(), q.label.clone())).collect();
         got.sort();
         assert_eq!(got, [("Shirts/a.png".into(), "Shirts".into()), ("Shirts/front/b.png".into(), "Shirts".into()), ("Shoes/c.jpg".into(), "Shoes".into())]);
         assert_eq!(read.unlabelled, ["loose.png"], "a photo in no sub-folder has no label");
         assert!(read.unreadable.is_empty() && read.rows == KaggleReport::default());
         // One label per photo: several columns are refused, by name.
-        let err = read_query_folder(dir.path(), "articleType,baseColour", 100, 42, &input()).expect_err("two columns").to_string();
+        let err = read_query_folder(dir.path(), "articleType,baseColour", 100, 42, &input(), ID_COLUMN).expect_err("two columns").to_string();
         assert!(err.contains("no styles.csv") && err.contains("baseColour"), "{err}");
         let empty = tempfile::tempdir().expect("tempdir");
-        let err = read_query_folder(empty.path(), "articleType", 100, 42, &input()).expect_err("no photos").to_string();
+        let err = read_query_folder(empty.path(), "articleType", 100, 42, &input(), ID_COLUMN).expect_err("no photos").to_string();
         assert!(err.contains("holds no photos"), "{err}");
     }
 
     #[test]
     fn a_folder_without_the_label_column_is_refused_by_name() {
         let dir = folder();
-        let err = read_query_folder(dir.path(), "gender", 100, 42, &input()).expect_err("no gender column").to_string();
+        let err = read_query_folder(dir.path(), "gender", 100, 42, &input(), ID_COLUMN).expect_err("no gender column").to_string();
         assert!(err.contains("gender") && err.contains("--label"), "{err}");
-        let err = read_query_folder(&dir.path().join("nowhere"), "articleType", 100, 42, &input()).expect_err("no folder").to_string();
+        let err = read_query_folder(&dir.path().join("nowhere"), "articleType", 100, 42, &input(), ID_COLUMN).expect_err("no folder").to_string();
         assert!(err.contains("nowhere"), "{err}");
         // Rows whose photos are named otherwise: said as such, not as a missing label.
         std::fs::write(dir.path().join("styles.csv"), "id,articleType\n9,Shirts\n").expect("csv");
-        let err = read_query_folder(dir.path(), "articleType", 100, 42, &input()).expect_err("no photo").to_string();
+        let err = read_query_folder(dir.path(), "articleType", 100, 42, &input(), ID_COLUMN).expect_err("no photo").to_string();
         assert!(err.contains("no images/9.jpg") && err.contains("1 without an image"), "{err}");
     }
 }

@@ -72,8 +72,10 @@ impl fmt::Display for KaggleReport {
 
 /// Reads a catalog directory (`styles.csv` + `images/`). Unusable rows are skipped and listed in
 /// the report; only an unreadable `styles.csv`, a missing `images/` directory or a header
-/// without an `id` column are errors.
-pub fn read_catalog(dir: &Path) -> Result<(Vec<StyleRow>, KaggleReport)> {
+/// without the id column are errors. `id_column` names the column of product ids (and photo
+/// names), in any case: [`ID_COLUMN`] in the Fashion Product Images layout, `sku` or `handle`
+/// in a shop's own export.
+pub fn read_catalog(dir: &Path, id_column: &str) -> Result<(Vec<StyleRow>, KaggleReport)> {
     let csv_path = dir.join("styles.csv");
     let bytes = std::fs::read(&csv_path).with_context(|| format!("reading {}", csv_path.display()))?;
     // Recorded as the real, absolute path: the server refuses to read an image through any
@@ -82,17 +84,20 @@ pub fn read_catalog(dir: &Path) -> Result<(Vec<StyleRow>, KaggleReport)> {
     let images_dir = dir.join("images");
     let images_dir = images_dir.canonicalize().with_context(|| format!("resolving the catalog's image directory {}", images_dir.display()))?;
     let image_files = list_files(&images_dir)?;
-    parse_styles(&bytes, &csv_path, |id| find_image(&images_dir, &image_files, id))
+    parse_styles_by(&bytes, &csv_path, id_column, |id| find_image(&images_dir, &image_files, id))
 }
+
+/// The column of product ids in the Fashion Product Images layout.
+pub const ID_COLUMN: &str = "id";
 
 /// The field separator of a `styles.csv`: a comma, as the Fashion Product Images file has, or
 /// the semicolon or tab that a spreadsheet writes in many locales (Excel's "CSV" where the
-/// decimal separator is a comma): the first under which the header line has an `id` column.
-fn delimiter(body: &[u8]) -> u8 {
+/// decimal separator is a comma): the first under which the header line has the id column.
+fn delimiter(body: &[u8], id_column: &str) -> u8 {
     let header = body.split(|&b| b == b'\n').next().unwrap_or_default();
     let names_id = |separator: u8| {
         let mut reader = csv::ReaderBuilder::new().has_headers(false).delimiter(separator).from_reader(header);
-        reader.byte_records().next().and_then(|r| r.ok()).is_some_and(|r| r.iter().any(|f| String::from_utf8_lossy(f).trim().eq_ignore_ascii_case("id")))
+        reader.byte_records().next().and_then(|r| r.ok()).is_some_and(|r| r.iter().any(|f| String::from_utf8_lossy(f).trim().eq_ignore_ascii_case(id_column)))
     };
     [b',', b';', b'\t'].into_iter().find(|&separator| names_id(separator)).unwrap_or(b',')
 }
@@ -100,12 +105,17 @@ fn delimiter(body: &[u8]) -> u8 {
 /// Parses the bytes of a `styles.csv`; `image_of` finds a product's image by id (or says it is
 /// missing). Pure apart from that lookup, so it can be fuzzed on arbitrary bytes.
 pub fn parse_styles(bytes: &[u8], csv_path: &Path, image_of: impl Fn(&str) -> Option<PathBuf>) -> Result<(Vec<StyleRow>, KaggleReport)> {
+    parse_styles_by(bytes, csv_path, ID_COLUMN, image_of)
+}
+
+/// [`parse_styles`] with the product ids in column `id_column` (any case).
+pub fn parse_styles_by(bytes: &[u8], csv_path: &Path, id_column: &str, image_of: impl Fn(&str) -> Option<PathBuf>) -> Result<(Vec<StyleRow>, KaggleReport)> {
     // The csv crate does not strip a byte-order mark; left in, it would become part of the first
     // header name ("\u{feff}id") and the id column would not be found.
     let body = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
     // `flexible`: rows with a different number of fields are data to repair or report, not a
     // reason to abort the whole file.
-    let mut reader = csv::ReaderBuilder::new().has_headers(false).flexible(true).delimiter(delimiter(body)).from_reader(body);
+    let mut reader = csv::ReaderBuilder::new().has_headers(false).flexible(true).delimiter(delimiter(body, id_column)).from_reader(body);
     let mut records = reader.byte_records();
 
     let header: Vec<String> = match records.next() {
@@ -113,10 +123,14 @@ pub fn parse_styles(bytes: &[u8], csv_path: &Path, image_of: impl Fn(&str) -> Op
             let record = record.with_context(|| format!("{}: reading the header", csv_path.display()))?;
             record.iter().map(|f| String::from_utf8_lossy(f).trim().to_string()).collect()
         }
-        None => bail!("{} is empty: expected a header line starting with id", csv_path.display()),
+        None => bail!("{} is empty: expected a header line naming the columns, {id_column} among them", csv_path.display()),
     };
-    let Some(id_column) = header.iter().position(|h| h.eq_ignore_ascii_case("id")) else {
-        bail!("{}: the header {:?} has no id column (columns separated by commas, semicolons or tabs)", csv_path.display(), header.join(","));
+    let Some(id_index) = header.iter().position(|h| h.eq_ignore_ascii_case(id_column)) else {
+        bail!(
+            "{}: the header {:?} has no {id_column} column (columns separated by commas, semicolons or tabs; name the column of product ids with --id-column)",
+            csv_path.display(),
+            header.join(",")
+        );
     };
 
     // Where unquoted commas of a product name split it: the free-text column.
@@ -144,7 +158,7 @@ pub fn parse_styles(bytes: &[u8], csv_path: &Path, image_of: impl Fn(&str) -> Op
                 continue;
             }
         };
-        let id = values[id_column].clone();
+        let id = values[id_index].clone();
         if let Err(reason) = check_id(&id) {
             report.malformed.push((line, reason));
             continue;
@@ -270,7 +284,7 @@ mod tests {
              39386,Men,Apparel,Bottomwear,Jeans,Blue,Summer,2012,Casual,Peter England Men Party Blue Jeans\n"
         );
         let dir = catalog(csv.as_bytes(), &["15970.jpg", "39386.jpg"]);
-        let (rows, report) = read_catalog(dir.path()).unwrap();
+        let (rows, report) = read_catalog(dir.path(), ID_COLUMN).unwrap();
         assert_eq!(report, KaggleReport { rows: 2, ..Default::default() });
         assert_eq!(rows.len(), 2);
         assert_eq!(rows[0].id, "15970");
@@ -290,7 +304,7 @@ mod tests {
              13,Men,Apparel,Topwear,Tshirts,Red,Summer,2012,Sports,\"Quoted, properly\"\n"
         );
         let dir = catalog(csv.as_bytes(), &["11.jpg", "12.jpg", "13.jpg"]);
-        let (rows, report) = read_catalog(dir.path()).unwrap();
+        let (rows, report) = read_catalog(dir.path(), ID_COLUMN).unwrap();
         assert!(report.malformed.is_empty(), "{report:?}");
         assert_eq!(rows[0].get("productDisplayName"), Some("Titan Women Silver, Gold Toned Watch"));
         assert_eq!(rows[1].get("productDisplayName"), Some("Nike, Inc.,Men Red T-shirt"));
@@ -298,12 +312,27 @@ mod tests {
         assert!(rows.iter().all(|r| r.metadata.len() == 10));
     }
 
+    /// A shop's own export names its product ids otherwise (`SKU`): `--id-column` says which
+    /// column, in any case; the photos are named after it. `id`, if there too, is just data.
+    #[test]
+    fn the_id_column_can_be_named() {
+        let csv = "Title;SKU;id\nBoots;B-100;7\nScarf;S-200;8\n";
+        let dir = catalog(csv.as_bytes(), &["B-100.jpg", "S-200.webp"]);
+        let (rows, report) = read_catalog(dir.path(), "sku").unwrap();
+        assert_eq!(report, KaggleReport { rows: 2, ..Default::default() });
+        let ids: Vec<&str> = rows.iter().map(|r| r.id.as_str()).collect();
+        assert_eq!(ids, ["B-100", "S-200"]);
+        assert_eq!((rows[0].get("Title"), rows[0].get("id")), (Some("Boots"), Some("7")));
+        let err = read_catalog(dir.path(), "handle").unwrap_err().to_string();
+        assert!(err.contains("no handle column") && err.contains("--id-column"), "{err}");
+    }
+
     /// A camera's `.JPG`, a shop's `.webp`: any format lookalike decodes, in any case.
     #[test]
     fn photos_in_any_decodable_format_and_extension_case_are_found() {
         let csv = "id,articleType\n41,Shirts\n42,Shirts\n43,Shirts\n44,Shirts\n45,Shirts\n";
         let dir = catalog(csv.as_bytes(), &["41.JPG", "42.webp", "43.Png", "44.JPG", "44.jpg", "45.txt"]);
-        let (rows, report) = read_catalog(dir.path()).unwrap();
+        let (rows, report) = read_catalog(dir.path(), ID_COLUMN).unwrap();
         let found: Vec<&str> = rows.iter().map(|r| r.image.file_name().and_then(|n| n.to_str()).unwrap()).collect();
         assert_eq!(found, ["41.JPG", "42.webp", "43.Png", "44.jpg"]);
         assert_eq!(report.missing_images, ["45"]);
@@ -317,14 +346,14 @@ mod tests {
         for separator in [";", "\t"] {
             let csv = format!("\u{feff}id{separator}productDisplayName{separator}price\r\n41{separator}Boots, leather{separator}89,00\r\n42{separator}Scarf{separator}12,50\r\n");
             let dir = catalog(csv.as_bytes(), &["41.jpg", "42.jpg"]);
-            let (rows, report) = read_catalog(dir.path()).unwrap();
+            let (rows, report) = read_catalog(dir.path(), ID_COLUMN).unwrap();
             assert_eq!(report, KaggleReport { rows: 2, ..Default::default() }, "{separator:?}");
             assert_eq!((rows[0].id.as_str(), rows[0].get("productDisplayName"), rows[0].get("price")), ("41", Some("Boots, leather"), Some("89,00")), "{separator:?}");
             assert_eq!(rows[1].get("price"), Some("12,50"));
         }
         // No id column under any separator: the error says which separators were tried.
         let dir = catalog(b"sku;name\n1;a\n", &["1.jpg"]);
-        let err = read_catalog(dir.path()).unwrap_err().to_string();
+        let err = read_catalog(dir.path(), ID_COLUMN).unwrap_err().to_string();
         assert!(err.contains("no id column") && err.contains("semicolons"), "{err}");
     }
 
@@ -334,7 +363,7 @@ mod tests {
     fn unquoted_commas_are_joined_into_the_name_column_wherever_it_is() {
         let csv = "id,productDisplayName,price,baseColour\n41,Boots, leather, brown,89.00,Brown\n42,Plain Scarf,12.50,Red\n";
         let dir = catalog(csv.as_bytes(), &["41.jpg", "42.jpg"]);
-        let (rows, report) = read_catalog(dir.path()).unwrap();
+        let (rows, report) = read_catalog(dir.path(), ID_COLUMN).unwrap();
         assert!(report.malformed.is_empty(), "{report:?}");
         assert_eq!(rows[0].get("productDisplayName"), Some("Boots, leather, brown"));
         assert_eq!((rows[0].get("price"), rows[0].get("baseColour")), (Some("89.00"), Some("Brown")));
@@ -351,7 +380,7 @@ mod tests {
              21,Men,Apparel,Topwear,Shirts,Blue,Fall,2011,Casual,Same Id Again\n"
         );
         let dir = catalog(csv.as_bytes(), &["21.jpg", "22.jpg"]);
-        let (rows, report) = read_catalog(dir.path()).unwrap();
+        let (rows, report) = read_catalog(dir.path(), ID_COLUMN).unwrap();
         assert_eq!(rows.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(), ["21"]);
         assert_eq!(report.rows, 5);
         let lines: Vec<u64> = report.malformed.iter().map(|(l, _)| *l).collect();
@@ -372,7 +401,7 @@ mod tests {
              34,Men,Apparel,Topwear,Shirts,Blue,Fall,2011,Casual,Has Nothing\n"
         );
         let dir = catalog(csv.as_bytes(), &["31.jpg", "32.png", "33.jpeg", "35.jpg"]);
-        let (rows, report) = read_catalog(dir.path()).unwrap();
+        let (rows, report) = read_catalog(dir.path(), ID_COLUMN).unwrap();
         let images: Vec<PathBuf> = rows.iter().map(|r| r.image.clone()).collect();
         let expected: Vec<PathBuf> = ["31.jpg", "32.png", "33.jpeg"].iter().map(|n| dir.path().join("images").join(n)).collect();
         assert_eq!(images, expected);
@@ -387,7 +416,7 @@ mod tests {
         csv.extend_from_slice(b"\r\n\r\n41,Men,Apparel,Topwear,Shirts,Blue,Fall,2011,Casual,Caf\xE9 Shirt\r\n");
         csv.extend_from_slice(b"   \r\n\n42,Women,Footwear,Shoes,Heels,Black,Winter,2015,Party,Black Heels\r\n\r\n");
         let dir = catalog(&csv, &["41.jpg", "42.jpg"]);
-        let (rows, report) = read_catalog(dir.path()).unwrap();
+        let (rows, report) = read_catalog(dir.path(), ID_COLUMN).unwrap();
         assert_eq!(report, KaggleReport { rows: 2, ..Default::default() });
         assert_eq!(rows[0].metadata[0].0, "id", "the BOM is not part of the first header");
         assert_eq!(rows[0].get("productDisplayName"), Some("Caf\u{FFFD} Shirt"));
@@ -399,7 +428,7 @@ mod tests {
     fn line_numbers_count_physical_lines() {
         let csv = format!("\u{feff}{HEADER}\r\n\r\n\n51,Men\n52,\"multi\nline\"\n\n53,Women\n");
         let dir = catalog(csv.as_bytes(), &[]);
-        let (_, report) = read_catalog(dir.path()).unwrap();
+        let (_, report) = read_catalog(dir.path(), ID_COLUMN).unwrap();
         let lines: Vec<u64> = report.malformed.iter().map(|(l, _)| *l).collect();
         assert_eq!(lines, [4, 5, 8]);
     }
@@ -407,18 +436,18 @@ mod tests {
     #[test]
     fn unusable_catalogs_are_errors_with_paths() {
         let no_csv = tempfile::tempdir().unwrap();
-        let text = format!("{:#}", read_catalog(no_csv.path()).unwrap_err());
+        let text = format!("{:#}", read_catalog(no_csv.path(), ID_COLUMN).unwrap_err());
         assert!(text.contains("styles.csv"), "{text}");
 
         let no_images = tempfile::tempdir().unwrap();
         std::fs::write(no_images.path().join("styles.csv"), HEADER).unwrap();
-        let text = format!("{:#}", read_catalog(no_images.path()).unwrap_err());
+        let text = format!("{:#}", read_catalog(no_images.path(), ID_COLUMN).unwrap_err());
         assert!(text.contains("images"), "{text}");
 
         let empty = catalog(b"", &[]);
-        assert!(format!("{:#}", read_catalog(empty.path()).unwrap_err()).contains("empty"));
+        assert!(format!("{:#}", read_catalog(empty.path(), ID_COLUMN).unwrap_err()).contains("empty"));
 
         let no_id = catalog(b"name,colour\nShirt,Blue\n", &[]);
-        assert!(format!("{:#}", read_catalog(no_id.path()).unwrap_err()).contains("no id column"));
+        assert!(format!("{:#}", read_catalog(no_id.path(), ID_COLUMN).unwrap_err()).contains("no id column"));
     }
 }

@@ -430,8 +430,9 @@ fn describe(image: &ItemImage) -> String {
 
 /// The Fashion Product Images layout (`images/ID.jpg` + `styles.csv`) as catalog items, with
 /// every CSV column kept as metadata, plus the report of rows that had to be skipped.
-pub fn read_kaggle(dir: &std::path::Path) -> Result<(Vec<CatalogItem>, kaggle::KaggleReport)> {
-    let (rows, report) = kaggle::read_catalog(dir)?;
+/// `id_column` names the column of product ids ([`kaggle::read_catalog`]).
+pub fn read_kaggle(dir: &std::path::Path, id_column: &str) -> Result<(Vec<CatalogItem>, kaggle::KaggleReport)> {
+    let (rows, report) = kaggle::read_catalog(dir, id_column)?;
     let items = rows.into_iter().map(|row| CatalogItem { id: row.id, image: ItemImage::File(row.image), metadata: row.metadata.into_iter().collect() }).collect();
     Ok((items, report))
 }

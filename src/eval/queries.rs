@@ -5,6 +5,9 @@
 //! - photos in sub-folders named after their label (`Tshirts/a.jpg`, `Shoes/b.jpg`: the top
 //!   sub-folder is the label of the one `--label` column), the layout a team sorting photos
 //!   by hand ends up with; a photo's id is its path in the folder.
+//!
+//! And photos of catalog products the shop took anew (`eval --product-photos`), each named
+//! after the product it shows, to measure how often such a photo finds its product.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -158,7 +161,7 @@ pub fn read_product_photos(dir: &Path, catalog: &SqliteCatalog, products: &[Prod
                 continue;
             }
         };
-        if is_catalog_photo(catalog, product, &bytes, &image)? {
+        if is_catalog_photo(catalog, product, &bytes, &image) {
             read.catalog_photos.push(item.id);
             continue;
         }
@@ -184,13 +187,13 @@ fn file_stem(name: &str) -> &str {
 
 /// Whether a photo is the catalog's own photo of `product`: the same bytes, or the same pixels
 /// (saved again).
-fn is_catalog_photo(catalog: &SqliteCatalog, product: &Product, bytes: &[u8], image: &image::DynamicImage) -> Result<bool> {
+fn is_catalog_photo(catalog: &SqliteCatalog, product: &Product, bytes: &[u8], image: &image::DynamicImage) -> bool {
     use sha2::Digest;
     if hex::encode(sha2::Sha256::digest(bytes)) == product.content_hash {
-        return Ok(true);
+        return true;
     }
-    let Ok(own) = catalog.decoded_image(product.key, &product.image) else { return Ok(false) };
-    Ok(own.width() == image.width() && own.height() == image.height() && own.to_rgb8() == image.to_rgb8())
+    // A catalog photo that cannot be read now cannot be compared: the new photo counts.
+    catalog.decoded_image(product.key, &product.image).is_ok_and(|own| own.width() == image.width() && own.height() == image.height() && own.to_rgb8() == image.to_rgb8())
 }
 
 /// The catalog layout: each row's photo, labelled by the row's values of `columns`.

@@ -231,12 +231,12 @@ fn check_id(id: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// The names of the regular files in `images/`, read once: one directory listing is much
-/// cheaper than tens of thousands of `stat` calls, three extensions each. Symbolic links are
-/// left out (their product is reported as missing its image): a link could point anywhere on
-/// the machine, and the catalog must only ever read the shop's own folder.
-/// The image files of `dir` by (file stem, extension in lower case): cameras write `.JPG`.
-/// Where two differ only in the extension's case, the lower-case one.
+/// The names of the regular files in `images/` by (file stem, extension in lower case: cameras
+/// write `.JPG`), read once: one directory listing is much cheaper than tens of thousands of
+/// `stat` calls, several extensions each. Where two differ only in the extension's case, the
+/// lower-case one. Symbolic links are left out (their product is reported as missing its
+/// image): a link could point anywhere on the machine, and the catalog must only ever read the
+/// shop's own folder.
 fn list_files(dir: &Path) -> Result<HashMap<(String, String), OsString>> {
     let entries = std::fs::read_dir(dir).with_context(|| format!("listing the catalog's image directory {}", dir.display()))?;
     let mut files = HashMap::new();

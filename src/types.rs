@@ -133,6 +133,19 @@ pub const COLOUR_COLUMNS: [&str; 3] = ["baseColour", "colour", "color"];
 /// whose metadata names none.
 pub const COMPUTED_COLOUR_COLUMN: &str = "colour";
 
+/// A photo's content hash as a catalog records it (`Product::content_hash`): hex SHA-256 of its
+/// bytes. An import encodes a product again only when this changes.
+pub fn content_hash(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(bytes))
+}
+
+/// The metadata columns any of `products` has, sorted (what a label or filter can name).
+pub fn columns_of(products: &[Product]) -> Vec<&str> {
+    let columns: BTreeSet<&str> = products.iter().flat_map(|p| p.metadata.keys().map(String::as_str)).collect();
+    columns.into_iter().collect()
+}
+
 /// Whether the shop's own metadata names a colour (one of [`COLOUR_COLUMNS`], not blank): then
 /// it wins, and no computed name is stored.
 pub fn names_a_colour(metadata: &Metadata) -> bool {

@@ -11,7 +11,7 @@ use lookalike::assets::Assets;
 use lookalike::catalog::SqliteCatalog;
 use lookalike::colour::ColourMode;
 use lookalike::encoder::Encoder;
-use lookalike::eval::{self, LabelledQuery};
+use lookalike::eval::{self, first_few, LabelledQuery};
 use lookalike::import::fashion_mnist::FashionMnist;
 use lookalike::kind::KindMode;
 
@@ -226,10 +226,4 @@ fn photo_folder_queries(args: &EvalArgs, dir: &std::path::Path, input: &lookalik
         eprintln!("{} photos could not be read, left out: {}", why.len(), first_few(&why));
     }
     Ok(folder.queries)
-}
-
-/// The first five of `items`, comma-separated, "..." after them when there are more.
-fn first_few(items: &[String]) -> String {
-    let more = if items.len() > 5 { ", ..." } else { "" };
-    format!("{}{more}", items.iter().take(5).map(String::as_str).collect::<Vec<_>>().join(", "))
 }

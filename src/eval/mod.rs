@@ -64,6 +64,13 @@ pub(crate) fn joined_label<'a>(columns: &[&str], value: impl Fn(&str) -> Option<
     values.map(|v| v.join(LABEL_SEPARATOR))
 }
 
+/// The first five of `items`, comma-separated, "..." after them when there are more: how a
+/// report names what it left out.
+pub fn first_few<S: AsRef<str>>(items: &[S]) -> String {
+    let more = if items.len() > 5 { ", ..." } else { "" };
+    format!("{}{more}", items.iter().take(5).map(AsRef::as_ref).collect::<Vec<_>>().join(", "))
+}
+
 /// A query image with its ground-truth label (several columns' values joined by
 /// [`LABEL_SEPARATOR`]).
 #[derive(Debug)]
@@ -357,11 +364,10 @@ pub fn evaluate_each(
     let products = catalog.all_products()?;
     let labels: HashMap<Key, String> = products.iter().filter_map(|p| Some((p.key, joined_label(&columns, |c| p.metadata.get(c).map(String::as_str))?))).collect();
     if labels.is_empty() && !queries.is_empty() {
-        let columns: std::collections::BTreeSet<&str> = products.iter().flat_map(|p| p.metadata.keys().map(String::as_str)).collect();
         bail!(
             "no product in {} has a {label:?} column to judge relevance by (its columns: {}; choose with --label)",
             catalog.path().display(),
-            columns.into_iter().collect::<Vec<_>>().join(", ")
+            crate::types::columns_of(&products).join(", ")
         );
     }
     let ids: HashMap<Key, &str> = products.iter().map(|p| (p.key, p.id.as_str())).collect();
@@ -605,8 +611,7 @@ impl EvalReport {
             }
             for (what, left_out) in [("name no catalog product", &p.unknown), ("are the catalog's own photos", &p.catalog_photos), ("could not be read", &p.unreadable)] {
                 if !left_out.is_empty() {
-                    let more = if left_out.len() > 5 { ", ..." } else { "" };
-                    out.push_str(&format!("left out, {} {what}: {}{more}\n", left_out.len(), left_out.iter().take(5).cloned().collect::<Vec<_>>().join(", ")));
+                    out.push_str(&format!("left out, {} {what}: {}\n", left_out.len(), first_few(left_out)));
                 }
             }
         }

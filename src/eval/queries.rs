@@ -188,8 +188,7 @@ fn file_stem(name: &str) -> &str {
 /// Whether a photo is the catalog's own photo of `product`: the same bytes, or the same pixels
 /// (saved again).
 fn is_catalog_photo(catalog: &SqliteCatalog, product: &Product, bytes: &[u8], image: &image::DynamicImage) -> bool {
-    use sha2::Digest;
-    if hex::encode(sha2::Sha256::digest(bytes)) == product.content_hash {
+    if crate::types::content_hash(bytes) == product.content_hash {
         return true;
     }
     // A catalog photo that cannot be read now cannot be compared: the new photo counts.

@@ -21,7 +21,6 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use rayon::prelude::*;
-use sha2::{Digest, Sha256};
 
 use crate::catalog::{IndexedChange, IndexedImage, SqliteCatalog};
 use crate::colour::{self, ColourEstimate};
@@ -384,7 +383,7 @@ fn prepare_item(mut item: CatalogItem, known: &HashMap<String, IndexedImage>, li
         }
         ItemImage::Bytes { bytes, .. } => bytes,
     };
-    let hash = hex::encode(Sha256::digest(bytes));
+    let hash = crate::types::content_hash(bytes);
     let indexed = known.get(&item.id).filter(|k| k.content_hash == hash);
     if let Some((indexed, colour)) = indexed.and_then(|k| Some((k, k.colour.as_deref()?))) {
         // The photo is as indexed; the source's row may not be (a new price, a renamed

@@ -2,7 +2,6 @@
 //! catalog's facets.
 
 use anyhow::{Context, Result};
-use sha2::Digest as _;
 
 use super::rank::{collection_product, is_patterned, payload_colour};
 use super::{map_product, FacetCount, ListedProduct, ProductPage, SearchEngine, SearchError};
@@ -74,7 +73,7 @@ impl SearchEngine {
         let mime = image::guess_format(&photo).map(|f| f.to_mime_type()).unwrap_or("application/octet-stream").to_string();
         self.add_product(NewProduct {
             id,
-            content_hash: hex::encode(sha2::Sha256::digest(&photo)),
+            content_hash: crate::types::content_hash(&photo),
             image: crate::types::NewImage::Stored { bytes: photo, mime },
             metadata,
             vector: encoded.whole.vector,

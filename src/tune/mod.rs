@@ -108,11 +108,10 @@ pub fn labelled_features(catalog: &SqliteCatalog, label: &str) -> Result<(Labell
     let by_key: HashMap<Key, &str> = products.iter().filter_map(|p| p.metadata.get(label).map(|l| (p.key, l.as_str()))).collect();
     let classes: Vec<String> = by_key.values().map(|s| s.to_string()).collect::<BTreeSet<_>>().into_iter().collect();
     if classes.len() < 2 {
-        let columns: BTreeSet<&str> = products.iter().flat_map(|p| p.metadata.keys().map(String::as_str)).collect();
         bail!(
             "tuning needs products labelled with at least two different {label:?} values; found {} (the catalog's columns: {})",
             classes.len(),
-            columns.into_iter().collect::<Vec<_>>().join(", ")
+            crate::types::columns_of(&products).join(", ")
         );
     }
     let class_index: HashMap<&str, usize> = classes.iter().enumerate().map(|(i, c)| (c.as_str(), i)).collect();

@@ -10,7 +10,6 @@ use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use sha2::{Digest, Sha256};
 
 use super::super::error::{ApiError, ErrorBody};
 use super::super::extract::{read_image_field, AdminToken, FieldNames, UploadForm};
@@ -177,7 +176,7 @@ pub async fn add_product(State(state): Shared, _admin: AdminToken, UploadForm(mu
     let mime = image::guess_format(&image).map(|f| f.to_mime_type()).unwrap_or("application/octet-stream").to_string();
     let product = NewProduct {
         id: id.clone(),
-        content_hash: hex::encode(Sha256::digest(&image)),
+        content_hash: crate::types::content_hash(&image),
         image: NewImage::Stored { bytes: image.to_vec(), mime },
         metadata,
         vector: encoded.photo.whole.vector,

@@ -65,6 +65,8 @@ fn every_route_answers_and_is_in_the_openapi_document() {
     assert_eq!(filtered["total"].as_u64(), Some(shirts), "the filter's total is the facet's count");
     let filtered = filtered["products"].as_array().expect("products");
     assert!(filtered.iter().all(|p| p["metadata"]["articleType"] == "Shirt") && filtered.len() as u64 == shirts, "the Shirt filter lists the {shirts} shirts");
+    let none = ok_json(get("/api/products?filter=articletype%3DShirt"));
+    assert_eq!((&none["total"], &none["why_nothing_matches"]), (&json!(0), &json!("no product has a column \"articletype\" (did you mean \"articleType\"?)")));
     for route in ["/api/products?limit=0", "/api/products?limit=501", "/api/products?page=not-a-token", "/api/products?sort=name", "/api/products?filter=nocolumn"] {
         expect_error(get(route), 422, "bad_parameters");
     }
@@ -149,6 +151,13 @@ fn photo_search_ranks_filters_pages_and_crops() {
     let bags = ok_json(search_photo(&server, png.clone(), &[("k", "8"), ("filter", "articleType=Bag")]));
     assert_eq!(bags["hits"].as_array().map(Vec::len), Some(8));
     assert!(bags["hits"].as_array().expect("hits").iter().all(|h| h["metadata"]["articleType"] == "Bag"));
+    assert!(bags.get("why_nothing_matches").is_none(), "said only when nothing matches: {bags}");
+    // A filter that matches nothing says which part no product has (a typo, a stale link).
+    let typo = ok_json(search_photo(&server, png.clone(), &[("k", "8"), ("filter", "articleType=bag")]));
+    assert_eq!(typo["hits"], json!([]));
+    assert_eq!(typo["why_nothing_matches"], "no product has articleType=bag (did you mean articleType=Bag?)");
+    let both = ok_json(search_json(&server, json!({"product_id": "fmnist-train-00000", "k": 5, "filters": {"articleType": "Bag", "split": "test"}})));
+    assert_eq!(both["why_nothing_matches"], "no product has split=test (split has: train)");
     // Paging: page two continues page one.
     let first = ids(&ok_json(search_photo(&server, png.clone(), &[("k", "10")])));
     let second = ok_json(search_photo(&server, png.clone(), &[("k", "5"), ("offset", "5")]));

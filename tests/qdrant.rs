@@ -847,6 +847,17 @@ fn replicas_with_and_without_the_catalog_share_one_collection() {
     };
     assert_eq!(list_cli(&["--limit", "500"]), everything);
     assert_eq!(list_cli(&["--filter", "articleType=Test"]), HashSet::from(["listed-on-both".to_string()]));
+    // A filter no product meets says which part, from Qdrant's counts of a column it indexes;
+    // a column it does not index is not judged (some product may have it all the same).
+    let typo = serde_json::json!("no product has articleType=test (did you mean articleType=Test?)");
+    for server in [&replica, &owner] {
+        let none = ok_json(client().get(server.url("/api/products?filter=articleType%3Dtest")).send().expect("list"));
+        assert_eq!((&none["total"], &none["why_nothing_matches"]), (&serde_json::json!(0), &typo));
+        let found = ok_json(search_photo(server, test_photo(503).0, &[("filter", "articleType=test")]));
+        assert_eq!((&found["hits"], &found["why_nothing_matches"]), (&serde_json::json!([]), &typo));
+    }
+    let unjudged = ok_json(client().get(replica.url("/api/products?filter=season%3DNever")).send().expect("list"));
+    assert!(unjudged["total"] == 0 && unjudged.get("why_nothing_matches").is_none(), "{unjudged}");
     let bad = client().get(replica.url("/api/products?page=12")).send().expect("list");
     assert_eq!(bad.status().as_u16(), 422, "a page token that is no point id");
     assert_eq!(remove(&owner, "listed-on-both"), 204);

@@ -5,7 +5,7 @@ use anyhow::Result;
 use clap::Args;
 
 use super::args::*;
-use super::search::{colour_cell, colour_width, image_label, truncate, why_nothing_matches};
+use super::search::{colour_cell, colour_width, image_label, truncate};
 use lookalike::catalog::SqliteCatalog;
 use lookalike::search::{catalog_page, collection_page, ProductPage};
 use lookalike::types::Filter;
@@ -36,32 +36,20 @@ pub struct ListArgs {
 pub fn run(args: ListArgs) -> Result<()> {
     let filter = Filter::parse(&args.filters)?;
     let (from, limit) = (args.page.as_deref(), args.limit as usize);
-    let (page, why_none) = match args.store.qdrant(&args.db.db)? {
-        Some(config) => (collection_page(&lookalike::store::open_collection(&config)?.0, &filter, from, limit)?, None),
-        None => {
-            let catalog = SqliteCatalog::open_existing(&args.db.db)?;
-            let page = catalog_page(&catalog, &filter, from, limit)?;
-            // A filter that matches nothing is most often a typo: say which part no product has.
-            let why_none = match page.total == 0 && !filter.is_empty() {
-                true => why_nothing_matches(&filter, &catalog.value_counts()?),
-                false => None,
-            };
-            (page, why_none)
-        }
+    let page = match args.store.qdrant(&args.db.db)? {
+        Some(config) => collection_page(&lookalike::store::open_collection(&config)?.0, &filter, from, limit)?,
+        None => catalog_page(&SqliteCatalog::open_existing(&args.db.db)?, &filter, from, limit)?,
     };
     if args.json {
         let body = lookalike::server::types::ProductListBody::from(&page);
         println!("{}", serde_json::to_string_pretty(&body)?);
-        if let Some(why) = why_none {
-            eprintln!("no products match: {why}");
-        }
     } else {
-        print_page(&page, why_none.as_deref());
+        print_page(&page);
     }
     Ok(())
 }
 
-fn print_page(page: &ProductPage, why_none: Option<&str>) {
+fn print_page(page: &ProductPage) {
     let colours: Vec<String> = page.products.iter().map(|listed| colour_cell(&listed.product, &listed.colour_mix)).collect();
     let width = colour_width(&colours);
     println!("{:<24}  {:<36}  {:<16}  {:<width$}  {:>9}  image", "id", "name", "category", "colour", "price");
@@ -83,7 +71,7 @@ fn print_page(page: &ProductPage, why_none: Option<&str>) {
     };
     match (&page.next, page.products.is_empty()) {
         (Some(token), _) => println!("({total} in all; the next page with --page {token})"),
-        (None, true) => println!("(no products match{})", why_none.map(|why| format!(": {why}")).unwrap_or_default()),
+        (None, true) => println!("(no products match{})", page.why_nothing_matches.as_deref().map(|why| format!(": {why}")).unwrap_or_default()),
         (None, false) => println!("({total} in all)"),
     }
 }

@@ -74,57 +74,15 @@ pub fn run(args: SearchArgs) -> Result<()> {
         (None, Some(id)) => (engine.search_like(id, &request)?, false),
         (None, None) => bail!("give a photo or --like PRODUCT_ID"),
     };
-    // A filter that matches nothing is most often a typo: say which part no product has.
-    let why_none = match results.hits.is_empty() && !request.filter.is_empty() {
-        true => why_nothing_matches(&request.filter, &engine.facets()?.0),
-        false => None,
-    };
     if args.json {
         // The same body as the API's answer (`POST /api/search`).
         use lookalike::server::types::SearchResponse;
         let body = if by_photo { SearchResponse::for_photo(&results, args.items, None) } else { SearchResponse::new(&results, None) };
         println!("{}", serde_json::to_string_pretty(&body)?);
-        if let Some(why) = why_none {
-            eprintln!("no products match: {why}");
-        }
     } else {
-        print_results(&results, by_photo, args.items, why_none.as_deref());
+        print_results(&results, by_photo, args.items);
     }
     Ok(())
-}
-
-/// Why `filter` matches no product, in words a shop engineer can act on: a column no product
-/// has, or a value no product has in its column, with what there is instead (`facets`: the
-/// catalog's (column, value, products) counts, by column, most products first). `None` when
-/// each condition alone matches some product.
-pub(super) fn why_nothing_matches(filter: &Filter, facets: &[(String, String, usize)]) -> Option<String> {
-    let listed = |items: Vec<&str>| {
-        let more = if items.len() > 12 { ", ..." } else { "" };
-        format!("{}{more}", items.iter().take(12).copied().collect::<Vec<_>>().join(", "))
-    };
-    let mut reasons = Vec::new();
-    for (column, values) in filter.conditions() {
-        let in_column: Vec<&str> = facets.iter().filter(|(c, _, _)| c == column).map(|(_, v, _)| v.as_str()).collect();
-        if in_column.is_empty() {
-            let mut columns: Vec<&str> = facets.iter().map(|(c, _, _)| c.as_str()).collect();
-            columns.dedup();
-            reasons.push(match columns.iter().find(|c| c.eq_ignore_ascii_case(column)) {
-                Some(close) => format!("no product has a column {column:?} (did you mean {close:?}?)"),
-                None => format!("no product has a column {column:?} (the columns: {})", listed(columns)),
-            });
-        } else if !values.iter().any(|v| in_column.contains(&v.as_str())) {
-            let asked = values.join(" or ");
-            reasons.push(match values.iter().find_map(|v| in_column.iter().find(|have| have.eq_ignore_ascii_case(v))) {
-                Some(close) => format!("no product has {column}={asked} (did you mean {column}={close}?)"),
-                None => format!("no product has {column}={asked} ({column} has: {})", listed(in_column)),
-            });
-        }
-    }
-    match (reasons.is_empty(), filter.conditions().count()) {
-        (false, _) => Some(reasons.join("; ")),
-        (true, 2..) => Some("each condition matches some products, but none matches all of them".to_string()),
-        (true, _) => None,
-    }
 }
 
 pub(super) fn image_label(image: &lookalike::types::ImageRef) -> String {
@@ -135,7 +93,8 @@ pub(super) fn image_label(image: &lookalike::types::ImageRef) -> String {
     }
 }
 
-fn print_results(results: &SearchResults, by_photo: bool, items: Items, why_none: Option<&str>) {
+fn print_results(results: &SearchResults, by_photo: bool, items: Items) {
+    let why_none = results.why_nothing_matches.as_deref();
     if by_photo {
         let boxes: Vec<String> = results.detections.iter().map(|d| box_label(d.bounds)).collect();
         match boxes.len() {

@@ -197,6 +197,9 @@ pub struct SearchResults {
     /// Whether the photo's kind came first: the mode asked for, or `any` where products have
     /// no category to agree on.
     pub kind_mode: KindMode,
+    /// Why a filtered search found nothing, when the filter is to blame: the part of it no
+    /// product has, and what there is instead (most often a typo).
+    pub why_nothing_matches: Option<String>,
 }
 
 /// Why a search failed, so callers can tell the user's mistake from ours.
@@ -249,6 +252,8 @@ pub struct ProductPage {
     pub next: Option<String>,
     /// How many products match the listing's filter, on every page.
     pub total: usize,
+    /// Why the listing's filter matches no product, as [`SearchResults::why_nothing_matches`].
+    pub why_nothing_matches: Option<String>,
 }
 
 /// One facet of the page's filters: column, value, and how many products have it.

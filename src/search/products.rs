@@ -234,6 +234,16 @@ impl SearchEngine {
         }
     }
 
+    /// Why `filter` matches none of the products this engine searches (a Qdrant collection's,
+    /// with every server's changes, where that is the store; else the catalog's): the part of
+    /// it no product has, and what there is instead. `None` when the filter is not to blame.
+    pub fn why_nothing_matches(&self, filter: &Filter) -> Result<Option<String>> {
+        if let Some(collection) = self.read_index()?.collection() {
+            return why_nothing_matches_in_collection(collection, filter);
+        }
+        self.with_catalog(|c| why_nothing_matches_in_catalog(c, filter))
+    }
+
     /// Products searchable now: the catalog's, or the Qdrant collection's as it counts them
     /// (with every server's changes).
     pub fn product_count(&self) -> Result<usize> {
@@ -263,7 +273,12 @@ pub fn catalog_page(catalog: &SqliteCatalog, filter: &Filter, from: Option<&str>
         let colour_mix = patterned_mix(&product, || Ok(catalog.colour(product.key)?.and_then(|values| ColourDescriptor::from_values(&values).ok())))?;
         listed.push(ListedProduct { product, colour_mix });
     }
-    Ok(ProductPage { products: listed, next, total: catalog.count_matching(filter)? })
+    let total = catalog.count_matching(filter)?;
+    let why_nothing_matches = match total == 0 && !filter.is_empty() {
+        true => why_nothing_matches_in_catalog(catalog, filter)?,
+        false => None,
+    };
+    Ok(ProductPage { products: listed, next, total, why_nothing_matches })
 }
 
 /// One page of a Qdrant collection's products matching `filter` (those every server added
@@ -279,7 +294,12 @@ pub fn collection_page(collection: &QdrantIndex, filter: &Filter, from: Option<&
         let product = collection_product(stored);
         listed.push(ListedProduct { colour_mix: patterned_mix(&product, || Ok(payload))?, product });
     }
-    Ok(ProductPage { products: listed, next, total: collection.count_matching(filter)? })
+    let total = collection.count_matching(filter)?;
+    let why_nothing_matches = match total == 0 && !filter.is_empty() {
+        true => why_nothing_matches_in_collection(collection, filter)?,
+        false => None,
+    };
+    Ok(ProductPage { products: listed, next, total, why_nothing_matches })
 }
 
 /// A patterned product's (named colour [`colour::MULTI`]) main colours in its photo, largest
@@ -302,5 +322,93 @@ fn forget_removal(index: &crate::store::Store, id: &str) -> Result<()> {
     match index.collection() {
         Some(collection) => collection.forget_removals(&[id.to_string()]),
         None => Ok(()),
+    }
+}
+
+/// Why `filter` matches none of a catalog's products (`None` when it matches some, or when
+/// no condition alone is to blame): from its value counts, which list every column and value.
+pub fn why_nothing_matches_in_catalog(catalog: &SqliteCatalog, filter: &Filter) -> Result<Option<String>> {
+    Ok(why_nothing_matches(filter, &catalog.value_counts()?, |_| true))
+}
+
+/// As [`why_nothing_matches_in_catalog`], for a Qdrant collection's products. Qdrant counts
+/// values only of the columns it indexes (`--filter-columns`), and at most so many of each: a
+/// condition on another column, or on a column with more values than that, is not judged,
+/// since a value missing from its counts may still be some product's.
+pub fn why_nothing_matches_in_collection(collection: &QdrantIndex, filter: &Filter) -> Result<Option<String>> {
+    const MOST_VALUES: u64 = 1000;
+    let columns = collection.keyword_columns()?;
+    let facets = collection.facets(&columns, MOST_VALUES)?;
+    let counted_in_full = |column: &str| columns.iter().any(|c| c == column) && (facets.iter().filter(|(c, _, _)| c == column).count() as u64) < MOST_VALUES;
+    Ok(why_nothing_matches(filter, &facets, counted_in_full))
+}
+
+/// Why `filter` matches no product, in words a shop engineer can act on: a column no product
+/// has, or a value no product has in its column, with what there is instead (`facets`: the
+/// (column, value, products) counts, by column, most products first). Only the conditions on
+/// columns that `counted_in_full` says `facets` lists every value of are judged. `None` when
+/// each judged condition alone matches some product.
+fn why_nothing_matches(filter: &Filter, facets: &[FacetCount], counted_in_full: impl Fn(&str) -> bool) -> Option<String> {
+    let listed = |items: Vec<&str>| {
+        let more = if items.len() > 12 { ", ..." } else { "" };
+        format!("{}{more}", items.iter().take(12).copied().collect::<Vec<_>>().join(", "))
+    };
+    let mut reasons = Vec::new();
+    let mut judged_all = true;
+    for (column, values) in filter.conditions() {
+        if !counted_in_full(column) {
+            judged_all = false;
+            continue;
+        }
+        let in_column: Vec<&str> = facets.iter().filter(|(c, _, _)| c == column).map(|(_, v, _)| v.as_str()).collect();
+        if in_column.is_empty() {
+            let mut columns: Vec<&str> = facets.iter().map(|(c, _, _)| c.as_str()).collect();
+            columns.dedup();
+            reasons.push(match columns.iter().find(|c| c.eq_ignore_ascii_case(column)) {
+                Some(close) => format!("no product has a column {column:?} (did you mean {close:?}?)"),
+                None => format!("no product has a column {column:?} (the columns: {})", listed(columns)),
+            });
+        } else if !values.iter().any(|v| in_column.contains(&v.as_str())) {
+            let asked = values.join(" or ");
+            reasons.push(match values.iter().find_map(|v| in_column.iter().find(|have| have.eq_ignore_ascii_case(v))) {
+                Some(close) => format!("no product has {column}={asked} (did you mean {column}={close}?)"),
+                None => format!("no product has {column}={asked} ({column} has: {})", listed(in_column)),
+            });
+        }
+    }
+    match (reasons.is_empty(), judged_all && filter.conditions().count() >= 2) {
+        (false, _) => Some(reasons.join("; ")),
+        (true, true) => Some("each condition matches some products, but none matches all of them".to_string()),
+        (true, false) => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn facets() -> Vec<FacetCount> {
+        [("articleType", "Bag", 3), ("articleType", "Shirt", 2), ("baseColour", "Red", 5)].iter().map(|&(c, v, n)| (c.to_string(), v.to_string(), n)).collect()
+    }
+
+    #[test]
+    fn says_which_condition_no_product_has() {
+        let why = |items: &[&str]| why_nothing_matches(&Filter::parse(items).expect("filter"), &facets(), |_| true);
+        assert_eq!(why(&["articleType=bag"]).as_deref(), Some("no product has articleType=bag (did you mean articleType=Bag?)"));
+        assert_eq!(why(&["articletype=Bag"]).as_deref(), Some("no product has a column \"articletype\" (did you mean \"articleType\"?)"));
+        assert_eq!(why(&["size=M"]).as_deref(), Some("no product has a column \"size\" (the columns: articleType, baseColour)"));
+        assert_eq!(why(&["articleType=Dress", "articleType=Skirt"]).as_deref(), Some("no product has articleType=Dress or Skirt (articleType has: Bag, Shirt)"));
+        assert_eq!(why(&["articleType=Bag", "baseColour=Red"]).as_deref(), Some("each condition matches some products, but none matches all of them"));
+        assert_eq!(why(&["articleType=Bag"]), None, "a condition some product meets is not to blame");
+    }
+
+    #[test]
+    fn judges_only_the_columns_counted_in_full() {
+        // A collection counts only the columns it indexes: `size` may be some product's column.
+        let indexed = |column: &str| column != "size";
+        let why = |items: &[&str]| why_nothing_matches(&Filter::parse(items).expect("filter"), &facets(), indexed);
+        assert_eq!(why(&["size=M"]), None);
+        assert_eq!(why(&["size=M", "articleType=Bag"]), None, "the unjudged condition may be the one to blame");
+        assert_eq!(why(&["size=M", "articleType=Hat"]).as_deref(), Some("no product has articleType=Hat (articleType has: Bag, Shirt)"));
     }
 }

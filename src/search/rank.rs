@@ -217,7 +217,7 @@ impl SearchEngine {
         };
         let bands = self.likeness_bands()?;
         let likeness = |score: f32| bands.map_or(Likeness::Related, |b| b.band(score));
-        let hits = page
+        let hits: Vec<RankedProduct> = page
             .iter()
             .zip(0..)
             .filter_map(|(hit, i)| {
@@ -233,8 +233,13 @@ impl SearchEngine {
             })
             .collect();
         timings.metadata_ms = ms(t);
+        // A filter that matches nothing is most often a typo: say which part no product has.
+        let why_nothing_matches = match hits.is_empty() && request.offset == 0 && !request.filter.is_empty() {
+            true => self.why_nothing_matches(&request.filter)?,
+            false => None,
+        };
         timings.total_ms = ms(started);
-        Ok(SearchResults { hits, timings, colour_mode: mode, kind_mode, ..SearchResults::default() })
+        Ok(SearchResults { hits, timings, colour_mode: mode, kind_mode, why_nothing_matches, ..SearchResults::default() })
     }
 
     /// The score bands of "Very similar", "Similar" and "Related" ([`crate::likeness`]),

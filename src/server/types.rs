@@ -92,11 +92,20 @@ pub struct ProductListBody {
     pub next_page: Option<String>,
     /// How many products match the filter (all of them without one), on every page.
     pub total: usize,
+    /// When the filter matches no product: which part of it no product has, and what there is
+    /// instead (`no product has articleType=bag (did you mean articleType=Bag?)`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub why_nothing_matches: Option<String>,
 }
 
 impl From<&ProductPage> for ProductListBody {
     fn from(page: &ProductPage) -> Self {
-        ProductListBody { products: page.products.iter().map(ProductBody::from).collect(), next_page: page.next.clone(), total: page.total }
+        ProductListBody {
+            products: page.products.iter().map(ProductBody::from).collect(),
+            next_page: page.next.clone(),
+            total: page.total,
+            why_nothing_matches: page.why_nothing_matches.clone(),
+        }
     }
 }
 
@@ -186,6 +195,11 @@ pub struct SearchResponse {
     /// page or refilter with `{"vector": ...}` without uploading the photo again.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub query_vector: Option<Vec<f32>>,
+    /// When a filtered search finds nothing because of its filter: which part of it no product
+    /// has, and what there is instead (`no product has articleType=bag (did you mean
+    /// articleType=Bag?)`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub why_nothing_matches: Option<String>,
 }
 
 impl SearchResponse {
@@ -200,6 +214,7 @@ impl SearchResponse {
             kind: results.kind_mode.to_string(),
             query_colour: results.query_colour.as_ref().map(|c| QueryColourBody::new(c, query_vector.is_some())),
             query_vector,
+            why_nothing_matches: results.why_nothing_matches.clone(),
         }
     }
 

@@ -290,6 +290,12 @@ try {
   await shared.click("#like-back");
   await shared.waitForSelector("#dropzone:not([hidden])");
   check(!shared.url().includes("like=") && (await cards(shared).count()) === 0, "Back on a shared link goes to the start of the page, not away from it");
+  // A shared link whose filter no product has (a category renamed since) says which part.
+  done = searched(shared);
+  await shared.goto(`${likeUrl}&filter=articleType%3DUnicorn`);
+  await done;
+  await shared.waitForFunction(() => !document.body.classList.contains("searching") && /no product has/.test(document.querySelector("#status").textContent));
+  check(/^No products match these filters: no product has articleType=Unicorn \(articleType has: .+\)\. Remove a filter/.test(await statusText(shared)), `a stale filter is named: "${await statusText(shared)}"`);
   await shared.context().close();
   done = searched(page);
   await page.goBack();

@@ -207,7 +207,7 @@ async function runSearch({ append, focus }) {
     // When even the best result is only "Related", say so rather than "products like".
     const best = els.grid.querySelector("li.card")?.dataset.likeness;
     els.status.textContent = !shown
-      ? emptyMessage(v)
+      ? emptyMessage(v, result.why_nothing_matches)
       : best === "related"
         ? `No close matches for ${queryName(v)}${v.filters.length ? " with these filters" : ""}: these ${shown} are the nearest.`
         : `${shown} products like ${queryName(v)}, most alike first.`;
@@ -289,8 +289,10 @@ function queryName(v) {
   return v.crop ? "the area you selected" : "your photo";
 }
 
-function emptyMessage(v) {
-  return v.filters.length ? "No products match these filters. Remove a filter to see more." : "No products found.";
+// `why`: the API's word on which filter no product has (a link shared with a stale filter).
+function emptyMessage(v, why) {
+  if (!v.filters.length) return "No products found.";
+  return why ? `No products match these filters: ${why}. Remove a filter to see more.` : "No products match these filters. Remove a filter to see more.";
 }
 
 function setBusy(busy, append) {

@@ -676,7 +676,8 @@ fn eval_measures_how_often_photos_of_catalog_products_find_them() {
     taken_anew(7, 7).save(photos.join("not-a-product.png")).expect("png");
     std::fs::write(photos.join(format!("{}.png", fm.product_id(8))), b"not a photo").expect("write");
 
-    let report = json(&ok(&["eval", "--db", path(shared_catalog()), "--product-photos", path(&photos), "--methods", "lookalike", "--json"]));
+    let per_photo = dir.path().join("per-photo.jsonl");
+    let report = json(&ok(&["eval", "--db", path(shared_catalog()), "--product-photos", path(&photos), "--methods", "lookalike", "--json", "--per-query", path(&per_photo)]));
     let measured = &report["product_photos"];
     assert_eq!((measured["photos"].as_u64(), measured["products"].as_u64()), (Some(6), Some(5)), "{report}");
     assert_eq!(measured["unknown"], serde_json::json!(["not-a-product.png"]), "{report}");
@@ -684,13 +685,21 @@ fn eval_measures_how_often_photos_of_catalog_products_find_them() {
     let unreadable = measured["unreadable"].as_array().expect("unreadable");
     assert!(unreadable.len() == 1 && unreadable[0].as_str().is_some_and(|r| r.starts_with(&format!("{}.png (", fm.product_id(8)))), "{report}");
     assert_eq!((report["queries"].as_u64(), report["queries_from"].as_str()), (Some(0), Some("none (products' photos alone)")), "{report}");
-    // What search itself finds with each photo.
+    // What search itself finds with each photo; --per-query says the same of each photo.
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&per_photo).expect("per-query file").lines().map(json).collect();
+    assert_eq!(lines.len(), 6, "one line a photo measured");
     let (mut first, mut on_first_page) = (0, 0);
     for (file, product) in &expected {
         let found = json(&ok(&["search", "--db", path(shared_catalog()), path(file), "-k", "10", "--json"]));
         let ids: Vec<&str> = found["hits"].as_array().expect("hits").iter().map(|h| h["id"].as_str().expect("id")).collect();
         first += usize::from(ids.first() == Some(&product.as_str()));
         on_first_page += usize::from(ids.contains(&product.as_str()));
+        let name = file.strip_prefix(&photos).expect("in the folder").to_string_lossy().replace('\\', "/");
+        let line = lines.iter().find(|l| l["photo"] == name.as_str()).unwrap_or_else(|| panic!("no line for {name}: {lines:?}"));
+        let rank = ids.iter().position(|id| id == product).map(|i| i + 1);
+        assert_eq!((&line["product"], &line["methods"]["lookalike"]["rank"]), (&serde_json::json!(product), &serde_json::json!(rank)), "{line}");
+        let listed: Vec<&str> = line["methods"]["lookalike"]["hits"].as_array().expect("hits").iter().map(|h| h["id"].as_str().expect("id")).collect();
+        assert_eq!(listed, ids, "{name}: the first page search shows");
     }
     let recall = &measured["methods"]["lookalike"];
     assert_eq!(recall["exact_recall_at_1"].as_f64(), Some(first as f64 / 6.0), "{report}");
@@ -820,9 +829,15 @@ fn eval_measures_a_shops_own_labelled_photos() {
         args.extend_from_slice(extra);
         json(&ok(&args))
     };
-    let alone = exact(&[]);
+    let per_product = dir.path().join("per-product.jsonl");
+    let alone = exact(&["--per-query", path(&per_product)]);
     assert_eq!((alone["queries"].as_u64(), alone["methods"].as_object().map(|m| m.len())), (Some(0), Some(0)), "{alone}");
     assert_eq!(alone["exact"]["products"], 6, "{alone}");
+    // --per-query: a line a re-photographed product (no photo file), its rank where it is found.
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&per_product).expect("per-query file").lines().map(json).collect();
+    assert!(lines.len() == 6 && lines.iter().all(|l| l.get("photo").is_none() && l["product"].is_string()), "{lines:?}");
+    let ranked_first = lines.iter().filter(|l| l["methods"]["lookalike"]["rank"] == 1).count();
+    assert_eq!(alone["exact"]["methods"]["lookalike"]["exact_recall_at_1"].as_f64(), Some(ranked_first as f64 / 6.0), "{lines:?}");
     assert_eq!(alone["exact"], exact(&["--query-photos", path(&shop)])["exact"], "the same products, re-photographed alike");
     let photos = dir.path().join("photos");
     std::fs::create_dir_all(&photos).expect("mkdir");

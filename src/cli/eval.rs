@@ -78,7 +78,9 @@ pub struct EvalArgs {
     pub out: Option<PathBuf>,
     /// Also write every query's outcome to this file, one JSON object a line: the query's id,
     /// label and the colour read from it, and per row its precision@10 and its first page (id,
-    /// label, score), to see which queries fail and what they find instead.
+    /// label, score), to see which queries fail and what they find instead. Then one a photo
+    /// of --product-photos and --exact: the photo, its product, and per row the product's rank
+    /// on the first page (null: not on it) and that page.
     #[arg(long, value_name = "FILE")]
     pub per_query: Option<PathBuf>,
     /// Turn each query into a shopper-like photo first (background, crop, rotation, light,

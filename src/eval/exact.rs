@@ -7,7 +7,7 @@ use anyhow::Result;
 use rand::SeedableRng;
 use serde::Serialize;
 
-use super::methods::Methods;
+use super::methods::{MethodRanking, Methods};
 use super::queries::ProductPhotos;
 use super::stratified_sample;
 use crate::catalog::SqliteCatalog;
@@ -34,7 +34,14 @@ pub struct ExactRecall {
 /// re-photographed by [`crate::perturb::perturb`] and searched with every method. Finding a
 /// product itself needs no label: in a catalog where none has the columns, the sample is drawn
 /// from all products alike.
-pub(super) fn evaluate_exact(catalog: &SqliteCatalog, methods: &Methods, products: &[crate::types::Product], columns: &[&str], n: usize, seed: u64) -> Result<ExactReport> {
+pub(super) fn evaluate_exact(
+    catalog: &SqliteCatalog,
+    methods: &Methods,
+    products: &[crate::types::Product],
+    columns: &[&str],
+    (n, seed): (usize, u64),
+    each_photo: &mut dyn FnMut(FoundPhoto<'_>) -> Result<()>,
+) -> Result<ExactReport> {
     let mut labelled: Vec<(&crate::types::Product, String)> =
         products.iter().filter_map(|p| Some((p, super::joined_label(columns, |c| p.metadata.get(c).map(String::as_str))?))).collect();
     if labelled.is_empty() {
@@ -46,9 +53,9 @@ pub(super) fn evaluate_exact(catalog: &SqliteCatalog, methods: &Methods, product
         let product = labelled[pick].0;
         let image = catalog.decoded_image(product.key, &product.image)?;
         let mut rng = rand::rngs::StdRng::seed_from_u64((seed ^ 0x00E7_AC71).wrapping_mul(1_000_003).wrapping_add(i as u64));
-        Ok((product.key, crate::perturb::perturb(&image, &mut rng)))
+        Ok((None, product.key, crate::perturb::perturb(&image, &mut rng)))
     });
-    Ok(ExactReport { products: picked.len(), methods: found_itself(methods, photos)? })
+    Ok(ExactReport { products: picked.len(), methods: found_itself(methods, photos, each_photo)? })
 }
 
 /// Photos of catalog products taken anew (`eval --product-photos`): does search find the
@@ -72,31 +79,46 @@ pub struct ProductPhotoReport {
 
 /// [`ProductPhotoReport`] of the photos read from a folder, searched with every method as
 /// they are (a photo taken anew is already what a shopper sends: not perturbed).
-pub(super) fn evaluate_product_photos(methods: &Methods, read: ProductPhotos) -> Result<ProductPhotoReport> {
+pub(super) fn evaluate_product_photos(methods: &Methods, read: ProductPhotos, each_photo: &mut dyn FnMut(FoundPhoto<'_>) -> Result<()>) -> Result<ProductPhotoReport> {
     let products: BTreeSet<Key> = read.photos.iter().map(|p| p.product).collect();
     Ok(ProductPhotoReport {
         photos: read.photos.len(),
         products: products.len(),
-        methods: found_itself(methods, read.photos.into_iter().map(|p| Ok((p.product, p.image))))?,
+        methods: found_itself(methods, read.photos.into_iter().map(|p| Ok((Some(p.id), p.product, p.image))), each_photo)?,
         unknown: read.unknown,
         catalog_photos: read.catalog_photos,
         unreadable: read.unreadable.into_iter().map(|(id, reason)| format!("{id} ({reason})")).collect(),
     })
 }
 
-/// For each method, the share of `photos` (each of a catalog product) that find their own
-/// product at rank 1 and in the top 10.
-fn found_itself(methods: &Methods, photos: impl Iterator<Item = Result<(Key, image::DynamicImage)>>) -> Result<BTreeMap<String, ExactRecall>> {
+/// One photo of a catalog product, searched: its name in the folder (`None`: re-photographed
+/// by `--exact`), the product it shows, and every method's ranking of it.
+pub(super) struct FoundPhoto<'a> {
+    pub photo: Option<&'a str>,
+    pub product: Key,
+    pub rankings: &'a [MethodRanking],
+}
+
+/// For each method, the share of `photos` (each of a catalog product: its name, the product,
+/// the photo) that find their own product at rank 1 and in the top 10. `each_photo` is told
+/// every photo's rankings as they are made.
+fn found_itself(
+    methods: &Methods,
+    photos: impl Iterator<Item = Result<(Option<String>, Key, image::DynamicImage)>>,
+    each_photo: &mut dyn FnMut(FoundPhoto<'_>) -> Result<()>,
+) -> Result<BTreeMap<String, ExactRecall>> {
     let mut found: BTreeMap<&'static str, (usize, usize)> = BTreeMap::new();
     let mut searched = 0usize;
     for photo in photos {
-        let (product, photo) = photo?;
+        let (name, product, photo) = photo?;
         searched += 1;
-        for (method, hits, _) in methods.rank(&photo)?.0 {
+        let rankings = methods.rank(&photo)?.0;
+        for (method, hits, _) in &rankings {
             let tally = found.entry(method).or_default();
             tally.0 += usize::from(hits.first().is_some_and(|h| h.key == product));
             tally.1 += usize::from(hits.iter().any(|h| h.key == product));
         }
+        each_photo(FoundPhoto { photo: name.as_deref(), product, rankings: &rankings })?;
     }
     let share = |count: usize| count as f64 / searched.max(1) as f64;
     Ok(found.into_iter().map(|(m, (at1, at10))| (m.to_string(), ExactRecall { exact_recall_at_1: share(at1), exact_recall_at_10: share(at10) })).collect())

@@ -153,6 +153,38 @@ pub struct QueryOutcome<'a> {
     pub methods: BTreeMap<&'static str, RankedOutcome>,
 }
 
+/// One photo of a catalog product's outcome (`--product-photos`, `--exact`): which product
+/// it shows, and where each row ranked it (`lookalike eval --per-query FILE` writes one a
+/// line, after the labelled queries').
+#[derive(Debug, Serialize)]
+pub struct ProductPhotoOutcome<'a> {
+    /// The photo's name in the `--product-photos` folder (`123.jpg`, `123/worn.jpg`); absent
+    /// for a product `--exact` re-photographed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub photo: Option<&'a str>,
+    /// The id of the product it shows.
+    pub product: &'a str,
+    /// Per row: the product's rank on its first page (`None`: not on it), and that page.
+    pub methods: BTreeMap<&'static str, FoundOutcome>,
+}
+
+/// Where one row ranked a photo's own product, and what it ranked ([`ProductPhotoOutcome`]).
+#[derive(Debug, Serialize)]
+pub struct FoundOutcome {
+    pub rank: Option<usize>,
+    /// The top [`K`], best first.
+    pub hits: Vec<HitOutcome>,
+}
+
+/// What `lookalike eval --per-query` writes a line of: a labelled query's outcome, or a photo
+/// of a catalog product's (the one has `query`, the other `product`).
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+pub enum Outcome<'a> {
+    Query(QueryOutcome<'a>),
+    ProductPhoto(ProductPhotoOutcome<'a>),
+}
+
 /// One row's answer to one query ([`QueryOutcome`]).
 #[derive(Debug, Serialize)]
 pub struct RankedOutcome {
@@ -340,13 +372,14 @@ pub fn evaluate(catalog: &SqliteCatalog, encoder: &dyn Encoder, queries: &[Label
     evaluate_each(catalog, encoder, queries, options, &mut |_| Ok(()))
 }
 
-/// [`evaluate`], telling `each_query` every query's outcome as it is measured.
+/// [`evaluate`], telling `each_query` every query's outcome as it is measured, and then every
+/// photo's of a catalog product (`--product-photos`, then `--exact`).
 pub fn evaluate_each(
     catalog: &SqliteCatalog,
     encoder: &dyn Encoder,
     queries: &[LabelledQuery],
     options: &EvalOptions,
-    each_query: &mut dyn FnMut(&QueryOutcome<'_>) -> Result<()>,
+    each_query: &mut dyn FnMut(&Outcome<'_>) -> Result<()>,
 ) -> Result<EvalReport> {
     let label = options.label.as_str();
     // Without labelled queries, `--exact` or `--product-photos` alone still measures whether
@@ -514,8 +547,31 @@ pub fn evaluate_each(
                 },
             );
         }
-        each_query(&outcome)?;
+        each_query(&Outcome::Query(outcome))?;
     }
+    let hit_outcome = |h: &crate::index::Hit| HitOutcome {
+        id: ids.get(&h.key).map_or_else(String::new, |id| id.to_string()),
+        label: labels.get(&h.key).cloned().unwrap_or_default(),
+        score: h.score,
+    };
+    let mut each_photo = |found: exact::FoundPhoto<'_>| {
+        let methods = found
+            .rankings
+            .iter()
+            .map(|(method, hits, _)| {
+                let hits: Vec<&crate::index::Hit> = hits.iter().take(K).collect();
+                let rank = hits.iter().position(|h| h.key == found.product).map(|i| i + 1);
+                (*method, FoundOutcome { rank, hits: hits.into_iter().map(hit_outcome).collect() })
+            })
+            .collect();
+        let product = ids.get(&found.product).copied().unwrap_or_default();
+        each_query(&Outcome::ProductPhoto(ProductPhotoOutcome { photo: found.photo, product, methods }))
+    };
+    let product_photos = product_photos.map(|read| evaluate_product_photos(&methods, read, &mut each_photo)).transpose()?;
+    let exact = match options.exact {
+        0 => None,
+        n => Some(evaluate_exact(catalog, &methods, &products, &columns, (n, options.seed), &mut each_photo)?),
+    };
 
     Ok(EvalReport {
         catalog_size: products.len(),
@@ -537,11 +593,8 @@ pub fn evaluate_each(
             0 => None,
             n => Some(evaluate_scenes(lookalike.as_ref(), &space, kinds.as_ref().map(|k| (k, options.kind_weight)), encoder, head.as_ref(), queries, n, options.seed, &labels)?),
         },
-        exact: match options.exact {
-            0 => None,
-            n => Some(evaluate_exact(catalog, &methods, &products, &columns, n, options.seed)?),
-        },
-        product_photos: product_photos.map(|read| evaluate_product_photos(&methods, read)).transpose()?,
+        exact,
+        product_photos,
         colour_naming: colour_naming(&products, &colours),
         query_colour_naming: query_naming.report(),
     })

@@ -873,6 +873,11 @@ fn tuning_is_stored_used_and_undone() {
     assert!(!out.status.success(), "no labels: nothing to tune");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("noSuchColumn") && stderr.contains("the catalog's columns: articleType, index, split"), "{stderr}");
+    // A column of one value a product (here the running number) groups nothing: refused, with
+    // the columns that do group the products.
+    let out = lookalike(&["tune", "--db", path(&db), "--label", "index"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("\"index\" groups almost no products") && stderr.contains("columns that group them: articleType (10 values)"), "{stderr}");
 
     let out = lookalike(&["tune", "--db", path(&db), "--label", "articleType", "--dim", "64", "--hidden", "128", "--epochs", "8", "--augment", "64"]);
     let stderr = String::from_utf8_lossy(&out.stderr);

@@ -114,6 +114,9 @@ pub fn labelled_features(catalog: &SqliteCatalog, label: &str) -> Result<(Labell
             crate::types::columns_of(&products).join(", ")
         );
     }
+    for warning in check_grouping(&products, label)? {
+        tracing::warn!("{warning}");
+    }
     let class_index: HashMap<&str, usize> = classes.iter().enumerate().map(|(i, c)| (c.as_str(), i)).collect();
     let (mut rows, mut labels, mut keys, mut dim) = (Vec::new(), Vec::new(), Vec::new(), 0);
     catalog.for_each_vector(VectorKind::Primary, |key, v| {
@@ -223,4 +226,102 @@ pub fn shopper_views(catalog: &SqliteCatalog, encoder: &dyn crate::encoder::Enco
     }
     let dim = if picked.is_empty() { 0 } else { rows.len() / picked.len() };
     Ok((Array2::from_shape_vec((picked.len(), dim), rows).context("perturbed feature matrix")?, picked))
+}
+
+/// Values of a column with fewer products than this are learned little about.
+const FEW_PRODUCTS: usize = 3;
+
+/// Whether `label` groups `products` enough to learn from: tuning learns which products belong
+/// together from the values they share, so a column where most products have a value of
+/// their own (a name, a SKU, a running number) is refused, naming the columns that do group
+/// them; it would teach nothing, with one proxy a product. Values only a few products have are
+/// warned of (the warnings returned): the space learns little about them.
+fn check_grouping(products: &[Product], label: &str) -> Result<Vec<String>> {
+    let counts = |column: &str| {
+        let mut per_value: HashMap<&str, usize> = HashMap::new();
+        for value in products.iter().filter_map(|p| p.metadata.get(column)) {
+            *per_value.entry(value.as_str()).or_default() += 1;
+        }
+        per_value
+    };
+    // Products whose value another product shares, of those with a value.
+    let grouped = |per_value: &HashMap<&str, usize>| {
+        let labelled: usize = per_value.values().sum();
+        (per_value.values().filter(|&&n| n > 1).sum::<usize>(), labelled)
+    };
+    let per_value = counts(label);
+    let (shared, labelled) = grouped(&per_value);
+    if shared * 2 < labelled {
+        let groups: Vec<String> = crate::types::columns_of(products)
+            .into_iter()
+            .filter(|&column| column != label)
+            .filter_map(|column| {
+                let per_value = counts(column);
+                let (shared, labelled) = grouped(&per_value);
+                (per_value.len() >= 2 && shared * 2 >= labelled && labelled * 2 >= products.len()).then(|| format!("{column} ({} values)", per_value.len()))
+            })
+            .collect();
+        bail!(
+            "{label:?} groups almost no products: {} of {labelled} products have a value of it no other product has, and tuning learns which products belong together from the values they share; {}",
+            labelled - shared,
+            match groups.is_empty() {
+                true => "no column of this catalog groups its products (give them one, e.g. articleType, and import again)".to_string(),
+                false => format!("columns that group them: {}", groups.join(", ")),
+            }
+        );
+    }
+    let mut rare: Vec<(&str, usize)> = per_value.into_iter().filter(|&(_, n)| n < FEW_PRODUCTS).collect();
+    rare.sort_unstable_by(|a, b| a.1.cmp(&b.1).then(a.0.cmp(b.0)));
+    let mut warnings = Vec::new();
+    if !rare.is_empty() {
+        let named: Vec<String> = rare.iter().take(8).map(|(value, n)| format!("{value} {n}")).collect();
+        warnings.push(format!(
+            "{} {label} values have fewer than {FEW_PRODUCTS} products ({}{}): the tuned space learns little about them; measure before and after (eval --exact, --product-photos)",
+            rare.len(),
+            named.join(", "),
+            if rare.len() > named.len() { ", ..." } else { "" }
+        ));
+    }
+    Ok(warnings)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn products(rows: &[&[(&str, &str)]]) -> Vec<Product> {
+        rows.iter()
+            .enumerate()
+            .map(|(i, row)| Product {
+                key: i as Key,
+                id: format!("p{i}"),
+                image: crate::types::ImageRef::Stored { mime: "image/png".into() },
+                content_hash: String::new(),
+                metadata: row.iter().map(|&(c, v)| (c.to_string(), v.to_string())).collect(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_column_of_one_value_a_product_is_refused_naming_the_columns_that_group() {
+        let rows: Vec<Vec<(&str, &str)>> = ["a", "b", "c", "d", "e", "f"]
+            .iter()
+            .zip(["Shirt", "Shirt", "Shirt", "Dress", "Dress", "Dress"])
+            .map(|(&name, kind)| vec![("name", name), ("articleType", kind), ("shop", "one")])
+            .collect();
+        let catalog = products(&rows.iter().map(Vec::as_slice).collect::<Vec<_>>());
+        let refused = check_grouping(&catalog, "name").expect_err("names group nothing").to_string();
+        assert!(refused.contains("6 of 6 products have a value of it no other product has") && refused.ends_with("columns that group them: articleType (2 values)"), "{refused}");
+        assert_eq!(check_grouping(&catalog, "articleType").expect("groups"), Vec::<String>::new());
+    }
+
+    #[test]
+    fn values_of_few_products_are_warned_of() {
+        let kinds = ["Shirt", "Shirt", "Shirt", "Dress", "Dress", "Dress", "Scarf", "Scarf", "Belt"];
+        let rows: Vec<Vec<(&str, &str)>> = kinds.iter().map(|&kind| vec![("articleType", kind)]).collect();
+        let catalog = products(&rows.iter().map(Vec::as_slice).collect::<Vec<_>>());
+        let warnings = check_grouping(&catalog, "articleType").expect("most products share a value");
+        assert_eq!(warnings.len(), 1);
+        assert!(warnings[0].starts_with("2 articleType values have fewer than 3 products (Belt 1, Scarf 2)"), "{warnings:?}");
+    }
 }

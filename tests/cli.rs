@@ -393,6 +393,62 @@ fn a_changed_csv_row_is_taken_up_by_the_next_index_without_encoding_again() {
     assert!(stderr.contains("indexed 0 new or changed, 3 unchanged, 0 skipped"), "nothing changed, nothing written: {stderr}");
 }
 
+/// A shop re-imports its export every night: `--remove-unlisted` takes the products it no
+/// longer lists out of the catalog (discontinued), keeps those it lists without a photo this
+/// time, and changes nothing when the export looks wrong.
+#[test]
+fn remove_unlisted_makes_the_catalog_mirror_its_source() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let shop = dir.path().join("shop");
+    std::fs::create_dir_all(shop.join("images")).expect("mkdir");
+    let fm = FashionMnist::load(&fm_dir(), "test").expect("test split");
+    for (id, i) in [("3001", 0usize), ("3002", 1), ("3003", 2), ("3004", 3), ("3005", 4)] {
+        fm.image(i).expect("image").save(shop.join("images").join(format!("{id}.png"))).expect("save");
+    }
+    let header = "id,articleType,productDisplayName\n";
+    let write_csv = |rows: &[&str]| std::fs::write(shop.join("styles.csv"), format!("{header}{}\n", rows.join("\n"))).expect("csv");
+    let db = dir.path().join("shop.db");
+    let ids = || -> Vec<String> {
+        let listed = json(&ok(&["list", "--db", path(&db), "--json"]));
+        let mut ids: Vec<String> = listed["products"].as_array().expect("products").iter().map(|p| p["id"].as_str().expect("id").to_string()).collect();
+        ids.sort();
+        ids
+    };
+    write_csv(&["3001,Shoes,a", "3002,Shirts,b", "3003,Shirts,c", "3004,Bags,d"]);
+    ok(&["index", "--db", path(&db), "--kaggle", path(&shop)]);
+    assert_eq!(ids(), ["3001", "3002", "3003", "3004"]);
+
+    // 3004 discontinued, 3003's photo missing tonight (listed: kept), 3005 new.
+    std::fs::remove_file(shop.join("images/3003.png")).expect("rm");
+    write_csv(&["3001,Shoes,a", "3002,Shirts,b", "3003,Shirts,c", "3005,Dresses,e"]);
+    let out = lookalike(&["index", "--db", path(&db), "--kaggle", path(&shop), "--remove-unlisted"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && stderr.contains("removed 1 product the source no longer lists: 3004; catalog now holds 4 products"), "{stderr}");
+    assert_eq!(ids(), ["3001", "3002", "3003", "3005"]);
+    let gone = lookalike(&["search", "--db", path(&db), "--like", "3004"]);
+    assert!(!gone.status.success(), "3004 is gone from search too");
+    // Without the flag, an unlisted product stays (the default never removes).
+    write_csv(&["3001,Shoes,a", "3002,Shirts,b", "3003,Shirts,c"]);
+    ok(&["index", "--db", path(&db), "--kaggle", path(&shop)]);
+    assert_eq!(ids(), ["3001", "3002", "3003", "3005"]);
+
+    // An export that looks wrong changes nothing: a row whose id cannot be read, a source
+    // that lists none, one that would take more than half the catalog; and --limit is refused.
+    let refused = |rows: &[&str], extra: &[&str], says: &str| {
+        write_csv(rows);
+        let mut args = vec!["index", "--db", path(&db), "--kaggle", path(&shop), "--remove-unlisted"];
+        args.extend_from_slice(extra);
+        let out = lookalike(&args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && stderr.contains(says), "{rows:?} {extra:?}: {stderr}");
+        assert_eq!(ids(), ["3001", "3002", "3003", "3005"], "{rows:?}: nothing changed");
+    };
+    refused(&["3001,Shoes,a", "3002,Shirts,b", ",Shirts,no id", "3005,Dresses,e"], &[], "1 row(s) whose product id cannot be read (line 4)");
+    refused(&[], &[], "the source lists no products");
+    refused(&["3001,Shoes,a"], &[], "would remove 3 of the catalog's 4 products, more than half");
+    refused(&["3001,Shoes,a", "3002,Shirts,b", "3005,Dresses,e"], &["--limit", "2"], "cannot be used with");
+}
+
 /// The colour name lookalike computed at import is computed again by the next `index` from the
 /// stored descriptor (no photo encoded), so a catalog takes up a better naming rule; here a
 /// name that no longer matches its descriptor, as an older rule's "Multi" for a shaded white.

@@ -77,6 +77,13 @@ impl SqliteCatalog {
         Ok(n as usize)
     }
 
+    /// Every product's id, by key.
+    pub fn ids(&self) -> Result<Vec<String>> {
+        let mut stmt = self.conn.prepare("SELECT id FROM products ORDER BY key")?;
+        let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
     pub fn get(&self, key: Key) -> Result<Option<Product>> {
         self.conn.query_row(&format!("{SELECT_PRODUCT} WHERE key = ?1"), [key], row_to_product).optional()?.transpose()
     }

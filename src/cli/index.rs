@@ -53,6 +53,12 @@ pub struct IndexArgs {
     /// with its own copy.
     #[arg(long, value_enum, default_value_t = ModelPrecision::Fp32, value_name = "PRECISION")]
     pub import_precision: ModelPrecision,
+    /// Also remove the catalog's products that the source no longer lists (discontinued, and
+    /// any added through the API), once the import completes: the catalog then mirrors the
+    /// source. Refused, changing nothing, when the source lists no product, when styles.csv
+    /// has rows whose id cannot be read, or when it would remove more than half the catalog.
+    #[arg(long, conflicts_with = "limit")]
+    pub remove_unlisted: bool,
     /// Images per inference batch (per model session; small batches stay in cache).
     #[arg(long, default_value_t = lookalike::import::DEFAULT_BATCH_SIZE)]
     pub batch_size: usize,
@@ -64,6 +70,9 @@ pub struct IndexArgs {
 
 pub fn run(args: IndexArgs) -> Result<()> {
     let assets = Assets::from_env();
+    // Products the source lists but gives nothing to import (a row whose photo is missing):
+    // `--remove-unlisted` keeps them.
+    let mut listed_without_photo = Vec::new();
     let items = if let Some(dir) = &args.kaggle {
         let (items, report) = import::read_kaggle(dir, &args.id_column)?;
         for id in &report.missing_images {
@@ -72,6 +81,14 @@ pub fn run(args: IndexArgs) -> Result<()> {
         for (line, why) in &report.malformed {
             tracing::warn!("styles.csv line {line}: {why}, skipped");
         }
+        if args.remove_unlisted && !report.unidentified.is_empty() {
+            bail!(
+                "styles.csv has {} row(s) whose product id cannot be read (line {}): --remove-unlisted would remove the products they list; fix them first (nothing was changed)",
+                report.unidentified.len(),
+                report.unidentified.iter().map(u64::to_string).collect::<Vec<_>>().join(", ")
+            );
+        }
+        listed_without_photo = report.missing_images;
         items
     } else if let Some(dir) = &args.images {
         import::folder::read_folder(dir)?
@@ -85,14 +102,43 @@ pub fn run(args: IndexArgs) -> Result<()> {
         None => items,
     };
 
+    let unlisted = match args.remove_unlisted {
+        true => unlisted_products(&args.db.db, &items, &listed_without_photo)?,
+        false => Vec::new(),
+    };
+
     // A run that fails before adding anything (a bad --model, say) leaves no empty catalog
     // behind for the next command to trip over.
     let created = !args.db.db.exists();
-    let result = index_into(&args, &assets, items);
+    let result = index_into(&args, &assets, items, &unlisted);
     if result.is_err() && created {
         remove_if_empty(&args.db.db);
     }
     result
+}
+
+/// The ids of the catalog's products that the source lists neither among `items` nor in
+/// `listed_without_photo`, for `--remove-unlisted`. Refused when the source lists nothing, or
+/// when they are more than half the catalog: most likely the wrong folder, not a season's
+/// discontinued products.
+fn unlisted_products(db: &std::path::Path, items: &[import::CatalogItem], listed_without_photo: &[String]) -> Result<Vec<String>> {
+    if items.is_empty() && listed_without_photo.is_empty() {
+        bail!("the source lists no products: --remove-unlisted would empty the catalog (nothing was changed)");
+    }
+    if !db.exists() {
+        return Ok(Vec::new());
+    }
+    let listed: std::collections::HashSet<&str> = items.iter().map(|item| item.id.as_str()).chain(listed_without_photo.iter().map(String::as_str)).collect();
+    let ids = SqliteCatalog::open_existing(db)?.ids()?;
+    let unlisted: Vec<String> = ids.iter().filter(|id| !listed.contains(id.as_str())).cloned().collect();
+    if unlisted.len() * 2 > ids.len() {
+        bail!(
+            "--remove-unlisted would remove {} of the catalog's {} products, more than half: is this the catalog's source? Nothing was changed (to start afresh, index into a new catalog file; to remove them all the same, `lookalike remove` them)",
+            unlisted.len(),
+            ids.len()
+        );
+    }
+    Ok(unlisted)
 }
 
 /// Removes the catalog file at `db` (and SQLite's side files) if it holds no products.
@@ -105,7 +151,7 @@ fn remove_if_empty(db: &std::path::Path) {
     }
 }
 
-fn index_into(args: &IndexArgs, assets: &Assets, items: Vec<import::CatalogItem>) -> Result<()> {
+fn index_into(args: &IndexArgs, assets: &Assets, items: Vec<import::CatalogItem>, unlisted: &[String]) -> Result<()> {
     let mut catalog = SqliteCatalog::open(&args.db.db)?;
     // Products removed or replaced through servers without the catalog are taken into it before
     // the import, so that the source's own version of one it lists wins (imported anew, or
@@ -174,9 +220,22 @@ fn index_into(args: &IndexArgs, assets: &Assets, items: Vec<import::CatalogItem>
     if report.interrupted {
         bail!("interrupted; run the same command again to resume");
     }
+    // Only once the import is complete: an interrupted one removes nothing.
+    if !unlisted.is_empty() {
+        let gone_already = super::remove::remove_products(&mut catalog, &args.store, &args.db.db, unlisted, false)?;
+        let removed: Vec<&str> = unlisted.iter().map(String::as_str).filter(|id| !gone_already.contains(id)).collect();
+        let more = if removed.len() > 10 { format!(", ... ({} in all)", removed.len()) } else { String::new() };
+        let products = if removed.len() == 1 { "product" } else { "products" };
+        eprintln!(
+            "removed {} {products} the source no longer lists: {}{more}; catalog now holds {} products",
+            removed.len(),
+            removed[..removed.len().min(10)].join(", "),
+            catalog.len()?
+        );
+    }
     args.store.sync_after_change(&mut catalog)?;
     // Results say how alike they are in words, by bands measured on the catalog's own products:
     // measured here, once, rather than by the first search of every process.
-    SearchSpace::for_catalog(&catalog)?.record_likeness_bands(&catalog, report.embedded > 0)?;
+    SearchSpace::for_catalog(&catalog)?.record_likeness_bands(&catalog, report.embedded > 0 || !unlisted.is_empty())?;
     Ok(())
 }

@@ -55,6 +55,9 @@ pub struct KaggleReport {
     pub missing_images: Vec<String>,
     /// Rows skipped as unusable: line number in `styles.csv` (1-based) and the reason.
     pub malformed: Vec<(u64, String)>,
+    /// Lines of the malformed rows whose product id could not be read (too few fields, an
+    /// empty or unusable id): which products they list is unknown.
+    pub unidentified: Vec<u64>,
 }
 
 impl KaggleReport {
@@ -155,12 +158,14 @@ pub fn parse_styles_by(bytes: &[u8], csv_path: &Path, id_column: &str, image_of:
             Ok(values) => values,
             Err(reason) => {
                 report.malformed.push((line, reason));
+                report.unidentified.push(line);
                 continue;
             }
         };
         let id = values[id_index].clone();
         if let Err(reason) = check_id(&id) {
             report.malformed.push((line, reason));
+            report.unidentified.push(line);
             continue;
         }
         if let Some(first) = first_seen.get(&id) {
@@ -389,6 +394,7 @@ mod tests {
         assert!(report.malformed[1].1.contains("empty id"));
         assert!(report.malformed[2].1.contains("file name"));
         assert!(report.malformed[3].1.contains("duplicate") && report.malformed[3].1.contains("line 2"));
+        assert_eq!(report.unidentified, [3, 4, 5], "a duplicate's id is known: it is listed");
         assert_eq!(report.imported(), 1);
     }
 

@@ -729,6 +729,9 @@ fn eval_measures_how_often_photos_of_catalog_products_find_them() {
         expected.push((file, fm.product_id(5)));
     }
     fm.image(6).expect("image").save(photos.join(format!("{}.png", fm.product_id(6)))).expect("the catalog's own photo");
+    // The catalog's own photo as a shop system serves it: enlarged and saved as JPEG.
+    let resized = image::DynamicImage::ImageLuma8(fm.image(9).expect("image")).resize(112, 112, image::imageops::FilterType::CatmullRom);
+    resized.to_rgb8().save(photos.join(format!("{}.jpg", fm.product_id(9)))).expect("jpeg");
     taken_anew(7, 7).save(photos.join("not-a-product.png")).expect("png");
     std::fs::write(photos.join(format!("{}.png", fm.product_id(8))), b"not a photo").expect("write");
 
@@ -737,7 +740,7 @@ fn eval_measures_how_often_photos_of_catalog_products_find_them() {
     let measured = &report["product_photos"];
     assert_eq!((measured["photos"].as_u64(), measured["products"].as_u64()), (Some(6), Some(5)), "{report}");
     assert_eq!(measured["unknown"], serde_json::json!(["not-a-product.png"]), "{report}");
-    assert_eq!(measured["catalog_photos"], serde_json::json!([format!("{}.png", fm.product_id(6))]), "{report}");
+    assert_eq!(measured["catalog_photos"], serde_json::json!([format!("{}.png", fm.product_id(6)), format!("{}.jpg", fm.product_id(9))]), "{report}");
     let unreadable = measured["unreadable"].as_array().expect("unreadable");
     assert!(unreadable.len() == 1 && unreadable[0].as_str().is_some_and(|r| r.starts_with(&format!("{}.png (", fm.product_id(8)))), "{report}");
     assert_eq!((report["queries"].as_u64(), report["queries_from"].as_str()), (Some(0), Some("none (products' photos alone)")), "{report}");

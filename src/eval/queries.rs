@@ -108,7 +108,8 @@ pub struct ProductPhotos {
     /// Photos whose name is no catalog product's id.
     pub unknown: Vec<String>,
     /// Photos that are the catalog's own photo of their product (the same file, or the same
-    /// pixels): each would find itself, which says nothing of a photo taken anew.
+    /// photo saved again, resized too): each would find itself, which says nothing of a photo
+    /// taken anew.
     pub catalog_photos: Vec<String>,
     /// Photos that could not be read, with the reason.
     pub unreadable: Vec<(String, String)>,
@@ -185,15 +186,36 @@ fn file_stem(name: &str) -> &str {
     name.rsplit_once('.').map_or(name, |(stem, _)| stem)
 }
 
-/// Whether a photo is the catalog's own photo of `product`: the same bytes, or the same pixels
-/// (saved again).
+/// Whether a photo is the catalog's own photo of `product`: the same bytes, or the same photo
+/// saved again, at its size or another (a shop system's resized JPEG of it).
 fn is_catalog_photo(catalog: &SqliteCatalog, product: &Product, bytes: &[u8], image: &image::DynamicImage) -> bool {
     if crate::types::content_hash(bytes) == product.content_hash {
         return true;
     }
     // A catalog photo that cannot be read now cannot be compared: the new photo counts.
-    catalog.decoded_image(product.key, &product.image).is_ok_and(|own| own.width() == image.width() && own.height() == image.height() && own.to_rgb8() == image.to_rgb8())
+    catalog.decoded_image(product.key, &product.image).is_ok_and(|own| same_photo(&own, image))
 }
+
+/// Whether two images are one photo, saved again or resized: the same shape, and thumbnails
+/// whose pixels differ by at most [`SAME_PHOTO_DIFFERENCE`] on average. A photo taken anew
+/// (another light, background, angle or crop) differs by far more.
+fn same_photo(a: &image::DynamicImage, b: &image::DynamicImage) -> bool {
+    if a.width() == b.width() && a.height() == b.height() && a.to_rgb8() == b.to_rgb8() {
+        return true;
+    }
+    let aspect = |i: &image::DynamicImage| i.width() as f64 / i.height().max(1) as f64;
+    if (aspect(a) / aspect(b) - 1.0).abs() > 0.02 {
+        return false;
+    }
+    let thumbnail = |i: &image::DynamicImage| i.resize_exact(16, 16, image::imageops::FilterType::Triangle).to_rgb8().into_raw();
+    let (ta, tb) = (thumbnail(a), thumbnail(b));
+    let difference = ta.iter().zip(&tb).map(|(&x, &y)| f64::from(x.abs_diff(y))).sum::<f64>() / ta.len() as f64;
+    difference <= SAME_PHOTO_DIFFERENCE
+}
+
+/// Mean difference (0-255) of 16x16 thumbnails below which two photos are one: a resized and
+/// re-compressed copy stays under it; see the tests for what photos taken anew measure.
+const SAME_PHOTO_DIFFERENCE: f64 = 4.0;
 
 /// The catalog layout: each row's photo, labelled by the row's values of `columns`.
 fn labelled_by_rows(dir: &Path, columns: &[&str], id_column: &str) -> Result<(Vec<Listed>, KaggleReport)> {
@@ -263,6 +285,31 @@ mod tests {
         let csv = "id,articleType,baseColour\n1,Shirts,Red\n2,Shirts,Blue\n3,Shoes,Red\n4,,Red\n5,Shoes,Black\n6,Shoes,White\n";
         std::fs::write(dir.path().join("styles.csv"), csv).expect("csv");
         dir
+    }
+
+    #[test]
+    fn a_resized_copy_is_the_same_photo_and_a_new_shot_is_not() {
+        // A product shot: a dark garment with a stripe on a light background.
+        let shot = image::DynamicImage::ImageRgb8(image::RgbImage::from_fn(300, 400, |x, y| match (x, y) {
+            (60..=240, 80..=360) if (150..=170).contains(&y) => image::Rgb([220, 40, 40]),
+            (60..=240, 80..=360) => image::Rgb([40, 40, 90]),
+            _ => image::Rgb([235, 235, 235]),
+        }));
+        let jpeg = |image: &image::DynamicImage| {
+            let mut bytes = Vec::new();
+            image.to_rgb8().write_to(&mut std::io::Cursor::new(&mut bytes), image::ImageFormat::Jpeg).expect("jpeg");
+            image::load_from_memory(&bytes).expect("decode")
+        };
+        let resized = jpeg(&shot.resize(150, 200, image::imageops::FilterType::Triangle));
+        assert!(same_photo(&shot, &resized) && same_photo(&shot, &jpeg(&shot)), "saved again, smaller");
+        // Taken anew: moved in the frame, in other light, or cropped closer.
+        let moved = image::DynamicImage::ImageRgb8(image::RgbImage::from_fn(300, 400, |x, y| *shot.as_rgb8().expect("rgb").get_pixel(x.saturating_sub(30), y)));
+        let mut dimmer = shot.to_rgb8();
+        dimmer.pixels_mut().for_each(|p| p.0 = p.0.map(|c| (f32::from(c) * 0.9) as u8));
+        let closer = shot.crop_imm(30, 40, 240, 320);
+        for (other, what) in [(moved, "moved"), (image::DynamicImage::ImageRgb8(dimmer), "dimmer"), (closer, "closer")] {
+            assert!(!same_photo(&shot, &jpeg(&other)), "{what}");
+        }
     }
 
     fn input() -> InputSpec {

@@ -1098,3 +1098,25 @@ fn cluster_replica_answers_503_while_its_qdrant_is_down_and_recovers() {
         assert_eq!(common::ids(&ok_json(like(server, "fmnist-train-00007"))), before, "the same products as before the node went down");
     }
 }
+
+/// A catalog that holds no product yet (its export's photos all missing) makes no collection:
+/// it has no vectors to give one its dimension. `index --store` says so and succeeds; `sync`
+/// refuses with what to do, not Qdrant's "size 0 invalid".
+#[test]
+#[ignore = "needs a Qdrant server: LOOKALIKE_QDRANT_URL"]
+fn an_empty_catalog_makes_no_collection() {
+    let OwnCollection { _cluster, _dir, db, collection } = own_collection("empty");
+    let empty = db.with_file_name("empty.db");
+    let shop = db.with_file_name("shop");
+    std::fs::create_dir_all(shop.join("images")).expect("mkdir");
+    std::fs::write(shop.join("styles.csv"), "id,articleType\n1,Shirts\n").expect("csv");
+    let index = Command::new(BIN)
+        .args(["index", "--db", empty.to_str().expect("utf-8"), "--kaggle", shop.to_str().expect("utf-8"), "--store", &qdrant_url(), "--collection", &collection])
+        .output()
+        .expect("index");
+    let stderr = String::from_utf8_lossy(&index.stderr);
+    assert!(index.status.success() && stderr.contains("the catalog holds no products yet: nothing sent to Qdrant"), "{stderr}");
+    let out = sync_cli(&empty, &collection, &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("holds no products yet: import some with `lookalike index`"), "{stderr}");
+}

@@ -117,6 +117,10 @@ impl StoreArgs {
     /// After a catalog change: bring the Qdrant collection in line (a no-op for embedded).
     pub fn sync_after_change(&self, catalog: &mut SqliteCatalog) -> Result<()> {
         if let Some(config) = self.qdrant(catalog.path())? {
+            if catalog.vector_space()?.is_none() {
+                eprintln!("the catalog holds no products yet: nothing sent to Qdrant");
+                return Ok(());
+            }
             take_in_replacements(catalog, &config)?;
             let keep = lookalike::store::KeepReplaced::from_now(lookalike::store::KeepReplaced::DEFAULT);
             let report = lookalike::store::sync_qdrant(catalog, &config, lookalike::store::SyncMode::InPlace, keep)?;

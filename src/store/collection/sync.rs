@@ -1,7 +1,7 @@
 //! `lookalike sync`: makes a catalog's collection agree with the catalog, in place, recreated,
 //! or by a swap that fills a new collection beside it and moves every server at once.
 
-use anyhow::Result;
+use anyhow::{bail, Result};
 
 use super::description::{describe_collection, ReplacedCollection};
 use super::without_catalog::{apply_patches, apply_removals, take_patches};
@@ -47,6 +47,11 @@ pub fn sync_qdrant_observed(
     keep: KeepReplaced,
     observe: &mut dyn FnMut(SyncStep, &str) -> Result<()>,
 ) -> Result<SyncReport> {
+    // A collection's vectors have the catalog model's dimension, which only its first
+    // import records.
+    if catalog.vector_space()?.is_none() {
+        bail!("{} holds no products yet: import some with `lookalike index` before making a Qdrant collection of it", catalog.path().display());
+    }
     let cluster = QdrantIndex::connect_cluster(store.clone())?;
     // Products removed through servers without the catalog leave it first: the fill below
     // would send them back.

@@ -140,6 +140,13 @@ pub fn content_hash(bytes: &[u8]) -> String {
     hex::encode(sha2::Sha256::digest(bytes))
 }
 
+/// The first `n` of `items`, comma-separated, "..." after them when there are more: how a
+/// message names what it left out, or what there is.
+pub fn first_few<S: AsRef<str>>(items: &[S], n: usize) -> String {
+    let more = if items.len() > n { ", ..." } else { "" };
+    format!("{}{more}", items.iter().take(n).map(AsRef::as_ref).collect::<Vec<_>>().join(", "))
+}
+
 /// The metadata columns any of `products` has, sorted (what a label or filter can name).
 pub fn columns_of(products: &[Product]) -> Vec<&str> {
     let columns: BTreeSet<&str> = products.iter().flat_map(|p| p.metadata.keys().map(String::as_str)).collect();

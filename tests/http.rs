@@ -156,6 +156,12 @@ fn photo_search_ranks_filters_pages_and_crops() {
     let typo = ok_json(search_photo(&server, png.clone(), &[("k", "8"), ("filter", "articleType=bag")]));
     assert_eq!(typo["hits"], json!([]));
     assert_eq!(typo["why_nothing_matches"], "no product has articleType=bag (did you mean articleType=Bag?)");
+    // Every product found in a photo finds nothing either, each item's list empty.
+    let mut scene = Vec::new();
+    two_products_photo().write_to(&mut std::io::Cursor::new(&mut scene), image::ImageFormat::Png).expect("png");
+    let items = ok_json(search_photo(&server, scene, &[("items", "all"), ("filter", "articleType=bag")]));
+    let listed = items["items"].as_array().expect("items");
+    assert!(listed.len() == 2 && listed.iter().all(|i| i["hits"] == json!([])) && items["why_nothing_matches"] == typo["why_nothing_matches"], "{items}");
     let both = ok_json(search_json(&server, json!({"product_id": "fmnist-train-00000", "k": 5, "filters": {"articleType": "Bag", "split": "test"}})));
     assert_eq!(both["why_nothing_matches"], "no product has split=test (split has: train)");
     // Paging: page two continues page one.

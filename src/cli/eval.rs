@@ -11,9 +11,10 @@ use lookalike::assets::Assets;
 use lookalike::catalog::SqliteCatalog;
 use lookalike::colour::ColourMode;
 use lookalike::encoder::Encoder;
-use lookalike::eval::{self, first_few, LabelledQuery};
+use lookalike::eval::{self, LabelledQuery};
 use lookalike::import::fashion_mnist::FashionMnist;
 use lookalike::kind::KindMode;
+use lookalike::types::first_few;
 
 #[derive(Args)]
 pub struct EvalArgs {
@@ -214,18 +215,18 @@ fn photo_folder_queries(args: &EvalArgs, dir: &std::path::Path, input: &lookalik
     let folder = eval::read_query_folder(dir, &args.label, args.queries, args.seed, input, &args.id_column)?;
     let rows = &folder.rows;
     if !rows.missing_images.is_empty() {
-        eprintln!("{} rows of styles.csv have no photo in images/: {}", rows.missing_images.len(), first_few(&rows.missing_images));
+        eprintln!("{} rows of styles.csv have no photo in images/: {}", rows.missing_images.len(), first_few(&rows.missing_images, 5));
     }
     if !rows.malformed.is_empty() {
         let lines: Vec<String> = rows.malformed.iter().map(|(line, why)| format!("line {line}: {why}")).collect();
-        eprintln!("{} rows of styles.csv are malformed: {}", lines.len(), first_few(&lines));
+        eprintln!("{} rows of styles.csv are malformed: {}", lines.len(), first_few(&lines, 5));
     }
     if !folder.unlabelled.is_empty() {
-        eprintln!("{} photos have no {} to judge them by, left out: {}", folder.unlabelled.len(), args.label, first_few(&folder.unlabelled));
+        eprintln!("{} photos have no {} to judge them by, left out: {}", folder.unlabelled.len(), args.label, first_few(&folder.unlabelled, 5));
     }
     if !folder.unreadable.is_empty() {
         let why: Vec<String> = folder.unreadable.iter().map(|(id, reason)| format!("{id} ({reason})")).collect();
-        eprintln!("{} photos could not be read, left out: {}", why.len(), first_few(&why));
+        eprintln!("{} photos could not be read, left out: {}", why.len(), first_few(&why, 5));
     }
     Ok(folder.queries)
 }

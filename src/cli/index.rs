@@ -13,6 +13,7 @@ use lookalike::catalog::SqliteCatalog;
 use lookalike::import::fashion_mnist::FashionMnist;
 use lookalike::import::{self, IndexOptions};
 use lookalike::space::SearchSpace;
+use lookalike::types::first_few;
 
 #[derive(Args)]
 #[command(group(clap::ArgGroup::new("source").required(true).args(["kaggle", "images", "fashion_mnist"])))]
@@ -85,7 +86,7 @@ pub fn run(args: IndexArgs) -> Result<()> {
             bail!(
                 "styles.csv has {} row(s) whose product id cannot be read (line {}): --remove-unlisted would remove the products they list; fix them first (nothing was changed)",
                 report.unidentified.len(),
-                report.unidentified.iter().map(u64::to_string).collect::<Vec<_>>().join(", ")
+                first_few(&report.unidentified.iter().map(u64::to_string).collect::<Vec<_>>(), 10)
             );
         }
         listed_without_photo = report.missing_images;
@@ -224,14 +225,8 @@ fn index_into(args: &IndexArgs, assets: &Assets, items: Vec<import::CatalogItem>
     if !unlisted.is_empty() {
         let gone_already = super::remove::remove_products(&mut catalog, &args.store, &args.db.db, unlisted, false)?;
         let removed: Vec<&str> = unlisted.iter().map(String::as_str).filter(|id| !gone_already.contains(id)).collect();
-        let more = if removed.len() > 10 { format!(", ... ({} in all)", removed.len()) } else { String::new() };
         let products = if removed.len() == 1 { "product" } else { "products" };
-        eprintln!(
-            "removed {} {products} the source no longer lists: {}{more}; catalog now holds {} products",
-            removed.len(),
-            removed[..removed.len().min(10)].join(", "),
-            catalog.len()?
-        );
+        eprintln!("removed {} {products} the source no longer lists: {}; catalog now holds {} products", removed.len(), first_few(&removed, 10), catalog.len()?);
     }
     args.store.sync_after_change(&mut catalog)?;
     // Results say how alike they are in words, by bands measured on the catalog's own products:

@@ -64,13 +64,6 @@ pub(crate) fn joined_label<'a>(columns: &[&str], value: impl Fn(&str) -> Option<
     values.map(|v| v.join(LABEL_SEPARATOR))
 }
 
-/// The first five of `items`, comma-separated, "..." after them when there are more: how a
-/// report names what it left out.
-pub fn first_few<S: AsRef<str>>(items: &[S]) -> String {
-    let more = if items.len() > 5 { ", ..." } else { "" };
-    format!("{}{more}", items.iter().take(5).map(AsRef::as_ref).collect::<Vec<_>>().join(", "))
-}
-
 /// A query image with its ground-truth label (several columns' values joined by
 /// [`LABEL_SEPARATOR`]).
 #[derive(Debug)]
@@ -664,7 +657,7 @@ impl EvalReport {
             }
             for (what, left_out) in [("name no catalog product", &p.unknown), ("are the catalog's own photos", &p.catalog_photos), ("could not be read", &p.unreadable)] {
                 if !left_out.is_empty() {
-                    out.push_str(&format!("left out, {} {what}: {}\n", left_out.len(), first_few(left_out)));
+                    out.push_str(&format!("left out, {} {what}: {}\n", left_out.len(), crate::types::first_few(left_out, 5)));
                 }
             }
         }

@@ -217,6 +217,11 @@ impl SearchEngine {
         results.query_colour = photo.colour;
         for item in &photo.items {
             let Some(vector) = &item.vector else { continue };
+            // A filter no product meets finds nothing for any item either: not searched again.
+            if results.why_nothing_matches.is_some() {
+                results.items.push(ItemResults { detection: item.detection, query_colour: item.colour, hits: Vec::new() });
+                continue;
+            }
             // Each item by its own colour: in a red top and blue jeans, the jeans' look-alikes
             // are blue.
             let item_colour = item.colour.map(|c| c.descriptor);

@@ -349,10 +349,7 @@ pub fn why_nothing_matches_in_collection(collection: &QdrantIndex, filter: &Filt
 /// columns that `counted_in_full` says `facets` lists every value of are judged. `None` when
 /// each judged condition alone matches some product.
 fn why_nothing_matches(filter: &Filter, facets: &[FacetCount], counted_in_full: impl Fn(&str) -> bool) -> Option<String> {
-    let listed = |items: Vec<&str>| {
-        let more = if items.len() > 12 { ", ..." } else { "" };
-        format!("{}{more}", items.iter().take(12).copied().collect::<Vec<_>>().join(", "))
-    };
+    let listed = |items: Vec<&str>| crate::types::first_few(&items, 12);
     let mut reasons = Vec::new();
     let mut judged_all = true;
     for (column, values) in filter.conditions() {

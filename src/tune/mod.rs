@@ -274,12 +274,11 @@ fn check_grouping(products: &[Product], label: &str) -> Result<Vec<String>> {
     rare.sort_unstable_by(|a, b| a.1.cmp(&b.1).then(a.0.cmp(b.0)));
     let mut warnings = Vec::new();
     if !rare.is_empty() {
-        let named: Vec<String> = rare.iter().take(8).map(|(value, n)| format!("{value} {n}")).collect();
+        let named: Vec<String> = rare.iter().map(|(value, n)| format!("{value} {n}")).collect();
         warnings.push(format!(
-            "{} {label} values have fewer than {FEW_PRODUCTS} products ({}{}): the tuned space learns little about them; measure before and after (eval --exact, --product-photos)",
+            "{} {label} values have fewer than {FEW_PRODUCTS} products ({}): the tuned space learns little about them; measure before and after (eval --exact, --product-photos)",
             rare.len(),
-            named.join(", "),
-            if rare.len() > named.len() { ", ..." } else { "" }
+            crate::types::first_few(&named, 8)
         ));
     }
     Ok(warnings)

@@ -53,7 +53,7 @@ fn main() -> Result<()> {
     let (labelled, classes) = lookalike::tune::labelled_features(&catalog, "articleType")?;
     drop(labelled);
     let t = std::time::Instant::now();
-    let pert = lookalike::tune::perturbed_features(&catalog, &encoder, "articleType", &classes, n_train, 7)?;
+    let pert = lookalike::tune::perturbed_features(&catalog, &encoder, "articleType", &classes, (n_train, 7), &Default::default())?;
     eprintln!("perturbed {} in {:?}", pert.labels.len(), t.elapsed());
     let prow: Vec<Vec<f32>> = pert.features.outer_iter().map(|r| r.to_vec()).collect();
     write_f32(&format!("{out}/pert.f32"), &prow)?;
@@ -96,7 +96,7 @@ fn main() -> Result<()> {
     // Optionally, held-out re-photographed catalog products (another seed than the training
     // photos): what `eval --exact` measures.
     if let Some(n_exact) = args.get(5).map(|s| s.parse::<usize>()).transpose().context(usage)? {
-        let exact = lookalike::tune::perturbed_features(&catalog, &encoder, "articleType", &classes, n_exact, 4242)?;
+        let exact = lookalike::tune::perturbed_features(&catalog, &encoder, "articleType", &classes, (n_exact, 4242), &Default::default())?;
         write_f32(&format!("{out}/exact.f32"), &exact.features.outer_iter().map(|r| r.to_vec()).collect::<Vec<_>>())?;
         std::fs::write(format!("{out}/exact_keys.txt"), exact.keys.iter().map(|k| format!("{k:?}")).collect::<Vec<_>>().join("\n"))?;
     }

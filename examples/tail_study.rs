@@ -136,7 +136,7 @@ fn main() -> Result<()> {
     let (labelled, classes) = lookalike::tune::labelled_features(&catalog, "articleType")?;
     drop(labelled);
     for (name, count, seed) in [("pert", n_views, 7), ("exact", n_exact, 4242)] {
-        let views = lookalike::tune::perturbed_features(&catalog, &encoder, "articleType", &classes, count, seed)?;
+        let views = lookalike::tune::perturbed_features(&catalog, &encoder, "articleType", &classes, (count, seed), &Default::default())?;
         write_f32(&format!("{out}/{name}.f32"), views.features.outer_iter().map(|r| r.to_vec()))?;
         std::fs::write(format!("{out}/{name}_keys.txt"), views.keys.iter().map(|k| format!("{k:?}")).collect::<Vec<_>>().join("\n"))?;
         eprintln!("{name}: {} maps", views.keys.len());

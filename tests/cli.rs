@@ -944,16 +944,27 @@ fn tuning_is_stored_used_and_undone() {
     // The perturbed photos are training data only: the built-in model's int8 copy encodes
     // them by default, and the catalog keeps its float model and vectors.
     assert!(stderr.contains("encoding 64 perturbed catalog photos with efficientnet-lite0-int8"), "{stderr}");
-    let out = lookalike(&["tune", "--db", path(&db), "--dim", "64", "--hidden", "128", "--epochs", "8", "--augment", "64", "--augment-precision", "fp32"]);
+    // A tenth of the 300 products (fewer than the default 500) left out of training, and a
+    // shopper-like photo of each searched before and after: what tuning gains on products it
+    // never saw, said at once and kept for `info`.
+    assert!(stderr.contains("tuning on 270 products, 10 distinct articleType values (30 more held out to measure what tuning gains)"), "{stderr}");
+    let measured = stderr.lines().find(|l| l.starts_with("on shopper-like photos of 30 products held out of training: P@10 by articleType ")).expect("held-out line");
+    let numbers: Vec<f64> = measured.split([' ', ',']).filter_map(|w| w.parse().ok()).filter(|x| (0.0..=1.0).contains(x)).collect();
+    assert_eq!(numbers.len(), 6, "{measured}");
+    // Relevance is counted by the photo's own label among 10 classes (a tenth by chance).
+    assert!(numbers[0] > 0.3 && numbers[1] > 0.3, "{measured}");
+    assert!(ok(&["info", "--db", path(&db)]).contains(&format!("tuning measured {measured}")));
+    let out = lookalike(&["tune", "--db", path(&db), "--dim", "64", "--hidden", "128", "--epochs", "8", "--augment", "64", "--augment-precision", "fp32", "--hold-out", "0"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert!(stderr.contains("encoding 64 perturbed catalog photos with efficientnet-lite0\n"), "{stderr}");
+    assert!(stderr.contains("tuning on 300 products, 10 distinct articleType values\n") && !stderr.contains("held out"), "{stderr}");
     let out = lookalike(&["tune", "--db", path(&db), "--augment-precision", "int4"]);
     assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("int8"), "a bad precision is refused, naming the choices");
     let out = lookalike(&["tune", "--db", path(&db), "--dropout", "1.5"]);
     assert!(!out.status.success(), "bad dropout refused");
     let info = ok(&["info", "--db", path(&db)]);
-    assert!(info.contains("tuned on: articleType") && info.contains("model: efficientnet-lite0 ("), "{info}");
+    assert!(info.contains("tuned on: articleType") && info.contains("model: efficientnet-lite0 (") && !info.contains("tuning measured"), "{info}");
     let report = json(&ok(&["eval", "--db", path(&db), "--fashion-mnist", "test", "--queries", "50", "--fashion-mnist-dir", path(&fm_dir()), "--json"]));
     assert_eq!(report["tuned_on"], "articleType");
     let tuned = report["methods"]["lookalike"]["precision_at_10"].as_f64().expect("tuned");

@@ -34,6 +34,12 @@ impl SqliteCatalog {
         .transpose()
     }
 
+    /// The training record (JSON) of the tuned projection, if any: options, report, classes,
+    /// and what it gained on products held out of training.
+    pub fn projection_report(&self) -> Result<Option<String>> {
+        Ok(self.conn.query_row("SELECT report FROM projection WHERE id = 1", [], |r| r.get(0)).optional()?)
+    }
+
     /// Stores `projection` (replacing any earlier one) with its training report (JSON) and
     /// `settings` that go with it (the likeness bands measured in its space), in one
     /// transaction: a server following the catalog sees all of it or none.

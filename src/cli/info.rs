@@ -28,7 +28,13 @@ pub fn run(args: InfoArgs) -> Result<()> {
         None => println!("model: none yet"),
     }
     match catalog.projection()? {
-        Some(p) => println!("tuned on: {} ({} -> {} dims)", p.label, p.input_dim, p.output_dim),
+        Some(p) => {
+            println!("tuned on: {} ({} -> {} dims)", p.label, p.input_dim, p.output_dim);
+            let record: serde_json::Value = catalog.projection_report()?.and_then(|r| serde_json::from_str(&r).ok()).unwrap_or_default();
+            if let Ok(held_out) = serde_json::from_value::<lookalike::tune::HeldOutReport>(record["held_out"].clone()) {
+                println!("tuning measured {}", held_out.summary(&p.label));
+            }
+        }
         None => println!("tuned on: - (run `lookalike tune` to tune on a label column)"),
     }
     let tuned = catalog.projection()?.is_some();

@@ -2,15 +2,18 @@
 
 use anyhow::{bail, Result};
 use clap::Args;
+use std::collections::HashSet;
 
 use super::args::*;
 use lookalike::assets::Assets;
-use lookalike::catalog::SqliteCatalog;
+use lookalike::catalog::{SqliteCatalog, VectorKind};
 use lookalike::encoder::Encoder;
 use lookalike::import::{CatalogItem, ItemImage};
 use lookalike::model::{self, ModelSpec};
+use lookalike::projection::Projection;
 use lookalike::space::SearchSpace;
 use lookalike::tune;
+use lookalike::types::Key;
 
 #[derive(Args)]
 pub struct TuneArgs {
@@ -53,6 +56,11 @@ pub struct TuneArgs {
     /// layer, which this shrinks.
     #[arg(long, default_value_t = tune::TuneOptions::default().subspace, value_name = "N")]
     pub subspace: usize,
+    /// Products held out of training (at most a tenth of the labelled ones), to measure what
+    /// tuning gains on a shopper-like photo of each: P@10 by the label and whether the very
+    /// product comes first, before and after. 0: train on every product, measure nothing.
+    #[arg(long, default_value_t = 500, value_name = "N")]
+    pub hold_out: usize,
     #[command(flatten)]
     pub model: ModelArgs,
     #[arg(long, default_value_t = 7)]
@@ -104,8 +112,17 @@ pub fn run(args: TuneArgs) -> Result<()> {
     if !(args.instance_weight >= 0.0 && args.instance_weight.is_finite()) {
         bail!("--instance-weight must be 0 or more, not {}", args.instance_weight);
     }
-    let (mut rows, classes) = tune::labelled_features(&catalog, &args.label)?;
-    eprintln!("tuning on {} products, {} distinct {} values", rows.labels.len(), classes.len(), args.label);
+    let (labelled, classes) = tune::labelled_features(&catalog, &args.label)?;
+    // Held out of every training row, clean or perturbed: what tuning gains on them is what
+    // it gains on products it never saw, as a shopper's photo is.
+    let held_out = tune::pick_held_out(&labelled, args.hold_out, args.seed);
+    let mut rows = if held_out.is_empty() { labelled } else { labelled.without(&held_out) };
+    let measured = match (held_out.len(), args.hold_out) {
+        (0, 0) => String::new(),
+        (0, _) => format!(" (too few to hold {} out to measure what tuning gains)", tune::MIN_HELD_OUT),
+        (n, _) => format!(" ({n} more held out to measure what tuning gains)"),
+    };
+    eprintln!("tuning on {} products, {} distinct {} values{measured}", rows.labels.len(), classes.len(), args.label);
     let augment = args.augment.unwrap_or((rows.labels.len() / 2).min(30_000));
     let mut augment_model = None;
     if augment > 0 {
@@ -116,7 +133,7 @@ pub fn run(args: TuneArgs) -> Result<()> {
         let encoder = load_indexing_encoder(&assets, spec, &args.model)?;
         eprintln!("encoding {augment} perturbed catalog photos with {}", encoder.spec().name);
         augment_model = Some(encoder.spec().name.clone());
-        rows.append(tune::perturbed_features(&catalog, &encoder, &args.label, &classes, augment, args.seed)?)?;
+        rows.append(tune::perturbed_features(&catalog, &encoder, &args.label, &classes, (augment, args.seed), &held_out)?)?;
     }
     let pairs = rows.same_product_pairs();
     let options = tune::TuneOptions {
@@ -131,7 +148,11 @@ pub fn run(args: TuneArgs) -> Result<()> {
         ..Default::default()
     };
     let (projection, report) = tune::train(rows.features.view(), &rows.labels, classes.len(), &args.label, &pairs, &options)?;
-    let record = serde_json::json!({ "options": options, "report": report, "classes": classes, "augmented_with": augment_model });
+    let held_out = match held_out.is_empty() {
+        true => None,
+        false => Some(measure_held_out(&catalog, &projection, &held_out, &args)?),
+    };
+    let record = serde_json::json!({ "options": options, "report": report, "classes": classes, "augmented_with": augment_model, "held_out": held_out });
     // Scores in the tuned space run differently: the likeness bands are measured in it, and
     // stored with it, so a running server takes up both at once.
     let bands = SearchSpace::Tuned(Box::new(projection.clone())).measured_likeness_bands(&catalog)?.map(|b| b.to_setting());
@@ -146,10 +167,30 @@ pub fn run(args: TuneArgs) -> Result<()> {
     // Train accuracy is measured on the products it learned from: what shoppers get is
     // measured on photos it did not see.
     let db = args.db.db.display();
+    if let Some(held_out) = &held_out {
+        eprintln!("{}", held_out.summary(&args.label));
+        if held_out.tuning_hurt() {
+            eprintln!(
+                "warning: tuning ranked fewer products of the same {} first for photos of products it did not learn from; search the untuned space again with `lookalike tune --db {db} --off`, or tune on another column",
+                args.label
+            );
+        }
+    }
     eprintln!(
-        "measure what it gains on photos it did not learn from: lookalike eval --db {db} --query-photos DIR (labelled photos held out of the catalog), or --exact 500 (re-photographed products); each reports lookalike_untuned beside it"
+        "measure it on the shop's own photos: lookalike eval --db {db} --query-photos DIR (labelled photos of products outside the catalog) or --product-photos DIR (new photos of catalog products); each reports lookalike_untuned beside it"
     );
     Ok(())
+}
+
+/// [`tune::HeldOutReport`] of `projection`: one shopper-like photo of each held-out product,
+/// encoded by the catalog's own model (as query photos are, whatever `--augment-precision`
+/// encoded the training photos with), searched in the untuned and the tuned space.
+fn measure_held_out(catalog: &SqliteCatalog, projection: &Projection, held_out: &HashSet<Key>, args: &TuneArgs) -> Result<tune::HeldOutReport> {
+    let encoder = load_encoder(&Assets::from_env(), catalog, &args.model)?;
+    eprintln!("measuring on {} products held out of training", held_out.len());
+    let (photos, keys) = tune::held_out_photos(catalog, &encoder, held_out, args.seed)?;
+    let untuned = SearchSpace::centred(catalog, VectorKind::Primary)?;
+    tune::measure_held_out(catalog, &untuned, &SearchSpace::Tuned(Box::new(projection.clone())), &photos, &keys, &args.label)
 }
 
 /// The model that encodes `tune`'s perturbed photos: with `int8`, the int8 copy of the

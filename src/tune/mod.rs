@@ -19,17 +19,19 @@ use rand::{Rng, SeedableRng};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 use crate::catalog::{SqliteCatalog, VectorKind};
 use crate::types::{Key, Product};
 
 mod adapter;
 mod foreground;
+mod held_out;
 mod projection;
 
 pub use adapter::{train_photo_adapter, AdapterReport};
 pub use foreground::{train_foreground, ForegroundReport};
+pub use held_out::{held_out_photos, measure_held_out, pick_held_out, HeldOutReport, HeldOutScores, MIN_HELD_OUT};
 pub use projection::train;
 
 /// Training settings.
@@ -162,13 +164,22 @@ impl Labelled {
 /// Features of `count` shopper-like versions of randomly chosen labelled catalog products
 /// (see [`crate::perturb`]), to train on beside the clean catalog features: a projection
 /// learned from studio shots alone leans on details that a street photo loses. Uses only the
-/// catalog's own images. Returns the feature rows (`[count, d]`, fewer when an image cannot be
+/// catalog's own images; none of the products in `leave_out` (those held out of training to
+/// measure it). Returns the feature rows (`[count, d]`, fewer when an image cannot be
 /// read), their class indices and products.
-pub fn perturbed_features(catalog: &SqliteCatalog, encoder: &dyn crate::encoder::Encoder, label: &str, classes: &[String], count: usize, seed: u64) -> Result<Labelled> {
+pub fn perturbed_features(
+    catalog: &SqliteCatalog,
+    encoder: &dyn crate::encoder::Encoder,
+    label: &str,
+    classes: &[String],
+    (count, seed): (usize, u64),
+    leave_out: &HashSet<Key>,
+) -> Result<Labelled> {
     let class_index: HashMap<&str, usize> = classes.iter().enumerate().map(|(i, c)| (c.as_str(), i)).collect();
     let labelled: Vec<(Product, usize)> = catalog
         .all_products()?
         .into_iter()
+        .filter(|p| !leave_out.contains(&p.key))
         .filter_map(|p| {
             let class = p.metadata.get(label).and_then(|l| class_index.get(l.as_str())).copied();
             class.map(|c| (p, c))
@@ -187,6 +198,13 @@ pub fn shopper_views(catalog: &SqliteCatalog, encoder: &dyn crate::encoder::Enco
     ensure!(!products.is_empty(), "no products to photograph");
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let picks: Vec<usize> = (0..count).map(|_| rng.random_range(0..products.len())).collect();
+    photographed(catalog, encoder, products, &picks, seed)
+}
+
+/// Model vectors of a shopper-like photo of each of `products[picks[i]]`, and the pick of each
+/// row (a photo that cannot be read is left out).
+fn photographed(catalog: &SqliteCatalog, encoder: &dyn crate::encoder::Encoder, products: &[Product], picks: &[usize], seed: u64) -> Result<(Array2<f32>, Vec<usize>)> {
+    let count = picks.len();
     let input = &encoder.spec().input;
     // Reading from the catalog is serial (one SQLite connection); decoding, perturbing and
     // preparing run on every core, and each chunk is split across the encoder's sessions, so

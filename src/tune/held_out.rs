@@ -1,0 +1,165 @@
+//! What tuning gains on products it did not learn from: `tune` holds a few labelled products
+//! out of training, photographs each as a shopper would ([`crate::perturb`]), and searches the
+//! whole catalog with those photos in the space search used before and in the tuned one.
+//!
+//! Why inside `tune`: its train accuracy is measured on the products it learned from and says
+//! little of what shoppers will get, and a shop should not need a folder of labelled photos
+//! and a second command to learn whether tuning helped its catalog.
+
+use std::collections::{HashMap, HashSet};
+
+use anyhow::Result;
+use ndarray::{Array2, Axis};
+use rand::SeedableRng;
+use serde::{Deserialize, Serialize};
+
+use super::Labelled;
+use crate::catalog::{SqliteCatalog, VectorKind};
+use crate::index::{Precision, VectorIndex};
+use crate::space::SearchSpace;
+use crate::types::{Key, Product};
+
+/// Mixed into `tune --seed` for the held-out products and their photos: other draws than
+/// training's.
+const HELD_OUT_SEED: u64 = 0x04E1_D0A7;
+
+/// Fewer held-out products than this measure too little to be worth the training they cost.
+pub const MIN_HELD_OUT: usize = 20;
+
+/// Search quality for the held-out products' photos in one space.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct HeldOutScores {
+    /// Share of the first 10 results with the photo's label (P@10, as `eval` counts it).
+    pub precision_at_10: f64,
+    /// Share of the photos whose own product comes first.
+    pub found_at_1: f64,
+    /// Share of the photos whose own product is in the first 10.
+    pub found_at_10: f64,
+}
+
+/// [`HeldOutScores`] of the same photos before tuning (the catalog's untuned space) and after.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HeldOutReport {
+    /// Products held out of training, one shopper-like photo each.
+    pub products: usize,
+    pub untuned: HeldOutScores,
+    pub tuned: HeldOutScores,
+}
+
+impl HeldOutReport {
+    /// One line for `tune` and `info`.
+    pub fn summary(&self, label: &str) -> String {
+        let (before, after) = (&self.untuned, &self.tuned);
+        format!(
+            "on shopper-like photos of {} products held out of training: P@10 by {label} {:.3} -> {:.3}, the very product first {:.3} -> {:.3}, in the top 10 {:.3} -> {:.3} (untuned -> tuned)",
+            self.products, before.precision_at_10, after.precision_at_10, before.found_at_1, after.found_at_1, before.found_at_10, after.found_at_10
+        )
+    }
+
+    /// Whether tuning made the held-out photos' results worse on the label it learned.
+    pub fn tuning_hurt(&self) -> bool {
+        self.tuned.precision_at_10 < self.untuned.precision_at_10
+    }
+}
+
+/// Up to `wanted` products of `rows` (seeded), but at most a tenth of them; none when that is
+/// fewer than [`MIN_HELD_OUT`].
+pub fn pick_held_out(rows: &Labelled, wanted: usize, seed: u64) -> HashSet<Key> {
+    let mut products: Vec<Key> = rows.keys.iter().copied().collect::<HashSet<_>>().into_iter().collect();
+    products.sort_unstable();
+    let n = wanted.min(products.len() / 10);
+    if n < MIN_HELD_OUT {
+        return HashSet::new();
+    }
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ HELD_OUT_SEED);
+    rand::seq::index::sample(&mut rng, products.len(), n).into_iter().map(|i| products[i]).collect()
+}
+
+impl Labelled {
+    /// These rows without those of the products in `left_out`.
+    pub fn without(&self, left_out: &HashSet<Key>) -> Labelled {
+        let kept: Vec<usize> = (0..self.keys.len()).filter(|&row| !left_out.contains(&self.keys[row])).collect();
+        Labelled {
+            features: self.features.select(Axis(0), &kept),
+            labels: kept.iter().map(|&row| self.labels[row]).collect(),
+            keys: kept.iter().map(|&row| self.keys[row]).collect(),
+        }
+    }
+}
+
+/// One shopper-like photo of each product in `held_out`, encoded by `encoder` (the catalog's
+/// own model, as query photos are): the model vectors and the product each shows.
+pub fn held_out_photos(catalog: &SqliteCatalog, encoder: &dyn crate::encoder::Encoder, held_out: &HashSet<Key>, seed: u64) -> Result<(Array2<f32>, Vec<Key>)> {
+    let mut products: Vec<Product> = catalog.all_products()?.into_iter().filter(|p| held_out.contains(&p.key)).collect();
+    products.sort_unstable_by_key(|p| p.key);
+    let picks: Vec<usize> = (0..products.len()).collect();
+    let (features, picked) = super::photographed(catalog, encoder, &products, &picks, seed ^ HELD_OUT_SEED)?;
+    Ok((features, picked.into_iter().map(|i| products[i].key).collect()))
+}
+
+/// Searches the catalog with `photos` (each of the product in `keys`) in `untuned` and in
+/// `tuned`, counting relevance by the products' `label`.
+pub fn measure_held_out(catalog: &SqliteCatalog, untuned: &SearchSpace, tuned: &SearchSpace, photos: &Array2<f32>, keys: &[Key], label: &str) -> Result<HeldOutReport> {
+    let products = catalog.all_products()?;
+    let label_of: HashMap<Key, &str> = products.iter().filter_map(|p| Some((p.key, p.metadata.get(label)?.as_str()))).collect();
+    let untuned = scores_in(catalog, untuned, photos, keys, &label_of)?;
+    let tuned = scores_in(catalog, tuned, photos, keys, &label_of)?;
+    Ok(HeldOutReport { products: keys.len(), untuned, tuned })
+}
+
+/// [`HeldOutScores`] of `photos` searched over the catalog in `space`.
+fn scores_in(catalog: &SqliteCatalog, space: &SearchSpace, photos: &Array2<f32>, keys: &[Key], label_of: &HashMap<Key, &str>) -> Result<HeldOutScores> {
+    let index = space.build_index(catalog, VectorKind::Primary, Precision::F32)?;
+    let mut ranked = Vec::with_capacity(keys.len());
+    for photo in photos.rows() {
+        let hits = index.search(&space.map_photo(&photo.to_vec())?, 10, None)?;
+        ranked.push(hits.into_iter().map(|h| h.key).collect::<Vec<Key>>());
+    }
+    Ok(score(&ranked, keys, label_of))
+}
+
+/// [`HeldOutScores`] of the first results `ranked` for photos of the products `keys`.
+fn score(ranked: &[Vec<Key>], keys: &[Key], label_of: &HashMap<Key, &str>) -> HeldOutScores {
+    let n = ranked.len().max(1) as f64;
+    let (mut precision, mut first, mut top10) = (0.0, 0usize, 0usize);
+    for (hits, key) in ranked.iter().zip(keys) {
+        let label = label_of.get(key);
+        precision += hits.iter().take(10).filter(|hit| label.is_some() && label_of.get(hit) == label).count() as f64 / 10.0;
+        first += usize::from(hits.first() == Some(key));
+        top10 += usize::from(hits.iter().take(10).any(|hit| hit == key));
+    }
+    HeldOutScores { precision_at_10: precision / n, found_at_1: first as f64 / n, found_at_10: top10 as f64 / n }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scores_count_the_label_and_the_very_product() {
+        let label_of: HashMap<Key, &str> = [(1, "Shirt"), (2, "Shirt"), (3, "Dress"), (4, "Dress")].into_iter().collect();
+        // The photo of 1 finds itself first, then a shirt and a dress; the photo of 3 finds
+        // two shirts before itself.
+        let ranked = vec![vec![1, 2, 3], vec![1, 2, 3]];
+        let scores = score(&ranked, &[1, 3], &label_of);
+        assert_eq!(scores, HeldOutScores { precision_at_10: (0.2 + 0.1) / 2.0, found_at_1: 0.5, found_at_10: 1.0 });
+    }
+
+    #[test]
+    fn held_out_products_leave_training_entirely() {
+        let keys: Vec<Key> = (0..300).map(|i| i % 250).collect();
+        let rows = Labelled { features: Array2::from_shape_fn((300, 4), |(r, c)| (r * 4 + c) as f32), labels: keys.iter().map(|k| (*k % 5) as usize).collect(), keys };
+        let held = pick_held_out(&rows, 500, 7);
+        assert_eq!(held.len(), 25, "at most a tenth of the 250 products");
+        assert_eq!(held, pick_held_out(&rows, 500, 7), "seeded");
+        let trained = rows.without(&held);
+        assert!(trained.keys.iter().all(|k| !held.contains(k)));
+        // The kept rows, in order, with their features and labels.
+        let kept: Vec<usize> = (0..300).filter(|&r| !held.contains(&rows.keys[r])).collect();
+        for (row, &original) in kept.iter().enumerate() {
+            assert_eq!((trained.keys[row], trained.labels[row]), (rows.keys[original], rows.labels[original]));
+            assert_eq!(trained.features.row(row), rows.features.row(original));
+        }
+        assert!(pick_held_out(&rows, 19, 7).is_empty(), "too few to measure anything");
+    }
+}

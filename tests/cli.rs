@@ -350,6 +350,17 @@ fn kaggle_layout_with_dirty_rows() {
     let products: Vec<(&str, &str)> =
         listed["products"].as_array().expect("products").iter().map(|p| (p["id"].as_str().unwrap_or(""), p["price"].as_str().unwrap_or(""))).collect();
     assert_eq!(products, [("SH-1", "59,90"), ("SH-3", "29,90")], "{listed}");
+    // The catalog keeps the column: tomorrow's import needs no --id-column, and one naming
+    // another column (which would import every product again under other ids) is refused.
+    assert!(ok(&["info", "--db", path(&exported)]).contains("product ids: the styles.csv column \"sku\""));
+    let out = lookalike(&["index", "--db", path(&exported), "--kaggle", path(&export)]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && stderr.contains("indexed 0 new or changed, 2 unchanged"), "{stderr}");
+    let out = lookalike(&["index", "--db", path(&exported), "--kaggle", path(&export), "--id-column", "articleType"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("by the styles.csv column \"sku\"") && stderr.contains("leave --id-column out"), "{stderr}");
+    ok(&["index", "--db", path(&exported), "--kaggle", path(&export), "--id-column", "SKU"]);
+    assert_eq!(json(&ok(&["list", "--db", path(&exported), "--json"]))["products"].as_array().map(Vec::len), Some(2), "nothing imported twice");
 }
 
 /// A shop changes a price or a name in `styles.csv` and runs `index` again: the product takes

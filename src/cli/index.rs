@@ -24,9 +24,10 @@ pub struct IndexArgs {
     #[arg(long, value_name = "DIR")]
     pub kaggle: Option<PathBuf>,
     /// The styles.csv column of product ids (any case), which also name the photos
-    /// (images/ID.jpg): `sku` or `handle` in a shop's own export.
-    #[arg(long, value_name = "COLUMN", default_value = lookalike::import::kaggle::ID_COLUMN)]
-    pub id_column: String,
+    /// (images/ID.jpg): `sku` or `handle` in a shop's own export. Kept in the catalog, so
+    /// later imports use it without being told [default: id].
+    #[arg(long, value_name = "COLUMN")]
+    pub id_column: Option<String>,
     /// Any folder of photos (recursive; a product's id is its relative path).
     #[arg(long, value_name = "DIR")]
     pub images: Option<PathBuf>,
@@ -74,8 +75,11 @@ pub fn run(args: IndexArgs) -> Result<()> {
     // Products the source lists but gives nothing to import (a row whose photo is missing):
     // `--remove-unlisted` keeps them.
     let mut listed_without_photo = Vec::new();
+    let mut id_column = None;
     let items = if let Some(dir) = &args.kaggle {
-        let (items, report) = import::read_kaggle(dir, &args.id_column)?;
+        let column = id_column_for(&args.db.db, args.id_column.as_deref())?;
+        let (items, report) = import::read_kaggle(dir, &column)?;
+        id_column = Some(column);
         for id in &report.missing_images {
             tracing::warn!("product {id}: image file missing, skipped");
         }
@@ -111,7 +115,7 @@ pub fn run(args: IndexArgs) -> Result<()> {
     // A run that fails before adding anything (a bad --model, say) leaves no empty catalog
     // behind for the next command to trip over.
     let created = !args.db.db.exists();
-    let result = index_into(&args, &assets, items, &unlisted);
+    let result = index_into(&args, &assets, items, &unlisted, id_column.as_deref());
     if result.is_err() && created {
         remove_if_empty(&args.db.db);
     }
@@ -142,6 +146,29 @@ fn unlisted_products(db: &std::path::Path, items: &[import::CatalogItem], listed
     Ok(unlisted)
 }
 
+/// The catalog setting that keeps the styles.csv column its products' ids come from.
+pub const ID_COLUMN_SETTING: &str = "import_id_column";
+
+/// The styles.csv column of product ids for an import into `db`: the one given, else the one
+/// the catalog's earlier imports used, else `id`. One given that differs from the catalog's is
+/// refused: every product would be imported again under another id (a nightly import that
+/// forgot `--id-column` would have doubled a catalog whose export has both columns).
+fn id_column_for(db: &std::path::Path, given: Option<&str>) -> Result<String> {
+    let kept = match db.exists() {
+        true => SqliteCatalog::open_existing(db)?.setting(ID_COLUMN_SETTING)?,
+        false => None,
+    };
+    match (given, kept) {
+        (Some(given), Some(kept)) if !given.eq_ignore_ascii_case(&kept) => bail!(
+            "{} names its products by the styles.csv column {kept:?} (kept from its first import): --id-column {given} would import every product again under another id; leave --id-column out, or import into a new catalog file",
+            db.display()
+        ),
+        (Some(given), _) => Ok(given.to_string()),
+        (None, Some(kept)) => Ok(kept),
+        (None, None) => Ok(import::kaggle::ID_COLUMN.to_string()),
+    }
+}
+
 /// Removes the catalog file at `db` (and SQLite's side files) if it holds no products.
 fn remove_if_empty(db: &std::path::Path) {
     let empty = SqliteCatalog::open_existing(db).and_then(|c| c.is_empty()).unwrap_or(false);
@@ -152,8 +179,13 @@ fn remove_if_empty(db: &std::path::Path) {
     }
 }
 
-fn index_into(args: &IndexArgs, assets: &Assets, items: Vec<import::CatalogItem>, unlisted: &[String]) -> Result<()> {
+fn index_into(args: &IndexArgs, assets: &Assets, items: Vec<import::CatalogItem>, unlisted: &[String], id_column: Option<&str>) -> Result<()> {
     let mut catalog = SqliteCatalog::open(&args.db.db)?;
+    if let Some(column) = id_column {
+        if catalog.setting(ID_COLUMN_SETTING)?.is_none() {
+            catalog.set_setting(ID_COLUMN_SETTING, column)?;
+        }
+    }
     // Products removed or replaced through servers without the catalog are taken into it before
     // the import, so that the source's own version of one it lists wins (imported anew, or
     // again if changed), as after any removal or upload. Qdrant unreachable: the import goes

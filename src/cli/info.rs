@@ -23,6 +23,9 @@ pub fn run(args: InfoArgs) -> Result<()> {
     let catalog = SqliteCatalog::open_existing(&args.db.db)?;
     println!("catalog: {}", catalog.path().display());
     println!("products: {}", catalog.len()?);
+    if let Some(column) = catalog.setting(super::index::ID_COLUMN_SETTING)? {
+        println!("product ids: the styles.csv column {column:?} (index --kaggle reads them from it)");
+    }
     match catalog.vector_space()? {
         Some(space) => println!("model: {} ({}-d vectors)", space.model, space.dim),
         None => println!("model: none yet"),

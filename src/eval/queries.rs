@@ -187,7 +187,7 @@ fn file_stem(name: &str) -> &str {
 }
 
 /// Whether a photo is the catalog's own photo of `product`: the same bytes, or the same photo
-/// saved again, at its size or another (a shop system's resized JPEG of it).
+/// saved again, at its size or another, padded or cropped (a shop system's copy of it).
 fn is_catalog_photo(catalog: &SqliteCatalog, product: &Product, bytes: &[u8], image: &image::DynamicImage) -> bool {
     if crate::types::content_hash(bytes) == product.content_hash {
         return true;
@@ -196,13 +196,21 @@ fn is_catalog_photo(catalog: &SqliteCatalog, product: &Product, bytes: &[u8], im
     catalog.decoded_image(product.key, &product.image).is_ok_and(|own| same_photo(&own, image))
 }
 
-/// Whether two images are one photo, saved again or resized: the same shape, and thumbnails
-/// whose pixels differ by at most [`SAME_PHOTO_DIFFERENCE`] on average. A photo taken anew
-/// (another light, background, angle or crop) differs by far more.
+/// Whether two images are one photo: the same pixels; or saved again or resized (the same
+/// shape, and thumbnails whose pixels differ by at most [`SAME_PHOTO_DIFFERENCE`] on average);
+/// or so once each is cut to what lies inside its plain border (padded to a square, or its
+/// background cropped, by a shop system). A photo taken anew (another light, background,
+/// angle or pose) differs by far more.
 fn same_photo(a: &image::DynamicImage, b: &image::DynamicImage) -> bool {
     if a.width() == b.width() && a.height() == b.height() && a.to_rgb8() == b.to_rgb8() {
         return true;
     }
+    let (inside_a, inside_b) = (within_plain_borders(a), within_plain_borders(b));
+    inside_a.iter().any(|a| inside_b.iter().any(|b| alike(a, b)))
+}
+
+/// The same shape, and thumbnails within [`SAME_PHOTO_DIFFERENCE`].
+fn alike(a: &image::DynamicImage, b: &image::DynamicImage) -> bool {
     let aspect = |i: &image::DynamicImage| i.width() as f64 / i.height().max(1) as f64;
     if (aspect(a) / aspect(b) - 1.0).abs() > 0.02 {
         return false;
@@ -211,6 +219,41 @@ fn same_photo(a: &image::DynamicImage, b: &image::DynamicImage) -> bool {
     let (ta, tb) = (thumbnail(a), thumbnail(b));
     let difference = ta.iter().zip(&tb).map(|(&x, &y)| f64::from(x.abs_diff(y))).sum::<f64>() / ta.len() as f64;
     difference <= SAME_PHOTO_DIFFERENCE
+}
+
+/// `image`, then what lies inside its plain border, then inside that one's (a white pad around a
+/// grey studio background is two borders): the box around every pixel unlike the colour the
+/// four corners share (within a JPEG's noise). An image whose corners differ has no border,
+/// and neither has one whose box would keep less than a quarter of it: that is a detail of
+/// the product (a logo on a plain shirt), and two shots of one product share it.
+fn within_plain_borders(image: &image::DynamicImage) -> Vec<image::DynamicImage> {
+    const NOISE: u8 = 40;
+    let mut levels = vec![image.clone()];
+    let mut inside = image.to_rgb8();
+    for _ in 0..2 {
+        let (w, h) = inside.dimensions();
+        if w < 3 || h < 3 {
+            break;
+        }
+        let border = inside.get_pixel(0, 0).0;
+        let like = |p: &image::Rgb<u8>| p.0.iter().zip(border).all(|(&c, b)| c.abs_diff(b) <= NOISE);
+        if ![(w - 1, 0), (0, h - 1), (w - 1, h - 1)].iter().all(|&(x, y)| like(inside.get_pixel(x, y))) {
+            break;
+        }
+        let (mut x0, mut y0, mut x1, mut y1) = (w, h, 0, 0);
+        for (x, y, p) in inside.enumerate_pixels() {
+            if !like(p) {
+                (x0, y0, x1, y1) = (x0.min(x), y0.min(y), x1.max(x), y1.max(y));
+            }
+        }
+        let kept = if x0 > x1 { 0 } else { u64::from(x1 - x0 + 1) * u64::from(y1 - y0 + 1) };
+        if kept * 4 < u64::from(w) * u64::from(h) || kept == u64::from(w) * u64::from(h) {
+            break;
+        }
+        inside = image::imageops::crop_imm(&inside, x0, y0, x1 - x0 + 1, y1 - y0 + 1).to_image();
+        levels.push(image::DynamicImage::ImageRgb8(inside.clone()));
+    }
+    levels
 }
 
 /// Mean difference (0-255) of 16x16 thumbnails below which two photos are one: a resized and
@@ -302,12 +345,25 @@ mod tests {
         };
         let resized = jpeg(&shot.resize(150, 200, image::imageops::FilterType::Triangle));
         assert!(same_photo(&shot, &resized) && same_photo(&shot, &jpeg(&shot)), "saved again, smaller");
-        // Taken anew: moved in the frame, in other light, or cropped closer.
-        let moved = image::DynamicImage::ImageRgb8(image::RgbImage::from_fn(300, 400, |x, y| *shot.as_rgb8().expect("rgb").get_pixel(x.saturating_sub(30), y)));
+        // A shop system's copies: padded to a white square, re-framed on its background, or
+        // with background cropped away.
+        let mut square = image::RgbImage::from_pixel(400, 400, image::Rgb([255, 255, 255]));
+        image::imageops::overlay(&mut square, shot.as_rgb8().expect("rgb"), 50, 0);
+        let reframed = image::DynamicImage::ImageRgb8(image::RgbImage::from_fn(300, 400, |x, y| *shot.as_rgb8().expect("rgb").get_pixel(x.saturating_sub(30), y)));
+        let background_cropped = shot.crop_imm(30, 40, 240, 361);
+        for (copy, what) in [(image::DynamicImage::ImageRgb8(square), "padded"), (reframed, "re-framed"), (background_cropped, "background cropped")] {
+            assert!(same_photo(&shot, &jpeg(&copy)), "{what}");
+        }
+        // Taken anew: in other light, the garment laid out otherwise; or cut into.
         let mut dimmer = shot.to_rgb8();
         dimmer.pixels_mut().for_each(|p| p.0 = p.0.map(|c| (f32::from(c) * 0.9) as u8));
-        let closer = shot.crop_imm(30, 40, 240, 320);
-        for (other, what) in [(moved, "moved"), (image::DynamicImage::ImageRgb8(dimmer), "dimmer"), (closer, "closer")] {
+        let folded = image::DynamicImage::ImageRgb8(image::RgbImage::from_fn(300, 400, |x, y| match (x, y) {
+            (60..=240, 80..=360) if (250..=270).contains(&y) => image::Rgb([220, 40, 40]),
+            (60..=240, 80..=360) => image::Rgb([40, 40, 90]),
+            _ => image::Rgb([235, 235, 235]),
+        }));
+        let cut_into = shot.crop_imm(30, 40, 240, 200);
+        for (other, what) in [(image::DynamicImage::ImageRgb8(dimmer), "dimmer"), (folded, "laid out otherwise"), (cut_into, "cut into")] {
             assert!(!same_photo(&shot, &jpeg(&other)), "{what}");
         }
     }

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{copy_catalog, fm_dir, lookalike, path, shared_catalog, wait_until_said, BIN};
+use common::{copy_catalog, fm_dir, lookalike, path, shared_catalog, test_photo, wait_until_said, BIN};
 use lookalike::assets::Assets;
 use lookalike::import::fashion_mnist::FashionMnist;
 
@@ -965,11 +965,23 @@ fn tuning_is_stored_used_and_undone() {
     // Relevance is counted by the photo's own label among 10 classes (a tenth by chance).
     assert!(numbers[0] > 0.3 && numbers[1] > 0.3, "{measured}");
     assert!(ok(&["info", "--db", path(&db)]).contains(&format!("tuning measured {measured}")));
+    // A kind of product the tuning never learned, imported since: said by the import and by
+    // `info`, with the command that learns it.
+    let new_kind = dir.path().join("new-kind");
+    std::fs::create_dir_all(new_kind.join("images")).expect("mkdir");
+    std::fs::write(new_kind.join("images/jumpsuit-1.png"), test_photo(0).0).expect("photo");
+    std::fs::write(new_kind.join("styles.csv"), "id,articleType\njumpsuit-1,Jumpsuit\n").expect("csv");
+    let out = lookalike(&["index", "--db", path(&db), "--kaggle", path(&new_kind)]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let note = "1 product(s) have articleType values the tuned space never learned (Jumpsuit 1): they are placed by looks alone; learn them with `lookalike tune --db ";
+    assert!(out.status.success() && stderr.contains(&format!("note: {note}")), "{stderr}");
+    assert!(ok(&["info", "--db", path(&db)]).contains(&format!("tuning: {note}")));
     let out = lookalike(&["tune", "--db", path(&db), "--dim", "64", "--hidden", "128", "--epochs", "8", "--augment", "64", "--augment-precision", "fp32", "--hold-out", "0"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert!(stderr.contains("encoding 64 perturbed catalog photos with efficientnet-lite0\n"), "{stderr}");
-    assert!(stderr.contains("tuning on 300 products, 10 distinct articleType values\n") && !stderr.contains("held out"), "{stderr}");
+    assert!(stderr.contains("tuning on 301 products, 11 distinct articleType values\n") && !stderr.contains("held out"), "{stderr}");
+    assert!(!ok(&["info", "--db", path(&db)]).contains("never learned"), "learned now");
     let out = lookalike(&["tune", "--db", path(&db), "--augment-precision", "int4"]);
     assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("int8"), "a bad precision is refused, naming the choices");
     let out = lookalike(&["tune", "--db", path(&db), "--dropout", "1.5"]);

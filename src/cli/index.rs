@@ -261,6 +261,11 @@ fn index_into(args: &IndexArgs, assets: &Assets, items: Vec<import::CatalogItem>
         eprintln!("removed {} {products} the source no longer lists: {}; catalog now holds {} products", removed.len(), first_few(&removed, 10), catalog.len()?);
     }
     args.store.sync_after_change(&mut catalog)?;
+    if report.embedded > 0 || report.redescribed > 0 {
+        if let Some(note) = super::tune::unlearned_values_note(&catalog)? {
+            eprintln!("note: {note}");
+        }
+    }
     // Results say how alike they are in words, by bands measured on the catalog's own products:
     // measured here, once, rather than by the first search of every process.
     SearchSpace::for_catalog(&catalog)?.record_likeness_bands(&catalog, report.embedded > 0 || !unlisted.is_empty())?;

@@ -37,6 +37,9 @@ pub fn run(args: InfoArgs) -> Result<()> {
             if let Ok(held_out) = serde_json::from_value::<lookalike::tune::HeldOutReport>(record["held_out"].clone()) {
                 println!("tuning measured {}", held_out.summary(&p.label));
             }
+            if let Some(note) = super::tune::unlearned_values_note(&catalog)? {
+                println!("tuning: {note}");
+            }
         }
         None => println!("tuned on: - (run `lookalike tune` to tune on a label column)"),
     }

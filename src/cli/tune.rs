@@ -193,6 +193,24 @@ fn measure_held_out(catalog: &SqliteCatalog, projection: &Projection, held_out: 
     tune::measure_held_out(catalog, &untuned, &SearchSpace::Tuned(Box::new(projection.clone())), &photos, &keys, &args.label)
 }
 
+/// What `index` and `info` say when the catalog holds products of label values its tuning
+/// never learned ([`tune::values_not_learned`]), with the command that learns them.
+pub fn unlearned_values_note(catalog: &SqliteCatalog) -> Result<Option<String>> {
+    let unlearned = tune::values_not_learned(catalog)?;
+    let (Some(projection), false) = (catalog.projection()?, unlearned.is_empty()) else {
+        return Ok(None);
+    };
+    let products: usize = unlearned.iter().map(|(_, n)| n).sum();
+    let values: Vec<String> = unlearned.iter().map(|(value, n)| format!("{value} {n}")).collect();
+    Ok(Some(format!(
+        "{products} product(s) have {} values the tuned space never learned ({}): they are placed by looks alone; learn them with `lookalike tune --db {} --label {}`",
+        projection.label,
+        lookalike::types::first_few(&values, 8),
+        catalog.path().display(),
+        projection.label
+    )))
+}
+
 /// The model that encodes `tune`'s perturbed photos: with `int8`, the int8 copy of the
 /// catalog's built-in model, calibrated on up to [`lookalike::import::CALIBRATION_PHOTOS`]
 /// catalog photos spread over the catalog. Why a copy may encode them: those rows are only

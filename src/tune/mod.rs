@@ -246,6 +246,31 @@ fn photographed(catalog: &SqliteCatalog, encoder: &dyn crate::encoder::Encoder, 
     Ok((Array2::from_shape_vec((picked.len(), dim), rows).context("perturbed feature matrix")?, picked))
 }
 
+/// The values of the tuned label that products of `catalog` have and tuning never learned
+/// (products imported since with a new kind of product), each with how many products have it,
+/// most first; empty for a catalog not tuned. Tuning places products of the values it learned
+/// near their proxy; one of a value it never saw is placed only by what it looks like, so a
+/// shop that adds a kind of product should tune again.
+pub fn values_not_learned(catalog: &SqliteCatalog) -> Result<Vec<(String, usize)>> {
+    let (Some(projection), Some(record)) = (catalog.projection()?, catalog.projection_report()?) else {
+        return Ok(Vec::new());
+    };
+    let record: serde_json::Value = serde_json::from_str(&record).context("reading the tuning record")?;
+    let Some(learned) = record["classes"].as_array() else {
+        return Ok(Vec::new());
+    };
+    let learned: HashSet<&str> = learned.iter().filter_map(serde_json::Value::as_str).collect();
+    let mut new: HashMap<String, usize> = HashMap::new();
+    for product in catalog.all_products()? {
+        if let Some(value) = product.metadata.get(&projection.label).filter(|v| !learned.contains(v.as_str())) {
+            *new.entry(value.clone()).or_default() += 1;
+        }
+    }
+    let mut new: Vec<(String, usize)> = new.into_iter().collect();
+    new.sort_unstable_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    Ok(new)
+}
+
 /// Values of a column with fewer products than this are learned little about.
 const FEW_PRODUCTS: usize = 3;
 

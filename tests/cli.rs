@@ -976,6 +976,15 @@ fn tuning_is_stored_used_and_undone() {
     let note = "1 product(s) have articleType values the tuned space never learned (Jumpsuit 1): they are placed by looks alone; learn them with `lookalike tune --db ";
     assert!(out.status.success() && stderr.contains(&format!("note: {note}")), "{stderr}");
     assert!(ok(&["info", "--db", path(&db)]).contains(&format!("tuning: {note}")));
+    // The same facts for scripts, each under its key.
+    let info = json(&ok(&["info", "--db", path(&db), "--json"]));
+    assert_eq!((info["products"].as_u64(), info["model"]["name"].as_str(), info["model"]["dim"].as_u64()), (Some(301), Some("efficientnet-lite0"), Some(1280)), "{info}");
+    let tuned = &info["tuned"];
+    assert_eq!((tuned["label"].as_str(), tuned["output_dim"].as_u64(), tuned["held_out"]["products"].as_u64()), (Some("articleType"), Some(64), Some(30)), "{info}");
+    let untuned = tuned["held_out"]["untuned"]["precision_at_10"].as_f64().expect("a number");
+    assert_eq!(format!("{untuned:.3}"), format!("{:.3}", numbers[0]), "the line's numbers, unrounded: {info}");
+    assert_eq!(tuned["values_not_learned"], serde_json::json!([{"value": "Jumpsuit", "products": 1}]), "{info}");
+    assert!(info["photo_adapter"].is_null() && info["foreground_head"].is_null() && info["search_index"].as_str().is_some_and(|s| s.starts_with("exact scan")), "{info}");
     let out = lookalike(&["tune", "--db", path(&db), "--dim", "64", "--hidden", "128", "--epochs", "8", "--augment", "64", "--augment-precision", "fp32", "--hold-out", "0"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");

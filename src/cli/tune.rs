@@ -56,7 +56,8 @@ pub struct TuneArgs {
     /// layer, which this shrinks.
     #[arg(long, default_value_t = tune::TuneOptions::default().subspace, value_name = "N")]
     pub subspace: usize,
-    /// Products held out of training (at most a tenth of the labelled ones), to measure what
+    /// Products held out of training (at most a tenth of the labelled ones, and of each
+    /// value's), to measure what
     /// tuning gains on a shopper-like photo of each: P@10 by the label and whether the very
     /// product comes first, before and after. 0: train on every product, measure nothing.
     #[arg(long, default_value_t = 500, value_name = "N")]
@@ -119,7 +120,7 @@ pub fn run(args: TuneArgs) -> Result<()> {
     let mut rows = if held_out.is_empty() { labelled } else { labelled.without(&held_out) };
     let measured = match (held_out.len(), args.hold_out) {
         (0, 0) => String::new(),
-        (0, _) => format!(" (too few to hold {} out to measure what tuning gains)", tune::MIN_HELD_OUT),
+        (0, _) => format!(" (too few to hold some out and measure what tuning gains: that takes {} labelled products)", tune::MIN_HELD_OUT * 10),
         (n, _) => format!(" ({n} more held out to measure what tuning gains)"),
     };
     eprintln!("tuning on {} products, {} distinct {} values{measured}", rows.labels.len(), classes.len(), args.label);

@@ -10,6 +10,7 @@ use std::collections::{HashMap, HashSet};
 
 use anyhow::Result;
 use ndarray::{Array2, Axis};
+use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 
@@ -62,17 +63,35 @@ impl HeldOutReport {
     }
 }
 
-/// Up to `wanted` products of `rows` (seeded), but at most a tenth of them; none when that is
-/// fewer than [`MIN_HELD_OUT`].
+/// Up to `wanted` products of `rows` (seeded), but at most a tenth of them, and a tenth of
+/// each label value's (so a value of fewer than 10 products keeps every one to learn from);
+/// none when that is fewer than [`MIN_HELD_OUT`].
 pub fn pick_held_out(rows: &Labelled, wanted: usize, seed: u64) -> HashSet<Key> {
-    let mut products: Vec<Key> = rows.keys.iter().copied().collect::<HashSet<_>>().into_iter().collect();
+    let mut label_of: HashMap<Key, usize> = HashMap::new();
+    for (key, label) in rows.keys.iter().zip(&rows.labels) {
+        label_of.entry(*key).or_insert(*label);
+    }
+    let mut products: Vec<(Key, usize)> = label_of.into_iter().collect();
     products.sort_unstable();
     let n = wanted.min(products.len() / 10);
     if n < MIN_HELD_OUT {
         return HashSet::new();
     }
+    let mut per_label: HashMap<usize, usize> = HashMap::new();
+    for (_, label) in &products {
+        *per_label.entry(*label).or_default() += 1;
+    }
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ HELD_OUT_SEED);
-    rand::seq::index::sample(&mut rng, products.len(), n).into_iter().map(|i| products[i]).collect()
+    products.shuffle(&mut rng);
+    let (mut held, mut taken) = (HashSet::new(), HashMap::<usize, usize>::new());
+    for (key, label) in products {
+        let of_label = taken.entry(label).or_default();
+        if held.len() < n && *of_label < per_label[&label] / 10 {
+            *of_label += 1;
+            held.insert(key);
+        }
+    }
+    held
 }
 
 impl Labelled {
@@ -150,7 +169,10 @@ mod tests {
         let keys: Vec<Key> = (0..300).map(|i| i % 250).collect();
         let rows = Labelled { features: Array2::from_shape_fn((300, 4), |(r, c)| (r * 4 + c) as f32), labels: keys.iter().map(|k| (*k % 5) as usize).collect(), keys };
         let held = pick_held_out(&rows, 500, 7);
-        assert_eq!(held.len(), 25, "at most a tenth of the 250 products");
+        assert_eq!(held.len(), 25, "a tenth of the 250 products, a tenth of each label's 50");
+        for label in 0..5 {
+            assert_eq!(held.iter().filter(|&&k| k % 5 == label as Key).count(), 5, "label {label}");
+        }
         assert_eq!(held, pick_held_out(&rows, 500, 7), "seeded");
         let trained = rows.without(&held);
         assert!(trained.keys.iter().all(|k| !held.contains(k)));
@@ -161,5 +183,12 @@ mod tests {
             assert_eq!(trained.features.row(row), rows.features.row(original));
         }
         assert!(pick_held_out(&rows, 19, 7).is_empty(), "too few to measure anything");
+        // A label of fewer than 10 products keeps them all.
+        let keys: Vec<Key> = (0..400).collect();
+        let labels: Vec<usize> = (0..400).map(|i| usize::from(i >= 391)).collect();
+        let rows = Labelled { features: Array2::zeros((400, 1)), labels, keys };
+        let held = pick_held_out(&rows, 500, 7);
+        assert_eq!(held.len(), 39, "a tenth of label 0's 391");
+        assert!(held.iter().all(|&k| k < 391), "none of label 1's 9");
     }
 }

@@ -261,8 +261,9 @@ fn index_into(args: &IndexArgs, assets: &Assets, items: Vec<import::CatalogItem>
         eprintln!("removed {} {products} the source no longer lists: {}; catalog now holds {} products", removed.len(), first_few(&removed, 10), catalog.len()?);
     }
     args.store.sync_after_change(&mut catalog)?;
-    if report.embedded > 0 || report.redescribed > 0 {
-        if let Some(note) = super::tune::unlearned_values_note(&catalog)? {
+    if let (true, Some(projection)) = (report.embedded > 0 || report.redescribed > 0, catalog.projection()?) {
+        let unlearned = lookalike::tune::values_not_learned(&catalog)?;
+        if let Some(note) = super::tune::unlearned_values_note(&catalog, &projection.label, &unlearned) {
             eprintln!("note: {note}");
         }
     }

@@ -61,10 +61,11 @@ pub fn run(args: InfoArgs) -> Result<()> {
             if let Some(held_out) = &held_out {
                 said.lines.push(format!("tuning measured {}", held_out.summary(&p.label)));
             }
-            if let Some(note) = super::tune::unlearned_values_note(&catalog)? {
+            let unlearned = lookalike::tune::values_not_learned(&catalog)?;
+            if let Some(note) = super::tune::unlearned_values_note(&catalog, &p.label, &unlearned) {
                 said.lines.push(format!("tuning: {note}"));
             }
-            let unlearned: Vec<Value> = lookalike::tune::values_not_learned(&catalog)?.into_iter().map(|(value, products)| json!({"value": value, "products": products})).collect();
+            let unlearned: Vec<Value> = unlearned.into_iter().map(|(value, products)| json!({"value": value, "products": products})).collect();
             let tuning = json!({"label": p.label, "input_dim": p.input_dim, "output_dim": p.output_dim, "held_out": held_out, "values_not_learned": unlearned});
             said.json.insert("tuned".into(), tuning);
         }

@@ -194,22 +194,20 @@ fn measure_held_out(catalog: &SqliteCatalog, projection: &Projection, held_out: 
     tune::measure_held_out(catalog, &untuned, &SearchSpace::Tuned(Box::new(projection.clone())), &photos, &keys, &args.label)
 }
 
-/// What `index` and `info` say when the catalog holds products of label values its tuning
-/// never learned ([`tune::values_not_learned`]), with the command that learns them.
-pub fn unlearned_values_note(catalog: &SqliteCatalog) -> Result<Option<String>> {
-    let unlearned = tune::values_not_learned(catalog)?;
-    let (Some(projection), false) = (catalog.projection()?, unlearned.is_empty()) else {
-        return Ok(None);
-    };
+/// What `index` and `info` say when the catalog holds products of values of its tuned `label`
+/// that tuning never learned (`unlearned`, from [`tune::values_not_learned`]), with the
+/// command that learns them.
+pub fn unlearned_values_note(catalog: &SqliteCatalog, label: &str, unlearned: &[(String, usize)]) -> Option<String> {
+    if unlearned.is_empty() {
+        return None;
+    }
     let products: usize = unlearned.iter().map(|(_, n)| n).sum();
     let values: Vec<String> = unlearned.iter().map(|(value, n)| format!("{value} {n}")).collect();
-    Ok(Some(format!(
-        "{products} product(s) have {} values the tuned space never learned ({}): they are placed by looks alone; learn them with `lookalike tune --db {} --label {}`",
-        projection.label,
+    Some(format!(
+        "{products} product(s) have {label} values the tuned space never learned ({}): they are placed by looks alone; learn them with `lookalike tune --db {} --label {label}`",
         lookalike::types::first_few(&values, 8),
         catalog.path().display(),
-        projection.label
-    )))
+    ))
 }
 
 /// The model that encodes `tune`'s perturbed photos: with `int8`, the int8 copy of the

@@ -97,7 +97,7 @@ fn main() -> Result<()> {
     let base = model::onnx::read_model(&spec.onnx)?;
     for variant in ["max", "median", "mean"] {
         let ranges = aggregate(variant);
-        let q = model::quantise::to_qdq(&base, &ranges)?;
+        let q = model::quantise::to_qdq(&base, &ranges, model::quantise::WEIGHT_BITS)?;
         let path = std::path::PathBuf::from(format!("{}/lookalike-int8-study-{variant}.onnx", std::env::temp_dir().display()));
         model::onnx::write_model(&q, &path)?;
         let s = model::ModelSpec { onnx: path, ..spec.clone() };

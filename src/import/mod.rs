@@ -366,7 +366,7 @@ pub fn calibrate_int8(assets: &crate::assets::Assets, base: &str, items: &[Catal
         .collect();
     anyhow::ensure!(!photos.is_empty(), "none of the catalog's photos could be read to calibrate {base}{}", crate::model::INT8_SUFFIX);
     let ranges = crate::encoder::observe_activation_ranges(&assets.onnxruntime_lib()?, &spec, &photos, threads)?;
-    crate::model::int8_spec(assets, crate::model::Int8Calibration { base: base.to_string(), photos: photos.len(), ranges })
+    crate::model::int8_spec(assets, crate::model::Int8Calibration { base: base.to_string(), photos: photos.len(), ranges, weight_bits: crate::model::quantise::WEIGHT_BITS })
 }
 
 /// Reads, hashes and preprocesses one item, and takes its colour (from the model's input

@@ -99,6 +99,14 @@ pub struct Int8Calibration {
     /// of each (see `import::calibrate_int8`), so twice the photos used.
     pub photos: usize,
     pub ranges: quantise::ActivationRanges,
+    /// Bits of its weights ([`quantise::WEIGHT_BITS`] for copies made now; 8, the default,
+    /// for catalogs calibrated before it was recorded, whose copy is made again as it was).
+    #[serde(default = "eight_bits")]
+    pub weight_bits: u8,
+}
+
+fn eight_bits() -> u8 {
+    8
 }
 
 /// The float built-in model behind an int8 model name, if `name` is one.
@@ -107,17 +115,22 @@ pub fn int8_base(name: &str) -> Option<&str> {
 }
 
 /// The int8 copy of a built-in model for `calibration`. Its ONNX file (one per calibration,
-/// named by a hash of the ranges) is written into the model cache when it is not there yet.
+/// named by a hash of the ranges and, for other than 8-bit weights, their width) is written
+/// into the model cache when it is not there yet.
 pub fn int8_spec(assets: &Assets, calibration: Int8Calibration) -> Result<ModelSpec> {
     use sha2::Digest;
     let base = resolve(assets, &calibration.base)?;
-    let ranges = serde_json::to_vec(&calibration.ranges)?;
-    let fingerprint = hex::encode(&sha2::Sha256::digest(&ranges)[..6]);
+    let mut hashed = serde_json::to_vec(&calibration.ranges)?;
+    // 8-bit copies keep the names they were made under.
+    if calibration.weight_bits != 8 {
+        hashed.extend(format!("weights {}", calibration.weight_bits).bytes());
+    }
+    let fingerprint = hex::encode(&sha2::Sha256::digest(&hashed)[..6]);
     let stem = base.onnx.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| calibration.base.clone());
     let onnx = assets.models_dir().join(format!("{stem}-int8-{fingerprint}.onnx"));
     if !onnx.is_file() {
         let model = onnx::read_model(&base.onnx)?;
-        let quantised = quantise::to_qdq(&model, &calibration.ranges).with_context(|| format!("making the int8 copy of {}", calibration.base))?;
+        let quantised = quantise::to_qdq(&model, &calibration.ranges, calibration.weight_bits).with_context(|| format!("making the int8 copy of {}", calibration.base))?;
         onnx::write_model(&quantised, &onnx)?;
     }
     Ok(ModelSpec { name: format!("{}{INT8_SUFFIX}", calibration.base), onnx, int8: Some(calibration), ..base })
@@ -245,4 +258,18 @@ fn efficientnet_spec(assets: &Assets, variant: &str, size: u32) -> Result<ModelS
         logits: Some(efficientnet::LOGITS.to_string()),
         int8: None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_calibration_recorded_before_the_weight_width_was_is_8_bit() {
+        let old: Int8Calibration = serde_json::from_str(r#"{"base": "efficientnet-lite0", "photos": 400, "ranges": {"x": [0.0, 1.0]}}"#).expect("an old record");
+        assert_eq!(old.weight_bits, 8, "made again as it was, so its catalog's vectors stay comparable");
+        let now = Int8Calibration { weight_bits: quantise::WEIGHT_BITS, ..old };
+        let again: Int8Calibration = serde_json::from_str(&serde_json::to_string(&now).expect("json")).expect("read back");
+        assert_eq!(again.weight_bits, 7);
+    }
 }

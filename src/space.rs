@@ -172,6 +172,15 @@ impl SearchSpace {
         }
     }
 
+    /// The same space with `adapter` for query photos (what `tune --adapt` measures before
+    /// storing it); a tuned space has none and stays as it is.
+    pub fn with_photo_adapter(&self, adapter: PhotoAdapter) -> SearchSpace {
+        match self {
+            SearchSpace::Centred { mean, .. } => SearchSpace::Centred { mean: mean.clone(), adapter: Some(Arc::new(adapter)) },
+            other => other.clone(),
+        }
+    }
+
     /// Measures the likeness bands ([`crate::likeness`]) on the catalog's own products in this
     /// space, with an exact scan, and keeps them in the catalog, so that searches find them
     /// there instead of measuring them first. `index` and `tune` call this when they finish.
@@ -183,22 +192,26 @@ impl SearchSpace {
         if let Some(recorded) = recorded.filter(|r| !changed && r.fits(&self.fingerprint(), products)) {
             return Ok(Some(recorded.bands));
         }
-        let recorded = self.measured_likeness_bands(catalog)?;
+        if products == 0 {
+            return Ok(None);
+        }
+        let index = self.build_index(catalog, VectorKind::Primary, Precision::F32)?;
+        let recorded = self.measured_likeness_bands(catalog, &index)?;
         if let Some(recorded) = &recorded {
             catalog.set_setting(likeness::SETTING, &recorded.to_setting())?;
         }
         Ok(recorded.map(|r| r.bands))
     }
 
-    /// The likeness bands of this space measured on the catalog's products, as
-    /// [`SearchSpace::record_likeness_bands`] keeps them, without keeping them (`tune` stores
-    /// them with its projection). `None` for a catalog too small to compare its products.
-    pub fn measured_likeness_bands(&self, catalog: &SqliteCatalog) -> Result<Option<likeness::RecordedBands>> {
-        if catalog.vector_count()? == 0 {
+    /// The likeness bands of this space measured on the catalog's products (`index`: their
+    /// vectors in this space), as [`SearchSpace::record_likeness_bands`] keeps them, without
+    /// keeping them (`tune` stores them with its projection). `None` for a catalog too small to
+    /// compare its products.
+    pub fn measured_likeness_bands(&self, catalog: &SqliteCatalog, index: &dyn VectorIndex) -> Result<Option<likeness::RecordedBands>> {
+        if index.is_empty() {
             return Ok(None);
         }
-        let index = self.build_index(catalog, VectorKind::Primary, Precision::F32)?;
-        let bands = self.measure_likeness_bands(catalog, &index)?;
+        let bands = self.measure_likeness_bands(catalog, index)?;
         Ok(bands.map(|bands| likeness::RecordedBands { space: self.fingerprint(), products: index.len(), bands }))
     }
 

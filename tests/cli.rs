@@ -1035,12 +1035,27 @@ fn the_photo_adapter_is_learned_used_for_photos_and_undone() {
     assert!(out.status.success() && stderr.contains("photo adapter learned"), "{stderr}");
     // The catalog's own model encodes the photos, whatever --augment-precision says.
     assert!(stderr.contains("photos of catalog products with efficientnet-lite0\n"), "{stderr}");
-    assert!(ok(&["info", "--db", path(&db)]).contains("photo adapter: learned from 200 shopper-like photos"));
+    // A tenth of each articleType's products (26 of 300) is held out of training and searched
+    // for without the adapter and with it.
+    assert!(stderr.contains("on shopper-like photos of 26 products held out of its training: P@10 by articleType "), "{stderr}");
+    let info = ok(&["info", "--db", path(&db)]);
+    assert!(info.contains("photo adapter: learned from 200 shopper-like photos"), "{info}");
+    assert!(info.contains("photo adapter measured on shopper-like photos of 26 products held out of its training: P@10 by articleType "), "{info}");
     let conn = rusqlite::Connection::open(&db).expect("open");
     let report: String = conn.query_row("SELECT report FROM adapter", [], |r| r.get(0)).expect("stored");
     let report = json(&report);
     let (before, after) = (report["cosine_before"].as_f64().expect("before"), report["cosine_after"].as_f64().expect("after"));
     assert!(after > before, "the photos moved nearer their own products: {before} -> {after}");
+    let held_out = &json(&ok(&["info", "--db", path(&db), "--json"]))["photo_adapter"]["held_out"];
+    assert_eq!(held_out, &report["held_out"], "info --json shows what tune measured");
+    assert_eq!((held_out["products"].as_u64(), held_out["label"].as_str()), (Some(26), Some("articleType")));
+    for side in ["without", "with"] {
+        for score in ["precision_at_10", "found_at_1", "found_at_10"] {
+            let value = held_out[side][score].as_f64().unwrap_or(-1.0);
+            assert!((0.0..=1.0).contains(&value), "{side} {score}: {held_out}");
+        }
+        assert!(held_out[side]["found_at_1"].as_f64() <= held_out[side]["found_at_10"].as_f64(), "{held_out}");
+    }
 
     // Catalog vectors are not photos: more-like-this is unchanged; a photo's search changes.
     assert_eq!(like(&db), like_before);

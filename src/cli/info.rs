@@ -76,8 +76,10 @@ pub fn run(args: InfoArgs) -> Result<()> {
             let learned: Value = serde_json::from_str(&report).unwrap_or_default();
             let photos = learned["photos"].as_u64().unwrap_or(0);
             let unused = if tuned.is_some() { "; not used while the catalog is tuned" } else { "" };
-            let line = format!("photo adapter: learned from {photos} shopper-like photos{unused} (drop: lookalike tune --adapt --off)");
-            (json!({"state": "learned", "used": tuned.is_none(), "photos": photos}), line)
+            let held_out = serde_json::from_value::<lookalike::tune::AdapterHeldOut>(learned["held_out"].clone()).ok();
+            let measured = held_out.as_ref().map(|h| format!("\nphoto adapter measured {}", h.summary())).unwrap_or_default();
+            let line = format!("photo adapter: learned from {photos} shopper-like photos{unused} (drop: lookalike tune --adapt --off){measured}");
+            (json!({"state": "learned", "used": tuned.is_none(), "photos": photos, "held_out": held_out}), line)
         }
         (Ok(_), Some(_)) => (json!({"state": "other_model", "used": false}), "photo adapter: learned for another model, not used (run `lookalike tune --adapt` again)".into()),
         (Ok(_), None) => (Value::Null, "photo adapter: - (run `lookalike tune --adapt` to learn how shoppers' photos differ from catalog shots)".into()),

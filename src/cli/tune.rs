@@ -9,8 +9,8 @@ use lookalike::assets::Assets;
 use lookalike::catalog::{SqliteCatalog, VectorKind};
 use lookalike::encoder::Encoder;
 use lookalike::import::{CatalogItem, ItemImage};
+use lookalike::index::{Precision, VectorIndex};
 use lookalike::model::{self, ModelSpec};
-use lookalike::projection::Projection;
 use lookalike::space::SearchSpace;
 use lookalike::tune;
 use lookalike::types::Key;
@@ -19,7 +19,8 @@ use lookalike::types::Key;
 pub struct TuneArgs {
     #[command(flatten)]
     pub db: DbArgs,
-    /// Metadata column whose values say which products belong together.
+    /// Metadata column whose values say which products belong together (with --adapt: only
+    /// what the held-out photos' P@10 counts by).
     #[arg(long, default_value = "articleType", conflicts_with = "off")]
     pub label: String,
     /// Dimension of the tuned vectors.
@@ -57,9 +58,9 @@ pub struct TuneArgs {
     #[arg(long, default_value_t = tune::TuneOptions::default().subspace, value_name = "N")]
     pub subspace: usize,
     /// Products held out of training (at most a tenth of the labelled ones, and of each
-    /// value's), to measure what
-    /// tuning gains on a shopper-like photo of each: P@10 by the label and whether the very
-    /// product comes first, before and after. 0: train on every product, measure nothing.
+    /// value's), to measure what tuning (or, with --adapt, the photo adapter) gains on a
+    /// shopper-like photo of each: P@10 by the label and whether the very product comes first,
+    /// before and after. 0: train on every product, measure nothing.
     #[arg(long, default_value_t = 500, value_name = "N")]
     pub hold_out: usize,
     #[command(flatten)]
@@ -116,7 +117,7 @@ pub fn run(args: TuneArgs) -> Result<()> {
     let (labelled, classes) = tune::labelled_features(&catalog, &args.label)?;
     // Held out of every training row, clean or perturbed: what tuning gains on them is what
     // it gains on products it never saw, as a shopper's photo is.
-    let held_out = tune::pick_held_out(&labelled, args.hold_out, args.seed);
+    let held_out = tune::pick_held_out(labelled.products(), args.hold_out, args.seed);
     let mut rows = if held_out.is_empty() { labelled } else { labelled.without(&held_out) };
     let measured = match (held_out.len(), args.hold_out) {
         (0, 0) => String::new(),
@@ -149,14 +150,17 @@ pub fn run(args: TuneArgs) -> Result<()> {
         ..Default::default()
     };
     let (projection, report) = tune::train(rows.features.view(), &rows.labels, classes.len(), &args.label, &pairs, &options)?;
+    // The catalog in the tuned space, searched by the held-out photos and for the likeness bands.
+    let tuned = SearchSpace::Tuned(Box::new(projection.clone()));
+    let tuned_index = tuned.build_index(&catalog, VectorKind::Primary, Precision::F32)?;
     let held_out = match held_out.is_empty() {
         true => None,
-        false => Some(measure_held_out(&catalog, &projection, &held_out, &args)?),
+        false => Some(measure_held_out(&catalog, (&tuned, &tuned_index), &held_out, &args)?),
     };
     let record = serde_json::json!({ "options": options, "report": report, "classes": classes, "augmented_with": augment_model, "held_out": held_out });
     // Scores in the tuned space run differently: the likeness bands are measured in it, and
     // stored with it, so a running server takes up both at once.
-    let bands = SearchSpace::Tuned(Box::new(projection.clone())).measured_likeness_bands(&catalog)?.map(|b| b.to_setting());
+    let bands = tuned.measured_likeness_bands(&catalog, &tuned_index)?.map(|b| b.to_setting());
     let settings: Vec<(&str, &str)> = bands.iter().map(|b| (lookalike::likeness::SETTING, b.as_str())).collect();
     catalog.save_projection(&projection, &record.to_string(), &settings)?;
     eprintln!(
@@ -183,15 +187,16 @@ pub fn run(args: TuneArgs) -> Result<()> {
     Ok(())
 }
 
-/// [`tune::HeldOutReport`] of `projection`: one shopper-like photo of each held-out product,
-/// encoded by the catalog's own model (as query photos are, whatever `--augment-precision`
-/// encoded the training photos with), searched in the untuned and the tuned space.
-fn measure_held_out(catalog: &SqliteCatalog, projection: &Projection, held_out: &HashSet<Key>, args: &TuneArgs) -> Result<tune::HeldOutReport> {
+/// [`tune::HeldOutReport`] of the `tuned` space (and the catalog indexed in it): one
+/// shopper-like photo of each held-out product, encoded by the catalog's own model (as query
+/// photos are, whatever `--augment-precision` encoded the training photos with), searched in
+/// the untuned and the tuned space.
+fn measure_held_out(catalog: &SqliteCatalog, tuned: (&SearchSpace, &dyn VectorIndex), held_out: &HashSet<Key>, args: &TuneArgs) -> Result<tune::HeldOutReport> {
     let encoder = load_encoder(&Assets::from_env(), catalog, &args.model)?;
     eprintln!("measuring on {} products held out of training", held_out.len());
     let (photos, keys) = tune::held_out_photos(catalog, &encoder, held_out, args.seed)?;
     let untuned = SearchSpace::centred(catalog, VectorKind::Primary)?;
-    tune::measure_held_out(catalog, &untuned, &SearchSpace::Tuned(Box::new(projection.clone())), &photos, &keys, &args.label)
+    tune::measure_held_out(catalog, &untuned, tuned, &photos, &keys, &args.label)
 }
 
 /// What `index` and `info` say when the catalog holds products of values of its tuned `label`
@@ -280,13 +285,27 @@ fn run_adapt(catalog: &mut SqliteCatalog, args: &TuneArgs) -> Result<()> {
     let assets = Assets::from_env();
     let encoder = load_indexing_encoder(&assets, model_spec(&assets, catalog, &args.model)?, &args.model)?;
     eprintln!("encoding {photos} shopper-like photos of catalog products with {}", encoder.spec().name);
-    let (adapter, report) = tune::train_photo_adapter(catalog, &encoder, photos, args.seed)?;
+    let options = tune::AdapterOptions { photos, hold_out: args.hold_out, label: &args.label, seed: args.seed };
+    let (adapter, report) = tune::train_photo_adapter(catalog, &encoder, &options)?;
     let model = encoder.spec().name.clone();
     catalog.save_photo_adapter(&model, &adapter, &serde_json::to_string(&report)?)?;
     eprintln!(
-        "photo adapter learned in {:.1}s from {} photos and {} catalog shots: mean cosine of a photo to its product {:.3} -> {:.3} (undo: lookalike tune --adapt --off)",
+        "photo adapter learned in {:.1}s from {} photos and {} catalog shots: mean cosine of a training photo to its product {:.3} -> {:.3} (undo: lookalike tune --adapt --off)",
         report.seconds, report.photos, report.clean, report.cosine_before, report.cosine_after
     );
+    match &report.held_out {
+        Some(held_out) => {
+            eprintln!("{}", held_out.summary());
+            if held_out.adapter_hurt() {
+                eprintln!(
+                    "warning: the adapter found fewer of the held-out photos' own products in the top 10; drop it with `lookalike tune --db {} --adapt --off`",
+                    args.db.db.display()
+                );
+            }
+        }
+        None if args.hold_out > 0 => eprintln!("(too few products to hold some out and measure what the adapter gains: that takes {})", tune::MIN_HELD_OUT * 10),
+        None => {}
+    }
     if catalog.projection()?.is_some() {
         eprintln!("note: this catalog searches its tuned space, which learned shoppers' photos itself; the adapter is used when tuning is off (lookalike tune --off)");
     }

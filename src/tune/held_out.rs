@@ -4,7 +4,8 @@
 //!
 //! Why inside `tune`: its train accuracy is measured on the products it learned from and says
 //! little of what shoppers will get, and a shop should not need a folder of labelled photos
-//! and a second command to learn whether tuning helped its catalog.
+//! and a second command to learn whether tuning helped its catalog. `tune --adapt` measures
+//! its photo adapter the same way: the same photos searched without it and with it.
 
 use std::collections::{HashMap, HashSet};
 
@@ -30,8 +31,10 @@ pub const MIN_HELD_OUT: usize = 20;
 /// Search quality for the held-out products' photos in one space.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct HeldOutScores {
-    /// Share of the first 10 results with the photo's label (P@10, as `eval` counts it).
-    pub precision_at_10: f64,
+    /// Share of the first 10 results with the photo's label (P@10, as `eval` counts it); none
+    /// when the products have no such label (the photo adapter learns without one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub precision_at_10: Option<f64>,
     /// Share of the photos whose own product comes first.
     pub found_at_1: f64,
     /// Share of the photos whose own product is in the first 10.
@@ -50,26 +53,58 @@ pub struct HeldOutReport {
 impl HeldOutReport {
     /// One line for `tune` and `info`.
     pub fn summary(&self, label: &str) -> String {
-        let (before, after) = (&self.untuned, &self.tuned);
-        format!(
-            "on shopper-like photos of {} products held out of training: P@10 by {label} {:.3} -> {:.3}, the very product first {:.3} -> {:.3}, in the top 10 {:.3} -> {:.3} (untuned -> tuned)",
-            self.products, before.precision_at_10, after.precision_at_10, before.found_at_1, after.found_at_1, before.found_at_10, after.found_at_10
-        )
+        format!("on shopper-like photos of {} products held out of training: {} (untuned -> tuned)", self.products, changes(&self.untuned, &self.tuned, label))
     }
 
     /// Whether tuning made the held-out photos' results worse on the label it learned.
     pub fn tuning_hurt(&self) -> bool {
-        self.tuned.precision_at_10 < self.untuned.precision_at_10
+        matches!((self.untuned.precision_at_10, self.tuned.precision_at_10), (Some(before), Some(after)) if after < before)
     }
 }
 
-/// Up to `wanted` products of `rows` (seeded), but at most a tenth of them, and a tenth of
-/// each label value's (so a value of fewer than 10 products keeps every one to learn from);
-/// none when that is fewer than [`MIN_HELD_OUT`].
-pub fn pick_held_out(rows: &Labelled, wanted: usize, seed: u64) -> HashSet<Key> {
+/// [`HeldOutScores`] of the same photos searched without the photo adapter and with it (the
+/// catalog's untuned space, `tune --adapt`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AdapterHeldOut {
+    /// Products held out of the adapter's training, one shopper-like photo each.
+    pub products: usize,
+    /// The label P@10 counts by, when the held-out products have one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
+    pub without: HeldOutScores,
+    pub with: HeldOutScores,
+}
+
+impl AdapterHeldOut {
+    /// One line for `tune --adapt` and `info`.
+    pub fn summary(&self) -> String {
+        let label = self.label.as_deref().unwrap_or("");
+        format!("on shopper-like photos of {} products held out of its training: {} (without -> with the adapter)", self.products, changes(&self.without, &self.with, label))
+    }
+
+    /// Whether the adapter found fewer of the held-out photos' own products in the top 10.
+    pub fn adapter_hurt(&self) -> bool {
+        self.with.found_at_10 < self.without.found_at_10
+    }
+}
+
+/// "P@10 by LABEL a -> b, the very product first c -> d, in the top 10 e -> f".
+fn changes(before: &HeldOutScores, after: &HeldOutScores, label: &str) -> String {
+    let precision = match (before.precision_at_10, after.precision_at_10) {
+        (Some(before), Some(after)) => format!("P@10 by {label} {before:.3} -> {after:.3}, "),
+        _ => String::new(),
+    };
+    format!("{precision}the very product first {:.3} -> {:.3}, in the top 10 {:.3} -> {:.3}", before.found_at_1, after.found_at_1, before.found_at_10, after.found_at_10)
+}
+
+/// Up to `wanted` of the `labelled` products (each with its label value's number; a product
+/// may come more than once), seeded, but at most a tenth of them, and a tenth of each label
+/// value's (so a value of fewer than 10 products keeps every one to learn from); none when
+/// that is fewer than [`MIN_HELD_OUT`].
+pub fn pick_held_out(labelled: impl IntoIterator<Item = (Key, usize)>, wanted: usize, seed: u64) -> HashSet<Key> {
     let mut label_of: HashMap<Key, usize> = HashMap::new();
-    for (key, label) in rows.keys.iter().zip(&rows.labels) {
-        label_of.entry(*key).or_insert(*label);
+    for (key, label) in labelled {
+        label_of.entry(key).or_insert(label);
     }
     let mut products: Vec<(Key, usize)> = label_of.into_iter().collect();
     products.sort_unstable();
@@ -95,6 +130,11 @@ pub fn pick_held_out(rows: &Labelled, wanted: usize, seed: u64) -> HashSet<Key> 
 }
 
 impl Labelled {
+    /// Each row's product and label value.
+    pub fn products(&self) -> impl Iterator<Item = (Key, usize)> + '_ {
+        self.keys.iter().copied().zip(self.labels.iter().copied())
+    }
+
     /// These rows without those of the products in `left_out`.
     pub fn without(&self, left_out: &HashSet<Key>) -> Labelled {
         let kept: Vec<usize> = (0..self.keys.len()).filter(|&row| !left_out.contains(&self.keys[row])).collect();
@@ -116,19 +156,47 @@ pub fn held_out_photos(catalog: &SqliteCatalog, encoder: &dyn crate::encoder::En
     Ok((features, picked.into_iter().map(|i| products[i].key).collect()))
 }
 
-/// Searches the catalog with `photos` (each of the product in `keys`) in `untuned` and in
-/// `tuned`, counting relevance by the products' `label`.
-pub fn measure_held_out(catalog: &SqliteCatalog, untuned: &SearchSpace, tuned: &SearchSpace, photos: &Array2<f32>, keys: &[Key], label: &str) -> Result<HeldOutReport> {
-    let products = catalog.all_products()?;
-    let label_of: HashMap<Key, &str> = products.iter().filter_map(|p| Some((p.key, p.metadata.get(label)?.as_str()))).collect();
-    let untuned = scores_in(catalog, untuned, photos, keys, &label_of)?;
-    let tuned = scores_in(catalog, tuned, photos, keys, &label_of)?;
-    Ok(HeldOutReport { products: keys.len(), untuned, tuned })
+/// Searches the catalog with `photos` (each of the product in `keys`) in the `untuned` space
+/// and in the `tuned` one (the space and the catalog's vectors indexed in it, which `tune`
+/// builds once for this and its likeness bands), counting relevance by the products' `label`.
+pub fn measure_held_out(
+    catalog: &SqliteCatalog,
+    untuned: &SearchSpace,
+    tuned: (&SearchSpace, &dyn VectorIndex),
+    photos: &Array2<f32>,
+    keys: &[Key],
+    label: &str,
+) -> Result<HeldOutReport> {
+    let label_of = label_values(catalog, label)?;
+    let untuned_index = untuned.build_index(catalog, VectorKind::Primary, Precision::F32)?;
+    Ok(HeldOutReport {
+        products: keys.len(),
+        untuned: held_out_scores(&untuned_index, untuned, photos, keys, &label_of)?,
+        tuned: held_out_scores(tuned.1, tuned.0, photos, keys, &label_of)?,
+    })
 }
 
-/// [`HeldOutScores`] of `photos` searched over the catalog in `space`.
-fn scores_in(catalog: &SqliteCatalog, space: &SearchSpace, photos: &Array2<f32>, keys: &[Key], label_of: &HashMap<Key, &str>) -> Result<HeldOutScores> {
-    let index = space.build_index(catalog, VectorKind::Primary, Precision::F32)?;
+/// Searches the catalog with `photos` (each of the product in `keys`) in the untuned space
+/// `without` the photo adapter and `with` it (the same catalog vectors: the adapter maps only
+/// photos), with P@10 by `label` when the products have it.
+pub fn measure_adapter_held_out(catalog: &SqliteCatalog, without: &SearchSpace, with: &SearchSpace, photos: &Array2<f32>, keys: &[Key], label: &str) -> Result<AdapterHeldOut> {
+    let label_of = label_values(catalog, label)?;
+    let index = without.build_index(catalog, VectorKind::Primary, Precision::F32)?;
+    let without = held_out_scores(&index, without, photos, keys, &label_of)?;
+    let with = held_out_scores(&index, with, photos, keys, &label_of)?;
+    let label = without.precision_at_10.map(|_| label.to_string());
+    Ok(AdapterHeldOut { products: keys.len(), label, without, with })
+}
+
+/// Each product's value of `label` (products without it are left out).
+fn label_values(catalog: &SqliteCatalog, label: &str) -> Result<HashMap<Key, String>> {
+    Ok(catalog.all_products()?.into_iter().filter_map(|mut p| Some((p.key, p.metadata.remove(label)?))).collect())
+}
+
+/// [`HeldOutScores`] of `photos` (each of the product in `keys`) searched over `index` (the
+/// catalog's vectors in `space`), counting relevance by the products' `label_of` values; with
+/// no P@10 when none of the photos' products has a value.
+fn held_out_scores(index: &dyn VectorIndex, space: &SearchSpace, photos: &Array2<f32>, keys: &[Key], label_of: &HashMap<Key, String>) -> Result<HeldOutScores> {
     let mut ranked = Vec::with_capacity(keys.len());
     for photo in photos.rows() {
         let hits = index.search(&space.map_photo(&photo.to_vec())?, 10, None)?;
@@ -138,7 +206,7 @@ fn scores_in(catalog: &SqliteCatalog, space: &SearchSpace, photos: &Array2<f32>,
 }
 
 /// [`HeldOutScores`] of the first results `ranked` for photos of the products `keys`.
-fn score(ranked: &[Vec<Key>], keys: &[Key], label_of: &HashMap<Key, &str>) -> HeldOutScores {
+fn score(ranked: &[Vec<Key>], keys: &[Key], label_of: &HashMap<Key, String>) -> HeldOutScores {
     let n = ranked.len().max(1) as f64;
     let (mut precision, mut first, mut top10) = (0.0, 0usize, 0usize);
     for (hits, key) in ranked.iter().zip(keys) {
@@ -147,7 +215,8 @@ fn score(ranked: &[Vec<Key>], keys: &[Key], label_of: &HashMap<Key, &str>) -> He
         first += usize::from(hits.first() == Some(key));
         top10 += usize::from(hits.iter().take(10).any(|hit| hit == key));
     }
-    HeldOutScores { precision_at_10: precision / n, found_at_1: first as f64 / n, found_at_10: top10 as f64 / n }
+    let labelled = keys.iter().any(|key| label_of.contains_key(key));
+    HeldOutScores { precision_at_10: labelled.then_some(precision / n), found_at_1: first as f64 / n, found_at_10: top10 as f64 / n }
 }
 
 #[cfg(test)]
@@ -156,24 +225,27 @@ mod tests {
 
     #[test]
     fn scores_count_the_label_and_the_very_product() {
-        let label_of: HashMap<Key, &str> = [(1, "Shirt"), (2, "Shirt"), (3, "Dress"), (4, "Dress")].into_iter().collect();
+        let label_of: HashMap<Key, String> = [(1, "Shirt"), (2, "Shirt"), (3, "Dress"), (4, "Dress")].into_iter().map(|(k, v)| (k, v.to_string())).collect();
         // The photo of 1 finds itself first, then a shirt and a dress; the photo of 3 finds
         // two shirts before itself.
         let ranked = vec![vec![1, 2, 3], vec![1, 2, 3]];
         let scores = score(&ranked, &[1, 3], &label_of);
-        assert_eq!(scores, HeldOutScores { precision_at_10: (0.2 + 0.1) / 2.0, found_at_1: 0.5, found_at_10: 1.0 });
+        assert_eq!(scores, HeldOutScores { precision_at_10: Some((0.2 + 0.1) / 2.0), found_at_1: 0.5, found_at_10: 1.0 });
+        // Products without the label: no P@10, the very product still counted.
+        let scores = score(&ranked, &[1, 3], &HashMap::new());
+        assert_eq!(scores, HeldOutScores { precision_at_10: None, found_at_1: 0.5, found_at_10: 1.0 });
     }
 
     #[test]
     fn held_out_products_leave_training_entirely() {
         let keys: Vec<Key> = (0..300).map(|i| i % 250).collect();
         let rows = Labelled { features: Array2::from_shape_fn((300, 4), |(r, c)| (r * 4 + c) as f32), labels: keys.iter().map(|k| (*k % 5) as usize).collect(), keys };
-        let held = pick_held_out(&rows, 500, 7);
+        let held = pick_held_out(rows.products(), 500, 7);
         assert_eq!(held.len(), 25, "a tenth of the 250 products, a tenth of each label's 50");
         for label in 0..5 {
             assert_eq!(held.iter().filter(|&&k| k % 5 == label as Key).count(), 5, "label {label}");
         }
-        assert_eq!(held, pick_held_out(&rows, 500, 7), "seeded");
+        assert_eq!(held, pick_held_out(rows.products(), 500, 7), "seeded");
         let trained = rows.without(&held);
         assert!(trained.keys.iter().all(|k| !held.contains(k)));
         // The kept rows, in order, with their features and labels.
@@ -182,12 +254,12 @@ mod tests {
             assert_eq!((trained.keys[row], trained.labels[row]), (rows.keys[original], rows.labels[original]));
             assert_eq!(trained.features.row(row), rows.features.row(original));
         }
-        assert!(pick_held_out(&rows, 19, 7).is_empty(), "too few to measure anything");
+        assert!(pick_held_out(rows.products(), 19, 7).is_empty(), "too few to measure anything");
         // A label of fewer than 10 products keeps them all.
         let keys: Vec<Key> = (0..400).collect();
         let labels: Vec<usize> = (0..400).map(|i| usize::from(i >= 391)).collect();
         let rows = Labelled { features: Array2::zeros((400, 1)), labels, keys };
-        let held = pick_held_out(&rows, 500, 7);
+        let held = pick_held_out(rows.products(), 500, 7);
         assert_eq!(held.len(), 39, "a tenth of label 0's 391");
         assert!(held.iter().all(|&k| k < 391), "none of label 1's 9");
     }

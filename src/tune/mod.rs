@@ -29,9 +29,9 @@ mod foreground;
 mod held_out;
 mod projection;
 
-pub use adapter::{train_photo_adapter, AdapterReport};
+pub use adapter::{train_photo_adapter, AdapterOptions, AdapterReport};
 pub use foreground::{train_foreground, ForegroundReport};
-pub use held_out::{held_out_photos, measure_held_out, pick_held_out, HeldOutReport, HeldOutScores, MIN_HELD_OUT};
+pub use held_out::{held_out_photos, measure_adapter_held_out, measure_held_out, pick_held_out, AdapterHeldOut, HeldOutReport, HeldOutScores, MIN_HELD_OUT};
 pub use projection::train;
 
 /// Training settings.

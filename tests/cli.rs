@@ -979,6 +979,7 @@ fn tuning_is_stored_used_and_undone() {
     // The same facts for scripts, each under its key.
     let info = json(&ok(&["info", "--db", path(&db), "--json"]));
     assert_eq!((info["products"].as_u64(), info["model"]["name"].as_str(), info["model"]["dim"].as_u64()), (Some(301), Some("efficientnet-lite0"), Some(1280)), "{info}");
+    assert!(info["model"]["int8"].is_null(), "a float catalog has no int8 copy: {info}");
     let tuned = &info["tuned"];
     assert_eq!((tuned["label"].as_str(), tuned["output_dim"].as_u64(), tuned["held_out"]["products"].as_u64()), (Some("articleType"), Some(64), Some(26)), "{info}");
     let untuned = tuned["held_out"]["untuned"]["precision_at_10"].as_f64().expect("a number");

@@ -67,7 +67,12 @@ fn an_int8_catalog_is_calibrated_on_its_photos_and_kept_apart_from_float_vectors
     let out = ok(home, &["index", "--db", path(&db), "--fashion-mnist", "train", "--limit", "300", "--model", "efficientnet-lite0-int8"]);
     assert!(out.contains("calibrating efficientnet-lite0-int8"), "{out}");
     assert_eq!(int8_files(home).len(), 1, "one int8 file, made from this catalog's calibration");
-    assert!(ok(home, &["info", "--db", path(&db)]).contains("efficientnet-lite0-int8"));
+    let info = ok(home, &["info", "--db", path(&db)]);
+    assert!(info.contains("model: efficientnet-lite0-int8 (1280-d vectors); int8 copy calibrated on "), "{info}");
+    assert!(info.contains(", 7-bit weights\n"), "{info}");
+    let out = run(home, &["info", "--db", path(&db), "--json"]);
+    let info: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON on stdout");
+    assert_eq!(info["model"]["int8"]["weight_bits"], 7, "{info}");
 
     // Close to the float model's vectors of the same photos (7-bit weights: on CPUs without
     // VNNI, 8-bit ones overflow ONNX Runtime's 16-bit sums; src/model/quantise.rs).

@@ -9,6 +9,7 @@ use lookalike::catalog::SqliteCatalog;
 use lookalike::index::qdrant::QdrantConfig;
 use lookalike::index::IndexConfig;
 use lookalike::likeness::{RecordedBands, SETTING};
+use lookalike::model::ModelSpec;
 use lookalike::store::CollectionStatus;
 
 #[derive(Args)]
@@ -49,7 +50,14 @@ pub fn run(args: InfoArgs) -> Result<()> {
         said.say("id_column", json!(column), line);
     }
     match catalog.vector_space()? {
-        Some(space) => said.say("model", json!({"name": space.model, "dim": space.dim}), format!("model: {} ({}-d vectors)", space.model, space.dim)),
+        Some(space) => {
+            // An int8 catalog's copy: how it was made (its weights' width matters on CPUs
+            // without VNNI).
+            let int8 = catalog.model_description()?.and_then(|json| serde_json::from_str::<ModelSpec>(&json).ok()).and_then(|spec| spec.int8);
+            let made = int8.as_ref().map(|c| format!("; {}", c.summary())).unwrap_or_default();
+            let copy = int8.map(|c| json!({"calibration_inputs": c.photos, "weight_bits": c.weight_bits}));
+            said.say("model", json!({"name": space.model, "dim": space.dim, "int8": copy}), format!("model: {} ({}-d vectors){made}", space.model, space.dim))
+        }
         None => said.say("model", Value::Null, "model: none yet".into()),
     }
     let tuned = catalog.projection()?;

@@ -109,6 +109,22 @@ fn eight_bits() -> u8 {
     8
 }
 
+impl Int8Calibration {
+    /// How the copy was made, for `info`; for one with wider weights than copies made now,
+    /// what that costs on CPUs without VNNI (see [`quantise`]).
+    pub fn summary(&self) -> String {
+        let wider = match self.weight_bits > quantise::WEIGHT_BITS {
+            true => format!(
+                " (made before {}-bit ones: on a CPU without VNNI its vectors drift from the float model's; a catalog imported anew gets {}-bit weights)",
+                quantise::WEIGHT_BITS,
+                quantise::WEIGHT_BITS
+            ),
+            false => String::new(),
+        };
+        format!("int8 copy calibrated on {} inputs (catalog photos and a shopper-style view of each), {}-bit weights{wider}", self.photos, self.weight_bits)
+    }
+}
+
 /// The float built-in model behind an int8 model name, if `name` is one.
 pub fn int8_base(name: &str) -> Option<&str> {
     name.strip_suffix(INT8_SUFFIX).filter(|base| is_builtin(base))

@@ -363,6 +363,77 @@ fn kaggle_layout_with_dirty_rows() {
     assert_eq!(json(&ok(&["list", "--db", path(&exported), "--json"]))["products"].as_array().map(Vec::len), Some(2), "nothing imported twice");
 }
 
+/// A product's stored search vector, by id.
+fn stored_vector(db: &Path, id: &str) -> Vec<f32> {
+    let catalog = lookalike::catalog::SqliteCatalog::open_existing(db).expect("catalog");
+    let product = catalog.get_by_id(id).expect("read").unwrap_or_else(|| panic!("product {id} is in the catalog"));
+    catalog.vector(product.key).expect("read").expect("its vector")
+}
+
+#[test]
+fn products_sharing_a_photo_are_encoded_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let shop = dir.path().join("shop");
+    std::fs::create_dir_all(shop.join("images")).expect("mkdir");
+    let fm = FashionMnist::load(&fm_dir(), "test").expect("test split");
+    let photo = |i: usize| {
+        let file = dir.path().join(format!("photo-{i}.jpg"));
+        image::DynamicImage::ImageLuma8(fm.image(i).expect("image")).resize(112, 112, image::imageops::FilterType::Triangle).to_rgb8().save(&file).expect("save");
+        file
+    };
+    let (shirt, shoe, bag) = (photo(1), photo(0), photo(3));
+    // Size variants of one shirt share its photo (the same bytes under three ids).
+    for (id, file) in [("1001", &shirt), ("1002", &shoe), ("1003", &shirt), ("1004", &shirt)] {
+        std::fs::copy(file, shop.join("images").join(format!("{id}.jpg"))).expect("copy");
+    }
+    // In batches of two: 1003 takes the vectors 1001 gets in its batch, 1004 those 1001 has
+    // in the catalog by then.
+    std::fs::write(shop.join("styles.csv"), "id,articleType,size\n1001,Shirts,S\n1003,Shirts,M\n1002,Shoes,42\n1004,Shirts,L\n").expect("csv");
+    let db = dir.path().join("shop.db");
+    let out = lookalike(&["index", "--db", path(&db), "--kaggle", path(&shop), "--batch-size", "2"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && stderr.contains("indexed 4 new or changed (2 of them with another product's photo"), "{stderr}");
+    let first = stored_vector(&db, "1001");
+    assert_eq!(stored_vector(&db, "1003"), first, "the same photo's vectors, copied");
+    assert_eq!(stored_vector(&db, "1004"), first);
+    assert_ne!(stored_vector(&db, "1002"), first);
+    let hits = json(&ok(&["search", "--db", path(&db), path(&shirt), "-k", "3", "--json"]));
+    let mut ids: Vec<&str> = hits["hits"].as_array().expect("hits").iter().filter_map(|h| h["id"].as_str()).collect();
+    ids.sort_unstable();
+    assert_eq!(ids, ["1001", "1003", "1004"], "{hits}");
+
+    // The shirt gets a new photo, and a new product (listed after it) has the old one: the
+    // other variants still have it, so it is copied from them, never from the changed shirt.
+    std::fs::copy(&bag, shop.join("images/1001.jpg")).expect("copy");
+    std::fs::copy(&shirt, shop.join("images/1005.jpg")).expect("copy");
+    std::fs::write(shop.join("styles.csv"), "id,articleType,size\n1001,Shirts,S\n1002,Shoes,42\n1003,Shirts,M\n1004,Shirts,L\n1005,Shirts,XL\n").expect("csv");
+    let out = lookalike(&["index", "--db", path(&db), "--kaggle", path(&shop), "--batch-size", "1"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && stderr.contains("indexed 2 new or changed (1 of them with another product's photo") && stderr.contains("3 unchanged"), "{stderr}");
+    assert_eq!(stored_vector(&db, "1005"), first);
+    assert_ne!(stored_vector(&db, "1001"), first, "the new photo is encoded");
+
+    // Where the product that had the photo changed it earlier in the same import and no other
+    // has it, the new product is encoded: it never takes the vectors of another photo.
+    let alone = dir.path().join("alone");
+    std::fs::create_dir_all(alone.join("images")).expect("mkdir");
+    std::fs::copy(&shirt, alone.join("images/1001.jpg")).expect("copy");
+    std::fs::write(alone.join("styles.csv"), "id,articleType\n1001,Shirts\n").expect("csv");
+    let alone_db = dir.path().join("alone.db");
+    ok(&["index", "--db", path(&alone_db), "--kaggle", path(&alone)]);
+    let before = stored_vector(&alone_db, "1001");
+    std::fs::copy(&bag, alone.join("images/1001.jpg")).expect("copy");
+    std::fs::copy(&shirt, alone.join("images/1006.jpg")).expect("copy");
+    std::fs::write(alone.join("styles.csv"), "id,articleType\n1001,Shirts\n1006,Shirts\n").expect("csv");
+    let out = lookalike(&["index", "--db", path(&alone_db), "--kaggle", path(&alone), "--batch-size", "1"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && stderr.contains("indexed 2 new or changed, 0 unchanged"), "{stderr}");
+    let encoded = stored_vector(&alone_db, "1006");
+    let cosine: f32 = encoded.iter().zip(&before).map(|(a, b)| a * b).sum();
+    assert!(cosine > 0.999, "the shirt's photo encoded again: cosine {cosine} to its vector before");
+    assert_ne!(stored_vector(&alone_db, "1001"), before);
+}
+
 /// A shop changes a price or a name in `styles.csv` and runs `index` again: the product takes
 /// the new row without its photo being encoded again, and a run with nothing changed changes
 /// nothing. (Before, a product whose photo was unchanged kept its old row for good.)

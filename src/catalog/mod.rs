@@ -28,7 +28,7 @@ mod vectors;
 pub use changes::ChangeFeed;
 pub use products::read_image_file;
 pub use repair::{repair, salvage, CheckReport, RepairReport, SalvageReport};
-pub use vectors::{IndexedChange, IndexedImage, VectorKind};
+pub use vectors::{IndexedChange, IndexedImage, StoredVectors, VectorKind};
 
 /// Whether `table` has `column` (`table` is one of the schema's own names, never user input).
 fn has_column(conn: &Connection, table: &str, column: &str) -> rusqlite::Result<bool> {

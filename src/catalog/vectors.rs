@@ -31,6 +31,14 @@ pub struct IndexedChange {
     pub metadata: Option<Metadata>,
 }
 
+/// A product's stored model vectors ([`SqliteCatalog::vectors_of_photo`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredVectors {
+    pub vector: Vec<f32>,
+    /// Max-pooled features, where the model gives them.
+    pub max_pooled: Option<Vec<f32>>,
+}
+
 /// Which stored vector to read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum VectorKind {
@@ -156,6 +164,36 @@ impl SqliteCatalog {
             Ok(v)
         })
         .transpose()
+    }
+
+    /// The stored search vector and max-pooled features of a product whose photo's content hash
+    /// is `content_hash`, looked up first under `likely_id` (found at once), then among all
+    /// products (a scan, for when that one has changed its photo since): what an import copies
+    /// to a product with the same photo instead of encoding it again. `None` when no product
+    /// has that photo.
+    pub fn vectors_of_photo(&self, content_hash: &str, likely_id: Option<&str>) -> Result<Option<StoredVectors>> {
+        const SELECT: &str = "SELECT v.key, v.vector, v.crc, v.max_pooled FROM products p JOIN vectors v ON v.key = p.key";
+        // key, vector, its checksum, max-pooled features
+        type Row = (Key, Vec<u8>, Option<i64>, Option<Vec<u8>>);
+        let read = |r: &rusqlite::Row| -> rusqlite::Result<Row> { Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)) };
+        let mut row = match likely_id {
+            Some(id) => self.conn.query_row(&format!("{SELECT} WHERE p.id = ?1 AND p.content_hash = ?2"), params![id, content_hash], read).optional()?,
+            None => None,
+        };
+        if row.is_none() {
+            row = self.conn.query_row(&format!("{SELECT} WHERE p.content_hash = ?1 ORDER BY p.key LIMIT 1"), [content_hash], read).optional()?;
+        }
+        let Some((key, blob, crc, max_pooled)) = row else { return Ok(None) };
+        verify_vector(&blob, crc).with_context(|| format!("vector of product key {key}: {}", self.damaged_hint()))?;
+        let mut vector = Vec::new();
+        decode_vector(&blob, &mut vector)?;
+        let max_pooled = max_pooled
+            .map(|blob| {
+                let mut values = Vec::new();
+                decode_vector(&blob, &mut values).map(|()| values)
+            })
+            .transpose()?;
+        Ok(Some(StoredVectors { vector, max_pooled }))
     }
 
     /// Up to `n` stored search vectors spread evenly over the catalog by key: a sample of what

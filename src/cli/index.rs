@@ -234,14 +234,22 @@ fn index_into(args: &IndexArgs, assets: &Assets, items: Vec<import::CatalogItem>
         true => String::new(),
         false => format!(" ({})", refreshed.join("; ")),
     };
+    // Photos encoded per second: none encoded, no rate.
+    let rate = match report.embedded {
+        0 => String::new(),
+        _ => format!(" ({:.1} images/s)", report.rate()),
+    };
+    let copied = match report.copied {
+        0 => String::new(),
+        n => format!(" ({n} of them with another product's photo, whose vectors they took: not encoded again)"),
+    };
     eprintln!(
-        "indexed {} new or changed, {} unchanged{recoloured}, {} skipped, of {} in {:.1}s ({:.1} images/s); catalog now holds {} products",
-        report.embedded,
+        "indexed {} new or changed{copied}, {} unchanged{recoloured}, {} skipped, of {} in {:.1}s{rate}; catalog now holds {} products",
+        report.indexed(),
         report.unchanged,
         report.failed.len(),
         report.seen,
         report.elapsed.as_secs_f64(),
-        report.rate(),
         catalog.len()?
     );
     for (id, why) in report.failed.iter().take(20) {
@@ -261,7 +269,7 @@ fn index_into(args: &IndexArgs, assets: &Assets, items: Vec<import::CatalogItem>
         eprintln!("removed {} {products} the source no longer lists: {}; catalog now holds {} products", removed.len(), first_few(&removed, 10), catalog.len()?);
     }
     args.store.sync_after_change(&mut catalog)?;
-    if let (true, Some(projection)) = (report.embedded > 0 || report.redescribed > 0, catalog.projection()?) {
+    if let (true, Some(projection)) = (report.indexed() > 0 || report.redescribed > 0, catalog.projection()?) {
         let unlearned = lookalike::tune::values_not_learned(&catalog)?;
         if let Some(note) = super::tune::unlearned_values_note(&catalog, &projection.label, &unlearned) {
             eprintln!("note: {note}");
@@ -269,6 +277,6 @@ fn index_into(args: &IndexArgs, assets: &Assets, items: Vec<import::CatalogItem>
     }
     // Results say how alike they are in words, by bands measured on the catalog's own products:
     // measured here, once, rather than by the first search of every process.
-    SearchSpace::for_catalog(&catalog)?.record_likeness_bands(&catalog, report.embedded > 0 || !unlisted.is_empty())?;
+    SearchSpace::for_catalog(&catalog)?.record_likeness_bands(&catalog, report.indexed() > 0 || !unlisted.is_empty())?;
     Ok(())
 }

@@ -3,15 +3,16 @@
 //!
 //! Each source turns its input into [`CatalogItem`]s; [`index_items`] does the rest for all of
 //! them: skip what is already indexed with the same content hash, decode and preprocess in
-//! parallel, encode in batches, and commit each batch (products and vectors together) in one
-//! transaction, so an interrupted import resumes where it stopped.
+//! parallel, encode in batches (a photo that several products share, once), and commit each
+//! batch (products and vectors together) in one transaction, so an interrupted import resumes
+//! where it stopped.
 
 pub mod fashion_mnist;
 pub mod folder;
 pub mod idx;
 pub mod kaggle;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -22,9 +23,9 @@ use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use rayon::prelude::*;
 
-use crate::catalog::{IndexedChange, IndexedImage, SqliteCatalog};
+use crate::catalog::{IndexedChange, IndexedImage, SqliteCatalog, StoredVectors};
 use crate::colour::{self, ColourEstimate};
-use crate::encoder::Encoder;
+use crate::encoder::{Embedding, Encoder};
 use crate::preprocess::{self, DecodeLimits};
 use crate::types::{names_a_colour, IndexingProgress, Metadata, NewImage, NewProduct, VectorSpace, COMPUTED_COLOUR_COLUMN};
 
@@ -77,6 +78,10 @@ pub struct IndexReport {
     pub seen: usize,
     /// Newly added or re-encoded because the image changed.
     pub embedded: usize,
+    /// New or changed products whose photo (the same bytes) another product has, indexed before
+    /// or earlier in this import: they took its vectors instead of being encoded again (size
+    /// variants sharing one photo; a product listed under a new id).
+    pub copied: usize,
     /// Already in the catalog with the same image bytes.
     pub unchanged: usize,
     /// Of those, how many had no colour yet and got it (without re-running the model).
@@ -92,7 +97,12 @@ pub struct IndexReport {
 }
 
 impl IndexReport {
-    /// Images embedded per second of wall time.
+    /// New or changed products indexed: encoded, or given the vectors of the same photo.
+    pub fn indexed(&self) -> usize {
+        self.embedded + self.copied
+    }
+
+    /// Images encoded per second of wall time.
     pub fn rate(&self) -> f64 {
         self.embedded as f64 / self.elapsed.as_secs_f64().max(1e-9)
     }
@@ -105,6 +115,24 @@ struct Prepared {
     hash: String,
     tensor: Vec<f32>,
     colour: Option<ColourEstimate>,
+    /// Another product has the same photo (by content hash), indexed before or earlier in this
+    /// import: its vectors are copied rather than encoded again.
+    shares_photo: bool,
+}
+
+/// An item to store, as the committer gets it: the item, its image reference, its photo's
+/// content hash and its colour descriptor.
+type Described = (CatalogItem, NewImage, String, Option<Vec<f32>>);
+
+/// Where a new or changed item's vectors come from, as a worker hands it to the committer.
+enum Vectors {
+    /// Encoded by the model.
+    Encoded(Embedding),
+    /// The same photo's, encoded earlier in the same batch.
+    Copied(Embedding),
+    /// The photo of a product committed before this batch: the committer copies its vectors,
+    /// or encodes this input should that product have changed its photo since.
+    SamePhoto(Vec<f32>),
 }
 
 /// What an import does with one item.
@@ -135,8 +163,8 @@ struct DecodedBatch {
 /// What an encoder worker hands the committing thread: each item (with its image reference and
 /// content hash) beside its embedding, and the decoding stage's counts passed along.
 struct EncodedBatch {
-    described: Vec<(CatalogItem, NewImage, String, Option<Vec<f32>>)>,
-    embeddings: Vec<crate::encoder::Embedding>,
+    described: Vec<Described>,
+    vectors: Vec<Vectors>,
     failed: Vec<(String, String)>,
     unchanged: usize,
     refreshed: Vec<IndexedChange>,
@@ -197,6 +225,9 @@ pub fn index_items(catalog: &mut SqliteCatalog, encoder: &dyn Encoder, items: Ve
         let input = &spec.input;
         scope.spawn(move || {
             let mut items = items.into_iter();
+            // Photos (content hashes) indexed, or sent to be encoded by this import: one listed
+            // again under another product is encoded once, in the source's first place for it.
+            let mut photos: HashSet<String> = known.values().map(|k| k.content_hash.clone()).collect();
             'decode: loop {
                 if stop.load(Ordering::Relaxed) {
                     break;
@@ -217,7 +248,10 @@ pub fn index_items(catalog: &mut SqliteCatalog, encoder: &dyn Encoder, items: Ve
                     let (mut ready, mut failed, mut unchanged, mut refreshed) = (Vec::new(), Vec::new(), 0, Vec::new());
                     for r in batch {
                         match r {
-                            Ok(Preparation::Encode(p)) => ready.push(*p),
+                            Ok(Preparation::Encode(mut p)) => {
+                                p.shares_photo = !photos.insert(p.hash.clone());
+                                ready.push(*p);
+                            }
                             Ok(Preparation::Unchanged) => unchanged += 1,
                             Ok(Preparation::Recolour { id, colour, metadata }) => {
                                 unchanged += 1;
@@ -245,13 +279,28 @@ pub fn index_items(catalog: &mut SqliteCatalog, encoder: &dyn Encoder, items: Ve
                     Err(_) => break,
                 };
                 let Ok((DecodedBatch { ready, failed, unchanged, refreshed }, slot)) = next else { break };
-                let (tensors, described): (Vec<Vec<f32>>, Vec<_>) =
-                    ready.into_iter().map(|p| (p.tensor, (p.item, p.stored, p.hash, p.colour.map(|c| c.descriptor.values())))).unzip();
+                let (mut tensors, mut same_photo) = (Vec::new(), Vec::new());
+                let described: Vec<_> = ready
+                    .into_iter()
+                    .map(|p| {
+                        match p.shares_photo {
+                            true => same_photo.push(Some(p.tensor)),
+                            false => {
+                                tensors.push(p.tensor);
+                                same_photo.push(None);
+                            }
+                        }
+                        (p.item, p.stored, p.hash, p.colour.map(|c| c.descriptor.values()))
+                    })
+                    .collect();
                 let encoded = match tensors.is_empty() {
                     true => Ok(Vec::new()),
                     false => encoder.encode(&tensors).context("running the image encoder"),
                 }
-                .map(|embeddings| EncodedBatch { described, embeddings, failed, unchanged, refreshed });
+                .map(|embeddings| {
+                    let vectors = with_shared_photos(&described, embeddings, same_photo);
+                    EncodedBatch { described, vectors, failed, unchanged, refreshed }
+                });
                 // The slot holds one result, so this never waits; it fails only when the
                 // committer has given up (an error), and then there is nothing more to do.
                 if slot.send(encoded).is_err() {
@@ -263,9 +312,12 @@ pub fn index_items(catalog: &mut SqliteCatalog, encoder: &dyn Encoder, items: Ve
         // thread gave up on an error), the decoder's sends fail and it stops too.
         drop(rx);
 
+        // A product with each photo committed (content hash -> id), where a photo shared with a
+        // product committed earlier is copied from.
+        let mut photo_owners: HashMap<String, String> = known.iter().map(|(id, k)| (k.content_hash.clone(), id.clone())).collect();
         for result in order_rx {
             let encoded = result.recv().context("an encoder worker stopped before encoding its batch")?;
-            let EncodedBatch { described, embeddings, failed, unchanged, refreshed } = encoded?;
+            let EncodedBatch { described, vectors, failed, unchanged, refreshed } = encoded?;
             report.unchanged += unchanged;
             if !refreshed.is_empty() {
                 catalog.refresh_indexed(&refreshed)?;
@@ -280,6 +332,9 @@ pub fn index_items(catalog: &mut SqliteCatalog, encoder: &dyn Encoder, items: Ve
             if described.is_empty() {
                 continue;
             }
+            let (embeddings, copied) = copy_shared_photos(catalog, encoder, &photo_owners, &described, vectors)?;
+            report.copied += copied;
+            report.embedded += described.len() - copied;
             if let Some(first) = embeddings.first() {
                 catalog.bind_vector_space(&VectorSpace { model: spec.name.clone(), dim: first.vector.len() })?;
                 if !crate::model::is_builtin(&spec.name) && catalog.model_description()?.is_none() {
@@ -289,23 +344,17 @@ pub fn index_items(catalog: &mut SqliteCatalog, encoder: &dyn Encoder, items: Ve
             let products: Vec<NewProduct> = described
                 .into_iter()
                 .zip(embeddings)
-                .map(|((item, stored, hash, colour), e)| NewProduct {
-                    id: item.id,
-                    image: stored,
-                    content_hash: hash,
-                    metadata: item.metadata,
-                    vector: e.vector,
-                    max_pooled: e.max_pooled,
-                    colour,
+                .map(|((item, stored, hash, colour), e)| {
+                    photo_owners.insert(hash.clone(), item.id.clone());
+                    NewProduct { id: item.id, image: stored, content_hash: hash, metadata: item.metadata, vector: e.vector, max_pooled: e.max_pooled, colour }
                 })
                 .collect();
             catalog.upsert(&products)?;
-            report.embedded += products.len();
             bar.inc(products.len() as u64);
-            record_progress(catalog, report.embedded + report.unchanged + report.failed.len(), false);
+            record_progress(catalog, report.indexed() + report.unchanged + report.failed.len(), false);
             if options.progress && !on_terminal && last_log.elapsed() >= Duration::from_secs(10) {
                 last_log = Instant::now();
-                let done = report.embedded + report.unchanged + report.failed.len();
+                let done = report.indexed() + report.unchanged + report.failed.len();
                 let rate = report.embedded as f64 / started.elapsed().as_secs_f64().max(1e-9);
                 tracing::info!("{done}/{total} products, {rate:.1} images/s");
             }
@@ -417,7 +466,88 @@ fn prepare_item(mut item: CatalogItem, known: &HashMap<String, IndexedImage>, li
         ItemImage::File(path) => NewImage::File(path.clone()),
         ItemImage::Bytes { bytes, mime } => NewImage::Stored { bytes: bytes.clone(), mime: mime.clone() },
     };
-    Ok(Preparation::Encode(Box::new(Prepared { item, stored, hash, tensor, colour })))
+    Ok(Preparation::Encode(Box::new(Prepared { item, stored, hash, tensor, colour, shares_photo: false })))
+}
+
+/// A worker's batch in the source's order: each item's embedding; an item sharing its photo
+/// with one encoded in the same batch takes that one's; the other items sharing a photo keep
+/// their input for the committer ([`copy_shared_photos`]). `same_photo` holds, per item,
+/// `Some(input)` for those sharing a photo, `None` for those in `embeddings` (in order).
+fn with_shared_photos(described: &[Described], embeddings: Vec<Embedding>, same_photo: Vec<Option<Vec<f32>>>) -> Vec<Vectors> {
+    let mut embeddings = embeddings.into_iter();
+    let mut encoded_here: HashMap<&str, usize> = HashMap::new();
+    let mut vectors: Vec<Vectors> = Vec::with_capacity(described.len());
+    for ((_, _, hash, _), input) in described.iter().zip(same_photo) {
+        let shared = encoded_here.get(hash.as_str()).and_then(|&first| match &vectors[first] {
+            Vectors::Encoded(e) => Some(e.clone()),
+            Vectors::Copied(_) | Vectors::SamePhoto(_) => None,
+        });
+        match (input, shared) {
+            (Some(_), Some(e)) => vectors.push(Vectors::Copied(e)),
+            (Some(input), None) => vectors.push(Vectors::SamePhoto(input)),
+            (None, _) => {
+                // An encoder answering fewer embeddings than inputs leaves the batch short,
+                // which the committer refuses.
+                let Some(e) = embeddings.next() else { break };
+                encoded_here.insert(hash, vectors.len());
+                vectors.push(Vectors::Encoded(e));
+            }
+        }
+    }
+    vectors
+}
+
+/// The committer's half of sharing photos: each item's embedding, copying the vectors of a
+/// product committed before with the same photo (`photo_owners`: content hash -> the id most
+/// likely to have it), and encoding the inputs of those whose photo no product has any more
+/// (changed earlier in this import). Returns the embeddings in order and how many were copied.
+fn copy_shared_photos(
+    catalog: &SqliteCatalog,
+    encoder: &dyn Encoder,
+    photo_owners: &HashMap<String, String>,
+    described: &[Described],
+    vectors: Vec<Vectors>,
+) -> Result<(Vec<Embedding>, usize)> {
+    if vectors.len() != described.len() {
+        anyhow::bail!("the image encoder returned {} embeddings for {} photos", vectors.len(), described.len());
+    }
+    let (mut embeddings, mut to_encode, mut copied) = (Vec::with_capacity(vectors.len()), Vec::new(), 0);
+    for (i, (v, (_, _, hash, _))) in vectors.into_iter().zip(described).enumerate() {
+        match v {
+            Vectors::Encoded(e) => embeddings.push(Some(e)),
+            Vectors::Copied(e) => {
+                copied += 1;
+                embeddings.push(Some(e));
+            }
+            Vectors::SamePhoto(input) => {
+                // A damaged stored vector is not copied: the photo is encoded again instead.
+                let stored = catalog.vectors_of_photo(hash, photo_owners.get(hash).map(String::as_str)).unwrap_or_else(|e| {
+                    tracing::warn!("not copying the vectors of the same photo ({e:#}): encoding it");
+                    None
+                });
+                match stored {
+                    Some(StoredVectors { vector, max_pooled }) => {
+                        copied += 1;
+                        embeddings.push(Some(Embedding { vector, max_pooled }));
+                    }
+                    None => {
+                        to_encode.push((i, input));
+                        embeddings.push(None);
+                    }
+                }
+            }
+        }
+    }
+    if !to_encode.is_empty() {
+        let (places, inputs): (Vec<usize>, Vec<Vec<f32>>) = to_encode.into_iter().unzip();
+        let encoded = encoder.encode(&inputs).context("running the image encoder")?;
+        for (place, e) in places.into_iter().zip(encoded) {
+            embeddings[place] = Some(e);
+        }
+    }
+    let embeddings: Option<Vec<Embedding>> = embeddings.into_iter().collect();
+    let embeddings = embeddings.context("the image encoder returned fewer embeddings than photos")?;
+    Ok((embeddings, copied))
 }
 
 fn describe(image: &ItemImage) -> String {

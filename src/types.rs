@@ -2,7 +2,7 @@
 //! metadata, and which model's vectors a catalog holds. Nothing here imports the rest of
 //! lookalike; everything else may import it.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
 
 use anyhow::{bail, Result};
@@ -138,6 +138,32 @@ pub const COMPUTED_COLOUR_COLUMN: &str = "colour";
 pub fn content_hash(bytes: &[u8]) -> String {
     use sha2::Digest;
     hex::encode(sha2::Sha256::digest(bytes))
+}
+
+/// Which products show the very same photo (equal content hashes). Size variants listed with
+/// one photo are one product to a shopper's photo: measuring whether a search finds "the very
+/// product" counts any of them.
+#[derive(Debug, Clone, Default)]
+pub struct SamePhotos {
+    /// The content hash of each product whose photo another product has too (the rest need
+    /// no entry).
+    shared: HashMap<Key, String>,
+}
+
+impl SamePhotos {
+    pub fn of(products: &[Product]) -> SamePhotos {
+        let mut count: HashMap<&str, usize> = HashMap::new();
+        for p in products {
+            *count.entry(p.content_hash.as_str()).or_default() += 1;
+        }
+        let shared = products.iter().filter(|p| count.get(p.content_hash.as_str()).is_some_and(|&n| n > 1)).map(|p| (p.key, p.content_hash.clone())).collect();
+        SamePhotos { shared }
+    }
+
+    /// Whether `found` is `product`, or another product with its photo.
+    pub fn is_product(&self, found: Key, product: Key) -> bool {
+        found == product || matches!((self.shared.get(&found), self.shared.get(&product)), (Some(a), Some(b)) if a == b)
+    }
 }
 
 /// The first `n` of `items`, comma-separated, "..." after them when there are more: how a
@@ -307,6 +333,15 @@ mod tests {
             content_hash: String::new(),
             metadata: metadata.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
         }
+    }
+
+    #[test]
+    fn products_with_the_same_photo_count_as_one() {
+        let with_photo = |key: Key, hash: &str| Product { key, content_hash: hash.into(), ..product(&[]) };
+        let same = SamePhotos::of(&[with_photo(1, "shirt"), with_photo(2, "shoe"), with_photo(3, "shirt"), with_photo(4, "shirt")]);
+        assert_eq!(same.shared.len(), 3, "the shoe's photo is its own: no entry");
+        assert!(same.is_product(3, 1) && same.is_product(1, 4) && same.is_product(2, 2));
+        assert!(!same.is_product(2, 1) && !same.is_product(1, 2) && !same.is_product(5, 6));
     }
 
     #[test]

@@ -11,7 +11,7 @@ use super::methods::{MethodRanking, Methods};
 use super::queries::ProductPhotos;
 use super::stratified_sample;
 use crate::catalog::SqliteCatalog;
-use crate::types::Key;
+use crate::types::{Key, SamePhotos};
 
 /// Catalog products re-photographed as a shopper would ([`crate::perturb::perturb`]: on a
 /// background, cropped, rotated, re-lit, blurred, JPEG): does search find that very product?
@@ -33,11 +33,12 @@ pub struct ExactRecall {
 /// [`ExactReport`]: `n` catalog products (stratified by the label `columns` give them, seeded)
 /// re-photographed by [`crate::perturb::perturb`] and searched with every method. Finding a
 /// product itself needs no label: in a catalog where none has the columns, the sample is drawn
-/// from all products alike.
+/// from all products alike. A product with the same photo (`same_photos`) counts as itself.
 pub(super) fn evaluate_exact(
     catalog: &SqliteCatalog,
     methods: &Methods,
     products: &[crate::types::Product],
+    same_photos: &SamePhotos,
     columns: &[&str],
     (n, seed): (usize, u64),
     each_photo: &mut dyn FnMut(FoundPhoto<'_>) -> Result<()>,
@@ -55,7 +56,7 @@ pub(super) fn evaluate_exact(
         let mut rng = rand::rngs::StdRng::seed_from_u64((seed ^ 0x00E7_AC71).wrapping_mul(1_000_003).wrapping_add(i as u64));
         Ok((None, product.key, crate::perturb::perturb(&image, &mut rng)))
     });
-    Ok(ExactReport { products: picked.len(), methods: found_itself(methods, photos, each_photo)? })
+    Ok(ExactReport { products: picked.len(), methods: found_itself(methods, photos, same_photos, each_photo)? })
 }
 
 /// Photos of catalog products taken anew (`eval --product-photos`): does search find the
@@ -78,13 +79,19 @@ pub struct ProductPhotoReport {
 }
 
 /// [`ProductPhotoReport`] of the photos read from a folder, searched with every method as
-/// they are (a photo taken anew is already what a shopper sends: not perturbed).
-pub(super) fn evaluate_product_photos(methods: &Methods, read: ProductPhotos, each_photo: &mut dyn FnMut(FoundPhoto<'_>) -> Result<()>) -> Result<ProductPhotoReport> {
+/// they are (a photo taken anew is already what a shopper sends: not perturbed). A product
+/// with the same catalog photo as the one shown (`same_photos`) counts as it.
+pub(super) fn evaluate_product_photos(
+    methods: &Methods,
+    read: ProductPhotos,
+    same_photos: &SamePhotos,
+    each_photo: &mut dyn FnMut(FoundPhoto<'_>) -> Result<()>,
+) -> Result<ProductPhotoReport> {
     let products: BTreeSet<Key> = read.photos.iter().map(|p| p.product).collect();
     Ok(ProductPhotoReport {
         photos: read.photos.len(),
         products: products.len(),
-        methods: found_itself(methods, read.photos.into_iter().map(|p| Ok((Some(p.id), p.product, p.image))), each_photo)?,
+        methods: found_itself(methods, read.photos.into_iter().map(|p| Ok((Some(p.id), p.product, p.image))), same_photos, each_photo)?,
         unknown: read.unknown,
         catalog_photos: read.catalog_photos,
         unreadable: read.unreadable.into_iter().map(|(id, reason)| format!("{id} ({reason})")).collect(),
@@ -100,11 +107,12 @@ pub(super) struct FoundPhoto<'a> {
 }
 
 /// For each method, the share of `photos` (each of a catalog product: its name, the product,
-/// the photo) that find their own product at rank 1 and in the top 10. `each_photo` is told
-/// every photo's rankings as they are made.
+/// the photo) that find their own product (or one with its photo) at rank 1 and in the top 10.
+/// `each_photo` is told every photo's rankings as they are made.
 fn found_itself(
     methods: &Methods,
     photos: impl Iterator<Item = Result<(Option<String>, Key, image::DynamicImage)>>,
+    same_photos: &SamePhotos,
     each_photo: &mut dyn FnMut(FoundPhoto<'_>) -> Result<()>,
 ) -> Result<BTreeMap<String, ExactRecall>> {
     let mut found: BTreeMap<&'static str, (usize, usize)> = BTreeMap::new();
@@ -115,8 +123,8 @@ fn found_itself(
         let rankings = methods.rank(&photo)?.0;
         for (method, hits, _) in &rankings {
             let tally = found.entry(method).or_default();
-            tally.0 += usize::from(hits.first().is_some_and(|h| h.key == product));
-            tally.1 += usize::from(hits.iter().any(|h| h.key == product));
+            tally.0 += usize::from(hits.first().is_some_and(|h| same_photos.is_product(h.key, product)));
+            tally.1 += usize::from(hits.iter().any(|h| same_photos.is_product(h.key, product)));
         }
         each_photo(FoundPhoto { photo: name.as_deref(), product, rankings: &rankings })?;
     }

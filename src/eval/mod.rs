@@ -547,23 +547,25 @@ pub fn evaluate_each(
         label: labels.get(&h.key).cloned().unwrap_or_default(),
         score: h.score,
     };
+    // Size variants listed with one photo: finding any of them is finding the product.
+    let same_photos = crate::types::SamePhotos::of(&products);
     let mut each_photo = |found: exact::FoundPhoto<'_>| {
         let methods = found
             .rankings
             .iter()
             .map(|(method, hits, _)| {
                 let hits: Vec<&crate::index::Hit> = hits.iter().take(K).collect();
-                let rank = hits.iter().position(|h| h.key == found.product).map(|i| i + 1);
+                let rank = hits.iter().position(|h| same_photos.is_product(h.key, found.product)).map(|i| i + 1);
                 (*method, FoundOutcome { rank, hits: hits.into_iter().map(hit_outcome).collect() })
             })
             .collect();
         let product = ids.get(&found.product).copied().unwrap_or_default();
         each_query(&Outcome::ProductPhoto(ProductPhotoOutcome { photo: found.photo, product, methods }))
     };
-    let product_photos = product_photos.map(|read| evaluate_product_photos(&methods, read, &mut each_photo)).transpose()?;
+    let product_photos = product_photos.map(|read| evaluate_product_photos(&methods, read, &same_photos, &mut each_photo)).transpose()?;
     let exact = match options.exact {
         0 => None,
-        n => Some(evaluate_exact(catalog, &methods, &products, &columns, (n, options.seed), &mut each_photo)?),
+        n => Some(evaluate_exact(catalog, &methods, &products, &same_photos, &columns, (n, options.seed), &mut each_photo)?),
     };
 
     Ok(EvalReport {

@@ -19,7 +19,7 @@ use super::Labelled;
 use crate::catalog::{SqliteCatalog, VectorKind};
 use crate::index::{Precision, VectorIndex};
 use crate::space::SearchSpace;
-use crate::types::{Key, Product};
+use crate::types::{Key, Product, SamePhotos};
 
 /// Mixed into `tune --seed` for the held-out products and their photos: other draws than
 /// training's.
@@ -167,12 +167,12 @@ pub fn measure_held_out(
     keys: &[Key],
     label: &str,
 ) -> Result<HeldOutReport> {
-    let label_of = label_values(catalog, label)?;
+    let relevance = Relevance::of(catalog, label)?;
     let untuned_index = untuned.build_index(catalog, VectorKind::Primary, Precision::F32)?;
     Ok(HeldOutReport {
         products: keys.len(),
-        untuned: held_out_scores(&untuned_index, untuned, photos, keys, &label_of)?,
-        tuned: held_out_scores(tuned.1, tuned.0, photos, keys, &label_of)?,
+        untuned: held_out_scores(&untuned_index, untuned, photos, keys, &relevance)?,
+        tuned: held_out_scores(tuned.1, tuned.0, photos, keys, &relevance)?,
     })
 }
 
@@ -180,40 +180,54 @@ pub fn measure_held_out(
 /// `without` the photo adapter and `with` it (the same catalog vectors: the adapter maps only
 /// photos), with P@10 by `label` when the products have it.
 pub fn measure_adapter_held_out(catalog: &SqliteCatalog, without: &SearchSpace, with: &SearchSpace, photos: &Array2<f32>, keys: &[Key], label: &str) -> Result<AdapterHeldOut> {
-    let label_of = label_values(catalog, label)?;
+    let relevance = Relevance::of(catalog, label)?;
     let index = without.build_index(catalog, VectorKind::Primary, Precision::F32)?;
-    let without = held_out_scores(&index, without, photos, keys, &label_of)?;
-    let with = held_out_scores(&index, with, photos, keys, &label_of)?;
+    let without = held_out_scores(&index, without, photos, keys, &relevance)?;
+    let with = held_out_scores(&index, with, photos, keys, &relevance)?;
     let label = without.precision_at_10.map(|_| label.to_string());
     Ok(AdapterHeldOut { products: keys.len(), label, without, with })
 }
 
-/// Each product's value of `label` (products without it are left out).
-fn label_values(catalog: &SqliteCatalog, label: &str) -> Result<HashMap<Key, String>> {
-    Ok(catalog.all_products()?.into_iter().filter_map(|mut p| Some((p.key, p.metadata.remove(label)?))).collect())
+/// What a held-out photo's results are counted by: each product's value of the label
+/// (products without it are left out), and which products share a photo (any of them is the
+/// very product).
+#[derive(Default)]
+struct Relevance {
+    label_of: HashMap<Key, String>,
+    same_photos: SamePhotos,
+}
+
+impl Relevance {
+    fn of(catalog: &SqliteCatalog, label: &str) -> Result<Relevance> {
+        let products = catalog.all_products()?;
+        let same_photos = SamePhotos::of(&products);
+        let label_of = products.into_iter().filter_map(|mut p| Some((p.key, p.metadata.remove(label)?))).collect();
+        Ok(Relevance { label_of, same_photos })
+    }
 }
 
 /// [`HeldOutScores`] of `photos` (each of the product in `keys`) searched over `index` (the
-/// catalog's vectors in `space`), counting relevance by the products' `label_of` values; with
-/// no P@10 when none of the photos' products has a value.
-fn held_out_scores(index: &dyn VectorIndex, space: &SearchSpace, photos: &Array2<f32>, keys: &[Key], label_of: &HashMap<Key, String>) -> Result<HeldOutScores> {
+/// catalog's vectors in `space`), counted by `relevance`; with no P@10 when none of the
+/// photos' products has a value of the label.
+fn held_out_scores(index: &dyn VectorIndex, space: &SearchSpace, photos: &Array2<f32>, keys: &[Key], relevance: &Relevance) -> Result<HeldOutScores> {
     let mut ranked = Vec::with_capacity(keys.len());
     for photo in photos.rows() {
         let hits = index.search(&space.map_photo(&photo.to_vec())?, 10, None)?;
         ranked.push(hits.into_iter().map(|h| h.key).collect::<Vec<Key>>());
     }
-    Ok(score(&ranked, keys, label_of))
+    Ok(score(&ranked, keys, relevance))
 }
 
 /// [`HeldOutScores`] of the first results `ranked` for photos of the products `keys`.
-fn score(ranked: &[Vec<Key>], keys: &[Key], label_of: &HashMap<Key, String>) -> HeldOutScores {
+fn score(ranked: &[Vec<Key>], keys: &[Key], relevance: &Relevance) -> HeldOutScores {
+    let Relevance { label_of, same_photos } = relevance;
     let n = ranked.len().max(1) as f64;
     let (mut precision, mut first, mut top10) = (0.0, 0usize, 0usize);
     for (hits, key) in ranked.iter().zip(keys) {
         let label = label_of.get(key);
         precision += hits.iter().take(10).filter(|hit| label.is_some() && label_of.get(hit) == label).count() as f64 / 10.0;
-        first += usize::from(hits.first() == Some(key));
-        top10 += usize::from(hits.iter().take(10).any(|hit| hit == key));
+        first += usize::from(hits.first().is_some_and(|&hit| same_photos.is_product(hit, *key)));
+        top10 += usize::from(hits.iter().take(10).any(|&hit| same_photos.is_product(hit, *key)));
     }
     let labelled = keys.iter().any(|key| label_of.contains_key(key));
     HeldOutScores { precision_at_10: labelled.then_some(precision / n), found_at_1: first as f64 / n, found_at_10: top10 as f64 / n }
@@ -229,11 +243,18 @@ mod tests {
         // The photo of 1 finds itself first, then a shirt and a dress; the photo of 3 finds
         // two shirts before itself.
         let ranked = vec![vec![1, 2, 3], vec![1, 2, 3]];
-        let scores = score(&ranked, &[1, 3], &label_of);
+        let relevance = Relevance { label_of, same_photos: SamePhotos::default() };
+        let scores = score(&ranked, &[1, 3], &relevance);
         assert_eq!(scores, HeldOutScores { precision_at_10: Some((0.2 + 0.1) / 2.0), found_at_1: 0.5, found_at_10: 1.0 });
         // Products without the label: no P@10, the very product still counted.
-        let scores = score(&ranked, &[1, 3], &HashMap::new());
+        let scores = score(&ranked, &[1, 3], &Relevance::default());
         assert_eq!(scores, HeldOutScores { precision_at_10: None, found_at_1: 0.5, found_at_10: 1.0 });
+        // 1 and 3 listed with one photo (size variants): the photo of 3 finding 1 first finds it.
+        let product =
+            |key: Key, hash: &str| Product { key, id: key.to_string(), image: crate::types::ImageRef::Collection, content_hash: hash.into(), metadata: Default::default() };
+        let same_photos = SamePhotos::of(&[product(1, "a"), product(2, "b"), product(3, "a"), product(4, "c")]);
+        let scores = score(&ranked, &[1, 3], &Relevance { label_of: HashMap::new(), same_photos });
+        assert_eq!(scores, HeldOutScores { precision_at_10: None, found_at_1: 1.0, found_at_10: 1.0 });
     }
 
     #[test]

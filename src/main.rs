@@ -26,7 +26,9 @@ fn main() -> ExitCode {
         },
         None => args,
     };
-    let result = match Cli::parse_from(args).command {
+    let command = Cli::parse_from(args).command;
+    let repairing = matches!(command, Command::Repair(_));
+    let result = match command {
         Command::Index(args) => cli::index::run(args),
         Command::Search(args) => cli::search::run(args),
         Command::Eval(args) => cli::eval::run(args),
@@ -45,6 +47,12 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("error: {err:#}");
+            // Any read can meet a damaged page of the catalog file, most of them far from the
+            // code that knows what to do about it: said once, here.
+            let hinted = format!("{err:#}").contains("lookalike repair");
+            if lookalike::catalog::is_damaged(&err) && !hinted && !repairing {
+                eprintln!("the catalog file is damaged: `lookalike check --db FILE` tells what, `lookalike repair --db FILE` recovers what can be read");
+            }
             ExitCode::FAILURE
         }
     }

@@ -397,10 +397,27 @@ fn products_sharing_a_photo_are_encoded_once() {
     assert_eq!(stored_vector(&db, "1003"), first, "the same photo's vectors, copied");
     assert_eq!(stored_vector(&db, "1004"), first);
     assert_ne!(stored_vector(&db, "1002"), first);
+    // The shirt's three listings are one result, standing for the others; ranks count photos.
     let hits = json(&ok(&["search", "--db", path(&db), path(&shirt), "-k", "3", "--json"]));
-    let mut ids: Vec<&str> = hits["hits"].as_array().expect("hits").iter().filter_map(|h| h["id"].as_str()).collect();
-    ids.sort_unstable();
-    assert_eq!(ids, ["1001", "1003", "1004"], "{hits}");
+    let ids_of = |hits: &serde_json::Value, field: &str| -> Vec<String> {
+        hits[field].as_array().map(|a| a.iter().filter_map(|h| h["id"].as_str().map(str::to_string)).collect()).unwrap_or_default()
+    };
+    assert_eq!(ids_of(&hits, "hits"), ["1001", "1002"], "{hits}");
+    assert_eq!(ids_of(&hits["hits"][0], "variants"), ["1003", "1004"], "{hits}");
+    assert_eq!(hits["hits"][0]["variants"][1]["metadata"]["size"], "L", "{hits}");
+    assert_eq!(hits["hits"][1]["rank"], 2, "{hits}");
+    assert!(hits["hits"][1].get("variants").is_none(), "a product alone with its photo has no variants: {hits}");
+    let page_two = json(&ok(&["search", "--db", path(&db), path(&shirt), "-k", "1", "--offset", "1", "--json"]));
+    assert_eq!(ids_of(&page_two, "hits"), ["1002"], "pages count photos: {page_two}");
+    // A filter admits listings, not photos: size M alone, without its siblings.
+    let medium = json(&ok(&["search", "--db", path(&db), path(&shirt), "--filter", "size=M", "--json"]));
+    assert_eq!(ids_of(&medium, "hits"), ["1003"], "{medium}");
+    assert!(medium["hits"][0].get("variants").is_none(), "{medium}");
+    // "More like" a listing leaves out its photo's other listings too.
+    let like = json(&ok(&["search", "--db", path(&db), "--like", "1003", "--json"]));
+    assert_eq!(ids_of(&like, "hits"), ["1002"], "{like}");
+    let table = ok(&["search", "--db", path(&db), path(&shirt)]);
+    assert!(table.contains("also listed with this photo: 1003, 1004"), "{table}");
 
     // The shirt gets a new photo, and a new product (listed after it) has the old one: the
     // other variants still have it, so it is copied from them, never from the changed shirt.

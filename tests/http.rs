@@ -434,12 +434,13 @@ fn the_page_works_in_a_headless_browser() {
 /// A shop's catalog in the "Fashion Product Images" layout (`images/ID.png` + `styles.csv`),
 /// imported with `lookalike index --kaggle`: 120 Fashion-MNIST training garments with a name,
 /// a price, a link to their page and the usual columns (a `baseColour` of Black, White, Grey
-/// or, one in ten, Multi).
+/// or, one in ten, Multi). Each pullover (the uploaded photo's kind) is listed in sizes S, M
+/// and L, three rows with one photo, as shops' exports list size variants.
 fn shop_catalog(dir: &Path) -> std::path::PathBuf {
     let shop = dir.join("shop");
     std::fs::create_dir_all(shop.join("images")).expect("mkdir");
     let fm = lookalike::import::fashion_mnist::FashionMnist::load(&fm_dir(), "train").expect("train split");
-    let mut csv = String::from("id,gender,masterCategory,subCategory,articleType,baseColour,season,year,usage,productDisplayName,price,link\n");
+    let mut csv = String::from("id,gender,masterCategory,subCategory,articleType,baseColour,season,year,usage,productDisplayName,price,link,size\n");
     for i in 0..120 {
         let id = 5000 + i;
         let img = image::DynamicImage::ImageLuma8(fm.image(i).expect("image")).resize(112, 112, image::imageops::FilterType::Triangle);
@@ -451,7 +452,18 @@ fn shop_catalog(dir: &Path) -> std::path::PathBuf {
         let class = fm.class_name(i);
         let gender = if i % 2 == 0 { "Women" } else { "Men" };
         let price = format!("€{}.99", 19 + (i * 7) % 60);
-        csv.push_str(&format!("{id},{gender},Apparel,Clothing,{class},{colour},Fall,2024,Casual,{colour} {class} no. {i},{price},https://shop.example/p/{id}\n"));
+        let row = |id: usize, size: &str| {
+            format!("{id},{gender},Apparel,Clothing,{class},{colour},Fall,2024,Casual,{colour} {class} no. {i},{price},https://shop.example/p/{id},{size}\n")
+        };
+        if class != "Pullover" {
+            csv.push_str(&row(id, ""));
+            continue;
+        }
+        csv.push_str(&row(id, "S"));
+        for (variant, size) in [(id + 1000, "M"), (id + 2000, "L")] {
+            std::fs::copy(shop.join("images").join(format!("{id}.png")), shop.join("images").join(format!("{variant}.png"))).expect("copy the photo");
+            csv.push_str(&row(variant, size));
+        }
     }
     std::fs::write(shop.join("styles.csv"), csv).expect("csv");
     let db = dir.join("shop.db");

@@ -27,7 +27,7 @@ mod vectors;
 
 pub use changes::ChangeFeed;
 pub use products::read_image_file;
-pub use repair::{repair, salvage, CheckReport, RepairReport, SalvageReport};
+pub use repair::{is_damaged, repair, salvage, CheckReport, RepairReport, SalvageReport};
 pub use vectors::{IndexedChange, IndexedImage, StoredVectors, VectorKind};
 
 /// Whether `table` has `column` (`table` is one of the schema's own names, never user input).
@@ -58,6 +58,9 @@ CREATE TABLE IF NOT EXISTS products (
     content_hash TEXT NOT NULL,
     metadata TEXT NOT NULL
 );
+-- Products listed with the very same photo (size variants) are found together: search shows
+-- them as one result, an import copies their vectors.
+CREATE INDEX IF NOT EXISTS products_by_photo ON products(content_hash);
 CREATE TABLE IF NOT EXISTS images (
     key INTEGER PRIMARY KEY REFERENCES products(key) ON DELETE CASCADE,
     bytes BLOB NOT NULL

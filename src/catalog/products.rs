@@ -104,6 +104,20 @@ impl SqliteCatalog {
         Ok(out)
     }
 
+    /// The content hash of `key`'s photo (`None` for a product that no longer exists).
+    pub fn photo_hash(&self, key: Key) -> Result<Option<String>> {
+        let mut stmt = self.conn.prepare_cached("SELECT content_hash FROM products WHERE key = ?1")?;
+        Ok(stmt.query_row([key], |r| r.get(0)).optional()?)
+    }
+
+    /// The keys of every product whose photo's content hash is `content_hash`, in order (an
+    /// indexed lookup).
+    pub fn keys_with_photo(&self, content_hash: &str) -> Result<Vec<Key>> {
+        let mut stmt = self.conn.prepare_cached("SELECT key FROM products WHERE content_hash = ?1 ORDER BY key")?;
+        let rows = stmt.query_map([content_hash], |r| r.get(0))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
     /// Adds products, or replaces those whose id exists, atomically as one batch.
     pub fn upsert(&mut self, products: &[NewProduct]) -> Result<Vec<Key>> {
         let tx = self.write_transaction()?;

@@ -187,6 +187,13 @@ pub fn salvage(path: &Path) -> Result<SalvageReport> {
     Ok(report)
 }
 
+/// Whether `err` is SQLite finding the catalog file damaged (a torn write, a bad block), which
+/// any read that meets the bad page reports: what `lookalike repair` is for.
+pub fn is_damaged(err: &anyhow::Error) -> bool {
+    use rusqlite::ErrorCode::{DatabaseCorrupt, NotADatabase};
+    err.chain().any(|cause| matches!(cause.downcast_ref::<rusqlite::Error>().and_then(rusqlite::Error::sqlite_error_code), Some(DatabaseCorrupt | NotADatabase)))
+}
+
 /// What [`repair`] did.
 #[derive(Debug)]
 pub struct RepairReport {

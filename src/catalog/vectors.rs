@@ -167,8 +167,8 @@ impl SqliteCatalog {
     }
 
     /// The stored search vector and max-pooled features of a product whose photo's content hash
-    /// is `content_hash`, looked up first under `likely_id` (found at once), then among all
-    /// products (a scan, for when that one has changed its photo since): what an import copies
+    /// is `content_hash`, looked up first under `likely_id`, then among all products with that
+    /// photo (for when that one has changed its photo since): what an import copies
     /// to a product with the same photo instead of encoding it again. `None` when no product
     /// has that photo.
     pub fn vectors_of_photo(&self, content_hash: &str, likely_id: Option<&str>) -> Result<Option<StoredVectors>> {

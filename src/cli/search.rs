@@ -12,7 +12,7 @@ use lookalike::colour::{ColourEstimate, ColourMode};
 use lookalike::kind::KindMode;
 use lookalike::preprocess::Crop;
 use lookalike::search::{Items, RankedProduct, SearchEngine, SearchRequest, SearchResults};
-use lookalike::types::{Filter, Product};
+use lookalike::types::{first_few, Filter, Product};
 
 #[derive(Args)]
 pub struct SearchArgs {
@@ -175,6 +175,11 @@ fn print_table(hits: &[RankedProduct], why_none: Option<&str>) {
             truncate(colour, width),
             image_label(&p.image)
         );
+        // Products listed with the very same photo are one result: named under it.
+        if !h.variants.is_empty() {
+            let ids: Vec<&str> = h.variants.iter().map(|v| v.id.as_str()).collect();
+            println!("{:>4}  also listed with this photo: {}", "", first_few(&ids, 8));
+        }
     }
     match (hits.is_empty(), why_none) {
         (true, Some(why)) => println!("(no products match: {why})"),

@@ -4,7 +4,8 @@
 //!
 //! This file holds the engine's state and the types its callers see; its work is one file per
 //! part: `photo.rs` (a photo query, step by step), `rank.rs` (ranking a query vector: the
-//! index, colour, kind, metadata; "more like this"; likeness bands), `products.rs` (products
+//! index, colour, kind, metadata; "more like this"; likeness bands), `variants.rs` (products
+//! listed with the very same photo shown as one result), `products.rs` (products
 //! added, removed and read through the engine) and `follow.rs` (keeping up with what other
 //! processes and `tune` change in the catalog).
 
@@ -33,6 +34,7 @@ mod follow;
 mod photo;
 mod products;
 mod rank;
+mod variants;
 
 pub use products::{catalog_page, collection_page};
 
@@ -71,6 +73,10 @@ pub struct RankedProduct {
     /// with their shares, largest first ([`crate::colour::ColourDescriptor::main_colours`]);
     /// empty for the rest.
     pub colour_mix: Vec<(&'static str, f32)>,
+    /// The other products listed with the very same photo (size variants), by key: one result
+    /// with `product` (`search/variants.rs`). Only those the search's filter admits; always empty for
+    /// a Qdrant collection, whose points carry no photo hash.
+    pub variants: Vec<Product>,
 }
 
 /// A query photo turned into the model's input, with the time each step took.

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use anyhow::Result;
 
-use super::{ms, poisoned, MeasuredBands, Query, QueryVector, RankedProduct, SearchEngine, SearchError, SearchRequest, SearchResults, Timings};
+use super::{ms, poisoned, variants, MeasuredBands, Query, QueryVector, RankedProduct, SearchEngine, SearchError, SearchRequest, SearchResults, Timings};
 use crate::colour::{self, ColourDescriptor, ColourMode, ColourTable};
 use crate::index::qdrant::{collection_key, StoredProduct};
 use crate::index::{Allowed, Hit};
@@ -49,7 +49,8 @@ impl SearchEngine {
         // pages line up whether or not the product falls inside the filter.
         let widened = SearchRequest { k: request.offset + request.k + 1, offset: 0, ..request.clone() };
         let mut results = self.search_in_space(query, colour.as_ref(), &widened)?;
-        results.hits.retain(|h| h.product.id != id);
+        // Nor is it shown as another product's variant: one with its photo stands for it.
+        results.hits.retain(|h| h.product.id != id && !h.variants.iter().any(|v| v.id == id));
         results.hits = results.hits.into_iter().skip(request.offset).take(request.k).collect();
         for (i, hit) in results.hits.iter_mut().enumerate() {
             hit.rank = request.offset + i + 1;
@@ -153,53 +154,80 @@ impl SearchEngine {
                 })
                 .collect())
         };
-        // The kind is voted on by the shape ranking, before colour blends in: the best matches
-        // by shape say best what the photo shows; the colour-matched ones are the right colour,
-        // of whatever kind comes closest in it.
-        let mut voters: Vec<Hit> = Vec::new();
-        let mut by_shape = |n: usize| -> Result<Vec<Hit>> {
-            let hits = by_shape(n)?;
-            kind::keep_voters(&mut voters, &hits);
-            Ok(hits)
-        };
         // The kind consensus re-ranks a deeper pool than the page (a collection's products
         // carry their categories in their payloads; a catalog's are in the kind table).
         let by_kind = request.kind == KindMode::Match && (from_collection || self.read_kinds()?.has_kinds());
-        let pool = match by_kind {
-            true => wanted.max(kind::CANDIDATES),
-            false => wanted,
-        };
-        let hits: Vec<Hit> = match (&mode, colour) {
-            // The index's lock and the colour table's are taken one at a time.
-            (ColourMode::Match, Some(query)) => colour::search_matching(colour::MATCH_WEIGHT, wanted, by_shape, |hits, weight| match from_collection {
-                true => Ok(payload_colours(&found.borrow())?.rerank(hits, query, weight)),
-                false => Ok(self.read_colours()?.rerank(hits, query, weight)),
-            })?,
-            _ => by_shape(pool)?,
-        };
-        let (hits, kind_mode) = match (by_kind, from_collection) {
-            (false, _) => (hits, KindMode::Any),
-            (true, false) => (self.read_kinds()?.rerank_by_voters(hits, &voters, kind::WEIGHT), KindMode::Match),
-            (true, true) => {
-                let kinds = payload_kinds(&found.borrow());
-                match kinds.has_kinds() {
-                    true => (kinds.rerank_by_voters(hits, &voters, kind::WEIGHT), KindMode::Match),
-                    false => (hits, KindMode::Any),
+        // Products listed with the very same photo are one result ([`variants`]): where folding
+        // them leaves the page short while the index has more, the ranking is taken again
+        // deeper. (A collection's payloads carry no photo hash: there each point is a result.)
+        let mut depth = wanted;
+        let (ranked, kind_mode) = loop {
+            // The kind is voted on by the shape ranking, before colour blends in: the best
+            // matches by shape say best what the photo shows; the colour-matched ones are the
+            // right colour, of whatever kind comes closest in it.
+            let mut voters: Vec<Hit> = Vec::new();
+            let mut by_shape = |n: usize| -> Result<Vec<Hit>> {
+                let hits = by_shape(n)?;
+                kind::keep_voters(&mut voters, &hits);
+                Ok(hits)
+            };
+            let pool = match by_kind {
+                true => depth.max(kind::CANDIDATES),
+                false => depth,
+            };
+            let hits: Vec<Hit> = match (&mode, colour) {
+                // The index's lock and the colour table's are taken one at a time.
+                (ColourMode::Match, Some(query)) => colour::search_matching(colour::MATCH_WEIGHT, depth, by_shape, |hits, weight| match from_collection {
+                    true => Ok(payload_colours(&found.borrow())?.rerank(hits, query, weight)),
+                    false => Ok(self.read_colours()?.rerank(hits, query, weight)),
+                })?,
+                _ => by_shape(pool)?,
+            };
+            let (hits, kind_mode) = match (by_kind, from_collection) {
+                (false, _) => (hits, KindMode::Any),
+                (true, false) => (self.read_kinds()?.rerank_by_voters(hits, &voters, kind::WEIGHT), KindMode::Match),
+                (true, true) => {
+                    let kinds = payload_kinds(&found.borrow());
+                    match kinds.has_kinds() {
+                        true => (kinds.rerank_by_voters(hits, &voters, kind::WEIGHT), KindMode::Match),
+                        false => (hits, KindMode::Any),
+                    }
                 }
+            };
+            let ranked_rows = hits.len();
+            let ranked = match from_collection {
+                true => hits.into_iter().take(wanted).map(|hit| (hit, None)).collect(),
+                false => self.with_catalog(|c| variants::one_per_photo(hits, wanted, |key| c.photo_hash(key)))?,
+            };
+            let index_exhausted = ranked_rows < depth;
+            if ranked.len() >= wanted || index_exhausted || depth >= wanted.max(kind::CANDIDATES) * variants::MAX_DEPTH_FACTOR {
+                break (ranked, kind_mode);
             }
+            depth *= 2;
         };
         timings.search_ms = ms(t);
 
         let t = Instant::now();
-        let page: Vec<Hit> = hits.into_iter().skip(request.offset).take(request.k).collect();
-        let products: Vec<Product> = match from_collection {
+        let page: Vec<(Hit, Option<String>)> = ranked.into_iter().skip(request.offset).take(request.k).collect();
+        let (products, mut variants): (Vec<Product>, HashMap<Key, Vec<Product>>) = match from_collection {
             true => {
                 let found = found.borrow();
-                page.iter().filter_map(|h| found.get(&h.key).cloned().map(collection_product)).collect()
+                (page.iter().filter_map(|(h, _)| found.get(&h.key).cloned().map(collection_product)).collect(), HashMap::new())
             }
             false => {
-                let keys: Vec<_> = page.iter().map(|h| h.key).collect();
-                self.with_catalog(|c| c.get_many(&keys))?
+                let keys: Vec<_> = page.iter().map(|(h, _)| h.key).collect();
+                self.with_catalog(|c| {
+                    // A hit's variants are the other products with its photo that the filter admits.
+                    let mut variants = HashMap::new();
+                    for (hit, photo) in &page {
+                        let Some(photo) = photo else { continue };
+                        let others: Vec<Key> = c.keys_with_photo(photo)?.into_iter().filter(|&key| key != hit.key && allowed.as_ref().is_none_or(|a| a.contains(&key))).collect();
+                        if !others.is_empty() {
+                            variants.insert(hit.key, c.get_many(&others)?);
+                        }
+                    }
+                    Ok((c.get_many(&keys)?, variants))
+                })?
             }
         };
         // A patterned product's swatch shows its main colours: from the colour table, or the
@@ -220,7 +248,7 @@ impl SearchEngine {
         let hits: Vec<RankedProduct> = page
             .iter()
             .zip(0..)
-            .filter_map(|(hit, i)| {
+            .filter_map(|((hit, _), i)| {
                 // A colour blend not re-ranked by kind may pass 1 (`ColourTable::rerank`).
                 let score = hit.score.clamp(-1.0, 1.0);
                 products.iter().find(|p| p.key == hit.key).map(|p| RankedProduct {
@@ -229,6 +257,7 @@ impl SearchEngine {
                     likeness: likeness(score),
                     product: p.clone(),
                     colour_mix: mixes.get(&p.key).cloned().unwrap_or_default(),
+                    variants: variants.remove(&p.key).unwrap_or_default(),
                 })
             })
             .collect();

@@ -122,11 +122,22 @@ pub struct HitBody {
     pub likeness: Likeness,
     #[serde(flatten)]
     pub product: ProductBody,
+    /// The other products the shop lists with the very same photo (size variants), which this
+    /// hit stands for: one result, ranks and pages counting photos. Left out when there are
+    /// none (and always for a Qdrant collection, whose points carry no photo hash).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub variants: Vec<ProductBody>,
 }
 
 impl From<&RankedProduct> for HitBody {
     fn from(hit: &RankedProduct) -> Self {
-        HitBody { rank: hit.rank, score: hit.score, likeness: hit.likeness, product: ProductBody::from(&hit.product).with_colour_mix(&hit.colour_mix) }
+        HitBody {
+            rank: hit.rank,
+            score: hit.score,
+            likeness: hit.likeness,
+            product: ProductBody::from(&hit.product).with_colour_mix(&hit.colour_mix),
+            variants: hit.variants.iter().map(|v| ProductBody::from(v).with_colour_mix(&hit.colour_mix)).collect(),
+        }
     }
 }
 

@@ -256,6 +256,33 @@ try {
   await page.waitForSelector("#details:not([open])", { state: "attached" });
   check(true, "Escape closes the details");
 
+  // A product the shop lists in three sizes with one photo is one card, naming its sizes; its
+  // details list the other two listings, each with its own page in the shop.
+  const hitIds = new Set(answer.hits.map((h) => h.id));
+  check(answer.hits.every((h) => !(h.variants || []).some((v) => hitIds.has(v.id))), "no listing of a photo already shown comes again as a card of its own");
+  const sized = cards(page).filter({ hasText: "Sizes S · M · L" });
+  check((await sized.count()) > 0, "a product listed in three sizes with one photo is one card naming its sizes");
+  await sized.first().locator("button.open").click();
+  await page.waitForSelector("#details[open]");
+  const options = await page.$$eval("#details-options-list li", (lis) => lis.map((li) => ({ text: li.textContent, link: li.querySelector("a")?.getAttribute("href") || "" })));
+  check(
+    (await page.locator("#details-options").isVisible()) && options.length === 2 && /size M/.test(options[0].text) && /size L/.test(options[1].text) &&
+      options.every((o) => o.link.startsWith("https://shop.example/p/")),
+    `the details list the other sizes with their links: ${JSON.stringify(options)}`,
+  );
+  await axeClean(page, "desktop, details of a product in three sizes");
+  await shot(page, "desktop-details-sizes.png");
+  await page.keyboard.press("Escape");
+  await page.waitForSelector("#details:not([open])", { state: "attached" });
+  check((await page.locator("#facet-form input[name=size]").count()) === 3 && (await page.locator('#facet-form input[name=size][value=""]').count()) === 0,
+    "a column only some products fill (sizes) offers its values, never a blank one");
+  // A product alone with its photo lists no other sizes.
+  await cards(page).filter({ hasNotText: "Sizes" }).first().locator("button.open").click();
+  await page.waitForSelector("#details[open]");
+  check(!(await page.locator("#details-options").isVisible()), "a product alone with its photo lists no other listings");
+  await page.keyboard.press("Escape");
+  await page.waitForSelector("#details:not([open])", { state: "attached" });
+
   // More like this: the product shows where the photo was; the URL can be shared; Back returns.
   const photoIds = await ids(page);
   const likeId = photoIds[0];

@@ -171,17 +171,34 @@ async fn search_by_reference(state: Arc<AppState>, body: SearchJson) -> Result<J
 pub async fn facets(State(state): Shared) -> Result<Json<FacetsResponse>, ApiError> {
     let engine = state.engine.clone();
     let (counts, products) = blocking(move || Ok(engine.facets()?)).await?;
+    Ok(Json(FacetsResponse { products, facets: facets_of(counts) }))
+}
+
+/// The facets (column, value, products) counts make. A blank value is no choice to offer: a
+/// column only some products fill (a size for clothes, none for bags) lists the values it has.
+fn facets_of(counts: Vec<(String, String, usize)>) -> Vec<Facet> {
     let mut by_column: BTreeMap<String, Vec<FacetValue>> = BTreeMap::new();
-    for (column, value, count) in counts {
+    for (column, value, count) in counts.into_iter().filter(|(_, value, _)| !value.trim().is_empty()) {
         by_column.entry(column).or_default().push(FacetValue { value, count });
     }
-    let facets = by_column.into_iter().filter(|(_, values)| (2..=MAX_FACET_VALUES).contains(&values.len())).map(|(column, values)| Facet { column, values }).collect();
-    Ok(Json(FacetsResponse { products, facets }))
+    by_column.into_iter().filter(|(_, values)| (2..=MAX_FACET_VALUES).contains(&values.len())).map(|(column, values)| Facet { column, values }).collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn facets_offer_two_to_fifty_values_and_never_a_blank() {
+        let count = |column: &str, value: &str, n: usize| (column.to_string(), value.to_string(), n);
+        let mut counts = vec![count("size", "", 111), count("size", "M", 9), count("size", "S", 9), count("size", " ", 1)];
+        counts.extend([count("brand", "", 5), count("brand", "Acme", 5)]);
+        counts.extend((0..51).map(|i| count("id", &i.to_string(), 1)));
+        let facets = facets_of(counts);
+        assert_eq!(facets.len(), 1, "brand has one value besides blanks, id too many");
+        assert_eq!(facets[0].column, "size");
+        assert_eq!(facets[0].values.iter().map(|v| (v.value.as_str(), v.count)).collect::<Vec<_>>(), [("M", 9), ("S", 9)]);
+    }
 
     #[test]
     fn page_sizes_are_bounded() {

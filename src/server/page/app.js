@@ -29,6 +29,7 @@ const els = {
   grid: $("grid"), loadMore: $("load-more"), end: $("end"),
   details: $("details"), detailsImage: $("details-image"), detailsTitle: $("details-title"), detailsPrice: $("details-price"),
   detailsMeta: $("details-meta"), detailsLink: $("details-link"), detailsLike: $("details-like"),
+  detailsOptions: $("details-options"), detailsOptionsList: $("details-options-list"),
   queryColour: $("query-colour"), colourMode: $("colour-mode"),
 };
 
@@ -422,6 +423,7 @@ function card(hit) {
     el("span", { className: "info" },
       el("span", { className: "name" }, title(hit)),
       ...(hit.price ? [el("span", { className: "price" }, hit.price)] : []),
+      ...(hit.variants ? [el("span", { className: "options" }, optionsLine(hit))] : []),
       el("span", { className: "sub" }, swatch(hit.colour_rgb, hit.colour, hit.colour_mix), details || "\u00a0"),
       el("span", { className: `likeness ${hit.likeness}` }, LIKENESS[hit.likeness] || "")));
   open.addEventListener("click", () => openDetails(hit.id, hit));
@@ -440,6 +442,33 @@ function card(hit) {
   item.dataset.score = String(hit.score);
   item.dataset.likeness = hit.likeness;
   return item;
+}
+
+/** A hit that stands for products the shop lists with the very same photo (size variants):
+ * their sizes where the catalog has a size column, else how many there are. */
+function optionsLine(hit) {
+  const listings = [hit, ...hit.variants];
+  const sizes = listings.map((p) => p.metadata.size || p.metadata.Size).filter(Boolean);
+  if (sizes.length === listings.length) return `Sizes ${[...new Set(sizes)].join(" · ")}`;
+  return `${listings.length} options`;
+}
+
+/** The other listings of a hit's photo in its details: each one's name, size and price, and
+ * its page in the shop. */
+function showOptions(hit) {
+  const variants = (hit && hit.variants) || [];
+  els.detailsOptions.hidden = variants.length === 0;
+  els.detailsOptionsList.replaceChildren(...variants.map((v) => {
+    const size = v.metadata.size || v.metadata.Size;
+    const text = [title(v), size && `size ${size}`, v.price].filter(Boolean).join(" · ");
+    const item = el("li", {}, el("span", {}, text));
+    if (v.link) {
+      const shop = el("a", { className: "button", href: v.link, target: "_blank", rel: "noopener noreferrer" }, "Shop");
+      shop.setAttribute("aria-label", `${text} in the shop (opens a new tab)`);
+      item.append(shop);
+    }
+    return item;
+  }));
 }
 
 function moreLike(id) {
@@ -461,6 +490,7 @@ async function openDetails(id, hit) {
     if (hit) rows.push(["Match", `${LIKENESS[hit.likeness] || ""} (score ${hit.score.toFixed(3)})`]);
     rows.push(["Product number", product.id]);
     els.detailsMeta.replaceChildren(...rows.flatMap(([k, v]) => [el("dt", {}, k), el("dd", {}, v)]));
+    showOptions(hit);
     els.detailsLike.onclick = () => moreLike(product.id);
     els.details.showModal();
   } catch (err) {

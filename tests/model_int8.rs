@@ -121,6 +121,12 @@ fn a_float_catalog_imported_by_the_int8_copy_is_searched_with_the_float_model() 
     let db = dir.path().join("imported.db");
     let out = ok(home, &["index", "--db", path(&db), "--fashion-mnist", "train", "--limit", "300", "--import-precision", "int8"]);
     assert!(out.contains("calibrating the int8 copy of efficientnet-lite0"), "{out}");
+    // Only this machine runs the copy: its weights as wide as this CPU's kernels allow.
+    let width = match lookalike::model::quantise::local_weight_bits() {
+        8 => "(8-bit weights: this CPU has VNNI)",
+        _ => "(7-bit weights: this CPU has no VNNI)",
+    };
+    assert!(out.contains(width), "{out}");
     assert_eq!(int8_files(home).len(), 1, "the copy's file, made from this import's calibration");
     // The catalog is the float model's: no int8 model name, no stored description.
     let info = ok(home, &["info", "--db", path(&db)]);
@@ -149,7 +155,7 @@ fn a_float_catalog_imported_by_the_int8_copy_is_searched_with_the_float_model() 
     let later = ok(home, &["index", "--db", path(&db), "--fashion-mnist", "train", "--limit", "320", "--import-precision", "int8"]);
     assert!(later.contains("indexed 10 new or changed, 310 unchanged"), "{later}");
     assert!(!later.contains("calibrating"), "{later}");
-    assert!(later.contains("int8 copy of efficientnet-lite0 this catalog was first imported with"), "{later}");
+    assert!(later.contains("int8 copy of efficientnet-lite0 this catalog was first imported with") && later.contains(&width[1..width.len() - 1]), "{later}");
     assert_eq!(int8_files(home).len(), 1, "the first import's copy, used again");
 
     // A plug-in model has no int8 copy; an unknown precision is refused with the choices.

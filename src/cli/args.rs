@@ -213,7 +213,8 @@ pub fn calibrated_int8(assets: &Assets, args: &ModelArgs, items: &[lookalike::im
         return Ok(None);
     };
     eprintln!("calibrating {name} on up to {} photos", lookalike::import::CALIBRATION_PHOTOS);
-    lookalike::import::calibrate_int8(assets, base, items, args.threads.unwrap_or_else(cores)).map(Some)
+    // Its queries run the copy on whatever machine serves the catalog: the width every CPU runs.
+    lookalike::import::calibrate_int8(assets, base, items, args.threads.unwrap_or_else(cores), model::quantise::WEIGHT_BITS).map(Some)
 }
 
 /// The model that encodes the photos `index` imports: `spec` itself, or with
@@ -247,12 +248,19 @@ pub fn import_model(
         Some(catalog) => kept_import_calibration(catalog)?.filter(|c| c.base == spec.name && c.photos.saturating_mul(2) >= would_see),
         None => None,
     };
+    // Only this machine runs the copy (the vectors are stored as the float model's): its weights
+    // are as wide as this CPU's integer kernels allow, whatever width an import elsewhere chose.
+    let bits = model::quantise::local_weight_bits();
+    let width = match bits {
+        8 => "8-bit weights: this CPU has VNNI",
+        _ => "7-bit weights: this CPU has no VNNI",
+    };
     if let Some(calibration) = kept {
-        eprintln!("importing with the int8 copy of {} this catalog was first imported with (calibrated on {} inputs)", spec.name, calibration.photos);
-        return model::int8_import_copy(&spec, model::int8_spec(assets, calibration)?);
+        eprintln!("importing with the int8 copy of {} this catalog was first imported with (calibrated on {} inputs; {width})", spec.name, calibration.photos);
+        return model::int8_import_copy(&spec, model::int8_spec(assets, model::Int8Calibration { weight_bits: bits, ..calibration })?);
     }
-    eprintln!("calibrating the int8 copy of {} on up to {} of the photos to import", spec.name, lookalike::import::CALIBRATION_PHOTOS);
-    let calibrated = lookalike::import::calibrate_int8(assets, &spec.name, items, args.threads.unwrap_or_else(cores))?;
+    eprintln!("calibrating the int8 copy of {} on up to {} of the photos to import ({width})", spec.name, lookalike::import::CALIBRATION_PHOTOS);
+    let calibrated = lookalike::import::calibrate_int8(assets, &spec.name, items, args.threads.unwrap_or_else(cores), bits)?;
     if let (Some(catalog), Some(calibration)) = (catalog, &calibrated.int8) {
         catalog.set_import_calibration(&serde_json::to_string(calibration)?)?;
     }

@@ -236,7 +236,8 @@ fn augmentation_model(assets: &Assets, catalog: &SqliteCatalog, spec: ModelSpec,
         })
         .collect();
     eprintln!("calibrating the int8 copy of {} on {} catalog photos", spec.name, items.len());
-    lookalike::import::calibrate_int8(assets, &spec.name, &items, cores())
+    // Only this run uses the copy (its vectors are training rows): as wide as this CPU allows.
+    lookalike::import::calibrate_int8(assets, &spec.name, &items, cores(), lookalike::model::quantise::local_weight_bits())
 }
 
 /// `tune --localise`: learn (or, with --off, drop) the catalog's foreground head.

@@ -392,8 +392,10 @@ fn calibration_step(items: usize) -> usize {
 /// catalog's plain shots never do (Fashion-MNIST's are grey on black); a range that misses them
 /// saturates. Measured on Fashion-MNIST, perturbed P@10 was the same either way (0.7093 with
 /// catalog shots alone, 0.7088 with both, 2,000 queries): the views cost ~1 s and guard the
-/// catalogs that measurement does not cover.
-pub fn calibrate_int8(assets: &crate::assets::Assets, base: &str, items: &[CatalogItem], threads: usize) -> Result<crate::model::ModelSpec> {
+/// catalogs that measurement does not cover. Its weights are `weight_bits` wide
+/// ([`crate::model::quantise::WEIGHT_BITS`] for a copy other machines will run,
+/// [`crate::model::quantise::local_weight_bits`] for one only this machine runs).
+pub fn calibrate_int8(assets: &crate::assets::Assets, base: &str, items: &[CatalogItem], threads: usize, weight_bits: u8) -> Result<crate::model::ModelSpec> {
     use rand::SeedableRng;
     let spec = crate::model::resolve(assets, base)?;
     let step = calibration_step(items.len());
@@ -415,7 +417,7 @@ pub fn calibrate_int8(assets: &crate::assets::Assets, base: &str, items: &[Catal
         .collect();
     anyhow::ensure!(!photos.is_empty(), "none of the catalog's photos could be read to calibrate {base}{}", crate::model::INT8_SUFFIX);
     let ranges = crate::encoder::observe_activation_ranges(&assets.onnxruntime_lib()?, &spec, &photos, threads)?;
-    crate::model::int8_spec(assets, crate::model::Int8Calibration { base: base.to_string(), photos: photos.len(), ranges, weight_bits: crate::model::quantise::WEIGHT_BITS })
+    crate::model::int8_spec(assets, crate::model::Int8Calibration { base: base.to_string(), photos: photos.len(), ranges, weight_bits })
 }
 
 /// Reads, hashes and preprocesses one item, and takes its colour (from the model's input

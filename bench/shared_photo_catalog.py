@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """A catalog folder in the Fashion Product Images layout whose products share photos, as a
 shop's export lists size variants as rows of their own: the first N Fashion-MNIST training
-images, each written once per variant under its own id (`images/I-V.png` + `styles.csv`).
-Standard library only.
+images, each written once per variant under its own id (`images/I-V.png` + `styles.csv`, with
+the image's class as `articleType` and the variant as `size`, so `tune` and `eval --label` can
+use it). Standard library only.
 
     python3 bench/shared_photo_catalog.py /tmp/variants --photos 1000 --variants 3
     lookalike index --db variants.db --kaggle /tmp/variants   # "2000 of them with another product's photo"
@@ -14,6 +15,9 @@ import gzip
 import os
 import struct
 import zlib
+
+
+CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
 
 
 def png(pixels: bytes, width: int, height: int) -> bytes:
@@ -40,6 +44,8 @@ def main() -> None:
     with gzip.open(os.path.join(args.fashion_mnist_dir, "train-images-idx3-ubyte.gz"), "rb") as f:
         data = f.read()
     _, count, height, width = struct.unpack(">IIII", data[:16])
+    with gzip.open(os.path.join(args.fashion_mnist_dir, "train-labels-idx1-ubyte.gz"), "rb") as f:
+        labels = f.read()[8:]
     if args.photos > count:
         parser.error(f"--photos {args.photos}: the training set has {count} images")
     os.makedirs(os.path.join(args.out, "images"), exist_ok=True)
@@ -51,7 +57,7 @@ def main() -> None:
             product = f"{args.prefix}{i}-{v}"
             with open(os.path.join(args.out, "images", f"{product}.png"), "wb") as f:
                 f.write(photo)
-            rows.append(f"{product},Fashion-MNIST,{v}")
+            rows.append(f"{product},{CLASSES[labels[i]]},{v}")
     with open(os.path.join(args.out, "styles.csv"), "w") as f:
         f.write("\n".join(rows) + "\n")
     print(f"{args.photos * args.variants} products over {args.photos} photos in {args.out}")

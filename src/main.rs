@@ -28,6 +28,7 @@ fn main() -> ExitCode {
     };
     let command = Cli::parse_from(args).command;
     let repairing = matches!(command, Command::Repair(_));
+    let catalog = command.catalog().map(|path| path.display().to_string()).unwrap_or_else(|| "FILE".to_string());
     let result = match command {
         Command::Index(args) => cli::index::run(args),
         Command::Search(args) => cli::search::run(args),
@@ -51,7 +52,7 @@ fn main() -> ExitCode {
             // code that knows what to do about it: said once, here.
             let hinted = format!("{err:#}").contains("lookalike repair");
             if lookalike::catalog::is_damaged(&err) && !hinted && !repairing {
-                eprintln!("the catalog file is damaged: `lookalike check --db FILE` tells what, `lookalike repair --db FILE` recovers what can be read");
+                eprintln!("the catalog file is damaged: `lookalike check --db {catalog}` tells what, `lookalike repair --db {catalog}` recovers what can be read");
             }
             ExitCode::FAILURE
         }

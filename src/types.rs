@@ -2,7 +2,7 @@
 //! metadata, and which model's vectors a catalog holds. Nothing here imports the rest of
 //! lookalike; everything else may import it.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::PathBuf;
 
 use anyhow::{bail, Result};
@@ -140,13 +140,13 @@ pub fn content_hash(bytes: &[u8]) -> String {
     hex::encode(sha2::Sha256::digest(bytes))
 }
 
-/// Which products show the very same photo (equal content hashes). Size variants listed with
-/// one photo are one product to a shopper's photo: measuring whether a search finds "the very
-/// product" counts any of them.
+/// Which products show the very same photo (equal content hashes): the one rule by which size
+/// variants listed with one photo are one product to a shopper. A search shows them as one
+/// result; measuring whether a search finds "the very product" counts any of them.
 #[derive(Debug, Clone, Default)]
 pub struct SamePhotos {
     /// The content hash of each product whose photo another product has too (the rest need
-    /// no entry).
+    /// no entry: most catalogs have none).
     shared: HashMap<Key, String>,
 }
 
@@ -160,9 +160,75 @@ impl SamePhotos {
         SamePhotos { shared }
     }
 
+    /// From the content hashes of products known to share their photo with another product
+    /// (as the catalog finds them among a ranking's hits).
+    pub fn from_shared(shared: HashMap<Key, String>) -> SamePhotos {
+        SamePhotos { shared }
+    }
+
+    /// Takes in what `more` knows (the catalog's answer for further hits of a ranking).
+    pub fn extend(&mut self, more: SamePhotos) {
+        self.shared.extend(more.shared);
+    }
+
+    /// The content hash of `key`'s photo, when another product has that photo too.
+    pub fn shared_photo(&self, key: Key) -> Option<&str> {
+        self.shared.get(&key).map(String::as_str)
+    }
+
     /// Whether `found` is `product`, or another product with its photo.
     pub fn is_product(&self, found: Key, product: Key) -> bool {
-        found == product || matches!((self.shared.get(&found), self.shared.get(&product)), (Some(a), Some(b)) if a == b)
+        found == product || matches!((self.shared_photo(found), self.shared_photo(product)), (Some(a), Some(b)) if a == b)
+    }
+
+    /// Every product listed with the photo of one of `keys`, `keys` included: what leaving a
+    /// product out of training must leave out with it (its size variants are it).
+    pub fn with_twins(&self, keys: &HashSet<Key>) -> HashSet<Key> {
+        let photos: HashSet<&str> = keys.iter().filter_map(|&key| self.shared_photo(key)).collect();
+        let twins = self.shared.iter().filter(|(_, photo)| photos.contains(photo.as_str())).map(|(&key, _)| key);
+        keys.iter().copied().chain(twins).collect()
+    }
+
+    /// The listings of each shared photo after its first (by key): where one listing is to stand
+    /// for its photo, the ones to leave out.
+    pub fn later_listings(&self) -> HashSet<Key> {
+        let mut first: HashMap<&str, Key> = HashMap::new();
+        for (&key, photo) in &self.shared {
+            let earliest = first.entry(photo.as_str()).or_insert(key);
+            *earliest = (*earliest).min(key);
+        }
+        self.shared.keys().copied().filter(|key| !first.values().any(|first| first == key)).collect()
+    }
+
+    /// The most products any one photo is listed for (1 when none is shared): how much deeper
+    /// than a page a ranking must go to fill the page with photos.
+    pub fn most_listings_of_a_photo(&self) -> usize {
+        let mut count: HashMap<&str, usize> = HashMap::new();
+        for photo in self.shared.values() {
+            *count.entry(photo.as_str()).or_default() += 1;
+        }
+        count.into_values().max().unwrap_or(1)
+    }
+
+    /// The first `wanted` of a ranking whose photos differ, in rank order: an item whose photo
+    /// an earlier one has is left out (a variant of it, which the earlier one stands for). Any
+    /// product not known to share its photo stands alone. What a search shows and `eval`
+    /// measures: ranks and pages count photos, not listings.
+    pub fn one_per_photo<T>(&self, ranking: impl IntoIterator<Item = T>, key_of: impl Fn(&T) -> Key, wanted: usize) -> Vec<T> {
+        let mut seen: HashSet<&str> = HashSet::new();
+        let mut kept = Vec::new();
+        for item in ranking {
+            if kept.len() == wanted {
+                break;
+            }
+            if let Some(photo) = self.shared_photo(key_of(&item)) {
+                if !seen.insert(photo) {
+                    continue;
+                }
+            }
+            kept.push(item);
+        }
+        kept
     }
 }
 
@@ -333,6 +399,36 @@ mod tests {
             content_hash: String::new(),
             metadata: metadata.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
         }
+    }
+
+    /// Products 1, 2 and 3 share photo "a"; 5 shares "b" with 4; the rest (6: removed since)
+    /// have their own.
+    fn shirts_in_sizes() -> SamePhotos {
+        SamePhotos::from_shared([(1, "a"), (2, "a"), (3, "a"), (4, "b"), (5, "b")].into_iter().map(|(k, h)| (k, h.to_string())).collect())
+    }
+
+    #[test]
+    fn the_best_ranked_listing_of_a_photo_stands_for_the_others() {
+        let same = shirts_in_sizes();
+        let ranking = [(2, 1.0), (7, 0.99), (1, 0.98), (3, 0.97), (5, 0.96), (8, 0.95), (4, 0.94), (9, 0.93)];
+        // Items keep what they carry (here a score).
+        assert_eq!(same.one_per_photo(ranking, |&(key, _)| key, 10), [(2, 1.0), (7, 0.99), (5, 0.96), (8, 0.95), (9, 0.93)]);
+        // Stops at the number wanted, counting photos, not listings.
+        assert_eq!(same.one_per_photo([1, 2, 3, 7, 4, 5, 8], |&k| k, 3), [1, 7, 4]);
+        // A product not known to share its photo stands alone, even twice.
+        assert_eq!(same.one_per_photo([6, 6, 1], |&k| k, 10), [6, 6, 1]);
+        // A catalog where every product has its own photo folds nothing.
+        assert_eq!(SamePhotos::default().one_per_photo([1, 2, 3], |&k| k, 10), [1, 2, 3]);
+        assert_eq!((same.most_listings_of_a_photo(), SamePhotos::default().most_listings_of_a_photo()), (3, 1));
+    }
+
+    #[test]
+    fn twins_go_with_a_product_and_one_listing_stands_for_its_photo() {
+        let same = shirts_in_sizes();
+        assert_eq!(same.with_twins(&HashSet::from([2, 9])), HashSet::from([1, 2, 3, 9]));
+        assert_eq!(same.with_twins(&HashSet::new()), HashSet::new());
+        assert_eq!(same.later_listings(), HashSet::from([2, 3, 5]));
+        assert!(SamePhotos::default().later_listings().is_empty());
     }
 
     #[test]

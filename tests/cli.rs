@@ -418,6 +418,19 @@ fn products_sharing_a_photo_are_encoded_once() {
     assert_eq!(ids_of(&like, "hits"), ["1002"], "{like}");
     let table = ok(&["search", "--db", path(&db), path(&shirt)]);
     assert!(table.contains("also listed with this photo: 1003, 1004"), "{table}");
+    // `eval` counts photos as search shows them: the shirt's three listings are one relevant
+    // result (P@10 1/10, not 3/10) and the one relevant photo its label has, found first.
+    let queries = dir.path().join("queries");
+    std::fs::create_dir_all(queries.join("images")).expect("mkdir");
+    std::fs::copy(&shirt, queries.join("images/q1.jpg")).expect("copy");
+    std::fs::write(queries.join("styles.csv"), "id,articleType\nq1,Shirts\n").expect("csv");
+    let per_query = dir.path().join("per-query.jsonl");
+    let report = json(&ok(&["eval", "--db", path(&db), "--query-photos", path(&queries), "--methods", "lookalike", "--per-query", path(&per_query), "--json"]));
+    let measured = &report["methods"]["lookalike"];
+    assert_eq!((measured["precision_at_1"].as_f64(), measured["precision_at_10"].as_f64(), measured["map_at_10"].as_f64()), (Some(1.0), Some(0.1), Some(1.0)), "{report}");
+    let line = json(std::fs::read_to_string(&per_query).expect("per-query file").lines().next().expect("one query"));
+    let ranked: Vec<&str> = line["methods"]["lookalike"]["hits"].as_array().expect("hits").iter().filter_map(|h| h["label"].as_str()).collect();
+    assert_eq!(ranked, ["Shirts", "Shoes"], "one hit a photo: {line}");
 
     // The shirt gets a new photo, and a new product (listed after it) has the old one: the
     // other variants still have it, so it is copied from them, never from the changed shirt.

@@ -324,6 +324,28 @@ fn catalog_changes_need_the_token_are_searchable_at_once_and_survive_a_restart()
     assert_eq!(image.bytes().expect("bytes"), png, "the uploaded bytes are kept in the catalog");
     assert_eq!(ok_json(http.get(server.url("/readyz")).send().expect("readyz"))["products"], 301);
 
+    // Another size listed with the very same photo takes the stored vectors (nothing is
+    // encoded: the encoder's photo count stays), and the product shows it as a variant.
+    let photos_encoded = || {
+        let text = http.get(server.url("/metrics")).send().expect("metrics").text().expect("text");
+        text.lines().find_map(|l| l.strip_prefix("lookalike_encoder_batch_size_sum ")).and_then(|n| n.parse::<f64>().ok()).unwrap_or_else(|| panic!("no photo count in:\n{text}"))
+    };
+    let encoded_before = photos_encoded();
+    let size_43 = Form::new().text("id", "shop-boot-1-43").part("image", Part::bytes(png.clone()).file_name("boot.png")).text("size", "43");
+    assert_eq!(http.post(server.url("/api/products")).bearer_auth(token).multipart(size_43).send().expect("post").status(), 201);
+    assert_eq!(photos_encoded(), encoded_before, "a photo the catalog has is not encoded again");
+    let boot = ok_json(http.get(server.url("/api/products/shop-boot-1")).send().expect("get"));
+    assert_eq!(boot["variants"][0]["id"], "shop-boot-1-43", "{boot}");
+    assert_eq!(boot["variants"][0]["metadata"]["size"], "43", "{boot}");
+    let found = ok_json(search_photo(&server, png.clone(), &[("k", "3")]));
+    let mut listings = vec![found["hits"][0]["id"].clone(), found["hits"][0]["variants"][0]["id"].clone()];
+    listings.sort_by_key(|id| id.to_string());
+    assert_eq!(listings, [json!("shop-boot-1"), json!("shop-boot-1-43")], "one result for the photo: {found}");
+    assert!(found["hits"][0]["score"].as_f64().unwrap_or(0.0) > 0.99, "{found}");
+    assert_eq!(http.delete(server.url("/api/products/shop-boot-1-43")).bearer_auth(token).send().expect("delete").status(), 204);
+    let boot = ok_json(http.get(server.url("/api/products/shop-boot-1")).send().expect("get"));
+    assert!(boot.get("variants").is_none(), "a product alone with its photo has no variants: {boot}");
+
     // Its metadata alone changes (a new name, price and kind, a column removed), no photo
     // sent: searches, filters, the listing and the facets show it at once, and the same photo
     // still finds it as closely (its vector is kept).

@@ -255,7 +255,8 @@ fn damaged_catalogs_are_detected_and_repaired() {
     std::fs::write(&db, &file).expect("write db");
     let search = lookalike(&["search", "--db", db_str, "--like", "fmnist-train-00001"]);
     assert!(!search.status.success());
-    assert!(String::from_utf8_lossy(&search.stderr).contains("repair"), "{}", String::from_utf8_lossy(&search.stderr));
+    // Said with the file's own path, ready to paste.
+    assert!(String::from_utf8_lossy(&search.stderr).contains(&format!("lookalike repair --db {db_str}")), "{}", String::from_utf8_lossy(&search.stderr));
     let repair = lookalike(&["repair", "--db", db_str]);
     assert!(repair.status.success(), "{}", String::from_utf8_lossy(&repair.stderr));
     let index = lookalike(&["index", "--db", db_str, "--fashion-mnist", "train", "--limit", "300", "--fashion-mnist-dir", fm_dir().to_str().expect("utf-8")]);

@@ -1,5 +1,6 @@
 //! Products: their rows, photos and metadata; adding, replacing, removing and filtering them.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
@@ -8,7 +9,7 @@ use rusqlite::{params, OptionalExtension};
 use super::changes::log_change;
 use super::vectors::encode_vector;
 use super::SqliteCatalog;
-use crate::types::{Filter, ImageRef, Key, Metadata, NewImage, NewProduct, Product};
+use crate::types::{Filter, ImageRef, Key, Metadata, NewImage, NewProduct, Product, SamePhotos};
 
 const SELECT_PRODUCT: &str = "SELECT key, id, image_path, image_mime, content_hash, metadata FROM products";
 
@@ -104,18 +105,35 @@ impl SqliteCatalog {
         Ok(out)
     }
 
-    /// The content hash of `key`'s photo (`None` for a product that no longer exists).
-    pub fn photo_hash(&self, key: Key) -> Result<Option<String>> {
-        let mut stmt = self.conn.prepare_cached("SELECT content_hash FROM products WHERE key = ?1")?;
-        Ok(stmt.query_row([key], |r| r.get(0)).optional()?)
+    /// Which of `keys` share their photo with another product (size variants listed with one
+    /// photo), with the photo's content hash: one statement, whatever the number of keys, and
+    /// an empty answer in a catalog where every product has its own photo. Keys that no longer
+    /// exist are left out.
+    pub fn shared_photos_among(&self, keys: &[Key]) -> Result<SamePhotos> {
+        if keys.is_empty() {
+            return Ok(SamePhotos::default());
+        }
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT p.key, p.content_hash FROM products p WHERE p.key IN (SELECT value FROM json_each(?1)) \
+             AND EXISTS (SELECT 1 FROM products q WHERE q.content_hash = p.content_hash AND q.key != p.key)",
+        )?;
+        let rows = stmt.query_map([serde_json::to_string(keys)?], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(SamePhotos::from_shared(rows.collect::<rusqlite::Result<_>>()?))
     }
 
-    /// The keys of every product whose photo's content hash is `content_hash`, in order (an
-    /// indexed lookup).
-    pub fn keys_with_photo(&self, content_hash: &str) -> Result<Vec<Key>> {
-        let mut stmt = self.conn.prepare_cached("SELECT key FROM products WHERE content_hash = ?1 ORDER BY key")?;
-        let rows = stmt.query_map([content_hash], |r| r.get(0))?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    /// The keys of every product whose photo's content hash is one of `content_hashes`, by
+    /// hash, each in key order (one indexed statement).
+    pub fn keys_with_photos(&self, content_hashes: &[&str]) -> Result<HashMap<String, Vec<Key>>> {
+        let mut found: HashMap<String, Vec<Key>> = HashMap::new();
+        if content_hashes.is_empty() {
+            return Ok(found);
+        }
+        let mut stmt = self.conn.prepare_cached("SELECT content_hash, key FROM products WHERE content_hash IN (SELECT value FROM json_each(?1)) ORDER BY key")?;
+        let mut rows = stmt.query([serde_json::to_string(content_hashes)?])?;
+        while let Some(row) = rows.next()? {
+            found.entry(row.get(0)?).or_default().push(row.get(1)?);
+        }
+        Ok(found)
     }
 
     /// Adds products, or replaces those whose id exists, atomically as one batch.

@@ -64,6 +64,31 @@ pub enum Command {
     Bench(bench::BenchCommand),
 }
 
+impl Command {
+    /// The catalog file the command reads, where it names one: what the hint for a damaged
+    /// file names (`main` prints it, far from the read that met the damage).
+    pub fn catalog(&self) -> Option<&std::path::Path> {
+        let db = match self {
+            Command::Index(a) => &a.db,
+            Command::Search(a) => &a.db,
+            Command::Eval(a) => &a.db,
+            Command::Serve(a) => return a.db.as_deref(),
+            Command::Tune(a) => &a.db,
+            Command::List(a) => &a.db,
+            Command::Remove(a) => &a.db,
+            Command::Check(a) => &a.db,
+            Command::Repair(a) => a,
+            Command::Sync(a) => &a.db,
+            Command::Info(a) => &a.db,
+            Command::Models => return None,
+            Command::Bench(bench::BenchCommand::Search(a)) => &a.db,
+            Command::Bench(bench::BenchCommand::E2e(a)) => &a.db,
+            Command::Bench(bench::BenchCommand::Ingest(_)) => return None,
+        };
+        Some(&db.db)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use clap::{CommandFactory, Parser};

@@ -13,7 +13,7 @@ use lookalike::index::{Precision, VectorIndex};
 use lookalike::model::{self, ModelSpec};
 use lookalike::space::SearchSpace;
 use lookalike::tune;
-use lookalike::types::Key;
+use lookalike::types::{Key, SamePhotos};
 
 #[derive(Args)]
 pub struct TuneArgs {
@@ -116,16 +116,25 @@ pub fn run(args: TuneArgs) -> Result<()> {
     }
     let (labelled, classes) = tune::labelled_features(&catalog, &args.label)?;
     // Held out of every training row, clean or perturbed: what tuning gains on them is what
-    // it gains on products it never saw, as a shopper's photo is.
-    let held_out = tune::pick_held_out(labelled.products(), args.hold_out, args.seed);
-    let mut rows = if held_out.is_empty() { labelled } else { labelled.without(&held_out) };
+    // it gains on products it never saw, as a shopper's photo is. Size variants listed with
+    // one photo go with them, and train as one product.
+    let tune::HeldOut { measured: held_out, left_out } = tune::hold_out(labelled.products(), &SamePhotos::of(&catalog.all_products()?), args.hold_out, args.seed);
+    // Half as many shopper-like photos as the catalog lists products outside the measured ones
+    // by default: a photo listed in three sizes gets three listings' worth of views.
+    let listings = labelled.labels.len() - held_out.len();
+    let mut rows = if left_out.is_empty() { labelled } else { labelled.without(&left_out) };
     let measured = match (held_out.len(), args.hold_out) {
         (0, 0) => String::new(),
         (0, _) => format!(" (too few to hold some out and measure what tuning gains: that takes {} labelled products)", tune::MIN_HELD_OUT * 10),
         (n, _) => format!(" ({n} more held out to measure what tuning gains)"),
     };
-    eprintln!("tuning on {} products, {} distinct {} values{measured}", rows.labels.len(), classes.len(), args.label);
-    let augment = args.augment.unwrap_or((rows.labels.len() / 2).min(30_000));
+    // Listings of a photo another trained listing has, and those of the measured photos.
+    let folded = match listings - rows.labels.len() {
+        0 => String::new(),
+        n => format!("; {n} more listed with the photo of one of these or of a held-out product (size variants) train as that one"),
+    };
+    eprintln!("tuning on {} products, {} distinct {} values{measured}{folded}", rows.labels.len(), classes.len(), args.label);
+    let augment = args.augment.unwrap_or((listings / 2).min(30_000));
     let mut augment_model = None;
     if augment > 0 {
         // A stream of batches: one single-threaded session per core is faster than one session
@@ -135,7 +144,7 @@ pub fn run(args: TuneArgs) -> Result<()> {
         let encoder = load_indexing_encoder(&assets, spec, &args.model)?;
         eprintln!("encoding {augment} perturbed catalog photos with {}", encoder.spec().name);
         augment_model = Some(encoder.spec().name.clone());
-        rows.append(tune::perturbed_features(&catalog, &encoder, &args.label, &classes, (augment, args.seed), &held_out)?)?;
+        rows.append(tune::perturbed_features(&catalog, &encoder, &args.label, &classes, (augment, args.seed), &left_out)?)?;
     }
     let pairs = rows.same_product_pairs();
     let options = tune::TuneOptions {

@@ -13,6 +13,7 @@ use crate::localise::{find_items, ForegroundHead};
 use crate::preprocess;
 use crate::space::SearchSpace;
 use crate::straighten;
+use crate::types::SamePhotos;
 
 /// Every row `eval` can report: a way of ranking the catalog for a query photo.
 pub const METHODS: [&str; 10] = [
@@ -97,10 +98,16 @@ pub(super) struct Methods<'a> {
     pub(super) kind_weight: f32,
     /// The rows to rank.
     pub(super) wanted: &'a MethodSet,
+    /// Products listed with the very same photo (size variants): one result, as search shows
+    /// them, so each row's top [`K`] counts photos.
+    pub(super) same_photos: &'a SamePhotos,
+    /// How deep each row ranks before its same-photo listings are folded: [`K`] photos' worth.
+    pub(super) depth: usize,
 }
 
 impl Methods<'_> {
-    /// The top [`K`] of every method for one photo, with the milliseconds each took (the CNN
+    /// The top [`K`] photos of every method for one photo (a listing whose photo a better-ranked
+    /// one has is left out, as search shows them), with the milliseconds each took (the CNN
     /// methods share one encoding; each is charged the full encode time), and the name of the
     /// colour read from the photo.
     pub(super) fn rank(&self, photo: &image::DynamicImage) -> Result<(Vec<MethodRanking>, Option<&'static str>)> {
@@ -146,7 +153,7 @@ impl Methods<'_> {
         };
         // A lookalike row's top K, colour and kind treated as search treats them.
         let search_kind = |index: &dyn VectorIndex, vector: &[f32], kinds: Option<&KindTable>| -> Result<Vec<crate::index::Hit>> {
-            let pool = if kinds.is_some() { kind::CANDIDATES } else { K };
+            let pool = if kinds.is_some() { kind::CANDIDATES.max(self.depth) } else { self.depth };
             // As search: the kind is voted on by the shape ranking, before colour blends in.
             let mut voters: Vec<crate::index::Hit> = Vec::new();
             let mut by_shape = |n: usize, allowed: Option<&crate::index::Allowed>| -> Result<Vec<crate::index::Hit>> {
@@ -155,7 +162,9 @@ impl Methods<'_> {
                 Ok(hits)
             };
             let hits = match (&self.colour, &query_colour) {
-                (ColourMode::Match, Some(q)) => colour::search_matching(self.colour_weight, K, |n| by_shape(n, None), |hits, weight| Ok(self.colours.rerank(hits, q, weight)))?,
+                (ColourMode::Match, Some(q)) => {
+                    colour::search_matching(self.colour_weight, self.depth, |n| by_shape(n, None), |hits, weight| Ok(self.colours.rerank(hits, q, weight)))?
+                }
                 (ColourMode::Named(name), _) => by_shape(pool, Some(&self.colours.keys_named(name)))?,
                 _ => by_shape(pool, None)?,
             };
@@ -164,7 +173,7 @@ impl Methods<'_> {
                 None => hits,
             }
             .into_iter()
-            .take(K)
+            .take(self.depth)
             .collect())
         };
         let search = |index: &dyn VectorIndex, vector: &[f32]| search_kind(index, vector, self.kinds);
@@ -194,8 +203,8 @@ impl Methods<'_> {
         }
         if self.colour != ColourMode::Any && wants("lookalike_any") {
             let t = Instant::now();
-            let hits = self.lookalike.search(&vector, if self.kinds.is_some() { kind::CANDIDATES } else { K }, None)?;
-            let hits = self.kinds.map_or(hits.clone(), |k| k.rerank_with(hits, self.kind_weight)).into_iter().take(K).collect();
+            let hits = self.lookalike.search(&vector, if self.kinds.is_some() { kind::CANDIDATES.max(self.depth) } else { self.depth }, None)?;
+            let hits = self.kinds.map_or(hits.clone(), |k| k.rerank_with(hits, self.kind_weight)).into_iter().take(self.depth).collect();
             ranked.push(("lookalike_any", hits, encode_ms + ms(t)));
         }
 
@@ -229,13 +238,16 @@ impl Methods<'_> {
         }
         if let (Some(max), false) = (&embedding.max_pooled, self.original.is_empty()) {
             let t = Instant::now();
-            ranked.push(("original_recipe", self.original.search(max, K, None)?, encode_ms + ms(t)));
+            ranked.push(("original_recipe", self.original.search(max, self.depth, None)?, encode_ms + ms(t)));
         }
         if !self.raw.is_empty() {
             let t = Instant::now();
             let mut v = preprocess::greyscale_pixels(photo, self.side);
             l2_normalize(&mut v);
-            ranked.push(("raw_pixels", self.raw.search(&v, K, None)?, ms(t)));
+            ranked.push(("raw_pixels", self.raw.search(&v, self.depth, None)?, ms(t)));
+        }
+        for (_, hits, _) in &mut ranked {
+            *hits = self.same_photos.one_per_photo(std::mem::take(hits), |hit| hit.key, K);
         }
         Ok((ranked, query_colour_name))
     }

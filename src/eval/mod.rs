@@ -412,8 +412,15 @@ pub fn evaluate_each(
             queries.len()
         );
     }
+    // Size variants listed with one photo are one result (as search shows them) and one
+    // product found: rankings, and the relevant products a label has, count photos.
+    let same_photos = crate::types::SamePhotos::of(&products);
     let mut per_label: HashMap<&str, usize> = HashMap::new();
-    for l in labels.values() {
+    let mut photos_counted: std::collections::HashSet<(&str, &str)> = std::collections::HashSet::new();
+    for (&key, l) in &labels {
+        if same_photos.shared_photo(key).is_some_and(|photo| !photos_counted.insert((l.as_str(), photo))) {
+            continue;
+        }
         *per_label.entry(l.as_str()).or_default() += 1;
     }
     // A query labelled with a value no product has (a typo, another naming) can find nothing
@@ -490,6 +497,8 @@ pub fn evaluate_each(
         kinds: kinds.as_ref(),
         kind_weight: options.kind_weight,
         wanted,
+        same_photos: &same_photos,
+        depth: K * same_photos.most_listings_of_a_photo(),
     };
     let applies = |method: &str| match method {
         "lookalike_any_kind" => methods.kinds.is_some(),
@@ -548,7 +557,6 @@ pub fn evaluate_each(
         score: h.score,
     };
     // Size variants listed with one photo: finding any of them is finding the product.
-    let same_photos = crate::types::SamePhotos::of(&products);
     let mut each_photo = |found: exact::FoundPhoto<'_>| {
         let methods = found
             .rankings

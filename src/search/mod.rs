@@ -4,9 +4,9 @@
 //!
 //! This file holds the engine's state and the types its callers see; its work is one file per
 //! part: `photo.rs` (a photo query, step by step), `rank.rs` (ranking a query vector: the
-//! index, colour, kind, metadata; "more like this"; likeness bands), `variants.rs` (products
-//! listed with the very same photo shown as one result), `products.rs` (products
-//! added, removed and read through the engine) and `follow.rs` (keeping up with what other
+//! index, colour, kind, metadata, products listed with the very same photo shown as one result;
+//! "more like this"; likeness bands), `products.rs` (products added, removed and read through
+//! the engine) and `follow.rs` (keeping up with what other
 //! processes and `tune` change in the catalog).
 
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
@@ -34,7 +34,6 @@ mod follow;
 mod photo;
 mod products;
 mod rank;
-mod variants;
 
 pub use products::{catalog_page, collection_page};
 

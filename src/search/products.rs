@@ -5,7 +5,7 @@ use anyhow::{Context, Result};
 
 use super::rank::{collection_product, is_patterned, payload_colour};
 use super::{map_product, FacetCount, ListedProduct, ProductPage, SearchEngine, SearchError};
-use crate::catalog::{IndexedChange, SqliteCatalog};
+use crate::catalog::{IndexedChange, SqliteCatalog, StoredVectors};
 use crate::colour::{self, ColourDescriptor};
 use crate::index::qdrant::{collection_key, is_point_id, QdrantIndex, StoredProduct};
 use crate::preprocess;
@@ -185,6 +185,34 @@ impl SearchEngine {
             }
         }
         in_collection.map(|stored| self.listed_from_collection(stored)).transpose()
+    }
+
+    /// The other products listed with `product`'s very photo (size variants), by key: what a
+    /// search hit for it carries as its variants. None for a product known only from a Qdrant
+    /// collection, whose payload carries no photo hash.
+    pub fn variants_of(&self, product: &Product) -> Result<Vec<Product>> {
+        if self.catalog.is_none() || product.content_hash.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.with_catalog(|c| {
+            let keys = c.keys_with_photos(&[product.content_hash.as_str()])?.remove(&product.content_hash).unwrap_or_default();
+            c.get_many(&keys.into_iter().filter(|&key| key != product.key).collect::<Vec<_>>())
+        })
+    }
+
+    /// The stored model vectors of a product whose photo's content hash is `content_hash`: a
+    /// product added with a photo the catalog already has (another size of one listing) takes
+    /// them instead of being encoded again, as `index` copies them. `None` without a catalog,
+    /// when no product has the photo, or when its stored vector is damaged (then the photo is
+    /// encoded: a warning says why).
+    pub fn vectors_of_photo(&self, content_hash: &str) -> Result<Option<StoredVectors>> {
+        if self.catalog.is_none() {
+            return Ok(None);
+        }
+        Ok(self.with_catalog(|c| c.vectors_of_photo(content_hash, None)).unwrap_or_else(|e| {
+            tracing::warn!("not copying the vectors of the same photo ({e:#}): encoding it");
+            None
+        }))
     }
 
     /// A product known from a collection's payload, with its colours.

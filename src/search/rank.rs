@@ -8,13 +8,19 @@ use std::time::Instant;
 
 use anyhow::Result;
 
-use super::{ms, poisoned, variants, MeasuredBands, Query, QueryVector, RankedProduct, SearchEngine, SearchError, SearchRequest, SearchResults, Timings};
+use super::{ms, poisoned, MeasuredBands, Query, QueryVector, RankedProduct, SearchEngine, SearchError, SearchRequest, SearchResults, Timings};
+use crate::catalog::SqliteCatalog;
 use crate::colour::{self, ColourDescriptor, ColourMode, ColourTable};
 use crate::index::qdrant::{collection_key, StoredProduct};
 use crate::index::{Allowed, Hit};
 use crate::kind::{self, KindMode, KindTable};
 use crate::likeness::{self, Likeness, LikenessBands, RecordedBands};
-use crate::types::{Filter, ImageRef, Key, Product};
+use crate::types::{Filter, ImageRef, Key, Product, SamePhotos};
+
+/// How much deeper than the page a ranking may be taken to fill the page once products listed
+/// with the same photo are folded: a bound for a catalog with hundreds of listings a photo,
+/// whose last page may then come up short rather than rank the whole catalog.
+const MAX_DEPTH_FACTOR: usize = 16;
 
 impl SearchEngine {
     /// "More like this": products most similar to a catalog product, from its stored vector
@@ -157,11 +163,14 @@ impl SearchEngine {
         // The kind consensus re-ranks a deeper pool than the page (a collection's products
         // carry their categories in their payloads; a catalog's are in the kind table).
         let by_kind = request.kind == KindMode::Match && (from_collection || self.read_kinds()?.has_kinds());
-        // Products listed with the very same photo are one result ([`variants`]): where folding
-        // them leaves the page short while the index has more, the ranking is taken again
+        // Products listed with the very same photo (size variants a shop lists as rows of their
+        // own) are one result to a shopper: their vectors are identical, so unfolded they fill a
+        // page with copies of one card. The best-ranked stands for the others, which it carries
+        // as its variants; ranks and pages count photos ([`SamePhotos::one_per_photo`]). Where
+        // folding leaves the page short while the index has more, the ranking is taken again
         // deeper. (A collection's payloads carry no photo hash: there each point is a result.)
         let mut depth = wanted;
-        let (ranked, kind_mode) = loop {
+        let (ranked, kind_mode, same_photos) = loop {
             // The kind is voted on by the shape ranking, before colour blends in: the best
             // matches by shape say best what the photo shows; the colour-matched ones are the
             // right colour, of whatever kind comes closest in it.
@@ -195,35 +204,38 @@ impl SearchEngine {
                 }
             };
             let ranked_rows = hits.len();
-            let ranked = match from_collection {
-                true => hits.into_iter().take(wanted).map(|hit| (hit, None)).collect(),
-                false => self.with_catalog(|c| variants::one_per_photo(hits, wanted, |key| c.photo_hash(key)))?,
+            let (ranked, same_photos) = match from_collection {
+                true => (hits.into_iter().take(wanted).collect(), SamePhotos::default()),
+                false => self.with_catalog(|c| one_per_photo(c, hits, wanted))?,
             };
             let index_exhausted = ranked_rows < depth;
-            if ranked.len() >= wanted || index_exhausted || depth >= wanted.max(kind::CANDIDATES) * variants::MAX_DEPTH_FACTOR {
-                break (ranked, kind_mode);
+            if ranked.len() >= wanted || index_exhausted || depth >= wanted.max(kind::CANDIDATES) * MAX_DEPTH_FACTOR {
+                break (ranked, kind_mode, same_photos);
             }
             depth *= 2;
         };
         timings.search_ms = ms(t);
 
         let t = Instant::now();
-        let page: Vec<(Hit, Option<String>)> = ranked.into_iter().skip(request.offset).take(request.k).collect();
+        let page: Vec<Hit> = ranked.into_iter().skip(request.offset).take(request.k).collect();
         let (products, mut variants): (Vec<Product>, HashMap<Key, Vec<Product>>) = match from_collection {
             true => {
                 let found = found.borrow();
-                (page.iter().filter_map(|(h, _)| found.get(&h.key).cloned().map(collection_product)).collect(), HashMap::new())
+                (page.iter().filter_map(|h| found.get(&h.key).cloned().map(collection_product)).collect(), HashMap::new())
             }
             false => {
-                let keys: Vec<_> = page.iter().map(|(h, _)| h.key).collect();
+                let keys: Vec<_> = page.iter().map(|h| h.key).collect();
+                // Only hits known to share their photo have variants: none in most catalogs.
+                let shared: Vec<(Key, &str)> = page.iter().filter_map(|h| Some((h.key, same_photos.shared_photo(h.key)?))).collect();
                 self.with_catalog(|c| {
                     // A hit's variants are the other products with its photo that the filter admits.
                     let mut variants = HashMap::new();
-                    for (hit, photo) in &page {
-                        let Some(photo) = photo else { continue };
-                        let others: Vec<Key> = c.keys_with_photo(photo)?.into_iter().filter(|&key| key != hit.key && allowed.as_ref().is_none_or(|a| a.contains(&key))).collect();
+                    let mut siblings = c.keys_with_photos(&shared.iter().map(|&(_, photo)| photo).collect::<Vec<_>>())?;
+                    for &(key, photo) in &shared {
+                        let others: Vec<Key> =
+                            siblings.remove(photo).unwrap_or_default().into_iter().filter(|&other| other != key && allowed.as_ref().is_none_or(|a| a.contains(&other))).collect();
                         if !others.is_empty() {
-                            variants.insert(hit.key, c.get_many(&others)?);
+                            variants.insert(key, c.get_many(&others)?);
                         }
                     }
                     Ok((c.get_many(&keys)?, variants))
@@ -248,7 +260,7 @@ impl SearchEngine {
         let hits: Vec<RankedProduct> = page
             .iter()
             .zip(0..)
-            .filter_map(|((hit, _), i)| {
+            .filter_map(|(hit, i)| {
                 // A colour blend not re-ranked by kind may pass 1 (`ColourTable::rerank`).
                 let score = hit.score.clamp(-1.0, 1.0);
                 products.iter().find(|p| p.key == hit.key).map(|p| RankedProduct {
@@ -327,6 +339,24 @@ pub(super) fn is_patterned(product: &Product) -> bool {
 /// The colour descriptor a collection's payload carries, if any (and intact).
 pub(super) fn payload_colour(stored: &StoredProduct) -> Option<ColourDescriptor> {
     ColourDescriptor::from_values(stored.colour.as_deref()?).ok()
+}
+
+/// The first `wanted` of `hits` whose photos differ ([`SamePhotos::one_per_photo`]), and what
+/// the catalog said of the hits it was asked about. Only as many hits as the page still needs
+/// are looked up at a time: a colour or kind re-ranking hands over up to 300, and a catalog
+/// where every product has its own photo needs just the page's.
+fn one_per_photo(catalog: &SqliteCatalog, hits: Vec<Hit>, wanted: usize) -> Result<(Vec<Hit>, SamePhotos)> {
+    let mut same_photos = SamePhotos::default();
+    let (mut asked, mut kept) = (0, 0);
+    while kept < wanted && asked < hits.len() {
+        let next = (asked + wanted - kept).min(hits.len());
+        let keys: Vec<Key> = hits[asked..next].iter().map(|hit| hit.key).collect();
+        same_photos.extend(catalog.shared_photos_among(&keys)?);
+        asked = next;
+        kept = same_photos.one_per_photo(&hits[..asked], |hit| hit.key, wanted).len();
+    }
+    let hits = hits.into_iter().take(asked);
+    Ok((same_photos.one_per_photo(hits, |hit| hit.key, wanted), same_photos))
 }
 
 /// A product as a Qdrant collection's payload describes it (its photo, if it has one there,

@@ -84,6 +84,25 @@ impl From<&ListedProduct> for ProductBody {
     }
 }
 
+/// One product (`GET /api/products/{id}`), with the other listings of its photo.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ProductDetailBody {
+    #[serde(flatten)]
+    pub product: ProductBody,
+    /// The other products the shop lists with the very same photo (size variants), as a
+    /// search hit for this product carries them. Left out when there are none (and always for
+    /// a product known only from a Qdrant collection, whose points carry no photo hash).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub variants: Vec<ProductBody>,
+}
+
+impl ProductDetailBody {
+    pub fn new(listed: &ListedProduct, variants: &[Product]) -> Self {
+        // One photo, one set of colours: the variants show the product's.
+        ProductDetailBody { product: ProductBody::from(listed), variants: variants.iter().map(|v| ProductBody::from(v).with_colour_mix(&listed.colour_mix)).collect() }
+    }
+}
+
 /// One page of the catalog's products (`GET /api/products`).
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ProductListBody {

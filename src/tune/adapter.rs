@@ -9,10 +9,10 @@ use rand::SeedableRng;
 use serde::Serialize;
 use std::collections::HashMap;
 
-use super::held_out::{held_out_photos, measure_adapter_held_out, pick_held_out, AdapterHeldOut};
+use super::held_out::{held_out_photos, measure_adapter_held_out, AdapterHeldOut, HeldOut};
 use super::shopper_views;
 use crate::catalog::{SqliteCatalog, VectorKind};
-use crate::types::{Key, Product};
+use crate::types::{Key, Product, SamePhotos};
 
 /// What `lookalike tune --adapt` learned from, and how much nearer their own products it moved
 /// its training photos.
@@ -53,8 +53,8 @@ pub fn train_photo_adapter(catalog: &SqliteCatalog, encoder: &dyn crate::encoder
     // The space the adapter works in: the catalog's centring, never an earlier adapter's output.
     let space = crate::space::SearchSpace::centred(catalog, VectorKind::Primary)?.without_photo_adapter();
     let mut products = catalog.all_products()?;
-    let held_out = pick_held_out(by_label_value(&products, label), hold_out, seed);
-    products.retain(|p| !held_out.contains(&p.key));
+    let HeldOut { measured: held_out, left_out } = super::held_out::hold_out(by_label_value(&products, label), &SamePhotos::of(&products), hold_out, seed);
+    products.retain(|p| !left_out.contains(&p.key));
     let (views, picked) = shopper_views(catalog, encoder, &products, photos, seed)?;
     ensure!(!picked.is_empty(), "none of the catalog's photos could be read");
     let map_rows = |rows: &mut dyn Iterator<Item = Vec<f32>>| -> Result<Array2<f32>> {

@@ -129,6 +129,29 @@ pub fn pick_held_out(labelled: impl IntoIterator<Item = (Key, usize)>, wanted: u
     held
 }
 
+/// Which products [`hold_out`] measures on, and which training leaves out.
+#[derive(Debug, Clone, Default)]
+pub struct HeldOut {
+    /// Held out of training to measure what it gains ([`pick_held_out`]): one listing of a
+    /// photo at most.
+    pub measured: HashSet<Key>,
+    /// Left out of every training row: the measured products, the other listings of their
+    /// photos (a size variant left in training would be the measured product itself), and
+    /// each shared photo's listings after its first (one listing stands for a photo, so the
+    /// instance term never tells identical twins apart and no photo counts thrice).
+    pub left_out: HashSet<Key>,
+}
+
+/// [`pick_held_out`] over one listing of each photo (`same_photos`), with what training must
+/// leave out for it ([`HeldOut::left_out`]).
+pub fn hold_out(labelled: impl IntoIterator<Item = (Key, usize)>, same_photos: &SamePhotos, wanted: usize, seed: u64) -> HeldOut {
+    let later = same_photos.later_listings();
+    let measured = pick_held_out(labelled.into_iter().filter(|(key, _)| !later.contains(key)), wanted, seed);
+    let mut left_out = same_photos.with_twins(&measured);
+    left_out.extend(later);
+    HeldOut { measured, left_out }
+}
+
 impl Labelled {
     /// Each row's product and label value.
     pub fn products(&self) -> impl Iterator<Item = (Key, usize)> + '_ {
@@ -283,5 +306,34 @@ mod tests {
         let held = pick_held_out(rows.products(), 500, 7);
         assert_eq!(held.len(), 39, "a tenth of label 0's 391");
         assert!(held.iter().all(|&k| k < 391), "none of label 1's 9");
+    }
+
+    #[test]
+    fn a_photo_listed_in_several_sizes_is_held_out_whole_and_trained_on_once() {
+        // 600 products; the first 300 are 100 shirts listed in three sizes (one photo each).
+        let product = |key: Key| {
+            let hash = if key < 300 { format!("shirt-{}", key / 3) } else { format!("own-{key}") };
+            Product { key, id: key.to_string(), image: crate::types::ImageRef::Collection, content_hash: hash, metadata: Default::default() }
+        };
+        let same_photos = SamePhotos::of(&(0..600).map(product).collect::<Vec<_>>());
+        let held = hold_out((0..600).map(|k| (k, (k % 2) as usize)), &same_photos, 50, 7);
+        assert_eq!(held.measured.len(), 40, "a tenth of the 400 photos");
+        assert!(held.measured.iter().all(|&k| k >= 300 || k % 3 == 0), "one listing a photo measured: {:?}", held.measured);
+        for &k in &held.measured {
+            assert!(held.left_out.contains(&k));
+            if k < 300 {
+                assert!(held.left_out.contains(&(k + 1)) && held.left_out.contains(&(k + 2)), "the sizes of {k} go with it");
+            }
+        }
+        // Every shirt's later sizes are out of training; each unmeasured shirt keeps its first.
+        assert!((0..300).filter(|k| k % 3 != 0).all(|k| held.left_out.contains(&k)));
+        let trained_shirts = (0..300).filter(|k| !held.left_out.contains(k)).count();
+        let measured_shirts = held.measured.iter().filter(|&&k| k < 300).count();
+        assert_eq!(trained_shirts, 100 - measured_shirts);
+        assert_eq!(held.left_out.len(), 200 + held.measured.len(), "the later sizes and the measured products, nothing else");
+        // A catalog where every product has its own photo: as pick_held_out alone.
+        let plain = hold_out((300..600).map(|k| (k, 0)), &SamePhotos::default(), 50, 7);
+        assert_eq!(plain.measured, pick_held_out((300..600).map(|k| (k, 0)), 50, 7));
+        assert_eq!(plain.left_out, plain.measured);
     }
 }

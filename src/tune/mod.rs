@@ -31,7 +31,7 @@ mod projection;
 
 pub use adapter::{train_photo_adapter, AdapterOptions, AdapterReport};
 pub use foreground::{train_foreground, ForegroundReport};
-pub use held_out::{held_out_photos, measure_adapter_held_out, measure_held_out, pick_held_out, AdapterHeldOut, HeldOutReport, HeldOutScores, MIN_HELD_OUT};
+pub use held_out::{held_out_photos, hold_out, measure_adapter_held_out, measure_held_out, pick_held_out, AdapterHeldOut, HeldOut, HeldOutReport, HeldOutScores, MIN_HELD_OUT};
 pub use projection::train;
 
 /// Training settings.

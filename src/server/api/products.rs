@@ -13,7 +13,7 @@ use axum::Json;
 
 use super::super::error::{ApiError, ErrorBody};
 use super::super::extract::{read_image_field, AdminToken, FieldNames, UploadForm};
-use super::super::types::{NewProductForm, ProductBody, ProductListBody, ProductPatchBody};
+use super::super::types::{NewProductForm, ProductBody, ProductDetailBody, ProductListBody, ProductPatchBody};
 use super::super::AppState;
 use super::{blocking, Shared};
 use crate::types::{check_column_name, Filter, Metadata, MetadataPatch, NewImage, NewProduct, Product};
@@ -60,21 +60,26 @@ pub async fn list_products(State(state): Shared, Query(params): Query<Vec<(Strin
     Ok(Json(ProductListBody::from(&listed)))
 }
 
-/// A product's metadata.
+/// A product's metadata, and the other products listed with its very photo (size variants).
 #[utoipa::path(
     get,
     path = "/api/products/{id}",
     tag = "catalog",
     params(("id" = String, Path, description = "The shop's product id")),
     responses(
-        (status = 200, body = ProductBody),
+        (status = 200, body = ProductDetailBody),
         (status = 404, description = "Unknown product", body = ErrorBody),
     )
 )]
-pub async fn get_product(State(state): Shared, Path(id): Path<String>) -> Result<Json<ProductBody>, ApiError> {
+pub async fn get_product(State(state): Shared, Path(id): Path<String>) -> Result<Json<ProductDetailBody>, ApiError> {
     let engine = state.engine.clone();
-    let product = blocking(move || engine.product(&id)?.ok_or_else(|| ApiError::NotFound(format!("no product with id {id:?}")))).await?;
-    Ok(Json(ProductBody::from(&product)))
+    let (product, variants) = blocking(move || {
+        let product = engine.product(&id)?.ok_or_else(|| ApiError::NotFound(format!("no product with id {id:?}")))?;
+        let variants = engine.variants_of(&product.product)?;
+        Ok((product, variants))
+    })
+    .await?;
+    Ok(Json(ProductDetailBody::new(&product, &variants)))
 }
 
 async fn find_product(state: &Arc<AppState>, id: String) -> Result<Product, ApiError> {
@@ -172,15 +177,27 @@ pub async fn add_product(State(state): Shared, _admin: AdminToken, UploadForm(mu
         return Err(ApiError::BadParameters(e.to_string()));
     }
 
-    let encoded = state.batcher.encode(image.clone(), None, crate::search::Items::Main).await?;
+    // A photo the catalog already has (another size of a listing) takes its stored vectors,
+    // as `index` copies them: the same bytes, already decoded and encoded once.
+    let content_hash = crate::types::content_hash(&image);
+    let engine = state.engine.clone();
+    let hash = content_hash.clone();
+    let stored_vectors = blocking(move || Ok(engine.vectors_of_photo(&hash)?)).await?;
+    let (vector, max_pooled) = match stored_vectors {
+        Some(stored) => (stored.vector, stored.max_pooled),
+        None => {
+            let encoded = state.batcher.encode(image.clone(), None, crate::search::Items::Main).await?;
+            (encoded.photo.whole.vector, encoded.photo.whole.max_pooled)
+        }
+    };
     let mime = image::guess_format(&image).map(|f| f.to_mime_type()).unwrap_or("application/octet-stream").to_string();
     let product = NewProduct {
         id: id.clone(),
-        content_hash: crate::types::content_hash(&image),
+        content_hash,
         image: NewImage::Stored { bytes: image.to_vec(), mime },
         metadata,
-        vector: encoded.photo.whole.vector,
-        max_pooled: encoded.photo.whole.max_pooled,
+        vector,
+        max_pooled,
         // Taken by the engine from the photo's own pixels, as `index` takes it.
         colour: None,
     };

@@ -444,22 +444,27 @@ function card(hit) {
   return item;
 }
 
+/** A listing's size, from the shop's `size` column. */
+function sizeOf(product) {
+  return product.metadata.size || product.metadata.Size;
+}
+
 /** A hit that stands for products the shop lists with the very same photo (size variants):
  * their sizes where the catalog has a size column, else how many there are. */
 function optionsLine(hit) {
   const listings = [hit, ...hit.variants];
-  const sizes = listings.map((p) => p.metadata.size || p.metadata.Size).filter(Boolean);
+  const sizes = listings.map(sizeOf).filter(Boolean);
   if (sizes.length === listings.length) return `Sizes ${[...new Set(sizes)].join(" · ")}`;
   return `${listings.length} options`;
 }
 
-/** The other listings of a hit's photo in its details: each one's name, size and price, and
- * its page in the shop. */
-function showOptions(hit) {
-  const variants = (hit && hit.variants) || [];
+/** The other listings of a product's photo in its details: each one's name, size and price,
+ * and its page in the shop. */
+function showOptions(product) {
+  const variants = product.variants || [];
   els.detailsOptions.hidden = variants.length === 0;
   els.detailsOptionsList.replaceChildren(...variants.map((v) => {
-    const size = v.metadata.size || v.metadata.Size;
+    const size = sizeOf(v);
     const text = [title(v), size && `size ${size}`, v.price].filter(Boolean).join(" · ");
     const item = el("li", {}, el("span", {}, text));
     if (v.link) {
@@ -490,7 +495,9 @@ async function openDetails(id, hit) {
     if (hit) rows.push(["Match", `${LIKENESS[hit.likeness] || ""} (score ${hit.score.toFixed(3)})`]);
     rows.push(["Product number", product.id]);
     els.detailsMeta.replaceChildren(...rows.flatMap(([k, v]) => [el("dt", {}, k), el("dd", {}, v)]));
-    showOptions(hit);
+    // The product's own listing of its photo's other sizes: all of them, whatever filter
+    // the search that found it had.
+    showOptions(product);
     els.detailsLike.onclick = () => moreLike(product.id);
     els.details.showModal();
   } catch (err) {

@@ -17,7 +17,7 @@
 
 use serde::Serialize;
 
-use crate::types::Key;
+use crate::types::{Key, SamePhotos};
 
 /// A result's band. Serialised `very_similar`, `similar`, `related`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
@@ -104,12 +104,22 @@ impl LikenessBands {
 /// against `nearest` (the index's best `n` for a vector, as key and score, best first), itself
 /// left out.
 /// The sample is a random one, so its pairs' scores (the vectors are unit length: a score is
-/// their dot product) say what two products picked at random score.
-pub fn measure(sample: &[(Key, Vec<f32>)], mut nearest: impl FnMut(&[f32], usize) -> anyhow::Result<Vec<(Key, f32)>>) -> anyhow::Result<Option<LikenessBands>> {
+/// their dot product) say what two products picked at random score. Products listed with the
+/// very same photo (`same_photos`: size variants, scoring 1 with each other) are one product,
+/// as search shows them: a photo is sampled once, and its neighbours are other photos.
+pub fn measure(
+    sample: &[(Key, Vec<f32>)],
+    same_photos: &SamePhotos,
+    mut nearest: impl FnMut(&[f32], usize) -> anyhow::Result<Vec<(Key, f32)>>,
+) -> anyhow::Result<Option<LikenessBands>> {
+    let later = same_photos.later_listings();
+    let sample: Vec<&(Key, Vec<f32>)> = sample.iter().filter(|(key, _)| !later.contains(key)).collect();
+    // Deep enough that SIMILAR_NEIGHBOUR other photos remain once listings are folded.
+    let depth = (SIMILAR_NEIGHBOUR + 1) * same_photos.most_listings_of_a_photo();
     let mut neighbour_scores = Vec::with_capacity(sample.len());
-    for (key, vector) in sample {
-        let hits = nearest(vector, SIMILAR_NEIGHBOUR + 1)?;
-        neighbour_scores.push(hits.into_iter().filter(|(k, _)| k != key).map(|(_, score)| score).collect::<Vec<f32>>());
+    for (key, vector) in &sample {
+        let others = nearest(vector, depth)?.into_iter().filter(|&(k, _)| !same_photos.is_product(k, *key));
+        neighbour_scores.push(same_photos.one_per_photo(others, |&(k, _)| k, SIMILAR_NEIGHBOUR + 1).into_iter().map(|(_, score)| score).collect::<Vec<f32>>());
     }
     let pairs: Vec<f32> = sample.iter().enumerate().flat_map(|(i, (_, a))| sample[i + 1..].iter().map(move |(_, b)| a.iter().zip(b).map(|(x, y)| x * y).sum::<f32>())).collect();
     let typical_pair = quantile(pairs, 0.5).unwrap_or(-1.0);
@@ -207,7 +217,7 @@ mod tests {
         // are the others, nearest first.
         let one_hot = |k: usize| (0..4).map(|i| f32::from(u8::from(i == k))).collect::<Vec<f32>>();
         let sample: Vec<(Key, Vec<f32>)> = (0..4).map(|k| (k as Key, one_hot(k))).collect();
-        let bands = measure(&sample, |v, n| {
+        let bands = measure(&sample, &SamePhotos::default(), |v, n| {
             let at = v.iter().position(|&x| x == 1.0).expect("one-hot") as f32;
             let mut hits: Vec<(Key, f32)> = (0..4).map(|k| (k, 1.0 - (at - k as f32).abs() / 10.0)).collect();
             hits.sort_by(|a, b| b.1.total_cmp(&a.1));
@@ -221,13 +231,38 @@ mod tests {
         assert!((bands.similar - 0.7).abs() < 1e-6, "{bands:?}");
     }
 
+    /// Size variants score 1 with each other: listed as rows of their own, they would be each
+    /// other's nearest neighbours and push "Very similar" up to identical photos. Folded, the
+    /// bands are those of the same photos listed once.
+    #[test]
+    fn a_photo_listed_in_several_sizes_is_measured_once_against_other_photos() {
+        // Photos 0..20 on a line; photo p listed as products 3p, 3p+1, 3p+2 (or once, as p).
+        let photo_at = |p: usize| (0..20).map(|i| f32::from(u8::from(i == p))).collect::<Vec<f32>>();
+        let neighbours = |listings: usize| {
+            move |v: &[f32], n: usize| -> anyhow::Result<Vec<(Key, f32)>> {
+                let at = v.iter().position(|&x| x == 1.0).expect("one-hot") as f32;
+                let mut hits: Vec<(Key, f32)> = (0..20 * listings).map(|k| (k as Key, 1.0 - (at - (k / listings) as f32).abs() / 40.0)).collect();
+                hits.sort_by(|a, b| b.1.total_cmp(&a.1));
+                hits.truncate(n);
+                Ok(hits)
+            }
+        };
+        let once: Vec<(Key, Vec<f32>)> = (0..20).map(|p| (p as Key, photo_at(p))).collect();
+        let expected = measure(&once, &SamePhotos::default(), neighbours(1)).expect("measured");
+        let sizes: Vec<(Key, Vec<f32>)> = (0..60).map(|k| (k as Key, photo_at(k / 3))).collect();
+        let shared = SamePhotos::from_shared((0..60).map(|k| (k as Key, format!("photo-{}", k / 3))).collect());
+        assert_eq!(measure(&sizes, &shared, neighbours(3)).expect("measured"), expected);
+        let unfolded = measure(&sizes, &SamePhotos::default(), neighbours(3)).expect("measured").expect("bands");
+        assert!(unfolded.very_similar > expected.expect("bands").very_similar, "twins counted as neighbours raise the bands: {unfolded:?}");
+    }
+
     /// A catalog of unrelated photos: every product's neighbours score no more than a random
     /// pair does, so the bands fall back to their minimums instead of calling everything "Very
     /// similar".
     #[test]
     fn unrelated_products_are_not_very_similar_to_each_other() {
         let sample: Vec<(Key, Vec<f32>)> = (0..28).map(|k| (k as Key, (0..28).map(|i| f32::from(u8::from(i == k))).collect())).collect();
-        let bands = measure(&sample, |v, n| {
+        let bands = measure(&sample, &SamePhotos::default(), |v, n| {
             let at = v.iter().position(|&x| x == 1.0).expect("one-hot") as Key;
             let mut hits: Vec<(Key, f32)> = (0..28).map(|k| (k, if k == at { 1.0 } else { 0.05 - 0.001 * k as f32 })).collect();
             hits.sort_by(|a, b| b.1.total_cmp(&a.1));

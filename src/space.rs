@@ -229,7 +229,7 @@ impl SearchSpace {
     fn measure_likeness_bands(&self, catalog: &SqliteCatalog, index: &dyn VectorIndex) -> Result<Option<likeness::LikenessBands>> {
         let sample = catalog.sample_vectors(likeness::SAMPLE)?;
         let sample: Vec<(Key, Vec<f32>)> = sample.into_iter().map(|(key, v)| Ok((key, self.map(&v)?))).collect::<Result<_>>()?;
-        likeness::measure(&sample, |v, n| Ok(index.search(v, n, None)?.into_iter().map(|h| (h.key, h.score)).collect()))
+        likeness::measure(&sample, &catalog.shared_photos()?, |v, n| Ok(index.search(v, n, None)?.into_iter().map(|h| (h.key, h.score)).collect()))
     }
 
     /// Builds an exact index over the catalog's stored vectors of `kind`, mapped into this space,

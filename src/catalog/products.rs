@@ -121,6 +121,16 @@ impl SqliteCatalog {
         Ok(SamePhotos::from_shared(rows.collect::<rusqlite::Result<_>>()?))
     }
 
+    /// Every product that shares its photo with another (one indexed pass over the photos):
+    /// what measuring the whole catalog folds by.
+    pub fn shared_photos(&self) -> Result<SamePhotos> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT key, content_hash FROM products WHERE content_hash IN (SELECT content_hash FROM products GROUP BY content_hash HAVING COUNT(*) > 1)")?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(SamePhotos::from_shared(rows.collect::<rusqlite::Result<_>>()?))
+    }
+
     /// The keys of every product whose photo's content hash is one of `content_hashes`, by
     /// hash, each in key order (one indexed statement).
     pub fn keys_with_photos(&self, content_hashes: &[&str]) -> Result<HashMap<String, Vec<Key>>> {

@@ -307,10 +307,10 @@ impl SearchEngine {
             // Without the catalog there are no model vectors to sample: as described, or none.
             recorded if self.described.is_some() => recorded.map(|r| r.bands),
             _ => {
-                let sample = self.with_catalog(|c| c.sample_vectors(likeness::SAMPLE))?;
+                let (sample, same_photos) = self.with_catalog(|c| Ok((c.sample_vectors(likeness::SAMPLE)?, c.shared_photos()?)))?;
                 let sample: Vec<(Key, Vec<f32>)> = sample.into_iter().filter_map(|(key, v)| space.map(&v).ok().map(|v| (key, v))).collect();
                 let moved = std::cell::Cell::new(false);
-                let bands = likeness::measure(&sample, |v, n| {
+                let bands = likeness::measure(&sample, &same_photos, |v, n| {
                     let index = self.read_index()?;
                     if !Arc::ptr_eq(&index.space, &space) {
                         moved.set(true);

@@ -197,7 +197,8 @@ impl SamePhotos {
             let earliest = first.entry(photo.as_str()).or_insert(key);
             *earliest = (*earliest).min(key);
         }
-        self.shared.keys().copied().filter(|key| !first.values().any(|first| first == key)).collect()
+        // Each listing against its photo's first: one lookup, not a pass over every photo.
+        self.shared.iter().filter(|&(key, photo)| first.get(photo.as_str()) != Some(key)).map(|(&key, _)| key).collect()
     }
 
     /// The most products any one photo is listed for (1 when none is shared): how much deeper

@@ -13,7 +13,7 @@ use lookalike::index::{Precision, VectorIndex};
 use lookalike::model::{self, ModelSpec};
 use lookalike::space::SearchSpace;
 use lookalike::tune;
-use lookalike::types::{Key, SamePhotos};
+use lookalike::types::Key;
 
 #[derive(Args)]
 pub struct TuneArgs {
@@ -118,7 +118,7 @@ pub fn run(args: TuneArgs) -> Result<()> {
     // Held out of every training row, clean or perturbed: what tuning gains on them is what
     // it gains on products it never saw, as a shopper's photo is. Size variants listed with
     // one photo go with them, and train as one product.
-    let tune::HeldOut { measured: held_out, left_out } = tune::hold_out(labelled.products(), &SamePhotos::of(&catalog.all_products()?), args.hold_out, args.seed);
+    let tune::HeldOut { measured: held_out, left_out } = tune::hold_out(labelled.products(), &catalog.shared_photos()?, args.hold_out, args.seed);
     // Half as many shopper-like photos as the catalog lists products outside the measured ones
     // by default: a photo listed in three sizes gets three listings' worth of views.
     let listings = labelled.labels.len() - held_out.len();

@@ -152,11 +152,17 @@ pub struct SamePhotos {
 
 impl SamePhotos {
     pub fn of(products: &[Product]) -> SamePhotos {
+        SamePhotos::among(products.iter().map(|p| (p.key, p.content_hash.as_str())))
+    }
+
+    /// Of `listings` (each a key and its photo's content hash), those whose photo another of
+    /// them has.
+    pub fn among<'a>(listings: impl Iterator<Item = (Key, &'a str)> + Clone) -> SamePhotos {
         let mut count: HashMap<&str, usize> = HashMap::new();
-        for p in products {
-            *count.entry(p.content_hash.as_str()).or_default() += 1;
+        for (_, photo) in listings.clone() {
+            *count.entry(photo).or_default() += 1;
         }
-        let shared = products.iter().filter(|p| count.get(p.content_hash.as_str()).is_some_and(|&n| n > 1)).map(|p| (p.key, p.content_hash.clone())).collect();
+        let shared = listings.filter(|(_, photo)| count.get(photo).is_some_and(|&n| n > 1)).map(|(key, photo)| (key, photo.to_string())).collect();
         SamePhotos { shared }
     }
 

@@ -1120,3 +1120,132 @@ fn an_empty_catalog_makes_no_collection() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && stderr.contains("holds no products yet: import some with `lookalike index`"), "{stderr}");
 }
+
+/// Products listed with the very same photo (size variants) are one result in a collection as
+/// in the embedded store, on servers with and without the catalog: the photo's hash travels in
+/// the payload. `sync` sends again a point whose photo changed in the catalog, and a server
+/// without the catalog folds the sizes it adds itself.
+#[test]
+#[ignore = "needs a Qdrant server: LOOKALIKE_QDRANT_URL"]
+fn a_photo_listed_in_several_sizes_is_one_result_in_a_collection() {
+    let OwnCollection { _cluster, _dir: dir, db: _, collection } = own_collection("sizes");
+    let shop = dir.path().join("shop");
+    std::fs::create_dir_all(shop.join("images")).expect("mkdir");
+    let (shirt, shoe, bag) = (test_photo(1).0, test_photo(0).0, test_photo(3).0);
+    for (id, photo) in [("1001", &shirt), ("1002", &shoe), ("1003", &shirt), ("1004", &shirt)] {
+        std::fs::write(shop.join("images").join(format!("{id}.png")), photo).expect("photo");
+    }
+    std::fs::write(shop.join("styles.csv"), "id,articleType,size\n1001,Shirts,S\n1002,Shoes,42\n1003,Shirts,M\n1004,Shirts,L\n").expect("csv");
+    let db = dir.path().join("shop.db");
+    let index = |db: &std::path::Path| {
+        let out = Command::new(BIN).args(["index", "--db", db.to_str().expect("utf-8"), "--kaggle", shop.to_str().expect("utf-8")]).output().expect("index");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    };
+    index(&db);
+    let report = sync_report(&sync_cli(&db, &collection, &[]));
+    assert_eq!(report["added"], 4, "{report}");
+    // `info --json` says where the collection stands; lookalike's own keyword indexes (the
+    // product id, the photo hash) are no facets.
+    let out = Command::new(BIN).args(["info", "--db", db.to_str().expect("utf-8"), "--store", &qdrant_url(), "--collection", &collection, "--json"]).output().expect("info");
+    let info: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("info JSON ({e}): {}", String::from_utf8_lossy(&out.stderr)));
+    let qdrant = &info["qdrant"];
+    assert_eq!((&qdrant["reachable"], &qdrant["points"], &qdrant["catalog_vectors"]), (&serde_json::json!(true), &serde_json::json!(4), &serde_json::json!(4)), "{info}");
+    assert_eq!(
+        (&qdrant["search_space"], &qdrant["described"], &qdrant["points_collection"]),
+        (&serde_json::json!("catalog"), &serde_json::json!(true), &serde_json::json!(collection)),
+        "{info}"
+    );
+    let facets: Vec<&str> = qdrant["layout"]["keyword_columns"].as_array().expect("keyword columns").iter().filter_map(|c| c.as_str()).collect();
+    assert!(facets.contains(&"articleType") && !facets.iter().any(|c| c.starts_with("_lookalike_")), "{info}");
+    assert_eq!(qdrant["without_photo_hash"], 0, "{info}");
+    // The shirt's three points are marked as sharing their photo (a search asks for the
+    // other listings of marked hits only), the shoe's is not.
+    let config = store(&collection, true);
+    let grpc = qdrant_client::Qdrant::from_url(&config.url).api_key(std::env::var("QDRANT_API_KEY").ok()).skip_compatibility_check().build().expect("client");
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let marked = qdrant_client::qdrant::CountPointsBuilder::new(collection.clone())
+        .filter(qdrant_client::qdrant::Filter::must([qdrant_client::qdrant::Condition::matches("_lookalike_photo_shared", true)]))
+        .exact(true);
+    let count_marked = || runtime.block_on(grpc.count(marked.clone())).expect("count").result.map_or(0, |r| r.count);
+    assert_eq!(count_marked(), 3);
+
+    let sorted = |mut ids: Vec<String>| {
+        ids.sort();
+        ids
+    };
+    let request = SearchRequest { k: 3, ..SearchRequest::default() };
+    let check = |engine: &SearchEngine, name: &str| {
+        // The shirt's three listings are one result, standing for the others; ranks count photos.
+        let found = engine.search_image(&shirt, None, &request, Items::Main).expect("search");
+        assert_eq!(found.hits.len(), 2, "{name}: {:?}", ids(&found));
+        let first = &found.hits[0];
+        let listings = sorted([vec![first.product.id.clone()], first.variants.iter().map(|v| v.id.clone()).collect()].concat());
+        assert_eq!(listings, ["1001", "1003", "1004"], "{name}");
+        assert_eq!((found.hits[1].product.id.as_str(), found.hits[1].rank, found.hits[1].variants.len()), ("1002", 2, 0), "{name}");
+        // A filter admits listings, not photos: size M alone, without its siblings.
+        let medium = SearchRequest { filter: Filter::parse(&["size=M"]).expect("filter"), ..request.clone() };
+        let found = engine.search_image(&shirt, None, &medium, Items::Main).expect("search");
+        assert_eq!((ids(&found), found.hits[0].variants.len()), (vec!["1003".to_string()], 0), "{name}");
+        // "More like" a listing leaves out its photo's other listings too.
+        assert_eq!(ids(&engine.search_like("1003", &request).expect("like")), ["1002"], "{name}");
+        // A product's other sizes, as its details list them.
+        let product = engine.product("1003").expect("product").expect("1003").product;
+        assert_eq!(sorted(engine.variants_of(&product).expect("variants").into_iter().map(|v| v.id).collect()), ["1001", "1004"], "{name}");
+    };
+    let with_catalog = SearchEngine::open_with(
+        SqliteCatalog::open(&db).expect("catalog"),
+        Box::new(encoder()),
+        &IndexConfig { store: Some(config.clone()), precision: Precision::F32, ..IndexConfig::default() },
+    )
+    .expect("qdrant");
+    check(&with_catalog, "with the catalog");
+    drop(with_catalog);
+    let without_catalog = SearchEngine::open_collection(&config, Box::new(encoder())).expect("collection alone");
+    check(&without_catalog, "without the catalog");
+
+    // Points written before lookalike kept the photo's hash (it is taken off here, as an older
+    // lookalike wrote them) are each a result, until the next sync sends them again.
+    let strip = qdrant_client::qdrant::DeletePayloadPointsBuilder::new(collection.clone(), vec!["_lookalike_photo".to_string()])
+        .points_selector(qdrant_client::qdrant::Filter::default())
+        .wait(true);
+    runtime.block_on(grpc.delete_payload(strip)).expect("payload deleted");
+    let found = without_catalog.search_image(&shirt, None, &SearchRequest { k: 4, ..request.clone() }, Items::Main).expect("search");
+    assert_eq!(sorted(ids(&found)[..3].to_vec()), ["1001", "1003", "1004"], "unfolded: {:?}", ids(&found));
+    let said = info_cli(&db, &collection);
+    assert!(said.contains("qdrant points without their photo's hash: 4 (written by an older lookalike"), "{said}");
+    let report = sync_report(&sync_cli(&db, &collection, &[]));
+    assert_eq!((&report["added"], &report["resent"], &report["deleted"]), (&serde_json::json!(0), &serde_json::json!(4), &serde_json::json!(0)), "{report}");
+    check(&without_catalog, "without the catalog, after a sync");
+    assert!(!info_cli(&db, &collection).contains("without their photo's hash"));
+    let report = sync_report(&sync_cli(&db, &collection, &[]));
+    assert_eq!((&report["added"], &report["resent"]), (&serde_json::json!(0), &serde_json::json!(0)), "then nothing to send: {report}");
+
+    // The S shirt gets a new photo in the catalog: after the next sync it is a result of its own.
+    std::fs::write(shop.join("images/1001.png"), &bag).expect("photo");
+    index(&db);
+    sync_report(&sync_cli(&db, &collection, &[]));
+    let found = without_catalog.search_image(&shirt, None, &request, Items::Main).expect("search");
+    let listings = sorted([vec![found.hits[0].product.id.clone()], found.hits[0].variants.iter().map(|v| v.id.clone()).collect()].concat());
+    assert_eq!(listings, ["1003", "1004"], "{:?}", ids(&found));
+    assert_eq!(ids(&without_catalog.search_image(&bag, None, &request, Items::Main).expect("search"))[0], "1001");
+    drop(without_catalog);
+
+    // A size added through a server without the catalog, with the shirt's photo: folded too,
+    // and listed among the others' sizes.
+    let token = "sizes-test";
+    let replica = Server::start_with(&["--no-catalog", "--store", &qdrant_url(), "--collection", &collection, "--qdrant-exact", "--admin-token", token], &[]);
+    let form = photo_form(shirt.clone(), &[("id", "1005"), ("articleType", "Shirts"), ("size", "XL")]);
+    let r = client().post(replica.url("/api/products")).bearer_auth(token).multipart(form).send().expect("POST");
+    assert_eq!(r.status().as_u16(), 201, "{}", r.text().unwrap_or_default());
+    assert_eq!(count_marked(), 3, "the shirt's listings now: M, L and XL");
+    let found = ok_json(search_photo(&replica, shirt.clone(), &[("k", "3")]));
+    assert_eq!(sorted(common::ids(&found)[1..].to_vec()), ["1001", "1002"], "the bag and the shoe after the shirt: {found}");
+    let mut listings: Vec<String> =
+        std::iter::once(&found["hits"][0]).chain(found["hits"][0]["variants"].as_array().expect("variants")).filter_map(|h| h["id"].as_str().map(str::to_string)).collect();
+    listings.sort();
+    assert_eq!(listings, ["1003", "1004", "1005"], "{found}");
+    let details = ok_json(client().get(replica.url("/api/products/1004")).send().expect("GET product"));
+    let mut sizes: Vec<&str> = details["variants"].as_array().expect("variants").iter().filter_map(|v| v["id"].as_str()).collect();
+    sizes.sort();
+    assert_eq!(sizes, ["1003", "1005"], "{details}");
+}

@@ -179,6 +179,12 @@ fn say_collection(said: &mut Said, catalog: &SqliteCatalog, config: &QdrantConfi
     if !status.described {
         lines.push(format!("qdrant description: none (servers without the catalog need it: run `{sync}`)"));
     }
+    if status.without_photo_hash > 0 {
+        lines.push(format!(
+            "qdrant points without their photo's hash: {} (written by an older lookalike: a photo listed in several sizes shows as several results until `{sync}` sends them again)",
+            status.without_photo_hash
+        ));
+    }
     if status.removals_to_apply > 0 {
         lines.push(format!(
             "qdrant removals: {} catalog products were removed through servers without the catalog; the next `{sync}` removes them from the catalog too",
@@ -196,6 +202,7 @@ fn say_collection(said: &mut Said, catalog: &SqliteCatalog, config: &QdrantConfi
     collection["points"] = json!(count);
     collection["layout"] = json!({"shards": layout.shards, "copies": layout.replicas.unwrap_or(1), "quantised": layout.quantized, "keyword_columns": layout.keyword_columns});
     collection["search_space"] = json!(space);
+    collection["without_photo_hash"] = json!(status.without_photo_hash);
     said.json.insert("qdrant".into(), collection);
     Ok(())
 }

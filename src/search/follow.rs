@@ -342,7 +342,7 @@ impl SearchEngine {
                 match (vector, product) {
                     (Some(vector), Some(product)) => {
                         let image = if index.collection().is_some() { payload_image(catalog, product) } else { None };
-                        let stored = StoredProduct { id: product.id.clone(), metadata: product.metadata.clone(), colour: colour.map(|c| c.values()) };
+                        let stored = StoredProduct::of(product.clone(), colour.map(|c| c.values()));
                         index.put(*key, vector, stored, image.as_deref())?;
                         colours.put(*key, *colour, product.colour());
                         kinds.put(*key, &product.metadata);

@@ -72,9 +72,9 @@ pub struct RankedProduct {
     /// with their shares, largest first ([`crate::colour::ColourDescriptor::main_colours`]);
     /// empty for the rest.
     pub colour_mix: Vec<(&'static str, f32)>,
-    /// The other products listed with the very same photo (size variants), by key: one result
-    /// with `product` (`search/variants.rs`). Only those the search's filter admits; always empty for
-    /// a Qdrant collection, whose points carry no photo hash.
+    /// The other products listed with the very same photo (size variants): one result with
+    /// `product` ([`crate::types::SamePhotos`]). Only those the search's filter admits; in a
+    /// Qdrant collection, those whose points carry the photo's hash.
     pub variants: Vec<Product>,
 }
 

@@ -33,7 +33,8 @@ impl SearchEngine {
             crate::types::NewImage::Stored { bytes, .. } => Some(bytes.clone()),
             _ => None,
         };
-        let stored = StoredProduct { id: product.id.clone(), metadata: product.metadata.clone(), colour: product.colour.clone() };
+        let photo = (!product.content_hash.is_empty()).then(|| product.content_hash.clone());
+        let stored = StoredProduct { id: product.id.clone(), metadata: product.metadata.clone(), colour: product.colour.clone(), photo, photo_shared: false };
         if self.catalog.is_none() {
             // Straight to the collection, where every server finds it on its next search. The
             // description first: after a `sync --swap` it names another collection, which this
@@ -187,11 +188,19 @@ impl SearchEngine {
         in_collection.map(|stored| self.listed_from_collection(stored)).transpose()
     }
 
-    /// The other products listed with `product`'s very photo (size variants), by key: what a
-    /// search hit for it carries as its variants. None for a product known only from a Qdrant
-    /// collection, whose payload carries no photo hash.
+    /// The other products listed with `product`'s very photo (size variants): what a search
+    /// hit for it carries as its variants. With a Qdrant collection as the store, as the
+    /// collection lists them (any server's additions included; none for a product whose point
+    /// was written before points kept their photo's hash).
     pub fn variants_of(&self, product: &Product) -> Result<Vec<Product>> {
-        if self.catalog.is_none() || product.content_hash.is_empty() {
+        if product.content_hash.is_empty() {
+            return Ok(Vec::new());
+        }
+        if let Some(collection) = self.read_index()?.collection() {
+            let listed = collection.products_with_photos(&[product.content_hash.as_str()], &Filter::default())?;
+            return Ok(listed.into_iter().filter(|other| other.id != product.id).map(collection_product).collect());
+        }
+        if self.catalog.is_none() {
             return Ok(Vec::new());
         }
         self.with_catalog(|c| {

@@ -168,7 +168,8 @@ impl SearchEngine {
         // page with copies of one card. The best-ranked stands for the others, which it carries
         // as its variants; ranks and pages count photos ([`SamePhotos::one_per_photo`]). Where
         // folding leaves the page short while the index has more, the ranking is taken again
-        // deeper. (A collection's payloads carry no photo hash: there each point is a result.)
+        // deeper. (A collection's payloads carry the photo hash: its hits are folded by the
+        // hashes they were found with.)
         let mut depth = wanted;
         let (ranked, kind_mode, same_photos) = loop {
             // The kind is voted on by the shape ranking, before colour blends in: the best
@@ -205,7 +206,10 @@ impl SearchEngine {
             };
             let ranked_rows = hits.len();
             let (ranked, same_photos) = match from_collection {
-                true => (hits.into_iter().take(wanted).collect(), SamePhotos::default()),
+                true => {
+                    let same_photos = payload_same_photos(&found.borrow(), &hits);
+                    (same_photos.one_per_photo(hits, |hit| hit.key, wanted), same_photos)
+                }
                 false => self.with_catalog(|c| one_per_photo(c, hits, wanted))?,
             };
             let index_exhausted = ranked_rows < depth;
@@ -221,7 +225,29 @@ impl SearchEngine {
         let (products, mut variants): (Vec<Product>, HashMap<Key, Vec<Product>>) = match from_collection {
             true => {
                 let found = found.borrow();
-                (page.iter().filter_map(|h| found.get(&h.key).cloned().map(collection_product)).collect(), HashMap::new())
+                let products: Vec<Product> = page.iter().filter_map(|h| found.get(&h.key).cloned().map(collection_product)).collect();
+                // The payloads say which hits' photos other products have (marked, or folded
+                // here), not who they are: the collection is asked, in one request, for the
+                // products listed with those photos (none in most collections).
+                let photos: Vec<&str> = page
+                    .iter()
+                    .filter_map(|h| Some((h.key, found.get(&h.key)?)))
+                    .filter(|(key, p)| p.photo_shared || same_photos.shared_photo(*key).is_some())
+                    .filter_map(|(_, p)| p.photo.as_deref())
+                    .collect();
+                let listed = match photos.is_empty() {
+                    true => Vec::new(),
+                    false => self.read_index()?.collection().map(|c| c.products_with_photos(&photos, &filter)).transpose()?.unwrap_or_default(),
+                };
+                let mut variants: HashMap<Key, Vec<Product>> = HashMap::new();
+                for product in &products {
+                    let others = listed.iter().filter(|other| other.photo.as_deref() == Some(product.content_hash.as_str()) && other.id != product.id);
+                    let others: Vec<Product> = others.cloned().map(collection_product).collect();
+                    if !others.is_empty() {
+                        variants.insert(product.key, others);
+                    }
+                }
+                (products, variants)
             }
             false => {
                 let keys: Vec<_> = page.iter().map(|h| h.key).collect();
@@ -362,7 +388,13 @@ fn one_per_photo(catalog: &SqliteCatalog, hits: Vec<Hit>, wanted: usize) -> Resu
 /// A product as a Qdrant collection's payload describes it (its photo, if it has one there,
 /// is read by [`SearchEngine::product_image`]).
 pub(super) fn collection_product(stored: StoredProduct) -> Product {
-    Product { key: collection_key(&stored.id), id: stored.id, image: ImageRef::Collection, content_hash: String::new(), metadata: stored.metadata }
+    Product { key: collection_key(&stored.id), id: stored.id, image: ImageRef::Collection, content_hash: stored.photo.unwrap_or_default(), metadata: stored.metadata }
+}
+
+/// The hits of a collection's answer that share their photo with another hit, by the photo
+/// hashes their payloads carry ([`SamePhotos::one_per_photo`] folds them).
+fn payload_same_photos(found: &HashMap<Key, StoredProduct>, hits: &[Hit]) -> SamePhotos {
+    SamePhotos::among(hits.iter().filter_map(|hit| Some((hit.key, found.get(&hit.key)?.photo.as_deref()?))))
 }
 
 /// The categories of products a collection's answer described, to agree on.

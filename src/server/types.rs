@@ -90,8 +90,8 @@ pub struct ProductDetailBody {
     #[serde(flatten)]
     pub product: ProductBody,
     /// The other products the shop lists with the very same photo (size variants), as a
-    /// search hit for this product carries them. Left out when there are none (and always for
-    /// a product known only from a Qdrant collection, whose points carry no photo hash).
+    /// search hit for this product carries them. Left out when there are none (and for a
+    /// product whose Qdrant point an older lookalike wrote, without its photo's hash).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub variants: Vec<ProductBody>,
 }
@@ -143,7 +143,7 @@ pub struct HitBody {
     pub product: ProductBody,
     /// The other products the shop lists with the very same photo (size variants), which this
     /// hit stands for: one result, ranks and pages counting photos. Left out when there are
-    /// none (and always for a Qdrant collection, whose points carry no photo hash).
+    /// none (and for Qdrant points an older lookalike wrote, without their photo's hash).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub variants: Vec<ProductBody>,
 }

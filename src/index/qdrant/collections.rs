@@ -15,8 +15,8 @@ use sha2::{Digest, Sha256};
 
 use super::points::{dense_vector, integer, string};
 use super::removals::REMOVED_FIELD;
-use super::{is_not_found, point_id, CollectionLayout, IfMissing, QdrantIndex, ID_FIELD, KEY_FIELD};
-use crate::types::Key;
+use super::{is_not_found, point_id, CollectionLayout, IfMissing, QdrantIndex, ID_FIELD, KEY_FIELD, PHOTO_FIELD};
+use crate::types::{Key, RESERVED_COLUMN_PREFIX};
 
 /// Bytes of the collection description per point of the side collection: far below gRPC's
 /// 4 MiB message limit once base64 has grown them by a third.
@@ -115,12 +115,25 @@ impl QdrantIndex {
                 create = create.quantization_config(ScalarQuantizationBuilder::default().always_ram(true));
             }
             self.retry("creating the collection", || self.client.create_collection(create.clone()))?;
-            for column in self.config.filter_columns.iter().chain([&ID_FIELD.to_string()]) {
-                let field = CreateFieldIndexCollectionBuilder::new(name.clone(), column.clone(), FieldType::Keyword).wait(true);
-                self.retry("indexing a payload field", || self.client.create_field_index(field.clone()))?;
+            for column in &self.config.filter_columns {
+                self.index_keyword_field(column)?;
             }
-            Ok(())
+            self.index_own_fields()
         }
+    }
+
+    /// Keyword indexes on the fields lookalike itself filters points by: the product id and
+    /// the photo hash. Also for a collection made before the photo hash was kept (indexing a
+    /// field that has its index already changes nothing).
+    pub(super) fn index_own_fields(&self) -> Result<()> {
+        self.index_keyword_field(ID_FIELD)?;
+        self.index_keyword_field(PHOTO_FIELD)
+    }
+
+    fn index_keyword_field(&self, column: &str) -> Result<()> {
+        let field = CreateFieldIndexCollectionBuilder::new(self.points.clone(), column.to_string(), FieldType::Keyword).wait(true);
+        self.retry("indexing a payload field", || self.client.create_field_index(field.clone()))?;
+        Ok(())
     }
 
     /// The metadata columns with a keyword index in the collection that holds the points: the
@@ -140,7 +153,7 @@ impl QdrantIndex {
         let mut keyword_columns: Vec<String> = info
             .payload_schema
             .into_iter()
-            .filter(|(field, schema)| field != ID_FIELD && schema.data_type == qdrant_client::qdrant::PayloadSchemaType::Keyword as i32)
+            .filter(|(field, schema)| !field.starts_with(RESERVED_COLUMN_PREFIX) && schema.data_type == qdrant_client::qdrant::PayloadSchemaType::Keyword as i32)
             .map(|(field, _)| field)
             .collect();
         keyword_columns.sort();

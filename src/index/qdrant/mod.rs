@@ -55,6 +55,13 @@ const IMAGE_FIELD: &str = "_lookalike_image";
 /// [`QdrantIndex::patched_without_catalog`]).
 const PATCHED_FIELD: &str = "_lookalike_patched";
 
+/// The content hash of the product's photo ([`StoredProduct::photo`]), keyword-indexed: a
+/// search asks for the other products listed with its hits' photos.
+const PHOTO_FIELD: &str = "_lookalike_photo";
+
+/// `true` on a point whose photo other points have too ([`QdrantIndex::mark_shared_photos`]).
+const SHARED_FIELD: &str = "_lookalike_photo_shared";
+
 /// Photos up to this size travel in the payload, so that a server without the catalog can show
 /// them (Fashion-MNIST's are under 1 KiB, a 60x80 shop thumbnail a few KiB); larger ones are
 /// shown from the shop's own image URL column (see `docs/deployment.md`).

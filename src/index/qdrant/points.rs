@@ -11,8 +11,8 @@ use qdrant_client::qdrant::{
     PayloadExcludeSelector, PayloadIncludeSelector, PointId, PointStruct, PointsIdsList, ScrollPointsBuilder, SetPayloadPointsBuilder, UpsertPointsBuilder, Value as QValue,
 };
 
-use super::{point_id, qdrant_filter, IfMissing, QdrantIndex, COLOUR_FIELD, ID_FIELD, IMAGE_FIELD, KEY_FIELD, MAX_PAYLOAD_IMAGE, PATCHED_FIELD};
-use crate::types::{Filter, Key, Metadata, MetadataPatch, RESERVED_COLUMN_PREFIX};
+use super::{point_id, qdrant_filter, IfMissing, QdrantIndex, COLOUR_FIELD, ID_FIELD, IMAGE_FIELD, KEY_FIELD, MAX_PAYLOAD_IMAGE, PATCHED_FIELD, PHOTO_FIELD, SHARED_FIELD};
+use crate::types::{Filter, Key, Metadata, MetadataPatch, Product, RESERVED_COLUMN_PREFIX};
 
 /// Points per upsert request: large enough to amortise the round trip, small enough to stay far
 /// below gRPC's 4 MiB message limit at 2048 dimensions (256 × 8 KiB = 2 MiB).
@@ -25,6 +25,29 @@ pub struct StoredProduct {
     pub metadata: Metadata,
     /// The product's colour descriptor ([`crate::colour::ColourDescriptor::values`]).
     pub colour: Option<Vec<f32>>,
+    /// The content hash of its photo ([`crate::types::content_hash`]): products listed with the
+    /// same photo (size variants) are one search result. `None` on points written before
+    /// lookalike kept it (`sync` sends those again).
+    pub photo: Option<String>,
+    /// Whether the collection has marked the photo as listed with other products too: every
+    /// write marks the points whose photo other points have (what a writer sets here is not
+    /// written).
+    pub photo_shared: bool,
+}
+
+impl StoredProduct {
+    /// What a point carries about catalog product `product`, whose colour descriptor is
+    /// `colour`.
+    pub fn of(product: Product, colour: Option<Vec<f32>>) -> StoredProduct {
+        let photo = (!product.content_hash.is_empty()).then_some(product.content_hash);
+        StoredProduct { id: product.id, metadata: product.metadata, colour, photo, photo_shared: false }
+    }
+}
+
+/// What a point's payload says of the catalog product it was written for.
+pub(super) struct WrittenPoint {
+    key: Option<Key>,
+    photo: Option<String>,
 }
 
 /// A product added to a collection through a server without the catalog (its point carries no
@@ -110,8 +133,10 @@ pub(super) fn stored_product(payload: HashMap<String, QValue>) -> Option<StoredP
         .and_then(string)
         .and_then(|text| base64::engine::general_purpose::STANDARD.decode(text).ok())
         .map(|bytes| bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect());
+    let photo = payload.get(PHOTO_FIELD).and_then(string).map(str::to_string);
+    let photo_shared = payload.get(SHARED_FIELD).is_some_and(|v| matches!(v.kind, Some(qdrant_client::qdrant::value::Kind::BoolValue(true))));
     let metadata = payload.iter().filter(|(k, _)| !k.starts_with(RESERVED_COLUMN_PREFIX)).filter_map(|(k, v)| string(v).map(|v| (k.clone(), v.to_string()))).collect();
-    Some(StoredProduct { id, metadata, colour })
+    Some(StoredProduct { id, metadata, colour, photo, photo_shared })
 }
 
 pub(super) fn string(v: &QValue) -> Option<&str> {
@@ -145,6 +170,9 @@ impl QdrantIndex {
         if let Some(colour) = &product.colour {
             let bytes: Vec<u8> = colour.iter().flat_map(|v| v.to_le_bytes()).collect();
             payload.insert(COLOUR_FIELD.into(), QValue::from(base64::engine::general_purpose::STANDARD.encode(bytes)));
+        }
+        if let Some(photo) = &product.photo {
+            payload.insert(PHOTO_FIELD.into(), QValue::from(photo.clone()));
         }
         if let Some(image) = image.filter(|i| i.len() <= MAX_PAYLOAD_IMAGE) {
             payload.insert(IMAGE_FIELD.into(), QValue::from(base64::engine::general_purpose::STANDARD.encode(image)));
@@ -189,19 +217,58 @@ impl QdrantIndex {
     }
 
     pub(super) fn upsert_points(&self, points: Vec<PointStruct>) -> Result<()> {
+        let photos: Vec<String> = points.iter().filter_map(|p| p.payload.get(PHOTO_FIELD).and_then(string).map(str::to_string)).collect();
         let request = UpsertPointsBuilder::new(self.points.clone(), points).wait(true).ordering(self.ordering());
         self.retry("upserting points", || self.client.upsert_points(request.clone()))?;
+        // An upsert replaces a point's whole payload, its mark included, and a photo it
+        // brings may be one other points have: the marks of its photos are made again.
+        self.mark_shared_photos(&photos)
+    }
+
+    /// Marks every point whose photo (one of `photos`) other points have too: a search asks
+    /// the collection for a hit's other listings only where its point is marked, so a
+    /// collection where every photo is its own pays no second request a search. Read after
+    /// the write, so of two servers adding listings of one photo at once, the later marks
+    /// both. A mark outlives the listing that made it (a search then finds no other).
+    pub(super) fn mark_shared_photos(&self, photos: &[String]) -> Result<()> {
+        if photos.is_empty() {
+            return Ok(());
+        }
+        // Counted first: where there are as many points as photos (every photo its own, as in
+        // most catalogs), no photo needs a mark, and no payloads need reading.
+        let distinct: HashSet<&String> = photos.iter().collect();
+        let with_photos = QFilter::must([Condition::matches(PHOTO_FIELD, distinct.iter().map(|p| p.to_string()).collect::<Vec<_>>())]);
+        let count = CountPointsBuilder::new(self.points.clone()).filter(with_photos.clone()).exact(true);
+        let count = self.retry("counting the products listed with a photo", || self.client.count(count.clone()))?.result.map_or(0, |r| r.count as usize);
+        if count <= distinct.len() {
+            return Ok(());
+        }
+        let listed = self.strings_of("reading the photos of the products written", self.points.clone(), with_photos, PHOTO_FIELD, IfMissing::Fail)?;
+        let mut listings: HashMap<&str, usize> = HashMap::new();
+        for photo in &listed {
+            *listings.entry(photo.as_str()).or_default() += 1;
+        }
+        let shared: Vec<String> = listings.into_iter().filter(|&(_, n)| n > 1).map(|(photo, _)| photo.to_string()).collect();
+        if shared.is_empty() {
+            return Ok(());
+        }
+        let mark = HashMap::from([(SHARED_FIELD.to_string(), QValue::from(true))]);
+        let request =
+            SetPayloadPointsBuilder::new(self.points.clone(), mark).points_selector(QFilter::must([Condition::matches(PHOTO_FIELD, shared)])).wait(true).ordering(self.ordering());
+        self.retry("marking products listed with one photo", || self.client.set_payload(request.clone()))?;
         Ok(())
     }
 
-    /// Every point id in the collection, with the catalog key its payload records (none for a
-    /// product added through a server without a catalog).
-    pub(super) fn all_points(&self) -> Result<HashMap<String, Option<Key>>> {
-        let request = ScrollPointsBuilder::new(self.points.clone()).limit(1000).with_payload(PayloadIncludeSelector { fields: vec![KEY_FIELD.to_string()] }).with_vectors(false);
+    /// Every point id in the collection, with the catalog key and the photo hash its payload
+    /// records (no key for a product added through a server without a catalog).
+    pub(super) fn all_points(&self) -> Result<HashMap<String, WrittenPoint>> {
+        let fields = vec![KEY_FIELD.to_string(), PHOTO_FIELD.to_string()];
+        let request = ScrollPointsBuilder::new(self.points.clone()).limit(1000).with_payload(PayloadIncludeSelector { fields }).with_vectors(false);
         let mut out = HashMap::new();
         self.scroll_all("listing points", request, IfMissing::Fail, |point| {
             if let Some(PointIdOptions::Uuid(uuid)) = point.id.and_then(|i| i.point_id_options) {
-                out.insert(uuid, point.payload.get(KEY_FIELD).and_then(integer));
+                let written = WrittenPoint { key: point.payload.get(KEY_FIELD).and_then(integer), photo: point.payload.get(PHOTO_FIELD).and_then(string).map(str::to_string) };
+                out.insert(uuid, written);
             }
         })?;
         Ok(out)
@@ -250,6 +317,7 @@ impl QdrantIndex {
     /// second copy of them.
     pub fn sync(&mut self, keys: &[Key], vector: impl Fn(Key) -> Option<Vec<f32>>, image: impl Fn(Key) -> Option<Vec<u8>>) -> Result<SyncReport> {
         let started = std::time::Instant::now();
+        self.index_own_fields()?;
         let existing = self.all_points()?;
         let mut report = SyncReport { in_catalog: keys.len(), in_collection_before: existing.len(), collection: self.points.clone(), ..Default::default() };
         // Points are matched by id alone; vectors sent in another search space (`tune` at the
@@ -262,14 +330,17 @@ impl QdrantIndex {
         for &key in keys {
             let product = self.products.get(&key).with_context(|| format!("no product id known for key {key}"))?;
             let pid = point_id(&product.id);
-            let present = existing.get(&pid) == Some(&Some(key));
-            if !present || resend {
+            let written = existing.get(&pid);
+            let present = written.is_some_and(|w| w.key == Some(key));
+            // A point whose photo hash differs (a new photo, or a point written before points
+            // kept it) is sent again: search folds a photo's listings by it.
+            if !present || resend || written.is_some_and(|w| w.photo != product.photo) {
                 missing.push(key);
                 report.resent += usize::from(present);
             }
             wanted.insert(pid);
         }
-        let stale: Vec<PointId> = existing.iter().filter(|(p, key)| key.is_some() && !wanted.contains(*p)).map(|(p, _)| PointId::from(p.clone())).collect();
+        let stale: Vec<PointId> = existing.iter().filter(|(p, written)| written.key.is_some() && !wanted.contains(*p)).map(|(p, _)| PointId::from(p.clone())).collect();
         report.added = missing.len() - report.resent;
         report.deleted = stale.len();
         for chunk in missing.chunks(UPSERT_BATCH) {
@@ -356,6 +427,26 @@ impl QdrantIndex {
         Ok(())
     }
 
+    /// The products listed with any of `photos` (content hashes) that `filter` admits: a
+    /// search hit's variants, a product's other sizes. Products without a photo hash in their
+    /// payload (written before it was kept) are in none.
+    pub fn products_with_photos(&self, photos: &[&str], filter: &Filter) -> Result<Vec<StoredProduct>> {
+        if photos.is_empty() {
+            return Ok(Vec::new());
+        }
+        let hashes: Vec<String> = photos.iter().map(|p| p.to_string()).collect();
+        let mut conditions = vec![Condition::matches(PHOTO_FIELD, hashes)];
+        conditions.extend(qdrant_filter(filter).map(Condition::from));
+        let request = ScrollPointsBuilder::new(self.points.clone())
+            .filter(QFilter::must(conditions))
+            .limit(1000)
+            .with_payload(PayloadExcludeSelector::new(vec![IMAGE_FIELD.to_string()]))
+            .with_vectors(false);
+        let mut out = Vec::new();
+        self.scroll_all("reading the products listed with a photo", request, IfMissing::Fail, |point| out.extend(stored_product(point.payload)))?;
+        Ok(out)
+    }
+
     /// The photo kept in a product's payload, if it has one.
     pub fn product_image(&self, id: &str) -> Result<Option<Vec<u8>>> {
         let request = GetPointsBuilder::new(self.points.clone(), vec![PointId::from(point_id(id))])
@@ -435,6 +526,13 @@ impl QdrantIndex {
     /// Points in the collection now, as Qdrant counts them (other servers' writes included).
     pub fn count_now(&self) -> Result<usize> {
         self.count()
+    }
+
+    /// Points whose payload has no photo hash: written before lookalike kept it.
+    pub fn count_without_photo_hash(&self) -> Result<usize> {
+        let request = CountPointsBuilder::new(self.points.clone()).filter(QFilter::must([Condition::is_empty(PHOTO_FIELD)])).exact(true);
+        let response = self.retry("counting products without a photo hash", || self.client.count(request.clone()))?;
+        Ok(response.result.map_or(0, |r| r.count as usize))
     }
 
     /// How many products have each value of each of `columns` (Qdrant's facet counts; a

@@ -58,7 +58,7 @@ pub(super) fn connect_qdrant_to(catalog: &SqliteCatalog, space: &SearchSpace, cl
     let colours: std::collections::HashMap<Key, Vec<f32>> = catalog.colours()?.into_iter().collect();
     for product in catalog.all_products()? {
         let colour = colours.get(&product.key).cloned();
-        index.describe(product.key, StoredProduct { id: product.id, metadata: product.metadata, colour });
+        index.describe(product.key, StoredProduct::of(product, colour));
     }
     Ok(index)
 }
@@ -70,6 +70,9 @@ pub struct CollectionStatus {
     pub points: String,
     /// Points in it and how it was made; `None` while it does not exist.
     pub held: Option<(usize, CollectionLayout)>,
+    /// Points whose payload has no photo hash (written by a lookalike before it kept one): a
+    /// search cannot fold their photos' listings until `sync` sends them again.
+    pub without_photo_hash: usize,
     /// Whether the last `sync` from this catalog filled it in the catalog's search space as it
     /// is now (false after a `tune` until the sync sends it); `None` before any sync.
     pub in_catalog_space: Option<bool>,
@@ -87,17 +90,19 @@ pub fn collection_status(catalog: &SqliteCatalog, store: &QdrantConfig) -> Resul
     let cluster = QdrantIndex::connect_cluster(store.clone())?;
     let (kept, points) = points_collection(&cluster, store)?;
     let recorded = cluster.recorded_removals()?;
-    let held = match cluster.collection_exists(&points)? {
+    let (held, without_photo_hash) = match cluster.collection_exists(&points)? {
         true => {
             let layout = cluster.layout_of(&points)?;
-            Some((cluster.open_existing_points(points.clone())?.count_now()?, layout))
+            let index = cluster.open_existing_points(points.clone())?;
+            (Some((index.count_now()?, layout)), index.count_without_photo_hash()?)
         }
-        false => None,
+        false => (None, 0),
     };
     let own = SearchSpace::for_catalog(catalog)?.fingerprint();
     Ok(CollectionStatus {
         points,
         held,
+        without_photo_hash,
         in_catalog_space: collection_synced_space(catalog, store)?.map(|synced| synced == own),
         described: kept.is_some(),
         replaced: kept.map(|d| d.replaced).unwrap_or_default(),
@@ -118,7 +123,7 @@ pub fn send_changes_since(catalog: &SqliteCatalog, space: &SearchSpace, index: &
         match (catalog.vector(key)?, catalog.get(key)?) {
             (Some(vector), Some(product)) => {
                 let image = payload_image(catalog, &product);
-                let product = StoredProduct { id: product.id, metadata: product.metadata, colour: catalog.colour(key)? };
+                let product = StoredProduct::of(product, catalog.colour(key)?);
                 put.push(ProductPoint { key, product, vector: space.map(&vector)?, image });
             }
             _ => index.remove(key)?,

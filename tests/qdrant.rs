@@ -10,8 +10,10 @@ use std::process::Command;
 
 use common::*;
 use lookalike::catalog::{SqliteCatalog, VectorKind};
+use lookalike::colour::ColourMode;
 use lookalike::index::qdrant::QdrantConfig;
 use lookalike::index::{IndexConfig, Precision};
+use lookalike::kind::KindMode;
 use lookalike::search::{Items, SearchEngine, SearchRequest};
 use lookalike::store::{KeepReplaced, SyncMode, SyncStep};
 use lookalike::types::Filter;
@@ -1158,16 +1160,21 @@ fn a_photo_listed_in_several_sizes_is_one_result_in_a_collection() {
     let facets: Vec<&str> = qdrant["layout"]["keyword_columns"].as_array().expect("keyword columns").iter().filter_map(|c| c.as_str()).collect();
     assert!(facets.contains(&"articleType") && !facets.iter().any(|c| c.starts_with("_lookalike_")), "{info}");
     assert_eq!(qdrant["without_photo_hash"], 0, "{info}");
-    // The shirt's three points are marked as sharing their photo (a search asks for the
-    // other listings of marked hits only), the shoe's is not.
+    // The shirt's three points are marked with the number of points that share their photo
+    // (a search asks for the other listings of a marked hit only when it found fewer), the
+    // shoe's is not marked.
     let config = store(&collection, true);
     let grpc = qdrant_client::Qdrant::from_url(&config.url).api_key(std::env::var("QDRANT_API_KEY").ok()).skip_compatibility_check().build().expect("client");
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let marked = qdrant_client::qdrant::CountPointsBuilder::new(collection.clone())
-        .filter(qdrant_client::qdrant::Filter::must([qdrant_client::qdrant::Condition::matches("_lookalike_photo_shared", true)]))
+        .filter(qdrant_client::qdrant::Filter::must([qdrant_client::qdrant::Condition::matches("_lookalike_photo_listings", 3i64)]))
         .exact(true);
     let count_marked = || runtime.block_on(grpc.count(marked.clone())).expect("count").result.map_or(0, |r| r.count);
     assert_eq!(count_marked(), 3);
+    let any_mark = qdrant_client::qdrant::CountPointsBuilder::new(collection.clone())
+        .filter(qdrant_client::qdrant::Filter::must([qdrant_client::qdrant::Condition::is_empty("_lookalike_photo_listings")]))
+        .exact(true);
+    assert_eq!(runtime.block_on(grpc.count(any_mark)).expect("count").result.map_or(0, |r| r.count), 1, "the shoe alone unmarked");
 
     let sorted = |mut ids: Vec<String>| {
         ids.sort();
@@ -1182,10 +1189,21 @@ fn a_photo_listed_in_several_sizes_is_one_result_in_a_collection() {
         let listings = sorted([vec![first.product.id.clone()], first.variants.iter().map(|v| v.id.clone()).collect()].concat());
         assert_eq!(listings, ["1001", "1003", "1004"], "{name}");
         assert_eq!((found.hits[1].product.id.as_str(), found.hits[1].rank, found.hits[1].variants.len()), ("1002", 2, 0), "{name}");
+        // A page of one, by shape alone (colour and kind re-rank deeper pools): the search
+        // found one listing of the three, and asks for the others.
+        let one = SearchRequest { k: 1, colour: ColourMode::Any, kind: KindMode::Any, ..request.clone() };
+        let found = engine.search_image(&shirt, None, &one, Items::Main).expect("search");
+        assert_eq!(found.hits[0].variants.len(), 2, "{name}: {:?}", found.hits[0].variants);
         // A filter admits listings, not photos: size M alone, without its siblings.
         let medium = SearchRequest { filter: Filter::parse(&["size=M"]).expect("filter"), ..request.clone() };
         let found = engine.search_image(&shirt, None, &medium, Items::Main).expect("search");
         assert_eq!((ids(&found), found.hits[0].variants.len()), (vec!["1003".to_string()], 0), "{name}");
+        // Two of the three sizes: the one found first stands for the other, which the search
+        // found itself or asked for (the mark counts three).
+        let two = SearchRequest { filter: Filter::parse(&["size=S", "size=L"]).expect("filter"), ..request.clone() };
+        let found = engine.search_image(&shirt, None, &two, Items::Main).expect("search");
+        let listings = sorted([vec![found.hits[0].product.id.clone()], found.hits[0].variants.iter().map(|v| v.id.clone()).collect()].concat());
+        assert_eq!((found.hits.len(), listings), (1, vec!["1001".to_string(), "1004".to_string()]), "{name}");
         // "More like" a listing leaves out its photo's other listings too.
         assert_eq!(ids(&engine.search_like("1003", &request).expect("like")), ["1002"], "{name}");
         // A product's other sizes, as its details list them.
@@ -1202,6 +1220,18 @@ fn a_photo_listed_in_several_sizes_is_one_result_in_a_collection() {
     drop(with_catalog);
     let without_catalog = SearchEngine::open_collection(&config, Box::new(encoder())).expect("collection alone");
     check(&without_catalog, "without the catalog");
+
+    // Points an older lookalike marked as sharing their photo, without the count: their
+    // searches ask for the other listings, as they did then.
+    let uncount = qdrant_client::qdrant::DeletePayloadPointsBuilder::new(collection.clone(), vec!["_lookalike_photo_listings".to_string()])
+        .points_selector(qdrant_client::qdrant::Filter::default())
+        .wait(true);
+    runtime.block_on(grpc.delete_payload(uncount)).expect("payload deleted");
+    let flag = qdrant_client::qdrant::SetPayloadPointsBuilder::new(collection.clone(), std::collections::HashMap::from([("_lookalike_photo_shared".to_string(), true.into())]))
+        .points_selector(qdrant_client::qdrant::Filter::must([qdrant_client::qdrant::Condition::matches("size", vec!["S".to_string(), "M".to_string(), "L".to_string()])]))
+        .wait(true);
+    runtime.block_on(grpc.set_payload(flag)).expect("payload set");
+    check(&without_catalog, "marked without a count");
 
     // Points written before lookalike kept the photo's hash (it is taken off here, as an older
     // lookalike wrote them) are each a result, until the next sync sends them again.

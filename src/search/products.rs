@@ -7,7 +7,7 @@ use super::rank::{collection_product, is_patterned, payload_colour};
 use super::{map_product, FacetCount, ListedProduct, ProductPage, SearchEngine, SearchError};
 use crate::catalog::{IndexedChange, SqliteCatalog, StoredVectors};
 use crate::colour::{self, ColourDescriptor};
-use crate::index::qdrant::{collection_key, is_point_id, QdrantIndex, StoredProduct};
+use crate::index::qdrant::{collection_key, is_point_id, PhotoListings, QdrantIndex, StoredProduct};
 use crate::preprocess;
 use crate::types::{Filter, ImageRef, Key, MetadataPatch, NewProduct, Product, VectorSpace};
 
@@ -34,7 +34,7 @@ impl SearchEngine {
             _ => None,
         };
         let photo = (!product.content_hash.is_empty()).then(|| product.content_hash.clone());
-        let stored = StoredProduct { id: product.id.clone(), metadata: product.metadata.clone(), colour: product.colour.clone(), photo, photo_shared: false };
+        let stored = StoredProduct { id: product.id.clone(), metadata: product.metadata.clone(), colour: product.colour.clone(), photo, photo_listings: PhotoListings::Own };
         if self.catalog.is_none() {
             // Straight to the collection, where every server finds it on its next search. The
             // description first: after a `sync --swap` it names another collection, which this

@@ -2,7 +2,7 @@
 //! the best matches share, joined with their metadata; "more like this"; the likeness bands
 //! that name how alike a score is.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -11,7 +11,7 @@ use anyhow::Result;
 use super::{ms, poisoned, MeasuredBands, Query, QueryVector, RankedProduct, SearchEngine, SearchError, SearchRequest, SearchResults, Timings};
 use crate::catalog::SqliteCatalog;
 use crate::colour::{self, ColourDescriptor, ColourMode, ColourTable};
-use crate::index::qdrant::{collection_key, StoredProduct};
+use crate::index::qdrant::{collection_key, PhotoListings, StoredProduct};
 use crate::index::{Allowed, Hit};
 use crate::kind::{self, KindMode, KindTable};
 use crate::likeness::{self, Likeness, LikenessBands, RecordedBands};
@@ -226,23 +226,31 @@ impl SearchEngine {
             true => {
                 let found = found.borrow();
                 let products: Vec<Product> = page.iter().filter_map(|h| found.get(&h.key).cloned().map(collection_product)).collect();
-                // The payloads say which hits' photos other products have (marked, or folded
-                // here), not who they are: the collection is asked, in one request, for the
-                // products listed with those photos (none in most collections).
-                let photos: Vec<&str> = page
+                // A hit's variants are the other products with its photo that the filter
+                // admits. The payloads say which hits' photos other products have and how
+                // many (marked, or folded here): where this search found them all, they are
+                // among its own answers; for the rest the collection is asked, in one request
+                // (none in most collections, and for size variants only where a filter or the
+                // ranking's depth left some out).
+                // (A hit neither marked nor folded here has its photo to itself.)
+                let page_photos = page
                     .iter()
                     .filter_map(|h| Some((h.key, found.get(&h.key)?)))
-                    .filter(|(key, p)| p.photo_shared || same_photos.shared_photo(*key).is_some())
-                    .filter_map(|(_, p)| p.photo.as_deref())
-                    .collect();
-                let listed = match photos.is_empty() {
+                    .filter(|(key, p)| p.photo_listings != PhotoListings::Own || same_photos.shared_photo(*key).is_some())
+                    .filter_map(|(_, p)| Some((p.photo.as_deref()?, p.photo_listings)));
+                let (complete, to_ask) = photos_found_whole(page_photos, &found);
+                let mut listed = match to_ask.is_empty() {
                     true => Vec::new(),
-                    false => self.read_index()?.collection().map(|c| c.products_with_photos(&photos, &filter)).transpose()?.unwrap_or_default(),
+                    false => self.read_index()?.collection().map(|c| c.products_with_photos(&to_ask, &filter)).transpose()?.unwrap_or_default(),
                 };
+                listed.extend(found.values().filter(|p| p.photo.as_deref().is_some_and(|photo| complete.contains(photo))).cloned());
                 let mut variants: HashMap<Key, Vec<Product>> = HashMap::new();
                 for product in &products {
                     let others = listed.iter().filter(|other| other.photo.as_deref() == Some(product.content_hash.as_str()) && other.id != product.id);
-                    let others: Vec<Product> = others.cloned().map(collection_product).collect();
+                    let mut others: Vec<Product> = others.cloned().map(collection_product).collect();
+                    // In one order whichever way they were found (the search's answers come
+                    // in no particular one).
+                    others.sort_by(|a, b| a.id.cmp(&b.id));
                     if !others.is_empty() {
                         variants.insert(product.key, others);
                     }
@@ -397,6 +405,32 @@ fn payload_same_photos(found: &HashMap<Key, StoredProduct>, hits: &[Hit]) -> Sam
     SamePhotos::among(hits.iter().filter_map(|hit| Some((hit.key, found.get(&hit.key)?.photo.as_deref()?))))
 }
 
+/// Of the photos of a page's hits (each with what its point's mark says), those whose other
+/// listings the search found all of among `found` (its answers), and those the collection must
+/// be asked for.
+fn photos_found_whole<'a>(page_photos: impl Iterator<Item = (&'a str, PhotoListings)>, found: &HashMap<Key, StoredProduct>) -> (HashSet<&'a str>, Vec<&'a str>) {
+    let page_photos: Vec<(&str, PhotoListings)> = page_photos.collect();
+    let (mut complete, mut to_ask) = (HashSet::new(), Vec::new());
+    if page_photos.is_empty() {
+        return (complete, to_ask);
+    }
+    let mut listings: HashMap<&str, usize> = page_photos.iter().map(|&(photo, _)| (photo, 0)).collect();
+    for photo in found.values().filter_map(|p| p.photo.as_deref()) {
+        if let Some(n) = listings.get_mut(photo) {
+            *n += 1;
+        }
+    }
+    for (photo, marked) in page_photos {
+        let found = listings.get(photo).copied().unwrap_or(0);
+        if marked.more_than(found) {
+            to_ask.push(photo);
+        } else if found > 1 {
+            complete.insert(photo);
+        }
+    }
+    (complete, to_ask)
+}
+
 /// The categories of products a collection's answer described, to agree on.
 fn payload_kinds(found: &HashMap<Key, StoredProduct>) -> KindTable {
     let mut table = KindTable::default();
@@ -414,4 +448,43 @@ fn payload_colours(found: &HashMap<Key, StoredProduct>) -> Result<ColourTable> {
         table.put(*key, descriptor, Product::named_colour(&product.metadata));
     }
     Ok(table)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn listing(id: &str, photo: &str, photo_listings: PhotoListings) -> (Key, StoredProduct) {
+        (collection_key(id), StoredProduct { id: id.to_string(), photo: Some(photo.to_string()), photo_listings, ..StoredProduct::default() })
+    }
+
+    /// A search asks the collection for a page hit's other listings only where its mark says
+    /// there are more than the search itself found.
+    #[test]
+    fn only_photos_with_listings_the_search_did_not_find_are_asked_for() {
+        let three = PhotoListings::Counted(3);
+        let found: HashMap<Key, StoredProduct> = [
+            // Every size of the shirt was found: nothing to ask.
+            listing("shirt-s", "shirt", three),
+            listing("shirt-m", "shirt", three),
+            listing("shirt-l", "shirt", three),
+            // One of the dress's three sizes was left out (a filter, or the depth).
+            listing("dress-s", "dress", three),
+            listing("dress-m", "dress", three),
+            // The shoe's photo is its own.
+            listing("shoe", "shoe", PhotoListings::Own),
+            // Marked by a lookalike that did not count: always asked.
+            listing("bag", "bag", PhotoListings::Uncounted),
+            // Unmarked, yet found twice (a write that failed before its mark): asked.
+            listing("hat-1", "hat", PhotoListings::Own),
+            listing("hat-2", "hat", PhotoListings::Own),
+        ]
+        .into_iter()
+        .collect();
+        let page = ["shirt-m", "dress-s", "shoe", "bag", "hat-1"].map(|id| &found[&collection_key(id)]);
+        let (complete, mut to_ask) = photos_found_whole(page.iter().filter_map(|p| Some((p.photo.as_deref()?, p.photo_listings))), &found);
+        to_ask.sort();
+        assert_eq!(complete, HashSet::from(["shirt"]));
+        assert_eq!(to_ask, ["bag", "dress", "hat"]);
+    }
 }

@@ -36,7 +36,7 @@ mod removals;
 
 pub use config::{CollectionLayout, QdrantConfig};
 use points::{integer, stored_product};
-pub use points::{ProductPoint, ProductWithoutCatalog, StoredProduct, SyncReport};
+pub use points::{PhotoListings, ProductPoint, ProductWithoutCatalog, StoredProduct, SyncReport};
 
 /// Payload fields lookalike adds beside the product's metadata: the catalog key of a product a
 /// catalog wrote (products added through a server without a catalog have none), the product
@@ -59,7 +59,12 @@ const PATCHED_FIELD: &str = "_lookalike_patched";
 /// search asks for the other products listed with its hits' photos.
 const PHOTO_FIELD: &str = "_lookalike_photo";
 
-/// `true` on a point whose photo other points have too ([`QdrantIndex::mark_shared_photos`]).
+/// On a point whose photo other points have too: how many points the collection held with
+/// that photo when one of them was last written ([`QdrantIndex::mark_shared_photos`]).
+const LISTINGS_FIELD: &str = "_lookalike_photo_listings";
+
+/// `true` on a point whose photo other points have too, as lookalike marked them before it
+/// counted them ([`LISTINGS_FIELD`]): read as "shared, count unknown".
 const SHARED_FIELD: &str = "_lookalike_photo_shared";
 
 /// Photos up to this size travel in the payload, so that a server without the catalog can show

@@ -2,16 +2,18 @@
 //! photo), written one by one or in batches, synced against a catalog, read back, removed, and
 //! counted by facet.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use anyhow::{bail, Context, Result};
 use base64::Engine as _;
 use qdrant_client::qdrant::{
     point_id::PointIdOptions, Condition, CountPointsBuilder, DeletePayloadPointsBuilder, DeletePointsBuilder, FacetCountsBuilder, Filter as QFilter, GetPointsBuilder,
-    PayloadExcludeSelector, PayloadIncludeSelector, PointId, PointStruct, PointsIdsList, ScrollPointsBuilder, SetPayloadPointsBuilder, UpsertPointsBuilder, Value as QValue,
+    PayloadExcludeSelector, PayloadIncludeSelector, PointId, PointStruct, PointsIdsList, Range, ScrollPointsBuilder, SetPayloadPointsBuilder, UpsertPointsBuilder, Value as QValue,
 };
 
-use super::{point_id, qdrant_filter, IfMissing, QdrantIndex, COLOUR_FIELD, ID_FIELD, IMAGE_FIELD, KEY_FIELD, MAX_PAYLOAD_IMAGE, PATCHED_FIELD, PHOTO_FIELD, SHARED_FIELD};
+use super::{
+    point_id, qdrant_filter, IfMissing, QdrantIndex, COLOUR_FIELD, ID_FIELD, IMAGE_FIELD, KEY_FIELD, LISTINGS_FIELD, MAX_PAYLOAD_IMAGE, PATCHED_FIELD, PHOTO_FIELD, SHARED_FIELD,
+};
 use crate::types::{Filter, Key, Metadata, MetadataPatch, Product, RESERVED_COLUMN_PREFIX};
 
 /// Points per upsert request: large enough to amortise the round trip, small enough to stay far
@@ -29,10 +31,34 @@ pub struct StoredProduct {
     /// same photo (size variants) are one search result. `None` on points written before
     /// lookalike kept it (`sync` sends those again).
     pub photo: Option<String>,
-    /// Whether the collection has marked the photo as listed with other products too: every
-    /// write marks the points whose photo other points have (what a writer sets here is not
-    /// written).
-    pub photo_shared: bool,
+    /// What the collection has marked about the photo's other listings: every write marks
+    /// the points whose photo other points have (what a writer sets here is not written).
+    pub photo_listings: PhotoListings,
+}
+
+/// How many points of a collection have a point's photo, as the collection marked it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum PhotoListings {
+    /// Unmarked: no other point had the photo when one of its points was last written.
+    #[default]
+    Own,
+    /// This many points (two or more) had the photo when one of them was last written.
+    Counted(usize),
+    /// Marked as shared by a lookalike that did not count them.
+    Uncounted,
+}
+
+impl PhotoListings {
+    /// Whether a search that found `found` listings of the photo may have left some out:
+    /// only then must it ask the collection for the rest. (An unmarked photo found more than
+    /// once lost its mark to a failed write: asked, not trusted.)
+    pub fn more_than(self, found: usize) -> bool {
+        match self {
+            PhotoListings::Own => found > 1,
+            PhotoListings::Counted(listings) => found < listings,
+            PhotoListings::Uncounted => true,
+        }
+    }
 }
 
 impl StoredProduct {
@@ -40,7 +66,7 @@ impl StoredProduct {
     /// `colour`.
     pub fn of(product: Product, colour: Option<Vec<f32>>) -> StoredProduct {
         let photo = (!product.content_hash.is_empty()).then_some(product.content_hash);
-        StoredProduct { id: product.id, metadata: product.metadata, colour, photo, photo_shared: false }
+        StoredProduct { id: product.id, metadata: product.metadata, colour, photo, photo_listings: PhotoListings::Own }
     }
 }
 
@@ -134,9 +160,13 @@ pub(super) fn stored_product(payload: HashMap<String, QValue>) -> Option<StoredP
         .and_then(|text| base64::engine::general_purpose::STANDARD.decode(text).ok())
         .map(|bytes| bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect());
     let photo = payload.get(PHOTO_FIELD).and_then(string).map(str::to_string);
-    let photo_shared = payload.get(SHARED_FIELD).is_some_and(|v| matches!(v.kind, Some(qdrant_client::qdrant::value::Kind::BoolValue(true))));
+    let photo_listings = match (payload.get(LISTINGS_FIELD).and_then(integer), payload.get(SHARED_FIELD).map(|v| &v.kind)) {
+        (Some(n), _) => usize::try_from(n).map_or(PhotoListings::Uncounted, PhotoListings::Counted),
+        (None, Some(Some(qdrant_client::qdrant::value::Kind::BoolValue(true)))) => PhotoListings::Uncounted,
+        _ => PhotoListings::Own,
+    };
     let metadata = payload.iter().filter(|(k, _)| !k.starts_with(RESERVED_COLUMN_PREFIX)).filter_map(|(k, v)| string(v).map(|v| (k.clone(), v.to_string()))).collect();
-    Some(StoredProduct { id, metadata, colour, photo, photo_shared })
+    Some(StoredProduct { id, metadata, colour, photo, photo_listings })
 }
 
 pub(super) fn string(v: &QValue) -> Option<&str> {
@@ -225,11 +255,14 @@ impl QdrantIndex {
         self.mark_shared_photos(&photos)
     }
 
-    /// Marks every point whose photo (one of `photos`) other points have too: a search asks
-    /// the collection for a hit's other listings only where its point is marked, so a
-    /// collection where every photo is its own pays no second request a search. Read after
-    /// the write, so of two servers adding listings of one photo at once, the later marks
-    /// both. A mark outlives the listing that made it (a search then finds no other).
+    /// Marks every point whose photo (one of `photos`) other points have too with the number
+    /// of points that have it: a search asks the collection for a hit's other listings only
+    /// where its point is marked and the search did not find that many itself, so a
+    /// collection where every photo is its own pays no second request a search, and one of
+    /// size variants only where a filter or the page's depth left some out. Read after the
+    /// write, so of two servers adding listings of one photo at once, the later counts both;
+    /// a count is only ever raised, so the earlier's smaller count cannot land over it. A
+    /// count outlives the listing that made it (a search then asks, and finds fewer).
     pub(super) fn mark_shared_photos(&self, photos: &[String]) -> Result<()> {
         if photos.is_empty() {
             return Ok(());
@@ -248,14 +281,18 @@ impl QdrantIndex {
         for photo in &listed {
             *listings.entry(photo.as_str()).or_default() += 1;
         }
-        let shared: Vec<String> = listings.into_iter().filter(|&(_, n)| n > 1).map(|(photo, _)| photo.to_string()).collect();
-        if shared.is_empty() {
-            return Ok(());
+        // One request for each count (the sizes of a product line mostly have one).
+        let mut by_count: BTreeMap<usize, Vec<String>> = BTreeMap::new();
+        for (photo, n) in listings.into_iter().filter(|&(_, n)| n > 1) {
+            by_count.entry(n).or_default().push(photo.to_string());
         }
-        let mark = HashMap::from([(SHARED_FIELD.to_string(), QValue::from(true))]);
-        let request =
-            SetPayloadPointsBuilder::new(self.points.clone(), mark).points_selector(QFilter::must([Condition::matches(PHOTO_FIELD, shared)])).wait(true).ordering(self.ordering());
-        self.retry("marking products listed with one photo", || self.client.set_payload(request.clone()))?;
+        for (n, shared) in by_count {
+            let mark = HashMap::from([(LISTINGS_FIELD.to_string(), QValue::from(n as i64))]);
+            let not_counted_as_many = Condition::range(LISTINGS_FIELD, Range { gte: Some(n as f64), ..Range::default() });
+            let points = QFilter { must: vec![Condition::matches(PHOTO_FIELD, shared)], must_not: vec![not_counted_as_many], ..QFilter::default() };
+            let request = SetPayloadPointsBuilder::new(self.points.clone(), mark).points_selector(points).wait(true).ordering(self.ordering());
+            self.retry("marking products listed with one photo", || self.client.set_payload(request.clone()))?;
+        }
         Ok(())
     }
 
@@ -558,5 +595,31 @@ impl QdrantIndex {
             }
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A point's mark reads as the count a write left, the older "shared" flag as a mark
+    /// without a count, and anything else as no mark a search could trust to skip asking.
+    #[test]
+    fn a_points_photo_mark_reads_as_its_count() {
+        let payload = |extra: &[(&str, QValue)]| {
+            let mut payload = HashMap::from([(ID_FIELD.to_string(), QValue::from("1001")), (PHOTO_FIELD.to_string(), QValue::from("abc"))]);
+            payload.extend(extra.iter().map(|(k, v)| (k.to_string(), v.clone())));
+            stored_product(payload).expect("a product").photo_listings
+        };
+        assert_eq!(payload(&[]), PhotoListings::Own);
+        assert_eq!(payload(&[(LISTINGS_FIELD, QValue::from(3i64))]), PhotoListings::Counted(3));
+        assert_eq!(payload(&[(SHARED_FIELD, QValue::from(true))]), PhotoListings::Uncounted);
+        assert_eq!(payload(&[(SHARED_FIELD, QValue::from(true)), (LISTINGS_FIELD, QValue::from(4i64))]), PhotoListings::Counted(4));
+        assert_eq!(payload(&[(LISTINGS_FIELD, QValue::from(-2i64))]), PhotoListings::Uncounted);
+        assert_eq!(payload(&[(SHARED_FIELD, QValue::from(false))]), PhotoListings::Own);
+        // A count asks only where the search found fewer; no mark only where it found more than one.
+        assert!(PhotoListings::Counted(3).more_than(2) && !PhotoListings::Counted(3).more_than(3));
+        assert!(!PhotoListings::Own.more_than(1) && PhotoListings::Own.more_than(2));
+        assert!(PhotoListings::Uncounted.more_than(5));
     }
 }

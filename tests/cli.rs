@@ -431,6 +431,17 @@ fn products_sharing_a_photo_are_encoded_once() {
     let line = json(std::fs::read_to_string(&per_query).expect("per-query file").lines().next().expect("one query"));
     let ranked: Vec<&str> = line["methods"]["lookalike"]["hits"].as_array().expect("hits").iter().filter_map(|h| h["label"].as_str()).collect();
     assert_eq!(ranked, ["Shirts", "Shoes"], "one hit a photo: {line}");
+    // Scenes of several products count photos too: a scene of shirts finds the shirt's photo
+    // once for each shirt placed in it (1/10, not 3/10 for its three listings).
+    let scene_queries = dir.path().join("scene-queries");
+    std::fs::create_dir_all(scene_queries.join("images")).expect("mkdir");
+    for id in ["q1", "q2", "q3"] {
+        std::fs::copy(&shirt, scene_queries.join("images").join(format!("{id}.jpg"))).expect("copy");
+    }
+    std::fs::write(scene_queries.join("styles.csv"), "id,articleType\nq1,Shirts\nq2,Shirts\nq3,Shirts\n").expect("csv");
+    let report = json(&ok(&["eval", "--db", path(&db), "--query-photos", path(&scene_queries), "--methods", "lookalike", "--scenes", "1", "--json"]));
+    let whole = report["scenes"]["whole_photo_precision_at_10"].as_f64().expect("whole-photo P@10");
+    assert!((whole - 0.1).abs() < 1e-9, "{report}");
 
     // The shirt gets a new photo, and a new product (listed after it) has the old one: the
     // other variants still have it, so it is copied from them, never from the changed shirt.

@@ -14,7 +14,7 @@ use crate::kind::{self, KindTable};
 use crate::localise::ForegroundHead;
 use crate::preprocess;
 use crate::space::SearchSpace;
-use crate::types::Key;
+use crate::types::{Key, SamePhotos};
 
 /// Photos of 2-3 held-out products side by side on one background ([`crate::perturb::compose_scene`]):
 /// are the products found in them, and does searching with each found item's box find its kind?
@@ -80,16 +80,21 @@ pub(super) fn evaluate_scenes(
     n: usize,
     seed: u64,
     labels: &HashMap<Key, String>,
+    same_photos: &SamePhotos,
 ) -> Result<SceneReport> {
     ensure!(queries.len() >= 3, "scenes need at least 3 queries");
     let input = &encoder.spec().input;
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ 0x005C_E7E5);
     let precision = |hits: &[crate::index::Hit], label: &str| hits.iter().filter(|h| labels.get(&h.key).is_some_and(|l| l == label)).count() as f64 / K as f64;
+    // Ranked deep enough for K photos, and folded to them, as search shows them (size variants
+    // listed with one photo are one result).
+    let depth = K * same_photos.most_listings_of_a_photo();
     let search = |vector: &[f32]| -> Result<Vec<crate::index::Hit>> {
-        Ok(match kinds {
-            Some((kinds, weight)) => kinds.rerank_with(index.search(&space.map_photo(vector)?, kind::CANDIDATES, None)?, weight).into_iter().take(K).collect(),
-            None => index.search(&space.map_photo(vector)?, K, None)?,
-        })
+        let hits = match kinds {
+            Some((kinds, weight)) => kinds.rerank_with(index.search(&space.map_photo(vector)?, kind::CANDIDATES.max(depth), None)?, weight),
+            None => index.search(&space.map_photo(vector)?, depth, None)?,
+        };
+        Ok(same_photos.one_per_photo(hits, |hit| hit.key, K))
     };
     let (mut placed_total, mut matched, mut detected_total, mut scene_p10, mut pooled_p10, mut whole_p10) = (0usize, 0usize, 0usize, 0.0f64, 0.0f64, 0.0f64);
     // Products no box matched: merged with a neighbour, loosely boxed, missed.

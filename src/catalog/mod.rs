@@ -330,7 +330,7 @@ pub fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::types::{Filter, NewImage, NewProduct};
+    use crate::types::{Filter, Key, NewImage, NewProduct};
 
     fn product(id: &str, meta: &[(&str, &str)], v: Vec<f32>) -> NewProduct {
         NewProduct {
@@ -342,6 +342,23 @@ mod tests {
             max_pooled: None,
             colour: None,
         }
+    }
+
+    /// A page of hits is read in one statement, in the ranking's order, without the keys
+    /// removed since.
+    #[test]
+    fn products_come_back_in_the_order_of_their_keys() -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        let mut cat = SqliteCatalog::open(&dir.path().join("c.db"))?;
+        cat.upsert(&[product("a", &[], vec![1.0, 0.0]), product("b", &[], vec![0.0, 1.0]), product("c", &[("size", "M")], vec![1.0, 1.0])])?;
+        let key = |id: &str| -> Result<Key> { Ok(cat.get_by_id(id)?.context("product")?.key) };
+        let (a, b, c) = (key("a")?, key("b")?, key("c")?);
+        let ids = |keys: &[Key]| -> Result<Vec<String>> { Ok(cat.get_many(keys)?.into_iter().map(|p| p.id).collect()) };
+        assert_eq!(ids(&[c, a, b])?, ["c", "a", "b"]);
+        assert_eq!(ids(&[b, c + a + b + 100, a])?, ["b", "a"], "a key no product has is left out");
+        assert_eq!(ids(&[])?, Vec::<String>::new());
+        assert_eq!(cat.get_many(&[c])?[0].metadata.get("size").map(String::as_str), Some("M"));
+        Ok(())
     }
 
     #[test]

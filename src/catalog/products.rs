@@ -95,14 +95,17 @@ impl SqliteCatalog {
 
     /// The products for `keys`, in the same order; keys that no longer exist are left out.
     pub fn get_many(&self, keys: &[Key]) -> Result<Vec<Product>> {
-        let mut stmt = self.conn.prepare_cached(&format!("{SELECT_PRODUCT} WHERE key = ?1"))?;
-        let mut out = Vec::with_capacity(keys.len());
-        for key in keys {
-            if let Some(p) = stmt.query_row([key], row_to_product).optional()? {
-                out.push(p?);
-            }
+        if keys.is_empty() {
+            return Ok(Vec::new());
         }
-        Ok(out)
+        // One statement for a page of hits, not one a key.
+        let mut stmt = self.conn.prepare_cached(&format!("{SELECT_PRODUCT} WHERE key IN (SELECT value FROM json_each(?1))"))?;
+        let mut found: HashMap<Key, Product> = HashMap::with_capacity(keys.len());
+        for product in stmt.query_map([serde_json::to_string(keys)?], row_to_product)? {
+            let product = product??;
+            found.insert(product.key, product);
+        }
+        Ok(keys.iter().filter_map(|key| found.get(key).cloned()).collect())
     }
 
     /// Which of `keys` share their photo with another product (size variants listed with one

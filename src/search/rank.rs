@@ -243,7 +243,9 @@ impl SearchEngine {
                     true => Vec::new(),
                     false => self.read_index()?.collection().map(|c| c.products_with_photos(&to_ask, &filter)).transpose()?.unwrap_or_default(),
                 };
-                listed.extend(found.values().filter(|p| p.photo.as_deref().is_some_and(|photo| complete.contains(photo))).cloned());
+                if !complete.is_empty() {
+                    listed.extend(found.values().filter(|p| p.photo.as_deref().is_some_and(|photo| complete.contains(photo))).cloned());
+                }
                 let mut variants: HashMap<Key, Vec<Product>> = HashMap::new();
                 for product in &products {
                     let others = listed.iter().filter(|other| other.photo.as_deref() == Some(product.content_hash.as_str()) && other.id != product.id);
@@ -263,16 +265,24 @@ impl SearchEngine {
                 let shared: Vec<(Key, &str)> = page.iter().filter_map(|h| Some((h.key, same_photos.shared_photo(h.key)?))).collect();
                 self.with_catalog(|c| {
                     // A hit's variants are the other products with its photo that the filter admits.
-                    let mut variants = HashMap::new();
                     let mut siblings = c.keys_with_photos(&shared.iter().map(|&(_, photo)| photo).collect::<Vec<_>>())?;
-                    for &(key, photo) in &shared {
-                        let others: Vec<Key> =
-                            siblings.remove(photo).unwrap_or_default().into_iter().filter(|&other| other != key && allowed.as_ref().is_none_or(|a| a.contains(&other))).collect();
-                        if !others.is_empty() {
-                            variants.insert(key, c.get_many(&others)?);
-                        }
-                    }
-                    Ok((c.get_many(&keys)?, variants))
+                    let others_of: Vec<(Key, Vec<Key>)> = shared
+                        .iter()
+                        .map(|&(key, photo)| {
+                            let others =
+                                siblings.remove(photo).unwrap_or_default().into_iter().filter(|&other| other != key && allowed.as_ref().is_none_or(|a| a.contains(&other)));
+                            (key, others.collect())
+                        })
+                        .collect();
+                    // The page and its variants in one read.
+                    let all: Vec<Key> = keys.iter().copied().chain(others_of.iter().flat_map(|(_, others)| others.iter().copied())).collect();
+                    let mut read: HashMap<Key, Product> = c.get_many(&all)?.into_iter().map(|p| (p.key, p)).collect();
+                    let variants: HashMap<Key, Vec<Product>> = others_of
+                        .into_iter()
+                        .map(|(key, others)| (key, others.iter().filter_map(|other| read.get(other).cloned()).collect::<Vec<_>>()))
+                        .filter(|(_, others)| !others.is_empty())
+                        .collect();
+                    Ok((keys.iter().filter_map(|key| read.remove(key)).collect(), variants))
                 })?
             }
         };

@@ -87,8 +87,8 @@ impl Product {
     }
 
     /// The product's photo on the shop's own image server or CDN (`image_url`, `imageUrl` or
-    /// `image_link` column), only when it is an `http(s)://` address: where a server without
-    /// the catalog sends a shopper for a photo too large to travel in Qdrant's payload.
+    /// `image_link` column), only when it is an `http(s)://` address: where a server that knows
+    /// the product from a Qdrant collection sends a shopper for its photo at full size.
     pub fn image_link(&self) -> Option<&str> {
         self.first_of(&["image_url", "imageUrl", "image_link"]).filter(|v| is_web_address(v))
     }

@@ -73,6 +73,21 @@ impl Drop for DeletedOnDrop {
     }
 }
 
+/// Fashion-MNIST test photo `i` as a 700 px PNG with a little noise: a photo over the 64 KiB a
+/// point's payload carries as it is.
+fn large_photo(i: usize) -> Vec<u8> {
+    let small = image::load_from_memory(&test_photo(i).0).expect("photo").to_rgb8();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(i as u64);
+    let large = image::RgbImage::from_fn(700, 700, |x, y| {
+        let image::Rgb(px) = *small.get_pixel(x * small.width() / 700, y * small.height() / 700);
+        image::Rgb(px.map(|v| v.saturating_add(rng.random_range(0..6))))
+    });
+    let mut png = Vec::new();
+    large.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png).expect("png");
+    assert!(png.len() > lookalike::index::qdrant::MAX_PAYLOAD_IMAGE, "{} bytes", png.len());
+    png
+}
+
 fn store(collection: &str, exact: bool) -> QdrantConfig {
     store_at(&qdrant_url(), collection, exact)
 }
@@ -407,7 +422,7 @@ fn sync_swap_moves_every_server_to_a_new_collection_at_once() {
     let replica = SearchEngine::open_collection(&store(&collection, true), Box::new(encoder())).expect("replica");
     // A product only the collection knows, added through the replica: every swap keeps it.
     let (added_photo, _) = test_photo(7);
-    replica.add_product_photo("added-by-replica".into(), added_photo.clone(), Default::default()).expect("add through the replica");
+    replica.add_product_photo("added-by-replica".into(), added_photo.clone(), Default::default(), None).expect("add through the replica");
     let finds = |engine: &SearchEngine, photo: &Vec<u8>, id: &str, when: &str| {
         let first = first_pages(engine, std::slice::from_ref(photo))[0].first().cloned();
         assert_eq!(first.as_deref(), Some(id), "{when}: the product added through the replica is found by its photo");
@@ -462,7 +477,7 @@ fn sync_swap_moves_every_server_to_a_new_collection_at_once() {
     // A product added through the replica before its next check goes where the description
     // points now, not to the collection the swap replaced: the write reads the description.
     let (late_photo, _) = test_photo(8);
-    replica.add_product_photo("added-after-the-swap".into(), late_photo.clone(), Default::default()).expect("add through the replica");
+    replica.add_product_photo("added-after-the-swap".into(), late_photo.clone(), Default::default(), None).expect("add through the replica");
     assert!(!replica.follow_collection_description().expect("follow the description"), "the replica's write took up the description naming the third collection");
     server.follow_catalog().expect("follow");
     // The server, opening the third collection with other --filter-columns than `sync` (the
@@ -559,9 +574,9 @@ fn writes_made_while_a_swap_runs_reach_the_new_collection() {
         let swap_config = if round == 0 { config.clone() } else { quantized(false) };
         let report = lookalike::store::sync_qdrant_observed(&mut catalog, &swap_config, SyncMode::Swap, keep_replaced(), &mut |step, _| {
             if step == SyncStep::CaughtUp {
-                server.add_product_photo(by_server.clone(), server_photo.clone(), Default::default())?;
+                server.add_product_photo(by_server.clone(), server_photo.clone(), Default::default(), None)?;
                 assert!(server.remove_product(removed)?, "removed through the server");
-                replica.add_product_photo(by_replica.clone(), replica_photo.clone(), Default::default())?;
+                replica.add_product_photo(by_replica.clone(), replica_photo.clone(), Default::default(), None)?;
             }
             Ok(())
         })
@@ -642,7 +657,7 @@ fn writes_through_a_server_without_the_catalog_outlast_syncs() {
     assert!(replica.remove_product(&ids[1]).expect("remove"));
     let (new_photo, _) = test_photo(40);
     let details = lookalike::types::Metadata::from([("articleType".to_string(), "Replaced".to_string())]);
-    replica.add_product_photo(ids[1].clone(), new_photo.clone(), details).expect("add again");
+    replica.add_product_photo(ids[1].clone(), new_photo.clone(), details, None).expect("add again");
     let report = sync();
     assert_eq!(report["removed_without_catalog"], 0, "{report}");
     assert_eq!(report["replaced_without_catalog"], 1, "{report}");
@@ -655,10 +670,20 @@ fn writes_through_a_server_without_the_catalog_outlast_syncs() {
     let report = sync();
     assert_eq!(report["replaced_without_catalog"], 0, "the point is the catalog's row now: {report}");
     assert_eq!(report["added"], 0, "{report}");
-    // A replacement not taken in (`sync_qdrant` holds no model; nor can `lookalike sync` take
-    // one whose photo is too large for the payload) gets the catalog's version back, alone: the
-    // replica's vector is no sign of another search space (it is among those read back).
-    replica.add_product_photo(ids[1].clone(), test_photo(41).0, Default::default()).expect("replace again");
+    // Replaced with a photo too large for the payload: taken in from the reduced copy its
+    // point carries, listed under the original's content hash (so the sizes listed with that
+    // photo stay one result), and found by the original.
+    let big = large_photo(44);
+    replica.add_product_photo(ids[1].clone(), big.clone(), Default::default(), None).expect("replace with a large photo");
+    let report = sync();
+    assert_eq!(report["replaced_without_catalog"], 1, "{report}");
+    let taken_in = SqliteCatalog::open_existing(&db).expect("catalog").get_by_id(&ids[1]).expect("read").expect("in the catalog");
+    assert_eq!(taken_in.content_hash, lookalike::types::content_hash(&big));
+    assert_eq!(first_pages(&replica, &[big])[0].first(), Some(&ids[1]), "found first by the original photo");
+    // A replacement not taken in (`sync_qdrant` holds no model) gets the catalog's version
+    // back, alone: the replica's vector is no sign of another search space (it is among those
+    // read back).
+    replica.add_product_photo(ids[1].clone(), test_photo(41).0, Default::default(), None).expect("replace again");
     let report = lookalike::store::sync_qdrant(&mut catalog, &config, SyncMode::InPlace, keep_replaced()).expect("sync");
     assert_eq!((report.added, report.resent), (1, 0), "{report:?}");
 
@@ -697,8 +722,8 @@ fn writes_through_a_server_without_the_catalog_outlast_syncs() {
     // `lookalike remove --store` removes from the collection too, whoever added the product:
     // one a replica added, and a catalog product a replica replaced (points without a catalog
     // key, which a sync keeps).
-    replica.add_product_photo("added-on-replica".to_string(), test_photo(42).0, Default::default()).expect("add");
-    replica.add_product_photo(ids[3].clone(), test_photo(43).0, Default::default()).expect("replace");
+    replica.add_product_photo("added-on-replica".to_string(), test_photo(42).0, Default::default(), None).expect("add");
+    replica.add_product_photo(ids[3].clone(), test_photo(43).0, Default::default(), None).expect("replace");
     let out = Command::new(BIN)
         .args(["remove", "--db", db.to_str().expect("utf-8"), "--store", &qdrant_url(), "--collection", &collection, "added-on-replica", &ids[3]])
         .output()
@@ -895,12 +920,11 @@ fn replicas_with_and_without_the_catalog_share_one_collection() {
     }
     assert_eq!(remove(&replica, "striped"), 204);
 
-    // A photo too large for the payload: shown from the shop's own copy (its image_url).
-    let mut big = Vec::new();
-    let noise = image::RgbImage::from_fn(400, 400, |x, y| image::Rgb([(x * 31 + y * 17) as u8, (x * y) as u8, (x ^ y) as u8]));
-    noise.write_to(&mut std::io::Cursor::new(&mut big), image::ImageFormat::Png).expect("png");
-    assert!(big.len() > lookalike::index::qdrant::MAX_PAYLOAD_IMAGE, "{} bytes", big.len());
-    let form = photo_form(big, &[("id", "large-photo"), ("image_url", "https://cdn.example/large-photo.png")]);
+    // A photo too large for the payload travels as a reduced JPEG copy, which every server
+    // shows where the product links no copy of the shop's own (its image_url); where it does,
+    // a server without the photo in its catalog sends the shopper there, for the full size.
+    let big = large_photo(5);
+    let form = photo_form(big.clone(), &[("id", "large-photo"), ("image_url", "https://cdn.example/large-photo.png")]);
     let r = client().post(replica.url("/api/products")).bearer_auth(token).multipart(form).send().expect("POST");
     assert_eq!(r.status().as_u16(), 201, "{}", r.text().unwrap_or_default());
     for server in [&replica, &owner] {
@@ -908,6 +932,43 @@ fn replicas_with_and_without_the_catalog_share_one_collection() {
         assert_eq!((r.status().as_u16(), r.header("location")), (307, Some("https://cdn.example/large-photo.png")));
     }
     assert_eq!(remove(&replica, "large-photo"), 204);
+    let reduced_copy = |server: &Server, id: &str| {
+        let r = client().get(server.url(&format!("/api/products/{id}/image"))).send().expect("GET image");
+        assert_eq!((r.status().as_u16(), r.header("content-type")), (200, Some("image/jpeg")), "{id}");
+        let bytes = r.bytes().expect("bytes");
+        assert!(bytes.len() <= lookalike::index::qdrant::MAX_PAYLOAD_IMAGE, "{id}: {} bytes", bytes.len());
+        let copy = image::load_from_memory(&bytes).expect("the copy decodes");
+        assert_eq!((copy.width(), copy.height()), (640, 640), "{id}: 700 px reduced to 640");
+        bytes
+    };
+    // Added through the replica, through the server with the catalog (which keeps the
+    // original), and sent by a sync from the catalog: each point carries the copy.
+    for (server, id) in [(&replica, "large-by-replica"), (&owner, "large-by-owner")] {
+        let r = client().post(server.url("/api/products")).bearer_auth(token).multipart(photo_form(big.clone(), &[("id", id)])).send().expect("POST");
+        assert_eq!(r.status().as_u16(), 201, "{}", r.text().unwrap_or_default());
+        let copy = reduced_copy(&replica, id);
+        if server.url("/") == replica.url("/") {
+            assert_eq!(reduced_copy(&owner, id), copy, "the same copy on every server");
+        }
+    }
+    let r = client().get(owner.url("/api/products/large-by-owner/image")).send().expect("GET image");
+    assert_eq!(r.bytes().expect("bytes").to_vec(), big, "the catalog's server shows the original");
+    // A sync makes the copy of a catalog product's large photo, but not where the product
+    // links the shop's own: every server sends shoppers there.
+    let form = photo_form(big.clone(), &[("id", "large-linked"), ("image_url", "https://cdn.example/large-linked.jpg")]);
+    assert_eq!(client().post(owner.url("/api/products")).bearer_auth(token).multipart(form).send().expect("POST").status().as_u16(), 201);
+    let ids = ["large-by-owner", "large-linked"].map(String::from);
+    assert_eq!(lookalike::store::remove_from_collection(&store(&collection, true), &ids).expect("remove the points"), [true, true]);
+    let report = lookalike::store::sync_qdrant(&mut SqliteCatalog::open(&db).expect("catalog"), &store(&collection, true), SyncMode::InPlace, keep_replaced()).expect("sync");
+    assert_eq!(report.added, 2, "{report:?}");
+    reduced_copy(&replica, "large-by-owner");
+    let points = lookalike::index::qdrant::QdrantIndex::connect_cluster(store(&collection, true)).and_then(|c| c.open_existing_points(collection.clone())).expect("points");
+    assert_eq!(points.product_image("large-linked").expect("read"), None, "no copy of a linked photo");
+    let r = client().get(replica.url("/api/products/large-linked/image")).send().expect("GET image");
+    assert_eq!((r.status().as_u16(), r.header("location")), (307, Some("https://cdn.example/large-linked.jpg")));
+    for id in ["large-by-replica", "large-by-owner", "large-linked"] {
+        assert_eq!(remove(&replica, id), 204);
+    }
 
     // No description to follow: none, in one request (Qdrant's "not found"), not an error.
     let nowhere = lookalike::index::qdrant::QdrantIndex::connect_cluster(store("lookalike-never-made", true)).expect("cluster");

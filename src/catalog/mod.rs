@@ -356,6 +356,7 @@ mod tests {
         let ids = |keys: &[Key]| -> Result<Vec<String>> { Ok(cat.get_many(keys)?.into_iter().map(|p| p.id).collect()) };
         assert_eq!(ids(&[c, a, b])?, ["c", "a", "b"]);
         assert_eq!(ids(&[b, c + a + b + 100, a])?, ["b", "a"], "a key no product has is left out");
+        assert_eq!(ids(&[a, b, a])?, ["a", "b"], "a key given twice gives its product once");
         assert_eq!(ids(&[])?, Vec::<String>::new());
         assert_eq!(cat.get_many(&[c])?[0].metadata.get("size").map(String::as_str), Some("M"));
         Ok(())

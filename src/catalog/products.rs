@@ -93,7 +93,8 @@ impl SqliteCatalog {
         self.conn.query_row(&format!("{SELECT_PRODUCT} WHERE id = ?1"), [id], row_to_product).optional()?.transpose()
     }
 
-    /// The products for `keys`, in the same order; keys that no longer exist are left out.
+    /// The products for `keys`, in the same order; keys that no longer exist are left out, and
+    /// a key given twice gives its product once.
     pub fn get_many(&self, keys: &[Key]) -> Result<Vec<Product>> {
         if keys.is_empty() {
             return Ok(Vec::new());
@@ -105,7 +106,7 @@ impl SqliteCatalog {
             let product = product??;
             found.insert(product.key, product);
         }
-        Ok(keys.iter().filter_map(|key| found.get(key).cloned()).collect())
+        Ok(keys.iter().filter_map(|key| found.remove(key)).collect())
     }
 
     /// Which of `keys` share their photo with another product (size variants listed with one

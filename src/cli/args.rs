@@ -391,14 +391,15 @@ pub fn report_replaced_collections(report: &lookalike::index::qdrant::SyncReport
 /// [`lookalike::store::replaced_without_catalog`]), taken into the catalog from the photos
 /// their points carry, as a server with the catalog takes an upload: encoded again, colour
 /// read, the point then keyed to the catalog's row. A sync after this keeps them instead of
-/// sending the catalog's older versions back. How many were; those whose photos were too large
-/// to travel in the payload are named, and keep the catalog's versions.
+/// sending the catalog's older versions back. How many were; those whose points carry no photo
+/// (written before points carried a reduced copy of a photo over 64 KiB) are named, and keep
+/// the catalog's versions.
 pub fn take_in_replacements(catalog: &SqliteCatalog, config: &QdrantConfig) -> Result<usize> {
     let (with_photo, without): (Vec<_>, Vec<_>) = lookalike::store::replaced_without_catalog(catalog, config)?.into_iter().partition(|p| p.image.is_some());
     if !without.is_empty() {
         let ids: Vec<&str> = without.iter().map(|p| p.product.id.as_str()).collect();
         eprintln!(
-            "warning: {} catalog products were replaced through servers without the catalog with photos too large for the collection to carry (over 64 KiB); the catalog's versions are sent back: replace them through the catalog machine: {}",
+            "warning: {} catalog products were replaced through servers without the catalog, whose points carry no photo (written before points carried copies of photos over 64 KiB); the catalog's versions are sent back: replace them again: {}",
             ids.len(),
             ids.join(", ")
         );
@@ -411,7 +412,9 @@ pub fn take_in_replacements(catalog: &SqliteCatalog, config: &QdrantConfig) -> R
     let engine = lookalike::search::SearchEngine::open_with(SqliteCatalog::open_existing(catalog.path())?, Box::new(encoder), &index)?;
     for product in &with_photo {
         let (id, photo) = (product.product.id.clone(), product.image.clone().unwrap_or_default());
-        engine.add_product_photo(id.clone(), photo, product.product.metadata.clone()).with_context(|| format!("taking product {id:?} into the catalog"))?;
+        engine
+            .add_product_photo(id.clone(), photo, product.product.metadata.clone(), product.product.photo.clone())
+            .with_context(|| format!("taking product {id:?} into the catalog"))?;
     }
     eprintln!("{} catalog products replaced through servers without the catalog were taken into the catalog", with_photo.len());
     Ok(with_photo.len())
@@ -430,7 +433,9 @@ pub fn encode_again(catalog: &SqliteCatalog, config: &QdrantConfig, products: &[
     for product in products {
         let Some(photo) = &product.image else { continue };
         let id = product.product.id.clone();
-        engine.add_product_photo(id.clone(), photo.clone(), product.product.metadata.clone()).with_context(|| format!("encoding product {id:?} again"))?;
+        engine
+            .add_product_photo(id.clone(), photo.clone(), product.product.metadata.clone(), product.product.photo.clone())
+            .with_context(|| format!("encoding product {id:?} again"))?;
         encoded += 1;
     }
     Ok(encoded)

@@ -78,7 +78,7 @@ pub fn run(args: SyncArgs) -> Result<()> {
         let missing: Vec<&str> = to_encode.iter().filter(|p| p.image.is_none()).map(|p| p.product.id.as_str()).collect();
         if !missing.is_empty() {
             eprintln!(
-                "warning: {} of them have no photo in the collection (over 64 KiB) and cannot be encoded again: add them again (POST /api/products): {}",
+                "warning: {} of them have no photo in the collection (written before points carried copies of photos over 64 KiB) and cannot be encoded again: add them again (POST /api/products): {}",
                 missing.len(),
                 missing.join(", ")
             );

@@ -12,7 +12,7 @@ use std::borrow::Cow;
 
 use fast_image_resize::images::{Image, ImageRef};
 use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
-use image::{DynamicImage, RgbImage};
+use image::{DynamicImage, ImageEncoder, RgbImage};
 
 use crate::model::{Fit, InputSpec, Layout};
 
@@ -62,6 +62,32 @@ pub fn reduced(img: &DynamicImage, max_side: u32) -> RgbImage {
     let (nw, nh) = (scaled(w), scaled(h));
     let pixels = resize_u8(rgb.as_raw(), w, h, nw, nh, PixelType::U8x3, None);
     RgbImage::from_raw(nw, nh, pixels).expect("the resizer returns width * height * 3 bytes")
+}
+
+/// The longer side of [`jpeg_within`]'s copy where it fits at its first step.
+pub const JPEG_COPY_SIDE: u32 = 640;
+
+/// The photo as a JPEG of at most `max_bytes`: its longer side reduced to [`JPEG_COPY_SIDE`]
+/// first, then step by step smaller (at lower quality) until it fits; `None` when not even
+/// 96 px at quality 60 does. For a copy that must travel where the original cannot (a Qdrant
+/// point's payload): large enough to show on a product page and to encode again at the
+/// model's 224 px.
+pub fn jpeg_within(img: &DynamicImage, max_bytes: usize) -> Option<Vec<u8>> {
+    const STEPS: [(u32, u8); 6] = [(JPEG_COPY_SIDE, 85), (480, 85), (360, 80), (256, 75), (160, 70), (96, 60)];
+    let mut photo = reduced(img, JPEG_COPY_SIDE);
+    for (side, quality) in STEPS {
+        if photo.width().max(photo.height()) > side {
+            photo = reduced(&DynamicImage::ImageRgb8(photo), side);
+        }
+        let mut out = Vec::new();
+        // From the raw buffer: `encode_image` reads pixel by pixel through a generic view.
+        let encoder = image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, quality);
+        encoder.write_image(photo.as_raw(), photo.width(), photo.height(), image::ExtendedColorType::Rgb8).ok()?;
+        if out.len() <= max_bytes {
+            return Some(out);
+        }
+    }
+    None
 }
 
 /// A part of the photo to search with, as fractions of its width and height (after EXIF
@@ -375,6 +401,29 @@ mod tests {
         let tall = DynamicImage::ImageRgb8(RgbImage::new(90, 300));
         assert_eq!(reduced(&tall, 100).dimensions(), (30, 100));
         assert_eq!(reduced(&tall, 400).dimensions(), (90, 300));
+    }
+
+    #[test]
+    fn a_jpeg_within_a_size_is_the_photo_reduced_until_it_fits() {
+        // Noise does not compress: 900x600 of it needs several steps to fit 64 KiB.
+        let mut state = 12345u32;
+        let mut noise = || {
+            state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            (state >> 24) as u8
+        };
+        let photo = DynamicImage::ImageRgb8(RgbImage::from_fn(900, 600, |_, _| Rgb([noise(), noise(), noise()])));
+        let copy = jpeg_within(&photo, 64 * 1024).expect("a copy that fits");
+        assert!(copy.len() <= 64 * 1024, "{} bytes", copy.len());
+        let read = decode(&copy, &DecodeLimits::default()).expect("the copy decodes");
+        let (w, h) = (read.width(), read.height());
+        assert!(w < 640 && w * 2 == h * 3, "{w}x{h}: smaller than the first step, the same shape");
+        // A plain photo fits at the first step: 640 px on its longer side.
+        let plain = DynamicImage::ImageRgb8(RgbImage::from_pixel(1200, 1600, Rgb([180, 40, 40])));
+        let copy = decode(&jpeg_within(&plain, 64 * 1024).expect("fits"), &DecodeLimits::default()).expect("decodes");
+        assert_eq!((copy.width(), copy.height()), (480, 640));
+        let px = copy.to_rgb8().get_pixel(240, 320).0;
+        assert!(px.iter().zip([180u8, 40, 40]).all(|(a, b)| a.abs_diff(b) <= 3), "{px:?}: the colour survives");
+        assert_eq!(jpeg_within(&photo, 100), None, "nothing fits 100 bytes");
     }
 
     #[test]

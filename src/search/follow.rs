@@ -18,7 +18,7 @@ use crate::index::VectorIndex;
 use crate::kind::KindTable;
 use crate::space::SearchSpace;
 use crate::store::{
-    collection_points, collection_sent_through, collection_synced_space, graph_turn, open_index, open_qdrant, payload_image, read_collection_description, send_changes_since,
+    collection_points, collection_sent_through, collection_synced_space, graph_turn, open_index, open_qdrant, payload_images, read_collection_description, send_changes_since,
     write_graph, Store,
 };
 use crate::types::IndexingProgress;
@@ -335,13 +335,17 @@ impl SearchEngine {
             changes.push((key, vector, product, colour));
         }
         if !changes.is_empty() {
+            // The photos points carry, before any lock: a large one's copy is made here.
+            let images = match self.read_index()?.collection().is_some() {
+                true => payload_images(catalog, &changes.iter().map(|(_, _, product, _)| product.as_ref()).collect::<Vec<_>>()),
+                false => vec![None; changes.len()],
+            };
             let mut index = self.write_index()?;
             let mut colours = self.write_colours()?;
             let mut kinds = self.write_kinds()?;
-            for (key, vector, product, colour) in &changes {
+            for ((key, vector, product, colour), image) in changes.iter().zip(images) {
                 match (vector, product) {
                     (Some(vector), Some(product)) => {
-                        let image = if index.collection().is_some() { payload_image(catalog, product) } else { None };
                         let stored = StoredProduct::of(product.clone(), colour.map(|c| c.values()));
                         index.put(*key, vector, stored, image.as_deref())?;
                         colours.put(*key, *colour, product.colour());

@@ -29,8 +29,11 @@ impl SearchEngine {
             }
         }
         let colour = product.colour.as_deref().map(ColourDescriptor::from_values).transpose()?;
+        // What the point carries where the store is a collection: the photo, or a reduced copy
+        // of a large one (made here, before any lock), so that every server can show it and a
+        // sync can encode it again.
         let image = match &product.image {
-            crate::types::NewImage::Stored { bytes, .. } => Some(bytes.clone()),
+            crate::types::NewImage::Stored { bytes, .. } if self.catalog.is_none() || self.read_index()?.collection().is_some() => crate::store::payload_photo(bytes.clone()),
             _ => None,
         };
         let photo = (!product.content_hash.is_empty()).then(|| product.content_hash.clone());
@@ -67,14 +70,16 @@ impl SearchEngine {
     }
 
     /// Adds a product from its photo as the API's `POST /api/products` does: the photo encoded
-    /// whole, its colour read from its own pixels.
-    pub fn add_product_photo(&self, id: String, photo: Vec<u8>, metadata: crate::types::Metadata) -> Result<Key, SearchError> {
+    /// whole, its colour read from its own pixels. `photo_hash`: the content hash of the photo
+    /// `photo` is a copy of (a point's reduced copy of a large photo keeps its original's, so
+    /// that the sizes listed with that photo stay one result); `None`: its own.
+    pub fn add_product_photo(&self, id: String, photo: Vec<u8>, metadata: crate::types::Metadata, photo_hash: Option<String>) -> Result<Key, SearchError> {
         let query = self.prepare_query(&photo, None, super::Items::Main)?;
         let encoded = self.encode_photos(vec![query])?.into_iter().next().context("the encoder returned no embedding")?;
         let mime = image::guess_format(&photo).map(|f| f.to_mime_type()).unwrap_or("application/octet-stream").to_string();
         self.add_product(NewProduct {
             id,
-            content_hash: crate::types::content_hash(&photo),
+            content_hash: photo_hash.unwrap_or_else(|| crate::types::content_hash(&photo)),
             image: crate::types::NewImage::Stored { bytes: photo, mime },
             metadata,
             vector: encoded.whole.vector,

@@ -431,10 +431,10 @@ fn photos_found_whole<'a>(page_photos: impl Iterator<Item = (&'a str, PhotoListi
         }
     }
     for (photo, marked) in page_photos {
-        let found = listings.get(photo).copied().unwrap_or(0);
-        if marked.more_than(found) {
+        let answered = listings.get(photo).copied().unwrap_or(0);
+        if marked.more_than(answered) {
             to_ask.push(photo);
-        } else if found > 1 {
+        } else if answered > 1 {
             complete.insert(photo);
         }
     }

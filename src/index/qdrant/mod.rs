@@ -68,8 +68,9 @@ const LISTINGS_FIELD: &str = "_lookalike_photo_listings";
 const SHARED_FIELD: &str = "_lookalike_photo_shared";
 
 /// Photos up to this size travel in the payload, so that a server without the catalog can show
-/// them (Fashion-MNIST's are under 1 KiB, a 60x80 shop thumbnail a few KiB); larger ones are
-/// shown from the shop's own image URL column (see `docs/deployment.md`).
+/// them (Fashion-MNIST's are under 1 KiB, a 60x80 shop thumbnail a few KiB); the callers send
+/// a reduced copy of a larger one (`store::payload_photo`), or none where the shop serves it
+/// (see `docs/deployment.md`).
 pub const MAX_PAYLOAD_IMAGE: usize = 64 * 1024;
 
 /// The point id of a product: a UUID made from the SHA-256 of its id.

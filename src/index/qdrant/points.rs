@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use base64::Engine as _;
 use qdrant_client::qdrant::{
     point_id::PointIdOptions, Condition, CountPointsBuilder, DeletePayloadPointsBuilder, DeletePointsBuilder, FacetCountsBuilder, Filter as QFilter, GetPointsBuilder,
@@ -81,7 +81,8 @@ pub(super) struct WrittenPoint {
 #[derive(Debug, Clone)]
 pub struct ProductWithoutCatalog {
     pub product: StoredProduct,
-    /// Its photo, when small enough to travel in the payload ([`MAX_PAYLOAD_IMAGE`]).
+    /// Its photo as the payload carries it (up to [`MAX_PAYLOAD_IMAGE`]: a larger one travels
+    /// as a reduced copy, and points written before lookalike made copies carry none).
     pub image: Option<Vec<u8>>,
     /// Its vector in the collection's search space, when asked for.
     pub vector: Option<Vec<f32>>,
@@ -349,10 +350,11 @@ impl QdrantIndex {
     /// whose recorded key differs), deletes points a catalog wrote whose product is gone.
     /// Products added through a server without a catalog (no key in their payload) are kept:
     /// the catalog never knew them, so their absence from it says nothing. `keys` are the
-    /// catalog's products; `vector` gives one's vector in the search space, `image` its photo.
-    /// Vectors are fetched 256 at a time as they are sent, so a million-product sync holds no
-    /// second copy of them.
-    pub fn sync(&mut self, keys: &[Key], vector: impl Fn(Key) -> Option<Vec<f32>>, image: impl Fn(Key) -> Option<Vec<u8>>) -> Result<SyncReport> {
+    /// catalog's products; `vector` gives one's vector in the search space, `images` the
+    /// photos of a batch of them, in order, as payloads carry them (the caller makes the copies
+    /// of large ones). Vectors are fetched 256 at a time as they are sent, so a million-product
+    /// sync holds no second copy of them.
+    pub fn sync(&mut self, keys: &[Key], vector: impl Fn(Key) -> Option<Vec<f32>>, images: impl Fn(&[Key]) -> Vec<Option<Vec<u8>>>) -> Result<SyncReport> {
         let started = std::time::Instant::now();
         self.index_own_fields()?;
         let existing = self.all_points()?;
@@ -381,11 +383,14 @@ impl QdrantIndex {
         report.added = missing.len() - report.resent;
         report.deleted = stale.len();
         for chunk in missing.chunks(UPSERT_BATCH) {
+            let images = images(chunk);
+            ensure!(images.len() == chunk.len(), "{} photos for {} products", images.len(), chunk.len());
             let points = chunk
                 .iter()
-                .map(|&k| {
+                .zip(images)
+                .map(|(&k, image)| {
                     let vector = vector(k).with_context(|| format!("no vector for key {k}"))?;
-                    self.keyed_point(k, &vector, image(k).as_deref())
+                    self.keyed_point(k, &vector, image.as_deref())
                 })
                 .collect::<Result<Vec<_>>>()?;
             self.upsert_points(points)?;

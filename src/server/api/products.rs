@@ -16,7 +16,7 @@ use super::super::extract::{read_image_field, AdminToken, FieldNames, UploadForm
 use super::super::types::{NewProductForm, ProductBody, ProductDetailBody, ProductListBody, ProductPatchBody};
 use super::super::AppState;
 use super::{blocking, Shared};
-use crate::types::{check_column_name, Filter, Metadata, MetadataPatch, NewImage, NewProduct, Product};
+use crate::types::{check_column_name, Filter, ImageRef, Metadata, MetadataPatch, NewImage, NewProduct, Product};
 
 /// Products on a page listing them, at most this many a page.
 const MAX_PAGE: usize = 500;
@@ -95,12 +95,18 @@ async fn find_product(state: &Arc<AppState>, id: String) -> Result<Product, ApiE
     params(("id" = String, Path, description = "The shop's product id")),
     responses(
         (status = 200, description = "The image bytes", content_type = "image/*"),
-        (status = 307, description = "Not kept here: the shop's own copy (the product's image_url column)"),
+        (status = 307, description = "The shop's own copy (the product's image_url column): for a product known from a Qdrant collection, or whose photo is not kept here"),
         (status = 404, description = "Unknown product, or its image is gone", body = ErrorBody),
     )
 )]
 pub async fn product_image(State(state): Shared, Path(id): Path<String>) -> Result<Response, ApiError> {
     let product = find_product(&state, id).await?;
+    let shop_copy = product.image_link().and_then(|l| HeaderValue::from_str(l.trim()).ok());
+    // A product known from a Qdrant collection whose row links the shop's own copy: that copy,
+    // at full size (a point carries at most a reduced one), and no photo read through Qdrant.
+    if let (ImageRef::Collection, Some(link)) = (&product.image, &shop_copy) {
+        return Ok((StatusCode::TEMPORARY_REDIRECT, [(header::LOCATION, link.clone())]).into_response());
+    }
     let engine = state.engine.clone();
     let bytes = blocking({
         let product = product.clone();
@@ -108,9 +114,9 @@ pub async fn product_image(State(state): Shared, Path(id): Path<String>) -> Resu
     })
     .await?;
     let Some(bytes) = bytes else {
-        // Not here (a server without the catalog, a photo too large for Qdrant's payload): the
-        // shop's own copy, if its metadata links one.
-        if let Some(link) = product.image_link().and_then(|l| HeaderValue::from_str(l.trim()).ok()) {
+        // Not here (a file gone, a point written before points carried copies of photos over
+        // 64 KiB): the shop's own copy, if its metadata links one.
+        if let Some(link) = shop_copy {
             return Ok((StatusCode::TEMPORARY_REDIRECT, [(header::LOCATION, link)]).into_response());
         }
         return Err(ApiError::NotFound(format!("the image of product {:?} is no longer available", product.id)));

@@ -6,10 +6,12 @@
 //! and taking in what servers without the catalog removed or replaced (without_catalog.rs).
 
 use anyhow::{Context, Result};
+use rayon::prelude::*;
 
 use crate::catalog::SqliteCatalog;
 use crate::index::qdrant::{CollectionLayout, ProductPoint, QdrantConfig, QdrantIndex, StoredProduct, MAX_PAYLOAD_IMAGE};
 use crate::index::VectorIndex;
+use crate::preprocess;
 use crate::space::SearchSpace;
 use crate::types::{ImageRef, Key, Product};
 
@@ -118,16 +120,18 @@ pub fn send_changes_since(catalog: &SqliteCatalog, space: &SearchSpace, index: &
         tracing::warn!("the catalog's change log since collection {:?} was sent its changes is partly gone (a saved search graph absorbed it): run `lookalike sync` again to send what changed meanwhile", index.points());
         return Ok(0);
     };
-    let mut put = Vec::new();
+    let mut rows = Vec::new();
     for &key in &keys {
         match (catalog.vector(key)?, catalog.get(key)?) {
-            (Some(vector), Some(product)) => {
-                let image = payload_image(catalog, &product);
-                let product = StoredProduct::of(product, catalog.colour(key)?);
-                put.push(ProductPoint { key, product, vector: space.map(&vector)?, image });
-            }
+            (Some(vector), Some(product)) => rows.push((key, vector, product)),
             _ => index.remove(key)?,
         }
+    }
+    let images = payload_images(catalog, &rows.iter().map(|(_, _, product)| Some(product)).collect::<Vec<_>>());
+    let mut put = Vec::with_capacity(rows.len());
+    for ((key, vector, product), image) in rows.into_iter().zip(images) {
+        let product = StoredProduct::of(product, catalog.colour(key)?);
+        put.push(ProductPoint { key, product, vector: space.map(&vector)?, image });
     }
     // In batches: a large import while the collection filled is thousands of products.
     index.put_products(put)?;
@@ -193,15 +197,48 @@ pub(super) fn sent_through_setting(collection: &str) -> String {
     format!("qdrant_sent_through:{collection}")
 }
 
-/// A product's photo when it is small enough to travel in its point's payload
-/// ([`MAX_PAYLOAD_IMAGE`]), for servers without the catalog to show.
-pub fn payload_image(catalog: &SqliteCatalog, product: &Product) -> Option<Vec<u8>> {
-    if let ImageRef::File(path) = &product.image {
+/// The photos of catalog products as their points' payloads carry them ([`payload_photo`]), in
+/// their order (`None` in, or a photo that cannot be read or decoded: `None` out), but no copy
+/// of a large photo whose product links the shop's own (`image_url`): every server sends
+/// shoppers there, and the catalog encodes from its original. The photos are read in turn,
+/// the copies made on every core (a catalog of camera photos is mostly large ones, each a
+/// decode and a JPEG encode), 64 originals at a time in memory.
+pub fn payload_images(catalog: &SqliteCatalog, products: &[Option<&Product>]) -> Vec<Option<Vec<u8>>> {
+    let mut out = Vec::with_capacity(products.len());
+    for chunk in products.chunks(64) {
+        let read: Vec<Option<Vec<u8>>> = chunk.iter().map(|p| p.and_then(|p| photo_to_carry(catalog, p))).collect();
+        out.par_extend(read.into_par_iter().map(|bytes| bytes.and_then(payload_photo)));
+    }
+    out
+}
+
+/// A catalog product's photo as read for its point, unless it is large and the product links
+/// the shop's own copy (a large file of such a product is not even read).
+fn photo_to_carry(catalog: &SqliteCatalog, product: &Product) -> Option<Vec<u8>> {
+    let linked = product.image_link().is_some();
+    if let (true, ImageRef::File(path)) = (linked, &product.image) {
         if std::fs::metadata(path).map_or(true, |m| m.len() > MAX_PAYLOAD_IMAGE as u64) {
             return None;
         }
     }
-    catalog.image_bytes(product.key, &product.image).ok().filter(|bytes| bytes.len() <= MAX_PAYLOAD_IMAGE)
+    catalog.image_bytes(product.key, &product.image).ok().filter(|bytes| bytes.len() <= MAX_PAYLOAD_IMAGE || !linked)
+}
+
+/// A photo as a point's payload carries it, so that servers without the catalog can show it
+/// and `sync` can encode it again when the search space changes: itself up to
+/// [`MAX_PAYLOAD_IMAGE`], else a JPEG copy reduced to fit ([`preprocess::jpeg_within`]: 640 px
+/// on its longer side where that fits). `None` for bytes that do not decode.
+pub fn payload_photo(bytes: Vec<u8>) -> Option<Vec<u8>> {
+    if bytes.len() <= MAX_PAYLOAD_IMAGE {
+        return Some(bytes);
+    }
+    // Decoded no larger than the copy needs (a 3:4 photo's shorter side at the copy's size):
+    // a camera JPEG at a half or a quarter of its size, in a fraction of the time.
+    let short_side = preprocess::JPEG_COPY_SIDE * 3 / 4;
+    let image = preprocess::decode_reduced(&bytes, &preprocess::DecodeLimits::default(), short_side)
+        .map_err(|e| tracing::warn!("a photo of {} bytes travels without a copy in its point: {e}", bytes.len()))
+        .ok()?;
+    preprocess::jpeg_within(&image, MAX_PAYLOAD_IMAGE)
 }
 
 /// Connects to an existing Qdrant collection and reads its description (with the digest it
@@ -241,4 +278,24 @@ pub fn read_collection_description(index: &QdrantIndex, store: &QdrantConfig) ->
     })?;
     let description: CollectionDescription = serde_json::from_slice(&bytes).context("reading the collection's description")?;
     Ok((description, digest))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_payload_carries_a_small_photo_as_it_is_and_a_large_one_as_a_copy_that_fits() {
+        let mut png = Vec::new();
+        image::RgbImage::from_fn(1000, 500, |x, y| image::Rgb([(x % 251) as u8, (y % 241) as u8, ((x * y) % 239) as u8]))
+            .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+            .expect("png");
+        assert!(png.len() > MAX_PAYLOAD_IMAGE, "{} bytes", png.len());
+        let copy = payload_photo(png).expect("a copy");
+        assert!(copy.len() <= MAX_PAYLOAD_IMAGE, "{} bytes", copy.len());
+        assert_eq!(image::guess_format(&copy).ok(), Some(image::ImageFormat::Jpeg));
+        let small = copy.clone();
+        assert_eq!(payload_photo(small), Some(copy), "a photo that fits travels as it is");
+        assert_eq!(payload_photo(vec![0xFF; MAX_PAYLOAD_IMAGE + 1]), None, "bytes that are no photo travel not at all");
+    }
 }

@@ -5,7 +5,7 @@ use anyhow::{bail, Result};
 
 use super::description::{describe_collection, ReplacedCollection};
 use super::without_catalog::{apply_patches, apply_removals, take_patches};
-use super::{connect_qdrant_to, payload_image, points_collection, points_setting, send_changes_since, sent_through_setting, synced_space_setting};
+use super::{connect_qdrant_to, payload_images, points_collection, points_setting, send_changes_since, sent_through_setting, synced_space_setting};
 use crate::catalog::{SqliteCatalog, VectorKind};
 use crate::index::qdrant::{ProductWithoutCatalog, QdrantConfig, QdrantIndex, SyncReport};
 use crate::space::SearchSpace;
@@ -112,7 +112,7 @@ pub fn sync_qdrant_observed(
     let recreated = mode == SyncMode::Recreate && cluster.delete_if_misfit(&points, space.output_dim(catalog.vector_space()?.map_or(0, |s| s.dim)))?;
     let exact = space.build_index(catalog, VectorKind::Primary, crate::index::Precision::F32)?;
     let mut index = connect_qdrant_to(catalog, &space, cluster, points)?;
-    let mut report = index.sync(exact.keys(), |key| exact.vector(key), |key| products.get(&key).and_then(|p| payload_image(catalog, p)))?;
+    let mut report = index.sync(exact.keys(), |key| exact.vector(key), |keys| payload_images(catalog, &keys.iter().map(|key| products.get(key)).collect::<Vec<_>>()))?;
     let moved = recreated || index.points() != current;
     observe(SyncStep::Filled, index.points())?;
     // The change-log position up to which the collection has the catalog's changes. Servers

@@ -960,10 +960,19 @@ fn replicas_with_and_without_the_catalog_share_one_collection() {
     let ids = ["large-by-owner", "large-linked"].map(String::from);
     assert_eq!(lookalike::store::remove_from_collection(&store(&collection, true), &ids).expect("remove the points"), [true, true]);
     let report = lookalike::store::sync_qdrant(&mut SqliteCatalog::open(&db).expect("catalog"), &store(&collection, true), SyncMode::InPlace, keep_replaced()).expect("sync");
-    assert_eq!(report.added, 2, "{report:?}");
+    assert_eq!((report.added, report.photos_added), (2, 0), "{report:?}");
     reduced_copy(&replica, "large-by-owner");
-    let points = lookalike::index::qdrant::QdrantIndex::connect_cluster(store(&collection, true)).and_then(|c| c.open_existing_points(collection.clone())).expect("points");
+    let mut points = lookalike::index::qdrant::QdrantIndex::connect_cluster(store(&collection, true)).and_then(|c| c.open_existing_points(collection.clone())).expect("points");
     assert_eq!(points.product_image("large-linked").expect("read"), None, "no copy of a linked photo");
+    // A point written without its photo (by a lookalike before copies): the next sync sends it
+    // again with the copy, and only it.
+    let (stored, vector) = points.product("large-by-owner").expect("read").expect("the point");
+    let key = SqliteCatalog::open_existing(&db).expect("catalog").get_by_id("large-by-owner").expect("read").expect("in the catalog").key;
+    points.put_product(key, stored, &vector, None).expect("write it without its photo");
+    assert_eq!(points.product_image("large-by-owner").expect("read"), None);
+    let report = lookalike::store::sync_qdrant(&mut SqliteCatalog::open(&db).expect("catalog"), &store(&collection, true), SyncMode::InPlace, keep_replaced()).expect("sync");
+    assert_eq!((report.added, report.resent, report.photos_added), (0, 0, 1), "{report:?}");
+    reduced_copy(&replica, "large-by-owner");
     let r = client().get(replica.url("/api/products/large-linked/image")).send().expect("GET image");
     assert_eq!((r.status().as_u16(), r.header("location")), (307, Some("https://cdn.example/large-linked.jpg")));
     for id in ["large-by-replica", "large-by-owner", "large-linked"] {

@@ -106,6 +106,9 @@ pub struct SyncReport {
     /// Points sent again because the collection held them in another search space (see
     /// [`QdrantIndex::holds_other_vectors`]).
     pub resent: usize,
+    /// Points sent again to carry their photo, which they were written without (by a lookalike
+    /// before points carried copies of photos over 64 KiB).
+    pub photos_added: usize,
     pub deleted: usize,
     /// The collection was deleted first and filled afresh (`sync --recreate`: its vectors did
     /// not fit the catalog's search space).
@@ -323,6 +326,13 @@ impl QdrantIndex {
         Ok(points.len())
     }
 
+    /// The ids of the catalog's products whose points carry no photo (a catalog key, no
+    /// image): one small read.
+    fn ids_without_photo(&self) -> Result<HashSet<String>> {
+        let filter = QFilter { must: vec![Condition::is_empty(IMAGE_FIELD)], must_not: vec![Condition::is_empty(KEY_FIELD)], ..Default::default() };
+        Ok(self.strings_of("listing points without a photo", self.points.clone(), filter, ID_FIELD, IfMissing::Fail)?.into_iter().collect())
+    }
+
     /// The ids of the products a server without the catalog wrote (points without a catalog
     /// key): their ids alone, one small read however large their photos.
     pub fn ids_without_catalog(&self) -> Result<Vec<String>> {
@@ -352,9 +362,16 @@ impl QdrantIndex {
     /// the catalog never knew them, so their absence from it says nothing. `keys` are the
     /// catalog's products; `vector` gives one's vector in the search space, `images` the
     /// photos of a batch of them, in order, as payloads carry them (the caller makes the copies
-    /// of large ones). Vectors are fetched 256 at a time as they are sent, so a million-product
-    /// sync holds no second copy of them.
-    pub fn sync(&mut self, keys: &[Key], vector: impl Fn(Key) -> Option<Vec<f32>>, images: impl Fn(&[Key]) -> Vec<Option<Vec<u8>>>) -> Result<SyncReport> {
+    /// of large ones), and `wants_photo` whether one's point should carry its photo: a point
+    /// written without it is sent again. Vectors are fetched 256 at a time as they are sent, so
+    /// a million-product sync holds no second copy of them.
+    pub fn sync(
+        &mut self,
+        keys: &[Key],
+        vector: impl Fn(Key) -> Option<Vec<f32>>,
+        images: impl Fn(&[Key]) -> Vec<Option<Vec<u8>>>,
+        wants_photo: impl Fn(Key) -> bool,
+    ) -> Result<SyncReport> {
         let started = std::time::Instant::now();
         self.index_own_fields()?;
         let existing = self.all_points()?;
@@ -364,6 +381,7 @@ impl QdrantIndex {
         // queries mapped in the new one. So a sample is read back, and all are sent again if
         // it differs.
         let resend = self.holds_other_vectors(keys, &vector)?;
+        let without_photo = self.ids_without_photo()?;
         let mut wanted: HashSet<String> = HashSet::new();
         let mut missing = Vec::new();
         for &key in keys {
@@ -376,11 +394,14 @@ impl QdrantIndex {
             if !present || resend || written.is_some_and(|w| w.photo != product.photo) {
                 missing.push(key);
                 report.resent += usize::from(present);
+            } else if without_photo.contains(&product.id) && wants_photo(key) {
+                missing.push(key);
+                report.photos_added += 1;
             }
             wanted.insert(pid);
         }
         let stale: Vec<PointId> = existing.iter().filter(|(p, written)| written.key.is_some() && !wanted.contains(*p)).map(|(p, _)| PointId::from(p.clone())).collect();
-        report.added = missing.len() - report.resent;
+        report.added = missing.len() - report.resent - report.photos_added;
         report.deleted = stale.len();
         for chunk in missing.chunks(UPSERT_BATCH) {
             let images = images(chunk);

@@ -47,6 +47,10 @@ fn is_web_address(text: &str) -> bool {
 /// Columns that hold a product's display name, the first one present wins.
 pub const NAME_COLUMNS: [&str; 3] = ["productDisplayName", "name", "title"];
 
+/// The metadata columns that may link a product's photo on the shop's own image server or CDN
+/// ([`Product::image_link`]), in the order they are read.
+pub const IMAGE_LINK_COLUMNS: [&str; 3] = ["image_url", "imageUrl", "image_link"];
+
 impl Product {
     /// A human-readable name: the catalog's display-name column if it has one.
     pub fn name(&self) -> &str {
@@ -90,7 +94,7 @@ impl Product {
     /// `image_link` column), only when it is an `http(s)://` address: where a server that knows
     /// the product from a Qdrant collection sends a shopper for its photo at full size.
     pub fn image_link(&self) -> Option<&str> {
-        self.first_of(&["image_url", "imageUrl", "image_link"]).filter(|v| is_web_address(v))
+        self.first_of(&IMAGE_LINK_COLUMNS).filter(|v| is_web_address(v))
     }
 
     fn first_of(&self, columns: &[&str]) -> Option<&str> {

@@ -185,6 +185,12 @@ fn say_collection(said: &mut Said, catalog: &SqliteCatalog, config: &QdrantConfi
             status.without_photo_hash
         ));
     }
+    if status.without_photo > 0 {
+        lines.push(format!(
+            "qdrant points without their photo: {} (written by an older lookalike, which kept no photo over 64 KiB: servers without the catalog show none until `{sync}` sends them again with a reduced copy)",
+            status.without_photo
+        ));
+    }
     if status.removals_to_apply > 0 {
         lines.push(format!(
             "qdrant removals: {} catalog products were removed through servers without the catalog; the next `{sync}` removes them from the catalog too",
@@ -203,6 +209,7 @@ fn say_collection(said: &mut Said, catalog: &SqliteCatalog, config: &QdrantConfi
     collection["layout"] = json!({"shards": layout.shards, "copies": layout.replicas.unwrap_or(1), "quantised": layout.quantized, "keyword_columns": layout.keyword_columns});
     collection["search_space"] = json!(space);
     collection["without_photo_hash"] = json!(status.without_photo_hash);
+    collection["without_photo"] = json!(status.without_photo);
     said.json.insert("qdrant".into(), collection);
     Ok(())
 }

@@ -591,6 +591,18 @@ impl QdrantIndex {
         self.count()
     }
 
+    /// Catalog points that carry no photo though their product links none of the shop's own
+    /// ([`crate::types::IMAGE_LINK_COLUMNS`]): written by a lookalike before points carried
+    /// copies of photos over 64 KiB (or of a photo the catalog could not read).
+    pub fn count_without_photo(&self) -> Result<usize> {
+        let mut must = vec![Condition::is_empty(IMAGE_FIELD)];
+        must.extend(crate::types::IMAGE_LINK_COLUMNS.map(Condition::is_empty));
+        let filter = QFilter { must, must_not: vec![Condition::is_empty(KEY_FIELD)], ..Default::default() };
+        let request = CountPointsBuilder::new(self.points.clone()).filter(filter).exact(true);
+        let response = self.retry("counting points without their photo", || self.client.count(request.clone()))?;
+        Ok(response.result.map_or(0, |r| r.count as usize))
+    }
+
     /// Points whose payload has no photo hash: written before lookalike kept it.
     pub fn count_without_photo_hash(&self) -> Result<usize> {
         let request = CountPointsBuilder::new(self.points.clone()).filter(QFilter::must([Condition::is_empty(PHOTO_FIELD)])).exact(true);

@@ -75,6 +75,10 @@ pub struct CollectionStatus {
     /// Points whose payload has no photo hash (written by a lookalike before it kept one): a
     /// search cannot fold their photos' listings until `sync` sends them again.
     pub without_photo_hash: usize,
+    /// Catalog points without their photo whose product links no copy of the shop's own
+    /// (written before points carried copies of large photos): the next `sync` sends them
+    /// again with one.
+    pub without_photo: usize,
     /// Whether the last `sync` from this catalog filled it in the catalog's search space as it
     /// is now (false after a `tune` until the sync sends it); `None` before any sync.
     pub in_catalog_space: Option<bool>,
@@ -92,19 +96,20 @@ pub fn collection_status(catalog: &SqliteCatalog, store: &QdrantConfig) -> Resul
     let cluster = QdrantIndex::connect_cluster(store.clone())?;
     let (kept, points) = points_collection(&cluster, store)?;
     let recorded = cluster.recorded_removals()?;
-    let (held, without_photo_hash) = match cluster.collection_exists(&points)? {
+    let (held, without_photo_hash, without_photo) = match cluster.collection_exists(&points)? {
         true => {
             let layout = cluster.layout_of(&points)?;
             let index = cluster.open_existing_points(points.clone())?;
-            (Some((index.count_now()?, layout)), index.count_without_photo_hash()?)
+            (Some((index.count_now()?, layout)), index.count_without_photo_hash()?, index.count_without_photo()?)
         }
-        false => (None, 0),
+        false => (None, 0, 0),
     };
     let own = SearchSpace::for_catalog(catalog)?.fingerprint();
     Ok(CollectionStatus {
         points,
         held,
         without_photo_hash,
+        without_photo,
         in_catalog_space: collection_synced_space(catalog, store)?.map(|synced| synced == own),
         described: kept.is_some(),
         replaced: kept.map(|d| d.replaced).unwrap_or_default(),

@@ -13,6 +13,12 @@ if ! cargo fuzz --version >/dev/null 2>&1; then
     cargo install cargo-fuzz --locked
 fi
 export RUSTC_BOOTSTRAP=1
+# cargo fuzz has no --locked: check first that fuzz/Cargo.lock already pins every dependency
+# (one the main crate gained since would otherwise be resolved to whatever is newest that day).
+if ! cargo metadata --locked --format-version 1 --manifest-path fuzz/Cargo.toml >/dev/null; then
+    echo "fuzz/Cargo.lock is out of date: run \`cargo metadata --format-version 1 --manifest-path fuzz/Cargo.toml >/dev/null\` and commit it" >&2
+    exit 1
+fi
 # Build first, with all of cargo's output: a build failure (a full disk, say) must be readable in
 # the CI log, not cut off by the `tail` on the fuzzer's output below.
 echo "building the fuzz targets ($(df -h --output=avail . | tail -n 1 | tr -d ' ') free on disk)" >&2

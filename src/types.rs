@@ -94,7 +94,12 @@ impl Product {
     /// `image_link` column), only when it is an `http(s)://` address: where a server that knows
     /// the product from a Qdrant collection sends a shopper for its photo at full size.
     pub fn image_link(&self) -> Option<&str> {
-        self.first_of(&IMAGE_LINK_COLUMNS).filter(|v| is_web_address(v))
+        Product::image_link_of(&self.metadata)
+    }
+
+    /// The photo link `metadata` gives (see [`Product::image_link`]).
+    pub fn image_link_of(metadata: &Metadata) -> Option<&str> {
+        IMAGE_LINK_COLUMNS.iter().find_map(|c| metadata.get(*c)).map(String::as_str).filter(|v| !v.is_empty() && is_web_address(v))
     }
 
     fn first_of(&self, columns: &[&str]) -> Option<&str> {

@@ -602,6 +602,37 @@ fn index_names_colours_again_from_the_stored_descriptors() {
     assert_eq!(colour(&conn), "Red");
 }
 
+/// A photo folder moved or cleaned after the import leaves products without their photo:
+/// `check` names them and what to do, and still calls the catalog sound (nothing in it is
+/// damaged, and `repair` could not bring the files back).
+#[test]
+fn check_names_the_products_whose_photo_files_are_gone() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let photos = dir.path().join("photos");
+    std::fs::create_dir_all(&photos).expect("mkdir");
+    let fm = FashionMnist::load(&fm_dir(), "test").expect("test split");
+    for i in 0..2 {
+        fm.image(i).expect("image").save(photos.join(format!("p{i}.png"))).expect("save");
+    }
+    let db = dir.path().join("photos.db");
+    ok(&["index", "--db", path(&db), "--images", path(&photos)]);
+    let out = lookalike(&["check", "--db", path(&db)]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && stderr.contains("is sound\n") && !stderr.contains("cannot be read"), "{stderr}");
+
+    std::fs::remove_file(photos.join("p1.png")).expect("remove a photo");
+    let out = lookalike(&["check", "--db", path(&db), "--json"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("1 products' photo files cannot be read") && stderr.contains("product p1.png: reading ") && stderr.contains("is sound, but 1 photo files are missing"),
+        "{stderr}"
+    );
+    let report = json(&String::from_utf8_lossy(&out.stdout));
+    let unreadable = report["unreadable_photos"].as_array().expect("a list");
+    assert_eq!((unreadable.len(), unreadable[0][0].as_str()), (1, Some("p1.png")), "{report}");
+}
+
 /// `search`'s table tells patterned products apart by their main colours, and says which
 /// colours a patterned photo holds (`--json` carries them as `colour_mix` and `query_colour.mix`).
 /// On a catalog of one product, as a shop's first try may be.

@@ -957,30 +957,50 @@ fn replicas_with_and_without_the_catalog_share_one_collection() {
     // links the shop's own: every server sends shoppers there.
     let form = photo_form(big.clone(), &[("id", "large-linked"), ("image_url", "https://cdn.example/large-linked.jpg")]);
     assert_eq!(client().post(owner.url("/api/products")).bearer_auth(token).multipart(form).send().expect("POST").status().as_u16(), 201);
-    let ids = ["large-by-owner", "large-linked"].map(String::from);
-    assert_eq!(lookalike::store::remove_from_collection(&store(&collection, true), &ids).expect("remove the points"), [true, true]);
+    // A path in the link column is no link a browser is sent to: that product gets its copy.
+    let form = photo_form(big.clone(), &[("id", "large-path"), ("image_url", "photos/large-path.jpg")]);
+    assert_eq!(client().post(owner.url("/api/products")).bearer_auth(token).multipart(form).send().expect("POST").status().as_u16(), 201);
+    let ids = ["large-by-owner", "large-linked", "large-path"].map(String::from);
+    assert_eq!(lookalike::store::remove_from_collection(&store(&collection, true), &ids).expect("remove the points"), [true, true, true]);
     let report = lookalike::store::sync_qdrant(&mut SqliteCatalog::open(&db).expect("catalog"), &store(&collection, true), SyncMode::InPlace, keep_replaced()).expect("sync");
-    assert_eq!((report.added, report.photos_added), (2, 0), "{report:?}");
+    assert_eq!((report.added, report.photos_added), (3, 0), "{report:?}");
     reduced_copy(&replica, "large-by-owner");
     let mut points = lookalike::index::qdrant::QdrantIndex::connect_cluster(store(&collection, true)).and_then(|c| c.open_existing_points(collection.clone())).expect("points");
     assert_eq!(points.product_image("large-linked").expect("read"), None, "no copy of a linked photo");
-    // A point written without its photo (by a lookalike before copies): the next sync sends it
-    // again with the copy, and only it.
-    let (stored, vector) = points.product("large-by-owner").expect("read").expect("the point");
-    let key = SqliteCatalog::open_existing(&db).expect("catalog").get_by_id("large-by-owner").expect("read").expect("in the catalog").key;
-    points.put_product(key, stored, &vector, None).expect("write it without its photo");
-    assert_eq!(points.product_image("large-by-owner").expect("read"), None);
-    assert_eq!(points.count_without_photo().expect("count"), 1, "the linked one is not counted");
+    reduced_copy(&replica, "large-path");
+    // Points written without their photo (by a lookalike before copies): the next sync sends
+    // them again with the copy, and only them.
+    for id in ["large-by-owner", "large-path"] {
+        let (stored, vector) = points.product(id).expect("read").expect("the point");
+        let key = SqliteCatalog::open_existing(&db).expect("catalog").get_by_id(id).expect("read").expect("in the catalog").key;
+        points.put_product(key, stored, &vector, None).expect("write it without its photo");
+        assert_eq!(points.product_image(id).expect("read"), None);
+    }
+    let without: std::collections::HashSet<String> = ["large-by-owner", "large-path"].map(String::from).into();
+    assert_eq!(points.ids_without_photo().expect("list"), without, "the linked one is not listed");
     let info = info_cli(&db, &collection);
-    assert!(info.contains("qdrant points without their photo: 1 "), "{info}");
+    assert!(info.contains("qdrant points without their photo: 2 "), "{info}");
     let report = lookalike::store::sync_qdrant(&mut SqliteCatalog::open(&db).expect("catalog"), &store(&collection, true), SyncMode::InPlace, keep_replaced()).expect("sync");
-    assert_eq!((report.added, report.resent, report.photos_added), (0, 0, 1), "{report:?}");
-    assert_eq!(points.count_without_photo().expect("count"), 0);
+    assert_eq!((report.added, report.resent, report.photos_added), (0, 0, 2), "{report:?}");
+    assert!(points.ids_without_photo().expect("list").is_empty());
     reduced_copy(&replica, "large-by-owner");
+    reduced_copy(&replica, "large-path");
     let r = client().get(replica.url("/api/products/large-linked/image")).send().expect("GET image");
     assert_eq!((r.status().as_u16(), r.header("location")), (307, Some("https://cdn.example/large-linked.jpg")));
-    for id in ["large-by-replica", "large-by-owner", "large-linked"] {
+    for id in ["large-by-replica", "large-by-owner", "large-linked", "large-path"] {
         assert_eq!(remove(&replica, id), 204);
+    }
+    // A catalog product whose photo file is gone: its point, written without the photo, is
+    // left as it is and reported by every sync, not sent again each time.
+    let gone = _dir.path().join("moved-away.png");
+    let conn = rusqlite::Connection::open(&db).expect("open the catalog");
+    conn.execute("UPDATE products SET image_path = ?1 WHERE id = 'fmnist-train-00007'", [gone.to_str().expect("utf-8")]).expect("point at a file that is gone");
+    let (stored, vector) = points.product("fmnist-train-00007").expect("read").expect("the point");
+    let key = SqliteCatalog::open_existing(&db).expect("catalog").get_by_id("fmnist-train-00007").expect("read").expect("in the catalog").key;
+    points.put_product(key, stored, &vector, None).expect("write it without its photo");
+    for _ in 0..2 {
+        let report = lookalike::store::sync_qdrant(&mut SqliteCatalog::open(&db).expect("catalog"), &store(&collection, true), SyncMode::InPlace, keep_replaced()).expect("sync");
+        assert_eq!((report.added, report.resent, report.photos_added, report.photos_unreadable), (0, 0, 0, 1), "{report:?}");
     }
 
     // No description to follow: none, in one request (Qdrant's "not found"), not an error.

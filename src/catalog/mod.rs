@@ -26,7 +26,7 @@ mod repair;
 mod vectors;
 
 pub use changes::ChangeFeed;
-pub use products::read_image_file;
+pub use products::{open_image_file, read_image_file};
 pub use repair::{is_damaged, repair, salvage, CheckReport, RepairReport, SalvageReport};
 pub use vectors::{IndexedChange, IndexedImage, StoredVectors, VectorKind};
 

@@ -284,10 +284,19 @@ fn filter_condition(filter: &Filter, after: Option<Key>) -> (String, Vec<String>
 /// could point anywhere on the machine (a replaced file or a replaced folder alike). The one
 /// rule for every reader: the server, evaluation and tuning.
 pub fn read_image_file(path: &Path) -> Result<Vec<u8>> {
+    let mut file = open_image_file(path)?;
+    let mut bytes = Vec::new();
+    std::io::Read::read_to_end(&mut file, &mut bytes).with_context(|| format!("reading {}", path.display()))?;
+    Ok(bytes)
+}
+
+/// Opens an image file the catalog recorded at import, under [`read_image_file`]'s rule: what
+/// `lookalike check` tries for every such product.
+pub fn open_image_file(path: &Path) -> Result<std::fs::File> {
     let real = path.canonicalize().with_context(|| format!("reading {}", path.display()))?;
     let is_file = std::fs::symlink_metadata(path).is_ok_and(|m| m.is_file());
     if real != path || !is_file {
         bail!("not reading {}: a symbolic link is on its path, or it is no regular file (re-run `lookalike index` if the catalog moved)", path.display());
     }
-    std::fs::read(path).with_context(|| format!("reading {}", path.display()))
+    std::fs::File::open(path).with_context(|| format!("reading {}", path.display()))
 }

@@ -45,6 +45,14 @@ impl SqliteCatalog {
         }
         let missing: i64 = self.conn.query_row("SELECT COUNT(*) FROM products p WHERE NOT EXISTS (SELECT 1 FROM vectors v WHERE v.key = p.key)", [], |r| r.get(0))?;
         report.products_without_vector = missing as usize;
+        let mut stmt = self.conn.prepare("SELECT id, image_path FROM products WHERE image_path IS NOT NULL ORDER BY key")?;
+        let mut rows = stmt.query([])?;
+        while let Some(row) = rows.next()? {
+            let (id, path): (String, String) = (row.get(0)?, row.get(1)?);
+            if let Err(why) = super::open_image_file(Path::new(&path)) {
+                report.unreadable_photos.push((id, format!("{why:#}")));
+            }
+        }
         Ok(report)
     }
 
@@ -85,6 +93,11 @@ pub struct CheckReport {
     /// Products with no vector (an import stopped before encoding them, or a repair dropped it):
     /// `lookalike index` with the same source embeds them again.
     pub products_without_vector: usize,
+    /// Products whose photo file, recorded at import, cannot be read now (a folder moved or
+    /// cleaned after the import), with why: no damage to the catalog (`repair` cannot bring
+    /// the files back), but the page shows these products without a photo, and `tune` and
+    /// `sync` leave their photos out.
+    pub unreadable_photos: Vec<(String, String)>,
 }
 
 impl CheckReport {

@@ -31,6 +31,17 @@ pub fn print_check(report: &lookalike::catalog::CheckReport) {
     if report.products_without_vector > 0 {
         eprintln!("  {} products have no vector yet: run `lookalike index` with the same source to embed them", report.products_without_vector);
     }
+    if !report.unreadable_photos.is_empty() {
+        let n = report.unreadable_photos.len();
+        eprintln!("  {n} products' photo files cannot be read: the page shows them without a photo, and `tune` and `sync` leave their photos out");
+        for (id, why) in report.unreadable_photos.iter().take(5) {
+            eprintln!("    product {id}: {why}");
+        }
+        if n > 5 {
+            eprintln!("    ... and {} more", n - 5);
+        }
+        eprintln!("  put the files back where they were imported from, or run `lookalike index` again from where they are now");
+    }
 }
 
 pub fn run(args: CheckArgs) -> Result<()> {
@@ -43,6 +54,9 @@ pub fn run(args: CheckArgs) -> Result<()> {
     if !report.is_sound() {
         bail!("{} is damaged: run `lookalike repair --db {}`", args.db.db.display(), args.db.db.display());
     }
-    eprintln!("{} is sound", args.db.db.display());
+    match report.unreadable_photos.len() {
+        0 => eprintln!("{} is sound", args.db.db.display()),
+        n => eprintln!("{} is sound, but {n} photo files are missing (above)", args.db.db.display()),
+    }
     Ok(())
 }

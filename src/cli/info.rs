@@ -136,13 +136,13 @@ pub fn run(args: InfoArgs) -> Result<()> {
 /// The collection's lines: where its points are, how many, how it is made, and whether it is
 /// in step with the catalog (with the command that puts it in step when not).
 fn say_collection(said: &mut Said, catalog: &SqliteCatalog, config: &QdrantConfig, status: &CollectionStatus) -> Result<()> {
-    let sync = format!("lookalike sync --db {} --store {} --collection {}", catalog.path().display(), config.url, config.collection);
+    let sync = format!("lookalike sync --db {} --store {} --collection {}", catalog.path().display(), config.store_flag(), config.collection);
     let held_in = match status.points == config.collection {
         true => String::new(),
         false => format!(", its points in {:?} (filled by `sync --swap`)", status.points),
     };
     let lines = &mut said.lines;
-    lines.push(format!("qdrant collection: {:?} at {}{held_in}", config.collection, config.url));
+    lines.push(format!("qdrant collection: {:?} at {}{held_in}", config.collection, config.store_flag()));
     let in_catalog = catalog.vector_count()?;
     let mut collection = json!({
         "collection": config.collection, "url": config.url, "reachable": true, "points_collection": status.points, "catalog_vectors": in_catalog,

@@ -87,6 +87,13 @@ pub fn run(args: SyncArgs) -> Result<()> {
     if report.photos_added > 0 {
         eprintln!("{} points written without their photo (over 64 KiB, by an earlier lookalike) were sent again with a reduced copy of it", report.photos_added);
     }
+    if report.photos_unreadable > 0 {
+        eprintln!(
+            "warning: {} points stay without their photo: the catalog cannot read it (`lookalike check --db {}` lists the files)",
+            report.photos_unreadable,
+            args.db.db.display()
+        );
+    }
     eprintln!(
         "Qdrant collection {:?}: {} products in the catalog, {} points before; {} added, {} sent again (they were in another search space), {} deleted in {:.1}s",
         report.collection, report.in_catalog, report.in_collection_before, report.added, report.resent, report.deleted, report.seconds

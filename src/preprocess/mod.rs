@@ -12,7 +12,7 @@ use std::borrow::Cow;
 
 use fast_image_resize::images::{Image, ImageRef};
 use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
-use image::{DynamicImage, ImageEncoder, RgbImage};
+use image::{DynamicImage, RgbImage};
 
 use crate::model::{Fit, InputSpec, Layout};
 
@@ -80,9 +80,11 @@ pub fn jpeg_within(img: &DynamicImage, max_bytes: usize) -> Option<Vec<u8>> {
             photo = reduced(&DynamicImage::ImageRgb8(photo), side);
         }
         let mut out = Vec::new();
-        // From the raw buffer: `encode_image` reads pixel by pixel through a generic view.
-        let encoder = image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, quality);
-        encoder.write_image(photo.as_raw(), photo.width(), photo.height(), image::ExtendedColorType::Rgb8).ok()?;
+        // `jpeg-encoder` rather than `image`'s encoder: on AVX2 it encodes a 640 px copy in about
+        // a quarter of the time (2.1 against 8.5 ms), and with the 4:2:0 chroma of camera JPEGs
+        // the copy is a sixth smaller (measured in the README, "Scaling out with Qdrant").
+        let (width, height) = (u16::try_from(photo.width()).ok()?, u16::try_from(photo.height()).ok()?);
+        jpeg_encoder::Encoder::new(&mut out, quality).encode(photo.as_raw(), width, height, jpeg_encoder::ColorType::Rgb).ok()?;
         if out.len() <= max_bytes {
             return Some(out);
         }

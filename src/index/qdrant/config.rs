@@ -125,11 +125,34 @@ impl QdrantConfig {
         };
         Ok(url.trim_end_matches('/').to_string())
     }
+
+    /// The `--store` value naming this Qdrant as users type it (`qdrant://HOST:PORT`,
+    /// `qdrants://` for TLS): [`QdrantConfig::parse_url`] read backwards, for the commands
+    /// lookalike tells them to run.
+    pub fn store_flag(&self) -> String {
+        if let Some(rest) = self.url.strip_prefix("http://") {
+            format!("qdrant://{rest}")
+        } else if let Some(rest) = self.url.strip_prefix("https://") {
+            format!("qdrants://{rest}")
+        } else {
+            self.url.clone()
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What `info` tells users to run names the store as they typed it.
+    #[test]
+    fn the_store_flag_reads_back_as_the_url_it_was_parsed_into() {
+        for flag in ["qdrant://127.0.0.1:6334", "qdrants://qdrant.example:6334"] {
+            let config = QdrantConfig::connecting(flag, None, "shop".into(), Duration::from_secs(30)).expect("parses");
+            assert_eq!(config.store_flag(), flag);
+            assert_eq!(QdrantConfig::parse_url(&config.store_flag()).expect("parses again"), config.url);
+        }
+    }
 
     /// A collection made in place of another (a swap's) is made as that one was where this
     /// run's settings leave it open: a `sync --swap` without `--shards 3 --replicas 2` keeps a

@@ -14,7 +14,7 @@ use qdrant_client::qdrant::{
 use super::{
     point_id, qdrant_filter, IfMissing, QdrantIndex, COLOUR_FIELD, ID_FIELD, IMAGE_FIELD, KEY_FIELD, LISTINGS_FIELD, MAX_PAYLOAD_IMAGE, PATCHED_FIELD, PHOTO_FIELD, SHARED_FIELD,
 };
-use crate::types::{Filter, Key, Metadata, MetadataPatch, Product, RESERVED_COLUMN_PREFIX};
+use crate::types::{Filter, Key, Metadata, MetadataPatch, Product, IMAGE_LINK_COLUMNS, RESERVED_COLUMN_PREFIX};
 
 /// Points per upsert request: large enough to amortise the round trip, small enough to stay far
 /// below gRPC's 4 MiB message limit at 2048 dimensions (256 × 8 KiB = 2 MiB).
@@ -109,6 +109,9 @@ pub struct SyncReport {
     /// Points sent again to carry their photo, which they were written without (by a lookalike
     /// before points carried copies of photos over 64 KiB).
     pub photos_added: usize,
+    /// Points without their photo left as they are because the catalog cannot read the photo
+    /// (a file moved after the import: `lookalike check` lists them).
+    pub photos_unreadable: usize,
     pub deleted: usize,
     /// The collection was deleted first and filled afresh (`sync --recreate`: its vectors did
     /// not fit the catalog's search space).
@@ -326,11 +329,22 @@ impl QdrantIndex {
         Ok(points.len())
     }
 
-    /// The ids of the catalog's products whose points carry no photo (a catalog key, no
-    /// image): one small read.
-    fn ids_without_photo(&self) -> Result<HashSet<String>> {
+    /// The ids of the catalog's products whose points carry no photo though their product links
+    /// none of the shop's own ([`Product::image_link_of`], which servers redirect to): points a
+    /// lookalike wrote before points carried copies of photos over 64 KiB, or whose photo the
+    /// catalog could not read. `sync` sends them again; `info` counts them. One small read: the
+    /// ids and link columns of points without a photo.
+    pub fn ids_without_photo(&self) -> Result<HashSet<String>> {
         let filter = QFilter { must: vec![Condition::is_empty(IMAGE_FIELD)], must_not: vec![Condition::is_empty(KEY_FIELD)], ..Default::default() };
-        Ok(self.strings_of("listing points without a photo", self.points.clone(), filter, ID_FIELD, IfMissing::Fail)?.into_iter().collect())
+        let fields = [ID_FIELD].into_iter().chain(IMAGE_LINK_COLUMNS).map(str::to_string).collect();
+        let request = ScrollPointsBuilder::new(self.points.clone()).filter(filter).limit(1000).with_payload(PayloadIncludeSelector { fields }).with_vectors(false);
+        let mut ids = HashSet::new();
+        self.scroll_all("listing points without a photo", request, IfMissing::Fail, |point| {
+            if let Some(product) = stored_product(point.payload).filter(|p| Product::image_link_of(&p.metadata).is_none()) {
+                ids.insert(product.id);
+            }
+        })?;
+        Ok(ids)
     }
 
     /// The ids of the products a server without the catalog wrote (points without a catalog
@@ -362,16 +376,10 @@ impl QdrantIndex {
     /// the catalog never knew them, so their absence from it says nothing. `keys` are the
     /// catalog's products; `vector` gives one's vector in the search space, `images` the
     /// photos of a batch of them, in order, as payloads carry them (the caller makes the copies
-    /// of large ones), and `wants_photo` whether one's point should carry its photo: a point
-    /// written without it is sent again. Vectors are fetched 256 at a time as they are sent, so
+    /// of large ones); a point written without its photo ([`QdrantIndex::ids_without_photo`]) is
+    /// sent again with it. Vectors are fetched 256 at a time as they are sent, so
     /// a million-product sync holds no second copy of them.
-    pub fn sync(
-        &mut self,
-        keys: &[Key],
-        vector: impl Fn(Key) -> Option<Vec<f32>>,
-        images: impl Fn(&[Key]) -> Vec<Option<Vec<u8>>>,
-        wants_photo: impl Fn(Key) -> bool,
-    ) -> Result<SyncReport> {
+    pub fn sync(&mut self, keys: &[Key], vector: impl Fn(Key) -> Option<Vec<f32>>, images: impl Fn(&[Key]) -> Vec<Option<Vec<u8>>>) -> Result<SyncReport> {
         let started = std::time::Instant::now();
         self.index_own_fields()?;
         let existing = self.all_points()?;
@@ -384,6 +392,7 @@ impl QdrantIndex {
         let without_photo = self.ids_without_photo()?;
         let mut wanted: HashSet<String> = HashSet::new();
         let mut missing = Vec::new();
+        let mut photo_only = HashSet::new();
         for &key in keys {
             let product = self.products.get(&key).with_context(|| format!("no product id known for key {key}"))?;
             let pid = point_id(&product.id);
@@ -394,22 +403,28 @@ impl QdrantIndex {
             if !present || resend || written.is_some_and(|w| w.photo != product.photo) {
                 missing.push(key);
                 report.resent += usize::from(present);
-            } else if without_photo.contains(&product.id) && wants_photo(key) {
+            } else if without_photo.contains(&product.id) {
                 missing.push(key);
-                report.photos_added += 1;
+                photo_only.insert(key);
             }
             wanted.insert(pid);
         }
         let stale: Vec<PointId> = existing.iter().filter(|(p, written)| written.key.is_some() && !wanted.contains(*p)).map(|(p, _)| PointId::from(p.clone())).collect();
-        report.added = missing.len() - report.resent - report.photos_added;
+        report.added = missing.len() - report.resent - photo_only.len();
         report.deleted = stale.len();
         for chunk in missing.chunks(UPSERT_BATCH) {
             let images = images(chunk);
             ensure!(images.len() == chunk.len(), "{} photos for {} products", images.len(), chunk.len());
-            let points = chunk
-                .iter()
-                .zip(images)
-                .map(|(&k, image)| {
+            let sent: Vec<(Key, Option<Vec<u8>>)> = chunk.iter().copied().zip(images).filter(|(k, image)| !photo_only.contains(k) || image.is_some()).collect();
+            // A point sent only for its photo, whose photo the catalog cannot read, would be
+            // written as it is, and again by every sync.
+            report.photos_unreadable += chunk.len() - sent.len();
+            if sent.is_empty() {
+                continue;
+            }
+            let points = sent
+                .into_iter()
+                .map(|(k, image)| {
                     let vector = vector(k).with_context(|| format!("no vector for key {k}"))?;
                     self.keyed_point(k, &vector, image.as_deref())
                 })
@@ -420,6 +435,7 @@ impl QdrantIndex {
             let request = DeletePointsBuilder::new(self.points.clone()).points(PointsIdsList { ids: chunk.to_vec() }).wait(true).ordering(self.ordering());
             self.retry("deleting points", || self.client.delete_points(request.clone()))?;
         }
+        report.photos_added = photo_only.len() - report.photos_unreadable;
         self.len = self.count()?;
         report.seconds = started.elapsed().as_secs_f64();
         Ok(report)
@@ -589,18 +605,6 @@ impl QdrantIndex {
     /// Points in the collection now, as Qdrant counts them (other servers' writes included).
     pub fn count_now(&self) -> Result<usize> {
         self.count()
-    }
-
-    /// Catalog points that carry no photo though their product links none of the shop's own
-    /// ([`crate::types::IMAGE_LINK_COLUMNS`]): written by a lookalike before points carried
-    /// copies of photos over 64 KiB (or of a photo the catalog could not read).
-    pub fn count_without_photo(&self) -> Result<usize> {
-        let mut must = vec![Condition::is_empty(IMAGE_FIELD)];
-        must.extend(crate::types::IMAGE_LINK_COLUMNS.map(Condition::is_empty));
-        let filter = QFilter { must, must_not: vec![Condition::is_empty(KEY_FIELD)], ..Default::default() };
-        let request = CountPointsBuilder::new(self.points.clone()).filter(filter).exact(true);
-        let response = self.retry("counting points without their photo", || self.client.count(request.clone()))?;
-        Ok(response.result.map_or(0, |r| r.count as usize))
     }
 
     /// Points whose payload has no photo hash: written before lookalike kept it.

@@ -100,7 +100,7 @@ pub fn collection_status(catalog: &SqliteCatalog, store: &QdrantConfig) -> Resul
         true => {
             let layout = cluster.layout_of(&points)?;
             let index = cluster.open_existing_points(points.clone())?;
-            (Some((index.count_now()?, layout)), index.count_without_photo_hash()?, index.count_without_photo()?)
+            (Some((index.count_now()?, layout)), index.count_without_photo_hash()?, index.ids_without_photo()?.len())
         }
         false => (None, 0, 0),
     };
@@ -276,10 +276,8 @@ fn kept_description(index: &QdrantIndex) -> Result<Option<CollectionDescription>
 /// The collection's description and its digest, for a server without the catalog.
 pub fn read_collection_description(index: &QdrantIndex, store: &QdrantConfig) -> Result<(CollectionDescription, String)> {
     let (bytes, digest) = index.read_description()?.with_context(|| {
-        format!(
-            "collection {:?} has no lookalike description (model, search space) yet: run `lookalike sync --db CATALOG --store {} --collection {}` once on the catalog's machine",
-            store.collection, store.url, store.collection
-        )
+        let (collection, flag) = (&store.collection, store.store_flag());
+        format!("collection {collection:?} has no lookalike description (model, search space) yet: run `lookalike sync --db CATALOG --store {flag} --collection {collection}` once on the catalog's machine")
     })?;
     let description: CollectionDescription = serde_json::from_slice(&bytes).context("reading the collection's description")?;
     Ok((description, digest))

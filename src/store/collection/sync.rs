@@ -112,13 +112,7 @@ pub fn sync_qdrant_observed(
     let recreated = mode == SyncMode::Recreate && cluster.delete_if_misfit(&points, space.output_dim(catalog.vector_space()?.map_or(0, |s| s.dim)))?;
     let exact = space.build_index(catalog, VectorKind::Primary, crate::index::Precision::F32)?;
     let mut index = connect_qdrant_to(catalog, &space, cluster, points)?;
-    let mut report = index.sync(
-        exact.keys(),
-        |key| exact.vector(key),
-        |keys| payload_images(catalog, &keys.iter().map(|key| products.get(key)).collect::<Vec<_>>()),
-        // Every point carries its photo but where the shop serves it (see `payload_images`).
-        |key| products.get(&key).is_some_and(|p| p.image_link().is_none()),
-    )?;
+    let mut report = index.sync(exact.keys(), |key| exact.vector(key), |keys| payload_images(catalog, &keys.iter().map(|key| products.get(key)).collect::<Vec<_>>()))?;
     let moved = recreated || index.points() != current;
     observe(SyncStep::Filled, index.points())?;
     // The change-log position up to which the collection has the catalog's changes. Servers

@@ -418,13 +418,29 @@ fn the_page_works_in_a_headless_browser() {
         return;
     }
     let dir = tempfile::tempdir().expect("tempdir");
-    let db = shop_catalog(dir.path());
+    let cdn = image_server(dir.path().join("cdn"));
+    let db = shop_catalog(dir.path(), &cdn);
     let server = Server::start(&db, &[], &[]);
     // A photo to upload: a test-split shirt, enlarged so the area is easy to draw.
     let (png, _) = test_photo(1);
     let photo = image::load_from_memory(&png).expect("decode").resize(280, 280, image::imageops::FilterType::Triangle);
+    // Two products of the first results whose photo files leave the shop's folder after the
+    // import: one moved to the shop's image server, which its `image_url` links (the image
+    // route redirects there: another origin), one gone for good (no link: a placeholder).
     let photo_path = dir.path().join("photo.png");
     photo.save(&photo_path).expect("save photo");
+    let uploaded = std::fs::read(&photo_path).expect("read photo");
+    let hits = ok_json(search_photo(&server, uploaded, &[("k", "24")]))["hits"].as_array().expect("hits").clone();
+    let pick = |linked: bool| {
+        let id = hits[2..].iter().filter_map(|h| h["id"].as_str()).find(|id| id.parse::<usize>().is_ok_and(|n| n.is_multiple_of(2) == linked)).expect("such a hit").to_string();
+        let file = dir.path().join("shop/images").join(format!("{id}.png"));
+        match linked {
+            true => std::fs::rename(&file, dir.path().join("cdn").join(format!("{id}.png"))).expect("move the photo to the image server"),
+            false => std::fs::remove_file(&file).expect("remove the photo"),
+        }
+        id
+    };
+    let (linked_id, gone_id) = (pick(true), pick(false));
     let scene_path = dir.path().join("two-products.png");
     two_products_photo().save(&scene_path).expect("save scene");
     // A camera-sized photo over the server's 20 MB limit: a BMP (uncompressed, so its size is
@@ -447,22 +463,52 @@ fn the_page_works_in_a_headless_browser() {
         .env("LOOKALIKE_BIG_PHOTO", &big_path)
         .env("LOOKALIKE_TEXT_FILE", &text_path)
         .env("LOOKALIKE_HUGE_FILE", &huge_text_path)
+        .env("LOOKALIKE_LINKED_PHOTO_ID", &linked_id)
+        .env("LOOKALIKE_GONE_PHOTO_ID", &gone_id)
         .env("LOOKALIKE_ARTIFACTS", root.join("artifacts"))
         .status()
         .expect("run scripts/browser-test.sh");
     assert!(status.success(), "the browser test failed (see its output above)");
 }
 
+/// The shop's own image server, on another origin than lookalike's: serves `dir`'s files by
+/// name (`GET /NAME`), 404 for anything else. Its address.
+fn image_server(dir: std::path::PathBuf) -> String {
+    use std::io::{BufRead, Write};
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let address = format!("http://127.0.0.1:{}", listener.local_addr().expect("address").port());
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let mut reader = std::io::BufReader::new(stream);
+            let mut request = String::new();
+            if reader.read_line(&mut request).is_err() {
+                continue;
+            }
+            let name = request.split_whitespace().nth(1).unwrap_or("/").trim_start_matches('/').to_string();
+            let body = (!name.contains('/') && !name.contains("..")).then(|| std::fs::read(dir.join(&name)).ok()).flatten();
+            let head = match &body {
+                Some(bytes) => format!("HTTP/1.1 200 OK\r\nContent-Type: image/png\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", bytes.len()),
+                None => "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_string(),
+            };
+            let mut stream = reader.into_inner();
+            let _ = stream.write_all(head.as_bytes()).and_then(|_| stream.write_all(body.as_deref().unwrap_or_default()));
+        }
+    });
+    address
+}
+
 /// A shop's catalog in the "Fashion Product Images" layout (`images/ID.png` + `styles.csv`),
 /// imported with `lookalike index --kaggle`: 120 Fashion-MNIST training garments with a name,
 /// a price, a link to their page and the usual columns (a `baseColour` of Black, White, Grey
 /// or, one in ten, Multi). Each pullover (the uploaded photo's kind) is listed in sizes S, M
-/// and L, three rows with one photo, as shops' exports list size variants.
-fn shop_catalog(dir: &Path) -> std::path::PathBuf {
+/// and L, three rows with one photo, as shops' exports list size variants. Products with an
+/// even id link their photo on the shop's image server `cdn` too (`image_url`).
+fn shop_catalog(dir: &Path, cdn: &str) -> std::path::PathBuf {
     let shop = dir.join("shop");
     std::fs::create_dir_all(shop.join("images")).expect("mkdir");
     let fm = lookalike::import::fashion_mnist::FashionMnist::load(&fm_dir(), "train").expect("train split");
-    let mut csv = String::from("id,gender,masterCategory,subCategory,articleType,baseColour,season,year,usage,productDisplayName,price,link,size\n");
+    let mut csv = String::from("id,gender,masterCategory,subCategory,articleType,baseColour,season,year,usage,productDisplayName,price,link,size,image_url\n");
     for i in 0..120 {
         let id = 5000 + i;
         let img = image::DynamicImage::ImageLuma8(fm.image(i).expect("image")).resize(112, 112, image::imageops::FilterType::Triangle);
@@ -475,7 +521,8 @@ fn shop_catalog(dir: &Path) -> std::path::PathBuf {
         let gender = if i % 2 == 0 { "Women" } else { "Men" };
         let price = format!("€{}.99", 19 + (i * 7) % 60);
         let row = |id: usize, size: &str| {
-            format!("{id},{gender},Apparel,Clothing,{class},{colour},Fall,2024,Casual,{colour} {class} no. {i},{price},https://shop.example/p/{id},{size}\n")
+            let image_url = if id.is_multiple_of(2) { format!("{cdn}/{id}.png") } else { String::new() };
+            format!("{id},{gender},Apparel,Clothing,{class},{colour},Fall,2024,Casual,{colour} {class} no. {i},{price},https://shop.example/p/{id},{size},{image_url}\n")
         };
         if class != "Pullover" {
             csv.push_str(&row(id, ""));

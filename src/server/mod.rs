@@ -278,8 +278,13 @@ async fn shutdown_signal() {
 // ---------------------------------------------------------------------------------------------
 // The page: three files embedded in the binary.
 
-/// Same-origin only: the page loads nothing from elsewhere, and photos are shown from blob: URLs.
-const PAGE_CSP: &str = "default-src 'self'; img-src 'self' blob: data:; style-src 'self'; script-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'";
+/// Same-origin only, but for images: the shopper's own photo is shown from a blob: URL, a
+/// missing photo's placeholder is a data: URL, and a product's photo may be the shop's own
+/// copy on its image server or CDN, where the image route redirects (`image_url` column; a
+/// policy checks a redirect's target too, so `'self'` alone would show no such photo).
+/// Images run no code; scripts, styles and everything else stay same-origin.
+const PAGE_CSP: &str =
+    "default-src 'self'; img-src 'self' blob: data: https: http:; style-src 'self'; script-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'";
 
 fn page_asset(content_type: &'static str, body: impl IntoResponse) -> impl IntoResponse {
     (

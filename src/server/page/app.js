@@ -42,7 +42,7 @@ const LABELS = {
   size: "Size", material: "Material", category: "Category",
 };
 /** Columns that are shown another way (name, price, link) or are the catalog's own bookkeeping. */
-const NOT_SHOWN = new Set(["index", "split", "id", "productDisplayName", "name", "title", "price", "Price", "url", "link", "productUrl", "image", "filename"]);
+const NOT_SHOWN = new Set(["index", "split", "id", "productDisplayName", "name", "title", "price", "Price", "url", "link", "productUrl", "image", "filename", "image_url", "imageUrl", "image_link"]);
 const LIKENESS = { very_similar: "Very similar", similar: "Similar", related: "Related" };
 
 function label(column) {
@@ -414,12 +414,35 @@ function title(product) {
   return [product.colour, product.category].filter(Boolean).join(" ") || product.name;
 }
 
+/** What a product photo that cannot load shows (a file gone from the shop's server, the shop's
+ * image server down): a grey picture sign, not the browser's broken-image box. */
+const NO_PHOTO = "data:image/svg+xml," + encodeURIComponent(
+  '<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 100 100"><rect width="100" height="100" fill="#f1f3f4"/>' +
+  '<g fill="none" stroke="#80868b" stroke-width="3" stroke-linejoin="round"><rect x="30" y="34" width="40" height="32" rx="3"/>' +
+  '<path d="M33 62l11-12 8 8 6-6 9 10"/><circle cx="59" cy="43" r="3.5"/></g></svg>');
+
+/** `img` with the placeholder for a photo that cannot load; the class `no-photo` says which
+ * it shows (a later photo in the same element clears it). */
+function withPlaceholder(img) {
+  img.addEventListener("error", () => {
+    if (img.src === NO_PHOTO) return;
+    img.src = NO_PHOTO;
+    img.classList.add("no-photo");
+  });
+  img.addEventListener("load", () => {
+    if (img.src !== NO_PHOTO) img.classList.remove("no-photo");
+  });
+  return img;
+}
+withPlaceholder(els.detailsImage);
+withPlaceholder(els.likeImage);
+
 function card(hit) {
   const details = [hit.category, hit.colour].filter(Boolean).join(" · ");
   // The button's name is its text: the product's name, price, kind and how alike it is. The
   // photo beside the name says nothing more, so it has no text of its own.
   const open = el("button", { type: "button", className: "open" },
-    el("img", { src: hit.image_url, alt: "", loading: "lazy", width: 170, height: 170 }),
+    withPlaceholder(el("img", { src: hit.image_url, alt: "", loading: "lazy", width: 170, height: 170 })),
     el("span", { className: "info" },
       el("span", { className: "name" }, title(hit)),
       ...(hit.price ? [el("span", { className: "price" }, hit.price)] : []),

@@ -957,6 +957,8 @@ fn replicas_with_and_without_the_catalog_share_one_collection() {
     // links the shop's own: every server sends shoppers there.
     let form = photo_form(big.clone(), &[("id", "large-linked"), ("image_url", "https://cdn.example/large-linked.jpg")]);
     assert_eq!(client().post(owner.url("/api/products")).bearer_auth(token).multipart(form).send().expect("POST").status().as_u16(), 201);
+    let points = lookalike::index::qdrant::QdrantIndex::connect_cluster(store(&collection, true)).and_then(|c| c.open_existing_points(collection.clone())).expect("points");
+    assert_eq!(points.product_image("large-linked").expect("read"), None, "the server with the catalog writes the point as a sync does: no copy of a linked photo");
     // A path in the link column is no link a browser is sent to: that product gets its copy.
     let form = photo_form(big.clone(), &[("id", "large-path"), ("image_url", "photos/large-path.jpg")]);
     assert_eq!(client().post(owner.url("/api/products")).bearer_auth(token).multipart(form).send().expect("POST").status().as_u16(), 201);

@@ -31,9 +31,13 @@ impl SearchEngine {
         let colour = product.colour.as_deref().map(ColourDescriptor::from_values).transpose()?;
         // What the point carries where the store is a collection: the photo, or a reduced copy
         // of a large one (made here, before any lock), so that every server can show it and a
-        // sync can encode it again.
+        // sync can encode it again. With the catalog, the point is as `sync` writes it (no copy
+        // of a large photo the shop links); without, the copy is all there will be.
         let image = match &product.image {
-            crate::types::NewImage::Stored { bytes, .. } if self.catalog.is_none() || self.read_index()?.collection().is_some() => crate::store::payload_photo(bytes.clone()),
+            crate::types::NewImage::Stored { bytes, .. } if self.catalog.is_none() => crate::store::payload_photo(bytes.clone()),
+            crate::types::NewImage::Stored { bytes, .. } if self.read_index()?.collection().is_some() && crate::store::carries_photo(bytes.len(), &product.metadata) => {
+                crate::store::payload_photo(bytes.clone())
+            }
             _ => None,
         };
         let photo = (!product.content_hash.is_empty()).then(|| product.content_hash.clone());

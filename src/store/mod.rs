@@ -6,7 +6,7 @@
 pub mod collection;
 
 pub use collection::{
-    apply_recorded_removals, collection_points, collection_sent_through, collection_space, collection_status, collection_synced_space, open_collection, open_qdrant,
+    apply_recorded_removals, carries_photo, collection_points, collection_sent_through, collection_space, collection_status, collection_synced_space, open_collection, open_qdrant,
     payload_images, payload_photo, read_collection_description, remove_from_collection, replaced_without_catalog, send_changes_since, sync_qdrant, sync_qdrant_observed,
     CollectionDescription, CollectionStatus, KeepReplaced, ReplacedCollection, StoredSpace, SyncMode, SyncStep,
 };

@@ -13,7 +13,7 @@ use crate::index::qdrant::{CollectionLayout, ProductPoint, QdrantConfig, QdrantI
 use crate::index::VectorIndex;
 use crate::preprocess;
 use crate::space::SearchSpace;
-use crate::types::{ImageRef, Key, Product};
+use crate::types::{ImageRef, Key, Metadata, Product};
 
 mod description;
 mod sync;
@@ -220,13 +220,19 @@ pub fn payload_images(catalog: &SqliteCatalog, products: &[Option<&Product>]) ->
 /// A catalog product's photo as read for its point, unless it is large and the product links
 /// the shop's own copy (a large file of such a product is not even read).
 fn photo_to_carry(catalog: &SqliteCatalog, product: &Product) -> Option<Vec<u8>> {
-    let linked = product.image_link().is_some();
-    if let (true, ImageRef::File(path)) = (linked, &product.image) {
-        if std::fs::metadata(path).map_or(true, |m| m.len() > MAX_PAYLOAD_IMAGE as u64) {
+    if let ImageRef::File(path) = &product.image {
+        if std::fs::metadata(path).map_or(true, |m| !carries_photo(usize::try_from(m.len()).unwrap_or(usize::MAX), &product.metadata)) {
             return None;
         }
     }
-    catalog.image_bytes(product.key, &product.image).ok().filter(|bytes| bytes.len() <= MAX_PAYLOAD_IMAGE || !linked)
+    catalog.image_bytes(product.key, &product.image).ok().filter(|bytes| carries_photo(bytes.len(), &product.metadata))
+}
+
+/// Whether a catalog product's point carries its photo of `size` bytes (itself or a reduced
+/// copy): always, but for a large one the product links on the shop's own image server, where
+/// servers without the photo send shoppers (the catalog keeps the original to encode from).
+pub fn carries_photo(size: usize, metadata: &Metadata) -> bool {
+    size <= MAX_PAYLOAD_IMAGE || Product::image_link_of(metadata).is_none()
 }
 
 /// A photo as a point's payload carries it, so that servers without the catalog can show it

@@ -87,7 +87,7 @@ impl Product {
     /// is an `http(s)://` address: anything else (a `javascript:` link in a CSV) is never
     /// handed to a shopper's browser.
     pub fn link(&self) -> Option<&str> {
-        self.first_of(&["url", "link", "productUrl"]).filter(|v| is_web_address(v))
+        first_in(&self.metadata, &["url", "link", "productUrl"], is_web_address)
     }
 
     /// The product's photo on the shop's own image server or CDN (`image_url`, `imageUrl` or
@@ -99,12 +99,18 @@ impl Product {
 
     /// The photo link `metadata` gives (see [`Product::image_link`]).
     pub fn image_link_of(metadata: &Metadata) -> Option<&str> {
-        IMAGE_LINK_COLUMNS.iter().find_map(|c| metadata.get(*c)).map(String::as_str).filter(|v| !v.is_empty() && is_web_address(v))
+        first_in(metadata, &IMAGE_LINK_COLUMNS, is_web_address)
     }
 
     fn first_of(&self, columns: &[&str]) -> Option<&str> {
-        columns.iter().find_map(|c| self.metadata.get(*c)).map(String::as_str).filter(|v| !v.is_empty())
+        first_in(&self.metadata, columns, |v| !v.is_empty())
     }
+}
+
+/// The first value of `columns` in `metadata` that `accept`s: an empty `url` column beside a
+/// filled `link` one (two exports merged into one CSV) gives the link.
+fn first_in<'m>(metadata: &'m Metadata, columns: &[&str], accept: fn(&str) -> bool) -> Option<&'m str> {
+    columns.iter().filter_map(|c| metadata.get(*c)).map(String::as_str).find(|v| accept(v))
 }
 
 /// A product found in a shopper's photo: its box, `[x, y, w, h]` as fractions of the photo's
@@ -465,6 +471,9 @@ mod tests {
             assert_eq!(product(&[("url", unsafe_link)]).link(), None, "{unsafe_link}");
         }
         assert_eq!(product(&[]).price(), None);
+        // An empty or unsafe value in one column does not hide a good one in the next.
+        let merged = product(&[("url", ""), ("link", "https://shop.example/p/2"), ("image_url", "photos/2.jpg"), ("imageUrl", "https://cdn.example/2.jpg")]);
+        assert_eq!((merged.link(), merged.image_link()), (Some("https://shop.example/p/2"), Some("https://cdn.example/2.jpg")));
     }
 
     #[test]

@@ -628,9 +628,18 @@ fn check_names_the_products_whose_photo_files_are_gone() {
         stderr.contains("1 products' photo files cannot be read") && stderr.contains("product p1.png: reading ") && stderr.contains("is sound, but 1 photo files are missing"),
         "{stderr}"
     );
+    assert!(stderr.contains("the page shows them without a photo"), "{stderr}");
     let report = json(&String::from_utf8_lossy(&out.stdout));
     let unreadable = report["unreadable_photos"].as_array().expect("a list");
-    assert_eq!((unreadable.len(), unreadable[0][0].as_str()), (1, Some("p1.png")), "{report}");
+    assert_eq!((unreadable.len(), unreadable[0][0].as_str(), report["unreadable_photos_linked"].as_u64()), (1, Some("p1.png"), Some(0)), "{report}");
+
+    // A product linking the shop's own copy of its photo shows that copy on the page.
+    let conn = rusqlite::Connection::open(&db).expect("open the catalog");
+    conn.execute("UPDATE products SET metadata = json_set(metadata, '$.image_url', 'https://shop.example/p1.jpg') WHERE id = 'p1.png'", []).expect("link");
+    let out = lookalike(&["check", "--db", path(&db), "--json"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && stderr.contains("1 products' photo files cannot be read: the page shows the shop's copies their image_url links"), "{stderr}");
+    assert_eq!(json(&String::from_utf8_lossy(&out.stdout))["unreadable_photos_linked"].as_u64(), Some(1));
 }
 
 /// `search`'s table tells patterned products apart by their main colours, and says which

@@ -1004,6 +1004,9 @@ fn replicas_with_and_without_the_catalog_share_one_collection() {
         let report = lookalike::store::sync_qdrant(&mut SqliteCatalog::open(&db).expect("catalog"), &store(&collection, true), SyncMode::InPlace, keep_replaced()).expect("sync");
         assert_eq!((report.added, report.resent, report.photos_added, report.photos_unreadable), (0, 0, 0, 1), "{report:?}");
     }
+    // info says so, rather than counting it among the points the next sync sends.
+    let info = info_cli(&db, &collection);
+    assert!(info.contains("qdrant points without their photo: 1 whose photo files are gone") && !info.contains("without their photo: 1 (written"), "{info}");
 
     // No description to follow: none, in one request (Qdrant's "not found"), not an error.
     let nowhere = lookalike::index::qdrant::QdrantIndex::connect_cluster(store("lookalike-never-made", true)).expect("cluster");

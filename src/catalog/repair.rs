@@ -11,7 +11,7 @@ use serde::Serialize;
 use super::changes::log_change;
 use super::vectors::{decode_vector, verify_vector};
 use super::{graph_paths, has_column, with_suffix, SqliteCatalog};
-use crate::types::Key;
+use crate::types::{Key, Metadata, Product};
 
 impl SqliteCatalog {
     /// Checks the catalog: SQLite's own structure check, every vector against its checksum and
@@ -45,11 +45,14 @@ impl SqliteCatalog {
         }
         let missing: i64 = self.conn.query_row("SELECT COUNT(*) FROM products p WHERE NOT EXISTS (SELECT 1 FROM vectors v WHERE v.key = p.key)", [], |r| r.get(0))?;
         report.products_without_vector = missing as usize;
-        let mut stmt = self.conn.prepare("SELECT id, image_path FROM products WHERE image_path IS NOT NULL ORDER BY key")?;
+        let mut stmt = self.conn.prepare("SELECT id, image_path, metadata FROM products WHERE image_path IS NOT NULL ORDER BY key")?;
         let mut rows = stmt.query([])?;
         while let Some(row) = rows.next()? {
             let (id, path): (String, String) = (row.get(0)?, row.get(1)?);
             if let Err(why) = super::open_image_file(Path::new(&path)) {
+                // Damaged metadata is the structure check's business: here it only means no link.
+                let metadata: Metadata = serde_json::from_str(row.get_ref(2)?.as_str().unwrap_or_default()).unwrap_or_default();
+                report.unreadable_photos_linked += usize::from(Product::image_link_of(&metadata).is_some());
                 report.unreadable_photos.push((id, format!("{why:#}")));
             }
         }
@@ -95,9 +98,12 @@ pub struct CheckReport {
     pub products_without_vector: usize,
     /// Products whose photo file, recorded at import, cannot be read now (a folder moved or
     /// cleaned after the import), with why: no damage to the catalog (`repair` cannot bring
-    /// the files back), but the page shows these products without a photo, and `tune` and
-    /// `sync` leave their photos out.
+    /// the files back), but the page shows these products without a photo (or the shop's copy
+    /// their `image_url` links), and `tune` and `sync` leave their photos out.
     pub unreadable_photos: Vec<(String, String)>,
+    /// How many of `unreadable_photos` link the shop's own copy (`image_url`): the page shows
+    /// that copy instead, but `tune` and `sync` still leave their photos out.
+    pub unreadable_photos_linked: usize,
 }
 
 impl CheckReport {

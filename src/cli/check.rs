@@ -33,7 +33,12 @@ pub fn print_check(report: &lookalike::catalog::CheckReport) {
     }
     if !report.unreadable_photos.is_empty() {
         let n = report.unreadable_photos.len();
-        eprintln!("  {n} products' photo files cannot be read: the page shows them without a photo, and `tune` and `sync` leave their photos out");
+        let page = match report.unreadable_photos_linked {
+            0 => "the page shows them without a photo".to_string(),
+            linked if linked == n => "the page shows the shop's copies their image_url links".to_string(),
+            linked => format!("the page shows them without a photo ({linked} of them: the shop's copy their image_url links)"),
+        };
+        eprintln!("  {n} products' photo files cannot be read: {page}, and `tune` and `sync` leave their photos out");
         for (id, why) in report.unreadable_photos.iter().take(5) {
             eprintln!("    product {id}: {why}");
         }

@@ -191,6 +191,12 @@ fn say_collection(said: &mut Said, catalog: &SqliteCatalog, config: &QdrantConfi
             status.without_photo
         ));
     }
+    if status.photo_files_gone > 0 {
+        lines.push(format!(
+            "qdrant points without their photo: {} whose photo files are gone from where the catalog recorded them (`lookalike check` names them): servers without the catalog show none",
+            status.photo_files_gone
+        ));
+    }
     if status.removals_to_apply > 0 {
         lines.push(format!(
             "qdrant removals: {} catalog products were removed through servers without the catalog; the next `{sync}` removes them from the catalog too",
@@ -210,6 +216,7 @@ fn say_collection(said: &mut Said, catalog: &SqliteCatalog, config: &QdrantConfi
     collection["search_space"] = json!(space);
     collection["without_photo_hash"] = json!(status.without_photo_hash);
     collection["without_photo"] = json!(status.without_photo);
+    collection["photo_files_gone"] = json!(status.photo_files_gone);
     said.json.insert("qdrant".into(), collection);
     Ok(())
 }

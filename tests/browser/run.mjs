@@ -204,6 +204,11 @@ try {
   const linkedShows = await shown(linkedPhotoId);
   check(linkedShows === `/api/products/${linkedPhotoId}/image`, `a photo the shop serves from its own image server shows (the page's policy lets the redirect to it through): ${linkedShows}`);
   check((await shown(gonePhotoId)) === "placeholder", "a photo that is gone shows a placeholder, not a broken image");
+  // Back online after a blip, the page asks for the photos that failed again.
+  const asked = strict.waitForRequest((r) => new URL(r.url()).pathname === `/api/products/${gonePhotoId}/image`);
+  await strict.evaluate(() => window.dispatchEvent(new Event("online")));
+  await asked;
+  check((await shown(gonePhotoId)) === "placeholder", "a photo that fails again shows the placeholder again");
   await strict.context().close();
 
   // Show more, and the URL remembers how many.

@@ -422,10 +422,12 @@ const NO_PHOTO = "data:image/svg+xml," + encodeURIComponent(
   '<path d="M33 62l11-12 8 8 6-6 9 10"/><circle cx="59" cy="43" r="3.5"/></g></svg>');
 
 /** `img` with the placeholder for a photo that cannot load; the class `no-photo` says which
- * it shows (a later photo in the same element clears it). */
+ * it shows (a later photo in the same element clears it), `data-photo` which photo failed,
+ * tried again when the device is back online (a photo lost to a network blip). */
 function withPlaceholder(img) {
   img.addEventListener("error", () => {
     if (img.src === NO_PHOTO) return;
+    img.dataset.photo = img.src;
     img.src = NO_PHOTO;
     img.classList.add("no-photo");
   });
@@ -436,6 +438,9 @@ function withPlaceholder(img) {
 }
 withPlaceholder(els.detailsImage);
 withPlaceholder(els.likeImage);
+window.addEventListener("online", () => {
+  for (const img of document.querySelectorAll("img.no-photo[data-photo]")) img.src = img.dataset.photo;
+});
 
 function card(hit) {
   const details = [hit.category, hit.colour].filter(Boolean).join(" · ");

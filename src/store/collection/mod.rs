@@ -79,6 +79,9 @@ pub struct CollectionStatus {
     /// (written before points carried copies of large photos): the next `sync` sends them
     /// again with one.
     pub without_photo: usize,
+    /// Catalog points without their photo whose photo file is gone from where the catalog
+    /// recorded it (`lookalike check` names them): no sync can send it.
+    pub photo_files_gone: usize,
     /// Whether the last `sync` from this catalog filled it in the catalog's search space as it
     /// is now (false after a `tune` until the sync sends it); `None` before any sync.
     pub in_catalog_space: Option<bool>,
@@ -100,16 +103,24 @@ pub fn collection_status(catalog: &SqliteCatalog, store: &QdrantConfig) -> Resul
         true => {
             let layout = cluster.layout_of(&points)?;
             let index = cluster.open_existing_points(points.clone())?;
-            (Some((index.count_now()?, layout)), index.count_without_photo_hash()?, index.ids_without_photo()?.len())
+            (Some((index.count_now()?, layout)), index.count_without_photo_hash()?, index.ids_without_photo()?)
         }
-        false => (None, 0, 0),
+        false => (None, 0, Default::default()),
     };
+    // Of the points without their photo, those whose photo file is gone stay so (sync counts
+    // them as unreadable): only the rest wait for the next sync.
+    let mut photo_files_gone = 0;
+    for id in &without_photo {
+        let gone = catalog.get_by_id(id)?.is_some_and(|p| matches!(&p.image, ImageRef::File(path) if crate::catalog::open_image_file(path).is_err()));
+        photo_files_gone += usize::from(gone);
+    }
     let own = SearchSpace::for_catalog(catalog)?.fingerprint();
     Ok(CollectionStatus {
         points,
         held,
         without_photo_hash,
-        without_photo,
+        without_photo: without_photo.len() - photo_files_gone,
+        photo_files_gone,
         in_catalog_space: collection_synced_space(catalog, store)?.map(|synced| synced == own),
         described: kept.is_some(),
         replaced: kept.map(|d| d.replaced).unwrap_or_default(),

@@ -43,17 +43,16 @@ impl SearchEngine {
         let photo = (!product.content_hash.is_empty()).then(|| product.content_hash.clone());
         let stored = StoredProduct { id: product.id.clone(), metadata: product.metadata.clone(), colour: product.colour.clone(), photo, photo_listings: PhotoListings::Own };
         if self.catalog.is_none() {
-            // Straight to the collection, where every server finds it on its next search. The
-            // description first: after a `sync --swap` it names another collection, which this
-            // server would otherwise read only on its next check (up to 5 s), writing meanwhile
-            // to the one the swap replaced, where no other server looks and a later sync deletes it.
-            self.follow_collection_description()?;
+            // Straight to the collection, where every server finds it on its next search.
             let key = collection_key(&product.id);
-            let mut index = self.write_index()?;
-            let searched = map_product(&index.space, &product.vector)?;
-            index.put(key, &searched, stored, image.as_deref())?;
-            forget_removal(&index, &product.id)?;
-            return Ok(key);
+            let put = || -> Result<Key, SearchError> {
+                let mut index = self.write_index()?;
+                let searched = map_product(&index.space, &product.vector)?;
+                index.put(key, &searched, stored.clone(), image.as_deref())?;
+                forget_removal(&index, &product.id)?;
+                Ok(key)
+            };
+            return write_where_described(|| self.follow_collection_description(), put, |_, again| again);
         }
         let expected = self.encoder.spec().name.clone();
         // Hold the catalog lock across both writes, so concurrent changes to the same id
@@ -96,9 +95,8 @@ impl SearchEngine {
     /// its id, so also a product another server added there). Returns whether it existed.
     pub fn remove_product(&self, id: &str) -> Result<bool, SearchError> {
         if self.catalog.is_none() {
-            // From the collection the description names now (see `add_product`).
-            self.follow_collection_description()?;
-            return Ok(self.collection_mut(|c| c.remove_product_without_catalog(id))?);
+            let remove = || Ok(self.collection_mut(|c| c.remove_product_without_catalog(id))?);
+            return write_where_described(|| self.follow_collection_description(), remove, |existed, again| existed || again);
         }
         let mut catalog = self.lock_catalog()?;
         let Some(key) = catalog.remove(id)? else {
@@ -121,9 +119,8 @@ impl SearchEngine {
         // descriptor the copy being patched holds (the collection's may differ from the catalog's).
         let in_collection = |stored: &StoredProduct| patch.naming_a_colour(&stored.metadata, payload_colour(stored).map(|d| d.name()));
         if self.catalog.is_none() {
-            // In the collection the description names now (see `add_product`).
-            self.follow_collection_description()?;
-            let shown = self.collection_mut(|c| c.patch_product(id, in_collection, true))?;
+            let patched = || Ok(self.collection_mut(|c| c.patch_product(id, in_collection, true))?);
+            let shown = write_where_described(|| self.follow_collection_description(), patched, |before, again| again.or(before))?;
             return Ok(shown.map(|stored| self.listed_from_collection(stored)).transpose()?);
         }
         let mut catalog = self.lock_catalog()?;
@@ -364,6 +361,23 @@ fn bad_page_token(token: &str) -> SearchError {
 
 /// A product added through the API after a server without the catalog removed it: the removal
 /// recorded for the next `sync` is forgotten, so that sync does not remove it from the catalog.
+/// A write by a server without the catalog (`write`: a put, a patch or a removal by id, each
+/// the same when made twice), made in the collection its description names. The description
+/// is followed before the write: after a `sync --swap` it names another collection, which this
+/// server would otherwise read only on its next check (up to 5 s), writing meanwhile to the one
+/// the swap replaced, where no other server looks and a later sync deletes it. And after: a
+/// swap that moved the points while the write was in flight may have read the collection it
+/// replaced before the write landed there, so the write is made again where the points are
+/// now. `merge` makes one answer of the two (a removal removed if either did).
+fn write_where_described<T>(mut follow: impl FnMut() -> Result<bool>, mut write: impl FnMut() -> Result<T, SearchError>, merge: impl Fn(T, T) -> T) -> Result<T, SearchError> {
+    follow()?;
+    let mut written = write()?;
+    while follow()? {
+        written = merge(written, write()?);
+    }
+    Ok(written)
+}
+
 fn forget_removal(index: &crate::store::Store, id: &str) -> Result<()> {
     match index.collection() {
         Some(collection) => collection.forget_removals(&[id.to_string()]),
@@ -429,6 +443,38 @@ fn why_nothing_matches(filter: &Filter, facets: &[FacetCount], counted_in_full: 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Collections by number, the one the description names, the one this server last read it
+    /// naming, and the collections each write landed in; `swaps_during`: the writes (1, 2, ...)
+    /// during which a swap moves the points to the next collection.
+    fn writes_landed(moved_before: bool, swaps_during: &[usize]) -> (Vec<usize>, Vec<usize>) {
+        use std::cell::{Cell, RefCell};
+        let (described, seen) = (Cell::new(usize::from(moved_before)), Cell::new(0));
+        let (writes, landed) = (Cell::new(0), RefCell::new(Vec::new()));
+        let follow = || -> Result<bool> { Ok(seen.replace(described.get()) != described.get()) };
+        let write = || -> Result<Vec<usize>, SearchError> {
+            landed.borrow_mut().push(seen.get());
+            writes.set(writes.get() + 1);
+            if swaps_during.contains(&writes.get()) {
+                described.set(described.get() + 1);
+            }
+            Ok(vec![seen.get()])
+        };
+        let answer = write_where_described(follow, write, |mut a, b| {
+            a.extend(b);
+            a
+        })
+        .expect("written");
+        (answer, landed.into_inner())
+    }
+
+    #[test]
+    fn a_write_lands_where_the_description_names_even_when_a_swap_overtakes_it() {
+        assert_eq!(writes_landed(false, &[]), (vec![0], vec![0]), "nothing moved: written once");
+        assert_eq!(writes_landed(true, &[]), (vec![1], vec![1]), "a swap before the write: written in the new collection only");
+        assert_eq!(writes_landed(false, &[1]), (vec![0, 1], vec![0, 1]), "a swap during the write: written again where the points are now");
+        assert_eq!(writes_landed(false, &[1, 2]), (vec![0, 1, 2], vec![0, 1, 2]), "and again after a second swap during the second write");
+    }
 
     fn facets() -> Vec<FacetCount> {
         [("articleType", "Bag", 3), ("articleType", "Shirt", 2), ("baseColour", "Red", 5)].iter().map(|&(c, v, n)| (c.to_string(), v.to_string(), n)).collect()

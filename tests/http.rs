@@ -420,7 +420,8 @@ fn the_page_works_in_a_headless_browser() {
     let dir = tempfile::tempdir().expect("tempdir");
     let cdn = image_server(dir.path().join("cdn"));
     let db = shop_catalog(dir.path(), &cdn);
-    let server = Server::start(&db, &[], &[]);
+    // The page admits photos from the shop's image server alone (the strict page below shows one).
+    let server = Server::start(&db, &["--image-origin", &cdn], &[]);
     // A photo to upload: a test-split shirt, enlarged so the area is easy to draw.
     let (png, _) = test_photo(1);
     let photo = image::load_from_memory(&png).expect("decode").resize(280, 280, image::imageops::FilterType::Triangle);

@@ -356,6 +356,26 @@ fn cors_is_opt_in_and_the_token_is_never_logged() {
     drop(server);
     assert!(!lookalike(&["serve", "--db", "x.db", "--cors-origin", "*"]).status.success(), "a wildcard origin is refused");
 
+    // The page shows product photos from the shop's image servers: any http(s) origin unless
+    // the shop names its own (`self`: none but this server).
+    let image_sources = |flags: &[&str]| {
+        let server = Server::start(shared_catalog(), flags, &[]);
+        let page = http.get(server.url("/")).send().expect("page");
+        let policy = page.headers().get("content-security-policy").and_then(|v| v.to_str().ok()).expect("a policy").to_string();
+        policy.split("; ").find_map(|d| d.strip_prefix("img-src ")).expect("img-src").to_string()
+    };
+    assert_eq!(image_sources(&[]), "'self' blob: data: https: http:");
+    assert_eq!(
+        image_sources(&["--image-origin", "https://cdn.shop.example", "--image-origin", "http://127.0.0.1:8080"]),
+        "'self' blob: data: https://cdn.shop.example http://127.0.0.1:8080"
+    );
+    assert_eq!(image_sources(&["--image-origin", "self"]), "'self' blob: data:");
+    for bad in ["https://cdn.shop.example/photos", "cdn.shop.example", "https://cdn.example; script-src *"] {
+        let out = lookalike(&["serve", "--db", "x.db", "--image-origin", bad]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && stderr.contains("must be an origin like https://shop.example"), "{bad}: {stderr}");
+    }
+
     // Trace-level logs of requests carrying the token, right and wrong.
     let token = "do-not-log-this-token-7781";
     let dir = tempfile::tempdir().expect("tempdir");

@@ -121,6 +121,7 @@ pub fn run(engine: Arc<SearchEngine>, env: &BenchEnv, opts: &E2eBench) -> Result
         request_timeout: Duration::from_secs(30),
         shutdown_grace: Duration::from_secs(1),
         cors_origins: Vec::new(),
+        image_origins: None,
         header_timeout: Duration::from_secs(10),
         max_connections: 512,
         follow_interval: Duration::from_secs(1),

@@ -65,10 +65,25 @@ pub struct ServeArgs {
     /// several. Without it no CORS headers are sent.
     #[arg(long = "cors-origin", value_name = "ORIGIN")]
     pub cors_origins: Vec<String>,
+    /// Let the page show product photos only from this origin besides the server itself (the
+    /// shop's image server or CDN its `image_url` column links, e.g. https://cdn.shop.example);
+    /// repeat for several, or `self` for none. Without it the page shows photos from any
+    /// http(s) origin the image route redirects to.
+    #[arg(long = "image-origin", value_name = "ORIGIN")]
+    pub image_origins: Vec<String>,
     #[command(flatten)]
     pub model: ModelArgs,
     #[command(flatten)]
     pub index: SearchIndexArgs,
+}
+
+/// `value` of `flag` as a web origin: scheme and host (and port), nothing else, so that it can
+/// go into a header as it is (no path, no separator of the header's own syntax).
+fn origin<'a>(flag: &str, value: &'a str) -> Result<&'a str> {
+    let host = value.strip_prefix("https://").or_else(|| value.strip_prefix("http://"));
+    let ok = host.is_some_and(|host| !host.is_empty() && host.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']')));
+    anyhow::ensure!(ok, "{flag} {value:?} must be an origin like https://shop.example (scheme and host, no path)");
+    Ok(value)
 }
 
 pub fn run(args: ServeArgs) -> Result<()> {
@@ -82,15 +97,11 @@ pub fn run(args: ServeArgs) -> Result<()> {
     if args.header_timeout_secs == 0 || args.max_connections == 0 || args.follow_interval_ms == 0 {
         bail!("--header-timeout-secs, --max-connections and --follow-interval-ms must be at least 1");
     }
-    let cors_origins = args
-        .cors_origins
-        .iter()
-        .map(|o| {
-            let ok = (o.starts_with("http://") || o.starts_with("https://")) && !o.ends_with('/');
-            anyhow::ensure!(ok, "--cors-origin {o:?} must be an origin like https://shop.example (scheme and host, no path)");
-            axum::http::HeaderValue::from_str(o).with_context(|| format!("--cors-origin {o:?}"))
-        })
-        .collect::<Result<Vec<_>>>()?;
+    let cors_origins = args.cors_origins.iter().map(|o| Ok(axum::http::HeaderValue::from_str(origin("--cors-origin", o)?)?)).collect::<Result<Vec<_>>>()?;
+    let image_origins = match args.image_origins.as_slice() {
+        [] => None,
+        origins => Some(origins.iter().filter(|o| *o != "self").map(|o| Ok(origin("--image-origin", o)?.to_string())).collect::<Result<Vec<_>>>()?),
+    };
     let assets = Assets::from_env();
     let engine = Arc::new(match &args.db {
         Some(db) => {
@@ -114,6 +125,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
         request_timeout: std::time::Duration::from_secs(args.request_timeout_secs),
         shutdown_grace: std::time::Duration::from_secs(args.shutdown_grace_secs),
         cors_origins,
+        image_origins,
         header_timeout: std::time::Duration::from_secs(args.header_timeout_secs),
         max_connections: args.max_connections,
         follow_interval: std::time::Duration::from_millis(args.follow_interval_ms),

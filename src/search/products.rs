@@ -359,8 +359,6 @@ fn bad_page_token(token: &str) -> SearchError {
     SearchError::BadRequest(format!("{token:?} is not a page token a listing gave (start again without one)"))
 }
 
-/// A product added through the API after a server without the catalog removed it: the removal
-/// recorded for the next `sync` is forgotten, so that sync does not remove it from the catalog.
 /// A write by a server without the catalog (`write`: a put, a patch or a removal by id, each
 /// the same when made twice), made in the collection its description names. The description
 /// is followed before the write: after a `sync --swap` it names another collection, which this
@@ -378,6 +376,8 @@ fn write_where_described<T>(mut follow: impl FnMut() -> Result<bool>, mut write:
     Ok(written)
 }
 
+/// A product added through the API after a server without the catalog removed it: the removal
+/// recorded for the next `sync` is forgotten, so that sync does not remove it from the catalog.
 fn forget_removal(index: &crate::store::Store, id: &str) -> Result<()> {
     match index.collection() {
         Some(collection) => collection.forget_removals(&[id.to_string()]),

@@ -68,6 +68,10 @@ pub struct ServerConfig {
     /// How often the server reads the catalog's change log, to pick up products that other
     /// processes (`lookalike index`, `remove`, another server) added or removed.
     pub follow_interval: std::time::Duration,
+    /// Where the page may show product photos from besides this server: the shop's image
+    /// servers or CDNs the image route redirects to (`image_url` column), as CSP sources
+    /// (`https://cdn.shop.example`). `None`: any `http(s)` origin.
+    pub image_origins: Option<Vec<String>>,
 }
 
 /// The admin token as configured: surrounding whitespace is not part of it (the received
@@ -87,6 +91,8 @@ pub struct AppState {
     pub max_upload_bytes: usize,
     pub request_timeout: std::time::Duration,
     pub cors_origins: Vec<HeaderValue>,
+    /// The page's content security policy ([`page_policy`]).
+    pub page_policy: HeaderValue,
 }
 
 impl AppState {
@@ -102,6 +108,7 @@ impl AppState {
             max_upload_bytes: config.max_upload_bytes,
             request_timeout: config.request_timeout,
             cors_origins: config.cors_origins.clone(),
+            page_policy: page_policy(config.image_origins.as_deref())?,
         })
     }
 
@@ -278,19 +285,28 @@ async fn shutdown_signal() {
 // ---------------------------------------------------------------------------------------------
 // The page: three files embedded in the binary.
 
-/// Same-origin only, but for images: the shopper's own photo is shown from a blob: URL, a
-/// missing photo's placeholder is a data: URL, and a product's photo may be the shop's own
-/// copy on its image server or CDN, where the image route redirects (`image_url` column; a
-/// policy checks a redirect's target too, so `'self'` alone would show no such photo).
-/// Images run no code; scripts, styles and everything else stay same-origin.
-const PAGE_CSP: &str =
-    "default-src 'self'; img-src 'self' blob: data: https: http:; style-src 'self'; script-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'";
+/// The page's content security policy. Same-origin only, but for images: the shopper's own
+/// photo is shown from a blob: URL, a missing photo's placeholder is a data: URL, and a
+/// product's photo may be the shop's own copy on its image server or CDN, where the image
+/// route redirects (`image_url` column; a policy checks a redirect's target too, so `'self'`
+/// alone would show no such photo): from `image_origins`, or any `http(s)` origin when the
+/// shop names none. Images run no code; scripts, styles and everything else stay same-origin.
+pub fn page_policy(image_origins: Option<&[String]>) -> Result<HeaderValue> {
+    let mut images = vec!["'self'", "blob:", "data:"];
+    match image_origins {
+        Some(origins) => images.extend(origins.iter().map(String::as_str)),
+        None => images.extend(["https:", "http:"]),
+    }
+    let images = images.join(" ");
+    let policy = format!("default-src 'self'; img-src {images}; style-src 'self'; script-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'");
+    HeaderValue::from_str(&policy).context("the page's content security policy")
+}
 
-fn page_asset(content_type: &'static str, body: impl IntoResponse) -> impl IntoResponse {
+fn page_asset(policy: &HeaderValue, content_type: &'static str, body: impl IntoResponse) -> impl IntoResponse {
     (
         [
             (header::CONTENT_TYPE, HeaderValue::from_static(content_type)),
-            (header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(PAGE_CSP)),
+            (header::CONTENT_SECURITY_POLICY, policy.clone()),
             (header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff")),
             (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),
         ],
@@ -305,17 +321,17 @@ async fn page_index(State(state): State<Arc<AppState>>) -> impl IntoResponse {
     // the server's own message all give this server's one figure.
     let limit = state.max_upload_bytes;
     let html = include_str!("page/index.html").replace("{{MAX_UPLOAD_BYTES}}", &limit.to_string()).replace("{{MAX_UPLOAD}}", &extract::megabytes(limit as u64));
-    page_asset("text/html; charset=utf-8", html)
+    page_asset(&state.page_policy, "text/html; charset=utf-8", html)
 }
 
 /// The page's script.
 #[utoipa::path(get, path = "/app.js", tag = "page", responses((status = 200, description = "The page's script", content_type = "text/javascript")))]
-async fn page_script() -> impl IntoResponse {
-    page_asset("text/javascript; charset=utf-8", include_str!("page/app.js"))
+async fn page_script(State(state): State<Arc<AppState>>) -> impl IntoResponse {
+    page_asset(&state.page_policy, "text/javascript; charset=utf-8", include_str!("page/app.js"))
 }
 
 /// The page's style sheet.
 #[utoipa::path(get, path = "/style.css", tag = "page", responses((status = 200, description = "The page's styles", content_type = "text/css")))]
-async fn page_style() -> impl IntoResponse {
-    page_asset("text/css; charset=utf-8", include_str!("page/style.css"))
+async fn page_style(State(state): State<Arc<AppState>>) -> impl IntoResponse {
+    page_asset(&state.page_policy, "text/css; charset=utf-8", include_str!("page/style.css"))
 }
